@@ -1,0 +1,561 @@
+//! The record layout: the bytes a primary stores are the bytes it ships, and
+//! a replica verifies the primary's own checksum.
+//!
+//! Little-endian, no padding (see `spec/wal-format.md`, "Record"):
+//!
+//! ```text
+//! offset size field
+//! 0      4    crc         crc32c over bytes [4 .. 32 + payload_len) (rest of header + payload)
+//! 4      4    payload_len u32, must be <= max_record_bytes
+//! 8      8    lsn         u64, dense, first record is 1
+//! 16     8    epoch       u64, term of the primary that wrote it
+//! 24     4    prev_crc    crc of record lsn-1 (0 for lsn 1)
+//! 28     4    flags       u32, must be 0 in format version 1
+//! 32     ..   payload
+//! ```
+
+use std::fmt;
+
+/// Log sequence number: dense, the first record of a log is 1, 0 means "none".
+pub type Lsn = u64;
+
+/// Size of the fixed record header in bytes.
+pub const RECORD_HEADER_LEN: usize = 32;
+/// Offset of the `crc` field.
+pub const OFF_CRC: usize = 0;
+/// Offset of the `payload_len` field.
+pub const OFF_PAYLOAD_LEN: usize = 4;
+/// Offset of the `lsn` field.
+pub const OFF_LSN: usize = 8;
+/// Offset of the `epoch` field.
+pub const OFF_EPOCH: usize = 16;
+/// Offset of the `prev_crc` field.
+pub const OFF_PREV_CRC: usize = 24;
+/// Offset of the `flags` field.
+pub const OFF_FLAGS: usize = 28;
+/// First byte covered by the record crc.
+pub const CRC_COVERAGE_START: usize = 4;
+/// Default bound on a record's payload length (4 MiB).
+pub const DEFAULT_MAX_RECORD_BYTES: u32 = 4 * 1024 * 1024;
+
+/// The identity of a record: what a replica's prefix proof compares.
+/// The empty log is [`Position::ZERO`] `{0, 0, 0}`.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+pub struct Position {
+    /// Log sequence number of the record (0 for the empty log).
+    pub lsn: Lsn,
+    /// Epoch of the primary that wrote the record.
+    pub epoch: u64,
+    /// The record's crc (what the next record stores as `prev_crc`).
+    pub crc: u32,
+}
+
+impl Position {
+    /// The position of the empty log: the record before lsn 1.
+    pub const ZERO: Position = Position {
+        lsn: 0,
+        epoch: 0,
+        crc: 0,
+    };
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "lsn {} epoch {} crc {:#010x}",
+            self.lsn, self.epoch, self.crc
+        )
+    }
+}
+
+/// The decoded fixed header of a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// crc32c over bytes `[4 .. 32 + payload_len)`.
+    pub crc: u32,
+    /// Payload length in bytes.
+    pub payload_len: u32,
+    /// Log sequence number.
+    pub lsn: Lsn,
+    /// Epoch of the writer.
+    pub epoch: u64,
+    /// crc of record `lsn - 1` (0 for lsn 1).
+    pub prev_crc: u32,
+    /// Must be 0 in format version 1.
+    pub flags: u32,
+}
+
+impl RecordHeader {
+    /// Parses the header fields of the first [`RECORD_HEADER_LEN`] bytes of `buf`
+    /// WITHOUT verifying anything. `None` if `buf` is shorter than a header.
+    pub fn parse(buf: &[u8]) -> Option<RecordHeader> {
+        if buf.len() < RECORD_HEADER_LEN {
+            return None;
+        }
+        Some(RecordHeader {
+            crc: read_u32(buf, OFF_CRC),
+            payload_len: read_u32(buf, OFF_PAYLOAD_LEN),
+            lsn: read_u64(buf, OFF_LSN),
+            epoch: read_u64(buf, OFF_EPOCH),
+            prev_crc: read_u32(buf, OFF_PREV_CRC),
+            flags: read_u32(buf, OFF_FLAGS),
+        })
+    }
+
+    /// The identity of the record this header belongs to.
+    pub fn position(&self) -> Position {
+        Position {
+            lsn: self.lsn,
+            epoch: self.epoch,
+            crc: self.crc,
+        }
+    }
+
+    /// Total stored length of the record (header + payload).
+    pub fn record_len(&self) -> usize {
+        RECORD_HEADER_LEN + self.payload_len as usize
+    }
+}
+
+fn read_u32(buf: &[u8], off: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&buf[off..off + 4]);
+    u32::from_le_bytes(b)
+}
+
+fn read_u64(buf: &[u8], off: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&buf[off..off + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// Zero-copy view of one whole verified record (header + payload).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> RecordView<'a> {
+    /// The decoded header.
+    pub fn header(&self) -> RecordHeader {
+        // Invariant: a RecordView only exists over a verified record, which is at least a header long.
+        match RecordHeader::parse(self.bytes) {
+            Some(h) => h,
+            None => unreachable!("RecordView shorter than a record header"),
+        }
+    }
+    /// The payload bytes.
+    pub fn payload(&self) -> &'a [u8] {
+        &self.bytes[RECORD_HEADER_LEN..]
+    }
+    /// The whole stored record (header + payload), exactly as on disk and on the wire.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+    /// Log sequence number.
+    pub fn lsn(&self) -> Lsn {
+        read_u64(self.bytes, OFF_LSN)
+    }
+    /// Epoch of the writer.
+    pub fn epoch(&self) -> u64 {
+        read_u64(self.bytes, OFF_EPOCH)
+    }
+    /// The record's crc.
+    pub fn crc(&self) -> u32 {
+        read_u32(self.bytes, OFF_CRC)
+    }
+    /// crc of the previous record.
+    pub fn prev_crc(&self) -> u32 {
+        read_u32(self.bytes, OFF_PREV_CRC)
+    }
+    /// The record's identity.
+    pub fn position(&self) -> Position {
+        Position {
+            lsn: self.lsn(),
+            epoch: self.epoch(),
+            crc: self.crc(),
+        }
+    }
+}
+
+/// Why bytes are not a valid record.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// The buffer ends before the header, or before the payload the header announces.
+    #[error("record truncated: need {need} bytes, have {have}")]
+    Truncated {
+        /// Bytes needed.
+        need: usize,
+        /// Bytes available.
+        have: usize,
+    },
+    /// The payload length field is above the configured maximum.
+    #[error("record payload length {len} exceeds the maximum {max}")]
+    TooLarge {
+        /// Length found.
+        len: u32,
+        /// Configured maximum.
+        max: u32,
+    },
+    /// The stored crc does not match the bytes.
+    #[error("record checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum {
+        /// crc stored in the header.
+        stored: u32,
+        /// crc computed over the bytes.
+        computed: u32,
+    },
+    /// The flags field is not 0 (format version 1 defines no flags).
+    #[error("record flags must be 0 in format version 1, found {found:#x}")]
+    BadFlags {
+        /// Flags found.
+        found: u32,
+    },
+}
+
+/// Why a record does not follow the previous one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// The record's lsn is beyond the next expected one.
+    #[error("gap: expected lsn {expected_lsn}, found lsn {found_lsn}")]
+    Gap {
+        /// The lsn that should come next.
+        expected_lsn: Lsn,
+        /// The lsn found.
+        found_lsn: Lsn,
+    },
+    /// The record's lsn is at or below the last one.
+    #[error("duplicate: expected lsn {expected_lsn}, found lsn {found_lsn}")]
+    Duplicate {
+        /// The lsn that should come next.
+        expected_lsn: Lsn,
+        /// The lsn found.
+        found_lsn: Lsn,
+    },
+    /// The record's prev_crc is not the crc of the previous record (divergent history).
+    #[error("chain break at lsn {lsn}: expected prev_crc {expected_prev_crc:#010x}, found {found_prev_crc:#010x}")]
+    ChainBreak {
+        /// The record's lsn.
+        lsn: Lsn,
+        /// crc of the previous record.
+        expected_prev_crc: u32,
+        /// prev_crc stored in the record.
+        found_prev_crc: u32,
+    },
+    /// The record's epoch is below the previous record's.
+    #[error("epoch regression at lsn {lsn}: last epoch {last_epoch}, found epoch {found_epoch}")]
+    EpochRegression {
+        /// The record's lsn.
+        lsn: Lsn,
+        /// Epoch of the previous record.
+        last_epoch: u64,
+        /// Epoch stored in the record.
+        found_epoch: u64,
+    },
+}
+
+/// Stored length of a record with `payload_len` payload bytes.
+pub fn record_len(payload_len: usize) -> usize {
+    RECORD_HEADER_LEN + payload_len
+}
+
+/// Appends the encoding of one record to `out` and returns its position.
+///
+/// The caller guarantees `payload.len() <= u32::MAX` (the WAL checks its
+/// configured maximum before calling this).
+pub fn encode_record(
+    lsn: Lsn,
+    epoch: u64,
+    prev_crc: u32,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Position {
+    assert!(
+        payload.len() <= u32::MAX as usize,
+        "encode_record: payload length {} does not fit the u32 length field",
+        payload.len()
+    );
+    let start = out.len();
+    let mut header = [0u8; RECORD_HEADER_LEN];
+    header[OFF_PAYLOAD_LEN..OFF_PAYLOAD_LEN + 4]
+        .copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    header[OFF_LSN..OFF_LSN + 8].copy_from_slice(&lsn.to_le_bytes());
+    header[OFF_EPOCH..OFF_EPOCH + 8].copy_from_slice(&epoch.to_le_bytes());
+    header[OFF_PREV_CRC..OFF_PREV_CRC + 4].copy_from_slice(&prev_crc.to_le_bytes());
+    // flags stay 0 (format version 1).
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&header[CRC_COVERAGE_START..]), payload);
+    header[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    out.reserve(RECORD_HEADER_LEN + payload.len());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(payload);
+    debug_assert_eq!(out.len() - start, record_len(payload.len()));
+    Position { lsn, epoch, crc }
+}
+
+/// Computes the crc a record's bytes should carry (`bytes` is the whole record).
+pub fn compute_crc(bytes: &[u8]) -> u32 {
+    crc32c::crc32c(&bytes[CRC_COVERAGE_START..])
+}
+
+/// Parses and verifies ONE record at the start of `buf`.
+///
+/// Order of checks: header present, `payload_len <= max_record_bytes` (before
+/// anything touches the payload), payload present, crc, flags. Trailing bytes
+/// after the record are ignored.
+pub fn decode_record(buf: &[u8], max_record_bytes: u32) -> Result<RecordView<'_>, RecordError> {
+    if buf.len() < RECORD_HEADER_LEN {
+        return Err(RecordError::Truncated {
+            need: RECORD_HEADER_LEN,
+            have: buf.len(),
+        });
+    }
+    let len = read_u32(buf, OFF_PAYLOAD_LEN);
+    if len > max_record_bytes {
+        return Err(RecordError::TooLarge {
+            len,
+            max: max_record_bytes,
+        });
+    }
+    let total = RECORD_HEADER_LEN + len as usize;
+    if buf.len() < total {
+        return Err(RecordError::Truncated {
+            need: total,
+            have: buf.len(),
+        });
+    }
+    let bytes = &buf[..total];
+    let stored = read_u32(bytes, OFF_CRC);
+    let computed = compute_crc(bytes);
+    if stored != computed {
+        return Err(RecordError::Checksum { stored, computed });
+    }
+    let flags = read_u32(bytes, OFF_FLAGS);
+    if flags != 0 {
+        return Err(RecordError::BadFlags { found: flags });
+    }
+    Ok(RecordView { bytes })
+}
+
+/// Chain rule: `lsn == prev.lsn + 1`, `prev_crc == prev.crc`, `epoch >= prev.epoch`,
+/// checked in that order.
+pub fn check_successor(prev: Position, h: &RecordHeader) -> Result<(), ChainError> {
+    let expected_lsn = prev.lsn.wrapping_add(1);
+    if h.lsn > expected_lsn {
+        return Err(ChainError::Gap {
+            expected_lsn,
+            found_lsn: h.lsn,
+        });
+    }
+    if h.lsn < expected_lsn {
+        return Err(ChainError::Duplicate {
+            expected_lsn,
+            found_lsn: h.lsn,
+        });
+    }
+    if h.prev_crc != prev.crc {
+        return Err(ChainError::ChainBreak {
+            lsn: h.lsn,
+            expected_prev_crc: prev.crc,
+            found_prev_crc: h.prev_crc,
+        });
+    }
+    if h.epoch < prev.epoch {
+        return Err(ChainError::EpochRegression {
+            lsn: h.lsn,
+            last_epoch: prev.epoch,
+            found_epoch: h.epoch,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn one(lsn: Lsn, epoch: u64, prev_crc: u32, payload: &[u8]) -> (Vec<u8>, Position) {
+        let mut out = Vec::new();
+        let pos = encode_record(lsn, epoch, prev_crc, payload, &mut out);
+        (out, pos)
+    }
+
+    #[test]
+    fn encode_writes_fields_at_documented_offsets() {
+        let (buf, pos) = one(7, 3, 0xdead_beef, b"hello");
+        assert_eq!(buf.len(), RECORD_HEADER_LEN + 5);
+        assert_eq!(&buf[4..8], &5u32.to_le_bytes());
+        assert_eq!(&buf[8..16], &7u64.to_le_bytes());
+        assert_eq!(&buf[16..24], &3u64.to_le_bytes());
+        assert_eq!(&buf[24..28], &0xdead_beefu32.to_le_bytes());
+        assert_eq!(&buf[28..32], &0u32.to_le_bytes());
+        assert_eq!(&buf[32..], b"hello");
+        assert_eq!(&buf[0..4], &pos.crc.to_le_bytes());
+        assert_eq!(pos.crc, crc32c::crc32c(&buf[4..]));
+        assert_eq!(
+            pos,
+            Position {
+                lsn: 7,
+                epoch: 3,
+                crc: pos.crc
+            }
+        );
+    }
+
+    #[test]
+    fn decode_round_trips_and_ignores_trailing_bytes() {
+        let (mut buf, pos) = one(1, 1, 0, b"abc");
+        buf.extend_from_slice(b"trailing");
+        let v = decode_record(&buf, 1024).expect("valid record");
+        assert_eq!(v.payload(), b"abc");
+        assert_eq!(v.position(), pos);
+        assert_eq!(v.bytes().len(), RECORD_HEADER_LEN + 3);
+        assert_eq!(v.header().payload_len, 3);
+        assert_eq!(v.prev_crc(), 0);
+    }
+
+    #[test]
+    fn decode_short_header_is_truncated() {
+        let (buf, _) = one(1, 1, 0, b"abc");
+        assert_eq!(
+            decode_record(&buf[..10], 1024),
+            Err(RecordError::Truncated { need: 32, have: 10 })
+        );
+    }
+
+    #[test]
+    fn decode_short_payload_is_truncated() {
+        let (buf, _) = one(1, 1, 0, b"abcdef");
+        assert_eq!(
+            decode_record(&buf[..35], 1024),
+            Err(RecordError::Truncated { need: 38, have: 35 })
+        );
+    }
+
+    #[test]
+    fn decode_length_above_max_is_too_large_before_payload_check() {
+        let (buf, _) = one(1, 1, 0, &[0u8; 100]);
+        // Only the header is given: the length check must come first.
+        assert_eq!(
+            decode_record(&buf[..32], 99),
+            Err(RecordError::TooLarge { len: 100, max: 99 })
+        );
+    }
+
+    #[test]
+    fn decode_nonzero_flags_with_valid_crc_is_bad_flags() {
+        let (mut buf, _) = one(1, 1, 0, b"x");
+        buf[OFF_FLAGS] = 1;
+        let crc = compute_crc(&buf);
+        buf[0..4].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode_record(&buf, 1024),
+            Err(RecordError::BadFlags { found: 1 })
+        );
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_detected() {
+        let (buf, _) = one(42, 9, 0x1234_5678, b"some payload bytes");
+        for i in 0..buf.len() * 8 {
+            let mut b = buf.clone();
+            b[i / 8] ^= 1 << (i % 8);
+            let r = decode_record(&b, 1 << 20);
+            let byte = i / 8;
+            if (OFF_PAYLOAD_LEN..OFF_PAYLOAD_LEN + 4).contains(&byte) {
+                // A length flip announces more or fewer bytes: truncated, too large or checksum.
+                assert!(r.is_err(), "bit {i} not detected");
+            } else {
+                assert!(
+                    matches!(r, Err(RecordError::Checksum { .. })),
+                    "bit {i}: {r:?}"
+                );
+            }
+        }
+    }
+
+    fn h(lsn: Lsn, epoch: u64, prev_crc: u32) -> RecordHeader {
+        RecordHeader {
+            crc: 0,
+            payload_len: 0,
+            lsn,
+            epoch,
+            prev_crc,
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn successor_accepts_next_record() {
+        let prev = Position {
+            lsn: 4,
+            epoch: 2,
+            crc: 77,
+        };
+        assert_eq!(check_successor(prev, &h(5, 2, 77)), Ok(()));
+        assert_eq!(check_successor(prev, &h(5, 3, 77)), Ok(()));
+        assert_eq!(check_successor(Position::ZERO, &h(1, 1, 0)), Ok(()));
+    }
+
+    #[test]
+    fn successor_errors_are_distinct_and_ordered() {
+        let prev = Position {
+            lsn: 4,
+            epoch: 2,
+            crc: 77,
+        };
+        assert_eq!(
+            check_successor(prev, &h(6, 1, 1)),
+            Err(ChainError::Gap {
+                expected_lsn: 5,
+                found_lsn: 6
+            })
+        );
+        assert_eq!(
+            check_successor(prev, &h(4, 1, 1)),
+            Err(ChainError::Duplicate {
+                expected_lsn: 5,
+                found_lsn: 4
+            })
+        );
+        assert_eq!(
+            check_successor(prev, &h(5, 1, 1)),
+            Err(ChainError::ChainBreak {
+                lsn: 5,
+                expected_prev_crc: 77,
+                found_prev_crc: 1
+            })
+        );
+        assert_eq!(
+            check_successor(prev, &h(5, 1, 77)),
+            Err(ChainError::EpochRegression {
+                lsn: 5,
+                last_epoch: 2,
+                found_epoch: 1
+            })
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode_round_trip(lsn in 1u64.., epoch: u64, prev: u32, payload in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let (buf, pos) = one(lsn, epoch, prev, &payload);
+            let v = decode_record(&buf, 4096).expect("round trip");
+            prop_assert_eq!(v.payload(), &payload[..]);
+            prop_assert_eq!(v.position(), pos);
+            prop_assert_eq!(v.prev_crc(), prev);
+            prop_assert_eq!(v.header().flags, 0);
+        }
+
+        #[test]
+        fn decode_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256), max in 0u32..512) {
+            if let Ok(v) = decode_record(&bytes, max) {
+                prop_assert!(v.bytes().len() <= bytes.len());
+                prop_assert!(v.payload().len() as u32 <= max);
+            }
+        }
+    }
+}
