@@ -15,6 +15,7 @@
 //! ```
 
 pub mod record;
+pub mod sim;
 pub mod storage;
 
 pub use record::{
