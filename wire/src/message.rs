@@ -1,0 +1,370 @@
+//! The messages exchanged by primary and replica, and their bincode 2 body encoding.
+//!
+//! A message travels as the body of one frame ([`crate::frame`]). The body is
+//! `bincode::serde` with [`bincode::config::standard()`] (varint integers, little-endian) and a
+//! decode limit of [`crate::frame::MAX_FRAME_BYTES`]. The enum variant index is the wire tag:
+//! **new variants are appended at the end, never inserted or reordered**, and every layout change
+//! bumps [`PROTOCOL_VERSION`]. `Hello` is variant 0 and its first field is `protocol_version`
+//! in every version, so any primary can read the version of any replica (see
+//! [`peek_hello_version`]).
+
+use serde::{Deserialize, Serialize};
+
+pub use walship_wal::record::{Lsn, Position};
+
+/// TEMPORARY mirror of `walship_wal::state::EpochEntry` until the wal crate's state module lands;
+/// replaced by a re-export before this crate is finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochEntry {
+    /// The epoch.
+    pub epoch: u64,
+    /// First lsn written in that epoch.
+    pub start_lsn: Lsn,
+}
+
+/// Version of the walship replication protocol spoken by this build. A primary refuses a
+/// replica whose `Hello.protocol_version` differs ([`RefuseReason::UnsupportedVersion`]).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// TLS ALPN protocol id; a peer that does not offer it fails the TLS handshake.
+pub const ALPN: &[u8] = b"walship/1";
+
+/// Wire tag (bincode variant index) of [`Message::Hello`]; fixed forever.
+pub const HELLO_TAG: u32 = 0;
+
+/// One protocol message. Direction and meaning of each variant are in spec/protocol.md.
+///
+/// `#[non_exhaustive]`: other crates must keep a wildcard arm, so appending a variant (snapshot
+/// transfer messages will be added) does not break them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Message {
+    /// Replica -> primary, first message of a session.
+    Hello(Hello),
+    /// Primary -> replica: the session is accepted; carries what the prefix proof needs.
+    Welcome(Welcome),
+    /// Either direction: the session is refused; the sender closes the connection after it.
+    Refuse(Refuse),
+    /// Replica -> primary, during the divergence search: "what is your record at `lsn`?"
+    Probe {
+        /// The lsn asked about.
+        lsn: Lsn,
+    },
+    /// Primary -> replica: answer to [`Message::Probe`].
+    ProbeReply {
+        /// The lsn asked about.
+        lsn: Lsn,
+        /// The primary's record identity at `lsn`; `None` if not retained or beyond its end.
+        position: Option<Position>,
+    },
+    /// Primary -> replica: consecutive stored records, bytes unchanged.
+    Records(RecordBatch),
+    /// Replica -> primary: everything up to `durable_lsn` is fsynced on the replica.
+    Receipt {
+        /// The replica's durable lsn.
+        durable_lsn: Lsn,
+    },
+    /// Primary -> replica: the commit watermark advanced.
+    Commit {
+        /// Highest quorum-committed lsn.
+        commit_lsn: Lsn,
+    },
+}
+
+impl Message {
+    /// Short name of the variant, for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Welcome(_) => "welcome",
+            Message::Refuse(_) => "refuse",
+            Message::Probe { .. } => "probe",
+            Message::ProbeReply { .. } => "probe-reply",
+            Message::Records(_) => "records",
+            Message::Receipt { .. } => "receipt",
+            Message::Commit { .. } => "commit",
+        }
+    }
+}
+
+/// The replica's opening message: who it is and what its log looks like.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol version of the replica; MUST stay the first field in every version.
+    pub protocol_version: u32,
+    /// Cluster id from the replica's configuration; must equal the primary's.
+    pub cluster_id: String,
+    /// The replica's node id; must equal the name its TLS certificate proved.
+    pub node_id: String,
+    /// Identity of the replica's last durable record (`Position::ZERO` for an empty log).
+    pub last: Position,
+    /// The replica's commit watermark.
+    pub commit_lsn: Lsn,
+    /// The replica's epoch history, ascending by epoch.
+    pub epoch_history: Vec<EpochEntry>,
+    /// The highest epoch this replica has ever seen (fencing: a primary below it is refused).
+    pub highest_epoch_seen: u64,
+}
+
+/// The primary's acceptance of a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// Protocol version of the primary.
+    pub protocol_version: u32,
+    /// The primary's node id.
+    pub primary_id: String,
+    /// The primary's current epoch.
+    pub epoch: u64,
+    /// The primary's record identity at `hello.last.lsn`; `None` if beyond the primary's end or
+    /// not retained. For an empty replica log (`last.lsn == 0`) it is `Some(Position::ZERO)`.
+    pub at_replica_last: Option<Position>,
+    /// Identity of the primary's last record.
+    pub primary_last: Position,
+    /// The primary's commit watermark.
+    pub commit_lsn: Lsn,
+    /// The primary's epoch history, ascending by epoch.
+    pub epoch_history: Vec<EpochEntry>,
+}
+
+/// A refusal: the session ends without records flowing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refuse {
+    /// Why.
+    pub reason: RefuseReason,
+}
+
+/// Why a session was refused. Appending variants is allowed (wire tag = variant index).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefuseReason {
+    /// The peer speaks another protocol version.
+    #[error("unsupported protocol version {theirs} (this node speaks {ours})")]
+    UnsupportedVersion {
+        /// The refusing side's version.
+        ours: u32,
+        /// The version the peer announced.
+        theirs: u32,
+    },
+    /// The peer belongs to another cluster.
+    #[error("cluster id mismatch: ours {ours:?}, theirs {theirs:?}")]
+    ClusterMismatch {
+        /// The refusing side's cluster id.
+        ours: String,
+        /// The cluster id the peer announced.
+        theirs: String,
+    },
+    /// The node id is not in the member list.
+    #[error("node {node_id:?} is not a member")]
+    NotAMember {
+        /// The announced node id.
+        node_id: String,
+    },
+    /// The node id in `Hello` differs from the name the peer's certificate proved.
+    #[error("node id {claimed:?} does not match the certificate name {certified:?}")]
+    NodeIdMismatch {
+        /// The node id in `Hello`.
+        claimed: String,
+        /// The name the TLS certificate proved.
+        certified: String,
+    },
+    /// The contacted node is not (or no longer) the primary.
+    #[error("this node is not the primary")]
+    NotPrimary,
+    /// The replica has seen a higher epoch than this primary's (fencing).
+    #[error("stale primary: epoch {primary_epoch} is below the replica's highest seen epoch {highest_epoch_seen}")]
+    StalePrimary {
+        /// The primary's epoch.
+        primary_epoch: u64,
+        /// The replica's highest seen epoch.
+        highest_epoch_seen: u64,
+    },
+    /// A session with the same node id is already active.
+    #[error("node {node_id:?} already has an active session")]
+    AlreadyConnected {
+        /// The node id.
+        node_id: String,
+    },
+    /// The replica is halted and will not stream (it says so instead of going silent).
+    #[error("replica is halted: {reason}")]
+    Halted {
+        /// The halt reason, as written in the halt record (kebab-case).
+        reason: String,
+    },
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    ShuttingDown,
+}
+
+impl RefuseReason {
+    /// Checks a peer's protocol version against [`PROTOCOL_VERSION`].
+    pub fn check_version(theirs: u32) -> Result<(), RefuseReason> {
+        if theirs == PROTOCOL_VERSION {
+            Ok(())
+        } else {
+            Err(RefuseReason::UnsupportedVersion {
+                ours: PROTOCOL_VERSION,
+                theirs,
+            })
+        }
+    }
+}
+
+/// Consecutive records exactly as stored in the primary's WAL (header + payload each,
+/// concatenated). The replica verifies every record's crc and chain itself; `first_lsn` and
+/// `count` are hints that must agree with the records (a mismatch is a protocol error).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordBatch {
+    /// Lsn of the first record in `bytes`.
+    pub first_lsn: Lsn,
+    /// Number of records in `bytes`.
+    pub count: u32,
+    /// The records' stored bytes.
+    #[serde(with = "serde_bytes_vec")]
+    pub bytes: Vec<u8>,
+    /// The primary's commit watermark when the batch was sent.
+    pub commit_lsn: Lsn,
+}
+
+/// Serialises `Vec<u8>` as one byte string (length + memcpy) instead of a sequence of u8s,
+/// which bincode would encode element by element.
+mod serde_bytes_vec {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+/// bincode configuration of message bodies: standard (varint, little-endian) with a decode limit.
+pub(crate) fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<{ crate::frame::MAX_FRAME_BYTES as usize }>()
+}
+
+/// Errors of [`decode_body`].
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// bincode rejected the body.
+    #[error("{0}")]
+    Decode(#[from] bincode::error::DecodeError),
+    /// A valid message was followed by extra bytes.
+    #[error("{trailing} trailing bytes after a {kind} message")]
+    TrailingBytes {
+        /// The message kind that was decoded.
+        kind: &'static str,
+        /// How many bytes followed it.
+        trailing: usize,
+    },
+}
+
+/// Encodes `msg` as a frame body, appending to `out`; returns the number of bytes appended.
+pub fn encode_body(msg: &Message, out: &mut Vec<u8>) -> Result<usize, bincode::error::EncodeError> {
+    bincode::serde::encode_into_std_write(msg, out, bincode_config())
+}
+
+/// Decodes one frame body; the whole body must be consumed.
+pub fn decode_body(body: &[u8]) -> Result<Message, BodyError> {
+    let (msg, used): (Message, usize) = bincode::serde::decode_from_slice(body, bincode_config())?;
+    if used != body.len() {
+        return Err(BodyError::TrailingBytes {
+            kind: msg.kind(),
+            trailing: body.len() - used,
+        });
+    }
+    Ok(msg)
+}
+
+/// If `body` is a `Hello` of any protocol version, its `protocol_version`.
+///
+/// Lets a primary answer a replica of another version with
+/// [`RefuseReason::UnsupportedVersion`] even when the rest of that `Hello` does not decode.
+pub fn peek_hello_version(body: &[u8]) -> Option<u32> {
+    let config = bincode::config::standard();
+    let (tag, used): (u32, usize) = bincode::decode_from_slice(body, config).ok()?;
+    if tag != HELLO_TAG {
+        return None;
+    }
+    let (version, _): (u32, usize) = bincode::decode_from_slice(body.get(used..)?, config).ok()?;
+    Some(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(version: u32) -> Message {
+        Message::Hello(Hello {
+            protocol_version: version,
+            cluster_id: "c".into(),
+            node_id: "n2".into(),
+            last: Position::default(),
+            commit_lsn: 0,
+            epoch_history: vec![],
+            highest_epoch_seen: 1,
+        })
+    }
+
+    #[test]
+    fn peek_hello_version_reads_version_of_any_hello() {
+        let mut body = Vec::new();
+        encode_body(&hello(7_000_000), &mut body).expect("encode");
+        assert_eq!(peek_hello_version(&body), Some(7_000_000));
+        body.clear();
+        encode_body(&Message::Commit { commit_lsn: 3 }, &mut body).expect("encode");
+        assert_eq!(peek_hello_version(&body), None);
+    }
+
+    #[test]
+    fn record_batch_bytes_encode_as_one_byte_string() {
+        let msg = Message::Records(RecordBatch {
+            first_lsn: 1,
+            count: 1,
+            bytes: vec![0xAB; 1000],
+            commit_lsn: 0,
+        });
+        let mut body = Vec::new();
+        encode_body(&msg, &mut body).expect("encode");
+        // tag(1) + first_lsn(1) + count(1) + len varint(3) + 1000 bytes + commit_lsn(1)
+        assert_eq!(body.len(), 1007);
+        assert_eq!(decode_body(&body).expect("decode"), msg);
+    }
+
+    #[test]
+    fn trailing_bytes_after_a_message_are_rejected() {
+        let mut body = Vec::new();
+        encode_body(&Message::Receipt { durable_lsn: 9 }, &mut body).expect("encode");
+        body.push(0);
+        assert!(matches!(
+            decode_body(&body),
+            Err(BodyError::TrailingBytes {
+                kind: "receipt",
+                trailing: 1
+            })
+        ));
+    }
+
+    #[test]
+    fn version_check_refuses_other_versions() {
+        assert!(RefuseReason::check_version(PROTOCOL_VERSION).is_ok());
+        assert_eq!(
+            RefuseReason::check_version(2),
+            Err(RefuseReason::UnsupportedVersion { ours: 1, theirs: 2 })
+        );
+    }
+}
