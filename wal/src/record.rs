@@ -139,6 +139,15 @@ pub struct RecordView<'a> {
 }
 
 impl<'a> RecordView<'a> {
+    /// Wraps bytes already verified by [`decode_record`] (crate-internal: readers
+    /// that verified once must not pay for a second crc pass).
+    pub(crate) fn from_verified(bytes: &'a [u8]) -> RecordView<'a> {
+        debug_assert!(
+            bytes.len() >= RECORD_HEADER_LEN,
+            "verified record shorter than a header"
+        );
+        RecordView { bytes }
+    }
     /// The decoded header.
     pub fn header(&self) -> RecordHeader {
         // Invariant: a RecordView only exists over a verified record, which is at least a header long.

@@ -1,0 +1,480 @@
+//! Appends, syncs and segment rolls of [`Wal`], and [`SharedWal`]: group
+//! commit for many concurrent appenders sharing one fdatasync.
+//!
+//! Durability protocol (see `spec/wal-format.md`, "What is synced when"):
+//! records are written with one `write_at` per append or per batch and are
+//! durable once the active segment is `sync_data`ed; a segment is synced
+//! whole (sealed) before the next segment is created; a failed sync poisons
+//! the WAL for good, because after an fsync error the page cache may have
+//! dropped the pages and a retry could falsely succeed.
+
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+
+use crate::error::WalError;
+use crate::reader::WalReader;
+use crate::record::{check_successor, decode_record, encode_record, Lsn, Position};
+use crate::segment::SegmentHeader;
+use crate::storage::{Storage, StorageFile};
+use crate::wal::{create_segment, Wal};
+
+impl<S: Storage> Wal<S> {
+    fn check_appendable(&self) -> Result<(), WalError> {
+        self.check_poisoned()?;
+        let last_epoch = self.last().epoch;
+        if self.epoch < last_epoch {
+            return Err(WalError::EpochBehindLog {
+                epoch: self.epoch,
+                last_epoch,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_len(&self, len: usize) -> Result<(), WalError> {
+        if len > self.opts.max_record_bytes as usize {
+            return Err(WalError::RecordTooLarge {
+                len,
+                max: self.opts.max_record_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends one record (lsn = last + 1, the WAL's epoch, prev_crc = last crc).
+    /// Written, not durable: call [`Wal::sync`] (or use [`SharedWal`]).
+    pub fn append(&mut self, payload: &[u8]) -> Result<Lsn, WalError> {
+        self.check_appendable()?;
+        self.check_len(payload.len())?;
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut staged = std::mem::take(&mut self.staged);
+        buf.clear();
+        staged.clear();
+        let last = self.last();
+        let pos = encode_record(last.lsn + 1, self.epoch, last.crc, payload, &mut buf);
+        staged.push((pos, buf.len() as u64));
+        let r = self.write_staged(&buf, &staged);
+        self.buf = buf;
+        self.staged = staged;
+        r.map(|()| pos.lsn)
+    }
+
+    /// Appends several records with one write per segment touched. Every
+    /// length is checked before anything is written.
+    pub fn append_batch(&mut self, payloads: &[&[u8]]) -> Result<RangeInclusive<Lsn>, WalError> {
+        self.check_appendable()?;
+        assert!(
+            !payloads.is_empty(),
+            "append_batch needs at least one payload"
+        );
+        for p in payloads {
+            self.check_len(p.len())?;
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut staged = std::mem::take(&mut self.staged);
+        buf.clear();
+        staged.clear();
+        let first = self.last().lsn + 1;
+        let mut prev = self.last();
+        for p in payloads {
+            let before = buf.len();
+            prev = encode_record(prev.lsn + 1, self.epoch, prev.crc, p, &mut buf);
+            staged.push((prev, (buf.len() - before) as u64));
+        }
+        let r = self.write_staged(&buf, &staged);
+        self.buf = buf;
+        self.staged = staged;
+        r.map(|()| first..=prev.lsn)
+    }
+
+    /// Replica path: verifies ONE shipped record (bounds, crc, flags, then
+    /// lsn == last + 1, prev_crc == last crc, epoch not going back) and stores
+    /// its bytes unchanged. Errors: [`WalError::Record`], [`WalError::Chain`],
+    /// [`WalError::TrailingBytes`]; nothing is written on error.
+    pub fn append_verified(&mut self, record: &[u8]) -> Result<Position, WalError> {
+        self.append_verified_batch(record)
+    }
+
+    /// Like [`Wal::append_verified`] for several concatenated records (a
+    /// shipped batch): all are verified before any is written, then stored with
+    /// one write per segment touched. Returns the last record's position.
+    pub fn append_verified_batch(&mut self, records: &[u8]) -> Result<Position, WalError> {
+        self.check_poisoned()?;
+        let mut staged = std::mem::take(&mut self.staged);
+        staged.clear();
+        let mut prev = self.last();
+        let mut off = 0usize;
+        let verdict = loop {
+            let view = match decode_record(&records[off..], self.opts.max_record_bytes) {
+                Ok(v) => v,
+                Err(e) => break Err(WalError::Record(e)),
+            };
+            if let Err(e) = check_successor(prev, &view.header()) {
+                break Err(WalError::Chain(e));
+            }
+            prev = view.position();
+            let len = view.bytes().len();
+            staged.push((prev, len as u64));
+            off += len;
+            if off == records.len() {
+                break Ok(());
+            }
+        };
+        let r = verdict.and_then(|()| self.write_staged(records, &staged));
+        self.staged = staged;
+        r.map(|()| prev)
+    }
+
+    /// Writes encoded records `bytes` (described by `staged`: position and
+    /// length of each, back to back) at the end of the log, rolling segments
+    /// as needed; one write_at per segment touched.
+    fn write_staged(&mut self, bytes: &[u8], staged: &[(Position, u64)]) -> Result<(), WalError> {
+        debug_assert_eq!(staged.iter().map(|s| s.1).sum::<u64>(), bytes.len() as u64);
+        let seg_size = self.opts.segment_size_bytes;
+        let mut i = 0usize;
+        let mut buf_off = 0usize;
+        while i < staged.len() {
+            {
+                let seg = self.active_meta();
+                if !seg.is_empty() && seg.end_offset + staged[i].1 > seg_size {
+                    self.roll()?;
+                }
+            }
+            let start = self.active_meta().end_offset;
+            let mut chunk = staged[i].1;
+            let mut j = i + 1;
+            while j < staged.len() && start + chunk + staged[j].1 <= seg_size {
+                chunk += staged[j].1;
+                j += 1;
+            }
+            let slice = &bytes[buf_off..buf_off + chunk as usize];
+            if let Err(e) = self.active.write_at(start, slice) {
+                let path = self.active_meta().path.clone();
+                // A partial write may have left bytes past the last record: cut them
+                // so they can never be mistaken for log content. If that fails too,
+                // or records of this call were already stored, stop for good.
+                if i > 0 || self.active.set_len(start).is_err() {
+                    self.poison("write failed and could not be undone");
+                }
+                return Err(WalError::io("write_at", path, e));
+            }
+            let seg = match self.segments.last_mut() {
+                Some(s) => s,
+                None => unreachable!("a WAL always has an active segment"),
+            };
+            let mut off = start;
+            for &(pos, len) in &staged[i..j] {
+                seg.note_record(pos, off, len);
+                off += len;
+            }
+            buf_off += chunk as usize;
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (sync_data) and starts the next one.
+    fn roll(&mut self) -> Result<(), WalError> {
+        let last = self.last();
+        let path = self.active_meta().path.clone();
+        // Sealed segments are whole on disk before a later segment exists:
+        // that is what lets recovery call any damage in them corruption.
+        if let Err(e) = self.active.sync_data() {
+            self.poison("sync while sealing a segment failed");
+            return Err(WalError::io("sync_data", path, e));
+        }
+        self.durable_lsn = self.durable_lsn.max(last.lsn);
+        let header = SegmentHeader {
+            first_lsn: last.lsn + 1,
+            generation: self.active_meta().header.generation,
+            created_epoch: self.epoch,
+            prev: last,
+        };
+        match create_segment(&self.storage, &self.dir, header) {
+            Ok((meta, file)) => {
+                tracing::debug!(sealed = %path.display(), next_first_lsn = header.first_lsn, "rolled WAL segment");
+                self.segments.push(meta);
+                self.active = Arc::new(file);
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(&e, WalError::Io { op, .. } if op.starts_with("sync")) {
+                    self.poison("sync while creating a segment failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes every record written so far durable (fdatasync of the active
+    /// segment; earlier segments were synced when sealed). Returns the durable
+    /// lsn. A failure poisons the WAL: never retried.
+    pub fn sync(&mut self) -> Result<Lsn, WalError> {
+        self.check_poisoned()?;
+        let target = self.last().lsn;
+        if target <= self.durable_lsn {
+            return Ok(self.durable_lsn);
+        }
+        if let Err(e) = self.active.sync_data() {
+            self.poison("sync failed");
+            return Err(WalError::io(
+                "sync_data",
+                self.active_meta().path.clone(),
+                e,
+            ));
+        }
+        self.durable_lsn = target;
+        Ok(target)
+    }
+
+    /// For a group-commit leader: the file to sync (outside the lock) and the
+    /// lsn that sync makes durable; `None` if already durable.
+    #[allow(clippy::type_complexity)]
+    fn begin_sync(&self) -> Result<Option<(Arc<S::File>, Lsn, std::path::PathBuf)>, WalError> {
+        self.check_poisoned()?;
+        let target = self.last().lsn;
+        if target <= self.durable_lsn {
+            return Ok(None);
+        }
+        Ok(Some((
+            Arc::clone(&self.active),
+            target,
+            self.active_meta().path.clone(),
+        )))
+    }
+}
+
+/// Group-commit bookkeeping of a [`SharedWal`].
+#[derive(Debug, Default)]
+struct SyncState {
+    durable: Lsn,
+    leader_active: bool,
+    poisoned: bool,
+}
+
+type Listener = Arc<dyn Fn(Lsn) + Send + Sync>;
+
+/// Group commit: many threads append concurrently and share one sync.
+///
+/// An appender writes its record under the append lock, then waits until its
+/// lsn is durable. One waiter at a time becomes the sync leader: it takes the
+/// active file and the last written lsn under the lock, releases the lock,
+/// and fdatasyncs — while others keep appending — then wakes everyone whose
+/// lsn it covered. The next waiter leads the next sync, covering everything
+/// written meanwhile. A failed sync poisons the WAL for good.
+pub struct SharedWal<S: Storage> {
+    wal: Mutex<Wal<S>>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+    durable: AtomicU64,
+    listener: RwLock<Option<Listener>>,
+}
+
+impl<S: Storage> std::fmt::Debug for SharedWal<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedWal")
+            .field("durable_lsn", &self.durable_lsn())
+            .finish()
+    }
+}
+
+impl<S: Storage> SharedWal<S> {
+    /// Wraps an open WAL.
+    pub fn new(wal: Wal<S>) -> Arc<SharedWal<S>> {
+        let durable = wal.durable_lsn();
+        let poisoned = wal.is_poisoned();
+        Arc::new(SharedWal {
+            wal: Mutex::new(wal),
+            sync: Mutex::new(SyncState {
+                durable,
+                leader_active: false,
+                poisoned,
+            }),
+            synced: Condvar::new(),
+            durable: AtomicU64::new(durable),
+            listener: RwLock::new(None),
+        })
+    }
+
+    fn lock_wal(&self) -> MutexGuard<'_, Wal<S>> {
+        // A panic under the lock is a broken invariant that already took the
+        // thread down; the WAL state itself is only changed after I/O succeeds.
+        self.wal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_sync(&self) -> MutexGuard<'_, SyncState> {
+        self.sync.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends one record; not durable yet (see [`SharedWal::wait_durable`]).
+    pub fn append(&self, payload: &[u8]) -> Result<Lsn, WalError> {
+        self.lock_wal().append(payload)
+    }
+
+    /// Appends several records with one write; not durable yet.
+    pub fn append_batch(&self, payloads: &[&[u8]]) -> Result<RangeInclusive<Lsn>, WalError> {
+        self.lock_wal().append_batch(payloads)
+    }
+
+    /// Appends one record and blocks until it is durable.
+    pub fn append_durable(&self, payload: &[u8]) -> Result<Lsn, WalError> {
+        let lsn = self.append(payload)?;
+        self.wait_durable(lsn)?;
+        Ok(lsn)
+    }
+
+    /// Blocks until `lsn` (already written) is durable, leading a group sync
+    /// if no other thread is. Errors: the sync's I/O error for the leader that
+    /// hit it, [`WalError::Poisoned`] for everyone after; `OutOfRange` if
+    /// `lsn` was never written.
+    pub fn wait_durable(&self, lsn: Lsn) -> Result<(), WalError> {
+        loop {
+            {
+                let mut st = self.lock_sync();
+                loop {
+                    if st.poisoned {
+                        return Err(WalError::Poisoned);
+                    }
+                    if st.durable >= lsn {
+                        return Ok(());
+                    }
+                    if !st.leader_active {
+                        break;
+                    }
+                    st = self.synced.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+                st.leader_active = true;
+            }
+            // Leader. The append lock is held only to pick the file and target.
+            let begun = {
+                let w = self.lock_wal();
+                let last = w.last().lsn;
+                match w.begin_sync() {
+                    Ok(_) if lsn > last => Err(WalError::OutOfRange {
+                        lsn,
+                        min: 0,
+                        max: last,
+                    }),
+                    Ok(Some(x)) => Ok(Ok(x)),
+                    Ok(None) => Ok(Err(w.durable_lsn())),
+                    Err(e) => Err(e),
+                }
+            };
+            let outcome: Result<Lsn, WalError> = match begun {
+                Err(e) => Err(e),
+                Ok(Err(already)) => Ok(already),
+                Ok(Ok((file, target, path))) => match file.sync_data() {
+                    Ok(()) => {
+                        let mut w = self.lock_wal();
+                        w.durable_lsn = w.durable_lsn.max(target);
+                        Ok(target)
+                    }
+                    Err(e) => {
+                        self.lock_wal().poison("group commit sync failed");
+                        Err(WalError::io("sync_data", path, e))
+                    }
+                },
+            };
+            let advanced = {
+                let mut st = self.lock_sync();
+                st.leader_active = false;
+                let advanced = match &outcome {
+                    Ok(t) if *t > st.durable => {
+                        st.durable = *t;
+                        self.durable.store(*t, Ordering::Release);
+                        Some(*t)
+                    }
+                    Ok(_) => None,
+                    Err(WalError::OutOfRange { .. }) => None,
+                    Err(_) => {
+                        st.poisoned = true;
+                        None
+                    }
+                };
+                self.synced.notify_all();
+                advanced
+            };
+            if let Some(t) = advanced {
+                self.notify_listener(t);
+            }
+            outcome?;
+        }
+    }
+
+    fn notify_listener(&self, lsn: Lsn) {
+        let l = self
+            .listener
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(f) = l {
+            f(lsn);
+        }
+    }
+
+    /// Highest lsn known durable.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    /// The last record written (durable or not).
+    pub fn last(&self) -> Position {
+        self.lock_wal().last()
+    }
+
+    /// A reader from `from_lsn` up to `last()` at this call.
+    pub fn reader(&self, from_lsn: Lsn) -> Result<WalReader<S>, WalError> {
+        self.lock_wal().reader(from_lsn)
+    }
+
+    /// Exclusive access for rare operations (truncation, reset, epoch change,
+    /// replica appends). Durability changes made inside (e.g. `sync`, or a
+    /// poisoning) are published to waiters and the listener afterwards.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Wal<S>) -> R) -> R {
+        let (r, durable, poisoned) = {
+            let mut w = self.lock_wal();
+            let r = f(&mut w);
+            (r, w.durable_lsn(), w.is_poisoned())
+        };
+        let advanced = {
+            let mut st = self.lock_sync();
+            let mut advanced = None;
+            if poisoned {
+                st.poisoned = true;
+            }
+            // reset_to/truncate_tail may move the durable lsn in either
+            // direction; the published value follows the WAL.
+            if durable != st.durable {
+                if durable > st.durable {
+                    advanced = Some(durable);
+                }
+                st.durable = durable;
+                self.durable.store(durable, Ordering::Release);
+            }
+            self.synced.notify_all();
+            advanced
+        };
+        if let Some(t) = advanced {
+            self.notify_listener(t);
+        }
+        r
+    }
+
+    /// Called (outside locks) after the durable lsn advances; used by the
+    /// primary driver to wake shippers. Replaces any earlier listener.
+    pub fn set_durable_listener(&self, f: Box<dyn Fn(Lsn) + Send + Sync>) {
+        *self.listener.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::from(f));
+    }
+
+    /// Takes the WAL back (e.g. to close it) once no other handle is left.
+    pub fn into_inner(self) -> Wal<S> {
+        self.wal.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[allow(dead_code)]
+fn assert_shared_wal_is_send_sync<S: Storage>() {
+    fn is<T: Send + Sync>() {}
+    is::<SharedWal<S>>();
+}

@@ -1,0 +1,390 @@
+//! Local recovery: the scan `Wal::open` runs over every segment, and the
+//! decision table that tells a torn tail (cut: it was never acknowledged)
+//! from corruption (refuse to open and say where). The table is normative in
+//! `spec/wal-format.md`, "Local recovery".
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{CorruptionKind, CorruptionReport, WalError};
+use crate::record::{check_successor, decode_record, ChainError, Lsn, Position, RecordError};
+use crate::segment::{classify_name, DirEntryKind, SegmentHeader, SegmentMeta, SEGMENT_HEADER_LEN};
+use crate::storage::{Storage, StorageFile};
+
+/// What the recovery scan found and did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpenReport {
+    /// The log holds no record and never did (it starts at lsn 1 chaining to [`Position::ZERO`]).
+    Empty,
+    /// Every segment verified; nothing was cut.
+    Clean {
+        /// The last record (or the reset boundary if no record follows it).
+        last: Position,
+    },
+    /// The last segment ended in a torn write, which was cut (it was never acknowledged).
+    TornTailCut {
+        /// The segment that was cut.
+        segment: PathBuf,
+        /// Offset the segment was cut at (its new length).
+        offset: u64,
+        /// Bytes removed.
+        bytes_cut: u64,
+        /// The last record after the cut.
+        last: Position,
+    },
+}
+
+/// Segments that verified, plus what the scan noticed on the way.
+pub(crate) struct Recovered {
+    pub(crate) segments: Vec<SegmentMeta>,
+    pub(crate) cut: Option<(PathBuf, u64, u64)>,
+    pub(crate) notes: Vec<String>,
+}
+
+/// How a damaged tail of the last segment is judged.
+enum TailVerdict {
+    Torn,
+    Corrupt(CorruptionKind, String, String),
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> WalError + 'a {
+    move |e| WalError::io(op, path, e)
+}
+
+fn corruption(
+    segment: &Path,
+    offset: u64,
+    lsn: Option<Lsn>,
+    kind: CorruptionKind,
+    expected: String,
+    found: String,
+) -> WalError {
+    let r = CorruptionReport {
+        segment: segment.to_path_buf(),
+        offset,
+        lsn,
+        kind,
+        expected,
+        found,
+    };
+    tracing::error!(segment = %r.segment.display(), offset, lsn, kind = %kind, "{r}");
+    WalError::Corruption(r)
+}
+
+/// The corruption kind and expected/found texts for a chain error.
+pub(crate) fn chain_facts(e: &ChainError) -> (CorruptionKind, String, String) {
+    match *e {
+        ChainError::Gap {
+            expected_lsn,
+            found_lsn,
+        } => (
+            CorruptionKind::ChainGap,
+            format!("lsn {expected_lsn}"),
+            format!("lsn {found_lsn}"),
+        ),
+        ChainError::Duplicate {
+            expected_lsn,
+            found_lsn,
+        } => (
+            CorruptionKind::ChainDuplicate,
+            format!("lsn {expected_lsn}"),
+            format!("lsn {found_lsn}"),
+        ),
+        ChainError::ChainBreak {
+            expected_prev_crc,
+            found_prev_crc,
+            ..
+        } => (
+            CorruptionKind::ChainBreak,
+            format!("prev_crc {expected_prev_crc:#010x}"),
+            format!("prev_crc {found_prev_crc:#010x}"),
+        ),
+        ChainError::EpochRegression {
+            last_epoch,
+            found_epoch,
+            ..
+        } => (
+            CorruptionKind::ChainEpochRegression,
+            format!("epoch >= {last_epoch}"),
+            format!("epoch {found_epoch}"),
+        ),
+    }
+}
+
+/// The corruption kind and expected/found texts for a record error.
+pub(crate) fn record_facts(e: &RecordError) -> (CorruptionKind, String, String) {
+    match *e {
+        RecordError::Truncated { need, have } => (
+            CorruptionKind::RecordTruncated,
+            format!("{need} record bytes"),
+            format!("{have} bytes to end of segment"),
+        ),
+        RecordError::TooLarge { len, max } => (
+            CorruptionKind::RecordTooLarge,
+            format!("payload_len <= {max}"),
+            format!("payload_len {len}"),
+        ),
+        RecordError::Checksum { stored, computed } => (
+            CorruptionKind::RecordChecksum,
+            format!("crc {computed:#010x}"),
+            format!("crc {stored:#010x}"),
+        ),
+        RecordError::BadFlags { found } => (
+            CorruptionKind::RecordBadFlags,
+            "flags 0".to_string(),
+            format!("flags {found:#x}"),
+        ),
+    }
+}
+
+/// First offset after `from` at which a whole crc-valid record starts, if any.
+fn later_valid_record(data: &[u8], from: usize, max_record_bytes: u32) -> Option<usize> {
+    (from..data.len()).find(|&o| decode_record(&data[o..], max_record_bytes).is_ok())
+}
+
+/// Judges damage found at `offset` of the LAST segment (decision table rows 1-4).
+fn judge_tail(data: &[u8], offset: usize, err: &RecordError, max_record_bytes: u32) -> TailVerdict {
+    // Row 2: zeros from here to EOF (file length reached the disk before the data did).
+    if data[offset..].iter().all(|&b| b == 0) {
+        return TailVerdict::Torn;
+    }
+    match err {
+        // Row 4: a length above the maximum is never a torn write of ours.
+        RecordError::TooLarge { .. } | RecordError::BadFlags { .. } => {
+            let (k, e, f) = record_facts(err);
+            TailVerdict::Corrupt(k, e, f)
+        }
+        // Rows 1 and 3: torn only if nothing crc-valid follows; otherwise bytes
+        // written (and possibly acknowledged) after the damage would be lost.
+        RecordError::Truncated { .. } | RecordError::Checksum { .. } => {
+            match later_valid_record(data, offset + 1, max_record_bytes) {
+                None => TailVerdict::Torn,
+                Some(o) => {
+                    let (k, e, f) = record_facts(err);
+                    TailVerdict::Corrupt(
+                        k,
+                        e,
+                        format!("{f}, and a crc-valid record follows at offset {o}"),
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// Creates `dir` and missing ancestors, syncing the parent of every created
+/// directory: otherwise a power loss could drop the WAL directory with every
+/// segment in it, although each segment was synced.
+fn create_dir_durably<S: Storage>(storage: &S, dir: &Path) -> Result<(), WalError> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d.as_os_str().is_empty() || storage.exists(d).map_err(io_err("exists", d))? {
+            break;
+        }
+        missing.push(d);
+        cur = d.parent();
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    storage
+        .create_dir_all(dir)
+        .map_err(io_err("create_dir_all", dir))?;
+    // Deepest first is fine: each sync makes one new entry durable, and all
+    // of them are done before any segment is created.
+    for d in missing {
+        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            storage
+                .sync_dir(parent)
+                .map_err(io_err("sync_dir", parent))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the recovery scan over `dir` (created if missing). Cuts a torn tail
+/// (set_len + sync_data) before returning; removes segments superseded by a
+/// completed `reset_to` (lower generation).
+pub(crate) fn recover<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    max_record_bytes: u32,
+) -> Result<Recovered, WalError> {
+    create_dir_durably(storage, dir)?;
+    let names = storage.list(dir).map_err(io_err("list", dir))?;
+    let mut notes = Vec::new();
+    let mut seg_names: Vec<(Lsn, PathBuf)> = Vec::new();
+    for name in names {
+        let path = dir.join(&name);
+        match classify_name(&name) {
+            DirEntryKind::Segment(lsn) => seg_names.push((lsn, path)),
+            DirEntryKind::BadSegmentName => {
+                return Err(corruption(
+                    &path,
+                    0,
+                    None,
+                    CorruptionKind::SegmentBadName,
+                    "<first_lsn as 20 decimal digits, >= 1>.wal".to_string(),
+                    format!("{name:?}"),
+                ))
+            }
+            DirEntryKind::Other => {
+                tracing::warn!(file = %path.display(), "ignoring non-segment file in WAL directory");
+                notes.push(format!("ignored non-segment file {}", path.display()));
+            }
+        }
+    }
+    seg_names.sort();
+
+    // Headers first: each must verify and agree with its name.
+    let mut headers = Vec::with_capacity(seg_names.len());
+    for (lsn, path) in &seg_names {
+        let map = storage.map(path).map_err(io_err("map", path))?;
+        let header = SegmentHeader::decode(path, &map).map_err(|r| {
+            tracing::error!("{r}");
+            WalError::Corruption(r)
+        })?;
+        if header.first_lsn != *lsn {
+            return Err(corruption(
+                path,
+                0,
+                None,
+                CorruptionKind::SegmentNameMismatch,
+                format!("first_lsn {lsn} (from the file name)"),
+                format!("first_lsn {}", header.first_lsn),
+            ));
+        }
+        headers.push((path.clone(), header));
+    }
+
+    // Segments of a lower generation are leftovers of a reset_to that completed
+    // (its new segment is durable): they are no longer part of the log.
+    if let Some(max_gen) = headers.iter().map(|(_, h)| h.generation).max() {
+        let mut removed = false;
+        for (path, h) in headers.iter().filter(|(_, h)| h.generation < max_gen) {
+            tracing::warn!(segment = %path.display(), generation = h.generation, max_gen, "removing segment superseded by reset_to");
+            storage
+                .remove_file(path)
+                .map_err(io_err("remove_file", path))?;
+            notes.push(format!(
+                "removed segment {} of superseded generation {} (current {max_gen})",
+                path.display(),
+                h.generation
+            ));
+            removed = true;
+        }
+        if removed {
+            storage.sync_dir(dir).map_err(io_err("sync_dir", dir))?;
+            headers.retain(|(_, h)| h.generation == max_gen);
+        }
+    }
+
+    let n = headers.len();
+    let mut segments: Vec<SegmentMeta> = Vec::with_capacity(n);
+    let mut cut = None;
+    for (i, (path, header)) in headers.into_iter().enumerate() {
+        let is_last = i + 1 == n;
+        if let Some(prev_seg) = segments.last() {
+            let prev_last = prev_seg.last;
+            let expected_first = prev_last.lsn + 1;
+            if header.first_lsn != expected_first {
+                let kind = if header.first_lsn > expected_first {
+                    CorruptionKind::SegmentMissing
+                } else {
+                    CorruptionKind::SegmentOverlap
+                };
+                return Err(corruption(
+                    &path,
+                    0,
+                    Some(expected_first),
+                    kind,
+                    format!(
+                        "first_lsn {expected_first} (after {})",
+                        prev_seg.path.display()
+                    ),
+                    format!("first_lsn {}", header.first_lsn),
+                ));
+            }
+            if header.prev != prev_last {
+                return Err(corruption(
+                    &path,
+                    0,
+                    Some(expected_first),
+                    CorruptionKind::SegmentPrevMismatch,
+                    format!("prev {prev_last}"),
+                    format!("prev {}", header.prev),
+                ));
+            }
+        }
+        let map = storage.map(&path).map_err(io_err("map", &path))?;
+        let data: &[u8] = &map;
+        let mut meta = SegmentMeta::new(path.clone(), header);
+        let mut offset = SEGMENT_HEADER_LEN;
+        while offset < data.len() {
+            let expected_lsn = meta.last.lsn + 1;
+            match decode_record(&data[offset..], max_record_bytes) {
+                Ok(view) => {
+                    if let Err(e) = check_successor(meta.last, &view.header()) {
+                        let (k, ex, f) = chain_facts(&e);
+                        return Err(corruption(
+                            &path,
+                            offset as u64,
+                            Some(expected_lsn),
+                            k,
+                            ex,
+                            f,
+                        ));
+                    }
+                    let len = view.bytes().len();
+                    meta.note_record(view.position(), offset as u64, len as u64);
+                    offset += len;
+                }
+                Err(e) => {
+                    if !is_last {
+                        // Row 6: a sealed segment was synced whole before the next one existed.
+                        let (k, ex, f) = record_facts(&e);
+                        return Err(corruption(
+                            &path,
+                            offset as u64,
+                            Some(expected_lsn),
+                            k,
+                            ex,
+                            format!("{f} in sealed segment"),
+                        ));
+                    }
+                    match judge_tail(data, offset, &e, max_record_bytes) {
+                        TailVerdict::Torn => {
+                            cut = Some((path.clone(), offset as u64, (data.len() - offset) as u64));
+                            break;
+                        }
+                        TailVerdict::Corrupt(k, ex, f) => {
+                            return Err(corruption(
+                                &path,
+                                offset as u64,
+                                Some(expected_lsn),
+                                k,
+                                ex,
+                                f,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        segments.push(meta);
+    }
+
+    if let Some((path, offset, bytes_cut)) = &cut {
+        // The cut must be on disk before open returns: otherwise a second crash
+        // could resurrect the torn bytes after new records were appended behind them.
+        let f = storage.open(path, false).map_err(io_err("open", path))?;
+        f.set_len(*offset).map_err(io_err("set_len", path))?;
+        f.sync_data().map_err(io_err("sync_data", path))?;
+        tracing::warn!(segment = %path.display(), offset, bytes_cut, "cut torn tail of the WAL");
+    }
+    Ok(Recovered {
+        segments,
+        cut,
+        notes,
+    })
+}
