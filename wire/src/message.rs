@@ -2,7 +2,7 @@
 //!
 //! A message travels as the body of one frame ([`crate::frame`]). The body is
 //! `bincode::serde` with [`bincode::config::standard()`] (varint integers, little-endian) and a
-//! decode limit of [`crate::frame::MAX_FRAME_BYTES`]. The enum variant index is the wire tag:
+//! decode limit of [`MAX_DECODED_BYTES`]. The enum variant index is the wire tag:
 //! **new variants are appended at the end, never inserted or reordered**, and every layout change
 //! bumps [`PROTOCOL_VERSION`]. `Hello` is variant 0 and its first field is `protocol_version`
 //! in every version, so any primary can read the version of any replica (see
@@ -252,9 +252,16 @@ mod serde_bytes_vec {
     }
 }
 
+/// Decode limit handed to bincode: the in-memory bytes a decoded body may claim. bincode counts
+/// every integer at its in-memory size (a varint u64 of 1 wire byte claims 8), so this is a
+/// multiple of the frame limit; it bounds what a frame of at most
+/// [`crate::frame::MAX_FRAME_BYTES`] can make the decoder allocate, as defence in depth behind
+/// the frame length check.
+pub const MAX_DECODED_BYTES: usize = 4 * crate::frame::MAX_FRAME_BYTES as usize;
+
 /// bincode configuration of message bodies: standard (varint, little-endian) with a decode limit.
 pub(crate) fn bincode_config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<{ crate::frame::MAX_FRAME_BYTES as usize }>()
+    bincode::config::standard().with_limit::<MAX_DECODED_BYTES>()
 }
 
 /// Errors of [`decode_body`].
