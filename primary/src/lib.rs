@@ -1,1 +1,17 @@
-//! (crate under construction in this session)
+//! walship-primary: the shipping side of walship.
+//!
+//! Owns the sans-IO primary core ([`core`]): handshake checks, pipelined shipping with a
+//! bounded window per replica, receipts and quorum commit arithmetic.
+#![warn(missing_docs)]
+
+pub mod core;
+mod shim;
+
+/// Protocol and WAL types the core speaks (re-exported from walship-wire / walship-wal).
+pub mod proto {
+    pub use crate::shim::WalError;
+    pub use walship_wire::message::EpochEntry;
+    pub use walship_wire::{
+        Hello, Message, RecordBatch, Refuse, RefuseReason, Welcome, PROTOCOL_VERSION,
+    };
+}

@@ -1,0 +1,1011 @@
+//! The sans-IO primary core: handshake checks, pipelined shipping with a bounded
+//! in-flight window per replica, receipts and quorum commit arithmetic.
+//!
+//! [`PrimaryCore::handle`] takes an [`Event`] (a replica connected, a message arrived, the
+//! connection ended, the local durable lsn advanced, a tick) with `now_ms` passed in and
+//! returns the [`Action`]s the driver must perform (send a message, close a connection,
+//! announce a commit advance). It owns no socket, thread, clock or file. Where it must
+//! look at the log (the handshake's `position_at`, reading batches to ship) it is handed a
+//! `&mut dyn` [`LogSource`], which the tokio driver implements over
+//! `SharedWal<FsStorage>` and the simulator over a `Wal<SimStorage>`.
+//!
+//! Invariants kept here (and asserted):
+//! - `commit_lsn` never decreases and never exceeds the local durable lsn;
+//! - only locally durable records are shipped (`read_batch` results beyond
+//!   [`LogSource::durable`] are a broken invariant);
+//! - per replica, bytes and records in flight (shipped, not yet covered by a receipt) stay
+//!   within the window, except that a single batch larger than the window is still
+//!   shipped when nothing else is in flight (otherwise a large record would stall forever);
+//! - batches shipped on one connection are contiguous: each starts at the previous last + 1.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+
+#[cfg(feature = "fault-injection")]
+use walship_wal::RECORD_HEADER_LEN;
+use walship_wal::{Lsn, Position};
+
+use crate::proto::{
+    EpochEntry, Hello, Message, RecordBatch, Refuse, RefuseReason, WalError, Welcome,
+    PROTOCOL_VERSION,
+};
+
+/// Identifies one replica connection inside the driver (assigned by the driver, never reused).
+pub type ConnId = u64;
+
+/// The quorum policy (seed 000): how many durable copies make a record committed.
+///
+/// `N` is the number of configured members including the primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quorum {
+    /// Setting `0`: committed on the primary's local fsync (asynchronous replication).
+    LocalOnly,
+    /// Setting `-1` (default): `floor(N/2)` replica receipts, the primary's own durable
+    /// write counting as one more copy.
+    Majority,
+    /// Setting `k > 0`: exactly `k` replica receipts (plus the primary's own durable write).
+    Exactly(u32),
+}
+
+/// A quorum setting that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QuorumError {
+    /// Settings below -1 have no meaning.
+    #[error(
+        "quorum setting {setting} is invalid: use 0 (local only), -1 (majority) or k > 0 receipts"
+    )]
+    InvalidSetting {
+        /// The setting as given.
+        setting: i64,
+    },
+    /// `Exactly(k)` needs more replicas than are configured: nothing would ever commit.
+    #[error("quorum needs {needed} replica receipts but only {replicas} replicas are configured")]
+    Unsatisfiable {
+        /// Receipts the policy needs.
+        needed: usize,
+        /// Replicas configured (members minus the primary).
+        replicas: usize,
+    },
+}
+
+impl Quorum {
+    /// Parses the configuration setting: `0` local only, `-1` majority, `k > 0` exactly k.
+    pub fn from_setting(setting: i64) -> Result<Quorum, QuorumError> {
+        match setting {
+            0 => Ok(Quorum::LocalOnly),
+            -1 => Ok(Quorum::Majority),
+            k if k > 0 && k <= i64::from(u32::MAX) => Ok(Quorum::Exactly(k as u32)),
+            _ => Err(QuorumError::InvalidSetting { setting }),
+        }
+    }
+
+    /// The configuration setting this policy is written as.
+    pub fn setting(&self) -> i64 {
+        match self {
+            Quorum::LocalOnly => 0,
+            Quorum::Majority => -1,
+            Quorum::Exactly(k) => i64::from(*k),
+        }
+    }
+
+    /// Replica receipts needed with `members` configured members (the primary included).
+    pub fn receipts_needed(&self, members: usize) -> usize {
+        match self {
+            Quorum::LocalOnly => 0,
+            Quorum::Majority => members / 2,
+            Quorum::Exactly(k) => *k as usize,
+        }
+    }
+
+    /// Checks that the policy can ever commit with `members` configured members.
+    pub fn validate(&self, members: usize) -> Result<(), QuorumError> {
+        let needed = self.receipts_needed(members);
+        let replicas = members.saturating_sub(1);
+        if needed > replicas {
+            return Err(QuorumError::Unsatisfiable { needed, replicas });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Quorum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Quorum::LocalOnly => write!(f, "local-only (0)"),
+            Quorum::Majority => write!(f, "majority (-1)"),
+            Quorum::Exactly(k) => write!(f, "exactly {k} receipts"),
+        }
+    }
+}
+
+/// The highest lsn covered by `needed` replica copies plus the local durable copy: the
+/// `needed`-th highest of `replica_durable` capped by `local_durable`, or `local_durable`
+/// when no receipt is needed. `None` when fewer replicas than needed exist.
+pub fn quorum_commit_lsn(
+    needed: usize,
+    local_durable: Lsn,
+    replica_durable: &[Lsn],
+) -> Option<Lsn> {
+    if needed == 0 {
+        return Some(local_durable);
+    }
+    if replica_durable.len() < needed {
+        return None;
+    }
+    let mut sorted = replica_durable.to_vec();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    Some(sorted[needed - 1].min(local_durable))
+}
+
+/// The primary's log as the core sees it. Implemented by the driver over the WAL.
+pub trait LogSource {
+    /// The identity of the record at `lsn` (`lsn == 0`: the position before the first
+    /// retained record, `Position::ZERO` for a log starting at 1). `None` if not retained
+    /// or beyond the end.
+    fn position_at(&mut self, lsn: Lsn) -> Result<Option<Position>, WalError>;
+    /// The last locally durable record (`Position::ZERO` for an empty log). Only records up
+    /// to here may be shipped or count towards the commit.
+    fn durable(&self) -> Position;
+    /// The first retained lsn.
+    fn first_lsn(&self) -> Lsn;
+    /// Whole records from `from_lsn`, at most `max_bytes` (at least one record if any), as
+    /// stored bytes, never beyond [`LogSource::durable`]. Returns `(first_lsn, count, last,
+    /// bytes)`, or `None` if `from_lsn` is beyond the durable end.
+    fn read_batch(&mut self, from_lsn: Lsn, max_bytes: usize)
+        -> Result<Option<LogBatch>, WalError>;
+}
+
+/// Bounds of the per-replica pipelined window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Largest `Records` batch the core asks the log for (a single larger record still ships alone).
+    pub max_batch_bytes: usize,
+    /// Bytes shipped to one replica and not yet covered by its receipt.
+    pub max_inflight_bytes: u64,
+    /// Records shipped to one replica and not yet covered by its receipt.
+    pub max_inflight_records: u64,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            max_batch_bytes: 1024 * 1024,
+            max_inflight_bytes: 16 * 1024 * 1024,
+            max_inflight_records: 64 * 1024,
+        }
+    }
+}
+
+/// A batch read from the log: `(first_lsn, count, last position, stored bytes)`.
+pub type LogBatch = (Lsn, u32, Position, Vec<u8>);
+
+/// What the core is built from: identity, membership, policy and the persisted state.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// This primary's node id.
+    pub node_id: String,
+    /// Cluster id; a replica with another is refused.
+    pub cluster_id: String,
+    /// Every member's node id, the primary's own included (N in the quorum rule).
+    pub members: Vec<String>,
+    /// Quorum policy.
+    pub quorum: Quorum,
+    /// This primary's epoch (term).
+    pub epoch: u64,
+    /// The epoch history announced in `Welcome`.
+    pub epoch_history: Vec<EpochEntry>,
+    /// The persisted commit watermark (capped at the local durable lsn on first use).
+    pub commit_lsn: Lsn,
+    /// Shipping window bounds.
+    pub window: Window,
+}
+
+/// A core configuration that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CoreError {
+    /// The quorum policy cannot be met by the membership.
+    #[error(transparent)]
+    Quorum(#[from] QuorumError),
+    /// The primary's own id is not in the member list.
+    #[error("primary {node_id} is not in the member list")]
+    PrimaryNotMember {
+        /// The primary's id.
+        node_id: String,
+    },
+    /// A member is listed twice.
+    #[error("member {node_id} is listed twice")]
+    DuplicateMember {
+        /// The repeated id.
+        node_id: String,
+    },
+    /// A window bound is zero.
+    #[error("shipping window bounds must be > 0")]
+    EmptyWindow,
+    /// `inject_fault` named a node that is not a replica member.
+    #[error("{node_id} is not a replica member")]
+    UnknownReplica {
+        /// The id given.
+        node_id: String,
+    },
+}
+
+/// An input to the core.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A connection passed mutual TLS; `node_id` is the name its certificate proved.
+    Connected {
+        /// The driver's id for the connection.
+        conn: ConnId,
+        /// Authenticated node id.
+        node_id: String,
+    },
+    /// A complete frame arrived on the connection.
+    Received {
+        /// The connection.
+        conn: ConnId,
+        /// The decoded message.
+        msg: Message,
+    },
+    /// The connection ended (lost, timed out, closed by either side). Not an error of the log.
+    Disconnected {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// The local durable lsn advanced (the core reads it from the log).
+    LocalDurable,
+    /// Periodic wake-up; re-evaluates commit and windows.
+    Tick,
+}
+
+/// Why the core closes a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The handshake was refused; the `Refuse` message was sent first.
+    Refused(RefuseReason),
+    /// A message the protocol does not allow in this state.
+    UnexpectedMessage {
+        /// The message kind.
+        kind: &'static str,
+        /// The session state.
+        state: &'static str,
+    },
+    /// A receipt claims more than was ever shipped or proven on this connection.
+    ReceiptBeyondShipped {
+        /// The receipt's durable lsn.
+        durable_lsn: Lsn,
+        /// The highest lsn known to be on the replica.
+        shipped_lsn: Lsn,
+    },
+    /// A newer connection of the same node replaced this one.
+    Superseded {
+        /// The newer connection.
+        by: ConnId,
+    },
+    /// Reading the local log failed; shipping to this replica stops.
+    LogRead {
+        /// The lsn being read.
+        lsn: Lsn,
+        /// The WAL's error.
+        error: String,
+    },
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Refused(r) => write!(f, "refused: {r}"),
+            CloseReason::UnexpectedMessage { kind, state } => {
+                write!(f, "unexpected {kind} message in state {state}")
+            }
+            CloseReason::ReceiptBeyondShipped {
+                durable_lsn,
+                shipped_lsn,
+            } => write!(
+                f,
+                "receipt for durable lsn {durable_lsn} beyond shipped lsn {shipped_lsn}"
+            ),
+            CloseReason::Superseded { by } => write!(f, "superseded by connection {by}"),
+            CloseReason::LogRead { lsn, error } => {
+                write!(f, "reading the local log at lsn {lsn} failed: {error}")
+            }
+        }
+    }
+}
+
+/// An output of the core, performed by the driver in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Write `msg` as one frame on the connection.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// The message.
+        msg: Message,
+    },
+    /// Close the connection (after writing what was queued before).
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why (log it with the node id).
+        reason: CloseReason,
+    },
+    /// The commit watermark advanced: persist `state/commit` (may be batched) and wake the
+    /// appenders waiting for lsns up to `commit_lsn`.
+    CommitAdvanced {
+        /// The new watermark.
+        commit_lsn: Lsn,
+    },
+}
+
+/// A fault the primary injects into what it ships to one replica (demo/test use only).
+#[cfg(feature = "fault-injection")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShipFault {
+    /// Flip one payload byte of the next record shipped (its stored crc no longer matches).
+    CorruptNextRecord,
+    /// Leave the next record out of the stream (the replica sees a gap).
+    SkipNextRecord,
+    /// Ship the next record twice (the replica sees a duplicate).
+    DuplicateNextRecord,
+}
+
+/// What the status of one replica member reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// The replica's node id.
+    pub node_id: String,
+    /// A connection of this replica is open.
+    pub connected: bool,
+    /// Records are being shipped (the handshake proved its log a prefix of ours).
+    pub shipping: bool,
+    /// The highest lsn the replica reported durable (receipt, or its proven Hello position).
+    pub durable_lsn: Lsn,
+    /// The highest lsn shipped to it on the current connection.
+    pub shipped_lsn: Lsn,
+    /// Local durable lsn minus the replica's durable lsn.
+    pub lag_records: u64,
+    /// Bytes between the replica's durable lsn and the local durable lsn: exact for what is
+    /// in flight, estimated from the mean record size for what is not yet shipped.
+    pub lag_bytes: u64,
+    /// Milliseconds since the last receipt (`None` if none arrived since the primary started).
+    pub last_receipt_age_ms: Option<u64>,
+}
+
+/// A snapshot of the core's state for `status()`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoreStatus {
+    /// This primary's epoch.
+    pub epoch: u64,
+    /// Local durable lsn.
+    pub durable_lsn: Lsn,
+    /// Commit watermark.
+    pub commit_lsn: Lsn,
+    /// One entry per replica member, in member-list order.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// One shipped batch not yet covered by a receipt.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    last_lsn: Lsn,
+    records: u64,
+    bytes: u64,
+}
+
+/// Shipping state of a connection whose log was proven a prefix of ours.
+#[derive(Debug)]
+struct Ship {
+    /// Next lsn to ship.
+    next_lsn: Lsn,
+    inflight: VecDeque<InFlight>,
+    inflight_bytes: u64,
+    inflight_records: u64,
+    /// A batch read but held back because the window was full.
+    pending: Option<LogBatch>,
+}
+
+impl Ship {
+    fn shipped_lsn(&self) -> Lsn {
+        self.next_lsn - 1
+    }
+}
+
+#[derive(Debug)]
+enum SessionState {
+    AwaitingHello,
+    Shipping(Ship),
+    /// Handshake answered but nothing is shipped: the replica's log is not a proven prefix
+    /// (divergence search by probes, or it needs a snapshot), or it has seen a higher epoch.
+    Idle,
+}
+
+impl SessionState {
+    fn name(&self) -> &'static str {
+        match self {
+            SessionState::AwaitingHello => "awaiting-hello",
+            SessionState::Shipping(_) => "shipping",
+            SessionState::Idle => "idle",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Session {
+    member: usize,
+    state: SessionState,
+}
+
+#[derive(Debug)]
+struct Member {
+    node_id: String,
+    /// Highest lsn known durable on the replica (and equal to ours).
+    durable_lsn: Lsn,
+    last_receipt_ms: Option<u64>,
+    conn: Option<ConnId>,
+    #[cfg(feature = "fault-injection")]
+    fault: Option<ShipFault>,
+}
+
+/// The primary's protocol state machine. See the module documentation.
+#[derive(Debug)]
+pub struct PrimaryCore {
+    node_id: String,
+    cluster_id: String,
+    epoch: u64,
+    epoch_history: Vec<EpochEntry>,
+    quorum: Quorum,
+    receipts_needed: usize,
+    window: Window,
+    members: Vec<Member>,
+    sessions: BTreeMap<ConnId, Session>,
+    commit_lsn: Lsn,
+    /// Bytes and records seen in batches read from the log (for the lag_bytes estimate).
+    bytes_read: u64,
+    records_read: u64,
+}
+
+impl PrimaryCore {
+    /// Builds the core; checks the membership, the quorum policy and the window.
+    pub fn new(config: CoreConfig) -> Result<PrimaryCore, CoreError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for m in &config.members {
+            if !seen.insert(m.as_str()) {
+                return Err(CoreError::DuplicateMember { node_id: m.clone() });
+            }
+        }
+        if !seen.contains(config.node_id.as_str()) {
+            return Err(CoreError::PrimaryNotMember {
+                node_id: config.node_id,
+            });
+        }
+        config.quorum.validate(config.members.len())?;
+        let w = config.window;
+        if w.max_batch_bytes == 0 || w.max_inflight_bytes == 0 || w.max_inflight_records == 0 {
+            return Err(CoreError::EmptyWindow);
+        }
+        let members = config
+            .members
+            .iter()
+            .filter(|m| **m != config.node_id)
+            .map(|m| Member {
+                node_id: m.clone(),
+                durable_lsn: 0,
+                last_receipt_ms: None,
+                conn: None,
+                #[cfg(feature = "fault-injection")]
+                fault: None,
+            })
+            .collect();
+        Ok(PrimaryCore {
+            receipts_needed: config.quorum.receipts_needed(config.members.len()),
+            node_id: config.node_id,
+            cluster_id: config.cluster_id,
+            epoch: config.epoch,
+            epoch_history: config.epoch_history,
+            quorum: config.quorum,
+            window: config.window,
+            members,
+            sessions: BTreeMap::new(),
+            commit_lsn: config.commit_lsn,
+            bytes_read: 0,
+            records_read: 0,
+        })
+    }
+
+    /// The commit watermark: every lsn up to it is covered by the quorum.
+    pub fn commit_lsn(&self) -> Lsn {
+        self.commit_lsn
+    }
+
+    /// The quorum policy.
+    pub fn quorum(&self) -> Quorum {
+        self.quorum
+    }
+
+    /// This primary's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The node id of the replica on `conn`, if the connection is known.
+    pub fn conn_node_id(&self, conn: ConnId) -> Option<&str> {
+        self.sessions
+            .get(&conn)
+            .map(|s| self.members[s.member].node_id.as_str())
+    }
+
+    /// Arms a fault for the next record shipped to `node_id` (demo/test use only).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fault(&mut self, node_id: &str, fault: ShipFault) -> Result<(), CoreError> {
+        let m = self
+            .members
+            .iter_mut()
+            .find(|m| m.node_id == node_id)
+            .ok_or_else(|| CoreError::UnknownReplica {
+                node_id: node_id.to_string(),
+            })?;
+        m.fault = Some(fault);
+        Ok(())
+    }
+
+    /// Feeds one event; returns the actions to perform, in order.
+    pub fn handle(&mut self, event: Event, log: &mut dyn LogSource, now_ms: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        match event {
+            Event::Connected { conn, node_id } => self.on_connected(conn, node_id, &mut out),
+            Event::Received { conn, msg } => self.on_message(conn, msg, log, now_ms, &mut out),
+            Event::Disconnected { conn } => self.remove_session(conn),
+            Event::LocalDurable | Event::Tick => {}
+        }
+        self.pump(log, &mut out);
+        out
+    }
+
+    /// A snapshot of epoch, durable/commit lsn and per-replica progress.
+    pub fn status(&self, log: &dyn LogSource, now_ms: u64) -> CoreStatus {
+        let durable = log.durable().lsn;
+        let mean = self.bytes_read.checked_div(self.records_read).unwrap_or(0);
+        let replicas = self
+            .members
+            .iter()
+            .map(|m| {
+                let session = m.conn.and_then(|c| self.sessions.get(&c));
+                let ship = match session.map(|s| &s.state) {
+                    Some(SessionState::Shipping(ship)) => Some(ship),
+                    _ => None,
+                };
+                let lag_records = durable.saturating_sub(m.durable_lsn);
+                let (shipped_lsn, inflight_bytes) = match ship {
+                    Some(s) => (s.shipped_lsn(), s.inflight_bytes),
+                    None => (m.durable_lsn, 0),
+                };
+                let unshipped = durable.saturating_sub(shipped_lsn.max(m.durable_lsn));
+                ReplicaStatus {
+                    node_id: m.node_id.clone(),
+                    connected: session.is_some(),
+                    shipping: ship.is_some(),
+                    durable_lsn: m.durable_lsn,
+                    shipped_lsn,
+                    lag_records,
+                    lag_bytes: inflight_bytes + unshipped * mean,
+                    last_receipt_age_ms: m.last_receipt_ms.map(|t| now_ms.saturating_sub(t)),
+                }
+            })
+            .collect();
+        CoreStatus {
+            epoch: self.epoch,
+            durable_lsn: durable,
+            commit_lsn: self.commit_lsn.min(durable),
+            replicas,
+        }
+    }
+
+    fn on_connected(&mut self, conn: ConnId, node_id: String, out: &mut Vec<Action>) {
+        assert!(
+            !self.sessions.contains_key(&conn),
+            "connection ids are never reused"
+        );
+        let Some(member) = self.members.iter().position(|m| m.node_id == node_id) else {
+            // TLS admits every member, the primary's own name included; only replicas ship.
+            let reason = RefuseReason::NotAMember { node_id };
+            out.push(Action::Send {
+                conn,
+                msg: Message::Refuse(Refuse {
+                    reason: reason.clone(),
+                }),
+            });
+            out.push(Action::Close {
+                conn,
+                reason: CloseReason::Refused(reason),
+            });
+            return;
+        };
+        if let Some(old) = self.members[member].conn {
+            self.remove_session(old);
+            out.push(Action::Close {
+                conn: old,
+                reason: CloseReason::Superseded { by: conn },
+            });
+        }
+        self.members[member].conn = Some(conn);
+        self.sessions.insert(
+            conn,
+            Session {
+                member,
+                state: SessionState::AwaitingHello,
+            },
+        );
+    }
+
+    fn remove_session(&mut self, conn: ConnId) {
+        if let Some(s) = self.sessions.remove(&conn) {
+            let m = &mut self.members[s.member];
+            if m.conn == Some(conn) {
+                m.conn = None;
+            }
+        }
+    }
+
+    fn close(&mut self, conn: ConnId, reason: CloseReason, out: &mut Vec<Action>) {
+        self.remove_session(conn);
+        out.push(Action::Close { conn, reason });
+    }
+
+    fn refuse(&mut self, conn: ConnId, reason: RefuseReason, out: &mut Vec<Action>) {
+        out.push(Action::Send {
+            conn,
+            msg: Message::Refuse(Refuse {
+                reason: reason.clone(),
+            }),
+        });
+        self.close(conn, CloseReason::Refused(reason), out);
+    }
+
+    fn on_message(
+        &mut self,
+        conn: ConnId,
+        msg: Message,
+        log: &mut dyn LogSource,
+        now_ms: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(session) = self.sessions.get(&conn) else {
+            // A message racing the close of its connection: nothing to do.
+            return;
+        };
+        let state = session.state.name();
+        let awaiting = matches!(session.state, SessionState::AwaitingHello);
+        let shipping = matches!(session.state, SessionState::Shipping(_));
+        match msg {
+            Message::Hello(hello) if awaiting => self.on_hello(conn, hello, log, out),
+            Message::Probe { lsn } if !awaiting => {
+                let durable = log.durable();
+                let position = if lsn > durable.lsn {
+                    Ok(None)
+                } else {
+                    log.position_at(lsn)
+                };
+                match position {
+                    Ok(position) => out.push(Action::Send {
+                        conn,
+                        msg: Message::ProbeReply { lsn, position },
+                    }),
+                    Err(e) => self.close(
+                        conn,
+                        CloseReason::LogRead {
+                            lsn,
+                            error: e.to_string(),
+                        },
+                        out,
+                    ),
+                }
+            }
+            Message::Receipt { durable_lsn } if shipping => {
+                self.on_receipt(conn, durable_lsn, now_ms, out)
+            }
+            other => {
+                let kind = other.kind();
+                self.close(conn, CloseReason::UnexpectedMessage { kind, state }, out);
+            }
+        }
+    }
+
+    fn on_hello(
+        &mut self,
+        conn: ConnId,
+        hello: Hello,
+        log: &mut dyn LogSource,
+        out: &mut Vec<Action>,
+    ) {
+        let member = match self.sessions.get(&conn) {
+            Some(s) => s.member,
+            None => return,
+        };
+        if hello.protocol_version != PROTOCOL_VERSION {
+            let reason = RefuseReason::UnsupportedVersion {
+                ours: PROTOCOL_VERSION,
+                theirs: hello.protocol_version,
+            };
+            return self.refuse(conn, reason, out);
+        }
+        if hello.cluster_id != self.cluster_id {
+            let reason = RefuseReason::ClusterMismatch {
+                ours: self.cluster_id.clone(),
+                theirs: hello.cluster_id,
+            };
+            return self.refuse(conn, reason, out);
+        }
+        if hello.node_id != self.members[member].node_id {
+            // The Hello must name the node its certificate proved.
+            let reason = RefuseReason::NodeIdMismatch {
+                claimed: hello.node_id,
+                certified: self.members[member].node_id.clone(),
+            };
+            return self.refuse(conn, reason, out);
+        }
+        let durable = log.durable();
+        let at_replica_last = if hello.last.lsn > durable.lsn {
+            Ok(None)
+        } else {
+            log.position_at(hello.last.lsn)
+        };
+        let at_replica_last = match at_replica_last {
+            Ok(p) => p,
+            Err(e) => {
+                let reason = CloseReason::LogRead {
+                    lsn: hello.last.lsn,
+                    error: e.to_string(),
+                };
+                return self.close(conn, reason, out);
+            }
+        };
+        out.push(Action::Send {
+            conn,
+            msg: Message::Welcome(Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                primary_id: self.node_id.clone(),
+                epoch: self.epoch,
+                at_replica_last,
+                primary_last: durable,
+                commit_lsn: self.commit_lsn.min(durable.lsn),
+                epoch_history: self.epoch_history.clone(),
+            }),
+        });
+        let node_id = &self.members[member].node_id;
+        let state = if hello.highest_epoch_seen > self.epoch {
+            tracing::warn!(replica = %node_id, epoch = self.epoch, seen = hello.highest_epoch_seen,
+                "replica has seen a higher epoch than ours: this primary is stale, not shipping");
+            SessionState::Idle
+        } else if at_replica_last == Some(hello.last) {
+            tracing::info!(replica = %node_id, lsn = hello.last.lsn, epoch = self.epoch,
+                "replica log is a prefix of ours: shipping");
+            // Hello.last is the replica's durable position (protocol.md), so it counts as a copy.
+            self.members[member].durable_lsn = hello.last.lsn;
+            SessionState::Shipping(Ship {
+                next_lsn: hello.last.lsn + 1,
+                inflight: VecDeque::new(),
+                inflight_bytes: 0,
+                inflight_records: 0,
+                pending: None,
+            })
+        } else {
+            tracing::warn!(replica = %node_id, replica_last = %hello.last, ours = ?at_replica_last,
+                "replica log is not a proven prefix of ours (divergence or not retained): not shipping, answering probes");
+            SessionState::Idle
+        };
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.state = state;
+        }
+    }
+
+    fn on_receipt(&mut self, conn: ConnId, durable_lsn: Lsn, now_ms: u64, out: &mut Vec<Action>) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let SessionState::Shipping(ship) = &mut session.state else {
+            return;
+        };
+        let shipped_lsn = ship.shipped_lsn();
+        if durable_lsn > shipped_lsn {
+            let reason = CloseReason::ReceiptBeyondShipped {
+                durable_lsn,
+                shipped_lsn,
+            };
+            return self.close(conn, reason, out);
+        }
+        while let Some(f) = ship.inflight.front() {
+            if f.last_lsn > durable_lsn {
+                break;
+            }
+            ship.inflight_bytes -= f.bytes;
+            ship.inflight_records -= f.records;
+            ship.inflight.pop_front();
+        }
+        let m = &mut self.members[session.member];
+        // Receipts arrive in order on one stream; a lower one is stale information.
+        m.durable_lsn = m.durable_lsn.max(durable_lsn);
+        m.last_receipt_ms = Some(now_ms);
+    }
+
+    /// Re-evaluates the commit watermark, then fills every shipping window.
+    fn pump(&mut self, log: &mut dyn LogSource, out: &mut Vec<Action>) {
+        let durable = log.durable();
+        self.advance_commit(durable.lsn, out);
+        let conns: Vec<ConnId> = self.sessions.keys().copied().collect();
+        for conn in conns {
+            self.fill_window(conn, durable, log, out);
+        }
+    }
+
+    fn advance_commit(&mut self, local_durable: Lsn, out: &mut Vec<Action>) {
+        let acked: Vec<Lsn> = self.members.iter().map(|m| m.durable_lsn).collect();
+        let Some(candidate) = quorum_commit_lsn(self.receipts_needed, local_durable, &acked) else {
+            return;
+        };
+        if candidate <= self.commit_lsn {
+            return;
+        }
+        self.commit_lsn = candidate;
+        assert!(
+            self.commit_lsn <= local_durable,
+            "commit_lsn beyond the local durable lsn"
+        );
+        out.push(Action::CommitAdvanced {
+            commit_lsn: candidate,
+        });
+        for (conn, s) in &self.sessions {
+            if matches!(s.state, SessionState::Shipping(_)) {
+                out.push(Action::Send {
+                    conn: *conn,
+                    msg: Message::Commit {
+                        commit_lsn: candidate,
+                    },
+                });
+            }
+        }
+    }
+
+    fn fill_window(
+        &mut self,
+        conn: ConnId,
+        durable: Position,
+        log: &mut dyn LogSource,
+        out: &mut Vec<Action>,
+    ) {
+        let w = self.window;
+        let commit_lsn = self.commit_lsn;
+        loop {
+            let Some(session) = self.sessions.get_mut(&conn) else {
+                return;
+            };
+            #[cfg(feature = "fault-injection")]
+            let member = session.member;
+            let SessionState::Shipping(ship) = &mut session.state else {
+                return;
+            };
+            let batch = match ship.pending.take() {
+                Some(b) => b,
+                None => {
+                    if ship.next_lsn > durable.lsn {
+                        return;
+                    }
+                    let room = w.max_inflight_bytes.saturating_sub(ship.inflight_bytes);
+                    if room == 0 || ship.inflight_records >= w.max_inflight_records {
+                        return;
+                    }
+                    let max = w
+                        .max_batch_bytes
+                        .min(usize::try_from(room).unwrap_or(usize::MAX));
+                    match log.read_batch(ship.next_lsn, max) {
+                        Ok(Some(b)) => {
+                            self.bytes_read += b.3.len() as u64;
+                            self.records_read += u64::from(b.1);
+                            b
+                        }
+                        Ok(None) => return,
+                        Err(e) => {
+                            let reason = CloseReason::LogRead {
+                                lsn: ship.next_lsn,
+                                error: e.to_string(),
+                            };
+                            return self.close(conn, reason, out);
+                        }
+                    }
+                }
+            };
+            let (first_lsn, count, last, bytes) = batch;
+            assert_eq!(first_lsn, ship.next_lsn, "read_batch returned another lsn");
+            assert!(count > 0, "read_batch returned an empty batch");
+            assert_eq!(
+                last.lsn,
+                first_lsn + u64::from(count) - 1,
+                "read_batch count disagrees with its last position"
+            );
+            assert!(
+                last.lsn <= durable.lsn,
+                "read_batch returned records beyond the local durable lsn"
+            );
+            let len = bytes.len() as u64;
+            let fits = ship.inflight_bytes + len <= w.max_inflight_bytes
+                && ship.inflight_records + u64::from(count) <= w.max_inflight_records;
+            if !fits && !ship.inflight.is_empty() {
+                ship.pending = Some((first_lsn, count, last, bytes));
+                return;
+            }
+            ship.inflight.push_back(InFlight {
+                last_lsn: last.lsn,
+                records: u64::from(count),
+                bytes: len,
+            });
+            ship.inflight_bytes += len;
+            ship.inflight_records += u64::from(count);
+            ship.next_lsn = last.lsn + 1;
+            #[cfg(feature = "fault-injection")]
+            let shipped = {
+                let fault = self.members[member].fault.take();
+                apply_fault(fault, first_lsn, count, bytes)
+            };
+            #[cfg(not(feature = "fault-injection"))]
+            let shipped = Some((first_lsn, count, bytes));
+            if let Some((first_lsn, count, bytes)) = shipped {
+                out.push(Action::Send {
+                    conn,
+                    msg: Message::Records(RecordBatch {
+                        first_lsn,
+                        count,
+                        bytes,
+                        commit_lsn,
+                    }),
+                });
+            }
+        }
+    }
+}
+
+/// Applies an armed fault to a batch about to be shipped; `None` if nothing is left to send.
+#[cfg(feature = "fault-injection")]
+fn apply_fault(
+    fault: Option<ShipFault>,
+    first_lsn: Lsn,
+    count: u32,
+    mut bytes: Vec<u8>,
+) -> Option<(Lsn, u32, Vec<u8>)> {
+    let Some(fault) = fault else {
+        return Some((first_lsn, count, bytes));
+    };
+    // The batch came verified from the WAL, so its first record header is whole.
+    let payload_len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+    let first_len = RECORD_HEADER_LEN + payload_len;
+    tracing::warn!(
+        lsn = first_lsn,
+        ?fault,
+        "fault injection: altering a shipped record"
+    );
+    match fault {
+        ShipFault::CorruptNextRecord => {
+            // The first payload byte, or the epoch field of an empty record: either way the
+            // stored crc no longer matches.
+            let at = if payload_len > 0 {
+                RECORD_HEADER_LEN
+            } else {
+                16
+            };
+            bytes[at] ^= 0xFF;
+            Some((first_lsn, count, bytes))
+        }
+        ShipFault::SkipNextRecord => {
+            if count == 1 {
+                return None;
+            }
+            Some((first_lsn + 1, count - 1, bytes.split_off(first_len)))
+        }
+        ShipFault::DuplicateNextRecord => {
+            let mut dup = bytes[..first_len].to_vec();
+            dup.extend_from_slice(&bytes);
+            Some((first_lsn, count + 1, dup))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,887 @@
+//! Unit and property tests of the primary core against an in-memory log.
+
+use super::*;
+use proptest::prelude::*;
+use walship_wal::{decode_record, encode_record, RecordError};
+
+/// An in-memory log: record bytes and positions, of which the first `durable` are durable.
+#[derive(Default)]
+struct MemLog {
+    records: Vec<(Position, Vec<u8>)>,
+    durable: usize,
+}
+
+impl MemLog {
+    fn append(&mut self, n: usize, payload_len: usize) {
+        for _ in 0..n {
+            let prev = self.records.last().map(|r| r.0).unwrap_or(Position::ZERO);
+            let payload = vec![(prev.lsn % 251) as u8; payload_len];
+            let mut buf = Vec::new();
+            let pos = encode_record(prev.lsn + 1, 1, prev.crc, &payload, &mut buf);
+            self.records.push((pos, buf));
+        }
+    }
+    fn append_durable(&mut self, n: usize, payload_len: usize) {
+        self.append(n, payload_len);
+        self.durable = self.records.len();
+    }
+    fn pos(&self, lsn: Lsn) -> Position {
+        if lsn == 0 {
+            Position::ZERO
+        } else {
+            self.records[lsn as usize - 1].0
+        }
+    }
+}
+
+impl LogSource for MemLog {
+    fn position_at(&mut self, lsn: Lsn) -> Result<Option<Position>, WalError> {
+        if lsn as usize > self.records.len() {
+            return Ok(None);
+        }
+        Ok(Some(self.pos(lsn)))
+    }
+    fn durable(&self) -> Position {
+        self.pos(self.durable as Lsn)
+    }
+    fn first_lsn(&self) -> Lsn {
+        1
+    }
+    fn read_batch(
+        &mut self,
+        from_lsn: Lsn,
+        max_bytes: usize,
+    ) -> Result<Option<LogBatch>, WalError> {
+        if from_lsn == 0 || from_lsn as usize > self.durable {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        let mut count = 0u32;
+        let mut last = Position::ZERO;
+        for (pos, rec) in &self.records[from_lsn as usize - 1..self.durable] {
+            if count > 0 && bytes.len() + rec.len() > max_bytes {
+                break;
+            }
+            bytes.extend_from_slice(rec);
+            count += 1;
+            last = *pos;
+        }
+        Ok(Some((from_lsn, count, last, bytes)))
+    }
+}
+
+fn members(n_replicas: usize) -> Vec<String> {
+    let mut m = vec!["p".to_string()];
+    m.extend((1..=n_replicas).map(|i| format!("r{i}")));
+    m
+}
+
+fn core_with(quorum: Quorum, n_replicas: usize, window: Window) -> PrimaryCore {
+    PrimaryCore::new(CoreConfig {
+        node_id: "p".into(),
+        cluster_id: "c".into(),
+        members: members(n_replicas),
+        quorum,
+        epoch: 1,
+        epoch_history: vec![EpochEntry {
+            epoch: 1,
+            start_lsn: 1,
+        }],
+        commit_lsn: 0,
+        window,
+    })
+    .expect("valid core config")
+}
+
+fn core(quorum: Quorum, n_replicas: usize) -> PrimaryCore {
+    core_with(quorum, n_replicas, Window::default())
+}
+
+fn hello(node: &str, last: Position) -> Hello {
+    Hello {
+        protocol_version: PROTOCOL_VERSION,
+        cluster_id: "c".into(),
+        node_id: node.into(),
+        last,
+        commit_lsn: 0,
+        epoch_history: vec![],
+        highest_epoch_seen: 1,
+    }
+}
+
+/// Connects `node` on `conn` and sends its Hello; returns all actions.
+fn connect(
+    core: &mut PrimaryCore,
+    log: &mut MemLog,
+    conn: ConnId,
+    node: &str,
+    last: Position,
+) -> Vec<Action> {
+    let mut a = core.handle(
+        Event::Connected {
+            conn,
+            node_id: node.into(),
+        },
+        log,
+        0,
+    );
+    a.extend(core.handle(
+        Event::Received {
+            conn,
+            msg: Message::Hello(hello(node, last)),
+        },
+        log,
+        0,
+    ));
+    a
+}
+
+fn receipt(core: &mut PrimaryCore, log: &mut MemLog, conn: ConnId, lsn: Lsn) -> Vec<Action> {
+    core.handle(
+        Event::Received {
+            conn,
+            msg: Message::Receipt { durable_lsn: lsn },
+        },
+        log,
+        0,
+    )
+}
+
+fn batches(actions: &[Action], on: ConnId) -> Vec<RecordBatch> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                conn,
+                msg: Message::Records(b),
+            } if *conn == on => Some(b.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn commit_advanced(actions: &[Action]) -> Option<Lsn> {
+    actions.iter().rev().find_map(|a| match a {
+        Action::CommitAdvanced { commit_lsn } => Some(*commit_lsn),
+        _ => None,
+    })
+}
+
+fn closed(actions: &[Action], on: ConnId) -> Option<CloseReason> {
+    actions.iter().find_map(|a| match a {
+        Action::Close { conn, reason } if *conn == on => Some(reason.clone()),
+        _ => None,
+    })
+}
+
+fn shipped_lsns(b: &[RecordBatch]) -> Option<(Lsn, Lsn)> {
+    Some((b.first()?.first_lsn, {
+        let l = b.last()?;
+        l.first_lsn + u64::from(l.count) - 1
+    }))
+}
+
+#[test]
+fn quorum_settings_parse_and_unsatisfiable_policy_is_rejected() {
+    assert_eq!(Quorum::from_setting(0), Ok(Quorum::LocalOnly));
+    assert_eq!(Quorum::from_setting(-1), Ok(Quorum::Majority));
+    assert_eq!(Quorum::from_setting(2), Ok(Quorum::Exactly(2)));
+    assert_eq!(
+        Quorum::from_setting(-2),
+        Err(QuorumError::InvalidSetting { setting: -2 })
+    );
+    assert_eq!(Quorum::Majority.receipts_needed(3), 1);
+    assert_eq!(Quorum::Majority.receipts_needed(5), 2);
+    assert_eq!(Quorum::Majority.receipts_needed(1), 0);
+    assert_eq!(
+        Quorum::Exactly(3).validate(3),
+        Err(QuorumError::Unsatisfiable {
+            needed: 3,
+            replicas: 2
+        })
+    );
+    let err = PrimaryCore::new(CoreConfig {
+        members: members(2),
+        quorum: Quorum::Exactly(3),
+        ..core_config_template()
+    })
+    .unwrap_err();
+    assert!(matches!(err, CoreError::Quorum(_)));
+}
+
+fn core_config_template() -> CoreConfig {
+    CoreConfig {
+        node_id: "p".into(),
+        cluster_id: "c".into(),
+        members: members(2),
+        quorum: Quorum::Majority,
+        epoch: 1,
+        epoch_history: vec![],
+        commit_lsn: 0,
+        window: Window::default(),
+    }
+}
+
+#[test]
+fn config_without_the_primary_or_with_duplicates_is_rejected() {
+    let err = PrimaryCore::new(CoreConfig {
+        members: vec!["r1".into(), "r2".into()],
+        ..core_config_template()
+    })
+    .unwrap_err();
+    assert_eq!(
+        err,
+        CoreError::PrimaryNotMember {
+            node_id: "p".into()
+        }
+    );
+    let err = PrimaryCore::new(CoreConfig {
+        members: vec!["p".into(), "r1".into(), "r1".into()],
+        ..core_config_template()
+    })
+    .unwrap_err();
+    assert_eq!(
+        err,
+        CoreError::DuplicateMember {
+            node_id: "r1".into()
+        }
+    );
+}
+
+#[test]
+fn quorum_commit_lsn_is_kth_highest_capped_by_local() {
+    assert_eq!(quorum_commit_lsn(0, 7, &[]), Some(7));
+    assert_eq!(quorum_commit_lsn(1, 7, &[3, 9]), Some(7));
+    assert_eq!(quorum_commit_lsn(2, 7, &[3, 9]), Some(3));
+    assert_eq!(quorum_commit_lsn(3, 7, &[3, 9]), None);
+}
+
+#[test]
+fn local_only_commits_on_local_durable_without_replicas() {
+    let mut c = core(Quorum::LocalOnly, 2);
+    let mut log = MemLog::default();
+    log.append_durable(5, 10);
+    let a = c.handle(Event::LocalDurable, &mut log, 0);
+    assert_eq!(commit_advanced(&a), Some(5));
+    assert_eq!(c.commit_lsn(), 5);
+}
+
+#[test]
+fn majority_without_receipts_does_not_commit() {
+    let mut c = core(Quorum::Majority, 2);
+    let mut log = MemLog::default();
+    connect(&mut c, &mut log, 1, "r1", Position::ZERO);
+    connect(&mut c, &mut log, 2, "r2", Position::ZERO);
+    log.append_durable(5, 10);
+    let a = c.handle(Event::LocalDurable, &mut log, 0);
+    assert_eq!(commit_advanced(&a), None);
+    assert_eq!(c.commit_lsn(), 0);
+    assert_eq!(shipped_lsns(&batches(&a, 1)), Some((1, 5)));
+    assert_eq!(shipped_lsns(&batches(&a, 2)), Some((1, 5)));
+}
+
+#[test]
+fn majority_of_three_commits_on_one_receipt_and_ships_commit_to_replicas() {
+    let mut c = core(Quorum::Majority, 2);
+    let mut log = MemLog::default();
+    connect(&mut c, &mut log, 1, "r1", Position::ZERO);
+    connect(&mut c, &mut log, 2, "r2", Position::ZERO);
+    log.append_durable(10, 10);
+    c.handle(Event::LocalDurable, &mut log, 0);
+    let a = receipt(&mut c, &mut log, 1, 4);
+    assert_eq!(commit_advanced(&a), Some(4));
+    for conn in [1, 2] {
+        assert!(a.contains(&Action::Send {
+            conn,
+            msg: Message::Commit { commit_lsn: 4 }
+        }));
+    }
+}
+
+#[test]
+fn halted_replica_does_not_hold_back_commit_when_the_other_satisfies_majority() {
+    let mut c = core(Quorum::Majority, 2);
+    let mut log = MemLog::default();
+    connect(&mut c, &mut log, 1, "r1", Position::ZERO);
+    connect(&mut c, &mut log, 2, "r2", Position::ZERO);
+    // r2 halts: its connection ends and it never sends a receipt again.
+    c.handle(Event::Disconnected { conn: 2 }, &mut log, 0);
+    log.append_durable(20, 10);
+    c.handle(Event::LocalDurable, &mut log, 0);
+    let a = receipt(&mut c, &mut log, 1, 20);
+    assert_eq!(commit_advanced(&a), Some(20));
+}
+
+#[test]
+fn exactly_two_needs_both_replicas() {
+    let mut c = core(Quorum::Exactly(2), 2);
+    let mut log = MemLog::default();
+    connect(&mut c, &mut log, 1, "r1", Position::ZERO);
+    connect(&mut c, &mut log, 2, "r2", Position::ZERO);
+    log.append_durable(10, 10);
+    c.handle(Event::LocalDurable, &mut log, 0);
+    let a = receipt(&mut c, &mut log, 1, 10);
+    assert_eq!(commit_advanced(&a), None);
+    let a = receipt(&mut c, &mut log, 2, 6);
+    assert_eq!(commit_advanced(&a), Some(6));
+}
+
+#[test]
+fn only_locally_durable_records_are_shipped() {
+    let mut c = core(Quorum::Majority, 1);
+    let mut log = MemLog::default();
+    connect(&mut c, &mut log, 1, "r1", Position::ZERO);
+    log.append_durable(3, 10);
+    log.append(4, 10); // written, not yet durable
+    let a = c.handle(Event::LocalDurable, &mut log, 0);
+    assert_eq!(shipped_lsns(&batches(&a, 1)), Some((1, 3)));
+    log.durable = 7;
+    let a = c.handle(Event::LocalDurable, &mut log, 0);
+    assert_eq!(shipped_lsns(&batches(&a, 1)), Some((4, 7)));
+}
+
+#[test]
+fn matching_hello_gets_welcome_and_records_from_its_next_lsn() {
+    let mut c = core(Quorum::Majority, 1);
+    let mut log = MemLog::default();
+    log.append_durable(10, 10);
+    let last = log.pos(6);
+    let a = connect(&mut c, &mut log, 1, "r1", last);
+    let welcome = a.iter().find_map(|a| match a {
+        Action::Send {
+            msg: Message::Welcome(w),
+            ..
+        } => Some(w.clone()),
+        _ => None,
+    });
+    let w = welcome.expect("welcome sent");
+    assert_eq!(w.at_replica_last, Some(last));
+    assert_eq!(w.primary_last, log.pos(10));
+    assert_eq!(w.epoch, 1);
+    assert_eq!(shipped_lsns(&batches(&a, 1)), Some((7, 10)));
+    // Its Hello position counts as a durable copy: with majority of 2 that commits lsn 6.
+    assert_eq!(c.commit_lsn(), 6);
+}
+
+#[test]
+fn diverged_hello_gets_our_position_and_no_records_then_probes_are_answered() {
+    let mut c = core(Quorum::Majority, 1);
+    let mut log = MemLog::default();
+    log.append_durable(10, 10);
+    let theirs = Position {
+        lsn: 6,
+        epoch: 1,
+        crc: log.pos(6).crc ^ 1,
+    };
+    let a = connect(&mut c, &mut log, 1, "r1", theirs);
+    assert!(a.iter().any(|a| matches!(a,
+        Action::Send { msg: Message::Welcome(w), .. } if w.at_replica_last == Some(log.pos(6)))));
+    assert!(batches(&a, 1).is_empty());
+    let a = c.handle(
+        Event::Received {
+            conn: 1,
+            msg: Message::Probe { lsn: 3 },
+        },
+        &mut log,
+        0,
+    );
+    assert_eq!(
+        a,
+        vec![Action::Send {
+            conn: 1,
+            msg: Message::ProbeReply {
+                lsn: 3,
+                position: Some(log.pos(3))
+            }
+        }]
+    );
+    let a = c.handle(
+        Event::Received {
+            conn: 1,
+            msg: Message::Probe { lsn: 11 },
+        },
+        &mut log,
+        0,
+    );
+    assert_eq!(
+        a,
+        vec![Action::Send {
+            conn: 1,
+            msg: Message::ProbeReply {
+                lsn: 11,
+                position: None
+            }
+        }]
+    );
+    // Nothing from it counts: commit stays at 0.
+    assert_eq!(c.commit_lsn(), 0);
+}
+
+#[test]
+fn replica_ahead_of_local_durable_gets_none_and_no_records() {
+    let mut c = core(Quorum::Majority, 1);
+    let mut log = MemLog::default();
+    log.append_durable(5, 10);
+    log.append(3, 10);
+    let p = log.pos(7);
+    let a = connect(&mut c, &mut log, 1, "r1", p);
+    assert!(a.iter().any(|a| matches!(a,
+        Action::Send { msg: Message::Welcome(w), .. } if w.at_replica_last.is_none())));
+    assert!(batches(&a, 1).is_empty());
+}
+
+#[test]
+fn stale_primary_welcomes_but_ships_nothing() {
+    let mut c = core(Quorum::Majority, 1);
+    let mut log = MemLog::default();
+    log.append_durable(5, 10);
+    c.handle(
+        Event::Connected {
+            conn: 1,
+            node_id: "r1".into(),
+        },
+        &mut log,
+        0,
+    );
+    let mut h = hello("r1", Position::ZERO);
+    h.highest_epoch_seen = 2;
+    let a = c.handle(
+        Event::Received {
+            conn: 1,
+            msg: Message::Hello(h),
+        },
+        &mut log,
+        0,
+    );
+    assert!(matches!(
+        &a[..],
+        [Action::Send {
+            msg: Message::Welcome(_),
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn hello_with_wrong_version_cluster_or_name_is_refused_and_closed() {
+    type Edit = Box<dyn Fn(&mut Hello)>;
+    let cases: Vec<(Edit, RefuseReason)> = vec![
+        (
+            Box::new(|h: &mut Hello| h.protocol_version = 9),
+            RefuseReason::UnsupportedVersion { ours: 1, theirs: 9 },
+        ),
+        (
+            Box::new(|h: &mut Hello| h.cluster_id = "other".into()),
+            RefuseReason::ClusterMismatch {
+                ours: "c".into(),
+                theirs: "other".into(),
+            },
+        ),
+        (
+            Box::new(|h: &mut Hello| h.node_id = "r2".into()),
+            RefuseReason::NodeIdMismatch {
+                claimed: "r2".into(),
+                certified: "r1".into(),
+            },
+        ),
+    ];
+    for (edit, reason) in cases {
+        let mut c = core(Quorum::Majority, 2);
+        let mut log = MemLog::default();
+        c.handle(
+            Event::Connected {
+                conn: 1,
+                node_id: "r1".into(),
+            },
+            &mut log,
+            0,
+        );
+        let mut h = hello("r1", Position::ZERO);
+        edit(&mut h);
+        let a = c.handle(
+            Event::Received {
+                conn: 1,
+                msg: Message::Hello(h),
+            },
+            &mut log,
+            0,
+        );
+        assert_eq!(
+            a,
+            vec![
+                Action::Send {
+                    conn: 1,
+                    msg: Message::Refuse(Refuse {
+                        reason: reason.clone()
+                    })
+                },
+                Action::Close {
+                    conn: 1,
+                    reason: CloseReason::Refused(reason)
+                }
+            ]
+        );
+    }
+}
+
+#[test]
+fn connection_from_a_non_replica_name_is_refused() {
+    let mut c = core(Quorum::Majority, 2);
+    let mut log = MemLog::default();
+    let a = c.handle(
+        Event::Connected {
+            conn: 1,
+            node_id: "p".into(),
+        },
+        &mut log,
+        0,
+    );
+    assert!(matches!(
+        closed(&a, 1),
+        Some(CloseReason::Refused(RefuseReason::NotAMember { .. }))
+    ));
+}
+
+#[test]
+fn messages_out_of_protocol_order_close_only_that_connection() {
+    let mut c = core(Quorum::Majority, 2);
+    let mut log = MemLog::default();
+    connect(&mut c, &mut log, 2, "r2", Position::ZERO);
+    c.handle(
+        Event::Connected {
+            conn: 1,
+            node_id: "r1".into(),
+        },
+        &mut log,
+        0,
+    );
+    let a = receipt(&mut c, &mut log, 1, 0);
+    assert_eq!(
+        closed(&a, 1),
+        Some(CloseReason::UnexpectedMessage {
+            kind: "receipt",
+            state: "awaiting-hello"
+        })
+    );
+    let a = c.handle(
+        Event::Received {
+            conn: 2,
+            msg: Message::Commit { commit_lsn: 1 },
+        },
+        &mut log,
+        0,
+    );
+    assert_eq!(
+        closed(&a, 2),
+        Some(CloseReason::UnexpectedMessage {
+            kind: "commit",
+            state: "shipping"
+        })
+    );
+}
+
+#[test]
+fn receipt_beyond_shipped_closes_the_connection() {
+    let mut c = core(Quorum::Majority, 2);
+    let mut log = MemLog::default();
+    log.append_durable(3, 10);
+    connect(&mut c, &mut log, 1, "r1", Position::ZERO);
+    let a = receipt(&mut c, &mut log, 1, 4);
+    assert_eq!(
+        closed(&a, 1),
+        Some(CloseReason::ReceiptBeyondShipped {
+            durable_lsn: 4,
+            shipped_lsn: 3
+        })
+    );
+    assert_eq!(c.commit_lsn(), 0);
+}
+
+#[test]
+fn reconnect_supersedes_the_old_connection_and_resumes_from_hello() {
+    let mut c = core(Quorum::Majority, 1);
+    let mut log = MemLog::default();
+    log.append_durable(10, 10);
+    connect(&mut c, &mut log, 1, "r1", Position::ZERO);
+    receipt(&mut c, &mut log, 1, 4);
+    let p = log.pos(4);
+    let a = connect(&mut c, &mut log, 2, "r1", p);
+    assert_eq!(closed(&a, 1), Some(CloseReason::Superseded { by: 2 }));
+    assert_eq!(shipped_lsns(&batches(&a, 2)), Some((5, 10)));
+}
+
+#[test]
+fn window_bytes_bound_holds_shipping_until_a_receipt() {
+    let w = Window {
+        max_batch_bytes: 100,
+        max_inflight_bytes: 300,
+        max_inflight_records: 1000,
+    };
+    let mut c = core_with(Quorum::Majority, 1, w);
+    let mut log = MemLog::default();
+    log.append_durable(20, 18); // 50-byte records
+    let a = connect(&mut c, &mut log, 1, "r1", Position::ZERO);
+    let b = batches(&a, 1);
+    assert_eq!(shipped_lsns(&b), Some((1, 6)));
+    assert!(b.iter().all(|b| b.bytes.len() <= 100));
+    let a = receipt(&mut c, &mut log, 1, 2);
+    assert_eq!(shipped_lsns(&batches(&a, 1)), Some((7, 8)));
+    let a = receipt(&mut c, &mut log, 1, 3);
+    // lsn 3 is in the middle of an in-flight batch: nothing frees up.
+    assert!(batches(&a, 1).is_empty());
+}
+
+#[test]
+fn window_records_bound_holds_shipping() {
+    let w = Window {
+        max_batch_bytes: 1000,
+        max_inflight_bytes: 1 << 20,
+        max_inflight_records: 4,
+    };
+    let mut c = core_with(Quorum::Majority, 1, w);
+    let mut log = MemLog::default();
+    log.append_durable(20, 0);
+    let a = connect(&mut c, &mut log, 1, "r1", Position::ZERO);
+    // The first batch (20 records) exceeds the record window but ships alone.
+    assert_eq!(shipped_lsns(&batches(&a, 1)), Some((1, 20)));
+    log.append_durable(3, 0);
+    let a = c.handle(Event::LocalDurable, &mut log, 0);
+    assert!(batches(&a, 1).is_empty());
+    let a = receipt(&mut c, &mut log, 1, 20);
+    assert_eq!(shipped_lsns(&batches(&a, 1)), Some((21, 23)));
+}
+
+#[test]
+fn status_reports_per_replica_lag() {
+    let mut c = core(Quorum::Majority, 2);
+    let mut log = MemLog::default();
+    log.append_durable(10, 68); // 100-byte records
+    connect(&mut c, &mut log, 1, "r1", Position::ZERO);
+    receipt(&mut c, &mut log, 1, 4);
+    let s = c.status(&log, 1500);
+    assert_eq!(s.durable_lsn, 10);
+    assert_eq!(s.commit_lsn, 4);
+    let r1 = &s.replicas[0];
+    assert!(r1.connected && r1.shipping);
+    assert_eq!((r1.durable_lsn, r1.lag_records, r1.lag_bytes), (4, 6, 1000));
+    assert_eq!(r1.last_receipt_age_ms, Some(1500));
+    let r2 = &s.replicas[1];
+    assert!(!r2.connected);
+    assert_eq!((r2.lag_records, r2.lag_bytes), (10, 1000));
+}
+
+#[cfg(feature = "fault-injection")]
+mod faults {
+    use super::*;
+
+    fn shipped_with(fault: ShipFault) -> (MemLog, Vec<RecordBatch>) {
+        let mut c = core(Quorum::Majority, 1);
+        let mut log = MemLog::default();
+        log.append_durable(3, 10);
+        c.inject_fault("r1", fault).expect("r1 is a replica");
+        let a = connect(&mut c, &mut log, 1, "r1", Position::ZERO);
+        (log, batches(&a, 1))
+    }
+
+    #[test]
+    fn corrupt_next_record_flips_a_payload_byte_of_the_shipped_copy_only() {
+        let (log, b) = shipped_with(ShipFault::CorruptNextRecord);
+        assert_eq!((b[0].first_lsn, b[0].count), (1, 3));
+        assert!(matches!(
+            decode_record(&b[0].bytes, 1024),
+            Err(RecordError::Checksum { .. })
+        ));
+        assert!(decode_record(&log.records[0].1, 1024).is_ok());
+    }
+
+    #[test]
+    fn skip_next_record_leaves_a_gap() {
+        let (_, b) = shipped_with(ShipFault::SkipNextRecord);
+        assert_eq!((b[0].first_lsn, b[0].count), (2, 2));
+        let first = decode_record(&b[0].bytes, 1024).expect("valid record");
+        assert_eq!(first.lsn(), 2);
+    }
+
+    #[test]
+    fn duplicate_next_record_ships_it_twice() {
+        let (_, b) = shipped_with(ShipFault::DuplicateNextRecord);
+        assert_eq!((b[0].first_lsn, b[0].count), (1, 4));
+        let first = decode_record(&b[0].bytes, 1024).expect("valid record");
+        let second = decode_record(&b[0].bytes[first.bytes().len()..], 1024).expect("valid");
+        assert_eq!((first.lsn(), second.lsn()), (1, 1));
+    }
+
+    #[test]
+    fn fault_for_an_unknown_node_is_an_error() {
+        let mut c = core(Quorum::Majority, 1);
+        assert!(matches!(
+            c.inject_fault("zz", ShipFault::SkipNextRecord),
+            Err(CoreError::UnknownReplica { .. })
+        ));
+    }
+}
+
+/// One step of the random scenario.
+#[derive(Clone, Debug)]
+enum Op {
+    /// Append n records (payload sizes vary), making them durable or not.
+    Append {
+        n: usize,
+        payload: usize,
+        durable: bool,
+    },
+    /// Everything written becomes durable.
+    Sync,
+    /// Replica i sends a receipt for a fraction (0..=100 %) of what it was shipped.
+    Receipt {
+        replica: usize,
+        pct: u64,
+    },
+    /// Replica i's connection ends (halt, crash, partition).
+    Disconnect {
+        replica: usize,
+    },
+    /// Replica i connects and says Hello with its durable position.
+    Connect {
+        replica: usize,
+    },
+    Tick,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (1usize..20, 0usize..300, any::<bool>()).prop_map(|(n, payload, durable)| Op::Append {
+            n,
+            payload,
+            durable
+        }),
+        Just(Op::Sync),
+        (0usize..4, 0u64..=100).prop_map(|(replica, pct)| Op::Receipt { replica, pct }),
+        (0usize..4).prop_map(|replica| Op::Disconnect { replica }),
+        (0usize..4).prop_map(|replica| Op::Connect { replica }),
+        Just(Op::Tick),
+    ]
+}
+
+fn quorum_strategy() -> impl Strategy<Value = Quorum> {
+    prop_oneof![
+        Just(Quorum::LocalOnly),
+        Just(Quorum::Majority),
+        (1u32..=4).prop_map(Quorum::Exactly)
+    ]
+}
+
+/// The test's view of one replica: what it durably holds and what was shipped on its connection.
+#[derive(Clone, Debug, Default)]
+struct ModelReplica {
+    durable: Lsn,
+    conn: Option<ConnId>,
+    /// Highest lsn shipped on the current connection.
+    shipped: Lsn,
+    /// Highest durable lsn the primary has heard of (receipt or proven Hello).
+    known: Lsn,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("WALSHIP_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)))]
+
+    #[test]
+    fn core_invariants_hold_under_random_appends_receipts_and_reconnects(
+        n_replicas in 1usize..=4,
+        quorum in quorum_strategy(),
+        ops in proptest::collection::vec(op(), 1..60),
+        batch in 64usize..2048,
+        window_bytes in 64u64..8192,
+        window_records in 1u64..64,
+    ) {
+        let quorum = match quorum {
+            Quorum::Exactly(k) if k as usize > n_replicas => Quorum::Exactly(n_replicas as u32),
+            q => q,
+        };
+        let window = Window { max_batch_bytes: batch, max_inflight_bytes: window_bytes, max_inflight_records: window_records };
+        let mut c = core_with(quorum, n_replicas, window);
+        let needed = quorum.receipts_needed(n_replicas + 1);
+        let mut log = MemLog::default();
+        let mut model = vec![ModelReplica::default(); n_replicas];
+        let mut next_conn: ConnId = 1;
+        let mut last_commit = 0;
+        for op in ops {
+            let actions = match op {
+                Op::Append { n, payload, durable } => {
+                    log.append(n, payload);
+                    if durable { log.durable = log.records.len(); }
+                    c.handle(Event::LocalDurable, &mut log, 0)
+                }
+                Op::Sync => {
+                    log.durable = log.records.len();
+                    c.handle(Event::LocalDurable, &mut log, 0)
+                }
+                Op::Receipt { replica, pct } => {
+                    let r = &mut model[replica % n_replicas];
+                    match r.conn {
+                        Some(conn) => {
+                            let lsn = r.durable.max(r.durable + (r.shipped.saturating_sub(r.durable)) * pct / 100);
+                            r.durable = lsn;
+                            r.known = r.known.max(lsn);
+                            receipt(&mut c, &mut log, conn, lsn)
+                        }
+                        None => c.handle(Event::Tick, &mut log, 0),
+                    }
+                }
+                Op::Disconnect { replica } => {
+                    let r = &mut model[replica % n_replicas];
+                    match r.conn.take() {
+                        Some(conn) => c.handle(Event::Disconnected { conn }, &mut log, 0),
+                        None => c.handle(Event::Tick, &mut log, 0),
+                    }
+                }
+                Op::Connect { replica } => {
+                    let i = replica % n_replicas;
+                    let conn = next_conn;
+                    next_conn += 1;
+                    let r = &mut model[i];
+                    r.conn = Some(conn);
+                    r.shipped = r.durable;
+                    r.known = r.durable;
+                    let last = log.pos(r.durable);
+                    connect(&mut c, &mut log, conn, &format!("r{}", i + 1), last)
+                }
+                Op::Tick => c.handle(Event::Tick, &mut log, 0),
+            };
+            // Batches: contiguous per connection, only durable records, verified bytes.
+            for (i, r) in model.iter_mut().enumerate() {
+                let Some(conn) = r.conn else { continue };
+                for b in batches(&actions, conn) {
+                    prop_assert_eq!(b.first_lsn, r.shipped + 1, "replica {} batch not contiguous", i);
+                    let last = b.first_lsn + u64::from(b.count) - 1;
+                    prop_assert!(last <= log.durable as Lsn, "shipped beyond local durable");
+                    let mut expect = Vec::new();
+                    for lsn in b.first_lsn..=last { expect.extend_from_slice(&log.records[lsn as usize - 1].1); }
+                    prop_assert!(b.bytes == expect, "shipped bytes differ from stored bytes");
+                    r.shipped = last;
+                }
+                prop_assert!(closed(&actions, conn).is_none(), "a well-behaved replica was closed");
+            }
+            // Window bound: in flight within the window, or a single batch.
+            for s in c.sessions.values() {
+                if let SessionState::Shipping(ship) = &s.state {
+                    prop_assert!(ship.inflight.len() <= 1 ||
+                        (ship.inflight_bytes <= window_bytes && ship.inflight_records <= window_records),
+                        "window exceeded: {} bytes {} records in {} batches", ship.inflight_bytes, ship.inflight_records, ship.inflight.len());
+                }
+            }
+            // Commit: never decreases; equals the quorum formula over what the primary heard.
+            let commit = c.commit_lsn();
+            prop_assert!(commit >= last_commit, "commit decreased {} -> {}", last_commit, commit);
+            prop_assert!(commit <= log.durable as Lsn);
+            let known: Vec<Lsn> = model.iter().map(|r| r.known).collect();
+            let formula = quorum_commit_lsn(needed, log.durable as Lsn, &known).unwrap_or(0);
+            prop_assert_eq!(commit, last_commit.max(formula));
+            if commit > last_commit {
+                prop_assert_eq!(commit_advanced(&actions), Some(commit));
+            }
+            last_commit = commit;
+        }
+    }
+}
