@@ -5,11 +5,10 @@
 #![warn(missing_docs)]
 
 pub mod core;
-mod shim;
 
 /// Protocol and WAL types the core speaks (re-exported from walship-wire / walship-wal).
 pub mod proto {
-    pub use crate::shim::WalError;
+    pub use walship_wal::WalError;
     pub use walship_wire::message::EpochEntry;
     pub use walship_wire::{
         Hello, Message, RecordBatch, Refuse, RefuseReason, Welcome, PROTOCOL_VERSION,

@@ -2,7 +2,7 @@
 
 use super::*;
 use proptest::prelude::*;
-use walship_wal::{decode_record, encode_record, RecordError};
+use walship_wal::encode_record;
 
 /// An in-memory log: record bytes and positions, of which the first `durable` are durable.
 #[derive(Default)]
@@ -673,6 +673,7 @@ fn status_reports_per_replica_lag() {
 #[cfg(feature = "fault-injection")]
 mod faults {
     use super::*;
+    use walship_wal::{decode_record, RecordError};
 
     fn shipped_with(fault: ShipFault) -> (MemLog, Vec<RecordBatch>) {
         let mut c = core(Quorum::Majority, 1);
