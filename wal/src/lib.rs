@@ -16,6 +16,7 @@
 
 pub mod record;
 pub mod sim;
+pub mod state;
 pub mod storage;
 
 pub use record::{
