@@ -11,16 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use walship_wal::record::{Lsn, Position};
-
-/// TEMPORARY mirror of `walship_wal::state::EpochEntry` until the wal crate's state module lands;
-/// replaced by a re-export before this crate is finished.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EpochEntry {
-    /// The epoch.
-    pub epoch: u64,
-    /// First lsn written in that epoch.
-    pub start_lsn: Lsn,
-}
+pub use walship_wal::state::EpochEntry;
 
 /// Version of the walship replication protocol spoken by this build. A primary refuses a
 /// replica whose `Hello.protocol_version` differs ([`RefuseReason::UnsupportedVersion`]).
