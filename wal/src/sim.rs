@@ -413,7 +413,13 @@ impl SimState {
     fn used_bytes(&self) -> u64 {
         let mut used = 0u64;
         let mut stack = vec![ROOT_INO];
+        // A rename made durable in only one parent can give a directory two
+        // parents, and later renames can then close a cycle: visit each inode once.
+        let mut seen = BTreeSet::new();
         while let Some(ino) = stack.pop() {
+            if !seen.insert(ino) {
+                continue;
+            }
             match self.nodes.get(&ino) {
                 Some(Node::Dir(d)) => stack.extend(d.volatile.values().copied()),
                 Some(Node::File(f)) => used += f.volatile.len() as u64,
@@ -451,6 +457,11 @@ impl SimState {
     }
 
     fn write_at(&mut self, ino: Ino, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.file(ino)?;
+        if buf.is_empty() {
+            // pwrite of nothing changes nothing, not even the length.
+            return Ok(());
+        }
         let mut offset = offset;
         if let Some(delta) = self.misdirect.remove(&ino) {
             offset = offset.saturating_add_signed(delta);

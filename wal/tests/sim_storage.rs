@@ -503,3 +503,36 @@ fn torn_crash_may_persist_unsynced_directory_entries_but_never_loses_synced_ones
     assert!(persisted > 0 && persisted < 32, "persisted {persisted}/32");
     Ok(())
 }
+
+#[test]
+fn empty_write_past_the_end_does_not_extend_the_file() -> io::Result<()> {
+    let s = storage_with_dir(25)?;
+    let f = s.open(&p("/d/f"), true)?;
+    f.write_at(100, b"")?;
+    assert_eq!(f.len()?, 0);
+    Ok(())
+}
+
+#[test]
+fn half_synced_directory_renames_can_form_a_cycle_and_space_accounting_still_terminates(
+) -> io::Result<()> {
+    let s = SimStorage::new(26);
+    s.create_dir_all(&p("/a"))?;
+    s.create_dir_all(&p("/b"))?;
+    s.sync_dir(&p("/"))?;
+    s.open(&p("/a/f"), true)?.write_at(0, b"12345")?;
+    s.sync_dir(&p("/a"))?;
+    // Only the target parent is synced: after the crash /a and /b/a are one directory.
+    s.rename(&p("/a"), &p("/b/a"))?;
+    s.sync_dir(&p("/b"))?;
+    s.crash();
+    assert!(s.exists(&p("/a/f"))? && s.exists(&p("/b/a/f"))?);
+    // /b moves under /a, which is /b/a: the tree now has a cycle.
+    s.rename(&p("/b"), &p("/a/b"))?;
+    assert!(s.exists(&p("/a/b/a/b/a/f"))?);
+    s.set_capacity_bytes(1000);
+    assert_eq!(s.used_bytes(), 0); // f exists but its data was never synced
+    s.open(&p("/a/g"), true)?.write_at(0, b"xy")?;
+    assert_eq!(s.used_bytes(), 2);
+    Ok(())
+}
