@@ -71,3 +71,35 @@ pub fn read_all<S: Storage>(w: &Wal<S>) -> Vec<Position> {
     }
     out
 }
+
+/// Where one record is stored.
+#[derive(Clone, Debug)]
+pub struct Placed {
+    pub lsn: u64,
+    pub segment: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+    pub position: Position,
+}
+
+/// Where every retained record is stored (records are back to back after the 64-byte segment header).
+pub fn layout<S: Storage>(w: &Wal<S>) -> Vec<Placed> {
+    let mut out = Vec::new();
+    let mut r = w.reader(0).expect("reader");
+    for seg in w.segments() {
+        let mut off = walship_wal::segment::SEGMENT_HEADER_LEN as u64;
+        for _ in seg.first_lsn..=seg.last.lsn {
+            let rec = r.next_record().expect("record").expect("valid");
+            out.push(Placed {
+                lsn: rec.lsn(),
+                segment: seg.path.clone(),
+                offset: off,
+                len: rec.bytes().len() as u64,
+                position: rec.position(),
+            });
+            off += rec.bytes().len() as u64;
+        }
+        assert_eq!(off, seg.len_bytes);
+    }
+    out
+}

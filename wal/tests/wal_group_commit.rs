@@ -1,0 +1,229 @@
+//! SharedWal group commit: many appenders, one sync, poisoning, listener.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use common::*;
+use walship_wal::sim::SimStorage;
+use walship_wal::{FsStorage, SharedWal, Storage, Wal, WalError, WalOptions};
+
+fn thread_payload(t: u64, i: u64) -> Vec<u8> {
+    let mut v = t.to_le_bytes().to_vec();
+    v.extend_from_slice(&i.to_le_bytes());
+    v.resize(16 + (t * 7 + i) as usize % 50, 0xab);
+    v
+}
+
+fn run_threads<S: Storage>(
+    shared: &Arc<SharedWal<S>>,
+    threads: u64,
+    per_thread: u64,
+) -> Vec<Vec<u64>> {
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let w = Arc::clone(shared);
+            thread::spawn(move || {
+                let mut lsns = Vec::new();
+                for i in 0..per_thread {
+                    let lsn = w
+                        .append_durable(&thread_payload(t, i))
+                        .expect("append_durable");
+                    assert!(w.durable_lsn() >= lsn, "returned before durable");
+                    lsns.push(lsn);
+                }
+                lsns
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect()
+}
+
+fn check_log<S: Storage>(w: &Wal<S>, per_thread_lsns: &[Vec<u64>]) {
+    let total: usize = per_thread_lsns.iter().map(|v| v.len()).sum();
+    let mut all: Vec<u64> = per_thread_lsns.iter().flatten().copied().collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "lsns are dense and unique"
+    );
+    let mut r = w.reader(1).expect("reader");
+    let mut by_lsn = vec![None; total + 1];
+    while let Some(rec) = r.next_record() {
+        let rec = rec.expect("verified");
+        by_lsn[rec.lsn() as usize] = Some(rec.payload().to_vec());
+    }
+    for (t, lsns) in per_thread_lsns.iter().enumerate() {
+        for (i, lsn) in lsns.iter().enumerate() {
+            assert_eq!(
+                by_lsn[*lsn as usize].as_deref(),
+                Some(&thread_payload(t as u64, i as u64)[..])
+            );
+        }
+        assert!(
+            lsns.windows(2).all(|p| p[0] < p[1]),
+            "a thread's lsns increase"
+        );
+    }
+}
+
+#[test]
+fn group_commit_many_threads_all_durable_and_dense_on_sim() {
+    let s = SimStorage::new(11);
+    let (w, _) = open(&s, &wal_dir(), small_opts());
+    let shared = SharedWal::new(w);
+    let lsns = run_threads(&shared, 16, 100);
+    assert_eq!(shared.durable_lsn(), 1600);
+    let syncs = s.counters().file_syncs;
+    let w = Arc::try_unwrap(shared).expect("sole owner").into_inner();
+    check_log(&w, &lsns);
+    // Every append was covered by at most one sync of its own (plus seals and creations).
+    assert!(
+        syncs <= 1600 + 3 * w.segments().len() as u64 + 2,
+        "syncs {syncs}"
+    );
+    drop(w);
+    s.crash();
+    let (w, _) = open(&s, &wal_dir(), small_opts());
+    check_log(&w, &lsns);
+}
+
+#[test]
+fn group_commit_many_threads_on_real_disk() {
+    let d =
+        tempfile::tempdir_in(std::env::var("WALSHIP_TEST_DIR").unwrap_or_else(|_| "/tmp".into()))
+            .expect("tempdir");
+    let opts = WalOptions {
+        segment_size_bytes: 64 * 1024,
+        ..WalOptions::default()
+    };
+    let (w, _) = Wal::open(FsStorage, d.path(), opts).expect("open");
+    let shared = SharedWal::new(w);
+    let lsns = run_threads(&shared, 8, 40);
+    let w = Arc::try_unwrap(shared).expect("sole owner").into_inner();
+    check_log(&w, &lsns);
+    drop(w);
+    let (w, _) = Wal::open(FsStorage, d.path(), opts).expect("reopen");
+    check_log(&w, &lsns);
+}
+
+#[test]
+fn durable_listener_sees_monotonic_durable_lsns_up_to_the_end() {
+    let s = SimStorage::new(12);
+    let (w, _) = open(&s, &wal_dir(), small_opts());
+    let shared = SharedWal::new(w);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = Arc::clone(&seen);
+    shared.set_durable_listener(Box::new(move |lsn| seen2.lock().expect("lock").push(lsn)));
+    run_threads(&shared, 4, 50);
+    let seen = seen.lock().expect("lock").clone();
+    assert!(!seen.is_empty());
+    assert!(seen.windows(2).all(|p| p[0] < p[1]), "{seen:?}");
+    assert_eq!(*seen.last().expect("nonempty"), 200);
+    // a sync made through `with` is published too
+    shared.append(b"x").expect("append");
+    shared.with(|w| w.sync()).expect("sync");
+    assert_eq!(shared.durable_lsn(), 201);
+}
+
+#[test]
+fn failed_sync_poisons_the_wal_for_good() {
+    let s = SimStorage::new(13);
+    let (w, _) = open(&s, &wal_dir(), WalOptions::default());
+    let shared = SharedWal::new(w);
+    let l1 = shared.append_durable(b"one").expect("first");
+    let active = shared.with(|w| w.segments().last().expect("segment").path.clone());
+    s.fail_next_sync(&active).expect("arm");
+    let l2 = shared.append(b"two").expect("written");
+    match shared.wait_durable(l2) {
+        Err(WalError::Io {
+            op: "sync_data", ..
+        }) => {}
+        other => panic!("expected the sync error, got {other:?}"),
+    }
+    // Never retried: the page cache may have dropped the pages.
+    assert!(matches!(shared.wait_durable(l2), Err(WalError::Poisoned)));
+    assert!(matches!(shared.append(b"three"), Err(WalError::Poisoned)));
+    assert!(matches!(
+        shared.append_durable(b"four"),
+        Err(WalError::Poisoned)
+    ));
+    assert!(matches!(shared.reader(1), Err(WalError::Poisoned)));
+    assert!(matches!(shared.with(|w| w.sync()), Err(WalError::Poisoned)));
+    assert!(matches!(
+        shared.with(|w| w.truncate_front(1)),
+        Err(WalError::Poisoned)
+    ));
+    assert_eq!(shared.durable_lsn(), l1);
+    // Restart: what was reported durable is there.
+    drop(shared);
+    s.crash();
+    let (w, _) = open(&s, &wal_dir(), WalOptions::default());
+    assert!(w.last().lsn >= l1);
+}
+
+#[test]
+fn failed_sync_wakes_concurrent_waiters_with_poisoned() {
+    let s = SimStorage::new(14);
+    let (w, _) = open(&s, &wal_dir(), WalOptions::default());
+    let shared = SharedWal::new(w);
+    let active = shared.with(|w| w.segments().last().expect("segment").path.clone());
+    s.fail_syncs_after(0);
+    let errors = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let w = Arc::clone(&shared);
+            let errors = Arc::clone(&errors);
+            thread::spawn(move || match w.append_durable(&[t as u8; 10]) {
+                Err(WalError::Poisoned) | Err(WalError::Io { .. }) => {
+                    errors.fetch_add(1, Ordering::SeqCst);
+                }
+                other => panic!("thread {t}: {other:?}"),
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("thread");
+    }
+    assert_eq!(errors.load(Ordering::SeqCst), 8);
+    assert_eq!(shared.durable_lsn(), 0);
+    let _ = active;
+}
+
+#[test]
+fn direct_wal_sync_failure_poisons() {
+    let s = SimStorage::new(15);
+    let (mut w, _) = open(&s, &wal_dir(), WalOptions::default());
+    w.append(b"a").expect("append");
+    s.fail_syncs_after(0);
+    assert!(matches!(
+        w.sync(),
+        Err(WalError::Io {
+            op: "sync_data",
+            ..
+        })
+    ));
+    s.clear_faults();
+    assert!(matches!(w.sync(), Err(WalError::Poisoned)));
+    assert!(matches!(w.append(b"b"), Err(WalError::Poisoned)));
+    assert!(w.is_poisoned());
+}
+
+#[test]
+fn wait_durable_beyond_last_is_out_of_range() {
+    let s = SimStorage::new(16);
+    let (w, _) = open(&s, &wal_dir(), WalOptions::default());
+    let shared = SharedWal::new(w);
+    shared.append(b"a").expect("append");
+    assert!(matches!(
+        shared.wait_durable(5),
+        Err(WalError::OutOfRange { lsn: 5, .. })
+    ));
+    shared.wait_durable(1).expect("durable");
+}
