@@ -21,6 +21,10 @@ pub const FRAME_HEADER_LEN: usize = 4;
 /// can raise it; a reader may use a lower limit.
 pub const MAX_FRAME_BYTES: u32 = 8 * 1024 * 1024 + 64 * 1024;
 
+/// Most record bytes one [`crate::message::RecordBatch`] may carry: 8 MiB. With the batch's
+/// other fields (a few dozen bytes) the frame stays below [`MAX_FRAME_BYTES`].
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
 /// Framing and stream errors. [`FrameError::is_session_end`] tells a network ending (the
 /// session ends, the replica reconnects) from a protocol violation by the peer.
 #[derive(Debug, thiserror::Error)]

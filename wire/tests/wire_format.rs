@@ -1,0 +1,174 @@
+//! Pins the wire format of spec/protocol.md: frame prefix, message and refuse-reason tags,
+//! varint rules, and the byte-for-byte layout of a Hello. A change here is a protocol change.
+
+use walship_wire::frame::{encode_frame, MAX_BATCH_BYTES, MAX_FRAME_BYTES};
+use walship_wire::message::{
+    EpochEntry, Hello, Message, Position, RecordBatch, Refuse, RefuseReason, Welcome,
+    MAX_DECODED_BYTES,
+};
+
+fn body(msg: &Message) -> Vec<u8> {
+    let mut frame = Vec::new();
+    let n = encode_frame(msg, &mut frame).expect("encode");
+    assert_eq!(n, frame.len());
+    let len = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
+    assert_eq!(
+        len,
+        frame.len() - 4,
+        "prefix is the body length, little-endian"
+    );
+    frame[4..].to_vec()
+}
+
+#[test]
+fn limits_have_the_values_in_the_spec() {
+    assert_eq!(MAX_FRAME_BYTES, 8_454_144);
+    assert_eq!(MAX_BATCH_BYTES, 8_388_608);
+    assert_eq!(MAX_DECODED_BYTES, 33_816_576);
+    assert_eq!(walship_wire::ALPN, b"walship/1");
+    assert_eq!(walship_wire::PROTOCOL_VERSION, 1);
+}
+
+#[test]
+fn message_tags_match_the_spec_table() {
+    let p = Position::default();
+    let cases: Vec<(u8, Message)> = vec![
+        (
+            0,
+            Message::Hello(Hello {
+                protocol_version: 1,
+                cluster_id: String::new(),
+                node_id: String::new(),
+                last: p,
+                commit_lsn: 0,
+                epoch_history: vec![],
+                highest_epoch_seen: 0,
+            }),
+        ),
+        (
+            1,
+            Message::Welcome(Welcome {
+                protocol_version: 1,
+                primary_id: String::new(),
+                epoch: 0,
+                at_replica_last: None,
+                primary_last: p,
+                commit_lsn: 0,
+                epoch_history: vec![],
+            }),
+        ),
+        (
+            2,
+            Message::Refuse(Refuse {
+                reason: RefuseReason::NotPrimary,
+            }),
+        ),
+        (3, Message::Probe { lsn: 0 }),
+        (
+            4,
+            Message::ProbeReply {
+                lsn: 0,
+                position: None,
+            },
+        ),
+        (
+            5,
+            Message::Records(RecordBatch {
+                first_lsn: 0,
+                count: 0,
+                bytes: vec![],
+                commit_lsn: 0,
+            }),
+        ),
+        (6, Message::Receipt { durable_lsn: 0 }),
+        (7, Message::Commit { commit_lsn: 0 }),
+    ];
+    for (tag, msg) in cases {
+        assert_eq!(body(&msg)[0], tag, "tag of {}", msg.kind());
+    }
+}
+
+#[test]
+fn refuse_reason_tags_match_the_spec_table() {
+    let s = String::new;
+    let reasons = [
+        RefuseReason::UnsupportedVersion { ours: 0, theirs: 0 },
+        RefuseReason::ClusterMismatch {
+            ours: s(),
+            theirs: s(),
+        },
+        RefuseReason::NotAMember { node_id: s() },
+        RefuseReason::NodeIdMismatch {
+            claimed: s(),
+            certified: s(),
+        },
+        RefuseReason::NotPrimary,
+        RefuseReason::StalePrimary {
+            primary_epoch: 0,
+            highest_epoch_seen: 0,
+        },
+        RefuseReason::AlreadyConnected { node_id: s() },
+        RefuseReason::Halted { reason: s() },
+        RefuseReason::ShuttingDown,
+    ];
+    for (tag, reason) in reasons.into_iter().enumerate() {
+        let b = body(&Message::Refuse(Refuse {
+            reason: reason.clone(),
+        }));
+        assert_eq!((b[0], b[1] as usize), (2, tag), "{reason:?}");
+    }
+}
+
+#[test]
+fn hello_encodes_byte_for_byte_as_specified() {
+    let msg = Message::Hello(Hello {
+        protocol_version: 1,
+        cluster_id: "c1".into(),
+        node_id: "n2".into(),
+        last: Position {
+            lsn: 300,
+            epoch: 2,
+            crc: 0x0102_0304,
+        },
+        commit_lsn: 250,
+        epoch_history: vec![
+            EpochEntry {
+                epoch: 1,
+                start_lsn: 1,
+            },
+            EpochEntry {
+                epoch: 2,
+                start_lsn: 70_000,
+            },
+        ],
+        highest_epoch_seen: 2,
+    });
+    #[rustfmt::skip]
+    let expected: Vec<u8> = vec![
+        0,                          // tag Hello
+        1,                          // protocol_version
+        2, b'c', b'1',              // cluster_id
+        2, b'n', b'2',              // node_id
+        251, 0x2c, 0x01,            // last.lsn = 300 (251 + u16 LE)
+        2,                          // last.epoch
+        252, 0x04, 0x03, 0x02, 0x01, // last.crc (252 + u32 LE)
+        250,                        // commit_lsn (< 251: one byte)
+        2,                          // epoch_history length
+        1, 1,                       // {epoch 1, start_lsn 1}
+        2, 252, 0x70, 0x11, 0x01, 0x00, // {epoch 2, start_lsn 70000}
+        2,                          // highest_epoch_seen
+    ];
+    assert_eq!(body(&msg), expected);
+}
+
+#[test]
+fn record_batch_bytes_are_copied_unchanged_after_their_length() {
+    let records = vec![0xde, 0xad, 0xbe, 0xef];
+    let b = body(&Message::Records(RecordBatch {
+        first_lsn: 5,
+        count: 1,
+        bytes: records.clone(),
+        commit_lsn: 4,
+    }));
+    assert_eq!(b, vec![5, 5, 1, 4, 0xde, 0xad, 0xbe, 0xef, 4]);
+}
