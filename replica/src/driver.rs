@@ -1,0 +1,708 @@
+//! The tokio/quinn driver: connects to the configured primary over mutual
+//! TLS, feeds the [`ReplicaCore`] and performs its actions on the real WAL,
+//! the node's state files and the embedder's [`Applier`].
+//!
+//! The driver runs on its own thread with a current-thread tokio runtime, so
+//! its blocking file I/O (appends, fdatasync, state files) never stalls the
+//! embedder's runtime. Per step it handles one received frame, then drains
+//! the frames already waiting (up to `sync_every_bytes` appended), then does
+//! the deferred work of the step in this order: one WAL sync (group sync),
+//! the receipt for it, the commit watermark file, the applier. A halt is
+//! performed the moment the core emits it: the read gate closes, the halt
+//! file is written and fsynced, and the driver stops streaming and applying.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
+use walship_wal::state::NodeDir;
+use walship_wal::OpenReport;
+use walship_wal::{FsStorage, Lsn, Wal, WalError};
+use walship_wire::frame::{read_frame, FrameError, FrameWriter, MAX_FRAME_BYTES};
+use walship_wire::message::Message;
+
+use crate::core::{Action, CoreConfig, DurableState, Event, Phase, ReplicaCore, SessionEnd};
+use crate::halt::{read_halt, write_halt, HaltReason, HaltRecord};
+use crate::{Applier, ReplicaConfig, ReplicaError, ReplicaState, ReplicaStatus, Role, Shared};
+
+/// QUIC application error code used when the replica closes a connection.
+const CLOSE_SESSION_END: u32 = 1;
+/// QUIC application error code used when the replica closes because it halted.
+const CLOSE_HALTED: u32 = 2;
+/// Frames buffered between the stream reader task and the driver.
+const FRAME_QUEUE: usize = 8;
+/// Most frames handled in one step before the deferred work is done.
+const MAX_FRAMES_PER_STEP: usize = 64;
+
+pub(crate) fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The handle side of the driver thread.
+pub(crate) struct DriverHandle {
+    stop_tx: watch::Sender<bool>,
+    done_rx: oneshot::Receiver<Result<(), ReplicaError>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DriverHandle {
+    /// Tells the driver to stop and waits for its result.
+    pub(crate) async fn stop(mut self) -> Result<(), ReplicaError> {
+        let _ = self.stop_tx.send(true);
+        let result = match (&mut self.done_rx).await {
+            Ok(r) => r,
+            Err(_) => Err(ReplicaError::Runtime(
+                "driver thread ended without a result".into(),
+            )),
+        };
+        self.join();
+        result
+    }
+
+    /// Tells the driver to stop and waits for its thread (used by `Drop`).
+    pub(crate) fn signal_stop(mut self) {
+        let _ = self.stop_tx.send(true);
+        self.join();
+    }
+
+    fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("replica driver thread panicked");
+            }
+        }
+    }
+}
+
+fn status_for(config: &ReplicaConfig, state: ReplicaState) -> ReplicaStatus {
+    ReplicaStatus {
+        node_id: config.node_id.clone(),
+        role: Role::Replica,
+        state,
+        connected: false,
+        primary_id: None,
+        epoch: 0,
+        highest_epoch_seen: 0,
+        last: None,
+        durable_lsn: None,
+        commit_lsn: 0,
+        applied_lsn: 0,
+        primary_last_lsn: 0,
+        lag_records: 0,
+        sessions: 0,
+    }
+}
+
+fn halted_shared(
+    config: &ReplicaConfig,
+    record: HaltRecord,
+    commit_lsn: Lsn,
+    applied_lsn: Lsn,
+    highest_epoch: u64,
+) -> Arc<Shared> {
+    let mut status = status_for(config, ReplicaState::Halted(record.clone()));
+    status.commit_lsn = commit_lsn;
+    status.applied_lsn = applied_lsn;
+    status.epoch = highest_epoch;
+    status.highest_epoch_seen = highest_epoch;
+    Arc::new(Shared {
+        gate: RwLock::new(Some(record)),
+        status: Mutex::new(status),
+    })
+}
+
+/// Opens the node's state and WAL, replays committed records to the applier,
+/// and starts the driver thread. Returns no driver for a halted replica.
+pub(crate) fn start(
+    config: ReplicaConfig,
+    applier: Box<dyn Applier>,
+) -> Result<(Arc<Shared>, Option<DriverHandle>), ReplicaError> {
+    let span = tracing::info_span!("replica", node = %config.node_id);
+    let _enter = span.enter();
+    let storage = FsStorage;
+    let node_dir = NodeDir::open(storage, &config.data_dir)?;
+    let state_dir = node_dir.state_dir().to_path_buf();
+    let commit_lsn = node_dir.commit_lsn()?;
+    let epoch_history = node_dir.epochs()?;
+    let highest_epoch = epoch_history
+        .entries
+        .iter()
+        .map(|e| e.epoch)
+        .max()
+        .unwrap_or(0);
+    let applied_lsn = applier.applied_lsn();
+
+    if let Some(record) = read_halt(&storage, &state_dir)? {
+        tracing::warn!(reason = %record.reason, lsn = record.lsn, epoch = record.epoch, "replica is halted: not opening the WAL, not connecting");
+        return Ok((
+            halted_shared(&config, record, commit_lsn, applied_lsn, highest_epoch),
+            None,
+        ));
+    }
+    // TLS files are checked before anything else starts.
+    let material = config
+        .tls
+        .load()
+        .map_err(walship_wire::EndpointError::from)?;
+
+    let (wal, report) = match Wal::open(storage, node_dir.wal_dir(), config.wal) {
+        Ok(x) => x,
+        Err(WalError::Corruption(report)) => {
+            // FM-X.6: the replica refuses to start; the halt names where. Nothing is cut.
+            let record = HaltRecord {
+                reason: HaltReason::LocalCorruption,
+                lsn: report.lsn.unwrap_or(0),
+                epoch: highest_epoch,
+                expected: report.expected.clone(),
+                found: report.found.clone(),
+                peer: "local".into(),
+                at_unix_ms: now_unix_ms(),
+                detail: report.to_string(),
+            };
+            tracing::error!(%report, "local WAL corruption at open: halting");
+            write_halt(&storage, &state_dir, &record)?;
+            return Ok((
+                halted_shared(&config, record, commit_lsn, applied_lsn, highest_epoch),
+                None,
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let OpenReport::TornTailCut {
+        segment,
+        offset,
+        bytes_cut,
+        last,
+    } = &report
+    {
+        tracing::warn!(segment = %segment.display(), offset, bytes_cut, lsn = last.lsn, "cut a torn, never-synced WAL tail at open");
+    }
+    let last = wal.last();
+    let durable = wal.durable_lsn();
+    let available = commit_lsn.min(durable);
+    if applied_lsn > available {
+        return Err(ReplicaError::ApplierAhead {
+            applied_lsn,
+            available_lsn: available,
+        });
+    }
+    let core = ReplicaCore::new(
+        CoreConfig {
+            node_id: config.node_id.clone(),
+            cluster_id: config.cluster_id.clone(),
+            primary_name: config.primary_name.clone(),
+            max_record_bytes: config.wal.max_record_bytes,
+            backoff_initial_ms: config.backoff_initial_ms,
+            backoff_max_ms: config.backoff_max_ms,
+        },
+        DurableState {
+            last,
+            commit_lsn,
+            applied_lsn,
+            epoch_history,
+            halt: None,
+        },
+    );
+    let shared = Arc::new(Shared {
+        gate: RwLock::new(None),
+        status: Mutex::new(status_for(&config, ReplicaState::Connecting)),
+    });
+    // Replaying committed records happens here, before open returns (FM-4.2).
+    let mut driver = Driver {
+        config,
+        core,
+        wal,
+        node_dir,
+        state_dir,
+        applier,
+        shared: Arc::clone(&shared),
+        sync_pending: false,
+        unsynced_bytes: 0,
+        commit_pending: None,
+        persisted_commit: commit_lsn,
+        apply_pending: None,
+        applied: applied_lsn,
+        reconnect: None,
+        halted: false,
+        outbox: Vec::new(),
+        sessions: 0,
+        connected: false,
+    };
+    driver.feed(Event::Start)?;
+    driver.flush()?;
+    driver.publish_status();
+    drop(_enter);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (done_tx, done_rx) = oneshot::channel();
+    let thread_span = span.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("walship-replica-{}", driver.config.node_id))
+        .spawn(move || {
+            let result = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(driver.run(material, stop_rx).instrument(thread_span)),
+                Err(e) => Err(ReplicaError::Runtime(format!("tokio runtime: {e}"))),
+            };
+            let _ = done_tx.send(result);
+        })
+        .map_err(|e| ReplicaError::Runtime(format!("spawn driver thread: {e}")))?;
+    Ok((
+        shared,
+        Some(DriverHandle {
+            stop_tx,
+            done_rx,
+            thread: Some(thread),
+        }),
+    ))
+}
+
+/// What one received item is: a message, or the end of the session.
+type Inbound = Result<Message, SessionEnd>;
+
+/// Reads frames from the primary's stream into `tx` until the stream ends.
+async fn read_loop(mut recv: quinn::RecvStream, tx: mpsc::Sender<Inbound>) {
+    loop {
+        let item = match read_frame(&mut recv, MAX_FRAME_BYTES).await {
+            Ok(Some(msg)) => Ok(msg),
+            Ok(None) => Err(SessionEnd::ConnectionLost {
+                detail: "the primary finished the stream".into(),
+            }),
+            Err(FrameError::Truncated { received, expected }) => {
+                Err(SessionEnd::FrameTruncated { received, expected })
+            }
+            Err(e) if e.is_session_end() => Err(SessionEnd::ConnectionLost {
+                detail: e.to_string(),
+            }),
+            Err(e) => Err(SessionEnd::Malformed {
+                detail: e.to_string(),
+            }),
+        };
+        let end = item.is_err();
+        if tx.send(item).await.is_err() || end {
+            return;
+        }
+    }
+}
+
+struct Driver {
+    config: ReplicaConfig,
+    core: ReplicaCore,
+    wal: Wal<FsStorage>,
+    node_dir: NodeDir<FsStorage>,
+    state_dir: PathBuf,
+    applier: Box<dyn Applier>,
+    shared: Arc<Shared>,
+    sync_pending: bool,
+    unsynced_bytes: usize,
+    commit_pending: Option<Lsn>,
+    persisted_commit: Lsn,
+    apply_pending: Option<Lsn>,
+    applied: Lsn,
+    reconnect: Option<(u64, SessionEnd)>,
+    halted: bool,
+    outbox: Vec<Message>,
+    sessions: u64,
+    connected: bool,
+}
+
+impl Driver {
+    /// Feeds one event to the core and performs the resulting actions.
+    fn feed(&mut self, event: Event) -> Result<(), ReplicaError> {
+        let actions = self.core.handle(event, now_unix_ms(), &mut self.wal)?;
+        self.perform(actions)
+    }
+
+    fn perform(&mut self, actions: Vec<Action>) -> Result<(), ReplicaError> {
+        for action in actions {
+            if self.halted {
+                // The core emits nothing after a halt; nothing queued before it runs either.
+                break;
+            }
+            match action {
+                Action::Send(msg) => self.outbox.push(msg),
+                Action::AppendVerified(batch) => {
+                    let pos = self.wal.append_verified_batch(&batch.bytes)?;
+                    assert_eq!(
+                        pos, batch.last,
+                        "the WAL's last position after append must be the core's"
+                    );
+                    self.unsynced_bytes += batch.bytes.len();
+                    tracing::trace!(
+                        first_lsn = batch.first_lsn,
+                        count = batch.count,
+                        lsn = pos.lsn,
+                        epoch = pos.epoch,
+                        "appended verified batch"
+                    );
+                }
+                Action::Sync => self.sync_pending = true,
+                Action::PersistCommit(lsn) => self.commit_pending = Some(lsn),
+                Action::PersistEpochs(history) => {
+                    // Durable before anything of this primary is appended (fencing bound).
+                    self.node_dir.set_epochs(&history)?;
+                    tracing::info!(entries = ?history.entries, "persisted epoch history");
+                }
+                Action::Apply { up_to } => self.apply_pending = Some(up_to),
+                Action::Halt(record) => self.halt(record)?,
+                Action::Reconnect { after_ms, reason } => {
+                    self.reconnect = Some((after_ms, reason));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Performs a halt: read gate closed, halt file written and fsynced, then nothing more.
+    fn halt(&mut self, record: HaltRecord) -> Result<(), ReplicaError> {
+        tracing::error!(
+            reason = %record.reason, lsn = record.lsn, epoch = record.epoch,
+            expected = %record.expected, found = %record.found, peer = %record.peer,
+            detail = %record.detail, "replication halted"
+        );
+        self.halted = true;
+        {
+            // Closing the gate first: a read in progress completes, later reads are refused.
+            let mut gate = match self.shared.gate.write() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            *gate = Some(record.clone());
+            write_halt(self.wal.storage(), &self.state_dir, &record)?;
+        }
+        self.apply_pending = None;
+        self.commit_pending = None;
+        self.outbox.clear();
+        // Verified records appended before the failing batch stay; make them durable
+        // so the directory is exactly what it was at the halt. A failure here is logged:
+        // the halt is already durable.
+        if self.sync_pending {
+            if let Err(e) = self.wal.sync() {
+                tracing::error!(error = %e, "sync after halt failed");
+            }
+            self.sync_pending = false;
+        }
+        self.shared.update_status(|s| {
+            s.state = ReplicaState::Halted(record.clone());
+        });
+        Ok(())
+    }
+
+    /// The deferred work of a step: group sync, receipts, commit file, applier.
+    fn flush(&mut self) -> Result<(), ReplicaError> {
+        if self.halted {
+            return Ok(());
+        }
+        if self.sync_pending {
+            self.sync_pending = false;
+            self.unsynced_bytes = 0;
+            let lsn = self.wal.sync()?;
+            self.feed(Event::Durable { lsn })?;
+            if self.halted {
+                return Ok(());
+            }
+        }
+        if let Some(c) = self.commit_pending.take() {
+            self.node_dir.set_commit_lsn(c)?;
+            self.persisted_commit = c;
+        }
+        if let Some(up_to) = self.apply_pending.take() {
+            self.apply_up_to(up_to)?;
+        }
+        Ok(())
+    }
+
+    fn apply_up_to(&mut self, up_to: Lsn) -> Result<(), ReplicaError> {
+        assert!(
+            up_to <= self.persisted_commit && up_to <= self.wal.durable_lsn(),
+            "apply up to {up_to} beyond the persisted commit {} or the durable lsn {}",
+            self.persisted_commit,
+            self.wal.durable_lsn()
+        );
+        if up_to <= self.applied {
+            return Ok(());
+        }
+        let mut reader = self.wal.reader(self.applied + 1)?;
+        while self.applied < up_to {
+            let record = match reader.next_record() {
+                Some(r) => r?,
+                None => {
+                    return Err(ReplicaError::Runtime(format!(
+                        "WAL ended at lsn {} before the apply target {up_to}",
+                        self.applied
+                    )))
+                }
+            };
+            let lsn = record.lsn();
+            assert_eq!(
+                lsn,
+                self.applied + 1,
+                "records are applied in lsn order, each once"
+            );
+            self.applier
+                .apply(lsn, record.payload())
+                .map_err(|source| ReplicaError::Apply { lsn, source })?;
+            self.applied = lsn;
+        }
+        tracing::debug!(lsn = up_to, "applied");
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let core = &self.core;
+        let state = match core.phase() {
+            Phase::Halted => match core.halt() {
+                Some(h) => ReplicaState::Halted(h.clone()),
+                None => ReplicaState::Stopped("halted".into()),
+            },
+            Phase::Idle | Phase::Disconnected => ReplicaState::Connecting,
+            Phase::AwaitWelcome | Phase::Probing => ReplicaState::Handshaking,
+            Phase::Streaming => ReplicaState::Streaming,
+        };
+        let durable = self.wal.durable_lsn();
+        let primary = core.primary();
+        let primary_last = core.primary_last_lsn();
+        let status = ReplicaStatus {
+            node_id: self.config.node_id.clone(),
+            role: Role::Replica,
+            state,
+            connected: self.connected,
+            primary_id: primary.map(|(id, _)| id.to_string()),
+            epoch: primary.map_or(core.highest_epoch_seen(), |(_, e)| e),
+            highest_epoch_seen: core.highest_epoch_seen(),
+            last: Some(self.wal.last()),
+            durable_lsn: Some(durable),
+            commit_lsn: core.commit_lsn(),
+            applied_lsn: self.applied,
+            primary_last_lsn: primary_last,
+            lag_records: primary_last.saturating_sub(durable),
+            sessions: self.sessions,
+        };
+        self.shared.update_status(|s| *s = status);
+    }
+
+    fn stopped(&self, why: String) {
+        self.shared.update_status(|s| {
+            if !matches!(s.state, ReplicaState::Halted(_)) {
+                s.state = ReplicaState::Stopped(why);
+            }
+            s.connected = false;
+        });
+    }
+
+    /// The driver's life: connect, stream, reconnect, until stopped or halted.
+    async fn run(
+        mut self,
+        material: walship_wire::TlsMaterial,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), ReplicaError> {
+        let result = self.run_inner(&material, &mut stop).await;
+        match &result {
+            Ok(()) => {
+                if !self.halted && !self.wal.is_poisoned() {
+                    // Make appended records durable on the way out.
+                    if let Err(e) = self.wal.sync() {
+                        tracing::error!(error = %e, "sync at shutdown failed");
+                    }
+                }
+                self.publish_status();
+                self.stopped("shut down".into());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "replica stopped on a local error (not a halt)");
+                self.publish_status();
+                self.stopped(e.to_string());
+            }
+        }
+        result
+    }
+
+    async fn run_inner(
+        &mut self,
+        material: &walship_wire::TlsMaterial,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), ReplicaError> {
+        let endpoint = walship_wire::endpoint::client_endpoint_with(
+            self.config.bind_addr,
+            material,
+            &self.config.transport,
+        )?;
+        let result = self.sessions_loop(&endpoint, stop).await;
+        endpoint.close(
+            quinn::VarInt::from_u32(CLOSE_SESSION_END),
+            b"replica stopping",
+        );
+        result
+    }
+
+    async fn sessions_loop(
+        &mut self,
+        endpoint: &quinn::Endpoint,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), ReplicaError> {
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            if self.halted {
+                // Halted: stream nothing, apply nothing; wait for shutdown.
+                let _ = stop.changed().await;
+                return Ok(());
+            }
+            let Some((after_ms, reason)) = self.reconnect.take() else {
+                return Err(ReplicaError::Runtime(
+                    "driver has no session and no reconnect request".into(),
+                ));
+            };
+            if after_ms > 0 {
+                tracing::info!(after_ms, %reason, "session ended; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(after_ms)) => {}
+                    _ = stop.changed() => return Ok(()),
+                }
+            }
+            let addr = self.config.primary_addr;
+            let name = self.config.primary_name.clone();
+            let connected = tokio::select! {
+                r = walship_wire::connect(endpoint, addr, &name) => r,
+                _ = stop.changed() => return Ok(()),
+            };
+            let conn = match connected {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "connect to primary failed");
+                    self.feed(Event::SessionEnded(SessionEnd::ConnectFailed {
+                        detail: e.to_string(),
+                    }))?;
+                    self.flush()?;
+                    self.publish_status();
+                    continue;
+                }
+            };
+            // Defence in depth: the TLS handshake verified the name; re-check it.
+            if walship_wire::peer_node_id(&conn, std::slice::from_ref(&name)).is_none() {
+                conn.close(
+                    quinn::VarInt::from_u32(CLOSE_SESSION_END),
+                    b"not the configured primary",
+                );
+                self.feed(Event::SessionEnded(SessionEnd::ConnectFailed {
+                    detail: format!("peer certificate is not valid for {name}"),
+                }))?;
+                continue;
+            }
+            self.session(&conn, stop).await?;
+            if *stop.borrow() {
+                conn.close(
+                    quinn::VarInt::from_u32(CLOSE_SESSION_END),
+                    b"replica stopping",
+                );
+                return Ok(());
+            }
+        }
+    }
+
+    /// One session on an open connection. Returns when it ended (a reconnect or
+    /// a halt is then pending) or on stop; errors are node stops.
+    async fn session(
+        &mut self,
+        conn: &quinn::Connection,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), ReplicaError> {
+        let (mut send, recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.feed(Event::SessionEnded(SessionEnd::ConnectionLost {
+                    detail: e.to_string(),
+                }))?;
+                self.flush()?;
+                return Ok(());
+            }
+        };
+        self.sessions += 1;
+        self.connected = true;
+        tracing::info!(peer = %self.config.primary_name, lsn = self.core.last().lsn, epoch = self.core.last().epoch, "session started");
+        let (tx, mut rx) = mpsc::channel::<Inbound>(FRAME_QUEUE);
+        let reader = tokio::spawn(read_loop(recv, tx));
+        let mut writer = FrameWriter::default();
+        self.feed(Event::SessionStarted)?;
+        let result = self
+            .session_steps(&mut send, &mut writer, &mut rx, stop)
+            .await;
+        reader.abort();
+        self.connected = false;
+        let code = if self.halted {
+            CLOSE_HALTED
+        } else {
+            CLOSE_SESSION_END
+        };
+        conn.close(quinn::VarInt::from_u32(code), b"session over");
+        self.publish_status();
+        result
+    }
+
+    async fn session_steps(
+        &mut self,
+        send: &mut quinn::SendStream,
+        writer: &mut FrameWriter,
+        rx: &mut mpsc::Receiver<Inbound>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), ReplicaError> {
+        loop {
+            // Send what the core asked for (Hello, receipts, probes).
+            if !self.halted && self.reconnect.is_none() {
+                for msg in std::mem::take(&mut self.outbox) {
+                    if let Err(e) = writer.write(send, &msg).await {
+                        self.feed(Event::SessionEnded(SessionEnd::ConnectionLost {
+                            detail: e.to_string(),
+                        }))?;
+                        break;
+                    }
+                }
+            }
+            self.publish_status();
+            if self.halted || self.reconnect.is_some() {
+                self.flush()?;
+                return Ok(());
+            }
+            let first = tokio::select! {
+                m = rx.recv() => m,
+                _ = stop.changed() => return Ok(()),
+            };
+            let Some(first) = first else {
+                self.feed(Event::SessionEnded(SessionEnd::ConnectionLost {
+                    detail: "frame reader ended".into(),
+                }))?;
+                continue;
+            };
+            self.inbound(first)?;
+            let mut handled = 1;
+            while !self.halted
+                && self.reconnect.is_none()
+                && handled < MAX_FRAMES_PER_STEP
+                && self.unsynced_bytes < self.config.sync_every_bytes
+            {
+                match rx.try_recv() {
+                    Ok(item) => {
+                        self.inbound(item)?;
+                        handled += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.flush()?;
+        }
+    }
+
+    fn inbound(&mut self, item: Inbound) -> Result<(), ReplicaError> {
+        match item {
+            Ok(msg) => self.feed(Event::Received(msg)),
+            Err(end) => self.feed(Event::SessionEnded(end)),
+        }
+    }
+}
