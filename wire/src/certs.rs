@@ -239,9 +239,13 @@ pub fn validate_node_id(node_id: &str) -> Result<(), CertError> {
 /// Writes `ca.pem`, `ca.key`, and `<id>.pem` / `<id>.key` for every id in `node_ids`. Key files
 /// get mode 0600. Refuses to overwrite any existing file (a CA key is not something to replace
 /// by accident). For development and tests; production clusters bring their own PKI.
-pub fn generate(out_dir: &Path, node_ids: &[&str]) -> Result<GeneratedCerts, CertError> {
+pub fn generate<S: AsRef<str>>(
+    out_dir: &Path,
+    node_ids: &[S],
+) -> Result<GeneratedCerts, CertError> {
+    let node_ids: Vec<&str> = node_ids.iter().map(AsRef::as_ref).collect();
     let mut seen = std::collections::BTreeSet::new();
-    for id in node_ids {
+    for id in &node_ids {
         validate_node_id(id)?;
         if !seen.insert(*id) {
             return Err(CertError::DuplicateNodeId {
