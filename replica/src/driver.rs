@@ -20,17 +20,14 @@ use tracing::Instrument;
 use walship_wal::state::NodeDir;
 use walship_wal::OpenReport;
 use walship_wal::{FsStorage, Lsn, Wal, WalError};
-use walship_wire::frame::{read_frame, FrameError, FrameWriter, MAX_FRAME_BYTES};
 use walship_wire::message::Message;
+use walship_wire::CloseCode;
+use walship_wire::{read_frame, FrameError, FrameWriter, MAX_FRAME_BYTES};
 
 use crate::core::{Action, CoreConfig, DurableState, Event, Phase, ReplicaCore, SessionEnd};
 use crate::halt::{read_halt, write_halt, HaltReason, HaltRecord};
 use crate::{Applier, ReplicaConfig, ReplicaError, ReplicaState, ReplicaStatus, Role, Shared};
 
-/// QUIC application error code used when the replica closes a connection.
-const CLOSE_SESSION_END: u32 = 1;
-/// QUIC application error code used when the replica closes because it halted.
-const CLOSE_HALTED: u32 = 2;
 /// Frames buffered between the stream reader task and the driver.
 const FRAME_QUEUE: usize = 8;
 /// Most frames handled in one step before the deferred work is done.
@@ -534,10 +531,7 @@ impl Driver {
             &self.config.transport,
         )?;
         let result = self.sessions_loop(&endpoint, stop).await;
-        endpoint.close(
-            quinn::VarInt::from_u32(CLOSE_SESSION_END),
-            b"replica stopping",
-        );
+        endpoint.close(CloseCode::ShuttingDown.code(), b"replica stopping");
         result
     }
 
@@ -587,10 +581,7 @@ impl Driver {
             };
             // Defence in depth: the TLS handshake verified the name; re-check it.
             if walship_wire::peer_node_id(&conn, std::slice::from_ref(&name)).is_none() {
-                conn.close(
-                    quinn::VarInt::from_u32(CLOSE_SESSION_END),
-                    b"not the configured primary",
-                );
+                CloseCode::ProtocolViolation.close(&conn, "not the configured primary");
                 self.feed(Event::SessionEnded(SessionEnd::ConnectFailed {
                     detail: format!("peer certificate is not valid for {name}"),
                 }))?;
@@ -598,10 +589,7 @@ impl Driver {
             }
             self.session(&conn, stop).await?;
             if *stop.borrow() {
-                conn.close(
-                    quinn::VarInt::from_u32(CLOSE_SESSION_END),
-                    b"replica stopping",
-                );
+                CloseCode::ShuttingDown.close(&conn, "replica stopping");
                 return Ok(());
             }
         }
@@ -636,12 +624,20 @@ impl Driver {
             .await;
         reader.abort();
         self.connected = false;
-        let code = if self.halted {
-            CLOSE_HALTED
+        let (code, why) = if self.halted {
+            (CloseCode::Halted, "replica halted".to_string())
+        } else if let Some((_, reason)) = &self.reconnect {
+            let code = match reason {
+                SessionEnd::Malformed { .. } | SessionEnd::Protocol { .. } => {
+                    CloseCode::ProtocolViolation
+                }
+                _ => CloseCode::Normal,
+            };
+            (code, reason.to_string())
         } else {
-            CLOSE_SESSION_END
+            (CloseCode::ShuttingDown, "replica stopping".to_string())
         };
-        conn.close(quinn::VarInt::from_u32(code), b"session over");
+        code.close(conn, &why);
         self.publish_status();
         result
     }

@@ -192,6 +192,16 @@ pub enum ReplicaError {
         /// The applier's error.
         source: ApplyError,
     },
+    /// A file system operation outside the WAL and state files failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The driver thread or its runtime could not be started, or stopped unexpectedly.
     #[error("replica runtime: {0}")]
     Runtime(String),
@@ -317,6 +327,11 @@ impl Replica {
     /// - starts the driver thread, which connects to the primary.
     pub fn open(config: ReplicaConfig, applier: impl Applier) -> Result<Replica, ReplicaError> {
         config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ReplicaError::Io {
+            op: "create data directory",
+            path: config.data_dir.clone(),
+            source,
+        })?;
         let lock = DirLock::acquire(&config.data_dir)?;
         let node_id = config.node_id.clone();
         let (shared, driver) = driver::start(config, Box::new(applier))?;

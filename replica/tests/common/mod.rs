@@ -1,0 +1,336 @@
+//! Test support: a FAKE primary written with walship-wire (a real QUIC server
+//! with mutual TLS) that sends crafted frames, a recording applier, and helpers.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use walship_replica::{Applier, ApplyError, Replica, ReplicaConfig, ReplicaStatus};
+use walship_wal::record::encode_record;
+use walship_wal::state::EpochEntry;
+use walship_wal::{FsStorage, Lsn, Position, Wal, WalOptions};
+use walship_wire::message::{Hello, Message, RecordBatch, Welcome, PROTOCOL_VERSION};
+use walship_wire::{read_frame, FrameWriter, MAX_FRAME_BYTES};
+use walship_wire::{TlsFiles, TransportOptions};
+
+/// Bound on any wait in these tests: only a hang reaches it; conditions decide.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn transport() -> TransportOptions {
+    TransportOptions {
+        keep_alive_ms: 200,
+        idle_timeout_ms: 3_000,
+        ..TransportOptions::default()
+    }
+}
+
+/// A primary's log: record bytes and identities, index i holds lsn i + 1.
+#[derive(Clone, Debug, Default)]
+pub struct Log {
+    pub records: Vec<Vec<u8>>,
+    pub positions: Vec<Position>,
+}
+
+impl Log {
+    pub fn build(n: usize, epoch: u64, tag: &str) -> Log {
+        let mut log = Log::default();
+        for i in 1..=n {
+            log.push(epoch, format!("{tag}-{i}").as_bytes());
+        }
+        log
+    }
+    pub fn push(&mut self, epoch: u64, payload: &[u8]) {
+        let prev = self.last();
+        let mut out = Vec::new();
+        let pos = encode_record(prev.lsn + 1, epoch, prev.crc, payload, &mut out);
+        self.records.push(out);
+        self.positions.push(pos);
+    }
+    pub fn last(&self) -> Position {
+        self.positions.last().copied().unwrap_or(Position::ZERO)
+    }
+    pub fn at(&self, lsn: Lsn) -> Option<Position> {
+        if lsn == 0 {
+            return Some(Position::ZERO);
+        }
+        self.positions.get(lsn as usize - 1).copied()
+    }
+    pub fn prefix(&self, n: usize) -> Log {
+        Log {
+            records: self.records[..n].to_vec(),
+            positions: self.positions[..n].to_vec(),
+        }
+    }
+    pub fn record(&self, lsn: Lsn) -> &[u8] {
+        &self.records[lsn as usize - 1]
+    }
+    pub fn payload(&self, lsn: Lsn) -> Vec<u8> {
+        self.record(lsn)[walship_wal::RECORD_HEADER_LEN..].to_vec()
+    }
+    /// Batch of the given lsns in the given order (stored bytes concatenated).
+    pub fn batch_of(&self, lsns: &[Lsn], commit_lsn: Lsn) -> RecordBatch {
+        let mut bytes = Vec::new();
+        for &l in lsns {
+            bytes.extend_from_slice(self.record(l));
+        }
+        RecordBatch {
+            first_lsn: lsns[0],
+            count: lsns.len() as u32,
+            bytes,
+            commit_lsn,
+        }
+    }
+    pub fn batch(&self, from: Lsn, to: Lsn, commit_lsn: Lsn) -> RecordBatch {
+        self.batch_of(&(from..=to).collect::<Vec<_>>(), commit_lsn)
+    }
+}
+
+/// Cluster certificates: `ca` signs p1, p2 and r1; `other` is another CA signing its own p1.
+pub struct Certs {
+    pub dir: PathBuf,
+    pub other_dir: PathBuf,
+}
+
+impl Certs {
+    pub fn generate(root: &Path) -> Certs {
+        let dir = root.join("certs");
+        let other_dir = root.join("other-ca");
+        walship_wire::generate(&dir, &["p1", "p2", "r1"]).expect("certs");
+        walship_wire::generate(&other_dir, &["p1"]).expect("other CA certs");
+        Certs { dir, other_dir }
+    }
+    pub fn files(&self, node: &str) -> TlsFiles {
+        TlsFiles::for_node(&self.dir, node)
+    }
+}
+
+/// A fake primary: a real walship-wire server endpoint; the test scripts every frame.
+pub struct FakePrimary {
+    pub endpoint: quinn::Endpoint,
+    pub addr: SocketAddr,
+}
+
+impl FakePrimary {
+    pub fn start(files: &TlsFiles) -> FakePrimary {
+        let endpoint = walship_wire::server_endpoint(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            files,
+            &["r1".to_string()],
+            &transport(),
+        )
+        .expect("server endpoint");
+        let addr = endpoint.local_addr().expect("local addr");
+        FakePrimary { endpoint, addr }
+    }
+
+    /// Accepts the next connection and its stream, and reads the replica's Hello.
+    pub async fn accept(&self) -> Session {
+        let fut = async {
+            let incoming = self.endpoint.accept().await.expect("endpoint open");
+            let conn = incoming.await.expect("handshake");
+            let (send, mut recv) = conn.accept_bi().await.expect("stream");
+            let hello = match read_frame(&mut recv, MAX_FRAME_BYTES).await {
+                Ok(Some(Message::Hello(h))) => h,
+                other => panic!("expected Hello, got {other:?}"),
+            };
+            Session {
+                conn,
+                send,
+                recv,
+                writer: FrameWriter::default(),
+                hello,
+            }
+        };
+        tokio::time::timeout(WAIT, fut)
+            .await
+            .expect("replica connects")
+    }
+}
+
+/// One accepted session of the fake primary.
+pub struct Session {
+    pub conn: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+    pub writer: FrameWriter,
+    pub hello: Hello,
+}
+
+impl Session {
+    pub async fn send(&mut self, msg: Message) {
+        self.writer
+            .write(&mut self.send, &msg)
+            .await
+            .expect("send frame");
+    }
+
+    /// Welcome computed from `log` as an honest primary would.
+    pub async fn welcome(&mut self, log: &Log, epoch: u64, commit_lsn: Lsn) {
+        let w = Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            primary_id: "p1".into(),
+            epoch,
+            at_replica_last: log.at(self.hello.last.lsn),
+            primary_last: log.last(),
+            commit_lsn,
+            epoch_history: vec![EpochEntry {
+                epoch,
+                start_lsn: 1,
+            }],
+        };
+        self.send(Message::Welcome(w)).await;
+    }
+
+    pub async fn recv(&mut self) -> Option<Message> {
+        match tokio::time::timeout(WAIT, read_frame(&mut self.recv, MAX_FRAME_BYTES)).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(_)) => None,
+            Err(_) => panic!("timed out waiting for a frame from the replica"),
+        }
+    }
+
+    /// Reads until a Receipt for at least `lsn`; returns it.
+    pub async fn wait_receipt(&mut self, lsn: Lsn) -> Lsn {
+        loop {
+            match self.recv().await {
+                Some(Message::Receipt { durable_lsn }) if durable_lsn >= lsn => return durable_lsn,
+                Some(_) => {}
+                None => panic!("stream ended before a receipt for lsn {lsn}"),
+            }
+        }
+    }
+
+    /// Answers Probes from `log` until the replica closes the stream; returns the probed lsns.
+    pub async fn answer_probes(&mut self, log: &Log) -> Vec<Lsn> {
+        let mut probes = Vec::new();
+        while let Some(msg) = self.recv().await {
+            if let Message::Probe { lsn } = msg {
+                probes.push(lsn);
+                self.send(Message::ProbeReply {
+                    lsn,
+                    position: log.at(lsn),
+                })
+                .await;
+            }
+        }
+        probes
+    }
+
+    /// Waits for the replica to close the connection; returns its application close code.
+    pub async fn closed_code(&self) -> Option<u64> {
+        let err = tokio::time::timeout(WAIT, self.conn.closed())
+            .await
+            .expect("replica closes the connection");
+        match err {
+            quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
+            _ => None,
+        }
+    }
+}
+
+/// The embedder's state as the test applier records it; survives a replica restart.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub records: Vec<(Lsn, Vec<u8>)>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TestApplier(pub Arc<Mutex<Applied>>);
+
+impl TestApplier {
+    pub fn lsns(&self) -> Vec<Lsn> {
+        self.0
+            .lock()
+            .expect("lock")
+            .records
+            .iter()
+            .map(|r| r.0)
+            .collect()
+    }
+    /// Simulates the embedder losing its applies above `lsn` in a crash.
+    pub fn truncate(&self, lsn: Lsn) {
+        self.0.lock().expect("lock").records.retain(|r| r.0 <= lsn);
+    }
+}
+
+impl Applier for TestApplier {
+    fn applied_lsn(&self) -> Lsn {
+        self.0
+            .lock()
+            .expect("lock")
+            .records
+            .last()
+            .map_or(0, |r| r.0)
+    }
+    fn apply(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), ApplyError> {
+        let mut g = self.0.lock().expect("lock");
+        let prev = g.records.last().map_or(0, |r| r.0);
+        assert_eq!(lsn, prev + 1, "applied in order, each once");
+        g.records.push((lsn, payload.to_vec()));
+        Ok(())
+    }
+}
+
+pub fn config(
+    data_dir: &Path,
+    certs: &Certs,
+    primary: SocketAddr,
+    primary_name: &str,
+) -> ReplicaConfig {
+    let mut c = ReplicaConfig::new(
+        "r1",
+        "c1",
+        data_dir,
+        primary,
+        primary_name,
+        certs.files("r1"),
+    );
+    c.bind_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.transport = transport();
+    c.backoff_initial_ms = 20;
+    c.backoff_max_ms = 200;
+    c
+}
+
+/// Polls the replica's status until `cond` holds (the condition decides; WAIT only bounds a hang).
+pub async fn wait_for(
+    replica: &Replica,
+    what: &str,
+    cond: impl Fn(&ReplicaStatus) -> bool,
+) -> ReplicaStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = replica.status();
+        if cond(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Writes `log`'s records into a fresh WAL in `data_dir/wal` (a replica's pre-existing log).
+pub fn seed_wal(data_dir: &Path, log: &Log) {
+    let (mut wal, _) =
+        Wal::open(FsStorage, &data_dir.join("wal"), WalOptions::default()).expect("wal");
+    let bytes: Vec<u8> = log.records.concat();
+    if !bytes.is_empty() {
+        wal.append_verified_batch(&bytes).expect("append");
+    }
+    wal.sync().expect("sync");
+}
+
+/// The last position of the WAL in `data_dir/wal` (opened after the replica stopped).
+pub fn wal_last(data_dir: &Path) -> Position {
+    let (wal, _) = Wal::open(FsStorage, &data_dir.join("wal"), WalOptions::default()).expect("wal");
+    wal.last()
+}
+
+pub fn read_halt_file(data_dir: &Path) -> Option<walship_replica::HaltRecord> {
+    walship_replica::read_halt(&FsStorage, &data_dir.join("state")).expect("read halt")
+}
