@@ -8,8 +8,9 @@
 //!
 //! `body_len` is checked against the limit before anything is allocated for the body, so a peer
 //! cannot make us allocate more than the limit by lying in a prefix. The sans-IO pieces are
-//! [`encode_frame`] and [`FrameDecoder`]; [`read_frame`] / [`write_frame`] apply them to quinn
-//! streams.
+//! [`encode_frame`] and [`FrameDecoder`]; [`crate::stream`] applies the same rules to quinn
+//! streams. [`encode_records_frame`] / [`records_frame_parts`] produce exactly the bytes of a
+//! `Message::Records` frame without first copying the records into a `RecordBatch`.
 
 use crate::message::{self, BodyError, Message};
 
@@ -121,8 +122,143 @@ pub fn encode_frame(msg: &Message, out: &mut Vec<u8>) -> Result<usize, FrameErro
     Ok(FRAME_HEADER_LEN + body_len)
 }
 
+/// Wire tag of `Message::Records`.
+pub const RECORDS_TAG: u32 = 5;
+
+/// Longest possible encoding of the fields of a `Records` body before the record bytes:
+/// tag (u32 varint, up to 5) + first_lsn (u64, up to 9) + count (u32, up to 5) + byte length
+/// (u64, up to 9).
+pub const RECORDS_HEAD_MAX: usize = 5 + 9 + 5 + 9;
+
+fn std_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+}
+
+fn push_varint<T: bincode::Encode>(v: T, out: &mut Vec<u8>) {
+    if let Err(e) = bincode::encode_into_std_write(v, out, std_config()) {
+        unreachable!("encoding an integer into a Vec cannot fail: {e}");
+    }
+}
+
+/// The bytes around the records of a `Message::Records` frame: `head` (length prefix, tag,
+/// `first_lsn`, `count`, byte length) and `tail` (`commit_lsn`), so that
+/// `head ++ records ++ tail` is byte-for-byte `encode_frame(Message::Records(..))`.
+/// `head` and `tail` are cleared first. Fails with `TooLarge` if the body would exceed
+/// [`MAX_FRAME_BYTES`].
+pub fn records_frame_parts(
+    first_lsn: u64,
+    count: u32,
+    records_len: usize,
+    commit_lsn: u64,
+    head: &mut Vec<u8>,
+    tail: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    head.clear();
+    tail.clear();
+    head.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+    push_varint(RECORDS_TAG, head);
+    push_varint(first_lsn, head);
+    push_varint(count, head);
+    push_varint(records_len as u64, head);
+    push_varint(commit_lsn, tail);
+    let body_len = (head.len() - FRAME_HEADER_LEN)
+        .saturating_add(records_len)
+        .saturating_add(tail.len());
+    let len = match u32::try_from(body_len) {
+        Ok(len) if len <= MAX_FRAME_BYTES => len,
+        _ => {
+            head.clear();
+            tail.clear();
+            return Err(FrameError::TooLarge {
+                len: u32::try_from(body_len).unwrap_or(u32::MAX),
+                max: MAX_FRAME_BYTES,
+            });
+        }
+    };
+    head[..FRAME_HEADER_LEN].copy_from_slice(&len.to_le_bytes());
+    Ok(())
+}
+
+/// Appends a `Message::Records` frame for `records` (stored record bytes) to `out`; the same
+/// bytes as `encode_frame` of the equivalent `RecordBatch`. On error `out` is unchanged.
+pub fn encode_records_frame(
+    first_lsn: u64,
+    count: u32,
+    records: &[u8],
+    commit_lsn: u64,
+    out: &mut Vec<u8>,
+) -> Result<usize, FrameError> {
+    let (mut head, mut tail) = (
+        Vec::with_capacity(RECORDS_HEAD_MAX + 4),
+        Vec::with_capacity(9),
+    );
+    records_frame_parts(
+        first_lsn,
+        count,
+        records.len(),
+        commit_lsn,
+        &mut head,
+        &mut tail,
+    )?;
+    out.reserve(head.len() + records.len() + tail.len());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(records);
+    out.extend_from_slice(&tail);
+    Ok(head.len() + records.len() + tail.len())
+}
+
+/// The fields of a `Records` body that precede the record bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RecordsHead {
+    pub first_lsn: u64,
+    pub count: u32,
+    pub records_len: usize,
+    /// Bytes of the body the head occupies.
+    pub head_len: usize,
+}
+
+/// Parses the head of a `Records` body from its first bytes with the same integer decoding as
+/// the generic decoder. `None` if `buf` does not start with a complete `Records` head (the
+/// caller then falls back to the generic decoder, which reports the precise error).
+pub(crate) fn parse_records_head(buf: &[u8]) -> Option<RecordsHead> {
+    let mut at = 0;
+    let tag: u32 = take_varint(buf, &mut at)?;
+    if tag != RECORDS_TAG {
+        return None;
+    }
+    let first_lsn: u64 = take_varint(buf, &mut at)?;
+    let count: u32 = take_varint(buf, &mut at)?;
+    let records_len: u64 = take_varint(buf, &mut at)?;
+    Some(RecordsHead {
+        first_lsn,
+        count,
+        records_len: usize::try_from(records_len).ok()?,
+        head_len: at,
+    })
+}
+
+/// Parses the tail (`commit_lsn`) of a `Records` body; it must be consumed exactly.
+pub(crate) fn parse_records_tail(buf: &[u8]) -> Result<u64, FrameError> {
+    let mut at = 0;
+    let commit_lsn: u64 = take_varint(buf, &mut at)
+        .ok_or_else(|| FrameError::Malformed("records: bad commit_lsn".into()))?;
+    if at != buf.len() {
+        return Err(FrameError::Malformed(format!(
+            "{} trailing bytes after a records message",
+            buf.len() - at
+        )));
+    }
+    Ok(commit_lsn)
+}
+
+fn take_varint<T: bincode::Decode<()>>(buf: &[u8], at: &mut usize) -> Option<T> {
+    let (v, used) = bincode::decode_from_slice(buf.get(*at..)?, std_config()).ok()?;
+    *at += used;
+    Some(v)
+}
+
 /// Checks a length prefix against `max`.
-fn check_len(len: u32, max: u32) -> Result<usize, FrameError> {
+pub(crate) fn check_len(len: u32, max: u32) -> Result<usize, FrameError> {
     if len == 0 {
         return Err(FrameError::Empty);
     }
@@ -230,72 +366,6 @@ impl FrameDecoder {
         let mut le = [0u8; FRAME_HEADER_LEN];
         le.copy_from_slice(prefix);
         check_len(u32::from_le_bytes(le), self.max).map(Some)
-    }
-}
-
-/// Reads one message from `recv`, accepting bodies up to `max` bytes (clamped to
-/// [`MAX_FRAME_BYTES`]).
-///
-/// `Ok(None)`: the peer finished the stream cleanly on a frame boundary. A stream that ends
-/// inside a frame is [`FrameError::Truncated`]. Memory for the body is allocated only after its
-/// length was checked.
-pub async fn read_frame(
-    recv: &mut quinn::RecvStream,
-    max: u32,
-) -> Result<Option<Message>, FrameError> {
-    let max = max.min(MAX_FRAME_BYTES);
-    let mut prefix = [0u8; FRAME_HEADER_LEN];
-    let mut filled = 0;
-    while filled < FRAME_HEADER_LEN {
-        match recv.read(&mut prefix[filled..]).await? {
-            Some(n) => filled += n,
-            None if filled == 0 => return Ok(None),
-            None => {
-                return Err(FrameError::Truncated {
-                    received: filled,
-                    expected: FRAME_HEADER_LEN,
-                })
-            }
-        }
-    }
-    let len = check_len(u32::from_le_bytes(prefix), max)?;
-    let mut body = vec![0u8; len];
-    match recv.read_exact(&mut body).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(got)) => {
-            return Err(FrameError::Truncated {
-                received: FRAME_HEADER_LEN + got,
-                expected: FRAME_HEADER_LEN + len,
-            })
-        }
-        Err(quinn::ReadExactError::ReadError(e)) => return Err(FrameError::Read(e)),
-    }
-    decode_frame_body(&body).map(Some)
-}
-
-/// Writes one message to `send` (one allocation for the encoded frame; use [`FrameWriter`] to
-/// reuse a buffer).
-pub async fn write_frame(send: &mut quinn::SendStream, msg: &Message) -> Result<(), FrameError> {
-    FrameWriter::default().write(send, msg).await
-}
-
-/// Writes frames to a quinn stream through a reused encode buffer.
-#[derive(Debug, Default)]
-pub struct FrameWriter {
-    buf: Vec<u8>,
-}
-
-impl FrameWriter {
-    /// Encodes `msg` and writes the whole frame to `send`.
-    pub async fn write(
-        &mut self,
-        send: &mut quinn::SendStream,
-        msg: &Message,
-    ) -> Result<(), FrameError> {
-        self.buf.clear();
-        encode_frame(msg, &mut self.buf)?;
-        send.write_all(&self.buf).await?;
-        Ok(())
     }
 }
 

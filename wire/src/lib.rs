@@ -26,16 +26,15 @@ pub mod close;
 pub mod endpoint;
 pub mod frame;
 pub mod message;
+pub mod stream;
 pub mod tls;
 
 pub use certs::{generate, CertError, GeneratedCerts, TlsFiles, TlsMaterial};
 pub use close::CloseCode;
 pub use endpoint::{client_endpoint, connect, server_endpoint, EndpointError, TransportOptions};
-pub use frame::{
-    encode_frame, read_frame, write_frame, FrameDecoder, FrameError, FrameWriter, MAX_BATCH_BYTES,
-    MAX_FRAME_BYTES,
-};
+pub use frame::{encode_frame, FrameDecoder, FrameError, MAX_BATCH_BYTES, MAX_FRAME_BYTES};
 pub use message::{
     Hello, Message, RecordBatch, Refuse, RefuseReason, Welcome, ALPN, PROTOCOL_VERSION,
 };
+pub use stream::{read_frame, write_frame, FrameWriter};
 pub use tls::{peer_node_id, TlsError};

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod support;
 
-use walship_wire::frame::{read_frame, FrameDecoder, FrameError, MAX_FRAME_BYTES};
+use walship_wire::frame::{FrameDecoder, FrameError, MAX_FRAME_BYTES};
+use walship_wire::stream::read_frame;
 
 struct PeakAlloc;
 

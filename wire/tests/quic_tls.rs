@@ -6,8 +6,9 @@ use std::path::Path;
 
 use walship_wire::certs::{generate, TlsFiles, TlsMaterial};
 use walship_wire::endpoint::{client_endpoint_with, connect, server_endpoint_with, EndpointError};
-use walship_wire::frame::{read_frame, write_frame, MAX_FRAME_BYTES};
+use walship_wire::frame::MAX_FRAME_BYTES;
 use walship_wire::message::{EpochEntry, Hello, Message, Position, PROTOCOL_VERSION};
+use walship_wire::stream::{read_frame, write_frame};
 use walship_wire::tls::peer_node_id;
 use walship_wire::TransportOptions;
 

@@ -3,8 +3,9 @@
 
 mod support;
 
-use walship_wire::frame::{read_frame, write_frame, FrameError, MAX_FRAME_BYTES};
+use walship_wire::frame::{FrameError, MAX_FRAME_BYTES};
 use walship_wire::message::{Message, RecordBatch};
+use walship_wire::stream::{read_frame, write_frame};
 
 /// Client writes `bytes` raw on a new stream and finishes it; server reads up to two frames.
 async fn send_raw_and_read(bytes: &[u8]) -> Result<Option<Message>, FrameError> {
