@@ -21,6 +21,8 @@
 //! assert_eq!(decoder.next_message().expect("valid frame"), Some(Message::Commit { commit_lsn: 42 }));
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod certs;
 pub mod close;
 pub mod endpoint;
