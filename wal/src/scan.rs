@@ -6,7 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{CorruptionKind, CorruptionReport, WalError};
-use crate::record::{check_successor, decode_record, ChainError, Lsn, Position, RecordError};
+use crate::record::{
+    check_successor, decode_record, ChainError, Lsn, Position, RecordError, RecordHeader,
+    RECORD_HEADER_LEN,
+};
 use crate::segment::{classify_name, DirEntryKind, SegmentHeader, SegmentMeta, SEGMENT_HEADER_LEN};
 use crate::storage::{Storage, StorageFile};
 
@@ -137,8 +140,25 @@ pub(crate) fn record_facts(e: &RecordError) -> (CorruptionKind, String, String) 
 }
 
 /// First offset after `from` at which a whole crc-valid record starts, if any.
+///
+/// Candidates are pre-filtered on `flags == 0` and a length that fits before
+/// EOF, so the crc is computed almost only where a record really starts: the
+/// search stays linear even over megabytes of garbage.
 fn later_valid_record(data: &[u8], from: usize, max_record_bytes: u32) -> Option<usize> {
-    (from..data.len()).find(|&o| decode_record(&data[o..], max_record_bytes).is_ok())
+    let last_start = data.len().checked_sub(RECORD_HEADER_LEN)?;
+    (from..=last_start).find(|&o| {
+        let rest = &data[o..];
+        match RecordHeader::parse(rest) {
+            Some(h)
+                if h.flags == 0
+                    && h.payload_len <= max_record_bytes
+                    && h.record_len() <= rest.len() =>
+            {
+                decode_record(rest, max_record_bytes).is_ok()
+            }
+            _ => false,
+        }
+    })
 }
 
 /// Judges damage found at `offset` of the LAST segment (decision table rows 1-4).
@@ -387,4 +407,60 @@ pub(crate) fn recover<S: Storage>(
         cut,
         notes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::encode_record;
+
+    fn records(n: u64) -> Vec<u8> {
+        let mut v = Vec::new();
+        let mut prev = Position::ZERO;
+        for lsn in 1..=n {
+            prev = encode_record(lsn, 1, prev.crc, &[lsn as u8; 20], &mut v);
+        }
+        v
+    }
+
+    #[test]
+    fn later_valid_record_finds_the_next_record_start() {
+        let v = records(3);
+        assert_eq!(later_valid_record(&v, 1, 1024), Some(52));
+        assert_eq!(later_valid_record(&v, 53, 1024), Some(104));
+        assert_eq!(later_valid_record(&v, 105, 1024), None);
+        assert_eq!(later_valid_record(&v[..10], 0, 1024), None);
+    }
+
+    #[test]
+    fn judge_tail_cuts_torn_and_zeroed_but_refuses_when_valid_data_follows() {
+        let v = records(3);
+        let torn = &v[..52 + 30];
+        let e = RecordError::Truncated { need: 52, have: 30 };
+        assert!(matches!(judge_tail(torn, 52, &e, 1024), TailVerdict::Torn));
+        let mut zeroed = v.clone();
+        zeroed[52..].fill(0);
+        let e = RecordError::Checksum {
+            stored: 0,
+            computed: 1,
+        };
+        assert!(matches!(
+            judge_tail(&zeroed, 52, &e, 1024),
+            TailVerdict::Torn
+        ));
+        let mut hole = v.clone();
+        hole[60] ^= 1;
+        assert!(matches!(
+            judge_tail(&hole, 52, &e, 1024),
+            TailVerdict::Corrupt(CorruptionKind::RecordChecksum, _, _)
+        ));
+        let e = RecordError::TooLarge {
+            len: 5000,
+            max: 1024,
+        };
+        assert!(matches!(
+            judge_tail(&hole, 52, &e, 1024),
+            TailVerdict::Corrupt(CorruptionKind::RecordTooLarge, _, _)
+        ));
+    }
 }

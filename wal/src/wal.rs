@@ -444,6 +444,24 @@ impl<S: Storage> Wal<S> {
                 ),
             ));
         }
+        if map.len() as u64 == cut {
+            // after_lsn ends its segment: removing the later segments was all.
+            let file = self
+                .storage
+                .open(&path, false)
+                .map_err(io_err("open", &path))?;
+            if let Err(e) = file.sync_data() {
+                self.poison("sync of the new last segment failed");
+                return Err(WalError::io("sync_data", &path, e));
+            }
+            self.active = Arc::new(file);
+            let seg = &mut self.segments[seg_index];
+            seg.last = new_last;
+            seg.end_offset = cut;
+            self.durable_lsn = after_lsn;
+            tracing::warn!(after_lsn, "truncated WAL tail");
+            return Ok(());
+        }
         let f = self
             .storage
             .open(&tmp, true)

@@ -509,3 +509,25 @@ fn wal_open_with_default_options_on_fs() {
     assert_eq!(w.sync().expect("sync"), l);
     assert_eq!(w.durable_lsn(), 1);
 }
+
+#[test]
+fn truncate_tail_at_segment_boundary_drops_later_segments_only() {
+    let (s, mut w, positions) = sim_wal_with(200, small_opts());
+    let segs = w.segments();
+    let after = segs[2].last.lsn;
+    w.truncate_tail(after).expect("truncate_tail");
+    assert_eq!(w.last(), segs[2].last);
+    assert_eq!(w.segments().len(), 3);
+    assert_eq!(w.append(b"z").expect("append"), after + 1);
+    w.sync().expect("sync");
+    drop(w);
+    s.crash();
+    let (w, _) = open(&s, &wal_dir(), small_opts());
+    assert_eq!(w.last().lsn, after + 1);
+    let all: Vec<Position> = w
+        .reader(1)
+        .expect("reader")
+        .map(|r| r.expect("ok").position())
+        .collect();
+    assert_eq!(&all[..after as usize], &positions[..after as usize]);
+}
