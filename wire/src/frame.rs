@@ -14,6 +14,9 @@
 
 use crate::message::{self, BodyError, Message};
 
+// The stream helpers lived here first; other crates import them from this path.
+pub use crate::stream::{read_frame, read_frame_from, write_frame, FrameSource, FrameWriter};
+
 /// Size of the length prefix.
 pub const FRAME_HEADER_LEN: usize = 4;
 
