@@ -2,9 +2,10 @@
 //! TLS, feeds the [`ReplicaCore`] and performs its actions on the real WAL,
 //! the node's state files and the embedder's [`Applier`].
 //!
-//! The driver runs on its own thread with a current-thread tokio runtime, so
-//! its blocking file I/O (appends, fdatasync, state files) never stalls the
-//! embedder's runtime. Per step it handles one received frame, then drains
+//! The driver runs on its own thread (inside `block_on` of a private tokio
+//! runtime whose single worker runs quinn and the frame reader), so its
+//! blocking file I/O (appends, fdatasync, state files) stalls neither the
+//! embedder's runtime nor QUIC packet processing. Per step it handles one received frame, then drains
 //! the frames already waiting (up to `sync_every_bytes` appended), then does
 //! the deferred work of the step in this order: one WAL sync (group sync),
 //! the receipt for it, the commit watermark file, the applier. A halt is
@@ -240,7 +241,12 @@ pub(crate) fn start(
     let thread = std::thread::Builder::new()
         .name(format!("walship-replica-{}", driver.config.node_id))
         .spawn(move || {
-            let result = match tokio::runtime::Builder::new_current_thread()
+            // quinn's connection driver and the frame reader run on the runtime's worker;
+            // the driver future runs here (block_on), so its blocking fdatasync and
+            // state-file writes never stall packet processing.
+            let result = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("walship-replica-io")
                 .enable_all()
                 .build()
             {
