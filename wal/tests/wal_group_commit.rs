@@ -133,7 +133,7 @@ fn durable_listener_sees_monotonic_durable_lsns_up_to_the_end() {
 }
 
 #[test]
-fn failed_sync_poisons_the_wal_for_good() {
+fn fm_x_5_failed_sync_poisons_the_wal_for_good() {
     let s = SimStorage::new(13);
     let (w, _) = open(&s, &wal_dir(), WalOptions::default());
     let shared = SharedWal::new(w);

@@ -40,7 +40,7 @@ fn corruption(e: WalError) -> walship_wal::CorruptionReport {
 }
 
 #[test]
-fn torn_tail_at_every_byte_offset_of_last_record_recovers_previous_record() {
+fn fm_x_7_torn_tail_at_every_byte_offset_of_last_record_recovers_previous_record() {
     let n = 12;
     let (_, l) = build(n);
     let last = l.last().expect("records").clone();
@@ -244,7 +244,7 @@ fn every_single_bit_flip_is_detected_on_read_with_exact_place() {
 }
 
 #[test]
-fn corruption_in_middle_record_refuses_to_open_and_names_the_place() {
+fn fm_x_6_corruption_in_middle_record_refuses_to_open_and_names_the_place() {
     let (s, l) = build(30);
     let target = l[l.len() - 3].clone();
     s.flip_bit(&target.segment, target.offset + 40, 3)
@@ -519,4 +519,53 @@ fn default_options_open_small_log_after_fs_torn_tail() {
         "{r:?}"
     );
     assert_eq!(w.last().lsn, 4);
+}
+
+#[test]
+fn fm_9_2_crash_during_torn_tail_cut_recovers_identically() {
+    let n = 12;
+    let (_, l) = build(n);
+    let last = l.last().expect("records").clone();
+    let cut_at = last.offset + last.len / 2;
+    // Uninterrupted recovery, for reference.
+    let (s_ref, _) = build(n);
+    set_len(&s_ref, &last.segment, cut_at);
+    let (w_ref, r_ref) = open(&s_ref, &wal_dir(), small_opts());
+    // Recovery interrupted: the cut's sync fails, then power is lost.
+    let (s, _) = build(n);
+    set_len(&s, &last.segment, cut_at);
+    s.fail_next_sync(&last.segment).expect("arm");
+    match walship_wal::Wal::open(s.clone(), &wal_dir(), small_opts()) {
+        Err(WalError::Io {
+            op: "sync_data", ..
+        }) => {}
+        other => panic!("expected the cut's sync to fail, got {other:?}"),
+    }
+    s.crash();
+    let (w, r) = open(&s, &wal_dir(), small_opts());
+    assert_eq!(r, r_ref);
+    assert_eq!(w.last(), w_ref.last());
+    assert_eq!(read_all(&w), read_all(&w_ref));
+}
+
+#[test]
+fn enospc_append_fails_without_partial_record_and_wal_continues() {
+    let (s, mut w, positions) = sim_wal_with(5, WalOptions::default());
+    s.set_capacity_bytes(s.used_bytes() + 10);
+    match w.append(&[7u8; 100]) {
+        Err(WalError::Io { op: "write_at", .. }) => {}
+        other => panic!("expected ENOSPC write error, got {other:?}"),
+    }
+    assert!(!w.is_poisoned(), "nothing was written: the WAL can go on");
+    assert_eq!(w.last(), positions[4]);
+    s.set_capacity_bytes(u64::MAX);
+    assert_eq!(w.append(&payload(6)).expect("append"), 6);
+    w.sync().expect("sync");
+    drop(w);
+    let (w, r) = open(&s, &wal_dir(), WalOptions::default());
+    assert!(
+        matches!(r, OpenReport::Clean { last } if last.lsn == 6),
+        "{r:?}"
+    );
+    assert_eq!(read_all(&w).len(), 6);
 }
