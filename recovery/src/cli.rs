@@ -1,0 +1,174 @@
+//! Command-line interface of `walship-recover` (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use walship_wal::record::DEFAULT_MAX_RECORD_BYTES;
+use walship_wal::Lsn;
+
+/// walship-recover: inspect, verify and repair a stopped walship node's data directory.
+///
+/// Every subcommand takes the node directory lock and refuses (exit 5) while the node runs.
+/// Exit codes: 0 ok, 1 I/O error, 2 usage/bad input, 3 corruption found, 4 halted,
+/// 5 node running, 6 refused, 7 logs diverge (diff).
+#[derive(Debug, Parser)]
+#[command(name = "walship-recover", version, about, long_about = None)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand accepts.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Print one JSON document on stdout (schema in spec/recovery-tool.md) instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Upper bound on a record's payload length, as configured on the node.
+    #[arg(long, global = true, default_value_t = DEFAULT_MAX_RECORD_BYTES, value_name = "BYTES")]
+    pub max_record_bytes: u32,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Segments, lsn range, epochs, durable and commit watermarks, snapshots and halt state.
+    Inspect {
+        /// The node's data directory.
+        dir: PathBuf,
+        /// Shared options.
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Full read-only scan: clean, torn tail, or the first corruption (segment, offset, lsn).
+    Verify {
+        /// The node's data directory.
+        dir: PathBuf,
+        /// Shared options.
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Record headers (and payloads as hex or length) for an lsn range.
+    Dump {
+        /// The node's data directory.
+        dir: PathBuf,
+        /// First lsn to print (default: the first retained record).
+        #[arg(long, value_name = "LSN")]
+        from: Option<Lsn>,
+        /// Last lsn to print (default: the last record).
+        #[arg(long, value_name = "LSN")]
+        to: Option<Lsn>,
+        /// How to show payloads.
+        #[arg(long, value_enum, default_value_t = PayloadFormat::Len)]
+        payload: PayloadFormat,
+        /// Shared options.
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Longest common prefix of two logs and the first diverging lsn.
+    Diff {
+        /// The first node's data directory.
+        dir_a: PathBuf,
+        /// The second node's data directory.
+        dir_b: PathBuf,
+        /// Shared options.
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The halt record in full, or 'not halted'.
+    Status {
+        /// The node's data directory.
+        dir: PathBuf,
+        /// Shared options.
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Cut the log's tail after an lsn (tentative records left by a failover). Audited.
+    Rewind {
+        /// The node's data directory.
+        dir: PathBuf,
+        /// Keep records up to and including this lsn; cut everything after it.
+        #[arg(long, value_name = "LSN")]
+        to: Lsn,
+        /// Allow cutting records at or below the commit watermark (loses committed data).
+        #[arg(long)]
+        accept_data_loss: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Shared options.
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Lift a halt once its cause is gone (see spec/recovery-tool.md for the rule per reason). Audited.
+    ClearHalt {
+        /// The node's data directory.
+        dir: PathBuf,
+        /// Shared options.
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+impl Command {
+    /// The subcommand's stable name (as in JSON output's `command` field).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Inspect { .. } => "inspect",
+            Command::Verify { .. } => "verify",
+            Command::Dump { .. } => "dump",
+            Command::Diff { .. } => "diff",
+            Command::Status { .. } => "status",
+            Command::Rewind { .. } => "rewind",
+            Command::ClearHalt { .. } => "clear-halt",
+        }
+    }
+
+    /// The shared options of this invocation.
+    pub fn common(&self) -> &Common {
+        match self {
+            Command::Inspect { common, .. }
+            | Command::Verify { common, .. }
+            | Command::Dump { common, .. }
+            | Command::Diff { common, .. }
+            | Command::Status { common, .. }
+            | Command::Rewind { common, .. }
+            | Command::ClearHalt { common, .. } => common,
+        }
+    }
+}
+
+/// How `dump` prints payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PayloadFormat {
+    /// Only the payload length.
+    Len,
+    /// The payload bytes as lowercase hex.
+    Hex,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn rewind_requires_to() {
+        let e = Cli::try_parse_from(["walship-recover", "rewind", "/d"]).expect_err("missing --to");
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn json_flag_is_accepted_after_the_dir() {
+        let cli =
+            Cli::try_parse_from(["walship-recover", "verify", "/d", "--json"]).expect("parses");
+        assert!(cli.command.common().json);
+        assert_eq!(cli.command.name(), "verify");
+    }
+}

@@ -1,0 +1,105 @@
+//! `inspect DIR`: segments, lsn range, epochs, watermarks, snapshots, halt state.
+
+use std::io::{self, Write};
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use crate::audit::read_audit;
+use crate::cli::Common;
+use crate::cmd::text::{write_halt, write_wal_summary};
+use crate::cmd::{progress_label, scan_options};
+use crate::datadir::DataDir;
+use crate::error::RecoverError;
+use crate::exit::Exit;
+use crate::report::{InspectReport, WalSummary, Watermarks};
+use crate::{Outcome, TextReport};
+
+/// Runs `inspect`: exit 3 if the WAL is corrupt, else 4 if the node is halted, else 0.
+pub fn inspect(
+    dir: &Path,
+    common: &Common,
+    progress: bool,
+) -> Result<Outcome<InspectReport>, RecoverError> {
+    let d = DataDir::open_locked(dir)?;
+    let scan = d.scan(
+        scan_options(common),
+        progress_label(progress, "inspect"),
+        &mut |_, _, _| ControlFlow::Continue(()),
+    )?;
+    let commit_lsn = d.commit_lsn()?;
+    let epoch_history = d.epoch_history()?.map(|h| h.entries);
+    let halt = d.halt()?;
+    let snapshots = d.snapshot_entries()?;
+    let audit_entries = read_audit(d.storage(), &d.state_dir())?.len() as u64;
+    let durable_lsn = scan.last.lsn;
+    let tentative_records = durable_lsn.saturating_sub(commit_lsn.unwrap_or(0));
+    let wal = WalSummary::from_scan(&d.wal_dir(), &scan);
+    let exit = if wal.state.is_corrupt() {
+        Exit::Corruption
+    } else if halt.is_some() {
+        Exit::Halted
+    } else {
+        Exit::Ok
+    };
+    let report = InspectReport {
+        dir: dir.display().to_string(),
+        wal,
+        epochs_in_log: scan.epochs.clone(),
+        epoch_history,
+        watermarks: Watermarks {
+            durable_lsn,
+            commit_lsn,
+            tentative_records,
+        },
+        snapshots,
+        halted: halt.is_some(),
+        halt,
+        audit_entries,
+    };
+    Ok(Outcome::new(report, exit))
+}
+
+impl TextReport for InspectReport {
+    fn write_text(&self, w: &mut dyn Write) -> io::Result<()> {
+        writeln!(w, "inspect {}", self.dir)?;
+        write_wal_summary(w, &self.wal)?;
+        writeln!(w, "epochs in the log:")?;
+        for e in &self.epochs_in_log {
+            writeln!(
+                w,
+                "  epoch {}: lsn {}..={} ({} records)",
+                e.epoch, e.first_lsn, e.last_lsn, e.records
+            )?;
+        }
+        match &self.epoch_history {
+            Some(h) => {
+                writeln!(w, "epoch history (state/epochs):")?;
+                for e in h {
+                    writeln!(w, "  epoch {} starts at lsn {}", e.epoch, e.start_lsn)?;
+                }
+            }
+            None => writeln!(w, "epoch history: absent")?,
+        }
+        let commit = self
+            .watermarks
+            .commit_lsn
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "absent".to_string());
+        writeln!(
+            w,
+            "durable lsn: {}; commit lsn: {commit}; tentative records: {}",
+            self.watermarks.durable_lsn, self.watermarks.tentative_records
+        )?;
+        if self.snapshots.is_empty() {
+            writeln!(w, "snapshots: none")?;
+        }
+        for s in &self.snapshots {
+            writeln!(w, "snapshot entry: {} ({} bytes)", s.name, s.bytes)?;
+        }
+        writeln!(w, "audit log entries: {}", self.audit_entries)?;
+        match &self.halt {
+            Some(h) => write_halt(w, h),
+            None => writeln!(w, "not halted"),
+        }
+    }
+}

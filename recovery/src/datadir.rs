@@ -1,0 +1,183 @@
+//! A node data directory opened by the recovery tool: validated, locked, and
+//! read without side effects (nothing is created in a directory that is not a
+//! walship data directory).
+
+use std::path::{Path, PathBuf};
+
+use walship_replica::halt::{read_halt, HaltRecord};
+use walship_wal::state::{read_state_json, DirLock, EpochHistory};
+pub use walship_wal::state::{COMMIT_FILE, EPOCHS_FILE, SNAPSHOT_DIR, STATE_DIR, WAL_DIR};
+use walship_wal::{FsStorage, Lsn};
+
+use crate::error::RecoverError;
+use crate::scan::{scan_wal, ScanOptions, Visitor, WalScan};
+
+/// Body of `state/commit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CommitBody {
+    /// The quorum-committed lsn.
+    pub commit_lsn: Lsn,
+}
+
+/// A validated data directory whose lock this process holds until drop.
+#[derive(Debug)]
+pub struct DataDir {
+    root: PathBuf,
+    storage: FsStorage,
+    _lock: DirLock,
+}
+
+impl DataDir {
+    /// Checks `root` is a walship data directory (it has `wal/` and `state/`
+    /// subdirectories) and takes its lock. Creates nothing in a directory that
+    /// fails the check; refuses with [`RecoverError::NodeRunning`] if the lock is held.
+    pub fn open_locked(root: &Path) -> Result<DataDir, RecoverError> {
+        check_data_dir(root)?;
+        let lock = DirLock::acquire(root)?;
+        Ok(DataDir {
+            root: root.to_path_buf(),
+            storage: FsStorage,
+            _lock: lock,
+        })
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The storage all reads and writes go through.
+    pub fn storage(&self) -> &FsStorage {
+        &self.storage
+    }
+
+    /// `DIR/wal`.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.root.join(WAL_DIR)
+    }
+
+    /// `DIR/state`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join(STATE_DIR)
+    }
+
+    /// `DIR/snapshots`.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.root.join(SNAPSHOT_DIR)
+    }
+
+    /// Read-only scan of the WAL.
+    pub fn scan(
+        &self,
+        opts: ScanOptions,
+        progress_label: Option<&str>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<WalScan, RecoverError> {
+        Ok(scan_wal(
+            &self.storage,
+            &self.wal_dir(),
+            opts,
+            progress_label,
+            visit,
+        )?)
+    }
+
+    /// `state/commit`, `None` if absent.
+    pub fn commit_lsn(&self) -> Result<Option<Lsn>, RecoverError> {
+        let c: Option<CommitBody> = read_state_json(&self.storage, &self.state_dir(), COMMIT_FILE)?;
+        Ok(c.map(|c| c.commit_lsn))
+    }
+
+    /// `state/epochs`, `None` if absent. An intact file whose entries break the
+    /// ordering rules is reported as corrupt.
+    pub fn epoch_history(&self) -> Result<Option<EpochHistory>, RecoverError> {
+        let h: Option<EpochHistory> =
+            read_state_json(&self.storage, &self.state_dir(), EPOCHS_FILE)?;
+        if let Some(h) = &h {
+            h.validate().map_err(|e| RecoverError::StateCorrupt {
+                message: format!("{}: {e}", self.state_dir().join(EPOCHS_FILE).display()),
+            })?;
+        }
+        Ok(h)
+    }
+
+    /// `state/halt`, `None` if the node is not halted.
+    pub fn halt(&self) -> Result<Option<HaltRecord>, RecoverError> {
+        Ok(read_halt(&self.storage, &self.state_dir())?)
+    }
+
+    /// Entries of `DIR/snapshots/` with their sizes (empty if the directory is absent).
+    pub fn snapshot_entries(&self) -> Result<Vec<crate::report::SnapshotEntry>, RecoverError> {
+        let dir = self.snapshot_dir();
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(RecoverError::Io {
+                    op: "read_dir",
+                    path: dir,
+                    source,
+                })
+            }
+        };
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|source| RecoverError::Io {
+                op: "read_dir",
+                path: dir.clone(),
+                source,
+            })?;
+            let meta = entry.metadata().map_err(|source| RecoverError::Io {
+                op: "stat",
+                path: entry.path(),
+                source,
+            })?;
+            out.push(crate::report::SnapshotEntry {
+                name: entry.file_name().to_string_lossy().into_owned(),
+                bytes: if meta.is_file() { meta.len() } else { 0 },
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}
+
+/// `root` must be an existing directory with `wal/` and `state/` subdirectories.
+pub fn check_data_dir(root: &Path) -> Result<(), RecoverError> {
+    let not = |reason: String| RecoverError::NotADataDir {
+        path: root.to_path_buf(),
+        reason,
+    };
+    match std::fs::metadata(root) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(not("it is not a directory".to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(not("it does not exist".to_string()))
+        }
+        Err(source) => {
+            return Err(RecoverError::Io {
+                op: "stat",
+                path: root.to_path_buf(),
+                source,
+            })
+        }
+    }
+    for sub in [WAL_DIR, STATE_DIR] {
+        let p = root.join(sub);
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(not(format!("{sub}/ is not a directory"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(not(format!("no {sub}/ subdirectory")))
+            }
+            Err(source) => {
+                return Err(RecoverError::Io {
+                    op: "stat",
+                    path: p,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}

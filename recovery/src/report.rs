@@ -1,0 +1,446 @@
+//! The JSON output of every subcommand. Field names and enum spellings are a
+//! stable interface documented in `spec/recovery-tool.md`; add fields, never
+//! rename or remove them without bumping [`SCHEMA_VERSION`].
+
+use serde::{Deserialize, Serialize};
+use walship_replica::halt::HaltRecord;
+use walship_wal::error::CorruptionReport;
+use walship_wal::state::EpochEntry;
+use walship_wal::{Lsn, Position};
+
+use crate::scan::{corruption_kind_name, EpochSpan, ScanEnd, SegmentSummary, WalScan};
+
+/// Version of the JSON schema; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The top level of every JSON document: which command, its exit code, and its body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The subcommand (`inspect`, `verify`, `dump`, `diff`, `status`, `rewind`, `clear-halt`).
+    pub command: String,
+    /// The process exit code the command ends with.
+    pub exit_code: u8,
+    /// The command's own fields.
+    #[serde(flatten)]
+    pub body: T,
+}
+
+/// Body of the document printed when a command fails before producing its report.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The failure.
+    pub error: ErrorInfo,
+}
+
+/// A failure: a stable kind (the exit code's name) and a one-line message.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// `io`, `usage`, `corruption`, `node-running`, `refused`, ...
+    pub kind: String,
+    /// The same line printed on stderr.
+    pub message: String,
+}
+
+/// A corruption, as found by a scan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Corruption {
+    /// The segment file (full path).
+    pub segment: String,
+    /// Byte offset in the segment file.
+    pub offset: u64,
+    /// The lsn expected there, if known.
+    pub lsn: Option<Lsn>,
+    /// Stable kebab-case kind (`record-checksum`, `segment-missing`, `chain-break`, ...).
+    pub kind: String,
+    /// What the format requires there.
+    pub expected: String,
+    /// What is on disk.
+    pub found: String,
+}
+
+impl From<&CorruptionReport> for Corruption {
+    fn from(r: &CorruptionReport) -> Self {
+        Corruption {
+            segment: r.segment.display().to_string(),
+            offset: r.offset,
+            lsn: r.lsn,
+            kind: corruption_kind_name(r.kind).to_string(),
+            expected: r.expected.clone(),
+            found: r.found.clone(),
+        }
+    }
+}
+
+/// How a WAL scan ended (`state` tag: `clean`, `torn-tail`, `corrupt`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum WalState {
+    /// Every byte verified.
+    Clean,
+    /// An unsynced torn write at the end of the last segment; left in place
+    /// (the node cuts it when it opens the WAL).
+    TornTail {
+        /// The last segment.
+        segment: String,
+        /// Where the torn record starts.
+        offset: u64,
+        /// Bytes from `offset` to the end of the file.
+        bytes: u64,
+        /// The lsn the torn record would have had.
+        lsn: Lsn,
+    },
+    /// The first damage in log order.
+    Corrupt {
+        /// Where and what.
+        corruption: Corruption,
+    },
+}
+
+impl WalState {
+    /// From a scan's end (`Stopped` counts as clean: the visited part verified).
+    pub fn from_end(end: &ScanEnd) -> WalState {
+        match end {
+            ScanEnd::Clean | ScanEnd::Stopped => WalState::Clean,
+            ScanEnd::TornTail {
+                segment,
+                offset,
+                bytes,
+                lsn,
+            } => WalState::TornTail {
+                segment: segment.display().to_string(),
+                offset: *offset,
+                bytes: *bytes,
+                lsn: *lsn,
+            },
+            ScanEnd::Corrupt(r) => WalState::Corrupt {
+                corruption: r.into(),
+            },
+        }
+    }
+
+    /// Whether the scan found corruption.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, WalState::Corrupt { .. })
+    }
+}
+
+/// One segment file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    /// File name.
+    pub name: String,
+    /// lsn of the first record it holds (from header and name).
+    pub first_lsn: Lsn,
+    /// Last verified lsn in it (`null` if it holds no verified record).
+    pub last_lsn: Option<Lsn>,
+    /// Verified records in it.
+    pub records: u64,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// Header + verified records in bytes.
+    pub valid_bytes: u64,
+    /// Log generation (bumped by a snapshot install's `reset_to`).
+    pub generation: u64,
+    /// The WAL's epoch when the segment was created.
+    pub created_epoch: u64,
+}
+
+impl From<&SegmentSummary> for Segment {
+    fn from(s: &SegmentSummary) -> Self {
+        Segment {
+            name: s.name.clone(),
+            first_lsn: s.first_lsn,
+            last_lsn: s.last.map(|p| p.lsn),
+            records: s.records,
+            bytes: s.file_bytes,
+            valid_bytes: s.valid_bytes,
+            generation: s.generation,
+            created_epoch: s.created_epoch,
+        }
+    }
+}
+
+/// What a full WAL scan found: shared by `inspect` and `verify`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalSummary {
+    /// The WAL directory.
+    pub wal_dir: String,
+    /// Live segments in lsn order (up to the one where damage was found).
+    pub segments: Vec<Segment>,
+    /// First retained lsn (`null` if the log holds no record).
+    pub first_lsn: Option<Lsn>,
+    /// The record before the first retained one (front truncation / snapshot boundary; lsn 0 if none).
+    pub base: Position,
+    /// The last verified record (== `base` if none).
+    pub last: Position,
+    /// Verified records.
+    pub records: u64,
+    /// Clean, torn tail or the first corruption.
+    pub state: WalState,
+    /// Non-segment files in the WAL directory (left untouched).
+    pub ignored_files: Vec<String>,
+    /// Segments of an older generation (leftovers of a snapshot install; the node removes them on open).
+    pub superseded_segments: Vec<String>,
+}
+
+impl WalSummary {
+    /// From a scan of `wal_dir`.
+    pub fn from_scan(wal_dir: &std::path::Path, scan: &WalScan) -> WalSummary {
+        WalSummary {
+            wal_dir: wal_dir.display().to_string(),
+            segments: scan.segments.iter().map(Segment::from).collect(),
+            first_lsn: scan.first_lsn(),
+            base: scan.start,
+            last: scan.last,
+            records: scan.records,
+            state: WalState::from_end(&scan.end),
+            ignored_files: scan.ignored.clone(),
+            superseded_segments: scan.superseded.clone(),
+        }
+    }
+}
+
+/// `verify` output.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// The data directory.
+    pub dir: String,
+    /// The WAL scan.
+    pub wal: WalSummary,
+    /// The state files `commit`, `epochs`, `halt` (header, crc and JSON body checked).
+    pub state_files: Vec<StateFileCheck>,
+    /// Entries of `DIR/snapshots/` (listed; their content is not verified by this build).
+    pub snapshots: Vec<SnapshotEntry>,
+}
+
+/// The verdict on one state file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateFileCheck {
+    /// `commit`, `epochs` or `halt`.
+    pub name: String,
+    /// Whether the file exists.
+    pub present: bool,
+    /// Whether it is absent or verifies (header, crc32c, JSON body).
+    pub ok: bool,
+    /// What is wrong, if not ok.
+    pub error: Option<String>,
+}
+
+/// A snapshot directory entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotEntry {
+    /// Name inside `DIR/snapshots/`.
+    pub name: String,
+    /// Size in bytes (files) or 0 (directories).
+    pub bytes: u64,
+}
+
+/// The durable watermarks of a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watermarks {
+    /// Last record on disk that verifies (a stopped node's durable lsn).
+    pub durable_lsn: Lsn,
+    /// `state/commit` (`null` if the file is absent).
+    pub commit_lsn: Option<Lsn>,
+    /// Records above the commit watermark (tentative).
+    pub tentative_records: u64,
+}
+
+/// `inspect` output.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InspectReport {
+    /// The data directory.
+    pub dir: String,
+    /// The WAL scan.
+    pub wal: WalSummary,
+    /// Runs of records per epoch found in the log.
+    pub epochs_in_log: Vec<EpochSpan>,
+    /// `state/epochs` (`null` if absent).
+    pub epoch_history: Option<Vec<EpochEntry>>,
+    /// Durable and commit watermarks.
+    pub watermarks: Watermarks,
+    /// Entries of `DIR/snapshots/`.
+    pub snapshots: Vec<SnapshotEntry>,
+    /// Whether `state/halt` is present.
+    pub halted: bool,
+    /// The halt record, if halted.
+    pub halt: Option<HaltRecord>,
+    /// Entries in `state/audit.log`.
+    pub audit_entries: u64,
+}
+
+/// One record printed by `dump`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpRecord {
+    /// lsn.
+    pub lsn: Lsn,
+    /// Epoch of the writer.
+    pub epoch: u64,
+    /// The record's crc.
+    pub crc: u32,
+    /// crc of the previous record.
+    pub prev_crc: u32,
+    /// Payload length in bytes.
+    pub payload_len: u32,
+    /// Segment file name.
+    pub segment: String,
+    /// Byte offset of the record in the segment.
+    pub offset: u64,
+    /// The payload as lowercase hex (only with `--payload hex`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub payload_hex: Option<String>,
+}
+
+/// `dump` output (the `records` array is streamed).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DumpReport {
+    /// The data directory.
+    pub dir: String,
+    /// `--from` (`null` = from the first retained record).
+    pub from_lsn: Option<Lsn>,
+    /// `--to` (`null` = to the last record).
+    pub to_lsn: Option<Lsn>,
+    /// The records in the range, in lsn order.
+    pub records: Vec<DumpRecord>,
+    /// How the scan ended (a corruption stops the dump).
+    pub state: WalState,
+}
+
+/// One side of a `diff`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffSide {
+    /// The data directory.
+    pub dir: String,
+    /// The record before the first retained one.
+    pub base: Position,
+    /// Last verified record.
+    pub last: Position,
+    /// How the side's scan ended.
+    pub state: WalState,
+}
+
+/// The first lsn at which the logs differ.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Divergence {
+    /// The lsn.
+    pub lsn: Lsn,
+    /// Side A's record there (`null` if A has none).
+    pub a: Option<Position>,
+    /// Side B's record there (`null` if B has none).
+    pub b: Option<Position>,
+}
+
+/// How two logs relate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Relation {
+    /// Same records.
+    Identical,
+    /// A's log is a proper prefix of B's.
+    APrefixOfB,
+    /// B's log is a proper prefix of A's.
+    BPrefixOfA,
+    /// They differ at `first_divergence.lsn`.
+    Diverged,
+    /// Their retained ranges do not overlap: nothing can be compared.
+    Disjoint,
+}
+
+/// `diff` output.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DiffReport {
+    /// Side A.
+    pub a: DiffSide,
+    /// Side B.
+    pub b: DiffSide,
+    /// How the logs relate.
+    pub relation: Relation,
+    /// The last record both logs hold identically (lsn 0 if none); by the crc
+    /// chain the whole prefix up to it is identical.
+    pub common_prefix: Position,
+    /// The first differing lsn (`null` when identical or one is a prefix of the other, or disjoint).
+    pub first_divergence: Option<Divergence>,
+}
+
+/// `status` output.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The data directory.
+    pub dir: String,
+    /// Whether `state/halt` is present.
+    pub halted: bool,
+    /// The halt record in full.
+    pub halt: Option<HaltRecord>,
+}
+
+/// What a rewind cuts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CutPlan {
+    /// First lsn cut (`to_lsn + 1`).
+    pub first_lsn: Lsn,
+    /// Last lsn cut.
+    pub last_lsn: Lsn,
+    /// Records cut.
+    pub records: u64,
+    /// Bytes of records cut.
+    pub bytes: u64,
+    /// Runs per epoch of the records cut.
+    pub epochs: Vec<EpochSpan>,
+    /// Records cut at or below the commit watermark (committed data lost).
+    pub committed_records: u64,
+}
+
+/// `rewind` output.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RewindReport {
+    /// The data directory.
+    pub dir: String,
+    /// Keep records up to here.
+    pub to_lsn: Lsn,
+    /// The commit watermark before the rewind.
+    pub commit_lsn: Option<Lsn>,
+    /// The last record before the rewind.
+    pub before: Position,
+    /// What is (or would be) cut; `null` if nothing is after `to_lsn`.
+    pub cut: Option<CutPlan>,
+    /// Whether the log was changed.
+    pub performed: bool,
+    /// Why nothing was changed, when `performed` is false.
+    pub refused: Option<String>,
+    /// The last record after the rewind.
+    pub after: Option<Position>,
+    /// The commit watermark after the rewind (lowered to `to_lsn` only with `--accept-data-loss`).
+    pub commit_lsn_after: Option<Lsn>,
+    /// The verify scan run after the rewind.
+    pub verify: Option<WalState>,
+    /// Path of the audit log written.
+    pub audit_log: Option<String>,
+}
+
+/// One condition `clear-halt` checks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// Stable name: `log-verifies`, `tail-below-halt-lsn`, ...
+    pub name: String,
+    /// Whether it holds.
+    pub passed: bool,
+    /// Facts behind the verdict.
+    pub detail: String,
+}
+
+/// `clear-halt` output.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClearHaltReport {
+    /// The data directory.
+    pub dir: String,
+    /// The halt record found (`null`: the node was not halted, nothing done).
+    pub halt: Option<HaltRecord>,
+    /// The conditions checked for this halt reason.
+    pub checks: Vec<Check>,
+    /// Whether the halt file was removed.
+    pub cleared: bool,
+    /// Path of the audit log written.
+    pub audit_log: Option<String>,
+}

@@ -1,0 +1,534 @@
+//! Read-only scan of a WAL directory: every segment header, every record's
+//! crc and the chain, classified as clean, torn tail or first corruption.
+//!
+//! Uses only `Storage::list` and `Storage::map`: it never opens a file for
+//! writing, never cuts a torn tail, never removes a leftover. The
+//! classification rules mirror the WAL's own recovery scan (`Wal::open`), so
+//! `verify` says what `open` would do, without doing it.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use walship_wal::error::{CorruptionKind, CorruptionReport};
+use walship_wal::record::{
+    check_successor, decode_record, ChainError, RecordError, RecordHeader, RecordView,
+    RECORD_HEADER_LEN,
+};
+use walship_wal::segment::{classify_name, DirEntryKind, SegmentHeader, SEGMENT_HEADER_LEN};
+use walship_wal::{Lsn, Mapping, Position, Storage};
+
+use crate::progress::Progress;
+
+/// Options of a scan.
+#[derive(Clone, Copy, Debug)]
+pub struct ScanOptions {
+    /// Records whose payload length is above this are invalid (the node's configured bound).
+    pub max_record_bytes: u32,
+}
+
+/// What the scan saw of one live segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentSummary {
+    /// File name inside the WAL directory.
+    pub name: String,
+    /// Full path.
+    pub path: PathBuf,
+    /// lsn of the first record the segment holds (header and name agree).
+    pub first_lsn: Lsn,
+    /// Log generation from the header.
+    pub generation: u64,
+    /// The WAL's epoch when the segment was created.
+    pub created_epoch: u64,
+    /// The record before `first_lsn`, from the header.
+    pub prev: Position,
+    /// First verified record, if any.
+    pub first: Option<Position>,
+    /// Last verified record, if any.
+    pub last: Option<Position>,
+    /// Verified records.
+    pub records: u64,
+    /// File length in bytes.
+    pub file_bytes: u64,
+    /// Header plus verified records, in bytes (where a torn tail or damage starts).
+    pub valid_bytes: u64,
+}
+
+/// A run of consecutive records written in one epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EpochSpan {
+    /// The epoch.
+    pub epoch: u64,
+    /// First lsn of the run.
+    pub first_lsn: Lsn,
+    /// Last lsn of the run.
+    pub last_lsn: Lsn,
+    /// Records in the run.
+    pub records: u64,
+}
+
+/// How a scan ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScanEnd {
+    /// Every byte of every live segment verified.
+    Clean,
+    /// The last segment ends in an incomplete or damaged record with no valid
+    /// record after it: a write that was never synced. `Wal::open` would cut
+    /// it; the scan leaves it in place.
+    TornTail {
+        /// The last segment.
+        segment: PathBuf,
+        /// Where the torn record starts.
+        offset: u64,
+        /// Bytes from `offset` to the end of the file.
+        bytes: u64,
+        /// The lsn the torn record would have had.
+        lsn: Lsn,
+    },
+    /// The first damage, in log order. Nothing after it was verified.
+    Corrupt(CorruptionReport),
+    /// The visitor stopped the scan early; nothing after the last visited record was looked at.
+    Stopped,
+}
+
+/// The result of a read-only scan.
+#[derive(Clone, Debug)]
+pub struct WalScan {
+    /// Live segments in lsn order (up to the one where the scan ended).
+    pub segments: Vec<SegmentSummary>,
+    /// Files in the WAL directory that are not segments (e.g. `*.tmp` leftovers).
+    pub ignored: Vec<String>,
+    /// Segments of a lower generation than the newest (leftovers of a `reset_to`).
+    pub superseded: Vec<String>,
+    /// The record before the first retained one (first segment's header `prev`; ZERO if no segment).
+    pub start: Position,
+    /// The last verified record (== `start` if none).
+    pub last: Position,
+    /// Verified records.
+    pub records: u64,
+    /// Runs of records per epoch, in lsn order.
+    pub epochs: Vec<EpochSpan>,
+    /// How the scan ended.
+    pub end: ScanEnd,
+}
+
+impl WalScan {
+    /// First retained lsn (`start.lsn + 1`), or `None` if no record verified.
+    pub fn first_lsn(&self) -> Option<Lsn> {
+        (self.records > 0).then_some(self.start.lsn + 1)
+    }
+
+    /// The corruption report, if the scan found damage.
+    pub fn corruption(&self) -> Option<&CorruptionReport> {
+        match &self.end {
+            ScanEnd::Corrupt(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// An I/O failure of the scan itself (not damage in the bytes).
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {}: {source}", path.display())]
+pub struct ScanIoError {
+    /// The storage call.
+    pub op: &'static str,
+    /// The file or directory.
+    pub path: PathBuf,
+    /// The error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Visits every verified record: `(segment path, offset in the segment, record)`.
+pub type Visitor<'v> = dyn FnMut(&Path, u64, RecordView<'_>) -> ControlFlow<()> + 'v;
+
+struct LiveSegment {
+    name: String,
+    path: PathBuf,
+    header: SegmentHeader,
+    map: Mapping,
+}
+
+/// Scans `wal_dir` read-only, calling `visit` for every verified record in lsn order.
+pub fn scan_wal<S: Storage>(
+    storage: &S,
+    wal_dir: &Path,
+    opts: ScanOptions,
+    progress_label: Option<&str>,
+    visit: &mut Visitor<'_>,
+) -> Result<WalScan, ScanIoError> {
+    let _span = tracing::debug_span!("scan_wal", dir = %wal_dir.display()).entered();
+    let mut scan = WalScan {
+        segments: Vec::new(),
+        ignored: Vec::new(),
+        superseded: Vec::new(),
+        start: Position::ZERO,
+        last: Position::ZERO,
+        records: 0,
+        epochs: Vec::new(),
+        end: ScanEnd::Clean,
+    };
+    let names = storage.list(wal_dir).map_err(|source| ScanIoError {
+        op: "list",
+        path: wal_dir.to_path_buf(),
+        source,
+    })?;
+    let mut found: Vec<(Lsn, String)> = Vec::new();
+    for name in names {
+        match classify_name(&name) {
+            DirEntryKind::Segment(lsn) => found.push((lsn, name)),
+            DirEntryKind::BadSegmentName => {
+                scan.end = ScanEnd::Corrupt(CorruptionReport {
+                    segment: wal_dir.join(&name),
+                    offset: 0,
+                    lsn: None,
+                    kind: CorruptionKind::SegmentBadName,
+                    expected: "<20-digit first_lsn >= 1>.wal".to_string(),
+                    found: name,
+                });
+                return Ok(scan);
+            }
+            DirEntryKind::Other => scan.ignored.push(name),
+        }
+    }
+    found.sort();
+
+    // Pass 1: every header, so superseded generations are known before any record is read.
+    let mut live: Vec<LiveSegment> = Vec::with_capacity(found.len());
+    for (lsn, name) in found {
+        let path = wal_dir.join(&name);
+        let map = storage.map(&path).map_err(|source| ScanIoError {
+            op: "map",
+            path: path.clone(),
+            source,
+        })?;
+        let header = match SegmentHeader::decode(&path, &map) {
+            Ok(h) => h,
+            Err(report) => {
+                scan.end = ScanEnd::Corrupt(report);
+                return Ok(scan);
+            }
+        };
+        if header.first_lsn != lsn {
+            scan.end = ScanEnd::Corrupt(CorruptionReport {
+                segment: path,
+                offset: 0,
+                lsn: None,
+                kind: CorruptionKind::SegmentNameMismatch,
+                expected: format!("first_lsn {lsn} (from the file name)"),
+                found: format!("first_lsn {}", header.first_lsn),
+            });
+            return Ok(scan);
+        }
+        live.push(LiveSegment {
+            name,
+            path,
+            header,
+            map,
+        });
+    }
+    let newest = live.iter().map(|s| s.header.generation).max().unwrap_or(0);
+    let (live, old): (Vec<_>, Vec<_>) = live
+        .into_iter()
+        .partition(|s| s.header.generation == newest);
+    scan.superseded = old.into_iter().map(|s| s.name).collect();
+
+    let total: u64 = live.iter().map(|s| s.map.len() as u64).sum();
+    let progress = match progress_label {
+        Some(label) => Progress::for_scan(label, total),
+        None => Progress::hidden(),
+    };
+
+    let count = live.len();
+    for (i, seg) in live.into_iter().enumerate() {
+        if i == 0 {
+            scan.start = seg.header.prev;
+            scan.last = seg.header.prev;
+        } else if let Some(report) = check_segment_link(&seg, scan.last) {
+            scan.end = ScanEnd::Corrupt(report);
+            return Ok(scan);
+        }
+        let is_last = i + 1 == count;
+        let mut summary = SegmentSummary {
+            name: seg.name.clone(),
+            path: seg.path.clone(),
+            first_lsn: seg.header.first_lsn,
+            generation: seg.header.generation,
+            created_epoch: seg.header.created_epoch,
+            prev: seg.header.prev,
+            first: None,
+            last: None,
+            records: 0,
+            file_bytes: seg.map.len() as u64,
+            valid_bytes: SEGMENT_HEADER_LEN as u64,
+        };
+        let end = scan_segment(
+            &seg,
+            is_last,
+            opts,
+            &mut scan,
+            &mut summary,
+            &progress,
+            visit,
+        );
+        scan.segments.push(summary);
+        if let Some(end) = end {
+            scan.end = end;
+            return Ok(scan);
+        }
+    }
+    progress.finish();
+    Ok(scan)
+}
+
+/// The link between the previous segment's last record and this segment's header.
+fn check_segment_link(seg: &LiveSegment, last: Position) -> Option<CorruptionReport> {
+    let expected = last.lsn + 1;
+    let report = |kind, exp: String, found: String| CorruptionReport {
+        segment: seg.path.clone(),
+        offset: 0,
+        lsn: Some(expected),
+        kind,
+        expected: exp,
+        found,
+    };
+    let first = seg.header.first_lsn;
+    if first > expected {
+        return Some(report(
+            CorruptionKind::SegmentMissing,
+            format!("a segment starting at lsn {expected}"),
+            format!("next segment starts at lsn {first}"),
+        ));
+    }
+    if first < expected {
+        return Some(report(
+            CorruptionKind::SegmentOverlap,
+            format!("a segment starting at lsn {expected}"),
+            format!("segment starts at lsn {first}"),
+        ));
+    }
+    if seg.header.prev != last {
+        return Some(report(
+            CorruptionKind::SegmentPrevMismatch,
+            format!("header prev {last}"),
+            format!("header prev {}", seg.header.prev),
+        ));
+    }
+    None
+}
+
+/// Walks one segment's records. `Some(end)` stops the whole scan.
+fn scan_segment(
+    seg: &LiveSegment,
+    is_last: bool,
+    opts: ScanOptions,
+    scan: &mut WalScan,
+    summary: &mut SegmentSummary,
+    progress: &Progress,
+    visit: &mut Visitor<'_>,
+) -> Option<ScanEnd> {
+    let bytes: &[u8] = &seg.map;
+    let mut offset = SEGMENT_HEADER_LEN;
+    progress.advance(SEGMENT_HEADER_LEN.min(bytes.len()) as u64);
+    while offset < bytes.len() {
+        let view = match decode_record(&bytes[offset..], opts.max_record_bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                return Some(classify_bad_record(
+                    seg, offset, is_last, scan.last, e, opts,
+                ))
+            }
+        };
+        let header = view.header();
+        if let Err(e) = check_successor(scan.last, &header) {
+            return Some(ScanEnd::Corrupt(chain_report(&seg.path, offset as u64, e)));
+        }
+        let pos = view.position();
+        match scan.epochs.last_mut() {
+            Some(span) if span.epoch == pos.epoch => {
+                span.last_lsn = pos.lsn;
+                span.records += 1;
+            }
+            _ => scan.epochs.push(EpochSpan {
+                epoch: pos.epoch,
+                first_lsn: pos.lsn,
+                last_lsn: pos.lsn,
+                records: 1,
+            }),
+        }
+        scan.last = pos;
+        scan.records += 1;
+        summary.first.get_or_insert(pos);
+        summary.last = Some(pos);
+        summary.records += 1;
+        let len = view.bytes().len();
+        summary.valid_bytes = (offset + len) as u64;
+        progress.advance(len as u64);
+        if visit(&seg.path, offset as u64, view).is_break() {
+            return Some(ScanEnd::Stopped);
+        }
+        offset += len;
+    }
+    None
+}
+
+/// A record at `offset` does not decode. In the last segment, damage with no
+/// crc-valid record after it is a torn (never synced) tail; anywhere else, or
+/// with valid data after it, it is corruption.
+fn classify_bad_record(
+    seg: &LiveSegment,
+    offset: usize,
+    is_last: bool,
+    last: Position,
+    err: RecordError,
+    opts: ScanOptions,
+) -> ScanEnd {
+    let bytes: &[u8] = &seg.map;
+    let expected_lsn = last.lsn + 1;
+    // Mirrors walship_wal::scan::judge_tail: zeros to EOF are torn; a length
+    // above the maximum or bad flags never are; a truncated or crc-bad record
+    // is torn only if no crc-valid record starts after it.
+    let torn = is_last
+        && (bytes[offset..].iter().all(|&b| b == 0)
+            || (matches!(
+                err,
+                RecordError::Truncated { .. } | RecordError::Checksum { .. }
+            ) && !valid_record_after(bytes, offset + 1, opts.max_record_bytes)));
+    if torn {
+        return ScanEnd::TornTail {
+            segment: seg.path.clone(),
+            offset: offset as u64,
+            bytes: (bytes.len() - offset) as u64,
+            lsn: expected_lsn,
+        };
+    }
+    let (kind, expected, found) = match err {
+        RecordError::Truncated { need, have } => (
+            CorruptionKind::RecordTruncated,
+            format!("{need} record bytes"),
+            format!("{have} bytes before the end of the segment"),
+        ),
+        RecordError::TooLarge { len, max } => (
+            CorruptionKind::RecordTooLarge,
+            format!("payload_len <= {max}"),
+            format!("payload_len {len}"),
+        ),
+        RecordError::Checksum { stored, computed } => (
+            CorruptionKind::RecordChecksum,
+            format!("crc {computed:#010x}"),
+            format!("crc {stored:#010x}"),
+        ),
+        RecordError::BadFlags { found } => (
+            CorruptionKind::RecordBadFlags,
+            "flags 0".to_string(),
+            format!("flags {found:#x}"),
+        ),
+    };
+    ScanEnd::Corrupt(CorruptionReport {
+        segment: seg.path.clone(),
+        offset: offset as u64,
+        lsn: Some(expected_lsn),
+        kind,
+        expected,
+        found,
+    })
+}
+
+/// Whether a crc-valid record starts anywhere at or after `from`.
+///
+/// Candidates are pre-filtered on `flags == 0` and a length that fits before
+/// EOF (as the WAL's own tail judgement does), so the crc is computed almost
+/// only where a record really starts: linear even over megabytes of garbage.
+fn valid_record_after(bytes: &[u8], from: usize, max_record_bytes: u32) -> bool {
+    let Some(last_start) = bytes.len().checked_sub(RECORD_HEADER_LEN) else {
+        return false;
+    };
+    (from..=last_start).any(|o| {
+        let rest = &bytes[o..];
+        match RecordHeader::parse(rest) {
+            Some(h)
+                if h.flags == 0
+                    && h.payload_len <= max_record_bytes
+                    && h.record_len() <= rest.len() =>
+            {
+                decode_record(rest, max_record_bytes).is_ok()
+            }
+            _ => false,
+        }
+    })
+}
+
+fn chain_report(segment: &Path, offset: u64, e: ChainError) -> CorruptionReport {
+    let (kind, lsn, expected, found) = match e {
+        ChainError::Gap {
+            expected_lsn,
+            found_lsn,
+        } => (
+            CorruptionKind::ChainGap,
+            expected_lsn,
+            format!("lsn {expected_lsn}"),
+            format!("lsn {found_lsn}"),
+        ),
+        ChainError::Duplicate {
+            expected_lsn,
+            found_lsn,
+        } => (
+            CorruptionKind::ChainDuplicate,
+            expected_lsn,
+            format!("lsn {expected_lsn}"),
+            format!("lsn {found_lsn}"),
+        ),
+        ChainError::ChainBreak {
+            lsn,
+            expected_prev_crc,
+            found_prev_crc,
+        } => (
+            CorruptionKind::ChainBreak,
+            lsn,
+            format!("prev_crc {expected_prev_crc:#010x}"),
+            format!("prev_crc {found_prev_crc:#010x}"),
+        ),
+        ChainError::EpochRegression {
+            lsn,
+            last_epoch,
+            found_epoch,
+        } => (
+            CorruptionKind::ChainEpochRegression,
+            lsn,
+            format!("epoch >= {last_epoch}"),
+            format!("epoch {found_epoch}"),
+        ),
+    };
+    CorruptionReport {
+        segment: segment.to_path_buf(),
+        offset,
+        lsn: Some(lsn),
+        kind,
+        expected,
+        found,
+    }
+}
+
+/// The stable kebab-case name of a corruption kind (JSON `kind` field).
+pub fn corruption_kind_name(kind: CorruptionKind) -> &'static str {
+    match kind {
+        CorruptionKind::SegmentHeaderTruncated => "segment-header-truncated",
+        CorruptionKind::SegmentBadMagic => "segment-bad-magic",
+        CorruptionKind::SegmentBadVersion => "segment-bad-version",
+        CorruptionKind::SegmentHeaderChecksum => "segment-header-checksum",
+        CorruptionKind::SegmentHeaderField => "segment-header-field",
+        CorruptionKind::SegmentNameMismatch => "segment-name-mismatch",
+        CorruptionKind::SegmentBadName => "segment-bad-name",
+        CorruptionKind::SegmentMissing => "segment-missing",
+        CorruptionKind::SegmentOverlap => "segment-overlap",
+        CorruptionKind::SegmentPrevMismatch => "segment-prev-mismatch",
+        CorruptionKind::RecordTooLarge => "record-too-large",
+        CorruptionKind::RecordTruncated => "record-truncated",
+        CorruptionKind::RecordChecksum => "record-checksum",
+        CorruptionKind::RecordBadFlags => "record-bad-flags",
+        CorruptionKind::ChainGap => "chain-gap",
+        CorruptionKind::ChainDuplicate => "chain-duplicate",
+        CorruptionKind::ChainBreak => "chain-break",
+        CorruptionKind::ChainEpochRegression => "chain-epoch-regression",
+    }
+}

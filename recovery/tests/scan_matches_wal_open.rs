@@ -1,0 +1,184 @@
+//! The read-only scan of walship-recover must say exactly what `Wal::open`
+//! would do (clean / cut this torn tail / refuse with this corruption), and
+//! must not change a byte while saying it. Exhaustive over small damage of a
+//! small log on the simulated storage.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use walship_recovery::scan::{scan_wal, ScanEnd, ScanOptions, WalScan};
+use walship_wal::sim::SimStorage;
+use walship_wal::{OpenReport, Storage, StorageFile, Wal, WalError, WalOptions};
+
+const MAX: u32 = 1024;
+
+fn opts() -> WalOptions {
+    WalOptions {
+        segment_size_bytes: 200,
+        max_record_bytes: MAX,
+        ..WalOptions::default()
+    }
+}
+
+fn wal_dir() -> PathBuf {
+    PathBuf::from("/node/wal")
+}
+
+/// A log of 12 records over several 200-byte segments.
+fn build() -> SimStorage {
+    let s = SimStorage::new(7);
+    let (mut wal, _) = Wal::open(s.clone(), &wal_dir(), opts()).expect("open");
+    for i in 0..12u32 {
+        if i == 6 {
+            wal.set_epoch(3);
+        }
+        wal.append(format!("record-{i}").as_bytes())
+            .expect("append");
+    }
+    wal.sync().expect("sync");
+    s
+}
+
+fn segments(s: &SimStorage) -> Vec<PathBuf> {
+    s.list(&wal_dir())
+        .expect("list")
+        .into_iter()
+        .filter(|n| n.ends_with(".wal"))
+        .map(|n| wal_dir().join(n))
+        .collect()
+}
+
+fn contents(s: &SimStorage) -> Vec<(String, Vec<u8>)> {
+    s.list(&wal_dir())
+        .expect("list")
+        .into_iter()
+        .map(|n| {
+            let c = s.contents(&wal_dir().join(&n)).expect("contents");
+            (n, c)
+        })
+        .collect()
+}
+
+fn scan(s: &SimStorage) -> WalScan {
+    scan_wal(
+        s,
+        &wal_dir(),
+        ScanOptions {
+            max_record_bytes: MAX,
+        },
+        None,
+        &mut |_, _, _| ControlFlow::Continue(()),
+    )
+    .expect("scan")
+}
+
+/// Scans read-only, then opens, and checks they agree.
+fn check(s: &SimStorage, case: &str) {
+    let before = contents(s);
+    let sc = scan(s);
+    assert_eq!(contents(s), before, "{case}: the scan changed bytes");
+    let opened = Wal::open(s.clone(), &wal_dir(), opts());
+    match (&sc.end, opened) {
+        (ScanEnd::Clean, Ok((wal, OpenReport::Clean { last }))) => {
+            assert_eq!(last, sc.last, "{case}");
+            assert_eq!(wal.last(), sc.last, "{case}");
+        }
+        (ScanEnd::Clean, Ok((_, OpenReport::Empty))) => assert_eq!(sc.records, 0, "{case}"),
+        (
+            ScanEnd::TornTail {
+                segment,
+                offset,
+                bytes,
+                ..
+            },
+            Ok((
+                _,
+                OpenReport::TornTailCut {
+                    segment: s2,
+                    offset: o2,
+                    bytes_cut,
+                    last,
+                },
+            )),
+        ) => {
+            assert_eq!((segment, *offset, *bytes), (&s2, o2, bytes_cut), "{case}");
+            assert_eq!(last, sc.last, "{case}");
+        }
+        (ScanEnd::Corrupt(r), Err(WalError::Corruption(r2))) => {
+            assert_eq!(
+                (&r.segment, r.offset, r.kind, r.lsn),
+                (&r2.segment, r2.offset, r2.kind, r2.lsn),
+                "{case}: scan {r} / open {r2}"
+            );
+        }
+        (end, other) => panic!("{case}: scan says {end:?}, open says {other:?}"),
+    }
+}
+
+#[test]
+fn clean_log_scans_clean_like_open() {
+    let s = build();
+    assert!(segments(&s).len() >= 3);
+    check(&s, "clean");
+    assert_eq!(scan(&s).records, 12);
+}
+
+#[test]
+fn every_single_bit_flip_is_judged_like_open() {
+    let base = build();
+    let segs = segments(&base);
+    for (si, seg) in segs.iter().enumerate() {
+        let len = base.contents(seg).expect("contents").len() as u64;
+        for off in 0..len {
+            let s = build();
+            s.flip_bit(seg, off, (off % 8) as u8).expect("flip");
+            check(&s, &format!("segment {si} offset {off}"));
+        }
+    }
+}
+
+#[test]
+fn every_truncation_of_the_last_segment_is_judged_like_open() {
+    let base = build();
+    let last = segments(&base).pop().expect("segment");
+    let len = base.contents(&last).expect("contents").len() as u64;
+    for cut in 0..len {
+        let s = build();
+        let f = s.open(&last, false).expect("open");
+        f.set_len(cut).expect("set_len");
+        f.sync_data().expect("sync");
+        check(&s, &format!("cut at {cut}"));
+    }
+}
+
+#[test]
+fn trailing_garbage_and_zeros_are_judged_like_open() {
+    for (name, tail) in [
+        ("zeros", vec![0u8; 100]),
+        ("short garbage", vec![0xab; 20]),
+        ("long garbage", vec![0x5a; 300]),
+    ] {
+        let s = build();
+        let last = segments(&s).pop().expect("segment");
+        let f = s.open(&last, false).expect("open");
+        let len = f.len().expect("len");
+        f.write_at(len, &tail).expect("write");
+        f.sync_data().expect("sync");
+        check(&s, name);
+    }
+}
+
+#[test]
+fn a_missing_or_renamed_segment_is_judged_like_open() {
+    let s = build();
+    let segs = segments(&s);
+    s.remove_file(&segs[1]).expect("remove");
+    check(&s, "missing middle segment");
+    assert!(matches!(scan(&s).end, ScanEnd::Corrupt(_)));
+
+    let s = build();
+    let segs = segments(&s);
+    let bad = Path::new("/node/wal/00000000000000000099.wal");
+    s.rename(&segs[1], bad).expect("rename");
+    check(&s, "renamed segment");
+}
