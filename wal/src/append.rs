@@ -230,19 +230,37 @@ impl<S: Storage> Wal<S> {
 
     /// For a group-commit leader: the file to sync (outside the lock) and the
     /// lsn that sync makes durable; `None` if already durable.
-    #[allow(clippy::type_complexity)]
-    fn begin_sync(&self) -> Result<Option<(Arc<S::File>, Lsn, std::path::PathBuf)>, WalError> {
+    fn begin_sync(&self) -> Result<Option<SyncTicket<S>>, WalError> {
         self.check_poisoned()?;
         let target = self.last().lsn;
         if target <= self.durable_lsn {
             return Ok(None);
         }
-        Ok(Some((
-            Arc::clone(&self.active),
+        Ok(Some(SyncTicket {
+            file: Arc::clone(&self.active),
             target,
-            self.active_meta().path.clone(),
-        )))
+            path: self.active_meta().path.clone(),
+            rewrite_era: self.rewrite_era,
+        }))
     }
+
+    /// Records a leader's successful sync. If the log was rewritten meanwhile
+    /// (truncate_tail, reset_to), the synced file may no longer hold `target`:
+    /// nothing is claimed. Returns the durable lsn.
+    fn finish_sync(&mut self, ticket: &SyncTicket<S>) -> Lsn {
+        if ticket.rewrite_era == self.rewrite_era {
+            self.durable_lsn = self.durable_lsn.max(ticket.target);
+        }
+        self.durable_lsn
+    }
+}
+
+/// What a group-commit leader syncs outside the append lock.
+struct SyncTicket<S: Storage> {
+    file: Arc<S::File>,
+    target: Lsn,
+    path: std::path::PathBuf,
+    rewrite_era: u64,
 }
 
 /// Group-commit bookkeeping of a [`SharedWal`].
@@ -356,7 +374,7 @@ impl<S: Storage> SharedWal<S> {
                         min: 0,
                         max: last,
                     }),
-                    Ok(Some(x)) => Ok(Ok(x)),
+                    Ok(Some(ticket)) => Ok(Ok(ticket)),
                     Ok(None) => Ok(Err(w.durable_lsn())),
                     Err(e) => Err(e),
                 }
@@ -364,15 +382,11 @@ impl<S: Storage> SharedWal<S> {
             let outcome: Result<Lsn, WalError> = match begun {
                 Err(e) => Err(e),
                 Ok(Err(already)) => Ok(already),
-                Ok(Ok((file, target, path))) => match file.sync_data() {
-                    Ok(()) => {
-                        let mut w = self.lock_wal();
-                        w.durable_lsn = w.durable_lsn.max(target);
-                        Ok(target)
-                    }
+                Ok(Ok(ticket)) => match ticket.file.sync_data() {
+                    Ok(()) => Ok(self.lock_wal().finish_sync(&ticket)),
                     Err(e) => {
                         self.lock_wal().poison("group commit sync failed");
-                        Err(WalError::io("sync_data", path, e))
+                        Err(WalError::io("sync_data", ticket.path.clone(), e))
                     }
                 },
             };

@@ -57,6 +57,9 @@ pub struct Wal<S: Storage> {
     /// Reusable encode buffer: one write_at per append or per batch.
     pub(crate) buf: Vec<u8>,
     pub(crate) staged: Vec<(Position, u64)>,
+    /// Bumped whenever the log's files are rewritten (truncate_tail, reset_to),
+    /// so a group-commit sync begun before cannot claim records it never saw.
+    pub(crate) rewrite_era: u64,
     notes: Vec<String>,
 }
 
@@ -167,6 +170,7 @@ impl<S: Storage> Wal<S> {
             poisoned: false,
             buf: Vec::new(),
             staged: Vec::new(),
+            rewrite_era: 0,
             notes: rec.notes,
         };
         tracing::info!(
@@ -412,6 +416,7 @@ impl<S: Storage> Wal<S> {
         }
         let span = tracing::info_span!("wal_truncate_tail", after_lsn, last_lsn = last.lsn);
         let _g = span.enter();
+        self.rewrite_era += 1;
         let mut removed = false;
         while self.segments.len() > 1 && self.active_meta().header.first_lsn > after_lsn {
             let path = self.active_meta().path.clone();
@@ -503,6 +508,7 @@ impl<S: Storage> Wal<S> {
         self.check_poisoned()?;
         let span = tracing::info_span!("wal_reset_to", lsn = boundary.lsn, epoch = boundary.epoch);
         let _g = span.enter();
+        self.rewrite_era += 1;
         let generation = self.active_meta().header.generation + 1;
         let header = SegmentHeader {
             first_lsn: boundary.lsn + 1,
