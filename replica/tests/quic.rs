@@ -410,3 +410,75 @@ async fn second_open_of_a_running_replica_directory_is_refused() {
     assert!(matches!(err, ReplicaError::State(_)), "{err}");
     replica.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn fm_5_1_partition_ends_session_by_idle_timeout_without_halt_and_resumes_after_heal() {
+    let f = fixture();
+    let relay = Relay::start(f.primary.addr, 1).await;
+    let log = Log::build(8, 1, "p");
+    let mut c = config(&f.data, &f.certs, relay.addr, "p1");
+    c.transport.keep_alive_ms = 100;
+    c.transport.idle_timeout_ms = 500;
+    let replica = Replica::open(c, f.applier.clone()).expect("open");
+    let mut s = f.primary.accept().await;
+    s.welcome(&log, 1, 0).await;
+    s.send(Message::Records(log.batch(1, 4, 4))).await;
+    s.wait_receipt(4).await;
+    wait_for(&replica, "applied 4", |st| st.applied_lsn == 4).await;
+
+    relay.partition(true);
+    let st = wait_for(&replica, "session ended", |st| !st.connected).await;
+    assert!(st.halt().is_none());
+    assert_eq!(st.applied_lsn, 4, "reads of applied data stay possible");
+    replica.check_readable().expect("a partition is not a halt");
+    relay.partition(false);
+
+    let mut s2 = f.primary.accept().await;
+    assert_eq!(s2.hello.last, log.positions[3]);
+    s2.welcome(&log, 1, 4).await;
+    s2.send(Message::Records(log.batch(5, 8, 8))).await;
+    s2.wait_receipt(8).await;
+    wait_for(&replica, "applied 8", |st| st.applied_lsn == 8).await;
+    assert_eq!(f.applier.lsns(), (1..=8).collect::<Vec<_>>());
+    assert!(read_halt_file(&f.data).is_none());
+    replica.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn fm_x_1_datagram_loss_duplication_reordering_and_corruption_never_halt() {
+    let f = fixture();
+    let relay = Relay::start(f.primary.addr, 42).await;
+    let log = Log::build(300, 1, "noisy");
+    let replica = Replica::open(
+        config(&f.data, &f.certs, relay.addr, "p1"),
+        f.applier.clone(),
+    )
+    .expect("open");
+    relay.set_noise(true);
+    // Sessions may end under noise (handshake loss); each new session resumes at hello.last + 1.
+    let mut done: Lsn = 0;
+    while done < 300 {
+        let mut s = f.primary.accept().await;
+        let from = s.hello.last.lsn + 1;
+        assert!(from <= done + 1, "never resumes past what it made durable");
+        s.welcome(&log, 1, done).await;
+        let mut lsn = from;
+        while lsn <= 300 {
+            let to = (lsn + 24).min(300);
+            s.send(Message::Records(log.batch(lsn, to, to))).await;
+            lsn = to + 1;
+        }
+        done = s.wait_receipt(300).await;
+    }
+    let st = wait_for(&replica, "applied 300", |st| st.applied_lsn == 300).await;
+    let faults = relay.fault_counts();
+    assert!(
+        faults.iter().all(|&n| n > 0),
+        "every kind of noise happened: {faults:?}"
+    );
+    assert!(st.halt().is_none());
+    assert!(read_halt_file(&f.data).is_none());
+    assert_eq!(f.applier.lsns(), (1..=300).collect::<Vec<_>>());
+    replica.shutdown().await.expect("shutdown");
+    assert_eq!(wal_last(&f.data), log.last());
+}

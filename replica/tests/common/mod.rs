@@ -334,3 +334,153 @@ pub fn wal_last(data_dir: &Path) -> Position {
 pub fn read_halt_file(data_dir: &Path) -> Option<walship_replica::HaltRecord> {
     walship_replica::read_halt(&FsStorage, &data_dir.join("state")).expect("read halt")
 }
+
+/// A UDP relay between one QUIC client and a server that can partition the
+/// link (drop everything) or add noise: drop, duplicate, delay-reorder and
+/// corrupt datagrams, from a seeded generator.
+pub struct Relay {
+    pub addr: SocketAddr,
+    pub blocked: Arc<std::sync::atomic::AtomicBool>,
+    pub noise: Arc<std::sync::atomic::AtomicBool>,
+    /// Datagrams dropped, corrupted, duplicated, reordered by the noise.
+    pub faults: Arc<[std::sync::atomic::AtomicU64; 4]>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// splitmix64: deterministic noise from a seed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn percent(&mut self, p: u64) -> bool {
+        self.next() % 100 < p
+    }
+}
+
+impl Relay {
+    pub async fn start(server: SocketAddr, seed: u64) -> Relay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let front = Arc::new(
+            tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("bind front"),
+        );
+        let back = Arc::new(
+            tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("bind back"),
+        );
+        let addr = front.local_addr().expect("addr");
+        let blocked = Arc::new(AtomicBool::new(false));
+        let noise = Arc::new(AtomicBool::new(false));
+        let faults: Arc<[std::sync::atomic::AtomicU64; 4]> = Arc::new(Default::default());
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
+
+        async fn pump(
+            from: Arc<tokio::net::UdpSocket>,
+            to: Arc<tokio::net::UdpSocket>,
+            dest: impl Fn(SocketAddr) -> Option<SocketAddr>,
+            blocked: Arc<AtomicBool>,
+            noise: Arc<AtomicBool>,
+            faults: Arc<[std::sync::atomic::AtomicU64; 4]>,
+            mut rng: Rng,
+        ) {
+            let count = |i: usize| faults[i].fetch_add(1, Ordering::SeqCst);
+            let mut buf = vec![0u8; 65_536];
+            let mut held: Option<(Vec<u8>, SocketAddr)> = None;
+            loop {
+                let Ok((n, src)) = from.recv_from(&mut buf).await else {
+                    return;
+                };
+                let Some(dst) = dest(src) else { continue };
+                if blocked.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let mut pkt = buf[..n].to_vec();
+                if noise.load(Ordering::SeqCst) {
+                    if rng.percent(10) {
+                        count(0);
+                        continue; // dropped
+                    }
+                    if rng.percent(5) {
+                        count(1);
+                        let at = (rng.next() as usize) % pkt.len();
+                        pkt[at] ^= 0x20; // corrupted: QUIC packet protection rejects it
+                    }
+                    if rng.percent(10) {
+                        count(2);
+                        let _ = to.send_to(&pkt, dst).await; // duplicated
+                    }
+                    if held.is_none() && rng.percent(10) {
+                        count(3);
+                        held = Some((pkt, dst)); // reordered: sent after the next one
+                        continue;
+                    }
+                }
+                let _ = to.send_to(&pkt, dst).await;
+                if let Some((p, d)) = held.take() {
+                    let _ = to.send_to(&p, d).await;
+                }
+            }
+        }
+
+        let c1 = Arc::clone(&client);
+        let up = tokio::spawn(pump(
+            Arc::clone(&front),
+            Arc::clone(&back),
+            move |src| {
+                *c1.lock().expect("lock") = Some(src);
+                Some(server)
+            },
+            Arc::clone(&blocked),
+            Arc::clone(&noise),
+            Arc::clone(&faults),
+            Rng(seed),
+        ));
+        let c2 = Arc::clone(&client);
+        let down = tokio::spawn(pump(
+            back,
+            front,
+            move |_| *c2.lock().expect("lock"),
+            Arc::clone(&blocked),
+            Arc::clone(&noise),
+            Arc::clone(&faults),
+            Rng(seed ^ 0x5555),
+        ));
+        Relay {
+            addr,
+            blocked,
+            noise,
+            faults,
+            tasks: vec![up, down],
+        }
+    }
+
+    pub fn partition(&self, on: bool) {
+        self.blocked.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn set_noise(&self, on: bool) {
+        self.noise.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Relay {
+    /// [dropped, corrupted, duplicated, reordered] datagrams so far.
+    pub fn fault_counts(&self) -> [u64; 4] {
+        std::array::from_fn(|i| self.faults[i].load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
