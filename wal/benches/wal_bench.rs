@@ -8,6 +8,8 @@
 //!   unless it is tmpfs, else the current directory).
 //! - `WALSHIP_BENCH_SCALE`: multiplies every measurement's duration and the
 //!   scan size (default 1.0, about 40 s in all).
+//!
+//! Every rate is the best of 2 rounds (the disk and CPUs may be shared).
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -58,7 +60,7 @@ fn secs(base: f64) -> Duration {
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// Raw rate: append 4 KiB with pwrite, fdatasync, repeat (the file grows like a WAL segment).
-fn raw_fdatasync_rate(root: &Path) -> BenchResult<f64> {
+fn raw_fdatasync_once(root: &Path) -> BenchResult<f64> {
     let path = root.join("raw.bin");
     let f = OpenOptions::new()
         .read(true)
@@ -67,7 +69,7 @@ fn raw_fdatasync_rate(root: &Path) -> BenchResult<f64> {
         .truncate(true)
         .open(&path)?;
     let buf = vec![0x5au8; 4096];
-    let dur = secs(2.0);
+    let dur = secs(0.8);
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < dur {
@@ -81,13 +83,45 @@ fn raw_fdatasync_rate(root: &Path) -> BenchResult<f64> {
     Ok(rate)
 }
 
+/// The disk is shared with other processes: every figure is the best of
+/// this many rounds (stalls caused by others only ever make a round slower).
+const ROUNDS: usize = 2;
+
+/// Raw rate, best of [`ROUNDS`].
+fn raw_fdatasync_rate(root: &Path) -> BenchResult<f64> {
+    let mut best = 0.0f64;
+    for _ in 0..ROUNDS {
+        best = best.max(raw_fdatasync_once(root)?);
+    }
+    Ok(best)
+}
+
+/// Durable append rate, best of [`ROUNDS`].
+fn durable_appends(root: &Path, payload_len: usize, appenders: usize) -> BenchResult<AppendResult> {
+    let mut best: Option<AppendResult> = None;
+    for _ in 0..ROUNDS {
+        let r = durable_appends_once(root, payload_len, appenders)?;
+        if best
+            .as_ref()
+            .is_none_or(|b| r.appends_per_s > b.appends_per_s)
+        {
+            best = Some(r);
+        }
+    }
+    best.ok_or_else(|| "no rounds".into())
+}
+
 struct AppendResult {
     appends_per_s: f64,
     mb_per_s: f64,
     syncs_per_s: f64,
 }
 
-fn durable_appends(root: &Path, payload_len: usize, appenders: usize) -> BenchResult<AppendResult> {
+fn durable_appends_once(
+    root: &Path,
+    payload_len: usize,
+    appenders: usize,
+) -> BenchResult<AppendResult> {
     let dir = root.join(format!("append-{payload_len}-{appenders}"));
     let _ = std::fs::remove_dir_all(&dir);
     let (wal, _) = Wal::open(FsStorage, &dir, WalOptions::default())?;
@@ -98,7 +132,7 @@ fn durable_appends(root: &Path, payload_len: usize, appenders: usize) -> BenchRe
         s2.fetch_add(1, Ordering::Relaxed);
     }));
     let stop = Arc::new(AtomicBool::new(false));
-    let dur = secs(if payload_len >= 65536 { 1.5 } else { 1.0 });
+    let dur = secs(if payload_len >= 65536 { 0.8 } else { 0.6 });
     let start = Instant::now();
     let handles: Vec<_> = (0..appenders)
         .map(|_| {
@@ -194,7 +228,7 @@ fn main() -> BenchResult<()> {
         is_tmpfs(&root),
         scale()
     );
-    // The disk is shared: measure the raw rate before and after, use the mean.
+    // The disk is shared: measure the raw rate before and after, use the higher.
     let raw_before = raw_fdatasync_rate(&root)?;
     println!("raw 4 KiB pwrite+fdatasync (before): {raw_before:.0} ops/s");
     println!();
@@ -246,8 +280,11 @@ fn main() -> BenchResult<()> {
         s64.record_gb_s
     );
     let raw_after = raw_fdatasync_rate(&root)?;
-    let raw = (raw_before + raw_after) / 2.0;
-    println!("raw 4 KiB pwrite+fdatasync (after): {raw_after:.0} ops/s; mean {raw:.0} ops/s");
+    // The higher of the two is the baseline: conservative for the ratios.
+    let raw = raw_before.max(raw_after);
+    println!(
+        "raw 4 KiB pwrite+fdatasync (after): {raw_after:.0} ops/s; baseline (max) {raw:.0} ops/s"
+    );
     println!();
     println!("ratios vs targets:");
     for (len, rate) in &one_appender {

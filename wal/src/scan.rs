@@ -36,6 +36,56 @@ pub enum OpenReport {
     },
 }
 
+/// What a read-only scan ([`inspect`]) found: what `Wal::open` would see and do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inspection {
+    /// The segments that verified, oldest first (after a cut, as open would leave them).
+    pub segments: Vec<crate::segment::SegmentInfo>,
+    /// The record before the first retained one.
+    pub base: Position,
+    /// The last record that verified.
+    pub last: Position,
+    /// A torn tail `open` would cut: (segment, offset, bytes).
+    pub torn_tail: Option<(PathBuf, u64, u64)>,
+    /// Ignored files and superseded segments `open` would remove.
+    pub notes: Vec<String>,
+}
+
+/// Runs the recovery scan without changing anything (no directory creation,
+/// no cut, no removal): for operator tools (`walship-recover inspect|verify`).
+/// Errors exactly where `Wal::open` would (`Corruption` naming the place); a
+/// missing directory is `WalError::Io` with `NotFound`.
+pub fn inspect<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    max_record_bytes: u32,
+) -> Result<Inspection, WalError> {
+    let rec = recover(storage, dir, max_record_bytes, true)?;
+    let mut segments: Vec<crate::segment::SegmentInfo> =
+        rec.segments.iter().map(Into::into).collect();
+    if let (Some(last), Some((path, offset, _))) = (segments.last_mut(), rec.cut.as_ref()) {
+        debug_assert_eq!(&last.path, path);
+        last.len_bytes = *offset;
+    }
+    let base = rec
+        .segments
+        .first()
+        .map(|s| s.header.prev)
+        .unwrap_or(Position::ZERO);
+    let last = rec
+        .segments
+        .last()
+        .map(|s| s.last)
+        .unwrap_or(Position::ZERO);
+    Ok(Inspection {
+        segments,
+        base,
+        last,
+        torn_tail: rec.cut,
+        notes: rec.notes,
+    })
+}
+
 /// Segments that verified, plus what the scan noticed on the way.
 pub(crate) struct Recovered {
     pub(crate) segments: Vec<SegmentMeta>,
@@ -229,8 +279,11 @@ pub(crate) fn recover<S: Storage>(
     storage: &S,
     dir: &Path,
     max_record_bytes: u32,
+    read_only: bool,
 ) -> Result<Recovered, WalError> {
-    create_dir_durably(storage, dir)?;
+    if !read_only {
+        create_dir_durably(storage, dir)?;
+    }
     let names = storage.list(dir).map_err(io_err("list", dir))?;
     let mut notes = Vec::new();
     let mut seg_names: Vec<(Lsn, PathBuf)> = Vec::new();
@@ -282,19 +335,24 @@ pub(crate) fn recover<S: Storage>(
     if let Some(max_gen) = headers.iter().map(|(_, h)| h.generation).max() {
         let mut removed = false;
         for (path, h) in headers.iter().filter(|(_, h)| h.generation < max_gen) {
-            tracing::warn!(segment = %path.display(), generation = h.generation, max_gen, "removing segment superseded by reset_to");
-            storage
-                .remove_file(path)
-                .map_err(io_err("remove_file", path))?;
+            tracing::warn!(segment = %path.display(), generation = h.generation, max_gen, "segment superseded by reset_to");
+            if !read_only {
+                storage
+                    .remove_file(path)
+                    .map_err(io_err("remove_file", path))?;
+            }
             notes.push(format!(
-                "removed segment {} of superseded generation {} (current {max_gen})",
+                "{} segment {} of superseded generation {} (current {max_gen})",
+                if read_only { "would remove" } else { "removed" },
                 path.display(),
                 h.generation
             ));
             removed = true;
         }
         if removed {
-            storage.sync_dir(dir).map_err(io_err("sync_dir", dir))?;
+            if !read_only {
+                storage.sync_dir(dir).map_err(io_err("sync_dir", dir))?;
+            }
             headers.retain(|(_, h)| h.generation == max_gen);
         }
     }
@@ -394,7 +452,7 @@ pub(crate) fn recover<S: Storage>(
         segments.push(meta);
     }
 
-    if let Some((path, offset, bytes_cut)) = &cut {
+    if let Some((path, offset, bytes_cut)) = cut.as_ref().filter(|_| !read_only) {
         // The cut must be on disk before open returns: otherwise a second crash
         // could resurrect the torn bytes after new records were appended behind them.
         let f = storage.open(path, false).map_err(io_err("open", path))?;

@@ -128,7 +128,7 @@ impl<S: Storage> Wal<S> {
             opts.segment_size_bytes > SEGMENT_HEADER_LEN as u64,
             "segment_size_bytes must exceed the segment header"
         );
-        let rec = recover(&storage, dir, opts.max_record_bytes)?;
+        let rec = recover(&storage, dir, opts.max_record_bytes, false)?;
         let mut segments = rec.segments;
         let fresh = segments.is_empty();
         if fresh {

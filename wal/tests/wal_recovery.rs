@@ -569,3 +569,35 @@ fn enospc_append_fails_without_partial_record_and_wal_continues() {
     );
     assert_eq!(read_all(&w).len(), 6);
 }
+
+#[test]
+fn inspect_reports_what_open_would_do_without_changing_anything() {
+    let (s, l) = build(12);
+    let last = l.last().expect("records").clone();
+    set_len(&s, &last.segment, last.offset + 5);
+    let before = s.contents(&last.segment).expect("contents");
+    let ins = walship_wal::inspect(&s, &wal_dir(), small_opts().max_record_bytes).expect("inspect");
+    assert_eq!(ins.torn_tail, Some((last.segment.clone(), last.offset, 5)));
+    assert_eq!(ins.last, l[l.len() - 2].position);
+    assert_eq!(ins.base, Position::ZERO);
+    assert_eq!(
+        s.contents(&last.segment).expect("contents"),
+        before,
+        "inspect is read-only"
+    );
+    let (w, _) = open(&s, &wal_dir(), small_opts());
+    assert_eq!(w.segments(), ins.segments);
+    // corruption is reported the same way open reports it
+    let (s, l) = build(30);
+    let t = l[3].clone();
+    s.flip_bit(&t.segment, t.offset + 33, 0).expect("flip");
+    let a = corruption(walship_wal::inspect(&s, &wal_dir(), 4096).expect_err("corrupt"));
+    let b = corruption(open_err(&s, &wal_dir(), small_opts()));
+    assert_eq!(a, b);
+    // a missing directory is NotFound, not created
+    match walship_wal::inspect(&s, Path::new("/nowhere/wal"), 4096) {
+        Err(WalError::Io { source, .. }) => assert_eq!(source.kind(), std::io::ErrorKind::NotFound),
+        other => panic!("{other:?}"),
+    }
+    assert!(!s.exists(Path::new("/nowhere")).expect("exists"));
+}
