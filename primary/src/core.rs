@@ -358,7 +358,7 @@ pub struct ReplicaStatus {
     pub connected: bool,
     /// Records are being shipped (the handshake proved its log a prefix of ours).
     pub shipping: bool,
-    /// The highest lsn the replica reported durable (receipt, or its proven Hello position).
+    /// The highest lsn the replica reported durable in a receipt (kept across reconnects).
     pub durable_lsn: Lsn,
     /// The highest lsn shipped to it on the current connection.
     pub shipped_lsn: Lsn,
@@ -779,8 +779,7 @@ impl PrimaryCore {
         } else if at_replica_last == Some(hello.last) {
             tracing::info!(replica = %node_id, lsn = hello.last.lsn, epoch = self.epoch,
                 "replica log is a prefix of ours: shipping");
-            // Hello.last is the replica's durable position (protocol.md), so it counts as a copy.
-            self.members[member].durable_lsn = hello.last.lsn;
+            // Hello.last may be ahead of the replica's durable lsn: only receipts count as copies.
             SessionState::Shipping(Ship {
                 next_lsn: hello.last.lsn + 1,
                 inflight: VecDeque::new(),

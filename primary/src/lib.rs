@@ -1,10 +1,58 @@
 //! walship-primary: the shipping side of walship.
 //!
-//! Owns the sans-IO primary core ([`core`]): handshake checks, pipelined shipping with a
-//! bounded window per replica, receipts and quorum commit arithmetic.
+//! Owns the sans-IO primary core ([`core`]: handshake checks, pipelined shipping with a
+//! bounded window per replica, receipts, quorum commit arithmetic), the [`LogSource`]
+//! adapters over the WAL ([`log`]), the tokio/quinn driver ([`driver`]) and the embedding
+//! API [`Primary`]. It does not verify or apply records (walship-replica), define the wire
+//! format (walship-wire) or the record layout (walship-wal).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), walship_primary::PrimaryError> {
+//! use walship_primary::{Primary, PrimaryConfig};
+//! use walship_wire::TlsFiles;
+//! let certs = std::path::Path::new("certs");
+//! let config = PrimaryConfig::new(
+//!     "n1",
+//!     "cluster-a",
+//!     "/var/lib/walship/n1",
+//!     "127.0.0.1:7000".parse().expect("address"),
+//!     vec!["n1".into(), "n2".into(), "n3".into()],
+//!     TlsFiles::for_node(certs, "n1"),
+//! );
+//! let primary = Primary::open(config)?;          // inside a tokio runtime
+//! let lsn = primary.append(b"hello".as_slice()).await?; // committed by a majority
+//! assert!(primary.commit_lsn() >= lsn);
+//! primary.shutdown().await;
+//! # Ok(()) }
+//! ```
 #![warn(missing_docs)]
 
 pub mod core;
+pub mod driver;
+pub mod log;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+use walship_wal::state::{DirLock, EpochHistory, NodeDir, StateError};
+use walship_wal::RECORD_HEADER_LEN;
+use walship_wal::{FsStorage, Lsn, OpenReport, SharedWal, Wal, WalError, WalOptions};
+use walship_wire::{EndpointError, TlsFiles, TransportOptions, MAX_FRAME_BYTES};
+
+#[cfg(feature = "fault-injection")]
+pub use crate::core::ShipFault;
+use crate::core::{CoreConfig, PrimaryCore};
+pub use crate::core::{
+    CoreError, CoreStatus, LogSource, Quorum, QuorumError, ReplicaStatus, Window,
+};
+use crate::driver::{CoreMsg, CoreState, Shared};
+use crate::log::WalLog;
 
 /// Protocol and WAL types the core speaks (re-exported from walship-wire / walship-wal).
 pub mod proto {
@@ -13,4 +61,471 @@ pub mod proto {
     pub use walship_wire::{
         Hello, Message, RecordBatch, Refuse, RefuseReason, Welcome, PROTOCOL_VERSION,
     };
+}
+
+/// Room a frame needs beyond the record bytes of a batch (message fields, varints).
+const FRAME_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// Configuration of a primary node.
+#[derive(Clone, Debug)]
+pub struct PrimaryConfig {
+    /// This node's id (its certificate's DNS name); must be in `members`.
+    pub node_id: String,
+    /// Cluster id; replicas with another are refused.
+    pub cluster_id: String,
+    /// The node's data directory (`LOCK`, `wal/`, `state/`, `snapshots/`).
+    pub data_dir: PathBuf,
+    /// UDP address the QUIC server binds (port 0 picks one; see [`Primary::local_addr`]).
+    pub listen_addr: SocketAddr,
+    /// Every member's node id, this primary's own included (N of the quorum rule).
+    pub members: Vec<String>,
+    /// Quorum policy (default majority).
+    pub quorum: Quorum,
+    /// How long `append` waits for the quorum before [`PrimaryError::CommitTimeout`].
+    pub commit_timeout_ms: u64,
+    /// CA, certificate and key files of this node.
+    pub tls: TlsFiles,
+    /// QUIC keep-alive, idle timeout and flow-control windows.
+    pub transport: TransportOptions,
+    /// WAL segment size.
+    pub segment_size_bytes: u64,
+    /// Largest record payload accepted by `append`.
+    pub max_record_bytes: u32,
+    /// Per-replica shipping window.
+    pub window: Window,
+}
+
+impl PrimaryConfig {
+    /// A configuration with defaults: majority quorum, 10 s commit timeout, default transport
+    /// options, 64 MiB segments, 4 MiB max record, default window (1 MiB batches, 16 MiB /
+    /// 64 Ki records in flight per replica).
+    pub fn new(
+        node_id: impl Into<String>,
+        cluster_id: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+        listen_addr: SocketAddr,
+        members: Vec<String>,
+        tls: TlsFiles,
+    ) -> PrimaryConfig {
+        let wal = WalOptions::default();
+        PrimaryConfig {
+            node_id: node_id.into(),
+            cluster_id: cluster_id.into(),
+            data_dir: data_dir.into(),
+            listen_addr,
+            members,
+            quorum: Quorum::Majority,
+            commit_timeout_ms: 10_000,
+            tls,
+            transport: TransportOptions::default(),
+            segment_size_bytes: wal.segment_size_bytes,
+            max_record_bytes: wal.max_record_bytes,
+            window: Window::default(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), PrimaryError> {
+        let bad = |field: &'static str, reason: String| {
+            Err(PrimaryError::InvalidConfig { field, reason })
+        };
+        if self.node_id.is_empty() {
+            return bad("node_id", "is empty".into());
+        }
+        if self.cluster_id.is_empty() {
+            return bad("cluster_id", "is empty".into());
+        }
+        if self.commit_timeout_ms == 0 {
+            return bad("commit_timeout_ms", "must be > 0".into());
+        }
+        let frame_room = MAX_FRAME_BYTES as usize - FRAME_OVERHEAD_BYTES;
+        if self.max_record_bytes as usize + RECORD_HEADER_LEN > frame_room {
+            return bad(
+                "max_record_bytes",
+                format!(
+                    "a record must fit a frame: at most {} bytes",
+                    frame_room - RECORD_HEADER_LEN
+                ),
+            );
+        }
+        if self.window.max_batch_bytes > frame_room {
+            return bad(
+                "window.max_batch_bytes",
+                format!("a batch must fit a frame: at most {frame_room} bytes"),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Errors of the embedding API.
+#[derive(Debug, thiserror::Error)]
+pub enum PrimaryError {
+    /// A configuration value is unusable.
+    #[error("invalid primary config: {field}: {reason}")]
+    InvalidConfig {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Membership, quorum or window rejected by the core.
+    #[error("invalid primary config: {0}")]
+    Core(#[from] CoreError),
+    /// The data directory's lock or state files (locked by another process, bad state file).
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The WAL failed (I/O, corruption found on open, poisoned after a failed sync, too large).
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// The data directory holds records but no epoch history: it was not a primary's.
+    #[error("{dir}: the WAL holds records up to lsn {last_lsn} but state/epochs is missing (promote it with walship-recover first)")]
+    NoEpochHistory {
+        /// The data directory.
+        dir: PathBuf,
+        /// The WAL's last lsn.
+        last_lsn: Lsn,
+    },
+    /// The WAL holds records of a higher epoch than the epoch history's last.
+    #[error("{dir}: the WAL has records of epoch {wal_epoch}, above the epoch history's last epoch {history_epoch}")]
+    EpochBehindLog {
+        /// The data directory.
+        dir: PathBuf,
+        /// Epoch of the WAL's last record.
+        wal_epoch: u64,
+        /// The epoch history's last epoch.
+        history_epoch: u64,
+    },
+    /// The QUIC/TLS endpoint could not be set up.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    /// The record is durable locally but the quorum did not confirm it within the commit
+    /// timeout; it stays tentative above the commit watermark (it may still commit later).
+    #[error(
+        "commit of lsn {lsn} timed out: the record stays tentative above the commit watermark"
+    )]
+    CommitTimeout {
+        /// The record's lsn.
+        lsn: Lsn,
+    },
+    /// The primary is shutting down.
+    #[error("the primary is shutting down")]
+    ShuttingDown,
+    /// A background thread or task failed.
+    #[error("primary task failed: {0}")]
+    Task(String),
+}
+
+/// What `status()` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrimaryStatus {
+    /// This node's id.
+    pub node_id: String,
+    /// Current epoch.
+    pub epoch: u64,
+    /// Quorum policy.
+    pub quorum: Quorum,
+    /// Local durable lsn.
+    pub durable_lsn: Lsn,
+    /// Commit watermark.
+    pub commit_lsn: Lsn,
+    /// Per replica member: connected, durable lsn, lag (records, bytes), last receipt age.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// A running primary: appends, ships to replicas over QUIC, commits by quorum.
+pub struct Primary {
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    commit_timeout: Duration,
+    max_record_bytes: u32,
+    data_dir: PathBuf,
+    core_thread: Option<std::thread::JoinHandle<()>>,
+    persist_thread: Option<std::thread::JoinHandle<()>>,
+    accept_task: Option<tokio::task::JoinHandle<()>>,
+    lock: Option<DirLock>,
+}
+
+impl std::fmt::Debug for Primary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Primary")
+            .field("node_id", &self.shared.node_id)
+            .field("data_dir", &self.data_dir)
+            .field("commit_lsn", &self.commit_lsn())
+            .finish()
+    }
+}
+
+impl Primary {
+    /// Opens the data directory (exclusive lock, WAL recovery scan, epoch history, persisted
+    /// commit watermark) and starts serving replicas. The first start of an empty directory
+    /// creates epoch 1 starting at lsn 1. Must be called inside a tokio runtime (quinn binds
+    /// its socket to it); the WAL scan runs on the calling thread.
+    pub fn open(config: PrimaryConfig) -> Result<Primary, PrimaryError> {
+        config.validate()?;
+        let span = tracing::info_span!("primary_open", node = %config.node_id, dir = %config.data_dir.display());
+        let _g = span.enter();
+        let storage = FsStorage;
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| {
+            PrimaryError::Wal(WalError::Io {
+                op: "create_dir_all",
+                path: dir.clone(),
+                source,
+            })
+        })?;
+        let lock = DirLock::acquire(dir)?;
+        let node_dir = NodeDir::open(storage, dir)?;
+        let mut epochs = node_dir.epochs()?;
+        let history_epoch = if epochs.is_empty() {
+            1
+        } else {
+            epochs.last_epoch()
+        };
+        let opts = WalOptions {
+            segment_size_bytes: config.segment_size_bytes,
+            max_record_bytes: config.max_record_bytes,
+            epoch: history_epoch,
+        };
+        let (wal, report) = Wal::open(storage, node_dir.wal_dir(), opts)?;
+        match &report {
+            OpenReport::TornTailCut {
+                segment,
+                offset,
+                bytes_cut,
+                last,
+            } => warn!(segment = %segment.display(), offset, bytes_cut, last = %last,
+                "WAL open cut a torn tail (never acknowledged)"),
+            other => info!(report = ?other, "WAL opened"),
+        }
+        if epochs.is_empty() {
+            if wal.last().lsn != 0 {
+                return Err(PrimaryError::NoEpochHistory {
+                    dir: dir.clone(),
+                    last_lsn: wal.last().lsn,
+                });
+            }
+            epochs = EpochHistory::new();
+            epochs
+                .push(1, 1)
+                .map_err(|e| PrimaryError::Task(format!("epoch history: {e}")))?;
+            node_dir.set_epochs(&epochs)?;
+            info!("first start: epoch 1 begins at lsn 1");
+        }
+        let epoch = epochs.last_epoch();
+        if wal.epoch() > epoch {
+            return Err(PrimaryError::EpochBehindLog {
+                dir: dir.clone(),
+                wal_epoch: wal.epoch(),
+                history_epoch: epoch,
+            });
+        }
+        let durable = wal.durable_lsn();
+        let mut commit_lsn = node_dir.commit_lsn()?;
+        if commit_lsn > durable {
+            warn!(
+                commit_lsn,
+                durable, "persisted commit watermark above the durable lsn: capped (it is a hint)"
+            );
+            commit_lsn = durable;
+        }
+        let core = PrimaryCore::new(CoreConfig {
+            node_id: config.node_id.clone(),
+            cluster_id: config.cluster_id.clone(),
+            members: config.members.clone(),
+            quorum: config.quorum,
+            epoch,
+            epoch_history: epochs.entries.clone(),
+            commit_lsn,
+            window: config.window,
+        })?;
+        let wal = SharedWal::new(wal);
+        let log = WalLog::new(wal.clone())?;
+        let endpoint = walship_wire::server_endpoint(
+            config.listen_addr,
+            &config.tls,
+            &config.members,
+            &config.transport,
+        )?;
+        let (core_tx, core_rx) = mpsc::channel();
+        let (persist_tx, persist_rx) = mpsc::channel();
+        let (commit_tx, commit_rx) = watch::channel(commit_lsn);
+        let shared = Arc::new(Shared {
+            node_id: config.node_id.clone(),
+            members: config.members.clone(),
+            wal: wal.clone(),
+            state: Mutex::new(CoreState { core, log }),
+            core_tx: core_tx.clone(),
+            commit_rx,
+            shutting_down: AtomicBool::new(false),
+            next_conn: AtomicU64::new(1),
+            started: Instant::now(),
+        });
+        let pending = Arc::new(AtomicBool::new(false));
+        driver::install_durable_listener(&wal, core_tx.clone(), pending.clone());
+        let spawn_err = |e: std::io::Error| PrimaryError::Task(format!("spawn thread: {e}"));
+        let persist_thread = {
+            let node_dir = node_dir.clone();
+            let node_id = config.node_id.clone();
+            std::thread::Builder::new()
+                .name(format!("walship-persist-{}", config.node_id))
+                .spawn(move || driver::run_persister(node_dir, persist_rx, node_id))
+                .map_err(spawn_err)?
+        };
+        let core_thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("walship-core-{}", config.node_id))
+                .spawn(move || driver::run_core(shared, core_rx, commit_tx, persist_tx, pending))
+                .map_err(spawn_err)?
+        };
+        // Commit may already be reachable (LocalOnly, or a persisted watermark below durable).
+        let _ = core_tx.send(CoreMsg::Durable);
+        let accept_task = tokio::spawn(driver::accept_loop(endpoint.clone(), shared.clone()));
+        info!(epoch, durable, commit_lsn, quorum = %config.quorum, addr = ?endpoint.local_addr().ok(), "primary serving");
+        Ok(Primary {
+            shared,
+            endpoint,
+            commit_timeout: Duration::from_millis(config.commit_timeout_ms),
+            max_record_bytes: config.max_record_bytes,
+            data_dir: config.data_dir,
+            core_thread: Some(core_thread),
+            persist_thread: Some(persist_thread),
+            accept_task: Some(accept_task),
+            lock: Some(lock),
+        })
+    }
+
+    /// Appends one record and resolves once it is committed under the quorum policy: durable
+    /// locally (group commit on a blocking thread, never on the runtime) and covered by the
+    /// quorum's receipts. After `commit_timeout_ms` without the quorum it fails with
+    /// [`PrimaryError::CommitTimeout`]; the record then stays tentative above the watermark.
+    pub fn append(
+        &self,
+        payload: impl Into<Vec<u8>>,
+    ) -> impl Future<Output = Result<Lsn, PrimaryError>> + Send + 'static {
+        let payload: Vec<u8> = payload.into();
+        let shared = self.shared.clone();
+        let timeout = self.commit_timeout;
+        let max = self.max_record_bytes;
+        async move {
+            if shared.shutting_down.load(Ordering::Acquire) {
+                return Err(PrimaryError::ShuttingDown);
+            }
+            if payload.len() > max as usize {
+                return Err(PrimaryError::Wal(WalError::RecordTooLarge {
+                    len: payload.len(),
+                    max,
+                }));
+            }
+            let wal = shared.wal.clone();
+            let lsn = tokio::task::spawn_blocking(move || wal.append_durable(&payload))
+                .await
+                .map_err(|e| PrimaryError::Task(format!("append task: {e}")))??;
+            let mut rx = shared.commit_rx.clone();
+            let waited = tokio::time::timeout(timeout, async {
+                rx.wait_for(|c| *c >= lsn).await.map(|_| ())
+            })
+            .await;
+            match waited {
+                Ok(Ok(())) => Ok(lsn),
+                Ok(Err(_)) => Err(PrimaryError::ShuttingDown),
+                Err(_) => {
+                    let commit_lsn = *rx.borrow();
+                    warn!(lsn, commit_lsn, "commit timed out: record stays tentative");
+                    Err(PrimaryError::CommitTimeout { lsn })
+                }
+            }
+        }
+    }
+
+    /// The commit watermark: every lsn up to it is committed under the quorum policy.
+    pub fn commit_lsn(&self) -> Lsn {
+        *self.shared.commit_rx.borrow()
+    }
+
+    /// The local durable lsn.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.shared.wal.durable_lsn()
+    }
+
+    /// Epoch, durable/commit lsn and per-replica progress.
+    pub fn status(&self) -> PrimaryStatus {
+        let s = self.shared.status();
+        PrimaryStatus {
+            node_id: self.shared.node_id.clone(),
+            epoch: s.epoch,
+            quorum: self.shared.lock_state().core.quorum(),
+            durable_lsn: s.durable_lsn,
+            commit_lsn: self.commit_lsn().max(s.commit_lsn),
+            replicas: s.replicas,
+        }
+    }
+
+    /// The address the QUIC server is bound to.
+    pub fn local_addr(&self) -> Result<SocketAddr, PrimaryError> {
+        self.endpoint.local_addr().map_err(|source| {
+            PrimaryError::Endpoint(EndpointError::Bind {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source,
+            })
+        })
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Arms a fault for the next record shipped to `replica_id` (demo/test use only; the
+    /// stored bytes stay intact, only the shipped copy is altered).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fault(&self, replica_id: &str, fault: ShipFault) -> Result<(), PrimaryError> {
+        self.shared
+            .lock_state()
+            .core
+            .inject_fault(replica_id, fault)?;
+        warn!(replica = replica_id, ?fault, "fault injection armed");
+        Ok(())
+    }
+
+    /// Stops serving: closes every replica connection, stops the core, writes the final commit
+    /// watermark and releases the data directory lock. Appends in flight fail with
+    /// [`PrimaryError::ShuttingDown`] or complete.
+    pub async fn shutdown(mut self) {
+        self.stop();
+        if let Some(task) = self.accept_task.take() {
+            let _ = task.await;
+        }
+        let threads: Vec<_> = [self.core_thread.take(), self.persist_thread.take()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        self.lock.take();
+        info!(node = %self.shared.node_id, "primary stopped");
+    }
+
+    fn stop(&self) {
+        self.shared.shutting_down.store(true, Ordering::Release);
+        self.endpoint.close(
+            driver::close_code::SHUTDOWN.into(),
+            b"primary shutting down",
+        );
+        let _ = self.shared.core_tx.send(CoreMsg::Shutdown);
+    }
+}
+
+impl Drop for Primary {
+    fn drop(&mut self) {
+        if self.core_thread.is_some() {
+            // Dropped without shutdown(): stop the background work, do not wait for it.
+            self.stop();
+        }
+    }
 }

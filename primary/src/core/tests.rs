@@ -359,8 +359,10 @@ fn matching_hello_gets_welcome_and_records_from_its_next_lsn() {
     assert_eq!(w.primary_last, log.pos(10));
     assert_eq!(w.epoch, 1);
     assert_eq!(shipped_lsns(&batches(&a, 1)), Some((7, 10)));
-    // Its Hello position counts as a durable copy: with majority of 2 that commits lsn 6.
-    assert_eq!(c.commit_lsn(), 6);
+    // Only receipts count as durable copies, not the Hello position.
+    assert_eq!(c.commit_lsn(), 0);
+    let a = receipt(&mut c, &mut log, 1, 6);
+    assert_eq!(commit_advanced(&a), Some(6));
 }
 
 #[test]

@@ -1,0 +1,394 @@
+//! The tokio/quinn driver around [`PrimaryCore`].
+//!
+//! Threads and tasks:
+//! - the **core thread** (a std thread) owns the event loop: it receives events from the
+//!   connection tasks and the WAL's durable listener, feeds them to the core under the state
+//!   lock (the core reads batches from the mmap'd WAL, so page faults of a catch-up never
+//!   block the async runtime) and performs the actions: frames go to the connection's writer
+//!   task, closes are logged with the node id, commit advances wake appenders through a
+//!   `watch` channel and are handed to the persister;
+//! - the **persister thread** writes `state/commit`, coalescing advances (the watermark file
+//!   is a recovery hint; acknowledging an append does not wait for it, see
+//!   `spec/protocol.md`, "Commit watermark");
+//! - the **accept task** and one **connection task** per replica (quinn): mutual TLS already
+//!   refused unknown CAs and unlisted names; the task reads frames from the bi stream the
+//!   replica opened and forwards them to the core, and a writer task writes the core's frames.
+//!   A malformed or oversized frame or a connection error closes THAT connection with a
+//!   logged reason; nothing else is affected.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc as tmpsc, watch};
+use tracing::{debug, error, info, warn, Instrument};
+use walship_wal::state::NodeDir;
+use walship_wal::{FsStorage, Lsn, SharedWal};
+use walship_wire::frame::{encode_frame, read_frame, MAX_FRAME_BYTES};
+use walship_wire::Message;
+
+use crate::core::{Action, CloseReason, ConnId, CoreStatus, Event, PrimaryCore};
+use crate::log::WalLog;
+
+/// Period of the core's Tick (re-evaluates windows; keeps status fresh).
+const TICK: Duration = Duration::from_millis(100);
+/// Minimum interval between two writes of `state/commit`.
+const PERSIST_INTERVAL: Duration = Duration::from_millis(20);
+/// How long a refused replica gets to read the `Refuse` frame before the connection closes.
+const REFUSE_LINGER: Duration = Duration::from_secs(1);
+/// How long a connected replica may take to open its stream.
+const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The writer coalesces queued frames into one write up to this size.
+const WRITE_COALESCE_BYTES: usize = 1024 * 1024;
+
+/// QUIC application close codes used by the primary.
+pub mod close_code {
+    /// Orderly shutdown of the primary.
+    pub const SHUTDOWN: u32 = 0;
+    /// The handshake was refused (a `Refuse` frame was sent first).
+    pub const REFUSED: u32 = 1;
+    /// The replica broke the protocol (malformed/oversized frame, unexpected message).
+    pub const PROTOCOL: u32 = 2;
+    /// A newer connection of the same replica replaced this one.
+    pub const SUPERSEDED: u32 = 3;
+    /// The primary could not read its own log.
+    pub const LOG_ERROR: u32 = 4;
+}
+
+/// What the core thread receives.
+pub(crate) enum CoreMsg {
+    /// A connection passed TLS and opened its stream; frames for it go to `tx`.
+    Register {
+        conn: ConnId,
+        node_id: String,
+        tx: tmpsc::UnboundedSender<Outgoing>,
+    },
+    /// An event for the core.
+    Event(Event),
+    /// The WAL's durable lsn advanced.
+    Durable,
+    /// Stop the loop.
+    Shutdown,
+}
+
+/// What a connection's writer task receives.
+pub(crate) enum Outgoing {
+    Frame(Message),
+    Close(CloseReason),
+}
+
+/// The core and the log it reads, under one lock (the core thread and `status()` take it).
+pub(crate) struct CoreState {
+    pub(crate) core: PrimaryCore,
+    pub(crate) log: WalLog<FsStorage>,
+}
+
+/// State shared by the embedding API and the driver.
+pub(crate) struct Shared {
+    pub(crate) node_id: String,
+    pub(crate) members: Vec<String>,
+    pub(crate) wal: Arc<SharedWal<FsStorage>>,
+    pub(crate) state: Mutex<CoreState>,
+    pub(crate) core_tx: mpsc::Sender<CoreMsg>,
+    pub(crate) commit_rx: watch::Receiver<Lsn>,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) next_conn: AtomicU64,
+    pub(crate) started: Instant,
+}
+
+impl Shared {
+    pub(crate) fn lock_state(&self) -> MutexGuard<'_, CoreState> {
+        // A panic under the lock is a broken invariant that already took its thread down.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub(crate) fn status(&self) -> CoreStatus {
+        let now = self.now_ms();
+        let mut st = self.lock_state();
+        let CoreState { core, log } = &mut *st;
+        if let Err(e) = log.refresh() {
+            warn!(error = %e, "status: cannot read the durable position");
+        }
+        core.status(log, now)
+    }
+}
+
+/// Registers the WAL durable listener: it wakes the core thread, with at most one wake-up
+/// queued (`pending` is cleared by the core thread when it takes the wake-up).
+pub(crate) fn install_durable_listener(
+    wal: &SharedWal<FsStorage>,
+    tx: mpsc::Sender<CoreMsg>,
+    pending: Arc<AtomicBool>,
+) {
+    wal.set_durable_listener(Box::new(move |_lsn| {
+        if !pending.swap(true, Ordering::AcqRel) {
+            // The core thread is gone only during shutdown: nothing left to wake.
+            let _ = tx.send(CoreMsg::Durable);
+        }
+    }));
+}
+
+/// The core thread's loop. Returns when told to shut down or when every sender is gone.
+pub(crate) fn run_core(
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<CoreMsg>,
+    commit_tx: watch::Sender<Lsn>,
+    persist_tx: mpsc::Sender<Lsn>,
+    durable_pending: Arc<AtomicBool>,
+) {
+    let span = tracing::info_span!("primary_core", node = %shared.node_id);
+    let _g = span.enter();
+    let mut conns: HashMap<ConnId, (String, tmpsc::UnboundedSender<Outgoing>)> = HashMap::new();
+    loop {
+        let event = match rx.recv_timeout(TICK) {
+            Ok(CoreMsg::Register { conn, node_id, tx }) => {
+                info!(replica = %node_id, conn, "replica connected");
+                conns.insert(conn, (node_id.clone(), tx));
+                Event::Connected { conn, node_id }
+            }
+            Ok(CoreMsg::Event(e)) => e,
+            Ok(CoreMsg::Durable) => {
+                // Cleared before the durable lsn is read: a later advance queues a new wake-up.
+                durable_pending.store(false, Ordering::Release);
+                Event::LocalDurable
+            }
+            Ok(CoreMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => Event::Tick,
+        };
+        let disconnected = match &event {
+            Event::Disconnected { conn } => Some(*conn),
+            _ => None,
+        };
+        let actions = {
+            let now = shared.now_ms();
+            let mut st = shared.lock_state();
+            let CoreState { core, log } = &mut *st;
+            if let Err(e) = log.refresh() {
+                error!(error = %e, "cannot read the local durable position");
+            }
+            core.handle(event, log, now)
+        };
+        for action in actions {
+            match action {
+                Action::Send { conn, msg } => {
+                    if let Some((_, tx)) = conns.get(&conn) {
+                        // The writer is gone only if the connection already ended.
+                        let _ = tx.send(Outgoing::Frame(msg));
+                    }
+                }
+                Action::Close { conn, reason } => {
+                    if let Some((node_id, tx)) = conns.remove(&conn) {
+                        warn!(replica = %node_id, conn, %reason, "closing replica connection");
+                        let _ = tx.send(Outgoing::Close(reason));
+                    }
+                }
+                Action::CommitAdvanced { commit_lsn } => {
+                    debug!(commit_lsn, "commit advanced");
+                    commit_tx.send_if_modified(|c| {
+                        let advanced = commit_lsn > *c;
+                        *c = (*c).max(commit_lsn);
+                        advanced
+                    });
+                    let _ = persist_tx.send(commit_lsn);
+                }
+            }
+        }
+        if let Some(conn) = disconnected {
+            if let Some((node_id, _)) = conns.remove(&conn) {
+                info!(replica = %node_id, conn, "replica disconnected");
+            }
+        }
+    }
+    // Dropping the writers' senders ends their tasks; the endpoint close ends the connections.
+    debug!("core thread stopped");
+}
+
+/// The persister's loop: writes the newest commit watermark, at most every PERSIST_INTERVAL.
+/// Ends when the core thread (the only sender) is gone, after writing the last value.
+pub(crate) fn run_persister(
+    node_dir: NodeDir<FsStorage>,
+    rx: mpsc::Receiver<Lsn>,
+    node_id: String,
+) {
+    let span = tracing::info_span!("primary_persist", node = %node_id);
+    let _g = span.enter();
+    let mut written: Lsn = 0;
+    while let Ok(mut lsn) = rx.recv() {
+        std::thread::sleep(PERSIST_INTERVAL);
+        while let Ok(l) = rx.try_recv() {
+            lsn = lsn.max(l);
+        }
+        if lsn <= written {
+            continue;
+        }
+        match node_dir.set_commit_lsn(lsn) {
+            Ok(()) => written = lsn,
+            // The watermark file is a hint; the next advance retries with a newer value.
+            Err(e) => error!(commit_lsn = lsn, error = %e, "cannot persist the commit watermark"),
+        }
+    }
+}
+
+/// Accepts replica connections until the endpoint closes.
+pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        if shared.shutting_down.load(Ordering::Acquire) {
+            incoming.refuse();
+            continue;
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Certificates from another CA and names outside the member list end here.
+                    warn!(%remote, error = %e, "replica connection refused during the mutual-TLS handshake");
+                    return;
+                }
+            };
+            let Some(node_id) = walship_wire::peer_node_id(&conn, &shared.members) else {
+                warn!(%remote, "peer certificate names no member: closing");
+                conn.close(close_code::REFUSED.into(), b"not a member");
+                return;
+            };
+            let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+            let span = tracing::info_span!("replica_conn", replica = %node_id, conn = id, %remote);
+            serve_connection(conn, id, node_id, shared)
+                .instrument(span)
+                .await;
+        });
+    }
+    debug!("accept loop ended");
+}
+
+async fn serve_connection(
+    conn: quinn::Connection,
+    id: ConnId,
+    node_id: String,
+    shared: Arc<Shared>,
+) {
+    let (send, mut recv) = match tokio::time::timeout(STREAM_OPEN_TIMEOUT, conn.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            info!(error = %e, "connection ended before the replica opened its stream");
+            return;
+        }
+        Err(_) => {
+            warn!("replica opened no stream in time: closing");
+            conn.close(close_code::PROTOCOL.into(), b"no stream opened");
+            return;
+        }
+    };
+    let (tx, rx) = tmpsc::unbounded_channel();
+    if shared
+        .core_tx
+        .send(CoreMsg::Register {
+            conn: id,
+            node_id: node_id.clone(),
+            tx,
+        })
+        .is_err()
+    {
+        conn.close(close_code::SHUTDOWN.into(), b"primary shutting down");
+        return;
+    }
+    let writer =
+        tokio::spawn(write_frames(conn.clone(), send, rx).instrument(tracing::Span::current()));
+    loop {
+        match read_frame(&mut recv, MAX_FRAME_BYTES).await {
+            Ok(Some(msg)) => {
+                let event = Event::Received { conn: id, msg };
+                if shared.core_tx.send(CoreMsg::Event(event)).is_err() {
+                    break;
+                }
+            }
+            Ok(None) => {
+                info!("replica finished its stream");
+                break;
+            }
+            Err(e) if e.is_session_end() => {
+                info!(error = %e, "replica session ended");
+                break;
+            }
+            Err(e) => {
+                warn!(replica = %node_id, error = %e, "closing replica connection: bad frame");
+                let reason = e.to_string();
+                conn.close(close_code::PROTOCOL.into(), reason.as_bytes());
+                break;
+            }
+        }
+    }
+    let _ = shared
+        .core_tx
+        .send(CoreMsg::Event(Event::Disconnected { conn: id }));
+    // The core drops the writer's sender on Disconnected; the writer then ends.
+    let _ = writer.await;
+    conn.close(close_code::SHUTDOWN.into(), b"session over");
+}
+
+/// Writes the core's frames, coalescing what is queued into one stream write.
+async fn write_frames(
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut rx: tmpsc::UnboundedReceiver<Outgoing>,
+) {
+    let mut buf = Vec::with_capacity(WRITE_COALESCE_BYTES);
+    let mut close = None;
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Outgoing::Frame(msg) => {
+                    if let Err(e) = encode_frame(&msg, &mut buf) {
+                        // Only a broken invariant (a batch above the frame limit) gets here.
+                        error!(error = %e, kind = msg.kind(), "cannot encode a frame: closing");
+                        close = Some(CloseReason::LogRead {
+                            lsn: 0,
+                            error: e.to_string(),
+                        });
+                        break;
+                    }
+                }
+                Outgoing::Close(reason) => {
+                    close = Some(reason);
+                    break;
+                }
+            }
+            if buf.len() < WRITE_COALESCE_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !buf.is_empty() {
+            if let Err(e) = send.write_all(&buf).await {
+                debug!(error = %e, "stream write failed: the session ended");
+                return;
+            }
+        }
+        if let Some(reason) = close.take() {
+            let code = match reason {
+                CloseReason::Refused(_) => close_code::REFUSED,
+                CloseReason::UnexpectedMessage { .. }
+                | CloseReason::ReceiptBeyondShipped { .. } => close_code::PROTOCOL,
+                CloseReason::Superseded { .. } => close_code::SUPERSEDED,
+                CloseReason::LogRead { .. } => close_code::LOG_ERROR,
+            };
+            if code == close_code::REFUSED {
+                // Let the replica read the Refuse frame before the connection goes.
+                let _ = send.finish();
+                let _ = tokio::time::timeout(REFUSE_LINGER, send.stopped()).await;
+            }
+            let text = reason.to_string();
+            conn.close(code.into(), &text.as_bytes()[..text.len().min(512)]);
+            return;
+        }
+    }
+    let _ = send.finish();
+}

@@ -1,0 +1,284 @@
+//! [`LogSource`] implementations over the WAL: [`WalLog`] over a `SharedWal` (the tokio
+//! driver) and [`WalRef`] over a borrowed `Wal` (the deterministic simulator).
+
+use std::sync::Arc;
+
+use walship_wal::{Lsn, Position, SharedWal, Storage, Wal, WalError, WalReader};
+
+use crate::core::{LogBatch, LogSource};
+
+/// Readers kept open for sequential shipping (one per replica stream, plus slack).
+const MAX_CACHED_READERS: usize = 8;
+
+/// The primary's log seen through a [`SharedWal`]: readers are cached per stream position so
+/// a replica catching up reads sequentially from the mmap, and batches are cut at the durable
+/// lsn. Call [`WalLog::refresh`] before handing it to the core so [`LogSource::durable`] is
+/// current.
+pub struct WalLog<S: Storage> {
+    wal: Arc<SharedWal<S>>,
+    durable: Position,
+    readers: Vec<WalReader<S>>,
+}
+
+impl<S: Storage> std::fmt::Debug for WalLog<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalLog")
+            .field("durable", &self.durable)
+            .field("readers", &self.readers.len())
+            .finish()
+    }
+}
+
+impl<S: Storage> WalLog<S> {
+    /// Wraps the shared WAL and reads its durable position.
+    pub fn new(wal: Arc<SharedWal<S>>) -> Result<WalLog<S>, WalError> {
+        let mut log = WalLog {
+            wal,
+            durable: Position::ZERO,
+            readers: Vec::new(),
+        };
+        log.durable = log.durable_position(log.wal.durable_lsn())?;
+        Ok(log)
+    }
+
+    /// The shared WAL.
+    pub fn wal(&self) -> &Arc<SharedWal<S>> {
+        &self.wal
+    }
+
+    /// Re-reads the durable lsn of the WAL and, if it moved, its position.
+    pub fn refresh(&mut self) -> Result<(), WalError> {
+        let lsn = self.wal.durable_lsn();
+        if lsn != self.durable.lsn {
+            self.durable = self.durable_position(lsn)?;
+        }
+        Ok(())
+    }
+
+    fn durable_position(&self, lsn: Lsn) -> Result<Position, WalError> {
+        let pos = self.wal.with(|w| {
+            let last = w.last();
+            if last.lsn == lsn {
+                Ok(Some(last))
+            } else {
+                w.position_at(lsn)
+            }
+        })?;
+        // The durable lsn is always retained and <= last: a missing position is a WAL bug.
+        pos.ok_or(WalError::OutOfRange {
+            lsn,
+            min: 0,
+            max: self.wal.last().lsn,
+        })
+    }
+
+    fn take_reader(&mut self, from_lsn: Lsn) -> Result<WalReader<S>, WalError> {
+        if let Some(i) = self
+            .readers
+            .iter()
+            .position(|r| r.position().lsn + 1 == from_lsn && r.end_lsn() >= from_lsn)
+        {
+            return Ok(self.readers.swap_remove(i));
+        }
+        self.wal.reader(from_lsn)
+    }
+
+    fn keep_reader(&mut self, reader: WalReader<S>) {
+        if self.readers.len() >= MAX_CACHED_READERS {
+            self.readers.remove(0);
+        }
+        self.readers.push(reader);
+    }
+}
+
+impl<S: Storage> LogSource for WalLog<S> {
+    fn position_at(&mut self, lsn: Lsn) -> Result<Option<Position>, WalError> {
+        self.wal.with(|w| w.position_at(lsn))
+    }
+
+    fn durable(&self) -> Position {
+        self.durable
+    }
+
+    fn first_lsn(&self) -> Lsn {
+        self.wal.with(|w| w.first_lsn())
+    }
+
+    fn read_batch(
+        &mut self,
+        from_lsn: Lsn,
+        max_bytes: usize,
+    ) -> Result<Option<LogBatch>, WalError> {
+        if from_lsn == 0 || from_lsn > self.durable.lsn {
+            return Ok(None);
+        }
+        let mut reader = self.take_reader(from_lsn)?;
+        let batch = match reader.next_batch(max_bytes) {
+            Some(b) => b?,
+            None => {
+                // A cached reader can only end early if the WAL shrank under it: start afresh.
+                reader = self.wal.reader(from_lsn)?;
+                match reader.next_batch(max_bytes) {
+                    Some(b) => b?,
+                    None => return Ok(None),
+                }
+            }
+        };
+        assert_eq!(batch.first_lsn, from_lsn, "WAL reader returned another lsn");
+        if batch.last.lsn <= self.durable.lsn {
+            let out = (
+                batch.first_lsn,
+                batch.count,
+                batch.last,
+                batch.bytes().to_vec(),
+            );
+            self.keep_reader(reader);
+            return Ok(Some(out));
+        }
+        // The reader saw records written after the last sync: ship only the durable prefix
+        // (the reader is now ahead of the stream and is dropped).
+        let mut len = 0usize;
+        let mut count = 0u32;
+        let mut last = Position::ZERO;
+        for rec in batch.records() {
+            if rec.lsn() > self.durable.lsn {
+                break;
+            }
+            len += rec.bytes().len();
+            count += 1;
+            last = rec.position();
+        }
+        assert!(
+            count > 0,
+            "from_lsn <= durable, so the first record is durable"
+        );
+        Ok(Some((from_lsn, count, last, batch.bytes()[..len].to_vec())))
+    }
+}
+
+/// A borrowed [`Wal`] as a [`LogSource`] (for the simulator, which drives a `Wal<SimStorage>`
+/// itself). Reads open a fresh reader each time; fine at simulation scale.
+pub struct WalRef<'a, S: Storage> {
+    wal: &'a mut Wal<S>,
+    durable: Position,
+}
+
+impl<'a, S: Storage> WalRef<'a, S> {
+    /// Borrows the WAL and reads its durable position.
+    pub fn new(wal: &'a mut Wal<S>) -> Result<WalRef<'a, S>, WalError> {
+        let lsn = wal.durable_lsn();
+        let last = wal.last();
+        let durable = if last.lsn == lsn {
+            last
+        } else {
+            wal.position_at(lsn)?.ok_or(WalError::OutOfRange {
+                lsn,
+                min: 0,
+                max: last.lsn,
+            })?
+        };
+        Ok(WalRef { wal, durable })
+    }
+}
+
+impl<S: Storage> LogSource for WalRef<'_, S> {
+    fn position_at(&mut self, lsn: Lsn) -> Result<Option<Position>, WalError> {
+        self.wal.position_at(lsn)
+    }
+
+    fn durable(&self) -> Position {
+        self.durable
+    }
+
+    fn first_lsn(&self) -> Lsn {
+        self.wal.first_lsn()
+    }
+
+    fn read_batch(
+        &mut self,
+        from_lsn: Lsn,
+        max_bytes: usize,
+    ) -> Result<Option<LogBatch>, WalError> {
+        if from_lsn == 0 || from_lsn > self.durable.lsn {
+            return Ok(None);
+        }
+        let mut reader = self.wal.reader(from_lsn)?;
+        let Some(batch) = reader.next_batch(max_bytes) else {
+            return Ok(None);
+        };
+        let batch = batch?;
+        let mut len = 0usize;
+        let mut count = 0u32;
+        let mut last = Position::ZERO;
+        for rec in batch.records() {
+            if rec.lsn() > self.durable.lsn {
+                break;
+            }
+            len += rec.bytes().len();
+            count += 1;
+            last = rec.position();
+        }
+        assert!(
+            count > 0,
+            "from_lsn <= durable, so the first record is durable"
+        );
+        Ok(Some((from_lsn, count, last, batch.bytes()[..len].to_vec())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use walship_wal::sim::SimStorage;
+    use walship_wal::{decode_record, WalOptions};
+
+    fn sim_wal(records: usize) -> Wal<SimStorage> {
+        let storage = SimStorage::new(7);
+        let (mut wal, _) = Wal::open(storage, std::path::Path::new("/w"), WalOptions::default())
+            .expect("open sim wal");
+        for i in 0..records {
+            wal.append(format!("record {i}").as_bytes())
+                .expect("append");
+        }
+        wal
+    }
+
+    #[test]
+    fn wal_log_ships_only_the_durable_prefix_and_reuses_its_reader() {
+        let mut wal = sim_wal(10);
+        wal.sync().expect("sync");
+        wal.append(b"not durable").expect("append");
+        let shared = SharedWal::new(wal);
+        let mut log = WalLog::new(shared.clone()).expect("log");
+        assert_eq!(log.durable().lsn, 10);
+        let (first, count, last, bytes) = log.read_batch(1, 64).expect("read").expect("batch");
+        assert_eq!(first, 1);
+        assert!(count >= 1 && last.lsn == u64::from(count));
+        assert_eq!(decode_record(&bytes, 1024).expect("valid").lsn(), 1);
+        let (first, _, last, _) = log
+            .read_batch(last.lsn + 1, 1 << 20)
+            .expect("read")
+            .expect("batch");
+        assert!(first > 1);
+        assert_eq!(last.lsn, 10, "cut at the durable lsn");
+        assert_eq!(log.read_batch(11, 1 << 20).expect("read"), None);
+        shared.wait_durable(11).expect("sync");
+        log.refresh().expect("refresh");
+        let (first, count, _, _) = log.read_batch(11, 1 << 20).expect("read").expect("batch");
+        assert_eq!((first, count), (11, 1));
+        assert_eq!(log.position_at(0).expect("pos"), Some(Position::ZERO));
+        assert_eq!(log.position_at(12).expect("pos"), None);
+    }
+
+    #[test]
+    fn wal_ref_reads_batches_up_to_durable() {
+        let mut wal = sim_wal(5);
+        wal.sync().expect("sync");
+        wal.append(b"tail").expect("append");
+        let mut log = WalRef::new(&mut wal).expect("ref");
+        assert_eq!(log.durable().lsn, 5);
+        let (first, count, last, _) = log.read_batch(2, 1 << 20).expect("read").expect("batch");
+        assert_eq!((first, count, last.lsn), (2, 4, 5));
+        assert_eq!(log.read_batch(6, 1 << 20).expect("read"), None);
+    }
+}
