@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 use walship_wal::state::NodeDir;
 use walship_wal::OpenReport;
-use walship_wal::{FsStorage, Lsn, Wal, WalError};
+use walship_wal::{Lsn, Storage, Wal, WalError};
 use walship_wire::message::Message;
 use walship_wire::CloseCode;
 use walship_wire::{read_frame, FrameError, FrameWriter, MAX_FRAME_BYTES};
@@ -115,14 +115,14 @@ fn halted_shared(
 
 /// Opens the node's state and WAL, replays committed records to the applier,
 /// and starts the driver thread. Returns no driver for a halted replica.
-pub(crate) fn start(
+pub(crate) fn start<S: Storage>(
+    storage: S,
     config: ReplicaConfig,
     applier: Box<dyn Applier>,
 ) -> Result<(Arc<Shared>, Option<DriverHandle>), ReplicaError> {
     let span = tracing::info_span!("replica", node = %config.node_id);
     let _enter = span.enter();
-    let storage = FsStorage;
-    let node_dir = NodeDir::open(storage, &config.data_dir)?;
+    let node_dir = NodeDir::open(storage.clone(), &config.data_dir)?;
     let state_dir = node_dir.state_dir().to_path_buf();
     let commit_lsn = node_dir.commit_lsn()?;
     let epoch_history = node_dir.epochs()?;
@@ -147,7 +147,7 @@ pub(crate) fn start(
         .load()
         .map_err(walship_wire::EndpointError::from)?;
 
-    let (wal, report) = match Wal::open(storage, node_dir.wal_dir(), config.wal) {
+    let (wal, report) = match Wal::open(storage.clone(), node_dir.wal_dir(), config.wal) {
         Ok(x) => x,
         Err(WalError::Corruption(report)) => {
             // FM-X.6: the replica refuses to start; the halt names where. Nothing is cut.
@@ -294,11 +294,11 @@ async fn read_loop(mut recv: quinn::RecvStream, tx: mpsc::Sender<Inbound>) {
     }
 }
 
-struct Driver {
+struct Driver<S: Storage> {
     config: ReplicaConfig,
     core: ReplicaCore,
-    wal: Wal<FsStorage>,
-    node_dir: NodeDir<FsStorage>,
+    wal: Wal<S>,
+    node_dir: NodeDir<S>,
     state_dir: PathBuf,
     applier: Box<dyn Applier>,
     shared: Arc<Shared>,
@@ -315,7 +315,7 @@ struct Driver {
     connected: bool,
 }
 
-impl Driver {
+impl<S: Storage> Driver<S> {
     /// Feeds one event to the core and performs the resulting actions.
     fn feed(&mut self, event: Event) -> Result<(), ReplicaError> {
         let actions = self.core.handle(event, now_unix_ms(), &mut self.wal)?;
@@ -538,6 +538,9 @@ impl Driver {
         )?;
         let result = self.sessions_loop(&endpoint, stop).await;
         endpoint.close(CloseCode::ShuttingDown.code(), b"replica stopping");
+        // Let quinn send the CONNECTION_CLOSE before the runtime goes away, so the
+        // primary learns at once instead of after its idle timeout.
+        let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
         result
     }
 
@@ -630,7 +633,9 @@ impl Driver {
             .await;
         reader.abort();
         self.connected = false;
-        let (code, why) = if self.halted {
+        let (code, why) = if let Err(e) = &result {
+            (CloseCode::ShuttingDown, format!("node stopped: {e}"))
+        } else if self.halted {
             (CloseCode::Halted, "replica halted".to_string())
         } else if let Some((_, reason)) = &self.reconnect {
             let code = match reason {

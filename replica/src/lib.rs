@@ -51,7 +51,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use walship_wal::state::{DirLock, StateError};
-use walship_wal::{Lsn, Position, WalError, WalOptions};
+use walship_wal::{FsStorage, Lsn, Position, Storage, WalError, WalOptions};
 use walship_wire::{EndpointError, TlsFiles, TransportOptions};
 
 pub use crate::core::{Action, CoreConfig, DurableState, Event, Phase, ReplicaCore, SessionEnd};
@@ -333,13 +333,27 @@ impl Replica {
             source,
         })?;
         let lock = DirLock::acquire(&config.data_dir)?;
+        let mut replica = Replica::open_with_storage(FsStorage, config, applier)?;
+        replica.lock = Some(lock);
+        Ok(replica)
+    }
+
+    /// Like [`Replica::open`] over any [`Storage`] (e.g. `walship_wal::sim::SimStorage`
+    /// for fault-injection tests), without `DIR/LOCK` (an flock needs the real file
+    /// system): the caller guarantees that nothing else uses the directory.
+    pub fn open_with_storage<S: Storage>(
+        storage: S,
+        config: ReplicaConfig,
+        applier: impl Applier,
+    ) -> Result<Replica, ReplicaError> {
+        config.validate()?;
         let node_id = config.node_id.clone();
-        let (shared, driver) = driver::start(config, Box::new(applier))?;
+        let (shared, driver) = driver::start(storage, config, Box::new(applier))?;
         Ok(Replica {
             node_id,
             shared,
             driver,
-            lock: Some(lock),
+            lock: None,
         })
     }
 

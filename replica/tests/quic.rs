@@ -482,3 +482,93 @@ async fn fm_x_1_datagram_loss_duplication_reordering_and_corruption_never_halt()
     replica.shutdown().await.expect("shutdown");
     assert_eq!(wal_last(&f.data), log.last());
 }
+
+/// Streams 1..=3 to a replica on a simulated disk, arms `fault`, sends 4..=5,
+/// and checks the node stops without a halt and without receipting 4..=5; then
+/// crashes the disk, restarts, and checks it resumes from lsn 3 to 5.
+async fn local_io_failure_stops_node_then_restart_resumes(
+    seed: u64,
+    fault: impl FnOnce(&walship_wal::sim::SimStorage),
+) {
+    use walship_wal::sim::SimStorage;
+    let f = fixture();
+    let sim = SimStorage::new(seed);
+    let data = std::path::Path::new("/r1");
+    let log = Log::build(5, 1, "payload-that-is-not-tiny");
+    let replica = Replica::open_with_storage(
+        sim.clone(),
+        config(data, &f.certs, f.primary.addr, "p1"),
+        f.applier.clone(),
+    )
+    .expect("open");
+    let mut s = f.primary.accept().await;
+    s.welcome(&log, 1, 0).await;
+    s.send(Message::Records(log.batch(1, 3, 3))).await;
+    s.wait_receipt(3).await;
+    wait_for(&replica, "applied 3", |st| st.applied_lsn == 3).await;
+    fault(&sim);
+    s.send(Message::Records(log.batch(4, 5, 5))).await;
+    while let Some(msg) = s.recv().await {
+        assert!(
+            !matches!(msg, Message::Receipt { durable_lsn } if durable_lsn > 3),
+            "no receipt for records that are not durable: {msg:?}"
+        );
+    }
+    let st = wait_for(&replica, "node stop", |st| {
+        matches!(st.state, ReplicaState::Stopped(_))
+    })
+    .await;
+    assert!(st.halt().is_none(), "a local I/O failure is not a halt");
+    assert!(matches!(
+        replica.shutdown().await,
+        Err(ReplicaError::Wal(_))
+    ));
+    assert!(walship_replica::read_halt(&sim, &data.join("state"))
+        .expect("read")
+        .is_none());
+    assert_eq!(f.applier.lsns(), vec![1, 2, 3]);
+
+    sim.clear_faults();
+    sim.crash();
+    let replica = Replica::open_with_storage(
+        sim.clone(),
+        config(data, &f.certs, f.primary.addr, "p1"),
+        f.applier.clone(),
+    )
+    .expect("reopen after the crash");
+    let mut s = f.primary.accept().await;
+    assert_eq!(
+        s.hello.last, log.positions[2],
+        "resumes from its real durable lsn"
+    );
+    s.welcome(&log, 1, 3).await;
+    s.send(Message::Records(log.batch(4, 5, 5))).await;
+    s.wait_receipt(5).await;
+    wait_for(&replica, "applied 5", |st| st.applied_lsn == 5).await;
+    assert_eq!(f.applier.lsns(), (1..=5).collect::<Vec<_>>());
+    replica.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn fm_x_4_failed_fsync_stops_replica_without_receipt_or_halt_and_restart_resumes() {
+    use walship_wal::Storage;
+    local_io_failure_stops_node_then_restart_resumes(11, |sim| {
+        let wal_dir = std::path::Path::new("/r1/wal");
+        let seg = sim
+            .list(wal_dir)
+            .expect("wal dir")
+            .into_iter()
+            .find(|n| n.ends_with(".wal"))
+            .expect("a segment");
+        sim.fail_next_sync(&wal_dir.join(seg)).expect("arm");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn fm_x_12_disk_full_stops_replica_without_receipt_or_halt_and_restart_resumes() {
+    local_io_failure_stops_node_then_restart_resumes(12, |sim| {
+        sim.set_capacity_bytes(sim.used_bytes() + 10);
+    })
+    .await;
+}
