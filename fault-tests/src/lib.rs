@@ -19,7 +19,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod clock;
+pub mod matrix;
 pub mod net;
 pub mod rng;
+pub mod sim;
 pub mod trace;
+pub mod world;

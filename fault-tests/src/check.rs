@@ -1,0 +1,365 @@
+//! Invariant checkers: components of their own, each judging the whole
+//! [`World`] after every step against the [`crate::world::Oracle`].
+//!
+//! A checker returns the first [`Violation`] it finds; the simulator stops
+//! the run there and prints the seed, the invariant and the trace tail.
+
+use walship_wal::{Lsn, Position};
+
+use crate::net::NodeId;
+use crate::world::{node_name, World, PRIMARY};
+
+/// A broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The checker (invariant) name.
+    pub invariant: &'static str,
+    /// The spec IDs the invariant proves.
+    pub spec: &'static str,
+    /// What was found.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} [{}]: {}", self.invariant, self.spec, self.detail)
+    }
+}
+
+/// One invariant.
+pub trait Checker {
+    /// Short name of the invariant.
+    fn name(&self) -> &'static str;
+    /// Spec IDs it proves.
+    fn spec(&self) -> &'static str;
+    /// Checks the world after a step.
+    fn check(&mut self, w: &World) -> Result<(), String>;
+}
+
+/// The standard set of checkers for a simulation run.
+pub fn standard_checkers() -> Vec<Box<dyn Checker>> {
+    vec![
+        Box::new(ActionInvariants),
+        Box::new(AckedCommitsSurvive),
+        Box::new(ReplicaIsPrefix::default()),
+        Box::new(AppliedIsCommittedInOrder),
+        Box::new(HaltedReplicaFrozen),
+        Box::new(NoHaltWithoutCause),
+    ]
+}
+
+/// Runs every checker; the first violation wins.
+pub fn check_all(checkers: &mut [Box<dyn Checker>], w: &World) -> Result<(), Violation> {
+    for c in checkers.iter_mut() {
+        if let Err(detail) = c.check(w) {
+            return Err(Violation {
+                invariant: c.name(),
+                spec: c.spec(),
+                detail,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Replica `n`'s record identity at `lsn`, if it is up and has it.
+fn replica_position(w: &World, n: NodeId, lsn: Lsn) -> Option<Position> {
+    let u = w.replica(n).up.as_ref()?;
+    u.wal.position_at(lsn).ok().flatten()
+}
+
+/// Violations the world itself noticed while performing actions.
+pub struct ActionInvariants;
+
+impl Checker for ActionInvariants {
+    fn name(&self) -> &'static str {
+        "driver-observed invariants"
+    }
+    fn spec(&self) -> &'static str {
+        "FM-3.1, FM-10.1"
+    }
+    fn check(&mut self, w: &World) -> Result<(), String> {
+        match w.oracle.action_violations.first() {
+            Some((what, detail)) => Err(format!("{what}: {detail}")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// No record acknowledged to a client is lost: it stays in the primary's
+/// log, and at least `receipts_needed` replicas hold it durably (a quorum of
+/// disks, the primary's counting as one).
+pub struct AckedCommitsSurvive;
+
+impl Checker for AckedCommitsSurvive {
+    fn name(&self) -> &'static str {
+        "acknowledged commits survive"
+    }
+    fn spec(&self) -> &'static str {
+        "FM-3.2, FM-X.11, FM-4.1"
+    }
+    fn check(&mut self, w: &World) -> Result<(), String> {
+        let hist = &w.oracle.primary_history;
+        for (&lsn, pos) in &w.oracle.acked {
+            match hist.get(lsn as usize - 1) {
+                Some(p) if p == pos => {}
+                other => {
+                    return Err(format!(
+                        "acknowledged lsn {lsn} ({pos}) is {} in the primary's log",
+                        other.map_or("missing".to_string(), |p| format!("replaced by {p}"))
+                    ))
+                }
+            }
+            if let Some(p) = &w.primary.up {
+                if p.wal.durable_lsn() < lsn {
+                    return Err(format!(
+                        "acknowledged lsn {lsn} above the primary's durable lsn {}",
+                        p.wal.durable_lsn()
+                    ));
+                }
+            }
+        }
+        // Quorum of disks: only judged when every replica is running (a
+        // down replica's disk is not readable here, not lost).
+        let needed = receipts_needed(w);
+        if needed == 0 || w.replicas.iter().any(|r| r.up.is_none()) {
+            return Ok(());
+        }
+        // Checking the highest acknowledged lsn is enough: replica logs are
+        // prefixes (checked separately) and durable lsns are monotone.
+        if let Some((&lsn, pos)) = w.oracle.acked.iter().next_back() {
+            let holders = (1..=w.cfg.replicas)
+                .filter(|&n| {
+                    let u = w.replica(n).up.as_ref();
+                    u.is_some_and(|u| u.wal.durable_lsn() >= lsn)
+                        && replica_position(w, n, lsn) == Some(*pos)
+                })
+                .count();
+            if holders < needed {
+                return Err(format!(
+                    "acknowledged lsn {lsn} is durable on {holders} replicas, quorum {} needs {needed}",
+                    w.cfg.quorum
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Receipts the quorum policy needs (the primary's own copy counts as one).
+pub fn receipts_needed(w: &World) -> usize {
+    let members = w.cfg.replicas + 1;
+    match w.cfg.quorum {
+        0 => 0,
+        q if q < 0 => members / 2,
+        k => k as usize,
+    }
+}
+
+/// Every replica's log is a prefix of the primary's history (identical
+/// record identities at every lsn it holds).
+#[derive(Default)]
+pub struct ReplicaIsPrefix {
+    verified_upto: Vec<Lsn>,
+    primary_len: usize,
+}
+
+impl Checker for ReplicaIsPrefix {
+    fn name(&self) -> &'static str {
+        "replica log is a prefix of the primary's"
+    }
+    fn spec(&self) -> &'static str {
+        "FM-8.1, FM-10.4, FM-5.1"
+    }
+    fn check(&mut self, w: &World) -> Result<(), String> {
+        let hist = &w.oracle.primary_history;
+        if self.verified_upto.len() != w.cfg.replicas {
+            self.verified_upto = vec![0; w.cfg.replicas];
+        }
+        if hist.len() < self.primary_len {
+            // The primary lost an unsynced tail: re-verify above its new end.
+            for v in &mut self.verified_upto {
+                *v = (*v).min(hist.len() as Lsn);
+            }
+        }
+        self.primary_len = hist.len();
+        for n in 1..=w.cfg.replicas {
+            if w.oracle.foreign_history.contains(&n) {
+                continue;
+            }
+            let Some(u) = &w.replica(n).up else { continue };
+            let last = u.wal.last().lsn;
+            let v = &mut self.verified_upto[n - 1];
+            *v = (*v).min(last);
+            let first = u.wal.first_lsn().max(*v + 1);
+            for lsn in first..=last {
+                let ours = replica_position(w, n, lsn);
+                let theirs = hist.get(lsn as usize - 1).copied();
+                if ours.is_none() || ours != theirs {
+                    return Err(format!(
+                        "{} holds {:?} at lsn {lsn}, the primary's history has {:?}",
+                        node_name(n),
+                        ours,
+                        theirs
+                    ));
+                }
+                *v = lsn;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every applied record is whole, durable, committed and the primary's; the
+/// applier sees lsns strictly increasing by one.
+pub struct AppliedIsCommittedInOrder;
+
+impl Checker for AppliedIsCommittedInOrder {
+    fn name(&self) -> &'static str {
+        "applied records are committed, in order"
+    }
+    fn spec(&self) -> &'static str {
+        "FM-10.1, FM-10.2, FM-4.2"
+    }
+    fn check(&mut self, w: &World) -> Result<(), String> {
+        for r in &w.replicas {
+            let name = node_name(r.id);
+            let recs = &r.applied.records;
+            for pair in recs.windows(2) {
+                if pair[1].lsn != pair[0].lsn + 1 {
+                    return Err(format!(
+                        "{name} applied lsn {} after lsn {}",
+                        pair[1].lsn, pair[0].lsn
+                    ));
+                }
+            }
+            if let Some(last) = recs.last() {
+                if last.lsn > w.oracle.max_commit {
+                    return Err(format!(
+                        "{name} applied lsn {} above the highest commit watermark {}",
+                        last.lsn, w.oracle.max_commit
+                    ));
+                }
+                if let Some(u) = &r.up {
+                    if last.lsn > u.wal.durable_lsn() && r.halted.is_none() {
+                        return Err(format!(
+                            "{name} applied lsn {} above its durable lsn {}",
+                            last.lsn,
+                            u.wal.durable_lsn()
+                        ));
+                    }
+                }
+            }
+            if w.oracle.foreign_history.contains(&r.id) {
+                continue;
+            }
+            if let Some(first) = recs.first() {
+                if first.lsn != 1 {
+                    return Err(format!("{name} applied lsn {} first", first.lsn));
+                }
+            }
+            for p in recs {
+                if w.oracle.acked.get(&p.lsn).is_some_and(|a| a != p) {
+                    return Err(format!(
+                        "{name} applied {p}, the acknowledged record is {:?}",
+                        w.oracle.acked.get(&p.lsn)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A halted replica changes nothing: its log, durable lsn and applied lsn
+/// stay as at the halt, across restarts, and it stays halted.
+pub struct HaltedReplicaFrozen;
+
+impl Checker for HaltedReplicaFrozen {
+    fn name(&self) -> &'static str {
+        "halted replica applies and appends nothing"
+    }
+    fn spec(&self) -> &'static str {
+        "FM-10.3, FM-11.3, FM-6.2"
+    }
+    fn check(&mut self, w: &World) -> Result<(), String> {
+        for r in &w.replicas {
+            let Some(h) = &r.halted else { continue };
+            let name = node_name(r.id);
+            if r.applied.last_lsn() != h.applied_lsn {
+                return Err(format!(
+                    "{name} halted ({}) at applied lsn {} but has applied up to {}",
+                    h.record.reason.as_str(),
+                    h.applied_lsn,
+                    r.applied.last_lsn()
+                ));
+            }
+            if let Some(u) = &r.up {
+                if u.wal.last().lsn > h.last.lsn {
+                    return Err(format!(
+                        "{name} halted at lsn {} but its log now ends at {}",
+                        h.last.lsn,
+                        u.wal.last().lsn
+                    ));
+                }
+                if u.wal.last().lsn < h.durable_lsn {
+                    return Err(format!(
+                        "{name} halted with durable lsn {} but its log now ends at {} (cut)",
+                        h.durable_lsn,
+                        u.wal.last().lsn
+                    ));
+                }
+                match u.core.halt() {
+                    Some(rec) if *rec == h.record => {}
+                    other => {
+                        return Err(format!(
+                            "{name} halted with {:?} but its core now reports {:?}",
+                            h.record, other
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A halt happens only where a history fault was injected, with the reason
+/// that fault calls for: transport noise, partitions and crashes never halt.
+pub struct NoHaltWithoutCause;
+
+impl Checker for NoHaltWithoutCause {
+    fn name(&self) -> &'static str {
+        "no halt without a history fault"
+    }
+    fn spec(&self) -> &'static str {
+        "FM-X.1, FM-3.3, FM-5.1, FM-9.1"
+    }
+    fn check(&mut self, w: &World) -> Result<(), String> {
+        for r in &w.replicas {
+            let Some(h) = &r.halted else { continue };
+            if w.oracle.foreign_history.contains(&r.id) {
+                continue;
+            }
+            let injected = w.oracle.injected.get(&r.id);
+            let torn = w.oracle.torn_crashed.contains(&r.id)
+                && h.record.reason == walship_replica::halt::HaltReason::LocalCorruption;
+            let explained = torn
+                || injected
+                    .is_some_and(|fs| fs.iter().any(|f| f.expected_halt() == h.record.reason));
+            if !explained {
+                return Err(format!(
+                    "{} halted ({} at lsn {}: expected {}, found {}) but the faults injected into its stream were {:?}",
+                    node_name(r.id),
+                    h.record.reason.as_str(),
+                    h.record.lsn,
+                    h.record.expected,
+                    h.record.found,
+                    injected
+                ));
+            }
+        }
+        let _ = PRIMARY;
+        Ok(())
+    }
+}

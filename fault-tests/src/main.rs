@@ -1,0 +1,138 @@
+//! `walship-fault`: run the deterministic simulator or the failure-matrix
+//! conformance suite.
+//!
+//! ```text
+//! walship-fault sim --seed 42 [--steps 300]
+//! walship-fault sim --seeds 0..200
+//! walship-fault matrix [--id FM-6] [--spec spec/failure-matrix.md]
+//! ```
+//! Exit code 0: everything passed; 1: a run or a row failed; 2: usage error.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use walship_fault::matrix;
+use walship_fault::sim::{self, SimOptions, DEFAULT_STEPS};
+
+#[derive(Parser)]
+#[command(
+    name = "walship-fault",
+    version,
+    about = "walship fault-injection harness"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the deterministic simulator for one seed or a range of seeds.
+    Sim {
+        /// One seed.
+        #[arg(long, conflicts_with = "seeds")]
+        seed: Option<u64>,
+        /// A half-open range of seeds, `A..B`.
+        #[arg(long)]
+        seeds: Option<String>,
+        /// Steps of the safety phase.
+        #[arg(long, default_value_t = DEFAULT_STEPS)]
+        steps: u64,
+        /// Print the options each seed expands to.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Run one scenario per ID of the failure matrix and print the table.
+    Matrix {
+        /// Only IDs containing this string (e.g. `FM-6`).
+        #[arg(long)]
+        id: Option<String>,
+        /// Read the IDs from this spec file instead of the compiled-in one.
+        #[arg(long)]
+        spec: Option<std::path::PathBuf>,
+        /// Column width of the text cells.
+        #[arg(long, default_value_t = 60)]
+        width: usize,
+    },
+}
+
+fn parse_range(s: &str) -> Option<std::ops::Range<u64>> {
+    let (a, b) = s.split_once("..")?;
+    let a: u64 = a.trim().parse().ok()?;
+    let b: u64 = b.trim().parse().ok()?;
+    (a < b).then_some(a..b)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Sim {
+            seed,
+            seeds,
+            steps,
+            verbose,
+        } => {
+            let range = match (seed, seeds) {
+                (Some(s), None) => s..s.saturating_add(1),
+                (None, Some(r)) => match parse_range(&r) {
+                    Some(r) => r,
+                    None => {
+                        eprintln!("--seeds must be A..B with A < B, got {r:?}");
+                        return ExitCode::from(2);
+                    }
+                },
+                _ => {
+                    eprintln!("give --seed S or --seeds A..B");
+                    return ExitCode::from(2);
+                }
+            };
+            let mut failed = 0u64;
+            let mut ran = 0u64;
+            for s in range {
+                let opts = SimOptions::from_seed(s, steps);
+                if verbose {
+                    println!("options: {opts}");
+                }
+                let rep = sim::run(&opts);
+                println!("{}", rep.summary());
+                ran += 1;
+                if let Some(f) = rep.failure_report() {
+                    eprintln!("{f}");
+                    failed += 1;
+                }
+            }
+            println!("{ran} seeds, {failed} failed");
+            if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Cmd::Matrix { id, spec, width } => {
+            let text = match spec {
+                Some(p) => match std::fs::read_to_string(&p) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("reading {}: {e}", p.display());
+                        return ExitCode::from(2);
+                    }
+                },
+                None => matrix::SPEC.to_string(),
+            };
+            let lines = matrix::run_matrix(&text, id.as_deref());
+            if lines.is_empty() {
+                eprintln!("no spec IDs matched");
+                return ExitCode::from(2);
+            }
+            print!("{}", matrix::render(&lines, width));
+            if lines
+                .iter()
+                .all(|l| l.verdict.as_ref().is_some_and(matrix::Verdict::passed))
+            {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! The deterministic simulator: a random workload of appends, crashes,
+//! restarts, partitions and transport noise over a [`World`], checked after
+//! every step (safety phase), then healed and required to converge within a
+//! bounded simulated time (liveness phase).
+//!
+//! Everything is decided by one u64 seed: the options it expands to
+//! ([`SimOptions::from_seed`]), the workload, the network, the disks. The
+//! same seed on the same commit gives the same trace hash.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::check::{check_all, standard_checkers, Violation};
+use crate::net::{NetConfig, NetFaults, NetStats, NodeId};
+use crate::rng::SimRng;
+use crate::world::{node_name, World, WorldConfig, PRIMARY};
+
+/// Default number of steps of the safety phase.
+pub const DEFAULT_STEPS: u64 = 300;
+/// Simulated time the liveness phase may take to converge.
+pub const LIVENESS_BUDGET_MS: u64 = 60_000;
+
+/// What a seed expands to. Printed with every run so a failure can be read
+/// without re-deriving it.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// The seed.
+    pub seed: u64,
+    /// Steps of the safety phase.
+    pub steps: u64,
+    /// Number of replicas.
+    pub replicas: usize,
+    /// Quorum setting.
+    pub quorum: i64,
+    /// Transport noise during the safety phase.
+    pub net_faults: NetFaults,
+    /// Per-step chance of crashing a node (per mille).
+    pub crash_per_mille: u32,
+    /// Per-step chance of partitioning a replica from the primary (per mille).
+    pub partition_per_mille: u32,
+    /// Per-step chance of appending a batch (per mille).
+    pub append_per_mille: u32,
+    /// Probability that a crash tears unsynced writes.
+    pub torn_crash_probability: f64,
+    /// Idle timeout of connections.
+    pub idle_timeout_ms: u64,
+}
+
+impl SimOptions {
+    /// Expands a seed into options (deterministically).
+    pub fn from_seed(seed: u64, steps: u64) -> Self {
+        let mut r = SimRng::new(seed ^ 0x0005_1e55_0bad_cafe);
+        let replicas = r.range(1, 4) as usize;
+        let members = replicas as i64 + 1;
+        let quorum = match r.range(0, 3) {
+            0 => 0,
+            1 | 2 => -1,
+            _ => r.range(1, replicas as u64) as i64,
+        };
+        let quorum = quorum.min(members - 1);
+        let net_faults = match r.range(0, 2) {
+            0 => NetFaults::none(),
+            1 => NetFaults {
+                drop_per_mille: 20,
+                duplicate_per_mille: 20,
+                reorder_per_mille: 50,
+                corrupt_per_mille: 10,
+                min_delay_ms: 1,
+                max_delay_ms: 8,
+            },
+            _ => NetFaults::noisy(),
+        };
+        Self {
+            seed,
+            steps,
+            replicas,
+            quorum,
+            net_faults,
+            crash_per_mille: r.range(0, 40) as u32,
+            partition_per_mille: r.range(0, 40) as u32,
+            append_per_mille: r.range(300, 900) as u32,
+            torn_crash_probability: if r.chance(500) { 0.5 } else { 0.0 },
+            idle_timeout_ms: r.range(200, 1_500),
+        }
+    }
+}
+
+impl fmt::Display for SimOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seed {} steps {} replicas {} quorum {} net {{drop {}‰ dup {}‰ reorder {}‰ corrupt {}‰ delay {}..{}ms}} crash {}‰ partition {}‰ append {}‰ torn {} idle_timeout {}ms",
+            self.seed,
+            self.steps,
+            self.replicas,
+            self.quorum,
+            self.net_faults.drop_per_mille,
+            self.net_faults.duplicate_per_mille,
+            self.net_faults.reorder_per_mille,
+            self.net_faults.corrupt_per_mille,
+            self.net_faults.min_delay_ms,
+            self.net_faults.max_delay_ms,
+            self.crash_per_mille,
+            self.partition_per_mille,
+            self.append_per_mille,
+            self.torn_crash_probability,
+            self.idle_timeout_ms
+        )
+    }
+}
+
+/// A failed run.
+#[derive(Debug, Clone)]
+pub struct SimFailure {
+    /// `setup`, `safety` or `liveness`.
+    pub phase: &'static str,
+    /// The broken invariant.
+    pub violation: Violation,
+    /// The last events, readable.
+    pub trace_tail: String,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct SimReport {
+    /// The options the seed expanded to.
+    pub options: SimOptions,
+    /// Hash of the whole trace.
+    pub trace_hash: u64,
+    /// Events in the trace.
+    pub events: u64,
+    /// Steps run.
+    pub steps_run: u64,
+    /// Simulated time at the end.
+    pub sim_time_ms: u64,
+    /// Records acknowledged to clients.
+    pub acked: usize,
+    /// Final commit watermark.
+    pub commit_lsn: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+    /// Partitions injected.
+    pub partitions: u64,
+    /// Network counters.
+    pub net: NetStats,
+    /// Why the liveness phase could not be judged (the primary refused to
+    /// start after a torn crash), if so.
+    pub liveness_skipped: Option<String>,
+    /// `Ok` or the failure.
+    pub outcome: Result<(), SimFailure>,
+}
+
+impl SimReport {
+    /// One-line summary.
+    pub fn summary(&self) -> String {
+        format!(
+            "seed {:>6}: {} hash {:016x} steps {} events {} t={}ms acked {} commit {} crashes {} partitions {} net-faults {}{}",
+            self.options.seed,
+            if self.outcome.is_ok() { "ok  " } else { "FAIL" },
+            self.trace_hash,
+            self.steps_run,
+            self.events,
+            self.sim_time_ms,
+            self.acked,
+            self.commit_lsn,
+            self.crashes,
+            self.partitions,
+            self.net.faults_injected(),
+            match &self.liveness_skipped {
+                Some(why) => format!(" (liveness skipped: {why})"),
+                None => String::new(),
+            }
+        )
+    }
+
+    /// Multi-line failure report (seed, options, invariant, trace tail).
+    pub fn failure_report(&self) -> Option<String> {
+        let f = self.outcome.as_ref().err()?;
+        Some(format!(
+            "simulation FAILED\n  seed: {}\n  options: {}\n  phase: {}\n  invariant: {}\n  spec: {}\n  detail: {}\n  replay: walship-fault sim --seed {} --steps {}\n  last events:\n{}",
+            self.options.seed,
+            self.options,
+            f.phase,
+            f.violation.invariant,
+            f.violation.spec,
+            f.violation.detail,
+            self.options.seed,
+            self.options.steps,
+            f.trace_tail
+        ))
+    }
+}
+
+fn payload(rng: &mut SimRng, step: u64, k: usize) -> Vec<u8> {
+    let len = if rng.chance(30) {
+        rng.range(1_500, 6_000)
+    } else {
+        rng.range(0, 200)
+    } as usize;
+    let mut v = format!("s{step}k{k}:").into_bytes();
+    let mut tail = vec![0u8; len];
+    rng.fill(&mut tail);
+    v.extend_from_slice(&tail);
+    v
+}
+
+/// Runs one seed: safety phase (`opts.steps` steps), then liveness phase.
+pub fn run(opts: &SimOptions) -> SimReport {
+    let mut rng = SimRng::new(opts.seed);
+    let cfg = WorldConfig {
+        replicas: opts.replicas,
+        quorum: opts.quorum,
+        net: NetConfig {
+            faults: opts.net_faults.clone(),
+            idle_timeout_ms: opts.idle_timeout_ms,
+            ..NetConfig::default()
+        },
+        torn_crash_probability: opts.torn_crash_probability,
+        ..WorldConfig::default()
+    };
+    let mut workload = rng.fork("workload");
+    let mut report = SimReport {
+        options: opts.clone(),
+        trace_hash: 0,
+        events: 0,
+        steps_run: 0,
+        sim_time_ms: 0,
+        acked: 0,
+        commit_lsn: 0,
+        crashes: 0,
+        partitions: 0,
+        net: NetStats::default(),
+        liveness_skipped: None,
+        outcome: Ok(()),
+    };
+    let mut w = match World::new(cfg, rng.next_u64()) {
+        Ok(w) => w,
+        Err(e) => {
+            report.outcome = Err(SimFailure {
+                phase: "setup",
+                violation: Violation {
+                    invariant: "world setup",
+                    spec: "-",
+                    detail: e,
+                },
+                trace_tail: String::new(),
+            });
+            return report;
+        }
+    };
+    w.log(format!("options: {opts}"));
+    w.start_all();
+    let mut checkers = standard_checkers();
+    let mut restarts: BTreeMap<u64, Vec<NodeId>> = BTreeMap::new();
+    let mut heals: BTreeMap<u64, Vec<NodeId>> = BTreeMap::new();
+    let nodes = opts.replicas + 1;
+
+    let fail = |w: &World, phase: &'static str, v: Violation| SimFailure {
+        phase,
+        violation: v,
+        trace_tail: w.trace.render_tail(),
+    };
+
+    // Safety phase.
+    for step in 1..=opts.steps {
+        w.step = step;
+        report.steps_run = step;
+        let now = w.now();
+        if workload.chance(opts.append_per_mille) {
+            let k = workload.range(1, 8) as usize;
+            let batch: Vec<Vec<u8>> = (0..k).map(|i| payload(&mut workload, step, i)).collect();
+            w.client_append(&batch);
+        }
+        if workload.chance(opts.crash_per_mille) {
+            let n = workload.index(nodes);
+            if w.is_up(n) {
+                w.crash(n);
+                report.crashes += 1;
+                let at = now + workload.range(1, 400);
+                restarts.entry(at).or_default().push(n);
+            }
+        }
+        if opts.replicas > 0 && workload.chance(opts.partition_per_mille) {
+            let n = 1 + workload.index(opts.replicas);
+            w.log(format!("PARTITION p0 | {}", node_name(n)));
+            w.net.partition(PRIMARY, n, now);
+            report.partitions += 1;
+            let at = now + workload.range(10, 3_000);
+            heals.entry(at).or_default().push(n);
+        }
+        let dt = workload.range(1, 15);
+        w.run_until(now + dt);
+        let now = w.now();
+        let due: Vec<u64> = restarts.range(..=now).map(|(t, _)| *t).collect();
+        for t in due {
+            for n in restarts.remove(&t).unwrap_or_default() {
+                w.log(format!("RESTART {}", node_name(n)));
+                w.restart(n);
+            }
+        }
+        let due: Vec<u64> = heals.range(..=now).map(|(t, _)| *t).collect();
+        for t in due {
+            for n in heals.remove(&t).unwrap_or_default() {
+                w.log(format!("HEAL p0 | {}", node_name(n)));
+                w.net.heal(PRIMARY, n, now);
+            }
+        }
+        if let Err(v) = check_all(&mut checkers, &w) {
+            report.outcome = Err(fail(&w, "safety", v));
+            return finish(report, &w);
+        }
+    }
+
+    // Liveness phase: heal everything, restart everything, stop injecting.
+    w.step = opts.steps + 1;
+    let now = w.now();
+    w.log("LIVENESS: heal all, restart all, no more faults".into());
+    w.net.heal_all(now);
+    w.net.set_faults(NetFaults::none());
+    w.start_all();
+    let batch: Vec<Vec<u8>> = (0..3).map(|i| payload(&mut workload, w.step, i)).collect();
+    w.client_append(&batch);
+    if w.primary.up.is_none() && w.oracle.torn_crashed.contains(&PRIMARY) {
+        // The primary's WAL refused to open after a torn crash (reported as
+        // corruption): safe, but nothing can converge without it.
+        w.log("LIVENESS skipped: primary refused to start after a torn crash".into());
+        report.liveness_skipped = w.primary.refused.clone();
+        return finish(report, &w);
+    }
+    let converged = w.run_until_converged(LIVENESS_BUDGET_MS);
+    if let Err(v) = check_all(&mut checkers, &w) {
+        report.outcome = Err(fail(&w, "liveness", v));
+        return finish(report, &w);
+    }
+    if !converged {
+        let mut why = Vec::new();
+        if let Some(r) = &w.primary.refused {
+            why.push(r.clone());
+        }
+        match &w.primary.up {
+            None => why.push("p0 is down".into()),
+            Some(p) => why.push(format!(
+                "p0 durable {} commit {}",
+                p.wal.durable_lsn(),
+                p.core.commit_lsn()
+            )),
+        }
+        for r in &w.replicas {
+            let name = node_name(r.id);
+            match (&r.up, &r.halted, &r.stopped) {
+                (_, Some(h), _) => {
+                    why.push(format!("{name} halted ({})", h.record.reason.as_str()))
+                }
+                (None, _, Some(s)) => why.push(s.clone()),
+                (None, _, None) => why.push(format!("{name} is down")),
+                (Some(u), _, _) => why.push(format!(
+                    "{name} {:?} last {} durable {} commit {} applied {}",
+                    u.core.phase(),
+                    u.wal.last().lsn,
+                    u.wal.durable_lsn(),
+                    u.core.commit_lsn(),
+                    r.applied.last_lsn()
+                )),
+            }
+        }
+        report.outcome = Err(fail(
+            &w,
+            "liveness",
+            Violation {
+                invariant: "healed cluster converges",
+                spec: "FM-5.1, FM-9.1, FM-3.3, FM-X.1",
+                detail: format!(
+                    "not converged within {LIVENESS_BUDGET_MS}ms of simulated time: {}",
+                    why.join("; ")
+                ),
+            },
+        ));
+    }
+    finish(report, &w)
+}
+
+fn finish(mut report: SimReport, w: &World) -> SimReport {
+    report.trace_hash = w.trace.hash();
+    report.events = w.trace.len();
+    report.sim_time_ms = w.now();
+    report.acked = w.oracle.acked.len();
+    report.commit_lsn = w.oracle.max_commit;
+    report.net = w.net.stats().clone();
+    report
+}
+
+/// Number of seeds for the default test run: `WALSHIP_SIM_SEEDS` or `default`.
+pub fn seeds_from_env(default: u64) -> u64 {
+    std::env::var("WALSHIP_SIM_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

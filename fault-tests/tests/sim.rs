@@ -1,0 +1,66 @@
+//! The deterministic simulator over many seeds, and its determinism.
+//!
+//! `WALSHIP_SIM_SEEDS` (default 200) sets how many seeds run; they are
+//! split over four tests so the default run uses both cores.
+
+use walship_fault::sim::{run, seeds_from_env, SimOptions};
+
+/// Steps per seed in the default test run (the CLI default is longer).
+const CI_STEPS: u64 = 200;
+
+fn run_share(share: u64, of: u64) {
+    let total = seeds_from_env(200);
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for seed in (0..total).filter(|s| s % of == share) {
+        let rep = run(&SimOptions::from_seed(seed, CI_STEPS));
+        ran += 1;
+        if let Some(f) = rep.failure_report() {
+            failures.push(f);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {ran} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn sim_seeds_share_0_hold_every_invariant() {
+    run_share(0, 4);
+}
+
+#[test]
+fn sim_seeds_share_1_hold_every_invariant() {
+    run_share(1, 4);
+}
+
+#[test]
+fn sim_seeds_share_2_hold_every_invariant() {
+    run_share(2, 4);
+}
+
+#[test]
+fn sim_seeds_share_3_hold_every_invariant() {
+    run_share(3, 4);
+}
+
+#[test]
+fn fm_11_1_same_seed_gives_same_trace_hash() {
+    for seed in [3u64, 17, 99] {
+        let o = SimOptions::from_seed(seed, 200);
+        let a = run(&o);
+        let b = run(&o);
+        assert_eq!(a.trace_hash, b.trace_hash, "seed {seed}");
+        assert_eq!(a.events, b.events, "seed {seed}");
+        assert_eq!(a.acked, b.acked, "seed {seed}");
+    }
+    let a = run(&SimOptions::from_seed(5, 100));
+    let b = run(&SimOptions::from_seed(6, 100));
+    assert_ne!(
+        a.trace_hash, b.trace_hash,
+        "different seeds, different runs"
+    );
+}
