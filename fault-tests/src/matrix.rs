@@ -1182,6 +1182,10 @@ fn fm_x_12() -> R {
     Ok("replica disk full while appending: node stopped, no receipt, no halt; after space came back it resumed and converged".into())
 }
 
+fn fm_x_14() -> R {
+    expect_halt(214, FrameFault::Malformed)
+}
+
 fn fm_x_13() -> Verdict {
     let r: R = (|| {
         let mut w = converged_cluster(cfg(1, -1), 213, 3)?;
@@ -1353,6 +1357,9 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         sc!("FM-X.12", "fm_x_12_enospc_stops_node_no_halt", || verdict(
             fm_x_12()
+        )),
+        sc!("FM-X.14", "fm_x_14_malformed_batch_halts", || verdict(
+            fm_x_14()
         )),
         sc!(
             "FM-X.13",

@@ -198,3 +198,8 @@ fn fm_x_12_enospc_stops_node_no_halt() {
 fn fm_x_13_far_behind_replica_gets_snapshot() {
     require("FM-X.13");
 }
+
+#[test]
+fn fm_x_14_malformed_batch_halts() {
+    require("FM-X.14");
+}

@@ -153,7 +153,9 @@ impl Cluster {
     }
 
     fn primary(&self) -> Result<&NodeProc, String> {
-        self.nodes[PRIMARY].as_ref().ok_or("primary not running".into())
+        self.nodes[PRIMARY]
+            .as_ref()
+            .ok_or("primary not running".into())
     }
 
     /// Log tails of every node's latest incarnation, for failure reports.
@@ -219,7 +221,10 @@ fn check_stopped(c: &Cluster, acked: &Acked, must_be_clean: bool) -> Result<Lsn,
         }
     }
     if must_be_clean && p.wal_state != WalState::Clean {
-        return Err(format!("primary WAL not clean after a graceful stop: {:?}", p.wal_state));
+        return Err(format!(
+            "primary WAL not clean after a graceful stop: {:?}",
+            p.wal_state
+        ));
     }
     let mut best_replica = 0;
     for i in 1..NAMES.len() {
@@ -228,7 +233,10 @@ fn check_stopped(c: &Cluster, acked: &Acked, must_be_clean: bool) -> Result<Lsn,
             return Err(format!("{} is halted: {h}", NAMES[i]));
         }
         if must_be_clean && r.wal_state != WalState::Clean {
-            return Err(format!("{} WAL not clean after a graceful stop: {:?}", NAMES[i], r.wal_state));
+            return Err(format!(
+                "{} WAL not clean after a graceful stop: {:?}",
+                NAMES[i], r.wal_state
+            ));
         }
         check_diff_prefix(c.dir(PRIMARY), c.dir(i), must_be_clean)?;
         best_replica = best_replica.max(r.last.lsn);
@@ -246,7 +254,9 @@ fn check_stopped(c: &Cluster, acked: &Acked, must_be_clean: bool) -> Result<Lsn,
 fn run() -> Result<String, String> {
     let seed = seed_from_env("WALSHIP_CRASH_SEED");
     let iters = count_from_env("WALSHIP_CRASH_ITERS", 4);
-    println!("real_crash: seed {seed} (WALSHIP_CRASH_SEED), iterations {iters} (WALSHIP_CRASH_ITERS)");
+    println!(
+        "real_crash: seed {seed} (WALSHIP_CRASH_SEED), iterations {iters} (WALSHIP_CRASH_ITERS)"
+    );
     let tmp = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
     let mut c = Cluster::new(tmp.path())?;
     let result = crash_rounds(&mut c, seed, iters);
@@ -255,7 +265,10 @@ fn run() -> Result<String, String> {
         // Keep the directories for a post-mortem (walship-recover inspect/dump/diff).
         let kept = tmp.keep();
         return result.map_err(|e| {
-            format!("seed {seed}: {e}\nnode directories kept in {}\n{logs}", kept.display())
+            format!(
+                "seed {seed}: {e}\nnode directories kept in {}\n{logs}",
+                kept.display()
+            )
         });
     }
     result
@@ -269,7 +282,12 @@ fn crash_rounds(c: &mut Cluster, seed: u64, iters: u64) -> Result<String, String
     let mut victim_restarts = 0u32;
     for it in 0..iters {
         c.start_missing()?;
-        let load = Load::start(c.primary()?, format!("i{it}"), 32, Duration::from_micros(300));
+        let load = Load::start(
+            c.primary()?,
+            format!("i{it}"),
+            32,
+            Duration::from_micros(300),
+        );
         let d1 = rng.gen_range(150..700);
         let victim = rng.gen_range(0..NAMES.len());
         let d2 = rng.gen_range(0..400);
@@ -310,8 +328,8 @@ fn crash_rounds(c: &mut Cluster, seed: u64, iters: u64) -> Result<String, String
                 }
             }
         }
-        let last = check_stopped(c, &acked, false)
-            .map_err(|e| format!("after iteration {it}: {e}"))?;
+        let last =
+            check_stopped(c, &acked, false).map_err(|e| format!("after iteration {it}: {e}"))?;
         println!(
             "    ok: {} acknowledged so far, primary WAL ends at lsn {last}",
             acked.by_lsn.len()
@@ -323,12 +341,19 @@ fn crash_rounds(c: &mut Cluster, seed: u64, iters: u64) -> Result<String, String
     std::thread::sleep(Duration::from_millis(rng.gen_range(200..600)));
     let sent = load.stop();
     let p_events = c.primary()?.events.clone();
-    let p = p_events.wait_for("every final append answered", Duration::from_secs(60), |r| {
-        let answered = r.acks.len() as u64 + r.failed;
-        answered == sent && r.commit == r.durable && r.durable > 0
-    })?;
+    let p = p_events.wait_for(
+        "every final append answered",
+        Duration::from_secs(60),
+        |r| {
+            let answered = r.acks.len() as u64 + r.failed;
+            answered == sent && r.commit == r.durable && r.durable > 0
+        },
+    )?;
     if p.failed > 0 {
-        return Err(format!("{} final appends failed with every node up", p.failed));
+        return Err(format!(
+            "{} final appends failed with every node up",
+            p.failed
+        ));
     }
     let target = p.durable;
     for i in 1..NAMES.len() {

@@ -442,7 +442,10 @@ impl Events {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(format!("timed out after {limit:?} waiting for {what}; last: {:?}", Brief(&g)));
+                return Err(format!(
+                    "timed out after {limit:?} waiting for {what}; last: {:?}",
+                    Brief(&g)
+                ));
             }
             g = match self.changed.wait_timeout(g, deadline - now) {
                 Ok((g, _)) => g,
@@ -588,11 +591,11 @@ impl NodeProc {
 
     /// Waits for `ready` (or fails with what the node said).
     pub fn wait_ready(&self) -> Result<(), String> {
-        let r = self
-            .events
-            .wait_for(&format!("{} ready", self.name), Duration::from_secs(60), |r| {
-                r.ready || r.eof
-            })?;
+        let r = self.events.wait_for(
+            &format!("{} ready", self.name),
+            Duration::from_secs(60),
+            |r| r.ready || r.eof,
+        )?;
         if !r.ready {
             return Err(format!("{} exited before ready: {:?}", self.name, r.errors));
         }
@@ -808,7 +811,11 @@ pub fn check_dir(dir: &Path) -> Result<DirState, String> {
         .map_err(|e| format!("verify {}: {e}", dir.display()))?;
     let report = verified.report;
     if report.wal.state.is_corrupt() {
-        return Err(format!("verify {}: WAL corrupt: {:?}", dir.display(), report.wal.state));
+        return Err(format!(
+            "verify {}: WAL corrupt: {:?}",
+            dir.display(),
+            report.wal.state
+        ));
     }
     if let Some(bad) = report.state_files.iter().find(|c| !c.ok) {
         return Err(format!("verify {}: state file {bad:?}", dir.display()));
