@@ -1,0 +1,106 @@
+//! Payloads of the snapshot transfer messages (primary -> replica), carried
+//! inside `walship_wire::Message` variants.
+//!
+//! A transfer is `SnapshotOffer`, then `chunk_count` `SnapshotChunk`s with
+//! indexes `0, 1, ..` in order, then `SnapshotEnd`. The chunk bytes and crcs
+//! are the primary's stored ones, unchanged: the replica rebuilds a file
+//! byte-identical to the primary's and verifies the primary's own
+//! checksums. A session that ends before `SnapshotEnd` discards the partial
+//! snapshot (FM-X.8); a complete transfer that fails a check is FM-7.1.
+
+use serde::{Deserialize, Serialize};
+use walship_wal::Position;
+
+use crate::error::InvalidSnapshot;
+use crate::format::{chunk_count_for, Limits, SnapshotHeader, SnapshotTrailer};
+
+/// Announces a snapshot: what it is and how it is cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotOffer {
+    /// The snapshot's boundary (epoch, lsn, crc).
+    pub boundary: Position,
+    /// Total payload length.
+    pub total_len: u64,
+    /// Payload bytes per chunk (the last may hold fewer).
+    pub chunk_size_bytes: u32,
+    /// Number of chunks that follow.
+    pub chunk_count: u64,
+    /// crc of the header stored on the primary; the replica's rebuilt
+    /// header must have the same crc.
+    pub header_crc: u32,
+}
+
+impl SnapshotOffer {
+    /// Checks the offer against `limits` (before anything is allocated or
+    /// created) and against itself; returns the header it describes.
+    pub fn validate(&self, limits: &Limits) -> Result<SnapshotHeader, InvalidSnapshot> {
+        limits.check(self.chunk_size_bytes, self.total_len)?;
+        let expected = chunk_count_for(self.total_len, self.chunk_size_bytes);
+        if self.chunk_count != expected {
+            return Err(InvalidSnapshot::ChunkCountMismatch {
+                what: "offer",
+                expected,
+                found: self.chunk_count,
+            });
+        }
+        let header = SnapshotHeader {
+            boundary: self.boundary,
+            chunk_size_bytes: self.chunk_size_bytes,
+            total_len: self.total_len,
+        };
+        let computed = header.crc();
+        if computed != self.header_crc {
+            return Err(InvalidSnapshot::HeaderChecksum {
+                stored: self.header_crc,
+                computed,
+            });
+        }
+        Ok(header)
+    }
+}
+
+/// One chunk of the payload, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    /// 0-based chunk index.
+    pub index: u64,
+    /// The stored chunk crc (`format::chunk_crc(index, bytes)`).
+    pub crc: u32,
+    /// The chunk's payload bytes.
+    #[serde(with = "serde_bytes_vec")]
+    pub bytes: Vec<u8>,
+}
+
+/// Ends a snapshot transfer: the stored trailer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotEnd {
+    /// The primary's trailer.
+    pub trailer: SnapshotTrailer,
+}
+
+/// Serialises `Vec<u8>` as one byte string (length + memcpy) rather than a
+/// sequence of u8s (bincode would encode it element by element).
+mod serde_bytes_vec {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
