@@ -161,7 +161,9 @@ pub enum WalError {
         /// Epoch of the last record.
         last_epoch: u64,
     },
-    /// The lsn is before the first retained record (truncated away).
+    /// The lsn is before the first retained record (truncated away). When a
+    /// reader finds its next segment removed under it, `first_lsn` is only a
+    /// lower bound of the first retained lsn.
     #[error("lsn {lsn} is not retained (first retained lsn {first_lsn})")]
     NotRetained {
         /// The lsn asked for.
@@ -179,6 +181,9 @@ pub enum WalError {
         /// Largest allowed.
         max: Lsn,
     },
+    /// The options cannot work (e.g. a segment size not larger than the segment header).
+    #[error("invalid WAL options: {0}")]
+    InvalidOptions(String),
     /// A sync failed earlier: the WAL refuses everything, for good (fsync errors are never retried).
     #[error("WAL poisoned: an earlier sync failed; restart and recover from disk")]
     Poisoned,

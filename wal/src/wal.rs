@@ -124,10 +124,12 @@ impl<S: Storage> Wal<S> {
     ) -> Result<(Wal<S>, OpenReport), WalError> {
         let span = tracing::info_span!("wal_open", dir = %dir.display(), epoch = opts.epoch);
         let _g = span.enter();
-        assert!(
-            opts.segment_size_bytes > SEGMENT_HEADER_LEN as u64,
-            "segment_size_bytes must exceed the segment header"
-        );
+        if opts.segment_size_bytes <= SEGMENT_HEADER_LEN as u64 {
+            return Err(WalError::InvalidOptions(format!(
+                "segment_size_bytes {} must exceed the {SEGMENT_HEADER_LEN}-byte segment header",
+                opts.segment_size_bytes
+            )));
+        }
         let rec = recover(&storage, dir, opts.max_record_bytes, false)?;
         let mut segments = rec.segments;
         let fresh = segments.is_empty();

@@ -531,3 +531,16 @@ fn truncate_tail_at_segment_boundary_drops_later_segments_only() {
         .collect();
     assert_eq!(&all[..after as usize], &positions[..after as usize]);
 }
+
+#[test]
+fn segment_size_not_above_header_is_invalid_options() {
+    let s = SimStorage::new(9);
+    let opts = WalOptions {
+        segment_size_bytes: 64,
+        ..small_opts()
+    };
+    match Wal::open(s, &wal_dir(), opts) {
+        Err(WalError::InvalidOptions(_)) => {}
+        other => panic!("expected InvalidOptions, got {:?}", other.map(|(_, r)| r)),
+    }
+}
