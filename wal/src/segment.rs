@@ -373,6 +373,16 @@ mod tests {
         assert_eq!(e.kind, CorruptionKind::SegmentHeaderTruncated);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn header_decode_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128)) {
+            if let Ok(h) = SegmentHeader::decode(Path::new("x"), &bytes) {
+                proptest::prop_assert_eq!(h.prev.lsn + 1, h.first_lsn);
+                proptest::prop_assert_eq!(&h.encode()[..], &bytes[..SEGMENT_HEADER_LEN]);
+            }
+        }
+    }
+
     #[test]
     fn names_classify() {
         assert_eq!(segment_file_name(1), "00000000000000000001.wal");

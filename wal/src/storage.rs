@@ -243,13 +243,16 @@ impl Storage for FsStorage {
             // mmap of length 0 is an error on Linux; an empty file is an empty view.
             return Ok(Mapping::empty());
         }
-        // SAFETY: the mapping is read-only and the WAL never shrinks a file that
-        // may be mapped: files only grow by appends past the mapped length (which
-        // the mapping does not cover), the torn-tail cut happens in `Wal::open`
-        // before any reader exists, and truncate_tail/reset_to replace files by
-        // rename or unlink (the old inode stays alive for existing mappings)
-        // instead of shrinking them in place. Other writers of these directories
-        // are excluded by the node directory lock (`state::DirLock`).
+        // SAFETY: the mapping is read-only and the WAL never shrinks a file
+        // under bytes a mapping is used for: files grow by appends past the
+        // mapped length; the torn-tail cut happens in `Wal::open` before any
+        // reader exists; after a failed write the file is cut back only to the
+        // end of the last record (readers never read past it, and a partially
+        // covered page stays mapped); truncate_tail/reset_to replace files by
+        // rename or unlink (the old inode lives on for existing mappings)
+        // instead of shrinking them in place. Other writers of these
+        // directories are excluded by the node directory lock (`state::DirLock`).
+        // Snapshot and state files are written to a temporary name and renamed.
         let mmap = unsafe { memmap2::Mmap::map(&file)? };
         Ok(Mapping::from_mmap(mmap))
     }

@@ -544,3 +544,20 @@ fn segment_size_not_above_header_is_invalid_options() {
         other => panic!("expected InvalidOptions, got {:?}", other.map(|(_, r)| r)),
     }
 }
+
+#[test]
+fn reader_whose_next_segment_was_truncated_away_reports_not_retained() {
+    let (_s, mut w, _) = sim_wal_with(200, small_opts());
+    let mut r = w.reader(1).expect("reader");
+    let seg1_last = w.segments()[0].last.lsn;
+    for _ in 0..seg1_last {
+        r.next_record().expect("record").expect("valid");
+    }
+    w.truncate_front(w.segments()[3].first_lsn)
+        .expect("truncate_front");
+    match r.next_record() {
+        Some(Err(WalError::NotRetained { lsn, .. })) => assert_eq!(lsn, seg1_last + 1),
+        other => panic!("expected NotRetained, got {other:?}"),
+    }
+    assert!(r.next_record().is_none(), "fused");
+}
