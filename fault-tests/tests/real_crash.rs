@@ -26,7 +26,7 @@
 //! processes dying mid-syscall, real sockets, real QUIC sessions cut mid-frame,
 //! real restarts on the same directories and port.
 //!
-//! `WALSHIP_CRASH_ITERS` (default 4) sets the iterations, `WALSHIP_CRASH_SEED` the
+//! `WALSHIP_CRASH_ITERS` (default 8) sets the iterations, `WALSHIP_CRASH_SEED` the
 //! seed (printed on every run).
 
 mod real_common;
@@ -227,15 +227,15 @@ fn check_stopped(c: &Cluster, acked: &Acked, must_be_clean: bool) -> Result<Lsn,
         ));
     }
     let mut best_replica = 0;
-    for i in 1..NAMES.len() {
+    for (i, name) in NAMES.iter().enumerate().skip(1) {
         let r = check_dir(c.dir(i))?;
         if let Some(h) = &r.halt {
-            return Err(format!("{} is halted: {h}", NAMES[i]));
+            return Err(format!("{name} is halted: {h}"));
         }
         if must_be_clean && r.wal_state != WalState::Clean {
             return Err(format!(
-                "{} WAL not clean after a graceful stop: {:?}",
-                NAMES[i], r.wal_state
+                "{name} WAL not clean after a graceful stop: {:?}",
+                r.wal_state
             ));
         }
         check_diff_prefix(c.dir(PRIMARY), c.dir(i), must_be_clean)?;
@@ -253,7 +253,7 @@ fn check_stopped(c: &Cluster, acked: &Acked, must_be_clean: bool) -> Result<Lsn,
 
 fn run() -> Result<String, String> {
     let seed = seed_from_env("WALSHIP_CRASH_SEED");
-    let iters = count_from_env("WALSHIP_CRASH_ITERS", 4);
+    let iters = count_from_env("WALSHIP_CRASH_ITERS", 8);
     println!(
         "real_crash: seed {seed} (WALSHIP_CRASH_SEED), iterations {iters} (WALSHIP_CRASH_ITERS)"
     );
@@ -316,9 +316,10 @@ fn crash_rounds(c: &mut Cluster, seed: u64, iters: u64) -> Result<String, String
             victim_restarts += 1;
             std::thread::sleep(Duration::from_millis(d3));
         }
-        // Freeze: the primary first, so that the replicas cannot gain records after it.
-        load.stop();
-        for i in 0..NAMES.len() {
+        // Freeze: the replicas first. From then on no receipt can reach the primary,
+        // so whatever it acknowledges until its own kill is a record no surviving
+        // disk but its own holds: under majority quorum there must be none (FM-X.11).
+        for i in (0..NAMES.len()).rev() {
             if let Some(r) = c.kill(i) {
                 kills[i] += 1;
                 if i == PRIMARY {
@@ -328,6 +329,7 @@ fn crash_rounds(c: &mut Cluster, seed: u64, iters: u64) -> Result<String, String
                 }
             }
         }
+        load.stop();
         let last =
             check_stopped(c, &acked, false).map_err(|e| format!("after iteration {it}: {e}"))?;
         println!(
@@ -356,14 +358,14 @@ fn crash_rounds(c: &mut Cluster, seed: u64, iters: u64) -> Result<String, String
         ));
     }
     let target = p.durable;
-    for i in 1..NAMES.len() {
-        let node = c.nodes[i].as_ref().ok_or("replica not running")?;
+    for (node, name) in c.nodes.iter().zip(NAMES).skip(1) {
+        let node = node.as_ref().ok_or("replica not running")?;
         let r = node.events.wait_for(
-            &format!("{} converged to lsn {target}", NAMES[i]),
+            &format!("{name} converged to lsn {target}"),
             Duration::from_secs(60),
             |r| r.durable == target && r.applied == target,
         )?;
-        check_reports(NAMES[i], &r)?;
+        check_reports(name, &r)?;
     }
     for i in (0..NAMES.len()).rev() {
         if let Some(n) = c.nodes[i].take() {

@@ -141,6 +141,7 @@ fn init_node_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(false)
         .try_init();
 }
 
