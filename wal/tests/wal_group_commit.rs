@@ -227,3 +227,56 @@ fn wait_durable_beyond_last_is_out_of_range() {
     ));
     shared.wait_durable(1).expect("durable");
 }
+
+#[test]
+fn shipper_style_readers_follow_concurrent_appenders_on_real_disk() {
+    let d =
+        tempfile::tempdir_in(std::env::var("WALSHIP_TEST_DIR").unwrap_or_else(|_| "/tmp".into()))
+            .expect("tempdir");
+    let opts = WalOptions {
+        segment_size_bytes: 8 * 1024,
+        ..WalOptions::default()
+    };
+    let (w, _) = Wal::open(FsStorage, d.path(), opts).expect("open");
+    let shared = SharedWal::new(w);
+    let (threads, per_thread) = (4u64, 60u64);
+    let total = threads * per_thread;
+    let follower = {
+        let w = Arc::clone(&shared);
+        thread::spawn(move || {
+            // Like a shipper: wake, read from the next lsn up to the durable end, repeat.
+            let mut next = 1u64;
+            let mut prev = walship_wal::Position::ZERO;
+            let mut shipped = 0u64;
+            while next <= total {
+                let durable = w.durable_lsn();
+                if durable < next {
+                    thread::yield_now();
+                    continue;
+                }
+                let mut r = w.reader(next).expect("reader");
+                while let Some(b) = r.next_batch(4096) {
+                    let b = b.expect("verified batch");
+                    for rec in b.records() {
+                        assert_eq!(rec.lsn(), next);
+                        assert_eq!(rec.prev_crc(), prev.crc);
+                        let t = u64::from_le_bytes(rec.payload()[..8].try_into().expect("8 bytes"));
+                        let i =
+                            u64::from_le_bytes(rec.payload()[8..16].try_into().expect("8 bytes"));
+                        assert_eq!(rec.payload(), &thread_payload(t, i)[..]);
+                        prev = rec.position();
+                        next += 1;
+                        shipped += rec.bytes().len() as u64;
+                    }
+                }
+            }
+            shipped
+        })
+    };
+    let lsns = run_threads(&shared, threads, per_thread);
+    let shipped = follower.join().expect("follower");
+    assert!(shipped > 0);
+    let w = Arc::try_unwrap(shared).expect("sole owner").into_inner();
+    check_log(&w, &lsns);
+    assert!(w.segments().len() > 2, "rolled while being read");
+}
