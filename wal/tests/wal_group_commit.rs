@@ -280,3 +280,127 @@ fn shipper_style_readers_follow_concurrent_appenders_on_real_disk() {
     check_log(&w, &lsns);
     assert!(w.segments().len() > 2, "rolled while being read");
 }
+
+/// A Storage whose file syncs can be held at a gate, to observe what other
+/// threads can do while an fdatasync is in progress.
+#[derive(Clone)]
+struct GateStorage {
+    inner: SimStorage,
+    gate: Arc<Gate>,
+}
+
+struct Gate {
+    armed: std::sync::atomic::AtomicBool,
+    entered: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    release: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+struct GateFile {
+    inner: <SimStorage as Storage>::File,
+    gate: Arc<Gate>,
+}
+
+impl walship_wal::StorageFile for GateFile {
+    fn write_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        self.inner.write_at(offset, buf)
+    }
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read_exact_at(offset, buf)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        if self.gate.armed.swap(false, Ordering::SeqCst) {
+            if let Some(tx) = self.gate.entered.lock().expect("lock").take() {
+                tx.send(()).expect("entered");
+            }
+            let rx = self
+                .gate
+                .release
+                .lock()
+                .expect("lock")
+                .take()
+                .expect("release receiver");
+            rx.recv().expect("released");
+        }
+        self.inner.sync_data()
+    }
+}
+
+impl Storage for GateStorage {
+    type File = GateFile;
+    fn create_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn open(&self, path: &std::path::Path, create: bool) -> std::io::Result<GateFile> {
+        Ok(GateFile {
+            inner: self.inner.open(path, create)?,
+            gate: Arc::clone(&self.gate),
+        })
+    }
+    fn exists(&self, path: &std::path::Path) -> std::io::Result<bool> {
+        self.inner.exists(path)
+    }
+    fn list(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn remove_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.inner.remove_dir_all(dir)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+    fn map(&self, path: &std::path::Path) -> std::io::Result<walship_wal::Mapping> {
+        self.inner.map(path)
+    }
+}
+
+#[test]
+fn append_lock_is_not_held_during_fdatasync_and_each_appender_learns_its_own_durability() {
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    let gate = Arc::new(Gate {
+        armed: std::sync::atomic::AtomicBool::new(false),
+        entered: Mutex::new(Some(entered_tx)),
+        release: Mutex::new(Some(release_rx)),
+    });
+    let s = GateStorage {
+        inner: SimStorage::new(21),
+        gate: Arc::clone(&gate),
+    };
+    let (w, _) = Wal::open(s, &wal_dir(), WalOptions::default()).expect("open");
+    let shared = SharedWal::new(w);
+    gate.armed.store(true, Ordering::SeqCst);
+    let leader = {
+        let w = Arc::clone(&shared);
+        thread::spawn(move || w.append_durable(b"first"))
+    };
+    entered_rx.recv().expect("leader is inside fdatasync");
+    // The leader is blocked inside sync_data: appending must still work.
+    let second = shared
+        .append(b"second")
+        .expect("append while a sync is in flight");
+    assert_eq!(second, 2);
+    assert_eq!(shared.last().lsn, 2);
+    assert_eq!(
+        shared.durable_lsn(),
+        0,
+        "nothing durable while the sync is held"
+    );
+    release_tx.send(()).expect("release");
+    assert_eq!(leader.join().expect("leader").expect("durable"), 1);
+    // The held sync covered only what was written when it started.
+    assert_eq!(shared.durable_lsn(), 1);
+    shared.wait_durable(2).expect("second sync");
+    assert_eq!(shared.durable_lsn(), 2);
+}
