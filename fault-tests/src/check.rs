@@ -148,12 +148,7 @@ impl Checker for AckedCommitsSurvive {
 
 /// Receipts the quorum policy needs (the primary's own copy counts as one).
 pub fn receipts_needed(w: &World) -> usize {
-    let members = w.cfg.replicas + 1;
-    match w.cfg.quorum {
-        0 => 0,
-        q if q < 0 => members / 2,
-        k => k as usize,
-    }
+    w.receipts_needed()
 }
 
 /// Every replica's log is a prefix of the primary's history (identical

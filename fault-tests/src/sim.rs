@@ -13,7 +13,17 @@ use std::fmt;
 use crate::check::{check_all, standard_checkers, Violation};
 use crate::net::{NetConfig, NetFaults, NetStats, NodeId};
 use crate::rng::SimRng;
-use crate::world::{node_name, World, WorldConfig, PRIMARY};
+use crate::world::{node_name, FrameFault, World, WorldConfig, PRIMARY};
+
+/// The sender faults the simulator may arm.
+const FRAME_FAULTS: [FrameFault; 6] = [
+    FrameFault::Corrupt,
+    FrameFault::Skip,
+    FrameFault::Duplicate,
+    FrameFault::Reorder,
+    FrameFault::EpochRegress,
+    FrameFault::Malformed,
+];
 
 /// Default number of steps of the safety phase.
 pub const DEFAULT_STEPS: u64 = 300;
@@ -44,6 +54,13 @@ pub struct SimOptions {
     pub torn_crash_probability: f64,
     /// Idle timeout of connections.
     pub idle_timeout_ms: u64,
+    /// Per-step chance of a sender fault in the next `Records` frame to a
+    /// random replica (per mille; 0 for most seeds). Each must halt that
+    /// replica with the matching reason if the frame arrives.
+    pub byzantine_per_mille: u32,
+    /// Per-step chance of a disk fault on a random node (per mille): its next
+    /// fsync fails, or its disk fills up. The node must stop, not halt.
+    pub disk_fault_per_mille: u32,
 }
 
 impl SimOptions {
@@ -81,6 +98,16 @@ impl SimOptions {
             append_per_mille: r.range(300, 900) as u32,
             torn_crash_probability: if r.chance(500) { 0.5 } else { 0.0 },
             idle_timeout_ms: r.range(200, 1_500),
+            byzantine_per_mille: if r.chance(250) {
+                r.range(1, 10) as u32
+            } else {
+                0
+            },
+            disk_fault_per_mille: if r.chance(300) {
+                r.range(1, 10) as u32
+            } else {
+                0
+            },
         }
     }
 }
@@ -89,7 +116,7 @@ impl fmt::Display for SimOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {} steps {} replicas {} quorum {} net {{drop {}‰ dup {}‰ reorder {}‰ corrupt {}‰ delay {}..{}ms}} crash {}‰ partition {}‰ append {}‰ torn {} idle_timeout {}ms",
+            "seed {} steps {} replicas {} quorum {} net {{drop {}‰ dup {}‰ reorder {}‰ corrupt {}‰ delay {}..{}ms}} crash {}‰ partition {}‰ append {}‰ torn {} idle_timeout {}ms byzantine {}‰ disk-faults {}‰",
             self.seed,
             self.steps,
             self.replicas,
@@ -104,7 +131,9 @@ impl fmt::Display for SimOptions {
             self.partition_per_mille,
             self.append_per_mille,
             self.torn_crash_probability,
-            self.idle_timeout_ms
+            self.idle_timeout_ms,
+            self.byzantine_per_mille,
+            self.disk_fault_per_mille
         )
     }
 }
@@ -141,6 +170,10 @@ pub struct SimReport {
     pub crashes: u64,
     /// Partitions injected.
     pub partitions: u64,
+    /// Sender (frame) faults armed.
+    pub byzantine: u64,
+    /// Disk faults (failed fsync, disk full) injected.
+    pub disk_faults: u64,
     /// Network counters.
     pub net: NetStats,
     /// Why the liveness phase could not be judged (the primary refused to
@@ -154,7 +187,7 @@ impl SimReport {
     /// One-line summary.
     pub fn summary(&self) -> String {
         format!(
-            "seed {:>6}: {} hash {:016x} steps {} events {} t={}ms acked {} commit {} crashes {} partitions {} net-faults {}{}",
+            "seed {:>6}: {} hash {:016x} steps {} events {} t={}ms acked {} commit {} crashes {} partitions {} net-faults {} byzantine {} disk-faults {}{}",
             self.options.seed,
             if self.outcome.is_ok() { "ok  " } else { "FAIL" },
             self.trace_hash,
@@ -166,6 +199,8 @@ impl SimReport {
             self.crashes,
             self.partitions,
             self.net.faults_injected(),
+            self.byzantine,
+            self.disk_faults,
             match &self.liveness_skipped {
                 Some(why) => format!(" (liveness skipped: {why})"),
                 None => String::new(),
@@ -229,6 +264,8 @@ pub fn run(opts: &SimOptions) -> SimReport {
         commit_lsn: 0,
         crashes: 0,
         partitions: 0,
+        byzantine: 0,
+        disk_faults: 0,
         net: NetStats::default(),
         liveness_skipped: None,
         outcome: Ok(()),
@@ -253,6 +290,7 @@ pub fn run(opts: &SimOptions) -> SimReport {
     let mut checkers = standard_checkers();
     let mut restarts: BTreeMap<u64, Vec<NodeId>> = BTreeMap::new();
     let mut heals: BTreeMap<u64, Vec<NodeId>> = BTreeMap::new();
+    let mut disk_faulted: Vec<NodeId> = Vec::new();
     let nodes = opts.replicas + 1;
 
     let fail = |w: &World, phase: &'static str, v: Violation| SimFailure {
@@ -280,10 +318,46 @@ pub fn run(opts: &SimOptions) -> SimReport {
                 restarts.entry(at).or_default().push(n);
             }
         }
+        if workload.chance(opts.byzantine_per_mille) {
+            let n = 1 + workload.index(opts.replicas);
+            let f = FRAME_FAULTS[workload.index(FRAME_FAULTS.len())];
+            w.arm_frame_fault(n, f);
+            report.byzantine += 1;
+        }
+        if workload.chance(opts.disk_fault_per_mille) {
+            let n = workload.index(nodes);
+            if w.is_up(n) {
+                let s = w.storage(n);
+                if workload.chance(500) {
+                    w.log(format!("DISK FAULT {}: next fsync fails", node_name(n)));
+                    s.fail_syncs_after(0);
+                } else {
+                    w.log(format!("DISK FAULT {}: disk full", node_name(n)));
+                    s.set_capacity_bytes(s.used_bytes());
+                }
+                report.disk_faults += 1;
+                disk_faulted.push(n);
+            }
+        }
         if opts.replicas > 0 && workload.chance(opts.partition_per_mille) {
             let n = 1 + workload.index(opts.replicas);
-            w.log(format!("PARTITION p0 | {}", node_name(n)));
-            w.net.partition(PRIMARY, n, now);
+            if workload.chance(250) {
+                // Half a partition: one direction only.
+                let (a, b) = if workload.chance(500) {
+                    (PRIMARY, n)
+                } else {
+                    (n, PRIMARY)
+                };
+                w.log(format!(
+                    "PARTITION {} -> {} (one way)",
+                    node_name(a),
+                    node_name(b)
+                ));
+                w.net.block(a, b, now);
+            } else {
+                w.log(format!("PARTITION p0 | {}", node_name(n)));
+                w.net.partition(PRIMARY, n, now);
+            }
             report.partitions += 1;
             let at = now + workload.range(10, 3_000);
             heals.entry(at).or_default().push(n);
@@ -291,6 +365,17 @@ pub fn run(opts: &SimOptions) -> SimReport {
         let dt = workload.range(1, 15);
         w.run_until(now + dt);
         let now = w.now();
+        // A node stopped by a disk fault is repaired and restarted later.
+        for n in std::mem::take(&mut disk_faulted) {
+            if w.is_up(n) {
+                disk_faulted.push(n);
+            } else {
+                w.storage(n).clear_faults();
+                w.storage(n).set_capacity_bytes(u64::MAX);
+                let at = now + workload.range(1, 300);
+                restarts.entry(at).or_default().push(n);
+            }
+        }
         let due: Vec<u64> = restarts.range(..=now).map(|(t, _)| *t).collect();
         for t in due {
             for n in restarts.remove(&t).unwrap_or_default() {
@@ -317,6 +402,11 @@ pub fn run(opts: &SimOptions) -> SimReport {
     w.log("LIVENESS: heal all, restart all, no more faults".into());
     w.net.heal_all(now);
     w.net.set_faults(NetFaults::none());
+    for n in 0..nodes {
+        w.storage(n).clear_faults();
+        w.storage(n).set_capacity_bytes(u64::MAX);
+    }
+    w.disarm_frame_faults();
     w.start_all();
     let batch: Vec<Vec<u8>> = (0..3).map(|i| payload(&mut workload, w.step, i)).collect();
     w.client_append(&batch);
