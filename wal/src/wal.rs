@@ -371,14 +371,17 @@ impl<S: Storage> Wal<S> {
         self.check_poisoned()?;
         let mut removed = 0usize;
         while self.segments.len() > 1 && self.segments[1].header.first_lsn <= before_lsn {
-            let seg = self.segments.remove(0);
+            let path = self.segments[0].path.clone();
             self.storage
-                .remove_file(&seg.path)
-                .map_err(io_err("remove_file", &seg.path))?;
+                .remove_file(&path)
+                .map_err(io_err("remove_file", &path))?;
+            // One directory sync per removal: an unsynced removal may persist or
+            // not, independently of the others, and a gap would be corruption.
+            self.sync_dir_or_poison()?;
+            self.segments.remove(0);
             removed += 1;
         }
         if removed > 0 {
-            self.sync_dir_or_poison()?;
             tracing::info!(
                 before_lsn,
                 removed,
@@ -419,17 +422,14 @@ impl<S: Storage> Wal<S> {
         let span = tracing::info_span!("wal_truncate_tail", after_lsn, last_lsn = last.lsn);
         let _g = span.enter();
         self.rewrite_era += 1;
-        let mut removed = false;
         while self.segments.len() > 1 && self.active_meta().header.first_lsn > after_lsn {
             let path = self.active_meta().path.clone();
             self.storage
                 .remove_file(&path)
                 .map_err(io_err("remove_file", &path))?;
-            self.segments.pop();
-            removed = true;
-        }
-        if removed {
+            // Newest first, each removal synced: the log stays a contiguous prefix.
             self.sync_dir_or_poison()?;
+            self.segments.pop();
         }
         let seg_index = self.segments.len() - 1;
         let (cut, new_last) = if after_lsn < self.active_meta().header.first_lsn {
