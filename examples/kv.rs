@@ -1,0 +1,217 @@
+//! A tiny replicated key-value store built on walship.
+//!
+//! The primary turns each `set`/`delete` into one WAL record and returns once
+//! the record is committed by the majority; the replica's [`Applier`] applies
+//! committed records, in order and each once, to an in-memory map, and reads
+//! on the replica go through the replica's read gate, so a halted replica
+//! refuses them.
+//!
+//! Run it with `cargo run --example kv`. It starts one primary and two
+//! replicas in this process on loopback, with fresh certificates in a temp
+//! directory, writes some keys and reads them back from a replica.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use walship_primary::{Primary, PrimaryConfig};
+use walship_replica::{Applier, ApplyError, Replica, ReplicaConfig};
+use walship_wal::record::Lsn;
+use walship_wire::TlsFiles;
+
+/// One state change of the store, as stored in a WAL record.
+#[derive(Debug, Clone, PartialEq)]
+enum Op {
+    Set { key: String, value: String },
+    Delete { key: String },
+}
+
+impl Op {
+    /// `S<len u32 LE><key><value>` or `D<key>`: simple, bounded, checked on decode.
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Op::Set { key, value } => {
+                let mut out = vec![b'S'];
+                out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                out.extend_from_slice(key.as_bytes());
+                out.extend_from_slice(value.as_bytes());
+                out
+            }
+            Op::Delete { key } => {
+                let mut out = vec![b'D'];
+                out.extend_from_slice(key.as_bytes());
+                out
+            }
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Op, String> {
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|e| e.to_string());
+        match bytes.split_first() {
+            Some((b'S', rest)) if rest.len() >= 4 => {
+                let key_len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                let rest = &rest[4..];
+                if key_len > rest.len() {
+                    return Err(format!("key length {key_len} past the record end"));
+                }
+                let (key, value) = rest.split_at(key_len);
+                Ok(Op::Set {
+                    key: text(key)?,
+                    value: text(value)?,
+                })
+            }
+            Some((b'D', key)) => Ok(Op::Delete { key: text(key)? }),
+            _ => Err("not a kv operation".into()),
+        }
+    }
+}
+
+/// The store's state; shared between the applier and readers.
+#[derive(Default)]
+struct Store {
+    map: BTreeMap<String, String>,
+    applied: Lsn,
+}
+
+/// The replica side: applies committed records to the map.
+struct KvApplier(Arc<Mutex<Store>>);
+
+impl Applier for KvApplier {
+    fn applied_lsn(&self) -> Lsn {
+        // The map lives in memory, so after a restart nothing is applied yet and
+        // the replica replays its committed WAL from the start.
+        self.0.lock().map(|s| s.applied).unwrap_or(0)
+    }
+
+    fn apply(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), ApplyError> {
+        let op = Op::decode(payload)?;
+        let mut s = self.0.lock().map_err(|_| "store lock poisoned")?;
+        match op {
+            Op::Set { key, value } => {
+                s.map.insert(key, value);
+            }
+            Op::Delete { key } => {
+                s.map.remove(&key);
+            }
+        }
+        s.applied = lsn;
+        Ok(())
+    }
+}
+
+#[tokio::main]
+#[allow(dead_code)] // unused when tests/kv_example.rs includes this file as a module
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    run().await
+}
+
+/// The whole example; also run by `tests/kv_example.rs`.
+pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let nodes = ["kv1", "kv2", "kv3"];
+    let certs = walship_wire::certs::generate(&dir.path().join("certs"), &nodes)?;
+    let tls = |i: usize| -> TlsFiles { certs.nodes[i].1.clone() };
+
+    let listen: SocketAddr = "127.0.0.1:0".parse()?;
+    let members = nodes.iter().map(|s| s.to_string()).collect();
+    let primary = Arc::new(Primary::open(PrimaryConfig::new(
+        "kv1",
+        "kv-example",
+        dir.path().join("kv1"),
+        listen,
+        members,
+        tls(0),
+    ))?);
+    let addr = primary.local_addr()?;
+
+    let mut replicas = Vec::new();
+    for (i, id) in nodes.iter().enumerate().skip(1) {
+        let store = Arc::new(Mutex::new(Store::default()));
+        let mut cfg =
+            ReplicaConfig::new(*id, "kv-example", dir.path().join(id), addr, "kv1", tls(i));
+        cfg.bind_addr = "127.0.0.1:0".parse()?;
+        let replica = Replica::open(cfg, KvApplier(Arc::clone(&store)))?;
+        replicas.push((replica, store));
+    }
+
+    // Writes: each returns once a majority (the primary and one replica) has it durably.
+    let ops = [
+        Op::Set {
+            key: "alice".into(),
+            value: "42".into(),
+        },
+        Op::Set {
+            key: "bob".into(),
+            value: "7".into(),
+        },
+        Op::Set {
+            key: "carol".into(),
+            value: "13".into(),
+        },
+        Op::Delete { key: "bob".into() },
+        Op::Set {
+            key: "alice".into(),
+            value: "43".into(),
+        },
+    ];
+    let mut last = 0;
+    for op in &ops {
+        last = primary.append(op.encode()).await?;
+        println!("committed lsn {last}: {op:?}");
+    }
+
+    // Reads on a replica: wait until it has applied the last commit, then read
+    // through the gate (a halted replica would refuse).
+    let (replica, store) = &replicas[0];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.lock().map(|s| s.applied).unwrap_or(0) < last {
+        if Instant::now() > deadline {
+            return Err(format!("replica did not apply lsn {last} within 10 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let view = replica.with_reads(|| store.lock().map(|s| s.map.clone()))?;
+    let view = view.map_err(|_| "store lock poisoned")?;
+    println!("replica kv2 reads: {view:?}");
+    let expected: BTreeMap<String, String> = [("alice", "43"), ("carol", "13")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    if view != expected {
+        return Err(format!("replica state {view:?} differs from {expected:?}").into());
+    }
+    println!("status of kv2: {:?}", replica.status().state);
+
+    for (r, _) in replicas {
+        r.shutdown().await?;
+    }
+    if let Ok(p) = Arc::try_unwrap(primary) {
+        p.shutdown().await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_round_trip_and_bad_input() {
+        for op in [
+            Op::Set {
+                key: "k".into(),
+                value: "v".into(),
+            },
+            Op::Set {
+                key: String::new(),
+                value: String::new(),
+            },
+            Op::Delete { key: "k".into() },
+        ] {
+            assert_eq!(Op::decode(&op.encode()), Ok(op));
+        }
+        assert!(Op::decode(b"").is_err());
+        assert!(Op::decode(b"S\xff\xff\xff\xffab").is_err());
+        assert!(Op::decode(b"X").is_err());
+    }
+}
