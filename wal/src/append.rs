@@ -135,10 +135,15 @@ impl<S: Storage> Wal<S> {
         let mut i = 0usize;
         let mut buf_off = 0usize;
         while i < staged.len() {
-            {
-                let seg = self.active_meta();
-                if !seg.is_empty() && seg.end_offset + staged[i].1 > seg_size {
-                    self.roll()?;
+            let seg = self.active_meta();
+            if !seg.is_empty() && seg.end_offset + staged[i].1 > seg_size {
+                if let Err(e) = self.roll() {
+                    if i > 0 {
+                        // Part of this call is already in the log but the caller
+                        // gets an error: only a restart can make that consistent.
+                        self.poison("segment roll failed in the middle of a batch");
+                    }
+                    return Err(e);
                 }
             }
             let start = self.active_meta().end_offset;

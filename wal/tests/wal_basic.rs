@@ -561,3 +561,24 @@ fn reader_whose_next_segment_was_truncated_away_reports_not_retained() {
     }
     assert!(r.next_record().is_none(), "fused");
 }
+
+#[test]
+fn roll_failing_in_the_middle_of_a_batch_poisons() {
+    let (s, mut w, _) = sim_wal_with(1, small_opts());
+    let end = w.segments()[0].len_bytes;
+    let rec = 32 + 100u64;
+    let first_chunk = (1024 - end) / rec * rec;
+    assert!(first_chunk > 0);
+    s.set_capacity_bytes(s.used_bytes() + first_chunk + 10);
+    let p = vec![5u8; 100];
+    let batch: Vec<&[u8]> = (0..10).map(|_| &p[..]).collect();
+    match w.append_batch(&batch) {
+        Err(WalError::Io { op: "write_at", .. }) => {}
+        other => panic!("expected ENOSPC creating the next segment, got {other:?}"),
+    }
+    assert!(
+        w.is_poisoned(),
+        "part of the batch is in the log: the WAL must stop"
+    );
+    assert!(matches!(w.append(b"x"), Err(WalError::Poisoned)));
+}
