@@ -570,7 +570,7 @@ fn roll_failing_in_the_middle_of_a_batch_poisons() {
     let first_chunk = (1024 - end) / rec * rec;
     assert!(first_chunk > 0);
     s.set_capacity_bytes(s.used_bytes() + first_chunk + 10);
-    let p = vec![5u8; 100];
+    let p = [5u8; 100];
     let batch: Vec<&[u8]> = (0..10).map(|_| &p[..]).collect();
     match w.append_batch(&batch) {
         Err(WalError::Io { op: "write_at", .. }) => {}
