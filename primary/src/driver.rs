@@ -26,8 +26,7 @@ use tokio::sync::{mpsc as tmpsc, watch};
 use tracing::{debug, error, info, warn, Instrument};
 use walship_wal::state::NodeDir;
 use walship_wal::{FsStorage, Lsn, SharedWal};
-use walship_wire::frame::{encode_frame, read_frame, MAX_FRAME_BYTES};
-use walship_wire::Message;
+use walship_wire::{encode_frame, read_frame, CloseCode, FrameWriter, Message, MAX_FRAME_BYTES};
 
 use crate::core::{Action, CloseReason, ConnId, CoreStatus, Event, PrimaryCore};
 use crate::log::WalLog;
@@ -42,20 +41,6 @@ const REFUSE_LINGER: Duration = Duration::from_secs(1);
 const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The writer coalesces queued frames into one write up to this size.
 const WRITE_COALESCE_BYTES: usize = 1024 * 1024;
-
-/// QUIC application close codes used by the primary.
-pub mod close_code {
-    /// Orderly shutdown of the primary.
-    pub const SHUTDOWN: u32 = 0;
-    /// The handshake was refused (a `Refuse` frame was sent first).
-    pub const REFUSED: u32 = 1;
-    /// The replica broke the protocol (malformed/oversized frame, unexpected message).
-    pub const PROTOCOL: u32 = 2;
-    /// A newer connection of the same replica replaced this one.
-    pub const SUPERSEDED: u32 = 3;
-    /// The primary could not read its own log.
-    pub const LOG_ERROR: u32 = 4;
-}
 
 /// What the core thread receives.
 pub(crate) enum CoreMsg {
@@ -255,7 +240,7 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
             };
             let Some(node_id) = walship_wire::peer_node_id(&conn, &shared.members) else {
                 warn!(%remote, "peer certificate names no member: closing");
-                conn.close(close_code::REFUSED.into(), b"not a member");
+                CloseCode::Refused.close(&conn, "not a member");
                 return;
             };
             let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -282,7 +267,7 @@ async fn serve_connection(
         }
         Err(_) => {
             warn!("replica opened no stream in time: closing");
-            conn.close(close_code::PROTOCOL.into(), b"no stream opened");
+            CloseCode::ProtocolViolation.close(&conn, "no stream opened");
             return;
         }
     };
@@ -296,7 +281,7 @@ async fn serve_connection(
         })
         .is_err()
     {
-        conn.close(close_code::SHUTDOWN.into(), b"primary shutting down");
+        CloseCode::ShuttingDown.close(&conn, "primary shutting down");
         return;
     }
     let writer =
@@ -319,8 +304,7 @@ async fn serve_connection(
             }
             Err(e) => {
                 warn!(replica = %node_id, error = %e, "closing replica connection: bad frame");
-                let reason = e.to_string();
-                conn.close(close_code::PROTOCOL.into(), reason.as_bytes());
+                CloseCode::ProtocolViolation.close(&conn, &e.to_string());
                 break;
             }
         }
@@ -330,25 +314,43 @@ async fn serve_connection(
         .send(CoreMsg::Event(Event::Disconnected { conn: id }));
     // The core drops the writer's sender on Disconnected; the writer then ends.
     let _ = writer.await;
-    conn.close(close_code::SHUTDOWN.into(), b"session over");
+    CloseCode::Normal.close(&conn, "session over");
 }
 
-/// Writes the core's frames, coalescing what is queued into one stream write.
+/// Writes the core's frames: small messages queued together are coalesced into one stream
+/// write; `Records` go out through the wire's zero-copy path.
 async fn write_frames(
     conn: quinn::Connection,
     mut send: quinn::SendStream,
     mut rx: tmpsc::UnboundedReceiver<Outgoing>,
 ) {
-    let mut buf = Vec::with_capacity(WRITE_COALESCE_BYTES);
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut writer = FrameWriter::default();
     let mut close = None;
     while let Some(first) = rx.recv().await {
         buf.clear();
         let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {
+                Outgoing::Frame(Message::Records(b)) => {
+                    if !buf.is_empty() {
+                        if let Err(e) = send.write_all(&buf).await {
+                            debug!(error = %e, "stream write failed: the session ended");
+                            return;
+                        }
+                        buf.clear();
+                    }
+                    let written = writer
+                        .write_records(&mut send, b.first_lsn, b.count, &b.bytes, b.commit_lsn)
+                        .await;
+                    if let Err(e) = written {
+                        debug!(error = %e, "stream write failed: the session ended");
+                        return;
+                    }
+                }
                 Outgoing::Frame(msg) => {
                     if let Err(e) = encode_frame(&msg, &mut buf) {
-                        // Only a broken invariant (a batch above the frame limit) gets here.
+                        // Only a broken invariant gets here (small messages always encode).
                         error!(error = %e, kind = msg.kind(), "cannot encode a frame: closing");
                         close = Some(CloseReason::LogRead {
                             lsn: 0,
@@ -374,19 +376,18 @@ async fn write_frames(
         }
         if let Some(reason) = close.take() {
             let code = match reason {
-                CloseReason::Refused(_) => close_code::REFUSED,
+                CloseReason::Refused(_) => CloseCode::Refused,
                 CloseReason::UnexpectedMessage { .. }
-                | CloseReason::ReceiptBeyondShipped { .. } => close_code::PROTOCOL,
-                CloseReason::Superseded { .. } => close_code::SUPERSEDED,
-                CloseReason::LogRead { .. } => close_code::LOG_ERROR,
+                | CloseReason::ReceiptBeyondShipped { .. } => CloseCode::ProtocolViolation,
+                // Not the replica's fault: the session ends, the replica reconnects.
+                CloseReason::Superseded { .. } | CloseReason::LogRead { .. } => CloseCode::Normal,
             };
-            if code == close_code::REFUSED {
+            if code == CloseCode::Refused {
                 // Let the replica read the Refuse frame before the connection goes.
                 let _ = send.finish();
                 let _ = tokio::time::timeout(REFUSE_LINGER, send.stopped()).await;
             }
-            let text = reason.to_string();
-            conn.close(code.into(), &text.as_bytes()[..text.len().min(512)]);
+            code.close(&conn, &reason.to_string());
             return;
         }
     }

@@ -43,7 +43,7 @@ use tracing::{info, warn};
 use walship_wal::state::{DirLock, EpochHistory, NodeDir, StateError};
 use walship_wal::RECORD_HEADER_LEN;
 use walship_wal::{FsStorage, Lsn, OpenReport, SharedWal, Wal, WalError, WalOptions};
-use walship_wire::{EndpointError, TlsFiles, TransportOptions, MAX_FRAME_BYTES};
+use walship_wire::{CloseCode, EndpointError, TlsFiles, TransportOptions, MAX_BATCH_BYTES};
 
 #[cfg(feature = "fault-injection")]
 pub use crate::core::ShipFault;
@@ -62,9 +62,6 @@ pub mod proto {
         Hello, Message, RecordBatch, Refuse, RefuseReason, Welcome, PROTOCOL_VERSION,
     };
 }
-
-/// Room a frame needs beyond the record bytes of a batch (message fields, varints).
-const FRAME_OVERHEAD_BYTES: usize = 64 * 1024;
 
 /// Configuration of a primary node.
 #[derive(Clone, Debug)]
@@ -137,7 +134,7 @@ impl PrimaryConfig {
         if self.commit_timeout_ms == 0 {
             return bad("commit_timeout_ms", "must be > 0".into());
         }
-        let frame_room = MAX_FRAME_BYTES as usize - FRAME_OVERHEAD_BYTES;
+        let frame_room = MAX_BATCH_BYTES;
         if self.max_record_bytes as usize + RECORD_HEADER_LEN > frame_room {
             return bad(
                 "max_record_bytes",
@@ -147,10 +144,10 @@ impl PrimaryConfig {
                 ),
             );
         }
-        if self.window.max_batch_bytes > frame_room {
+        if self.window.max_batch_bytes > MAX_BATCH_BYTES {
             return bad(
                 "window.max_batch_bytes",
-                format!("a batch must fit a frame: at most {frame_room} bytes"),
+                format!("a batch must fit a frame: at most {MAX_BATCH_BYTES} bytes"),
             );
         }
         Ok(())
@@ -513,10 +510,8 @@ impl Primary {
 
     fn stop(&self) {
         self.shared.shutting_down.store(true, Ordering::Release);
-        self.endpoint.close(
-            driver::close_code::SHUTDOWN.into(),
-            b"primary shutting down",
-        );
+        self.endpoint
+            .close(CloseCode::ShuttingDown.code(), b"primary shutting down");
         let _ = self.shared.core_tx.send(CoreMsg::Shutdown);
     }
 }

@@ -6,9 +6,10 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use walship_primary::{driver::close_code, Primary, PrimaryError, Quorum};
+use walship_primary::{Primary, PrimaryError, Quorum};
 use walship_wal::state::NodeDir;
 use walship_wal::{FsStorage, Position};
+use walship_wire::CloseCode;
 use walship_wire::{Hello, Message, RefuseReason, PROTOCOL_VERSION};
 
 const MEMBERS: &[&str] = &["p", "r1", "r2"];
@@ -229,7 +230,7 @@ async fn hello_of_another_cluster_is_refused_with_reason_and_closed() {
         ),
         other => panic!("expected Refuse, got {other:?}"),
     }
-    assert_eq!(r1.closed_code().await, Some(close_code::REFUSED.into()));
+    assert_eq!(r1.closed_code().await, Some(CloseCode::Refused));
     primary.shutdown().await;
 }
 
@@ -263,7 +264,7 @@ async fn oversized_frame_closes_only_that_connection() {
         .write_all(&(u32::MAX).to_le_bytes())
         .await
         .expect("write");
-    assert_eq!(r1.closed_code().await, Some(close_code::PROTOCOL.into()));
+    assert_eq!(r1.closed_code().await, Some(CloseCode::ProtocolViolation));
 
     for i in 0..20u32 {
         primary
@@ -289,13 +290,13 @@ async fn malformed_frame_and_unexpected_message_close_only_that_connection() {
     let mut garbage = 16u32.to_le_bytes().to_vec();
     garbage.extend_from_slice(&[0xEE; 16]);
     r1.send.write_all(&garbage).await.expect("write");
-    assert_eq!(r1.closed_code().await, Some(close_code::PROTOCOL.into()));
+    assert_eq!(r1.closed_code().await, Some(CloseCode::ProtocolViolation));
 
     // A well-formed message the primary never accepts (Records from a replica).
     let mut r1 = FakeReplica::connect(&cluster, "r1", addr).await;
     r1.hello("r1", Position::ZERO).await;
     r1.send(&Message::Commit { commit_lsn: 5 }).await;
-    assert_eq!(r1.closed_code().await, Some(close_code::PROTOCOL.into()));
+    assert_eq!(r1.closed_code().await, Some(CloseCode::ProtocolViolation));
 
     for i in 0..10u32 {
         primary

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use walship_primary::{Primary, PrimaryConfig, Quorum};
 use walship_wal::{decode_record, Lsn, Position, RecordError};
-use walship_wire::frame::{read_frame, FrameError, FrameWriter, MAX_FRAME_BYTES};
+use walship_wire::{read_frame, CloseCode, FrameError, FrameWriter, MAX_FRAME_BYTES};
 use walship_wire::{
     Hello, Message, RecordBatch, TlsFiles, TransportOptions, Welcome, PROTOCOL_VERSION,
 };
@@ -156,9 +156,9 @@ impl FakeReplica {
     }
 
     /// Waits for the connection to be closed by the primary; returns the application close code.
-    pub async fn closed_code(&self) -> Option<u64> {
+    pub async fn closed_code(&self) -> Option<CloseCode> {
         match tokio::time::timeout(DEADLINE, self.conn.closed()).await {
-            Ok(quinn::ConnectionError::ApplicationClosed(c)) => Some(c.error_code.into_inner()),
+            Ok(quinn::ConnectionError::ApplicationClosed(c)) => CloseCode::from_code(c.error_code),
             Ok(_) => None,
             Err(_) => panic!("connection not closed within the deadline"),
         }
