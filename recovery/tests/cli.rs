@@ -225,6 +225,36 @@ fn diff_divergence_at_lsn_1_has_an_empty_common_prefix() {
 }
 
 #[test]
+fn diff_compares_front_truncated_logs_from_the_later_base() {
+    let a = Node::new();
+    let b = Node::new();
+    a.append_n(1, 40, "same");
+    b.append_n(1, 40, "same");
+    let first = a.truncate_front(25);
+    assert!(first > 1, "segments were removed");
+    let (code, v, _) = recover_json(&["diff", s(&a.root), s(&b.root)]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(json_str(&v, "/relation"), "identical");
+    assert_eq!(json_u64(&v, "/a/base/lsn"), first - 1);
+    assert_eq!(json_u64(&v, "/common_prefix/lsn"), 40);
+
+    // B diverges after A's base: found at the exact lsn.
+    let c = Node::new();
+    c.append_n(1, 30, "same");
+    c.append_n(2, 5, "other");
+    let (code, v, _) = recover_json(&["diff", s(&a.root), s(&c.root)]);
+    assert_eq!(code, 7, "{v}");
+    assert_eq!(json_u64(&v, "/first_divergence/lsn"), 31);
+
+    // Nothing in common to compare: disjoint, exit 7.
+    let d = Node::new();
+    d.append_n(1, first - 2, "same");
+    let (code, v, _) = recover_json(&["diff", s(&a.root), s(&d.root)]);
+    assert_eq!(code, 7, "{v}");
+    assert_eq!(json_str(&v, "/relation"), "disjoint");
+}
+
+#[test]
 fn status_of_a_halted_replica_prints_the_record_and_exits_4() {
     let n = Node::new();
     n.append_n(1, 5, "r");

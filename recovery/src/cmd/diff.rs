@@ -1,13 +1,13 @@
 //! `diff DIR_A DIR_B`: the longest common prefix of two logs and the first
-//! diverging lsn. Linear: A's positions are collected, then B is scanned and
-//! compared record by record (crc equality at lsn k implies equal prefixes up
-//! to k through the prev_crc chain, so the first unequal lsn is THE divergence).
+//! diverging lsn. Linear, both logs scanned at once and compared record by
+//! record (crc equality at lsn k implies equal prefixes up to k through the
+//! prev_crc chain, so the first unequal lsn is THE divergence).
 
 use std::io::{self, Write};
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use walship_wal::{Lsn, Position};
+use walship_wal::Position;
 
 use crate::cli::Common;
 use crate::cmd::text::wal_state_line;
@@ -48,46 +48,51 @@ pub fn diff(
     let b = DataDir::open_locked(dir_b)?;
     let opts = scan_options(common);
 
-    // A: every known position, from its base (the record before the first retained one) on.
-    let mut a_pos: Vec<Position> = Vec::new();
-    let scan_a = a.scan(opts, progress_label(progress, "diff A"), &mut |_, _, v| {
-        a_pos.push(v.position());
-        ControlFlow::Continue(())
-    })?;
-    a_pos.insert(0, scan_a.start);
-    let a_at = |lsn: Lsn| -> Option<Position> {
-        let i = lsn.checked_sub(scan_a.start.lsn)?;
-        a_pos.get(usize::try_from(i).ok()?).copied()
+    // Each log's base (the record before its first retained one, from its
+    // first segment header) is the lowest lsn it can compare: a scan stopped
+    // at the first record yields it cheaply.
+    let base = |d: &DataDir| {
+        d.scan(opts, None, &mut |_, _, _| ControlFlow::Break(()))
+            .map(|s| s.start)
     };
+    let a_base = base(&a)?;
+    let b_base = base(&b)?;
 
-    // B: compare every record with A's position at the same lsn.
-    let mut common_prefix: Option<Position> = None;
-    let mut divergence: Option<Divergence> = None;
-    // B is scanned to its end even after the divergence: its own verdict and last record are reported too.
-    let scan_b = b.scan(opts, progress_label(progress, "diff B"), &mut |_, _, v| {
-        if divergence.is_none() {
-            compare(
-                a_at(v.lsn()),
-                v.position(),
-                &mut common_prefix,
-                &mut divergence,
-            );
-        }
-        ControlFlow::Continue(())
-    })?;
-    // B's base (the record before its first retained one, from its segment
-    // header) is known too: it is the lowest lsn B can compare, so it only
-    // matters when no record of B found an equal position.
-    if common_prefix.is_none() {
-        let base = scan_b.start;
-        match a_at(base.lsn) {
-            Some(pa) if pa == base => common_prefix = Some(base),
-            Some(_) if divergence.is_none() => {
-                compare(a_at(base.lsn), base, &mut common_prefix, &mut divergence);
-            }
-            _ => {}
-        }
-    }
+    // Both logs are scanned at once, A on a helper thread streaming its
+    // positions through a bounded channel, B here comparing in lsn order:
+    // memory stays bounded whatever the log sizes.
+    let mut merge = Merge {
+        common_prefix: None,
+        divergence: None,
+    };
+    let (scan_a, scan_b) = std::thread::scope(|sc| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Position>(DIFF_CHANNEL_POSITIONS);
+        let a = &a;
+        let helper = sc.spawn(move || {
+            a.scan(opts, None, &mut |_, _, v| {
+                // After B is done the receiver is gone; A's scan still runs to its end for its own verdict.
+                let _ = tx.send(v.position());
+                ControlFlow::Continue(())
+            })
+        });
+        let mut a_positions = std::iter::once(a_base).chain(rx.iter()).peekable();
+        merge.step(&mut a_positions, b_base);
+        let scan_b = b.scan(opts, progress_label(progress, "diff"), &mut |_, _, v| {
+            merge.step(&mut a_positions, v.position());
+            ControlFlow::Continue(())
+        });
+        drop(a_positions);
+        let scan_a = helper.join().map_err(|_| RecoverError::Internal {
+            message: "the scan thread of DIR_A panicked".to_string(),
+        });
+        (scan_a, scan_b)
+    });
+    let scan_a = scan_a??;
+    let scan_b = scan_b?;
+    let Merge {
+        common_prefix,
+        divergence,
+    } = merge;
     let a_last = scan_a.last;
     let b_last = scan_b.last;
     let relation = match (&divergence, common_prefix) {
@@ -131,22 +136,35 @@ pub fn diff(
     Ok(Outcome::new(report, exit))
 }
 
-/// Compares B's record `pb` with A's position at the same lsn (`None`: A does not hold it).
-fn compare(
-    pa: Option<Position>,
-    pb: Position,
-    common_prefix: &mut Option<Position>,
-    divergence: &mut Option<Divergence>,
-) {
-    match pa {
-        None => {}
-        Some(pa) if pa == pb => *common_prefix = Some(pb),
-        Some(pa) => {
-            *divergence = Some(Divergence {
-                lsn: pb.lsn,
-                a: Some(pa),
-                b: Some(pb),
-            })
+/// Bound on A's positions in flight between the two scans.
+const DIFF_CHANNEL_POSITIONS: usize = 4096;
+
+/// The comparison state: B's positions arrive in lsn order and are matched
+/// with A's (also in lsn order) at the same lsn.
+struct Merge {
+    common_prefix: Option<Position>,
+    divergence: Option<Divergence>,
+}
+
+impl Merge {
+    fn step(&mut self, a: &mut std::iter::Peekable<impl Iterator<Item = Position>>, pb: Position) {
+        if self.divergence.is_some() {
+            return;
+        }
+        while a.next_if(|pa| pa.lsn < pb.lsn).is_some() {}
+        match a.peek() {
+            Some(pa) if pa.lsn == pb.lsn => {
+                if *pa == pb {
+                    self.common_prefix = Some(pb);
+                } else {
+                    self.divergence = Some(Divergence {
+                        lsn: pb.lsn,
+                        a: Some(*pa),
+                        b: Some(pb),
+                    });
+                }
+            }
+            _ => {}
         }
     }
 }

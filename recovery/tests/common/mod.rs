@@ -64,6 +64,17 @@ impl Node {
         self.append(&recs)
     }
 
+    /// Removes whole segments below `before_lsn` (retention); returns the new first lsn.
+    pub fn truncate_front(&self, before_lsn: Lsn) -> Lsn {
+        let opts = WalOptions {
+            segment_size_bytes: SMALL_SEGMENT_BYTES,
+            ..WalOptions::default()
+        };
+        let (mut wal, _) = Wal::open(FsStorage, &self.wal_dir(), opts).expect("wal open");
+        wal.truncate_front(before_lsn).expect("truncate_front");
+        wal.first_lsn()
+    }
+
     /// The last position, through the WAL API.
     pub fn last(&self) -> Position {
         let opts = WalOptions {
