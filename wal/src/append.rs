@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::error::WalError;
 use crate::reader::WalReader;
-use crate::record::{check_successor, decode_record, encode_record, Lsn, Position};
+use crate::record::{check_successor, decode_record, encode_record, Lsn, Position, RecordHeader};
 use crate::segment::SegmentHeader;
 use crate::storage::{Storage, StorageFile};
 use crate::wal::{create_segment, Wal};
@@ -93,6 +93,14 @@ impl<S: Storage> Wal<S> {
     /// its bytes unchanged. Errors: [`WalError::Record`], [`WalError::Chain`],
     /// [`WalError::TrailingBytes`]; nothing is written on error.
     pub fn append_verified(&mut self, record: &[u8]) -> Result<Position, WalError> {
+        if let Some(h) = RecordHeader::parse(record) {
+            if h.payload_len <= self.opts.max_record_bytes && h.record_len() < record.len() {
+                return Err(WalError::TrailingBytes {
+                    expected: h.record_len(),
+                    found: record.len(),
+                });
+            }
+        }
         self.append_verified_batch(record)
     }
 

@@ -459,6 +459,16 @@ fn append_verified_stores_bytes_unchanged_and_rejects_each_mismatch_distinctly()
         Err(WalError::Record(RecordError::Truncated { .. })) => {}
         other => panic!("truncated: {other:?}"),
     }
+    // trailing bytes after one record
+    let mut two = shipped(4, 2, last.crc, b"x");
+    two.extend_from_slice(b"extra");
+    match replica.append_verified(&two) {
+        Err(WalError::TrailingBytes {
+            expected: 33,
+            found: 38,
+        }) => {}
+        other => panic!("trailing bytes: {other:?}"),
+    }
     assert_eq!(replica.last(), last, "nothing written by rejected records");
     // and the genuine next record still goes in, byte for byte
     let rec4 = r.next_record().expect("rec").expect("ok");
