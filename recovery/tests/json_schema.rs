@@ -1,0 +1,252 @@
+//! The `--json` schema is a stable interface (spec/recovery-tool.md §3): the
+//! set of field paths of every command's document is pinned here, so a rename
+//! or removal fails this test (additions must be added here and to the spec).
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{recover_json, s, Node};
+use walship_replica::halt::HaltReason;
+
+/// Every field path of `v` (`a.b.c`, arrays as `[]`).
+fn paths(v: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.insert(p.clone());
+                paths(x, &p, out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for x in a {
+                paths(x, &format!("{prefix}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn schema(args: &[&str]) -> BTreeSet<String> {
+    let (_, v, _) = recover_json(args);
+    let mut out = BTreeSet::new();
+    paths(&v, "", &mut out);
+    out
+}
+
+const ENVELOPE: [&str; 3] = ["schema_version", "command", "exit_code"];
+const POSITION: [&str; 3] = ["lsn", "epoch", "crc"];
+const HALT: [&str; 8] = [
+    "reason",
+    "lsn",
+    "epoch",
+    "expected",
+    "found",
+    "peer",
+    "at_unix_ms",
+    "detail",
+];
+
+fn with(base: &[&str], prefix: &str, fields: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = base.iter().map(|x| x.to_string()).collect();
+    v.push(prefix.to_string());
+    v.extend(fields.iter().map(|f| format!("{prefix}.{f}")));
+    v
+}
+
+fn wal_summary(prefix: &str) -> Vec<String> {
+    let mut v = vec![prefix.to_string()];
+    for f in [
+        "wal_dir",
+        "segments",
+        "first_lsn",
+        "base",
+        "last",
+        "records",
+        "state",
+        "state.state",
+        "ignored_files",
+        "superseded_segments",
+    ] {
+        v.push(format!("{prefix}.{f}"));
+    }
+    for f in [
+        "name",
+        "first_lsn",
+        "last_lsn",
+        "records",
+        "bytes",
+        "valid_bytes",
+        "generation",
+        "created_epoch",
+    ] {
+        v.push(format!("{prefix}.segments[].{f}"));
+    }
+    for p in POSITION {
+        v.push(format!("{prefix}.base.{p}"));
+        v.push(format!("{prefix}.last.{p}"));
+    }
+    v
+}
+
+#[test]
+fn verify_inspect_status_json_field_paths_are_stable() {
+    let n = Node::new();
+    n.append_n(1, 4, "a");
+    n.append_n(2, 4, "b");
+    n.set_commit(6);
+    n.set_epochs(&[(1, 1), (2, 5)]);
+    n.halt(HaltReason::Divergence, 7, 2);
+
+    let mut want: Vec<String> = ENVELOPE.iter().map(|x| x.to_string()).collect();
+    want.extend(["dir", "state_files", "snapshots"].map(String::from));
+    want.extend(wal_summary("wal"));
+    want.extend(["name", "present", "ok", "error"].map(|f| format!("state_files[].{f}")));
+    assert_eq!(schema(&["verify", s(&n.root)]), want.into_iter().collect());
+
+    let mut want: Vec<String> = ENVELOPE.iter().map(|x| x.to_string()).collect();
+    want.extend(
+        [
+            "dir",
+            "epochs_in_log",
+            "epoch_history",
+            "watermarks",
+            "watermarks.durable_lsn",
+            "watermarks.commit_lsn",
+            "watermarks.tentative_records",
+            "snapshots",
+            "halted",
+            "audit_entries",
+        ]
+        .map(String::from),
+    );
+    want.extend(wal_summary("wal"));
+    want.extend(
+        ["epoch", "first_lsn", "last_lsn", "records"].map(|f| format!("epochs_in_log[].{f}")),
+    );
+    want.extend(["epoch", "start_lsn"].map(|f| format!("epoch_history[].{f}")));
+    want.extend(with(&[], "halt", &HALT));
+    assert_eq!(schema(&["inspect", s(&n.root)]), want.into_iter().collect());
+
+    let mut want = with(&ENVELOPE, "halt", &HALT);
+    want.extend(["dir", "halted"].map(String::from));
+    assert_eq!(schema(&["status", s(&n.root)]), want.into_iter().collect());
+}
+
+#[test]
+fn dump_diff_rewind_clear_halt_json_field_paths_are_stable() {
+    let a = Node::new();
+    let b = Node::new();
+    a.append_n(1, 4, "same");
+    b.append_n(1, 2, "same");
+    b.append_n(2, 2, "other");
+
+    let mut want: Vec<String> = ENVELOPE.iter().map(|x| x.to_string()).collect();
+    want.extend(
+        [
+            "dir",
+            "from_lsn",
+            "to_lsn",
+            "records",
+            "state",
+            "state.state",
+        ]
+        .map(String::from),
+    );
+    want.extend(
+        [
+            "lsn",
+            "epoch",
+            "crc",
+            "prev_crc",
+            "payload_len",
+            "segment",
+            "offset",
+            "payload_hex",
+        ]
+        .map(|f| format!("records[].{f}")),
+    );
+    assert_eq!(
+        schema(&["dump", s(&a.root), "--payload", "hex"]),
+        want.into_iter().collect()
+    );
+
+    let mut want: Vec<String> = ENVELOPE.iter().map(|x| x.to_string()).collect();
+    want.extend(
+        [
+            "relation",
+            "common_prefix",
+            "first_divergence",
+            "first_divergence.lsn",
+        ]
+        .map(String::from),
+    );
+    for side in ["a", "b"] {
+        want.extend(
+            ["", ".dir", ".base", ".last", ".state", ".state.state"].map(|f| format!("{side}{f}")),
+        );
+        for p in POSITION {
+            want.push(format!("{side}.base.{p}"));
+            want.push(format!("{side}.last.{p}"));
+            want.push(format!("first_divergence.{side}.{p}"));
+        }
+        want.push(format!("first_divergence.{side}"));
+    }
+    want.extend(POSITION.map(|p| format!("common_prefix.{p}")));
+    assert_eq!(
+        schema(&["diff", s(&a.root), s(&b.root)]),
+        want.into_iter().collect()
+    );
+
+    b.set_commit(2);
+    b.halt(HaltReason::Divergence, 3, 2);
+    let mut want: Vec<String> = ENVELOPE.iter().map(|x| x.to_string()).collect();
+    want.extend(
+        [
+            "dir",
+            "to_lsn",
+            "commit_lsn",
+            "before",
+            "cut",
+            "performed",
+            "refused",
+            "after",
+            "commit_lsn_after",
+            "verify",
+            "verify.state",
+            "audit_log",
+        ]
+        .map(String::from),
+    );
+    want.extend(POSITION.map(|p| format!("before.{p}")));
+    want.extend(POSITION.map(|p| format!("after.{p}")));
+    want.extend(
+        [
+            "first_lsn",
+            "last_lsn",
+            "records",
+            "bytes",
+            "epochs",
+            "committed_records",
+        ]
+        .map(|f| format!("cut.{f}")),
+    );
+    want.extend(["epoch", "first_lsn", "last_lsn", "records"].map(|f| format!("cut.epochs[].{f}")));
+    assert_eq!(
+        schema(&["rewind", s(&b.root), "--to", "2", "--yes"]),
+        want.into_iter().collect()
+    );
+
+    let mut want = with(&ENVELOPE, "halt", &HALT);
+    want.extend(["dir", "checks", "cleared", "audit_log"].map(String::from));
+    want.extend(["name", "passed", "detail"].map(|f| format!("checks[].{f}")));
+    assert_eq!(
+        schema(&["clear-halt", s(&b.root)]),
+        want.into_iter().collect()
+    );
+}
