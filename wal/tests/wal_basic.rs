@@ -592,3 +592,35 @@ fn roll_failing_in_the_middle_of_a_batch_poisons() {
     );
     assert!(matches!(w.append(b"x"), Err(WalError::Poisoned)));
 }
+
+#[test]
+fn one_write_per_append_and_per_segment_touched_by_a_batch() {
+    let s = SimStorage::new(31);
+    let opts = WalOptions {
+        segment_size_bytes: 64 * 1024,
+        ..small_opts()
+    };
+    let (mut w, _) = open(&s, &wal_dir(), opts);
+    let before = s.counters().writes;
+    for i in 1..=10 {
+        w.append(&payload(i)).expect("append");
+    }
+    assert_eq!(s.counters().writes - before, 10, "one write_at per append");
+    let ps: Vec<Vec<u8>> = (1..=50).map(payload).collect();
+    let refs: Vec<&[u8]> = ps.iter().map(|p| &p[..]).collect();
+    let before = s.counters().writes;
+    w.append_batch(&refs).expect("batch");
+    assert_eq!(
+        s.counters().writes - before,
+        1,
+        "one write_at per batch within a segment"
+    );
+    let syncs = s.counters().file_syncs;
+    w.sync().expect("sync");
+    w.sync().expect("nothing new");
+    assert_eq!(
+        s.counters().file_syncs - syncs,
+        1,
+        "a sync with nothing new to sync does not fdatasync"
+    );
+}
