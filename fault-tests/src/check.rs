@@ -228,6 +228,15 @@ impl Checker for AppliedIsCommittedInOrder {
                     ));
                 }
             }
+            if let Some(u) = &r.up {
+                if u.core.commit_lsn() > w.oracle.max_commit {
+                    return Err(format!(
+                        "{name} believes commit lsn {} but the primary never committed above {}",
+                        u.core.commit_lsn(),
+                        w.oracle.max_commit
+                    ));
+                }
+            }
             if let Some(last) = recs.last() {
                 if last.lsn > w.oracle.max_commit {
                     return Err(format!(

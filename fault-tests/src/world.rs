@@ -909,6 +909,18 @@ impl World {
                     return;
                 };
                 let conn = *conn;
+                if let Message::Receipt { durable_lsn } = &msg {
+                    // Never receipt what is not durable (FM-4.1, FM-X.4).
+                    if *durable_lsn > r.wal.durable_lsn() {
+                        self.oracle.action_violations.push((
+                            "receipts carry only durable lsns (FM-4.1)",
+                            format!(
+                                "{name} sent Receipt({durable_lsn}) with durable lsn {}",
+                                r.wal.durable_lsn()
+                            ),
+                        ));
+                    }
+                }
                 let mut buf = Vec::new();
                 if let Err(e) = encode_frame(&msg, &mut buf) {
                     panic!("{name}: encoding {} failed: {e}", msg.kind());
