@@ -13,7 +13,10 @@ const MEMBERS: &[&str] = &["p", "r1", "r2"];
 
 /// Records every apply; survives replica restarts (the embedder's own durable state).
 #[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<(Lsn, Vec<u8>)>>>);
+struct Recorder(Arc<Mutex<Vec<Applied>>>);
+
+/// One apply: lsn and payload.
+type Applied = (Lsn, Vec<u8>);
 
 impl Recorder {
     fn lsns(&self) -> Vec<Lsn> {
