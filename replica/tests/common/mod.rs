@@ -267,7 +267,9 @@ impl Applier for TestApplier {
     fn apply(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), ApplyError> {
         let mut g = self.0.lock().expect("lock");
         let prev = g.records.last().map_or(0, |r| r.0);
-        assert_eq!(lsn, prev + 1, "applied in order, each once");
+        if lsn != prev + 1 {
+            return Err(format!("applied lsn {lsn} after {prev}: out of order or twice").into());
+        }
         g.records.push((lsn, payload.to_vec()));
         Ok(())
     }
