@@ -117,7 +117,7 @@ async fn replica_restarted_mid_stream_resumes_without_gap_or_double_apply() {
             }
         }));
     }
-    let st = wait_for(&replica, "some records applied", |st| st.applied_lsn >= 200).await;
+    wait_for(&replica, "some records applied", |st| st.applied_lsn >= 200).await;
     replica.shutdown().await.expect("shutdown mid-stream");
     // The embedder lost its last applies too.
     let keep = applier.lsns().len() as u64 / 2;
