@@ -27,7 +27,7 @@
 use std::fmt;
 
 use walship_wal::record::{check_successor, decode_record, ChainError, RecordError, RecordHeader};
-use walship_wal::state::{EpochEntry, EpochHistory};
+use walship_wal::state::EpochHistory;
 use walship_wal::{Lsn, Position, WalError};
 use walship_wire::message::{Hello, Message, RecordBatch, Welcome, PROTOCOL_VERSION};
 
@@ -407,15 +407,7 @@ impl ReplicaCore {
             node_id: self.config.node_id.clone(),
             last: self.last,
             commit_lsn: self.commit_lsn,
-            epoch_history: self
-                .epoch_history
-                .entries
-                .iter()
-                .map(|e| walship_wire::message::EpochEntry {
-                    epoch: e.epoch,
-                    start_lsn: e.start_lsn,
-                })
-                .collect(),
+            epoch_history: self.epoch_history.entries.clone(),
             highest_epoch_seen: self.highest_epoch_seen,
         })));
     }
@@ -531,15 +523,7 @@ impl ReplicaCore {
             self.do_halt(rejection, now_ms, out);
             return Ok(());
         }
-        if let Err(e) = EpochHistory::from_entries(
-            w.epoch_history
-                .iter()
-                .map(|e| EpochEntry {
-                    epoch: e.epoch,
-                    start_lsn: e.start_lsn,
-                })
-                .collect(),
-        ) {
+        if let Err(e) = EpochHistory::from_entries(w.epoch_history.clone()) {
             let detail = format!("welcome carries an invalid epoch history: {e}");
             self.end_session(SessionEnd::Protocol { detail }, out);
             return Ok(());
@@ -590,14 +574,7 @@ impl ReplicaCore {
         // epoch, so the fencing bound (highest epoch seen) is durable before any record
         // of this primary is appended.
         let mut history = EpochHistory {
-            entries: w
-                .epoch_history
-                .iter()
-                .map(|e| EpochEntry {
-                    epoch: e.epoch,
-                    start_lsn: e.start_lsn,
-                })
-                .collect(),
+            entries: w.epoch_history.clone(),
         };
         if history.last_epoch() < w.epoch {
             let start_lsn = history

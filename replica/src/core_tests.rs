@@ -3,6 +3,7 @@
 use super::*;
 use proptest::prelude::*;
 use walship_wal::record::encode_record;
+use walship_wal::state::EpochEntry;
 use walship_wire::message::{Refuse, RefuseReason};
 
 const MAX: u32 = 1 << 16;
@@ -954,4 +955,74 @@ fn streaming_harness_epoch(primary: &Log, have: Lsn) -> Harness {
     h.connect(primary, primary.last().epoch, 0);
     assert_eq!(*h.core.phase(), Phase::Streaming);
     h
+}
+
+#[test]
+fn welcome_history_without_primary_epoch_is_completed_and_persisted_before_records() {
+    let primary = Log::build(&[1, 1, 1]);
+    let mut h = Harness::new(&Log::default(), 0, 0);
+    h.feed(Event::Start);
+    h.feed(Event::SessionStarted);
+    let mut w = match welcome(&primary, 4, 0, 0) {
+        Message::Welcome(w) => w,
+        _ => unreachable!(),
+    };
+    w.epoch_history = vec![EpochEntry {
+        epoch: 1,
+        start_lsn: 1,
+    }];
+    let actions = h.feed(Event::Received(Message::Welcome(w)));
+    let expected = EpochHistory {
+        entries: vec![
+            EpochEntry {
+                epoch: 1,
+                start_lsn: 1,
+            },
+            EpochEntry {
+                epoch: 4,
+                start_lsn: 4,
+            },
+        ],
+    };
+    assert_eq!(actions[0], Action::PersistEpochs(expected));
+    assert_eq!(h.core.highest_epoch_seen(), 4);
+    // A reconnect announces the fencing bound.
+    h.feed(Event::SessionEnded(SessionEnd::ConnectionLost {
+        detail: "x".into(),
+    }));
+    match &h.feed(Event::SessionStarted)[..] {
+        [Action::Send(Message::Hello(hello))] => assert_eq!(hello.highest_epoch_seen, 4),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn welcome_with_invalid_epoch_history_ends_session_without_halt() {
+    let primary = Log::build(&[1, 1]);
+    let mut h = Harness::new(&Log::default(), 0, 0);
+    h.feed(Event::Start);
+    h.feed(Event::SessionStarted);
+    let mut w = match welcome(&primary, 2, 0, 0) {
+        Message::Welcome(w) => w,
+        _ => unreachable!(),
+    };
+    w.epoch_history = vec![
+        EpochEntry {
+            epoch: 2,
+            start_lsn: 1,
+        },
+        EpochEntry {
+            epoch: 1,
+            start_lsn: 3,
+        },
+    ];
+    let actions = h.feed(Event::Received(Message::Welcome(w)));
+    assert!(matches!(
+        actions[..],
+        [Action::Reconnect {
+            reason: SessionEnd::Protocol { .. },
+            ..
+        }]
+    ));
+    assert!(h.halts.is_empty());
 }
