@@ -642,8 +642,15 @@ impl<S: Storage> Driver<S> {
         let reader = tokio::spawn(read_loop(recv, tx));
         let mut writer = FrameWriter::default();
         self.feed(Event::SessionStarted)?;
+        let span = tracing::info_span!(
+            "session",
+            n = self.sessions,
+            primary = %self.config.primary_name,
+            epoch = tracing::field::Empty
+        );
         let result = self
-            .session_steps(&mut send, &mut writer, &mut rx, stop)
+            .session_steps(&mut send, &mut writer, &mut rx, stop, &span)
+            .instrument(span.clone())
             .await;
         reader.abort();
         self.connected = false;
@@ -673,8 +680,21 @@ impl<S: Storage> Driver<S> {
         writer: &mut FrameWriter,
         rx: &mut mpsc::Receiver<Inbound>,
         stop: &mut watch::Receiver<bool>,
+        span: &tracing::Span,
     ) -> Result<(), ReplicaError> {
+        let mut streaming = false;
         loop {
+            if !streaming && *self.core.phase() == Phase::Streaming {
+                streaming = true;
+                let epoch = self.core.primary().map_or(0, |(_, e)| e);
+                span.record("epoch", epoch);
+                tracing::info!(
+                    lsn = self.core.last().lsn,
+                    epoch,
+                    commit_lsn = self.core.commit_lsn(),
+                    "prefix proven: streaming"
+                );
+            }
             // Send what the core asked for (Hello, receipts, probes).
             if !self.halted && self.reconnect.is_none() {
                 for msg in std::mem::take(&mut self.outbox) {
