@@ -686,6 +686,11 @@ impl Load {
         let handle = {
             let stop = stop.clone();
             let sent = sent.clone();
+            // Answers to earlier loads on the same node do not count for this one.
+            let baseline = {
+                let r = lock(&events.state);
+                r.acks.len() as u64 + r.failed
+            };
             std::thread::spawn(move || {
                 let mut k = 0u64;
                 while !stop.load(Ordering::Acquire) {
@@ -694,7 +699,7 @@ impl Load {
                         if r.eof {
                             return;
                         }
-                        r.acks.len() as u64 + r.failed
+                        r.acks.len() as u64 + r.failed - baseline
                     };
                     if k - answered.min(k) >= max_in_flight {
                         std::thread::sleep(Duration::from_millis(1));
