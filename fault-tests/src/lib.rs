@@ -25,5 +25,6 @@ pub mod matrix;
 pub mod net;
 pub mod rng;
 pub mod sim;
+pub mod snapshot_sweep;
 pub mod trace;
 pub mod world;

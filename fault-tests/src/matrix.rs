@@ -436,11 +436,20 @@ fn fm_4_2() -> R {
     Ok("r1 crashed with lsn 6..=9 durable but unapplied; after restart the applier saw 1..=9 exactly once, in order".into())
 }
 
-fn fm_4_3() -> Verdict {
-    Verdict::Missing {
-        feature: "snapshot install in walship-snapshot / walship-replica",
-        observed: "no snapshot install path exists to crash in".into(),
+fn snapshot_layer(row: &str) -> Verdict {
+    match crate::snapshot_sweep::sweep(4300) {
+        Ok((points, old, new)) => Verdict::Missing {
+            feature: "snapshot transfer driven by walship-replica",
+            observed: format!(
+                "{row}: install layer over SimStorage interrupted at {points} points (each step, each fsync, aborted transfers): {old} recovered to the old state, {new} to the new one, never mixed, no temporary left"
+            ),
+        },
+        Err(e) => Verdict::Fail(format!("install layer: {e}")),
     }
+}
+
+fn fm_4_3() -> Verdict {
+    snapshot_layer("crash during install")
 }
 
 // ---------------------------------------------------------------- section 5
@@ -816,10 +825,7 @@ fn fm_10_4() -> R {
 }
 
 fn fm_10_5() -> Verdict {
-    Verdict::Missing {
-        feature: "snapshot install in walship-replica",
-        observed: "no snapshot + WAL combination can be produced yet".into(),
-    }
+    snapshot_layer("snapshot + WAL never mixed")
 }
 
 // ---------------------------------------------------------------- section 11
@@ -1067,10 +1073,7 @@ fn fm_x_7() -> R {
 }
 
 fn fm_x_8() -> Verdict {
-    Verdict::Missing {
-        feature: "snapshot transfer in walship-replica",
-        observed: "no snapshot transfer exists to interrupt".into(),
-    }
+    snapshot_layer("transfer cut short")
 }
 
 fn fm_x_9() -> R {
