@@ -109,6 +109,42 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Snapshots: verify the installed ones, or create one from an embedder state file.
+    Snapshot {
+        /// What to do.
+        #[command(subcommand)]
+        action: SnapshotAction,
+    },
+}
+
+/// `snapshot` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotAction {
+    /// Fully verify every installed snapshot (chunks, payload crc) and the newest one against the WAL.
+    Verify {
+        /// The node's data directory.
+        dir: PathBuf,
+        /// Shared options.
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Install a snapshot of the embedder's state, exported to a file, at a committed lsn. Audited.
+    Create {
+        /// The node's data directory.
+        dir: PathBuf,
+        /// The embedder's state as of `--lsn` (opaque bytes: the snapshot payload).
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+        /// The lsn the state corresponds to (every record up to it applied, none after).
+        #[arg(long, value_name = "LSN")]
+        lsn: Lsn,
+        /// Payload bytes per chunk.
+        #[arg(long, default_value_t = walship_snapshot::format::DEFAULT_CHUNK_SIZE_BYTES, value_name = "BYTES")]
+        chunk_size_bytes: u32,
+        /// Shared options.
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 impl Command {
@@ -122,6 +158,12 @@ impl Command {
             Command::Status { .. } => "status",
             Command::Rewind { .. } => "rewind",
             Command::ClearHalt { .. } => "clear-halt",
+            Command::Snapshot {
+                action: SnapshotAction::Verify { .. },
+            } => "snapshot-verify",
+            Command::Snapshot {
+                action: SnapshotAction::Create { .. },
+            } => "snapshot-create",
         }
     }
 
@@ -134,7 +176,11 @@ impl Command {
             | Command::Diff { common, .. }
             | Command::Status { common, .. }
             | Command::Rewind { common, .. }
-            | Command::ClearHalt { common, .. } => common,
+            | Command::ClearHalt { common, .. }
+            | Command::Snapshot {
+                action:
+                    SnapshotAction::Verify { common, .. } | SnapshotAction::Create { common, .. },
+            } => common,
         }
     }
 }

@@ -105,41 +105,6 @@ impl DataDir {
     pub fn halt(&self) -> Result<Option<HaltRecord>, RecoverError> {
         Ok(read_halt(&self.storage, &self.state_dir())?)
     }
-
-    /// Entries of `DIR/snapshots/` with their sizes (empty if the directory is absent).
-    pub fn snapshot_entries(&self) -> Result<Vec<crate::report::SnapshotEntry>, RecoverError> {
-        let dir = self.snapshot_dir();
-        let rd = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => {
-                return Err(RecoverError::Io {
-                    op: "read_dir",
-                    path: dir,
-                    source,
-                })
-            }
-        };
-        let mut out = Vec::new();
-        for entry in rd {
-            let entry = entry.map_err(|source| RecoverError::Io {
-                op: "read_dir",
-                path: dir.clone(),
-                source,
-            })?;
-            let meta = entry.metadata().map_err(|source| RecoverError::Io {
-                op: "stat",
-                path: entry.path(),
-                source,
-            })?;
-            out.push(crate::report::SnapshotEntry {
-                name: entry.file_name().to_string_lossy().into_owned(),
-                bytes: if meta.is_file() { meta.len() } else { 0 },
-            });
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
-    }
 }
 
 /// `root` must be an existing directory with `wal/` and `state/` subdirectories.

@@ -40,6 +40,12 @@ pub enum RecoverError {
         /// What is wrong, naming the file.
         message: String,
     },
+    /// An installed snapshot is damaged or disagrees with the WAL.
+    #[error("{message}")]
+    SnapshotCorrupt {
+        /// What is wrong, naming the file.
+        message: String,
+    },
     /// The WAL is corrupt (a modifying command cannot proceed).
     #[error("{0}")]
     WalCorrupt(walship_wal::error::CorruptionReport),
@@ -77,7 +83,9 @@ impl RecoverError {
         match self {
             RecoverError::NotADataDir { .. } | RecoverError::BadInput { .. } => Exit::Usage,
             RecoverError::NodeRunning { .. } => Exit::NodeRunning,
-            RecoverError::StateCorrupt { .. } | RecoverError::WalCorrupt(_) => Exit::Corruption,
+            RecoverError::StateCorrupt { .. }
+            | RecoverError::SnapshotCorrupt { .. }
+            | RecoverError::WalCorrupt(_) => Exit::Corruption,
             RecoverError::Refused { .. } => Exit::Refused,
             RecoverError::Io { .. } | RecoverError::Wal(_) | RecoverError::Internal { .. } => {
                 Exit::Io

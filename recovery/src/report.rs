@@ -211,8 +211,10 @@ pub struct VerifyReport {
     pub wal: WalSummary,
     /// The state files `commit`, `epochs`, `halt` (header, crc and JSON body checked).
     pub state_files: Vec<StateFileCheck>,
-    /// Entries of `DIR/snapshots/` (listed; their content is not verified by this build).
-    pub snapshots: Vec<SnapshotEntry>,
+    /// Entries of `DIR/snapshots/`, installed snapshots fully verified.
+    pub snapshots: Vec<SnapshotInfo>,
+    /// The newest installed snapshot against the WAL.
+    pub snapshot_wal: SnapshotWal,
 }
 
 /// The verdict on one state file.
@@ -228,13 +230,48 @@ pub struct StateFileCheck {
     pub error: Option<String>,
 }
 
-/// A snapshot directory entry.
+/// An entry of `DIR/snapshots/`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotEntry {
+pub struct SnapshotInfo {
     /// Name inside `DIR/snapshots/`.
     pub name: String,
-    /// Size in bytes (files) or 0 (directories).
-    pub bytes: u64,
+    /// `installed` (20-digit boundary lsn), `temporary` (`tmp-*`: an interrupted
+    /// install or creation, discarded by the node on open) or `unknown` (left alone).
+    pub kind: String,
+    /// The snapshot's boundary (installed snapshots whose header verified).
+    pub boundary: Option<Position>,
+    /// Length of the snapshot file.
+    pub file_bytes: Option<u64>,
+    /// Payload length from the header.
+    pub payload_bytes: Option<u64>,
+    /// `none`, `header` (header, length, trailer) or `full` (also every chunk and the payload crc).
+    pub verified: String,
+    /// False when an installed snapshot is damaged.
+    pub ok: bool,
+    /// What is wrong, naming the file.
+    pub error: Option<String>,
+}
+
+/// The newest installed snapshot against the WAL (rule of `SnapshotStore::recover`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotWal {
+    /// `no-snapshot`, `consistent`, `unknown` (the WAL is corrupt before the
+    /// boundary), `install-interrupted` (WAL ends below the boundary: the node
+    /// resets it on open) or `mismatch` (corruption).
+    pub state: String,
+    /// The newest installed snapshot's boundary.
+    pub boundary: Option<Position>,
+    /// The WAL's record at the boundary lsn (`null`: not retained or beyond the end).
+    pub wal_at_boundary: Option<Position>,
+    /// One line of facts.
+    pub detail: String,
+}
+
+impl SnapshotWal {
+    /// Whether this is corruption.
+    pub fn is_mismatch(&self) -> bool {
+        self.state == "mismatch"
+    }
 }
 
 /// The durable watermarks of a node.
@@ -261,8 +298,10 @@ pub struct InspectReport {
     pub epoch_history: Option<Vec<EpochEntry>>,
     /// Durable and commit watermarks.
     pub watermarks: Watermarks,
-    /// Entries of `DIR/snapshots/`.
-    pub snapshots: Vec<SnapshotEntry>,
+    /// Entries of `DIR/snapshots/` (installed snapshots: header, length and trailer verified).
+    pub snapshots: Vec<SnapshotInfo>,
+    /// The newest installed snapshot against the WAL.
+    pub snapshot_wal: SnapshotWal,
     /// Whether `state/halt` is present.
     pub halted: bool,
     /// The halt record, if halted.
@@ -441,6 +480,40 @@ pub struct ClearHaltReport {
     pub checks: Vec<Check>,
     /// Whether the halt file was removed.
     pub cleared: bool,
+    /// Path of the audit log written.
+    pub audit_log: Option<String>,
+}
+
+/// `snapshot verify` output.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotVerifyReport {
+    /// The data directory.
+    pub dir: String,
+    /// Entries of `DIR/snapshots/`, installed snapshots fully verified.
+    pub snapshots: Vec<SnapshotInfo>,
+    /// The newest installed snapshot against the WAL.
+    pub snapshot_wal: SnapshotWal,
+    /// How the WAL scan (needed for the boundary record) ended.
+    pub wal_state: WalState,
+}
+
+/// `snapshot create` output.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotCreateReport {
+    /// The data directory.
+    pub dir: String,
+    /// The state file read.
+    pub state_file: String,
+    /// The boundary: the WAL's record at `--lsn`.
+    pub boundary: Position,
+    /// The commit watermark (the boundary is at or below it).
+    pub commit_lsn: Option<Lsn>,
+    /// The installed snapshot, fully verified after creation.
+    pub snapshot: SnapshotInfo,
+    /// Temporary snapshot directories discarded when the store was opened.
+    pub discarded_tmp: Vec<String>,
+    /// Older installed snapshots removed (only the newest counts).
+    pub removed_older: Vec<String>,
     /// Path of the audit log written.
     pub audit_log: Option<String>,
 }

@@ -40,6 +40,13 @@ fn schema(args: &[&str]) -> BTreeSet<String> {
 }
 
 const ENVELOPE: [&str; 3] = ["schema_version", "command", "exit_code"];
+const SNAPSHOT_WAL: [&str; 5] = [
+    "snapshot_wal",
+    "snapshot_wal.state",
+    "snapshot_wal.boundary",
+    "snapshot_wal.wal_at_boundary",
+    "snapshot_wal.detail",
+];
 const POSITION: [&str; 3] = ["lsn", "epoch", "crc"];
 const HALT: [&str; 8] = [
     "reason",
@@ -105,6 +112,7 @@ fn verify_inspect_status_json_field_paths_are_stable() {
 
     let mut want: Vec<String> = ENVELOPE.iter().map(|x| x.to_string()).collect();
     want.extend(["dir", "state_files", "snapshots"].map(String::from));
+    want.extend(SNAPSHOT_WAL.map(String::from));
     want.extend(wal_summary("wal"));
     want.extend(["name", "present", "ok", "error"].map(|f| format!("state_files[].{f}")));
     assert_eq!(schema(&["verify", s(&n.root)]), want.into_iter().collect());
@@ -121,6 +129,11 @@ fn verify_inspect_status_json_field_paths_are_stable() {
             "watermarks.tentative_records",
             "snapshots",
             "halted",
+            "snapshot_wal",
+            "snapshot_wal.state",
+            "snapshot_wal.boundary",
+            "snapshot_wal.wal_at_boundary",
+            "snapshot_wal.detail",
             "audit_entries",
         ]
         .map(String::from),
@@ -247,6 +260,67 @@ fn dump_diff_rewind_clear_halt_json_field_paths_are_stable() {
     want.extend(["name", "passed", "detail"].map(|f| format!("checks[].{f}")));
     assert_eq!(
         schema(&["clear-halt", s(&b.root)]),
+        want.into_iter().collect()
+    );
+}
+
+const SNAPSHOT_INFO: [&str; 8] = [
+    "name",
+    "kind",
+    "boundary",
+    "file_bytes",
+    "payload_bytes",
+    "verified",
+    "ok",
+    "error",
+];
+
+#[test]
+fn snapshot_create_and_verify_json_field_paths_are_stable() {
+    let n = Node::new();
+    n.append_n(1, 6, "a");
+    n.set_commit(5);
+    let state = n.tmp.path().join("state.bin");
+    std::fs::write(&state, vec![7u8; 300]).expect("state");
+    let mut want: Vec<String> = ENVELOPE.iter().map(|x| x.to_string()).collect();
+    want.extend(
+        [
+            "dir",
+            "state_file",
+            "boundary",
+            "commit_lsn",
+            "snapshot",
+            "discarded_tmp",
+            "removed_older",
+            "audit_log",
+        ]
+        .map(String::from),
+    );
+    want.extend(POSITION.map(|p| format!("boundary.{p}")));
+    want.extend(SNAPSHOT_INFO.map(|f| format!("snapshot.{f}")));
+    want.extend(POSITION.map(|p| format!("snapshot.boundary.{p}")));
+    assert_eq!(
+        schema(&[
+            "snapshot",
+            "create",
+            s(&n.root),
+            "--state",
+            s(&state),
+            "--lsn",
+            "5"
+        ]),
+        want.into_iter().collect()
+    );
+
+    let mut want: Vec<String> = ENVELOPE.iter().map(|x| x.to_string()).collect();
+    want.extend(["dir", "snapshots", "wal_state", "wal_state.state"].map(String::from));
+    want.extend(SNAPSHOT_WAL.map(String::from));
+    want.extend(SNAPSHOT_INFO.map(|f| format!("snapshots[].{f}")));
+    want.extend(POSITION.map(|p| format!("snapshots[].boundary.{p}")));
+    want.extend(POSITION.map(|p| format!("snapshot_wal.boundary.{p}")));
+    want.extend(POSITION.map(|p| format!("snapshot_wal.wal_at_boundary.{p}")));
+    assert_eq!(
+        schema(&["snapshot", "verify", s(&n.root)]),
         want.into_iter().collect()
     );
 }

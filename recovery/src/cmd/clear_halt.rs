@@ -14,8 +14,9 @@ use crate::cmd::{progress_label, scan_options};
 use crate::datadir::DataDir;
 use crate::error::RecoverError;
 use crate::exit::Exit;
-use crate::report::{Check, ClearHaltReport, WalState};
+use crate::report::{Check, ClearHaltReport, SnapshotInfo, SnapshotWal, WalState};
 use crate::scan::WalScan;
+use crate::snapshots::{boundaries, check_snapshots, judge_snapshot_wal, Depth, PositionProbe};
 use crate::{Env, Outcome, TextReport};
 
 /// A condition that must hold before a halt is lifted.
@@ -24,6 +25,9 @@ pub enum Condition {
     /// The WAL scan finds no corruption (a torn, never-synced tail is allowed:
     /// the node cuts it on open).
     LogVerifies,
+    /// Every installed snapshot fully verifies and the newest one agrees with
+    /// the WAL (consistent, or an interrupted install the node completes).
+    SnapshotsVerify,
     /// The WAL's last lsn is below the halt lsn: nothing at or after the
     /// offending lsn is in the log (for a divergence: the tail was rewound to
     /// the common prefix).
@@ -35,6 +39,7 @@ impl Condition {
     pub fn name(self) -> &'static str {
         match self {
             Condition::LogVerifies => "log-verifies",
+            Condition::SnapshotsVerify => "snapshots-verify",
             Condition::TailBelowHaltLsn => "tail-below-halt-lsn",
         }
     }
@@ -54,21 +59,53 @@ pub fn required_checks(reason: HaltReason) -> &'static [Condition] {
         | HaltReason::EpochRegression
         | HaltReason::MalformedBatch
         | HaltReason::Divergence
-        | HaltReason::SnapshotBoundary => &[Condition::LogVerifies, Condition::TailBelowHaltLsn],
+        | HaltReason::SnapshotBoundary => &[
+            Condition::LogVerifies,
+            Condition::SnapshotsVerify,
+            Condition::TailBelowHaltLsn,
+        ],
         // The cause is outside the log (a fenced primary, a bad received
         // snapshot that was discarded) or was the log itself (local corruption):
         // the local state must verify.
         HaltReason::StalePrimary | HaltReason::SnapshotInvalid | HaltReason::LocalCorruption => {
-            &[Condition::LogVerifies]
+            &[Condition::LogVerifies, Condition::SnapshotsVerify]
         }
     }
 }
 
-fn evaluate(c: Condition, halt: &HaltRecord, scan: &WalScan) -> Check {
+/// What the conditions are judged on.
+struct Facts {
+    scan: WalScan,
+    snapshots: Vec<SnapshotInfo>,
+    snapshot_wal: SnapshotWal,
+}
+
+fn evaluate(c: Condition, halt: &HaltRecord, facts: &Facts) -> Check {
+    let scan = &facts.scan;
     let (passed, detail) = match c {
         Condition::LogVerifies => {
             let state = WalState::from_end(&scan.end);
             (!state.is_corrupt(), wal_state_line(&state))
+        }
+        Condition::SnapshotsVerify => {
+            let damaged: Vec<String> = facts
+                .snapshots
+                .iter()
+                .filter_map(|s| s.error.clone())
+                .collect();
+            let agrees = matches!(
+                facts.snapshot_wal.state.as_str(),
+                "no-snapshot" | "consistent" | "install-interrupted"
+            );
+            let detail = if damaged.is_empty() {
+                format!(
+                    "{}: {}",
+                    facts.snapshot_wal.state, facts.snapshot_wal.detail
+                )
+            } else {
+                damaged.join("; ")
+            };
+            (damaged.is_empty() && agrees, detail)
         }
         Condition::TailBelowHaltLsn => {
             let last = scan.last.lsn;
@@ -112,14 +149,32 @@ pub fn clear_halt(
         o.message = Some("not halted: nothing to clear".to_string());
         return Ok(o);
     };
+    let snapshots = check_snapshots(d.storage(), &d.snapshot_dir(), Depth::Full)?;
+    let newest = boundaries(&snapshots).pop();
+    let mut probe = PositionProbe::for_boundary(newest);
     let scan = d.scan(
         scan_options(common),
         progress_label(env.progress, "clear-halt: verify"),
-        &mut |_, _, _| ControlFlow::Continue(()),
+        &mut |_, _, v| {
+            probe.see(v.position());
+            ControlFlow::Continue(())
+        },
     )?;
+    let snapshot_wal = judge_snapshot_wal(
+        newest,
+        scan.last,
+        probe.result(scan.start),
+        scan.corruption().is_some(),
+    );
+    let facts = Facts {
+        scan,
+        snapshots,
+        snapshot_wal,
+    };
+    let scan = &facts.scan;
     report.checks = required_checks(halt.reason)
         .iter()
-        .map(|c| evaluate(*c, &halt, &scan))
+        .map(|c| evaluate(*c, &halt, &facts))
         .collect();
     report.halt = Some(halt.clone());
     let failed: Vec<&Check> = report.checks.iter().filter(|c| !c.passed).collect();

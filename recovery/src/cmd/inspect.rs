@@ -6,12 +6,13 @@ use std::path::Path;
 
 use crate::audit::read_audit;
 use crate::cli::Common;
-use crate::cmd::text::{write_halt, write_wal_summary};
+use crate::cmd::text::{write_halt, write_snapshots, write_wal_summary};
 use crate::cmd::{progress_label, scan_options};
 use crate::datadir::DataDir;
 use crate::error::RecoverError;
 use crate::exit::Exit;
 use crate::report::{InspectReport, WalSummary, Watermarks};
+use crate::snapshots::{boundaries, check_snapshots, judge_snapshot_wal, Depth, PositionProbe};
 use crate::{Outcome, TextReport};
 
 /// Runs `inspect`: exit 3 if the WAL is corrupt, else 4 if the node is halted, else 0.
@@ -21,20 +22,32 @@ pub fn inspect(
     progress: bool,
 ) -> Result<Outcome<InspectReport>, RecoverError> {
     let d = DataDir::open_locked(dir)?;
+    let snapshots = check_snapshots(d.storage(), &d.snapshot_dir(), Depth::Header)?;
+    let newest = boundaries(&snapshots).pop();
+    let mut probe = PositionProbe::for_boundary(newest);
     let scan = d.scan(
         scan_options(common),
         progress_label(progress, "inspect"),
-        &mut |_, _, _| ControlFlow::Continue(()),
+        &mut |_, _, v| {
+            probe.see(v.position());
+            ControlFlow::Continue(())
+        },
     )?;
+    let snapshot_wal = judge_snapshot_wal(
+        newest,
+        scan.last,
+        probe.result(scan.start),
+        scan.corruption().is_some(),
+    );
     let commit_lsn = d.commit_lsn()?;
     let epoch_history = d.epoch_history()?.map(|h| h.entries);
     let halt = d.halt()?;
-    let snapshots = d.snapshot_entries()?;
     let audit_entries = read_audit(d.storage(), &d.state_dir())?.len() as u64;
     let durable_lsn = scan.last.lsn;
     let tentative_records = durable_lsn.saturating_sub(commit_lsn.unwrap_or(0));
     let wal = WalSummary::from_scan(&d.wal_dir(), &scan);
-    let exit = if wal.state.is_corrupt() {
+    let damaged = snapshots.iter().any(|s| !s.ok) || snapshot_wal.is_mismatch();
+    let exit = if wal.state.is_corrupt() || damaged {
         Exit::Corruption
     } else if halt.is_some() {
         Exit::Halted
@@ -52,6 +65,7 @@ pub fn inspect(
             tentative_records,
         },
         snapshots,
+        snapshot_wal,
         halted: halt.is_some(),
         halt,
         audit_entries,
@@ -90,12 +104,7 @@ impl TextReport for InspectReport {
             "durable lsn: {}; commit lsn: {commit}; tentative records: {}",
             self.watermarks.durable_lsn, self.watermarks.tentative_records
         )?;
-        if self.snapshots.is_empty() {
-            writeln!(w, "snapshots: none")?;
-        }
-        for s in &self.snapshots {
-            writeln!(w, "snapshot entry: {} ({} bytes)", s.name, s.bytes)?;
-        }
+        write_snapshots(w, &self.snapshots, &self.snapshot_wal)?;
         writeln!(w, "audit log entries: {}", self.audit_entries)?;
         match &self.halt {
             Some(h) => write_halt(w, h),

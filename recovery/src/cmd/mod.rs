@@ -6,6 +6,7 @@ pub mod diff;
 pub mod dump;
 pub mod inspect;
 pub mod rewind;
+pub mod snapshot;
 pub mod status;
 pub mod text;
 pub mod verify;

@@ -19,6 +19,7 @@ use crate::error::RecoverError;
 use crate::exit::Exit;
 use crate::report::{CutPlan, RewindReport, WalState};
 use crate::scan::{EpochSpan, ScanOptions};
+use crate::snapshots::{boundaries, check_snapshots, Depth};
 use crate::{Env, Outcome, TextReport};
 
 /// What the operator asked for.
@@ -109,6 +110,12 @@ pub fn rewind(
         o.message = Some(format!("nothing to cut: lsn {to} is the last record"));
         return Ok(o);
     }
+    let newest_snapshot = boundaries(&check_snapshots(
+        d.storage(),
+        &d.snapshot_dir(),
+        Depth::Header,
+    )?)
+    .pop();
     let committed_records = commit_lsn.map_or(0, |c| c.min(before.lsn).saturating_sub(to));
     let plan = CutPlan {
         first_lsn: to + 1,
@@ -132,6 +139,17 @@ pub fn rewind(
             message: Some(format!("refused: {reason}; nothing was changed")),
         })
     };
+    if let Some(b) = newest_snapshot.filter(|b| b.lsn > to) {
+        // The node would roll the WAL forward to the snapshot on open
+        // (SnapshotStore::recover): the rewind would silently not hold.
+        return refuse(
+            report,
+            format!(
+                "the newest installed snapshot's boundary (lsn {}) is above lsn {to}: the node would restore it on open; a log below a snapshot needs a resync, not a rewind",
+                b.lsn
+            ),
+        );
+    }
     if committed_records > 0 && !req.accept_data_loss {
         let c = commit_lsn.unwrap_or(0);
         return refuse(

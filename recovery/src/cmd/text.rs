@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use walship_replica::halt::HaltRecord;
 
 use crate::audit::format_utc_ms;
-use crate::report::{WalState, WalSummary};
+use crate::report::{SnapshotInfo, SnapshotWal, WalState, WalSummary};
 
 /// One line describing a WAL scan's end.
 pub fn wal_state_line(state: &WalState) -> String {
@@ -84,4 +84,33 @@ pub fn write_halt(w: &mut dyn Write, h: &HaltRecord) -> io::Result<()> {
         writeln!(w, "  detail:   {}", h.detail)?;
     }
     Ok(())
+}
+
+/// The snapshot entries and the snapshot/WAL agreement.
+pub fn write_snapshots(
+    w: &mut dyn Write,
+    snaps: &[SnapshotInfo],
+    sw: &SnapshotWal,
+) -> io::Result<()> {
+    if snaps.is_empty() {
+        writeln!(w, "snapshots: none")?;
+    }
+    for s in snaps {
+        let what = match (&s.error, s.kind.as_str()) {
+            (Some(e), _) => format!("DAMAGED: {e}"),
+            (None, "installed") => format!(
+                "boundary {}, {} payload bytes, verified: {}",
+                s.boundary.map(|b| b.to_string()).unwrap_or_default(),
+                s.payload_bytes.unwrap_or(0),
+                s.verified
+            ),
+            (None, "temporary") => {
+                "temporary (interrupted install or creation; the node discards it on open)"
+                    .to_string()
+            }
+            (None, _) => "not a snapshot (left alone)".to_string(),
+        };
+        writeln!(w, "snapshot {} [{}]: {what}", s.name, s.kind)?;
+    }
+    writeln!(w, "snapshot/WAL: {}: {}", sw.state, sw.detail)
 }

@@ -5,12 +5,13 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 use crate::cli::Common;
-use crate::cmd::text::write_wal_summary;
+use crate::cmd::text::{write_snapshots, write_wal_summary};
 use crate::cmd::{progress_label, scan_options};
 use crate::datadir::{DataDir, COMMIT_FILE, EPOCHS_FILE};
 use crate::error::RecoverError;
 use crate::exit::Exit;
 use crate::report::{StateFileCheck, VerifyReport, WalSummary};
+use crate::snapshots::{boundaries, check_snapshots, judge_snapshot_wal, Depth, PositionProbe};
 use crate::{Outcome, TextReport};
 
 /// Runs `verify`: exit 3 if the WAL or a state file is corrupt, else 0 (a torn tail is not corruption).
@@ -20,20 +21,35 @@ pub fn verify(
     progress: bool,
 ) -> Result<Outcome<VerifyReport>, RecoverError> {
     let d = DataDir::open_locked(dir)?;
+    let snapshots = check_snapshots(d.storage(), &d.snapshot_dir(), Depth::Full)?;
+    let newest = boundaries(&snapshots).pop();
+    let mut probe = PositionProbe::for_boundary(newest);
     let scan = d.scan(
         scan_options(common),
         progress_label(progress, "verify"),
-        &mut |_, _, _| ControlFlow::Continue(()),
+        &mut |_, _, v| {
+            probe.see(v.position());
+            ControlFlow::Continue(())
+        },
     )?;
+    let snapshot_wal = judge_snapshot_wal(
+        newest,
+        scan.last,
+        probe.result(scan.start),
+        scan.corruption().is_some(),
+    );
     let wal = WalSummary::from_scan(&d.wal_dir(), &scan);
     let state_files = check_state_files(&d)?;
-    let snapshots = d.snapshot_entries()?;
-    let corrupt = wal.state.is_corrupt() || state_files.iter().any(|c| !c.ok);
+    let corrupt = wal.state.is_corrupt()
+        || state_files.iter().any(|c| !c.ok)
+        || snapshots.iter().any(|s| !s.ok)
+        || snapshot_wal.is_mismatch();
     let report = VerifyReport {
         dir: dir.display().to_string(),
         wal,
         state_files,
         snapshots,
+        snapshot_wal,
     };
     let mut out = Outcome::new(report, if corrupt { Exit::Corruption } else { Exit::Ok });
     if corrupt {
@@ -83,13 +99,6 @@ impl TextReport for VerifyReport {
             };
             writeln!(w, "state/{}: {v}", c.name)?;
         }
-        for s in &self.snapshots {
-            writeln!(
-                w,
-                "snapshot entry (not verified by this build): {} ({} bytes)",
-                s.name, s.bytes
-            )?;
-        }
-        Ok(())
+        write_snapshots(w, &self.snapshots, &self.snapshot_wal)
     }
 }
