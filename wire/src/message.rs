@@ -60,6 +60,12 @@ pub enum Message {
         /// Highest quorum-committed lsn.
         commit_lsn: Lsn,
     },
+    /// Primary -> replica: a snapshot follows (spec/snapshot-format.md §5).
+    SnapshotOffer(walship_snapshot::SnapshotOffer),
+    /// Primary -> replica: chunk `index` of the offered snapshot (indexes `0..` in order).
+    SnapshotChunk(walship_snapshot::SnapshotChunk),
+    /// Primary -> replica: the offered snapshot is complete (the primary's stored trailer).
+    SnapshotEnd(walship_snapshot::SnapshotEnd),
 }
 
 impl Message {
@@ -74,6 +80,9 @@ impl Message {
             Message::Records(_) => "records",
             Message::Receipt { .. } => "receipt",
             Message::Commit { .. } => "commit",
+            Message::SnapshotOffer(_) => "snapshot-offer",
+            Message::SnapshotChunk(_) => "snapshot-chunk",
+            Message::SnapshotEnd(_) => "snapshot-end",
         }
     }
 }
@@ -341,6 +350,43 @@ mod tests {
         // tag(1) + first_lsn(1) + count(1) + len varint(3) + 1000 bytes + commit_lsn(1)
         assert_eq!(body.len(), 1007);
         assert_eq!(decode_body(&body).expect("decode"), msg);
+    }
+
+    #[test]
+    fn snapshot_messages_round_trip_and_chunk_bytes_encode_as_one_byte_string() {
+        let offer = walship_snapshot::SnapshotOffer {
+            boundary: Position {
+                lsn: 7,
+                epoch: 2,
+                crc: 9,
+            },
+            total_len: 1000,
+            chunk_size_bytes: 1000,
+            chunk_count: 1,
+            header_crc: 5,
+        };
+        let chunk = Message::SnapshotChunk(walship_snapshot::SnapshotChunk {
+            index: 0,
+            crc: 1,
+            bytes: vec![0xCD; 1000],
+        });
+        let end = Message::SnapshotEnd(walship_snapshot::SnapshotEnd {
+            trailer: walship_snapshot::SnapshotTrailer {
+                header_crc: 5,
+                chunk_count: 1,
+                total_len: 1000,
+                payload_crc: 3,
+            },
+        });
+        for msg in [Message::SnapshotOffer(offer), chunk.clone(), end] {
+            let mut body = Vec::new();
+            encode_body(&msg, &mut body).expect("encode");
+            assert_eq!(decode_body(&body).expect("decode"), msg);
+        }
+        let mut body = Vec::new();
+        encode_body(&chunk, &mut body).expect("encode");
+        // tag(1) + index(1) + crc(1) + len varint(3) + 1000 bytes
+        assert_eq!(body.len(), 1006);
     }
 
     #[test]
