@@ -41,6 +41,9 @@ enum Cmd {
         /// Print the options each seed expands to.
         #[arg(long)]
         verbose: bool,
+        /// Print every event of the run (for replaying one seed).
+        #[arg(long)]
+        trace: bool,
     },
     /// Run one scenario per ID of the failure matrix and print the table.
     Matrix {
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
             seeds,
             steps,
             verbose,
+            trace,
         } => {
             let range = match (seed, seeds) {
                 (Some(s), None) => s..s.saturating_add(1),
@@ -86,23 +90,24 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let mut failed = 0u64;
-            let mut ran = 0u64;
+            let mut totals = sim::SimTotals::default();
             for s in range {
                 let opts = SimOptions::from_seed(s, steps);
                 if verbose {
                     println!("options: {opts}");
                 }
-                let rep = sim::run(&opts);
+                let rep = sim::run_traced(&opts, trace);
+                if let Some(t) = &rep.full_trace {
+                    print!("{t}");
+                }
                 println!("{}", rep.summary());
-                ran += 1;
+                totals.add(&rep);
                 if let Some(f) = rep.failure_report() {
                     eprintln!("{f}");
-                    failed += 1;
                 }
             }
-            println!("{ran} seeds, {failed} failed");
-            if failed == 0 {
+            println!("{totals}");
+            if totals.failed == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

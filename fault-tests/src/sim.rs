@@ -179,6 +179,10 @@ pub struct SimReport {
     /// Why the liveness phase could not be judged (the primary refused to
     /// start after a torn crash), if so.
     pub liveness_skipped: Option<String>,
+    /// Replicas halted at the end (reason names).
+    pub halts: Vec<String>,
+    /// Every trace event, when asked for.
+    pub full_trace: Option<String>,
     /// `Ok` or the failure.
     pub outcome: Result<(), SimFailure>,
 }
@@ -241,6 +245,11 @@ fn payload(rng: &mut SimRng, step: u64, k: usize) -> Vec<u8> {
 
 /// Runs one seed: safety phase (`opts.steps` steps), then liveness phase.
 pub fn run(opts: &SimOptions) -> SimReport {
+    run_traced(opts, false)
+}
+
+/// Like [`run`]; with `keep_trace` the report carries every trace event.
+pub fn run_traced(opts: &SimOptions, keep_trace: bool) -> SimReport {
     let mut rng = SimRng::new(opts.seed);
     let cfg = WorldConfig {
         replicas: opts.replicas,
@@ -268,6 +277,8 @@ pub fn run(opts: &SimOptions) -> SimReport {
         disk_faults: 0,
         net: NetStats::default(),
         liveness_skipped: None,
+        halts: Vec::new(),
+        full_trace: None,
         outcome: Ok(()),
     };
     let mut w = match World::new(cfg, rng.next_u64()) {
@@ -285,6 +296,9 @@ pub fn run(opts: &SimOptions) -> SimReport {
             return report;
         }
     };
+    if keep_trace {
+        w.trace.keep_all();
+    }
     w.log(format!("options: {opts}"));
     w.start_all();
     let mut checkers = standard_checkers();
@@ -476,7 +490,82 @@ fn finish(mut report: SimReport, w: &World) -> SimReport {
     report.acked = w.oracle.acked.len();
     report.commit_lsn = w.oracle.max_commit;
     report.net = w.net.stats().clone();
+    report.halts = w
+        .replicas
+        .iter()
+        .filter_map(|r| r.halted.as_ref())
+        .map(|h| h.record.reason.as_str().to_string())
+        .collect();
+    report.full_trace = w.trace.all().map(|evs| {
+        evs.iter()
+            .map(|e| format!("[step {:>6} t={:>8}ms] {}\n", e.step, e.at_ms, e.what))
+            .collect()
+    });
     report
+}
+
+/// Totals over many runs, for the closing line of `walship-fault sim --seeds`.
+#[derive(Debug, Clone, Default)]
+pub struct SimTotals {
+    /// Seeds run.
+    pub seeds: u64,
+    /// Seeds that failed.
+    pub failed: u64,
+    /// Safety steps run.
+    pub steps: u64,
+    /// Records acknowledged to clients.
+    pub acked: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+    /// Partitions injected.
+    pub partitions: u64,
+    /// Datagram-level faults injected.
+    pub net_faults: u64,
+    /// Sender frame faults armed.
+    pub byzantine: u64,
+    /// Disk faults injected.
+    pub disk_faults: u64,
+    /// Replica halts (all explained by an injected fault, else the seed failed).
+    pub halts: u64,
+    /// Seeds whose liveness phase was skipped (primary refused to start after a torn crash).
+    pub liveness_skipped: u64,
+}
+
+impl SimTotals {
+    /// Adds one report.
+    pub fn add(&mut self, r: &SimReport) {
+        self.seeds += 1;
+        self.failed += u64::from(r.outcome.is_err());
+        self.steps += r.steps_run;
+        self.acked += r.acked as u64;
+        self.crashes += r.crashes;
+        self.partitions += r.partitions;
+        self.net_faults += r.net.faults_injected();
+        self.byzantine += r.byzantine;
+        self.disk_faults += r.disk_faults;
+        self.halts += r.halts.len() as u64;
+        self.liveness_skipped += u64::from(r.liveness_skipped.is_some());
+    }
+}
+
+impl fmt::Display for SimTotals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} seeds, {} failed; {} steps, {} acknowledged records; injected: {} crashes, {} partitions, {} datagram faults, {} sender faults, {} disk faults; {} explained halts; liveness skipped in {} seeds (primary WAL refused to open after a torn crash)",
+            self.seeds,
+            self.failed,
+            self.steps,
+            self.acked,
+            self.crashes,
+            self.partitions,
+            self.net_faults,
+            self.byzantine,
+            self.disk_faults,
+            self.halts,
+            self.liveness_skipped
+        )
+    }
 }
 
 /// Number of seeds for the default test run: `WALSHIP_SIM_SEEDS` or `default`.

@@ -25,6 +25,8 @@ pub struct Trace {
     hash: u64,
     events: u64,
     tail: VecDeque<TraceEvent>,
+    /// Every event, kept only when asked for (`walship-fault sim --trace`).
+    full: Option<Vec<TraceEvent>>,
 }
 
 impl Default for Trace {
@@ -40,7 +42,20 @@ impl Trace {
             hash: 0xcbf2_9ce4_8422_2325,
             events: 0,
             tail: VecDeque::with_capacity(TRACE_TAIL_EVENTS),
+            full: None,
         }
+    }
+
+    /// Keeps every event from now on (memory grows with the run).
+    pub fn keep_all(&mut self) {
+        if self.full.is_none() {
+            self.full = Some(Vec::new());
+        }
+    }
+
+    /// Every event recorded since [`Trace::keep_all`], if it was called.
+    pub fn all(&self) -> Option<&[TraceEvent]> {
+        self.full.as_deref()
     }
 
     /// Records one event: folds it into the hash and keeps it in the tail.
@@ -60,7 +75,11 @@ impl Trace {
         if self.tail.len() == TRACE_TAIL_EVENTS {
             self.tail.pop_front();
         }
-        self.tail.push_back(TraceEvent { at_ms, step, what });
+        let e = TraceEvent { at_ms, step, what };
+        if let Some(full) = &mut self.full {
+            full.push(e.clone());
+        }
+        self.tail.push_back(e);
     }
 
     /// The hash of every event recorded so far, in order.
