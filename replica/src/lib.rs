@@ -135,6 +135,9 @@ impl ReplicaConfig {
         if self.node_id.is_empty() {
             return bad("node_id is empty");
         }
+        if self.cluster_id.is_empty() {
+            return bad("cluster_id is empty");
+        }
         if self.primary_name.is_empty() {
             return bad("primary_name is empty");
         }
@@ -373,6 +376,8 @@ impl Replica {
     /// Runs `f` (a read of the embedder's applied state) unless the replica is
     /// halted. A halt decided while `f` runs waits for `f` to finish before the
     /// halt file is written, so every read either precedes the halt or is refused.
+    /// `f` must be short and must not call `with_reads`/`check_readable` itself
+    /// (the gate is a read lock that a pending halt would block).
     pub fn with_reads<R>(&self, f: impl FnOnce() -> R) -> Result<R, ReplicaError> {
         let gate = match self.shared.gate.read() {
             Ok(g) => g,
@@ -407,6 +412,9 @@ impl Replica {
     }
 }
 
+/// Dropping a running replica stops its driver and waits for its thread (a
+/// short blocking wait: the current step, then at most 500 ms to flush the QUIC
+/// close); prefer [`Replica::shutdown`] in async code.
 impl Drop for Replica {
     fn drop(&mut self) {
         if let Some(d) = self.driver.take() {

@@ -572,3 +572,58 @@ async fn fm_x_12_disk_full_stops_replica_without_receipt_or_halt_and_restart_res
     })
     .await;
 }
+
+#[tokio::test]
+async fn malformed_oversized_and_refused_sessions_end_without_halt_and_the_replica_reconnects() {
+    let f = fixture();
+    let log = Log::build(4, 1, "p");
+    let replica = f.open();
+    // 1: a body that is not a message.
+    let mut s = f.primary.accept().await;
+    s.send
+        .write_all(&[5, 0, 0, 0, 0xff, 0xfe, 0xfd, 0xfc, 0xfb])
+        .await
+        .expect("write");
+    assert_eq!(
+        s.closed_code().await,
+        Some(CloseCode::ProtocolViolation as u64)
+    );
+    // 2: a length prefix above the frame limit (rejected before allocating).
+    let mut s = f.primary.accept().await;
+    s.send
+        .write_all(&u32::MAX.to_le_bytes())
+        .await
+        .expect("write");
+    assert_eq!(
+        s.closed_code().await,
+        Some(CloseCode::ProtocolViolation as u64)
+    );
+    // 3: a refusal.
+    let mut s = f.primary.accept().await;
+    s.send(Message::Refuse(walship_wire::Refuse {
+        reason: walship_wire::RefuseReason::NotPrimary,
+    }))
+    .await;
+    assert_eq!(s.closed_code().await, Some(CloseCode::Normal as u64));
+    // 4: records before Welcome (out of protocol order).
+    let mut s = f.primary.accept().await;
+    s.send(Message::Records(log.batch(1, 2, 2))).await;
+    assert_eq!(
+        s.closed_code().await,
+        Some(CloseCode::ProtocolViolation as u64)
+    );
+    // Then an honest session streams normally.
+    let mut s = f.primary.accept().await;
+    assert_eq!(
+        s.hello.last,
+        walship_wal::Position::ZERO,
+        "nothing was appended"
+    );
+    s.welcome(&log, 1, 4).await;
+    s.send(Message::Records(log.batch(1, 4, 4))).await;
+    s.wait_receipt(4).await;
+    let st = wait_for(&replica, "applied 4", |st| st.applied_lsn == 4).await;
+    assert_eq!(st.sessions, 5);
+    assert!(read_halt_file(&f.data).is_none());
+    replica.shutdown().await.expect("shutdown");
+}
