@@ -282,3 +282,76 @@ fn installed_file_is_byte_identical_to_the_primarys() {
     let snap = store.newest().expect("newest").expect("some");
     assert_eq!(sim.contents(&snap.file).expect("contents"), shipped.file);
 }
+
+/// Creation on the primary: a crash at every step leaves the previous
+/// snapshot or the new one, whole, and never a temporary directory.
+#[test]
+fn crash_at_every_step_of_snapshot_creation_leaves_previous_or_new_snapshot() {
+    let old_state = state_bytes(2000, 4);
+    let new_state = state_bytes(7000, 5);
+    let old_b = Position {
+        lsn: 5,
+        epoch: 1,
+        crc: 55,
+    };
+    let new_b = Position {
+        lsn: 9,
+        epoch: 1,
+        crc: 99,
+    };
+    let mut k = 0;
+    let mut seen = Vec::new();
+    loop {
+        let sim = SimStorage::new(k);
+        sim.create_dir_all(Path::new("/node")).expect("mkdir");
+        sim.sync_dir(Path::new("/")).expect("sync root");
+        let lim = StepLimit::new(sim.clone());
+        let (store, _) =
+            SnapshotStore::open(lim.clone(), &snap_dir(), Limits::default()).expect("open");
+        let mut src = BytesState {
+            lsn: 5,
+            bytes: old_state.clone(),
+            restored_boundary: None,
+        };
+        store
+            .create(600, &mut src, &mut |_| Ok(old_b))
+            .expect("old");
+        lim.arm(k);
+        let mut src = BytesState {
+            lsn: 9,
+            bytes: new_state.clone(),
+            restored_boundary: None,
+        };
+        let r = store.create(600, &mut src, &mut |_| Ok(new_b));
+        let completed = !lim.hit_limit();
+        assert_eq!(r.is_ok(), completed, "k={k}: {r:?}");
+        drop(store);
+        if k % 2 == 0 {
+            sim.crash();
+        } else {
+            sim.crash_with_torn_write();
+        }
+        let (store, _) =
+            SnapshotStore::open(sim.clone(), &snap_dir(), Limits::default()).expect("reopen");
+        assert!(tmp_entries(&sim, &snap_dir()).is_empty());
+        let newest = store.newest().expect("list").expect("a snapshot");
+        store.verify(&newest).expect("whole");
+        let state = restore(&store, &newest);
+        if newest.boundary == old_b {
+            assert_eq!(state.bytes, old_state);
+            seen.push(false);
+        } else {
+            assert_eq!(newest.boundary, new_b, "k={k}");
+            assert_eq!(state.bytes, new_state);
+            seen.push(true);
+        }
+        if completed {
+            break;
+        }
+        k += 1;
+        assert!(k < 200);
+    }
+    assert!(k >= 8, "creation has {k} steps");
+    assert!(*seen.last().expect("runs"));
+    assert!(!seen[0]);
+}

@@ -1,0 +1,185 @@
+//! Snapshot benchmark on the real file system (FsStorage), in one run:
+//!
+//! 1. the disk's durable sequential write rate (1 MiB `pwrite`s of the
+//!    snapshot's size, one `fdatasync` at the end) — the limit;
+//! 2. create: the embedder streams the payload through `SnapshotWriter`
+//!    (1 MiB chunks), fsync, rename, fsync dir;
+//! 3. verify: every chunk crc and the payload crc of the created file;
+//! 4. install: the primary's chunks (read and verified from its file) pushed
+//!    into `Install` (written, trailer, fsync, re-read and verified), then
+//!    commit (boundary check, rename, fsync, `Wal::reset_to`).
+//!
+//! `cargo bench -p walship-snapshot`. Environment:
+//! - `WALSHIP_BENCH_SNAPSHOT_MB`: payload size in MiB (default 256);
+//! - `WALSHIP_BENCH_DIR`: directory to run in (default: the system temp dir).
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use walship_snapshot::{Limits, SnapshotSource, SnapshotStore};
+use walship_wal::{FsStorage, Lsn, Position, Wal, WalOptions};
+
+const MIB: u64 = 1024 * 1024;
+const CHUNK: u32 = 1024 * 1024;
+
+fn mb_per_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / MIB as f64 / secs
+}
+
+/// The embedder: produces `len` bytes of pseudo-random state in 256 KiB writes.
+struct Generated {
+    len: u64,
+    lsn: Lsn,
+}
+
+impl SnapshotSource for Generated {
+    fn write_snapshot(&mut self, w: &mut dyn io::Write) -> io::Result<Lsn> {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for b in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+        }
+        let mut left = self.len;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            buf[0] = buf[0].wrapping_add(1);
+            w.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        Ok(self.lsn)
+    }
+}
+
+fn disk_durable_write(dir: &Path, bytes: u64) -> io::Result<f64> {
+    let p = dir.join("raw-write");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&p)?;
+    let buf = vec![0x5au8; MIB as usize];
+    let t = Instant::now();
+    let mut off = 0;
+    while off < bytes {
+        f.write_all_at(&buf, off)?;
+        off += MIB;
+    }
+    f.sync_data()?;
+    let secs = t.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&p)?;
+    Ok(secs)
+}
+
+fn run(root: &Path, mb: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let bytes = mb * MIB;
+    let limits = Limits::default();
+    let primary = root.join("primary");
+    let replica = root.join("replica");
+    std::fs::create_dir_all(&primary)?;
+    std::fs::create_dir_all(replica.join("wal"))?;
+
+    let raw_secs = disk_durable_write(root, bytes)?;
+
+    let (pstore, _) = SnapshotStore::open(FsStorage, &primary.join("snapshots"), limits)?;
+    let boundary = Position {
+        lsn: 1000,
+        epoch: 1,
+        crc: 0x1234,
+    };
+    let t = Instant::now();
+    let snap = pstore.create(
+        CHUNK,
+        &mut Generated {
+            len: bytes,
+            lsn: 1000,
+        },
+        &mut |_| Ok(boundary),
+    )?;
+    let create_secs = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    pstore.verify(&snap)?;
+    let verify_secs = t.elapsed().as_secs_f64();
+
+    let (rstore, _) = SnapshotStore::open(FsStorage, &replica.join("snapshots"), limits)?;
+    let (mut wal, _) = Wal::open(FsStorage, &replica.join("wal"), WalOptions::default())?;
+    let t = Instant::now();
+    let reader = pstore.reader(&snap)?;
+    let mut inst = rstore.begin_install(&reader.offer())?;
+    for i in 0..reader.header().chunk_count() {
+        inst.push_chunk(&reader.chunk_message(i)?)?;
+    }
+    let verified = inst.finish(&reader.end_message())?;
+    let receive_secs = t.elapsed().as_secs_f64();
+    verified.commit(&mut wal, None)?;
+    let install_secs = t.elapsed().as_secs_f64();
+
+    let raw = mb_per_s(bytes, raw_secs);
+    let rows = [
+        (
+            "disk durable sequential write (1 MiB pwrite + fdatasync)",
+            raw_secs,
+        ),
+        (
+            "create (embedder -> SnapshotWriter, fsync, rename)",
+            create_secs,
+        ),
+        ("verify (every chunk crc + payload crc)", verify_secs),
+        (
+            "receive (verify chunk, write, fsync, re-verify)",
+            receive_secs,
+        ),
+        (
+            "install = receive + commit (rename, fsync, WAL reset)",
+            install_secs,
+        ),
+    ];
+    println!(
+        "snapshot benchmark: {mb} MiB payload, 1 MiB chunks, dir {}",
+        root.display()
+    );
+    println!(
+        "{:<58} {:>9} {:>10} {:>8}",
+        "measurement", "seconds", "MiB/s", "vs disk"
+    );
+    for (name, secs) in rows {
+        let rate = mb_per_s(bytes, secs);
+        println!(
+            "{name:<58} {secs:>9.3} {rate:>10.1} {:>7.0}%",
+            rate / raw * 100.0
+        );
+    }
+    Ok(())
+}
+
+fn main() {
+    let mb: u64 = std::env::var("WALSHIP_BENCH_SNAPSHOT_MB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256);
+    let base: PathBuf = std::env::var("WALSHIP_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
+    let dir = match tempfile::Builder::new()
+        .prefix("walship-snapshot-bench")
+        .tempdir_in(&base)
+    {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("cannot create a bench directory in {}: {e}", base.display());
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = run(dir.path(), mb) {
+        eprintln!("snapshot benchmark failed: {e}");
+        std::process::exit(1);
+    }
+}
