@@ -9,10 +9,15 @@ use walship_wal::Lsn;
 /// walship-recover: inspect, verify and repair a stopped walship node's data directory.
 ///
 /// Every subcommand takes the node directory lock and refuses (exit 5) while the node runs.
-/// Exit codes: 0 ok, 1 I/O error, 2 usage/bad input, 3 corruption found, 4 halted,
-/// 5 node running, 6 refused, 7 logs diverge (diff).
+/// Read-only subcommands never modify anything; rewind, clear-halt and snapshot create are
+/// audited in DIR/state/audit.log.
 #[derive(Debug, Parser)]
-#[command(name = "walship-recover", version, about, long_about = None)]
+#[command(
+    name = "walship-recover",
+    version,
+    after_help = "Exit codes: 0 ok, 1 I/O error, 2 usage or bad input, 3 corruption found, 4 halted, \
+5 node running (lock held), 6 refused, 7 logs diverge (diff). JSON schema: spec/recovery-tool.md."
+)]
 pub struct Cli {
     /// The subcommand.
     #[command(subcommand)]

@@ -26,6 +26,8 @@
 //! println!("exit {} {}", exit.code(), String::from_utf8_lossy(&out));
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod audit;
 pub mod cli;
 pub mod cmd;
