@@ -182,3 +182,43 @@ fn a_missing_or_renamed_segment_is_judged_like_open() {
     s.rename(&segs[1], bad).expect("rename");
     check(&s, "renamed segment");
 }
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        /// Several random byte changes anywhere, a random cut of the last
+        /// segment and random trailing bytes: the scan never panics, never
+        /// writes, and agrees with `Wal::open`.
+        #[test]
+        fn random_damage_is_judged_like_open(
+            edits in proptest::collection::vec((0usize..4, 0u64..400, any::<u8>()), 0..4),
+            cut in proptest::option::of(0u64..400),
+            tail in proptest::collection::vec(any::<u8>(), 0..80),
+        ) {
+            let s = build();
+            let segs = segments(&s);
+            for (si, off, byte) in edits {
+                let seg = &segs[si % segs.len()];
+                let len = s.contents(seg).expect("contents").len() as u64;
+                if len == 0 { continue; }
+                let f = s.open(seg, false).expect("open");
+                f.write_at(off % len, &[byte]).expect("write");
+                f.sync_data().expect("sync");
+            }
+            let last = segs.last().expect("segment");
+            let f = s.open(last, false).expect("open");
+            if let Some(c) = cut {
+                let len = f.len().expect("len");
+                f.set_len(c.min(len)).expect("set_len");
+            }
+            let len = f.len().expect("len");
+            f.write_at(len, &tail).expect("tail");
+            f.sync_data().expect("sync");
+            check(&s, "random damage");
+        }
+    }
+}
