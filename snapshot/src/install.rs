@@ -475,3 +475,107 @@ impl<S: Storage> VerifiedSnapshot<S> {
         remove_tmp(&self.store, &self.tmp_dir)
     }
 }
+
+/// Progress of a [`SnapshotReceiver`].
+#[derive(Debug)]
+pub enum ReceiveProgress<S: Storage> {
+    /// An offer was accepted; chunks are expected.
+    Started {
+        /// The offered boundary.
+        boundary: Position,
+        /// Chunks to come.
+        chunk_count: u64,
+    },
+    /// A chunk was verified and written.
+    Chunk {
+        /// Chunks received so far.
+        received: u64,
+        /// Chunks in all.
+        chunk_count: u64,
+    },
+    /// The snapshot is complete and verified: call [`VerifiedSnapshot::commit`].
+    Complete(VerifiedSnapshot<S>),
+}
+
+/// The replica's side of a transfer: feeds offer, chunks and end into an
+/// [`Install`], enforcing their order. Any error discards the partial
+/// snapshot; so does [`SnapshotReceiver::session_ended`] (FM-X.8).
+#[derive(Debug)]
+pub struct SnapshotReceiver<S: Storage> {
+    store: SnapshotStore<S>,
+    install: Option<Install<S>>,
+}
+
+impl<S: Storage> SnapshotReceiver<S> {
+    /// A receiver installing into `store`.
+    pub fn new(store: SnapshotStore<S>) -> SnapshotReceiver<S> {
+        SnapshotReceiver {
+            store,
+            install: None,
+        }
+    }
+
+    /// Whether a transfer is in progress.
+    pub fn in_progress(&self) -> bool {
+        self.install.is_some()
+    }
+
+    /// Handles the next transfer message.
+    pub fn on_item(
+        &mut self,
+        item: &crate::transfer::TransferItem,
+    ) -> Result<ReceiveProgress<S>, SnapshotError> {
+        use crate::transfer::TransferItem;
+        match item {
+            TransferItem::Offer(offer) => {
+                if self.install.is_some() {
+                    self.session_ended()?;
+                    return Err(InvalidSnapshot::Sequence {
+                        detail: "a second offer during a transfer".into(),
+                    }
+                    .into());
+                }
+                let inst = self.store.begin_install(offer)?;
+                let chunk_count = inst.header().chunk_count();
+                self.install = Some(inst);
+                Ok(ReceiveProgress::Started {
+                    boundary: offer.boundary,
+                    chunk_count,
+                })
+            }
+            TransferItem::Chunk(chunk) => {
+                let Some(inst) = self.install.as_mut() else {
+                    return Err(InvalidSnapshot::Sequence {
+                        detail: format!("chunk {} without an offer", chunk.index),
+                    }
+                    .into());
+                };
+                if let Err(e) = inst.push_chunk(chunk) {
+                    self.session_ended()?;
+                    return Err(e);
+                }
+                Ok(ReceiveProgress::Chunk {
+                    received: inst.next_index(),
+                    chunk_count: inst.header().chunk_count(),
+                })
+            }
+            TransferItem::End(end) => {
+                let Some(inst) = self.install.take() else {
+                    return Err(InvalidSnapshot::Sequence {
+                        detail: "end without an offer".into(),
+                    }
+                    .into());
+                };
+                Ok(ReceiveProgress::Complete(inst.finish(end)?))
+            }
+        }
+    }
+
+    /// The session ended (or the transfer failed): discard the partial snapshot.
+    pub fn session_ended(&mut self) -> Result<(), SnapshotError> {
+        match self.install.take() {
+            Some(inst) => inst.abort(),
+            None => Ok(()),
+        }
+    }
+}

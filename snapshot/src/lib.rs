@@ -52,12 +52,12 @@ pub use error::{BoundaryConflict, FailureClass, InvalidSnapshot, SnapshotError};
 pub use format::{Limits, SnapshotHeader, SnapshotTrailer, MAX_CHUNK_SIZE_BYTES};
 pub use install::{
     check_boundary, check_first_after, BoundaryVerdict, EpochCheck, Install, InstallOutcome,
-    VerifiedSnapshot, WalTarget,
+    ReceiveProgress, SnapshotReceiver, VerifiedSnapshot, WalTarget,
 };
 pub use reader::{PayloadReader, SnapshotReader};
 pub use store::{
     parse_snapshot_dir_name, snapshot_dir_name, InstalledSnapshot, RecoveryReport, SnapshotStore,
     StoreOpenReport, SNAPSHOT_FILE, TMP_PREFIX,
 };
-pub use transfer::{SnapshotChunk, SnapshotEnd, SnapshotOffer};
+pub use transfer::{SnapshotChunk, SnapshotEnd, SnapshotOffer, SnapshotSender, TransferItem};
 pub use writer::{SnapshotMeta, SnapshotWriter};

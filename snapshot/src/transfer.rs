@@ -104,3 +104,70 @@ mod serde_bytes_vec {
         d.deserialize_byte_buf(V)
     }
 }
+
+/// One message of a snapshot transfer, in the order they travel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransferItem {
+    /// First: what follows.
+    Offer(SnapshotOffer),
+    /// Then every chunk, index 0 up.
+    Chunk(SnapshotChunk),
+    /// Last: the trailer.
+    End(SnapshotEnd),
+}
+
+/// The primary's side of a transfer, sans-IO: yields the offer, every chunk
+/// (each re-verified from the stored file before it is handed out, so a
+/// primary never ships bytes its own disk damaged) and the end.
+#[derive(Debug)]
+pub struct SnapshotSender {
+    reader: crate::reader::SnapshotReader,
+    offered: bool,
+    next_index: u64,
+    ended: bool,
+}
+
+impl SnapshotSender {
+    /// A sender of the snapshot `reader` reads.
+    pub fn new(reader: crate::reader::SnapshotReader) -> SnapshotSender {
+        SnapshotSender {
+            reader,
+            offered: false,
+            next_index: 0,
+            ended: false,
+        }
+    }
+
+    /// The snapshot's boundary.
+    pub fn boundary(&self) -> Position {
+        self.reader.boundary()
+    }
+
+    /// Payload bytes not yet handed out.
+    pub fn bytes_remaining(&self) -> u64 {
+        let h = self.reader.header();
+        let sent = (self.next_index * u64::from(h.chunk_size_bytes)).min(h.total_len);
+        h.total_len - sent
+    }
+}
+
+impl Iterator for SnapshotSender {
+    type Item = Result<TransferItem, InvalidSnapshot>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if !self.offered {
+            self.offered = true;
+            return Some(Ok(TransferItem::Offer(self.reader.offer())));
+        }
+        if self.next_index < self.reader.header().chunk_count() {
+            let r = self.reader.chunk_message(self.next_index);
+            self.next_index += 1;
+            return Some(r.map(TransferItem::Chunk));
+        }
+        if !self.ended {
+            self.ended = true;
+            return Some(Ok(TransferItem::End(self.reader.end_message())));
+        }
+        None
+    }
+}
