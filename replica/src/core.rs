@@ -580,7 +580,7 @@ impl ReplicaCore {
             let start_lsn = history
                 .last()
                 .map_or(0, |e| e.start_lsn)
-                .max(w.primary_last.lsn + 1);
+                .max(w.primary_last.lsn.saturating_add(1));
             // Cannot fail: the epoch increases and start_lsn does not decrease.
             let _ = history.push(w.epoch, start_lsn);
         }

@@ -1026,3 +1026,119 @@ fn welcome_with_invalid_epoch_history_ends_session_without_halt() {
     ));
     assert!(h.halts.is_empty());
 }
+
+fn arb_position() -> impl Strategy<Value = Position> {
+    (0u64..1_000, 0u64..5, any::<u32>()).prop_map(|(lsn, epoch, crc)| Position { lsn, epoch, crc })
+}
+
+fn arb_message(primary: Log) -> impl Strategy<Value = Message> {
+    let p2 = primary.clone();
+    let n = primary.positions.len() as u64;
+    prop_oneof![
+        (0u64..=n + 2, 0u64..4, any::<bool>(), any::<u64>()).prop_map(
+            move |(at, epoch, honest, commit)| {
+                let mut w = match welcome(&primary, epoch, at, commit % (n + 5)) {
+                    Message::Welcome(w) => w,
+                    _ => unreachable!(),
+                };
+                if !honest {
+                    w.primary_last.lsn = w.primary_last.lsn.wrapping_mul(commit | 1);
+                }
+                Message::Welcome(w)
+            }
+        ),
+        (1u64..=n, 1u64..=n, 0u64..=n).prop_map(move |(a, b, c)| {
+            let (from, to) = (a.min(b), a.max(b));
+            Message::Records(p2.batch(from, to, c))
+        }),
+        (
+            proptest::collection::vec(any::<u8>(), 0..200),
+            any::<u64>(),
+            any::<u32>()
+        )
+            .prop_map(|(bytes, first_lsn, count)| Message::Records(RecordBatch {
+                first_lsn,
+                count,
+                bytes,
+                commit_lsn: 0
+            })),
+        (0u64..=n + 2, proptest::option::of(arb_position()))
+            .prop_map(|(lsn, position)| Message::ProbeReply { lsn, position }),
+        any::<u64>().prop_map(|commit_lsn| Message::Commit { commit_lsn }),
+        any::<u64>().prop_map(|durable_lsn| Message::Receipt { durable_lsn }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    /// Arbitrary bytes in a Records frame never panic the verifier, and whatever
+    /// it accepts is a valid continuation.
+    #[test]
+    fn verify_batch_never_panics_and_accepts_only_valid_continuations(
+        last in arb_position(),
+        epoch in 0u64..5,
+        first_lsn in 0u64..1_010,
+        count in 0u32..8,
+        bytes in proptest::collection::vec(any::<u8>(), 0..300),
+    ) {
+        let batch = RecordBatch { first_lsn, count, bytes, commit_lsn: 0 };
+        if let Ok(Some(_)) = verify_batch(last, epoch, &batch, MAX) {
+            prop_assert!(oracle_valid(last, epoch, &batch));
+        }
+    }
+
+    /// Any sequence of messages and session events from an authenticated primary:
+    /// the core never panics, appends only while streaming and only what chains
+    /// onto its log, and never applies above min(commit, durable).
+    #[test]
+    fn arbitrary_message_sequences_keep_the_core_invariants(
+        (epochs, steps) in epochs_strategy().prop_flat_map(|e| {
+            let log = Log::build(&e);
+            (Just(e), proptest::collection::vec((any::<u8>(), arb_message(log)), 1..40))
+        }),
+        have in 0usize..10,
+    ) {
+        let primary = Log::build(&epochs);
+        let have = have.min(primary.positions.len());
+        let mut h = Harness::new(&primary.prefix(have as Lsn), 0, 0);
+        h.feed(Event::Start);
+        for (kind, msg) in steps {
+            let phase_before = h.core.phase().clone();
+            let event = match kind % 8 {
+                0 => Event::SessionStarted,
+                1 => Event::SessionEnded(SessionEnd::ConnectionLost { detail: "x".into() }),
+                // Half of the time the primary is honest for the phase (an exact
+                // Welcome, the next records), so streaming is reached and appends happen.
+                k if k % 2 == 0 && phase_before == Phase::AwaitWelcome => Event::Received(
+                    welcome(&primary, primary.last().epoch, h.core.last().lsn, u64::from(k)),
+                ),
+                k if k % 2 == 0
+                    && phase_before == Phase::Streaming
+                    && h.core.last().lsn < primary.last().lsn =>
+                {
+                    let from = h.core.last().lsn + 1;
+                    let to = (from + u64::from(k % 5)).min(primary.last().lsn);
+                    Event::Received(Message::Records(primary.batch(from, to, u64::from(k) % 30)))
+                }
+                _ => Event::Received(msg),
+            };
+            if matches!(event, Event::SessionStarted) && phase_before != Phase::Disconnected {
+                continue; // the driver only starts a session after a Reconnect
+            }
+            let before = h.appended.len();
+            let actions = h.feed(event);
+            if h.appended.len() > before {
+                prop_assert_eq!(&phase_before, &Phase::Streaming);
+            }
+            if h.core.phase() == &Phase::Halted {
+                prop_assert!(actions.iter().all(|a| !matches!(a, Action::AppendVerified(_))));
+            }
+            prop_assert!(h.core.applied_lsn() <= h.core.commit_lsn().min(h.core.durable_lsn()));
+        }
+        // Every appended record is the primary's, in order: the local log is a prefix of it.
+        for (i, pos) in h.local.0.iter().enumerate() {
+            prop_assert_eq!(Some(*pos), primary.at(i as Lsn + 1));
+        }
+    }
+}
