@@ -656,8 +656,9 @@ impl<S: Storage> Driver<S> {
         self.connected = false;
         let (code, why) = if let Err(e) = &result {
             (CloseCode::ShuttingDown, format!("node stopped: {e}"))
-        } else if self.halted {
-            (CloseCode::Halted, "replica halted".to_string())
+        } else if let Some(h) = self.core.halt().filter(|_| self.halted) {
+            let why = format!("replica halted: {} at lsn {}", h.reason, h.lsn);
+            (CloseCode::Halted, why)
         } else if let Some((_, reason)) = &self.reconnect {
             let code = match reason {
                 SessionEnd::Malformed { .. } | SessionEnd::Protocol { .. } => {
