@@ -241,6 +241,9 @@ pub struct ReplicaNode {
     pub stopped: Option<String>,
     /// Session ends observed (reason text), for scenarios.
     pub session_ends: Vec<String>,
+    /// The replica's durable lsn as last observed (kept while it is down:
+    /// a crash never loses durable records).
+    pub known_durable: Lsn,
 }
 
 /// The simulated cluster.
@@ -472,6 +475,7 @@ impl World {
                 halted: None,
                 stopped: None,
                 session_ends: Vec::new(),
+                known_durable: 0,
             })
             .collect();
         let world_rng = rng.fork("world");
@@ -758,6 +762,23 @@ impl World {
                 self.net.close(net_conn, PRIMARY, now);
             }
             PAction::CommitAdvanced { commit_lsn } => {
+                // Quorum at the moment of acknowledgement (FM-X.11): enough
+                // replica disks hold everything up to the new watermark.
+                let needed = self.receipts_needed();
+                let holders = self
+                    .replicas
+                    .iter()
+                    .filter(|r| r.known_durable >= commit_lsn)
+                    .count();
+                if holders < needed {
+                    self.oracle.action_violations.push((
+                        "a commit is acknowledged only with its quorum (FM-X.11)",
+                        format!(
+                            "commit advanced to {commit_lsn} with {holders} replicas durable there, quorum {} needs {needed}",
+                            self.cfg.quorum
+                        ),
+                    ));
+                }
                 self.oracle.max_commit = self.oracle.max_commit.max(commit_lsn);
                 let hist = &self.oracle.primary_history;
                 let mut newly = 0;
@@ -860,8 +881,19 @@ impl World {
             wal.last().lsn,
             halt.is_some()
         ));
+        if wal.durable_lsn() < self.replica(n).known_durable {
+            self.oracle.action_violations.push((
+                "never cut what was made durable (DESIGN: never cut what was acknowledged)",
+                format!(
+                    "{name}: WAL reopened at durable lsn {} below the {} it had made durable",
+                    wal.durable_lsn(),
+                    self.replica(n).known_durable
+                ),
+            ));
+        }
         let r = self.replica_mut(n);
         r.stopped = None;
+        r.known_durable = wal.durable_lsn();
         r.up = Some(ReplicaUp {
             wal,
             core,
@@ -1057,6 +1089,7 @@ impl World {
         r.sync_at = None;
         match r.wal.sync() {
             Ok(d) => {
+                self.replicas[n - 1].known_durable = d;
                 self.log(format!("{} sync -> durable {d}", node_name(n)));
                 self.replica_event(n, REvent::Durable { lsn: d });
             }
