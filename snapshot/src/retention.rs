@@ -247,4 +247,52 @@ mod tests {
         assert!(!snapshot_due(&pol, 50, 50, 1 << 30));
         assert!(!snapshot_due(&SnapshotPolicy::default(), 0, 1000, 1 << 30));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn plan_never_cuts_what_a_kept_replica_or_the_snapshot_needs(
+            nseg in 1u64..8,
+            per_seg in 1u64..50,
+            first_seg in 0u64..3,
+            snap_at in proptest::option::of(0u64..400),
+            ds in proptest::collection::vec((0u64..400, proptest::bool::ANY), 0..6),
+            cap in 0u64..10_000,
+        ) {
+            let segments: Vec<SegmentSpan> = (first_seg..first_seg + nseg)
+                .map(|i| SegmentSpan { first_lsn: i * per_seg + 1, last_lsn: (i + 1) * per_seg, len_bytes: per_seg * 10 })
+                .collect();
+            let first = segments[0].first_lsn;
+            let last = segments[segments.len() - 1].last_lsn;
+            let snapshot = snap_at
+                .map(|l| l.clamp(first - 1, last))
+                .map(|lsn| Position { lsn, epoch: 1, crc: 0 });
+            let replicas: Vec<ReplicaNeed> = ds
+                .iter()
+                .enumerate()
+                .map(|(i, (d, h))| ReplicaNeed { id: format!("r{i}"), durable_lsn: (*d).min(last), halted: *h })
+                .collect();
+            let p = plan_retention(&segments, snapshot, &replicas, cap);
+            let floor = snapshot.map_or(first, |b| b.lsn + 1).max(first);
+            proptest::prop_assert!(p.truncate_before >= first);
+            proptest::prop_assert!(p.truncate_before <= floor, "never past the snapshot");
+            for r in &replicas {
+                let switched = p.switch_to_snapshot.contains(&r.id);
+                if r.halted {
+                    proptest::prop_assert!(!switched);
+                    continue;
+                }
+                if switched {
+                    let b = snapshot.expect("switch needs a snapshot");
+                    proptest::prop_assert!(r.durable_lsn < b.lsn);
+                    let need = r.durable_lsn + 1;
+                    proptest::prop_assert!(need < first || retained_bytes_from(&segments, need) > cap);
+                } else {
+                    proptest::prop_assert!(
+                        p.truncate_before <= (r.durable_lsn + 1).max(first),
+                        "replica {} needs {} but truncation is at {}", r.id, r.durable_lsn + 1, p.truncate_before
+                    );
+                }
+            }
+        }
+    }
 }
