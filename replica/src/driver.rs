@@ -94,6 +94,7 @@ fn status_for(config: &ReplicaConfig, state: ReplicaState) -> ReplicaStatus {
         primary_last_lsn: 0,
         lag_records: 0,
         sessions: 0,
+        last_session_end: None,
     }
 }
 
@@ -229,12 +230,15 @@ pub(crate) fn start<S: Storage>(
         reconnect: None,
         halted: false,
         deferred_steps: 0,
+        last_session_end: None,
         outbox: Vec::new(),
         sessions: 0,
         connected: false,
     };
     driver.feed(Event::Start)?;
     driver.flush(false)?;
+    // The first connection is not the end of a session.
+    driver.last_session_end = None;
     driver.publish_status();
     drop(_enter);
 
@@ -314,6 +318,7 @@ struct Driver<S: Storage> {
     reconnect: Option<(u64, SessionEnd)>,
     halted: bool,
     deferred_steps: u32,
+    last_session_end: Option<String>,
     outbox: Vec<Message>,
     sessions: u64,
     connected: bool,
@@ -359,6 +364,7 @@ impl<S: Storage> Driver<S> {
                 Action::Apply { up_to } => self.apply_pending = Some(up_to),
                 Action::Halt(record) => self.halt(record)?,
                 Action::Reconnect { after_ms, reason } => {
+                    self.last_session_end = Some(reason.to_string());
                     self.reconnect = Some((after_ms, reason));
                 }
             }
@@ -499,6 +505,7 @@ impl<S: Storage> Driver<S> {
             primary_last_lsn: primary_last,
             lag_records: primary_last.saturating_sub(durable),
             sessions: self.sessions,
+            last_session_end: self.last_session_end.clone(),
         };
         self.shared.update_status(|s| *s = status);
     }

@@ -267,6 +267,8 @@ pub struct ReplicaStatus {
     pub lag_records: u64,
     /// Number of sessions that reached the primary (connections opened).
     pub sessions: u64,
+    /// Why the last session ended (or the last connection attempt failed), if one did.
+    pub last_session_end: Option<String>,
 }
 
 impl ReplicaStatus {

@@ -624,6 +624,12 @@ async fn malformed_oversized_and_refused_sessions_end_without_halt_and_the_repli
     s.wait_receipt(4).await;
     let st = wait_for(&replica, "applied 4", |st| st.applied_lsn == 4).await;
     assert_eq!(st.sessions, 5);
+    assert!(
+        st.last_session_end
+            .as_deref()
+            .is_some_and(|r| r.starts_with("protocol violation")),
+        "{st:?}"
+    );
     assert!(read_halt_file(&f.data).is_none());
     replica.shutdown().await.expect("shutdown");
 }
