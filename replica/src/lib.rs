@@ -56,7 +56,10 @@ use walship_wal::state::{DirLock, StateError};
 use walship_wal::{FsStorage, Lsn, Position, Storage, WalError, WalOptions};
 use walship_wire::{EndpointError, TlsFiles, TransportOptions};
 
-pub use crate::core::{Action, CoreConfig, DurableState, Event, Phase, ReplicaCore, SessionEnd};
+pub use crate::core::{
+    Action, CoreConfig, DurableState, Event, LocalLog, Phase, ReplicaCore, SessionEnd,
+    VerifiedBatch,
+};
 pub use crate::halt::{clear_halt, read_halt, write_halt, HaltError, HaltReason, HaltRecord};
 
 /// The error an [`Applier`] returns; it stops the replica (a node stop, not a halt).
