@@ -868,3 +868,61 @@ fn epoch_entry_type_is_the_one_the_state_files_use() {
     let json = serde_json::to_string(&h).expect("json");
     assert_eq!(json, r#"{"entries":[{"epoch":1,"start_lsn":1}]}"#);
 }
+
+/// wire-1 (notes/bugs-fuzz.md): bincode 2 allocates a claimed byte-string (or string)
+/// length up front, before checking the body holds that many bytes; the only bound is
+/// `MAX_DECODED_BYTES` (~33 MiB). A 13-byte `Records` body claiming 30 MB of record bytes
+/// makes `decode_frame_body` (and so `FrameDecoder`) allocate 30 MB. Owner: walship-wire.
+#[test]
+#[ignore = "wire-1: open bug in walship-wire's body decoding, see notes/bugs-fuzz.md"]
+fn small_frame_claiming_a_30_mb_byte_string_allocates_no_more_than_the_frame() {
+    // body: tag 5 (Records), first_lsn 1, count 1, byte length 30_000_000 (varint 253 + u64), commit 0.
+    let mut body = vec![5u8, 1, 1, 253];
+    body.extend_from_slice(&30_000_000u64.to_le_bytes());
+    body.push(0);
+    let (r, largest) = largest_alloc_of(|| decode_frame_body(&body));
+    assert!(matches!(r, Err(FrameError::Malformed(_))), "{r:?}");
+    assert!(
+        largest <= 64 * 1024,
+        "a {}-byte body made the decoder allocate {largest} bytes at once",
+        body.len()
+    );
+}
+
+/// wal-1 (notes/bugs-fuzz.md): a segment whose last record has lsn u64::MAX, followed by
+/// any byte, makes the recovery scan compute `last.lsn + 1` and overflow (a panic in debug
+/// builds; in release the lsn wraps to 0 and a record with lsn 0 would chain). Owner:
+/// walship-wal (scan.rs, segment.rs `note_record`).
+#[test]
+#[ignore = "wal-1: open bug in walship-wal's recovery scan, see notes/bugs-fuzz.md"]
+fn segment_ending_at_lsn_u64_max_with_a_byte_after_it_opens_without_panicking() {
+    let s = SimStorage::new(9);
+    let dir = Path::new("/node/wal");
+    s.create_dir_all(dir).expect("sim mkdir");
+    let prev = Position {
+        lsn: u64::MAX - 1,
+        epoch: 1,
+        crc: 0,
+    };
+    let header = SegmentHeader {
+        first_lsn: u64::MAX,
+        generation: 1,
+        created_epoch: 1,
+        prev,
+    };
+    let mut bytes = header.encode().to_vec();
+    encode_record(u64::MAX, 1, 0, b"last", &mut bytes);
+    bytes.push(0xff);
+    let f = s
+        .open(&dir.join(segment_file_name(u64::MAX)), true)
+        .expect("sim open");
+    f.write_at(0, &bytes).expect("sim write");
+    let r = Wal::open(s.clone(), dir, WalOptions::default()).map(|(_, r)| r);
+    assert!(
+        matches!(
+            r,
+            Ok(OpenReport::TornTailCut { .. }) | Err(WalError::Corruption(_))
+        ),
+        "{r:?}"
+    );
+}
