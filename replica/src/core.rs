@@ -4,7 +4,7 @@
 //! message arrived, the WAL became durable up to some lsn) with `now_ms`
 //! passed in, and returns the [`Action`]s the driver must perform, in order.
 //! It owns no socket, file, thread or clock. The tokio/quinn driver
-//! ([`crate::driver`]) and the fault simulator feed it the same way.
+//! (`driver.rs`, behind [`crate::Replica`]) and the fault simulator feed it the same way.
 //!
 //! Where the core must look at its own log (the divergence search compares
 //! the replica's record identity at an lsn with the primary's), it takes a
