@@ -39,7 +39,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use real_common::{
     check_diff_prefix, check_dir, count_from_env, free_udp_port, log_tail, make_certs,
-    run_node_if_asked, seed_from_env, Load, NodeProc, NodeSpec, Reported, RoleSpec,
+    seed_from_env, Load, NodeProc, NodeSpec, Reported, RoleSpec, Verdict,
 };
 use walship_recovery::report::WalState;
 use walship_wal::Lsn;
@@ -49,27 +49,10 @@ const NAMES: [&str; 3] = ["n1", "n2", "n3"];
 const PRIMARY: usize = 0;
 
 fn main() {
-    run_node_if_asked();
-    let started = Instant::now();
-    println!("\nrunning 1 test");
-    match run() {
-        Ok(figures) => {
-            println!("{figures}");
-            println!("test {TEST_NAME} ... ok");
-            println!(
-                "\ntest result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in {:.2}s\n",
-                started.elapsed().as_secs_f64()
-            );
-        }
-        Err(e) => {
-            println!("test {TEST_NAME} ... FAILED\n{e}");
-            println!(
-                "\ntest result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in {:.2}s\n",
-                started.elapsed().as_secs_f64()
-            );
-            std::process::exit(101);
-        }
-    }
+    real_common::harness_main(TEST_NAME, || match run() {
+        Ok(figures) => Verdict::Passed(figures),
+        Err(e) => Verdict::Failed(e),
+    });
 }
 
 struct Cluster {
@@ -306,6 +289,7 @@ fn crash_rounds(c: &mut Cluster, seed: u64, iters: u64) -> Result<String, String
         let victim_report = c.kill(victim).ok_or("victim not running")?;
         kills[victim] += 1;
         if victim == PRIMARY {
+            check_reports(NAMES[PRIMARY], &victim_report)?;
             acked.add(&victim_report.acks)?;
         } else {
             check_reports(NAMES[victim], &victim_report)?;
@@ -323,6 +307,7 @@ fn crash_rounds(c: &mut Cluster, seed: u64, iters: u64) -> Result<String, String
             if let Some(r) = c.kill(i) {
                 kills[i] += 1;
                 if i == PRIMARY {
+                    check_reports(NAMES[PRIMARY], &r)?;
                     acked.add(&r.acks)?;
                 } else {
                     check_reports(NAMES[i], &r)?;
@@ -371,6 +356,7 @@ fn crash_rounds(c: &mut Cluster, seed: u64, iters: u64) -> Result<String, String
         if let Some(n) = c.nodes[i].take() {
             let r = n.quit()?;
             if i == PRIMARY {
+                check_reports(NAMES[PRIMARY], &r)?;
                 acked.add(&r.acks)?;
             } else {
                 check_reports(NAMES[i], &r)?;

@@ -28,8 +28,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use real_common::{
-    check_diff_prefix, check_dir, log_tail, make_certs, run_node_if_asked, Load, NodeProc,
-    NodeSpec, Reported, RoleSpec,
+    check_diff_prefix, check_dir, log_tail, make_certs, Load, NodeProc, NodeSpec, Reported,
+    RoleSpec, Verdict,
 };
 use walship_recovery::report::WalState;
 use walship_wal::Lsn;
@@ -40,37 +40,13 @@ const REPLICA_IP: &str = "169.254.77.2";
 const PORT: u16 = 7400;
 
 fn main() {
-    run_node_if_asked();
-    let started = Instant::now();
-    println!("\nrunning 1 test");
-    let summary = |passed: u32, failed: u32, ignored: u32| {
-        println!(
-            "\ntest result: {}. {passed} passed; {failed} failed; {ignored} ignored; 0 measured; 0 filtered out; finished in {:.2}s\n",
-            if failed == 0 { "ok" } else { "FAILED" },
-            started.elapsed().as_secs_f64()
-        );
-    };
-    let firewall = match preconditions() {
-        Ok(fw) => fw,
-        Err(why) => {
-            println!("SKIP {TEST_NAME}: {why}");
-            println!("test {TEST_NAME} ... ignored, {why}");
-            summary(0, 0, 1);
-            return;
-        }
-    };
-    match run(firewall) {
-        Ok(figures) => {
-            println!("{figures}");
-            println!("test {TEST_NAME} ... ok");
-            summary(1, 0, 0);
-        }
-        Err(e) => {
-            println!("test {TEST_NAME} ... FAILED\n{e}");
-            summary(0, 1, 0);
-            std::process::exit(101);
-        }
-    }
+    real_common::harness_main(TEST_NAME, || match preconditions() {
+        Err(why) => Verdict::Skipped(why),
+        Ok(firewall) => match run(firewall) {
+            Ok(figures) => Verdict::Passed(figures),
+            Err(e) => Verdict::Failed(e),
+        },
+    });
 }
 
 /// Runs a command; Err carries its stderr.
@@ -447,6 +423,7 @@ fn scenario(net: &Net, root: &Path, logs: &Path) -> Result<String, String> {
     let r = replica.quit()?;
     clean_reports("n2", &r)?;
     let p = primary.quit()?;
+    clean_reports("n1", &p)?;
     if p.commit != p.durable {
         return Err(format!(
             "primary stopped with commit {} below durable {}",

@@ -31,7 +31,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use walship_primary::{Primary, PrimaryConfig, Quorum};
+use walship_primary::{Primary, PrimaryConfig, PrimaryError, Quorum};
 use walship_recovery::cli::Common;
 use walship_recovery::datadir::DataDir;
 use walship_recovery::report::{DiffReport, WalState};
@@ -222,6 +222,9 @@ fn run_primary(
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         spawn_stdin_reader(tx);
         let stop = Arc::new(AtomicBool::new(false));
+        // lsns whose append returned (committed, or durable but timed out): the
+        // status task checks the durable lsn covers them.
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Lsn>();
         let status_task = {
             let stop = stop.clone();
             let durable_commit = {
@@ -230,10 +233,26 @@ fn run_primary(
                 move || (p.durable_lsn(), p.commit_lsn())
             };
             let mut last = (u64::MAX, u64::MAX);
+            let mut highest_durable = 0;
             // Polled on this task's own schedule; prints changes only.
             async move {
                 while !stop.load(Ordering::Acquire) {
                     let now = durable_commit();
+                    if now.0 < highest_durable {
+                        say(&format!(
+                            "violation primary durable lsn went back from {highest_durable} to {}",
+                            now.0
+                        ));
+                    }
+                    highest_durable = highest_durable.max(now.0);
+                    while let Ok(lsn) = done_rx.try_recv() {
+                        let durable = durable_commit().0;
+                        if durable < lsn {
+                            say(&format!(
+                                "violation primary durable lsn {durable} below lsn {lsn} whose append returned"
+                            ));
+                        }
+                    }
                     if now != last {
                         say(&format!("pstatus {} {}", now.0, now.1));
                         last = now;
@@ -247,10 +266,19 @@ fn run_primary(
                 match input {
                     Input::Append(payload) => {
                         let fut = primary.append(payload.clone().into_bytes());
+                        let done = done_tx.clone();
                         tokio::spawn(async move {
                             match fut.await {
-                                Ok(lsn) => say(&format!("committed {lsn} {payload}")),
-                                Err(e) => say(&format!("failed {payload} {e}")),
+                                Ok(lsn) => {
+                                    let _ = done.send(lsn);
+                                    say(&format!("committed {lsn} {payload}"));
+                                }
+                                Err(e) => {
+                                    if let PrimaryError::CommitTimeout { lsn } = &e {
+                                        let _ = done.send(*lsn);
+                                    }
+                                    say(&format!("failed {payload} {e}"));
+                                }
                             }
                         });
                     }
@@ -438,6 +466,13 @@ impl Events {
         let deadline = Instant::now() + limit;
         let mut g = lock(&self.state);
         loop {
+            // A halt or a violation is a failure whatever is being waited for.
+            if !g.halted.is_empty() || !g.violations.is_empty() {
+                return Err(format!(
+                    "while waiting for {what}: halted {:?}, violations {:?}",
+                    g.halted, g.violations
+                ));
+            }
             if pred(&g) {
                 return Ok(g.clone());
             }
@@ -887,4 +922,66 @@ pub fn check_diff_prefix(primary: &Path, replica: &Path, identical: bool) -> Res
         ));
     }
     Ok(())
+}
+
+/// What a `harness = false` test concluded.
+pub enum Verdict {
+    /// Passed, with the figures to print.
+    Passed(String),
+    /// Could not run here (why); counts as ignored, exit status 0.
+    Skipped(String),
+    /// Failed (what and where).
+    Failed(String),
+}
+
+/// `main` of a `harness = false` test with one test called `name`: runs the node
+/// when re-executed as one, honours libtest's `--list`, a name filter (with
+/// `--exact`) and `--ignored`, and prints libtest's result lines so that
+/// `cargo test` output reads the same as for harnessed tests.
+pub fn harness_main(name: &str, test: impl FnOnce() -> Verdict) {
+    run_node_if_asked();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    if has("--list") {
+        if !has("--ignored") {
+            println!("{name}: test");
+        }
+        return;
+    }
+    let filter = args.iter().find(|a| !a.starts_with('-'));
+    let selected = match filter {
+        Some(f) if has("--exact") => name == f,
+        Some(f) => name.contains(f.as_str()),
+        None => true,
+    } && !has("--ignored");
+    let started = Instant::now();
+    let summary = |result: &str, passed: u32, failed: u32, ignored: u32, filtered: u32| {
+        println!(
+            "\ntest result: {result}. {passed} passed; {failed} failed; {ignored} ignored; 0 measured; {filtered} filtered out; finished in {:.2}s\n",
+            started.elapsed().as_secs_f64()
+        );
+    };
+    if !selected {
+        println!("\nrunning 0 tests");
+        summary("ok", 0, 0, 0, 1);
+        return;
+    }
+    println!("\nrunning 1 test");
+    match test() {
+        Verdict::Passed(figures) => {
+            println!("{figures}");
+            println!("test {name} ... ok");
+            summary("ok", 1, 0, 0, 0);
+        }
+        Verdict::Skipped(why) => {
+            println!("SKIP {name}: {why}");
+            println!("test {name} ... ignored, {why}");
+            summary("ok", 0, 0, 1, 0);
+        }
+        Verdict::Failed(e) => {
+            println!("test {name} ... FAILED\n{e}");
+            summary("FAILED", 0, 1, 0, 0);
+            std::process::exit(101);
+        }
+    }
 }
