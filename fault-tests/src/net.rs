@@ -82,6 +82,9 @@ pub struct NetConfig {
     pub rto_ms: u64,
     /// A side that hears nothing from its peer this long closes the connection.
     pub idle_timeout_ms: u64,
+    /// Link bandwidth per direction (0: unlimited). A large write leaves the
+    /// sender over time, so a crash or partition can cut it in the middle.
+    pub bandwidth_bytes_per_ms: u64,
     /// Datagram faults.
     pub faults: NetFaults,
 }
@@ -92,6 +95,7 @@ impl Default for NetConfig {
             mtu_bytes: 1200,
             rto_ms: 30,
             idle_timeout_ms: 1_000,
+            bandwidth_bytes_per_ms: 0,
             faults: NetFaults::none(),
         }
     }
@@ -192,6 +196,8 @@ struct Datagram {
     /// Damage done in flight: (byte index, bit) flipped in a data payload,
     /// or a damaged tag when the payload is empty.
     damage: Option<(usize, u8)>,
+    /// When it leaves the sender (a crash before then loses it).
+    depart_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,6 +293,8 @@ pub struct SimNet {
     seq: u64,
     pending: Vec<NetEvent>,
     stats: NetStats,
+    /// Per directed link: when its sender finishes writing what is queued.
+    link_free_at: BTreeMap<(NodeId, NodeId), u64>,
 }
 
 impl SimNet {
@@ -308,6 +316,7 @@ impl SimNet {
             seq: 0,
             pending: Vec::new(),
             stats: NetStats::default(),
+            link_free_at: BTreeMap::new(),
         }
     }
 
@@ -378,9 +387,27 @@ impl SimNet {
             });
         }
         for p in chunks {
-            self.transmit(conn, node, peer, p, now_ms);
+            let depart = self.departure(node, peer, &p, now_ms);
+            self.transmit(conn, node, peer, p, depart);
         }
         true
+    }
+
+    /// When a datagram written now leaves `from` towards `to`, given the
+    /// link's bandwidth and what is already queued on it.
+    fn departure(&mut self, from: NodeId, to: NodeId, p: &Payload, now_ms: u64) -> u64 {
+        let bw = self.cfg.bandwidth_bytes_per_ms;
+        if bw == 0 {
+            return now_ms;
+        }
+        let len = match p {
+            Payload::Data { bytes, .. } => bytes.len() as u64,
+            Payload::Close => 0,
+        };
+        let free = self.link_free_at.entry((from, to)).or_insert(0);
+        let depart = (*free).max(now_ms);
+        *free = depart + len.div_ceil(bw);
+        depart
     }
 
     /// Closes `node`'s side of `conn` now; the peer learns it when the close
@@ -395,7 +422,8 @@ impl SimNet {
         }
         c.ends[s].open = false;
         let peer = c.ends[1 - s].node;
-        self.transmit(conn, node, peer, Payload::Close, now_ms);
+        let depart = self.departure(node, peer, &Payload::Close, now_ms);
+        self.transmit(conn, node, peer, Payload::Close, depart);
         self.refresh(now_ms);
     }
 
@@ -440,9 +468,18 @@ impl SimNet {
 
     /// The node crashed: its sides of every connection vanish without a
     /// word (as with kill -9 or power loss); peers notice by idle timeout.
-    /// Datagrams it already put on the wire may still arrive.
+    /// Datagrams it already put on the wire may still arrive; those still
+    /// queued behind the link's bandwidth are lost.
     pub fn crash_node(&mut self, node: NodeId, now_ms: u64) {
         self.down.insert(node);
+        // What had not left the machine yet dies with it.
+        let before = self.heap.len();
+        self.heap.retain(|f| {
+            let f = &f.0;
+            !(f.dgram.from == node && f.kind == FlightKind::Wire && f.dgram.depart_ms > now_ms)
+        });
+        self.stats.lost_unreachable += (before - self.heap.len()) as u64;
+        self.link_free_at.retain(|(from, _), _| *from != node);
         for c in self.conns.values_mut() {
             if let Some(s) = c.side(node) {
                 c.ends[s].open = false;
@@ -584,6 +621,7 @@ impl SimNet {
             payload,
             tag,
             damage: None,
+            depart_ms: now_ms,
         };
         if self.rng.chance(self.cfg.faults.drop_per_mille) {
             self.stats.dropped += 1;
@@ -866,6 +904,31 @@ mod tests {
                 }
             )));
         }
+    }
+
+    #[test]
+    fn limited_bandwidth_crash_cuts_a_large_write_mid_way() {
+        let cfg = NetConfig {
+            bandwidth_bytes_per_ms: 100,
+            ..NetConfig::default()
+        };
+        let mut net = SimNet::new(cfg, SimRng::new(21));
+        let c = net.connect(0, 1, 0).expect("reachable");
+        let data = payload(10_000, 21);
+        net.send(c, 0, &data, 0);
+        // 10 000 bytes at 100 B/ms take 100 ms to leave; crash after 30 ms.
+        let (ev, now) = run(&mut net, 0, 30);
+        net.crash_node(0, now);
+        let (ev2, _) = run(&mut net, now, 100_000);
+        let mut got = received(&ev, 1);
+        got.extend(received(&ev2, 1));
+        assert!(
+            !got.is_empty() && got.len() < data.len(),
+            "got {} bytes",
+            got.len()
+        );
+        assert_eq!(&data[..got.len()], &got[..]);
+        assert!(net.stats().lost_unreachable > 0);
     }
 
     #[test]

@@ -54,6 +54,11 @@ pub struct SimOptions {
     pub torn_crash_probability: f64,
     /// Idle timeout of connections.
     pub idle_timeout_ms: u64,
+    /// Largest datagram payload: small values split frames into many
+    /// datagrams, so sessions end in the middle of frames more often.
+    pub mtu_bytes: usize,
+    /// Link bandwidth (0: unlimited).
+    pub bandwidth_bytes_per_ms: u64,
     /// Per-step chance of a sender fault in the next `Records` frame to a
     /// random replica (per mille; 0 for most seeds). Each must halt that
     /// replica with the matching reason if the frame arrives.
@@ -108,6 +113,12 @@ impl SimOptions {
             } else {
                 0
             },
+            bandwidth_bytes_per_ms: if r.chance(600) { r.range(20, 2_000) } else { 0 },
+            mtu_bytes: if r.chance(500) {
+                r.range(64, 400) as usize
+            } else {
+                1200
+            },
         }
     }
 }
@@ -116,7 +127,7 @@ impl fmt::Display for SimOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {} steps {} replicas {} quorum {} net {{drop {}‰ dup {}‰ reorder {}‰ corrupt {}‰ delay {}..{}ms}} crash {}‰ partition {}‰ append {}‰ torn {} idle_timeout {}ms byzantine {}‰ disk-faults {}‰",
+            "seed {} steps {} replicas {} quorum {} net {{drop {}‰ dup {}‰ reorder {}‰ corrupt {}‰ delay {}..{}ms}} crash {}‰ partition {}‰ append {}‰ torn {} idle_timeout {}ms byzantine {}‰ disk-faults {}‰ mtu {} bandwidth {}B/ms",
             self.seed,
             self.steps,
             self.replicas,
@@ -133,7 +144,9 @@ impl fmt::Display for SimOptions {
             self.torn_crash_probability,
             self.idle_timeout_ms,
             self.byzantine_per_mille,
-            self.disk_fault_per_mille
+            self.disk_fault_per_mille,
+            self.mtu_bytes,
+            self.bandwidth_bytes_per_ms
         )
     }
 }
@@ -257,6 +270,8 @@ pub fn run_traced(opts: &SimOptions, keep_trace: bool) -> SimReport {
         net: NetConfig {
             faults: opts.net_faults.clone(),
             idle_timeout_ms: opts.idle_timeout_ms,
+            mtu_bytes: opts.mtu_bytes,
+            bandwidth_bytes_per_ms: opts.bandwidth_bytes_per_ms,
             ..NetConfig::default()
         },
         torn_crash_probability: opts.torn_crash_probability,
