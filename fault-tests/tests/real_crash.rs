@@ -7,14 +7,17 @@
 //! client thread appends through the primary's stdin and records every
 //! `committed <lsn> <payload>` the primary acknowledges. Each iteration kills one
 //! seeded victim with SIGKILL at a seeded moment, lets the load go on, maybe
-//! restarts the victim, then kills every node and checks the directories with
-//! walship-recover's `verify` and `diff` (read-only scans):
+//! restarts the victim under load (a restarted primary gets its own load and the
+//! running replicas must reconnect, prove their prefix and resume: FM-3.3), then
+//! kills every node, the replicas first (so the primary can acknowledge nothing
+//! more), and checks the directories with walship-recover's `verify` and `diff`
+//! (read-only scans):
 //! - every acknowledged (lsn, payload) is in the primary's WAL, unchanged, and no
 //!   lsn is ever acknowledged with two payloads across restarts;
 //! - under majority quorum every acknowledged lsn is on at least one replica;
 //! - every replica's WAL is a prefix of the primary's (`diff`: identical or B prefix of A);
 //! - no WAL is corrupt, no replica is halted, no replica applied out of order or
-//!   past its commit watermark.
+//!   past its commit watermark, the primary's durable lsn never went back.
 //!
 //! A last round restarts everything, stops the load, waits until both replicas
 //! converge, stops all nodes gracefully and requires identical, clean logs.
@@ -261,7 +264,8 @@ fn crash_rounds(c: &mut Cluster, seed: u64, iters: u64) -> Result<String, String
     let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();
     let mut acked = Acked::default();
-    let mut kills = [0u32; 3];
+    let mut victim_kills = [0u32; 3];
+    let mut freeze_kills = 0u32;
     let mut victim_restarts = 0u32;
     for it in 0..iters {
         c.start_missing()?;
@@ -274,20 +278,20 @@ fn crash_rounds(c: &mut Cluster, seed: u64, iters: u64) -> Result<String, String
         let d1 = rng.gen_range(150..700);
         let victim = rng.gen_range(0..NAMES.len());
         let d2 = rng.gen_range(0..400);
-        let restart_victim = victim != PRIMARY && rng.gen_bool(0.5);
+        let restart_victim = rng.gen_bool(0.5);
         let d3 = rng.gen_range(100..500);
         println!(
-            "  iteration {it}: kill -9 {} after {d1} ms, freeze after {d2} ms{}",
+            "  iteration {it}: kill -9 {} after {d1} ms, down {d2} ms{}, then kill -9 all (replicas first) and check",
             NAMES[victim],
             if restart_victim {
-                format!(", victim restarted under load for {d3} ms first")
+                format!(", restarted under load for {d3} ms")
             } else {
                 String::new()
             }
         );
         std::thread::sleep(Duration::from_millis(d1));
         let victim_report = c.kill(victim).ok_or("victim not running")?;
-        kills[victim] += 1;
+        victim_kills[victim] += 1;
         if victim == PRIMARY {
             check_reports(NAMES[PRIMARY], &victim_report)?;
             acked.add(&victim_report.acks)?;
@@ -295,9 +299,20 @@ fn crash_rounds(c: &mut Cluster, seed: u64, iters: u64) -> Result<String, String
             check_reports(NAMES[victim], &victim_report)?;
         }
         std::thread::sleep(Duration::from_millis(d2));
+        // A restarted primary gets a load of its own; the running replicas must
+        // reconnect to it, prove their prefix and resume (FM-3.3), never halt.
+        let mut second_load = None;
         if restart_victim {
             c.start(victim)?;
             victim_restarts += 1;
+            if victim == PRIMARY {
+                second_load = Some(Load::start(
+                    c.primary()?,
+                    format!("i{it}b"),
+                    32,
+                    Duration::from_micros(300),
+                ));
+            }
             std::thread::sleep(Duration::from_millis(d3));
         }
         // Freeze: the replicas first. From then on no receipt can reach the primary,
@@ -305,7 +320,7 @@ fn crash_rounds(c: &mut Cluster, seed: u64, iters: u64) -> Result<String, String
         // disk but its own holds: under majority quorum there must be none (FM-X.11).
         for i in (0..NAMES.len()).rev() {
             if let Some(r) = c.kill(i) {
-                kills[i] += 1;
+                freeze_kills += 1;
                 if i == PRIMARY {
                     check_reports(NAMES[PRIMARY], &r)?;
                     acked.add(&r.acks)?;
@@ -315,6 +330,9 @@ fn crash_rounds(c: &mut Cluster, seed: u64, iters: u64) -> Result<String, String
             }
         }
         load.stop();
+        if let Some(l) = second_load {
+            l.stop();
+        }
         let last =
             check_stopped(c, &acked, false).map_err(|e| format!("after iteration {it}: {e}"))?;
         println!(
@@ -368,10 +386,10 @@ fn crash_rounds(c: &mut Cluster, seed: u64, iters: u64) -> Result<String, String
         return Err(format!("primary WAL ends at {last}, expected {target}"));
     }
     Ok(format!(
-        "real_crash figures: seed {seed}, {iters} iterations, kill -9: primary {} n2 {} n3 {} (+ victim restarts under load {victim_restarts}), {} acknowledged commits checked, final log {last} records identical on 3 nodes, {:.1} s",
-        kills[0],
-        kills[1],
-        kills[2],
+        "real_crash figures: seed {seed}, {iters} iterations, victim kill -9: n1 (primary) {} n2 {} n3 {}, victims restarted under load {victim_restarts}, freeze kill -9 {freeze_kills}, {} acknowledged commits checked, final log {last} records identical on 3 nodes, {:.1} s",
+        victim_kills[0],
+        victim_kills[1],
+        victim_kills[2],
         acked.by_lsn.len(),
         started.elapsed().as_secs_f64()
     ))
