@@ -1025,6 +1025,7 @@ fn fm_x_6() -> R {
     let seg = first_segment(&s)?;
     let len = s.contents(&seg).map_err(|e| e.to_string())?.len() as u64;
     s.flip_bit(&seg, len / 2, 3).map_err(|e| e.to_string())?;
+    w.oracle.disk_damaged.insert(1);
     w.restart(1);
     let h = w
         .replica(1)

@@ -154,6 +154,8 @@ pub struct Oracle {
     /// possibly out of order). A WAL that then refuses to open (corruption
     /// report) is a safe, explained outcome for them.
     pub torn_crashed: std::collections::BTreeSet<NodeId>,
+    /// Nodes whose disk a scenario damaged on purpose (bit flips).
+    pub disk_damaged: std::collections::BTreeSet<NodeId>,
     /// Set when the scenario deliberately gives a replica a history that is not
     /// the primary's (the prefix checker then skips that replica).
     pub foreign_history: Vec<NodeId>,
@@ -565,6 +567,22 @@ impl World {
         let (wal, report) = match opened {
             Ok(x) => x,
             Err(e) => {
+                // Refusing is safe; but a record that was synced before the
+                // crash must never be the one reported corrupt (SimStorage
+                // never damages synced bytes unless told to).
+                if let Some(lsn) = e.corruption().and_then(|c| c.lsn) {
+                    if lsn <= self.oracle.primary_durable
+                        && !self.oracle.disk_damaged.contains(&PRIMARY)
+                    {
+                        self.oracle.action_violations.push((
+                            "local recovery never reports a synced record corrupt",
+                            format!(
+                                "p0 reports lsn {lsn} corrupt but it was durable (durable lsn {}) before the crash: {e}",
+                                self.oracle.primary_durable
+                            ),
+                        ));
+                    }
+                }
                 let msg = format!("p0 refuses to start: {e}");
                 self.log(msg.clone());
                 self.primary.refused = Some(msg);
@@ -823,6 +841,15 @@ impl World {
         let (wal, report) = match Wal::open(s.clone(), &wal_dir(), wal_options(&self.cfg, 0)) {
             Ok(x) => x,
             Err(e) => {
+                if let Some(lsn) = e.corruption().and_then(|c| c.lsn) {
+                    let durable = self.replica(n).known_durable;
+                    if lsn <= durable && !self.oracle.disk_damaged.contains(&n) {
+                        self.oracle.action_violations.push((
+                            "local recovery never reports a synced record corrupt",
+                            format!("{name} reports lsn {lsn} corrupt but it was durable (durable lsn {durable}): {e}"),
+                        ));
+                    }
+                }
                 // FM-X.6: local corruption halts the replica durably, naming the place.
                 let record = HaltRecord {
                     reason: HaltReason::LocalCorruption,
