@@ -3,12 +3,40 @@
 //! It owns the simulated world — a seeded network ([`net::SimNet`]), clock
 //! ([`clock::SimClock`]) and randomness ([`rng::SimRng`]); the simulated disk
 //! is `walship_wal::sim::SimStorage` — and runs the real sans-IO primary and
-//! replica cores in it: the deterministic simulator (`walship-fault sim`) and
-//! the failure-matrix conformance run (`walship-fault matrix`), one scenario
-//! per ID of `spec/failure-matrix.md`.
+//! replica cores and the real WAL in it ([`world::World`] is their driver,
+//! as the tokio drivers are in production). On top:
 //!
-//! It does not own any protocol logic: everything it checks is the behaviour
-//! of the cores, the WAL and the snapshot code it drives.
+//! * the deterministic simulator ([`sim`], `walship-fault sim`): a random
+//!   workload of appends, crashes (torn or not), restarts, partitions (both
+//!   ways or one way), transport noise, failed fsyncs, full disks and sender
+//!   (byzantine) frame faults, checked after every step by the invariant
+//!   checkers of [`check`] (safety phase), then healed and required to
+//!   converge within bounded simulated time (liveness phase);
+//! * failure-matrix conformance ([`matrix`], `walship-fault matrix`): one
+//!   scenario per ID of `spec/failure-matrix.md`, printing
+//!   `ID | failure | required outcome | observed | pass/fail`, failing when an
+//!   ID has no scenario or its outcome differs;
+//! * a crash sweep of the snapshot install ([`snapshot_sweep`]).
+//!
+//! It owns no protocol logic: everything it checks is the behaviour of the
+//! cores, the WAL and the snapshot code it drives. The real-process tests
+//! (kill -9, UDP proxy) live in this crate's `tests/real_*`.
+//!
+//! # Determinism and replay
+//!
+//! One u64 seed decides everything: the options it expands to
+//! ([`sim::SimOptions::from_seed`], printed with every failure), the
+//! workload, the network, the disks. The trace hash of a run is a function of
+//! the seed and the code; `tests/sim.rs` checks that. A failing seed prints
+//! the invariant, the spec IDs it proves, the expanded options and the last
+//! events; `walship-fault sim --seed S --trace` prints every event of the run.
+//!
+//! ```text
+//! walship-fault sim --seed 42 [--steps 300] [--trace] [--verbose]
+//! walship-fault sim --seeds 0..1000
+//! walship-fault matrix [--id FM-6] [--spec path/to/failure-matrix.md]
+//! WALSHIP_SIM_SEEDS=2000 cargo test -p walship-fault --test sim
+//! ```
 //!
 //! ```
 //! use walship_fault::{net::{NetConfig, SimNet}, rng::SimRng};
@@ -18,6 +46,7 @@
 //! ```
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod check;
 pub mod clock;
