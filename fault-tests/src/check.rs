@@ -7,7 +7,7 @@
 use walship_wal::{Lsn, Position};
 
 use crate::net::NodeId;
-use crate::world::{node_name, World, PRIMARY};
+use crate::world::{node_name, World};
 
 /// A broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -363,7 +363,6 @@ impl Checker for NoHaltWithoutCause {
                 ));
             }
         }
-        let _ = PRIMARY;
         Ok(())
     }
 }

@@ -10,7 +10,7 @@
 //! The replica core does not drive snapshot transfers yet, so the matrix
 //! rows stay "missing"; this sweep is the evidence for the layer that exists.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use walship_snapshot::{Limits, SnapshotSource, SnapshotStore};
 use walship_wal::sim::SimStorage;
@@ -240,6 +240,5 @@ pub fn sweep(seed: u64) -> Result<(usize, usize, usize), String> {
         install(&st, None, None, Some(a))?;
         check(&st, &olds, format!("transfer aborted after {a} chunks"))?;
     }
-    let _: PathBuf = PathBuf::new();
     Ok((points, old, new))
 }

@@ -954,7 +954,6 @@ impl World {
     fn replica_action(&mut self, n: NodeId, a: RAction) {
         let now = self.now();
         let name = node_name(n);
-        let max = self.cfg.max_record_bytes;
         let delay = self
             .rng
             .range(self.cfg.sync_delay_ms.0, self.cfg.sync_delay_ms.1);
@@ -1006,7 +1005,6 @@ impl World {
                         self.crash(n);
                     }
                 }
-                let _ = max;
             }
             RAction::Sync => {
                 if r.sync_at.is_none() {

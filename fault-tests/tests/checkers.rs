@@ -6,7 +6,7 @@ use walship_fault::check::{
     check_all, standard_checkers, AckedCommitsSurvive, AppliedIsCommittedInOrder, Checker,
     HaltedReplicaFrozen, NoHaltWithoutCause, ReplicaIsPrefix,
 };
-use walship_fault::world::{FrameFault, World, WorldConfig, PRIMARY};
+use walship_fault::world::{FrameFault, World, WorldConfig};
 use walship_wal::Position;
 
 fn converged(replicas: usize) -> World {
@@ -104,5 +104,4 @@ fn halt_without_injected_fault_and_change_after_halt_are_reported() {
     w.replicas[0].applied.records.push(extra);
     let err = HaltedReplicaFrozen.check(&w).expect_err("must fail");
     assert!(err.contains("has applied up to"), "{err}");
-    let _ = PRIMARY;
 }
