@@ -98,7 +98,14 @@ pub async fn read_frame_from<S: FrameSource>(
     let head = &head[..head_read];
 
     if let Some(h) = parse_records_head(head) {
-        if let Some(tail_len) = len.checked_sub(h.head_len + h.records_len) {
+        // `records_len` is the peer's (up to 2^64 - 1): checked sum, or the fast path would
+        // be taken on a wrapped length and allocate the claimed one. Out of range falls
+        // through to the generic path, which reports the body as malformed.
+        let tail_len = h
+            .head_len
+            .checked_add(h.records_len)
+            .and_then(|n| len.checked_sub(n));
+        if let Some(tail_len) = tail_len {
             // Fast path: record bytes go straight into the batch buffer (records_len < len <= max).
             let mut bytes = vec![0u8; h.records_len];
             let mut tail = vec![0u8; tail_len];
@@ -188,5 +195,52 @@ impl FrameWriter {
         send.write_all(records).await?;
         send.write_all(&self.tail).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    /// Runs a future over an in-memory source (never pends).
+    fn ready<F: Future>(f: F) -> F::Output {
+        let mut cx = Context::from_waker(Waker::noop());
+        match pin!(f).poll(&mut cx) {
+            Poll::Ready(v) => v,
+            Poll::Pending => panic!("in-memory source must never pend"),
+        }
+    }
+
+    /// A `Records` frame: tag 5, first_lsn 1, count 1, byte length `records_len` as a
+    /// 9-byte varint (253 + u64 LE), commit_lsn 0, and no record bytes at all.
+    fn records_frame_claiming(records_len: u64) -> Vec<u8> {
+        let mut body = vec![5u8, 1, 1, 253];
+        body.extend_from_slice(&records_len.to_le_bytes());
+        body.push(0);
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        frame
+    }
+
+    #[test]
+    fn records_frame_with_a_byte_length_near_u64_max_is_malformed_not_a_panic() {
+        // head_len is 12: u64::MAX - 8 overflows head_len + records_len (a debug panic);
+        // u64::MAX - 3 wraps it to 8 < len, which took the fast path and tried to allocate
+        // ~2^64 bytes (a release-mode capacity overflow panic).
+        for records_len in [u64::MAX, u64::MAX - 3, u64::MAX - 8, u64::MAX - 11] {
+            let frame = records_frame_claiming(records_len);
+            let r = ready(read_frame_from(&mut &frame[..], MAX_FRAME_BYTES));
+            assert!(
+                matches!(r, Err(FrameError::Malformed(_))),
+                "byte length {records_len}: {r:?}"
+            );
+            assert!(matches!(
+                decode_frame_body(&frame[FRAME_HEADER_LEN..]),
+                Err(FrameError::Malformed(_))
+            ));
+        }
     }
 }
