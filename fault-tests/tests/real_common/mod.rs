@@ -382,6 +382,11 @@ fn run_replica(
             ));
             last = Some(now);
         }
+        // FM-5.1: a replica that is not halted keeps serving reads of what it
+        // applied, connected or not.
+        if s.halt().is_none() && replica.check_readable().is_err() && replica.halt().is_none() {
+            say("violation reads refused while not halted");
+        }
         match &s.state {
             ReplicaState::Halted(h) if !reported_halt => {
                 say(&format!("halted {h}"));
