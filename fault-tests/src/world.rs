@@ -115,6 +115,10 @@ pub enum FrameFault {
     EpochRegress,
     /// Rewrite `first_lsn`/`count` so they disagree with the records.
     Malformed,
+    /// Like `EpochRegress` but also at lsn 1, where only the primary's
+    /// announced epoch history shows the epoch is wrong (finding: the
+    /// replica accepts it; not used by the random simulator).
+    EpochBelowHistory,
 }
 
 impl FrameFault {
@@ -125,7 +129,7 @@ impl FrameFault {
             FrameFault::Skip => HaltReason::Gap,
             FrameFault::Duplicate => HaltReason::Duplicate,
             FrameFault::Reorder => HaltReason::Reorder,
-            FrameFault::EpochRegress => HaltReason::EpochRegression,
+            FrameFault::EpochRegress | FrameFault::EpochBelowHistory => HaltReason::EpochRegression,
             FrameFault::Malformed => HaltReason::MalformedBatch,
         }
     }
@@ -433,10 +437,13 @@ fn apply_frame_fault(f: FrameFault, b: &RecordBatch, max: u32) -> Option<RecordB
             out.first_lsn = decode_record(&r[0], max).ok()?.lsn();
             out.bytes = r.concat();
         }
-        FrameFault::EpochRegress => {
+        FrameFault::EpochRegress | FrameFault::EpochBelowHistory => {
             let first = recs.first()?;
             let v = decode_record(first, max).ok()?;
-            if v.epoch() == 0 {
+            // At lsn 1 there is no earlier record to regress from: only the
+            // announced epoch history can show that epoch 0 is wrong there
+            // (that is `EpochBelowHistory`, see notes/requests-fault.md).
+            if v.epoch() == 0 || (f == FrameFault::EpochRegress && v.lsn() == 1) {
                 return None;
             }
             let mut bytes = Vec::new();

@@ -1,0 +1,40 @@
+//! Reproducers of problems the harness found in other crates, ignored until
+//! they are fixed (run with `cargo test -p walship-fault --test findings --
+//! --ignored`). Each names the finding in /work/notes/requests-fault.md.
+
+use walship_fault::check::{check_all, standard_checkers};
+use walship_fault::world::{FrameFault, World, WorldConfig};
+
+/// Finding 4: a record at lsn 1 whose epoch (0) is below the epoch the
+/// primary's announced history gives lsn 1 (1) has a valid crc and chains to
+/// the empty log, so the replica appends it and receipts it: the replica then
+/// holds a record that is not the primary's, and the primary counts that
+/// receipt towards its quorum. Required (FM-X.3 / FM-8.1): halt before
+/// appending.
+#[test]
+#[ignore = "finding 4 (walship-replica): record epoch not checked against the announced epoch history"]
+fn fm_x_3_first_record_with_epoch_below_the_history_halts() {
+    let mut w = World::new(
+        WorldConfig {
+            replicas: 1,
+            ..WorldConfig::default()
+        },
+        2007,
+    )
+    .expect("world");
+    w.start_all();
+    w.arm_frame_fault(1, FrameFault::EpochBelowHistory);
+    let payloads: Vec<Vec<u8>> = (0..3).map(|i| format!("r{i}").into_bytes()).collect();
+    w.client_append(&payloads);
+    let end = w.now() + 2_000;
+    while w.now() < end && w.replica(1).halted.is_none() {
+        let t = w.now() + 1;
+        w.run_until(t);
+        let mut c = standard_checkers();
+        if let Err(v) = check_all(&mut c, &w) {
+            panic!("replica accepted a record that is not the primary's: {v}");
+        }
+    }
+    let h = w.replica(1).halted.clone().expect("the replica must halt");
+    assert_eq!(h.record.lsn, 1);
+}
