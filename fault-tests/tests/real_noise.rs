@@ -5,8 +5,11 @@
 //! damaged packets, so the replica must never halt (a halt here is a false
 //! alarm: FM-X.1; datagram-level duplication or reordering must never reach the
 //! verifier as FM-5.2), and must converge to the primary's durable lsn after the
-//! load stops, with the noise still on. Afterwards walship-recover `verify` and
-//! `diff` show two clean, identical logs holding exactly the appended payloads.
+//! load stops, with the noise still on. A total outage of the link (longer than
+//! the QUIC idle timeout) in the middle of the load must end the session without
+//! a halt, and the replica must reconnect and resume (FM-5.1, here on loopback
+//! without root). Afterwards walship-recover `verify` and `diff` show two clean,
+//! identical logs holding exactly the appended payloads.
 //!
 //! `WALSHIP_NOISE_SEED` fixes the seed (printed), `WALSHIP_NOISE_RECORDS` the number
 //! of appends (default 3000).
@@ -16,7 +19,7 @@ mod real_common;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +54,8 @@ struct FaultCounts {
     duplicated: AtomicU64,
     delayed: AtomicU64,
     reordered: AtomicU64,
+    /// Dropped because the link was blacked out.
+    blackout_dropped: AtomicU64,
 }
 
 impl FaultCounts {
@@ -60,14 +65,15 @@ impl FaultCounts {
 
     fn line(&self) -> String {
         format!(
-            "datagrams in {}, forwarded {}, dropped {}, corrupted {}, duplicated {}, delayed {}, reordered {}",
+            "datagrams in {}, forwarded {}, dropped {}, corrupted {}, duplicated {}, delayed {}, reordered {}, dropped in the blackout {}",
             Self::get(&self.datagrams_in),
             Self::get(&self.forwarded),
             Self::get(&self.dropped),
             Self::get(&self.corrupted),
             Self::get(&self.duplicated),
             Self::get(&self.delayed),
-            Self::get(&self.reordered)
+            Self::get(&self.reordered),
+            Self::get(&self.blackout_dropped)
         )
     }
 }
@@ -83,6 +89,8 @@ struct Proxy {
     front: SocketAddr,
     counts: Arc<FaultCounts>,
     stop: Arc<tokio::sync::Notify>,
+    /// While set, every datagram in both directions is dropped (a total outage).
+    blackout: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
 }
 
@@ -98,9 +106,11 @@ impl Proxy {
         let front_addr = front.local_addr().map_err(|e| e.to_string())?;
         let counts = Arc::new(FaultCounts::default());
         let stop = Arc::new(tokio::sync::Notify::new());
+        let blackout = Arc::new(AtomicBool::new(false));
         let thread = {
             let counts = counts.clone();
             let stop = stop.clone();
+            let blackout = blackout.clone();
             std::thread::Builder::new()
                 .name("fault-proxy".into())
                 .spawn(move || {
@@ -108,7 +118,7 @@ impl Proxy {
                         .enable_all()
                         .build()
                         .map_err(|e| format!("proxy runtime: {e}"))?;
-                    rt.block_on(proxy_loop(front, back, seed, rates, counts, stop))
+                    rt.block_on(proxy_loop(front, back, seed, rates, counts, stop, blackout))
                 })
                 .map_err(|e| format!("spawn proxy: {e}"))?
         };
@@ -116,6 +126,7 @@ impl Proxy {
             front: front_addr,
             counts,
             stop,
+            blackout,
             thread: Some(thread),
         })
     }
@@ -136,6 +147,11 @@ impl Drop for Proxy {
     }
 }
 
+/// QUIC idle timeout of both nodes, and a blackout well above it: the outage
+/// ends the session by configuration, not by a race.
+const IDLE_TIMEOUT_MS: u64 = 1_500;
+const BLACKOUT_MS: u64 = 3 * IDLE_TIMEOUT_MS;
+
 /// A reorder holds one datagram per direction until the next one in that
 /// direction has been sent (or this long has passed without one).
 const REORDER_FLUSH: Duration = Duration::from_millis(15);
@@ -150,6 +166,7 @@ struct ProxyState {
     rng: StdRng,
     rates: Rates,
     counts: Arc<FaultCounts>,
+    blackout: Arc<AtomicBool>,
     /// Delayed datagrams by release time (seq keeps the heap order total).
     delayed: BinaryHeap<Reverse<Delayed>>,
     seq: u64,
@@ -181,6 +198,10 @@ impl ProxyState {
     async fn on_datagram(&mut self, dir: Dir, mut pkt: Vec<u8>) {
         let c = self.counts.clone();
         c.datagrams_in.fetch_add(1, Ordering::AcqRel);
+        if self.blackout.load(Ordering::Acquire) {
+            c.blackout_dropped.fetch_add(1, Ordering::AcqRel);
+            return;
+        }
         let r = self.rates;
         if self.rng.gen_bool(r.drop) {
             c.dropped.fetch_add(1, Ordering::AcqRel);
@@ -254,6 +275,7 @@ async fn proxy_loop(
     rates: Rates,
     counts: Arc<FaultCounts>,
     stop: Arc<tokio::sync::Notify>,
+    blackout: Arc<AtomicBool>,
 ) -> Result<(), String> {
     let mut st = ProxyState {
         front: tokio::net::UdpSocket::from_std(front).map_err(|e| e.to_string())?,
@@ -262,6 +284,7 @@ async fn proxy_loop(
         rng: StdRng::seed_from_u64(seed),
         rates,
         counts,
+        blackout,
         delayed: BinaryHeap::new(),
         seq: 0,
         held: [None, None],
@@ -326,7 +349,7 @@ fn payload(k: u64) -> String {
 }
 
 #[test]
-fn fm_x_1_fm_5_2_datagram_noise_is_not_a_halt_and_replica_converges() {
+fn fm_x_1_fm_5_2_fm_5_1_datagram_noise_and_outage_are_not_a_halt_and_replica_converges() {
     let seed = seed_from_env("WALSHIP_NOISE_SEED");
     let records = count_from_env("WALSHIP_NOISE_RECORDS", 3_000);
     let rates = Rates {
@@ -344,7 +367,7 @@ fn fm_x_1_fm_5_2_datagram_noise_is_not_a_halt_and_replica_converges() {
     let (p_dir, r_dir) = (tmp.path().join("n1"), tmp.path().join("n2"));
     let transport = TransportOptions {
         keep_alive_ms: 200,
-        idle_timeout_ms: 5_000,
+        idle_timeout_ms: IDLE_TIMEOUT_MS,
         ..TransportOptions::default()
     };
     let started = Instant::now();
@@ -395,7 +418,18 @@ fn fm_x_1_fm_5_2_datagram_noise_is_not_a_halt_and_replica_converges() {
         let mut tasks = tokio::task::JoinSet::new();
         let mut acked = 0u64;
         let mut next = 0u64;
+        let mut blackout_task = None;
         while acked < records {
+            if acked == records / 3 && blackout_task.is_none() {
+                // A total outage longer than the idle timeout: the session must end
+                // (FM-5.1 on loopback), the appends wait for the quorum, nothing halts.
+                proxy.blackout.store(true, Ordering::Release);
+                let b = proxy.blackout.clone();
+                blackout_task = Some(tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(BLACKOUT_MS)).await;
+                    b.store(false, Ordering::Release);
+                }));
+            }
             while next < records && tasks.len() < 64 {
                 let k = next;
                 let fut = primary.append(payload(k).into_bytes());
@@ -414,6 +448,9 @@ fn fm_x_1_fm_5_2_datagram_noise_is_not_a_halt_and_replica_converges() {
             }
         }
         assert_eq!(acked, records);
+        if let Some(t) = blackout_task {
+            t.await.expect("blackout task");
+        }
         // Load stopped, noise still on: the replica converges to the primary's durable lsn.
         let durable = primary.durable_lsn();
         assert_eq!(durable, records, "every append is durable on the primary");
@@ -471,12 +508,17 @@ fn fm_x_1_fm_5_2_datagram_noise_is_not_a_halt_and_replica_converges() {
         started.elapsed().as_secs_f64()
     );
     // The test must have injected every kind of fault, or it proved nothing.
+    assert!(
+        sessions >= 2,
+        "the blackout ({BLACKOUT_MS} ms > idle timeout {IDLE_TIMEOUT_MS} ms) must end the session and the replica reconnect: sessions {sessions}"
+    );
     for (name, c) in [
         ("dropped", &counts.dropped),
         ("corrupted", &counts.corrupted),
         ("duplicated", &counts.duplicated),
         ("delayed", &counts.delayed),
         ("reordered", &counts.reordered),
+        ("dropped in the blackout", &counts.blackout_dropped),
     ] {
         assert!(
             FaultCounts::get(c) > 0,
