@@ -1,8 +1,10 @@
 //! The messages exchanged by primary and replica, and their bincode 2 body encoding.
 //!
 //! A message travels as the body of one frame ([`crate::frame`]). The body is
-//! `bincode::serde` with [`bincode::config::standard()`] (varint integers, little-endian) and a
-//! decode limit of [`MAX_DECODED_BYTES`]. The enum variant index is the wire tag:
+//! `bincode::serde` with [`bincode::config::standard()`] (varint integers, little-endian).
+//! Decoding borrows strings and byte strings from the body (their length is checked against
+//! the bytes received before anything is allocated) under a bincode limit derived from the
+//! body length ([`decode_limit_for`], at most [`MAX_DECODED_BYTES`]). The enum variant index is the wire tag:
 //! **new variants are appended at the end, never inserted or reordered**, and every layout change
 //! bumps [`PROTOCOL_VERSION`]. `Hello` is variant 0 and its first field is `protocol_version`
 //! in every version, so any primary can read the version of any replica (see
@@ -93,14 +95,17 @@ pub struct Hello {
     /// Protocol version of the replica; MUST stay the first field in every version.
     pub protocol_version: u32,
     /// Cluster id from the replica's configuration; must equal the primary's.
+    #[serde(deserialize_with = "bounded_de::string")]
     pub cluster_id: String,
     /// The replica's node id; must equal the name its TLS certificate proved.
+    #[serde(deserialize_with = "bounded_de::string")]
     pub node_id: String,
     /// Identity of the replica's last durable record (`Position::ZERO` for an empty log).
     pub last: Position,
     /// The replica's commit watermark.
     pub commit_lsn: Lsn,
     /// The replica's epoch history, ascending by epoch.
+    #[serde(deserialize_with = "bounded_de::vec")]
     pub epoch_history: Vec<EpochEntry>,
     /// The highest epoch this replica has ever seen (fencing: a primary below it is refused).
     pub highest_epoch_seen: u64,
@@ -112,6 +117,7 @@ pub struct Welcome {
     /// Protocol version of the primary.
     pub protocol_version: u32,
     /// The primary's node id.
+    #[serde(deserialize_with = "bounded_de::string")]
     pub primary_id: String,
     /// The primary's current epoch.
     pub epoch: u64,
@@ -123,6 +129,7 @@ pub struct Welcome {
     /// The primary's commit watermark.
     pub commit_lsn: Lsn,
     /// The primary's epoch history, ascending by epoch.
+    #[serde(deserialize_with = "bounded_de::vec")]
     pub epoch_history: Vec<EpochEntry>,
 }
 
@@ -149,22 +156,27 @@ pub enum RefuseReason {
     #[error("cluster id mismatch: ours {ours:?}, theirs {theirs:?}")]
     ClusterMismatch {
         /// The refusing side's cluster id.
+        #[serde(deserialize_with = "bounded_de::string")]
         ours: String,
         /// The cluster id the peer announced.
+        #[serde(deserialize_with = "bounded_de::string")]
         theirs: String,
     },
     /// The node id is not in the member list.
     #[error("node {node_id:?} is not a member")]
     NotAMember {
         /// The announced node id.
+        #[serde(deserialize_with = "bounded_de::string")]
         node_id: String,
     },
     /// The node id in `Hello` differs from the name the peer's certificate proved.
     #[error("node id {claimed:?} does not match the certificate name {certified:?}")]
     NodeIdMismatch {
         /// The node id in `Hello`.
+        #[serde(deserialize_with = "bounded_de::string")]
         claimed: String,
         /// The name the TLS certificate proved.
+        #[serde(deserialize_with = "bounded_de::string")]
         certified: String,
     },
     /// The contacted node is not (or no longer) the primary.
@@ -182,12 +194,14 @@ pub enum RefuseReason {
     #[error("node {node_id:?} already has an active session")]
     AlreadyConnected {
         /// The node id.
+        #[serde(deserialize_with = "bounded_de::string")]
         node_id: String,
     },
     /// The replica is halted and will not stream (it says so instead of going silent).
     #[error("replica is halted: {reason}")]
     Halted {
         /// The halt reason, as written in the halt record (kebab-case).
+        #[serde(deserialize_with = "bounded_de::string")]
         reason: String,
     },
     /// The node is shutting down.
@@ -226,7 +240,8 @@ pub struct RecordBatch {
 }
 
 /// Serialises `Vec<u8>` as one byte string (length + memcpy) instead of a sequence of u8s,
-/// which bincode would encode element by element.
+/// which bincode would encode element by element. Deserialises it borrowed
+/// ([`bounded_de`]'s rule): the bytes are copied only once the body is known to hold them.
 mod serde_bytes_vec {
     use serde::{Deserializer, Serializer};
 
@@ -248,20 +263,116 @@ mod serde_bytes_vec {
                 Ok(v)
             }
         }
-        d.deserialize_byte_buf(V)
+        // Borrowed, not `deserialize_byte_buf`: bincode's owned form allocates the claimed
+        // length before it checks the body holds it.
+        d.deserialize_bytes(V)
     }
 }
 
-/// Decode limit handed to bincode: the in-memory bytes a decoded body may claim. bincode counts
-/// every integer at its in-memory size (a varint u64 of 1 wire byte claims 8), so this is a
-/// multiple of the frame limit; it bounds what a frame of at most
+/// Deserialisers that allocate only for what the body actually holds (STYLE: check every
+/// length before allocating). Same encoding as serde's defaults; only decoding differs:
+/// - strings are taken borrowed (`deserialize_str`): bincode checks the claimed length against
+///   the rest of the body before the string is copied, where the owned form
+///   (`deserialize_string`) allocates the claimed length first;
+/// - sequences pre-allocate at most [`bounded_de::PREALLOC_MAX`] elements whatever length
+///   they claim (serde's own cap is 1 MiB), and grow only as elements are decoded.
+mod bounded_de {
+    use std::marker::PhantomData;
+
+    use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
+
+    /// Most elements a sequence reserves room for before any is decoded.
+    pub const PREALLOC_MAX: usize = 64;
+
+    pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = String;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+                Ok(v.to_owned())
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<String, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_str(V)
+    }
+
+    pub fn vec<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Vec<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a sequence")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(PREALLOC_MAX));
+                while let Some(item) = seq.next_element()? {
+                    out.push(item);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V(PhantomData))
+    }
+}
+
+/// Largest decode limit handed to bincode: the in-memory bytes a decoded body may claim.
+/// bincode counts every integer at its in-memory size (a varint u64 of 1 wire byte claims 8),
+/// so this is a multiple of the frame limit; it bounds what a frame of at most
 /// [`crate::frame::MAX_FRAME_BYTES`] can make the decoder allocate, as defence in depth behind
-/// the frame length check.
+/// the frame length check. Smaller bodies get smaller limits ([`decode_limit_for`]).
 pub const MAX_DECODED_BYTES: usize = 4 * crate::frame::MAX_FRAME_BYTES as usize;
+
+/// The most in-memory bytes bincode can claim per body byte of a valid body: 8, a u64 varint
+/// of one byte (every claim is an integer at its in-memory size, at most 8 bytes for at least
+/// one body byte, or a string / byte string length, one claimed byte per body byte).
+const MAX_CLAIM_PER_BODY_BYTE: usize = 8;
+
+/// Margin over [`MAX_CLAIM_PER_BODY_BYTE`] before a body moves to a larger limit.
+const CLAIM_MARGIN: usize = 2;
+
+/// The decode limits below [`MAX_DECODED_BYTES`], ascending (factor 4 apart, so a few
+/// instances of the decoder cover every size).
+const DECODE_LIMITS: [usize; 5] = [
+    64 * 1024,
+    256 * 1024,
+    1024 * 1024,
+    4 * 1024 * 1024,
+    16 * 1024 * 1024,
+];
+
+/// The bincode decode limit used for a body of `body_len` bytes: the smallest of 64 KiB,
+/// 256 KiB, 1 MiB, 4 MiB, 16 MiB that is at least `16 * body_len` (twice what a valid body can
+/// claim), else [`MAX_DECODED_BYTES`].
+///
+/// bincode allocates what an owned string or byte string claims before checking that the body
+/// holds it; this limit bounds such an allocation by the body received (at most
+/// `max(64 KiB, 64 * body_len)`), where one limit for every body let a 13-byte body allocate
+/// 30 MB. A valid body never reaches its limit (it claims at most 8 bytes per body byte), so the
+/// limit changes which frames are accepted not at all.
+pub fn decode_limit_for(body_len: usize) -> usize {
+    let needed = body_len.saturating_mul(MAX_CLAIM_PER_BODY_BYTE * CLAIM_MARGIN);
+    DECODE_LIMITS
+        .into_iter()
+        .find(|&limit| limit >= needed)
+        .unwrap_or(MAX_DECODED_BYTES)
+}
 
 /// bincode configuration of message bodies: standard (varint, little-endian) with a decode limit.
 pub(crate) fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_DECODED_BYTES>()
+}
+
+/// Decodes `body` with bincode's limit set to `LIMIT`, strings and byte strings borrowed.
+fn decode_with_limit<const LIMIT: usize>(
+    body: &[u8],
+) -> Result<(Message, usize), bincode::error::DecodeError> {
+    let config = bincode::config::standard().with_limit::<LIMIT>();
+    bincode::serde::borrow_decode_from_slice(body, config)
 }
 
 /// Errors of [`decode_body`].
@@ -286,8 +397,22 @@ pub fn encode_body(msg: &Message, out: &mut Vec<u8>) -> Result<usize, bincode::e
 }
 
 /// Decodes one frame body; the whole body must be consumed.
+///
+/// Allocates only for what `body` holds: this crate's strings and byte strings are checked
+/// against the remaining body before they are copied, and anything bincode allocates up front
+/// (owned strings or byte strings of other crates' types, e.g. snapshot chunks) is bounded by
+/// [`decode_limit_for`]`(body.len())`.
 pub fn decode_body(body: &[u8]) -> Result<Message, BodyError> {
-    let (msg, used): (Message, usize) = bincode::serde::decode_from_slice(body, bincode_config())?;
+    // bincode's limit is a const generic: one decoder instance per limit (a limit without an
+    // arm would fall to the largest, which only loosens the bound).
+    let (msg, used) = match decode_limit_for(body.len()) {
+        l if l == DECODE_LIMITS[0] => decode_with_limit::<{ DECODE_LIMITS[0] }>(body)?,
+        l if l == DECODE_LIMITS[1] => decode_with_limit::<{ DECODE_LIMITS[1] }>(body)?,
+        l if l == DECODE_LIMITS[2] => decode_with_limit::<{ DECODE_LIMITS[2] }>(body)?,
+        l if l == DECODE_LIMITS[3] => decode_with_limit::<{ DECODE_LIMITS[3] }>(body)?,
+        l if l == DECODE_LIMITS[4] => decode_with_limit::<{ DECODE_LIMITS[4] }>(body)?,
+        _ => decode_with_limit::<MAX_DECODED_BYTES>(body)?,
+    };
     if used != body.len() {
         return Err(BodyError::TrailingBytes {
             kind: msg.kind(),
