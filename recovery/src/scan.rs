@@ -283,7 +283,7 @@ pub fn scan_wal<S: Storage>(
 
 /// The link between the previous segment's last record and this segment's header.
 fn check_segment_link(seg: &LiveSegment, last: Position) -> Option<CorruptionReport> {
-    let expected = last.lsn + 1;
+    let expected = last.lsn.saturating_add(1);
     let report = |kind, exp: String, found: String| CorruptionReport {
         segment: seg.path.clone(),
         offset: 0,
@@ -384,7 +384,7 @@ fn classify_bad_record(
     opts: ScanOptions,
 ) -> ScanEnd {
     let bytes: &[u8] = &seg.map;
-    let expected_lsn = last.lsn + 1;
+    let expected_lsn = last.lsn.saturating_add(1);
     // Mirrors walship_wal::scan::judge_tail: zeros to EOF are torn; a length
     // above the maximum or bad flags never are; a truncated or crc-bad record
     // is torn only if no crc-valid record starts after it.
@@ -530,5 +530,108 @@ pub fn corruption_kind_name(kind: CorruptionKind) -> &'static str {
         CorruptionKind::ChainDuplicate => "chain-duplicate",
         CorruptionKind::ChainBreak => "chain-break",
         CorruptionKind::ChainEpochRegression => "chain-epoch-regression",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use walship_wal::record::encode_record;
+    use walship_wal::segment::segment_file_name;
+    use walship_wal::sim::SimStorage;
+    use walship_wal::StorageFile;
+
+    fn write_segment(s: &SimStorage, dir: &Path, header: SegmentHeader, records: &[u8]) {
+        s.create_dir_all(dir).expect("mkdir");
+        let path = dir.join(segment_file_name(header.first_lsn));
+        let f = s.open(&path, true).expect("open");
+        f.write_at(0, &header.encode()).expect("header");
+        f.write_at(SEGMENT_HEADER_LEN as u64, records)
+            .expect("records");
+        f.sync_data().expect("sync");
+        s.sync_dir(dir).expect("sync dir");
+    }
+
+    fn scan(s: &SimStorage, dir: &Path) -> WalScan {
+        scan_wal(
+            s,
+            dir,
+            ScanOptions {
+                max_record_bytes: 1024,
+            },
+            None,
+            &mut |_, _, _| ControlFlow::Continue(()),
+        )
+        .expect("scan")
+    }
+
+    #[test]
+    fn records_at_the_top_of_the_lsn_space_never_overflow() {
+        let s = SimStorage::new(1);
+        let dir = Path::new("/n/wal");
+        let prev = Position {
+            lsn: u64::MAX - 1,
+            epoch: 1,
+            crc: 7,
+        };
+        let mut recs = Vec::new();
+        let last = encode_record(u64::MAX, 1, prev.crc, b"top", &mut recs);
+        encode_record(5, 1, last.crc, b"after", &mut recs);
+        let header = SegmentHeader {
+            first_lsn: u64::MAX,
+            generation: 1,
+            created_epoch: 1,
+            prev,
+        };
+        write_segment(&s, dir, header, &recs);
+        let sc = scan(&s, dir);
+        assert_eq!(sc.last, last);
+        let c = sc
+            .corruption()
+            .expect("a record after lsn u64::MAX is corrupt");
+        // The chain rule's expected lsn wraps past u64::MAX (walship_wal::check_successor).
+        assert_eq!(c.kind, CorruptionKind::ChainGap);
+        assert_eq!(c.offset, (SEGMENT_HEADER_LEN + 32 + 3) as u64);
+    }
+
+    #[test]
+    fn a_stopping_visitor_ends_the_scan_as_stopped() {
+        let s = SimStorage::new(2);
+        let dir = Path::new("/n/wal");
+        let mut recs = Vec::new();
+        let mut prev = Position::ZERO;
+        for lsn in 1..=5 {
+            prev = encode_record(lsn, 1, prev.crc, b"r", &mut recs);
+        }
+        let header = SegmentHeader {
+            first_lsn: 1,
+            generation: 1,
+            created_epoch: 1,
+            prev: Position::ZERO,
+        };
+        write_segment(&s, dir, header, &recs);
+        let mut seen = Vec::new();
+        let sc = scan_wal(
+            &s,
+            dir,
+            ScanOptions {
+                max_record_bytes: 1024,
+            },
+            None,
+            &mut |_, _, v| {
+                seen.push(v.lsn());
+                if v.lsn() == 3 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )
+        .expect("scan");
+        assert_eq!(seen, vec![1, 2, 3]);
+        assert_eq!(sc.end, ScanEnd::Stopped);
+        assert_eq!(sc.last.lsn, 3);
+        assert_eq!(sc.epochs.len(), 1);
+        assert_eq!(sc.epochs[0].records, 3);
     }
 }
