@@ -1186,6 +1186,59 @@ fn fm_x_12() -> R {
     Ok("replica disk full while appending: node stopped, no receipt, no halt; after space came back it resumed and converged".into())
 }
 
+fn fm_x_15() -> R {
+    // Quorum 2 with 2 replicas: every commit needs both replica disks.
+    let mut w = converged_cluster(cfg(2, 2), 215, 10)?;
+    let now = w.now();
+    w.net.partition(PRIMARY, 2, now);
+    w.client_append(&payloads("r1-only", 10, 40));
+    let got = run_until_cond(&mut w, 2_000, |w| durable_of(w, 1) >= 20);
+    ensure(got, || "r1 never made lsn 20 durable".into())?;
+    // r1's receipt for lsn 20 reaches the primary; r2 is cut off: commit 10.
+    w.run_until(w.now() + 20);
+    let commit_before = w.primary_commit();
+    ensure(commit_before == 10, || {
+        format!("commit {commit_before} without r2")
+    })?;
+    // r1's disk is replaced; it reconnects empty and says so in its Hello,
+    // then is cut off before it can re-replicate.
+    w.wipe_replica_disk(1)?;
+    w.restart(1);
+    let hello = run_until_cond(&mut w, 2_000, |w| {
+        w.trace
+            .tail()
+            .any(|e| e.what.starts_with("r1 -> p0 Hello(last 0"))
+            && w.trace
+                .tail()
+                .any(|e| e.what.starts_with("p0 -> r1 Welcome"))
+    });
+    ensure(hello, || {
+        "r1 did not reconnect after the disk replacement".into()
+    })?;
+    let now = w.now();
+    w.net.partition(PRIMARY, 1, now);
+    // r2 comes back and catches up to lsn 20.
+    w.net.heal(PRIMARY, 2, now);
+    w.run_until(w.now() + 2_000);
+    let commit = w.primary_commit();
+    let r1 = durable_of(&w, 1);
+    if commit > 10 && r1 < commit {
+        return Err(format!(
+            "commit advanced to {commit} on r2's receipt plus r1's receipt from before its disk was replaced, although r1's Hello proved it holds lsn {r1} (quorum 2 counts a copy that does not exist)"
+        ));
+    }
+    checked(&w)?;
+    let now = w.now();
+    w.net.heal_all(now);
+    converge(&mut w)?;
+    checked(&w)?;
+    no_halts(&w)?;
+    Ok(format!(
+        "r1 came back empty after a disk replacement: commit stayed at {commit} until r1 re-replicated, then converged to {}",
+        w.primary_commit()
+    ))
+}
+
 fn fm_x_14() -> R {
     expect_halt(214, FrameFault::Malformed)
 }
@@ -1365,6 +1418,11 @@ pub fn scenarios() -> Vec<Scenario> {
         sc!("FM-X.14", "fm_x_14_malformed_batch_halts", || verdict(
             fm_x_14()
         )),
+        sc!(
+            "FM-X.15",
+            "fm_x_15_replaced_replica_disk_does_not_count_old_receipts",
+            || verdict(fm_x_15())
+        ),
         sc!(
             "FM-X.13",
             "fm_x_13_far_behind_replica_gets_snapshot",

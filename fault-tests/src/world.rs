@@ -158,6 +158,10 @@ pub struct Oracle {
     /// possibly out of order). A WAL that then refuses to open (corruption
     /// report) is a safe, explained outcome for them.
     pub torn_crashed: std::collections::BTreeSet<NodeId>,
+    /// Replicas whose disk was replaced by an empty one, with the highest
+    /// lsn acknowledged (or committed) at that moment: their copies of those
+    /// records are gone by design.
+    pub wiped: BTreeMap<NodeId, Lsn>,
     /// Nodes whose disk a scenario damaged on purpose (bit flips).
     pub disk_damaged: std::collections::BTreeSet<NodeId>,
     /// Set when the scenario deliberately gives a replica a history that is not
@@ -250,6 +254,9 @@ pub struct ReplicaNode {
     /// The replica's durable lsn as last observed (kept while it is down:
     /// a crash never loses durable records).
     pub known_durable: Lsn,
+    /// After a disk replacement, until the replica's next `Hello` tells the
+    /// primary: the durable lsn the primary may still rightly believe.
+    pub unannounced_wipe: Option<Lsn>,
 }
 
 /// The simulated cluster.
@@ -485,6 +492,7 @@ impl World {
                 stopped: None,
                 session_ends: Vec::new(),
                 known_durable: 0,
+                unannounced_wipe: None,
             })
             .collect();
         let world_rng = rng.fork("world");
@@ -790,10 +798,13 @@ impl World {
                 // Quorum at the moment of acknowledgement (FM-X.11): enough
                 // replica disks hold everything up to the new watermark.
                 let needed = self.receipts_needed();
+                // A replica whose disk was replaced counts with what it had
+                // until its next Hello tells the primary (it cannot know
+                // earlier); from then on only with its new log.
                 let holders = self
                     .replicas
                     .iter()
-                    .filter(|r| r.known_durable >= commit_lsn)
+                    .filter(|r| r.unannounced_wipe.unwrap_or(r.known_durable) >= commit_lsn)
                     .count();
                 if holders < needed {
                     self.oracle.action_violations.push((
@@ -974,6 +985,12 @@ impl World {
                     return;
                 };
                 let conn = *conn;
+                if matches!(msg, Message::Hello(_)) {
+                    self.replicas[n - 1].unannounced_wipe = None;
+                }
+                let Some(r) = self.replicas[n - 1].up.as_mut() else {
+                    return;
+                };
                 if let Message::Receipt { durable_lsn } = &msg {
                     // Never receipt what is not durable (FM-4.1, FM-X.4).
                     if *durable_lsn > r.wal.durable_lsn() {
@@ -1206,6 +1223,45 @@ impl World {
     /// Forgets every armed, not yet used frame fault.
     pub fn disarm_frame_faults(&mut self) {
         self.taps.clear();
+    }
+
+    /// Replica `n` loses its disk (a replaced machine): it crashes and comes
+    /// back, when restarted, with an empty disk and an empty embedder. Records
+    /// acknowledged before are excused from its copy count (the fault budget:
+    /// they must survive on the other disks).
+    pub fn wipe_replica_disk(&mut self, n: NodeId) -> Result<(), String> {
+        assert!(
+            n != PRIMARY && n <= self.cfg.replicas,
+            "only replica disks are wiped"
+        );
+        if self.is_up(n) {
+            self.crash(n);
+        }
+        let seed = self.rng.next_u64();
+        let cfg = SimConfig {
+            torn_crash_probability: self.cfg.torn_crash_probability,
+            ..SimConfig::default()
+        };
+        let fresh = SimStorage::with_config(seed, cfg);
+        make_dirs(&fresh).map_err(|e| format!("{} mkdir: {e}", node_name(n)))?;
+        let max_acked = self.oracle.acked.keys().next_back().copied().unwrap_or(0);
+        self.oracle
+            .wiped
+            .insert(n, max_acked.max(self.oracle.max_commit));
+        let r = self.replica_mut(n);
+        r.storage = fresh;
+        r.applied = Applied::default();
+        r.unannounced_wipe = Some(r.known_durable);
+        r.known_durable = 0;
+        r.halted = None;
+        r.stopped = None;
+        self.oracle.torn_crashed.remove(&n);
+        self.oracle.injected.remove(&n);
+        self.log(format!(
+            "WIPE {}: disk replaced by an empty one",
+            node_name(n)
+        ));
+        Ok(())
     }
 
     /// Restarts node `n` if it is down.
