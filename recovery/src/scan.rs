@@ -283,7 +283,7 @@ pub fn scan_wal<S: Storage>(
 
 /// The link between the previous segment's last record and this segment's header.
 fn check_segment_link(seg: &LiveSegment, last: Position) -> Option<CorruptionReport> {
-    let expected = last.lsn.saturating_add(1);
+    let expected = last.lsn.wrapping_add(1);
     let report = |kind, exp: String, found: String| CorruptionReport {
         segment: seg.path.clone(),
         offset: 0,
@@ -384,7 +384,7 @@ fn classify_bad_record(
     opts: ScanOptions,
 ) -> ScanEnd {
     let bytes: &[u8] = &seg.map;
-    let expected_lsn = last.lsn.saturating_add(1);
+    let expected_lsn = last.lsn.wrapping_add(1);
     // Mirrors walship_wal::scan::judge_tail: zeros to EOF are torn; a length
     // above the maximum or bad flags never are; a truncated or crc-bad record
     // is torn only if no crc-valid record starts after it.
