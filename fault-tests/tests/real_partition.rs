@@ -6,7 +6,10 @@
 //!
 //! Checked, with majority quorum over the two members (every commit needs the
 //! replica's receipt):
-//! - FM-5.1: while partitioned the replica's session ends, it does not halt, it
+//! - FM-5.1, half partition first (only the primary's INPUT drops: receipts are
+//!   lost, records still arrive): the replica holds records durable above the
+//!   commit watermark it received and applies none of them;
+//! - FM-5.1, full partition: the replica's session ends, it does not halt, it
 //!   applies nothing past the commit watermark it received (it never learns
 //!   anything newer), and the primary acknowledges nothing that lacks the
 //!   replica's receipt: appends stay durable but tentative and their callers get
@@ -185,41 +188,54 @@ impl Net {
         })
     }
 
-    /// Silent partition: each receiver drops everything arriving on its veth.
-    fn partition(&self) -> Result<(), String> {
-        for (ns, dev) in [(&self.r, &self.vr), (&self.p, &self.vp)] {
-            match self.firewall {
-                Firewall::Iptables => {
-                    ns.exec(&["iptables", "-I", "INPUT", "-i", dev, "-j", "DROP"])?;
-                }
-                Firewall::Nft => {
-                    ns.exec(&["nft", "add", "table", "inet", "wspart"])?;
-                    ns.exec(&[
-                        "nft",
-                        "add chain inet wspart input { type filter hook input priority 0 ; policy accept ; }",
-                    ])?;
-                    ns.exec(&[
-                        "nft", "add", "rule", "inet", "wspart", "input", "iifname", dev, "drop",
-                    ])?;
-                }
+    fn side(&self, side: Side) -> (&Netns, &str) {
+        match side {
+            Side::Primary => (&self.p, &self.vp),
+            Side::Replica => (&self.r, &self.vr),
+        }
+    }
+
+    /// Silent drop of everything `side` receives on its veth (its INPUT chain).
+    fn drop_input(&self, side: Side) -> Result<(), String> {
+        let (ns, dev) = self.side(side);
+        match self.firewall {
+            Firewall::Iptables => {
+                ns.exec(&["iptables", "-I", "INPUT", "-i", dev, "-j", "DROP"])?;
+            }
+            Firewall::Nft => {
+                ns.exec(&["nft", "add", "table", "inet", "wspart"])?;
+                ns.exec(&[
+                    "nft",
+                    "add chain inet wspart input { type filter hook input priority 0 ; policy accept ; }",
+                ])?;
+                ns.exec(&[
+                    "nft", "add", "rule", "inet", "wspart", "input", "iifname", dev, "drop",
+                ])?;
             }
         }
         Ok(())
     }
 
-    fn heal(&self) -> Result<(), String> {
-        for (ns, dev) in [(&self.r, &self.vr), (&self.p, &self.vp)] {
-            match self.firewall {
-                Firewall::Iptables => {
-                    ns.exec(&["iptables", "-D", "INPUT", "-i", dev, "-j", "DROP"])?;
-                }
-                Firewall::Nft => {
-                    ns.exec(&["nft", "delete", "table", "inet", "wspart"])?;
-                }
+    /// Removes the drop of `side`.
+    fn heal(&self, side: Side) -> Result<(), String> {
+        let (ns, dev) = self.side(side);
+        match self.firewall {
+            Firewall::Iptables => {
+                ns.exec(&["iptables", "-D", "INPUT", "-i", dev, "-j", "DROP"])?;
+            }
+            Firewall::Nft => {
+                ns.exec(&["nft", "delete", "table", "inet", "wspart"])?;
             }
         }
         Ok(())
     }
+}
+
+/// One end of the link.
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    Primary,
+    Replica,
 }
 
 fn specs(root: &Path) -> Result<(NodeSpec, NodeSpec), String> {
@@ -339,10 +355,27 @@ fn scenario(net: &Net, root: &Path, logs: &Path) -> Result<String, String> {
     })?;
     let acks_before = p.acks.len();
 
-    // Partition (silent drop on both receivers' INPUT).
+    // Half partition first: the primary hears nothing from the replica (receipts
+    // lost), the replica still hears the primary. It receives records that can
+    // never commit: it holds them durable above the commit watermark it received
+    // and must not apply them (FM-5.1).
     let t_partition = Instant::now();
-    net.partition()?;
+    net.drop_input(Side::Primary)?;
     let load = Load::start(&primary, "during".into(), 8, Duration::from_millis(2));
+    let r = replica.events.wait_for(
+        "FM-5.1: the replica holds records above the commit it received",
+        limit,
+        |r| r.durable > r.commit,
+    )?;
+    if r.applied > r.commit {
+        return Err(format!(
+            "FM-5.1: the replica applied {} past the commit {} it received",
+            r.applied, r.commit
+        ));
+    }
+    let held_above_commit = r.durable - r.commit;
+    // Full partition: the replica's INPUT drops too.
+    net.drop_input(Side::Replica)?;
     let r = replica.events.wait_for(
         "FM-5.1: the replica's session ends (idle timeout)",
         limit,
@@ -352,7 +385,7 @@ fn scenario(net: &Net, root: &Path, logs: &Path) -> Result<String, String> {
     primary.events.wait_for(
         "appends time out without the replica's receipt",
         limit,
-        |r| r.failed >= 8,
+        |r| r.failed >= 16,
     )?;
     let sent_during = load.stop();
     let p = primary
@@ -405,7 +438,8 @@ fn scenario(net: &Net, root: &Path, logs: &Path) -> Result<String, String> {
     let partition_ms = t_partition.elapsed().as_millis();
 
     // Heal: it reconnects, catches up, the tentative records commit.
-    net.heal()?;
+    net.heal(Side::Replica)?;
+    net.heal(Side::Primary)?;
     let tentative = p.durable;
     let p_after = primary
         .events
@@ -457,7 +491,7 @@ fn scenario(net: &Net, root: &Path, logs: &Path) -> Result<String, String> {
     }
     check_diff_prefix(&p_spec.data_dir, &r_spec.data_dir, true)?;
     Ok(format!(
-        "real_partition figures: {acks_before} acknowledged before the partition (lsn {before}), partition {partition_ms} ms with {} appends timed out (tentative up to lsn {tentative}, max acknowledged {max_acked}), replica killed and restarted inside it at lsn {restart_last}, after heal {} acknowledged in all, final log {} records identical, {:.1} s",
+        "real_partition figures: {acks_before} acknowledged before the partition (lsn {before}), half partition: replica held {held_above_commit} records above its commit unapplied, partition {partition_ms} ms with {} appends timed out (tentative up to lsn {tentative}, max acknowledged {max_acked}), replica killed and restarted inside it at lsn {restart_last}, after heal {} acknowledged in all, final log {} records identical, {:.1} s",
         p.failed,
         p.acks.len(),
         pd.last.lsn,
