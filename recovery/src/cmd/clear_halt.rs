@@ -226,6 +226,13 @@ pub fn clear_halt(
         &state_dir,
         &AuditEntry::now("clear-halt", "done", dir, &env.command_line, details),
     )?;
+    tracing::warn!(
+        dir = %dir.display(),
+        reason = %halt.reason,
+        lsn = halt.lsn,
+        epoch = halt.epoch,
+        "operator clear-halt: halt lifted"
+    );
     report.cleared = true;
     Ok(Outcome::new(report, Exit::Ok))
 }

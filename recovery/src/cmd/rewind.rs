@@ -238,6 +238,15 @@ pub fn rewind(
             return Err(e);
         }
     };
+    tracing::warn!(
+        dir = %dir.display(),
+        to_lsn = to,
+        before_lsn = before.lsn,
+        before_epoch = before.epoch,
+        after_lsn = after.lsn,
+        records = plan.records,
+        "operator rewind: WAL tail cut"
+    );
     report.performed = true;
     report.after = Some(after);
     report.commit_lsn_after = if lower_commit { Some(to) } else { commit_lsn };
