@@ -170,8 +170,8 @@ impl Default for Window {
     fn default() -> Self {
         Window {
             max_batch_bytes: 1024 * 1024,
-            max_inflight_bytes: 16 * 1024 * 1024,
-            max_inflight_records: 64 * 1024,
+            max_inflight_bytes: 32 * 1024 * 1024,
+            max_inflight_records: 256 * 1024,
         }
     }
 }

@@ -94,8 +94,8 @@ pub struct PrimaryConfig {
 
 impl PrimaryConfig {
     /// A configuration with defaults: majority quorum, 10 s commit timeout, default transport
-    /// options, 64 MiB segments, 4 MiB max record, default window (1 MiB batches, 16 MiB /
-    /// 64 Ki records in flight per replica).
+    /// options, 64 MiB segments, 4 MiB max record, default window (1 MiB batches, 32 MiB /
+    /// 256 Ki records in flight per replica).
     pub fn new(
         node_id: impl Into<String>,
         cluster_id: impl Into<String>,
@@ -522,5 +522,53 @@ impl Drop for Primary {
             // Dropped without shutdown(): stop the background work, do not wait for it.
             self.stop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> PrimaryConfig {
+        PrimaryConfig::new(
+            "p",
+            "c",
+            "/nonexistent/p",
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            vec!["p".into(), "r1".into()],
+            TlsFiles::for_node(Path::new("/nonexistent"), "p"),
+        )
+    }
+
+    #[test]
+    fn config_with_record_or_batch_above_the_frame_limit_is_rejected_naming_the_field() {
+        let mut c = config();
+        c.max_record_bytes = MAX_BATCH_BYTES as u32;
+        assert!(matches!(
+            c.validate(),
+            Err(PrimaryError::InvalidConfig {
+                field: "max_record_bytes",
+                ..
+            })
+        ));
+        let mut c = config();
+        c.window.max_batch_bytes = MAX_BATCH_BYTES + 1;
+        assert!(matches!(
+            c.validate(),
+            Err(PrimaryError::InvalidConfig {
+                field: "window.max_batch_bytes",
+                ..
+            })
+        ));
+        let mut c = config();
+        c.commit_timeout_ms = 0;
+        assert!(matches!(
+            c.validate(),
+            Err(PrimaryError::InvalidConfig {
+                field: "commit_timeout_ms",
+                ..
+            })
+        ));
+        assert!(config().validate().is_ok());
     }
 }
