@@ -44,6 +44,9 @@ enum Cmd {
         /// Print every event of the run (for replaying one seed).
         #[arg(long)]
         trace: bool,
+        /// Also replace replica disks by empty ones, per mille per step (off by default).
+        #[arg(long, default_value_t = 0)]
+        wipe_per_mille: u32,
     },
     /// Run one scenario per ID of the failure matrix and print the table.
     Matrix {
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
             steps,
             verbose,
             trace,
+            wipe_per_mille,
         } => {
             let range = match (seed, seeds) {
                 (Some(s), None) => s..s.saturating_add(1),
@@ -92,7 +96,8 @@ fn main() -> ExitCode {
             };
             let mut totals = sim::SimTotals::default();
             for s in range {
-                let opts = SimOptions::from_seed(s, steps);
+                let mut opts = SimOptions::from_seed(s, steps);
+                opts.wipe_per_mille = wipe_per_mille;
                 if verbose {
                     println!("options: {opts}");
                 }

@@ -54,6 +54,11 @@ pub struct SimOptions {
     pub torn_crash_probability: f64,
     /// Idle timeout of connections.
     pub idle_timeout_ms: u64,
+    /// Per-step chance of replacing a random replica's disk by an empty one
+    /// (per mille). 0 unless asked for (`walship-fault sim --wipe-per-mille`):
+    /// it finds finding 5 of notes/requests-fault.md until walship-primary
+    /// stops counting receipts of replaced disks.
+    pub wipe_per_mille: u32,
     /// Largest datagram payload: small values split frames into many
     /// datagrams, so sessions end in the middle of frames more often.
     pub mtu_bytes: usize,
@@ -113,6 +118,7 @@ impl SimOptions {
             } else {
                 0
             },
+            wipe_per_mille: 0,
             bandwidth_bytes_per_ms: if r.chance(600) { r.range(20, 2_000) } else { 0 },
             mtu_bytes: if r.chance(500) {
                 r.range(64, 400) as usize
@@ -127,7 +133,7 @@ impl fmt::Display for SimOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {} steps {} replicas {} quorum {} net {{drop {}‰ dup {}‰ reorder {}‰ corrupt {}‰ delay {}..{}ms}} crash {}‰ partition {}‰ append {}‰ torn {} idle_timeout {}ms byzantine {}‰ disk-faults {}‰ mtu {} bandwidth {}B/ms",
+            "seed {} steps {} replicas {} quorum {} net {{drop {}‰ dup {}‰ reorder {}‰ corrupt {}‰ delay {}..{}ms}} crash {}‰ partition {}‰ append {}‰ torn {} idle_timeout {}ms byzantine {}‰ disk-faults {}‰ mtu {} bandwidth {}B/ms wipe {}‰",
             self.seed,
             self.steps,
             self.replicas,
@@ -146,7 +152,8 @@ impl fmt::Display for SimOptions {
             self.byzantine_per_mille,
             self.disk_fault_per_mille,
             self.mtu_bytes,
-            self.bandwidth_bytes_per_ms
+            self.bandwidth_bytes_per_ms,
+            self.wipe_per_mille
         )
     }
 }
@@ -367,6 +374,14 @@ pub fn run_traced(opts: &SimOptions, keep_trace: bool) -> SimReport {
                 report.disk_faults += 1;
                 disk_faulted.push(n);
             }
+        }
+        if opts.wipe_per_mille > 0 && workload.chance(opts.wipe_per_mille) {
+            let n = 1 + workload.index(opts.replicas);
+            if let Err(e) = w.wipe_replica_disk(n) {
+                w.log(format!("wipe failed: {e}"));
+            }
+            let at = now + workload.range(1, 400);
+            restarts.entry(at).or_default().push(n);
         }
         if opts.replicas > 0 && workload.chance(opts.partition_per_mille) {
             let n = 1 + workload.index(opts.replicas);

@@ -1244,10 +1244,14 @@ impl World {
         };
         let fresh = SimStorage::with_config(seed, cfg);
         make_dirs(&fresh).map_err(|e| format!("{} mkdir: {e}", node_name(n)))?;
+        // Excused: everything the lost disk held (the primary may still
+        // count those receipts until the replica's next Hello) and
+        // everything acknowledged so far.
         let max_acked = self.oracle.acked.keys().next_back().copied().unwrap_or(0);
-        self.oracle
-            .wiped
-            .insert(n, max_acked.max(self.oracle.max_commit));
+        let held = self.replica(n).known_durable;
+        let excused = max_acked.max(self.oracle.max_commit).max(held);
+        let e = self.oracle.wiped.entry(n).or_insert(0);
+        *e = (*e).max(excused);
         let r = self.replica_mut(n);
         r.storage = fresh;
         r.applied = Applied::default();
