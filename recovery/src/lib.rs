@@ -182,7 +182,11 @@ pub fn run(command: Command, env: &mut Env<'_>) -> Exit {
         Ok(exit) => exit,
         Err(e) => {
             let exit = e.exit();
-            let _ = writeln!(env.err, "walship-recover {name}: {e}");
+            // A reader that stopped reading (`dump | head`) is not worth a message.
+            let closed_pipe = matches!(&e, RecoverError::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe);
+            if !closed_pipe {
+                let _ = writeln!(env.err, "walship-recover {name}: {e}");
+            }
             if json {
                 let doc = Envelope {
                     schema_version: SCHEMA_VERSION,
