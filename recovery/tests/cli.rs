@@ -283,7 +283,7 @@ fn status_of_a_running_replica_says_not_halted() {
 }
 
 #[test]
-fn rewind_below_the_commit_watermark_is_refused_and_changes_nothing() {
+fn fm_x_10_rewind_below_the_commit_watermark_is_refused_and_changes_nothing() {
     let n = Node::new();
     n.append_n(1, 10, "r");
     n.set_commit(8);
@@ -398,7 +398,7 @@ fn rewind_beyond_the_end_is_bad_input() {
 }
 
 #[test]
-fn clear_halt_is_refused_while_the_divergent_tail_remains_then_succeeds_after_rewind() {
+fn fm_8_1_clear_halt_is_refused_while_the_divergent_tail_remains_then_succeeds_after_rewind() {
     let n = Node::new();
     n.append_n(1, 10, "r");
     n.append_n(2, 4, "tentative");
@@ -459,7 +459,7 @@ fn clear_halt_is_refused_while_the_divergent_tail_remains_then_succeeds_after_re
 }
 
 #[test]
-fn clear_halt_for_local_corruption_is_refused_while_the_log_is_corrupt() {
+fn fm_x_6_clear_halt_for_local_corruption_is_refused_while_the_log_is_corrupt() {
     let n = Node::new();
     n.append_n(1, 40, "r");
     n.halt(HaltReason::LocalCorruption, 3, 1);
