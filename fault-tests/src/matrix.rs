@@ -1239,6 +1239,59 @@ fn fm_x_15() -> R {
     ))
 }
 
+fn fm_x_16() -> R {
+    let mut w = converged_cluster(cfg(2, -1), 216, 12)?;
+    let acked = w.oracle.acked.len();
+    let before: Vec<Position> = (1..=2).map(|n| last_of(&w, n)).collect();
+    w.wipe_primary_disk()?;
+    w.run_until(w.now() + 100);
+    w.restart(PRIMARY);
+    // The empty primary takes new writes under the same epoch.
+    w.client_append(&payloads("after-loss", 20, 40));
+    let halted = run_until_cond(&mut w, 10_000, |w| {
+        (1..=2).all(|n| w.replica(n).halted.is_some())
+    });
+    let reasons: Vec<String> = (1..=2)
+        .map(|n| {
+            w.replica(n)
+                .halted
+                .as_ref()
+                .map_or("not halted".into(), |h| {
+                    format!("{} at lsn {}", h.record.reason.as_str(), h.record.lsn)
+                })
+        })
+        .collect();
+    ensure(halted, || {
+        format!(
+            "replicas: {reasons:?}; last events:\n{}",
+            w.trace.render_tail()
+        )
+    })?;
+    for n in 1..=2 {
+        let h = w.replica(n).halted.clone().ok_or("no halt")?;
+        ensure(h.record.reason == HaltReason::Divergence, || {
+            format!("{} halted {}", node_name(n), h.record.reason.as_str())
+        })?;
+        ensure(last_of(&w, n) == before[n - 1], || {
+            format!("{}'s log changed", node_name(n))
+        })?;
+    }
+    let lost = &w.oracle.lost_primary_history;
+    let kept = (1..=2).all(|n| {
+        (1..=acked as u64).all(|l| {
+            w.replica(n)
+                .up
+                .as_ref()
+                .and_then(|u| u.wal.position_at(l).ok().flatten())
+                == lost.get(l as usize - 1).copied()
+        })
+    });
+    ensure(kept, || "a replica lost acknowledged records".into())?;
+    Ok(format!(
+        "primary restarted on an empty disk and wrote new records under the same epoch: both replicas halted ({reasons:?}), keeping all {acked} acknowledged records; nothing was overwritten"
+    ))
+}
+
 fn fm_x_14() -> R {
     expect_halt(214, FrameFault::Malformed)
 }
@@ -1418,6 +1471,11 @@ pub fn scenarios() -> Vec<Scenario> {
         sc!("FM-X.14", "fm_x_14_malformed_batch_halts", || verdict(
             fm_x_14()
         )),
+        sc!(
+            "FM-X.16",
+            "fm_x_16_primary_disk_loss_halts_replicas_never_overwrites",
+            || verdict(fm_x_16())
+        ),
         sc!(
             "FM-X.15",
             "fm_x_15_replaced_replica_disk_does_not_count_old_receipts",

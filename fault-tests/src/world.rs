@@ -158,6 +158,8 @@ pub struct Oracle {
     /// possibly out of order). A WAL that then refuses to open (corruption
     /// report) is a safe, explained outcome for them.
     pub torn_crashed: std::collections::BTreeSet<NodeId>,
+    /// The primary's history before its disk was replaced (FM-X.16).
+    pub lost_primary_history: Vec<Position>,
     /// Replicas whose disk was replaced by an empty one, with the highest
     /// lsn acknowledged (or committed) at that moment: their copies of those
     /// records are gone by design.
@@ -1265,6 +1267,36 @@ impl World {
             "WIPE {}: disk replaced by an empty one",
             node_name(n)
         ));
+        Ok(())
+    }
+
+    /// The primary loses its disk: it crashes and, when restarted, starts
+    /// from an empty disk (same node id and epoch: nobody told it). Its old
+    /// history stays in the oracle's `lost_primary_history`; replicas that
+    /// hold it are marked as holding a foreign history for the prefix check.
+    pub fn wipe_primary_disk(&mut self) -> Result<(), String> {
+        if self.is_up(PRIMARY) {
+            self.crash(PRIMARY);
+        }
+        let seed = self.rng.next_u64();
+        let fresh = SimStorage::with_config(
+            seed,
+            SimConfig {
+                torn_crash_probability: self.cfg.torn_crash_probability,
+                ..SimConfig::default()
+            },
+        );
+        make_dirs(&fresh).map_err(|e| format!("p0 mkdir: {e}"))?;
+        self.primary.storage = fresh;
+        self.oracle.lost_primary_history = std::mem::take(&mut self.oracle.primary_history);
+        self.oracle.primary_durable = 0;
+        self.oracle.pending_acks.clear();
+        for r in &self.replicas {
+            if r.known_durable > 0 || r.up.as_ref().is_some_and(|u| u.wal.last().lsn > 0) {
+                self.oracle.foreign_history.push(r.id);
+            }
+        }
+        self.log("WIPE p0: disk replaced by an empty one".into());
         Ok(())
     }
 

@@ -209,3 +209,8 @@ fn fm_x_14_malformed_batch_halts() {
 fn fm_x_15_replaced_replica_disk_does_not_count_old_receipts() {
     require("FM-X.15");
 }
+
+#[test]
+fn fm_x_16_primary_disk_loss_halts_replicas_never_overwrites() {
+    require("FM-X.16");
+}
