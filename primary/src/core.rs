@@ -146,6 +146,11 @@ pub trait LogSource {
     /// The last locally durable record (`Position::ZERO` for an empty log). Only records up
     /// to here may be shipped or count towards the commit.
     fn durable(&self) -> Position;
+    /// `durable().lsn`; implementations where the full position costs a read override it.
+    /// The core calls only this on its hot path (every event).
+    fn durable_lsn(&self) -> Lsn {
+        self.durable().lsn
+    }
     /// The first retained lsn.
     fn first_lsn(&self) -> Lsn;
     /// Whole records from `from_lsn`, at most `max_bytes` (at least one record if any), as
@@ -563,7 +568,7 @@ impl PrimaryCore {
 
     /// A snapshot of epoch, durable/commit lsn and per-replica progress.
     pub fn status(&self, log: &dyn LogSource, now_ms: u64) -> CoreStatus {
-        let durable = log.durable().lsn;
+        let durable = log.durable_lsn();
         let mean = self.bytes_read.checked_div(self.records_read).unwrap_or(0);
         let replicas = self
             .members
@@ -679,8 +684,7 @@ impl PrimaryCore {
         match msg {
             Message::Hello(hello) if awaiting => self.on_hello(conn, hello, log, out),
             Message::Probe { lsn } if !awaiting => {
-                let durable = log.durable();
-                let position = if lsn > durable.lsn {
+                let position = if lsn > log.durable_lsn() {
                     Ok(None)
                 } else {
                     log.position_at(lsn)
@@ -743,8 +747,8 @@ impl PrimaryCore {
             };
             return self.refuse(conn, reason, out);
         }
-        let durable = log.durable();
-        let at_replica_last = if hello.last.lsn > durable.lsn {
+        let durable_lsn = log.durable_lsn();
+        let at_replica_last = if hello.last.lsn > durable_lsn {
             Ok(None)
         } else {
             log.position_at(hello.last.lsn)
@@ -754,6 +758,24 @@ impl PrimaryCore {
             Err(e) => {
                 let reason = CloseReason::LogRead {
                     lsn: hello.last.lsn,
+                    error: e.to_string(),
+                };
+                return self.close(conn, reason, out);
+            }
+        };
+        let durable = match log.position_at(durable_lsn) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                // The durable lsn is always retained: a log that cannot name it is broken.
+                let reason = CloseReason::LogRead {
+                    lsn: durable_lsn,
+                    error: "durable position not found".into(),
+                };
+                return self.close(conn, reason, out);
+            }
+            Err(e) => {
+                let reason = CloseReason::LogRead {
+                    lsn: durable_lsn,
                     error: e.to_string(),
                 };
                 return self.close(conn, reason, out);
@@ -828,11 +850,11 @@ impl PrimaryCore {
 
     /// Re-evaluates the commit watermark, then fills every shipping window.
     fn pump(&mut self, log: &mut dyn LogSource, out: &mut Vec<Action>) {
-        let durable = log.durable();
-        self.advance_commit(durable.lsn, out);
+        let durable_lsn = log.durable_lsn();
+        self.advance_commit(durable_lsn, out);
         let conns: Vec<ConnId> = self.sessions.keys().copied().collect();
         for conn in conns {
-            self.fill_window(conn, durable, log, out);
+            self.fill_window(conn, durable_lsn, log, out);
         }
     }
 
@@ -867,7 +889,7 @@ impl PrimaryCore {
     fn fill_window(
         &mut self,
         conn: ConnId,
-        durable: Position,
+        durable_lsn: Lsn,
         log: &mut dyn LogSource,
         out: &mut Vec<Action>,
     ) {
@@ -885,7 +907,7 @@ impl PrimaryCore {
             let batch = match ship.pending.take() {
                 Some(b) => b,
                 None => {
-                    if ship.next_lsn > durable.lsn {
+                    if ship.next_lsn > durable_lsn {
                         return;
                     }
                     let room = w.max_inflight_bytes.saturating_sub(ship.inflight_bytes);
@@ -921,7 +943,7 @@ impl PrimaryCore {
                 "read_batch count disagrees with its last position"
             );
             assert!(
-                last.lsn <= durable.lsn,
+                last.lsn <= durable_lsn,
                 "read_batch returned records beyond the local durable lsn"
             );
             let len = bytes.len() as u64;

@@ -97,9 +97,7 @@ impl Shared {
         let now = self.now_ms();
         let mut st = self.lock_state();
         let CoreState { core, log } = &mut *st;
-        if let Err(e) = log.refresh() {
-            warn!(error = %e, "status: cannot read the durable position");
-        }
+        log.refresh();
         core.status(log, now)
     }
 }
@@ -154,9 +152,7 @@ pub(crate) fn run_core(
             let now = shared.now_ms();
             let mut st = shared.lock_state();
             let CoreState { core, log } = &mut *st;
-            if let Err(e) = log.refresh() {
-                error!(error = %e, "cannot read the local durable position");
-            }
+            log.refresh();
             core.handle(event, log, now)
         };
         for action in actions {

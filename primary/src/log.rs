@@ -1,6 +1,7 @@
 //! [`LogSource`] implementations over the WAL: [`WalLog`] over a `SharedWal` (the tokio
 //! driver) and [`WalRef`] over a borrowed `Wal` (the deterministic simulator).
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use walship_wal::{Lsn, Position, SharedWal, Storage, Wal, WalError, WalReader};
@@ -16,14 +17,17 @@ const MAX_CACHED_READERS: usize = 8;
 /// current.
 pub struct WalLog<S: Storage> {
     wal: Arc<SharedWal<S>>,
-    durable: Position,
+    /// The durable lsn as of the last refresh (what the core ships up to).
+    durable_lsn: Lsn,
+    /// The full durable position, computed on demand (it may need a read of the WAL).
+    durable_pos: Cell<Position>,
     readers: Vec<WalReader<S>>,
 }
 
 impl<S: Storage> std::fmt::Debug for WalLog<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WalLog")
-            .field("durable", &self.durable)
+            .field("durable_lsn", &self.durable_lsn)
             .field("readers", &self.readers.len())
             .finish()
     }
@@ -32,12 +36,14 @@ impl<S: Storage> std::fmt::Debug for WalLog<S> {
 impl<S: Storage> WalLog<S> {
     /// Wraps the shared WAL and reads its durable position.
     pub fn new(wal: Arc<SharedWal<S>>) -> Result<WalLog<S>, WalError> {
-        let mut log = WalLog {
+        let durable_lsn = wal.durable_lsn();
+        let log = WalLog {
             wal,
-            durable: Position::ZERO,
+            durable_lsn,
+            durable_pos: Cell::new(Position::ZERO),
             readers: Vec::new(),
         };
-        log.durable = log.durable_position(log.wal.durable_lsn())?;
+        log.durable_pos.set(log.durable_position(durable_lsn)?);
         Ok(log)
     }
 
@@ -46,13 +52,10 @@ impl<S: Storage> WalLog<S> {
         &self.wal
     }
 
-    /// Re-reads the durable lsn of the WAL and, if it moved, its position.
-    pub fn refresh(&mut self) -> Result<(), WalError> {
-        let lsn = self.wal.durable_lsn();
-        if lsn != self.durable.lsn {
-            self.durable = self.durable_position(lsn)?;
-        }
-        Ok(())
+    /// Re-reads the durable lsn of the WAL (cheap: an atomic load; the full position is read
+    /// only when [`LogSource::durable`] asks for it).
+    pub fn refresh(&mut self) {
+        self.durable_lsn = self.wal.durable_lsn();
     }
 
     fn durable_position(&self, lsn: Lsn) -> Result<Position, WalError> {
@@ -97,7 +100,25 @@ impl<S: Storage> LogSource for WalLog<S> {
     }
 
     fn durable(&self) -> Position {
-        self.durable
+        let cached = self.durable_pos.get();
+        if cached.lsn == self.durable_lsn {
+            return cached;
+        }
+        match self.durable_position(self.durable_lsn) {
+            Ok(p) => {
+                self.durable_pos.set(p);
+                p
+            }
+            Err(e) => {
+                // Conservative: an older durable position claims less, never more.
+                tracing::warn!(lsn = self.durable_lsn, error = %e, "cannot read the durable position");
+                cached
+            }
+        }
+    }
+
+    fn durable_lsn(&self) -> Lsn {
+        self.durable_lsn
     }
 
     fn first_lsn(&self) -> Lsn {
@@ -109,7 +130,7 @@ impl<S: Storage> LogSource for WalLog<S> {
         from_lsn: Lsn,
         max_bytes: usize,
     ) -> Result<Option<LogBatch>, WalError> {
-        if from_lsn == 0 || from_lsn > self.durable.lsn {
+        if from_lsn == 0 || from_lsn > self.durable_lsn {
             return Ok(None);
         }
         let mut reader = self.take_reader(from_lsn)?;
@@ -125,7 +146,7 @@ impl<S: Storage> LogSource for WalLog<S> {
             }
         };
         assert_eq!(batch.first_lsn, from_lsn, "WAL reader returned another lsn");
-        if batch.last.lsn <= self.durable.lsn {
+        if batch.last.lsn <= self.durable_lsn {
             let out = (
                 batch.first_lsn,
                 batch.count,
@@ -137,11 +158,12 @@ impl<S: Storage> LogSource for WalLog<S> {
         }
         // The reader saw records written after the last sync: ship only the durable prefix
         // (the reader is now ahead of the stream and is dropped).
+        let durable_lsn = self.durable_lsn;
         let mut len = 0usize;
         let mut count = 0u32;
         let mut last = Position::ZERO;
         for rec in batch.records() {
-            if rec.lsn() > self.durable.lsn {
+            if rec.lsn() > durable_lsn {
                 break;
             }
             len += rec.bytes().len();
@@ -207,11 +229,12 @@ impl<S: Storage> LogSource for WalRef<'_, S> {
             return Ok(None);
         };
         let batch = batch?;
+        let durable_lsn = self.durable.lsn;
         let mut len = 0usize;
         let mut count = 0u32;
         let mut last = Position::ZERO;
         for rec in batch.records() {
-            if rec.lsn() > self.durable.lsn {
+            if rec.lsn() > durable_lsn {
                 break;
             }
             len += rec.bytes().len();
@@ -263,7 +286,7 @@ mod tests {
         assert_eq!(last.lsn, 10, "cut at the durable lsn");
         assert_eq!(log.read_batch(11, 1 << 20).expect("read"), None);
         shared.wait_durable(11).expect("sync");
-        log.refresh().expect("refresh");
+        log.refresh();
         let (first, count, _, _) = log.read_batch(11, 1 << 20).expect("read").expect("batch");
         assert_eq!((first, count), (11, 1));
         assert_eq!(log.position_at(0).expect("pos"), Some(Position::ZERO));
