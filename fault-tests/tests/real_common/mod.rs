@@ -953,12 +953,41 @@ pub fn harness_main(name: &str, test: impl FnOnce() -> Verdict) {
         }
         return;
     }
-    let filter = args.iter().find(|a| !a.starts_with('-'));
-    let selected = match filter {
-        Some(f) if has("--exact") => name == f,
-        Some(f) => name.contains(f.as_str()),
-        None => true,
-    } && !has("--ignored");
+    // libtest options that take a value (`--skip X`, `--test-threads N`, ...): the
+    // value is not a name filter.
+    const WITH_VALUE: [&str; 7] = [
+        "--skip",
+        "--test-threads",
+        "--format",
+        "--color",
+        "--logfile",
+        "--shuffle-seed",
+        "-Z",
+    ];
+    let mut filters = Vec::new();
+    let mut skips = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if WITH_VALUE.contains(&a.as_str()) {
+            if let Some(v) = it.next() {
+                if a == "--skip" {
+                    skips.push(v.as_str());
+                }
+            }
+        } else if !a.starts_with('-') {
+            filters.push(a.as_str());
+        }
+    }
+    let matches = |f: &str| {
+        if has("--exact") {
+            name == f
+        } else {
+            name.contains(f)
+        }
+    };
+    let selected = (filters.is_empty() || filters.iter().any(|f| matches(f)))
+        && !skips.iter().any(|s| matches(s))
+        && !has("--ignored");
     let started = Instant::now();
     let summary = |result: &str, passed: u32, failed: u32, ignored: u32, filtered: u32| {
         println!(
