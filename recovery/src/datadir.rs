@@ -10,7 +10,7 @@ pub use walship_wal::state::{COMMIT_FILE, EPOCHS_FILE, SNAPSHOT_DIR, STATE_DIR, 
 use walship_wal::{FsStorage, Lsn};
 
 use crate::error::RecoverError;
-use crate::scan::{scan_wal, ScanOptions, Visitor, WalScan};
+use crate::scan::{confirm_with_wal, scan_wal, ConfirmError, ScanOptions, Visitor, WalScan};
 
 /// Body of `state/commit`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -66,20 +66,22 @@ impl DataDir {
         self.root.join(SNAPSHOT_DIR)
     }
 
-    /// Read-only scan of the WAL.
+    /// Read-only scan of the WAL, its verdict confirmed by (and its
+    /// corruption report taken from) `walship_wal::inspect`.
     pub fn scan(
         &self,
         opts: ScanOptions,
         progress_label: Option<&str>,
         visit: &mut Visitor<'_>,
     ) -> Result<WalScan, RecoverError> {
-        Ok(scan_wal(
-            &self.storage,
-            &self.wal_dir(),
-            opts,
-            progress_label,
-            visit,
-        )?)
+        let mut scan = scan_wal(&self.storage, &self.wal_dir(), opts, progress_label, visit)?;
+        confirm_with_wal(&self.storage, &self.wal_dir(), opts, &mut scan).map_err(|e| match e {
+            ConfirmError::Wal(w) => RecoverError::from(w),
+            ConfirmError::Mismatch(m) => RecoverError::Internal {
+                message: m.to_string(),
+            },
+        })?;
+        Ok(scan)
     }
 
     /// `state/commit`, `None` if absent.

@@ -1,12 +1,12 @@
 //! The read-only scan of walship-recover must say exactly what `Wal::open`
-//! would do (clean / cut this torn tail / refuse with this corruption), and
-//! must not change a byte while saying it. Exhaustive over small damage of a
-//! small log on the simulated storage.
+//! would do (clean / cut this torn tail / refuse with this corruption) and
+//! what `walship_wal::inspect` says, and must not change a byte while saying
+//! it. Exhaustive over small damage of a small log on the simulated storage.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use walship_recovery::scan::{scan_wal, ScanEnd, ScanOptions, WalScan};
+use walship_recovery::scan::{confirm_with_wal, scan_wal, ScanEnd, ScanOptions, WalScan};
 use walship_wal::sim::SimStorage;
 use walship_wal::{OpenReport, Storage, StorageFile, Wal, WalError, WalOptions};
 
@@ -77,6 +77,22 @@ fn check(s: &SimStorage, case: &str) {
     let before = contents(s);
     let sc = scan(s);
     assert_eq!(contents(s), before, "{case}: the scan changed bytes");
+    let mut confirmed = sc.clone();
+    if let Err(e) = confirm_with_wal(
+        s,
+        &wal_dir(),
+        ScanOptions {
+            max_record_bytes: MAX,
+        },
+        &mut confirmed,
+    ) {
+        panic!("{case}: {e}");
+    }
+    assert_eq!(
+        contents(s),
+        before,
+        "{case}: walship_wal::inspect changed bytes"
+    );
     let opened = Wal::open(s.clone(), &wal_dir(), opts());
     match (&sc.end, opened) {
         (ScanEnd::Clean, Ok((wal, OpenReport::Clean { last }))) => {
