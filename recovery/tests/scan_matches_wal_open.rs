@@ -238,3 +238,38 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn superseded_generation_leftovers_are_judged_like_open() {
+    let s = build();
+    let old: Vec<(PathBuf, Vec<u8>)> = segments(&s)
+        .into_iter()
+        .map(|p| {
+            let c = s.contents(&p).expect("contents");
+            (p, c)
+        })
+        .collect();
+    let (mut wal, _) = Wal::open(s.clone(), &wal_dir(), opts()).expect("open");
+    let boundary = walship_wal::Position {
+        lsn: 40,
+        epoch: 4,
+        crc: 0x1234_5678,
+    };
+    wal.reset_to(boundary).expect("reset_to");
+    wal.set_epoch(4);
+    wal.append(b"after reset").expect("append");
+    wal.sync().expect("sync");
+    drop(wal);
+    // A crash between the new generation and the removal of the old one leaves these behind.
+    for (p, c) in &old {
+        let f = s.open(p, true).expect("recreate");
+        f.write_at(0, c).expect("write");
+        f.sync_data().expect("sync");
+    }
+    s.sync_dir(&wal_dir()).expect("sync dir");
+    let sc = scan(&s);
+    assert!(!sc.superseded.is_empty(), "leftovers listed");
+    assert_eq!(sc.start, boundary);
+    assert_eq!(sc.last.lsn, 41);
+    check(&s, "superseded leftovers");
+}
