@@ -19,6 +19,15 @@ use crate::segment::SegmentHeader;
 use crate::storage::{Storage, StorageFile};
 use crate::wal::{create_segment, Wal};
 
+/// The first of `records` lsns after `last_lsn`; [`WalError::LsnExhausted`] if the last of
+/// them would pass `u64::MAX` (lsns never wrap).
+fn next_lsns(last_lsn: Lsn, records: u64) -> Result<Lsn, WalError> {
+    match last_lsn.checked_add(records) {
+        Some(_) => Ok(last_lsn + 1),
+        None => Err(WalError::LsnExhausted { last_lsn, records }),
+    }
+}
+
 impl<S: Storage> Wal<S> {
     fn check_appendable(&self) -> Result<(), WalError> {
         self.check_poisoned()?;
@@ -47,12 +56,13 @@ impl<S: Storage> Wal<S> {
     pub fn append(&mut self, payload: &[u8]) -> Result<Lsn, WalError> {
         self.check_appendable()?;
         self.check_len(payload.len())?;
+        let last = self.last();
+        let lsn = next_lsns(last.lsn, 1)?;
         let mut buf = std::mem::take(&mut self.buf);
         let mut staged = std::mem::take(&mut self.staged);
         buf.clear();
         staged.clear();
-        let last = self.last();
-        let pos = encode_record(last.lsn + 1, self.epoch, last.crc, payload, &mut buf);
+        let pos = encode_record(lsn, self.epoch, last.crc, payload, &mut buf);
         staged.push((pos, buf.len() as u64));
         let r = self.write_staged(&buf, &staged);
         self.buf = buf;
@@ -71,11 +81,12 @@ impl<S: Storage> Wal<S> {
         for p in payloads {
             self.check_len(p.len())?;
         }
+        // Every lsn of the batch exists: the `+ 1`s below cannot wrap.
+        let first = next_lsns(self.last().lsn, payloads.len() as u64)?;
         let mut buf = std::mem::take(&mut self.buf);
         let mut staged = std::mem::take(&mut self.staged);
         buf.clear();
         staged.clear();
-        let first = self.last().lsn + 1;
         let mut prev = self.last();
         for p in payloads {
             let before = buf.len();
@@ -199,7 +210,8 @@ impl<S: Storage> Wal<S> {
         }
         self.durable_lsn = self.durable_lsn.max(last.lsn);
         let header = SegmentHeader {
-            first_lsn: last.lsn + 1,
+            // Callers roll only before writing a record after `last`, which exists.
+            first_lsn: next_lsns(last.lsn, 1)?,
             generation: self.active_meta().header.generation,
             created_epoch: self.epoch,
             prev: last,

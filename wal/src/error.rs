@@ -181,6 +181,15 @@ pub enum WalError {
         /// Largest allowed.
         max: Lsn,
     },
+    /// Appending `records` records after `last_lsn` would pass lsn `u64::MAX`: lsns never wrap,
+    /// so the log can take no more (nothing was written).
+    #[error("lsn space exhausted: {records} record(s) cannot follow lsn {last_lsn}")]
+    LsnExhausted {
+        /// The log's last lsn.
+        last_lsn: Lsn,
+        /// Records the call would have appended.
+        records: u64,
+    },
     /// The options cannot work (e.g. a segment size not larger than the segment header).
     #[error("invalid WAL options: {0}")]
     InvalidOptions(String),

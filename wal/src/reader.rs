@@ -23,7 +23,7 @@ pub(crate) fn verify_record_at<'a>(
         let r = CorruptionReport {
             segment: segment.to_path_buf(),
             offset,
-            lsn: Some(prev.lsn + 1),
+            lsn: prev.lsn.checked_add(1),
             kind,
             expected,
             found,
@@ -33,7 +33,7 @@ pub(crate) fn verify_record_at<'a>(
     };
     let rest = data.get(offset as usize..).unwrap_or(&[]);
     let view = decode_record(rest, max_record_bytes).map_err(|e| fail(record_facts(&e)))?;
-    check_successor(prev, &view.header()).map_err(|e| fail(chain_facts(&e)))?;
+    check_successor(prev, &view.header()).map_err(|e| fail(chain_facts(prev, &e)))?;
     Ok(view)
 }
 
@@ -178,7 +178,7 @@ impl<S: Storage> WalReader<S> {
             end_lsn,
             failed: false,
         };
-        while r.prev.lsn + 1 < from {
+        while r.prev.lsn.saturating_add(1) < from {
             match r.next_view_range() {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e),
@@ -210,9 +210,11 @@ impl<S: Storage> WalReader<S> {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Some(Err(WalError::NotRetained {
-                        lsn: self.prev.lsn + 1,
-                        first_lsn: self.prev.lsn + 2,
-                    }))
+                        // prev.lsn < end_lsn <= u64::MAX here; saturating keeps the
+                        // lower bound from wrapping.
+                        lsn: self.prev.lsn.saturating_add(1),
+                        first_lsn: self.prev.lsn.saturating_add(2),
+                    }));
                 }
                 Err(e) => return Some(Err(WalError::io("map", &seg.path, e))),
             };
@@ -245,8 +247,9 @@ impl<S: Storage> WalReader<S> {
                 // The segment list ran out before end_lsn: the WAL promised more.
                 self.failed = true;
                 return Some(Err(WalError::NotRetained {
-                    lsn: self.prev.lsn + 1,
-                    first_lsn: self.prev.lsn + 2,
+                    // prev.lsn < end_lsn <= u64::MAX here (checked above).
+                    lsn: self.prev.lsn.saturating_add(1),
+                    first_lsn: self.prev.lsn.saturating_add(2),
                 }));
             }
             Some(Err(e)) => {

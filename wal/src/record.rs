@@ -236,10 +236,12 @@ pub enum ChainError {
         /// The lsn found.
         found_lsn: Lsn,
     },
-    /// The record's lsn is at or below the last one.
+    /// The record's lsn is at or below the last one. After a record with lsn `u64::MAX` every
+    /// record is one (no lsn follows it: lsns never wrap); `expected_lsn` then saturates at
+    /// `u64::MAX`.
     #[error("duplicate: expected lsn {expected_lsn}, found lsn {found_lsn}")]
     Duplicate {
-        /// The lsn that should come next.
+        /// The lsn that should come next (`u64::MAX` also after a record with lsn `u64::MAX`).
         expected_lsn: Lsn,
         /// The lsn found.
         found_lsn: Lsn,
@@ -349,9 +351,15 @@ pub fn decode_record(buf: &[u8], max_record_bytes: u32) -> Result<RecordView<'_>
 }
 
 /// Chain rule: `lsn == prev.lsn + 1`, `prev_crc == prev.crc`, `epoch >= prev.epoch`,
-/// checked in that order.
+/// checked in that order. Nothing follows `prev.lsn == u64::MAX`: lsns never wrap, so any
+/// record after it is a [`ChainError::Duplicate`].
 pub fn check_successor(prev: Position, h: &RecordHeader) -> Result<(), ChainError> {
-    let expected_lsn = prev.lsn.wrapping_add(1);
+    let Some(expected_lsn) = prev.lsn.checked_add(1) else {
+        return Err(ChainError::Duplicate {
+            expected_lsn: Lsn::MAX,
+            found_lsn: h.lsn,
+        });
+    };
     if h.lsn > expected_lsn {
         return Err(ChainError::Gap {
             expected_lsn,
@@ -546,6 +554,30 @@ mod tests {
                 found_epoch: 1
             })
         );
+    }
+
+    #[test]
+    fn nothing_follows_lsn_u64_max_the_lsn_never_wraps() {
+        let prev = Position {
+            lsn: u64::MAX,
+            epoch: 2,
+            crc: 77,
+        };
+        // lsn 0 chaining by crc was accepted (expected lsn wrapped to 0).
+        for found_lsn in [0, 1, u64::MAX - 1, u64::MAX] {
+            assert_eq!(
+                check_successor(prev, &h(found_lsn, 2, 77)),
+                Err(ChainError::Duplicate {
+                    expected_lsn: u64::MAX,
+                    found_lsn
+                })
+            );
+        }
+        let before_max = Position {
+            lsn: u64::MAX - 1,
+            ..prev
+        };
+        assert_eq!(check_successor(before_max, &h(u64::MAX, 2, 77)), Ok(()));
     }
 
     proptest! {

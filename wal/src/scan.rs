@@ -124,8 +124,13 @@ fn corruption(
 }
 
 /// The corruption kind and expected/found texts for a chain error.
-pub(crate) fn chain_facts(e: &ChainError) -> (CorruptionKind, String, String) {
+pub(crate) fn chain_facts(prev: Position, e: &ChainError) -> (CorruptionKind, String, String) {
     match *e {
+        ChainError::Duplicate { found_lsn, .. } if prev.lsn == Lsn::MAX => (
+            CorruptionKind::ChainDuplicate,
+            format!("no record after lsn {} (lsns never wrap)", prev.lsn),
+            format!("lsn {found_lsn}"),
+        ),
         ChainError::Gap {
             expected_lsn,
             found_lsn,
@@ -364,7 +369,21 @@ pub(crate) fn recover<S: Storage>(
         let is_last = i + 1 == n;
         if let Some(prev_seg) = segments.last() {
             let prev_last = prev_seg.last;
-            let expected_first = prev_last.lsn + 1;
+            let Some(expected_first) = prev_last.lsn.checked_add(1) else {
+                // Nothing follows lsn u64::MAX (lsns never wrap): this segment overlaps.
+                return Err(corruption(
+                    &path,
+                    0,
+                    None,
+                    CorruptionKind::SegmentOverlap,
+                    format!(
+                        "no segment after {} (it ends at lsn {}, the last lsn)",
+                        prev_seg.path.display(),
+                        prev_last.lsn
+                    ),
+                    format!("first_lsn {}", header.first_lsn),
+                ));
+            };
             if header.first_lsn != expected_first {
                 let kind = if header.first_lsn > expected_first {
                     CorruptionKind::SegmentMissing
@@ -399,19 +418,13 @@ pub(crate) fn recover<S: Storage>(
         let mut meta = SegmentMeta::new(path.clone(), header);
         let mut offset = SEGMENT_HEADER_LEN;
         while offset < data.len() {
-            let expected_lsn = meta.last.lsn + 1;
+            // None after a record with lsn u64::MAX: no record may follow it.
+            let expected_lsn = meta.last.lsn.checked_add(1);
             match decode_record(&data[offset..], max_record_bytes) {
                 Ok(view) => {
                     if let Err(e) = check_successor(meta.last, &view.header()) {
-                        let (k, ex, f) = chain_facts(&e);
-                        return Err(corruption(
-                            &path,
-                            offset as u64,
-                            Some(expected_lsn),
-                            k,
-                            ex,
-                            f,
-                        ));
+                        let (k, ex, f) = chain_facts(meta.last, &e);
+                        return Err(corruption(&path, offset as u64, expected_lsn, k, ex, f));
                     }
                     let len = view.bytes().len();
                     meta.note_record(view.position(), offset as u64, len as u64);
@@ -424,7 +437,7 @@ pub(crate) fn recover<S: Storage>(
                         return Err(corruption(
                             &path,
                             offset as u64,
-                            Some(expected_lsn),
+                            expected_lsn,
                             k,
                             ex,
                             format!("{f} in sealed segment"),
@@ -436,14 +449,7 @@ pub(crate) fn recover<S: Storage>(
                             break;
                         }
                         TailVerdict::Corrupt(k, ex, f) => {
-                            return Err(corruption(
-                                &path,
-                                offset as u64,
-                                Some(expected_lsn),
-                                k,
-                                ex,
-                                f,
-                            ));
+                            return Err(corruption(&path, offset as u64, expected_lsn, k, ex, f));
                         }
                     }
                 }

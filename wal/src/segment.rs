@@ -75,9 +75,9 @@ impl SegmentHeader {
     /// Encodes the 64-byte header.
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
         assert_eq!(
-            self.prev.lsn.wrapping_add(1),
-            self.first_lsn,
-            "segment header invariant: prev.lsn + 1 == first_lsn"
+            self.prev.lsn.checked_add(1),
+            Some(self.first_lsn),
+            "segment header invariant: prev.lsn + 1 == first_lsn (no wrap)"
         );
         let mut b = [0u8; SEGMENT_HEADER_LEN];
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
@@ -254,7 +254,11 @@ impl SegmentMeta {
     /// Records that a record `pos` of `len` bytes was stored at `offset` (right at end_offset).
     pub(crate) fn note_record(&mut self, pos: Position, offset: u64, len: u64) {
         assert_eq!(offset, self.end_offset, "segment records are contiguous");
-        assert_eq!(pos.lsn, self.last.lsn + 1, "segment records are dense");
+        assert_eq!(
+            Some(pos.lsn),
+            self.last.lsn.checked_add(1),
+            "segment records are dense (no wrap)"
+        );
         let due = match self.index.last() {
             None => true,
             Some(e) => offset >= e.offset + INDEX_STRIDE_BYTES,

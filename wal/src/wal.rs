@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::error::WalError;
+use crate::error::{CorruptionKind, CorruptionReport, WalError};
 use crate::reader::{verify_record_at, WalReader};
 use crate::record::{Lsn, Position, DEFAULT_MAX_RECORD_BYTES};
 use crate::scan::{recover, OpenReport};
@@ -218,6 +218,8 @@ impl<S: Storage> Wal<S> {
 
     /// lsn of the first retained record (`last().lsn + 1` if the log holds none).
     pub fn first_lsn(&self) -> Lsn {
+        // base is a segment header's prev, and headers decode only with prev.lsn ==
+        // first_lsn - 1 (first_lsn >= 1) or are created by reset_to from a checked boundary.
         self.base().lsn + 1
     }
 
@@ -506,14 +508,34 @@ impl<S: Storage> Wal<S> {
     /// higher generation and is made durable before the old segments are
     /// removed; a crash in between leaves old-generation leftovers that the
     /// next open removes.
+    ///
+    /// A boundary at lsn `u64::MAX` is [`WalError::OutOfRange`] (no record could follow it).
     pub fn reset_to(&mut self, boundary: Position) -> Result<(), WalError> {
         self.check_poisoned()?;
+        let Some(first_lsn) = boundary.lsn.checked_add(1) else {
+            return Err(WalError::OutOfRange {
+                lsn: boundary.lsn,
+                min: 0,
+                max: Lsn::MAX - 1,
+            });
+        };
+        let active = self.active_meta();
+        let Some(generation) = active.header.generation.checked_add(1) else {
+            // Only a damaged (crc-valid) header can hold the last generation.
+            return Err(WalError::Corruption(CorruptionReport {
+                segment: active.path.clone(),
+                offset: 0,
+                lsn: None,
+                kind: CorruptionKind::SegmentHeaderField,
+                expected: format!("generation below {}", u64::MAX),
+                found: format!("generation {}", active.header.generation),
+            }));
+        };
         let span = tracing::info_span!("wal_reset_to", lsn = boundary.lsn, epoch = boundary.epoch);
         let _g = span.enter();
         self.rewrite_era += 1;
-        let generation = self.active_meta().header.generation + 1;
         let header = SegmentHeader {
-            first_lsn: boundary.lsn + 1,
+            first_lsn,
             generation,
             created_epoch: self.epoch,
             prev: boundary,
@@ -542,11 +564,7 @@ impl<S: Storage> Wal<S> {
                 .map_err(io_err("remove_file", p))?;
         }
         self.sync_dir_or_poison()?;
-        tracing::info!(
-            first_lsn = boundary.lsn + 1,
-            generation,
-            "WAL reset to boundary"
-        );
+        tracing::info!(first_lsn, generation, "WAL reset to boundary");
         Ok(())
     }
 }

@@ -601,3 +601,122 @@ fn inspect_reports_what_open_would_do_without_changing_anything() {
     }
     assert!(!s.exists(Path::new("/nowhere")).expect("exists"));
 }
+
+/// A segment starting at lsn u64::MAX (header prev u64::MAX - 1) holding one valid record
+/// with lsn u64::MAX, followed by `tail`.
+fn segment_ending_at_lsn_u64_max(tail: &[u8]) -> (SimStorage, std::path::PathBuf, Position) {
+    let s = SimStorage::new(9);
+    let dir = wal_dir();
+    s.create_dir_all(&dir).expect("mkdir");
+    let header = SegmentHeader {
+        first_lsn: u64::MAX,
+        generation: 1,
+        created_epoch: 1,
+        prev: Position {
+            lsn: u64::MAX - 1,
+            epoch: 1,
+            crc: 0,
+        },
+    };
+    let mut bytes = header.encode().to_vec();
+    let last = encode_record(u64::MAX, 1, 0, b"last", &mut bytes);
+    bytes.extend_from_slice(tail);
+    let path = dir.join(segment_file_name(u64::MAX));
+    raw_write(&s, &path, 0, &bytes);
+    (s, path, last)
+}
+
+#[test]
+fn torn_byte_after_a_record_with_lsn_u64_max_is_cut_and_appending_after_it_is_lsn_exhausted() {
+    // The scan computed `last.lsn + 1` unchecked: a panic in debug builds.
+    let (s, path, last) = segment_ending_at_lsn_u64_max(&[0xff]);
+    let ins = walship_wal::inspect(&s, &wal_dir(), 4096).expect("inspect");
+    assert_eq!(ins.last, last);
+    let (mut w, r) = open(&s, &wal_dir(), small_opts());
+    let offset = (walship_wal::segment::SEGMENT_HEADER_LEN + 32 + 4) as u64;
+    assert_eq!(
+        r,
+        OpenReport::TornTailCut {
+            segment: path,
+            offset,
+            bytes_cut: 1,
+            last
+        }
+    );
+    assert_eq!(w.last(), last);
+    // Nothing can follow lsn u64::MAX: typed errors, never a wrapped lsn 0.
+    assert!(matches!(
+        w.append(b"x"),
+        Err(WalError::LsnExhausted {
+            last_lsn: u64::MAX,
+            records: 1
+        })
+    ));
+    assert!(matches!(
+        w.append_batch(&[b"x", b"y"]),
+        Err(WalError::LsnExhausted {
+            last_lsn: u64::MAX,
+            records: 2
+        })
+    ));
+    let mut rec = Vec::new();
+    encode_record(0, 1, last.crc, b"wrapped", &mut rec);
+    assert!(matches!(
+        w.append_verified(&rec),
+        Err(WalError::Chain(
+            walship_wal::record::ChainError::Duplicate {
+                expected_lsn: u64::MAX,
+                found_lsn: 0
+            }
+        ))
+    ));
+    assert!(matches!(
+        w.reset_to(last),
+        Err(WalError::OutOfRange { lsn: u64::MAX, .. })
+    ));
+    assert_eq!(w.last(), last, "nothing was written");
+}
+
+#[test]
+fn batch_that_would_pass_lsn_u64_max_is_refused_before_anything_is_written() {
+    let (s, _, last) = segment_ending_at_lsn_u64_max(&[]);
+    let (mut w, _) = open(&s, &wal_dir(), small_opts());
+    w.truncate_tail(u64::MAX - 1).expect("truncate");
+    let before = w.last();
+    assert_eq!(before.lsn, u64::MAX - 1);
+    assert!(matches!(
+        w.append_batch(&[b"x", b"y"]),
+        Err(WalError::LsnExhausted { last_lsn, records: 2 }) if last_lsn == u64::MAX - 1
+    ));
+    assert_eq!(w.last(), before);
+    // One record still fits: lsn u64::MAX, chained to the base.
+    assert_eq!(w.append(b"z").expect("append"), u64::MAX);
+    assert_ne!(w.last(), last, "a different record at lsn u64::MAX");
+}
+
+#[test]
+fn crc_valid_record_after_lsn_u64_max_is_duplicate_corruption_not_a_wrapped_lsn_0() {
+    // In release the scan's lsn wrapped to 0 and a record with lsn 0 chaining by crc was
+    // accepted; in debug it panicked.
+    let mut next = Vec::new();
+    let (_, _, last) = segment_ending_at_lsn_u64_max(&[]);
+    encode_record(0, 1, last.crc, b"wrapped", &mut next);
+    let (s, path, _) = segment_ending_at_lsn_u64_max(&next);
+    let rep = corruption(open_err(&s, &wal_dir(), small_opts()));
+    assert_eq!(rep.kind, CorruptionKind::ChainDuplicate);
+    assert_eq!(rep.segment, path);
+    assert_eq!(
+        (rep.offset, rep.lsn),
+        (
+            (walship_wal::segment::SEGMENT_HEADER_LEN + 32 + 4) as u64,
+            None
+        )
+    );
+    assert!(
+        rep.expected
+            .contains("no record after lsn 18446744073709551615"),
+        "{rep}"
+    );
+    let a = corruption(walship_wal::inspect(&s, &wal_dir(), 4096).expect_err("corrupt"));
+    assert_eq!(a, rep);
+}
