@@ -173,11 +173,13 @@ async fn replica_dropped_and_restarted_mid_stream_resumes_without_gaps_or_double
     primary.shutdown().await;
 }
 
+/// Arms `fault` for r1 after 100 committed records, appends 100 more; r1 must halt with
+/// `reason` at lsn 101 while r2 applies everything and commit (majority via r2) continues.
 #[cfg(feature = "fault-injection")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupt_record_halts_that_replica_while_the_other_keeps_streaming_and_commit_continues() {
-    use walship_primary::ShipFault;
-    use walship_replica::HaltReason;
+async fn fault_halts_one_replica_while_the_other_streams(
+    fault: walship_primary::ShipFault,
+    reason: walship_replica::HaltReason,
+) {
     let cluster = Cluster::new(MEMBERS);
     let primary = open_primary(cluster.primary_config(MEMBERS, Quorum::Majority));
     let r1 = Replica::open(
@@ -190,19 +192,46 @@ async fn corrupt_record_halts_that_replica_while_the_other_keeps_streaming_and_c
     append_all(&primary, 100, 4).await;
     wait_status(&r1, "r1 caught up", |s| s.durable_lsn == Some(100)).await;
 
-    primary
-        .inject_fault("r1", ShipFault::CorruptNextRecord)
-        .expect("inject");
+    primary.inject_fault("r1", fault).expect("inject");
     append_all(&primary, 100, 4).await;
     wait_status(&r1, "r1 halted", |s| s.halt().is_some()).await;
     let halt = r1.halt().expect("halt record");
-    assert_eq!((halt.reason, halt.lsn), (HaltReason::Checksum, 101));
+    assert_eq!((halt.reason, halt.lsn), (reason, 101), "{halt:?}");
+    assert_eq!(halt.peer, "p");
     wait_status(&r2, "r2 applied everything", |s| s.applied_lsn == 200).await;
     assert_eq!(a2.lsns(), (1..=200).collect::<Vec<_>>());
     assert_eq!(primary.commit_lsn(), 200);
-    let st = primary.status();
-    assert!(!st.replicas[0].connected || st.replicas[0].durable_lsn == 100);
     r1.shutdown().await.expect("r1");
     r2.shutdown().await.expect("r2");
     primary.shutdown().await;
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fm_6_1_corrupt_shipped_record_halts_that_replica_with_checksum_and_the_other_streams() {
+    fault_halts_one_replica_while_the_other_streams(
+        walship_primary::ShipFault::CorruptNextRecord,
+        walship_replica::HaltReason::Checksum,
+    )
+    .await;
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fm_6_2_skipped_record_halts_that_replica_with_gap_and_the_other_streams() {
+    fault_halts_one_replica_while_the_other_streams(
+        walship_primary::ShipFault::SkipNextRecord,
+        walship_replica::HaltReason::Gap,
+    )
+    .await;
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fm_5_2_duplicated_record_halts_that_replica_with_duplicate_and_the_other_streams() {
+    fault_halts_one_replica_while_the_other_streams(
+        walship_primary::ShipFault::DuplicateNextRecord,
+        walship_replica::HaltReason::Duplicate,
+    )
+    .await;
 }
