@@ -167,47 +167,81 @@ async fn ship_and_install(
     let (sconn, cconn) = connect_pair(q).await?;
     let sender = SnapshotSender::new(pstore.reader(snap)?);
     let t = Instant::now();
-    let primary = async move {
-        let mut send = sconn.open_uni().await?;
-        let mut w = FrameWriter::default();
+    // As a driver would: the file work (chunk verify + copy on the primary,
+    // chunk verify + write + fsync on the replica) runs on its own thread,
+    // connected to the network tasks by bounded channels, so reading and
+    // writing the stream overlap with the disk.
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Message>(4);
+    let producer = std::thread::spawn(move || -> Result<(), String> {
         for item in sender {
-            let msg = match item? {
+            let msg = match item.map_err(|e| e.to_string())? {
                 TransferItem::Offer(o) => Message::SnapshotOffer(o),
                 TransferItem::Chunk(c) => Message::SnapshotChunk(c),
                 TransferItem::End(e) => Message::SnapshotEnd(e),
             };
+            if out_tx.blocking_send(msg).is_err() {
+                return Err("network task gone".into());
+            }
+        }
+        Ok(())
+    });
+    let primary = async move {
+        let mut send = sconn.open_uni().await?;
+        let mut w = FrameWriter::default();
+        while let Some(msg) = out_rx.recv().await {
             w.write(&mut send, &msg).await?;
         }
         send.finish()?;
         sconn.closed().await;
         Ok::<_, BoxError>(())
     };
+    let (in_tx, in_rx) = std::sync::mpsc::sync_channel::<TransferItem>(4);
+    let installer = std::thread::spawn(move || -> Result<(f64, f64), String> {
+        let mut receiver = SnapshotReceiver::new(rstore);
+        while let Ok(item) = in_rx.recv() {
+            if let ReceiveProgress::Complete(v) =
+                receiver.on_item(&item).map_err(|e| e.to_string())?
+            {
+                let verified_secs = t.elapsed().as_secs_f64();
+                v.commit(&mut wal, None).map_err(|e| e.to_string())?;
+                return Ok((verified_secs, t.elapsed().as_secs_f64()));
+            }
+        }
+        receiver.session_ended().map_err(|e| e.to_string())?;
+        Err("stream ended before the snapshot was complete".into())
+    });
     let replica_side = async move {
         let mut recv = cconn.accept_uni().await?;
-        let mut receiver = SnapshotReceiver::new(rstore);
-        let verified = loop {
-            let msg = read_frame(&mut recv, MAX_FRAME_BYTES)
-                .await?
-                .ok_or("stream ended before the snapshot was complete")?;
+        while let Some(msg) = read_frame(&mut recv, MAX_FRAME_BYTES).await? {
             let item = match msg {
                 Message::SnapshotOffer(o) => TransferItem::Offer(o),
                 Message::SnapshotChunk(c) => TransferItem::Chunk(c),
                 Message::SnapshotEnd(e) => TransferItem::End(e),
                 other => return Err(format!("unexpected {}", other.kind()).into()),
             };
-            if let ReceiveProgress::Complete(v) = receiver.on_item(&item)? {
-                break v;
+            let end = matches!(item, TransferItem::End(_));
+            // Blocking send on a bounded channel: backpressure from the disk to the stream.
+            let tx = in_tx.clone();
+            tokio::task::spawn_blocking(move || tx.send(item))
+                .await?
+                .map_err(|_| "installer gone")?;
+            if end {
+                break;
             }
-        };
-        let verified_secs = t.elapsed().as_secs_f64();
-        verified.commit(&mut wal, None)?;
-        let installed_secs = t.elapsed().as_secs_f64();
+        }
+        drop(in_tx);
+        let timings = tokio::task::spawn_blocking(move || installer.join())
+            .await?
+            .map_err(|_| "installer panicked")??;
+        // Close only once installed: the primary waits for this.
         cconn.close(0u32.into(), b"installed");
-        Ok::<_, BoxError>((verified_secs, installed_secs))
+        Ok::<_, BoxError>(timings)
     };
     let (p, r) = tokio::join!(primary, replica_side);
+    let timings = r?;
     p?;
-    r
+    producer.join().map_err(|_| "producer panicked")??;
+    Ok(timings)
 }
 
 fn run(root: &Path, mb: u64) -> Result<(), Box<dyn std::error::Error>> {
@@ -258,6 +292,8 @@ fn run(root: &Path, mb: u64) -> Result<(), Box<dyn std::error::Error>> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // quinn endpoints bind their sockets inside a runtime.
+    let _rt_guard = rt.enter();
     let q = quic_pair(&root.join("certs")).map_err(|e| e.to_string())?;
     let quic_secs = rt
         .block_on(plain_stream(&q, bytes))

@@ -183,6 +183,7 @@ pub struct Install<S: Storage> {
     next_index: u64,
     payload_crc: u32,
     failed: bool,
+    unsynced_bytes: u64,
 }
 
 impl<S: Storage> std::fmt::Debug for Install<S> {
@@ -225,6 +226,7 @@ impl<S: Storage> Install<S> {
             next_index: 0,
             payload_crc: 0,
             failed: false,
+            unsynced_bytes: 0,
         })
     }
 
@@ -283,6 +285,15 @@ impl<S: Storage> Install<S> {
             .map_err(io_err("write_at", &self.path))?;
         self.payload_crc = crc32c::crc32c_append(self.payload_crc, &chunk.bytes);
         self.next_index += 1;
+        self.unsynced_bytes += (CHUNK_HEADER_LEN + chunk.bytes.len()) as u64;
+        if self.unsynced_bytes >= self.store.sync_every_bytes {
+            // Write-back while the transfer goes on; not a durability point
+            // (the final fsync in `finish` is). A failure is still fatal.
+            self.file
+                .sync_data()
+                .map_err(io_err("sync_data", &self.path))?;
+            self.unsynced_bytes = 0;
+        }
         Ok(())
     }
 

@@ -57,7 +57,7 @@ pub use install::{
 pub use reader::{PayloadReader, SnapshotReader};
 pub use store::{
     parse_snapshot_dir_name, snapshot_dir_name, InstalledSnapshot, RecoveryReport, SnapshotStore,
-    StoreOpenReport, SNAPSHOT_FILE, TMP_PREFIX,
+    StoreOpenReport, DEFAULT_INSTALL_SYNC_EVERY_BYTES, SNAPSHOT_FILE, TMP_PREFIX,
 };
 pub use transfer::{SnapshotChunk, SnapshotEnd, SnapshotOffer, SnapshotSender, TransferItem};
 pub use writer::{SnapshotMeta, SnapshotWriter};

@@ -98,7 +98,13 @@ pub struct SnapshotStore<S: Storage> {
     pub(crate) storage: S,
     pub(crate) dir: PathBuf,
     pub(crate) limits: Limits,
+    pub(crate) sync_every_bytes: u64,
 }
+
+/// Default write-back interval of an install: the received file is fsynced
+/// every this many bytes, so the final fsync is short and write-back
+/// overlaps the transfer (durability is still decided by the final fsync).
+pub const DEFAULT_INSTALL_SYNC_EVERY_BYTES: u64 = 64 * 1024 * 1024;
 
 impl<S: Storage> SnapshotStore<S> {
     /// Opens `dir` (creating it durably if missing) and discards every
@@ -129,6 +135,7 @@ impl<S: Storage> SnapshotStore<S> {
             storage,
             dir: dir.to_path_buf(),
             limits,
+            sync_every_bytes: DEFAULT_INSTALL_SYNC_EVERY_BYTES,
         };
         let mut report = StoreOpenReport::default();
         for name in store.list_names()? {
@@ -149,6 +156,12 @@ impl<S: Storage> SnapshotStore<S> {
             store.sync_dir()?;
         }
         Ok((store, report))
+    }
+
+    /// Sets how many received bytes an install writes between intermediate
+    /// fsyncs (`u64::MAX`: only the final one).
+    pub fn set_install_sync_every_bytes(&mut self, bytes: u64) {
+        self.sync_every_bytes = bytes.max(1);
     }
 
     /// The directory.

@@ -75,8 +75,10 @@ enum Seen {
 fn run(seed: u64, k: u64, torn: bool) -> (Seen, bool) {
     let (sim, before, shipped) = setup(seed);
     let lim = StepLimit::new(sim.clone());
-    let (store, _) =
+    let (mut store, _) =
         SnapshotStore::open(lim.clone(), &snap_dir(), Limits::default()).expect("open");
+    // Intermediate write-back syncs are steps too.
+    store.set_install_sync_every_bytes(3000);
     let (mut wal, _) = Wal::open(lim.clone(), &wal_dir(), opts(1)).expect("wal open");
     lim.arm(k);
     let result = install(&store, &mut wal, &shipped);
