@@ -610,3 +610,139 @@ proptest! {
         let _ = verify_bytes(bytes);
     }
 }
+
+// ------------------------------------------- mutated transfers (FM-7.1)
+
+#[derive(Clone, Debug)]
+enum Mutation {
+    FlipChunkByte { chunk: usize, at: usize, bit: u8 },
+    FlipChunkCrc { chunk: usize, bit: u8 },
+    DropChunk(usize),
+    DuplicateChunk(usize),
+    SwapChunks(usize, usize),
+    TruncateChunk { chunk: usize, by: usize },
+    FlipTrailer { field: u8, bit: u8 },
+    FlipOffer { field: u8, bit: u8 },
+    None,
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (0usize..16, 0usize..4096, 0u8..8).prop_map(|(chunk, at, bit)| Mutation::FlipChunkByte {
+            chunk,
+            at,
+            bit
+        }),
+        (0usize..16, 0u8..32).prop_map(|(chunk, bit)| Mutation::FlipChunkCrc { chunk, bit }),
+        (0usize..16).prop_map(Mutation::DropChunk),
+        (0usize..16).prop_map(Mutation::DuplicateChunk),
+        (0usize..16, 0usize..16).prop_map(|(a, b)| Mutation::SwapChunks(a, b)),
+        (0usize..16, 1usize..64).prop_map(|(chunk, by)| Mutation::TruncateChunk { chunk, by }),
+        (0u8..4, 0u8..32).prop_map(|(field, bit)| Mutation::FlipTrailer { field, bit }),
+        (0u8..6, 0u8..32).prop_map(|(field, bit)| Mutation::FlipOffer { field, bit }),
+        Just(Mutation::None),
+    ]
+}
+
+fn apply_mutation(s: &mut Shipped, m: &Mutation) -> bool {
+    let n = s.chunks.len();
+    if n == 0 {
+        return false;
+    }
+    match *m {
+        Mutation::FlipChunkByte { chunk, at, bit } => {
+            let c = &mut s.chunks[chunk % n];
+            let at = at % c.bytes.len();
+            c.bytes[at] ^= 1 << bit;
+        }
+        Mutation::FlipChunkCrc { chunk, bit } => s.chunks[chunk % n].crc ^= 1 << bit,
+        Mutation::DropChunk(i) => {
+            s.chunks.remove(i % n);
+        }
+        Mutation::DuplicateChunk(i) => {
+            let c = s.chunks[i % n].clone();
+            s.chunks.insert(i % n, c);
+        }
+        Mutation::SwapChunks(a, b) => {
+            if a % n == b % n {
+                return false;
+            }
+            s.chunks.swap(a % n, b % n);
+        }
+        Mutation::TruncateChunk { chunk, by } => {
+            let c = &mut s.chunks[chunk % n];
+            let keep = c.bytes.len().saturating_sub(by);
+            c.bytes.truncate(keep);
+        }
+        Mutation::FlipTrailer { field, bit } => {
+            let t = &mut s.end.trailer;
+            match field {
+                0 => t.header_crc ^= 1 << bit,
+                1 => t.chunk_count ^= 1 << bit,
+                2 => t.total_len ^= 1 << bit,
+                _ => t.payload_crc ^= 1 << bit,
+            }
+        }
+        Mutation::FlipOffer { field, bit } => {
+            let o = &mut s.offer;
+            match field {
+                0 => o.boundary.lsn ^= 1 << bit,
+                1 => o.boundary.epoch ^= 1 << bit,
+                2 => o.boundary.crc ^= 1 << bit,
+                3 => o.total_len ^= 1 << bit,
+                4 => o.chunk_size_bytes ^= 1 << bit,
+                _ => o.header_crc ^= 1 << bit,
+            }
+        }
+        Mutation::None => return false,
+    }
+    true
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+    /// Any mutated transfer is rejected as invalid (replica unchanged, no
+    /// partial snapshot left); an unmutated one installs a byte-identical file.
+    #[test]
+    fn fm_7_1_mutated_transfer_is_rejected_or_installs_the_exact_file(
+        len in 1usize..6000,
+        chunk in 200u32..1500,
+        m in mutation(),
+    ) {
+        let (sim, store, mut wal) = replica(21);
+        let original = primary_snapshot(primary_pos(20), state_bytes(len, 7), chunk);
+        let mut s = original.clone();
+        let mutated = apply_mutation(&mut s, &m);
+        let mut receiver = walship_snapshot::SnapshotReceiver::new(store.clone());
+        let items = std::iter::once(walship_snapshot::TransferItem::Offer(s.offer))
+            .chain(s.chunks.iter().cloned().map(walship_snapshot::TransferItem::Chunk))
+            .chain(std::iter::once(walship_snapshot::TransferItem::End(s.end)));
+        let mut result = Err(None);
+        for item in items {
+            match receiver.on_item(&item) {
+                Ok(walship_snapshot::ReceiveProgress::Complete(v)) => {
+                    result = Ok(v);
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    result = Err(Some(e));
+                    break;
+                }
+            }
+        }
+        if mutated {
+            match result {
+                Err(Some(e)) => prop_assert_eq!(e.class(), FailureClass::Invalid, "{}", e),
+                Err(None) => prop_assert!(false, "mutated transfer neither completed nor failed"),
+                Ok(_) => prop_assert!(false, "mutation {:?} accepted", m),
+            }
+            assert_unchanged(&sim, &store, &wal);
+        } else {
+            let v = result.map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            v.commit(&mut wal, None).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let snap = store.newest().expect("list").expect("one");
+            prop_assert_eq!(sim.contents(&snap.file).expect("contents"), original.file);
+        }
+    }
+}
