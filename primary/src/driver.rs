@@ -79,6 +79,8 @@ pub(crate) struct Shared {
     pub(crate) core_tx: mpsc::Sender<CoreMsg>,
     pub(crate) commit_rx: watch::Receiver<Lsn>,
     pub(crate) shutting_down: AtomicBool,
+    /// Appends between their shutdown check and the end of their WAL write.
+    pub(crate) appends_in_flight: AtomicU64,
     pub(crate) next_conn: AtomicU64,
     pub(crate) started: Instant,
 }

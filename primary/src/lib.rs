@@ -63,6 +63,25 @@ pub mod proto {
     };
 }
 
+/// How long `shutdown` waits for appends already writing to the WAL.
+const SHUTDOWN_APPEND_WAIT: Duration = Duration::from_secs(10);
+
+/// Counts an append in flight for as long as it lives (also when its future is dropped).
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn enter(shared: &Arc<Shared>) -> InFlight {
+        shared.appends_in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.appends_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Configuration of a primary node.
 #[derive(Clone, Debug)]
 pub struct PrimaryConfig {
@@ -354,6 +373,7 @@ impl Primary {
             core_tx: core_tx.clone(),
             commit_rx,
             shutting_down: AtomicBool::new(false),
+            appends_in_flight: AtomicU64::new(0),
             next_conn: AtomicU64::new(1),
             started: Instant::now(),
         });
@@ -405,6 +425,8 @@ impl Primary {
         let timeout = self.commit_timeout;
         let max = self.max_record_bytes;
         async move {
+            // Counted before the check, so shutdown() either sees this append or it sees the flag.
+            let guard = InFlight::enter(&shared);
             if shared.shutting_down.load(Ordering::Acquire) {
                 return Err(PrimaryError::ShuttingDown);
             }
@@ -415,9 +437,14 @@ impl Primary {
                 }));
             }
             let wal = shared.wal.clone();
-            let lsn = tokio::task::spawn_blocking(move || wal.append_durable(&payload))
-                .await
-                .map_err(|e| PrimaryError::Task(format!("append task: {e}")))??;
+            // The guard moves into the blocking task: it counts until the WAL write is over,
+            // even if this future is dropped meanwhile.
+            let lsn = tokio::task::spawn_blocking(move || {
+                let _in_flight = guard;
+                wal.append_durable(&payload)
+            })
+            .await
+            .map_err(|e| PrimaryError::Task(format!("append task: {e}")))??;
             let mut rx = shared.commit_rx.clone();
             let waited = tokio::time::timeout(timeout, async {
                 rx.wait_for(|c| *c >= lsn).await.map(|_| ())
@@ -490,6 +517,13 @@ impl Primary {
     /// [`PrimaryError::ShuttingDown`] or complete.
     pub async fn shutdown(mut self) {
         self.stop();
+        // WAL writes already started finish before the directory lock is released.
+        let start = Instant::now();
+        while self.shared.appends_in_flight.load(Ordering::Acquire) > 0
+            && start.elapsed() < SHUTDOWN_APPEND_WAIT
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         if let Some(task) = self.accept_task.take() {
             let _ = task.await;
         }
