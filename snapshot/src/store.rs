@@ -304,6 +304,25 @@ impl<S: Storage> SnapshotStore<S> {
             })
     }
 
+    /// On start, after [`SnapshotStore::recover`]: if the embedder's applied
+    /// lsn is below the newest snapshot's boundary (an in-memory embedder, or
+    /// a crash between install and restore), restores the newest snapshot
+    /// into it and returns its boundary; the caller then replays the WAL from
+    /// `boundary.lsn + 1`. `None` when the embedder is at or past it.
+    pub fn restore_if_behind<K: SnapshotSink + ?Sized>(
+        &self,
+        applied_lsn: Lsn,
+        sink: &mut K,
+    ) -> Result<Option<Position>, SnapshotError> {
+        match self.newest()? {
+            Some(snap) if applied_lsn < snap.boundary.lsn => {
+                self.restore(&snap, sink)?;
+                Ok(Some(snap.boundary))
+            }
+            _ => Ok(None),
+        }
+    }
+
     pub(crate) fn new_tmp_dir(&self, lsn_hint: Lsn) -> Result<PathBuf, SnapshotError> {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let p = self

@@ -186,10 +186,21 @@ fn fm_x_13_empty_replica_catches_up_through_a_snapshot_and_matches_the_primary()
         RecoveryReport::Consistent { boundary: b }
     );
     let mut rkv2 = Kv::default();
-    let newest = rstore.newest().expect("list").expect("snapshot");
-    rstore.restore(&newest, &mut rkv2).expect("restore");
+    assert_eq!(
+        rstore
+            .restore_if_behind(rkv2.applied, &mut rkv2)
+            .expect("restore"),
+        Some(b)
+    );
     apply_all(&rwal, &mut rkv2, rwal.last().lsn);
     assert_eq!(rkv2, pkv);
+    // An embedder already past the boundary is left alone.
+    assert_eq!(
+        rstore
+            .restore_if_behind(rkv2.applied, &mut rkv2)
+            .expect("no-op"),
+        None
+    );
 }
 
 #[test]
