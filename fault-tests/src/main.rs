@@ -8,7 +8,16 @@
 //! ```
 //! Exit code 0: everything passed; 1: a run or a row failed; 2: usage error.
 
+use std::io::Write as _;
 use std::process::ExitCode;
+
+/// Writes one chunk of output; false once stdout is gone (e.g. `| head`).
+fn emit(text: &str) -> bool {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .is_ok()
+}
 
 use clap::{Parser, Subcommand};
 use walship_fault::matrix;
@@ -98,20 +107,24 @@ fn main() -> ExitCode {
             for s in range {
                 let mut opts = SimOptions::from_seed(s, steps);
                 opts.wipe_per_mille = wipe_per_mille;
-                if verbose {
-                    println!("options: {opts}");
+                if verbose && !emit(&format!("options: {opts}\n")) {
+                    return ExitCode::SUCCESS;
                 }
                 let rep = sim::run_traced(&opts, trace);
                 if let Some(t) = &rep.full_trace {
-                    print!("{t}");
+                    if !emit(t) {
+                        return ExitCode::SUCCESS;
+                    }
                 }
-                println!("{}", rep.summary());
+                if !emit(&format!("{}\n", rep.summary())) {
+                    return ExitCode::SUCCESS;
+                }
                 totals.add(&rep);
                 if let Some(f) = rep.failure_report() {
                     eprintln!("{f}");
                 }
             }
-            println!("{totals}");
+            emit(&format!("{totals}\n"));
             if totals.failed == 0 {
                 ExitCode::SUCCESS
             } else {
@@ -134,7 +147,7 @@ fn main() -> ExitCode {
                 eprintln!("no spec IDs matched");
                 return ExitCode::from(2);
             }
-            print!("{}", matrix::render(&lines, width));
+            emit(&matrix::render(&lines, width));
             if lines
                 .iter()
                 .all(|l| l.verdict.as_ref().is_some_and(matrix::Verdict::passed))

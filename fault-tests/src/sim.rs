@@ -321,6 +321,30 @@ pub fn run_traced(opts: &SimOptions, keep_trace: bool) -> SimReport {
     if keep_trace {
         w.trace.keep_all();
     }
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drive(opts, &mut w, &mut workload, &mut report)
+    }));
+    if let Err(p) = outcome {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic".into());
+        report.outcome = Err(SimFailure {
+            phase: "panic",
+            violation: Violation {
+                invariant: "no assertion fails in the cores, the WAL or the harness",
+                spec: "-",
+                detail: msg,
+            },
+            trace_tail: w.trace.render_tail(),
+        });
+    }
+    finish(report, &w)
+}
+
+/// The safety and liveness phases; sets `report.outcome` on a violation.
+fn drive(opts: &SimOptions, w: &mut World, workload: &mut SimRng, report: &mut SimReport) {
     w.log(format!("options: {opts}"));
     w.start_all();
     let mut checkers = standard_checkers();
@@ -342,7 +366,7 @@ pub fn run_traced(opts: &SimOptions, keep_trace: bool) -> SimReport {
         let now = w.now();
         if workload.chance(opts.append_per_mille) {
             let k = workload.range(1, 8) as usize;
-            let batch: Vec<Vec<u8>> = (0..k).map(|i| payload(&mut workload, step, i)).collect();
+            let batch: Vec<Vec<u8>> = (0..k).map(|i| payload(workload, step, i)).collect();
             w.client_append(&batch);
         }
         if workload.chance(opts.crash_per_mille) {
@@ -434,9 +458,9 @@ pub fn run_traced(opts: &SimOptions, keep_trace: bool) -> SimReport {
                 w.net.heal(PRIMARY, n, now);
             }
         }
-        if let Err(v) = check_all(&mut checkers, &w) {
-            report.outcome = Err(fail(&w, "safety", v));
-            return finish(report, &w);
+        if let Err(v) = check_all(&mut checkers, w) {
+            report.outcome = Err(fail(w, "safety", v));
+            return;
         }
     }
 
@@ -452,19 +476,19 @@ pub fn run_traced(opts: &SimOptions, keep_trace: bool) -> SimReport {
     }
     w.disarm_frame_faults();
     w.start_all();
-    let batch: Vec<Vec<u8>> = (0..3).map(|i| payload(&mut workload, w.step, i)).collect();
+    let batch: Vec<Vec<u8>> = (0..3).map(|i| payload(workload, w.step, i)).collect();
     w.client_append(&batch);
     if w.primary.up.is_none() && w.oracle.torn_crashed.contains(&PRIMARY) {
         // The primary's WAL refused to open after a torn crash (reported as
         // corruption): safe, but nothing can converge without it.
         w.log("LIVENESS skipped: primary refused to start after a torn crash".into());
         report.liveness_skipped = w.primary.refused.clone();
-        return finish(report, &w);
+        return;
     }
     let converged = w.run_until_converged(LIVENESS_BUDGET_MS);
-    if let Err(v) = check_all(&mut checkers, &w) {
-        report.outcome = Err(fail(&w, "liveness", v));
-        return finish(report, &w);
+    if let Err(v) = check_all(&mut checkers, w) {
+        report.outcome = Err(fail(w, "liveness", v));
+        return;
     }
     if !converged {
         let mut why = Vec::new();
@@ -498,7 +522,7 @@ pub fn run_traced(opts: &SimOptions, keep_trace: bool) -> SimReport {
             }
         }
         report.outcome = Err(fail(
-            &w,
+            w,
             "liveness",
             Violation {
                 invariant: "healed cluster converges",
@@ -510,7 +534,6 @@ pub fn run_traced(opts: &SimOptions, keep_trace: bool) -> SimReport {
             },
         ));
     }
-    finish(report, &w)
 }
 
 fn finish(mut report: SimReport, w: &World) -> SimReport {
