@@ -5,7 +5,8 @@
 //! Decoders: the WAL record (`decode_record`), the WAL directory scan (`Wal::open`,
 //! `inspect`) over SimStorage, the wire framing (`FrameDecoder`, `decode_frame_body`,
 //! `read_frame_from`), state files (`decode_state_file`, `read_state_file`, commit and
-//! epochs bodies) and the halt record (`read_halt`). None may panic, allocate a length it
+//! epochs bodies), the halt record (`read_halt`) and snapshot files (`SnapshotHeader`,
+//! `SnapshotTrailer`, `SnapshotReader`). None may panic, allocate a length it
 //! read instead of one it holds, or accept damaged bytes as valid.
 //!
 //! Cases per property: `WALSHIP_DECODER_CASES` (default 256); the seed is fixed so CI runs
@@ -14,6 +15,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::future::Future;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
@@ -21,6 +23,7 @@ use std::task::{Context, Poll, Waker};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, RngSeed};
 use walship_replica::halt::{read_halt, write_halt, HaltReason, HaltRecord, HALT_FILE};
+use walship_snapshot::{Limits, SnapshotHeader, SnapshotReader, SnapshotTrailer, SnapshotWriter};
 use walship_wal::record::{
     compute_crc, decode_record, encode_record, RecordError, RecordHeader, OFF_PAYLOAD_LEN,
 };
@@ -30,11 +33,13 @@ use walship_wal::state::{
     decode_state_file, encode_state_file, read_state_file, EpochEntry, EpochHistory, NodeDir,
     StateError, COMMIT_FILE, EPOCHS_FILE, STATE_HEADER_LEN,
 };
-use walship_wal::{inspect, OpenReport, Position, Storage, StorageFile, Wal, WalError, WalOptions};
+use walship_wal::{
+    inspect, Mapping, OpenReport, Position, Storage, StorageFile, Wal, WalError, WalOptions,
+};
 use walship_wire::frame::{
     decode_frame_body, encode_frame, read_frame_from, FrameDecoder, FrameError, MAX_FRAME_BYTES,
 };
-use walship_wire::message::{Message, RecordBatch, MAX_DECODED_BYTES};
+use walship_wire::message::{Message, RecordBatch};
 
 // ---------------------------------------------------------------------------------------
 // Allocation tracking: the largest single allocation made by THIS thread (tests run in
@@ -636,19 +641,23 @@ proptest! {
 
     /// The frame decoder gives the same messages and the same ending however the stream is
     /// chunked, agrees with the stream reader (and its Records fast path), re-encodes what
-    /// it decodes, and allocates no more than what it was given (plus bincode's bounded
-    /// up-front allocation, see notes/bugs-fuzz.md wire-1).
+    /// it decodes, and allocates no more than what it was given: the decoder's buffer, and
+    /// bincode's up-front allocation bounded by `decode_limit_for(body)` <= max(64 KiB,
+    /// 64 x body) (notes/bugs-fuzz.md wire-1, fixed); the stream reader also allocates a
+    /// frame's body once its prefix passed the limit.
     #[test]
     fn frame_decoding_is_chunking_independent_and_agrees_with_the_stream_reader(
         stream in frame_stream(),
         chunks in prop::collection::vec(1usize..20, 0..6),
         max in prop_oneof![Just(MAX_FRAME_BYTES), 0u32..200, any::<u32>()],
     ) {
-        let bound = 2 * stream.len() + MAX_DECODED_BYTES + 64 * 1024;
+        let bound = 64 * stream.len() + 64 * 1024;
+        let reader_bound = bound + MAX_FRAME_BYTES as usize;
         let (whole, a1) = largest_alloc_of(|| decode_chunked(&stream, &[], max));
         let (chunked, a2) = largest_alloc_of(|| decode_chunked(&stream, &chunks, max));
         let (streamed, a3) = largest_alloc_of(|| read_stream(&stream, max));
-        prop_assert!(a1.max(a2).max(a3) <= bound);
+        prop_assert!(a1.max(a2) <= bound);
+        prop_assert!(a3 <= reader_bound);
         prop_assert_eq!(&whole.messages, &chunked.messages);
         prop_assert!(same_end(&whole.end, &chunked.end), "{:?} vs {:?}", whole.end, chunked.end);
         prop_assert_eq!(&whole.messages, &streamed.messages);
@@ -679,12 +688,11 @@ proptest! {
     }
 }
 
-/// wire-2 (notes/bugs-fuzz.md): a `Records` frame whose byte-string length is near
-/// u64::MAX makes the stream reader's fast path overflow `head_len + records_len` (a panic
-/// in debug builds, an attempted allocation of ~2^64 bytes in release) instead of
-/// returning `Malformed` as the FrameDecoder does. Owner: walship-wire.
+/// Regression, wire-2 (notes/bugs-fuzz.md, fixed in walship-wire c9c0df8): a `Records` frame
+/// whose byte-string length is near u64::MAX made the stream reader's fast path overflow
+/// `head_len + records_len` (a panic in debug builds, an attempted allocation of ~2^64
+/// bytes in release) instead of returning `Malformed` as the FrameDecoder does.
 #[test]
-#[ignore = "wire-2: open bug in walship-wire's read_frame_from fast path, see notes/bugs-fuzz.md"]
 fn records_frame_with_a_byte_length_near_u64_max_is_malformed_not_a_panic() {
     // body: tag 5, first_lsn 1, count 1, byte length u64::MAX - 8 (varint 253 + 8 bytes), commit 0.
     let mut body = vec![5u8, 1, 1, 253];
@@ -857,6 +865,103 @@ proptest! {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Snapshot files
+
+fn written_snapshot(chunk_size: u32, payload: &[u8], boundary: Position) -> Vec<u8> {
+    let s = SimStorage::new(4);
+    let path = Path::new("/snap");
+    let file = s.open(path, true).expect("sim open");
+    let mut w = SnapshotWriter::new(file, path, chunk_size, &Limits::default()).expect("writer");
+    w.write_payload(payload).expect("payload");
+    w.finish(boundary).expect("finish");
+    s.contents(path).expect("sim contents")
+}
+
+/// Opens, verifies and reads the payload; `Some((payload, boundary))` only if all three succeed.
+fn read_snapshot(
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<Option<(Vec<u8>, Position)>, TestCaseError> {
+    let Ok(r) = SnapshotReader::open(Mapping::from_vec(bytes.to_vec()), limits, None) else {
+        return Ok(None);
+    };
+    let verified = r.verify();
+    let mut out = Vec::new();
+    let read = r.payload_reader().read_to_end(&mut out);
+    match (verified, read) {
+        (Ok(()), Ok(n)) => {
+            prop_assert_eq!(n as u64, r.header().total_len);
+            Ok(Some((out, r.boundary())))
+        }
+        (Err(_), Err(_)) => Ok(None),
+        (v, rd) => Err(fail(format!("verify {v:?} but payload read {rd:?}"))),
+    }
+}
+
+proptest! {
+    #![proptest_config(config(0x5a7))]
+
+    /// A written snapshot reads back its payload and boundary; with 1 to 3 bits flipped, or
+    /// cut, or extended, it never opens and verifies.
+    #[test]
+    fn snapshot_reads_back_and_any_small_damage_is_rejected(
+        chunk_size in 1u32..300,
+        payload in prop::collection::vec(any::<u8>(), 0..1500),
+        boundary in (any::<u64>(), any::<u64>(), any::<u32>()),
+        bits in prop::collection::vec(any::<usize>(), 1..=3),
+        cut in prop::option::weighted(0.2, any::<usize>()),
+    ) {
+        let boundary = Position { lsn: boundary.0, epoch: boundary.1, crc: boundary.2 };
+        let clean = written_snapshot(chunk_size, &payload, boundary);
+        prop_assert_eq!(read_snapshot(&clean, &Limits::default())?, Some((payload.clone(), boundary)));
+        let mut damaged = clean.clone();
+        match cut {
+            Some(c) if c % 2 == 0 => damaged.truncate(c % clean.len()),
+            Some(c) => damaged.push(c as u8),
+            None => for b in bits {
+                let n = damaged.len();
+                damaged[(b / 8) % n] ^= 1 << (b % 8);
+            },
+        }
+        prop_assume!(damaged != clean);
+        prop_assert_eq!(read_snapshot(&damaged, &Limits::default())?, None, "damaged snapshot accepted");
+    }
+
+    /// Arbitrary bytes (or a valid header over arbitrary bytes) with arbitrary limits: the
+    /// header/chunk/trailer decoders and the reader never panic, accept only canonical
+    /// headers, and never allocate a claimed length.
+    #[test]
+    fn snapshot_decoders_on_any_bytes_are_total_and_bounded(
+        header in prop::option::of((any::<u64>(), 1u32..(8 << 20), any::<u64>())),
+        rest in prop::collection::vec(any::<u8>(), 0..200),
+        max_total_bytes in prop_oneof![Just(Limits::default().max_total_bytes), any::<u64>()],
+        max_chunk_size_bytes in prop_oneof![Just(Limits::default().max_chunk_size_bytes), any::<u32>()],
+    ) {
+        let mut bytes = match header {
+            Some((lsn, chunk_size_bytes, total_len)) => SnapshotHeader {
+                boundary: Position { lsn, epoch: 1, crc: 2 },
+                chunk_size_bytes,
+                total_len,
+            }
+            .encode()
+            .to_vec(),
+            None => Vec::new(),
+        };
+        bytes.extend_from_slice(&rest);
+        let limits = Limits { max_total_bytes, max_chunk_size_bytes };
+        let (h, largest) = largest_alloc_of(|| SnapshotHeader::decode(&bytes, &limits));
+        prop_assert!(largest <= 4096);
+        if let Ok(h) = h {
+            prop_assert_eq!(&h.encode()[..], &bytes[..64]);
+        }
+        let _ = SnapshotTrailer::decode(&bytes);
+        let (r, largest) = largest_alloc_of(|| read_snapshot(&bytes, &limits));
+        r?;
+        prop_assert!(largest <= 2 * bytes.len() + 64 * 1024, "reader allocated {} bytes at once", largest);
+    }
+}
+
 #[test]
 fn epoch_entry_type_is_the_one_the_state_files_use() {
     // Keeps the JSON generator above honest about the field names.
@@ -869,12 +974,11 @@ fn epoch_entry_type_is_the_one_the_state_files_use() {
     assert_eq!(json, r#"{"entries":[{"epoch":1,"start_lsn":1}]}"#);
 }
 
-/// wire-1 (notes/bugs-fuzz.md): bincode 2 allocates a claimed byte-string (or string)
-/// length up front, before checking the body holds that many bytes; the only bound is
-/// `MAX_DECODED_BYTES` (~33 MiB). A 13-byte `Records` body claiming 30 MB of record bytes
-/// makes `decode_frame_body` (and so `FrameDecoder`) allocate 30 MB. Owner: walship-wire.
+/// Regression, wire-1 (notes/bugs-fuzz.md, fixed in walship-wire 7d89cee): bincode 2
+/// allocated a claimed byte-string (or string) length up front, before checking the body
+/// held that many bytes, bounded only by `MAX_DECODED_BYTES` (~33 MiB): a 13-byte `Records`
+/// body claiming 30 MB of record bytes made `decode_frame_body` allocate 30 MB.
 #[test]
-#[ignore = "wire-1: open bug in walship-wire's body decoding, see notes/bugs-fuzz.md"]
 fn small_frame_claiming_a_30_mb_byte_string_allocates_no_more_than_the_frame() {
     // body: tag 5 (Records), first_lsn 1, count 1, byte length 30_000_000 (varint 253 + u64), commit 0.
     let mut body = vec![5u8, 1, 1, 253];
@@ -889,12 +993,11 @@ fn small_frame_claiming_a_30_mb_byte_string_allocates_no_more_than_the_frame() {
     );
 }
 
-/// wal-1 (notes/bugs-fuzz.md): a segment whose last record has lsn u64::MAX, followed by
-/// any byte, makes the recovery scan compute `last.lsn + 1` and overflow (a panic in debug
-/// builds; in release the lsn wraps to 0 and a record with lsn 0 would chain). Owner:
-/// walship-wal (scan.rs, segment.rs `note_record`).
+/// Regression, wal-1 (notes/bugs-fuzz.md, fixed in walship-wal 7d9563e): a segment whose
+/// last record has lsn u64::MAX, followed by any byte, made the recovery scan compute
+/// `last.lsn + 1` and overflow (a panic in debug builds; in release the lsn wrapped to 0
+/// and a crc-chained record with lsn 0 would have been accepted).
 #[test]
-#[ignore = "wal-1: open bug in walship-wal's recovery scan, see notes/bugs-fuzz.md"]
 fn segment_ending_at_lsn_u64_max_with_a_byte_after_it_opens_without_panicking() {
     let s = SimStorage::new(9);
     let dir = Path::new("/node/wal");
