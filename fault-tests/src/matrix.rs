@@ -1609,6 +1609,40 @@ mod tests {
             .all(|r| !r.required.is_empty() && !r.test.is_empty()));
     }
 
+    /// Every test or checker the spec's Test column names exists.
+    #[test]
+    fn spec_test_column_names_only_existing_tests() {
+        let sources = [
+            include_str!("../tests/matrix.rs"),
+            include_str!("../tests/sim.rs"),
+            include_str!("../tests/snapshot_sweep.rs"),
+            include_str!("../tests/real_crash.rs"),
+            include_str!("../tests/real_noise.rs"),
+            include_str!("../tests/real_partition.rs"),
+            include_str!("check.rs"),
+        ];
+        let mut named = 0;
+        for row in parse_spec(SPEC) {
+            for (i, part) in row.test.split('`').enumerate() {
+                if i % 2 == 0 || part.contains(' ') || part.is_empty() {
+                    continue;
+                }
+                named += 1;
+                let as_fn = format!("fn {part}(");
+                let as_const = format!("\"{part}\"");
+                let as_struct = format!("pub struct {part}");
+                assert!(
+                    sources.iter().any(|s| s.contains(&as_fn)
+                        || s.contains(&as_const)
+                        || s.contains(&as_struct)),
+                    "{}: Test column names `{part}`, which no test file defines",
+                    row.id
+                );
+            }
+        }
+        assert!(named > 30, "only {named} tests named in the spec");
+    }
+
     #[test]
     fn every_spec_id_has_a_scenario_and_no_scenario_is_orphaned() {
         let rows = parse_spec(SPEC);
