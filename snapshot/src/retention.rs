@@ -120,6 +120,40 @@ pub fn plan_retention(
     }
 }
 
+/// How the primary brings a replica whose last lsn is `replica_last_lsn` up to date.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatchUp {
+    /// The WAL still holds what the replica needs next (its last record, or
+    /// the base position just before the first retained record): prove the
+    /// prefix and stream.
+    Stream,
+    /// The WAL no longer holds it: ship this snapshot first; the replica then
+    /// reconnects from its boundary, which the WAL holds.
+    Snapshot(Position),
+    /// Neither the WAL nor a snapshot can serve the replica: a snapshot must
+    /// be created first (this cannot happen if truncation followed
+    /// [`plan_retention`], which never cuts past the newest snapshot).
+    NoSnapshot,
+}
+
+/// Decides [`CatchUp`] from the replica's last lsn (its `Hello.last.lsn`),
+/// the WAL's first retained lsn and the newest snapshot. Use it rather than
+/// `Wal::position_at(replica_last_lsn) == None`: `position_at(0)` answers
+/// the base position, so an empty replica would look "retained".
+pub fn catch_up_plan(
+    replica_last_lsn: Lsn,
+    wal_first_lsn: Lsn,
+    newest_snapshot: Option<Position>,
+) -> CatchUp {
+    if replica_last_lsn.saturating_add(1) >= wal_first_lsn {
+        return CatchUp::Stream;
+    }
+    match newest_snapshot {
+        Some(b) if b.lsn.saturating_add(1) >= wal_first_lsn => CatchUp::Snapshot(b),
+        _ => CatchUp::NoSnapshot,
+    }
+}
+
 /// When the primary creates a snapshot by policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotPolicy {
@@ -233,6 +267,28 @@ mod tests {
         let p = plan_retention(&segs(), snap(100), &[r("a", 120, false)], 0);
         assert!(p.switch_to_snapshot.is_empty());
         assert_eq!(p.truncate_before, 101);
+    }
+
+    #[test]
+    fn catch_up_streams_when_retained_ships_snapshot_when_not() {
+        let b = snap(350);
+        // WAL first retained lsn 301: base position is 300.
+        assert_eq!(catch_up_plan(300, 301, b), CatchUp::Stream);
+        assert_eq!(catch_up_plan(320, 301, b), CatchUp::Stream);
+        assert_eq!(
+            catch_up_plan(299, 301, b),
+            CatchUp::Snapshot(b.expect("snapshot"))
+        );
+        // An empty replica against a truncated log.
+        assert_eq!(
+            catch_up_plan(0, 301, b),
+            CatchUp::Snapshot(b.expect("snapshot"))
+        );
+        // An untruncated log serves an empty replica.
+        assert_eq!(catch_up_plan(0, 1, None), CatchUp::Stream);
+        assert_eq!(catch_up_plan(0, 301, None), CatchUp::NoSnapshot);
+        // A snapshot older than the truncation point cannot serve.
+        assert_eq!(catch_up_plan(0, 301, snap(100)), CatchUp::NoSnapshot);
     }
 
     #[test]
