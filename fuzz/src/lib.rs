@@ -9,7 +9,6 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
 /// Global allocator that remembers the largest single allocation (or reallocation)
@@ -63,56 +62,6 @@ pub fn with_alloc_bound<R>(what: &str, bound: usize, f: impl FnOnce() -> R) -> R
         "{what}: allocated {largest} bytes at once, bound {bound}"
     );
     r
-}
-
-/// Whether targets should skip inputs that reach a known, reported, still-open bug (see
-/// `README.md`). Set `WALSHIP_FUZZ_KNOWN_BUGS=1` to reach them anyway (to reproduce them or
-/// to check a fix).
-pub fn skip_known_bugs() -> bool {
-    static SKIP: OnceLock<bool> = OnceLock::new();
-    *SKIP.get_or_init(|| std::env::var_os("WALSHIP_FUZZ_KNOWN_BUGS").is_none())
-}
-
-/// Reads a bincode-2 standard-config varint u64 at `*at` (tag byte < 251: the value; 251,
-/// 252, 253: a u16, u32, u64 follows, little-endian).
-fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
-    let tag = *b.get(*at)?;
-    *at += 1;
-    let n = match tag {
-        0..=250 => return Some(u64::from(tag)),
-        251 => 2,
-        252 => 4,
-        253 => 8,
-        _ => return None,
-    };
-    let bytes = b.get(*at..*at + n)?;
-    *at += n;
-    let mut v = [0u8; 8];
-    v[..n].copy_from_slice(bytes);
-    Some(u64::from_le_bytes(v))
-}
-
-/// True if some frame of `stream` (walked by length prefix) is a `Records` body whose byte
-/// length is within 2^16 of u64::MAX: the input of open bug wire-2 (stream reader overflow).
-pub fn reaches_wire_2(stream: &[u8]) -> bool {
-    let mut at = 0;
-    while let Some(prefix) = stream.get(at..at + 4) {
-        let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-        let body = &stream[at + 4..];
-        let mut p = 0;
-        if varint(body, &mut p) == Some(5)
-            && varint(body, &mut p).is_some()
-            && varint(body, &mut p).is_some()
-            && varint(body, &mut p).is_some_and(|n| n > u64::MAX - (1 << 16))
-        {
-            return true;
-        }
-        if len == 0 {
-            return false;
-        }
-        at += 4 + len;
-    }
-    false
 }
 
 /// Drives a future that never waits (all walship-wire `FrameSource`s over memory are
