@@ -205,8 +205,18 @@ impl<S: Storage> SnapshotStore<S> {
     }
 
     /// The newest installed snapshot, if any.
+    ///
+    /// Only the newest directory is inspected: an older snapshot is superseded
+    /// (and removed by [`SnapshotStore::recover`]) whatever its state, and
+    /// the newest is never replaced by an older one if it is damaged (after
+    /// its install the WAL continues from its boundary, not from an older one).
     pub fn newest(&self) -> Result<Option<InstalledSnapshot>, SnapshotError> {
-        Ok(self.installed()?.pop())
+        let newest = self
+            .list_names()?
+            .iter()
+            .filter_map(|n| parse_snapshot_dir_name(n))
+            .max();
+        newest.map(|lsn| self.inspect(lsn)).transpose()
     }
 
     fn inspect(&self, lsn: Lsn) -> Result<InstalledSnapshot, SnapshotError> {
@@ -505,7 +515,6 @@ impl<S: Storage> SnapshotStore<S> {
         let b = newest.boundary;
         let span = tracing::info_span!("snapshot_recover", lsn = b.lsn, epoch = b.epoch);
         let _g = span.enter();
-        self.remove_older_than(b.lsn)?;
         let last = wal.last();
         if last.lsn < b.lsn {
             wal.reset_to(b)?;
@@ -513,6 +522,7 @@ impl<S: Storage> SnapshotStore<S> {
                 old_last_lsn = last.lsn,
                 "completed an interrupted snapshot install: WAL reset to the boundary"
             );
+            self.remove_older_than(b.lsn)?;
             return Ok(RecoveryReport::RolledForward {
                 boundary: b,
                 old_wal_last: last,
@@ -528,6 +538,7 @@ impl<S: Storage> SnapshotStore<S> {
             other => SnapshotError::Wal(other),
         })?;
         if at != Some(b) {
+            // Nothing is removed: an operator gets every byte there was.
             return Err(SnapshotError::StoreWalMismatch {
                 snapshot: b,
                 wal_base: wal.base(),
@@ -535,6 +546,8 @@ impl<S: Storage> SnapshotStore<S> {
                 detail: "the WAL's record at the boundary lsn differs from the boundary".into(),
             });
         }
+        // Older snapshots left by an interrupted cleanup are superseded.
+        self.remove_older_than(b.lsn)?;
         Ok(RecoveryReport::Consistent { boundary: b })
     }
 }

@@ -357,3 +357,63 @@ fn crash_at_every_step_of_snapshot_creation_leaves_previous_or_new_snapshot() {
     assert!(*seen.last().expect("runs"));
     assert!(!seen[0]);
 }
+
+fn two_snapshots(b_crc_delta: u32) -> (SimStorage, Wal<SimStorage>, Position, Position) {
+    let sim = SimStorage::new(77);
+    sim.create_dir_all(Path::new("/node")).expect("mkdir");
+    sim.sync_dir(Path::new("/")).expect("sync root");
+    let wal = wal_with(&sim, &wal_dir(), 10, 1);
+    let (store, _) =
+        SnapshotStore::open(sim.clone(), &snap_dir(), Limits::default()).expect("open");
+    let mut b = wal.position_at(8).expect("pos").expect("some");
+    b.crc ^= b_crc_delta;
+    let a = wal.position_at(5).expect("pos").expect("some");
+    for (lsn, pos) in [(8, b), (5, a)] {
+        let mut src = BytesState {
+            lsn,
+            bytes: state_bytes(1500, lsn as u8),
+            restored_boundary: None,
+        };
+        store
+            .create(400, &mut src, &mut |_| Ok(pos))
+            .expect("create");
+    }
+    assert_eq!(store.installed().expect("list").len(), 2);
+    (sim, wal, a, b)
+}
+
+#[test]
+fn recover_ignores_and_removes_a_damaged_superseded_snapshot() {
+    let (sim, mut wal, a, b) = two_snapshots(0);
+    let (store, _) =
+        SnapshotStore::open(sim.clone(), &snap_dir(), Limits::default()).expect("open");
+    let older = snap_dir()
+        .join(walship_snapshot::snapshot_dir_name(a.lsn))
+        .join("snapshot");
+    sim.flip_bit(&older, 3, 1).expect("flip");
+    assert!(
+        store.installed().is_err(),
+        "strict listing reports the damage"
+    );
+    assert_eq!(store.newest().expect("newest").expect("some").boundary, b);
+    assert_eq!(
+        store.recover(&mut wal).expect("recover"),
+        RecoveryReport::Consistent { boundary: b }
+    );
+    assert_eq!(store.installed().expect("list").len(), 1);
+}
+
+#[test]
+fn recover_that_finds_a_mismatch_removes_nothing() {
+    let (sim, mut wal, _, b) = two_snapshots(0xff);
+    let (store, _) =
+        SnapshotStore::open(sim.clone(), &snap_dir(), Limits::default()).expect("open");
+    let e = store.recover(&mut wal).expect_err("mismatch");
+    assert_eq!(e.class(), walship_snapshot::FailureClass::LocalCorruption);
+    assert!(
+        matches!(e, SnapshotError::StoreWalMismatch { snapshot, .. } if snapshot == b),
+        "{e}"
+    );
+    assert_eq!(store.installed().expect("list").len(), 2, "every byte kept");
+    assert_eq!(wal.last().lsn, 10);
+}
