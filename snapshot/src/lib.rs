@@ -1,6 +1,6 @@
 //! walship-snapshot: snapshots of the embedder's state at a WAL boundary.
 //!
-//! Owns the snapshot file format ([`format`], specified byte by byte in
+//! Owns the snapshot file format ([`mod@format`], specified byte by byte in
 //! `spec/snapshot-format.md`), the streaming [`SnapshotWriter`] and the
 //! verifying [`SnapshotReader`], the `DIR/snapshots/` directory
 //! ([`SnapshotStore`]: creation on the primary, discarding of interrupted
