@@ -26,6 +26,7 @@
 
 use std::fmt;
 
+use walship_snapshot::{FailureClass, SnapshotChunk, SnapshotEnd, SnapshotOffer};
 use walship_wal::record::{check_successor, decode_record, ChainError, RecordError, RecordHeader};
 use walship_wal::state::EpochHistory;
 use walship_wal::{Lsn, Position, WalError};
@@ -114,7 +115,8 @@ pub enum SessionEnd {
         detail: String,
     },
     /// The primary no longer retains the records this replica needs next: a
-    /// snapshot transfer is needed (not implemented by this replica yet).
+    /// snapshot transfer is needed and this replica cannot install one (snapshot
+    /// install not enabled: the applier has no `SnapshotSink`).
     SnapshotRequired {
         /// What the primary said.
         detail: String,
@@ -154,6 +156,25 @@ pub enum Event {
         /// The WAL's durable lsn.
         lsn: Lsn,
     },
+    /// The driver installed the received snapshot (after [`Action::SnapshotFinish`]):
+    /// it is published, the WAL was reset to start after `boundary`, `state/commit`
+    /// is at least `boundary.lsn` and the applier restored it (its applied lsn is
+    /// `boundary.lsn`). The core ends the session and reconnects from the boundary.
+    SnapshotInstalled {
+        /// The installed snapshot's boundary (the replica's new last position).
+        boundary: Position,
+    },
+    /// Receiving or installing the snapshot failed (after [`Action::SnapshotBegin`],
+    /// [`Action::SnapshotChunk`] or [`Action::SnapshotFinish`]); the partial
+    /// snapshot is already discarded. `Invalid` halts `snapshot-invalid` (FM-7.1),
+    /// `Boundary` halts `snapshot-boundary` (FM-7.2), `LocalCorruption` halts
+    /// `local-corruption`. `NodeStop` (I/O, embedder) is not fed: the driver stops.
+    SnapshotFailed {
+        /// `walship_snapshot::SnapshotError::class()` of the failure.
+        class: FailureClass,
+        /// The error, for the halt record.
+        detail: String,
+    },
 }
 
 /// Records that passed every check, to be appended unchanged.
@@ -190,6 +211,27 @@ pub enum Action {
     },
     /// Write and fsync the halt file BEFORE anything else, then stop streaming and applying.
     Halt(HaltRecord),
+    /// A snapshot transfer starts: begin an install of `offer`
+    /// (`SnapshotStore::begin_install`: the offer is checked, `tmp-*` created).
+    /// On error feed [`Event::SnapshotFailed`].
+    SnapshotBegin(SnapshotOffer),
+    /// Check and write the next chunk of the install (`Install::push_chunk`).
+    /// On error discard the install and feed [`Event::SnapshotFailed`].
+    SnapshotChunk(SnapshotChunk),
+    /// The transfer is complete: `Install::finish(end)`, then
+    /// `VerifiedSnapshot::commit` with the local and the primary's epoch histories
+    /// (boundary check, publish, WAL reset), then persist the commit watermark
+    /// `max(commit, boundary.lsn)`, restore the snapshot into the applier, and
+    /// feed [`Event::SnapshotInstalled`] (or [`Event::SnapshotFailed`]).
+    SnapshotFinish {
+        /// The primary's trailer.
+        end: SnapshotEnd,
+        /// The primary's epoch history (from its `Welcome`), for the boundary check.
+        primary_epochs: EpochHistory,
+    },
+    /// The session ended mid-transfer: discard the partial snapshot
+    /// (`Install::abort`). Not a halt (FM-X.8).
+    SnapshotAbort,
     /// Close the current session (if any) and connect again after `after_ms`.
     Reconnect {
         /// Delay before the next connection attempt.
@@ -212,6 +254,9 @@ pub enum Phase {
     Probing,
     /// Prefix proven: records stream.
     Streaming,
+    /// The primary does not retain what this replica needs next: a snapshot
+    /// (offer, chunks, end) is being received; nothing is appended meanwhile.
+    ReceivingSnapshot,
     /// Halted: emits nothing any more.
     Halted,
 }
@@ -277,6 +322,25 @@ pub struct ReplicaCore {
     failures: u32,
     /// The primary's last lsn as last announced (Welcome or a batch), for lag.
     primary_last_lsn: Lsn,
+    /// The applier can restore snapshots: a primary that no longer retains our
+    /// next record is asked for a snapshot instead of ending the session.
+    snapshot_install: bool,
+    /// The transfer in progress (phase `ReceivingSnapshot`).
+    transfer: Option<Transfer>,
+    /// Boundary of the installed snapshot while no record follows it yet: the
+    /// first record after it must chain to it, else `snapshot-boundary` (FM-7.2).
+    installed_boundary: Option<Position>,
+}
+
+/// A snapshot transfer in progress.
+#[derive(Clone, Debug)]
+struct Transfer {
+    /// The primary's epoch history from its `Welcome`.
+    primary_epochs: EpochHistory,
+    /// The offer, once it arrived.
+    offer: Option<SnapshotOffer>,
+    /// `SnapshotEnd` arrived: the driver is installing.
+    finishing: bool,
 }
 
 impl ReplicaCore {
@@ -307,7 +371,27 @@ impl ReplicaCore {
             probe: None,
             failures: 0,
             primary_last_lsn: 0,
+            snapshot_install: false,
+            transfer: None,
+            installed_boundary: None,
         }
+    }
+
+    /// Enables snapshot install (off by default): when the primary no longer
+    /// retains this replica's next record, the core waits for its snapshot
+    /// ([`Phase::ReceivingSnapshot`]) instead of ending the session with
+    /// [`SessionEnd::SnapshotRequired`]. Enable it only if the driver performs
+    /// the `Snapshot*` actions and the applier can restore a snapshot.
+    pub fn set_snapshot_install(&mut self, enabled: bool) {
+        self.snapshot_install = enabled;
+    }
+
+    /// Tells the core that the local WAL starts right after an installed
+    /// snapshot's `boundary` and holds no record after it yet (a restart after an
+    /// install): the first record received must chain to it, else the halt is
+    /// `snapshot-boundary` rather than `divergence` (FM-7.2).
+    pub fn set_installed_boundary(&mut self, boundary: Option<Position>) {
+        self.installed_boundary = boundary.filter(|b| *b == self.last);
     }
 
     /// Where the core is in the protocol.
@@ -375,6 +459,10 @@ impl ReplicaCore {
             Event::SessionEnded(reason) => self.end_session(reason, &mut out),
             Event::Durable { lsn } => self.on_durable(lsn, &mut out),
             Event::Received(msg) => self.on_message(msg, now_ms, log, &mut out)?,
+            Event::SnapshotInstalled { boundary } => self.on_snapshot_installed(boundary, &mut out),
+            Event::SnapshotFailed { class, detail } => {
+                self.on_snapshot_failed(class, detail, now_ms, &mut out)
+            }
         }
         Ok(out)
     }
@@ -419,6 +507,14 @@ impl ReplicaCore {
         }
         self.session = None;
         self.probe = None;
+        if let Some(t) = self.transfer.take() {
+            // FM-X.8: a transfer cut short is discarded, never a halt. An install
+            // already finishing (SnapshotEnd handed to the driver) completes or
+            // fails on its own; the driver reports it.
+            if t.offer.is_some() && !t.finishing {
+                out.push(Action::SnapshotAbort);
+            }
+        }
         self.phase = Phase::Disconnected;
         // Resume from the durable position: make what was appended durable first.
         if self.durable_lsn < self.last.lsn {
@@ -470,7 +566,17 @@ impl ReplicaCore {
                 self.advance_commit(commit_lsn, out);
                 self.push_apply(out);
             }
-            (Phase::AwaitWelcome | Phase::Probing | Phase::Streaming, Message::Refuse(r)) => {
+            (Phase::ReceivingSnapshot, Message::SnapshotOffer(offer)) => {
+                self.on_snapshot_offer(offer, out)
+            }
+            (Phase::ReceivingSnapshot, Message::SnapshotChunk(chunk)) => {
+                self.on_snapshot_chunk(chunk, out)
+            }
+            (Phase::ReceivingSnapshot, Message::SnapshotEnd(end)) => self.on_snapshot_end(end, out),
+            (
+                Phase::AwaitWelcome | Phase::Probing | Phase::Streaming | Phase::ReceivingSnapshot,
+                Message::Refuse(r),
+            ) => {
                 self.end_session(
                     SessionEnd::Refused {
                         detail: r.reason.to_string(),
@@ -537,6 +643,23 @@ impl ReplicaCore {
             || (w.at_replica_last.is_none() && self.last.lsn <= w.primary_last.lsn)
         {
             // The primary does not retain what we need (front-truncated log): no proof either way.
+            if self.snapshot_install {
+                tracing::info!(
+                    lsn = self.last.lsn,
+                    primary = %w.primary_id,
+                    epoch = w.epoch,
+                    "primary does not retain our next record: waiting for its snapshot"
+                );
+                self.phase = Phase::ReceivingSnapshot;
+                self.transfer = Some(Transfer {
+                    primary_epochs: EpochHistory {
+                        entries: w.epoch_history.clone(),
+                    },
+                    offer: None,
+                    finishing: false,
+                });
+                return Ok(());
+            }
             let detail = format!(
                 "primary {} does not retain lsn {} (its position there: {:?}); a snapshot transfer is needed",
                 w.primary_id, self.last.lsn, w.at_replica_last
@@ -682,16 +805,152 @@ impl ReplicaCore {
         Ok(())
     }
 
+    fn on_snapshot_offer(&mut self, offer: SnapshotOffer, out: &mut Vec<Action>) {
+        let Some(t) = self.transfer.as_mut() else {
+            return;
+        };
+        if t.offer.is_some() {
+            // A second offer inside one transfer: the sender is not following the
+            // protocol. The session ends; the partial snapshot is discarded.
+            let detail = "a second snapshot offer during a transfer".to_string();
+            self.end_session(SessionEnd::Protocol { detail }, out);
+            return;
+        }
+        t.offer = Some(offer);
+        out.push(Action::SnapshotBegin(offer));
+    }
+
+    fn on_snapshot_chunk(&mut self, chunk: SnapshotChunk, out: &mut Vec<Action>) {
+        match self.transfer.as_ref() {
+            Some(t) if t.offer.is_some() && !t.finishing => out.push(Action::SnapshotChunk(chunk)),
+            _ => {
+                let detail = format!("snapshot chunk {} without an offer", chunk.index);
+                self.end_session(SessionEnd::Protocol { detail }, out);
+            }
+        }
+    }
+
+    fn on_snapshot_end(&mut self, end: SnapshotEnd, out: &mut Vec<Action>) {
+        match self.transfer.as_mut() {
+            Some(t) if t.offer.is_some() && !t.finishing => {
+                t.finishing = true;
+                out.push(Action::SnapshotFinish {
+                    end,
+                    primary_epochs: t.primary_epochs.clone(),
+                });
+            }
+            _ => {
+                let detail = "snapshot end without an offer".to_string();
+                self.end_session(SessionEnd::Protocol { detail }, out);
+            }
+        }
+    }
+
+    fn on_snapshot_installed(&mut self, boundary: Position, out: &mut Vec<Action>) {
+        // The WAL was reset to the boundary: the core follows it whatever else
+        // happened meanwhile (the driver installs synchronously, so normally the
+        // transfer is still here).
+        let t = self.transfer.take();
+        debug_assert!(
+            t.as_ref().and_then(|t| t.offer).map(|o| o.boundary) == Some(boundary),
+            "SnapshotInstalled for another boundary than the one offered"
+        );
+        self.last = boundary;
+        self.durable_lsn = boundary.lsn;
+        self.applied_lsn = boundary.lsn;
+        self.primary_last_lsn = self.primary_last_lsn.max(boundary.lsn);
+        self.installed_boundary = Some(boundary);
+        // Snapshot content is committed by construction (the primary snapshots
+        // committed state); the driver persisted the watermark before restoring.
+        if boundary.lsn > self.commit_lsn {
+            self.commit_lsn = boundary.lsn;
+            out.push(Action::PersistCommit(boundary.lsn));
+        }
+        // The boundary check verified the primary's history against ours; adopt it
+        // so the boundary's epoch is part of the durable fencing bound.
+        let history = t.map(|t| t.primary_epochs).unwrap_or_default();
+        if history != self.epoch_history && !history.entries.is_empty() {
+            self.highest_epoch_seen = self.highest_epoch_seen.max(highest_epoch(&history));
+            self.epoch_history = history.clone();
+            out.push(Action::PersistEpochs(history));
+        }
+        tracing::info!(
+            lsn = boundary.lsn,
+            epoch = boundary.epoch,
+            "snapshot installed: reconnecting to stream from the boundary"
+        );
+        // The next Hello carries last = boundary, which the primary proves.
+        self.failures = 0;
+        self.session = None;
+        self.probe = None;
+        self.phase = Phase::Disconnected;
+        out.push(Action::Reconnect {
+            after_ms: 0,
+            reason: SessionEnd::ConnectionLost {
+                detail: format!("snapshot at lsn {} installed; reconnecting", boundary.lsn),
+            },
+        });
+    }
+
+    fn on_snapshot_failed(
+        &mut self,
+        class: FailureClass,
+        detail: String,
+        now_ms: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let offer = self.transfer.take().and_then(|t| t.offer);
+        let boundary = offer.map_or(Position::ZERO, |o| o.boundary);
+        let (reason, expected) = match class {
+            FailureClass::Invalid => (
+                HaltReason::SnapshotInvalid,
+                "a snapshot whose chunks, trailer and header verify (spec/snapshot-format.md §1.4)",
+            ),
+            FailureClass::Boundary => (
+                HaltReason::SnapshotBoundary,
+                "a boundary that is part of this replica's history (spec/snapshot-format.md §3)",
+            ),
+            FailureClass::LocalCorruption => (
+                HaltReason::LocalCorruption,
+                "the local snapshot store and WAL consistent",
+            ),
+            FailureClass::NodeStop => {
+                // The driver stops the node on these; a core fed one just ends the session.
+                debug_assert!(
+                    false,
+                    "SnapshotFailed(NodeStop) must stop the node, not be fed"
+                );
+                self.end_session(SessionEnd::Protocol { detail }, out);
+                return;
+            }
+        };
+        let rejection = Rejection {
+            reason,
+            lsn: boundary.lsn,
+            epoch: boundary.epoch,
+            expected: expected.to_string(),
+            found: detail.clone(),
+            detail: format!(
+                "snapshot with boundary {boundary} from the primary rejected: {detail}; \
+                 the partial snapshot was discarded, the WAL, installed snapshot and commit \
+                 watermark are unchanged"
+            ),
+        };
+        self.do_halt(rejection, now_ms, out);
+    }
+
     fn on_records(&mut self, batch: RecordBatch, now_ms: u64, out: &mut Vec<Action>) {
         let session_epoch = self.session.as_ref().map_or(0, |s| s.epoch);
-        match verify_batch(
+        match verify_batch_with_history(
             self.last,
             session_epoch,
+            Some(&self.epoch_history),
             &batch,
             self.config.max_record_bytes,
         ) {
             Ok(None) => {}
             Ok(Some(last)) => {
+                self.installed_boundary = None;
                 self.last = last;
                 self.primary_last_lsn = self.primary_last_lsn.max(last.lsn);
                 out.push(Action::AppendVerified(VerifiedBatch {
@@ -702,7 +961,26 @@ impl ReplicaCore {
                 }));
                 out.push(Action::Sync);
             }
-            Err(rejection) => {
+            Err(mut rejection) => {
+                if let Some(b) = self.installed_boundary.filter(|b| *b == self.last) {
+                    // FM-7.2, second half: the first record after an installed
+                    // snapshot must chain to its boundary.
+                    let chain = matches!(
+                        rejection.reason,
+                        HaltReason::Gap
+                            | HaltReason::Duplicate
+                            | HaltReason::Reorder
+                            | HaltReason::Divergence
+                            | HaltReason::EpochRegression
+                    );
+                    if chain && rejection.lsn <= b.lsn + 1 {
+                        rejection.reason = HaltReason::SnapshotBoundary;
+                        rejection.detail = format!(
+                            "the first record after the installed snapshot (boundary {b}) does not chain to it: {}",
+                            rejection.detail
+                        );
+                    }
+                }
                 self.do_halt(rejection, now_ms, out);
                 return;
             }
@@ -745,6 +1023,7 @@ impl ReplicaCore {
         self.phase = Phase::Halted;
         self.session = None;
         self.probe = None;
+        self.transfer = None;
         self.halt = Some(record.clone());
         out.push(Action::Halt(record));
     }
@@ -763,18 +1042,36 @@ fn highest_epoch(h: &EpochHistory) -> u64 {
 /// 1. integrity, record by record in frame order: the length bound, the record
 ///    lying whole inside the frame (else `malformed-batch`), crc and flags
 ///    (`checksum`);
-/// 2. frame consistency: `count` and `first_lsn` agree with the records
-///    (`malformed-batch`);
-/// 3. reorder: the lsns are exactly `{last+1 ..= last+n}` but not ascending;
-/// 4. per record, the chain rule against the previous one: lsn above
+/// 2. frame consistency: `count` agrees with the records (`malformed-batch`);
+/// 3. reorder: the lsns are exactly `{last+1 ..= last+n}` but not ascending
+///    (before the `first_lsn` check: a reordered frame whose header names the
+///    expected first lsn is a reorder, FM-5.2);
+/// 4. frame consistency: `first_lsn` is the first record's lsn (`malformed-batch`);
+/// 5. per record, the chain rule against the previous one: lsn above
 ///    `last + 1` (`reorder` if the expected lsn appears later in the frame,
 ///    else `gap`), lsn at or below `last` (`duplicate`), `prev_crc` differing
 ///    from the previous crc (`divergence`), epoch below the previous record's
 ///    (`epoch-regression`);
-/// 5. a record epoch above the primary's announced epoch (`divergence`).
+/// 6. a record epoch above the primary's announced epoch (`divergence`);
+/// 7. (only [`verify_batch_with_history`]) the record's epoch is the one the
+///    primary's epoch history assigns to its lsn: below it `epoch-regression`,
+///    above it `divergence`.
 pub fn verify_batch(
     last: Position,
     primary_epoch: u64,
+    batch: &RecordBatch,
+    max_record_bytes: u32,
+) -> Result<Option<Position>, Rejection> {
+    verify_batch_with_history(last, primary_epoch, None, batch, max_record_bytes)
+}
+
+/// [`verify_batch`] plus check 7 against `history` (the epoch history adopted
+/// from the primary's `Welcome`); lsns before the history's first entry are not
+/// checked by it.
+pub fn verify_batch_with_history(
+    last: Position,
+    primary_epoch: u64,
+    history: Option<&EpochHistory>,
     batch: &RecordBatch,
     max_record_bytes: u32,
 ) -> Result<Option<Position>, Rejection> {
@@ -844,16 +1141,6 @@ pub fn verify_batch(
     let Some(first) = headers.first() else {
         return Ok(None);
     };
-    if first.lsn != batch.first_lsn {
-        return Err(Rejection {
-            reason: HaltReason::MalformedBatch,
-            lsn: batch.first_lsn,
-            epoch: first.epoch,
-            expected: format!("first record lsn {} (batch first_lsn)", batch.first_lsn),
-            found: format!("first record lsn {}", first.lsn),
-            detail: "the batch header's first_lsn disagrees with its first record".into(),
-        });
-    }
     // (3) reorder: a permutation of the expected lsns that is not ascending.
     let n = headers.len() as u64;
     let expected_range = (last.lsn + 1)..=(last.lsn + n);
@@ -884,7 +1171,18 @@ pub fn verify_batch(
             });
         }
     }
-    // (4) chain and (5) epoch bound, record by record.
+    // (4) first_lsn consistency.
+    if first.lsn != batch.first_lsn {
+        return Err(Rejection {
+            reason: HaltReason::MalformedBatch,
+            lsn: batch.first_lsn,
+            epoch: first.epoch,
+            expected: format!("first record lsn {} (batch first_lsn)", batch.first_lsn),
+            found: format!("first record lsn {}", first.lsn),
+            detail: "the batch header's first_lsn disagrees with its first record".into(),
+        });
+    }
+    // (5) chain, (6) epoch bound and (7) epoch history, record by record.
     let mut prev = last;
     for (i, h) in headers.iter().enumerate() {
         if let Err(e) = check_successor(prev, h) {
@@ -964,6 +1262,26 @@ pub fn verify_batch(
                 found: format!("epoch {}", h.epoch),
                 detail: "a record from an epoch later than its primary's cannot be in the primary's history".into(),
             });
+        }
+        if let Some(want) = history.and_then(|hist| hist.epoch_at(h.lsn)) {
+            if h.epoch != want {
+                let below = h.epoch < want;
+                return Err(Rejection {
+                    reason: if below {
+                        HaltReason::EpochRegression
+                    } else {
+                        HaltReason::Divergence
+                    },
+                    lsn: h.lsn,
+                    epoch: h.epoch,
+                    expected: format!("epoch {want} (the primary's epoch history at lsn {})", h.lsn),
+                    found: format!("epoch {}", h.epoch),
+                    detail: format!(
+                        "record {} carries epoch {} but the primary's epoch history assigns lsn {} to epoch {want}",
+                        h.lsn, h.epoch, h.lsn
+                    ),
+                });
+            }
         }
         prev = h.position();
     }

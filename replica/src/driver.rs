@@ -18,14 +18,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
-use walship_wal::state::NodeDir;
+use walship_snapshot::{
+    EpochCheck, FailureClass, Install, Limits, RecoveryReport, SnapshotEnd, SnapshotError,
+    SnapshotStore,
+};
+use walship_wal::state::{EpochHistory, NodeDir};
 use walship_wal::OpenReport;
-use walship_wal::{Lsn, Storage, Wal, WalError};
+use walship_wal::{Lsn, Position, SharedWal, Storage, Wal, WalError};
 use walship_wire::message::Message;
 use walship_wire::CloseCode;
 use walship_wire::{read_frame, FrameError, FrameWriter, MAX_FRAME_BYTES};
 
-use crate::core::{Action, CoreConfig, DurableState, Event, Phase, ReplicaCore, SessionEnd};
+use crate::core::{
+    Action, CoreConfig, DurableState, Event, LocalLog, Phase, ReplicaCore, SessionEnd,
+};
 use crate::halt::{read_halt, write_halt, HaltReason, HaltRecord};
 use crate::{Applier, ReplicaConfig, ReplicaError, ReplicaState, ReplicaStatus, Role, Shared};
 
@@ -121,13 +127,13 @@ fn halted_shared(
 pub(crate) fn start<S: Storage>(
     storage: S,
     config: ReplicaConfig,
-    applier: Box<dyn Applier>,
+    mut applier: Box<dyn Applier>,
 ) -> Result<(Arc<Shared>, Option<DriverHandle>), ReplicaError> {
     let span = tracing::info_span!("replica", node = %config.node_id);
     let _enter = span.enter();
     let node_dir = NodeDir::open(storage.clone(), &config.data_dir)?;
     let state_dir = node_dir.state_dir().to_path_buf();
-    let commit_lsn = node_dir.commit_lsn()?;
+    let mut commit_lsn = node_dir.commit_lsn()?;
     let epoch_history = node_dir.epochs()?;
     let highest_epoch = epoch_history
         .entries
@@ -135,7 +141,7 @@ pub(crate) fn start<S: Storage>(
         .map(|e| e.epoch)
         .max()
         .unwrap_or(0);
-    let applied_lsn = applier.applied_lsn();
+    let mut applied_lsn = applier.applied_lsn();
 
     if let Some(record) = read_halt(&storage, &state_dir)? {
         tracing::warn!(reason = %record.reason, lsn = record.lsn, epoch = record.epoch, "replica is halted: not opening the WAL, not connecting");
@@ -150,7 +156,14 @@ pub(crate) fn start<S: Storage>(
         .load()
         .map_err(walship_wire::EndpointError::from)?;
 
-    let (wal, report) = match Wal::open(storage.clone(), node_dir.wal_dir(), config.wal) {
+    // Discards every tmp-* directory: an install interrupted before its commit
+    // point leaves the replica exactly in its previous state (FM-4.3, FM-X.8).
+    let (snapshots, store_report) =
+        SnapshotStore::open(storage.clone(), node_dir.snapshot_dir(), Limits::default())?;
+    if !store_report.discarded_tmp.is_empty() {
+        tracing::warn!(discarded = ?store_report.discarded_tmp, "discarded interrupted snapshot transfers");
+    }
+    let (mut wal, report) = match Wal::open(storage.clone(), node_dir.wal_dir(), config.wal) {
         Ok(x) => x,
         Err(WalError::Corruption(report)) => {
             // FM-X.6: the replica refuses to start; the halt names where. Nothing is cut.
@@ -182,6 +195,68 @@ pub(crate) fn start<S: Storage>(
     {
         tracing::warn!(segment = %segment.display(), offset, bytes_cut, lsn = last.lsn, "cut a torn, never-synced WAL tail at open");
     }
+    // FM-10.5: an install interrupted after its commit point is completed (the
+    // WAL reset to the boundary) before anything reads the WAL; a snapshot and a
+    // WAL that disagree are local corruption.
+    let installed_boundary = match snapshots.recover(&mut wal) {
+        Ok(RecoveryReport::NoSnapshot) => None,
+        Ok(RecoveryReport::Consistent { boundary }) => Some(boundary),
+        Ok(RecoveryReport::RolledForward {
+            boundary,
+            old_wal_last,
+        }) => {
+            tracing::warn!(
+                lsn = boundary.lsn,
+                epoch = boundary.epoch,
+                old_last_lsn = old_wal_last.lsn,
+                "completed a snapshot install interrupted after its commit point"
+            );
+            Some(boundary)
+        }
+        Err(e) if e.class() == FailureClass::LocalCorruption => {
+            let record = HaltRecord {
+                reason: HaltReason::LocalCorruption,
+                lsn: wal.last().lsn,
+                epoch: highest_epoch,
+                expected: "the newest snapshot's boundary record in the WAL".into(),
+                found: e.to_string(),
+                peer: "local".into(),
+                at_unix_ms: now_unix_ms(),
+                detail: format!("snapshot store and WAL disagree at open: {e}"),
+            };
+            tracing::error!(error = %e, "snapshot store and WAL disagree at open: halting");
+            write_halt(&storage, &state_dir, &record)?;
+            return Ok((
+                halted_shared(&config, record, commit_lsn, applied_lsn, highest_epoch),
+                None,
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(b) = installed_boundary {
+        // Snapshot content is committed by construction: a crash between an
+        // install and its `state/commit` write must not leave the watermark below it.
+        commit_lsn = commit_lsn.max(b.lsn);
+        if applied_lsn < b.lsn {
+            // The embedder is behind the installed snapshot (in-memory state, or a
+            // crash between install and restore): restore it before replaying the WAL.
+            let Some(sink) = applier.snapshot_sink() else {
+                return Err(ReplicaError::Config(format!(
+                    "the applier's applied lsn {applied_lsn} is below the installed snapshot's boundary {b} and it has no snapshot sink"
+                )));
+            };
+            let snap = snapshots.newest()?.ok_or_else(|| {
+                ReplicaError::Runtime("the recovered snapshot disappeared".into())
+            })?;
+            snapshots.restore(&snap, sink)?;
+            applied_lsn = b.lsn;
+            tracing::info!(
+                lsn = b.lsn,
+                epoch = b.epoch,
+                "restored the applier from the installed snapshot"
+            );
+        }
+    }
     let last = wal.last();
     let durable = wal.durable_lsn();
     let available = commit_lsn.min(durable);
@@ -191,7 +266,7 @@ pub(crate) fn start<S: Storage>(
             available_lsn: available,
         });
     }
-    let core = ReplicaCore::new(
+    let mut core = ReplicaCore::new(
         CoreConfig {
             node_id: config.node_id.clone(),
             cluster_id: config.cluster_id.clone(),
@@ -208,17 +283,25 @@ pub(crate) fn start<S: Storage>(
             halt: None,
         },
     );
+    core.set_snapshot_install(applier.snapshot_sink().is_some());
+    core.set_installed_boundary(installed_boundary);
     let shared = Arc::new(Shared {
         gate: RwLock::new(None),
         status: Mutex::new(status_for(&config, ReplicaState::Connecting)),
     });
     // Replaying committed records happens here, before open returns (FM-4.2).
+    let (sync_tx, sync_rx) = mpsc::unbounded_channel();
     let mut driver = Driver {
         config,
         core,
-        wal,
+        wal: SharedWal::new(wal),
+        sync_in_flight: false,
+        sync_tx,
+        sync_rx,
         node_dir,
         state_dir,
+        snapshots,
+        install: None,
         applier,
         shared: Arc::clone(&shared),
         sync_pending: false,
@@ -236,7 +319,7 @@ pub(crate) fn start<S: Storage>(
         connected: false,
     };
     driver.feed(Event::Start)?;
-    driver.flush(false)?;
+    driver.flush_blocking()?;
     // The first connection is not the end of a session.
     driver.last_session_end = None;
     driver.publish_status();
@@ -301,12 +384,34 @@ async fn read_loop(mut recv: quinn::RecvStream, tx: mpsc::Sender<Inbound>) {
     }
 }
 
+/// The core's view of the shared WAL.
+struct SharedLog<'a, S: Storage>(&'a SharedWal<S>);
+
+impl<S: Storage> LocalLog for SharedLog<'_, S> {
+    fn position_at(&mut self, lsn: Lsn) -> Result<Option<Position>, WalError> {
+        self.0.with(|w| w.position_at(lsn))
+    }
+}
+
+/// Result of a background group sync: the lsn made durable, or the fatal error.
+type SyncResult = Result<Lsn, WalError>;
+
 struct Driver<S: Storage> {
     config: ReplicaConfig,
     core: ReplicaCore,
-    wal: Wal<S>,
+    /// Appends go through `with` (short lock); group syncs run on a blocking
+    /// thread outside the append lock, so receiving and appending continue
+    /// while the previous records are fsynced.
+    wal: Arc<SharedWal<S>>,
+    sync_in_flight: bool,
+    sync_tx: mpsc::UnboundedSender<SyncResult>,
+    sync_rx: mpsc::UnboundedReceiver<SyncResult>,
     node_dir: NodeDir<S>,
     state_dir: PathBuf,
+    /// `DIR/snapshots`.
+    snapshots: SnapshotStore<S>,
+    /// The snapshot being received (between `SnapshotBegin` and its end).
+    install: Option<Install<S>>,
     applier: Box<dyn Applier>,
     shared: Arc<Shared>,
     sync_pending: bool,
@@ -327,7 +432,9 @@ struct Driver<S: Storage> {
 impl<S: Storage> Driver<S> {
     /// Feeds one event to the core and performs the resulting actions.
     fn feed(&mut self, event: Event) -> Result<(), ReplicaError> {
-        let actions = self.core.handle(event, now_unix_ms(), &mut self.wal)?;
+        let actions = self
+            .core
+            .handle(event, now_unix_ms(), &mut SharedLog(&self.wal))?;
         self.perform(actions)
     }
 
@@ -340,7 +447,7 @@ impl<S: Storage> Driver<S> {
             match action {
                 Action::Send(msg) => self.outbox.push(msg),
                 Action::AppendVerified(batch) => {
-                    let pos = self.wal.append_verified_batch(&batch.bytes)?;
+                    let pos = self.wal.with(|w| w.append_verified_batch(&batch.bytes))?;
                     assert_eq!(
                         pos, batch.last,
                         "the WAL's last position after append must be the core's"
@@ -363,6 +470,45 @@ impl<S: Storage> Driver<S> {
                 }
                 Action::Apply { up_to } => self.apply_pending = Some(up_to),
                 Action::Halt(record) => self.halt(record)?,
+                Action::SnapshotBegin(offer) => {
+                    if let Some(old) = self.install.take() {
+                        self.discard_install(old);
+                    }
+                    match self.snapshots.begin_install(&offer) {
+                        Ok(install) => self.install = Some(install),
+                        Err(e) => self.snapshot_failed(e)?,
+                    }
+                }
+                Action::SnapshotChunk(chunk) => {
+                    let Some(install) = self.install.as_mut() else {
+                        return Err(ReplicaError::Runtime(
+                            "snapshot chunk without an install in progress".into(),
+                        ));
+                    };
+                    if let Err(e) = install.push_chunk(&chunk) {
+                        let failed = self.install.take();
+                        // The halt (if any) is durable before the partial snapshot goes.
+                        let r = self.snapshot_failed(e);
+                        if let Some(i) = failed {
+                            self.discard_install(i);
+                        }
+                        r?;
+                    }
+                }
+                Action::SnapshotFinish {
+                    end,
+                    primary_epochs,
+                } => self.finish_snapshot(&end, &primary_epochs)?,
+                Action::SnapshotAbort => {
+                    if let Some(i) = self.install.take() {
+                        tracing::info!(
+                            lsn = i.header().boundary.lsn,
+                            chunks = i.next_index(),
+                            "session ended mid-transfer: partial snapshot discarded (FM-X.8)"
+                        );
+                        self.discard_install(i);
+                    }
+                }
                 Action::Reconnect { after_ms, reason } => {
                     self.last_session_end = Some(reason.to_string());
                     self.reconnect = Some((after_ms, reason));
@@ -370,6 +516,86 @@ impl<S: Storage> Driver<S> {
             }
         }
         Ok(())
+    }
+
+    /// Discards a partial snapshot; a leftover `tmp-*` is removed by the next open anyway.
+    fn discard_install(&mut self, install: Install<S>) {
+        if let Err(e) = install.abort() {
+            tracing::warn!(error = %e, "could not discard a partial snapshot (the next open removes it)");
+        }
+    }
+
+    /// A snapshot failure: halts through the core (invalid, boundary, local
+    /// corruption) or stops the node (I/O, embedder: `NodeStop`).
+    fn snapshot_failed(&mut self, e: SnapshotError) -> Result<(), ReplicaError> {
+        match e.class() {
+            FailureClass::NodeStop => Err(e.into()),
+            class => {
+                tracing::error!(error = %e, ?class, "snapshot rejected");
+                self.feed(Event::SnapshotFailed {
+                    class,
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Completes a received snapshot: verify, boundary check, publish, WAL reset
+    /// (`VerifiedSnapshot::commit`), commit watermark, restore into the applier.
+    fn finish_snapshot(
+        &mut self,
+        end: &SnapshotEnd,
+        primary_epochs: &EpochHistory,
+    ) -> Result<(), ReplicaError> {
+        let Some(install) = self.install.take() else {
+            return Err(ReplicaError::Runtime(
+                "snapshot end without an install in progress".into(),
+            ));
+        };
+        // Removes the tmp directory itself on failure.
+        let verified = match install.finish(end) {
+            Ok(v) => v,
+            Err(e) => return self.snapshot_failed(e),
+        };
+        // Nothing may be appending or syncing while the WAL is reset.
+        let last = self.wal.last().lsn;
+        if self.wal.durable_lsn() < last {
+            self.wal.wait_durable(last)?;
+        }
+        let local = self.core.epoch_history().clone();
+        let committed = self.wal.with(|w| {
+            verified.commit(
+                w,
+                Some(EpochCheck {
+                    local: &local,
+                    primary: primary_epochs,
+                }),
+            )
+        });
+        let outcome = match committed {
+            Ok(o) => o,
+            Err(e) => return self.snapshot_failed(e),
+        };
+        let boundary = outcome.installed.boundary;
+        // Published and the WAL reset: persist the watermark before the restore, so
+        // a crash here never leaves the commit below the snapshot (FM-10.5).
+        let commit = self.persisted_commit.max(boundary.lsn);
+        self.node_dir.set_commit_lsn(commit)?;
+        self.persisted_commit = commit;
+        self.commit_pending = None;
+        self.apply_pending = None;
+        let Some(sink) = self.applier.snapshot_sink() else {
+            return Err(ReplicaError::Runtime(
+                "snapshot installed but the applier has no snapshot sink".into(),
+            ));
+        };
+        if let Err(e) = self.snapshots.restore(&outcome.installed, sink) {
+            return self.snapshot_failed(e);
+        }
+        self.applied = boundary.lsn;
+        tracing::info!(lsn = boundary.lsn, epoch = boundary.epoch, verdict = ?outcome.verdict,
+            "snapshot installed and restored into the applier");
+        self.feed(Event::SnapshotInstalled { boundary })
     }
 
     /// Performs a halt: read gate closed, halt file written and fsynced, then nothing more.
@@ -387,7 +613,8 @@ impl<S: Storage> Driver<S> {
                 Err(poisoned) => poisoned.into_inner(),
             };
             *gate = Some(record.clone());
-            write_halt(self.wal.storage(), &self.state_dir, &record)?;
+            let storage = self.wal.with(|w| w.storage().clone());
+            write_halt(&storage, &self.state_dir, &record)?;
         }
         self.apply_pending = None;
         self.commit_pending = None;
@@ -395,40 +622,88 @@ impl<S: Storage> Driver<S> {
         // Verified records appended before the failing batch stay; make them durable
         // so the directory is exactly what it was at the halt. A failure here is logged:
         // the halt is already durable.
-        if self.sync_pending {
-            if let Err(e) = self.wal.sync() {
+        let last = self.wal.last().lsn;
+        if self.wal.durable_lsn() < last {
+            if let Err(e) = self.wal.wait_durable(last) {
                 tracing::error!(error = %e, "sync after halt failed");
             }
-            self.sync_pending = false;
         }
+        self.sync_pending = false;
         self.shared.update_status(|s| {
             s.state = ReplicaState::Halted(record.clone());
         });
         Ok(())
     }
 
-    /// The deferred work of a step: group sync, receipts, commit file, applier.
+    /// The deferred work of a step while streaming: start a background group
+    /// sync (if one is requested and none runs), then the commit file and the applier.
     ///
     /// `busy`: more frames are already waiting. Then the commit file and the
     /// applier are deferred for up to [`MAX_DEFERRED_STEPS`] steps, so a catch-up
-    /// pays one WAL fdatasync per step, not three fsyncs. Receipts are never deferred.
+    /// pays WAL fdatasyncs only. Receipts are never deferred (they follow each sync).
     fn flush(&mut self, busy: bool) -> Result<(), ReplicaError> {
         if self.halted {
             return Ok(());
         }
-        if self.sync_pending {
-            self.sync_pending = false;
-            self.unsynced_bytes = 0;
-            let lsn = self.wal.sync()?;
-            self.feed(Event::Durable { lsn })?;
-            if self.halted {
-                return Ok(());
-            }
-        }
+        self.start_sync();
         if busy && self.deferred_steps < MAX_DEFERRED_STEPS {
             self.deferred_steps += 1;
             return Ok(());
         }
+        self.commit_and_apply()
+    }
+
+    /// Like [`Driver::flush`] but synchronous and complete: everything appended is
+    /// durable (receipt queued), the commit file written, the applier caught up.
+    /// Used outside streaming: at open, when a session ends, at shutdown.
+    fn flush_blocking(&mut self) -> Result<(), ReplicaError> {
+        if self.halted {
+            return Ok(());
+        }
+        let target = self.wal.last().lsn;
+        if self.sync_pending || self.wal.durable_lsn() < target {
+            // Waits for a running background sync, then leads one for the rest.
+            self.wal.wait_durable(target)?;
+        }
+        self.sync_pending = false;
+        self.unsynced_bytes = 0;
+        let lsn = self.wal.durable_lsn();
+        self.feed(Event::Durable { lsn })?;
+        if self.halted {
+            return Ok(());
+        }
+        self.commit_and_apply()
+    }
+
+    /// Starts a group sync of everything appended so far on a blocking thread;
+    /// its result arrives on `sync_rx` ([`Driver::sync_done`]).
+    fn start_sync(&mut self) {
+        if !self.sync_pending || self.sync_in_flight {
+            return;
+        }
+        self.sync_pending = false;
+        self.unsynced_bytes = 0;
+        self.sync_in_flight = true;
+        let wal = Arc::clone(&self.wal);
+        let tx = self.sync_tx.clone();
+        let target = wal.last().lsn;
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.send(wal.wait_durable(target).map(|()| target));
+        });
+    }
+
+    /// A background sync finished: report durability to the core (receipt,
+    /// apply). A sync error is fatal: the node stops, never retries (FM-X.4).
+    fn sync_done(&mut self, result: SyncResult) -> Result<(), ReplicaError> {
+        self.sync_in_flight = false;
+        let lsn = result?;
+        if self.halted {
+            return Ok(());
+        }
+        self.feed(Event::Durable { lsn })
+    }
+
+    fn commit_and_apply(&mut self) -> Result<(), ReplicaError> {
         self.deferred_steps = 0;
         if let Some(c) = self.commit_pending.take() {
             self.node_dir.set_commit_lsn(c)?;
@@ -486,6 +761,7 @@ impl<S: Storage> Driver<S> {
             Phase::Idle | Phase::Disconnected => ReplicaState::Connecting,
             Phase::AwaitWelcome | Phase::Probing => ReplicaState::Handshaking,
             Phase::Streaming => ReplicaState::Streaming,
+            Phase::ReceivingSnapshot => ReplicaState::ReceivingSnapshot,
         };
         let durable = self.wal.durable_lsn();
         let primary = core.primary();
@@ -528,10 +804,9 @@ impl<S: Storage> Driver<S> {
         let result = self.run_inner(&material, &mut stop).await;
         match &result {
             Ok(()) => {
-                if !self.halted && !self.wal.is_poisoned() {
+                if !self.halted && !self.wal.with(|w| w.is_poisoned()) {
                     // Make appended records durable and finish deferred work on the way out.
-                    self.sync_pending |= self.wal.durable_lsn() < self.wal.last().lsn;
-                    if let Err(e) = self.flush(false) {
+                    if let Err(e) = self.flush_blocking() {
                         tracing::error!(error = %e, "final sync/apply at shutdown failed");
                     }
                 }
@@ -604,7 +879,7 @@ impl<S: Storage> Driver<S> {
                     self.feed(Event::SessionEnded(SessionEnd::ConnectFailed {
                         detail: e.to_string(),
                     }))?;
-                    self.flush(false)?;
+                    self.flush_blocking()?;
                     self.publish_status();
                     continue;
                 }
@@ -638,7 +913,7 @@ impl<S: Storage> Driver<S> {
                 self.feed(Event::SessionEnded(SessionEnd::ConnectionLost {
                     detail: e.to_string(),
                 }))?;
-                self.flush(false)?;
+                self.flush_blocking()?;
                 return Ok(());
             }
         };
@@ -716,12 +991,32 @@ impl<S: Storage> Driver<S> {
             }
             self.publish_status();
             if self.halted || self.reconnect.is_some() {
-                self.flush(false)?;
+                self.flush_blocking()?;
                 return Ok(());
             }
-            let first = tokio::select! {
-                m = rx.recv() => m,
-                _ = stop.changed() => return Ok(()),
+            enum Woke {
+                Frame(Option<Inbound>),
+                Synced(Option<SyncResult>),
+                Stop,
+            }
+            let in_flight = self.sync_in_flight;
+            let woke = tokio::select! {
+                m = rx.recv() => Woke::Frame(m),
+                r = self.sync_rx.recv(), if in_flight => Woke::Synced(r),
+                _ = stop.changed() => Woke::Stop,
+            };
+            let first = match woke {
+                Woke::Stop => return Ok(()),
+                Woke::Synced(r) => {
+                    let r = r.ok_or_else(|| {
+                        ReplicaError::Runtime("sync result channel closed".into())
+                    })?;
+                    self.sync_done(r)?;
+                    let busy = !rx.is_empty();
+                    self.flush(busy)?;
+                    continue;
+                }
+                Woke::Frame(m) => m,
             };
             let Some(first) = first else {
                 self.feed(Event::SessionEnded(SessionEnd::ConnectionLost {

