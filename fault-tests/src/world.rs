@@ -282,6 +282,9 @@ pub struct World {
     /// The facts for the checkers.
     pub oracle: Oracle,
     taps: BTreeMap<NodeId, FrameFault>,
+    /// The last faulty frame sent to each replica: when it is delivered the
+    /// replica must halt on it.
+    faulty_frames: BTreeMap<NodeId, RecordBatch>,
     next_tick: u64,
 }
 
@@ -509,6 +512,7 @@ impl World {
             replicas,
             oracle: Oracle::default(),
             taps: BTreeMap::new(),
+            faulty_frames: BTreeMap::new(),
             next_tick: 0,
         };
         make_dirs(&w.primary.storage).map_err(|e| format!("p0 mkdir: {e}"))?;
@@ -772,6 +776,7 @@ impl World {
                                         node_name(peer)
                                     ),
                                 );
+                                self.faulty_frames.insert(peer, bad.clone());
                                 msg = Message::Records(bad);
                             }
                         }
@@ -1573,7 +1578,22 @@ impl World {
                 self.step,
                 format!("{} <- p0 {}", node_name(n), describe(&m)),
             );
+            let faulty = matches!(&m, Message::Records(b) if self.faulty_frames.get(&n) == Some(b));
             self.replica_event(n, REvent::Received(m));
+            if faulty {
+                self.faulty_frames.remove(&n);
+                // Damage must never be accepted as valid: the frame halts.
+                let halted = self.replica(n).halted.is_some() || self.replica(n).up.is_none();
+                if !halted {
+                    self.oracle.action_violations.push((
+                        "a faulty frame is never accepted (FM-5.2, FM-6.1, FM-6.2, FM-X.3)",
+                        format!(
+                            "{} accepted a faulty Records frame without halting",
+                            node_name(n)
+                        ),
+                    ));
+                }
+            }
         }
         if let Some(e) = bad {
             self.replica_event(
