@@ -47,6 +47,19 @@ impl Log {
         self.records.push(out);
         self.positions.push(pos);
     }
+    /// The epoch history of this log, ending with `epoch` (the primary's current one).
+    fn history(&self, epoch: u64) -> EpochHistory {
+        let mut h = EpochHistory::new();
+        for p in &self.positions {
+            if h.last_epoch() < p.epoch {
+                h.push(p.epoch, p.lsn).expect("increasing");
+            }
+        }
+        if h.last_epoch() < epoch {
+            h.push(epoch, self.last().lsn + 1).expect("increasing");
+        }
+        h
+    }
     fn prefix(&self, n: Lsn) -> Log {
         Log {
             records: self.records[..n as usize].to_vec(),
@@ -97,10 +110,7 @@ fn welcome(primary: &Log, epoch: u64, replica_last: Lsn, commit_lsn: Lsn) -> Mes
         at_replica_last: primary.at(replica_last),
         primary_last: primary.last(),
         commit_lsn,
-        epoch_history: vec![EpochEntry {
-            epoch,
-            start_lsn: 1,
-        }],
+        epoch_history: primary.history(epoch).entries,
     })
 }
 
@@ -758,7 +768,12 @@ fn front_truncated_primary_ends_session_as_snapshot_required() {
 // ---------------------------------------------------------------- properties
 
 /// An independent, boolean statement of "this batch may be appended after `last`".
-fn oracle_valid(last: Position, primary_epoch: u64, b: &RecordBatch) -> bool {
+fn oracle_valid(
+    last: Position,
+    primary_epoch: u64,
+    history: Option<&EpochHistory>,
+    b: &RecordBatch,
+) -> bool {
     let mut prev = last;
     let mut off = 0;
     let mut n = 0u32;
@@ -773,6 +788,9 @@ fn oracle_valid(last: Position, primary_epoch: u64, b: &RecordBatch) -> bool {
             || v.prev_crc() != prev.crc
             || v.epoch() < prev.epoch
             || v.epoch() > primary_epoch
+            || history
+                .and_then(|h| h.epoch_at(v.lsn()))
+                .is_some_and(|e| e != v.epoch())
         {
             return false;
         }
@@ -926,7 +944,12 @@ proptest! {
         let mut h = streaming_harness_epoch(&primary, have as Lsn);
         let recs: Vec<Vec<u8>> = primary.records[have..to].to_vec();
         let batch = mutate(recs, have as Lsn + 1, &m);
-        let valid = oracle_valid(h.core.last(), primary.last().epoch, &batch);
+        let valid = oracle_valid(
+            h.core.last(),
+            primary.last().epoch,
+            Some(h.core.epoch_history()),
+            &batch,
+        );
         let before = h.appended.len();
         let actions = h.feed(Event::Received(Message::Records(batch.clone())));
         if valid {
@@ -1084,7 +1107,7 @@ proptest! {
     ) {
         let batch = RecordBatch { first_lsn, count, bytes, commit_lsn: 0 };
         if let Ok(Some(_)) = verify_batch(last, epoch, &batch, MAX) {
-            prop_assert!(oracle_valid(last, epoch, &batch));
+            prop_assert!(oracle_valid(last, epoch, None, &batch));
         }
     }
 
@@ -1141,4 +1164,65 @@ proptest! {
             prop_assert_eq!(Some(*pos), primary.at(i as Lsn + 1));
         }
     }
+}
+
+#[test]
+fn fm_5_2_reordered_frame_with_expected_first_lsn_in_header_is_reorder() {
+    let primary = Log::build(&[1; 10]);
+    let mut h = streaming_harness(&primary, 3);
+    // Records 5, 4 but the header says first_lsn 4 (the expected one).
+    let mut b = raw_batch(&[&primary.records[4], &primary.records[3]], 4);
+    b.commit_lsn = 0;
+    let halt = only_halt(&h.feed(Event::Received(Message::Records(b))));
+    assert_eq!((halt.reason, halt.lsn), (HaltReason::Reorder, 4));
+}
+
+#[test]
+fn fm_x_3_first_record_with_epoch_below_the_history_halts_before_append() {
+    let primary = Log::build(&[1, 1]);
+    let mut h = streaming_harness(&primary, 0);
+    // lsn 1 re-encoded with epoch 0: valid crc, prev_crc 0, no regression from ZERO.
+    let mut rec = Vec::new();
+    encode_record(1, 0, 0, b"payload-1", &mut rec);
+    let halt = only_halt(&h.feed(Event::Received(Message::Records(raw_batch(&[&rec], 1)))));
+    assert_eq!(
+        (halt.reason, halt.lsn, halt.epoch),
+        (HaltReason::EpochRegression, 1, 0)
+    );
+    assert!(halt.expected.starts_with("epoch 1 "), "{}", halt.expected);
+    assert!(h.appended.is_empty());
+    assert!(
+        !h.sent
+            .iter()
+            .any(|m| matches!(m, Message::Receipt { durable_lsn } if *durable_lsn > 0)),
+        "nothing is receipted"
+    );
+}
+
+#[test]
+fn record_epoch_above_the_history_at_its_lsn_is_divergence() {
+    // The primary is at epoch 2, which began at lsn 3; a record 2 claiming epoch 2 is not its.
+    let mut primary = Log::build(&[1]);
+    primary.push(2, b"epoch 2 starts at 2");
+    let mut h = Harness::new(&primary.prefix(1), 0, 0);
+    h.feed(Event::Start);
+    h.feed(Event::SessionStarted);
+    let mut w = match welcome(&primary, 2, 1, 0) {
+        Message::Welcome(w) => w,
+        _ => unreachable!(),
+    };
+    w.epoch_history = vec![
+        EpochEntry {
+            epoch: 1,
+            start_lsn: 1,
+        },
+        EpochEntry {
+            epoch: 2,
+            start_lsn: 3,
+        },
+    ];
+    h.feed(Event::Received(Message::Welcome(w)));
+    assert_eq!(*h.core.phase(), Phase::Streaming);
+    let halt = only_halt(&h.feed(Event::Received(Message::Records(primary.batch(2, 2, 0)))));
+    assert_eq!((halt.reason, halt.lsn), (HaltReason::Divergence, 2));
 }
