@@ -16,7 +16,11 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use walship_fuzz::with_alloc_bound;
 use walship_wal::record::{compute_crc, encode_record, DEFAULT_MAX_RECORD_BYTES, OFF_FLAGS};
-use walship_wal::segment::{segment_file_name, SegmentHeader};
+use walship_wal::segment::{
+    segment_file_name, SegmentHeader, SEGMENT_FORMAT_VERSION, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
+    SEG_OFF_CREATED_EPOCH, SEG_OFF_FIRST_LSN, SEG_OFF_GENERATION, SEG_OFF_HEADER_CRC,
+    SEG_OFF_HEADER_LEN, SEG_OFF_PREV_CRC, SEG_OFF_PREV_EPOCH, SEG_OFF_PREV_LSN, SEG_OFF_VERSION,
+};
 use walship_wal::sim::SimStorage;
 use walship_wal::{inspect, OpenReport, Position, Storage, StorageFile, Wal, WalError, WalOptions};
 
@@ -106,6 +110,30 @@ struct Input {
     append_after: bool,
 }
 
+/// The 64 header bytes with a valid header crc, for any field values: unlike
+/// `SegmentHeader::encode` (which asserts its invariant, prev.lsn + 1 == first_lsn without
+/// wrapping) it can write the headers a damaged or hostile disk holds.
+fn encode_header_any(h: &SegmentHeader) -> Vec<u8> {
+    let mut b = vec![0u8; SEGMENT_HEADER_LEN];
+    b[0..8].copy_from_slice(&SEGMENT_MAGIC);
+    b[SEG_OFF_VERSION..SEG_OFF_VERSION + 2].copy_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
+    b[SEG_OFF_HEADER_LEN..SEG_OFF_HEADER_LEN + 2]
+        .copy_from_slice(&(SEGMENT_HEADER_LEN as u16).to_le_bytes());
+    b[SEG_OFF_FIRST_LSN..SEG_OFF_FIRST_LSN + 8].copy_from_slice(&h.first_lsn.to_le_bytes());
+    b[SEG_OFF_GENERATION..SEG_OFF_GENERATION + 8].copy_from_slice(&h.generation.to_le_bytes());
+    b[SEG_OFF_CREATED_EPOCH..SEG_OFF_CREATED_EPOCH + 8]
+        .copy_from_slice(&h.created_epoch.to_le_bytes());
+    b[SEG_OFF_PREV_LSN..SEG_OFF_PREV_LSN + 8].copy_from_slice(&h.prev.lsn.to_le_bytes());
+    b[SEG_OFF_PREV_EPOCH..SEG_OFF_PREV_EPOCH + 8].copy_from_slice(&h.prev.epoch.to_le_bytes());
+    b[SEG_OFF_PREV_CRC..SEG_OFF_PREV_CRC + 4].copy_from_slice(&h.prev.crc.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..SEG_OFF_HEADER_CRC]);
+    b[SEG_OFF_HEADER_CRC..].copy_from_slice(&crc.to_le_bytes());
+    if h.prev.lsn.checked_add(1) == Some(h.first_lsn) {
+        assert_eq!(b, h.encode().to_vec(), "encode_header_any drifted from SegmentHeader::encode");
+    }
+    b
+}
+
 fn build_segment(spec: &SegSpec, cur: &mut Position, zeros: &mut usize) -> (String, Vec<u8>) {
     let header = match spec.header {
         HeaderSpec::Chained => SegmentHeader {
@@ -138,7 +166,7 @@ fn build_segment(spec: &SegSpec, cur: &mut Position, zeros: &mut usize) -> (Stri
         },
     };
     *cur = header.prev;
-    let mut bytes = header.encode().to_vec();
+    let mut bytes = encode_header_any(&header);
     for r in &spec.records {
         let start = bytes.len();
         let payload = vec![r.fill; usize::from(r.payload_len)];
