@@ -1586,7 +1586,17 @@ pub fn render(lines: &[MatrixLine], width: usize) -> String {
         .iter()
         .filter(|l| l.verdict.as_ref().is_some_and(Verdict::passed))
         .count();
-    let _ = writeln!(out, "\n{pass}/{} IDs pass", lines.len());
+    let missing = lines
+        .iter()
+        .filter(|l| matches!(l.verdict, Some(Verdict::Missing { .. })))
+        .count();
+    let unscripted = lines.iter().filter(|l| l.verdict.is_none()).count();
+    let _ = writeln!(
+        out,
+        "\n{pass}/{} IDs pass ({} fail, {missing} of them for a missing feature, {unscripted} without a scenario)",
+        lines.len(),
+        lines.len() - pass
+    );
     out
 }
 
