@@ -153,6 +153,12 @@ pub trait LogSource {
     }
     /// The first retained lsn.
     fn first_lsn(&self) -> Lsn;
+    /// The boundary of the newest installed snapshot, if any (default: none).
+    /// A replica whose next record is no longer retained gets this snapshot
+    /// ([`Action::SendSnapshot`]); the log is never truncated past it.
+    fn newest_snapshot(&self) -> Option<Position> {
+        None
+    }
     /// Whole records from `from_lsn`, at most `max_bytes` (at least one record if any), as
     /// stored bytes, never beyond [`LogSource::durable`]. Returns `(first_lsn, count, last,
     /// bytes)`, or `None` if `from_lsn` is beyond the durable end.
@@ -286,6 +292,14 @@ pub enum CloseReason {
         /// The newer connection.
         by: ConnId,
     },
+    /// The replica needs records this primary no longer retains and no snapshot
+    /// covers them yet: it reconnects (and gets a snapshot once one exists).
+    NotRetained {
+        /// The replica's last lsn.
+        replica_lsn: Lsn,
+        /// The first lsn this primary retains.
+        first_lsn: Lsn,
+    },
     /// Reading the local log failed; shipping to this replica stops.
     LogRead {
         /// The lsn being read.
@@ -310,6 +324,13 @@ impl fmt::Display for CloseReason {
                 "receipt for durable lsn {durable_lsn} beyond shipped lsn {shipped_lsn}"
             ),
             CloseReason::Superseded { by } => write!(f, "superseded by connection {by}"),
+            CloseReason::NotRetained {
+                replica_lsn,
+                first_lsn,
+            } => write!(
+                f,
+                "replica at lsn {replica_lsn} needs records below the first retained lsn {first_lsn} and no snapshot covers them"
+            ),
             CloseReason::LogRead { lsn, error } => {
                 write!(f, "reading the local log at lsn {lsn} failed: {error}")
             }
@@ -339,6 +360,19 @@ pub enum Action {
     CommitAdvanced {
         /// The new watermark.
         commit_lsn: Lsn,
+    },
+    /// The replica on `conn` needs records this primary no longer retains: send it the
+    /// newest snapshot on the connection's stream, as `SnapshotOffer`, every
+    /// `SnapshotChunk` in order, then `SnapshotEnd` (`walship_snapshot::SnapshotSender`;
+    /// each chunk re-verified from the stored file; a chunk that fails is local
+    /// corruption: close the connection, ship nothing more). Nothing else is sent on
+    /// that connection meanwhile (the core ships no records to it); the replica
+    /// installs the snapshot and reconnects from its boundary.
+    SendSnapshot {
+        /// The connection.
+        conn: ConnId,
+        /// The boundary of the snapshot to send ([`LogSource::newest_snapshot`]).
+        boundary: Position,
     },
 }
 
@@ -420,8 +454,10 @@ enum SessionState {
     AwaitingHello,
     Shipping(Ship),
     /// Handshake answered but nothing is shipped: the replica's log is not a proven prefix
-    /// (divergence search by probes, or it needs a snapshot), or it has seen a higher epoch.
+    /// (divergence search by probes), or it has seen a higher epoch.
     Idle,
+    /// The replica's next record is not retained: the driver sends it a snapshot.
+    SendingSnapshot,
 }
 
 impl SessionState {
@@ -430,6 +466,7 @@ impl SessionState {
             SessionState::AwaitingHello => "awaiting-hello",
             SessionState::Shipping(_) => "shipping",
             SessionState::Idle => "idle",
+            SessionState::SendingSnapshot => "sending-snapshot",
         }
     }
 }
@@ -748,7 +785,12 @@ impl PrimaryCore {
             return self.refuse(conn, reason, out);
         }
         let durable_lsn = log.durable_lsn();
-        let at_replica_last = if hello.last.lsn > durable_lsn {
+        let first_lsn = log.first_lsn();
+        // Below the base (the position before the first retained record) nothing is
+        // retained: position_at(0) would answer the base, which an empty replica must
+        // not take for its prefix proof.
+        let not_retained = hello.last.lsn.saturating_add(1) < first_lsn;
+        let at_replica_last = if hello.last.lsn > durable_lsn || not_retained {
             Ok(None)
         } else {
             log.position_at(hello.last.lsn)
@@ -809,9 +851,29 @@ impl PrimaryCore {
                 inflight_records: 0,
                 pending: None,
             })
+        } else if not_retained {
+            match log.newest_snapshot() {
+                // The log is never truncated past the newest snapshot, so the replica
+                // streams from boundary + 1 after installing it.
+                Some(boundary) if boundary.lsn.saturating_add(1) >= first_lsn => {
+                    tracing::info!(replica = %node_id, replica_lsn = hello.last.lsn, first_lsn,
+                        boundary = %boundary, "replica's next record is not retained: sending the snapshot");
+                    out.push(Action::SendSnapshot { conn, boundary });
+                    SessionState::SendingSnapshot
+                }
+                _ => {
+                    tracing::warn!(replica = %node_id, replica_lsn = hello.last.lsn, first_lsn,
+                        "replica's next record is not retained and no snapshot covers it");
+                    let reason = CloseReason::NotRetained {
+                        replica_lsn: hello.last.lsn,
+                        first_lsn,
+                    };
+                    return self.close(conn, reason, out);
+                }
+            }
         } else {
             tracing::warn!(replica = %node_id, replica_last = %hello.last, ours = ?at_replica_last,
-                "replica log is not a proven prefix of ours (divergence or not retained): not shipping, answering probes");
+                "replica log is not a proven prefix of ours: not shipping, answering probes");
             SessionState::Idle
         };
         if let Some(s) = self.sessions.get_mut(&conn) {

@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc as tmpsc, watch};
 use tracing::{debug, error, info, warn, Instrument};
+use walship_snapshot::{SnapshotSender, SnapshotStore, TransferItem};
 use walship_wal::state::NodeDir;
-use walship_wal::{FsStorage, Lsn, SharedWal};
+use walship_wal::{FsStorage, Lsn, Position, SharedWal};
 use walship_wire::{encode_frame, read_frame, CloseCode, FrameWriter, Message, MAX_FRAME_BYTES};
 
 use crate::core::{Action, CloseReason, ConnId, CoreStatus, Event, PrimaryCore};
@@ -61,6 +62,8 @@ pub(crate) enum CoreMsg {
 /// What a connection's writer task receives.
 pub(crate) enum Outgoing {
     Frame(Message),
+    /// Send the newest snapshot (offer, chunks, end) on this stream.
+    Snapshot(Position),
     Close(CloseReason),
 }
 
@@ -83,6 +86,11 @@ pub(crate) struct Shared {
     pub(crate) appends_in_flight: AtomicU64,
     pub(crate) next_conn: AtomicU64,
     pub(crate) started: Instant,
+    /// `DIR/snapshots`.
+    pub(crate) snapshots: SnapshotStore<FsStorage>,
+    /// Armed snapshot faults per replica (demo/test use only).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) snapshot_faults: Mutex<HashMap<String, crate::SnapshotFault>>,
 }
 
 impl Shared {
@@ -169,6 +177,12 @@ pub(crate) fn run_core(
                     if let Some((node_id, tx)) = conns.remove(&conn) {
                         warn!(replica = %node_id, conn, %reason, "closing replica connection");
                         let _ = tx.send(Outgoing::Close(reason));
+                    }
+                }
+                Action::SendSnapshot { conn, boundary } => {
+                    if let Some((node_id, tx)) = conns.get(&conn) {
+                        info!(replica = %node_id, conn, lsn = boundary.lsn, epoch = boundary.epoch, "sending snapshot");
+                        let _ = tx.send(Outgoing::Snapshot(boundary));
                     }
                 }
                 Action::CommitAdvanced { commit_lsn } => {
@@ -282,8 +296,10 @@ async fn serve_connection(
         CloseCode::ShuttingDown.close(&conn, "primary shutting down");
         return;
     }
-    let writer =
-        tokio::spawn(write_frames(conn.clone(), send, rx).instrument(tracing::Span::current()));
+    let writer = tokio::spawn(
+        write_frames(conn.clone(), send, rx, shared.clone(), node_id.clone())
+            .instrument(tracing::Span::current()),
+    );
     loop {
         match read_frame(&mut recv, MAX_FRAME_BYTES).await {
             Ok(Some(msg)) => {
@@ -321,6 +337,8 @@ async fn write_frames(
     conn: quinn::Connection,
     mut send: quinn::SendStream,
     mut rx: tmpsc::UnboundedReceiver<Outgoing>,
+    shared: Arc<Shared>,
+    node_id: String,
 ) {
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut writer = FrameWriter::default();
@@ -357,6 +375,24 @@ async fn write_frames(
                         break;
                     }
                 }
+                Outgoing::Snapshot(boundary) => {
+                    if !buf.is_empty() {
+                        if let Err(e) = send.write_all(&buf).await {
+                            debug!(error = %e, "stream write failed: the session ended");
+                            return;
+                        }
+                        buf.clear();
+                    }
+                    match send_snapshot(&shared, &node_id, boundary, &mut send, &mut buf).await {
+                        Ok(()) => buf.clear(),
+                        Err(SendSnapshotError::SessionEnded) => return,
+                        Err(SendSnapshotError::Close(reason)) => {
+                            buf.clear();
+                            close = Some(reason);
+                            break;
+                        }
+                    }
+                }
                 Outgoing::Close(reason) => {
                     close = Some(reason);
                     break;
@@ -378,7 +414,9 @@ async fn write_frames(
                 CloseReason::UnexpectedMessage { .. }
                 | CloseReason::ReceiptBeyondShipped { .. } => CloseCode::ProtocolViolation,
                 // Not the replica's fault: the session ends, the replica reconnects.
-                CloseReason::Superseded { .. } | CloseReason::LogRead { .. } => CloseCode::Normal,
+                CloseReason::Superseded { .. }
+                | CloseReason::LogRead { .. }
+                | CloseReason::NotRetained { .. } => CloseCode::Normal,
             };
             if code == CloseCode::Refused {
                 // Let the replica read the Refuse frame before the connection goes.
@@ -390,4 +428,95 @@ async fn write_frames(
         }
     }
     let _ = send.finish();
+}
+
+/// Why a snapshot transfer stopped early.
+enum SendSnapshotError {
+    /// The stream or connection is gone.
+    SessionEnded,
+    /// The snapshot cannot be sent (missing, or damaged on this primary's disk): close.
+    Close(CloseReason),
+}
+
+/// Sends the newest snapshot as offer, chunks, end on `send`. Each frame is written
+/// (and so flow-controlled by QUIC on this replica's own connection) before the next
+/// chunk is read, so a transfer holds one chunk in memory and never delays the other
+/// replicas' writer tasks. Every chunk is re-verified from the stored file before it
+/// is sent: a damaged chunk is local corruption here and is never shipped.
+async fn send_snapshot(
+    shared: &Shared,
+    node_id: &str,
+    boundary: Position,
+    send: &mut quinn::SendStream,
+    buf: &mut Vec<u8>,
+) -> Result<(), SendSnapshotError> {
+    let fail = |what: String| {
+        error!(replica = %node_id, lsn = boundary.lsn, error = %what, "cannot send the snapshot: closing the connection");
+        SendSnapshotError::Close(CloseReason::LogRead {
+            lsn: boundary.lsn,
+            error: what,
+        })
+    };
+    let snap = match shared.snapshots.newest() {
+        Ok(Some(s)) if s.boundary.lsn >= boundary.lsn => s,
+        Ok(_) => return Err(fail(format!("snapshot at lsn {} is gone", boundary.lsn))),
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    let reader = shared
+        .snapshots
+        .reader(&snap)
+        .map_err(|e| fail(e.to_string()))?;
+    #[cfg(feature = "fault-injection")]
+    let fault = shared
+        .snapshot_faults
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(node_id);
+    let started = Instant::now();
+    let mut sent_bytes = 0u64;
+    for item in SnapshotSender::new(reader) {
+        let msg = match item {
+            Ok(TransferItem::Offer(o)) => Message::SnapshotOffer(o),
+            Ok(TransferItem::Chunk(c)) => {
+                sent_bytes += c.bytes.len() as u64;
+                #[cfg(feature = "fault-injection")]
+                let c = match fault {
+                    Some(crate::SnapshotFault::CorruptChunk { index }) if c.index == index => {
+                        warn!(replica = %node_id, index, "fault injection: corrupting a shipped snapshot chunk");
+                        let mut c = c;
+                        if let Some(b) = c.bytes.first_mut() {
+                            *b ^= 0xFF;
+                        }
+                        c
+                    }
+                    Some(crate::SnapshotFault::CloseAfterChunk { index }) if c.index > index => {
+                        warn!(replica = %node_id, index, "fault injection: dropping the connection mid-transfer");
+                        return Err(SendSnapshotError::Close(CloseReason::LogRead {
+                            lsn: boundary.lsn,
+                            error: "fault injection: connection dropped mid-transfer".into(),
+                        }));
+                    }
+                    _ => c,
+                };
+                Message::SnapshotChunk(c)
+            }
+            Ok(TransferItem::End(e)) => Message::SnapshotEnd(e),
+            Err(e) => {
+                return Err(fail(format!(
+                    "snapshot chunk damaged on this primary's disk (local corruption): {e}"
+                )))
+            }
+        };
+        buf.clear();
+        if let Err(e) = encode_frame(&msg, buf) {
+            return Err(fail(format!("cannot encode a {} frame: {e}", msg.kind())));
+        }
+        if let Err(e) = send.write_all(buf).await {
+            debug!(error = %e, "stream write failed during a snapshot transfer: the session ended");
+            return Err(SendSnapshotError::SessionEnded);
+        }
+    }
+    info!(replica = %node_id, lsn = snap.boundary.lsn, epoch = snap.boundary.epoch, bytes = sent_bytes,
+        elapsed_ms = started.elapsed().as_millis() as u64, "snapshot sent");
+    Ok(())
 }

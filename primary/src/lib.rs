@@ -40,9 +40,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{info, warn};
+use walship_snapshot::retention::{plan_retention, ReplicaNeed, SegmentSpan};
+use walship_snapshot::{InstalledSnapshot, Limits, SnapshotError, SnapshotSource, SnapshotStore};
 use walship_wal::state::{DirLock, EpochHistory, NodeDir, StateError};
 use walship_wal::RECORD_HEADER_LEN;
-use walship_wal::{FsStorage, Lsn, OpenReport, SharedWal, Wal, WalError, WalOptions};
+use walship_wal::{FsStorage, Lsn, OpenReport, Position, SharedWal, Wal, WalError, WalOptions};
 use walship_wire::{CloseCode, EndpointError, TlsFiles, TransportOptions, MAX_BATCH_BYTES};
 
 #[cfg(feature = "fault-injection")]
@@ -109,6 +111,42 @@ pub struct PrimaryConfig {
     pub max_record_bytes: u32,
     /// Per-replica shipping window.
     pub window: Window,
+    /// Retention cap: WAL segments are kept for a lagging (or absent) replica only while
+    /// they hold at most this many bytes; past it, a replica the newest snapshot covers
+    /// is switched to that snapshot (`spec/snapshot-format.md` §6). Records after the
+    /// newest snapshot are always kept; without a snapshot nothing is truncated.
+    pub max_retained_wal_bytes: u64,
+    /// Payload bytes per chunk of the snapshots this primary creates (≤ 4 MiB).
+    pub snapshot_chunk_size_bytes: u32,
+}
+
+/// A fault in the next snapshot transfer to one replica (demo/test use only).
+#[cfg(feature = "fault-injection")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotFault {
+    /// Flip the first byte of chunk `index` as shipped (its stored crc no longer matches).
+    CorruptChunk {
+        /// The chunk.
+        index: u64,
+    },
+    /// Close the connection right after chunk `index` was sent.
+    CloseAfterChunk {
+        /// The last chunk sent.
+        index: u64,
+    },
+}
+
+/// What [`Primary::enforce_retention`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// The first retained lsn afterwards.
+    pub first_lsn: Lsn,
+    /// Replicas that will get the newest snapshot instead of the log.
+    pub switched_to_snapshot: Vec<String>,
+    /// Bytes of WAL segments kept.
+    pub retained_bytes: u64,
+    /// A replica is over the cap and no snapshot covers it: create one.
+    pub snapshot_needed: bool,
 }
 
 impl PrimaryConfig {
@@ -137,6 +175,8 @@ impl PrimaryConfig {
             segment_size_bytes: wal.segment_size_bytes,
             max_record_bytes: wal.max_record_bytes,
             window: Window::default(),
+            max_retained_wal_bytes: 1024 * 1024 * 1024,
+            snapshot_chunk_size_bytes: 1024 * 1024,
         }
     }
 
@@ -160,6 +200,17 @@ impl PrimaryConfig {
                 format!(
                     "a record must fit a frame: at most {} bytes",
                     frame_room - RECORD_HEADER_LEN
+                ),
+            );
+        }
+        if self.snapshot_chunk_size_bytes == 0
+            || self.snapshot_chunk_size_bytes > walship_snapshot::MAX_CHUNK_SIZE_BYTES
+        {
+            return bad(
+                "snapshot_chunk_size_bytes",
+                format!(
+                    "must be 1 ..= {} bytes",
+                    walship_snapshot::MAX_CHUNK_SIZE_BYTES
                 ),
             );
         }
@@ -229,6 +280,9 @@ pub enum PrimaryError {
     /// A background thread or task failed.
     #[error("primary task failed: {0}")]
     Task(String),
+    /// Creating, reading or recovering a snapshot failed.
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] SnapshotError),
 }
 
 /// What `status()` reports.
@@ -252,6 +306,10 @@ pub struct PrimaryStatus {
 pub struct Primary {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
+    max_retained_wal_bytes: u64,
+    snapshot_chunk_size_bytes: u32,
+    /// Serialises snapshot creation and retention.
+    retention_lock: Mutex<()>,
     commit_timeout: Duration,
     max_record_bytes: u32,
     data_dir: PathBuf,
@@ -302,7 +360,7 @@ impl Primary {
             max_record_bytes: config.max_record_bytes,
             epoch: history_epoch,
         };
-        let (wal, report) = Wal::open(storage, node_dir.wal_dir(), opts)?;
+        let (mut wal, report) = Wal::open(storage, node_dir.wal_dir(), opts)?;
         match &report {
             OpenReport::TornTailCut {
                 segment,
@@ -335,6 +393,13 @@ impl Primary {
                 history_epoch: epoch,
             });
         }
+        // Discards interrupted creations (tmp-*) and makes the newest snapshot and the
+        // WAL agree (FM-10.5); a mismatch is local corruption: refuse to start.
+        let (snapshots, _) =
+            SnapshotStore::open(storage, node_dir.snapshot_dir(), Limits::default())?;
+        let recovered = snapshots.recover(&mut wal)?;
+        info!(?recovered, "snapshot store opened");
+        let newest_snapshot = snapshots.newest()?.map(|s| s.boundary);
         let durable = wal.durable_lsn();
         let mut commit_lsn = node_dir.commit_lsn()?;
         if commit_lsn > durable {
@@ -355,7 +420,8 @@ impl Primary {
             window: config.window,
         })?;
         let wal = SharedWal::new(wal);
-        let log = WalLog::new(wal.clone())?;
+        let mut log = WalLog::new(wal.clone())?;
+        log.set_newest_snapshot(newest_snapshot);
         let endpoint = walship_wire::server_endpoint(
             config.listen_addr,
             &config.tls,
@@ -376,6 +442,9 @@ impl Primary {
             appends_in_flight: AtomicU64::new(0),
             next_conn: AtomicU64::new(1),
             started: Instant::now(),
+            snapshots,
+            #[cfg(feature = "fault-injection")]
+            snapshot_faults: Mutex::new(std::collections::HashMap::new()),
         });
         let pending = Arc::new(AtomicBool::new(false));
         driver::install_durable_listener(&wal, core_tx.clone(), pending.clone());
@@ -402,6 +471,9 @@ impl Primary {
         Ok(Primary {
             shared,
             endpoint,
+            max_retained_wal_bytes: config.max_retained_wal_bytes,
+            snapshot_chunk_size_bytes: config.snapshot_chunk_size_bytes,
+            retention_lock: Mutex::new(()),
             commit_timeout: Duration::from_millis(config.commit_timeout_ms),
             max_record_bytes: config.max_record_bytes,
             data_dir: config.data_dir,
@@ -510,6 +582,117 @@ impl Primary {
             .inject_fault(replica_id, fault)?;
         warn!(replica = replica_id, ?fault, "fault injection armed");
         Ok(())
+    }
+
+    /// Creates a snapshot of the embedder's state (`source` writes it and returns the lsn it
+    /// corresponds to, which must be committed and durable here), publishes it atomically
+    /// in `DIR/snapshots` (`spec/snapshot-format.md` §2.1), then applies retention
+    /// ([`Primary::enforce_retention`]). Blocking file I/O: call it from a blocking context
+    /// (e.g. `tokio::task::spawn_blocking`). Replicas whose next record is no longer
+    /// retained get this snapshot on their next connection.
+    pub fn create_snapshot(
+        &self,
+        source: &mut dyn SnapshotSource,
+    ) -> Result<InstalledSnapshot, PrimaryError> {
+        let _g = self
+            .retention_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let commit_lsn = self.commit_lsn();
+        let wal = self.shared.wal.clone();
+        let mut resolve = |lsn: Lsn| -> Result<Position, SnapshotError> {
+            let unresolved = |detail: String| SnapshotError::UnresolvedBoundary { lsn, detail };
+            if lsn == 0 {
+                return Err(unresolved("a snapshot of the empty log".into()));
+            }
+            if lsn > commit_lsn || lsn > wal.durable_lsn() {
+                return Err(unresolved(format!(
+                    "not committed and durable (commit lsn {commit_lsn}, durable lsn {})",
+                    wal.durable_lsn()
+                )));
+            }
+            wal.with(|w| w.position_at(lsn))?
+                .ok_or_else(|| unresolved("not retained in the WAL".into()))
+        };
+        let snap =
+            self.shared
+                .snapshots
+                .create(self.snapshot_chunk_size_bytes, source, &mut resolve)?;
+        self.shared
+            .lock_state()
+            .log
+            .set_newest_snapshot(Some(snap.boundary));
+        info!(
+            lsn = snap.boundary.lsn,
+            epoch = snap.boundary.epoch,
+            bytes = snap.total_len,
+            "snapshot created"
+        );
+        drop(_g);
+        self.enforce_retention()?;
+        Ok(snap)
+    }
+
+    /// Truncates the WAL from the front behind the newest snapshot and behind what every
+    /// replica still needs (its durable lsn + 1), except that a replica needing more than
+    /// `max_retained_wal_bytes` of segments, and covered by the newest snapshot, is switched
+    /// to the snapshot (`spec/snapshot-format.md` §6). Whole segments only. A replica whose
+    /// session still streams below the new front is closed by the core (its next read is
+    /// not retained) and gets the snapshot when it reconnects.
+    pub fn enforce_retention(&self) -> Result<RetentionReport, PrimaryError> {
+        let _g = self
+            .retention_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let newest = self.shared.snapshots.newest()?.map(|s| s.boundary);
+        let replicas: Vec<ReplicaNeed> = self
+            .shared
+            .status()
+            .replicas
+            .into_iter()
+            .map(|r| ReplicaNeed {
+                id: r.node_id,
+                durable_lsn: r.durable_lsn,
+                halted: false,
+            })
+            .collect();
+        let (plan, first_lsn) = self.shared.wal.with(|w| {
+            let segments: Vec<SegmentSpan> = w.segments().iter().map(SegmentSpan::from).collect();
+            let plan = plan_retention(&segments, newest, &replicas, self.max_retained_wal_bytes);
+            // Never past the newest snapshot's boundary + 1 nor the durable end.
+            let before = plan.truncate_before.min(w.durable_lsn().saturating_add(1));
+            let r = if before > w.first_lsn() {
+                w.truncate_front(before)
+            } else {
+                Ok(())
+            };
+            (r.map(|()| plan), w.first_lsn())
+        });
+        let plan = plan?;
+        if !plan.switch_to_snapshot.is_empty() {
+            info!(replicas = ?plan.switch_to_snapshot, first_lsn, "lagging replicas switched to the snapshot");
+        }
+        Ok(RetentionReport {
+            first_lsn,
+            switched_to_snapshot: plan.switch_to_snapshot,
+            retained_bytes: plan.retained_bytes,
+            snapshot_needed: plan.snapshot_needed,
+        })
+    }
+
+    /// Arms a fault for the next snapshot transfer to `replica_id` (demo/test use only).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_snapshot_fault(&self, replica_id: &str, fault: SnapshotFault) {
+        warn!(
+            replica = replica_id,
+            ?fault,
+            "snapshot fault injection armed"
+        );
+        self.shared
+            .snapshot_faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(replica_id.to_string(), fault);
     }
 
     /// Stops serving: closes every replica connection, stops the core, writes the final commit

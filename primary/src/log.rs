@@ -22,6 +22,8 @@ pub struct WalLog<S: Storage> {
     /// The full durable position, computed on demand (it may need a read of the WAL).
     durable_pos: Cell<Position>,
     readers: Vec<WalReader<S>>,
+    /// Boundary of the newest installed snapshot.
+    newest_snapshot: Option<Position>,
 }
 
 impl<S: Storage> std::fmt::Debug for WalLog<S> {
@@ -42,9 +44,15 @@ impl<S: Storage> WalLog<S> {
             durable_lsn,
             durable_pos: Cell::new(Position::ZERO),
             readers: Vec::new(),
+            newest_snapshot: None,
         };
         log.durable_pos.set(log.durable_position(durable_lsn)?);
         Ok(log)
+    }
+
+    /// Sets the boundary of the newest installed snapshot ([`LogSource::newest_snapshot`]).
+    pub fn set_newest_snapshot(&mut self, boundary: Option<Position>) {
+        self.newest_snapshot = boundary;
     }
 
     /// The shared WAL.
@@ -123,6 +131,10 @@ impl<S: Storage> LogSource for WalLog<S> {
 
     fn first_lsn(&self) -> Lsn {
         self.wal.with(|w| w.first_lsn())
+    }
+
+    fn newest_snapshot(&self) -> Option<Position> {
+        self.newest_snapshot
     }
 
     fn read_batch(

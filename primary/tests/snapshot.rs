@@ -1,0 +1,342 @@
+//! Snapshot transfer over real QUIC on loopback: a real primary whose WAL was truncated
+//! behind a snapshot, and real walship-replica replicas with a key-value applier that can
+//! restore snapshots (issue 4; spec/snapshot-format.md §2.2, §5, §6).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use support::*;
+use walship_primary::{Primary, PrimaryConfig, Quorum};
+use walship_replica::{Applier, ApplyError, HaltReason, Replica, ReplicaConfig};
+use walship_snapshot::{SnapshotSink, SnapshotSource};
+use walship_wal::state::{EpochHistory, NodeDir};
+use walship_wal::{FsStorage, Lsn, Position, Wal, WalOptions};
+
+const MEMBERS: &[&str] = &["p", "r1"];
+/// Records before the snapshot, and after it.
+const BEFORE: u64 = 300;
+const AFTER: u64 = 50;
+
+/// A tiny key-value store: `key=value` records; its snapshot is the map as lines.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct KvState {
+    map: BTreeMap<String, String>,
+    applied: Lsn,
+}
+
+#[derive(Clone, Default)]
+struct Kv(Arc<Mutex<KvState>>);
+
+impl Kv {
+    fn state(&self) -> KvState {
+        self.0.lock().expect("lock").clone()
+    }
+
+    fn apply_op(&self, lsn: Lsn, payload: &[u8]) -> Result<(), ApplyError> {
+        let text = std::str::from_utf8(payload)?;
+        let (k, v) = text.split_once('=').ok_or("not a kv record")?;
+        let mut s = self.0.lock().map_err(|_| "lock poisoned")?;
+        assert_eq!(lsn, s.applied + 1, "records applied in order, each once");
+        s.map.insert(k.to_string(), v.to_string());
+        s.applied = lsn;
+        Ok(())
+    }
+}
+
+impl Applier for Kv {
+    fn applied_lsn(&self) -> Lsn {
+        self.0.lock().expect("lock").applied
+    }
+    fn apply(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), ApplyError> {
+        self.apply_op(lsn, payload)
+    }
+    fn snapshot_sink(&mut self) -> Option<&mut dyn SnapshotSink> {
+        Some(self)
+    }
+}
+
+impl SnapshotSource for Kv {
+    fn write_snapshot(&mut self, w: &mut dyn Write) -> io::Result<Lsn> {
+        let s = self.state();
+        for (k, v) in &s.map {
+            writeln!(w, "{k}={v}")?;
+        }
+        Ok(s.applied)
+    }
+}
+
+impl SnapshotSink for Kv {
+    fn restore_snapshot(&mut self, boundary: Position, r: &mut dyn Read) -> io::Result<()> {
+        let mut text = String::new();
+        r.read_to_string(&mut text)?;
+        let mut map = BTreeMap::new();
+        for line in text.lines() {
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad line"))?;
+            map.insert(k.to_string(), v.to_string());
+        }
+        *self.0.lock().expect("lock") = KvState {
+            map,
+            applied: boundary.lsn,
+        };
+        Ok(())
+    }
+}
+
+fn primary_config(cluster: &Cluster) -> PrimaryConfig {
+    let mut c = cluster.primary_config(MEMBERS, Quorum::LocalOnly);
+    c.segment_size_bytes = 8 * 1024;
+    // Small chunks: a snapshot of this store is several chunks.
+    c.snapshot_chunk_size_bytes = 64;
+    // Every replica behind the snapshot is switched to it: the WAL keeps only what follows.
+    c.max_retained_wal_bytes = 0;
+    c
+}
+
+fn replica_config(cluster: &Cluster, node: &str, primary: &Primary) -> ReplicaConfig {
+    let mut c = ReplicaConfig::new(
+        node,
+        CLUSTER,
+        cluster.data_dir(node),
+        primary.local_addr().expect("addr"),
+        "p",
+        cluster.tls(node),
+    );
+    c.bind_addr = "127.0.0.1:0".parse().expect("addr");
+    c.wal.segment_size_bytes = 8 * 1024;
+    c.backoff_initial_ms = 20;
+    c.backoff_max_ms = 200;
+    c
+}
+
+/// Appends records `from..to` one at a time, applying each to `kv` (the primary's state).
+async fn append_kv(primary: &Primary, kv: &Kv, from: u64, to: u64) {
+    for i in from..to {
+        let payload = format!("k{}=v{i}", i % 37);
+        let lsn = primary
+            .append(payload.clone().into_bytes())
+            .await
+            .expect("committed");
+        kv.apply_op(lsn, payload.as_bytes()).expect("apply");
+    }
+}
+
+/// A primary with `BEFORE` records, a snapshot at lsn `BEFORE` and its WAL truncated
+/// behind it, then `AFTER` more records. Returns the primary's state and the snapshot boundary.
+async fn primary_with_truncated_wal(primary: &Primary) -> (Kv, Position) {
+    let kv = Kv::default();
+    append_kv(primary, &kv, 0, BEFORE).await;
+    let snap = primary.create_snapshot(&mut kv.clone()).expect("snapshot");
+    assert_eq!(snap.boundary.lsn, BEFORE);
+    let first = primary.enforce_retention().expect("retention").first_lsn;
+    assert!(
+        first > 1 && first <= BEFORE + 1,
+        "the WAL is truncated behind the snapshot (first lsn {first})"
+    );
+    append_kv(primary, &kv, BEFORE, BEFORE + AFTER).await;
+    (kv, snap.boundary)
+}
+
+fn snapshot_dirs(data_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data_dir.join("snapshots"))
+        .map(|rd| {
+            rd.map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fm_x_13_empty_replica_catches_up_through_a_snapshot_over_quic_and_matches_the_primary() {
+    let cluster = Cluster::new(MEMBERS);
+    let primary = open_primary(primary_config(&cluster));
+    let (kv, boundary) = primary_with_truncated_wal(&primary).await;
+
+    let applier = Kv::default();
+    let replica =
+        Replica::open(replica_config(&cluster, "r1", &primary), applier.clone()).expect("open");
+    let total = BEFORE + AFTER;
+    eventually("replica applies everything", || {
+        applier.state().applied == total
+    })
+    .await;
+    assert_eq!(
+        applier.state(),
+        kv.state(),
+        "applied state identical to the primary's"
+    );
+    let st = replica.status();
+    assert!(st.halt().is_none(), "no halt: {st:?}");
+    assert!(st.sessions >= 2, "reconnected after the install: {st:?}");
+    assert_eq!(
+        snapshot_dirs(&cluster.data_dir("r1")),
+        vec![format!("{:020}", boundary.lsn)],
+        "exactly the installed snapshot, no tmp left"
+    );
+    // The replica keeps streaming after the snapshot.
+    append_kv(&primary, &kv, total, total + 10).await;
+    eventually("replica applies the new records", || {
+        applier.state().applied == total + 10
+    })
+    .await;
+    assert_eq!(applier.state(), kv.state());
+    replica.shutdown().await.expect("shutdown");
+
+    // FM-10.5 on restart: an in-memory applier starts empty; it is restored from the
+    // installed snapshot and the WAL after it is replayed.
+    let fresh = Kv::default();
+    let replica =
+        Replica::open(replica_config(&cluster, "r1", &primary), fresh.clone()).expect("reopen");
+    assert_eq!(
+        fresh.state(),
+        kv.state(),
+        "restored from the snapshot and replayed before open returned"
+    );
+    replica.shutdown().await.expect("shutdown");
+    primary.shutdown().await;
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fm_7_1_corrupt_snapshot_chunk_over_quic_halts_snapshot_invalid_and_leaves_replica_unchanged(
+) {
+    use walship_primary::SnapshotFault;
+    let cluster = Cluster::new(MEMBERS);
+    let primary = open_primary(primary_config(&cluster));
+    let (_kv, boundary) = primary_with_truncated_wal(&primary).await;
+    primary.inject_snapshot_fault("r1", SnapshotFault::CorruptChunk { index: 1 });
+
+    let applier = Kv::default();
+    let replica =
+        Replica::open(replica_config(&cluster, "r1", &primary), applier.clone()).expect("open");
+    eventually("replica halts", || replica.status().halt().is_some()).await;
+    let st = replica.status();
+    let halt = st.halt().expect("halted").clone();
+    assert_eq!(halt.reason, HaltReason::SnapshotInvalid, "{halt:?}");
+    assert_eq!(halt.lsn, boundary.lsn);
+    assert!(halt.found.contains("chunk"), "names the chunk: {halt:?}");
+    assert!(
+        replica.check_readable().is_err(),
+        "reads refused while halted"
+    );
+    assert_eq!(applier.state(), KvState::default(), "nothing applied");
+    replica.shutdown().await.expect("shutdown");
+    // Unchanged: no snapshot installed, no tmp left, WAL empty, no commit watermark.
+    let dir = cluster.data_dir("r1");
+    assert!(snapshot_dirs(&dir).is_empty(), "{:?}", snapshot_dirs(&dir));
+    let node = NodeDir::open(FsStorage, &dir).expect("node dir");
+    assert_eq!(node.commit_lsn().expect("commit"), 0);
+    let (wal, _) = Wal::open(FsStorage, node.wal_dir(), WalOptions::default()).expect("wal");
+    assert_eq!(wal.last(), Position::ZERO);
+    // Halted across restarts.
+    let replica =
+        Replica::open(replica_config(&cluster, "r1", &primary), Kv::default()).expect("reopen");
+    assert_eq!(
+        replica.status().halt().map(|h| h.reason),
+        Some(HaltReason::SnapshotInvalid)
+    );
+    replica.shutdown().await.expect("shutdown");
+    primary.shutdown().await;
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fm_x_8_connection_dropped_mid_snapshot_transfer_is_no_halt_and_the_retry_installs() {
+    use walship_primary::SnapshotFault;
+    let cluster = Cluster::new(MEMBERS);
+    let primary = open_primary(primary_config(&cluster));
+    let (kv, boundary) = primary_with_truncated_wal(&primary).await;
+    primary.inject_snapshot_fault("r1", SnapshotFault::CloseAfterChunk { index: 2 });
+
+    let applier = Kv::default();
+    let replica =
+        Replica::open(replica_config(&cluster, "r1", &primary), applier.clone()).expect("open");
+    let total = BEFORE + AFTER;
+    eventually("replica applies everything after a retry", || {
+        applier.state().applied == total || replica.status().halt().is_some()
+    })
+    .await;
+    let st = replica.status();
+    assert!(st.halt().is_none(), "a cut transfer is not a halt: {st:?}");
+    assert_eq!(applier.state(), kv.state());
+    assert!(
+        st.sessions >= 3,
+        "cut transfer, retried transfer, streaming: {st:?}"
+    );
+    assert_eq!(
+        snapshot_dirs(&cluster.data_dir("r1")),
+        vec![format!("{:020}", boundary.lsn)],
+        "the partial snapshot was discarded"
+    );
+    replica.shutdown().await.expect("shutdown");
+    primary.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fm_7_2_snapshot_boundary_conflicting_with_replica_wal_halts_snapshot_boundary() {
+    let cluster = Cluster::new(MEMBERS);
+    // The primary: epoch 1 up to the snapshot, then promoted to epoch 3.
+    let primary = open_primary(primary_config(&cluster));
+    let (_kv, boundary) = primary_with_truncated_wal(&primary).await;
+    assert_eq!(boundary.epoch, 1);
+    let last = primary.durable_lsn();
+    primary.shutdown().await;
+    {
+        let node = NodeDir::open(FsStorage, &cluster.data_dir("p")).expect("node dir");
+        let mut h = node.epochs().expect("epochs");
+        h.push(3, last + 1).expect("push epoch");
+        node.set_epochs(&h).expect("set epochs");
+    }
+    let primary = open_primary(primary_config(&cluster));
+
+    // The replica holds records of epoch 2 (a deposed primary's history) at lsns 1..=5:
+    // the epoch-1 boundary at lsn 300 cannot follow them.
+    let rdir = cluster.data_dir("r1");
+    let replica_last = {
+        let node = NodeDir::open(FsStorage, &rdir).expect("node dir");
+        let mut h = EpochHistory::new();
+        h.push(2, 1).expect("push epoch");
+        node.set_epochs(&h).expect("set epochs");
+        let opts = WalOptions {
+            epoch: 2,
+            segment_size_bytes: 8 * 1024,
+            ..WalOptions::default()
+        };
+        let (mut wal, _) = Wal::open(FsStorage, node.wal_dir(), opts).expect("wal");
+        for i in 0..5 {
+            wal.append(format!("old{i}=x").as_bytes()).expect("append");
+        }
+        wal.sync().expect("sync");
+        wal.last()
+    };
+
+    let replica =
+        Replica::open(replica_config(&cluster, "r1", &primary), Kv::default()).expect("open");
+    eventually("replica halts", || replica.status().halt().is_some()).await;
+    let halt = replica.status().halt().expect("halted").clone();
+    assert_eq!(halt.reason, HaltReason::SnapshotBoundary, "{halt:?}");
+    assert_eq!(halt.lsn, boundary.lsn);
+    replica.shutdown().await.expect("shutdown");
+    // Not installed: no snapshot, the WAL exactly as it was.
+    assert!(
+        snapshot_dirs(&rdir).is_empty(),
+        "{:?}",
+        snapshot_dirs(&rdir)
+    );
+    let node = NodeDir::open(FsStorage, &rdir).expect("node dir");
+    let opts = WalOptions {
+        epoch: 2,
+        segment_size_bytes: 8 * 1024,
+        ..WalOptions::default()
+    };
+    let (wal, _) = Wal::open(FsStorage, node.wal_dir(), opts).expect("wal");
+    assert_eq!(wal.last(), replica_last);
+    primary.shutdown().await;
+}
