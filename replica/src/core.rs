@@ -1291,3 +1291,7 @@ pub fn verify_batch_with_history(
 #[cfg(test)]
 #[path = "core_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "core_snapshot_tests.rs"]
+mod snapshot_tests;
