@@ -340,3 +340,67 @@ async fn fm_7_2_snapshot_boundary_conflicting_with_replica_wal_halts_snapshot_bo
     assert_eq!(wal.last(), replica_last);
     primary.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fm_4_3_replica_restarting_after_a_crash_mid_install_discards_the_partial_snapshot_and_catches_up(
+) {
+    let cluster = Cluster::new(MEMBERS);
+    let primary = open_primary(primary_config(&cluster));
+    let (kv, _boundary) = primary_with_truncated_wal(&primary).await;
+    // What a crash during an install leaves: a partial snapshot in a tmp directory.
+    let rdir = cluster.data_dir("r1");
+    let tmp = rdir.join("snapshots").join(format!("tmp-{:020}-0", BEFORE));
+    std::fs::create_dir_all(&tmp).expect("tmp dir");
+    std::fs::write(tmp.join("snapshot"), b"WSSN partial").expect("partial file");
+
+    let applier = Kv::default();
+    let replica =
+        Replica::open(replica_config(&cluster, "r1", &primary), applier.clone()).expect("open");
+    assert!(!tmp.exists(), "the partial snapshot is discarded at open");
+    eventually("replica catches up", || {
+        applier.state().applied == BEFORE + AFTER || replica.status().halt().is_some()
+    })
+    .await;
+    assert!(replica.status().halt().is_none(), "no halt");
+    assert_eq!(applier.state(), kv.state());
+    replica.shutdown().await.expect("shutdown");
+    primary.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fm_10_5_replica_restarting_after_the_install_commit_point_resets_its_wal_to_the_boundary()
+{
+    let cluster = Cluster::new(MEMBERS);
+    let primary = open_primary(primary_config(&cluster));
+    let (kv, boundary) = primary_with_truncated_wal(&primary).await;
+    // What a crash right after the install's commit point leaves: the snapshot published
+    // (renamed into place) and the old WAL (here empty) not yet reset.
+    let name = format!("{:020}", boundary.lsn);
+    let src = cluster.data_dir("p").join("snapshots").join(&name);
+    let dst = cluster.data_dir("r1").join("snapshots").join(&name);
+    std::fs::create_dir_all(&dst).expect("snapshot dir");
+    std::fs::copy(src.join("snapshot"), dst.join("snapshot")).expect("copy snapshot");
+
+    let applier = Kv::default();
+    let replica =
+        Replica::open(replica_config(&cluster, "r1", &primary), applier.clone()).expect("open");
+    // Before anything streamed: the applier was restored from the snapshot, never mixed
+    // with the old WAL.
+    assert!(applier.state().applied >= boundary.lsn);
+    eventually("replica catches up from the boundary", || {
+        applier.state().applied == BEFORE + AFTER || replica.status().halt().is_some()
+    })
+    .await;
+    let st = replica.status();
+    assert!(st.halt().is_none(), "no halt: {st:?}");
+    assert_eq!(applier.state(), kv.state());
+    replica.shutdown().await.expect("shutdown");
+    let node = NodeDir::open(FsStorage, &cluster.data_dir("r1")).expect("node dir");
+    let (wal, _) = Wal::open(FsStorage, node.wal_dir(), WalOptions::default()).expect("wal");
+    assert_eq!(
+        wal.first_lsn(),
+        boundary.lsn + 1,
+        "the WAL restarts after the boundary"
+    );
+    primary.shutdown().await;
+}
