@@ -131,8 +131,12 @@ impl Checker for AckedCommitsSurvive {
             let holders = (1..=w.cfg.replicas)
                 .filter(|&n| {
                     let u = w.replica(n).up.as_ref();
-                    u.is_some_and(|u| u.wal.durable_lsn() >= lsn)
-                        && replica_position(w, n, lsn) == Some(*pos)
+                    // A snapshot at or past the lsn covers it.
+                    u.is_some_and(|u| {
+                        u.wal.base().lsn >= lsn
+                            || (u.wal.durable_lsn() >= lsn
+                                && replica_position(w, n, lsn) == Some(*pos))
+                    })
                 })
                 .count();
             // Replicas whose disk was replaced after they stored the record
@@ -261,8 +265,20 @@ impl Checker for AppliedIsCommittedInOrder {
                 continue;
             }
             if let Some(first) = recs.first() {
-                if first.lsn != 1 {
-                    return Err(format!("{name} applied lsn {} first", first.lsn));
+                let expected = r.applied.base.map_or(1, |b| b.lsn + 1);
+                if first.lsn != expected {
+                    return Err(format!(
+                        "{name} applied lsn {} first (expected {expected})",
+                        first.lsn
+                    ));
+                }
+            }
+            if let Some(b) = r.applied.base {
+                let theirs = w.oracle.primary_history.get(b.lsn as usize - 1);
+                if b.lsn > 0 && theirs.is_some_and(|t| *t != b) {
+                    return Err(format!(
+                        "{name} restored a snapshot at {b}, the primary's record there is {theirs:?}"
+                    ));
                 }
             }
             for p in recs {

@@ -18,6 +18,7 @@ use walship_replica::core::{
     self as rcore, Action as RAction, DurableState, Event as REvent, Phase, ReplicaCore, SessionEnd,
 };
 use walship_replica::halt::{read_halt, write_halt, HaltReason, HaltRecord};
+use walship_snapshot::{EpochCheck, Install, Limits, SnapshotSource, SnapshotStore};
 use walship_wal::record::{decode_record, encode_record, RECORD_HEADER_LEN};
 use walship_wal::sim::{SimConfig, SimStorage};
 use walship_wal::state::{read_state_file, write_state_file, EpochEntry, EpochHistory};
@@ -175,14 +176,20 @@ pub struct Oracle {
 /// node's storage: it models an embedder that persists each apply itself.
 #[derive(Debug, Default, Clone)]
 pub struct Applied {
-    /// Applied records, in apply order.
+    /// The snapshot the embedder restored, if any (its state as of that boundary).
+    pub base: Option<Position>,
+    /// Applied records after `base`, in apply order.
     pub records: Vec<Position>,
 }
 
 impl Applied {
     /// The last applied lsn (0 if none).
     pub fn last_lsn(&self) -> Lsn {
-        self.records.last().map_or(0, |p| p.lsn)
+        self.records
+            .last()
+            .map(|p| p.lsn)
+            .or(self.base.map(|b| b.lsn))
+            .unwrap_or(0)
     }
 }
 
@@ -212,6 +219,8 @@ pub struct PrimaryUp {
     pub wal: Wal<SimStorage>,
     /// Its core.
     pub core: PrimaryCore,
+    /// Its snapshot directory.
+    pub snapshots: SnapshotStore<SimStorage>,
     conns: BTreeMap<ConnId, PrimaryConn>,
     sync_at: Option<u64>,
 }
@@ -232,6 +241,9 @@ pub struct ReplicaUp {
     pub wal: Wal<SimStorage>,
     /// Its core.
     pub core: ReplicaCore,
+    /// Its snapshot directory.
+    pub snapshots: SnapshotStore<SimStorage>,
+    install: Option<Install<SimStorage>>,
     conn: Option<(ConnId, FrameDecoder)>,
     connect_at: Option<u64>,
     sync_at: Option<u64>,
@@ -301,6 +313,7 @@ fn state_dir() -> PathBuf {
 /// The WAL as the primary core sees it.
 struct WalLog<'a> {
     wal: &'a mut Wal<SimStorage>,
+    newest: Option<Position>,
 }
 
 impl LogSource for WalLog<'_> {
@@ -316,6 +329,9 @@ impl LogSource for WalLog<'_> {
     }
     fn first_lsn(&self) -> Lsn {
         self.wal.first_lsn()
+    }
+    fn newest_snapshot(&self) -> Option<Position> {
+        self.newest
     }
     fn read_batch(
         &mut self,
@@ -657,9 +673,20 @@ impl World {
             wal.durable_lsn()
         ));
         self.primary.refused = None;
+        let snapshots =
+            match SnapshotStore::open(s.clone(), &root().join("snapshots"), Limits::default()) {
+                Ok((st, _)) => st,
+                Err(e) => {
+                    let msg = format!("p0 refuses to start: snapshot store: {e}");
+                    self.log(msg.clone());
+                    self.primary.refused = Some(msg);
+                    return;
+                }
+            };
         self.primary.up = Some(PrimaryUp {
             wal,
             core,
+            snapshots,
             conns: BTreeMap::new(),
             sync_at: None,
         });
@@ -729,7 +756,11 @@ impl World {
             return;
         };
         let actions = {
-            let mut log = WalLog { wal: &mut p.wal };
+            let newest = p.snapshots.newest().ok().flatten().map(|s| s.boundary);
+            let mut log = WalLog {
+                wal: &mut p.wal,
+                newest,
+            };
             p.core.handle(ev, &mut log, now)
         };
         for a in actions {
@@ -842,6 +873,35 @@ impl World {
                     self.crash(PRIMARY);
                 }
             }
+            PAction::SendSnapshot { conn, boundary } => {
+                let msgs = self
+                    .primary
+                    .up
+                    .as_ref()
+                    .map(|p| snapshot_messages(&p.snapshots, boundary));
+                match msgs {
+                    Some(Ok(msgs)) => {
+                        self.log(format!(
+                            "p0 sends snapshot {boundary} ({} messages) on conn {conn}",
+                            msgs.len()
+                        ));
+                        for msg in msgs {
+                            self.primary_action(PAction::Send { conn, msg });
+                        }
+                    }
+                    Some(Err(e)) => {
+                        self.log(format!(
+                            "p0 cannot send snapshot {boundary}: {e}; closing conn {conn}"
+                        ));
+                        if let Some(p) = self.primary.up.as_mut() {
+                            p.conns.remove(&ConnId(conn));
+                        }
+                        self.net.close(ConnId(conn), PRIMARY, now);
+                        self.primary_event(PEvent::Disconnected { conn });
+                    }
+                    None => {}
+                }
+            }
             #[allow(unreachable_patterns)]
             other => self.log(format!("p0 action ignored: {other:?}")),
         }
@@ -909,6 +969,34 @@ impl World {
                 return;
             }
         };
+        let mut wal = wal;
+        let snapshots =
+            match SnapshotStore::open(s.clone(), &root().join("snapshots"), Limits::default())
+                .and_then(|(st, _)| st.recover(&mut wal).map(|rep| (st, rep)))
+            {
+                Ok((st, rep)) => {
+                    if !matches!(rep, walship_snapshot::RecoveryReport::NoSnapshot) {
+                        self.log(format!("{name} snapshot recovery: {rep:?}"));
+                    }
+                    st
+                }
+                Err(e) => {
+                    let msg = format!("{name} refuses to start: snapshot store: {e}");
+                    self.log(msg.clone());
+                    self.replica_mut(n).stopped = Some(msg);
+                    return;
+                }
+            };
+        let newest = snapshots.newest().ok().flatten().map(|x| x.boundary);
+        // The embedder restores the newest snapshot if it is behind it.
+        if let Some(b) = newest {
+            if self.replica(n).applied.last_lsn() < b.lsn {
+                self.replica_mut(n).applied = Applied {
+                    base: Some(b),
+                    records: Vec::new(),
+                };
+            }
+        }
         let applied_lsn = self.replica(n).applied.last_lsn();
         let state = DurableState {
             last: wal.last(),
@@ -928,6 +1016,9 @@ impl World {
             },
             state,
         );
+        let mut core = core;
+        core.set_snapshot_install(true);
+        core.set_installed_boundary(newest);
         self.log(format!(
             "{name} start: last {} commit {commit} applied {applied_lsn} halted {} ({report:?})",
             wal.last().lsn,
@@ -949,6 +1040,8 @@ impl World {
         r.up = Some(ReplicaUp {
             wal,
             core,
+            snapshots,
+            install: None,
             conn: None,
             connect_at: None,
             sync_at: None,
@@ -1118,9 +1211,136 @@ impl World {
                 );
                 self.replicas[n - 1].session_ends.push(text);
             }
+            RAction::SnapshotBegin(offer) => match r.snapshots.begin_install(&offer) {
+                Ok(ins) => {
+                    self.trace.record(
+                        now,
+                        self.step,
+                        format!("{name} snapshot install begins at {}", offer.boundary),
+                    );
+                    r.install = Some(ins);
+                }
+                Err(e) => self.snapshot_failed(n, e),
+            },
+            RAction::SnapshotChunk(chunk) => {
+                let res = match r.install.as_mut() {
+                    Some(ins) => ins.push_chunk(&chunk),
+                    None => return,
+                };
+                if let Err(e) = res {
+                    if let Some(ins) = r.install.take() {
+                        let _ = ins.abort();
+                    }
+                    self.snapshot_failed(n, e);
+                }
+            }
+            RAction::SnapshotFinish {
+                end,
+                primary_epochs,
+            } => {
+                let Some(ins) = r.install.take() else { return };
+                let local = r.core.epoch_history().clone();
+                let res = ins.finish(&end).and_then(|v| {
+                    v.commit(
+                        &mut r.wal,
+                        Some(EpochCheck {
+                            local: &local,
+                            primary: &primary_epochs,
+                        }),
+                    )
+                });
+                match res {
+                    Ok(outcome) => {
+                        let b = outcome.installed.boundary;
+                        let commit = r.core.commit_lsn().max(b.lsn);
+                        if let Err(e) = write_commit(&storage, commit) {
+                            self.log(format!("{name} persisting commit failed, node stops: {e}"));
+                            self.crash(n);
+                            return;
+                        }
+                        self.replicas[n - 1].known_durable = b.lsn;
+                        self.replicas[n - 1].applied = Applied {
+                            base: Some(b),
+                            records: Vec::new(),
+                        };
+                        self.log(format!("{name} snapshot installed at {b}"));
+                        self.replica_event(n, REvent::SnapshotInstalled { boundary: b });
+                    }
+                    Err(e) => self.snapshot_failed(n, e),
+                }
+            }
+            RAction::SnapshotAbort => {
+                if let Some(ins) = r.install.take() {
+                    let _ = ins.abort();
+                    self.trace
+                        .record(now, self.step, format!("{name} snapshot install aborted"));
+                }
+            }
             #[allow(unreachable_patterns)]
             other => self.log(format!("{name} action ignored: {other:?}")),
         }
+    }
+
+    fn snapshot_failed(&mut self, n: NodeId, e: walship_snapshot::SnapshotError) {
+        let class = e.class();
+        self.log(format!("{} snapshot failed ({class:?}): {e}", node_name(n)));
+        if class == walship_snapshot::FailureClass::NodeStop {
+            self.crash(n);
+            return;
+        }
+        self.replica_event(
+            n,
+            REvent::SnapshotFailed {
+                class,
+                detail: e.to_string(),
+            },
+        );
+    }
+
+    /// The primary takes a snapshot at its commit watermark and drops the
+    /// WAL segments wholly below it. Returns the boundary.
+    pub fn primary_snapshot(&mut self) -> Result<Position, String> {
+        let Some(p) = self.primary.up.as_mut() else {
+            return Err("primary is down".into());
+        };
+        let commit = p.core.commit_lsn().min(p.wal.durable_lsn());
+        if commit == 0 {
+            return Err("nothing committed yet".into());
+        }
+        let image: Vec<u8> = self.oracle.primary_history[..commit as usize]
+            .iter()
+            .flat_map(|pos| pos.crc.to_le_bytes())
+            .collect();
+        let wal = &p.wal;
+        let snap = p
+            .snapshots
+            .create(
+                4096,
+                &mut Image {
+                    bytes: image,
+                    lsn: commit,
+                },
+                &mut |lsn| {
+                    wal.position_at(lsn)
+                        .map_err(walship_snapshot::SnapshotError::from)?
+                        .ok_or_else(|| {
+                            walship_snapshot::SnapshotError::from(WalError::NotRetained {
+                                lsn,
+                                first_lsn: wal.first_lsn(),
+                            })
+                        })
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        p.wal
+            .truncate_front(snap.boundary.lsn + 1)
+            .map_err(|e| e.to_string())?;
+        let first = p.wal.first_lsn();
+        self.log(format!(
+            "p0 snapshot at {} (WAL now starts at lsn {first})",
+            snap.boundary
+        ));
+        Ok(snap.boundary)
     }
 
     fn note_halt(&mut self, n: NodeId, record: HaltRecord, last: Position, durable: Lsn) {
@@ -1675,6 +1895,42 @@ impl World {
             }
         })
     }
+}
+
+/// The embedder state a primary snapshots: the crcs of its records.
+struct Image {
+    bytes: Vec<u8>,
+    lsn: Lsn,
+}
+
+impl SnapshotSource for Image {
+    fn write_snapshot(&mut self, w: &mut dyn std::io::Write) -> std::io::Result<u64> {
+        w.write_all(&self.bytes)?;
+        Ok(self.lsn)
+    }
+}
+
+/// The messages that carry a stored snapshot: offer, every chunk, end.
+fn snapshot_messages(
+    store: &SnapshotStore<SimStorage>,
+    boundary: Position,
+) -> Result<Vec<Message>, String> {
+    let snap = store
+        .installed()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|s| s.boundary == boundary)
+        .ok_or_else(|| format!("no snapshot at {boundary}"))?;
+    let reader = store.reader(&snap).map_err(|e| e.to_string())?;
+    let offer = reader.offer();
+    let mut out = vec![Message::SnapshotOffer(offer.clone())];
+    for i in 0..offer.chunk_count {
+        out.push(Message::SnapshotChunk(
+            reader.chunk_message(i).map_err(|e| e.to_string())?,
+        ));
+    }
+    out.push(Message::SnapshotEnd(reader.end_message()));
+    Ok(out)
 }
 
 /// Short description of a message for the trace.

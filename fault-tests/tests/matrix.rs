@@ -194,7 +194,6 @@ fn fm_x_12_enospc_stops_node_no_halt() {
 }
 
 #[test]
-#[ignore = "needs snapshot transfer (not implemented yet)"]
 fn fm_x_13_far_behind_replica_gets_snapshot() {
     require("FM-X.13");
 }
