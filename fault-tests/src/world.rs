@@ -1923,7 +1923,7 @@ fn snapshot_messages(
         .ok_or_else(|| format!("no snapshot at {boundary}"))?;
     let reader = store.reader(&snap).map_err(|e| e.to_string())?;
     let offer = reader.offer();
-    let mut out = vec![Message::SnapshotOffer(offer.clone())];
+    let mut out = vec![Message::SnapshotOffer(offer)];
     for i in 0..offer.chunk_count {
         out.push(Message::SnapshotChunk(
             reader.chunk_message(i).map_err(|e| e.to_string())?,
