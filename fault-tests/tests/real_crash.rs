@@ -48,14 +48,21 @@ use walship_recovery::report::WalState;
 use walship_wal::Lsn;
 
 const TEST_NAME: &str = "fm_3_3_fm_4_2_fm_x_11_kill9_under_load_loses_no_acknowledged_commit";
+const CORRUPT_TEST_NAME: &str =
+    "fm_x_6_corrupt_replica_wal_halts_across_a_real_restart_keeps_its_bytes_and_the_cluster_goes_on";
 const NAMES: [&str; 3] = ["n1", "n2", "n3"];
 const PRIMARY: usize = 0;
 
 fn main() {
-    real_common::harness_main(TEST_NAME, || match run() {
+    let crash = || match run() {
         Ok(figures) => Verdict::Passed(figures),
         Err(e) => Verdict::Failed(e),
-    });
+    };
+    let corrupt = || match corrupt_replica_wal() {
+        Ok(figures) => Verdict::Passed(figures),
+        Err(e) => Verdict::Failed(e),
+    };
+    real_common::harness_main(&[(TEST_NAME, &crash), (CORRUPT_TEST_NAME, &corrupt)]);
 }
 
 struct Cluster {
@@ -349,10 +356,7 @@ fn crash_rounds(c: &mut Cluster, seed: u64, iters: u64) -> Result<String, String
     let p = p_events.wait_for(
         "every final append answered",
         Duration::from_secs(60),
-        |r| {
-            let answered = r.acks.len() as u64 + r.failed;
-            answered == sent && r.commit == r.durable && r.durable > 0
-        },
+        |r| r.settled(sent) && r.durable > 0,
     )?;
     if p.failed > 0 {
         return Err(format!(
@@ -393,4 +397,203 @@ fn crash_rounds(c: &mut Cluster, seed: u64, iters: u64) -> Result<String, String
         acked.by_lsn.len(),
         started.elapsed().as_secs_f64()
     ))
+}
+
+/// FM-X.6 with real processes, the other half of "no false alarms": damage in a
+/// stopped replica's sealed segment (one payload bit, a record followed by valid
+/// ones) is corruption, never a torn tail to cut. On restart the replica halts
+/// `local-corruption` at exactly that lsn, keeps every byte of its WAL, stays
+/// halted; the primary and the other replica go on committing and converge.
+fn corrupt_replica_wal() -> Result<String, String> {
+    let started = Instant::now();
+    let limit = Duration::from_secs(60);
+    let tmp = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+    let mut c = Cluster::new(tmp.path())?;
+    let result = corrupt_scenario(&mut c, limit);
+    match result {
+        Ok(s) => Ok(format!("{s}, {:.1} s", started.elapsed().as_secs_f64())),
+        Err(e) => {
+            let logs = c.logs();
+            let kept = tmp.keep();
+            Err(format!(
+                "{e}\nnode directories kept in {}\n{logs}",
+                kept.display()
+            ))
+        }
+    }
+}
+
+/// Waits until every append is answered and the primary's commit covers its durable lsn.
+fn settle(p: &NodeProc, sent_total: u64, limit: Duration) -> Result<Reported, String> {
+    p.events
+        .wait_for("every append answered and committed", limit, |r| {
+            r.settled(sent_total) && r.durable > 0
+        })
+}
+
+fn corrupt_scenario(c: &mut Cluster, limit: Duration) -> Result<String, String> {
+    const N3: usize = 2;
+    c.start_missing()?;
+    // ~1 KiB records: several 128 KiB segments, so the first one is sealed.
+    let load = Load::start_padded(c.primary()?, "c".into(), 32, Duration::ZERO, 1000);
+    c.primary()?
+        .events
+        .wait_for("600 acknowledged", limit, |r| r.acks.len() >= 600)?;
+    let sent = load.stop();
+    let target = settle(c.primary()?, sent, limit)?.durable;
+    for i in 1..NAMES.len() {
+        let node = c.nodes[i].as_ref().ok_or("replica not running")?;
+        node.events.wait_for("replica converged", limit, |r| {
+            r.durable == target && r.applied == target
+        })?;
+    }
+    let n3 = c.nodes[N3].take().ok_or("n3 not running")?;
+    check_reports(NAMES[N3], &n3.quit()?)?;
+
+    // One bit of one payload in the middle of n3's first (sealed) segment.
+    let mut records: Vec<(PathBuf, u64, Lsn)> = Vec::new();
+    {
+        let d = walship_recovery::datadir::DataDir::open_locked(c.dir(N3))
+            .map_err(|e| format!("open n3: {e}"))?;
+        let opts = walship_recovery::scan::ScanOptions {
+            max_record_bytes: walship_wal::WalOptions::default().max_record_bytes,
+        };
+        d.scan(opts, None, &mut |seg, off, v| {
+            records.push((seg.to_path_buf(), off, v.lsn()));
+            std::ops::ControlFlow::Continue(())
+        })
+        .map_err(|e| format!("scan n3: {e}"))?;
+    }
+    let first_segment = records.first().ok_or("n3 holds no record")?.0.clone();
+    let in_first: Vec<&(PathBuf, u64, Lsn)> =
+        records.iter().filter(|r| r.0 == first_segment).collect();
+    if in_first.len() == records.len() {
+        return Err(format!(
+            "n3 has one segment only ({} records): nothing is sealed",
+            records.len()
+        ));
+    }
+    let (segment, offset, lsn) = in_first[in_first.len() / 2].clone();
+    let at = offset + walship_wal::RECORD_HEADER_LEN as u64 + 3;
+    flip_bit(&segment, at)?;
+    let damaged =
+        std::fs::read(&segment).map_err(|e| format!("read {}: {e}", segment.display()))?;
+
+    // Restart: the replica must halt local-corruption at that lsn, not repair.
+    c.start(N3)?;
+    let r3 = c.nodes[N3]
+        .as_ref()
+        .ok_or("n3 not running")?
+        .events
+        .wait_for_halt_allowed("n3 halts local-corruption", limit, |r| {
+            !r.halted.is_empty() || r.eof
+        })?;
+    let halt_line = r3
+        .halted
+        .first()
+        .cloned()
+        .ok_or("n3 exited without halting")?;
+    if !halt_line.contains("local-corruption") {
+        return Err(format!("n3 halted for another reason: {halt_line}"));
+    }
+    // The cluster goes on without it: n2's receipts make the majority.
+    let load = Load::start_padded(c.primary()?, "after".into(), 32, Duration::ZERO, 1000);
+    let before = c.primary()?.events.snapshot().acks.len();
+    c.primary()?
+        .events
+        .wait_for("200 more acknowledged", limit, |r| {
+            r.acks.len() >= before + 200
+        })?;
+    let sent_after = load.stop();
+    let target = settle(c.primary()?, sent + sent_after, limit)?.durable;
+    c.nodes[1]
+        .as_ref()
+        .ok_or("n2 not running")?
+        .events
+        .wait_for("n2 converged", limit, |r| {
+            r.durable == target && r.applied == target
+        })?;
+
+    let n3 = c.nodes[N3].take().ok_or("n3 not running")?;
+    let r3 = n3.quit()?;
+    if r3.applied > 0 || !r3.violations.is_empty() {
+        return Err(format!(
+            "halted n3 applied {} (violations {:?})",
+            r3.applied, r3.violations
+        ));
+    }
+    let mut acked = Acked::default();
+    for i in [1, 0] {
+        let n = c.nodes[i].take().ok_or("node not running")?;
+        let r = n.quit()?;
+        check_reports(NAMES[i], &r)?;
+        if i == PRIMARY {
+            acked.add(&r.acks)?;
+        }
+    }
+
+    // On disk: n3 kept every byte, is halted at lsn, verify names the same lsn.
+    let now = std::fs::read(&segment).map_err(|e| format!("read {}: {e}", segment.display()))?;
+    if now != damaged {
+        return Err(format!(
+            "{} changed after the halt: the halted replica must keep every byte",
+            segment.display()
+        ));
+    }
+    let verified = walship_recovery::cmd::verify::verify(
+        c.dir(N3),
+        &walship_recovery::cli::Common {
+            json: false,
+            max_record_bytes: walship_wal::WalOptions::default().max_record_bytes,
+        },
+        false,
+    )
+    .map_err(|e| format!("verify n3: {e}"))?;
+    match &verified.report.wal.state {
+        WalState::Corrupt { corruption } if corruption.lsn == Some(lsn) => {}
+        other => {
+            return Err(format!(
+                "verify n3: expected corruption at lsn {lsn}, got {other:?}"
+            ))
+        }
+    }
+    let halt = walship_recovery::datadir::DataDir::open_locked(c.dir(N3))
+        .and_then(|d| d.halt())
+        .map_err(|e| format!("halt of n3: {e}"))?
+        .ok_or("n3 has no halt file")?;
+    if halt.reason != walship_replica::HaltReason::LocalCorruption || halt.lsn != lsn {
+        return Err(format!(
+            "n3 halt {halt}: expected local-corruption at lsn {lsn}"
+        ));
+    }
+    let p = check_dir(c.dir(PRIMARY))?;
+    for (l, payload) in &acked.by_lsn {
+        if p.payloads.get(l) != Some(payload) {
+            return Err(format!("acknowledged lsn {l} missing on the primary"));
+        }
+    }
+    check_diff_prefix(c.dir(PRIMARY), c.dir(1), true)?;
+    Ok(format!(
+        "real_crash corrupt figures: n3 segment {} bit flipped in lsn {lsn} (offset {at}); n3 halted local-corruption at lsn {lsn} across a real restart, WAL unchanged; n1+n2 committed {} records, identical",
+        segment.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        p.last.lsn
+    ))
+}
+
+/// Flips the lowest bit of the byte at `offset` and makes it durable.
+fn flip_bit(path: &Path, offset: u64) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("open {}: {e}", path.display()))?;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset)
+        .and_then(|()| {
+            b[0] ^= 1;
+            f.write_all_at(&b, offset)
+        })
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("flip a bit of {} at {offset}: {e}", path.display()))
 }

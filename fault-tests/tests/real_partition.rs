@@ -43,10 +43,10 @@ const REPLICA_IP: &str = "169.254.77.2";
 const PORT: u16 = 7400;
 
 fn main() {
-    real_common::harness_main(TEST_NAME, || match preconditions() {
+    real_common::harness_main(&[(TEST_NAME, &|| match preconditions() {
         Err(why) => Verdict::Skipped(why),
         Ok(firewall) => run(firewall),
-    });
+    })]);
 }
 
 /// Runs a command; Err carries its stderr.
@@ -346,9 +346,9 @@ fn scenario(net: &Net, root: &Path, logs: &Path) -> Result<String, String> {
             r.acks.len() >= 200
         })?;
     let sent = load.stop();
-    let p = primary.events.wait_for("appends answered", limit, |r| {
-        r.acks.len() as u64 + r.failed == sent && r.commit == r.durable
-    })?;
+    let p = primary
+        .events
+        .wait_for("appends answered", limit, |r| r.settled(sent))?;
     let before = p.durable;
     replica.events.wait_for("replica caught up", limit, |r| {
         r.durable == before && r.applied == before && r.connected
@@ -456,8 +456,7 @@ fn scenario(net: &Net, root: &Path, logs: &Path) -> Result<String, String> {
     let p = primary
         .events
         .wait_for("every append answered and committed", limit, |r| {
-            r.acks.len() as u64 + r.failed == sent + sent_during + sent_after
-                && r.commit == r.durable
+            r.settled(sent + sent_during + sent_after)
         })?;
     let target = p.durable;
     replica.events.wait_for(

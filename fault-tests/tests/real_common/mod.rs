@@ -462,17 +462,38 @@ impl Events {
 
     /// Waits until `pred` holds, or fails after `limit` (a liveness bound, far above
     /// what the step needs: it turns a hang into a failure, it never decides an outcome).
+    /// A halt or a violation reported meanwhile fails the wait at once.
     pub fn wait_for(
         &self,
         what: &str,
         limit: Duration,
+        pred: impl FnMut(&Reported) -> bool,
+    ) -> Result<Reported, String> {
+        self.wait(what, limit, true, pred)
+    }
+
+    /// Like [`Events::wait_for`], for a node that is expected to halt.
+    pub fn wait_for_halt_allowed(
+        &self,
+        what: &str,
+        limit: Duration,
+        pred: impl FnMut(&Reported) -> bool,
+    ) -> Result<Reported, String> {
+        self.wait(what, limit, false, pred)
+    }
+
+    fn wait(
+        &self,
+        what: &str,
+        limit: Duration,
+        halt_fails: bool,
         mut pred: impl FnMut(&Reported) -> bool,
     ) -> Result<Reported, String> {
         let deadline = Instant::now() + limit;
         let mut g = lock(&self.state);
         loop {
             // A halt or a violation is a failure whatever is being waited for.
-            if !g.halted.is_empty() || !g.violations.is_empty() {
+            if !g.violations.is_empty() || (halt_fails && !g.halted.is_empty()) {
                 return Err(format!(
                     "while waiting for {what}: halted {:?}, violations {:?}",
                     g.halted, g.violations
@@ -523,6 +544,22 @@ impl std::fmt::Debug for Brief<'_> {
             r.exited,
             r.eof
         )
+    }
+}
+
+impl Reported {
+    /// Highest lsn acknowledged as committed.
+    pub fn max_acked(&self) -> Lsn {
+        self.acks.iter().map(|(l, _)| *l).max().unwrap_or(0)
+    }
+
+    /// A primary that answered all `sent` appends and whose last status covers
+    /// them: durable at or above every acknowledged lsn (the status line is
+    /// sampled, so it may lag the last acknowledgement) and committed up to it.
+    pub fn settled(&self, sent: u64) -> bool {
+        self.acks.len() as u64 + self.failed == sent
+            && self.durable >= self.max_acked()
+            && self.commit == self.durable
     }
 }
 
@@ -632,7 +669,9 @@ impl NodeProc {
 
     /// Waits for `ready` (or fails with what the node said).
     pub fn wait_ready(&self) -> Result<(), String> {
-        let r = self.events.wait_for(
+        // A replica that halts at open (FM-X.6) is ready too: its halt is judged
+        // by the caller.
+        let r = self.events.wait_for_halt_allowed(
             &format!("{} ready", self.name),
             Duration::from_secs(60),
             |r| r.ready || r.eof,
@@ -719,6 +758,17 @@ pub struct Load {
 impl Load {
     /// Starts sending `append <prefix>-<k>` lines to `node` (k from 0).
     pub fn start(node: &NodeProc, prefix: String, max_in_flight: u64, pause: Duration) -> Load {
+        Load::start_padded(node, prefix, max_in_flight, pause, 0)
+    }
+
+    /// Like [`Load::start`], each payload padded with `.` to `pad_to` bytes.
+    pub fn start_padded(
+        node: &NodeProc,
+        prefix: String,
+        max_in_flight: u64,
+        pause: Duration,
+        pad_to: usize,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let stdin = node.stdin_handle();
@@ -749,7 +799,10 @@ impl Load {
                         let mut g = lock(&stdin);
                         match g.as_mut() {
                             Some(s) => s
-                                .write_all(format!("append {prefix}-{k}\n").as_bytes())
+                                .write_all(
+                                    format!("append {:.<pad_to$}\n", format!("{prefix}-{k}"))
+                                        .as_bytes(),
+                                )
                                 .and_then(|()| s.flush())
                                 .is_ok(),
                             None => false,
@@ -939,17 +992,23 @@ pub enum Verdict {
     Failed(String),
 }
 
-/// `main` of a `harness = false` test with one test called `name`: runs the node
-/// when re-executed as one, honours libtest's `--list`, a name filter (with
-/// `--exact`) and `--ignored`, and prints libtest's result lines so that
-/// `cargo test` output reads the same as for harnessed tests.
-pub fn harness_main(name: &str, test: impl FnOnce() -> Verdict) {
+/// A test of a `harness = false` executable: its name and body.
+pub type NamedTest<'a> = (&'a str, &'a dyn Fn() -> Verdict);
+
+/// `main` of a `harness = false` test executable: runs the node when re-executed
+/// as one; otherwise runs `tests` one after the other, honouring libtest's
+/// `--list`, name filters (`--exact`), `--skip` and `--ignored`, and prints
+/// libtest's lines so that `cargo test` output reads as for harnessed tests.
+/// Exits 101 if any test failed.
+pub fn harness_main(tests: &[NamedTest<'_>]) {
     run_node_if_asked();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let has = |flag: &str| args.iter().any(|a| a == flag);
     if has("--list") {
         if !has("--ignored") {
-            println!("{name}: test");
+            for (name, _) in tests {
+                println!("{name}: test");
+            }
         }
         return;
     }
@@ -978,44 +1037,58 @@ pub fn harness_main(name: &str, test: impl FnOnce() -> Verdict) {
             filters.push(a.as_str());
         }
     }
-    let matches = |f: &str| {
+    let matches = |name: &str, f: &str| {
         if has("--exact") {
             name == f
         } else {
             name.contains(f)
         }
     };
-    let selected = (filters.is_empty() || filters.iter().any(|f| matches(f)))
-        && !skips.iter().any(|s| matches(s))
-        && !has("--ignored");
+    let selected: Vec<&NamedTest<'_>> = tests
+        .iter()
+        .filter(|(name, _)| {
+            (filters.is_empty() || filters.iter().any(|f| matches(name, f)))
+                && !skips.iter().any(|s| matches(name, s))
+                && !has("--ignored")
+        })
+        .collect();
+    let filtered = tests.len() - selected.len();
     let started = Instant::now();
-    let summary = |result: &str, passed: u32, failed: u32, ignored: u32, filtered: u32| {
-        println!(
-            "\ntest result: {result}. {passed} passed; {failed} failed; {ignored} ignored; 0 measured; {filtered} filtered out; finished in {:.2}s\n",
-            started.elapsed().as_secs_f64()
-        );
-    };
-    if !selected {
-        println!("\nrunning 0 tests");
-        summary("ok", 0, 0, 0, 1);
-        return;
+    println!(
+        "\nrunning {} test{}",
+        selected.len(),
+        if selected.len() == 1 { "" } else { "s" }
+    );
+    let (mut passed, mut failed, mut ignored) = (0, 0, 0);
+    let mut failures = Vec::new();
+    for (name, test) in selected {
+        match test() {
+            Verdict::Passed(figures) => {
+                println!("{figures}");
+                println!("test {name} ... ok");
+                passed += 1;
+            }
+            Verdict::Skipped(why) => {
+                println!("SKIP {name}: {why}");
+                println!("test {name} ... ignored, {why}");
+                ignored += 1;
+            }
+            Verdict::Failed(e) => {
+                println!("test {name} ... FAILED");
+                failures.push(format!("---- {name} ----\n{e}"));
+                failed += 1;
+            }
+        }
     }
-    println!("\nrunning 1 test");
-    match test() {
-        Verdict::Passed(figures) => {
-            println!("{figures}");
-            println!("test {name} ... ok");
-            summary("ok", 1, 0, 0, 0);
-        }
-        Verdict::Skipped(why) => {
-            println!("SKIP {name}: {why}");
-            println!("test {name} ... ignored, {why}");
-            summary("ok", 0, 0, 1, 0);
-        }
-        Verdict::Failed(e) => {
-            println!("test {name} ... FAILED\n{e}");
-            summary("FAILED", 0, 1, 0, 0);
-            std::process::exit(101);
-        }
+    if !failures.is_empty() {
+        println!("\nfailures:\n\n{}", failures.join("\n\n"));
+    }
+    println!(
+        "\ntest result: {}. {passed} passed; {failed} failed; {ignored} ignored; 0 measured; {filtered} filtered out; finished in {:.2}s\n",
+        if failed == 0 { "ok" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    );
+    if failed > 0 {
+        std::process::exit(101);
     }
 }
