@@ -1,4 +1,3 @@
-// LEAD NOTE (remove on commit): the replica engineer owns this crate's snapshot half (S2); the snapshot-integration engineer does the primary half (S3) only and must not edit walship-replica.
 //! walship-replica: the receiving side of walship replication.
 //!
 //! Owns the sans-IO verifier state machine ([`core`]), the durable halt
