@@ -6,17 +6,25 @@
 //! on the replica go through the replica's read gate, so a halted replica
 //! refuses them.
 //!
+//! The store also supports snapshots: the primary's copy of the map is a
+//! [`SnapshotSource`] (`Primary::create_snapshot`), and the replica's applier a
+//! [`SnapshotSink`], so a replica whose next record the primary no longer
+//! retains installs the primary's snapshot and continues after its boundary.
+//!
 //! Run it with `cargo run --example kv`. It starts one primary and two
 //! replicas in this process on loopback, with fresh certificates in a temp
-//! directory, writes some keys and reads them back from a replica.
+//! directory, writes some keys, reads them back from a replica and snapshots
+//! the primary's map.
 
 use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use walship_primary::{Primary, PrimaryConfig};
 use walship_replica::{Applier, ApplyError, Replica, ReplicaConfig};
-use walship_wal::record::Lsn;
+use walship_snapshot::{SnapshotSink, SnapshotSource};
+use walship_wal::record::{Lsn, Position};
 use walship_wire::TlsFiles;
 
 /// One state change of the store, as stored in a WAL record.
@@ -73,8 +81,89 @@ struct Store {
     applied: Lsn,
 }
 
+impl Store {
+    fn apply(&mut self, lsn: Lsn, op: Op) {
+        match op {
+            Op::Set { key, value } => {
+                self.map.insert(key, value);
+            }
+            Op::Delete { key } => {
+                self.map.remove(&key);
+            }
+        }
+        self.applied = lsn;
+    }
+
+    /// The snapshot image: every pair as a `Set` op, each prefixed by its length (u32 LE).
+    fn write_image(&self, w: &mut dyn Write) -> io::Result<()> {
+        for (key, value) in &self.map {
+            let op = Op::Set {
+                key: key.clone(),
+                value: value.clone(),
+            }
+            .encode();
+            w.write_all(&(op.len() as u32).to_le_bytes())?;
+            w.write_all(&op)?;
+        }
+        Ok(())
+    }
+
+    /// Parses an image written by [`Store::write_image`].
+    fn read_image(mut bytes: &[u8]) -> io::Result<BTreeMap<String, String>> {
+        let bad = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
+        let mut map = BTreeMap::new();
+        while !bytes.is_empty() {
+            if bytes.len() < 4 {
+                return Err(bad("truncated length".into()));
+            }
+            let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+            let rest = &bytes[4..];
+            if len > rest.len() {
+                return Err(bad(format!("entry of {len} bytes past the image end")));
+            }
+            match Op::decode(&rest[..len]).map_err(bad)? {
+                Op::Set { key, value } => {
+                    map.insert(key, value);
+                }
+                Op::Delete { .. } => return Err(bad("a delete in a snapshot image".into())),
+            }
+            bytes = &rest[len..];
+        }
+        Ok(map)
+    }
+}
+
+/// The primary's copy of the store, snapshotted by `Primary::create_snapshot`.
+struct KvSource(Arc<Mutex<Store>>);
+
+impl SnapshotSource for KvSource {
+    fn write_snapshot(&mut self, w: &mut dyn Write) -> io::Result<Lsn> {
+        let s = self
+            .0
+            .lock()
+            .map_err(|_| io::Error::other("store lock poisoned"))?;
+        s.write_image(w)?;
+        Ok(s.applied)
+    }
+}
+
 /// The replica side: applies committed records to the map.
 struct KvApplier(Arc<Mutex<Store>>);
+
+impl SnapshotSink for KvApplier {
+    fn restore_snapshot(&mut self, boundary: Position, r: &mut dyn Read) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        r.read_to_end(&mut bytes)?;
+        let map = Store::read_image(&bytes)?;
+        let mut s = self
+            .0
+            .lock()
+            .map_err(|_| io::Error::other("store lock poisoned"))?;
+        s.map = map;
+        s.applied = boundary.lsn;
+        Ok(())
+    }
+}
 
 impl Applier for KvApplier {
     fn applied_lsn(&self) -> Lsn {
@@ -86,16 +175,12 @@ impl Applier for KvApplier {
     fn apply(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), ApplyError> {
         let op = Op::decode(payload)?;
         let mut s = self.0.lock().map_err(|_| "store lock poisoned")?;
-        match op {
-            Op::Set { key, value } => {
-                s.map.insert(key, value);
-            }
-            Op::Delete { key } => {
-                s.map.remove(&key);
-            }
-        }
-        s.applied = lsn;
+        s.apply(lsn, op);
         Ok(())
+    }
+
+    fn snapshot_sink(&mut self) -> Option<&mut dyn SnapshotSink> {
+        Some(self)
     }
 }
 
@@ -154,10 +239,17 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
             value: "43".into(),
         },
     ];
+    // The primary keeps its own copy of the map (committed records only): the
+    // image its snapshots are made of.
+    let primary_store = Arc::new(Mutex::new(Store::default()));
     let mut last = 0;
     for op in &ops {
         last = primary.append(op.encode()).await?;
         println!("committed lsn {last}: {op:?}");
+        primary_store
+            .lock()
+            .map_err(|_| "store lock poisoned")?
+            .apply(last, op.clone());
     }
 
     // Reads on a replica: wait until it has applied the last commit, then read
@@ -181,6 +273,21 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("replica state {view:?} differs from {expected:?}").into());
     }
     println!("status of kv2: {:?}", replica.status().state);
+
+    // A snapshot of the primary's map at the last commit (blocking file I/O).
+    let snap = {
+        let primary = Arc::clone(&primary);
+        let source = Arc::clone(&primary_store);
+        tokio::task::spawn_blocking(move || primary.create_snapshot(&mut KvSource(source)))
+            .await??
+    };
+    println!(
+        "snapshot at lsn {} (epoch {}), {} bytes: a replica the WAL no longer serves installs it",
+        snap.boundary.lsn, snap.boundary.epoch, snap.total_len
+    );
+    if snap.boundary.lsn != last {
+        return Err(format!("snapshot at lsn {} instead of {last}", snap.boundary.lsn).into());
+    }
 
     for (r, _) in replicas {
         r.shutdown().await?;
@@ -213,5 +320,41 @@ mod tests {
         assert!(Op::decode(b"").is_err());
         assert!(Op::decode(b"S\xff\xff\xff\xffab").is_err());
         assert!(Op::decode(b"X").is_err());
+    }
+
+    #[test]
+    fn snapshot_image_round_trip_and_restore() {
+        let mut store = Store::default();
+        store.apply(
+            1,
+            Op::Set {
+                key: "a".into(),
+                value: "1".into(),
+            },
+        );
+        store.apply(
+            2,
+            Op::Set {
+                key: "b".into(),
+                value: "2".into(),
+            },
+        );
+        store.apply(3, Op::Delete { key: "a".into() });
+        let mut image = Vec::new();
+        store.write_image(&mut image).expect("write");
+        let target = Arc::new(Mutex::new(Store::default()));
+        let mut applier = KvApplier(Arc::clone(&target));
+        let boundary = Position {
+            lsn: 3,
+            epoch: 1,
+            crc: 0,
+        };
+        applier
+            .restore_snapshot(boundary, &mut image.as_slice())
+            .expect("restore");
+        let restored = target.lock().expect("lock");
+        assert_eq!(restored.map, store.map);
+        assert_eq!(restored.applied, 3);
+        assert!(Store::read_image(&image[..image.len() - 1]).is_err());
     }
 }
