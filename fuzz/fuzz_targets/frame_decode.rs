@@ -66,7 +66,9 @@ fn run_decoder(stream: &[u8], chunks: &[u16], max: u32) -> Outcome {
         let n = if chunks.is_empty() {
             rest.len()
         } else {
-            (usize::from(sizes.next().unwrap_or(1)) % 4096).max(1).min(rest.len())
+            (usize::from(sizes.next().unwrap_or(1)) % 4096)
+                .max(1)
+                .min(rest.len())
         };
         let (chunk, tail) = rest.split_at(n);
         rest = tail;
@@ -77,15 +79,24 @@ fn run_decoder(stream: &[u8], chunks: &[u16], max: u32) -> Outcome {
             }
             // A rejected prefix buffered nothing beyond the bytes given.
             assert!(d.buffered_bytes() <= before + n);
-            return Outcome { messages, end: Err(e) };
+            return Outcome {
+                messages,
+                end: Err(e),
+            };
         }
         if let Err(e) = drain(&mut d, &mut messages) {
             // Poisoned: every later call fails too.
             assert!(d.next_message().is_err());
-            return Outcome { messages, end: Err(e) };
+            return Outcome {
+                messages,
+                end: Err(e),
+            };
         }
     }
-    Outcome { messages, end: d.finish() }
+    Outcome {
+        messages,
+        end: d.finish(),
+    }
 }
 
 fn run_stream(stream: &[u8], max: u32) -> Outcome {
@@ -94,8 +105,18 @@ fn run_stream(stream: &[u8], max: u32) -> Outcome {
     loop {
         match block_on_ready(read_frame_from(&mut src, max)) {
             Ok(Some(m)) => messages.push(m),
-            Ok(None) => return Outcome { messages, end: Ok(()) },
-            Err(e) => return Outcome { messages, end: Err(e) },
+            Ok(None) => {
+                return Outcome {
+                    messages,
+                    end: Ok(()),
+                }
+            }
+            Err(e) => {
+                return Outcome {
+                    messages,
+                    end: Err(e),
+                }
+            }
         }
     }
 }
@@ -109,9 +130,16 @@ fuzz_target!(|input: Input| {
     let stream = &input.stream[..];
     let bound = alloc_bound(stream.len());
 
-    let whole = with_alloc_bound("FrameDecoder (one chunk)", bound, || run_decoder(stream, &[], max));
-    let chunked = with_alloc_bound("FrameDecoder (chunks)", bound, || run_decoder(stream, &input.chunks, max));
-    assert_eq!(whole.messages, chunked.messages, "chunking changed the messages");
+    let whole = with_alloc_bound("FrameDecoder (one chunk)", bound, || {
+        run_decoder(stream, &[], max)
+    });
+    let chunked = with_alloc_bound("FrameDecoder (chunks)", bound, || {
+        run_decoder(stream, &input.chunks, max)
+    });
+    assert_eq!(
+        whole.messages, chunked.messages,
+        "chunking changed the messages"
+    );
     match (&whole.end, &chunked.end) {
         (Ok(()), Ok(())) => {}
         (Err(a), Err(b)) => assert!(same_kind(a, b), "chunking changed the error: {a} vs {b}"),
@@ -119,19 +147,41 @@ fuzz_target!(|input: Input| {
     }
 
     // The stream reader allocates a frame's body (at most the limit) once its prefix passed.
-    let streamed = with_alloc_bound("read_frame_from", bound + max.min(MAX_FRAME_BYTES) as usize, || run_stream(stream, max));
-    assert_eq!(streamed.messages, whole.messages, "stream reader and FrameDecoder disagree");
+    let streamed = with_alloc_bound(
+        "read_frame_from",
+        bound + max.min(MAX_FRAME_BYTES) as usize,
+        || run_stream(stream, max),
+    );
+    assert_eq!(
+        streamed.messages, whole.messages,
+        "stream reader and FrameDecoder disagree"
+    );
     match (&whole.end, &streamed.end) {
         (Ok(()), Ok(())) => {}
-        (Err(FrameError::Truncated { received: a, expected: b }), Err(FrameError::Truncated { received: c, expected: d })) => {
+        (
+            Err(FrameError::Truncated {
+                received: a,
+                expected: b,
+            }),
+            Err(FrameError::Truncated {
+                received: c,
+                expected: d,
+            }),
+        ) => {
             assert_eq!((a, b), (c, d), "truncation reported differently");
         }
-        (Err(a), Err(b)) => assert!(same_kind(a, b), "stream reader and FrameDecoder end differently: {a} vs {b}"),
+        (Err(a), Err(b)) => assert!(
+            same_kind(a, b),
+            "stream reader and FrameDecoder end differently: {a} vs {b}"
+        ),
         (a, b) => panic!("stream reader and FrameDecoder end differently: {a:?} vs {b:?}"),
     }
     if let Err(e) = &whole.end {
         // A network ending is never a protocol violation and vice versa.
-        assert_eq!(e.is_session_end(), matches!(e, FrameError::Truncated { .. }));
+        assert_eq!(
+            e.is_session_end(),
+            matches!(e, FrameError::Truncated { .. })
+        );
     }
 
     // Whatever decodes re-encodes to a frame that decodes to the same message.
@@ -141,7 +191,10 @@ fuzz_target!(|input: Input| {
         assert_eq!(n, frame.len());
         let body = &frame[FRAME_HEADER_LEN..];
         assert!(body.len() <= MAX_FRAME_BYTES as usize);
-        assert_eq!(&decode_frame_body(body).expect("re-encoded body decodes"), m);
+        assert_eq!(
+            &decode_frame_body(body).expect("re-encoded body decodes"),
+            m
+        );
     }
 
     // The body decoder alone on the raw bytes (no prefix): no panic, bounded allocation.

@@ -19,7 +19,9 @@ use walship_wal::state::encode_state_file;
 use walship_wal::{Storage, StorageFile};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     let file = if mode % 2 == 0 {
         rest.to_vec()
     } else {
@@ -50,6 +52,9 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => panic!("read_halt: unexpected error kind: {e}"),
     }
-    assert!(!s.exists(&path).expect("sim exists"), "clear_halt left the halt file");
+    assert!(
+        !s.exists(&path).expect("sim exists"),
+        "clear_halt left the halt file"
+    );
     assert!(matches!(read_halt(&s, dir), Ok(None)));
 });

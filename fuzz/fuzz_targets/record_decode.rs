@@ -6,11 +6,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use walship_fuzz::with_alloc_bound;
+use walship_wal::record::DEFAULT_MAX_RECORD_BYTES;
 use walship_wal::record::{
     compute_crc, decode_record, encode_record, RecordError, RecordHeader, RECORD_HEADER_LEN,
 };
-use walship_wal::record::DEFAULT_MAX_RECORD_BYTES;
-use walship_fuzz::with_alloc_bound;
 
 fn check(buf: &[u8], max: u32) {
     let r = with_alloc_bound("decode_record", 0, || decode_record(buf, max));
@@ -18,16 +18,33 @@ fn check(buf: &[u8], max: u32) {
     match r {
         Ok(view) => {
             let h = header.expect("accepted a record shorter than a header");
-            assert!(h.payload_len <= max, "accepted payload_len {} > max {max}", h.payload_len);
-            assert_eq!(view.bytes(), &buf[..RECORD_HEADER_LEN + h.payload_len as usize]);
+            assert!(
+                h.payload_len <= max,
+                "accepted payload_len {} > max {max}",
+                h.payload_len
+            );
+            assert_eq!(
+                view.bytes(),
+                &buf[..RECORD_HEADER_LEN + h.payload_len as usize]
+            );
             assert_eq!(view.header(), h);
             assert_eq!(h.flags, 0);
             assert_eq!(compute_crc(view.bytes()), view.crc());
             assert_eq!(view.payload(), &view.bytes()[RECORD_HEADER_LEN..]);
             assert_eq!(view.position(), h.position());
             let mut again = Vec::new();
-            let pos = encode_record(view.lsn(), view.epoch(), view.prev_crc(), view.payload(), &mut again);
-            assert_eq!(again, view.bytes(), "accepted bytes differ from their canonical encoding");
+            let pos = encode_record(
+                view.lsn(),
+                view.epoch(),
+                view.prev_crc(),
+                view.payload(),
+                &mut again,
+            );
+            assert_eq!(
+                again,
+                view.bytes(),
+                "accepted bytes differ from their canonical encoding"
+            );
             assert_eq!(pos, view.position());
         }
         Err(RecordError::Truncated { need, have }) => {
@@ -56,7 +73,11 @@ fn check(buf: &[u8], max: u32) {
             let h = header.expect("BadFlags without a header");
             assert_eq!(found, h.flags);
             assert_ne!(found, 0);
-            assert_eq!(h.crc, compute_crc(&buf[..h.record_len()]), "flags checked after crc");
+            assert_eq!(
+                h.crc,
+                compute_crc(&buf[..h.record_len()]),
+                "flags checked after crc"
+            );
         }
     }
 }

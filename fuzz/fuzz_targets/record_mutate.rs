@@ -60,7 +60,13 @@ fn apply(buf: &mut Vec<u8>, d: &Damage) {
 
 fuzz_target!(|input: Input| {
     let mut original = Vec::new();
-    let pos = encode_record(input.lsn, input.epoch, input.prev_crc, &input.payload, &mut original);
+    let pos = encode_record(
+        input.lsn,
+        input.epoch,
+        input.prev_crc,
+        &input.payload,
+        &mut original,
+    );
     let len = input.payload.len() as u32;
     // A bound at or above the payload length: the record is valid as encoded.
     let max = len.saturating_add(u32::from(input.slack));

@@ -24,7 +24,10 @@ use walship_wal::{Mapping, Position, Storage};
 #[derive(Arbitrary, Debug)]
 enum LimitSel {
     Default,
-    Custom { max_total_bytes: u64, max_chunk_size_bytes: u32 },
+    Custom {
+        max_total_bytes: u64,
+        max_chunk_size_bytes: u32,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -113,9 +116,15 @@ fuzz_target!(|input: Input| {
     };
     let bound = 2 * bytes.len() + 64 * 1024;
 
-    let header = with_alloc_bound("SnapshotHeader::decode", 4096, || SnapshotHeader::decode(&bytes, &limits));
+    let header = with_alloc_bound("SnapshotHeader::decode", 4096, || {
+        SnapshotHeader::decode(&bytes, &limits)
+    });
     if let Ok(h) = header {
-        assert_eq!(&h.encode()[..], &bytes[..HEADER_LEN], "accepted a non-canonical header");
+        assert_eq!(
+            &h.encode()[..],
+            &bytes[..HEADER_LEN],
+            "accepted a non-canonical header"
+        );
         assert!(h.chunk_size_bytes >= 1 && h.chunk_size_bytes <= limits.chunk_size_bound());
         assert!(h.total_len <= limits.max_total_bytes);
     }
@@ -131,21 +140,31 @@ fuzz_target!(|input: Input| {
         _ => None,
     };
     let map = Mapping::from_vec(bytes.clone());
-    let opened = with_alloc_bound("SnapshotReader::open", bound, || SnapshotReader::open(map, &limits, expected));
+    let opened = with_alloc_bound("SnapshotReader::open", bound, || {
+        SnapshotReader::open(map, &limits, expected)
+    });
     let mut accepted = None;
     if let Ok(r) = &opened {
-        assert_eq!(Ok(*r.header()), header, "open accepted a header decode rejects");
+        assert_eq!(
+            Ok(*r.header()),
+            header,
+            "open accepted a header decode rejects"
+        );
         assert_eq!(r.offer().validate(&limits), Ok(*r.header()));
         let count = r.header().chunk_count();
         // Chunk access by index: never a panic, verified or an error.
         for i in 0..count.min(64) {
-            let _ = with_alloc_bound("SnapshotReader::chunk", bound, || r.chunk(i).map(|(c, _)| c));
+            let _ = with_alloc_bound("SnapshotReader::chunk", bound, || {
+                r.chunk(i).map(|(c, _)| c)
+            });
         }
         let verified = with_alloc_bound("SnapshotReader::verify", bound, || r.verify());
         let mut out = Vec::new();
-        let read = with_alloc_bound("PayloadReader", bound + r.header().chunk_size_bytes as usize, || {
-            r.payload_reader().read_to_end(&mut out)
-        });
+        let read = with_alloc_bound(
+            "PayloadReader",
+            bound + r.header().chunk_size_bytes as usize,
+            || r.payload_reader().read_to_end(&mut out),
+        );
         match (&verified, &read) {
             (Ok(()), Ok(n)) => {
                 assert_eq!(*n as u64, r.header().total_len);

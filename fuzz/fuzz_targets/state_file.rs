@@ -44,26 +44,42 @@ fn put(s: &SimStorage, path: &Path, bytes: &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some(file) = file_from_input(data) else { return };
+    let Some(file) = file_from_input(data) else {
+        return;
+    };
     let path = Path::new("/n/state/commit");
     let bound = 2 * file.len() + 64 * 1024;
 
-    let decoded = with_alloc_bound("decode_state_file", 4096, || decode_state_file(path, &file).map(<[u8]>::len));
+    let decoded = with_alloc_bound("decode_state_file", 4096, || {
+        decode_state_file(path, &file).map(<[u8]>::len)
+    });
     match &decoded {
         Ok(body_len) => {
             assert!(*body_len <= MAX_STATE_BODY_BYTES as usize);
             let body = &file[STATE_HEADER_LEN..];
             assert_eq!(*body_len, body.len());
-            assert_eq!(encode_state_file(path, body).expect("re-encode"), file, "accepted a non-canonical state file");
+            assert_eq!(
+                encode_state_file(path, body).expect("re-encode"),
+                file,
+                "accepted a non-canonical state file"
+            );
         }
-        Err(StateError::LengthMismatch { body_len, file_len, .. }) => {
+        Err(StateError::LengthMismatch {
+            body_len, file_len, ..
+        }) => {
             assert_ne!(u64::from(*body_len) + STATE_HEADER_LEN as u64, *file_len);
             assert_eq!(*file_len, file.len() as u64);
         }
         Err(StateError::BodyTooLarge { len, max, .. }) => assert!(*len > u64::from(*max)),
         Err(StateError::Truncated { len, .. }) => assert!(*len < STATE_HEADER_LEN as u64),
-        Err(StateError::Checksum { stored, computed, .. }) => assert_ne!(stored, computed),
-        Err(StateError::BadMagic { .. } | StateError::UnsupportedVersion { .. } | StateError::BadReserved { .. }) => {}
+        Err(StateError::Checksum {
+            stored, computed, ..
+        }) => assert_ne!(stored, computed),
+        Err(
+            StateError::BadMagic { .. }
+            | StateError::UnsupportedVersion { .. }
+            | StateError::BadReserved { .. },
+        ) => {}
         Err(e) => panic!("decode_state_file: unexpected error kind: {e}"),
     }
 
@@ -71,7 +87,9 @@ fuzz_target!(|data: &[u8]| {
     let node = NodeDir::open(s.clone(), Path::new("/n")).expect("sim node dir");
     put(&s, path, &file);
     put(&s, &node.state_dir().join(EPOCHS_FILE), &file);
-    let read = with_alloc_bound("read_state_file", bound, || read_state_file(&s, node.state_dir(), COMMIT_FILE));
+    let read = with_alloc_bound("read_state_file", bound, || {
+        read_state_file(&s, node.state_dir(), COMMIT_FILE)
+    });
     match (&decoded, &read) {
         (Ok(_), Ok(Some(body))) => assert_eq!(&body[..], &file[STATE_HEADER_LEN..]),
         (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
@@ -85,7 +103,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(epochs) = with_alloc_bound("epochs", bound, || node.epochs()) {
         assert!(decoded.is_ok());
-        epochs.validate().expect("epochs() returned an invalid history");
+        epochs
+            .validate()
+            .expect("epochs() returned an invalid history");
         node.set_epochs(&epochs).expect("write back epochs");
         assert_eq!(node.epochs().expect("read back epochs"), epochs);
     }

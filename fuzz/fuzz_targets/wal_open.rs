@@ -79,16 +79,36 @@ struct RecSpec {
 
 #[derive(Arbitrary, Debug)]
 enum Damage {
-    Flip { bit: u32 },
-    Xor { offset: u32, mask: u8 },
-    Truncate { len: u32 },
-    Zero { offset: u32, len: u16 },
-    AppendZeros { len: u16 },
-    AppendBytes { bytes: Vec<u8> },
+    Flip {
+        bit: u32,
+    },
+    Xor {
+        offset: u32,
+        mask: u8,
+    },
+    Truncate {
+        len: u32,
+    },
+    Zero {
+        offset: u32,
+        len: u16,
+    },
+    AppendZeros {
+        len: u16,
+    },
+    AppendBytes {
+        bytes: Vec<u8>,
+    },
     /// A valid record of `payload_len` after whatever the file holds now.
-    AppendRecord { lsn: u64, payload_len: u8 },
+    AppendRecord {
+        lsn: u64,
+        payload_len: u8,
+    },
     /// Overwrite a u32 (e.g. a payload_len) at `offset`.
-    Put32 { offset: u32, value: u32 },
+    Put32 {
+        offset: u32,
+        value: u32,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -129,7 +149,11 @@ fn encode_header_any(h: &SegmentHeader) -> Vec<u8> {
     let crc = crc32c::crc32c(&b[..SEG_OFF_HEADER_CRC]);
     b[SEG_OFF_HEADER_CRC..].copy_from_slice(&crc.to_le_bytes());
     if h.prev.lsn.checked_add(1) == Some(h.first_lsn) {
-        assert_eq!(b, h.encode().to_vec(), "encode_header_any drifted from SegmentHeader::encode");
+        assert_eq!(
+            b,
+            h.encode().to_vec(),
+            "encode_header_any drifted from SegmentHeader::encode"
+        );
     }
     b
 }
@@ -171,7 +195,13 @@ fn build_segment(spec: &SegSpec, cur: &mut Position, zeros: &mut usize) -> (Stri
         let start = bytes.len();
         let payload = vec![r.fill; usize::from(r.payload_len)];
         let epoch = cur.epoch.saturating_add(u64::from(r.epoch_step % 4));
-        let pos = encode_record(cur.lsn.wrapping_add(1), epoch, cur.crc, &payload, &mut bytes);
+        let pos = encode_record(
+            cur.lsn.wrapping_add(1),
+            epoch,
+            cur.crc,
+            &payload,
+            &mut bytes,
+        );
         *cur = pos;
         if let Some(lie) = &r.lie {
             let rec = &mut bytes[start..];
@@ -255,7 +285,11 @@ fn expected_report(last: Position, torn: Option<(PathBuf, u64, u64)>) -> OpenRep
     }
 }
 
-fn open(s: &SimStorage, dir: &Path, opts: WalOptions) -> Result<(Wal<SimStorage>, OpenReport), WalError> {
+fn open(
+    s: &SimStorage,
+    dir: &Path,
+    opts: WalOptions,
+) -> Result<(Wal<SimStorage>, OpenReport), WalError> {
     Wal::open(s.clone(), dir, opts)
 }
 
@@ -268,8 +302,16 @@ fuzz_target!(|input: Input| {
     s.create_dir_all(dir).expect("sim mkdir");
     let mut cur = match input.start {
         Start::One => Position::ZERO,
-        Start::Lsn(l) => Position { lsn: l, epoch: 1, crc: 0 },
-        Start::NearMax(k) => Position { lsn: u64::MAX - u64::from(k % 4), epoch: 1, crc: 0 },
+        Start::Lsn(l) => Position {
+            lsn: l,
+            epoch: 1,
+            crc: 0,
+        },
+        Start::NearMax(k) => Position {
+            lsn: u64::MAX - u64::from(k % 4),
+            epoch: 1,
+            crc: 0,
+        },
     };
     cur.epoch = cur.epoch.max(u64::from(input.start_epoch));
     let mut zeros = 0;
@@ -279,9 +321,7 @@ fuzz_target!(|input: Input| {
         total += bytes.len();
         write_file(&s, &dir.join(name), &bytes);
     }
-    let max_record_bytes = input
-        .small_max
-        .map_or(DEFAULT_MAX_RECORD_BYTES, u32::from);
+    let max_record_bytes = input.small_max.map_or(DEFAULT_MAX_RECORD_BYTES, u32::from);
     let opts = WalOptions {
         segment_size_bytes: 4096,
         max_record_bytes,
@@ -341,7 +381,11 @@ fuzz_target!(|input: Input| {
 
     // Opening again is idempotent: the cut (if any) is durable, nothing else changes.
     let again = open(&s, dir, opts).map(|(w, r)| (w.last(), r));
-    let want = if last == Position::ZERO { OpenReport::Empty } else { OpenReport::Clean { last } };
+    let want = if last == Position::ZERO {
+        OpenReport::Empty
+    } else {
+        OpenReport::Clean { last }
+    };
     match again {
         Ok((l, r)) => {
             assert_eq!(l, last);
@@ -353,7 +397,10 @@ fuzz_target!(|input: Input| {
     // Nothing follows lsn u64::MAX (wal-1): an append there is refused before writing.
     if input.append_after && last.lsn == u64::MAX {
         let (mut wal, _) = open(&s, dir, opts).expect("third open");
-        assert!(matches!(wal.append(b"x"), Err(WalError::LsnExhausted { .. })));
+        assert!(matches!(
+            wal.append(b"x"),
+            Err(WalError::LsnExhausted { .. })
+        ));
         return;
     }
     // A record appended after recovery survives a reopen (the scan left a sound tail).
