@@ -559,7 +559,7 @@ impl<S: Storage> Driver<S> {
         };
         // Nothing may be appending or syncing while the WAL is reset.
         let last = self.wal.last().lsn;
-        if self.wal.durable_lsn() < last {
+        if self.durable_lsn() < last {
             self.wal.wait_durable(last)?;
         }
         let local = self.core.epoch_history().clone();
@@ -623,7 +623,7 @@ impl<S: Storage> Driver<S> {
         // so the directory is exactly what it was at the halt. A failure here is logged:
         // the halt is already durable.
         let last = self.wal.last().lsn;
-        if self.wal.durable_lsn() < last {
+        if self.durable_lsn() < last {
             if let Err(e) = self.wal.wait_durable(last) {
                 tracing::error!(error = %e, "sync after halt failed");
             }
@@ -661,18 +661,25 @@ impl<S: Storage> Driver<S> {
             return Ok(());
         }
         let target = self.wal.last().lsn;
-        if self.sync_pending || self.wal.durable_lsn() < target {
+        if self.sync_pending || self.durable_lsn() < target {
             // Waits for a running background sync, then leads one for the rest.
             self.wal.wait_durable(target)?;
         }
         self.sync_pending = false;
         self.unsynced_bytes = 0;
-        let lsn = self.wal.durable_lsn();
+        let lsn = self.durable_lsn();
         self.feed(Event::Durable { lsn })?;
         if self.halted {
             return Ok(());
         }
         self.commit_and_apply()
+    }
+
+    /// The WAL's durable lsn read under its lock. (`SharedWal::durable_lsn()`, the
+    /// published value, can briefly go backwards when `with` races a group-commit
+    /// leader — notes/requests-realfault.md F1 — so the driver never relies on it.)
+    fn durable_lsn(&self) -> Lsn {
+        self.wal.with(|w| w.durable_lsn())
     }
 
     /// Starts a group sync of everything appended so far on a blocking thread;
@@ -717,10 +724,10 @@ impl<S: Storage> Driver<S> {
 
     fn apply_up_to(&mut self, up_to: Lsn) -> Result<(), ReplicaError> {
         assert!(
-            up_to <= self.persisted_commit && up_to <= self.wal.durable_lsn(),
+            up_to <= self.persisted_commit && up_to <= self.durable_lsn(),
             "apply up to {up_to} beyond the persisted commit {} or the durable lsn {}",
             self.persisted_commit,
-            self.wal.durable_lsn()
+            self.durable_lsn()
         );
         if up_to <= self.applied {
             return Ok(());
@@ -763,7 +770,7 @@ impl<S: Storage> Driver<S> {
             Phase::Streaming => ReplicaState::Streaming,
             Phase::ReceivingSnapshot => ReplicaState::ReceivingSnapshot,
         };
-        let durable = self.wal.durable_lsn();
+        let durable = self.durable_lsn();
         let primary = core.primary();
         let primary_last = core.primary_last_lsn();
         let status = ReplicaStatus {
