@@ -436,22 +436,6 @@ fn fm_4_2() -> R {
     Ok("r1 crashed with lsn 6..=9 durable but unapplied; after restart the applier saw 1..=9 exactly once, in order".into())
 }
 
-fn snapshot_layer(row: &str) -> Verdict {
-    match crate::snapshot_sweep::sweep(4300) {
-        Ok((points, old, new)) => Verdict::Missing {
-            feature: "snapshot transfer driven by walship-replica",
-            observed: format!(
-                "{row}: install layer over SimStorage interrupted at {points} points (each step, each fsync, aborted transfers): {old} recovered to the old state, {new} to the new one, never mixed, no temporary left"
-            ),
-        },
-        Err(e) => Verdict::Fail(format!("install layer: {e}")),
-    }
-}
-
-fn fm_4_3() -> Verdict {
-    snapshot_layer("crash during install")
-}
-
 // ---------------------------------------------------------------- section 5
 
 fn fm_5_1() -> R {
@@ -590,20 +574,80 @@ fn fm_6_2() -> R {
 
 // ---------------------------------------------------------------- section 7
 
-fn fm_7_1() -> Verdict {
-    Verdict::Missing {
-        feature: "snapshot transfer in walship-replica",
-        observed:
-            "the replica core ends the session with SnapshotRequired; no snapshot is ever received"
-                .into(),
-    }
-}
-
-fn fm_7_2() -> Verdict {
-    Verdict::Missing {
-        feature: "snapshot transfer in walship-replica",
-        observed: "no snapshot boundary is ever checked by the replica core".into(),
-    }
+fn fm_7_2() -> R {
+    // The primary is at epoch 2 (epoch 2 began at lsn 4) and has snapshotted
+    // past lsn 5; the replica holds lsn 4..5 from epoch 1 (tentative records
+    // of the old primary). The snapshot's history conflicts with them.
+    let mut c = cfg(1, 0);
+    c.epoch = 2;
+    c.epoch_history = Some(vec![
+        EpochEntry {
+            epoch: 1,
+            start_lsn: 1,
+        },
+        EpochEntry {
+            epoch: 2,
+            start_lsn: 4,
+        },
+    ]);
+    let mut w = World::new(c, 72)?;
+    let base = payloads("base", 3, 40);
+    let mut prim = base.clone();
+    prim.extend(payloads("epoch2", 400, 200));
+    seed_wal(&w.primary.storage, 1, Some((2, 3)), &prim)?;
+    let body =
+        serde_json::to_vec(&serde_json::json!({"commit_lsn": 403})).map_err(|e| e.to_string())?;
+    write_state_file(
+        &w.primary.storage,
+        &PathBuf::from(NODE_ROOT).join("state"),
+        "commit",
+        &body,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut rep = base;
+    rep.extend(payloads("old-tentative", 2, 40));
+    let r_last = seed_wal(&w.replica(1).storage, 1, None, &rep)?;
+    seed_epochs(
+        &w.replica(1).storage,
+        vec![EpochEntry {
+            epoch: 1,
+            start_lsn: 1,
+        }],
+    )?;
+    w.oracle.primary_history = {
+        let (wal, _) = Wal::open(
+            w.primary.storage.clone(),
+            &PathBuf::from(NODE_ROOT).join("wal"),
+            WalOptions {
+                epoch: 2,
+                ..WalOptions::default()
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        (1..=403)
+            .filter_map(|l| wal.position_at(l).ok().flatten())
+            .collect()
+    };
+    w.oracle.foreign_history.push(1);
+    w.restart(PRIMARY);
+    let boundary = w.primary_snapshot()?;
+    w.restart(1);
+    let halted = run_until_cond(&mut w, 30_000, |w| w.replica(1).halted.is_some());
+    ensure(halted, || {
+        format!("no halt; last events:\n{}", w.trace.render_tail())
+    })?;
+    let h = w.replica(1).halted.clone().ok_or("no halt")?;
+    ensure(h.record.reason == HaltReason::SnapshotBoundary, || {
+        format!("halted {}: {}", h.record.reason.as_str(), h.record.detail)
+    })?;
+    no_snapshot_state(&w, 1, 5)?;
+    ensure(last_of(&w, 1) == r_last, || {
+        "the replica's log changed".into()
+    })?;
+    Ok(format!(
+        "snapshot {boundary} whose epoch history (epoch 2 from lsn 4) conflicts with the replica's epoch-1 records 4..5: halt snapshot-boundary ({}), not installed, replica log kept",
+        h.record.found
+    ))
 }
 
 // ---------------------------------------------------------------- section 8
@@ -847,8 +891,47 @@ fn fm_10_4() -> R {
     Ok(format!("with the primary down for 5 s no replica appended, committed or promoted itself; fencing: {t}"))
 }
 
-fn fm_10_5() -> Verdict {
-    snapshot_layer("snapshot + WAL never mixed")
+fn fm_10_5() -> R {
+    let mut old = 0;
+    let mut new = 0;
+    for k in 0..8u64 {
+        let (mut w, boundary) = snapshot_world(1050 + k)?;
+        w.restart(1);
+        let mid = run_until_cond(&mut w, 20_000, |w| w.replica_installing(1));
+        ensure(mid, || "the transfer never started".into())?;
+        // Crash the replica at a different moment of transfer and install each time.
+        w.run_until(w.now() + k * 12);
+        w.crash(1);
+        w.restart(1);
+        let u = w.replica(1).up.as_ref().ok_or("replica down")?;
+        let newest = u
+            .snapshots
+            .newest()
+            .map_err(|e| e.to_string())?
+            .map(|x| x.boundary);
+        match newest {
+            None => {
+                no_snapshot_state(&w, 1, 3)?;
+                old += 1;
+            }
+            Some(b) => {
+                ensure(b == boundary && u.wal.base() == boundary, || {
+                    format!("mixed: snapshot {b} with WAL base {}", u.wal.base())
+                })?;
+                new += 1;
+            }
+        }
+        converge(&mut w)?;
+        checked(&w)?;
+    }
+    let sweep = crate::snapshot_sweep::sweep(10_500)?;
+    ensure(old > 0, || {
+        "no crash landed before the install's commit point".into()
+    })?;
+    Ok(format!(
+        "replica crashed at 8 moments of a snapshot transfer/install: {old} restarted in the old state, {new} in the new one, never mixed, all converged; install layer sweep: {} points, {} old / {} new",
+        sweep.0, sweep.1, sweep.2
+    ))
 }
 
 // ---------------------------------------------------------------- section 11
@@ -1096,10 +1179,6 @@ fn fm_x_7() -> R {
     Ok(format!("6 torn crashes of a replica with unsynced appends: every restart kept the synced records, {tears} reported TornTailCut, all converged"))
 }
 
-fn fm_x_8() -> Verdict {
-    snapshot_layer("transfer cut short")
-}
-
 fn fm_x_9() -> R {
     let mut w = converged_cluster(cfg(1, -1), 209, 5)?;
     let mut garbage = vec![0xffu8; 64];
@@ -1319,6 +1398,109 @@ fn fm_x_14() -> R {
     expect_halt(214, FrameFault::Malformed)
 }
 
+/// A primary that has snapshotted and truncated its log past lsn 3, and a
+/// replica (down) at lsn 3 that will need the snapshot; the link to the
+/// replica is slow so the transfer takes a while.
+fn snapshot_world(seed: u64) -> Result<(World, Position), String> {
+    let mut c = cfg(1, 0);
+    c.net.bandwidth_bytes_per_ms = 40;
+    c.net.mtu_bytes = 200;
+    let mut w = converged_cluster(c, seed, 3)?;
+    w.crash(1);
+    w.client_append(&payloads("far", 400, 200));
+    w.run_until(w.now() + 100);
+    let boundary = w.primary_snapshot()?;
+    Ok((w, boundary))
+}
+
+fn no_snapshot_state(w: &World, n: NodeId, last: Lsn) -> Result<(), String> {
+    let u = w.replica(n).up.as_ref().ok_or("replica down")?;
+    let newest = u.snapshots.newest().map_err(|e| e.to_string())?;
+    ensure(newest.is_none(), || {
+        format!("a snapshot is installed: {newest:?}")
+    })?;
+    ensure(u.wal.last().lsn == last, || {
+        format!("WAL last {} instead of {last}", u.wal.last().lsn)
+    })?;
+    let tmp = w
+        .storage(n)
+        .list(&PathBuf::from(NODE_ROOT).join("snapshots"))
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|x| x.starts_with(walship_snapshot::TMP_PREFIX))
+        .count();
+    ensure(tmp == 0, || format!("{tmp} partial snapshots left"))
+}
+
+fn fm_x_8() -> R {
+    let (mut w, boundary) = snapshot_world(208)?;
+    w.restart(1);
+    let mid = run_until_cond(&mut w, 20_000, |w| w.replica_installing(1));
+    ensure(mid, || "the transfer never started".into())?;
+    w.run_until(w.now() + 20);
+    ensure(w.replica_installing(1), || {
+        "the transfer finished too fast to cut".into()
+    })?;
+    let now = w.now();
+    w.net.partition(PRIMARY, 1, now);
+    let ended = run_until_cond(&mut w, 10_000, |w| {
+        !w.replica_installing(1) && !w.replica_connected(1)
+    });
+    ensure(ended, || "the session did not end".into())?;
+    no_halts(&w)?;
+    no_snapshot_state(&w, 1, 3)?;
+    let now = w.now();
+    w.net.heal_all(now);
+    converge(&mut w)?;
+    checked(&w)?;
+    no_halts(&w)?;
+    let base = w.replica(1).up.as_ref().map(|u| u.wal.base());
+    ensure(base == Some(boundary), || format!("replica base {base:?}"))?;
+    Ok(format!("partition in the middle of the snapshot transfer: session ended, partial snapshot discarded, replica still at lsn 3, no halt; after heal the transfer restarted and {boundary} was installed"))
+}
+
+fn fm_4_3() -> R {
+    let (mut w, boundary) = snapshot_world(43)?;
+    w.restart(1);
+    let mid = run_until_cond(&mut w, 20_000, |w| w.replica_installing(1));
+    ensure(mid, || "the transfer never started".into())?;
+    w.run_until(w.now() + 20);
+    ensure(w.replica_installing(1), || {
+        "the install finished before the crash".into()
+    })?;
+    w.crash(1);
+    w.restart(1);
+    no_halts(&w)?;
+    no_snapshot_state(&w, 1, 3)?;
+    converge(&mut w)?;
+    checked(&w)?;
+    no_halts(&w)?;
+    let base = w.replica(1).up.as_ref().map(|u| u.wal.base());
+    ensure(base == Some(boundary), || format!("replica base {base:?}"))?;
+    let sweep = crate::snapshot_sweep::sweep(4300)?;
+    Ok(format!(
+        "replica crashed mid-install: restarted with no snapshot, no temporary, WAL at lsn 3; the transfer started over and {boundary} was installed; install layer sweep: {} interruption points, {} old / {} new, never mixed",
+        sweep.0, sweep.1, sweep.2
+    ))
+}
+
+fn fm_7_1() -> R {
+    let (mut w, _) = snapshot_world(71)?;
+    w.arm_frame_fault(1, FrameFault::CorruptChunk);
+    w.restart(1);
+    let halted = run_until_cond(&mut w, 30_000, |w| w.replica(1).halted.is_some());
+    ensure(halted, || {
+        format!("no halt; last events:\n{}", w.trace.render_tail())
+    })?;
+    let h = w.replica(1).halted.clone().ok_or("no halt")?;
+    ensure(h.record.reason == HaltReason::SnapshotInvalid, || {
+        format!("halted {}", h.record.reason.as_str())
+    })?;
+    no_snapshot_state(&w, 1, 3)?;
+    checked(&w)?;
+    Ok(format!("a snapshot chunk with a bad crc: halt snapshot-invalid ({}), partial snapshot discarded, replica unchanged at lsn 3", h.record.found))
+}
+
 fn fm_x_13() -> R {
     let mut w = converged_cluster(cfg(1, 0), 213, 3)?;
     w.crash(1);
@@ -1388,7 +1570,7 @@ pub fn scenarios() -> Vec<Scenario> {
         sc!(
             "FM-4.3",
             "fm_4_3_replica_crash_during_snapshot_install_keeps_prior_state",
-            fm_4_3
+            || verdict(fm_4_3())
         ),
         sc!(
             "FM-5.1",
@@ -1409,9 +1591,11 @@ pub fn scenarios() -> Vec<Scenario> {
         sc!(
             "FM-7.1",
             "fm_7_1_invalid_snapshot_halts_snapshot_invalid",
-            fm_7_1
+            || verdict(fm_7_1())
         ),
-        sc!("FM-7.2", "fm_7_2_snapshot_boundary_mismatch_halts", fm_7_2),
+        sc!("FM-7.2", "fm_7_2_snapshot_boundary_mismatch_halts", || {
+            verdict(fm_7_2())
+        }),
         sc!(
             "FM-8.1",
             "fm_8_1_diverged_replica_halts_divergence_log_kept",
@@ -1439,7 +1623,9 @@ pub fn scenarios() -> Vec<Scenario> {
         sc!("FM-10.4", "fm_10_4_no_implicit_authority", || verdict(
             fm_10_4()
         )),
-        sc!("FM-10.5", "fm_10_5_no_mixed_snapshot_and_wal", fm_10_5),
+        sc!("FM-10.5", "fm_10_5_no_mixed_snapshot_and_wal", || verdict(
+            fm_10_5()
+        )),
         sc!("FM-11.1", "fm_11_1_same_seed_same_trace_hash", || verdict(
             fm_11_1()
         )),
@@ -1473,7 +1659,7 @@ pub fn scenarios() -> Vec<Scenario> {
         sc!(
             "FM-X.8",
             "fm_x_8_session_end_mid_snapshot_restarts_transfer",
-            fm_x_8
+            || verdict(fm_x_8())
         ),
         sc!("FM-X.9", "fm_x_9_non_member_cannot_cause_halt", || verdict(
             fm_x_9()

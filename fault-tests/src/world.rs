@@ -120,6 +120,8 @@ pub enum FrameFault {
     /// announced epoch history shows the epoch is wrong (finding: the
     /// replica accepts it; not used by the random simulator).
     EpochBelowHistory,
+    /// Flip a byte of the next snapshot chunk (its crc no longer matches): FM-7.1.
+    CorruptChunk,
 }
 
 impl FrameFault {
@@ -132,6 +134,7 @@ impl FrameFault {
             FrameFault::Reorder => HaltReason::Reorder,
             FrameFault::EpochRegress | FrameFault::EpochBelowHistory => HaltReason::EpochRegression,
             FrameFault::Malformed => HaltReason::MalformedBatch,
+            FrameFault::CorruptChunk => HaltReason::SnapshotInvalid,
         }
     }
 }
@@ -482,6 +485,7 @@ fn apply_frame_fault(f: FrameFault, b: &RecordBatch, max: u32) -> Option<RecordB
         FrameFault::Malformed => {
             out.count += 7;
         }
+        FrameFault::CorruptChunk => return None,
     }
     Some(out)
 }
@@ -780,6 +784,28 @@ impl World {
                     return;
                 };
                 let mut msg = msg;
+                if let Message::SnapshotChunk(c) = &mut msg {
+                    if self.taps.get(&peer) == Some(&FrameFault::CorruptChunk)
+                        && !c.bytes.is_empty()
+                    {
+                        self.taps.remove(&peer);
+                        c.bytes[0] ^= 0x01;
+                        self.oracle
+                            .injected
+                            .entry(peer)
+                            .or_default()
+                            .push(FrameFault::CorruptChunk);
+                        self.trace.record(
+                            now,
+                            self.step,
+                            format!(
+                                "inject CorruptChunk into snapshot chunk {} to {}",
+                                c.index,
+                                node_name(peer)
+                            ),
+                        );
+                    }
+                }
                 if let Message::Records(b) = &msg {
                     let last_lsn = b.first_lsn + u64::from(b.count).saturating_sub(1);
                     if b.count > 0 && last_lsn > p.wal.durable_lsn() {
@@ -1534,6 +1560,14 @@ impl World {
         } else if self.replica(n).up.is_none() {
             self.start_replica(n);
         }
+    }
+
+    /// True while replica `n` has a snapshot install in progress.
+    pub fn replica_installing(&self, n: NodeId) -> bool {
+        self.replica(n)
+            .up
+            .as_ref()
+            .is_some_and(|u| u.install.is_some())
     }
 
     /// Bytes of an incomplete frame buffered by replica `n`'s current session.

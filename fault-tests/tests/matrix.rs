@@ -39,7 +39,6 @@ fn fm_4_2_replica_crash_before_apply_replays_in_order() {
 }
 
 #[test]
-#[ignore = "needs snapshot transfer (not implemented yet)"]
 fn fm_4_3_replica_crash_during_snapshot_install_keeps_prior_state() {
     require("FM-4.3");
 }
@@ -65,13 +64,11 @@ fn fm_6_2_gap_in_stream_halts_replica() {
 }
 
 #[test]
-#[ignore = "needs snapshot transfer (not implemented yet)"]
 fn fm_7_1_invalid_snapshot_halts_snapshot_invalid() {
     require("FM-7.1");
 }
 
 #[test]
-#[ignore = "needs snapshot transfer (not implemented yet)"]
 fn fm_7_2_snapshot_boundary_mismatch_halts() {
     require("FM-7.2");
 }
@@ -112,7 +109,6 @@ fn fm_10_4_no_implicit_authority() {
 }
 
 #[test]
-#[ignore = "needs snapshot transfer (not implemented yet)"]
 fn fm_10_5_no_mixed_snapshot_and_wal() {
     require("FM-10.5");
 }
@@ -168,7 +164,6 @@ fn fm_x_7_torn_tail_cut_keeps_synced() {
 }
 
 #[test]
-#[ignore = "needs snapshot transfer (not implemented yet)"]
 fn fm_x_8_session_end_mid_snapshot_restarts_transfer() {
     require("FM-X.8");
 }
