@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use walship_primary::{Primary, PrimaryConfig, Quorum};
-use walship_replica::{Applier, ApplyError, Replica, ReplicaConfig};
+use walship_replica::{Applier, ApplyError, Replica, ReplicaConfig, ReplicaState};
 use walship_wal::state::{EpochHistory, NodeDir};
 use walship_wal::{FsStorage, Lsn, SharedWal, Wal, WalOptions, RECORD_HEADER_LEN};
 use walship_wire::{TlsFiles, TransportOptions};
@@ -309,6 +309,15 @@ async fn catch_up_rate(env: &Env, bytes: u64) -> BenchResult<(f64, u64, Duration
         }
         if start.elapsed() > Duration::from_secs(600) {
             return Err("catch-up did not finish in 600 s".into());
+        }
+        match r1.status().state {
+            ReplicaState::Halted(h) => {
+                return Err(format!("replica halted during catch-up: {h:?}").into())
+            }
+            ReplicaState::Stopped(why) => {
+                return Err(format!("replica stopped during catch-up: {why}").into())
+            }
+            _ => {}
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
