@@ -116,9 +116,8 @@ pub enum FrameFault {
     EpochRegress,
     /// Rewrite `first_lsn`/`count` so they disagree with the records.
     Malformed,
-    /// Like `EpochRegress` but also at lsn 1, where only the primary's
-    /// announced epoch history shows the epoch is wrong (finding: the
-    /// replica accepts it; not used by the random simulator).
+    /// Like `EpochRegress`; kept as the name of finding 4's reproducer
+    /// (a record at lsn 1 below the announced epoch history).
     EpochBelowHistory,
     /// Flip a byte of the next snapshot chunk (its crc no longer matches): FM-7.1.
     CorruptChunk,
@@ -472,9 +471,9 @@ fn apply_frame_fault(f: FrameFault, b: &RecordBatch, max: u32) -> Option<RecordB
             let first = recs.first()?;
             let v = decode_record(first, max).ok()?;
             // At lsn 1 there is no earlier record to regress from: only the
-            // announced epoch history can show that epoch 0 is wrong there
-            // (that is `EpochBelowHistory`, see notes/requests-fault.md).
-            if v.epoch() == 0 || (f == FrameFault::EpochRegress && v.lsn() == 1) {
+            // announced epoch history shows that epoch 0 is wrong there (the
+            // replica checks it since finding 4 was fixed).
+            if v.epoch() == 0 {
                 return None;
             }
             let mut bytes = Vec::new();

@@ -1,18 +1,18 @@
-//! Reproducers of problems the harness found in other crates, ignored until
-//! they are fixed (run with `cargo test -p walship-fault --test findings --
-//! --ignored`). Each names the finding in /work/notes/requests-fault.md.
+//! Reproducers of problems the harness found in other crates. A finding not
+//! fixed yet is `#[ignore]`d with its name (run those with `cargo test -p
+//! walship-fault --test findings -- --ignored`); a fixed one stays here as a
+//! regression test. Each names the finding in notes/requests-fault.md.
 
 use walship_fault::check::{check_all, standard_checkers};
 use walship_fault::world::{FrameFault, World, WorldConfig};
 
-/// Finding 4: a record at lsn 1 whose epoch (0) is below the epoch the
+/// Finding 4 (fixed in walship-replica a9d9cd2): a record at lsn 1 whose epoch (0) is below the epoch the
 /// primary's announced history gives lsn 1 (1) has a valid crc and chains to
 /// the empty log, so the replica appends it and receipts it: the replica then
 /// holds a record that is not the primary's, and the primary counts that
 /// receipt towards its quorum. Required (FM-X.3 / FM-8.1): halt before
 /// appending.
 #[test]
-#[ignore = "finding 4 (walship-replica): record epoch not checked against the announced epoch history"]
 fn fm_x_3_first_record_with_epoch_below_the_history_halts() {
     let mut w = World::new(
         WorldConfig {
