@@ -30,6 +30,7 @@
 pub mod core;
 pub mod driver;
 pub mod log;
+mod maintain;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -40,11 +41,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{info, warn};
-use walship_snapshot::retention::{plan_retention, ReplicaNeed, SegmentSpan};
+pub use walship_snapshot::retention::SnapshotPolicy;
 use walship_snapshot::{InstalledSnapshot, Limits, SnapshotError, SnapshotSource, SnapshotStore};
 use walship_wal::state::{DirLock, EpochHistory, NodeDir, StateError};
 use walship_wal::RECORD_HEADER_LEN;
-use walship_wal::{FsStorage, Lsn, OpenReport, Position, SharedWal, Wal, WalError, WalOptions};
+use walship_wal::{FsStorage, Lsn, OpenReport, SharedWal, Wal, WalError, WalOptions};
 use walship_wire::{CloseCode, EndpointError, TlsFiles, TransportOptions, MAX_BATCH_BYTES};
 
 #[cfg(feature = "fault-injection")]
@@ -55,6 +56,8 @@ pub use crate::core::{
 };
 use crate::driver::{CoreMsg, CoreState, Shared};
 use crate::log::WalLog;
+pub use crate::maintain::BoxedSnapshotSource;
+use crate::maintain::Maintenance;
 
 /// Protocol and WAL types the core speaks (re-exported from walship-wire / walship-wal).
 pub mod proto {
@@ -118,6 +121,12 @@ pub struct PrimaryConfig {
     pub max_retained_wal_bytes: u64,
     /// Payload bytes per chunk of the snapshots this primary creates (≤ 4 MiB).
     pub snapshot_chunk_size_bytes: u32,
+    /// When the maintenance task creates a snapshot by itself (every N records or bytes
+    /// since the newest one), once the embedder registered a source
+    /// ([`Primary::set_snapshot_source`]). Default: never.
+    pub snapshot_policy: SnapshotPolicy,
+    /// Period of the maintenance task (snapshot by policy, then retention).
+    pub maintenance_interval_ms: u64,
 }
 
 /// A fault in the next snapshot transfer to one replica (demo/test use only).
@@ -177,6 +186,8 @@ impl PrimaryConfig {
             window: Window::default(),
             max_retained_wal_bytes: 1024 * 1024 * 1024,
             snapshot_chunk_size_bytes: 1024 * 1024,
+            snapshot_policy: SnapshotPolicy::default(),
+            maintenance_interval_ms: 1_000,
         }
     }
 
@@ -202,6 +213,9 @@ impl PrimaryConfig {
                     frame_room - RECORD_HEADER_LEN
                 ),
             );
+        }
+        if self.maintenance_interval_ms == 0 {
+            return bad("maintenance_interval_ms", "must be > 0".into());
         }
         if self.snapshot_chunk_size_bytes == 0
             || self.snapshot_chunk_size_bytes > walship_snapshot::MAX_CHUNK_SIZE_BYTES
@@ -306,10 +320,8 @@ pub struct PrimaryStatus {
 pub struct Primary {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
-    max_retained_wal_bytes: u64,
-    snapshot_chunk_size_bytes: u32,
-    /// Serialises snapshot creation and retention.
-    retention_lock: Mutex<()>,
+    maintenance: Arc<Maintenance>,
+    maintenance_task: Option<tokio::task::JoinHandle<()>>,
     commit_timeout: Duration,
     max_record_bytes: u32,
     data_dir: PathBuf,
@@ -467,13 +479,24 @@ impl Primary {
         // Commit may already be reachable (LocalOnly, or a persisted watermark below durable).
         let _ = core_tx.send(CoreMsg::Durable);
         let accept_task = tokio::spawn(driver::accept_loop(endpoint.clone(), shared.clone()));
+        let maintenance = Arc::new(Maintenance {
+            shared: shared.clone(),
+            max_retained_wal_bytes: config.max_retained_wal_bytes,
+            chunk_size_bytes: config.snapshot_chunk_size_bytes,
+            policy: config.snapshot_policy,
+            lock: Mutex::new(()),
+            source: Mutex::new(None),
+        });
+        let maintenance_task = tokio::spawn(maintain::run(
+            maintenance.clone(),
+            Duration::from_millis(config.maintenance_interval_ms),
+        ));
         info!(epoch, durable, commit_lsn, quorum = %config.quorum, addr = ?endpoint.local_addr().ok(), "primary serving");
         Ok(Primary {
             shared,
             endpoint,
-            max_retained_wal_bytes: config.max_retained_wal_bytes,
-            snapshot_chunk_size_bytes: config.snapshot_chunk_size_bytes,
-            retention_lock: Mutex::new(()),
+            maintenance,
+            maintenance_task: Some(maintenance_task),
             commit_timeout: Duration::from_millis(config.commit_timeout_ms),
             max_record_bytes: config.max_record_bytes,
             data_dir: config.data_dir,
@@ -594,43 +617,18 @@ impl Primary {
         &self,
         source: &mut dyn SnapshotSource,
     ) -> Result<InstalledSnapshot, PrimaryError> {
-        let _g = self
-            .retention_lock
+        self.maintenance.create_snapshot(source)
+    }
+
+    /// Registers the embedder's snapshot source for the policy
+    /// ([`PrimaryConfig::snapshot_policy`]): the maintenance task calls it from a blocking
+    /// thread when a snapshot is due. Replaces a previous source.
+    pub fn set_snapshot_source(&self, source: BoxedSnapshotSource) {
+        *self
+            .maintenance
+            .source
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let commit_lsn = self.commit_lsn();
-        let wal = self.shared.wal.clone();
-        let mut resolve = |lsn: Lsn| -> Result<Position, SnapshotError> {
-            let unresolved = |detail: String| SnapshotError::UnresolvedBoundary { lsn, detail };
-            if lsn == 0 {
-                return Err(unresolved("a snapshot of the empty log".into()));
-            }
-            if lsn > commit_lsn || lsn > wal.durable_lsn() {
-                return Err(unresolved(format!(
-                    "not committed and durable (commit lsn {commit_lsn}, durable lsn {})",
-                    wal.durable_lsn()
-                )));
-            }
-            wal.with(|w| w.position_at(lsn))?
-                .ok_or_else(|| unresolved("not retained in the WAL".into()))
-        };
-        let snap =
-            self.shared
-                .snapshots
-                .create(self.snapshot_chunk_size_bytes, source, &mut resolve)?;
-        self.shared
-            .lock_state()
-            .log
-            .set_newest_snapshot(Some(snap.boundary));
-        info!(
-            lsn = snap.boundary.lsn,
-            epoch = snap.boundary.epoch,
-            bytes = snap.total_len,
-            "snapshot created"
-        );
-        drop(_g);
-        self.enforce_retention()?;
-        Ok(snap)
+            .unwrap_or_else(|p| p.into_inner()) = Some(source);
     }
 
     /// Truncates the WAL from the front behind the newest snapshot and behind what every
@@ -638,46 +636,10 @@ impl Primary {
     /// `max_retained_wal_bytes` of segments, and covered by the newest snapshot, is switched
     /// to the snapshot (`spec/snapshot-format.md` §6). Whole segments only. A replica whose
     /// session still streams below the new front is closed by the core (its next read is
-    /// not retained) and gets the snapshot when it reconnects.
+    /// not retained) and gets the snapshot when it reconnects. The maintenance task runs it
+    /// every `maintenance_interval_ms`; blocking file I/O.
     pub fn enforce_retention(&self) -> Result<RetentionReport, PrimaryError> {
-        let _g = self
-            .retention_lock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let newest = self.shared.snapshots.newest()?.map(|s| s.boundary);
-        let replicas: Vec<ReplicaNeed> = self
-            .shared
-            .status()
-            .replicas
-            .into_iter()
-            .map(|r| ReplicaNeed {
-                id: r.node_id,
-                durable_lsn: r.durable_lsn,
-                halted: false,
-            })
-            .collect();
-        let (plan, first_lsn) = self.shared.wal.with(|w| {
-            let segments: Vec<SegmentSpan> = w.segments().iter().map(SegmentSpan::from).collect();
-            let plan = plan_retention(&segments, newest, &replicas, self.max_retained_wal_bytes);
-            // Never past the newest snapshot's boundary + 1 nor the durable end.
-            let before = plan.truncate_before.min(w.durable_lsn().saturating_add(1));
-            let r = if before > w.first_lsn() {
-                w.truncate_front(before)
-            } else {
-                Ok(())
-            };
-            (r.map(|()| plan), w.first_lsn())
-        });
-        let plan = plan?;
-        if !plan.switch_to_snapshot.is_empty() {
-            info!(replicas = ?plan.switch_to_snapshot, first_lsn, "lagging replicas switched to the snapshot");
-        }
-        Ok(RetentionReport {
-            first_lsn,
-            switched_to_snapshot: plan.switch_to_snapshot,
-            retained_bytes: plan.retained_bytes,
-            snapshot_needed: plan.snapshot_needed,
-        })
+        self.maintenance.enforce_retention()
     }
 
     /// Arms a fault for the next snapshot transfer to `replica_id` (demo/test use only).
@@ -725,7 +687,10 @@ impl Primary {
         info!(node = %self.shared.node_id, "primary stopped");
     }
 
-    fn stop(&self) {
+    fn stop(&mut self) {
+        if let Some(task) = self.maintenance_task.take() {
+            task.abort();
+        }
         self.shared.shutting_down.store(true, Ordering::Release);
         self.endpoint
             .close(CloseCode::ShuttingDown.code(), b"primary shutting down");

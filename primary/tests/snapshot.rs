@@ -404,3 +404,41 @@ async fn fm_10_5_replica_restarting_after_the_install_commit_point_resets_its_wa
     );
     primary.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_policy_creates_a_snapshot_and_truncates_so_an_empty_replica_catches_up_through_it(
+) {
+    let cluster = Cluster::new(MEMBERS);
+    let mut config = primary_config(&cluster);
+    config.snapshot_policy = walship_primary::SnapshotPolicy {
+        every_records: Some(100),
+        every_bytes: None,
+    };
+    config.maintenance_interval_ms = 20;
+    let primary = open_primary(config);
+    let kv = Kv::default();
+    primary.set_snapshot_source(Box::new(kv.clone()));
+    append_kv(&primary, &kv, 0, BEFORE).await;
+    let pdir = cluster.data_dir("p");
+    eventually("the maintenance task creates a snapshot", || {
+        !snapshot_dirs(&pdir).is_empty()
+    })
+    .await;
+
+    let applier = Kv::default();
+    let replica =
+        Replica::open(replica_config(&cluster, "r1", &primary), applier.clone()).expect("open");
+    eventually("replica catches up", || {
+        applier.state().applied == BEFORE || replica.status().halt().is_some()
+    })
+    .await;
+    assert!(replica.status().halt().is_none());
+    assert_eq!(applier.state(), kv.state());
+    assert_eq!(
+        snapshot_dirs(&cluster.data_dir("r1")).len(),
+        1,
+        "the replica caught up through the policy's snapshot (the WAL behind it was truncated)"
+    );
+    replica.shutdown().await.expect("shutdown");
+    primary.shutdown().await;
+}
