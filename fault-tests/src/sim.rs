@@ -59,6 +59,10 @@ pub struct SimOptions {
     /// it finds finding 5 of notes/requests-fault.md until walship-primary
     /// stops counting receipts of replaced disks.
     pub wipe_per_mille: u32,
+    /// Per-step chance that the primary snapshots at its commit watermark
+    /// and drops WAL segments below it (lagging replicas then get the
+    /// snapshot), per mille.
+    pub snapshot_per_mille: u32,
     /// Largest datagram payload: small values split frames into many
     /// datagrams, so sessions end in the middle of frames more often.
     pub mtu_bytes: usize,
@@ -119,6 +123,11 @@ impl SimOptions {
                 0
             },
             wipe_per_mille: 0,
+            snapshot_per_mille: if r.chance(500) {
+                r.range(2, 20) as u32
+            } else {
+                0
+            },
             bandwidth_bytes_per_ms: if r.chance(600) { r.range(20, 2_000) } else { 0 },
             mtu_bytes: if r.chance(500) {
                 r.range(64, 400) as usize
@@ -133,7 +142,7 @@ impl fmt::Display for SimOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {} steps {} replicas {} quorum {} net {{drop {}‰ dup {}‰ reorder {}‰ corrupt {}‰ delay {}..{}ms}} crash {}‰ partition {}‰ append {}‰ torn {} idle_timeout {}ms byzantine {}‰ disk-faults {}‰ mtu {} bandwidth {}B/ms wipe {}‰",
+            "seed {} steps {} replicas {} quorum {} net {{drop {}‰ dup {}‰ reorder {}‰ corrupt {}‰ delay {}..{}ms}} crash {}‰ partition {}‰ append {}‰ torn {} idle_timeout {}ms byzantine {}‰ disk-faults {}‰ mtu {} bandwidth {}B/ms wipe {}‰ snapshot {}‰",
             self.seed,
             self.steps,
             self.replicas,
@@ -153,7 +162,8 @@ impl fmt::Display for SimOptions {
             self.disk_fault_per_mille,
             self.mtu_bytes,
             self.bandwidth_bytes_per_ms,
-            self.wipe_per_mille
+            self.wipe_per_mille,
+            self.snapshot_per_mille
         )
     }
 }
@@ -194,6 +204,8 @@ pub struct SimReport {
     pub byzantine: u64,
     /// Disk faults (failed fsync, disk full) injected.
     pub disk_faults: u64,
+    /// Snapshots the primary took (each truncating its WAL front).
+    pub snapshots: u64,
     /// Network counters.
     pub net: NetStats,
     /// Why the liveness phase could not be judged (the primary refused to
@@ -297,6 +309,7 @@ pub fn run_traced(opts: &SimOptions, keep_trace: bool) -> SimReport {
         partitions: 0,
         byzantine: 0,
         disk_faults: 0,
+        snapshots: 0,
         net: NetStats::default(),
         liveness_skipped: None,
         halts: Vec::new(),
@@ -397,6 +410,12 @@ fn drive(opts: &SimOptions, w: &mut World, workload: &mut SimRng, report: &mut S
                 }
                 report.disk_faults += 1;
                 disk_faulted.push(n);
+            }
+        }
+        if workload.chance(opts.snapshot_per_mille) {
+            match w.primary_snapshot() {
+                Ok(_) => report.snapshots += 1,
+                Err(e) => w.log(format!("no snapshot: {e}")),
             }
         }
         if opts.wipe_per_mille > 0 && workload.chance(opts.wipe_per_mille) {
@@ -578,6 +597,8 @@ pub struct SimTotals {
     pub byzantine: u64,
     /// Disk faults injected.
     pub disk_faults: u64,
+    /// Snapshots taken by primaries.
+    pub snapshots: u64,
     /// Replica halts (all explained by an injected fault, else the seed failed).
     pub halts: u64,
     /// Seeds whose liveness phase was skipped (primary refused to start after a torn crash).
@@ -596,6 +617,7 @@ impl SimTotals {
         self.net_faults += r.net.faults_injected();
         self.byzantine += r.byzantine;
         self.disk_faults += r.disk_faults;
+        self.snapshots += r.snapshots;
         self.halts += r.halts.len() as u64;
         self.liveness_skipped += u64::from(r.liveness_skipped.is_some());
     }
@@ -605,7 +627,7 @@ impl fmt::Display for SimTotals {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} seeds, {} failed; {} steps, {} acknowledged records; injected: {} crashes, {} partitions, {} datagram faults, {} sender faults, {} disk faults; {} explained halts; liveness skipped in {} seeds (primary WAL refused to open after a torn crash)",
+            "{} seeds, {} failed; {} steps, {} acknowledged records; injected: {} crashes, {} partitions, {} datagram faults, {} sender faults, {} disk faults, {} primary snapshots; {} explained halts; liveness skipped in {} seeds (primary WAL refused to open after a torn crash)",
             self.seeds,
             self.failed,
             self.steps,
@@ -615,6 +637,7 @@ impl fmt::Display for SimTotals {
             self.net_faults,
             self.byzantine,
             self.disk_faults,
+            self.snapshots,
             self.halts,
             self.liveness_skipped
         )
