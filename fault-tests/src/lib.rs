@@ -8,8 +8,10 @@
 //!
 //! * the deterministic simulator ([`sim`], `walship-fault sim`): a random
 //!   workload of appends, crashes (torn or not), restarts, partitions (both
-//!   ways or one way), transport noise, failed fsyncs, full disks and sender
-//!   (byzantine) frame faults, checked after every step by the invariant
+//!   ways or one way), transport noise, slow links, failed fsyncs, full
+//!   disks, sender (byzantine) frame faults and primary snapshots with WAL
+//!   truncation (so lagging replicas install snapshots), and on request
+//!   replaced replica disks; checked after every step by the invariant
 //!   checkers of [`check`] (safety phase), then healed and required to
 //!   converge within bounded simulated time (liveness phase);
 //! * failure-matrix conformance ([`matrix`], `walship-fault matrix`): one
