@@ -1400,8 +1400,9 @@ fn fm_x_14() -> R {
 
 /// A primary that has snapshotted and truncated its log past lsn 3, and a
 /// replica (down) at lsn 3 that will need the snapshot; the link to the
-/// replica is slow so the transfer takes a while.
-fn snapshot_world(seed: u64) -> Result<(World, Position), String> {
+/// replica is slow so the transfer takes a while. (Public for the findings'
+/// reproducers.)
+pub fn snapshot_world(seed: u64) -> Result<(World, Position), String> {
     let mut c = cfg(1, 0);
     c.net.bandwidth_bytes_per_ms = 40;
     c.net.mtu_bytes = 200;

@@ -38,3 +38,37 @@ fn fm_x_3_first_record_with_epoch_below_the_history_halts() {
     let h = w.replica(1).halted.clone().expect("the replica must halt");
     assert_eq!(h.record.lsn, 1);
 }
+
+/// Finding 6: in the first `Records` frame after a snapshot install, a
+/// duplicated record that is not the first of the frame (lsn boundary+1 sent
+/// twice) halts `snapshot-boundary` instead of `duplicate`: the replica turns
+/// every chain error whose lsn is ≤ boundary+1 into a boundary conflict,
+/// although the first record did chain to the boundary. Found by
+/// `walship-fault sim --seeds 0..80 --wipe-per-mille 10` (seed 44).
+#[test]
+#[ignore = "finding 6 (walship-replica): duplicate after a snapshot install is reported as snapshot-boundary"]
+fn fm_5_2_duplicate_right_after_a_snapshot_install_halts_duplicate() {
+    let (mut w, boundary) = walship_fault::matrix::snapshot_world(4406).expect("world");
+    let more: Vec<Vec<u8>> = (0..5).map(|i| format!("after{i}").into_bytes()).collect();
+    w.client_append(&more);
+    w.arm_frame_fault(1, FrameFault::Duplicate);
+    w.restart(1);
+    let end = w.now() + 30_000;
+    while w.now() < end && w.replica(1).halted.is_none() {
+        let t = w.now() + 5;
+        w.run_until(t);
+    }
+    let h = w
+        .replica(1)
+        .halted
+        .clone()
+        .expect("the duplicate must halt");
+    assert_eq!(
+        h.record.reason.as_str(),
+        "duplicate",
+        "halt {} at lsn {} after the snapshot at {boundary}: {}",
+        h.record.reason.as_str(),
+        h.record.lsn,
+        h.record.detail
+    );
+}
