@@ -7,7 +7,7 @@
 use walship_wal::{Lsn, Position};
 
 use crate::net::NodeId;
-use crate::world::{node_name, World};
+use crate::world::{node_name, FrameFault, World};
 
 /// A broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -367,7 +367,26 @@ impl Checker for NoHaltWithoutCause {
             let injected = w.oracle.injected.get(&r.id);
             let torn = w.oracle.torn_crashed.contains(&r.id)
                 && h.record.reason == walship_replica::halt::HaltReason::LocalCorruption;
+            // Right after a snapshot install, a first record that does not
+            // chain to the boundary is a boundary conflict (FM-7.2): a gap,
+            // reorder or epoch fault there halts `snapshot-boundary`.
+            let after_snapshot = h.record.reason
+                == walship_replica::halt::HaltReason::SnapshotBoundary
+                && (r.applied.base.is_some()
+                    || r.up.as_ref().is_some_and(|u| u.wal.base().lsn > 0))
+                && injected.is_some_and(|fs| {
+                    fs.iter().any(|f| {
+                        matches!(
+                            f,
+                            FrameFault::Skip
+                                | FrameFault::Reorder
+                                | FrameFault::EpochRegress
+                                | FrameFault::EpochBelowHistory
+                        )
+                    })
+                });
             let explained = torn
+                || after_snapshot
                 || injected
                     .is_some_and(|fs| fs.iter().any(|f| f.expected_halt() == h.record.reason));
             if !explained {
