@@ -272,11 +272,19 @@ impl<S: Storage> Wal<S> {
     /// Records a leader's successful sync. If the log was rewritten meanwhile
     /// (truncate_tail, reset_to), the synced file may no longer hold `target`:
     /// nothing is claimed. Returns the durable lsn.
-    fn finish_sync(&mut self, ticket: &SyncTicket<S>) -> Lsn {
+    fn finish_sync(&mut self, ticket: &SyncTicket<S>) -> Durable {
         if ticket.rewrite_era == self.rewrite_era {
             self.durable_lsn = self.durable_lsn.max(ticket.target);
         }
-        self.durable_lsn
+        self.durable()
+    }
+
+    /// The durable lsn with the rewrite era it belongs to (read under the append lock).
+    fn durable(&self) -> Durable {
+        Durable {
+            lsn: self.durable_lsn,
+            rewrite_era: self.rewrite_era,
+        }
     }
 }
 
@@ -288,10 +296,21 @@ struct SyncTicket<S: Storage> {
     rewrite_era: u64,
 }
 
+/// A durable lsn read under the append lock, with the log's rewrite era then.
+/// Within one era the WAL's durable lsn only grows; only a rewrite
+/// (truncate_tail, reset_to: a new era) may lower it.
+#[derive(Debug, Clone, Copy)]
+struct Durable {
+    lsn: Lsn,
+    rewrite_era: u64,
+}
+
 /// Group-commit bookkeeping of a [`SharedWal`].
 #[derive(Debug, Default)]
 struct SyncState {
     durable: Lsn,
+    /// The rewrite era `durable` belongs to.
+    rewrite_era: u64,
     leader_active: bool,
     poisoned: bool,
 }
@@ -325,12 +344,16 @@ impl<S: Storage> std::fmt::Debug for SharedWal<S> {
 impl<S: Storage> SharedWal<S> {
     /// Wraps an open WAL.
     pub fn new(wal: Wal<S>) -> Arc<SharedWal<S>> {
-        let durable = wal.durable_lsn();
+        let Durable {
+            lsn: durable,
+            rewrite_era,
+        } = wal.durable();
         let poisoned = wal.is_poisoned();
         Arc::new(SharedWal {
             wal: Mutex::new(wal),
             sync: Mutex::new(SyncState {
                 durable,
+                rewrite_era,
                 leader_active: false,
                 poisoned,
             }),
@@ -348,6 +371,23 @@ impl<S: Storage> SharedWal<S> {
 
     fn lock_sync(&self) -> MutexGuard<'_, SyncState> {
         self.sync.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes `d` (read under the append lock, published under the sync lock:
+    /// another thread may have published a later reading in between). A reading
+    /// of an older era is stale and ignored; within one era the published lsn
+    /// only grows; a newer era (the log was rewritten) replaces it, possibly
+    /// lower. Returns the new lsn if it went up.
+    fn publish(&self, st: &mut SyncState, d: Durable) -> Option<Lsn> {
+        let newer_era = d.rewrite_era > st.rewrite_era;
+        if d.rewrite_era < st.rewrite_era || (!newer_era && d.lsn <= st.durable) {
+            return None;
+        }
+        let advanced = (d.lsn > st.durable).then_some(d.lsn);
+        st.rewrite_era = d.rewrite_era;
+        st.durable = d.lsn;
+        self.durable.store(d.lsn, Ordering::Release);
+        advanced
     }
 
     /// Appends one record; not durable yet (see [`SharedWal::wait_durable`]).
@@ -400,11 +440,11 @@ impl<S: Storage> SharedWal<S> {
                         max: last,
                     }),
                     Ok(Some(ticket)) => Ok(Ok(ticket)),
-                    Ok(None) => Ok(Err(w.durable_lsn())),
+                    Ok(None) => Ok(Err(w.durable())),
                     Err(e) => Err(e),
                 }
             };
-            let outcome: Result<Lsn, WalError> = match begun {
+            let outcome: Result<Durable, WalError> = match begun {
                 Err(e) => Err(e),
                 Ok(Err(already)) => Ok(already),
                 Ok(Ok(ticket)) => match ticket.file.sync_data() {
@@ -419,12 +459,7 @@ impl<S: Storage> SharedWal<S> {
                 let mut st = self.lock_sync();
                 st.leader_active = false;
                 let advanced = match &outcome {
-                    Ok(t) if *t > st.durable => {
-                        st.durable = *t;
-                        self.durable.store(*t, Ordering::Release);
-                        Some(*t)
-                    }
-                    Ok(_) => None,
+                    Ok(d) => self.publish(&mut st, *d),
                     Err(WalError::OutOfRange { .. }) => None,
                     Err(_) => {
                         st.poisoned = true;
@@ -452,7 +487,8 @@ impl<S: Storage> SharedWal<S> {
         }
     }
 
-    /// Highest lsn known durable.
+    /// Highest lsn known durable. Never decreases, except when a
+    /// [`SharedWal::with`] closure rewrote the log (truncate_tail, reset_to).
     pub fn durable_lsn(&self) -> Lsn {
         self.durable.load(Ordering::Acquire)
     }
@@ -474,23 +510,17 @@ impl<S: Storage> SharedWal<S> {
         let (r, durable, poisoned) = {
             let mut w = self.lock_wal();
             let r = f(&mut w);
-            (r, w.durable_lsn(), w.is_poisoned())
+            (r, w.durable(), w.is_poisoned())
         };
         let advanced = {
             let mut st = self.lock_sync();
-            let mut advanced = None;
             if poisoned {
                 st.poisoned = true;
             }
-            // reset_to/truncate_tail may move the durable lsn in either
-            // direction; the published value follows the WAL.
-            if durable != st.durable {
-                if durable > st.durable {
-                    advanced = Some(durable);
-                }
-                st.durable = durable;
-                self.durable.store(durable, Ordering::Release);
-            }
+            // reset_to/truncate_tail (a new rewrite era) may move the durable lsn
+            // in either direction; otherwise it only grows (a leader may have
+            // published a higher one since `durable` was read).
+            let advanced = self.publish(&mut st, durable);
             self.synced.notify_all();
             advanced
         };
@@ -501,7 +531,9 @@ impl<S: Storage> SharedWal<S> {
     }
 
     /// Called (outside locks) after the durable lsn advances; used by the
-    /// primary driver to wake shippers. Replaces any earlier listener.
+    /// primary driver to wake shippers. Replaces any earlier listener. A wakeup:
+    /// calls made by different threads may arrive out of order, so read
+    /// [`SharedWal::durable_lsn`] for the current value.
     pub fn set_durable_listener(&self, f: Box<dyn Fn(Lsn) + Send + Sync>) {
         *self.listener.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::from(f));
     }
