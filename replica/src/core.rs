@@ -965,15 +965,19 @@ impl ReplicaCore {
                 if let Some(b) = self.installed_boundary.filter(|b| *b == self.last) {
                     // FM-7.2, second half: the first record after an installed
                     // snapshot must chain to its boundary.
+                    // Only when the frame's first record itself breaks the chain to
+                    // the boundary: a later record's gap or duplicate (the first one
+                    // chained) keeps its own reason, and so does a reorder.
                     let chain = matches!(
                         rejection.reason,
                         HaltReason::Gap
                             | HaltReason::Duplicate
-                            | HaltReason::Reorder
                             | HaltReason::Divergence
                             | HaltReason::EpochRegression
                     );
-                    if chain && rejection.lsn <= b.lsn + 1 {
+                    let first_breaks = decode_record(&batch.bytes, self.config.max_record_bytes)
+                        .is_ok_and(|first| check_successor(b, &first.header()).is_err());
+                    if chain && first_breaks {
                         rejection.reason = HaltReason::SnapshotBoundary;
                         rejection.detail = format!(
                             "the first record after the installed snapshot (boundary {b}) does not chain to it: {}",

@@ -333,3 +333,46 @@ fn a_record_chaining_to_the_boundary_streams_normally() {
     );
     assert_eq!(c.last(), pos);
 }
+
+/// Finding 6 (walship-fault): a duplicate later in the first frame after the boundary
+/// (the first record chained) is `duplicate`, not a boundary conflict.
+#[test]
+fn duplicate_after_a_first_record_that_chains_to_the_boundary_halts_duplicate() {
+    let mut c = core(true);
+    to_receiving(&mut c);
+    step(&mut c, Event::Received(Message::SnapshotOffer(offer())));
+    step(&mut c, Event::Received(Message::SnapshotEnd(end())));
+    step(&mut c, Event::SnapshotInstalled { boundary: BOUNDARY });
+    step(&mut c, Event::SessionStarted);
+    step(
+        &mut c,
+        Event::Received(Message::Welcome(Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            primary_id: "p1".into(),
+            epoch: 1,
+            at_replica_last: Some(BOUNDARY),
+            primary_last: BOUNDARY,
+            commit_lsn: 100,
+            epoch_history: history().entries,
+        })),
+    );
+    let mut bytes = Vec::new();
+    encode_record(BOUNDARY.lsn + 1, 1, BOUNDARY.crc, b"x", &mut bytes);
+    let twice = [bytes.clone(), bytes].concat();
+    let out = step(
+        &mut c,
+        Event::Received(Message::Records(RecordBatch {
+            first_lsn: BOUNDARY.lsn + 1,
+            count: 2,
+            bytes: twice,
+            commit_lsn: 101,
+        })),
+    );
+    match &out[..] {
+        [Action::Halt(h)] => {
+            assert_eq!(h.reason, HaltReason::Duplicate, "{h:?}");
+            assert_eq!(h.lsn, BOUNDARY.lsn + 1);
+        }
+        other => panic!("expected a duplicate halt, got {other:?}"),
+    }
+}
