@@ -397,7 +397,8 @@ pub struct ReplicaStatus {
     pub connected: bool,
     /// Records are being shipped (the handshake proved its log a prefix of ours).
     pub shipping: bool,
-    /// The highest lsn the replica reported durable in a receipt (kept across reconnects).
+    /// The highest lsn the replica reported durable in a receipt, counted only up to what
+    /// its latest Hello proves it still holds (FM-X.15).
     pub durable_lsn: Lsn,
     /// The highest lsn shipped to it on the current connection.
     pub shipped_lsn: Lsn,
@@ -876,6 +877,19 @@ impl PrimaryCore {
                 "replica log is not a proven prefix of ours: not shipping, answering probes");
             SessionState::Idle
         };
+        // FM-X.15: receipts from an earlier session count only for what this Hello proves
+        // the replica still holds (a replaced disk comes back empty); later receipts raise
+        // it again. The commit watermark itself never decreases.
+        let m = &mut self.members[member];
+        let proven = match state {
+            SessionState::Shipping(_) => m.durable_lsn.min(hello.last.lsn),
+            _ => 0,
+        };
+        if proven < m.durable_lsn {
+            tracing::warn!(replica = %m.node_id, receipted = m.durable_lsn, hello_last = %hello.last,
+                counted = proven, "replica's Hello proves less than it receipted before: old receipts no longer count");
+            m.durable_lsn = proven;
+        }
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.state = state;
         }

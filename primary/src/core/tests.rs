@@ -612,6 +612,49 @@ fn reconnect_supersedes_the_old_connection_and_resumes_from_hello() {
     assert_eq!(shipped_lsns(&batches(&a, 2)), Some((5, 10)));
 }
 
+/// FM-X.15: r1 receipted 20, its disk is replaced and it comes back with an empty log.
+/// Its old receipts must not count: r2's receipt of 20 alone does not commit under quorum 2.
+#[test]
+fn replaced_replica_disk_does_not_count_old_receipts() {
+    let mut c = core(Quorum::Exactly(2), 2);
+    let mut log = MemLog::default();
+    log.append_durable(20, 10);
+    connect(&mut c, &mut log, 1, "r1", Position::ZERO);
+    connect(&mut c, &mut log, 2, "r2", Position::ZERO);
+    c.handle(Event::LocalDurable, &mut log, 0);
+    receipt(&mut c, &mut log, 1, 20);
+    let a = receipt(&mut c, &mut log, 2, 10);
+    assert_eq!(commit_advanced(&a), Some(10));
+    // r1 reconnects with an empty log (disk replaced) and is cut off again.
+    connect(&mut c, &mut log, 3, "r1", Position::ZERO);
+    c.handle(Event::Disconnected { conn: 3 }, &mut log, 0);
+    let r1 = |c: &PrimaryCore, log: &MemLog| {
+        c.status(log, 0)
+            .replicas
+            .into_iter()
+            .find(|r| r.node_id == "r1")
+            .expect("r1 status")
+            .durable_lsn
+    };
+    assert_eq!(
+        r1(&c, &log),
+        0,
+        "the empty Hello proves nothing durable on r1"
+    );
+    let a = receipt(&mut c, &mut log, 2, 20);
+    assert_eq!(commit_advanced(&a), None, "20 is on one replica disk only");
+    assert_eq!(c.commit_lsn(), 10, "the commit watermark never decreases");
+    // r1 catches up on its new log: its new receipts count again.
+    connect(&mut c, &mut log, 4, "r1", Position::ZERO);
+    let a = receipt(&mut c, &mut log, 4, 20);
+    assert_eq!(commit_advanced(&a), Some(20));
+    // A Hello proving a prefix keeps the receipts it covers (and only those).
+    let p15 = log.pos(15);
+    connect(&mut c, &mut log, 5, "r1", p15);
+    assert_eq!(r1(&c, &log), 15);
+    assert_eq!(c.commit_lsn(), 20);
+}
+
 #[test]
 fn window_bytes_bound_holds_shipping_until_a_receipt() {
     let w = Window {
