@@ -1304,15 +1304,14 @@ fn fm_x_15() -> R {
     })?;
     // r1's disk is replaced; it reconnects empty and says so in its Hello,
     // then is cut off before it can re-replicate.
+    // Only events after the wipe count: the tail still holds the first handshake.
+    let wiped_at = w.now();
     w.wipe_replica_disk(1)?;
     w.restart(1);
     let hello = run_until_cond(&mut w, 2_000, |w| {
-        w.trace
-            .tail()
-            .any(|e| e.what.starts_with("r1 -> p0 Hello(last 0"))
-            && w.trace
-                .tail()
-                .any(|e| e.what.starts_with("p0 -> r1 Welcome"))
+        let mut after = w.trace.tail().filter(|e| e.at_ms >= wiped_at);
+        after.any(|e| e.what.starts_with("r1 -> p0 Hello(last 0"))
+            && after.any(|e| e.what.starts_with("p0 -> r1 Welcome"))
     });
     ensure(hello, || {
         "r1 did not reconnect after the disk replacement".into()

@@ -199,7 +199,6 @@ fn fm_x_14_malformed_batch_halts() {
 }
 
 #[test]
-#[ignore = "finding 5 (walship-primary): a replica's receipts from before its disk was replaced still count after its Hello proves an empty log"]
 fn fm_x_15_replaced_replica_disk_does_not_count_old_receipts() {
     require("FM-X.15");
 }
