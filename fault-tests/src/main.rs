@@ -53,9 +53,10 @@ enum Cmd {
         /// Print every event of the run (for replaying one seed).
         #[arg(long)]
         trace: bool,
-        /// Also replace replica disks by empty ones, per mille per step (off by default).
-        #[arg(long, default_value_t = 0)]
-        wipe_per_mille: u32,
+        /// Replace replica disks by empty ones at this rate (per mille per step)
+        /// in every seed, instead of the rate the seed chooses.
+        #[arg(long)]
+        wipe_per_mille: Option<u32>,
     },
     /// Run one scenario per ID of the failure matrix and print the table.
     Matrix {
@@ -106,7 +107,9 @@ fn main() -> ExitCode {
             let mut totals = sim::SimTotals::default();
             for s in range {
                 let mut opts = SimOptions::from_seed(s, steps);
-                opts.wipe_per_mille = wipe_per_mille;
+                if let Some(w) = wipe_per_mille {
+                    opts.wipe_per_mille = w;
+                }
                 if verbose && !emit(&format!("options: {opts}\n")) {
                     return ExitCode::SUCCESS;
                 }

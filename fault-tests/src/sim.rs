@@ -55,9 +55,9 @@ pub struct SimOptions {
     /// Idle timeout of connections.
     pub idle_timeout_ms: u64,
     /// Per-step chance of replacing a random replica's disk by an empty one
-    /// (per mille). 0 unless asked for (`walship-fault sim --wipe-per-mille`):
-    /// it finds finding 5 of notes/requests-fault.md until walship-primary
-    /// stops counting receipts of replaced disks.
+    /// (per mille; 30% of seeds, or `walship-fault sim --wipe-per-mille N`
+    /// for every seed). It found finding 5 (old receipts of a replaced disk
+    /// counted towards the quorum), fixed in walship-primary d98f674.
     pub wipe_per_mille: u32,
     /// Per-step chance that the primary snapshots at its commit watermark
     /// and drops WAL segments below it (lagging replicas then get the
@@ -122,7 +122,11 @@ impl SimOptions {
             } else {
                 0
             },
-            wipe_per_mille: 0,
+            wipe_per_mille: if r.chance(300) {
+                r.range(1, 5) as u32
+            } else {
+                0
+            },
             snapshot_per_mille: if r.chance(500) {
                 r.range(2, 20) as u32
             } else {
