@@ -1809,18 +1809,42 @@ mod tests {
     #[test]
     fn spec_test_column_names_only_existing_tests() {
         // Read at run time: a missing file shows up as unknown test names.
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut sources: Vec<String> = Vec::new();
-        for dir in ["tests", "src"] {
-            if let Ok(entries) = std::fs::read_dir(root.join(dir)) {
-                for e in entries.flatten() {
-                    // This file lists the names itself; it proves nothing.
-                    let is_self = e.path().ends_with("src/matrix.rs");
-                    if e.path().extension().is_some_and(|x| x == "rs") && !is_self {
-                        sources.push(std::fs::read_to_string(e.path()).unwrap_or_default());
+        // The Test column may name a test of any workspace crate, so every
+        // `.rs` file under the workspace's crate folders is searched.
+        fn collect(dir: &std::path::Path, out: &mut Vec<String>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries.flatten() {
+                let path = e.path();
+                let name = e.file_name();
+                if path.is_dir() {
+                    if name != "target" && !name.to_string_lossy().starts_with('.') {
+                        collect(&path, out);
                     }
+                } else if path.extension().is_some_and(|x| x == "rs")
+                    // This file lists the names itself; it proves nothing.
+                    && !path.ends_with("fault-tests/src/matrix.rs")
+                {
+                    out.push(std::fs::read_to_string(&path).unwrap_or_default());
                 }
             }
+        }
+        let crate_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let workspace = crate_root.parent().unwrap_or(crate_root);
+        let mut sources: Vec<String> = Vec::new();
+        for dir in [
+            "wal",
+            "snapshot",
+            "wire",
+            "primary",
+            "replica",
+            "recovery",
+            "fault-tests",
+            "src",
+            "tests",
+        ] {
+            collect(&workspace.join(dir), &mut sources);
         }
         let mut named = 0;
         for row in parse_spec(SPEC) {
