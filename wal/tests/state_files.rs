@@ -313,6 +313,7 @@ fn node_dir_works_on_the_real_file_system() -> Result<(), Box<dyn std::error::Er
 #[test]
 fn dir_lock_second_acquire_in_same_process_is_locked_until_drop(
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let _serial = fork_guard();
     let tmp = tempfile::tempdir()?;
     let first = DirLock::acquire(tmp.path())?;
     assert_eq!(first.path(), tmp.path().join("LOCK"));
@@ -328,6 +329,17 @@ fn dir_lock_second_acquire_in_same_process_is_locked_until_drop(
 const PROBE_ENV: &str = "WALSHIP_DIR_LOCK_PROBE";
 
 /// Runs `dir_lock_probe_child` in a child process against `dir`; returns its verdict.
+/// flock belongs to the open file description, which a fork shares until the
+/// child execs: while another test of this binary spawns a child, a lock this
+/// test drops can stay held for a moment. Tests that drop-and-reacquire a
+/// lock or spawn children take this guard so they never overlap.
+fn fork_guard() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn probe_in_child_process(dir: &Path) -> Result<String, Box<dyn std::error::Error>> {
     let out = Command::new(std::env::current_exe()?)
         .args([
@@ -365,6 +377,7 @@ fn dir_lock_probe_child() {
 
 #[test]
 fn dir_lock_held_here_is_locked_for_another_process() -> Result<(), Box<dyn std::error::Error>> {
+    let _serial = fork_guard();
     let tmp = tempfile::tempdir()?;
     let lock = DirLock::acquire(tmp.path())?;
     assert_eq!(probe_in_child_process(tmp.path())?, "locked");
