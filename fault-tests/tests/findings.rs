@@ -45,8 +45,8 @@ fn fm_x_3_first_record_with_epoch_below_the_history_halts() {
 /// every chain error whose lsn is ≤ boundary+1 into a boundary conflict,
 /// although the first record did chain to the boundary. Found by
 /// `walship-fault sim --seeds 0..80 --wipe-per-mille 10` (seed 44).
+/// Fixed in walship-replica e9635b9; kept as a regression test.
 #[test]
-#[ignore = "finding 6 (walship-replica): duplicate after a snapshot install is reported as snapshot-boundary"]
 fn fm_5_2_duplicate_right_after_a_snapshot_install_halts_duplicate() {
     let (mut w, boundary) = walship_fault::matrix::snapshot_world(4406).expect("world");
     let more: Vec<Vec<u8>> = (0..5).map(|i| format!("after{i}").into_bytes()).collect();
