@@ -209,3 +209,43 @@ impl PositionProbe {
         }
     }
 }
+
+/// What the snapshot-aware commands (`inspect`, `verify`, `snapshot verify`)
+/// learn from one pass: the installed snapshots, the WAL scan, and how the
+/// newest snapshot relates to the WAL.
+pub struct SnapshotScan {
+    /// Every installed snapshot, checked to `depth`.
+    pub snapshots: Vec<SnapshotInfo>,
+    /// The read-only WAL scan (confirmed by `walship_wal::inspect`).
+    pub scan: crate::scan::WalScan,
+    /// The newest snapshot judged against the WAL.
+    pub snapshot_wal: SnapshotWal,
+}
+
+/// Checks the snapshots, scans the WAL once (probing the newest boundary on
+/// the way) and judges the two together.
+pub fn scan_with_snapshots(
+    d: &crate::datadir::DataDir,
+    depth: Depth,
+    opts: crate::scan::ScanOptions,
+    progress_label: Option<&str>,
+) -> Result<SnapshotScan, RecoverError> {
+    let snapshots = check_snapshots(d.storage(), &d.snapshot_dir(), depth)?;
+    let newest = boundaries(&snapshots).pop();
+    let mut probe = PositionProbe::for_boundary(newest);
+    let scan = d.scan(opts, progress_label, &mut |_, _, v| {
+        probe.see(v.position());
+        std::ops::ControlFlow::Continue(())
+    })?;
+    let snapshot_wal = judge_snapshot_wal(
+        newest,
+        scan.last,
+        probe.result(scan.start),
+        scan.corruption().is_some(),
+    );
+    Ok(SnapshotScan {
+        snapshots,
+        scan,
+        snapshot_wal,
+    })
+}

@@ -1,7 +1,6 @@
 //! `inspect DIR`: segments, lsn range, epochs, watermarks, snapshots, halt state.
 
 use std::io::{self, Write};
-use std::ops::ControlFlow;
 use std::path::Path;
 
 use crate::audit::read_audit;
@@ -12,7 +11,7 @@ use crate::datadir::DataDir;
 use crate::error::RecoverError;
 use crate::exit::Exit;
 use crate::report::{InspectReport, WalSummary, Watermarks};
-use crate::snapshots::{boundaries, check_snapshots, judge_snapshot_wal, Depth, PositionProbe};
+use crate::snapshots::{scan_with_snapshots, Depth, SnapshotScan};
 use crate::{Outcome, TextReport};
 
 /// Runs `inspect`: exit 3 if the WAL is corrupt, else 4 if the node is halted, else 0.
@@ -22,23 +21,16 @@ pub fn inspect(
     progress: bool,
 ) -> Result<Outcome<InspectReport>, RecoverError> {
     let d = DataDir::open_locked(dir)?;
-    let snapshots = check_snapshots(d.storage(), &d.snapshot_dir(), Depth::Header)?;
-    let newest = boundaries(&snapshots).pop();
-    let mut probe = PositionProbe::for_boundary(newest);
-    let scan = d.scan(
+    let SnapshotScan {
+        snapshots,
+        scan,
+        snapshot_wal,
+    } = scan_with_snapshots(
+        &d,
+        Depth::Header,
         scan_options(common),
         progress_label(progress, "inspect"),
-        &mut |_, _, v| {
-            probe.see(v.position());
-            ControlFlow::Continue(())
-        },
     )?;
-    let snapshot_wal = judge_snapshot_wal(
-        newest,
-        scan.last,
-        probe.result(scan.start),
-        scan.corruption().is_some(),
-    );
     let commit_lsn = d.commit_lsn()?;
     let epoch_history = d.epoch_history()?.map(|h| h.entries);
     let halt = d.halt()?;

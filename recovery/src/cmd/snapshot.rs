@@ -15,7 +15,9 @@ use crate::datadir::DataDir;
 use crate::error::RecoverError;
 use crate::exit::Exit;
 use crate::report::{SnapshotCreateReport, SnapshotInfo, SnapshotVerifyReport, WalState};
-use crate::snapshots::{boundaries, check_snapshots, judge_snapshot_wal, Depth, PositionProbe};
+use crate::snapshots::{
+    boundaries, check_snapshots, scan_with_snapshots, Depth, PositionProbe, SnapshotScan,
+};
 use crate::{Env, Outcome, TextReport};
 
 /// Runs `snapshot verify`: exit 3 if an installed snapshot is damaged, the
@@ -26,23 +28,16 @@ pub fn verify(
     progress: bool,
 ) -> Result<Outcome<SnapshotVerifyReport>, RecoverError> {
     let d = DataDir::open_locked(dir)?;
-    let snapshots = check_snapshots(d.storage(), &d.snapshot_dir(), Depth::Full)?;
-    let newest = boundaries(&snapshots).pop();
-    let mut probe = PositionProbe::for_boundary(newest);
-    let scan = d.scan(
+    let SnapshotScan {
+        snapshots,
+        scan,
+        snapshot_wal,
+    } = scan_with_snapshots(
+        &d,
+        Depth::Full,
         scan_options(common),
         progress_label(progress, "snapshot verify: WAL"),
-        &mut |_, _, v| {
-            probe.see(v.position());
-            ControlFlow::Continue(())
-        },
     )?;
-    let snapshot_wal = judge_snapshot_wal(
-        newest,
-        scan.last,
-        probe.result(scan.start),
-        scan.corruption().is_some(),
-    );
     let wal_state = WalState::from_end(&scan.end);
     let bad =
         snapshots.iter().any(|s| !s.ok) || snapshot_wal.is_mismatch() || wal_state.is_corrupt();

@@ -1,7 +1,6 @@
 //! `verify DIR`: full read-only scan of every segment and the state files.
 
 use std::io::{self, Write};
-use std::ops::ControlFlow;
 use std::path::Path;
 
 use crate::cli::Common;
@@ -11,7 +10,7 @@ use crate::datadir::{DataDir, COMMIT_FILE, EPOCHS_FILE};
 use crate::error::RecoverError;
 use crate::exit::Exit;
 use crate::report::{StateFileCheck, VerifyReport, WalSummary};
-use crate::snapshots::{boundaries, check_snapshots, judge_snapshot_wal, Depth, PositionProbe};
+use crate::snapshots::{scan_with_snapshots, Depth, SnapshotScan};
 use crate::{Outcome, TextReport};
 
 /// Runs `verify`: exit 3 if the WAL or a state file is corrupt, else 0 (a torn tail is not corruption).
@@ -21,23 +20,16 @@ pub fn verify(
     progress: bool,
 ) -> Result<Outcome<VerifyReport>, RecoverError> {
     let d = DataDir::open_locked(dir)?;
-    let snapshots = check_snapshots(d.storage(), &d.snapshot_dir(), Depth::Full)?;
-    let newest = boundaries(&snapshots).pop();
-    let mut probe = PositionProbe::for_boundary(newest);
-    let scan = d.scan(
+    let SnapshotScan {
+        snapshots,
+        scan,
+        snapshot_wal,
+    } = scan_with_snapshots(
+        &d,
+        Depth::Full,
         scan_options(common),
         progress_label(progress, "verify"),
-        &mut |_, _, v| {
-            probe.see(v.position());
-            ControlFlow::Continue(())
-        },
     )?;
-    let snapshot_wal = judge_snapshot_wal(
-        newest,
-        scan.last,
-        probe.result(scan.start),
-        scan.corruption().is_some(),
-    );
     let wal = WalSummary::from_scan(&d.wal_dir(), &scan);
     let state_files = check_state_files(&d)?;
     let corrupt = wal.state.is_corrupt()
