@@ -270,9 +270,16 @@ pub struct ReplicaNode {
     /// The replica's durable lsn as last observed (kept while it is down:
     /// a crash never loses durable records).
     pub known_durable: Lsn,
-    /// After a disk replacement, until the replica's next `Hello` tells the
-    /// primary: the durable lsn the primary may still rightly believe.
+    /// After a disk replacement, until the primary has received a `Hello`
+    /// from the new disk: the highest durable lsn any lost disk of this
+    /// replica had (so receipted at most), which the primary may still rightly
+    /// believe (FM-X.11, FM-X.15). Several replacements before one `Hello`
+    /// gets through keep the highest.
     pub unannounced_wipe: Option<Lsn>,
+    /// The connection on which the replica, since its last disk replacement,
+    /// sent its `Hello`: the primary learns of the replacement only when it
+    /// receives that `Hello`, not when it is sent.
+    pub announcing_conn: Option<ConnId>,
 }
 
 /// The simulated cluster.
@@ -517,6 +524,7 @@ impl World {
                 session_ends: Vec::new(),
                 known_durable: 0,
                 unannounced_wipe: None,
+                announcing_conn: None,
             })
             .collect();
         let world_rng = rng.fork("world");
@@ -861,13 +869,16 @@ impl World {
                 // Quorum at the moment of acknowledgement (FM-X.11): enough
                 // replica disks hold everything up to the new watermark.
                 let needed = self.receipts_needed();
-                // A replica whose disk was replaced counts with what it had
-                // until its next Hello tells the primary (it cannot know
-                // earlier); from then on only with its new log.
+                // A replica whose disk was replaced counts with what its lost
+                // disks had until the primary receives a Hello from the new
+                // disk (it cannot know earlier: a receipt is a past fact, and
+                // the lost disk counts against the fault budget, see
+                // spec/failure-matrix.md FM-X.11); from then on only with its
+                // new log.
                 let holders = self
                     .replicas
                     .iter()
-                    .filter(|r| r.unannounced_wipe.unwrap_or(r.known_durable) >= commit_lsn)
+                    .filter(|r| r.unannounced_wipe.unwrap_or(0).max(r.known_durable) >= commit_lsn)
                     .count();
                 if holders < needed {
                     self.oracle.action_violations.push((
@@ -1110,8 +1121,10 @@ impl World {
                     return;
                 };
                 let conn = *conn;
-                if matches!(msg, Message::Hello(_)) {
-                    self.replicas[n - 1].unannounced_wipe = None;
+                if matches!(msg, Message::Hello(_))
+                    && self.replicas[n - 1].unannounced_wipe.is_some()
+                {
+                    self.replicas[n - 1].announcing_conn = Some(conn);
                 }
                 let Some(r) = self.replicas[n - 1].up.as_mut() else {
                     return;
@@ -1507,7 +1520,8 @@ impl World {
         let r = self.replica_mut(n);
         r.storage = fresh;
         r.applied = Applied::default();
-        r.unannounced_wipe = Some(r.known_durable);
+        r.unannounced_wipe = Some(r.unannounced_wipe.unwrap_or(0).max(r.known_durable));
+        r.announcing_conn = None;
         r.known_durable = 0;
         r.halted = None;
         r.stopped = None;
@@ -1773,6 +1787,18 @@ impl World {
             }
         }
         for m in msgs {
+            if matches!(m, Message::Hello(_)) {
+                // The primary now learns of a replaced disk (if the Hello
+                // comes from the new disk).
+                if let Some(r) = self
+                    .replicas
+                    .iter_mut()
+                    .find(|r| r.announcing_conn == Some(conn))
+                {
+                    r.announcing_conn = None;
+                    r.unannounced_wipe = None;
+                }
+            }
             self.primary_event(PEvent::Received {
                 conn: conn.0,
                 msg: m,

@@ -6,8 +6,8 @@ use walship_fault::check::{
     check_all, standard_checkers, AckedCommitsSurvive, AppliedIsCommittedInOrder, Checker,
     HaltedReplicaFrozen, NoHaltWithoutCause, ReplicaIsPrefix,
 };
-use walship_fault::world::{FrameFault, World, WorldConfig};
-use walship_wal::Position;
+use walship_fault::world::{FrameFault, World, WorldConfig, PRIMARY};
+use walship_wal::{Lsn, Position};
 
 fn converged(replicas: usize) -> World {
     let mut w = World::new(
@@ -104,4 +104,156 @@ fn halt_without_injected_fault_and_change_after_halt_are_reported() {
     w.replicas[0].applied.records.push(extra);
     let err = HaltedReplicaFrozen.check(&w).expect_err("must fail");
     assert!(err.contains("has applied up to"), "{err}");
+}
+
+// ---- FM-X.11: what the primary could know about a replaced replica disk ----
+//
+// A receipt is a past fact: a replica disk replaced after it receipted lsn L
+// held L when the primary counted it, and the primary learns of the loss only
+// from the new disk's `Hello`. Until that Hello arrives the quorum checker
+// must judge the commit by what the lost disk had (the loss counts against the
+// fault budget, spec/failure-matrix.md FM-X.11); once it has arrived, only by
+// the new log. Quorum 2 with two replicas: every commit needs both replica
+// disks.
+
+fn quorum_2_cluster_with_r1_ahead(seed: u64) -> World {
+    let mut w = World::new(
+        WorldConfig {
+            replicas: 2,
+            quorum: 2,
+            ..WorldConfig::default()
+        },
+        seed,
+    )
+    .expect("world");
+    w.trace.keep_all();
+    w.start_all();
+    let base: Vec<Vec<u8>> = (0..10).map(|i| format!("b{i}").into_bytes()).collect();
+    w.client_append(&base);
+    assert!(w.run_until_converged(30_000), "{}", w.trace.render_tail());
+    assert_eq!(w.primary_commit(), 10);
+    // r2 is cut off; r1 receipts lsn 20; the commit stays at 10.
+    let now = w.now();
+    w.net.partition(PRIMARY, 2, now);
+    let more: Vec<Vec<u8>> = (0..10).map(|i| format!("m{i}").into_bytes()).collect();
+    w.client_append(&more);
+    run_until(&mut w, 2_000, |w| receipted(w, 1, 20));
+    assert!(receipted(&w, 1, 20), "{}", w.trace.render_tail());
+    assert_eq!(w.primary_commit(), 10, "r2 holds only 10");
+    check_all(&mut standard_checkers(), &w).expect("before the disk loss");
+    w
+}
+
+/// The primary core's `status` needs a log only for the durable position.
+struct NoLog;
+impl walship_primary::core::LogSource for NoLog {
+    fn position_at(&mut self, _: Lsn) -> Result<Option<Position>, walship_wal::WalError> {
+        Ok(None)
+    }
+    fn durable(&self) -> Position {
+        Position::default()
+    }
+    fn first_lsn(&self) -> Lsn {
+        1
+    }
+    fn read_batch(
+        &mut self,
+        _: Lsn,
+        _: usize,
+    ) -> Result<Option<(Lsn, u32, Position, Vec<u8>)>, walship_wal::WalError> {
+        Ok(None)
+    }
+}
+
+/// True once the primary counts replica `n` durable at `lsn` or above.
+fn receipted(w: &World, n: usize, lsn: Lsn) -> bool {
+    let name = format!("r{n}");
+    w.primary.up.as_ref().is_some_and(|p| {
+        p.core
+            .status(&NoLog, w.now())
+            .replicas
+            .iter()
+            .any(|r| r.node_id == name && r.durable_lsn >= lsn)
+    })
+}
+
+/// Runs 1 ms at a time (first what is due now) until `cond` holds.
+fn run_until(w: &mut World, max_ms: u64, mut cond: impl FnMut(&World) -> bool) {
+    let end = w.now() + max_ms;
+    let now = w.now();
+    w.run_until(now);
+    while w.now() < end && !cond(w) {
+        let t = w.now() + 1;
+        w.run_until(t);
+    }
+}
+
+/// Heals r2, lets it catch up, and requires the commit to reach 20 on r2's
+/// receipt plus r1's receipt from its lost disk (the primary cannot know yet),
+/// with every checker passing.
+fn commit_20_on_the_lost_disks_receipt_passes(w: &mut World) {
+    let now = w.now();
+    w.net.heal(PRIMARY, 2, now);
+    let mut checkers = standard_checkers();
+    let end = w.now() + 5_000;
+    while w.now() < end && w.primary_commit() < 20 {
+        let t = w.now() + 1;
+        w.run_until(t);
+        if let Err(v) = check_all(&mut checkers, w) {
+            panic!("{v}\n{}", w.trace.render_tail());
+        }
+    }
+    assert_eq!(
+        w.primary_commit(),
+        20,
+        "the primary commits 20 counting r1's receipt: {}",
+        w.trace.render_tail()
+    );
+}
+
+#[test]
+fn fm_x_11_receipt_of_a_disk_replaced_twice_before_any_hello_still_counts_for_the_checker() {
+    let mut w = quorum_2_cluster_with_r1_ahead(611);
+    // r1's disk is replaced twice; it never restarts in between (seed 6394).
+    w.wipe_replica_disk(1).expect("wipe");
+    w.wipe_replica_disk(1).expect("wipe again");
+    commit_20_on_the_lost_disks_receipt_passes(&mut w);
+    // r1 comes back empty and re-replicates; lsn 20 stays acknowledged.
+    w.restart(1);
+    assert!(w.run_until_converged(30_000), "{}", w.trace.render_tail());
+    check_all(&mut standard_checkers(), &w).expect("after r1 re-replicated");
+}
+
+#[test]
+fn fm_x_11_commit_while_the_new_disks_hello_is_in_flight_still_counts_the_old_receipt() {
+    let mut w = quorum_2_cluster_with_r1_ahead(612);
+    w.wipe_replica_disk(1).expect("wipe");
+    let wiped_at = w.now();
+    w.restart(1);
+    let hello_sent = |w: &World| {
+        w.trace.all().is_some_and(|all| {
+            all.iter()
+                .any(|e| e.at_ms >= wiped_at && e.what.starts_with("r1 -> p0 Hello(last 0"))
+        })
+    };
+    run_until(&mut w, 2_000, hello_sent);
+    assert!(hello_sent(&w), "{}", w.trace.render_tail());
+    // The Hello from the empty disk is on its way but does not arrive yet
+    // (seed 9165: the primary committed before it arrived).
+    let now = w.now();
+    w.net.block(1, PRIMARY, now);
+    commit_20_on_the_lost_disks_receipt_passes(&mut w);
+    let welcomed = w.trace.all().is_some_and(|all| {
+        all.iter()
+            .any(|e| e.at_ms >= wiped_at && e.what.starts_with("p0 -> r1 Welcome"))
+    });
+    assert!(
+        !welcomed,
+        "the primary must not have received the Hello yet"
+    );
+    // The Hello arrives: from now on r1 counts only with its new log.
+    let now = w.now();
+    w.net.heal_all(now);
+    assert!(w.run_until_converged(30_000), "{}", w.trace.render_tail());
+    check_all(&mut standard_checkers(), &w).expect("after r1 re-replicated");
 }

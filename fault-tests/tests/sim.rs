@@ -3,7 +3,7 @@
 //! `WALSHIP_SIM_SEEDS` (default 200) sets how many seeds run; they are
 //! split over four tests so the default run uses both cores.
 
-use walship_fault::sim::{run, seeds_from_env, SimOptions};
+use walship_fault::sim::{run, seeds_from_env, SimOptions, DEFAULT_STEPS};
 
 /// Steps per seed in the default test run (the CLI default is longer).
 const CI_STEPS: u64 = 200;
@@ -63,4 +63,32 @@ fn fm_11_1_same_seed_gives_same_trace_hash() {
         a.trace_hash, b.trace_hash,
         "different seeds, different runs"
     );
+}
+
+/// Runs one seed with the CLI's default length (how the failure was found).
+fn seed_holds_every_invariant(seed: u64) {
+    let rep = run(&SimOptions::from_seed(seed, DEFAULT_STEPS));
+    if let Some(f) = rep.failure_report() {
+        panic!("{f}");
+    }
+    assert_eq!(rep.steps_run, DEFAULT_STEPS, "seed {seed} ran every step");
+}
+
+/// FM-X.11 / FM-X.15, seed 6394: r2 receipted 580, crashed and had its disk
+/// replaced twice before it said anything to the primary (steps 181 and 183);
+/// the primary committed 576 at step 183 counting r2's receipt, which it could
+/// not know was gone. The checker forgot the first lost disk's receipt at the
+/// second replacement and reported a commit without its quorum.
+#[test]
+fn fm_x_11_seed_6394_receipt_of_a_disk_replaced_twice_before_its_hello_counts() {
+    seed_holds_every_invariant(6394);
+}
+
+/// FM-X.11 / FM-X.15, seed 9165: r2 receipted 111, its disk was replaced, it
+/// restarted and sent `Hello(last 0)`; before that Hello arrived the primary
+/// committed 95 counting r2's old receipt. The checker took the Hello as known
+/// to the primary when it was sent, not when it was received.
+#[test]
+fn fm_x_11_seed_9165_commit_while_the_new_disks_hello_is_in_flight_counts_the_old_receipt() {
+    seed_holds_every_invariant(9165);
 }

@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use support::*;
 use walship_primary::{Primary, PrimaryError, Quorum};
 use walship_wal::state::NodeDir;
@@ -341,13 +339,22 @@ async fn certificate_of_another_ca_or_unlisted_name_is_refused_and_others_keep_s
     primary.shutdown().await;
 }
 
-/// True if the primary refuses the client: the handshake fails, or the connection dies
-/// before a Welcome arrives.
+/// True if the primary refuses the client: the handshake fails, or the primary closes the
+/// connection before a Welcome arrives. False if a Welcome arrives. A primary that neither
+/// welcomes nor closes fails the test (the receive and the close wait are bounded).
 async fn refused(tls: &walship_wire::TlsFiles, addr: std::net::SocketAddr) -> bool {
-    let Ok(mut r) = FakeReplica::connect_with(tls, addr).await else {
-        return true;
-    };
-    r.send(&Message::Hello(Hello {
+    match FakeReplica::connect_with(tls, addr).await {
+        Ok(r) => hello_refused(r).await,
+        Err(_) => true,
+    }
+}
+
+/// [`refused`] after the client's side of the handshake completed.
+async fn hello_refused(mut r: FakeReplica) -> bool {
+    // In TLS 1.3 the client's handshake completes before the server has verified the
+    // client's certificate: the primary's refusal (a CONNECTION_CLOSE) can arrive before
+    // the Hello is written. A failed write is that refusal, not a failure of the test.
+    let hello = Message::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
         cluster_id: CLUSTER.into(),
         node_id: "r1".into(),
@@ -355,12 +362,52 @@ async fn refused(tls: &walship_wire::TlsFiles, addr: std::net::SocketAddr) -> bo
         commit_lsn: 0,
         epoch_history: vec![],
         highest_epoch_seen: 0,
-    }))
-    .await;
-    !matches!(
-        tokio::time::timeout(Duration::from_secs(10), r.recv()).await,
-        Ok(Ok(Some(Message::Welcome(_))))
-    )
+    });
+    let sent = r.try_send(&hello).await.is_ok();
+    if sent && matches!(r.recv().await, Ok(Some(Message::Welcome(_)))) {
+        return false;
+    }
+    // Refused means closed by the primary (panics if the connection stays open).
+    let _ = r.closed_code().await;
+    true
+}
+
+/// The ordering that made the test above flaky (the Hello's write failed), forced: the primary's refusal of a foreign-CA certificate reaches the client
+/// before it writes its Hello. That is a refusal, not a failed test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_ca_refusal_arriving_before_the_hello_is_written_counts_as_refused() {
+    let cluster = Cluster::new(MEMBERS);
+    let other = tempfile::tempdir().expect("tempdir");
+    walship_wire::generate(other.path(), &["r1"]).expect("other CA");
+    let primary = open_primary(cluster.primary_config(MEMBERS, Quorum::Majority));
+    let addr = primary.local_addr().expect("addr");
+    let foreign = walship_wire::TlsFiles {
+        ca: cluster.tls("r1").ca,
+        ..walship_wire::TlsFiles::for_node(other.path(), "r1")
+    };
+    // The client's side of a TLS 1.3 handshake completes before the server has checked the
+    // client's certificate, but the refusal often reaches the client before its connect
+    // returns (then the handshake itself reports it): try until one attempt connects.
+    let start = std::time::Instant::now();
+    let r = loop {
+        match FakeReplica::connect_with(&foreign, addr).await {
+            Ok(r) => break r,
+            Err(e) => assert!(
+                start.elapsed() < DEADLINE,
+                "no attempt completed the client's side of the handshake: {e}"
+            ),
+        }
+    };
+    // Wait for the primary's refusal before writing anything.
+    let closed = tokio::time::timeout(DEADLINE, r.conn.closed())
+        .await
+        .expect("the primary refuses within the deadline");
+    assert!(
+        matches!(closed, quinn::ConnectionError::ConnectionClosed(_)),
+        "refused by the TLS layer: {closed:?}"
+    );
+    assert!(hello_refused(r).await);
+    primary.shutdown().await;
 }
 
 #[cfg(feature = "fault-injection")]

@@ -13,6 +13,7 @@ use support::*;
 use walship_primary::{Primary, PrimaryConfig, Quorum};
 use walship_replica::{Applier, ApplyError, HaltReason, Replica, ReplicaConfig};
 use walship_snapshot::{SnapshotSink, SnapshotSource};
+use walship_wal::segment::segment_file_name;
 use walship_wal::state::{EpochHistory, NodeDir};
 use walship_wal::{FsStorage, Lsn, Position, Wal, WalOptions};
 
@@ -417,12 +418,20 @@ async fn snapshot_policy_creates_a_snapshot_and_truncates_so_an_empty_replica_ca
     config.maintenance_interval_ms = 20;
     let primary = open_primary(config);
     let kv = Kv::default();
-    primary.set_snapshot_source(Box::new(kv.clone()));
     append_kv(&primary, &kv, 0, BEFORE).await;
+    // Registered once every record is committed and applied, so the policy's snapshot is
+    // at lsn BEFORE. Registered earlier, a maintenance round in the middle of the appends
+    // takes a snapshot inside the first segment, which retention cannot truncate (whole
+    // segments only), and the replica then rightly catches up through the WAL.
+    primary.set_snapshot_source(Box::new(kv.clone()));
     let pdir = cluster.data_dir("p");
-    eventually("the maintenance task creates a snapshot", || {
-        !snapshot_dirs(&pdir).is_empty()
-    })
+    let first_segment = pdir.join("wal").join(segment_file_name(1));
+    // The snapshot is published (renamed into place) before retention truncates behind it:
+    // wait for both, or the replica may connect in between and stream from lsn 1.
+    eventually(
+        "the policy's snapshot is published and the WAL truncated behind it",
+        || snapshot_dirs(&pdir) == [format!("{BEFORE:020}")] && !first_segment.exists(),
+    )
     .await;
 
     let applier = Kv::default();

@@ -117,6 +117,12 @@ impl FakeReplica {
             .expect("write frame");
     }
 
+    /// Like [`FakeReplica::send`], but a failed write (the primary closed the connection)
+    /// is returned rather than a test failure.
+    pub async fn try_send(&mut self, msg: &Message) -> Result<(), FrameError> {
+        self.writer.write(&mut self.send, msg).await
+    }
+
     pub async fn recv(&mut self) -> Result<Option<Message>, FrameError> {
         tokio::time::timeout(DEADLINE, read_frame(&mut self.recv, MAX_FRAME_BYTES))
             .await
