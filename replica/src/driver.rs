@@ -258,7 +258,12 @@ pub(crate) fn start<S: Storage>(
                 "acknowledged records lost: log ends at lsn {log_end}, commit watermark {commit_lsn} (open report: {report:?})"
             ),
         };
-        tracing::error!(log_end, commit_lsn, ?report, "acknowledged records lost: the log ends below the persisted commit watermark; halting");
+        tracing::error!(
+            log_end,
+            commit_lsn,
+            ?report,
+            "acknowledged records lost: the log ends below the persisted commit watermark; halting"
+        );
         write_halt(&storage, &state_dir, &record)?;
         return Ok((
             halted_shared(&config, record, commit_lsn, applied_lsn, highest_epoch),

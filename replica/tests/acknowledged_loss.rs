@@ -96,7 +96,11 @@ async fn fm_x_6_replica_whose_log_ends_below_its_commit_watermark_halts_local_co
     assert_eq!(read_halt_file(&f.data), Some(record));
     assert_eq!(st.sessions, 0);
     replica.shutdown().await.expect("shutdown");
-    assert_eq!(persisted_commit(&f.data), 10, "the watermark is never lowered");
+    assert_eq!(
+        persisted_commit(&f.data),
+        10,
+        "the watermark is never lowered"
+    );
 }
 
 #[tokio::test]
