@@ -134,3 +134,23 @@ fn log_reset_to_a_boundary_at_the_commit_watermark_is_no_loss() {
         Some(&serde_json::json!({"log_end": 10, "commit_lsn": 11}))
     );
 }
+
+#[test]
+fn fm_x_6_clear_halt_is_refused_while_the_log_ends_below_the_commit_watermark() {
+    let n = Node::new();
+    n.append_n(1, 9, "r");
+    n.set_commit(10);
+    n.halt(walship_replica::halt::HaltReason::LocalCorruption, 10, 1);
+    let before = n.snapshot_files();
+    let (code, v, err) = recover_json(&["clear-halt", s(&n.root)]);
+    assert_eq!(code, 6, "{v}");
+    assert!(err.contains(LOST_9_10), "{err}");
+    let check = v
+        .pointer("/checks")
+        .and_then(|c| c.as_array())
+        .and_then(|c| c.iter().find(|x| x["name"] == "log-verifies"))
+        .expect("log-verifies check");
+    assert_eq!(check["passed"], serde_json::Value::Bool(false), "{v}");
+    assert_eq!(check["detail"].as_str(), Some(LOST_9_10));
+    assert_eq!(n.snapshot_files(), before, "nothing changed");
+}
