@@ -154,3 +154,39 @@ fn fm_x_6_clear_halt_is_refused_while_the_log_ends_below_the_commit_watermark() 
     assert_eq!(check["detail"].as_str(), Some(LOST_9_10));
     assert_eq!(n.snapshot_files(), before, "nothing changed");
 }
+
+#[test]
+fn rewind_to_the_log_end_lowers_the_commit_watermark_only_with_accept_data_loss() {
+    let n = Node::new();
+    n.append_n(1, 9, "r");
+    n.set_commit(10);
+    let before = n.snapshot_files();
+    let (code, v, err) = recover_json(&["rewind", s(&n.root), "--to", "9", "--yes"]);
+    assert_eq!(code, 6, "{v}");
+    assert!(err.contains(LOST_9_10), "{err}");
+    assert!(err.contains("--accept-data-loss"), "{err}");
+    assert_eq!(n.snapshot_files(), before, "nothing changed");
+
+    let (code, v, _) = recover_json(&[
+        "rewind",
+        s(&n.root),
+        "--to",
+        "9",
+        "--yes",
+        "--accept-data-loss",
+    ]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        v.pointer("/performed"),
+        Some(&serde_json::Value::Bool(true))
+    );
+    assert_eq!(v.pointer("/cut/records").and_then(|x| x.as_u64()), Some(0));
+    assert_eq!(
+        v.pointer("/commit_lsn_after").and_then(|x| x.as_u64()),
+        Some(9)
+    );
+    assert_eq!(v.pointer("/after/lsn").and_then(|x| x.as_u64()), Some(9));
+    assert_eq!(n.node_dir().commit_lsn().expect("commit"), 9);
+    let (code, v, _) = recover_json(&["verify", s(&n.root)]);
+    assert_eq!(code, 0, "the operator accepted the loss: {v}");
+}
