@@ -357,9 +357,10 @@ impl std::fmt::Debug for Primary {
 impl Primary {
     /// Opens the data directory (exclusive lock, WAL recovery scan, epoch history, persisted
     /// commit watermark) and starts serving replicas. A recovered log ending below the
-    /// persisted commit watermark is [`PrimaryError::AcknowledgedRecordsLost`] (FM-X.6). The first start of an empty directory
-    /// creates epoch 1 starting at lsn 1. Must be called inside a tokio runtime (quinn binds
-    /// its socket to it); the WAL scan runs on the calling thread.
+    /// persisted commit watermark is [`PrimaryError::AcknowledgedRecordsLost`] (FM-X.6). The
+    /// first start of an empty directory creates epoch 1 starting at lsn 1. Must be called
+    /// inside a tokio runtime (quinn binds its socket to it); the WAL scan runs on the calling
+    /// thread.
     pub fn open(config: PrimaryConfig) -> Result<Primary, PrimaryError> {
         config.validate()?;
         let span = tracing::info_span!("primary_open", node = %config.node_id, dir = %config.data_dir.display());
