@@ -181,7 +181,7 @@ async fn run_primary(cfg: &NodeConfig, append_stdin: bool) -> Result<(), String>
                 }
             }
         });
-        let feeder = tokio::spawn(async move {
+        let mut feeder = tokio::spawn(async move {
             while let Some(bytes) = rx.recv().await {
                 match p.append(bytes).await {
                     Ok(lsn) => println!("committed {lsn}"),
@@ -189,9 +189,15 @@ async fn run_primary(cfg: &NodeConfig, append_stdin: bool) -> Result<(), String>
                 }
             }
         });
-        tokio::select! {
-            _ = wait_for_shutdown_signal() => {}
-            _ = feeder => {}
+        let signalled = tokio::select! {
+            _ = wait_for_shutdown_signal() => true,
+            _ = &mut feeder => false,
+        };
+        if signalled {
+            // The feeder holds a handle to the primary: end it, so the shutdown below is the
+            // clean one that persists the final commit watermark (spec/state-files.md §3.1).
+            feeder.abort();
+            let _ = feeder.await;
         }
     } else {
         wait_for_shutdown_signal().await;

@@ -40,7 +40,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 pub use walship_snapshot::retention::SnapshotPolicy;
 use walship_snapshot::{InstalledSnapshot, Limits, SnapshotError, SnapshotSource, SnapshotStore};
 use walship_wal::state::{DirLock, EpochHistory, NodeDir, StateError};
@@ -276,6 +276,19 @@ pub enum PrimaryError {
         /// The epoch history's last epoch.
         history_epoch: u64,
     },
+    /// Local corruption (FM-X.6): the recovered log (after any torn-tail cut; its last record
+    /// or the snapshot boundary it starts after) ends below the persisted commit watermark, so
+    /// records that were acknowledged are gone. The node refuses to start instead of reusing
+    /// their lsns; the operator restores the records from a replica (or resyncs).
+    #[error("{dir}: acknowledged records lost: log ends at lsn {log_end}, commit watermark {commit_lsn} (local corruption, FM-X.6); refusing to start")]
+    AcknowledgedRecordsLost {
+        /// The data directory.
+        dir: PathBuf,
+        /// The last lsn of the recovered log.
+        log_end: Lsn,
+        /// The persisted commit watermark (`state/commit`).
+        commit_lsn: Lsn,
+    },
     /// The QUIC/TLS endpoint could not be set up.
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
@@ -343,9 +356,11 @@ impl std::fmt::Debug for Primary {
 
 impl Primary {
     /// Opens the data directory (exclusive lock, WAL recovery scan, epoch history, persisted
-    /// commit watermark) and starts serving replicas. The first start of an empty directory
-    /// creates epoch 1 starting at lsn 1. Must be called inside a tokio runtime (quinn binds
-    /// its socket to it); the WAL scan runs on the calling thread.
+    /// commit watermark) and starts serving replicas. A recovered log ending below the
+    /// persisted commit watermark is [`PrimaryError::AcknowledgedRecordsLost`] (FM-X.6). The
+    /// first start of an empty directory creates epoch 1 starting at lsn 1. Must be called
+    /// inside a tokio runtime (quinn binds its socket to it); the WAL scan runs on the calling
+    /// thread.
     pub fn open(config: PrimaryConfig) -> Result<Primary, PrimaryError> {
         config.validate()?;
         let span = tracing::info_span!("primary_open", node = %config.node_id, dir = %config.data_dir.display());
@@ -373,16 +388,19 @@ impl Primary {
             epoch: history_epoch,
         };
         let (mut wal, report) = Wal::open(storage, node_dir.wal_dir(), opts)?;
-        match &report {
+        // Whether the cut record was acknowledged is judged below, against state/commit.
+        let torn_tail_cut = match &report {
             OpenReport::TornTailCut {
                 segment,
                 offset,
                 bytes_cut,
                 last,
-            } => warn!(segment = %segment.display(), offset, bytes_cut, last = %last,
-                "WAL open cut a torn tail (never acknowledged)"),
-            other => info!(report = ?other, "WAL opened"),
-        }
+            } => Some((segment.clone(), *offset, *bytes_cut, *last)),
+            other => {
+                info!(report = ?other, "WAL opened");
+                None
+            }
+        };
         if epochs.is_empty() {
             if wal.last().lsn != 0 {
                 return Err(PrimaryError::NoEpochHistory {
@@ -413,13 +431,29 @@ impl Primary {
         info!(?recovered, "snapshot store opened");
         let newest_snapshot = snapshots.newest()?.map(|s| s.boundary);
         let durable = wal.durable_lsn();
-        let mut commit_lsn = node_dir.commit_lsn()?;
-        if commit_lsn > durable {
-            warn!(
+        let commit_lsn = node_dir.commit_lsn()?;
+        // FM-X.6: the persisted watermark only ever lags what was committed, so a log (its
+        // last record, or the snapshot boundary it was reset to) ending below it lost records
+        // that were acknowledged: bit rot of a synced last record is cut by the WAL scan as a
+        // torn tail (spec/wal-format.md, "What the scan cannot see"). Refuse to start rather
+        // than hand out their lsns again.
+        let log_end = wal.last().lsn;
+        if log_end < commit_lsn {
+            error!(
+                log_end,
                 commit_lsn,
-                durable, "persisted commit watermark above the durable lsn: capped (it is a hint)"
+                cut = ?torn_tail_cut,
+                "acknowledged records lost: the log ends below the persisted commit watermark; refusing to start"
             );
-            commit_lsn = durable;
+            return Err(PrimaryError::AcknowledgedRecordsLost {
+                dir: dir.clone(),
+                log_end,
+                commit_lsn,
+            });
+        }
+        if let Some((segment, offset, bytes_cut, last)) = torn_tail_cut {
+            warn!(segment = %segment.display(), offset, bytes_cut, last = %last, commit_lsn,
+                "WAL open cut a torn tail above the persisted commit watermark {commit_lsn}");
         }
         let core = PrimaryCore::new(CoreConfig {
             node_id: config.node_id.clone(),

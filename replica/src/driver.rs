@@ -193,7 +193,14 @@ pub(crate) fn start<S: Storage>(
         last,
     } = &report
     {
-        tracing::warn!(segment = %segment.display(), offset, bytes_cut, lsn = last.lsn, "cut a torn, never-synced WAL tail at open");
+        if last.lsn >= commit_lsn {
+            tracing::warn!(segment = %segment.display(), offset, bytes_cut, lsn = last.lsn, commit_lsn,
+                "cut a torn WAL tail at open, above the persisted commit watermark {commit_lsn}");
+        } else {
+            // Judged below, once an interrupted snapshot install is completed.
+            tracing::warn!(segment = %segment.display(), offset, bytes_cut, lsn = last.lsn, commit_lsn,
+                "cut a damaged WAL tail at open, at or below the persisted commit watermark {commit_lsn}");
+        }
     }
     // FM-10.5: an install interrupted after its commit point is completed (the
     // WAL reset to the boundary) before anything reads the WAL; a snapshot and a
@@ -233,6 +240,36 @@ pub(crate) fn start<S: Storage>(
         }
         Err(e) => return Err(e.into()),
     };
+    // FM-X.6: `state/commit` is written only at or below the durable lsn (see
+    // `commit_and_apply`), so a log (its last record or the snapshot boundary it was reset
+    // to) ending below it lost synced records: typically a damaged last record that the WAL
+    // scan cut as a torn tail. Halt; the records must be re-fetched (operator resync).
+    let log_end = wal.last().lsn;
+    if log_end < commit_lsn {
+        let record = HaltRecord {
+            reason: HaltReason::LocalCorruption,
+            lsn: log_end + 1,
+            epoch: highest_epoch,
+            expected: format!("the log holds every record up to the persisted commit watermark {commit_lsn}"),
+            found: format!("the log ends at lsn {log_end}"),
+            peer: "local".into(),
+            at_unix_ms: now_unix_ms(),
+            detail: format!(
+                "acknowledged records lost: log ends at lsn {log_end}, commit watermark {commit_lsn} (open report: {report:?})"
+            ),
+        };
+        tracing::error!(
+            log_end,
+            commit_lsn,
+            ?report,
+            "acknowledged records lost: the log ends below the persisted commit watermark; halting"
+        );
+        write_halt(&storage, &state_dir, &record)?;
+        return Ok((
+            halted_shared(&config, record, commit_lsn, applied_lsn, highest_epoch),
+            None,
+        ));
+    }
     if let Some(b) = installed_boundary {
         // Snapshot content is committed by construction: a crash between an
         // install and its `state/commit` write must not leave the watermark below it.
@@ -582,7 +619,7 @@ impl<S: Storage> Driver<S> {
         let commit = self.persisted_commit.max(boundary.lsn);
         self.node_dir.set_commit_lsn(commit)?;
         self.persisted_commit = commit;
-        self.commit_pending = None;
+        // A watermark above the boundary stays pending: it is persisted as records arrive.
         self.apply_pending = None;
         let Some(sink) = self.applier.snapshot_sink() else {
             return Err(ReplicaError::Runtime(
@@ -712,9 +749,19 @@ impl<S: Storage> Driver<S> {
 
     fn commit_and_apply(&mut self) -> Result<(), ReplicaError> {
         self.deferred_steps = 0;
-        if let Some(c) = self.commit_pending.take() {
-            self.node_dir.set_commit_lsn(c)?;
-            self.persisted_commit = c;
+        if let Some(c) = self.commit_pending {
+            // `state/commit` never names a record this replica does not hold durably (the
+            // primary's watermark may be ahead of a lagging replica): then a log ending below
+            // it at open proves synced records were lost (FM-X.6). The rest stays pending
+            // and is persisted as the durable lsn rises.
+            let persist = c.min(self.durable_lsn());
+            if persist > self.persisted_commit {
+                self.node_dir.set_commit_lsn(persist)?;
+                self.persisted_commit = persist;
+            }
+            if self.persisted_commit >= c {
+                self.commit_pending = None;
+            }
         }
         if let Some(up_to) = self.apply_pending.take() {
             self.apply_up_to(up_to)?;

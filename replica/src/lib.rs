@@ -348,9 +348,11 @@ impl Replica {
     ///   opens its WAL, connects or applies anything (the directory stays
     ///   exactly as it was; FM-10.3, FM-11.3);
     /// - else opens the node directory and the WAL (recovery scan: a torn
-    ///   unsynced tail is cut, FM-X.7). Local corruption (FM-X.6) writes a
+    ///   tail is cut, FM-X.7). Local corruption (FM-X.6) writes a
     ///   `local-corruption` halt naming segment, offset and lsn, and returns a
-    ///   halted replica; other I/O errors are returned;
+    ///   halted replica; so does a log that ends below the persisted commit
+    ///   watermark (a damaged synced last record was cut: `lsn` = log end + 1,
+    ///   expected/found name both lsns); other I/O errors are returned;
     /// - replays the committed records above `applier.applied_lsn()` to the
     ///   applier before returning (FM-4.2);
     /// - starts the driver thread, which connects to the primary.
