@@ -27,7 +27,9 @@ use tracing::{debug, error, info, warn, Instrument};
 use walship_snapshot::{SnapshotSender, SnapshotStore, TransferItem};
 use walship_wal::state::NodeDir;
 use walship_wal::{FsStorage, Lsn, Position, SharedWal};
-use walship_wire::{encode_frame, read_frame, CloseCode, FrameWriter, Message, MAX_FRAME_BYTES};
+use walship_wire::{
+    encode_frame, read_frame, CloseCode, FrameError, FrameWriter, Message, MAX_FRAME_BYTES,
+};
 
 use crate::core::{Action, CloseReason, ConnId, CoreStatus, Event, PrimaryCore};
 use crate::log::WalLog;
@@ -314,6 +316,17 @@ async fn serve_connection(
             }
             Err(e) if e.is_session_end() => {
                 info!(error = %e, "replica session ended");
+                break;
+            }
+            Err(FrameError::UnsupportedVersion { theirs }) => {
+                // The core answers Refuse{UnsupportedVersion} (spec/protocol.md §7); the
+                // writer sends it and closes with Refused. Nothing more is read.
+                warn!(replica = %node_id, theirs, "replica speaks another protocol version");
+                let event = Event::HelloOfOtherVersion {
+                    conn: id,
+                    protocol_version: theirs,
+                };
+                let _ = shared.core_tx.send(CoreMsg::Event(event));
                 break;
             }
             Err(e) => {
