@@ -252,10 +252,14 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
                     return;
                 }
             };
-            let Some(node_id) = walship_wire::peer_node_id(&conn, &shared.members) else {
-                warn!(%remote, "peer certificate names no member: closing");
-                CloseCode::Refused.close(&conn, "not a member");
-                return;
+            let node_id = match walship_wire::peer_node_id(&conn, &shared.members) {
+                Ok(node_id) => node_id,
+                Err(e) => {
+                    // The handshake applied the same rule: only a broken TLS setup gets here.
+                    warn!(%remote, error = %e, "peer certificate does not name exactly one member: closing");
+                    CloseCode::Refused.close(&conn, "not a member");
+                    return;
+                }
             };
             let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
             let span = tracing::info_span!("replica_conn", replica = %node_id, conn = id, %remote);

@@ -891,11 +891,12 @@ impl<S: Storage> Driver<S> {
                     continue;
                 }
             };
-            // Defence in depth: the TLS handshake verified the name; re-check it.
-            if walship_wire::peer_node_id(&conn, std::slice::from_ref(&name)).is_none() {
+            // The TLS handshake verified the name; the certificate must also name nothing else.
+            if let Err(e) = walship_wire::peer_node_id(&conn, std::slice::from_ref(&name)) {
+                tracing::warn!(error = %e, primary = %name, "primary's certificate does not name exactly the configured primary");
                 CloseCode::ProtocolViolation.close(&conn, "not the configured primary");
                 self.feed(Event::SessionEnded(SessionEnd::ConnectFailed {
-                    detail: format!("peer certificate is not valid for {name}"),
+                    detail: format!("peer certificate does not name exactly {name}: {e}"),
                 }))?;
                 continue;
             }
