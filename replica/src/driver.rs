@@ -676,8 +676,9 @@ impl<S: Storage> Driver<S> {
     }
 
     /// The WAL's durable lsn read under its lock. (`SharedWal::durable_lsn()`, the
-    /// published value, can briefly go backwards when `with` races a group-commit
-    /// leader — notes/requests-realfault.md F1 — so the driver never relies on it.)
+    /// published value, once went backwards when `with` raced a group-commit leader —
+    /// fixed, see `durable_lsn_never_decreases_under_concurrent_with_and_appends` in
+    /// wal/tests/wal_group_commit.rs; the driver reads the exact value under the lock.)
     fn durable_lsn(&self) -> Lsn {
         self.wal.with(|w| w.durable_lsn())
     }
