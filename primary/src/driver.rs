@@ -459,9 +459,11 @@ enum SendSnapshotError {
 /// (and so flow-controlled by QUIC on this replica's own connection) before the next
 /// chunk is read, so a transfer holds one chunk in memory and never delays the other
 /// replicas' writer tasks. Every chunk is re-verified from the stored file before it
-/// is sent: a damaged chunk is local corruption here and is never shipped.
+/// is sent: a damaged chunk is local corruption here and is never shipped. The file
+/// reads and checksums run on tokio's blocking threads, one step at a time, never on
+/// a runtime worker.
 async fn send_snapshot(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     node_id: &str,
     boundary: Position,
     send: &mut quinn::SendStream,
@@ -474,15 +476,18 @@ async fn send_snapshot(
             error: what,
         })
     };
-    let snap = match shared.snapshots.newest() {
-        Ok(Some(s)) if s.boundary.lsn >= boundary.lsn => s,
-        Ok(_) => return Err(fail(format!("snapshot at lsn {} is gone", boundary.lsn))),
-        Err(e) => return Err(fail(e.to_string())),
-    };
-    let reader = shared
-        .snapshots
-        .reader(&snap)
-        .map_err(|e| fail(e.to_string()))?;
+    let snapshots = shared.snapshots.clone();
+    let opened = off_worker(move || {
+        let snap = match snapshots.newest() {
+            Ok(Some(s)) if s.boundary.lsn >= boundary.lsn => s,
+            Ok(_) => return Err(format!("snapshot at lsn {} is gone", boundary.lsn)),
+            Err(e) => return Err(e.to_string()),
+        };
+        let reader = snapshots.reader(&snap).map_err(|e| e.to_string())?;
+        Ok((snap, SnapshotSender::new(reader)))
+    })
+    .await?;
+    let (snap, mut sender) = opened.map_err(fail)?;
     #[cfg(feature = "fault-injection")]
     let fault = shared
         .snapshot_faults
@@ -491,7 +496,14 @@ async fn send_snapshot(
         .remove(node_id);
     let started = Instant::now();
     let mut sent_bytes = 0u64;
-    for item in SnapshotSender::new(reader) {
+    loop {
+        let (back, item) = off_worker(move || {
+            let item = sender.next();
+            (sender, item)
+        })
+        .await?;
+        sender = back;
+        let Some(item) = item else { break };
         let msg = match item {
             Ok(TransferItem::Offer(o)) => Message::SnapshotOffer(o),
             Ok(TransferItem::Chunk(c)) => {
@@ -536,4 +548,20 @@ async fn send_snapshot(
     info!(replica = %node_id, lsn = snap.boundary.lsn, epoch = snap.boundary.epoch, bytes = sent_bytes,
         elapsed_ms = started.elapsed().as_millis() as u64, "snapshot sent");
     Ok(())
+}
+
+/// Runs `f` (snapshot file reads) on tokio's blocking threads. A panic there is re-raised
+/// here, as if `f` had run in this task; a task cancelled by the runtime shutting down ends
+/// the session.
+async fn off_worker<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, SendSnapshotError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => Ok(r),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => {
+            debug!(error = %e, "snapshot read task cancelled: the session ended");
+            Err(SendSnapshotError::SessionEnded)
+        }
+    }
 }
