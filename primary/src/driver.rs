@@ -27,7 +27,9 @@ use tracing::{debug, error, info, warn, Instrument};
 use walship_snapshot::{SnapshotSender, SnapshotStore, TransferItem};
 use walship_wal::state::NodeDir;
 use walship_wal::{FsStorage, Lsn, Position, SharedWal};
-use walship_wire::{encode_frame, read_frame, CloseCode, FrameWriter, Message, MAX_FRAME_BYTES};
+use walship_wire::{
+    encode_frame, read_frame, CloseCode, FrameError, FrameWriter, Message, MAX_FRAME_BYTES,
+};
 
 use crate::core::{Action, CloseReason, ConnId, CoreStatus, Event, PrimaryCore};
 use crate::log::WalLog;
@@ -250,10 +252,14 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
                     return;
                 }
             };
-            let Some(node_id) = walship_wire::peer_node_id(&conn, &shared.members) else {
-                warn!(%remote, "peer certificate names no member: closing");
-                CloseCode::Refused.close(&conn, "not a member");
-                return;
+            let node_id = match walship_wire::peer_node_id(&conn, &shared.members) {
+                Ok(node_id) => node_id,
+                Err(e) => {
+                    // The handshake applied the same rule: only a broken TLS setup gets here.
+                    warn!(%remote, error = %e, "peer certificate does not name exactly one member: closing");
+                    CloseCode::Refused.close(&conn, "not a member");
+                    return;
+                }
             };
             let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
             let span = tracing::info_span!("replica_conn", replica = %node_id, conn = id, %remote);
@@ -314,6 +320,17 @@ async fn serve_connection(
             }
             Err(e) if e.is_session_end() => {
                 info!(error = %e, "replica session ended");
+                break;
+            }
+            Err(FrameError::UnsupportedVersion { theirs }) => {
+                // The core answers Refuse{UnsupportedVersion} (spec/protocol.md §7); the
+                // writer sends it and closes with Refused. Nothing more is read.
+                warn!(replica = %node_id, theirs, "replica speaks another protocol version");
+                let event = Event::HelloOfOtherVersion {
+                    conn: id,
+                    protocol_version: theirs,
+                };
+                let _ = shared.core_tx.send(CoreMsg::Event(event));
                 break;
             }
             Err(e) => {
@@ -442,9 +459,11 @@ enum SendSnapshotError {
 /// (and so flow-controlled by QUIC on this replica's own connection) before the next
 /// chunk is read, so a transfer holds one chunk in memory and never delays the other
 /// replicas' writer tasks. Every chunk is re-verified from the stored file before it
-/// is sent: a damaged chunk is local corruption here and is never shipped.
+/// is sent: a damaged chunk is local corruption here and is never shipped. The file
+/// reads and checksums run on tokio's blocking threads, one step at a time, never on
+/// a runtime worker.
 async fn send_snapshot(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     node_id: &str,
     boundary: Position,
     send: &mut quinn::SendStream,
@@ -457,15 +476,18 @@ async fn send_snapshot(
             error: what,
         })
     };
-    let snap = match shared.snapshots.newest() {
-        Ok(Some(s)) if s.boundary.lsn >= boundary.lsn => s,
-        Ok(_) => return Err(fail(format!("snapshot at lsn {} is gone", boundary.lsn))),
-        Err(e) => return Err(fail(e.to_string())),
-    };
-    let reader = shared
-        .snapshots
-        .reader(&snap)
-        .map_err(|e| fail(e.to_string()))?;
+    let snapshots = shared.snapshots.clone();
+    let opened = off_worker(move || {
+        let snap = match snapshots.newest() {
+            Ok(Some(s)) if s.boundary.lsn >= boundary.lsn => s,
+            Ok(_) => return Err(format!("snapshot at lsn {} is gone", boundary.lsn)),
+            Err(e) => return Err(e.to_string()),
+        };
+        let reader = snapshots.reader(&snap).map_err(|e| e.to_string())?;
+        Ok((snap, SnapshotSender::new(reader)))
+    })
+    .await?;
+    let (snap, mut sender) = opened.map_err(fail)?;
     #[cfg(feature = "fault-injection")]
     let fault = shared
         .snapshot_faults
@@ -474,7 +496,14 @@ async fn send_snapshot(
         .remove(node_id);
     let started = Instant::now();
     let mut sent_bytes = 0u64;
-    for item in SnapshotSender::new(reader) {
+    loop {
+        let (back, item) = off_worker(move || {
+            let item = sender.next();
+            (sender, item)
+        })
+        .await?;
+        sender = back;
+        let Some(item) = item else { break };
         let msg = match item {
             Ok(TransferItem::Offer(o)) => Message::SnapshotOffer(o),
             Ok(TransferItem::Chunk(c)) => {
@@ -519,4 +548,20 @@ async fn send_snapshot(
     info!(replica = %node_id, lsn = snap.boundary.lsn, epoch = snap.boundary.epoch, bytes = sent_bytes,
         elapsed_ms = started.elapsed().as_millis() as u64, "snapshot sent");
     Ok(())
+}
+
+/// Runs `f` (snapshot file reads) on tokio's blocking threads. A panic there is re-raised
+/// here, as if `f` had run in this task; a task cancelled by the runtime shutting down ends
+/// the session.
+async fn off_worker<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, SendSnapshotError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => Ok(r),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => {
+            debug!(error = %e, "snapshot read task cancelled: the session ended");
+            Err(SendSnapshotError::SessionEnded)
+        }
+    }
 }

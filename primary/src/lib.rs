@@ -359,9 +359,15 @@ impl Primary {
     /// commit watermark) and starts serving replicas. A recovered log ending below the
     /// persisted commit watermark is [`PrimaryError::AcknowledgedRecordsLost`] (FM-X.6). The
     /// first start of an empty directory creates epoch 1 starting at lsn 1. Must be called
-    /// inside a tokio runtime (quinn binds its socket to it); the WAL scan runs on the calling
-    /// thread.
+    /// inside a tokio runtime (quinn binds its socket to it). The recovery scan is blocking
+    /// file I/O: on a multi-thread runtime it runs with the calling worker handed off
+    /// (`walship_wire::blocking::run_off_worker`), so the runtime's other tasks keep running.
     pub fn open(config: PrimaryConfig) -> Result<Primary, PrimaryError> {
+        walship_wire::blocking::run_off_worker(move || Primary::open_blocking(config))
+    }
+
+    /// [`Primary::open`]'s work, on a thread that may block.
+    fn open_blocking(config: PrimaryConfig) -> Result<Primary, PrimaryError> {
         config.validate()?;
         let span = tracing::info_span!("primary_open", node = %config.node_id, dir = %config.data_dir.display());
         let _g = span.enter();

@@ -713,8 +713,9 @@ impl<S: Storage> Driver<S> {
     }
 
     /// The WAL's durable lsn read under its lock. (`SharedWal::durable_lsn()`, the
-    /// published value, can briefly go backwards when `with` races a group-commit
-    /// leader — notes/requests-realfault.md F1 — so the driver never relies on it.)
+    /// published value, once went backwards when `with` raced a group-commit leader —
+    /// fixed, see `durable_lsn_never_decreases_under_concurrent_with_and_appends` in
+    /// wal/tests/wal_group_commit.rs; the driver reads the exact value under the lock.)
     fn durable_lsn(&self) -> Lsn {
         self.wal.with(|w| w.durable_lsn())
     }
@@ -938,11 +939,12 @@ impl<S: Storage> Driver<S> {
                     continue;
                 }
             };
-            // Defence in depth: the TLS handshake verified the name; re-check it.
-            if walship_wire::peer_node_id(&conn, std::slice::from_ref(&name)).is_none() {
+            // The TLS handshake verified the name; the certificate must also name nothing else.
+            if let Err(e) = walship_wire::peer_node_id(&conn, std::slice::from_ref(&name)) {
+                tracing::warn!(error = %e, primary = %name, "primary's certificate does not name exactly the configured primary");
                 CloseCode::ProtocolViolation.close(&conn, "not the configured primary");
                 self.feed(Event::SessionEnded(SessionEnd::ConnectFailed {
-                    detail: format!("peer certificate is not valid for {name}"),
+                    detail: format!("peer certificate does not name exactly {name}: {e}"),
                 }))?;
                 continue;
             }

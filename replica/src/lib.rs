@@ -356,6 +356,10 @@ impl Replica {
     /// - replays the committed records above `applier.applied_lsn()` to the
     ///   applier before returning (FM-4.2);
     /// - starts the driver thread, which connects to the primary.
+    ///
+    /// The scan and the replay are blocking file I/O: called on a multi-thread tokio
+    /// runtime they run with the calling worker handed off
+    /// (`walship_wire::blocking::run_off_worker`), so the runtime's other tasks keep running.
     pub fn open(config: ReplicaConfig, applier: impl Applier) -> Result<Replica, ReplicaError> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ReplicaError::Io {
@@ -379,7 +383,10 @@ impl Replica {
     ) -> Result<Replica, ReplicaError> {
         config.validate()?;
         let node_id = config.node_id.clone();
-        let (shared, driver) = driver::start(storage, config, Box::new(applier))?;
+        // The recovery scan and the replay to the applier block on file I/O.
+        let (shared, driver) = walship_wire::blocking::run_off_worker(move || {
+            driver::start(storage, config, Box::new(applier))
+        })?;
         Ok(Replica {
             node_id,
             shared,

@@ -601,7 +601,10 @@ async fn malformed_oversized_and_refused_sessions_end_without_halt_and_the_repli
     // 3: a refusal.
     let mut s = f.primary.accept().await;
     s.send(Message::Refuse(walship_wire::Refuse {
-        reason: walship_wire::RefuseReason::NotPrimary,
+        reason: walship_wire::RefuseReason::ClusterMismatch {
+            ours: "c".into(),
+            theirs: "other".into(),
+        },
     }))
     .await;
     assert_eq!(s.closed_code().await, Some(CloseCode::Normal as u64));

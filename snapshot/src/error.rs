@@ -261,7 +261,7 @@ pub enum FailureClass {
 }
 
 impl FailureClass {
-    /// The kebab-case halt reason (CONTRACTS.md `HaltReason`), if this class halts.
+    /// The kebab-case halt reason (`HaltReason`, spec/protocol.md §11), if this class halts.
     pub fn halt_reason(self) -> Option<&'static str> {
         match self {
             FailureClass::Invalid => Some("snapshot-invalid"),
