@@ -119,6 +119,7 @@ fn halted_shared(
     Arc::new(Shared {
         gate: RwLock::new(Some(record)),
         status: Mutex::new(status),
+        stopped: watch::channel(None).0,
     })
 }
 
@@ -288,6 +289,7 @@ pub(crate) fn start<S: Storage>(
     let shared = Arc::new(Shared {
         gate: RwLock::new(None),
         status: Mutex::new(status_for(&config, ReplicaState::Connecting)),
+        stopped: watch::channel(None).0,
     });
     // Replaying committed records happens here, before open returns (FM-4.2).
     let (sync_tx, sync_rx) = mpsc::unbounded_channel();

@@ -514,10 +514,10 @@ async fn local_io_failure_stops_node_then_restart_resumes(
             "no receipt for records that are not durable: {msg:?}"
         );
     }
-    let st = wait_for(&replica, "node stop", |st| {
-        matches!(st.state, ReplicaState::Stopped(_))
-    })
-    .await;
+    let why = replica.wait_stopped().await;
+    let st = replica.status();
+    assert_eq!(st.state, ReplicaState::Stopped(why.clone()));
+    assert!(why.contains("wal"), "the reason names the WAL error: {why}");
     assert!(st.halt().is_none(), "a local I/O failure is not a halt");
     assert!(matches!(
         replica.shutdown().await,
