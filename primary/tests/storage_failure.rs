@@ -154,3 +154,33 @@ async fn fm_x_5_failed_dir_sync_at_snapshot_publish_stops_the_primary_and_never_
     assert_eq!(wal.first_lsn(), 1);
     assert_eq!(wal.last().lsn, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fm_x_12_primary_whose_disk_is_full_refuses_the_append_and_stops() {
+    let cluster = Cluster::new(&["p"]);
+    let primary = open_single(&cluster);
+    assert_eq!(primary.append(b"a".to_vec()).await.expect("append"), 1);
+    let faults = primary.storage_faults();
+    faults.fill_disk_under(cluster.data_dir("p").join("wal"));
+    match primary.append(vec![b'b'; 100]).await {
+        Err(PrimaryError::Wal(WalError::Io {
+            op: "write_at",
+            source,
+            ..
+        })) => assert_eq!(source.kind(), io::ErrorKind::StorageFull),
+        other => panic!("expected ENOSPC from write_at, got {other:?}"),
+    }
+    let reason = primary.stopped().expect("the node stopped");
+    assert!(matches!(reason, PrimaryStop::Wal { .. }), "{reason:?}");
+    assert_eq!(primary.wait_stopped().await, reason);
+    // Space is back; the node stays stopped and acknowledges nothing.
+    faults.clear();
+    match primary.append(b"c".to_vec()).await {
+        Err(PrimaryError::Stopped(r)) => assert_eq!(r, reason),
+        other => panic!("expected Stopped, got {other:?}"),
+    }
+    assert_eq!(primary.durable_lsn(), 1);
+    assert_eq!(primary.commit_lsn(), 1);
+    assert_eq!(faults.failed_writes(), 1);
+    primary.shutdown().await;
+}

@@ -2,8 +2,9 @@
 //! made to fail with `EIO` while a node runs (tests and demos of the real
 //! file system, where [`crate::sim::SimStorage`] cannot be used).
 //!
-//! Only syncs fail (`sync_data` of a file, `sync_dir` of a directory); every
-//! other call goes to the inner storage unchanged. Unlike
+//! Syncs fail with `EIO` (`sync_data` of a file, `sync_dir` of a directory)
+//! and writes that would grow a file fail with `ENOSPC` (a full disk) where
+//! armed; every other call goes to the inner storage unchanged. Unlike
 //! [`crate::sim::SimStorage`] it cannot drop the page cache after a failed
 //! sync; what it shows is that the caller treats the failure as fatal and
 //! never retries.
@@ -25,7 +26,10 @@ pub struct StorageFaults {
 struct FaultState {
     /// Syncs of these paths fail: (path, whether everything under it fails too).
     failing: Mutex<Vec<(PathBuf, bool)>>,
+    /// Files under these prefixes cannot grow (ENOSPC).
+    full: Mutex<Vec<PathBuf>>,
     failed: AtomicU64,
+    failed_writes: AtomicU64,
 }
 
 impl StorageFaults {
@@ -50,14 +54,39 @@ impl StorageFaults {
         self.fail_syncs_under("/");
     }
 
+    /// Every later write or `set_len` that would grow a file under `path` fails with
+    /// `ENOSPC` and changes nothing, as on a full disk (until [`StorageFaults::clear`]).
+    pub fn fill_disk_under(&self, path: impl Into<PathBuf>) {
+        self.full().push(path.into());
+    }
+
+    fn full(&self) -> MutexGuard<'_, Vec<PathBuf>> {
+        self.inner.full.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Disarms every fault.
     pub fn clear(&self) {
         self.failing().clear();
+        self.full().clear();
+    }
+
+    fn check_grow(&self, path: &Path, current_len: u64, new_end: u64) -> io::Result<()> {
+        if new_end > current_len && self.full().iter().any(|p| path.starts_with(p)) {
+            self.inner.failed_writes.fetch_add(1, Ordering::AcqRel);
+            tracing::warn!(path = %path.display(), "fault injection: write fails with ENOSPC");
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
     }
 
     /// Syncs that failed because of these faults.
     pub fn failed_syncs(&self) -> u64 {
         self.inner.failed.load(Ordering::Acquire)
+    }
+
+    /// Writes and `set_len` calls refused with `ENOSPC` because of these faults.
+    pub fn failed_writes(&self) -> u64 {
+        self.inner.failed_writes.load(Ordering::Acquire)
     }
 
     fn check(&self, path: &Path) -> io::Result<()> {
@@ -110,6 +139,8 @@ pub struct FaultyFile<F> {
 
 impl<F: StorageFile> StorageFile for FaultyFile<F> {
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        let end = offset.saturating_add(buf.len() as u64);
+        self.faults.check_grow(&self.path, self.inner.len()?, end)?;
         self.inner.write_at(offset, buf)
     }
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
@@ -119,6 +150,7 @@ impl<F: StorageFile> StorageFile for FaultyFile<F> {
         self.inner.len()
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
+        self.faults.check_grow(&self.path, self.inner.len()?, len)?;
         self.inner.set_len(len)
     }
     fn sync_data(&self) -> io::Result<()> {
@@ -199,6 +231,29 @@ mod tests {
             s.sync_dir(Path::new("/c")).is_err(),
             "clones share the faults"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_full_disk_refuses_growth_but_not_overwrites_or_shrinking() -> io::Result<()> {
+        let s = FaultyStorage::new(SimStorage::new(2));
+        s.create_dir_all(Path::new("/a"))?;
+        let f = s.open(Path::new("/a/f"), true)?;
+        f.write_at(0, b"abcd")?;
+        s.faults().fill_disk_under("/a");
+        assert_eq!(
+            f.write_at(4, b"e").map_err(|e| e.raw_os_error()),
+            Err(Some(libc::ENOSPC))
+        );
+        assert_eq!(
+            f.set_len(10).map_err(|e| e.raw_os_error()),
+            Err(Some(libc::ENOSPC))
+        );
+        f.write_at(0, b"x")?;
+        f.set_len(2)?;
+        assert_eq!(f.len()?, 2);
+        assert_eq!(s.faults().failed_writes(), 2);
+        assert_eq!(s.faults().failed_syncs(), 0);
         Ok(())
     }
 }
