@@ -474,7 +474,7 @@ impl<S: Storage> Driver<S> {
                 Action::Halt(record) => self.halt(record)?,
                 Action::SnapshotBegin(offer) => {
                     if let Some(old) = self.install.take() {
-                        self.discard_install(old);
+                        self.discard_install(old)?;
                     }
                     match self.snapshots.begin_install(&offer) {
                         Ok(install) => self.install = Some(install),
@@ -491,10 +491,9 @@ impl<S: Storage> Driver<S> {
                         let failed = self.install.take();
                         // The halt (if any) is durable before the partial snapshot goes.
                         let r = self.snapshot_failed(e);
-                        if let Some(i) = failed {
-                            self.discard_install(i);
-                        }
+                        let discarded = failed.map(|i| self.discard_install(i));
                         r?;
+                        discarded.transpose()?;
                     }
                 }
                 Action::SnapshotFinish {
@@ -508,7 +507,7 @@ impl<S: Storage> Driver<S> {
                             chunks = i.next_index(),
                             "session ended mid-transfer: partial snapshot discarded (FM-X.8)"
                         );
-                        self.discard_install(i);
+                        self.discard_install(i)?;
                     }
                 }
                 Action::Reconnect { after_ms, reason } => {
@@ -521,9 +520,16 @@ impl<S: Storage> Driver<S> {
     }
 
     /// Discards a partial snapshot; a leftover `tmp-*` is removed by the next open anyway.
-    fn discard_install(&mut self, install: Install<S>) {
-        if let Err(e) = install.abort() {
-            tracing::warn!(error = %e, "could not discard a partial snapshot (the next open removes it)");
+    /// A failed fsync while discarding poisons the snapshot store: that stops the node
+    /// (never retried), like every failed fsync.
+    fn discard_install(&mut self, install: Install<S>) -> Result<(), ReplicaError> {
+        match install.abort() {
+            Ok(()) => Ok(()),
+            Err(e) if self.snapshots.is_poisoned() => Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not discard a partial snapshot (the next open removes it)");
+                Ok(())
+            }
         }
     }
 
