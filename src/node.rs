@@ -201,7 +201,7 @@ async fn run_primary(cfg: &NodeConfig, append_stdin: bool) -> Result<(), String>
                 }
             }
         });
-        let feeder = tokio::spawn(async move {
+        let mut feeder = tokio::spawn(async move {
             while let Some(bytes) = rx.recv().await {
                 match p.append(bytes).await {
                     Ok(lsn) => println!("committed {lsn}"),
@@ -211,8 +211,14 @@ async fn run_primary(cfg: &NodeConfig, append_stdin: bool) -> Result<(), String>
         });
         tokio::select! {
             _ = wait_for_shutdown_signal() => {}
-            _ = feeder => {}
+            _ = &mut feeder => {}
             _ = stopped => {}
+        }
+        if primary.stopped().is_some() {
+            // A stopped primary takes no append: drop the feeder (and its handle on the
+            // primary) so the primary can be shut down before the process exits.
+            feeder.abort();
+            let _ = feeder.await;
         }
     } else {
         tokio::select! {

@@ -116,6 +116,10 @@ fn fm_x_5_primary_whose_wal_fsync_fails_exits_non_zero_with_the_reason() {
         "{stderr}"
     );
     assert!(stderr.contains("sync_data"), "{stderr}");
+    assert!(
+        !stderr.contains("exiting without waiting"),
+        "the stopped primary is shut down before the process exits: {stderr}"
+    );
 }
 
 #[test]
