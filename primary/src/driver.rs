@@ -9,7 +9,8 @@
 //!   `watch` channel and are handed to the persister;
 //! - the **persister thread** writes `state/commit`, coalescing advances (the watermark file
 //!   is a recovery hint; acknowledging an append does not wait for it, see
-//!   `spec/protocol.md`, "Commit watermark");
+//!   `spec/protocol.md`, "Commit watermark"); a failed write stops the node
+//!   ([`Shared::stop_node`]), like every other failed fsync;
 //! - the **accept task** and one **connection task** per replica (quinn): mutual TLS already
 //!   refused unknown CAs and unlisted names; the task reads frames from the bi stream the
 //!   replica opened and forwards them to the core, and a writer task writes the core's frames.
@@ -26,13 +27,31 @@ use tokio::sync::{mpsc as tmpsc, watch};
 use tracing::{debug, error, info, warn, Instrument};
 use walship_snapshot::{SnapshotSender, SnapshotStore, TransferItem};
 use walship_wal::state::NodeDir;
-use walship_wal::{FsStorage, Lsn, Position, SharedWal};
+use walship_wal::{FsStorage, Lsn, Position, SharedWal, Storage};
 use walship_wire::{
     encode_frame, read_frame, CloseCode, FrameError, FrameWriter, Message, MAX_FRAME_BYTES,
 };
 
 use crate::core::{Action, CloseReason, ConnId, CoreStatus, Event, PrimaryCore};
 use crate::log::WalLog;
+use crate::PrimaryStop;
+
+/// The storage a primary runs on: the real file system. With the `fault-injection`
+/// feature it is wrapped so that tests and the demo can make its syncs fail
+/// (`Primary::storage_faults`); without it nothing can.
+#[cfg(not(feature = "fault-injection"))]
+pub(crate) type NodeStorage = FsStorage;
+/// The storage a primary runs on (see the non-`fault-injection` definition).
+#[cfg(feature = "fault-injection")]
+pub(crate) type NodeStorage = walship_wal::fault::FaultyStorage<FsStorage>;
+
+/// A new [`NodeStorage`].
+pub(crate) fn node_storage() -> NodeStorage {
+    #[cfg(not(feature = "fault-injection"))]
+    return FsStorage;
+    #[cfg(feature = "fault-injection")]
+    return walship_wal::fault::FaultyStorage::new(FsStorage);
+}
 
 /// Period of the core's Tick (re-evaluates windows; keeps status fresh).
 const TICK: Duration = Duration::from_millis(100);
@@ -72,14 +91,14 @@ pub(crate) enum Outgoing {
 /// The core and the log it reads, under one lock (the core thread and `status()` take it).
 pub(crate) struct CoreState {
     pub(crate) core: PrimaryCore,
-    pub(crate) log: WalLog<FsStorage>,
+    pub(crate) log: WalLog<NodeStorage>,
 }
 
 /// State shared by the embedding API and the driver.
 pub(crate) struct Shared {
     pub(crate) node_id: String,
     pub(crate) members: Vec<String>,
-    pub(crate) wal: Arc<SharedWal<FsStorage>>,
+    pub(crate) wal: Arc<SharedWal<NodeStorage>>,
     pub(crate) state: Mutex<CoreState>,
     pub(crate) core_tx: mpsc::Sender<CoreMsg>,
     pub(crate) commit_rx: watch::Receiver<Lsn>,
@@ -89,7 +108,9 @@ pub(crate) struct Shared {
     pub(crate) next_conn: AtomicU64,
     pub(crate) started: Instant,
     /// `DIR/snapshots`.
-    pub(crate) snapshots: SnapshotStore<FsStorage>,
+    pub(crate) snapshots: SnapshotStore<NodeStorage>,
+    /// Set once, when a fatal failure of this node's own storage stopped it (never cleared).
+    pub(crate) stopped: watch::Sender<Option<PrimaryStop>>,
     /// Armed snapshot faults per replica (demo/test use only).
     #[cfg(feature = "fault-injection")]
     pub(crate) snapshot_faults: Mutex<HashMap<String, crate::SnapshotFault>>,
@@ -99,6 +120,32 @@ impl Shared {
     pub(crate) fn lock_state(&self) -> MutexGuard<'_, CoreState> {
         // A panic under the lock is a broken invariant that already took its thread down.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops the node after a fatal failure of its own storage (a failed fsync, ENOSPC,
+    /// any I/O error of the WAL, the commit watermark file or the snapshot store): appends
+    /// fail with `PrimaryError::Stopped` from now on, the core thread ends (no more
+    /// shipping or commit advances), and `Primary::wait_stopped` resolves. Nothing is
+    /// retried; a restart recovers from what the disk holds. The first reason wins.
+    pub(crate) fn stop_node(&self, reason: PrimaryStop) {
+        let first = self.stopped.send_if_modified(|s| {
+            if s.is_some() {
+                return false;
+            }
+            *s = Some(reason.clone());
+            true
+        });
+        if first {
+            error!(node = %self.node_id, %reason, "primary stopped: its own storage failed (never retried); restart it to recover from disk");
+            self.shutting_down.store(true, Ordering::Release);
+            // The core thread is gone only if the primary is shutting down anyway.
+            let _ = self.core_tx.send(CoreMsg::Shutdown);
+        }
+    }
+
+    /// Why the node stopped, if it did.
+    pub(crate) fn stop_reason(&self) -> Option<PrimaryStop> {
+        self.stopped.borrow().clone()
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
@@ -117,7 +164,7 @@ impl Shared {
 /// Registers the WAL durable listener: it wakes the core thread, with at most one wake-up
 /// queued (`pending` is cleared by the core thread when it takes the wake-up).
 pub(crate) fn install_durable_listener(
-    wal: &SharedWal<FsStorage>,
+    wal: &SharedWal<NodeStorage>,
     tx: mpsc::Sender<CoreMsg>,
     pending: Arc<AtomicBool>,
 ) {
@@ -209,11 +256,16 @@ pub(crate) fn run_core(
 }
 
 /// The persister's loop: writes the newest commit watermark, at most every PERSIST_INTERVAL.
-/// Ends when the core thread (the only sender) is gone, after writing the last value.
-pub(crate) fn run_persister(
-    node_dir: NodeDir<FsStorage>,
+/// Ends when the core thread (the only sender) is gone, after writing the last value, or
+/// after the first failed write: `state/commit` is written, fsynced, renamed and its
+/// directory fsynced, and a failed fsync is fatal, never retried (the page cache may have
+/// dropped what it was to write, so a later write could falsely succeed). `on_fatal`
+/// then stops the node.
+pub(crate) fn run_persister<S: Storage>(
+    node_dir: NodeDir<S>,
     rx: mpsc::Receiver<Lsn>,
     node_id: String,
+    on_fatal: impl FnOnce(PrimaryStop),
 ) {
     let span = tracing::info_span!("primary_persist", node = %node_id);
     let _g = span.enter();
@@ -228,8 +280,14 @@ pub(crate) fn run_persister(
         }
         match node_dir.set_commit_lsn(lsn) {
             Ok(()) => written = lsn,
-            // The watermark file is a hint; the next advance retries with a newer value.
-            Err(e) => error!(commit_lsn = lsn, error = %e, "cannot persist the commit watermark"),
+            Err(e) => {
+                error!(commit_lsn = lsn, error = %e, "cannot persist the commit watermark: the node stops");
+                on_fatal(PrimaryStop::CommitWatermark {
+                    commit_lsn: lsn,
+                    error: e.to_string(),
+                });
+                return;
+            }
         }
     }
 }
@@ -563,5 +621,50 @@ async fn off_worker<R: Send + 'static>(
             debug!(error = %e, "snapshot read task cancelled: the session ended");
             Err(SendSnapshotError::SessionEnded)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use walship_wal::sim::{SimCounters, SimStorage};
+
+    /// FM-X.5: `state/commit` is written, fsynced, renamed and `state/` fsynced; when that
+    /// fsync fails the persister stops the node and never writes again — a retry could
+    /// falsely succeed after the page cache dropped what the failed fsync was to write.
+    #[test]
+    fn fm_x_5_failed_fsync_of_the_commit_watermark_stops_the_node_and_is_never_retried() {
+        let sim = SimStorage::new(7);
+        let node_dir = NodeDir::open(sim.clone(), std::path::Path::new("/p")).expect("node dir");
+        node_dir.set_commit_lsn(3).expect("a first watermark");
+        // One failure only: a retry would succeed, so only not retrying passes.
+        sim.fail_next_sync(node_dir.state_dir()).expect("arm");
+        let (tx, rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<(PrimaryStop, SimCounters)>();
+        tx.send(5).expect("send");
+        let persister = {
+            let sim = sim.clone();
+            std::thread::spawn(move || {
+                run_persister(node_dir, rx, "p".into(), move |reason| {
+                    let _ = stop_tx.send((reason, sim.counters()));
+                })
+            })
+        };
+        let (reason, at_stop) = stop_rx.recv().expect("the failure stops the node");
+        assert!(
+            matches!(reason, PrimaryStop::CommitWatermark { commit_lsn: 5, .. }),
+            "{reason:?}"
+        );
+        assert_eq!(at_stop.failed_syncs, 1);
+        // Newer watermarks keep coming from the core.
+        let _ = tx.send(6);
+        let _ = tx.send(7);
+        drop(tx);
+        persister.join().expect("persister thread");
+        assert_eq!(
+            sim.counters(),
+            at_stop,
+            "nothing written or synced after the failed fsync"
+        );
     }
 }

@@ -45,7 +45,7 @@ pub use walship_snapshot::retention::SnapshotPolicy;
 use walship_snapshot::{InstalledSnapshot, Limits, SnapshotError, SnapshotSource, SnapshotStore};
 use walship_wal::state::{DirLock, EpochHistory, NodeDir, StateError};
 use walship_wal::RECORD_HEADER_LEN;
-use walship_wal::{FsStorage, Lsn, OpenReport, SharedWal, Wal, WalError, WalOptions};
+use walship_wal::{Lsn, OpenReport, SharedWal, Wal, WalError, WalOptions};
 use walship_wire::{CloseCode, EndpointError, TlsFiles, TransportOptions, MAX_BATCH_BYTES};
 
 #[cfg(feature = "fault-injection")]
@@ -310,6 +310,46 @@ pub enum PrimaryError {
     /// Creating, reading or recovering a snapshot failed.
     #[error("snapshot: {0}")]
     Snapshot(#[from] SnapshotError),
+    /// The primary stopped after a fatal failure of its own storage: it accepts no append,
+    /// ships nothing and must be restarted (recovery starts from what the disk holds).
+    #[error("the primary stopped: {0}")]
+    Stopped(PrimaryStop),
+}
+
+/// Why a primary stopped by itself: its own storage failed. Nothing is retried — after a
+/// failed fsync the page cache may have dropped what it was to write, and a retry could
+/// falsely succeed (`spec/failure-matrix.md` FM-X.5).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PrimaryStop {
+    /// An append failed in the WAL: a failed fsync (the WAL is poisoned), ENOSPC or
+    /// another I/O error of the write path.
+    #[error("the WAL failed: {error}")]
+    Wal {
+        /// The WAL error.
+        error: String,
+    },
+    /// Persisting the commit watermark (`state/commit`: write, fsync, rename, fsync of
+    /// `state/`) failed.
+    #[error("persisting the commit watermark {commit_lsn} failed: {error}")]
+    CommitWatermark {
+        /// The watermark being written.
+        commit_lsn: Lsn,
+        /// The error.
+        error: String,
+    },
+    /// Snapshot creation or WAL retention failed on this node's storage (a failed fsync
+    /// poisons the snapshot store; the WAL is never truncated behind an unsynced snapshot).
+    #[error("snapshot maintenance failed: {error}")]
+    Maintenance {
+        /// The error.
+        error: String,
+    },
+}
+
+/// Whether an append's WAL error means the log can take no more appends (the node stops):
+/// everything except a payload the caller made too large.
+fn append_error_is_fatal(e: &WalError) -> bool {
+    !matches!(e, WalError::RecordTooLarge { .. })
 }
 
 /// What `status()` reports.
@@ -327,6 +367,8 @@ pub struct PrimaryStatus {
     pub commit_lsn: Lsn,
     /// Per replica member: connected, durable lsn, lag (records, bytes), last receipt age.
     pub replicas: Vec<ReplicaStatus>,
+    /// Why the primary stopped, once a fatal storage failure stopped it.
+    pub stopped: Option<PrimaryStop>,
 }
 
 /// A running primary: appends, ships to replicas over QUIC, commits by quorum.
@@ -367,11 +409,13 @@ impl Primary {
     }
 
     /// [`Primary::open`]'s work, on a thread that may block.
+    // `NodeStorage` is `Copy` (`FsStorage`) without `fault-injection`, a shared wrapper with it.
+    #[allow(clippy::clone_on_copy)]
     fn open_blocking(config: PrimaryConfig) -> Result<Primary, PrimaryError> {
         config.validate()?;
         let span = tracing::info_span!("primary_open", node = %config.node_id, dir = %config.data_dir.display());
         let _g = span.enter();
-        let storage = FsStorage;
+        let storage = driver::node_storage();
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(|source| {
             PrimaryError::Wal(WalError::Io {
@@ -381,7 +425,7 @@ impl Primary {
             })
         })?;
         let lock = DirLock::acquire(dir)?;
-        let node_dir = NodeDir::open(storage, dir)?;
+        let node_dir = NodeDir::open(storage.clone(), dir)?;
         let mut epochs = node_dir.epochs()?;
         let history_epoch = if epochs.is_empty() {
             1
@@ -393,7 +437,7 @@ impl Primary {
             max_record_bytes: config.max_record_bytes,
             epoch: history_epoch,
         };
-        let (mut wal, report) = Wal::open(storage, node_dir.wal_dir(), opts)?;
+        let (mut wal, report) = Wal::open(storage.clone(), node_dir.wal_dir(), opts)?;
         // Whether the cut record was acknowledged is judged below, against state/commit.
         let torn_tail_cut = match &report {
             OpenReport::TornTailCut {
@@ -432,7 +476,7 @@ impl Primary {
         // Discards interrupted creations (tmp-*) and makes the newest snapshot and the
         // WAL agree (FM-10.5); a mismatch is local corruption: refuse to start.
         let (snapshots, _) =
-            SnapshotStore::open(storage, node_dir.snapshot_dir(), Limits::default())?;
+            SnapshotStore::open(storage.clone(), node_dir.snapshot_dir(), Limits::default())?;
         let recovered = snapshots.recover(&mut wal)?;
         info!(?recovered, "snapshot store opened");
         let newest_snapshot = snapshots.newest()?.map(|s| s.boundary);
@@ -495,6 +539,7 @@ impl Primary {
             next_conn: AtomicU64::new(1),
             started: Instant::now(),
             snapshots,
+            stopped: watch::channel(None).0,
             #[cfg(feature = "fault-injection")]
             snapshot_faults: Mutex::new(std::collections::HashMap::new()),
         });
@@ -504,9 +549,14 @@ impl Primary {
         let persist_thread = {
             let node_dir = node_dir.clone();
             let node_id = config.node_id.clone();
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("walship-persist-{}", config.node_id))
-                .spawn(move || driver::run_persister(node_dir, persist_rx, node_id))
+                .spawn(move || {
+                    driver::run_persister(node_dir, persist_rx, node_id, |reason| {
+                        shared.stop_node(reason)
+                    })
+                })
                 .map_err(spawn_err)?
         };
         let core_thread = {
@@ -562,6 +612,9 @@ impl Primary {
         async move {
             // Counted before the check, so shutdown() either sees this append or it sees the flag.
             let guard = InFlight::enter(&shared);
+            if let Some(reason) = shared.stop_reason() {
+                return Err(PrimaryError::Stopped(reason));
+            }
             if shared.shutting_down.load(Ordering::Acquire) {
                 return Err(PrimaryError::ShuttingDown);
             }
@@ -574,12 +627,25 @@ impl Primary {
             let wal = shared.wal.clone();
             // The guard moves into the blocking task: it counts until the WAL write is over,
             // even if this future is dropped meanwhile.
-            let lsn = tokio::task::spawn_blocking(move || {
+            let lsn = match tokio::task::spawn_blocking(move || {
                 let _in_flight = guard;
                 wal.append_durable(&payload)
             })
             .await
-            .map_err(|e| PrimaryError::Task(format!("append task: {e}")))??;
+            .map_err(|e| PrimaryError::Task(format!("append task: {e}")))?
+            {
+                Ok(lsn) => lsn,
+                Err(e) => {
+                    // A failed fsync poisoned the WAL; ENOSPC or another I/O error left it
+                    // unable to promise anything: the node stops, never retries.
+                    if append_error_is_fatal(&e) {
+                        shared.stop_node(PrimaryStop::Wal {
+                            error: e.to_string(),
+                        });
+                    }
+                    return Err(e.into());
+                }
+            };
             let mut rx = shared.commit_rx.clone();
             let waited = tokio::time::timeout(timeout, async {
                 rx.wait_for(|c| *c >= lsn).await.map(|_| ())
@@ -587,7 +653,10 @@ impl Primary {
             .await;
             match waited {
                 Ok(Ok(())) => Ok(lsn),
-                Ok(Err(_)) => Err(PrimaryError::ShuttingDown),
+                Ok(Err(_)) => Err(match shared.stop_reason() {
+                    Some(reason) => PrimaryError::Stopped(reason),
+                    None => PrimaryError::ShuttingDown,
+                }),
                 Err(_) => {
                     let commit_lsn = *rx.borrow();
                     warn!(lsn, commit_lsn, "commit timed out: record stays tentative");
@@ -617,7 +686,41 @@ impl Primary {
             durable_lsn: s.durable_lsn,
             commit_lsn: self.commit_lsn().max(s.commit_lsn),
             replicas: s.replicas,
+            stopped: self.shared.stop_reason(),
         }
+    }
+
+    /// Why the primary stopped, once a fatal failure of its own storage stopped it (a
+    /// failed fsync of the WAL, the commit watermark or the snapshot store, ENOSPC, any WAL
+    /// I/O error on append). A stopped primary refuses appends with
+    /// [`PrimaryError::Stopped`], ships nothing more and must be shut down and restarted.
+    pub fn stopped(&self) -> Option<PrimaryStop> {
+        self.shared.stop_reason()
+    }
+
+    /// Resolves with the reason once the primary stopped (see [`Primary::stopped`]); a
+    /// process embedding the primary waits on it to exit instead of running on as a
+    /// zombie. Never resolves for a primary that keeps running.
+    pub fn wait_stopped(&self) -> impl Future<Output = PrimaryStop> + Send + 'static {
+        let mut rx = self.shared.stopped.subscribe();
+        async move {
+            loop {
+                if let Some(reason) = rx.borrow_and_update().clone() {
+                    return reason;
+                }
+                if rx.changed().await.is_err() {
+                    // The primary (and its sender) is gone without a stop: nothing will come.
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+
+    /// The storage faults of this primary (demo/test use only): arm them to make its
+    /// WAL, state-file or snapshot syncs fail with EIO while it runs.
+    #[cfg(feature = "fault-injection")]
+    pub fn storage_faults(&self) -> walship_wal::fault::StorageFaults {
+        self.shared.wal.with(|w| w.storage().faults().clone())
     }
 
     /// The address the QUIC server is bound to.

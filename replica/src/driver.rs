@@ -119,6 +119,7 @@ fn halted_shared(
     Arc::new(Shared {
         gate: RwLock::new(Some(record)),
         status: Mutex::new(status),
+        stopped: watch::channel(None).0,
     })
 }
 
@@ -325,6 +326,7 @@ pub(crate) fn start<S: Storage>(
     let shared = Arc::new(Shared {
         gate: RwLock::new(None),
         status: Mutex::new(status_for(&config, ReplicaState::Connecting)),
+        stopped: watch::channel(None).0,
     });
     // Replaying committed records happens here, before open returns (FM-4.2).
     let (sync_tx, sync_rx) = mpsc::unbounded_channel();
@@ -509,7 +511,7 @@ impl<S: Storage> Driver<S> {
                 Action::Halt(record) => self.halt(record)?,
                 Action::SnapshotBegin(offer) => {
                     if let Some(old) = self.install.take() {
-                        self.discard_install(old);
+                        self.discard_install(old)?;
                     }
                     match self.snapshots.begin_install(&offer) {
                         Ok(install) => self.install = Some(install),
@@ -526,10 +528,9 @@ impl<S: Storage> Driver<S> {
                         let failed = self.install.take();
                         // The halt (if any) is durable before the partial snapshot goes.
                         let r = self.snapshot_failed(e);
-                        if let Some(i) = failed {
-                            self.discard_install(i);
-                        }
+                        let discarded = failed.map(|i| self.discard_install(i));
                         r?;
+                        discarded.transpose()?;
                     }
                 }
                 Action::SnapshotFinish {
@@ -543,7 +544,7 @@ impl<S: Storage> Driver<S> {
                             chunks = i.next_index(),
                             "session ended mid-transfer: partial snapshot discarded (FM-X.8)"
                         );
-                        self.discard_install(i);
+                        self.discard_install(i)?;
                     }
                 }
                 Action::Reconnect { after_ms, reason } => {
@@ -556,9 +557,16 @@ impl<S: Storage> Driver<S> {
     }
 
     /// Discards a partial snapshot; a leftover `tmp-*` is removed by the next open anyway.
-    fn discard_install(&mut self, install: Install<S>) {
-        if let Err(e) = install.abort() {
-            tracing::warn!(error = %e, "could not discard a partial snapshot (the next open removes it)");
+    /// A failed fsync while discarding poisons the snapshot store: that stops the node
+    /// (never retried), like every failed fsync.
+    fn discard_install(&mut self, install: Install<S>) -> Result<(), ReplicaError> {
+        match install.abort() {
+            Ok(()) => Ok(()),
+            Err(e) if self.snapshots.is_poisoned() => Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not discard a partial snapshot (the next open removes it)");
+                Ok(())
+            }
         }
     }
 

@@ -310,6 +310,8 @@ pub(crate) struct Shared {
     /// the halt file is written, so a read either completed before the halt or is refused.
     pub(crate) gate: RwLock<Option<HaltRecord>>,
     pub(crate) status: Mutex<ReplicaStatus>,
+    /// Why the node stopped ([`ReplicaState::Stopped`]), once it did; never cleared.
+    pub(crate) stopped: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Shared {
@@ -319,6 +321,16 @@ impl Shared {
             Err(poisoned) => poisoned.into_inner(),
         };
         f(&mut guard);
+        if let ReplicaState::Stopped(why) = &guard.state {
+            // The first stop wins; `wait_stopped` resolves with it.
+            self.stopped.send_if_modified(|s| {
+                if s.is_some() {
+                    return false;
+                }
+                *s = Some(why.clone());
+                true
+            });
+        }
     }
 }
 
@@ -424,6 +436,26 @@ impl Replica {
             });
         }
         Ok(f())
+    }
+
+    /// Resolves with the reason once the node stopped ([`ReplicaState::Stopped`]: a local
+    /// I/O error — a failed fsync, ENOSPC —, the applier's error, or a shutdown). A process
+    /// embedding the replica waits on it to exit instead of running on as a zombie. It
+    /// does not resolve for a halt: a halted replica keeps its state and waits for an
+    /// operator ([`Replica::halt`]).
+    pub fn wait_stopped(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut rx = self.shared.stopped.subscribe();
+        async move {
+            loop {
+                if let Some(why) = rx.borrow_and_update().clone() {
+                    return why;
+                }
+                if rx.changed().await.is_err() {
+                    // The replica is gone without a stop: nothing will come.
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
     }
 
     /// The halt record, if halted.
