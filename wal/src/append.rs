@@ -17,7 +17,7 @@ use crate::reader::WalReader;
 use crate::record::{check_successor, decode_record, encode_record, Lsn, Position, RecordHeader};
 use crate::segment::SegmentHeader;
 use crate::storage::{Storage, StorageFile};
-use crate::wal::{create_segment, Wal};
+use crate::wal::{create_segment, write_zeros, Wal};
 
 /// The first of `records` lsns after `last_lsn`; [`WalError::LsnExhausted`] if the last of
 /// them would pass `u64::MAX` (lsns never wrap).
@@ -176,9 +176,16 @@ impl<S: Storage> Wal<S> {
             if let Err(e) = self.active.write_at(start, slice) {
                 let path = self.active_meta().path.clone();
                 // A partial write may have left bytes past the last record: cut them
-                // so they can never be mistaken for log content. If that fails too,
-                // or records of this call were already stored, stop for good.
-                if i > 0 || self.active.set_len(start).is_err() {
+                // (version 1) or zero them (version 2: the preallocated tail must
+                // read as unwritten) so they can never be mistaken for log content.
+                // If that fails too, or records of this call were already stored,
+                // stop for good.
+                let undone = if self.active_meta().preallocated() {
+                    write_zeros(&*self.active, start, start + chunk).is_ok()
+                } else {
+                    self.active.set_len(start).is_ok()
+                };
+                if i > 0 || !undone {
                     self.poison("write failed and could not be undone");
                 }
                 return Err(WalError::io("write_at", path, e));
@@ -201,6 +208,7 @@ impl<S: Storage> Wal<S> {
     /// Seals the active segment (sync_data) and starts the next one.
     fn roll(&mut self) -> Result<(), WalError> {
         let last = self.last();
+        let seg_size = self.opts.segment_size_bytes;
         let path = self.active_meta().path.clone();
         // Sealed segments are whole on disk before a later segment exists:
         // that is what lets recovery call any damage in them corruption.
@@ -216,7 +224,7 @@ impl<S: Storage> Wal<S> {
             created_epoch: self.epoch,
             prev: last,
         };
-        match create_segment(&self.storage, &self.dir, header) {
+        match create_segment(&self.storage, &self.dir, header, seg_size) {
             Ok((meta, file)) => {
                 tracing::debug!(sealed = %path.display(), next_first_lsn = header.first_lsn, "rolled WAL segment");
                 self.segments.push(meta);
