@@ -320,6 +320,11 @@ struct SyncState {
     /// The rewrite era `durable` belongs to.
     rewrite_era: u64,
     leader_active: bool,
+    /// Sync rounds begun so far; round `r` wakes its waiters through
+    /// `SharedWal::rounds[r % 2]`.
+    round: u64,
+    /// lsn the running round makes durable (meaningful while `leader_active`).
+    inflight: Lsn,
     poisoned: bool,
 }
 
@@ -333,10 +338,18 @@ type Listener = Arc<dyn Fn(Lsn) + Send + Sync>;
 /// and fdatasyncs — while others keep appending — then wakes everyone whose
 /// lsn it covered. The next waiter leads the next sync, covering everything
 /// written meanwhile. A failed sync poisons the WAL for good.
+///
+/// No thread hop per record: appenders write and sync on their own threads.
+/// Waiters sleep on one of two condition variables by sync round: those
+/// covered by the running round on its variable (all woken when it ends),
+/// those that need the next round on the other (ONE of them is woken to lead
+/// it; the rest sleep until that round ends). So the end of a sync wakes the
+/// appenders it made durable plus one leader, not every waiter.
 pub struct SharedWal<S: Storage> {
     wal: Mutex<Wal<S>>,
     sync: Mutex<SyncState>,
-    synced: Condvar,
+    /// Waiters of sync round `r` sleep on `rounds[r % 2]`.
+    rounds: [Condvar; 2],
     durable: AtomicU64,
     listener: RwLock<Option<Listener>>,
 }
@@ -363,9 +376,11 @@ impl<S: Storage> SharedWal<S> {
                 durable,
                 rewrite_era,
                 leader_active: false,
+                round: 0,
+                inflight: 0,
                 poisoned,
             }),
-            synced: Condvar::new(),
+            rounds: [Condvar::new(), Condvar::new()],
             durable: AtomicU64::new(durable),
             listener: RwLock::new(None),
         })
@@ -421,7 +436,7 @@ impl<S: Storage> SharedWal<S> {
     /// `lsn` was never written.
     pub fn wait_durable(&self, lsn: Lsn) -> Result<(), WalError> {
         loop {
-            {
+            let (round, begun) = {
                 let mut st = self.lock_sync();
                 loop {
                     if st.poisoned {
@@ -433,15 +448,26 @@ impl<S: Storage> SharedWal<S> {
                     if !st.leader_active {
                         break;
                     }
-                    st = self.synced.wait(st).unwrap_or_else(|p| p.into_inner());
+                    // Covered by the running round, or needing the next one
+                    // (exact: `inflight` was read under both locks, and this
+                    // record was written before this thread took the sync lock).
+                    let r = if lsn <= st.inflight {
+                        st.round
+                    } else {
+                        st.round + 1
+                    };
+                    st = self.rounds[(r % 2) as usize]
+                        .wait(st)
+                        .unwrap_or_else(|p| p.into_inner());
                 }
+                // Leader of a new round. The append lock is taken while the
+                // sync lock is still held (the only nesting of the two: sync,
+                // then append), held only to pick the file and target.
                 st.leader_active = true;
-            }
-            // Leader. The append lock is held only to pick the file and target.
-            let begun = {
+                st.round += 1;
                 let w = self.lock_wal();
                 let last = w.last().lsn;
-                match w.begin_sync() {
+                let begun = match w.begin_sync() {
                     Ok(_) if lsn > last => Err(WalError::OutOfRange {
                         lsn,
                         min: 0,
@@ -450,7 +476,12 @@ impl<S: Storage> SharedWal<S> {
                     Ok(Some(ticket)) => Ok(Ok(ticket)),
                     Ok(None) => Ok(Err(w.durable())),
                     Err(e) => Err(e),
-                }
+                };
+                st.inflight = match &begun {
+                    Ok(Ok(ticket)) => ticket.target,
+                    _ => st.durable,
+                };
+                (st.round, begun)
             };
             let outcome: Result<Durable, WalError> = match begun {
                 Err(e) => Err(e),
@@ -466,6 +497,7 @@ impl<S: Storage> SharedWal<S> {
             let advanced = {
                 let mut st = self.lock_sync();
                 st.leader_active = false;
+                st.inflight = 0;
                 let advanced = match &outcome {
                     Ok(d) => self.publish(&mut st, *d),
                     Err(WalError::OutOfRange { .. }) => None,
@@ -474,13 +506,27 @@ impl<S: Storage> SharedWal<S> {
                         None
                     }
                 };
-                self.synced.notify_all();
+                if st.poisoned {
+                    self.notify_everyone();
+                } else {
+                    // Everyone this round covered; one waiter to lead the next.
+                    self.rounds[(round % 2) as usize].notify_all();
+                    self.rounds[((round + 1) % 2) as usize].notify_one();
+                }
                 advanced
             };
             if let Some(t) = advanced {
                 self.notify_listener(t);
             }
             outcome?;
+        }
+    }
+
+    /// Wakes every waiter of both rounds (durability changed other than by a
+    /// leader's sync, or the WAL is poisoned).
+    fn notify_everyone(&self) {
+        for cv in &self.rounds {
+            cv.notify_all();
         }
     }
 
@@ -529,7 +575,7 @@ impl<S: Storage> SharedWal<S> {
             // in either direction; otherwise it only grows (a leader may have
             // published a higher one since `durable` was read).
             let advanced = self.publish(&mut st, durable);
-            self.synced.notify_all();
+            self.notify_everyone();
             advanced
         };
         if let Some(t) = advanced {
