@@ -325,6 +325,9 @@ struct SyncState {
     round: u64,
     /// lsn the running round makes durable (meaningful while `leader_active`).
     inflight: Lsn,
+    /// Threads asleep on `SharedWal::rounds[i]`: a notify with nobody asleep
+    /// is skipped (it would still cost a futex syscall per sync).
+    asleep: [usize; 2],
     poisoned: bool,
 }
 
@@ -378,6 +381,7 @@ impl<S: Storage> SharedWal<S> {
                 leader_active: false,
                 round: 0,
                 inflight: 0,
+                asleep: [0, 0],
                 poisoned,
             }),
             rounds: [Condvar::new(), Condvar::new()],
@@ -456,9 +460,10 @@ impl<S: Storage> SharedWal<S> {
                     } else {
                         st.round + 1
                     };
-                    st = self.rounds[(r % 2) as usize]
-                        .wait(st)
-                        .unwrap_or_else(|p| p.into_inner());
+                    let i = (r % 2) as usize;
+                    st.asleep[i] += 1;
+                    st = self.rounds[i].wait(st).unwrap_or_else(|p| p.into_inner());
+                    st.asleep[i] -= 1;
                 }
                 // Leader of a new round. The append lock is taken while the
                 // sync lock is still held (the only nesting of the two: sync,
@@ -507,11 +512,16 @@ impl<S: Storage> SharedWal<S> {
                     }
                 };
                 if st.poisoned {
-                    self.notify_everyone();
+                    self.notify_everyone(&st);
                 } else {
                     // Everyone this round covered; one waiter to lead the next.
-                    self.rounds[(round % 2) as usize].notify_all();
-                    self.rounds[((round + 1) % 2) as usize].notify_one();
+                    let (this, next) = ((round % 2) as usize, ((round + 1) % 2) as usize);
+                    if st.asleep[this] > 0 {
+                        self.rounds[this].notify_all();
+                    }
+                    if st.asleep[next] > 0 {
+                        self.rounds[next].notify_one();
+                    }
                 }
                 advanced
             };
@@ -524,9 +534,11 @@ impl<S: Storage> SharedWal<S> {
 
     /// Wakes every waiter of both rounds (durability changed other than by a
     /// leader's sync, or the WAL is poisoned).
-    fn notify_everyone(&self) {
-        for cv in &self.rounds {
-            cv.notify_all();
+    fn notify_everyone(&self, st: &SyncState) {
+        for (cv, &n) in self.rounds.iter().zip(&st.asleep) {
+            if n > 0 {
+                cv.notify_all();
+            }
         }
     }
 
@@ -575,7 +587,7 @@ impl<S: Storage> SharedWal<S> {
             // in either direction; otherwise it only grows (a leader may have
             // published a higher one since `durable` was read).
             let advanced = self.publish(&mut st, durable);
-            self.notify_everyone();
+            self.notify_everyone(&st);
             advanced
         };
         if let Some(t) = advanced {
