@@ -17,7 +17,7 @@ use walship_primary::core::{
 use walship_replica::core::{
     self as rcore, Action as RAction, DurableState, Event as REvent, Phase, ReplicaCore, SessionEnd,
 };
-use walship_replica::halt::{read_halt, write_halt, HaltReason, HaltRecord};
+use walship_replica::halt::{start_mode, write_halt, HaltReason, HaltRecord, StartMode};
 use walship_snapshot::{EpochCheck, Install, Limits, SnapshotSource, SnapshotStore};
 use walship_wal::record::{decode_record, encode_record, RECORD_HEADER_LEN};
 use walship_wal::sim::{SimConfig, SimStorage};
@@ -116,6 +116,11 @@ pub enum FrameFault {
     EpochRegress,
     /// Rewrite `first_lsn`/`count` so they disagree with the records.
     Malformed,
+    /// Re-encode the first record with a wrong `prev_crc` and a crc computed
+    /// over the changed record (crc-valid, lsn and epoch right, the chain
+    /// broken): what an authenticated primary with a bad log or disk would
+    /// send. FM-8.1: the replica halts `divergence` and stores nothing of it.
+    WrongPrevCrc,
     /// Like `EpochRegress`; kept as the name of finding 4's reproducer
     /// (a record at lsn 1 below the announced epoch history).
     EpochBelowHistory,
@@ -133,6 +138,7 @@ impl FrameFault {
             FrameFault::Reorder => HaltReason::Reorder,
             FrameFault::EpochRegress | FrameFault::EpochBelowHistory => HaltReason::EpochRegression,
             FrameFault::Malformed => HaltReason::MalformedBatch,
+            FrameFault::WrongPrevCrc => HaltReason::Divergence,
             FrameFault::CorruptChunk => HaltReason::SnapshotInvalid,
         }
     }
@@ -315,7 +321,8 @@ fn root() -> PathBuf {
 fn wal_dir() -> PathBuf {
     root().join("wal")
 }
-fn state_dir() -> PathBuf {
+/// The state directory (`state/`) of every simulated node, inside its storage.
+pub fn state_dir() -> PathBuf {
     root().join("state")
 }
 
@@ -490,6 +497,22 @@ fn apply_frame_fault(f: FrameFault, b: &RecordBatch, max: u32) -> Option<RecordB
         }
         FrameFault::Malformed => {
             out.count += 7;
+        }
+        FrameFault::WrongPrevCrc => {
+            let first = recs.first()?;
+            let v = decode_record(first, max).ok()?;
+            let mut bytes = Vec::new();
+            encode_record(
+                v.lsn(),
+                v.epoch(),
+                v.prev_crc() ^ 0x5a5a_0001,
+                v.payload(),
+                &mut bytes,
+            );
+            for r in &recs[1..] {
+                bytes.extend_from_slice(r);
+            }
+            out.bytes = bytes;
         }
         FrameFault::CorruptChunk => return None,
     }
@@ -673,6 +696,18 @@ impl World {
             Ok(c) => c,
             Err(e) => panic!("world config: primary core refused: {e}"),
         };
+        if wal.durable_lsn() < self.oracle.primary_durable
+            && !self.oracle.disk_damaged.contains(&PRIMARY)
+        {
+            self.oracle.action_violations.push((
+                "never cut what was made durable (DESIGN: never cut what was acknowledged)",
+                format!(
+                    "p0: WAL reopened at durable lsn {} below the {} it had made durable",
+                    wal.durable_lsn(),
+                    self.oracle.primary_durable
+                ),
+            ));
+        }
         // The oracle's history: what survived on disk.
         let last = wal.last();
         self.oracle.primary_history.truncate(last.lsn as usize);
@@ -950,8 +985,12 @@ impl World {
         assert!(self.replica(n).up.is_none(), "replica {n} already running");
         let s = self.replica(n).storage.clone();
         let name = node_name(n);
-        let halt = match read_halt(&s, &state_dir()) {
-            Ok(h) => h,
+        // The decision production makes (FM-10.3, FM-11.3). The simulator
+        // still opens a halted replica's WAL, only so the checkers can see
+        // that it is frozen; its core starts halted and does nothing.
+        let halt = match start_mode(&s, &state_dir()) {
+            Ok(StartMode::Halted(record)) => Some(record),
+            Ok(StartMode::Replicate) => None,
             Err(e) => {
                 let msg = format!("{name} cannot read its halt file: {e}");
                 self.log(msg.clone());
@@ -985,10 +1024,11 @@ impl World {
                 let msg = format!("{name} refuses to start: {e}");
                 self.log(msg.clone());
                 if halt.is_none() && e.corruption().is_some() {
-                    if let Err(we) = write_halt(&s, &state_dir(), &record) {
-                        self.log(format!("{name} writing the halt file failed: {we}"));
+                    match write_halt(&s, &state_dir(), &record) {
+                        Ok(()) => self.note_halt(n, record, Position::default(), 0),
+                        // Not halted (no durable halt): the node stops.
+                        Err(we) => self.log(format!("{name} writing the halt file failed: {we}")),
                     }
-                    self.note_halt(n, record, Position::default(), 0);
                 }
                 self.replica_mut(n).stopped = Some(msg);
                 return;
@@ -1163,6 +1203,23 @@ impl World {
                     Err(e) => {
                         // The core verified the batch; the WAL refusing it is a
                         // local failure (I/O) or a disagreement between them.
+                        // A refusal of the content (a record or chain error)
+                        // means the core's verification let a bad batch through:
+                        // it must have halted (FM-5.2, FM-6.1, FM-6.2, FM-8.1, FM-X.3).
+                        if matches!(
+                            e,
+                            WalError::Chain(_)
+                                | WalError::Record(_)
+                                | WalError::TrailingBytes { .. }
+                        ) {
+                            self.oracle.action_violations.push((
+                                "the replica core verifies what it appends (a shipped record that does not chain halts)",
+                                format!(
+                                    "{name}: the core verified Records lsn {}..={} but the WAL refuses them: {e}",
+                                    batch.first_lsn, batch.last.lsn
+                                ),
+                            ));
+                        }
                         self.log(format!("{name} append_verified failed, node stops: {e}"));
                         self.crash(n);
                     }

@@ -176,6 +176,29 @@ pub fn read_halt<S: Storage>(
         })
 }
 
+/// How a replica starts, decided from its durable halt alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartMode {
+    /// No halt file: open the WAL and replicate.
+    Replicate,
+    /// The replica halted before: it comes back halted with this record
+    /// (identical, FM-11.3), connects to nobody and appends and applies
+    /// nothing (FM-10.3), until an operator clears the halt.
+    Halted(HaltRecord),
+}
+
+/// The start decision of every replica (FM-10.3, FM-11.3): a halt file means
+/// the replica stays halted across restarts, whatever else its disk holds.
+/// The production driver (`Replica::open`) and the simulator's restarts both
+/// decide through this one function, so the simulator exercises the decision
+/// production runs.
+pub fn start_mode<S: Storage>(storage: &S, state_dir: &Path) -> Result<StartMode, HaltError> {
+    Ok(match read_halt(storage, state_dir)? {
+        Some(record) => StartMode::Halted(record),
+        None => StartMode::Replicate,
+    })
+}
+
 /// Writes `state_dir/halt` atomically and durably: when this returns `Ok`, the
 /// halt survives power loss. Callers write the halt before doing anything else.
 pub fn write_halt<S: Storage>(
