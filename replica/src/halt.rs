@@ -292,6 +292,30 @@ mod tests {
     }
 
     #[test]
+    fn fm_11_3_start_mode_stays_halted_across_a_crash_until_the_halt_is_cleared() {
+        let s = SimStorage::new(9);
+        let dir = Path::new("/node/state");
+        s.create_dir_all(dir).expect("mkdir");
+        s.sync_dir(Path::new("/")).expect("sync");
+        s.sync_dir(Path::new("/node")).expect("sync");
+        assert_eq!(start_mode(&s, dir).expect("start"), StartMode::Replicate);
+        let r = record(HaltReason::Divergence);
+        write_halt(&s, dir, &r).expect("write");
+        s.crash();
+        assert_eq!(
+            start_mode(&s, dir).expect("start"),
+            StartMode::Halted(r.clone())
+        );
+        assert_eq!(
+            start_mode(&s, dir).expect("start"),
+            StartMode::Halted(r.clone())
+        );
+        assert_eq!(clear_halt(&s, dir).expect("clear"), Some(r));
+        s.crash();
+        assert_eq!(start_mode(&s, dir).expect("start"), StartMode::Replicate);
+    }
+
+    #[test]
     fn clear_halt_removes_durably_and_returns_the_record() {
         let s = SimStorage::new(8);
         let dir = Path::new("/node/state");
