@@ -73,8 +73,10 @@ pub struct SimOptions {
     /// random replica (per mille; 0 for most seeds). Each must halt that
     /// replica with the matching reason if the frame arrives.
     pub byzantine_per_mille: u32,
-    /// Per-step chance of a disk fault on a random node (per mille): its next
-    /// fsync fails, or its disk fills up. The node must stop, not halt.
+    /// Per-step chance of a disk fault on a random node (per mille): every
+    /// fsync from the next one on fails, or exactly one fsync fails and later
+    /// ones succeed (a node still running after it then loses power), or its
+    /// disk fills up. The node must stop, not halt.
     pub disk_fault_per_mille: u32,
 }
 
