@@ -16,7 +16,7 @@ use crate::rng::SimRng;
 use crate::world::{node_name, FrameFault, World, WorldConfig, PRIMARY};
 
 /// The sender faults the simulator may arm.
-const FRAME_FAULTS: [FrameFault; 7] = [
+const FRAME_FAULTS: [FrameFault; 8] = [
     FrameFault::Corrupt,
     FrameFault::Skip,
     FrameFault::Duplicate,
@@ -24,6 +24,7 @@ const FRAME_FAULTS: [FrameFault; 7] = [
     FrameFault::EpochRegress,
     FrameFault::Malformed,
     FrameFault::WrongPrevCrc,
+    FrameFault::StaleWelcome,
 ];
 
 /// Default number of steps of the safety phase.

@@ -24,7 +24,7 @@ use walship_wal::sim::{SimConfig, SimStorage};
 use walship_wal::state::{read_state_file, write_state_file, EpochEntry, EpochHistory};
 use walship_wal::{Lsn, Position, Wal, WalError, WalOptions};
 use walship_wire::frame::{encode_frame, FrameDecoder, FrameError};
-use walship_wire::message::{Message, RecordBatch};
+use walship_wire::message::{Message, RecordBatch, Welcome};
 
 use crate::clock::SimClock;
 use crate::net::{CloseReason, ConnId, NetConfig, NetEvent, NodeId, SimNet};
@@ -126,6 +126,13 @@ pub enum FrameFault {
     EpochBelowHistory,
     /// Flip a byte of the next snapshot chunk (its crc no longer matches): FM-7.1.
     CorruptChunk,
+    /// Rewrite the next `Welcome` to one replica as an older primary's (one
+    /// come back from a saved copy of its disk after a newer epoch began):
+    /// its epoch one below the highest epoch the replica has seen, its epoch
+    /// history cut to the entries below that. FM-X.2: the replica halts
+    /// `stale-primary` and appends nothing. (Armed, it waits for a replica
+    /// that has seen an epoch above 0.)
+    StaleWelcome,
 }
 
 impl FrameFault {
@@ -140,6 +147,7 @@ impl FrameFault {
             FrameFault::Malformed => HaltReason::MalformedBatch,
             FrameFault::WrongPrevCrc => HaltReason::Divergence,
             FrameFault::CorruptChunk => HaltReason::SnapshotInvalid,
+            FrameFault::StaleWelcome => HaltReason::StalePrimary,
         }
     }
 }
@@ -312,6 +320,8 @@ pub struct World {
     /// The last faulty frame sent to each replica: when it is delivered the
     /// replica must halt on it.
     faulty_frames: BTreeMap<NodeId, RecordBatch>,
+    /// The last stale `Welcome` sent to each replica (same rule).
+    faulty_welcomes: BTreeMap<NodeId, Welcome>,
     next_tick: u64,
 }
 
@@ -514,7 +524,7 @@ fn apply_frame_fault(f: FrameFault, b: &RecordBatch, max: u32) -> Option<RecordB
             }
             out.bytes = bytes;
         }
-        FrameFault::CorruptChunk => return None,
+        FrameFault::CorruptChunk | FrameFault::StaleWelcome => return None,
     }
     Some(out)
 }
@@ -563,6 +573,7 @@ impl World {
             oracle: Oracle::default(),
             taps: BTreeMap::new(),
             faulty_frames: BTreeMap::new(),
+            faulty_welcomes: BTreeMap::new(),
             next_tick: 0,
         };
         make_dirs(&w.primary.storage).map_err(|e| format!("p0 mkdir: {e}"))?;
@@ -846,6 +857,35 @@ impl World {
                                 node_name(peer)
                             ),
                         );
+                    }
+                }
+                if let Message::Welcome(wm) = &mut msg {
+                    if self.taps.get(&peer) == Some(&FrameFault::StaleWelcome) {
+                        let seen = self
+                            .replicas
+                            .get(peer.wrapping_sub(1))
+                            .and_then(|r| r.up.as_ref())
+                            .map_or(0, |u| u.core.highest_epoch_seen());
+                        if seen > 0 {
+                            self.taps.remove(&peer);
+                            wm.epoch = seen - 1;
+                            wm.epoch_history.retain(|e| e.epoch < seen);
+                            self.oracle
+                                .injected
+                                .entry(peer)
+                                .or_default()
+                                .push(FrameFault::StaleWelcome);
+                            self.trace.record(
+                                now,
+                                self.step,
+                                format!(
+                                    "inject StaleWelcome (epoch {} below the {seen} seen) to {}",
+                                    wm.epoch,
+                                    node_name(peer)
+                                ),
+                            );
+                            self.faulty_welcomes.insert(peer, wm.clone());
+                        }
                     }
                 }
                 if let Message::Records(b) = &msg {
@@ -1914,15 +1954,23 @@ impl World {
                 self.step,
                 format!("{} <- p0 {}", node_name(n), describe(&m)),
             );
-            let faulty = matches!(&m, Message::Records(b) if self.faulty_frames.get(&n) == Some(b));
+            let faulty_records =
+                matches!(&m, Message::Records(b) if self.faulty_frames.get(&n) == Some(b));
+            let faulty_welcome =
+                matches!(&m, Message::Welcome(wm) if self.faulty_welcomes.get(&n) == Some(wm));
             self.replica_event(n, REvent::Received(m));
-            if faulty {
+            if faulty_records {
                 self.faulty_frames.remove(&n);
+            }
+            if faulty_welcome {
+                self.faulty_welcomes.remove(&n);
+            }
+            if faulty_records || faulty_welcome {
                 // Damage must never be accepted as valid: the frame halts.
                 let halted = self.replica(n).halted.is_some() || self.replica(n).up.is_none();
                 if !halted {
                     self.oracle.action_violations.push((
-                        "a faulty frame is never accepted (FM-5.2, FM-6.1, FM-6.2, FM-X.3)",
+                        "a faulty frame is never accepted (FM-5.2, FM-6.1, FM-6.2, FM-8.1, FM-X.2, FM-X.3)",
                         format!(
                             "{} accepted a faulty Records frame without halting",
                             node_name(n)
