@@ -18,7 +18,8 @@
 //!     small MTUs;
 //!   - sender (byzantine) frame faults ([`world::FrameFault`]): corrupt,
 //!     skipped, duplicated, reordered records, epoch regression, malformed
-//!     batch headers, and a crc-valid record with a wrong `prev_crc`;
+//!     batch headers, a crc-valid record with a wrong `prev_crc`, and an
+//!     older-epoch primary's `Welcome`;
 //!   - disk faults: every fsync fails; **one** fsync fails (dropping the
 //!     file's dirty pages) and later ones succeed, after which a node still
 //!     running loses power; disk full;

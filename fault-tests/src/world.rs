@@ -1958,6 +1958,7 @@ impl World {
                 matches!(&m, Message::Records(b) if self.faulty_frames.get(&n) == Some(b));
             let faulty_welcome =
                 matches!(&m, Message::Welcome(wm) if self.faulty_welcomes.get(&n) == Some(wm));
+            let kind = m.kind();
             self.replica_event(n, REvent::Received(m));
             if faulty_records {
                 self.faulty_frames.remove(&n);
@@ -1972,7 +1973,7 @@ impl World {
                     self.oracle.action_violations.push((
                         "a faulty frame is never accepted (FM-5.2, FM-6.1, FM-6.2, FM-8.1, FM-X.2, FM-X.3)",
                         format!(
-                            "{} accepted a faulty Records frame without halting",
+                            "{} accepted a faulty {kind} frame without halting",
                             node_name(n)
                         ),
                     ));

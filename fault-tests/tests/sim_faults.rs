@@ -150,3 +150,25 @@ fn primary_reopening_below_its_durable_lsn_is_reported() {
         "{err}"
     );
 }
+
+#[test]
+fn fm_x_2_welcome_of_an_older_epoch_primary_halts_stale_primary_and_appends_nothing() {
+    let mut w = converged(1, 16);
+    w.arm_frame_fault(1, FrameFault::StaleWelcome);
+    // The next session's Welcome carries the fault.
+    w.crash(1);
+    w.restart(1);
+    run_until(&mut w, 5_000, |w| w.replica(1).halted.is_some());
+    let h = w
+        .replica(1)
+        .halted
+        .clone()
+        .expect("the stale Welcome must halt");
+    assert_eq!(h.record.reason, HaltReason::StalePrimary);
+    assert_eq!(h.record.lsn, 10);
+    assert_eq!(h.record.epoch, 0);
+    assert_eq!(h.record.expected, "primary epoch >= 1");
+    let u = w.replica(1).up.as_ref().expect("halted, still running");
+    assert_eq!(u.wal.last().lsn, 10, "nothing appended");
+    check_all(&mut standard_checkers(), &w).expect("an explained, frozen halt");
+}
