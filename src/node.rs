@@ -1,4 +1,12 @@
-//! `walship node --config node.toml`: one primary or replica until SIGINT/SIGTERM.
+//! `walship node --config node.toml`: one primary or replica until SIGINT/SIGTERM, or until
+//! the node stops by itself (a failed fsync, ENOSPC, any fatal failure of its own storage):
+//! then the process exits non-zero with the reason, so a supervisor sees it and restarts
+//! it (recovery starts from what the disk holds). A halted replica keeps running: it waits
+//! for an operator (`walship-recover`), and a restart would not change anything.
+//!
+//! With the `fault-injection` feature (demo and tests only), the environment variable
+//! `WALSHIP_FAULT_FAIL_SYNCS=<path>` makes every fsync of `<path>` or anything below it fail
+//! with EIO once the node has opened (`walship_wal::fault::FaultyStorage`).
 
 use std::io::BufRead;
 use std::path::Path;
@@ -161,10 +169,22 @@ pub fn run(config: &Path, append_stdin: bool) -> Result<(), String> {
     })
 }
 
+/// The path of `WALSHIP_FAULT_FAIL_SYNCS`, if set (fault-injection builds only).
+#[cfg(feature = "fault-injection")]
+fn fault_fail_syncs() -> Option<std::path::PathBuf> {
+    std::env::var_os("WALSHIP_FAULT_FAIL_SYNCS").map(std::path::PathBuf::from)
+}
+
 async fn run_primary(cfg: &NodeConfig, append_stdin: bool) -> Result<(), String> {
     let primary =
         Arc::new(Primary::open(primary_config(cfg)?).map_err(|e| format!("open primary: {e}"))?);
     info!(node = %cfg.node_id, addr = ?primary.local_addr().ok(), "primary serving");
+    #[cfg(feature = "fault-injection")]
+    if let Some(path) = fault_fail_syncs() {
+        warn!(path = %path.display(), "fault injection: every fsync under this path fails from now on");
+        primary.storage_faults().fail_syncs_under(path);
+    }
+    let stopped = primary.wait_stopped();
     if append_stdin {
         let p = Arc::clone(&primary);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
@@ -181,7 +201,7 @@ async fn run_primary(cfg: &NodeConfig, append_stdin: bool) -> Result<(), String>
                 }
             }
         });
-        let feeder = tokio::spawn(async move {
+        let mut feeder = tokio::spawn(async move {
             while let Some(bytes) = rx.recv().await {
                 match p.append(bytes).await {
                     Ok(lsn) => println!("committed {lsn}"),
@@ -189,29 +209,75 @@ async fn run_primary(cfg: &NodeConfig, append_stdin: bool) -> Result<(), String>
                 }
             }
         });
-        tokio::select! {
-            _ = wait_for_shutdown_signal() => {}
-            _ = feeder => {}
+        let signalled = tokio::select! {
+            _ = wait_for_shutdown_signal() => true,
+            _ = &mut feeder => false,
+            _ = stopped => false,
+        };
+        if signalled || primary.stopped().is_some() {
+            // The feeder holds a handle to the primary: end it, so the shutdown below is the
+            // clean one that persists the final commit watermark (spec/state-files.md §3.1);
+            // a stopped primary takes no append anyway.
+            feeder.abort();
+            let _ = feeder.await;
         }
     } else {
-        wait_for_shutdown_signal().await;
+        tokio::select! {
+            _ = wait_for_shutdown_signal() => {}
+            _ = stopped => {}
+        }
     }
+    // Read after the wait: an append that stopped the node recorded the reason before it
+    // returned, so a feeder that ended after a failed append sees it here too.
+    let reason = primary.stopped();
     info!(node = %cfg.node_id, "shutting down");
     match Arc::try_unwrap(primary) {
         Ok(p) => p.shutdown().await,
         Err(_) => warn!("appends still in flight at shutdown; exiting without waiting"),
     }
-    Ok(())
+    match reason {
+        Some(reason) => Err(format!("primary {} stopped: {reason}", cfg.node_id)),
+        None => Ok(()),
+    }
+}
+
+/// Opens the replica; with `WALSHIP_FAULT_FAIL_SYNCS` (fault-injection builds only) on a
+/// storage whose fsyncs under that path fail once it is open. The returned lock (if any)
+/// must live as long as the replica.
+fn open_replica(
+    cfg: &NodeConfig,
+) -> Result<(Replica, Option<walship_wal::state::DirLock>), String> {
+    let config = replica_config(cfg)?;
+    let applier = LogOnlyApplier { applied: 0 };
+    #[cfg(feature = "fault-injection")]
+    if let Some(path) = fault_fail_syncs() {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| format!("open replica: create {}: {e}", config.data_dir.display()))?;
+        let lock = walship_wal::state::DirLock::acquire(&config.data_dir)
+            .map_err(|e| format!("open replica: {e}"))?;
+        let storage = walship_wal::fault::FaultyStorage::new(walship_wal::FsStorage);
+        let replica = Replica::open_with_storage(storage.clone(), config, applier)
+            .map_err(|e| format!("open replica: {e}"))?;
+        warn!(path = %path.display(), "fault injection: every fsync under this path fails from now on");
+        storage.faults().fail_syncs_under(path);
+        return Ok((replica, Some(lock)));
+    }
+    let replica = Replica::open(config, applier).map_err(|e| format!("open replica: {e}"))?;
+    Ok((replica, None))
 }
 
 async fn run_replica(cfg: &NodeConfig) -> Result<(), String> {
-    let replica = Replica::open(replica_config(cfg)?, LogOnlyApplier { applied: 0 })
-        .map_err(|e| format!("open replica: {e}"))?;
+    let (replica, lock) = open_replica(cfg)?;
     let mut ticker = tokio::time::interval(Duration::from_secs(5));
     let mut reported_halt = false;
+    let mut stopped = None;
     loop {
         tokio::select! {
             _ = wait_for_shutdown_signal() => break,
+            why = replica.wait_stopped() => {
+                stopped = Some(why);
+                break;
+            }
             _ = ticker.tick() => {
                 let s = replica.status();
                 if let ReplicaState::Halted(_) = s.state {
@@ -228,8 +294,12 @@ async fn run_replica(cfg: &NodeConfig) -> Result<(), String> {
         }
     }
     info!(node = %cfg.node_id, "shutting down");
-    replica
-        .shutdown()
-        .await
-        .map_err(|e| format!("replica stopped with an error: {e}"))
+    let result = replica.shutdown().await;
+    drop(lock);
+    match (stopped, result) {
+        // The error that stopped it says more than the status line.
+        (Some(_), Err(e)) => Err(format!("replica {} stopped: {e}", cfg.node_id)),
+        (Some(why), Ok(())) => Err(format!("replica {} stopped: {why}", cfg.node_id)),
+        (None, r) => r.map_err(|e| format!("replica stopped with an error: {e}")),
+    }
 }

@@ -643,7 +643,7 @@ proptest! {
     /// chunked, agrees with the stream reader (and its Records fast path), re-encodes what
     /// it decodes, and allocates no more than what it was given: the decoder's buffer, and
     /// bincode's up-front allocation bounded by `decode_limit_for(body)` <= max(64 KiB,
-    /// 64 x body) (notes/bugs-fuzz.md wire-1, fixed); the stream reader also allocates a
+    /// 64 x body) (regression wire-1 below, fixed); the stream reader also allocates a
     /// frame's body once its prefix passed the limit.
     #[test]
     fn frame_decoding_is_chunking_independent_and_agrees_with_the_stream_reader(
@@ -688,7 +688,7 @@ proptest! {
     }
 }
 
-/// Regression, wire-2 (notes/bugs-fuzz.md, fixed in walship-wire c9c0df8): a `Records` frame
+/// Regression, wire-2 (found by fuzzing, fixed in walship-wire c9c0df8): a `Records` frame
 /// whose byte-string length is near u64::MAX made the stream reader's fast path overflow
 /// `head_len + records_len` (a panic in debug builds, an attempted allocation of ~2^64
 /// bytes in release) instead of returning `Malformed` as the FrameDecoder does.
@@ -974,7 +974,7 @@ fn epoch_entry_type_is_the_one_the_state_files_use() {
     assert_eq!(json, r#"{"entries":[{"epoch":1,"start_lsn":1}]}"#);
 }
 
-/// Regression, wire-1 (notes/bugs-fuzz.md, fixed in walship-wire 7d89cee): bincode 2
+/// Regression, wire-1 (found by fuzzing, fixed in walship-wire 7d89cee): bincode 2
 /// allocated a claimed byte-string (or string) length up front, before checking the body
 /// held that many bytes, bounded only by `MAX_DECODED_BYTES` (~33 MiB): a 13-byte `Records`
 /// body claiming 30 MB of record bytes made `decode_frame_body` allocate 30 MB.
@@ -993,7 +993,7 @@ fn small_frame_claiming_a_30_mb_byte_string_allocates_no_more_than_the_frame() {
     );
 }
 
-/// Regression, wal-1 (notes/bugs-fuzz.md, fixed in walship-wal 7d9563e): a segment whose
+/// Regression, wal-1 (found by fuzzing, fixed in walship-wal 7d9563e): a segment whose
 /// last record has lsn u64::MAX, followed by any byte, made the recovery scan compute
 /// `last.lsn + 1` and overflow (a panic in debug builds; in release the lsn wrapped to 0
 /// and a crc-chained record with lsn 0 would have been accepted).

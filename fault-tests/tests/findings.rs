@@ -1,7 +1,8 @@
 //! Reproducers of problems the harness found in other crates. A finding not
 //! fixed yet is `#[ignore]`d with its name (run those with `cargo test -p
 //! walship-fault --test findings -- --ignored`); a fixed one stays here as a
-//! regression test. Each names the finding in notes/requests-fault.md.
+//! regression test. Each test's doc comment is the record of its finding: what
+//! the harness saw and, once fixed, the commit that fixed it.
 
 use walship_fault::check::{check_all, standard_checkers};
 use walship_fault::world::{FrameFault, World, WorldConfig};

@@ -257,6 +257,16 @@ pub enum Event {
         /// The decoded message.
         msg: Message,
     },
+    /// A frame arrived whose body is a `Hello` of another protocol version that this build
+    /// cannot decode (`FrameError::UnsupportedVersion`); the driver reads nothing more from
+    /// the connection. Before the handshake it is refused like a decodable `Hello` of another
+    /// version; later it is an unexpected message.
+    HelloOfOtherVersion {
+        /// The connection.
+        conn: ConnId,
+        /// The version the `Hello` announced.
+        protocol_version: u32,
+    },
     /// The connection ended (lost, timed out, closed by either side). Not an error of the log.
     Disconnected {
         /// The connection.
@@ -597,6 +607,10 @@ impl PrimaryCore {
         match event {
             Event::Connected { conn, node_id } => self.on_connected(conn, node_id, &mut out),
             Event::Received { conn, msg } => self.on_message(conn, msg, log, now_ms, &mut out),
+            Event::HelloOfOtherVersion {
+                conn,
+                protocol_version,
+            } => self.on_hello_of_other_version(conn, protocol_version, &mut out),
             Event::Disconnected { conn } => self.remove_session(conn),
             Event::LocalDurable | Event::Tick => {}
         }
@@ -749,6 +763,35 @@ impl PrimaryCore {
                 let kind = other.kind();
                 self.close(conn, CloseReason::UnexpectedMessage { kind, state }, out);
             }
+        }
+    }
+
+    fn on_hello_of_other_version(
+        &mut self,
+        conn: ConnId,
+        protocol_version: u32,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(session) = self.sessions.get(&conn) else {
+            return;
+        };
+        assert_ne!(
+            protocol_version, PROTOCOL_VERSION,
+            "a Hello of this build's version decodes: it is never reported as another version"
+        );
+        if matches!(session.state, SessionState::AwaitingHello) {
+            let reason = RefuseReason::UnsupportedVersion {
+                ours: PROTOCOL_VERSION,
+                theirs: protocol_version,
+            };
+            self.refuse(conn, reason, out);
+        } else {
+            let state = session.state.name();
+            let reason = CloseReason::UnexpectedMessage {
+                kind: "hello",
+                state,
+            };
+            self.close(conn, reason, out);
         }
     }
 

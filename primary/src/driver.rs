@@ -9,7 +9,8 @@
 //!   `watch` channel and are handed to the persister;
 //! - the **persister thread** writes `state/commit`, coalescing advances (the watermark file
 //!   is a recovery hint; acknowledging an append does not wait for it, see
-//!   `spec/protocol.md`, "Commit watermark");
+//!   `spec/protocol.md`, "Commit watermark"); a failed write stops the node
+//!   ([`Shared::stop_node`]), like every other failed fsync;
 //! - the **accept task** and one **connection task** per replica (quinn): mutual TLS already
 //!   refused unknown CAs and unlisted names; the task reads frames from the bi stream the
 //!   replica opened and forwards them to the core, and a writer task writes the core's frames.
@@ -26,11 +27,31 @@ use tokio::sync::{mpsc as tmpsc, watch};
 use tracing::{debug, error, info, warn, Instrument};
 use walship_snapshot::{SnapshotSender, SnapshotStore, TransferItem};
 use walship_wal::state::NodeDir;
-use walship_wal::{FsStorage, Lsn, Position, SharedWal};
-use walship_wire::{encode_frame, read_frame, CloseCode, FrameWriter, Message, MAX_FRAME_BYTES};
+use walship_wal::{FsStorage, Lsn, Position, SharedWal, Storage};
+use walship_wire::{
+    encode_frame, read_frame, CloseCode, FrameError, FrameWriter, Message, MAX_FRAME_BYTES,
+};
 
 use crate::core::{Action, CloseReason, ConnId, CoreStatus, Event, PrimaryCore};
 use crate::log::WalLog;
+use crate::PrimaryStop;
+
+/// The storage a primary runs on: the real file system. With the `fault-injection`
+/// feature it is wrapped so that tests and the demo can make its syncs fail
+/// (`Primary::storage_faults`); without it nothing can.
+#[cfg(not(feature = "fault-injection"))]
+pub(crate) type NodeStorage = FsStorage;
+/// The storage a primary runs on (see the non-`fault-injection` definition).
+#[cfg(feature = "fault-injection")]
+pub(crate) type NodeStorage = walship_wal::fault::FaultyStorage<FsStorage>;
+
+/// A new [`NodeStorage`].
+pub(crate) fn node_storage() -> NodeStorage {
+    #[cfg(not(feature = "fault-injection"))]
+    return FsStorage;
+    #[cfg(feature = "fault-injection")]
+    return walship_wal::fault::FaultyStorage::new(FsStorage);
+}
 
 /// Period of the core's Tick (re-evaluates windows; keeps status fresh).
 const TICK: Duration = Duration::from_millis(100);
@@ -70,14 +91,14 @@ pub(crate) enum Outgoing {
 /// The core and the log it reads, under one lock (the core thread and `status()` take it).
 pub(crate) struct CoreState {
     pub(crate) core: PrimaryCore,
-    pub(crate) log: WalLog<FsStorage>,
+    pub(crate) log: WalLog<NodeStorage>,
 }
 
 /// State shared by the embedding API and the driver.
 pub(crate) struct Shared {
     pub(crate) node_id: String,
     pub(crate) members: Vec<String>,
-    pub(crate) wal: Arc<SharedWal<FsStorage>>,
+    pub(crate) wal: Arc<SharedWal<NodeStorage>>,
     pub(crate) state: Mutex<CoreState>,
     pub(crate) core_tx: mpsc::Sender<CoreMsg>,
     pub(crate) commit_rx: watch::Receiver<Lsn>,
@@ -87,7 +108,9 @@ pub(crate) struct Shared {
     pub(crate) next_conn: AtomicU64,
     pub(crate) started: Instant,
     /// `DIR/snapshots`.
-    pub(crate) snapshots: SnapshotStore<FsStorage>,
+    pub(crate) snapshots: SnapshotStore<NodeStorage>,
+    /// Set once, when a fatal failure of this node's own storage stopped it (never cleared).
+    pub(crate) stopped: watch::Sender<Option<PrimaryStop>>,
     /// Armed snapshot faults per replica (demo/test use only).
     #[cfg(feature = "fault-injection")]
     pub(crate) snapshot_faults: Mutex<HashMap<String, crate::SnapshotFault>>,
@@ -97,6 +120,32 @@ impl Shared {
     pub(crate) fn lock_state(&self) -> MutexGuard<'_, CoreState> {
         // A panic under the lock is a broken invariant that already took its thread down.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops the node after a fatal failure of its own storage (a failed fsync, ENOSPC,
+    /// any I/O error of the WAL, the commit watermark file or the snapshot store): appends
+    /// fail with `PrimaryError::Stopped` from now on, the core thread ends (no more
+    /// shipping or commit advances), and `Primary::wait_stopped` resolves. Nothing is
+    /// retried; a restart recovers from what the disk holds. The first reason wins.
+    pub(crate) fn stop_node(&self, reason: PrimaryStop) {
+        let first = self.stopped.send_if_modified(|s| {
+            if s.is_some() {
+                return false;
+            }
+            *s = Some(reason.clone());
+            true
+        });
+        if first {
+            error!(node = %self.node_id, %reason, "primary stopped: its own storage failed (never retried); restart it to recover from disk");
+            self.shutting_down.store(true, Ordering::Release);
+            // The core thread is gone only if the primary is shutting down anyway.
+            let _ = self.core_tx.send(CoreMsg::Shutdown);
+        }
+    }
+
+    /// Why the node stopped, if it did.
+    pub(crate) fn stop_reason(&self) -> Option<PrimaryStop> {
+        self.stopped.borrow().clone()
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
@@ -115,7 +164,7 @@ impl Shared {
 /// Registers the WAL durable listener: it wakes the core thread, with at most one wake-up
 /// queued (`pending` is cleared by the core thread when it takes the wake-up).
 pub(crate) fn install_durable_listener(
-    wal: &SharedWal<FsStorage>,
+    wal: &SharedWal<NodeStorage>,
     tx: mpsc::Sender<CoreMsg>,
     pending: Arc<AtomicBool>,
 ) {
@@ -207,11 +256,16 @@ pub(crate) fn run_core(
 }
 
 /// The persister's loop: writes the newest commit watermark, at most every PERSIST_INTERVAL.
-/// Ends when the core thread (the only sender) is gone, after writing the last value.
-pub(crate) fn run_persister(
-    node_dir: NodeDir<FsStorage>,
+/// Ends when the core thread (the only sender) is gone, after writing the last value, or
+/// after the first failed write: `state/commit` is written, fsynced, renamed and its
+/// directory fsynced, and a failed fsync is fatal, never retried (the page cache may have
+/// dropped what it was to write, so a later write could falsely succeed). `on_fatal`
+/// then stops the node.
+pub(crate) fn run_persister<S: Storage>(
+    node_dir: NodeDir<S>,
     rx: mpsc::Receiver<Lsn>,
     node_id: String,
+    on_fatal: impl FnOnce(PrimaryStop),
 ) {
     let span = tracing::info_span!("primary_persist", node = %node_id);
     let _g = span.enter();
@@ -226,8 +280,14 @@ pub(crate) fn run_persister(
         }
         match node_dir.set_commit_lsn(lsn) {
             Ok(()) => written = lsn,
-            // The watermark file is a hint; the next advance retries with a newer value.
-            Err(e) => error!(commit_lsn = lsn, error = %e, "cannot persist the commit watermark"),
+            Err(e) => {
+                error!(commit_lsn = lsn, error = %e, "cannot persist the commit watermark: the node stops");
+                on_fatal(PrimaryStop::CommitWatermark {
+                    commit_lsn: lsn,
+                    error: e.to_string(),
+                });
+                return;
+            }
         }
     }
 }
@@ -250,10 +310,14 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
                     return;
                 }
             };
-            let Some(node_id) = walship_wire::peer_node_id(&conn, &shared.members) else {
-                warn!(%remote, "peer certificate names no member: closing");
-                CloseCode::Refused.close(&conn, "not a member");
-                return;
+            let node_id = match walship_wire::peer_node_id(&conn, &shared.members) {
+                Ok(node_id) => node_id,
+                Err(e) => {
+                    // The handshake applied the same rule: only a broken TLS setup gets here.
+                    warn!(%remote, error = %e, "peer certificate does not name exactly one member: closing");
+                    CloseCode::Refused.close(&conn, "not a member");
+                    return;
+                }
             };
             let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
             let span = tracing::info_span!("replica_conn", replica = %node_id, conn = id, %remote);
@@ -314,6 +378,17 @@ async fn serve_connection(
             }
             Err(e) if e.is_session_end() => {
                 info!(error = %e, "replica session ended");
+                break;
+            }
+            Err(FrameError::UnsupportedVersion { theirs }) => {
+                // The core answers Refuse{UnsupportedVersion} (spec/protocol.md §7); the
+                // writer sends it and closes with Refused. Nothing more is read.
+                warn!(replica = %node_id, theirs, "replica speaks another protocol version");
+                let event = Event::HelloOfOtherVersion {
+                    conn: id,
+                    protocol_version: theirs,
+                };
+                let _ = shared.core_tx.send(CoreMsg::Event(event));
                 break;
             }
             Err(e) => {
@@ -442,9 +517,11 @@ enum SendSnapshotError {
 /// (and so flow-controlled by QUIC on this replica's own connection) before the next
 /// chunk is read, so a transfer holds one chunk in memory and never delays the other
 /// replicas' writer tasks. Every chunk is re-verified from the stored file before it
-/// is sent: a damaged chunk is local corruption here and is never shipped.
+/// is sent: a damaged chunk is local corruption here and is never shipped. The file
+/// reads and checksums run on tokio's blocking threads, one step at a time, never on
+/// a runtime worker.
 async fn send_snapshot(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     node_id: &str,
     boundary: Position,
     send: &mut quinn::SendStream,
@@ -457,15 +534,18 @@ async fn send_snapshot(
             error: what,
         })
     };
-    let snap = match shared.snapshots.newest() {
-        Ok(Some(s)) if s.boundary.lsn >= boundary.lsn => s,
-        Ok(_) => return Err(fail(format!("snapshot at lsn {} is gone", boundary.lsn))),
-        Err(e) => return Err(fail(e.to_string())),
-    };
-    let reader = shared
-        .snapshots
-        .reader(&snap)
-        .map_err(|e| fail(e.to_string()))?;
+    let snapshots = shared.snapshots.clone();
+    let opened = off_worker(move || {
+        let snap = match snapshots.newest() {
+            Ok(Some(s)) if s.boundary.lsn >= boundary.lsn => s,
+            Ok(_) => return Err(format!("snapshot at lsn {} is gone", boundary.lsn)),
+            Err(e) => return Err(e.to_string()),
+        };
+        let reader = snapshots.reader(&snap).map_err(|e| e.to_string())?;
+        Ok((snap, SnapshotSender::new(reader)))
+    })
+    .await?;
+    let (snap, mut sender) = opened.map_err(fail)?;
     #[cfg(feature = "fault-injection")]
     let fault = shared
         .snapshot_faults
@@ -474,7 +554,14 @@ async fn send_snapshot(
         .remove(node_id);
     let started = Instant::now();
     let mut sent_bytes = 0u64;
-    for item in SnapshotSender::new(reader) {
+    loop {
+        let (back, item) = off_worker(move || {
+            let item = sender.next();
+            (sender, item)
+        })
+        .await?;
+        sender = back;
+        let Some(item) = item else { break };
         let msg = match item {
             Ok(TransferItem::Offer(o)) => Message::SnapshotOffer(o),
             Ok(TransferItem::Chunk(c)) => {
@@ -519,4 +606,65 @@ async fn send_snapshot(
     info!(replica = %node_id, lsn = snap.boundary.lsn, epoch = snap.boundary.epoch, bytes = sent_bytes,
         elapsed_ms = started.elapsed().as_millis() as u64, "snapshot sent");
     Ok(())
+}
+
+/// Runs `f` (snapshot file reads) on tokio's blocking threads. A panic there is re-raised
+/// here, as if `f` had run in this task; a task cancelled by the runtime shutting down ends
+/// the session.
+async fn off_worker<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, SendSnapshotError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => Ok(r),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => {
+            debug!(error = %e, "snapshot read task cancelled: the session ended");
+            Err(SendSnapshotError::SessionEnded)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use walship_wal::sim::{SimCounters, SimStorage};
+
+    /// FM-X.5: `state/commit` is written, fsynced, renamed and `state/` fsynced; when that
+    /// fsync fails the persister stops the node and never writes again — a retry could
+    /// falsely succeed after the page cache dropped what the failed fsync was to write.
+    #[test]
+    fn fm_x_5_failed_fsync_of_the_commit_watermark_stops_the_node_and_is_never_retried() {
+        let sim = SimStorage::new(7);
+        let node_dir = NodeDir::open(sim.clone(), std::path::Path::new("/p")).expect("node dir");
+        node_dir.set_commit_lsn(3).expect("a first watermark");
+        // One failure only: a retry would succeed, so only not retrying passes.
+        sim.fail_next_sync(node_dir.state_dir()).expect("arm");
+        let (tx, rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<(PrimaryStop, SimCounters)>();
+        tx.send(5).expect("send");
+        let persister = {
+            let sim = sim.clone();
+            std::thread::spawn(move || {
+                run_persister(node_dir, rx, "p".into(), move |reason| {
+                    let _ = stop_tx.send((reason, sim.counters()));
+                })
+            })
+        };
+        let (reason, at_stop) = stop_rx.recv().expect("the failure stops the node");
+        assert!(
+            matches!(reason, PrimaryStop::CommitWatermark { commit_lsn: 5, .. }),
+            "{reason:?}"
+        );
+        assert_eq!(at_stop.failed_syncs, 1);
+        // Newer watermarks keep coming from the core.
+        let _ = tx.send(6);
+        let _ = tx.send(7);
+        drop(tx);
+        persister.join().expect("persister thread");
+        assert_eq!(
+            sim.counters(),
+            at_stop,
+            "nothing written or synced after the failed fsync"
+        );
+    }
 }

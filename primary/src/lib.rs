@@ -40,12 +40,12 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 pub use walship_snapshot::retention::SnapshotPolicy;
 use walship_snapshot::{InstalledSnapshot, Limits, SnapshotError, SnapshotSource, SnapshotStore};
 use walship_wal::state::{DirLock, EpochHistory, NodeDir, StateError};
 use walship_wal::RECORD_HEADER_LEN;
-use walship_wal::{FsStorage, Lsn, OpenReport, SharedWal, Wal, WalError, WalOptions};
+use walship_wal::{Lsn, OpenReport, SharedWal, Wal, WalError, WalOptions};
 use walship_wire::{CloseCode, EndpointError, TlsFiles, TransportOptions, MAX_BATCH_BYTES};
 
 #[cfg(feature = "fault-injection")]
@@ -276,6 +276,19 @@ pub enum PrimaryError {
         /// The epoch history's last epoch.
         history_epoch: u64,
     },
+    /// Local corruption (FM-X.6): the recovered log (after any torn-tail cut; its last record
+    /// or the snapshot boundary it starts after) ends below the persisted commit watermark, so
+    /// records that were acknowledged are gone. The node refuses to start instead of reusing
+    /// their lsns; the operator restores the records from a replica (or resyncs).
+    #[error("{dir}: acknowledged records lost: log ends at lsn {log_end}, commit watermark {commit_lsn} (local corruption, FM-X.6); refusing to start")]
+    AcknowledgedRecordsLost {
+        /// The data directory.
+        dir: PathBuf,
+        /// The last lsn of the recovered log.
+        log_end: Lsn,
+        /// The persisted commit watermark (`state/commit`).
+        commit_lsn: Lsn,
+    },
     /// The QUIC/TLS endpoint could not be set up.
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
@@ -297,6 +310,46 @@ pub enum PrimaryError {
     /// Creating, reading or recovering a snapshot failed.
     #[error("snapshot: {0}")]
     Snapshot(#[from] SnapshotError),
+    /// The primary stopped after a fatal failure of its own storage: it accepts no append,
+    /// ships nothing and must be restarted (recovery starts from what the disk holds).
+    #[error("the primary stopped: {0}")]
+    Stopped(PrimaryStop),
+}
+
+/// Why a primary stopped by itself: its own storage failed. Nothing is retried — after a
+/// failed fsync the page cache may have dropped what it was to write, and a retry could
+/// falsely succeed (`spec/failure-matrix.md` FM-X.5).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PrimaryStop {
+    /// An append failed in the WAL: a failed fsync (the WAL is poisoned), ENOSPC or
+    /// another I/O error of the write path.
+    #[error("the WAL failed: {error}")]
+    Wal {
+        /// The WAL error.
+        error: String,
+    },
+    /// Persisting the commit watermark (`state/commit`: write, fsync, rename, fsync of
+    /// `state/`) failed.
+    #[error("persisting the commit watermark {commit_lsn} failed: {error}")]
+    CommitWatermark {
+        /// The watermark being written.
+        commit_lsn: Lsn,
+        /// The error.
+        error: String,
+    },
+    /// Snapshot creation or WAL retention failed on this node's storage (a failed fsync
+    /// poisons the snapshot store; the WAL is never truncated behind an unsynced snapshot).
+    #[error("snapshot maintenance failed: {error}")]
+    Maintenance {
+        /// The error.
+        error: String,
+    },
+}
+
+/// Whether an append's WAL error means the log can take no more appends (the node stops):
+/// everything except a payload the caller made too large.
+fn append_error_is_fatal(e: &WalError) -> bool {
+    !matches!(e, WalError::RecordTooLarge { .. })
 }
 
 /// What `status()` reports.
@@ -314,6 +367,8 @@ pub struct PrimaryStatus {
     pub commit_lsn: Lsn,
     /// Per replica member: connected, durable lsn, lag (records, bytes), last receipt age.
     pub replicas: Vec<ReplicaStatus>,
+    /// Why the primary stopped, once a fatal storage failure stopped it.
+    pub stopped: Option<PrimaryStop>,
 }
 
 /// A running primary: appends, ships to replicas over QUIC, commits by quorum.
@@ -343,14 +398,24 @@ impl std::fmt::Debug for Primary {
 
 impl Primary {
     /// Opens the data directory (exclusive lock, WAL recovery scan, epoch history, persisted
-    /// commit watermark) and starts serving replicas. The first start of an empty directory
-    /// creates epoch 1 starting at lsn 1. Must be called inside a tokio runtime (quinn binds
-    /// its socket to it); the WAL scan runs on the calling thread.
+    /// commit watermark) and starts serving replicas. A recovered log ending below the
+    /// persisted commit watermark is [`PrimaryError::AcknowledgedRecordsLost`] (FM-X.6). The
+    /// first start of an empty directory creates epoch 1 starting at lsn 1. Must be called
+    /// inside a tokio runtime (quinn binds its socket to it). The recovery scan is blocking
+    /// file I/O: on a multi-thread runtime it runs with the calling worker handed off
+    /// (`walship_wire::blocking::run_off_worker`), so the runtime's other tasks keep running.
     pub fn open(config: PrimaryConfig) -> Result<Primary, PrimaryError> {
+        walship_wire::blocking::run_off_worker(move || Primary::open_blocking(config))
+    }
+
+    /// [`Primary::open`]'s work, on a thread that may block.
+    // `NodeStorage` is `Copy` (`FsStorage`) without `fault-injection`, a shared wrapper with it.
+    #[allow(clippy::clone_on_copy)]
+    fn open_blocking(config: PrimaryConfig) -> Result<Primary, PrimaryError> {
         config.validate()?;
         let span = tracing::info_span!("primary_open", node = %config.node_id, dir = %config.data_dir.display());
         let _g = span.enter();
-        let storage = FsStorage;
+        let storage = driver::node_storage();
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(|source| {
             PrimaryError::Wal(WalError::Io {
@@ -360,7 +425,7 @@ impl Primary {
             })
         })?;
         let lock = DirLock::acquire(dir)?;
-        let node_dir = NodeDir::open(storage, dir)?;
+        let node_dir = NodeDir::open(storage.clone(), dir)?;
         let mut epochs = node_dir.epochs()?;
         let history_epoch = if epochs.is_empty() {
             1
@@ -372,17 +437,20 @@ impl Primary {
             max_record_bytes: config.max_record_bytes,
             epoch: history_epoch,
         };
-        let (mut wal, report) = Wal::open(storage, node_dir.wal_dir(), opts)?;
-        match &report {
+        let (mut wal, report) = Wal::open(storage.clone(), node_dir.wal_dir(), opts)?;
+        // Whether the cut record was acknowledged is judged below, against state/commit.
+        let torn_tail_cut = match &report {
             OpenReport::TornTailCut {
                 segment,
                 offset,
                 bytes_cut,
                 last,
-            } => warn!(segment = %segment.display(), offset, bytes_cut, last = %last,
-                "WAL open cut a torn tail (never acknowledged)"),
-            other => info!(report = ?other, "WAL opened"),
-        }
+            } => Some((segment.clone(), *offset, *bytes_cut, *last)),
+            other => {
+                info!(report = ?other, "WAL opened");
+                None
+            }
+        };
         if epochs.is_empty() {
             if wal.last().lsn != 0 {
                 return Err(PrimaryError::NoEpochHistory {
@@ -408,18 +476,34 @@ impl Primary {
         // Discards interrupted creations (tmp-*) and makes the newest snapshot and the
         // WAL agree (FM-10.5); a mismatch is local corruption: refuse to start.
         let (snapshots, _) =
-            SnapshotStore::open(storage, node_dir.snapshot_dir(), Limits::default())?;
+            SnapshotStore::open(storage.clone(), node_dir.snapshot_dir(), Limits::default())?;
         let recovered = snapshots.recover(&mut wal)?;
         info!(?recovered, "snapshot store opened");
         let newest_snapshot = snapshots.newest()?.map(|s| s.boundary);
         let durable = wal.durable_lsn();
-        let mut commit_lsn = node_dir.commit_lsn()?;
-        if commit_lsn > durable {
-            warn!(
+        let commit_lsn = node_dir.commit_lsn()?;
+        // FM-X.6: the persisted watermark only ever lags what was committed, so a log (its
+        // last record, or the snapshot boundary it was reset to) ending below it lost records
+        // that were acknowledged: bit rot of a synced last record is cut by the WAL scan as a
+        // torn tail (spec/wal-format.md, "What the scan cannot see"). Refuse to start rather
+        // than hand out their lsns again.
+        let log_end = wal.last().lsn;
+        if log_end < commit_lsn {
+            error!(
+                log_end,
                 commit_lsn,
-                durable, "persisted commit watermark above the durable lsn: capped (it is a hint)"
+                cut = ?torn_tail_cut,
+                "acknowledged records lost: the log ends below the persisted commit watermark; refusing to start"
             );
-            commit_lsn = durable;
+            return Err(PrimaryError::AcknowledgedRecordsLost {
+                dir: dir.clone(),
+                log_end,
+                commit_lsn,
+            });
+        }
+        if let Some((segment, offset, bytes_cut, last)) = torn_tail_cut {
+            warn!(segment = %segment.display(), offset, bytes_cut, last = %last, commit_lsn,
+                "WAL open cut a torn tail above the persisted commit watermark {commit_lsn}");
         }
         let core = PrimaryCore::new(CoreConfig {
             node_id: config.node_id.clone(),
@@ -455,6 +539,7 @@ impl Primary {
             next_conn: AtomicU64::new(1),
             started: Instant::now(),
             snapshots,
+            stopped: watch::channel(None).0,
             #[cfg(feature = "fault-injection")]
             snapshot_faults: Mutex::new(std::collections::HashMap::new()),
         });
@@ -464,9 +549,14 @@ impl Primary {
         let persist_thread = {
             let node_dir = node_dir.clone();
             let node_id = config.node_id.clone();
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("walship-persist-{}", config.node_id))
-                .spawn(move || driver::run_persister(node_dir, persist_rx, node_id))
+                .spawn(move || {
+                    driver::run_persister(node_dir, persist_rx, node_id, |reason| {
+                        shared.stop_node(reason)
+                    })
+                })
                 .map_err(spawn_err)?
         };
         let core_thread = {
@@ -522,6 +612,9 @@ impl Primary {
         async move {
             // Counted before the check, so shutdown() either sees this append or it sees the flag.
             let guard = InFlight::enter(&shared);
+            if let Some(reason) = shared.stop_reason() {
+                return Err(PrimaryError::Stopped(reason));
+            }
             if shared.shutting_down.load(Ordering::Acquire) {
                 return Err(PrimaryError::ShuttingDown);
             }
@@ -534,12 +627,25 @@ impl Primary {
             let wal = shared.wal.clone();
             // The guard moves into the blocking task: it counts until the WAL write is over,
             // even if this future is dropped meanwhile.
-            let lsn = tokio::task::spawn_blocking(move || {
+            let lsn = match tokio::task::spawn_blocking(move || {
                 let _in_flight = guard;
                 wal.append_durable(&payload)
             })
             .await
-            .map_err(|e| PrimaryError::Task(format!("append task: {e}")))??;
+            .map_err(|e| PrimaryError::Task(format!("append task: {e}")))?
+            {
+                Ok(lsn) => lsn,
+                Err(e) => {
+                    // A failed fsync poisoned the WAL; ENOSPC or another I/O error left it
+                    // unable to promise anything: the node stops, never retries.
+                    if append_error_is_fatal(&e) {
+                        shared.stop_node(PrimaryStop::Wal {
+                            error: e.to_string(),
+                        });
+                    }
+                    return Err(e.into());
+                }
+            };
             let mut rx = shared.commit_rx.clone();
             let waited = tokio::time::timeout(timeout, async {
                 rx.wait_for(|c| *c >= lsn).await.map(|_| ())
@@ -547,7 +653,10 @@ impl Primary {
             .await;
             match waited {
                 Ok(Ok(())) => Ok(lsn),
-                Ok(Err(_)) => Err(PrimaryError::ShuttingDown),
+                Ok(Err(_)) => Err(match shared.stop_reason() {
+                    Some(reason) => PrimaryError::Stopped(reason),
+                    None => PrimaryError::ShuttingDown,
+                }),
                 Err(_) => {
                     let commit_lsn = *rx.borrow();
                     warn!(lsn, commit_lsn, "commit timed out: record stays tentative");
@@ -577,7 +686,41 @@ impl Primary {
             durable_lsn: s.durable_lsn,
             commit_lsn: self.commit_lsn().max(s.commit_lsn),
             replicas: s.replicas,
+            stopped: self.shared.stop_reason(),
         }
+    }
+
+    /// Why the primary stopped, once a fatal failure of its own storage stopped it (a
+    /// failed fsync of the WAL, the commit watermark or the snapshot store, ENOSPC, any WAL
+    /// I/O error on append). A stopped primary refuses appends with
+    /// [`PrimaryError::Stopped`], ships nothing more and must be shut down and restarted.
+    pub fn stopped(&self) -> Option<PrimaryStop> {
+        self.shared.stop_reason()
+    }
+
+    /// Resolves with the reason once the primary stopped (see [`Primary::stopped`]); a
+    /// process embedding the primary waits on it to exit instead of running on as a
+    /// zombie. Never resolves for a primary that keeps running.
+    pub fn wait_stopped(&self) -> impl Future<Output = PrimaryStop> + Send + 'static {
+        let mut rx = self.shared.stopped.subscribe();
+        async move {
+            loop {
+                if let Some(reason) = rx.borrow_and_update().clone() {
+                    return reason;
+                }
+                if rx.changed().await.is_err() {
+                    // The primary (and its sender) is gone without a stop: nothing will come.
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+
+    /// The storage faults of this primary (demo/test use only): arm them to make its
+    /// WAL, state-file or snapshot syncs fail with EIO while it runs.
+    #[cfg(feature = "fault-injection")]
+    pub fn storage_faults(&self) -> walship_wal::fault::StorageFaults {
+        self.shared.wal.with(|w| w.storage().faults().clone())
     }
 
     /// The address the QUIC server is bound to.

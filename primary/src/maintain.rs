@@ -2,6 +2,12 @@
 //! on demand ([`crate::Primary::create_snapshot`], [`crate::Primary::enforce_retention`]) and
 //! periodically (a maintenance task: a snapshot by policy when the embedder registered a
 //! source, then retention).
+//!
+//! A failure of this node's own storage here (a failed fsync — which poisons the snapshot
+//! store or the WAL — or any other I/O error of either) stops the node, like every failed
+//! fsync: it is never retried next round. Only the embedder's failures (its snapshot
+//! source, a payload above the limit, an applied lsn not yet committed) are left for the
+//! next round.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +20,7 @@ use walship_snapshot::{InstalledSnapshot, SnapshotError, SnapshotSource};
 use walship_wal::{Lsn, Position};
 
 use crate::driver::Shared;
-use crate::{PrimaryError, RetentionReport};
+use crate::{PrimaryError, PrimaryStop, RetentionReport};
 
 /// A snapshot source the maintenance task may call from its blocking thread.
 pub type BoxedSnapshotSource = Box<dyn SnapshotSource + Send>;
@@ -29,12 +35,46 @@ pub(crate) struct Maintenance {
     pub(crate) source: Mutex<Option<BoxedSnapshotSource>>,
 }
 
+/// Whether a maintenance error is a failure of this node's own storage (the node stops)
+/// rather than the embedder's (the next round tries again).
+fn is_fatal(e: &PrimaryError) -> bool {
+    !matches!(
+        e,
+        PrimaryError::Snapshot(
+            SnapshotError::Embedder { .. }
+                | SnapshotError::PayloadTooLarge { .. }
+                | SnapshotError::UnresolvedBoundary { .. }
+        )
+    )
+}
+
 impl Maintenance {
     fn commit_lsn(&self) -> Lsn {
         *self.shared.commit_rx.borrow()
     }
 
+    /// Runs `f` unless the node stopped; a fatal error of `f` stops it.
+    fn guarded<T>(&self, f: impl FnOnce() -> Result<T, PrimaryError>) -> Result<T, PrimaryError> {
+        if let Some(reason) = self.shared.stop_reason() {
+            return Err(PrimaryError::Stopped(reason));
+        }
+        f().inspect_err(|e| {
+            if is_fatal(e) {
+                self.shared.stop_node(PrimaryStop::Maintenance {
+                    error: e.to_string(),
+                });
+            }
+        })
+    }
+
     pub(crate) fn create_snapshot(
+        &self,
+        source: &mut dyn SnapshotSource,
+    ) -> Result<InstalledSnapshot, PrimaryError> {
+        self.guarded(|| self.create_snapshot_inner(source))
+    }
+
+    fn create_snapshot_inner(
         &self,
         source: &mut dyn SnapshotSource,
     ) -> Result<InstalledSnapshot, PrimaryError> {
@@ -74,11 +114,15 @@ impl Maintenance {
             );
             snap
         };
-        self.enforce_retention()?;
+        self.enforce_retention_inner()?;
         Ok(snap)
     }
 
     pub(crate) fn enforce_retention(&self) -> Result<RetentionReport, PrimaryError> {
+        self.guarded(|| self.enforce_retention_inner())
+    }
+
+    fn enforce_retention_inner(&self) -> Result<RetentionReport, PrimaryError> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let newest = self.shared.snapshots.newest()?.map(|s| s.boundary);
         // Halted replicas are not known to the primary: every member holds the log back
@@ -134,25 +178,30 @@ impl Maintenance {
                 retained_bytes_from(&segments, newest.saturating_add(1))
             });
             if snapshot_due(&self.policy, newest, self.commit_lsn(), bytes_since) {
-                self.create_snapshot(src.as_mut())?;
+                self.create_snapshot_inner(src.as_mut())?;
                 return Ok(());
             }
         }
         drop(source);
-        self.enforce_retention().map(|_| ())
+        self.enforce_retention_inner().map(|_| ())
     }
 }
 
-/// The maintenance task: a round every `interval` on a blocking thread, until aborted.
+/// The maintenance task: a round every `interval` on a blocking thread, until aborted or
+/// until the node stops.
 pub(crate) async fn run(m: Arc<Maintenance>, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;
-        let m = Arc::clone(&m);
-        match tokio::task::spawn_blocking(move || m.round()).await {
+        let m2 = Arc::clone(&m);
+        match tokio::task::spawn_blocking(move || m2.guarded(|| m2.round())).await {
             Ok(Ok(())) => {}
-            // Not fatal for replication: the next round tries again; a failed fsync
-            // poisons the WAL, which then fails appends on its own.
-            Ok(Err(e)) => error!(error = %e, "snapshot/retention maintenance failed"),
+            // `guarded` stopped the node (or it had stopped already): never retried.
+            Ok(Err(e)) if is_fatal(&e) => {
+                info!(error = %e, "maintenance ends: the node stopped");
+                return;
+            }
+            // The embedder's failure: the next round tries again.
+            Ok(Err(e)) => error!(error = %e, "snapshot maintenance failed; retried next round"),
             Err(e) => error!(error = %e, "maintenance task failed"),
         }
     }

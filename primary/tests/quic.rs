@@ -232,6 +232,31 @@ async fn hello_of_another_cluster_is_refused_with_reason_and_closed() {
     primary.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_of_another_version_that_does_not_decode_is_refused_with_unsupported_version() {
+    let cluster = Cluster::new(MEMBERS);
+    let primary = open_primary(cluster.primary_config(MEMBERS, Quorum::Majority));
+    let addr = primary.local_addr().expect("addr");
+    let mut r1 = FakeReplica::connect(&cluster, "r1", addr).await;
+    // Tag 0 (Hello) and version 2, then nothing this version's Hello could decode.
+    let body = [0u8, 2];
+    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    r1.send.write_all(&frame).await.expect("write");
+    match r1.recv().await {
+        Ok(Some(Message::Refuse(r))) => assert_eq!(
+            r.reason,
+            RefuseReason::UnsupportedVersion {
+                ours: PROTOCOL_VERSION,
+                theirs: 2
+            }
+        ),
+        other => panic!("expected Refuse, got {other:?}"),
+    }
+    assert_eq!(r1.closed_code().await, Some(CloseCode::Refused));
+    primary.shutdown().await;
+}
+
 /// Runs a well-behaved acking replica until `until`; yields its last position and itself (so
 /// the connection, and with it the last receipt, is not dropped early).
 fn spawn_acker(mut r: FakeReplica, until: u64) -> tokio::task::JoinHandle<(Position, FakeReplica)> {

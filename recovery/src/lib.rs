@@ -112,72 +112,71 @@ pub fn run(command: Command, env: &mut Env<'_>) -> Exit {
     let name = command.name();
     let json = command.common().json;
     let _span = tracing::info_span!("walship_recover", command = name).entered();
-    let result = match command {
-        Command::Inspect { dir, common } => cmd::inspect::inspect(&dir, &common, env.progress)
-            .and_then(|o| emit(env, name, json, o)),
-        Command::Verify { dir, common } => {
-            cmd::verify::verify(&dir, &common, env.progress).and_then(|o| emit(env, name, json, o))
-        }
-        Command::Dump {
-            dir,
-            from,
-            to,
-            payload,
-            common,
-        } => cmd::dump::dump(&dir, from, to, payload, &common, env.out).inspect(|e| {
-            if *e == Exit::Corruption {
-                let _ = writeln!(env.err, "walship-recover dump: corruption stops the dump");
-            }
-        }),
-        Command::Diff {
-            dir_a,
-            dir_b,
-            common,
-        } => cmd::diff::diff(&dir_a, &dir_b, &common, env.progress)
-            .and_then(|o| emit(env, name, json, o)),
-        Command::Status { dir, common: _ } => {
-            cmd::status::status(&dir).and_then(|o| emit(env, name, json, o))
-        }
-        Command::Rewind {
-            dir,
-            to,
-            accept_data_loss,
-            yes,
-            common,
-        } => {
-            let req = cmd::rewind::RewindRequest {
-                to_lsn: to,
+    let result =
+        match command {
+            Command::Inspect { dir, common } => cmd::inspect::inspect(&dir, &common, env.progress)
+                .and_then(|o| emit(env, name, json, o)),
+            Command::Verify { dir, common } => cmd::verify::verify(&dir, &common, env.progress)
+                .and_then(|o| emit(env, name, json, o)),
+            Command::Dump {
+                dir,
+                from,
+                to,
+                payload,
+                common,
+            } => cmd::dump::dump(&dir, from, to, payload, &common, env.out).inspect(|e| {
+                if *e == Exit::Corruption {
+                    let _ = writeln!(env.err, "walship-recover dump: corruption stops the dump");
+                }
+            }),
+            Command::Diff {
+                dir_a,
+                dir_b,
+                common,
+            } => cmd::diff::diff(&dir_a, &dir_b, &common, env.progress)
+                .and_then(|o| emit(env, name, json, o)),
+            Command::Status { dir, common } => cmd::status::status(&dir, &common, env.progress)
+                .and_then(|o| emit(env, name, json, o)),
+            Command::Rewind {
+                dir,
+                to,
                 accept_data_loss,
                 yes,
-                max_record_bytes: common.max_record_bytes,
-            };
-            cmd::rewind::rewind(&dir, &req, env).and_then(|o| emit(env, name, json, o))
-        }
-        Command::ClearHalt { dir, common } => {
-            cmd::clear_halt::clear_halt(&dir, &common, env).and_then(|o| emit(env, name, json, o))
-        }
-        Command::Snapshot {
-            action: cli::SnapshotAction::Verify { dir, common },
-        } => cmd::snapshot::verify(&dir, &common, env.progress)
-            .and_then(|o| emit(env, name, json, o)),
-        Command::Snapshot {
-            action:
-                cli::SnapshotAction::Create {
-                    dir,
-                    state,
+                common,
+            } => {
+                let req = cmd::rewind::RewindRequest {
+                    to_lsn: to,
+                    accept_data_loss,
+                    yes,
+                    max_record_bytes: common.max_record_bytes,
+                };
+                cmd::rewind::rewind(&dir, &req, env).and_then(|o| emit(env, name, json, o))
+            }
+            Command::ClearHalt { dir, common } => cmd::clear_halt::clear_halt(&dir, &common, env)
+                .and_then(|o| emit(env, name, json, o)),
+            Command::Snapshot {
+                action: cli::SnapshotAction::Verify { dir, common },
+            } => cmd::snapshot::verify(&dir, &common, env.progress)
+                .and_then(|o| emit(env, name, json, o)),
+            Command::Snapshot {
+                action:
+                    cli::SnapshotAction::Create {
+                        dir,
+                        state,
+                        lsn,
+                        chunk_size_bytes,
+                        common,
+                    },
+            } => {
+                let req = cmd::snapshot::CreateRequest {
+                    state_file: state,
                     lsn,
                     chunk_size_bytes,
-                    common,
-                },
-        } => {
-            let req = cmd::snapshot::CreateRequest {
-                state_file: state,
-                lsn,
-                chunk_size_bytes,
-            };
-            cmd::snapshot::create(&dir, &req, &common, env).and_then(|o| emit(env, name, json, o))
-        }
-    };
+                };
+                cmd::snapshot::create(&dir, &req, &common, env)
+                    .and_then(|o| emit(env, name, json, o))
+            }
+        };
     match result {
         Ok(exit) => exit,
         Err(e) => {

@@ -202,6 +202,53 @@ impl WalSummary {
     }
 }
 
+/// The recovered log ends below the persisted commit watermark: records that were
+/// acknowledged are gone (FM-X.6, `spec/wal-format.md` "What the scan cannot see").
+/// Corruption (exit 3), although the WAL itself may scan clean or end in a torn tail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcknowledgedLoss {
+    /// Where the log ends once the node opened it: its last verified record (a torn
+    /// tail is cut), or the newest snapshot's boundary if an interrupted install is
+    /// completed on open.
+    pub log_end: Lsn,
+    /// `state/commit`.
+    pub commit_lsn: Lsn,
+}
+
+impl AcknowledgedLoss {
+    /// Judges a scan that found no corruption against `state/commit` (`None` if absent or
+    /// unreadable: a damaged state file is reported on its own). A corrupt scan has no
+    /// known end and is already corruption: `None`.
+    pub fn judge(
+        scan: &WalScan,
+        snapshot_wal: &SnapshotWal,
+        commit_lsn: Option<Lsn>,
+    ) -> Option<AcknowledgedLoss> {
+        if scan.corruption().is_some() {
+            return None;
+        }
+        let mut log_end = scan.last.lsn;
+        if snapshot_wal.state == "install-interrupted" {
+            if let Some(b) = snapshot_wal.boundary {
+                log_end = log_end.max(b.lsn);
+            }
+        }
+        let commit_lsn = commit_lsn?;
+        (log_end < commit_lsn).then_some(AcknowledgedLoss {
+            log_end,
+            commit_lsn,
+        })
+    }
+
+    /// The one-line verdict.
+    pub fn message(&self) -> String {
+        format!(
+            "acknowledged records lost: log ends at lsn {}, commit watermark {}",
+            self.log_end, self.commit_lsn
+        )
+    }
+}
+
 /// `verify` output.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VerifyReport {
@@ -215,6 +262,8 @@ pub struct VerifyReport {
     pub snapshots: Vec<SnapshotInfo>,
     /// The newest installed snapshot against the WAL.
     pub snapshot_wal: SnapshotWal,
+    /// Set when the log ends below `state/commit` (corruption); `null` otherwise.
+    pub acknowledged_records_lost: Option<AcknowledgedLoss>,
 }
 
 /// The verdict on one state file.
@@ -298,6 +347,8 @@ pub struct InspectReport {
     pub epoch_history: Option<Vec<EpochEntry>>,
     /// Durable and commit watermarks.
     pub watermarks: Watermarks,
+    /// Set when the log ends below `state/commit` (corruption); `null` otherwise.
+    pub acknowledged_records_lost: Option<AcknowledgedLoss>,
     /// Entries of `DIR/snapshots/` (installed snapshots: header, length and trailer verified).
     pub snapshots: Vec<SnapshotInfo>,
     /// The newest installed snapshot against the WAL.
@@ -408,6 +459,8 @@ pub struct DiffReport {
 pub struct StatusReport {
     /// The data directory.
     pub dir: String,
+    /// Set when the log ends below `state/commit` (corruption); `null` otherwise.
+    pub acknowledged_records_lost: Option<AcknowledgedLoss>,
     /// Whether `state/halt` is present.
     pub halted: bool,
     /// The halt record in full.

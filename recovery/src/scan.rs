@@ -76,7 +76,8 @@ pub enum ScanEnd {
     /// Every byte of every live segment verified.
     Clean,
     /// The last segment ends in an incomplete or damaged record with no valid
-    /// record after it: a write that was never synced. `Wal::open` would cut
+    /// record after it: an unsynced write, or damage to a synced last record
+    /// (indistinguishable here; judged against `state/commit`). `Wal::open` would cut
     /// it; the scan leaves it in place.
     TornTail {
         /// The last segment.
@@ -377,7 +378,8 @@ fn scan_segment(
 }
 
 /// A record at `offset` does not decode. In the last segment, damage with no
-/// crc-valid record after it is a torn (never synced) tail; anywhere else, or
+/// crc-valid record after it is a torn tail (cut by open; whether it was synced
+/// is judged against the commit watermark); anywhere else, or
 /// with valid data after it, it is corruption.
 fn classify_bad_record(
     seg: &LiveSegment,

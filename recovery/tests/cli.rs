@@ -254,6 +254,93 @@ fn diff_compares_front_truncated_logs_from_the_later_base() {
     assert_eq!(json_str(&v, "/relation"), "disjoint");
 }
 
+/// First lsn of each segment file of `n`, from the names (`<first_lsn>.wal`).
+fn segment_first_lsns(n: &Node) -> Vec<u64> {
+    n.segments()
+        .iter()
+        .map(|p| {
+            let stem = p
+                .file_stem()
+                .and_then(|x| x.to_str())
+                .expect("segment name");
+            stem.parse().expect("segment name is an lsn")
+        })
+        .collect()
+}
+
+#[test]
+fn diff_of_logs_differing_by_far_more_than_the_merge_channel_ends_in_both_orders() {
+    // A holds 20,000 records; B is A's log cut after lsn 150, in the middle
+    // of a segment. A's scan thread streams positions through a bounded
+    // channel (4096); once B ends, those left in flight must not block A's
+    // scan forever (the hang was at 0% CPU: A blocked in `send`, main in `join`).
+    const SEGMENT_BYTES: u64 = 64 * 1024;
+    const RECORDS: u64 = 20_000;
+    const CUT: u64 = 150;
+    let a = Node::new();
+    let recs: Vec<(u64, Vec<u8>)> = (1..=RECORDS)
+        .map(|l| (1, format!("same-{l}").into_bytes()))
+        .collect();
+    a.append_with_segment_bytes(SEGMENT_BYTES, &recs);
+    let b = Node::new();
+    b.copy_wal_from(&a);
+    b.truncate_tail(CUT);
+    assert_eq!(b.last().lsn, CUT);
+    let a_firsts = segment_first_lsns(&a);
+    let holding = a_firsts
+        .iter()
+        .rposition(|f| *f <= CUT)
+        .expect("a segment holds the cut");
+    assert!(
+        a_firsts[holding] < CUT
+            && a_firsts
+                .get(holding + 1)
+                .is_some_and(|next| *next > CUT + 1),
+        "lsn {CUT} is in the middle of a segment of A: {a_firsts:?}"
+    );
+    assert!(
+        a_firsts.len() > holding + 1,
+        "A goes on for more segments past the cut"
+    );
+
+    for (first, second, relation) in [(&a, &b, "b-prefix-of-a"), (&b, &a, "a-prefix-of-b")] {
+        let args = ["diff", s(&first.root), s(&second.root), "--json"];
+        // A hang detector, not a timed assertion: the diff takes well under a
+        // second; a regression is killed and fails instead of stalling CI.
+        const HANG_SECS: u64 = 120;
+        let out = recover(&args)
+            .timeout(std::time::Duration::from_secs(HANG_SECS))
+            .output()
+            .expect("run");
+        let code = out.status.code().unwrap_or_else(|| {
+            panic!(
+                "{args:?} did not exit: killed after {HANG_SECS} s ({})",
+                out.status
+            )
+        });
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(code, 0, "{args:?}: {v}");
+        assert_eq!(json_str(&v, "/relation"), relation, "{args:?}");
+        assert_eq!(json_u64(&v, "/common_prefix/lsn"), CUT, "{args:?}");
+        let (long, short) = if relation == "b-prefix-of-a" {
+            ("a", "b")
+        } else {
+            ("b", "a")
+        };
+        assert_eq!(
+            json_u64(&v, &format!("/{long}/last/lsn")),
+            RECORDS,
+            "{args:?}"
+        );
+        assert_eq!(json_u64(&v, &format!("/{short}/last/lsn")), CUT, "{args:?}");
+        assert_eq!(
+            json_str(&v, &format!("/{long}/state/state")),
+            "clean",
+            "{v}"
+        );
+    }
+}
+
 #[test]
 fn status_of_a_halted_replica_prints_the_record_and_exits_4() {
     let n = Node::new();

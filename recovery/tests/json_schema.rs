@@ -111,7 +111,15 @@ fn verify_inspect_status_json_field_paths_are_stable() {
     n.halt(HaltReason::Divergence, 7, 2);
 
     let mut want: Vec<String> = ENVELOPE.iter().map(|x| x.to_string()).collect();
-    want.extend(["dir", "state_files", "snapshots"].map(String::from));
+    want.extend(
+        [
+            "dir",
+            "state_files",
+            "snapshots",
+            "acknowledged_records_lost",
+        ]
+        .map(String::from),
+    );
     want.extend(SNAPSHOT_WAL.map(String::from));
     want.extend(wal_summary("wal"));
     want.extend(["name", "present", "ok", "error"].map(|f| format!("state_files[].{f}")));
@@ -127,6 +135,7 @@ fn verify_inspect_status_json_field_paths_are_stable() {
             "watermarks.durable_lsn",
             "watermarks.commit_lsn",
             "watermarks.tentative_records",
+            "acknowledged_records_lost",
             "snapshots",
             "halted",
             "snapshot_wal",
@@ -147,7 +156,7 @@ fn verify_inspect_status_json_field_paths_are_stable() {
     assert_eq!(schema(&["inspect", s(&n.root)]), want.into_iter().collect());
 
     let mut want = with(&ENVELOPE, "halt", &HALT);
-    want.extend(["dir", "halted"].map(String::from));
+    want.extend(["dir", "halted", "acknowledged_records_lost"].map(String::from));
     assert_eq!(schema(&["status", s(&n.root)]), want.into_iter().collect());
 }
 

@@ -720,7 +720,10 @@ fn refuse_and_out_of_order_messages_end_the_session_without_halt() {
     h.feed(Event::Start);
     h.feed(Event::SessionStarted);
     let actions = h.feed(Event::Received(Message::Refuse(Refuse {
-        reason: RefuseReason::NotPrimary,
+        reason: RefuseReason::ClusterMismatch {
+            ours: "c".into(),
+            theirs: "other".into(),
+        },
     })));
     assert!(matches!(
         actions[..],

@@ -119,6 +119,7 @@ fn halted_shared(
     Arc::new(Shared {
         gate: RwLock::new(Some(record)),
         status: Mutex::new(status),
+        stopped: watch::channel(None).0,
     })
 }
 
@@ -193,7 +194,14 @@ pub(crate) fn start<S: Storage>(
         last,
     } = &report
     {
-        tracing::warn!(segment = %segment.display(), offset, bytes_cut, lsn = last.lsn, "cut a torn, never-synced WAL tail at open");
+        if last.lsn >= commit_lsn {
+            tracing::warn!(segment = %segment.display(), offset, bytes_cut, lsn = last.lsn, commit_lsn,
+                "cut a torn WAL tail at open, above the persisted commit watermark {commit_lsn}");
+        } else {
+            // Judged below, once an interrupted snapshot install is completed.
+            tracing::warn!(segment = %segment.display(), offset, bytes_cut, lsn = last.lsn, commit_lsn,
+                "cut a damaged WAL tail at open, at or below the persisted commit watermark {commit_lsn}");
+        }
     }
     // FM-10.5: an install interrupted after its commit point is completed (the
     // WAL reset to the boundary) before anything reads the WAL; a snapshot and a
@@ -233,6 +241,36 @@ pub(crate) fn start<S: Storage>(
         }
         Err(e) => return Err(e.into()),
     };
+    // FM-X.6: `state/commit` is written only at or below the durable lsn (see
+    // `commit_and_apply`), so a log (its last record or the snapshot boundary it was reset
+    // to) ending below it lost synced records: typically a damaged last record that the WAL
+    // scan cut as a torn tail. Halt; the records must be re-fetched (operator resync).
+    let log_end = wal.last().lsn;
+    if log_end < commit_lsn {
+        let record = HaltRecord {
+            reason: HaltReason::LocalCorruption,
+            lsn: log_end + 1,
+            epoch: highest_epoch,
+            expected: format!("the log holds every record up to the persisted commit watermark {commit_lsn}"),
+            found: format!("the log ends at lsn {log_end}"),
+            peer: "local".into(),
+            at_unix_ms: now_unix_ms(),
+            detail: format!(
+                "acknowledged records lost: log ends at lsn {log_end}, commit watermark {commit_lsn} (open report: {report:?})"
+            ),
+        };
+        tracing::error!(
+            log_end,
+            commit_lsn,
+            ?report,
+            "acknowledged records lost: the log ends below the persisted commit watermark; halting"
+        );
+        write_halt(&storage, &state_dir, &record)?;
+        return Ok((
+            halted_shared(&config, record, commit_lsn, applied_lsn, highest_epoch),
+            None,
+        ));
+    }
     if let Some(b) = installed_boundary {
         // Snapshot content is committed by construction: a crash between an
         // install and its `state/commit` write must not leave the watermark below it.
@@ -288,6 +326,7 @@ pub(crate) fn start<S: Storage>(
     let shared = Arc::new(Shared {
         gate: RwLock::new(None),
         status: Mutex::new(status_for(&config, ReplicaState::Connecting)),
+        stopped: watch::channel(None).0,
     });
     // Replaying committed records happens here, before open returns (FM-4.2).
     let (sync_tx, sync_rx) = mpsc::unbounded_channel();
@@ -472,7 +511,7 @@ impl<S: Storage> Driver<S> {
                 Action::Halt(record) => self.halt(record)?,
                 Action::SnapshotBegin(offer) => {
                     if let Some(old) = self.install.take() {
-                        self.discard_install(old);
+                        self.discard_install(old)?;
                     }
                     match self.snapshots.begin_install(&offer) {
                         Ok(install) => self.install = Some(install),
@@ -489,10 +528,9 @@ impl<S: Storage> Driver<S> {
                         let failed = self.install.take();
                         // The halt (if any) is durable before the partial snapshot goes.
                         let r = self.snapshot_failed(e);
-                        if let Some(i) = failed {
-                            self.discard_install(i);
-                        }
+                        let discarded = failed.map(|i| self.discard_install(i));
                         r?;
+                        discarded.transpose()?;
                     }
                 }
                 Action::SnapshotFinish {
@@ -506,7 +544,7 @@ impl<S: Storage> Driver<S> {
                             chunks = i.next_index(),
                             "session ended mid-transfer: partial snapshot discarded (FM-X.8)"
                         );
-                        self.discard_install(i);
+                        self.discard_install(i)?;
                     }
                 }
                 Action::Reconnect { after_ms, reason } => {
@@ -519,9 +557,16 @@ impl<S: Storage> Driver<S> {
     }
 
     /// Discards a partial snapshot; a leftover `tmp-*` is removed by the next open anyway.
-    fn discard_install(&mut self, install: Install<S>) {
-        if let Err(e) = install.abort() {
-            tracing::warn!(error = %e, "could not discard a partial snapshot (the next open removes it)");
+    /// A failed fsync while discarding poisons the snapshot store: that stops the node
+    /// (never retried), like every failed fsync.
+    fn discard_install(&mut self, install: Install<S>) -> Result<(), ReplicaError> {
+        match install.abort() {
+            Ok(()) => Ok(()),
+            Err(e) if self.snapshots.is_poisoned() => Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not discard a partial snapshot (the next open removes it)");
+                Ok(())
+            }
         }
     }
 
@@ -582,7 +627,7 @@ impl<S: Storage> Driver<S> {
         let commit = self.persisted_commit.max(boundary.lsn);
         self.node_dir.set_commit_lsn(commit)?;
         self.persisted_commit = commit;
-        self.commit_pending = None;
+        // A watermark above the boundary stays pending: it is persisted as records arrive.
         self.apply_pending = None;
         let Some(sink) = self.applier.snapshot_sink() else {
             return Err(ReplicaError::Runtime(
@@ -676,8 +721,9 @@ impl<S: Storage> Driver<S> {
     }
 
     /// The WAL's durable lsn read under its lock. (`SharedWal::durable_lsn()`, the
-    /// published value, can briefly go backwards when `with` races a group-commit
-    /// leader — notes/requests-realfault.md F1 — so the driver never relies on it.)
+    /// published value, once went backwards when `with` raced a group-commit leader —
+    /// fixed, see `durable_lsn_never_decreases_under_concurrent_with_and_appends` in
+    /// wal/tests/wal_group_commit.rs; the driver reads the exact value under the lock.)
     fn durable_lsn(&self) -> Lsn {
         self.wal.with(|w| w.durable_lsn())
     }
@@ -712,9 +758,19 @@ impl<S: Storage> Driver<S> {
 
     fn commit_and_apply(&mut self) -> Result<(), ReplicaError> {
         self.deferred_steps = 0;
-        if let Some(c) = self.commit_pending.take() {
-            self.node_dir.set_commit_lsn(c)?;
-            self.persisted_commit = c;
+        if let Some(c) = self.commit_pending {
+            // `state/commit` never names a record this replica does not hold durably (the
+            // primary's watermark may be ahead of a lagging replica): then a log ending below
+            // it at open proves synced records were lost (FM-X.6). The rest stays pending
+            // and is persisted as the durable lsn rises.
+            let persist = c.min(self.durable_lsn());
+            if persist > self.persisted_commit {
+                self.node_dir.set_commit_lsn(persist)?;
+                self.persisted_commit = persist;
+            }
+            if self.persisted_commit >= c {
+                self.commit_pending = None;
+            }
         }
         if let Some(up_to) = self.apply_pending.take() {
             self.apply_up_to(up_to)?;
@@ -891,11 +947,12 @@ impl<S: Storage> Driver<S> {
                     continue;
                 }
             };
-            // Defence in depth: the TLS handshake verified the name; re-check it.
-            if walship_wire::peer_node_id(&conn, std::slice::from_ref(&name)).is_none() {
+            // The TLS handshake verified the name; the certificate must also name nothing else.
+            if let Err(e) = walship_wire::peer_node_id(&conn, std::slice::from_ref(&name)) {
+                tracing::warn!(error = %e, primary = %name, "primary's certificate does not name exactly the configured primary");
                 CloseCode::ProtocolViolation.close(&conn, "not the configured primary");
                 self.feed(Event::SessionEnded(SessionEnd::ConnectFailed {
-                    detail: format!("peer certificate is not valid for {name}"),
+                    detail: format!("peer certificate does not name exactly {name}: {e}"),
                 }))?;
                 continue;
             }

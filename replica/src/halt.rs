@@ -46,8 +46,8 @@ pub enum HaltReason {
     LocalCorruption,
     /// A `Records` frame whose header (`first_lsn`, `count`) disagrees with the
     /// records it carries, or whose last record runs past the end of the frame.
-    /// (walship addition to the CONTRACTS.md list: a complete authenticated frame
-    /// that cannot be parsed into the records it announces is a sender bug.)
+    /// (A complete authenticated frame that cannot be parsed into the records it
+    /// announces is a sender bug; spec/protocol.md §11.)
     MalformedBatch,
 }
 

@@ -310,6 +310,8 @@ pub(crate) struct Shared {
     /// the halt file is written, so a read either completed before the halt or is refused.
     pub(crate) gate: RwLock<Option<HaltRecord>>,
     pub(crate) status: Mutex<ReplicaStatus>,
+    /// Why the node stopped ([`ReplicaState::Stopped`]), once it did; never cleared.
+    pub(crate) stopped: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Shared {
@@ -319,6 +321,16 @@ impl Shared {
             Err(poisoned) => poisoned.into_inner(),
         };
         f(&mut guard);
+        if let ReplicaState::Stopped(why) = &guard.state {
+            // The first stop wins; `wait_stopped` resolves with it.
+            self.stopped.send_if_modified(|s| {
+                if s.is_some() {
+                    return false;
+                }
+                *s = Some(why.clone());
+                true
+            });
+        }
     }
 }
 
@@ -348,12 +360,18 @@ impl Replica {
     ///   opens its WAL, connects or applies anything (the directory stays
     ///   exactly as it was; FM-10.3, FM-11.3);
     /// - else opens the node directory and the WAL (recovery scan: a torn
-    ///   unsynced tail is cut, FM-X.7). Local corruption (FM-X.6) writes a
+    ///   tail is cut, FM-X.7). Local corruption (FM-X.6) writes a
     ///   `local-corruption` halt naming segment, offset and lsn, and returns a
-    ///   halted replica; other I/O errors are returned;
+    ///   halted replica; so does a log that ends below the persisted commit
+    ///   watermark (a damaged synced last record was cut: `lsn` = log end + 1,
+    ///   expected/found name both lsns); other I/O errors are returned;
     /// - replays the committed records above `applier.applied_lsn()` to the
     ///   applier before returning (FM-4.2);
     /// - starts the driver thread, which connects to the primary.
+    ///
+    /// The scan and the replay are blocking file I/O: called on a multi-thread tokio
+    /// runtime they run with the calling worker handed off
+    /// (`walship_wire::blocking::run_off_worker`), so the runtime's other tasks keep running.
     pub fn open(config: ReplicaConfig, applier: impl Applier) -> Result<Replica, ReplicaError> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ReplicaError::Io {
@@ -377,7 +395,10 @@ impl Replica {
     ) -> Result<Replica, ReplicaError> {
         config.validate()?;
         let node_id = config.node_id.clone();
-        let (shared, driver) = driver::start(storage, config, Box::new(applier))?;
+        // The recovery scan and the replay to the applier block on file I/O.
+        let (shared, driver) = walship_wire::blocking::run_off_worker(move || {
+            driver::start(storage, config, Box::new(applier))
+        })?;
         Ok(Replica {
             node_id,
             shared,
@@ -415,6 +436,26 @@ impl Replica {
             });
         }
         Ok(f())
+    }
+
+    /// Resolves with the reason once the node stopped ([`ReplicaState::Stopped`]: a local
+    /// I/O error — a failed fsync, ENOSPC —, the applier's error, or a shutdown). A process
+    /// embedding the replica waits on it to exit instead of running on as a zombie. It
+    /// does not resolve for a halt: a halted replica keeps its state and waits for an
+    /// operator ([`Replica::halt`]).
+    pub fn wait_stopped(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut rx = self.shared.stopped.subscribe();
+        async move {
+            loop {
+                if let Some(why) = rx.borrow_and_update().clone() {
+                    return why;
+                }
+                if rx.changed().await.is_err() {
+                    // The replica is gone without a stop: nothing will come.
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
     }
 
     /// The halt record, if halted.

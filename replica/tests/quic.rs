@@ -514,10 +514,10 @@ async fn local_io_failure_stops_node_then_restart_resumes(
             "no receipt for records that are not durable: {msg:?}"
         );
     }
-    let st = wait_for(&replica, "node stop", |st| {
-        matches!(st.state, ReplicaState::Stopped(_))
-    })
-    .await;
+    let why = replica.wait_stopped().await;
+    let st = replica.status();
+    assert_eq!(st.state, ReplicaState::Stopped(why.clone()));
+    assert!(why.contains("wal"), "the reason names the WAL error: {why}");
     assert!(st.halt().is_none(), "a local I/O failure is not a halt");
     assert!(matches!(
         replica.shutdown().await,
@@ -601,7 +601,10 @@ async fn malformed_oversized_and_refused_sessions_end_without_halt_and_the_repli
     // 3: a refusal.
     let mut s = f.primary.accept().await;
     s.send(Message::Refuse(walship_wire::Refuse {
-        reason: walship_wire::RefuseReason::NotPrimary,
+        reason: walship_wire::RefuseReason::ClusterMismatch {
+            ours: "c".into(),
+            theirs: "other".into(),
+        },
     }))
     .await;
     assert_eq!(s.closed_code().await, Some(CloseCode::Normal as u64));
@@ -632,4 +635,127 @@ async fn malformed_oversized_and_refused_sessions_end_without_halt_and_the_repli
     );
     assert!(read_halt_file(&f.data).is_none());
     replica.shutdown().await.expect("shutdown");
+}
+
+/// An applier that can restore snapshots (its state is only its applied lsn).
+#[derive(Clone, Default)]
+struct SnapshotApplier(std::sync::Arc<std::sync::Mutex<Lsn>>);
+
+impl walship_replica::Applier for SnapshotApplier {
+    fn applied_lsn(&self) -> Lsn {
+        *self.0.lock().expect("lock")
+    }
+    fn apply(&mut self, lsn: Lsn, _payload: &[u8]) -> Result<(), walship_replica::ApplyError> {
+        *self.0.lock().expect("lock") = lsn;
+        Ok(())
+    }
+    fn snapshot_sink(&mut self) -> Option<&mut dyn walship_snapshot::SnapshotSink> {
+        Some(self)
+    }
+}
+
+impl walship_snapshot::SnapshotSink for SnapshotApplier {
+    fn restore_snapshot(
+        &mut self,
+        boundary: walship_wal::Position,
+        r: &mut dyn std::io::Read,
+    ) -> std::io::Result<()> {
+        std::io::copy(r, &mut std::io::sink())?;
+        *self.0.lock().expect("lock") = boundary.lsn;
+        Ok(())
+    }
+}
+
+struct StateImage(Lsn);
+
+impl walship_snapshot::SnapshotSource for StateImage {
+    fn write_snapshot(&mut self, w: &mut dyn std::io::Write) -> std::io::Result<Lsn> {
+        w.write_all(&[5u8; 5000])?;
+        Ok(self.0)
+    }
+}
+
+/// A session ends mid-transfer (FM-X.8: the partial snapshot is discarded), and the fsync
+/// of `snapshots/` that makes the discard durable fails: the snapshot store is poisoned and
+/// the node stops — it does not log and reconnect as if nothing happened.
+#[tokio::test]
+async fn fm_x_4_failed_fsync_while_discarding_a_partial_snapshot_stops_the_replica() {
+    use walship_snapshot::{Limits, SnapshotStore};
+    use walship_wal::sim::SimStorage;
+    use walship_wal::Storage;
+    use walship_wire::message::EpochEntry;
+    use walship_wire::{Welcome, PROTOCOL_VERSION};
+    let f = fixture();
+    let sim = SimStorage::new(21);
+    let data = std::path::Path::new("/r1");
+    let snapshots = data.join("snapshots");
+    let log = Log::build(20, 1, "payload");
+    let replica = Replica::open_with_storage(
+        sim.clone(),
+        config(data, &f.certs, f.primary.addr, "p1"),
+        SnapshotApplier::default(),
+    )
+    .expect("open");
+    // The primary's snapshot at lsn 10, in five chunks.
+    let ps = SimStorage::new(22);
+    let (store, _) = SnapshotStore::open(
+        ps.clone(),
+        std::path::Path::new("/p/snapshots"),
+        Limits::default(),
+    )
+    .expect("primary store");
+    let boundary = log.at(10).expect("position");
+    let snap = store
+        .create(1000, &mut StateImage(10), &mut |_| Ok(boundary))
+        .expect("create");
+    let reader = store.reader(&snap).expect("reader");
+    // The only fsync of snapshots/ from here on is the one that discards the partial snapshot.
+    sim.fail_next_sync(&snapshots).expect("arm");
+
+    let mut s = f.primary.accept().await;
+    s.send(Message::Welcome(Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        primary_id: "p1".into(),
+        epoch: 1,
+        at_replica_last: None,
+        primary_last: log.last(),
+        commit_lsn: 20,
+        epoch_history: vec![EpochEntry {
+            epoch: 1,
+            start_lsn: 1,
+        }],
+    }))
+    .await;
+    s.send(Message::SnapshotOffer(reader.offer())).await;
+    s.send(Message::SnapshotChunk(
+        reader.chunk_message(0).expect("chunk"),
+    ))
+    .await;
+    let start = std::time::Instant::now();
+    while !sim
+        .list(&snapshots)
+        .expect("list")
+        .iter()
+        .any(|n| n.starts_with("tmp-"))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "install never began"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    s.conn.close(0u32.into(), b"session ends mid-transfer");
+
+    let why = tokio::time::timeout(Duration::from_secs(20), replica.wait_stopped())
+        .await
+        .expect("the replica stops instead of reconnecting");
+    assert!(why.contains("sync_dir"), "{why}");
+    let st = replica.status();
+    assert_eq!(st.state, ReplicaState::Stopped(why));
+    assert!(st.halt().is_none(), "a local I/O failure is not a halt");
+    assert_eq!(sim.counters().failed_syncs, 1);
+    assert!(matches!(
+        replica.shutdown().await,
+        Err(ReplicaError::Snapshot(_))
+    ));
 }

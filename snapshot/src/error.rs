@@ -261,7 +261,7 @@ pub enum FailureClass {
 }
 
 impl FailureClass {
-    /// The kebab-case halt reason (CONTRACTS.md `HaltReason`), if this class halts.
+    /// The kebab-case halt reason (`HaltReason`, spec/protocol.md §11), if this class halts.
     pub fn halt_reason(self) -> Option<&'static str> {
         match self {
             FailureClass::Invalid => Some("snapshot-invalid"),
@@ -285,6 +285,20 @@ pub enum SnapshotError {
         /// The underlying error.
         #[source]
         source: io::Error,
+    },
+    /// An earlier fsync of this snapshot store failed (`op` on `path`): the
+    /// store refuses every call until the node restarts and recovers from
+    /// disk. Never retried: after a failed fsync the page cache may have
+    /// dropped what it was to write, and may show a renamed snapshot the disk
+    /// does not hold.
+    #[error("snapshot store poisoned: an earlier {op} of {} failed ({error}); restart and recover from disk", path.display())]
+    Poisoned {
+        /// The fsync that failed (`sync_data` or `sync_dir`).
+        op: &'static str,
+        /// The file or directory it was for.
+        path: PathBuf,
+        /// The error it returned.
+        error: String,
     },
     /// The snapshot being received or read is invalid (FM-7.1).
     #[error("invalid snapshot: {0}")]
@@ -359,6 +373,7 @@ impl SnapshotError {
             }
             SnapshotError::Wal(WalError::Corruption(_)) => FailureClass::LocalCorruption,
             SnapshotError::Io { .. }
+            | SnapshotError::Poisoned { .. }
             | SnapshotError::Wal(_)
             | SnapshotError::Embedder { .. }
             | SnapshotError::PayloadTooLarge { .. }

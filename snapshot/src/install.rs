@@ -255,6 +255,7 @@ impl<S: Storage> Install<S> {
     }
 
     fn push_chunk_inner(&mut self, chunk: &SnapshotChunk) -> Result<(), SnapshotError> {
+        self.store.check_poisoned()?;
         if self.failed {
             return Err(InvalidSnapshot::Sequence {
                 detail: "chunk after the install failed".into(),
@@ -291,7 +292,7 @@ impl<S: Storage> Install<S> {
             // (the final fsync in `finish` is). A failure is still fatal.
             self.file
                 .sync_data()
-                .map_err(io_err("sync_data", &self.path))?;
+                .map_err(|e| self.store.sync_failed("sync_data", &self.path, e))?;
             self.unsynced_bytes = 0;
         }
         Ok(())
@@ -314,6 +315,7 @@ impl<S: Storage> Install<S> {
     }
 
     fn finish_inner(self, end: &SnapshotEnd) -> Result<VerifiedSnapshot<S>, SnapshotError> {
+        self.store.check_poisoned()?;
         if self.failed {
             return Err(InvalidSnapshot::Sequence {
                 detail: "end after the install failed".into(),
@@ -346,12 +348,12 @@ impl<S: Storage> Install<S> {
         // The bytes must be durable before the directory is published.
         self.file
             .sync_data()
-            .map_err(io_err("sync_data", &self.path))?;
+            .map_err(|e| self.store.sync_failed("sync_data", &self.path, e))?;
         // The file's entry in the tmp dir must be durable before the rename.
         self.store
             .storage
             .sync_dir(&self.tmp_dir)
-            .map_err(io_err("sync_dir", &self.tmp_dir))?;
+            .map_err(|e| self.store.sync_failed("sync_dir", &self.tmp_dir, e))?;
         drop(self.file);
         let map = self
             .store
@@ -385,6 +387,7 @@ impl<S: Storage> Install<S> {
 }
 
 fn remove_tmp<S: Storage>(store: &SnapshotStore<S>, tmp: &Path) -> Result<(), SnapshotError> {
+    store.check_poisoned()?;
     store
         .storage
         .remove_dir_all(tmp)
@@ -449,6 +452,7 @@ impl<S: Storage> VerifiedSnapshot<S> {
             epoch = boundary.epoch
         );
         let _g = span.enter();
+        self.store.check_poisoned()?;
         let base = wal.base();
         let last = wal.last();
         let at_boundary = if boundary.lsn >= base.lsn && boundary.lsn <= last.lsn {

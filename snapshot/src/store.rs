@@ -10,9 +10,21 @@
 //! `snapshots/`. Anything named `tmp-*` is discarded on open (FM-4.3, FM-X.8).
 //! Only the newest installed snapshot counts; older ones are removed once a
 //! newer one is installed.
+//!
+//! A failed fsync (`sync_data` of a snapshot file or `sync_dir` of a snapshot
+//! directory) **poisons** the store, and every clone of it: every later call
+//! returns [`SnapshotError::Poisoned`]. After a failed directory fsync the
+//! page cache may show a renamed snapshot the disk does not hold; nothing may
+//! be decided from it (a retry could falsely succeed). Listings
+//! ([`SnapshotStore::newest`], [`SnapshotStore::installed`]) show only
+//! *trusted* snapshots: those found by [`SnapshotStore::open`] and those whose
+//! publish (rename + fsync of `snapshots/`) returned success.
 
+use std::collections::BTreeSet;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use walship_wal::{Lsn, Position, Storage, WalError};
 
@@ -92,13 +104,24 @@ pub enum RecoveryReport {
     },
 }
 
-/// The snapshot directory of one node.
+/// The snapshot directory of one node. Clones share the poisoning and the
+/// set of trusted snapshots.
 #[derive(Clone, Debug)]
 pub struct SnapshotStore<S: Storage> {
     pub(crate) storage: S,
     pub(crate) dir: PathBuf,
     pub(crate) limits: Limits,
     pub(crate) sync_every_bytes: u64,
+    health: Arc<Mutex<StoreHealth>>,
+}
+
+/// What every clone of a store shares.
+#[derive(Debug, Default)]
+struct StoreHealth {
+    /// The first failed fsync: (operation, path, error).
+    poisoned: Option<(&'static str, PathBuf, String)>,
+    /// Boundary lsns of the snapshots found at open or published with success.
+    trusted: BTreeSet<Lsn>,
 }
 
 /// Default write-back interval of an install: the received file is fsynced
@@ -136,10 +159,14 @@ impl<S: Storage> SnapshotStore<S> {
             dir: dir.to_path_buf(),
             limits,
             sync_every_bytes: DEFAULT_INSTALL_SYNC_EVERY_BYTES,
+            health: Arc::new(Mutex::new(StoreHealth::default())),
         };
         let mut report = StoreOpenReport::default();
         for name in store.list_names()? {
-            if name.starts_with(TMP_PREFIX) {
+            if let Some(lsn) = parse_snapshot_dir_name(&name) {
+                // On disk before this process touched it: as durable as anything found at open.
+                store.health().trusted.insert(lsn);
+            } else if name.starts_with(TMP_PREFIX) {
                 let p = store.dir.join(&name);
                 store
                     .storage
@@ -179,28 +206,89 @@ impl<S: Storage> SnapshotStore<S> {
         self.limits
     }
 
+    fn health(&self) -> MutexGuard<'_, StoreHealth> {
+        // A panic under this lock is a broken invariant that already took its thread down.
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Err(SnapshotError::Poisoned)` once an fsync of this store failed.
+    pub(crate) fn check_poisoned(&self) -> Result<(), SnapshotError> {
+        match &self.health().poisoned {
+            None => Ok(()),
+            Some((op, path, error)) => Err(SnapshotError::Poisoned {
+                op,
+                path: path.clone(),
+                error: error.clone(),
+            }),
+        }
+    }
+
+    /// Whether an fsync of this store failed (every call now returns
+    /// [`SnapshotError::Poisoned`]).
+    pub fn is_poisoned(&self) -> bool {
+        self.health().poisoned.is_some()
+    }
+
+    /// Poisons the store for good after a failed fsync of `path` (never
+    /// retried: the page cache may have dropped what the fsync was to write)
+    /// and returns the failure as [`SnapshotError::Io`].
+    pub(crate) fn sync_failed(&self, op: &'static str, path: &Path, e: io::Error) -> SnapshotError {
+        let mut h = self.health();
+        if h.poisoned.is_none() {
+            tracing::error!(op, path = %path.display(), error = %e,
+                "snapshot store poisoned: an fsync failed; restart and recover from disk");
+            h.poisoned = Some((op, path.to_path_buf(), e.to_string()));
+        }
+        SnapshotError::io(op, path, e)
+    }
+
+    /// Poisons the store if `e` is a failed fsync (`sync_data`/`sync_dir`).
+    pub(crate) fn poison_if_sync(&self, e: SnapshotError) -> SnapshotError {
+        match e {
+            SnapshotError::Io {
+                op: op @ ("sync_data" | "sync_dir"),
+                path,
+                source,
+            } => self.sync_failed(op, &path, source),
+            other => other,
+        }
+    }
+
     fn list_names(&self) -> Result<Vec<String>, SnapshotError> {
+        self.check_poisoned()?;
         self.storage
             .list(&self.dir)
             .map_err(io_err("list", &self.dir))
     }
 
-    pub(crate) fn sync_dir(&self) -> Result<(), SnapshotError> {
-        self.storage
-            .sync_dir(&self.dir)
-            .map_err(io_err("sync_dir", &self.dir))
+    /// Installed snapshot lsns this store trusts, ascending: found at open or
+    /// published with success, and still listed (a rename whose directory
+    /// fsync failed is never trusted, however the page cache shows it).
+    fn trusted_lsns(&self) -> Result<Vec<Lsn>, SnapshotError> {
+        let listed: BTreeSet<Lsn> = self
+            .list_names()?
+            .iter()
+            .filter_map(|n| parse_snapshot_dir_name(n))
+            .collect();
+        let h = self.health();
+        Ok(h.trusted.intersection(&listed).copied().collect())
     }
 
-    /// Every installed snapshot, oldest first, each with its header, length
-    /// and trailer verified and its boundary lsn equal to its directory name.
+    pub(crate) fn sync_dir(&self) -> Result<(), SnapshotError> {
+        self.check_poisoned()?;
+        self.storage
+            .sync_dir(&self.dir)
+            .map_err(|e| self.sync_failed("sync_dir", &self.dir, e))
+    }
+
+    /// Every installed snapshot this store trusts (see the module docs),
+    /// oldest first, each with its header, length and trailer verified and
+    /// its boundary lsn equal to its directory name.
     pub fn installed(&self) -> Result<Vec<InstalledSnapshot>, SnapshotError> {
         let mut out = Vec::new();
-        for name in self.list_names()? {
-            if let Some(lsn) = parse_snapshot_dir_name(&name) {
-                out.push(self.inspect(lsn)?);
-            }
+        for lsn in self.trusted_lsns()? {
+            out.push(self.inspect(lsn)?);
         }
-        out.sort_by_key(|s| s.boundary.lsn);
         Ok(out)
     }
 
@@ -210,12 +298,12 @@ impl<S: Storage> SnapshotStore<S> {
     /// (and removed by [`SnapshotStore::recover`]) whatever its state, and
     /// the newest is never replaced by an older one if it is damaged (after
     /// its install the WAL continues from its boundary, not from an older one).
+    ///
+    /// Only trusted snapshots count (see the module docs): retention truncates
+    /// the WAL behind what this returns, so it never names a snapshot whose
+    /// publish did not end with a successful fsync of `snapshots/`.
     pub fn newest(&self) -> Result<Option<InstalledSnapshot>, SnapshotError> {
-        let newest = self
-            .list_names()?
-            .iter()
-            .filter_map(|n| parse_snapshot_dir_name(n))
-            .max();
+        let newest = self.trusted_lsns()?.last().copied();
         newest.map(|lsn| self.inspect(lsn)).transpose()
     }
 
@@ -245,6 +333,7 @@ impl<S: Storage> SnapshotStore<S> {
     }
 
     fn open_reader(&self, file: &Path) -> Result<SnapshotReader, SnapshotError> {
+        self.check_poisoned()?;
         let map = self.storage.map(file).map_err(io_err("map", file))?;
         SnapshotReader::open(map, &self.limits, None).map_err(|error| {
             SnapshotError::InstalledDamaged {
@@ -334,6 +423,7 @@ impl<S: Storage> SnapshotStore<S> {
     }
 
     pub(crate) fn new_tmp_dir(&self, lsn_hint: Lsn) -> Result<PathBuf, SnapshotError> {
+        self.check_poisoned()?;
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let p = self
             .dir
@@ -417,11 +507,11 @@ impl<S: Storage> SnapshotStore<S> {
                 detail: format!("resolved to a position at lsn {}", boundary.lsn),
             });
         }
-        let meta = w.finish(boundary)?;
+        let meta = w.finish(boundary).map_err(|e| self.poison_if_sync(e))?;
         // The file's entry in tmp must be durable before tmp is published.
         self.storage
             .sync_dir(tmp)
-            .map_err(io_err("sync_dir", tmp))?;
+            .map_err(|e| self.sync_failed("sync_dir", tmp, e))?;
         let installed = self.publish(tmp, boundary)?;
         tracing::info!(
             lsn = boundary.lsn,
@@ -435,11 +525,14 @@ impl<S: Storage> SnapshotStore<S> {
 
     /// Renames a complete, synced temporary directory to the installed name of
     /// `boundary` and fsyncs `snapshots/`: the commit point of a snapshot.
+    /// Only after that fsync succeeded is the snapshot trusted; if it fails
+    /// the store is poisoned and the renamed directory is never listed.
     pub(crate) fn publish(
         &self,
         tmp: &Path,
         boundary: Position,
     ) -> Result<InstalledSnapshot, SnapshotError> {
+        self.check_poisoned()?;
         let final_dir = self.dir.join(snapshot_dir_name(boundary.lsn));
         if self
             .storage
@@ -463,13 +556,16 @@ impl<S: Storage> SnapshotStore<S> {
                 .remove_dir_all(tmp)
                 .map_err(io_err("remove_dir_all", tmp))?;
             self.sync_dir()?;
+            self.health().trusted.insert(boundary.lsn);
             return Ok(existing);
         }
         self.storage
             .rename(tmp, &final_dir)
             .map_err(io_err("rename", tmp))?;
-        // Without this fsync the rename may be lost on power failure.
+        // Without this fsync the rename may be lost on power failure. If it
+        // fails the store is poisoned and the snapshot stays untrusted.
         self.sync_dir()?;
+        self.health().trusted.insert(boundary.lsn);
         self.inspect(boundary.lsn)
     }
 
@@ -483,6 +579,7 @@ impl<S: Storage> SnapshotStore<S> {
                     self.storage
                         .remove_dir_all(&p)
                         .map_err(io_err("remove_dir_all", &p))?;
+                    self.health().trusted.remove(&l);
                     removed += 1;
                 }
             }

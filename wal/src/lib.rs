@@ -2,7 +2,8 @@
 //!
 //! Owns the record layout ([`record`]), the [`Storage`] trait through which
 //! every byte of WAL, snapshot and state-file I/O flows ([`storage`], with the
-//! simulated [`sim::SimStorage`]), segment files, appends with group commit
+//! simulated [`sim::SimStorage`] and the sync-failing wrapper
+//! [`fault::FaultyStorage`]), segment files, appends with group commit
 //! ([`SharedWal`]), zero-copy mmap readers ([`WalReader`]) and the local
 //! recovery scan run by [`Wal::open`]. It does not ship records, decide
 //! quorum or install snapshots. The on-disk format is specified byte by byte
@@ -24,6 +25,7 @@
 
 mod append;
 pub mod error;
+pub mod fault;
 mod reader;
 pub mod record;
 mod scan;

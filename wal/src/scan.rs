@@ -1,6 +1,6 @@
 //! Local recovery: the scan `Wal::open` runs over every segment, and the
-//! decision table that tells a torn tail (cut: it was never acknowledged)
-//! from corruption (refuse to open and say where). The table is normative in
+//! decision table that tells a torn tail (cut: damage at the very end of the
+//! log, which the WAL cannot tell from an unsynced write) from corruption (refuse to open and say where). The table is normative in
 //! `spec/wal-format.md`, "Local recovery".
 
 use std::path::{Path, PathBuf};
@@ -23,7 +23,10 @@ pub enum OpenReport {
         /// The last record (or the reset boundary if no record follows it).
         last: Position,
     },
-    /// The last segment ended in a torn write, which was cut (it was never acknowledged).
+    /// The last segment ended in a torn write or a damaged last record, which was cut.
+    /// The WAL cannot tell whether it had been synced (and acknowledged): the caller
+    /// compares `last` with its commit watermark (`spec/wal-format.md`, "What the scan
+    /// cannot see").
     TornTailCut {
         /// The segment that was cut.
         segment: PathBuf,
@@ -464,7 +467,8 @@ pub(crate) fn recover<S: Storage>(
         let f = storage.open(path, false).map_err(io_err("open", path))?;
         f.set_len(*offset).map_err(io_err("set_len", path))?;
         f.sync_data().map_err(io_err("sync_data", path))?;
-        tracing::warn!(segment = %path.display(), offset, bytes_cut, "cut torn tail of the WAL");
+        tracing::warn!(segment = %path.display(), offset, bytes_cut,
+            "cut torn tail of the WAL (an unsynced write or a damaged last record: the WAL cannot tell; the node checks it against its commit watermark)");
     }
     Ok(Recovered {
         segments,

@@ -3,8 +3,9 @@
 //!
 //! Owns: the [`message::Message`] enum and its bincode 2 body encoding, the length-prefixed frame
 //! codec with its hard size limit ([`frame`]), the protocol version and ALPN, the TLS rules
-//! (cluster CA + member names, [`tls`]), quinn endpoint helpers ([`endpoint`]) and development
-//! certificates ([`certs`]). Does not own: what the messages mean to the state machines
+//! (cluster CA + member names, [`tls`]), quinn endpoint helpers ([`endpoint`]), development
+//! certificates ([`certs`]) and the drivers' way to block without stalling a tokio worker
+//! ([`blocking`]). Does not own: what the messages mean to the state machines
 //! (walship-primary / walship-replica), the record layout (walship-wal), the snapshot format
 //! (walship-snapshot). The byte-level description is in `spec/protocol.md`.
 //!
@@ -23,6 +24,7 @@
 
 #![warn(missing_docs)]
 
+pub mod blocking;
 pub mod certs;
 pub mod close;
 pub mod endpoint;
@@ -39,4 +41,4 @@ pub use message::{
     Hello, Message, RecordBatch, Refuse, RefuseReason, Welcome, ALPN, PROTOCOL_VERSION,
 };
 pub use stream::{read_frame, write_frame, FrameWriter};
-pub use tls::{peer_node_id, TlsError};
+pub use tls::{cert_member_name, peer_node_id, CertNameError, TlsError};

@@ -36,7 +36,8 @@ pub enum Message {
     Hello(Hello),
     /// Primary -> replica: the session is accepted; carries what the prefix proof needs.
     Welcome(Welcome),
-    /// Either direction: the session is refused; the sender closes the connection after it.
+    /// Primary -> replica, during the handshake: the session is refused; the primary closes the
+    /// connection after it.
     Refuse(Refuse),
     /// Replica -> primary, during the divergence search: "what is your record at `lsn`?"
     Probe {
@@ -140,7 +141,11 @@ pub struct Refuse {
     pub reason: RefuseReason,
 }
 
-/// Why a session was refused. Appending variants is allowed (wire tag = variant index).
+/// Why a session was refused. Only the primary refuses, during the handshake
+/// (spec/protocol.md §5.1, §12.1). The wire tag is the variant index. Tags 4..=8 named
+/// reasons no build ever sent and are retired (earlier builds of version 1 still decode them
+/// as those reasons), so a new variant, which would take tag 4, needs a new
+/// [`PROTOCOL_VERSION`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[non_exhaustive]
 pub enum RefuseReason {
@@ -179,34 +184,6 @@ pub enum RefuseReason {
         #[serde(deserialize_with = "bounded_de::string")]
         certified: String,
     },
-    /// The contacted node is not (or no longer) the primary.
-    #[error("this node is not the primary")]
-    NotPrimary,
-    /// The replica has seen a higher epoch than this primary's (fencing).
-    #[error("stale primary: epoch {primary_epoch} is below the replica's highest seen epoch {highest_epoch_seen}")]
-    StalePrimary {
-        /// The primary's epoch.
-        primary_epoch: u64,
-        /// The replica's highest seen epoch.
-        highest_epoch_seen: u64,
-    },
-    /// A session with the same node id is already active.
-    #[error("node {node_id:?} already has an active session")]
-    AlreadyConnected {
-        /// The node id.
-        #[serde(deserialize_with = "bounded_de::string")]
-        node_id: String,
-    },
-    /// The replica is halted and will not stream (it says so instead of going silent).
-    #[error("replica is halted: {reason}")]
-    Halted {
-        /// The halt reason, as written in the halt record (kebab-case).
-        #[serde(deserialize_with = "bounded_de::string")]
-        reason: String,
-    },
-    /// The node is shutting down.
-    #[error("node is shutting down")]
-    ShuttingDown,
 }
 
 impl RefuseReason {

@@ -2,11 +2,14 @@
 //!
 //! Rules (spec/protocol.md, "TLS and membership"):
 //! - Every node presents a certificate chain signed by the cluster CA.
-//! - The server (primary) requires a client certificate that chains to the cluster CA **and** is
-//!   valid for one of the configured member names (DNS SAN). Anything else fails the TLS handshake,
-//!   so no byte of an unauthenticated peer ever reaches the protocol layer.
+//! - The server (primary) requires a client certificate that chains to the cluster CA **and**
+//!   names exactly one member: its only subject alternative name is one DNS name, not a
+//!   wildcard, equal to a configured member name ([`cert_member_name`]). Anything else fails
+//!   the TLS handshake, so no byte of an unauthenticated peer ever reaches the protocol layer,
+//!   and a certificate can never authenticate as a member it was not issued for alone.
 //! - The client (replica) verifies the server certificate against the cluster CA and the name it
-//!   dialled (the configured primary name).
+//!   dialled (the configured primary name), then [`peer_node_id`] applies the same
+//!   exactly-one-member rule to it.
 //! - ALPN is [`crate::ALPN`]; a peer that does not offer it fails the handshake.
 //!
 //! The crypto provider is passed explicitly ([`provider`]), so nothing depends on a process-wide
@@ -92,14 +95,179 @@ impl MemberNames {
         })
     }
 
-    /// The first member name `cert` is valid for. Does not check the chain.
-    fn matching(&self, cert: &CertificateDer<'_>) -> Option<&str> {
-        let ee = webpki::EndEntityCert::try_from(cert).ok()?;
-        self.names
+    /// The one member `cert` names (see [`cert_member_name`]). Does not check the chain.
+    fn matching(&self, cert: &CertificateDer<'_>) -> Result<&str, CertNameError> {
+        let name = single_dns_name(cert)?;
+        let (member, sn) = self
+            .names
             .iter()
-            .find(|(_, sn)| ee.verify_is_valid_for_subject_name(sn).is_ok())
-            .map(|(name, _)| name.as_str())
+            .find(|(member, _)| member.eq_ignore_ascii_case(&name))
+            .ok_or_else(|| CertNameError::NotAMember { name: name.clone() })?;
+        confirm_with_webpki(cert, member, sn)?;
+        Ok(member.as_str())
     }
+}
+
+/// Why a peer certificate does not identify exactly one member. Every node certificate
+/// carries exactly one subject alternative name, a DNS name equal to its node id
+/// (spec/protocol.md §2); anything else would let one certificate speak for several nodes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertNameError {
+    /// The peer presented no certificate.
+    #[error("the peer presented no certificate")]
+    NoCertificate,
+    /// The certificate's subject alternative names could not be read.
+    #[error("cannot read the certificate's subject alternative names: {reason}")]
+    Unreadable {
+        /// What failed.
+        reason: String,
+    },
+    /// The certificate has no subject alternative name.
+    #[error("the certificate has no subject alternative name; a node certificate names exactly one member")]
+    NoName,
+    /// The certificate has several subject alternative names.
+    #[error("the certificate has {} subject alternative names ({}); a node certificate names exactly one member", names.len(), names.join(", "))]
+    SeveralNames {
+        /// Each name: the DNS name, or a description of a name of another kind.
+        names: Vec<String>,
+    },
+    /// The only subject alternative name is not a DNS name (e.g. an IP address).
+    #[error("the certificate's only subject alternative name is {name}, not a DNS name; a node certificate names exactly one member")]
+    NotADnsName {
+        /// A description of the name.
+        name: String,
+    },
+    /// The only name is a wildcard: it names a pattern, not a member.
+    #[error("the certificate names the wildcard {name:?}; a node certificate names exactly one member, not a pattern")]
+    Wildcard {
+        /// The wildcard name.
+        name: String,
+    },
+    /// The one name is not among the names checked against.
+    #[error("the certificate names {name:?}, which is not a configured member")]
+    NotAMember {
+        /// The certificate's name.
+        name: String,
+    },
+}
+
+/// The certificate's only subject alternative name, which must be a non-wildcard DNS name.
+fn single_dns_name(cert: &CertificateDer<'_>) -> Result<String, CertNameError> {
+    let mut names = subject_alt_names(cert.as_ref()).map_err(|e| CertNameError::Unreadable {
+        reason: format!("{e:?}"),
+    })?;
+    match names.len() {
+        0 => Err(CertNameError::NoName),
+        1 => match names.remove(0) {
+            AltName::Dns(name) if name.contains('*') => Err(CertNameError::Wildcard { name }),
+            AltName::Dns(name) => Ok(name),
+            other => Err(CertNameError::NotADnsName {
+                name: other.to_string(),
+            }),
+        },
+        _ => Err(CertNameError::SeveralNames {
+            names: names.iter().map(ToString::to_string).collect(),
+        }),
+    }
+}
+
+/// webpki must agree that `cert` is valid for `member` (the name check is ours; this keeps
+/// it from ever accepting what webpki's own name matching would not).
+fn confirm_with_webpki(
+    cert: &CertificateDer<'_>,
+    member: &str,
+    sn: &ServerName<'_>,
+) -> Result<(), CertNameError> {
+    let ee = webpki::EndEntityCert::try_from(cert).map_err(|e| CertNameError::Unreadable {
+        reason: e.to_string(),
+    })?;
+    ee.verify_is_valid_for_subject_name(sn)
+        .map_err(|e| CertNameError::Unreadable {
+            reason: format!("webpki does not accept the certificate for {member:?}: {e}"),
+        })
+}
+
+/// One subject alternative name (RFC 5280 `GeneralName`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum AltName {
+    /// `dNSName` ([2] IA5String).
+    Dns(String),
+    /// Any other kind, by its context tag number (7 = IP address, 6 = URI, ...).
+    Other(u64),
+}
+
+impl std::fmt::Display for AltName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AltName::Dns(name) => write!(f, "DNS {name}"),
+            AltName::Other(7) => write!(f, "an IP address"),
+            AltName::Other(tag) => write!(f, "a non-DNS name (GeneralName tag {tag})"),
+        }
+    }
+}
+
+/// OID of the subject alternative name extension (RFC 5280 §4.2.1.6): 2.5.29.17.
+const SUBJECT_ALT_NAME_OID: &[u64] = &[2, 5, 29, 17];
+
+/// Every subject alternative name of a DER X.509 certificate, in order (none if it has no
+/// such extension). webpki offers no list of the names, only a match against one name.
+fn subject_alt_names(der: &[u8]) -> Result<Vec<AltName>, yasna::ASN1Error> {
+    use yasna::Tag;
+    let mut names = Vec::new();
+    yasna::parse_der(der, |r| {
+        r.read_sequence(|cert| {
+            cert.next().read_sequence(|tbs| {
+                // version [0] EXPLICIT OPTIONAL
+                tbs.read_optional(|r| r.read_tagged(Tag::context(0), |r| r.read_der()))?;
+                // serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo
+                for _ in 0..6 {
+                    tbs.next().read_der()?;
+                }
+                // issuerUniqueID [1], subjectUniqueID [2], extensions [3]: all optional.
+                while tbs
+                    .read_optional(|r| {
+                        if r.lookahead_tag()? == Tag::context(3) {
+                            r.read_tagged(Tag::context(3), |r| read_extensions(r, &mut names))
+                        } else {
+                            r.read_der().map(drop)
+                        }
+                    })?
+                    .is_some()
+                {}
+                Ok(())
+            })?;
+            cert.next().read_der()?; // signatureAlgorithm
+            cert.next().read_der()?; // signatureValue
+            Ok(())
+        })
+    })?;
+    Ok(names)
+}
+
+fn read_extensions(r: yasna::BERReader<'_, '_>, names: &mut Vec<AltName>) -> yasna::ASN1Result<()> {
+    r.read_sequence_of(|ext| {
+        ext.read_sequence(|e| {
+            let oid = e.next().read_oid()?;
+            e.read_default(false, |r| r.read_bool())?; // critical
+            let value = e.next().read_bytes()?;
+            if oid.components().as_slice() == SUBJECT_ALT_NAME_OID {
+                names.extend(yasna::parse_der(&value, |r| {
+                    r.collect_sequence_of(|gn| {
+                        let tag = gn.lookahead_tag()?;
+                        if tag == yasna::Tag::context(2) {
+                            gn.read_tagged_implicit(tag, |r| r.read_ia5_string())
+                                .map(AltName::Dns)
+                        } else {
+                            gn.read_der()?;
+                            Ok(AltName::Other(tag.tag_number))
+                        }
+                    })
+                })?);
+            }
+            Ok(())
+        })
+    })
 }
 
 /// Client-certificate verifier: the cluster-CA chain check of [`WebPkiClientVerifier`], then the
@@ -137,17 +305,15 @@ impl ClientCertVerifier for MemberClientVerifier {
             return Err(e);
         }
         match self.members.matching(end_entity) {
-            Some(name) => {
+            Ok(name) => {
                 tracing::debug!(node_id = name, "client certificate accepted");
                 Ok(ClientCertVerified::assertion())
             }
-            None => {
-                tracing::warn!(
-                    "refused client: certificate is valid for none of the configured members"
-                );
-                Err(rustls::Error::InvalidCertificate(
-                    CertificateError::NotValidForName,
-                ))
+            Err(e) => {
+                tracing::warn!(error = %e, "refused client: certificate does not name exactly one configured member");
+                Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                    rustls::OtherError(Arc::new(e)),
+                )))
             }
         }
     }
@@ -211,28 +377,38 @@ pub fn client_config(material: &TlsMaterial) -> Result<rustls::ClientConfig, Tls
 /// Which of `names` the peer of `conn` proved with its certificate.
 ///
 /// The chain to the cluster CA was already verified by the TLS handshake (on both sides); this
-/// re-checks the peer's end-entity certificate against `names` and returns the first match. On
-/// the primary pass the member list (the handshake guaranteed there is a match); on a replica
-/// pass the configured primary name. `None` if the peer presented no certificate or matches none
-/// of the names (or a name is not a valid DNS name).
-pub fn peer_node_id(conn: &quinn::Connection, names: &[String]) -> Option<String> {
-    let identity = conn.peer_identity()?;
-    let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    let end_entity = certs.first()?;
-    cert_matching_name(end_entity, names)
+/// re-checks the peer's end-entity certificate by [`cert_member_name`]: its one name must be
+/// one of `names`. On the primary pass the member list (the handshake already applied the same
+/// rule); on a replica pass the configured primary name.
+pub fn peer_node_id(conn: &quinn::Connection, names: &[String]) -> Result<String, CertNameError> {
+    let identity = conn.peer_identity().ok_or(CertNameError::NoCertificate)?;
+    let certs = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| CertNameError::NoCertificate)?;
+    let end_entity = certs.first().ok_or(CertNameError::NoCertificate)?;
+    cert_member_name(end_entity, names)
 }
 
-/// The first of `names` that `cert` (DER end-entity certificate) is valid for. Checks only the
-/// names, not the chain.
-pub fn cert_matching_name(cert: &CertificateDer<'_>, names: &[String]) -> Option<String> {
-    let ee = webpki::EndEntityCert::try_from(cert).ok()?;
-    names
+/// The member `cert` (DER end-entity certificate) names: its only subject alternative name
+/// must be one DNS name, not a wildcard, equal (ASCII case-insensitive, as DNS names compare)
+/// to one of `names`, and webpki must accept the certificate for it. Checks only the names,
+/// not the chain. A name in `names` that is not a DNS name matches nothing.
+pub fn cert_member_name(
+    cert: &CertificateDer<'_>,
+    names: &[String],
+) -> Result<String, CertNameError> {
+    let name = single_dns_name(cert)?;
+    let not_member = || CertNameError::NotAMember { name: name.clone() };
+    let member = names
         .iter()
-        .find(|name| match ServerName::try_from(name.as_str()) {
-            Ok(sn @ ServerName::DnsName(_)) => ee.verify_is_valid_for_subject_name(&sn).is_ok(),
-            _ => false,
-        })
-        .cloned()
+        .find(|m| m.eq_ignore_ascii_case(&name))
+        .ok_or_else(not_member)?;
+    let sn = match ServerName::try_from(member.as_str()) {
+        Ok(sn @ ServerName::DnsName(_)) => sn,
+        _ => return Err(not_member()),
+    };
+    confirm_with_webpki(cert, member, &sn)?;
+    Ok(member.clone())
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::fs;
 
 use walship_wire::certs::{generate, CertError, TlsFiles, TlsMaterial};
-use walship_wire::tls::{cert_matching_name, client_config, server_config, TlsError};
+use walship_wire::tls::{cert_member_name, client_config, server_config, TlsError};
 
 #[test]
 fn generate_writes_ca_and_node_files_with_private_keys_0600() {
@@ -43,8 +43,8 @@ fn generate_writes_ca_and_node_files_with_private_keys_0600() {
         let m = files.load().expect("load");
         assert_eq!(m.cert_chain.len(), 1);
         assert_eq!(
-            cert_matching_name(&m.cert_chain[0], &names).as_deref(),
-            Some(id.as_str())
+            cert_member_name(&m.cert_chain[0], &names).as_deref(),
+            Ok(id.as_str())
         );
         server_config(&m, &names).expect("usable as a server");
         client_config(&m).expect("usable as a client");

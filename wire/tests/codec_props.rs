@@ -37,16 +37,6 @@ fn refuse_reason() -> impl Strategy<Value = RefuseReason> {
         name().prop_map(|node_id| RefuseReason::NotAMember { node_id }),
         (name(), name())
             .prop_map(|(claimed, certified)| RefuseReason::NodeIdMismatch { claimed, certified }),
-        Just(RefuseReason::NotPrimary),
-        (any::<u64>(), any::<u64>()).prop_map(|(primary_epoch, highest_epoch_seen)| {
-            RefuseReason::StalePrimary {
-                primary_epoch,
-                highest_epoch_seen,
-            }
-        }),
-        name().prop_map(|node_id| RefuseReason::AlreadyConnected { node_id }),
-        name().prop_map(|reason| RefuseReason::Halted { reason }),
-        Just(RefuseReason::ShuttingDown),
     ]
 }
 

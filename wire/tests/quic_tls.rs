@@ -9,7 +9,7 @@ use walship_wire::endpoint::{client_endpoint_with, connect, server_endpoint_with
 use walship_wire::frame::MAX_FRAME_BYTES;
 use walship_wire::message::{EpochEntry, Hello, Message, Position, PROTOCOL_VERSION};
 use walship_wire::stream::{read_frame, write_frame};
-use walship_wire::tls::peer_node_id;
+use walship_wire::tls::{cert_member_name, peer_node_id, CertNameError};
 use walship_wire::TransportOptions;
 
 const PRIMARY: &str = "n1";
@@ -50,21 +50,23 @@ async fn accept_one(server: &quinn::Endpoint) -> Result<quinn::Connection, quinn
 }
 
 /// Asserts that the server refused the client during the TLS handshake with a crypto
-/// (TLS alert) error, and that the client's connection does not survive.
-async fn assert_refused(server: &quinn::Endpoint, client_m: &TlsMaterial) {
+/// (TLS alert) error, and that the client's connection does not survive. Returns the server's
+/// error text.
+async fn assert_refused(server: &quinn::Endpoint, client_m: &TlsMaterial) -> String {
     let server_addr = server.local_addr().expect("addr");
     let c = client(client_m);
     let (server_side, client_side) =
         tokio::join!(accept_one(server), connect(&c, server_addr, PRIMARY));
-    match server_side {
+    let refusal = match server_side {
         Err(quinn::ConnectionError::TransportError(e)) => {
             assert!(
                 e.code.to_string().contains("TLS alert") || e.code.to_string().contains("crypto"),
                 "expected a TLS alert, got {e}"
             );
+            e.to_string()
         }
         other => panic!("server accepted a client it must refuse: {other:?}"),
-    }
+    };
     // In TLS 1.3 the client may finish its side before the server checks its certificate;
     // either the connect fails or the connection is closed by the server.
     if let Ok(conn) = client_side {
@@ -74,6 +76,7 @@ async fn assert_refused(server: &quinn::Endpoint, client_m: &TlsMaterial) {
             "client connection should be closed by the server, got {reason:?}"
         );
     }
+    refusal
 }
 
 fn hello(node: &str) -> Message {
@@ -116,12 +119,15 @@ async fn member_with_cluster_cert_connects_and_both_sides_learn_the_peer_name() 
 
     assert_eq!(
         peer_node_id(&server_conn, &members(&["n2", "n3"])).as_deref(),
-        Some("n2")
+        Ok("n2")
     );
-    assert_eq!(peer_node_id(&server_conn, &members(&["n3"])), None);
+    assert_eq!(
+        peer_node_id(&server_conn, &members(&["n3"])),
+        Err(CertNameError::NotAMember { name: "n2".into() })
+    );
     assert_eq!(
         peer_node_id(&client_conn, &members(&[PRIMARY])).as_deref(),
-        Some(PRIMARY)
+        Ok(PRIMARY)
     );
 
     // A frame travels, then a clean finish reads as the end of the stream.
@@ -206,4 +212,144 @@ async fn replica_refuses_a_server_whose_cert_is_not_for_the_configured_primary()
         ),
         other => panic!("replica accepted the wrong primary: {other:?}"),
     }
+}
+
+/// A cluster CA made here (not by `generate`), to sign certificates with any names.
+struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        let key = rcgen::KeyPair::generate().expect("ca key");
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = p.self_signed(&key).expect("ca cert");
+        TestCa { cert, key }
+    }
+
+    /// A node certificate with exactly these subject alternative names (an IP-shaped one
+    /// becomes an IP address name), usable as server and client.
+    fn material(&self, sans: &[&str]) -> TlsMaterial {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+        let mut p = rcgen::CertificateParams::new(sans).expect("params");
+        p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&key, &self.cert, &self.key).expect("sign");
+        TlsMaterial::from_pem(
+            self.cert.pem().as_bytes(),
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+        )
+        .expect("material")
+    }
+}
+
+#[test]
+fn a_certificate_must_name_exactly_one_member_and_not_a_pattern() {
+    let ca = TestCa::new();
+    let m = members(&["n2", "n3", "n2.walship", "n3.walship"]);
+    let name = |sans: &[&str]| cert_member_name(&ca.material(sans).cert_chain[0], &m);
+    assert_eq!(name(&["n2"]), Ok("n2".to_string()));
+    assert_eq!(
+        name(&["n2", "n3"]),
+        Err(CertNameError::SeveralNames {
+            names: vec!["DNS n2".into(), "DNS n3".into()]
+        })
+    );
+    assert_eq!(
+        name(&["*.walship"]),
+        Err(CertNameError::Wildcard {
+            name: "*.walship".into()
+        })
+    );
+    assert_eq!(
+        name(&["n2", "127.0.0.1"]),
+        Err(CertNameError::SeveralNames {
+            names: vec!["DNS n2".into(), "an IP address".into()]
+        })
+    );
+    assert_eq!(
+        name(&["127.0.0.1"]),
+        Err(CertNameError::NotADnsName {
+            name: "an IP address".into()
+        })
+    );
+    assert_eq!(
+        name(&["n4"]),
+        Err(CertNameError::NotAMember { name: "n4".into() })
+    );
+    assert_eq!(name(&[]), Err(CertNameError::NoName));
+    // The message tells an operator what is wrong with the certificate.
+    let e = name(&["n2", "n3"]).unwrap_err().to_string();
+    assert!(
+        e.contains("2 subject alternative names (DNS n2, DNS n3)")
+            && e.contains("exactly one member"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn client_certificate_naming_several_members_or_a_wildcard_is_refused_at_the_handshake() {
+    let ca = TestCa::new();
+    let accept = members(&["n2", "n3", "n2.walship", "n3.walship"]);
+    let server = server_endpoint_with(
+        loopback(),
+        &ca.material(&[PRIMARY]),
+        &accept,
+        &TransportOptions::default(),
+    )
+    .expect("server endpoint");
+
+    // Valid for two members at once: it used to authenticate as the first (n2).
+    let refusal = assert_refused(&server, &ca.material(&["n2", "n3"])).await;
+    assert!(refusal.contains("SeveralNames"), "{refusal}");
+    // A wildcard matches both n2.walship and n3.walship: it names no member.
+    let refusal = assert_refused(&server, &ca.material(&["*.walship"])).await;
+    assert!(refusal.contains("Wildcard"), "{refusal}");
+
+    // A certificate naming one member still connects and proves that member.
+    let c = client(&ca.material(&["n3"]));
+    let (s, cl) = tokio::join!(
+        accept_one(&server),
+        connect(&c, server.local_addr().expect("addr"), PRIMARY)
+    );
+    let s = s.expect("member accepted after the refusals");
+    cl.expect("member connected after the refusals");
+    assert_eq!(peer_node_id(&s, &accept).as_deref(), Ok("n3"));
+}
+
+#[tokio::test]
+async fn replica_finds_that_a_primary_certificate_naming_several_members_proves_no_primary() {
+    let ca = TestCa::new();
+    // The CA-signed server certificate is valid for n1 (so TLS accepts it) but also for n2.
+    let server = server_endpoint_with(
+        loopback(),
+        &ca.material(&[PRIMARY, "n2"]),
+        &members(&["n3"]),
+        &TransportOptions::default(),
+    )
+    .expect("server endpoint");
+    let c = client(&ca.material(&["n3"]));
+    let (s, cl) = tokio::join!(
+        accept_one(&server),
+        connect(&c, server.local_addr().expect("addr"), PRIMARY)
+    );
+    let _s = s.expect("server handshake");
+    let cl = cl.expect("client handshake");
+    assert_eq!(
+        peer_node_id(&cl, &members(&[PRIMARY])),
+        Err(CertNameError::SeveralNames {
+            names: vec![format!("DNS {PRIMARY}"), "DNS n2".into()]
+        })
+    );
 }

@@ -60,7 +60,9 @@ fn message_tags_match_the_spec_table() {
         (
             2,
             Message::Refuse(Refuse {
-                reason: RefuseReason::NotPrimary,
+                reason: RefuseReason::NotAMember {
+                    node_id: String::new(),
+                },
             }),
         ),
         (3, Message::Probe { lsn: 0 }),
@@ -102,20 +104,25 @@ fn refuse_reason_tags_match_the_spec_table() {
             claimed: s(),
             certified: s(),
         },
-        RefuseReason::NotPrimary,
-        RefuseReason::StalePrimary {
-            primary_epoch: 0,
-            highest_epoch_seen: 0,
-        },
-        RefuseReason::AlreadyConnected { node_id: s() },
-        RefuseReason::Halted { reason: s() },
-        RefuseReason::ShuttingDown,
     ];
     for (tag, reason) in reasons.into_iter().enumerate() {
         let b = body(&Message::Refuse(Refuse {
             reason: reason.clone(),
         }));
         assert_eq!((b[0], b[1] as usize), (2, tag), "{reason:?}");
+    }
+}
+
+#[test]
+fn retired_refuse_reason_tags_4_to_8_do_not_decode() {
+    for tag in 4u8..=8 {
+        // Refuse (message tag 2), reason tag, no fields.
+        let body = [2u8, tag];
+        let got = walship_wire::frame::decode_frame_body(&body);
+        assert!(
+            matches!(got, Err(walship_wire::FrameError::Malformed(_))),
+            "reason tag {tag}: {got:?}"
+        );
     }
 }
 

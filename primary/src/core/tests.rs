@@ -527,6 +527,62 @@ fn hello_with_wrong_version_cluster_or_name_is_refused_and_closed() {
 }
 
 #[test]
+fn undecodable_hello_of_another_version_is_refused_before_the_handshake_and_a_violation_after() {
+    let mut c = core(Quorum::Majority, 2);
+    let mut log = MemLog::default();
+    c.handle(
+        Event::Connected {
+            conn: 1,
+            node_id: "r1".into(),
+        },
+        &mut log,
+        0,
+    );
+    let a = c.handle(
+        Event::HelloOfOtherVersion {
+            conn: 1,
+            protocol_version: 2,
+        },
+        &mut log,
+        0,
+    );
+    let reason = RefuseReason::UnsupportedVersion { ours: 1, theirs: 2 };
+    assert_eq!(
+        a,
+        vec![
+            Action::Send {
+                conn: 1,
+                msg: Message::Refuse(Refuse {
+                    reason: reason.clone()
+                })
+            },
+            Action::Close {
+                conn: 1,
+                reason: CloseReason::Refused(reason)
+            }
+        ]
+    );
+
+    // After the handshake a Hello of any kind is out of order.
+    connect(&mut c, &mut log, 2, "r2", Position::ZERO);
+    let a = c.handle(
+        Event::HelloOfOtherVersion {
+            conn: 2,
+            protocol_version: 2,
+        },
+        &mut log,
+        0,
+    );
+    assert_eq!(
+        closed(&a, 2),
+        Some(CloseReason::UnexpectedMessage {
+            kind: "hello",
+            state: "shipping"
+        })
+    );
+}
+
+#[test]
 fn connection_from_a_non_replica_name_is_refused() {
     let mut c = core(Quorum::Majority, 2);
     let mut log = MemLog::default();

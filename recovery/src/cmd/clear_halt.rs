@@ -10,11 +10,14 @@ use walship_replica::halt::{clear_halt as remove_halt, HaltReason, HaltRecord};
 use crate::audit::{append_audit, AuditEntry};
 use crate::cli::Common;
 use crate::cmd::text::{wal_state_line, write_halt};
+use crate::cmd::verify::readable_commit_lsn;
 use crate::cmd::{progress_label, scan_options};
 use crate::datadir::DataDir;
 use crate::error::RecoverError;
 use crate::exit::Exit;
-use crate::report::{Check, ClearHaltReport, SnapshotInfo, SnapshotWal, WalState};
+use crate::report::{
+    AcknowledgedLoss, Check, ClearHaltReport, SnapshotInfo, SnapshotWal, WalState,
+};
 use crate::scan::WalScan;
 use crate::snapshots::{boundaries, check_snapshots, judge_snapshot_wal, Depth, PositionProbe};
 use crate::{Env, Outcome, TextReport};
@@ -22,8 +25,9 @@ use crate::{Env, Outcome, TextReport};
 /// A condition that must hold before a halt is lifted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Condition {
-    /// The WAL scan finds no corruption (a torn, never-synced tail is allowed:
-    /// the node cuts it on open).
+    /// The WAL scan finds no corruption (a torn tail is allowed: the node cuts
+    /// it on open) and the log does not end below `state/commit` (acknowledged
+    /// records lost, FM-X.6: the node would halt again).
     LogVerifies,
     /// Every installed snapshot fully verifies and the newest one agrees with
     /// the WAL (consistent, or an interrupted install the node completes).
@@ -76,6 +80,7 @@ pub fn required_checks(reason: HaltReason) -> &'static [Condition] {
 /// What the conditions are judged on.
 struct Facts {
     scan: WalScan,
+    commit_lsn: Option<walship_wal::Lsn>,
     snapshots: Vec<SnapshotInfo>,
     snapshot_wal: SnapshotWal,
 }
@@ -85,7 +90,10 @@ fn evaluate(c: Condition, halt: &HaltRecord, facts: &Facts) -> Check {
     let (passed, detail) = match c {
         Condition::LogVerifies => {
             let state = WalState::from_end(&scan.end);
-            (!state.is_corrupt(), wal_state_line(&state))
+            match AcknowledgedLoss::judge(scan, &facts.snapshot_wal, facts.commit_lsn) {
+                Some(loss) => (false, loss.message()),
+                None => (!state.is_corrupt(), wal_state_line(&state)),
+            }
         }
         Condition::SnapshotsVerify => {
             let damaged: Vec<String> = facts
@@ -168,6 +176,7 @@ pub fn clear_halt(
     );
     let facts = Facts {
         scan,
+        commit_lsn: readable_commit_lsn(&d)?,
         snapshots,
         snapshot_wal,
     };

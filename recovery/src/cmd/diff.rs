@@ -75,13 +75,16 @@ pub fn diff(
                 ControlFlow::Continue(())
             })
         });
-        let mut a_positions = std::iter::once(a_base).chain(rx.iter()).peekable();
+        // The iterator owns the receiver: dropping it below is what lets A's
+        // scan run on when B ended first (`send` then fails at once instead
+        // of blocking on a full channel while this thread waits in `join`).
+        let mut a_positions = std::iter::once(a_base).chain(rx).peekable();
         merge.step(&mut a_positions, b_base);
         let scan_b = b.scan(opts, progress_label(progress, "diff"), &mut |_, _, v| {
             merge.step(&mut a_positions, v.position());
             ControlFlow::Continue(())
         });
-        drop(a_positions);
+        drop(a_positions); // drops `rx`: A's pending and later sends fail instead of blocking
         let scan_a = helper.join().map_err(|_| RecoverError::Internal {
             message: "the scan thread of DIR_A panicked".to_string(),
         });

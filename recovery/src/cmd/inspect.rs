@@ -10,11 +10,12 @@ use crate::cmd::{progress_label, scan_options};
 use crate::datadir::DataDir;
 use crate::error::RecoverError;
 use crate::exit::Exit;
-use crate::report::{InspectReport, WalSummary, Watermarks};
+use crate::report::{AcknowledgedLoss, InspectReport, WalSummary, Watermarks};
 use crate::snapshots::{scan_with_snapshots, Depth, SnapshotScan};
 use crate::{Outcome, TextReport};
 
-/// Runs `inspect`: exit 3 if the WAL is corrupt, else 4 if the node is halted, else 0.
+/// Runs `inspect`: exit 3 if the WAL, a snapshot or the snapshot/WAL agreement is corrupt or
+/// the log ends below `state/commit`, else 4 if the node is halted, else 0.
 pub fn inspect(
     dir: &Path,
     common: &Common,
@@ -38,7 +39,8 @@ pub fn inspect(
     let durable_lsn = scan.last.lsn;
     let tentative_records = durable_lsn.saturating_sub(commit_lsn.unwrap_or(0));
     let wal = WalSummary::from_scan(&d.wal_dir(), &scan);
-    let damaged = snapshots.iter().any(|s| !s.ok) || snapshot_wal.is_mismatch();
+    let loss = AcknowledgedLoss::judge(&scan, &snapshot_wal, commit_lsn);
+    let damaged = snapshots.iter().any(|s| !s.ok) || snapshot_wal.is_mismatch() || loss.is_some();
     let exit = if wal.state.is_corrupt() || damaged {
         Exit::Corruption
     } else if halt.is_some() {
@@ -56,13 +58,22 @@ pub fn inspect(
             commit_lsn,
             tentative_records,
         },
+        acknowledged_records_lost: loss,
         snapshots,
         snapshot_wal,
         halted: halt.is_some(),
         halt,
         audit_entries,
     };
-    Ok(Outcome::new(report, exit))
+    let mut out = Outcome::new(report, exit);
+    if let Some(l) = loss {
+        out.message = Some(format!(
+            "{}: corruption found: {}",
+            dir.display(),
+            l.message()
+        ));
+    }
+    Ok(out)
 }
 
 impl TextReport for InspectReport {
@@ -96,6 +107,9 @@ impl TextReport for InspectReport {
             "durable lsn: {}; commit lsn: {commit}; tentative records: {}",
             self.watermarks.durable_lsn, self.watermarks.tentative_records
         )?;
+        if let Some(l) = &self.acknowledged_records_lost {
+            writeln!(w, "CORRUPT: {}", l.message())?;
+        }
         write_snapshots(w, &self.snapshots, &self.snapshot_wal)?;
         writeln!(w, "audit log entries: {}", self.audit_entries)?;
         match &self.halt {

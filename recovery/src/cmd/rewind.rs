@@ -105,10 +105,28 @@ pub fn rewind(
         verify: None,
         audit_log: None,
     };
+    // The log ends below the watermark (acknowledged records lost, FM-X.6): rewinding to its
+    // end cuts nothing but, with --accept-data-loss, lowers the watermark so the node starts.
+    let lost_above_end = commit_lsn.filter(|c| *c > before.lsn);
     if to == before.lsn {
-        let mut o = Outcome::new(report, Exit::Ok);
-        o.message = Some(format!("nothing to cut: lsn {to} is the last record"));
-        return Ok(o);
+        if let Some(c) = lost_above_end {
+            if !req.accept_data_loss {
+                let reason = format!(
+                    "acknowledged records lost: log ends at lsn {to}, commit watermark {c}; pass --accept-data-loss to lower the watermark to {to} and accept losing lsn {}..={c}",
+                    to + 1
+                );
+                report.refused = Some(reason.clone());
+                return Ok(Outcome {
+                    report,
+                    exit: Exit::Refused,
+                    message: Some(format!("refused: {reason}; nothing was changed")),
+                });
+            }
+        } else {
+            let mut o = Outcome::new(report, Exit::Ok);
+            o.message = Some(format!("nothing to cut: lsn {to} is the last record"));
+            return Ok(o);
+        }
     }
     let newest_snapshot = boundaries(&check_snapshots(
         d.storage(),
@@ -162,12 +180,20 @@ pub fn rewind(
         );
     }
     if !req.yes {
-        let question = format!(
-            "{}\nCut these {} records from {}? [y/N] ",
-            plan_text(&plan, commit_lsn),
-            plan.records,
-            dir.display()
-        );
+        let question = if plan.records == 0 {
+            format!(
+                "{}\nLower the commit watermark of {} to lsn {to}? [y/N] ",
+                plan_text(&plan, commit_lsn),
+                dir.display()
+            )
+        } else {
+            format!(
+                "{}\nCut these {} records from {}? [y/N] ",
+                plan_text(&plan, commit_lsn),
+                plan.records,
+                dir.display()
+            )
+        };
         let answer = match env.confirm.as_mut() {
             None => None,
             Some(ask) => Some(ask(&question).map_err(|source| RecoverError::Io {
@@ -280,10 +306,14 @@ pub fn rewind(
 }
 
 fn plan_text(plan: &CutPlan, commit_lsn: Option<Lsn>) -> String {
-    let mut s = format!(
-        "will cut lsn {}..={} ({} records, {} bytes)",
-        plan.first_lsn, plan.last_lsn, plan.records, plan.bytes
-    );
+    let mut s = if plan.records == 0 {
+        format!("cuts no record (the log ends at lsn {})", plan.last_lsn)
+    } else {
+        format!(
+            "will cut lsn {}..={} ({} records, {} bytes)",
+            plan.first_lsn, plan.last_lsn, plan.records, plan.bytes
+        )
+    };
     for e in &plan.epochs {
         s.push_str(&format!(
             "\n  epoch {}: lsn {}..={} ({} records)",
@@ -298,6 +328,12 @@ fn plan_text(plan: &CutPlan, commit_lsn: Option<Lsn>) -> String {
         s.push_str(&format!(
             "\nDATA LOSS: {} of these records are committed",
             plan.committed_records
+        ));
+    }
+    if let Some(c) = commit_lsn.filter(|c| *c > plan.last_lsn) {
+        s.push_str(&format!(
+            "\nDATA LOSS: acknowledged records lost: log ends at lsn {}, commit watermark {c}; the watermark is lowered",
+            plan.last_lsn
         ));
     }
     s

@@ -254,6 +254,14 @@ pub fn create(
 pub fn snapshot_error(e: SnapshotError) -> RecoverError {
     match e {
         SnapshotError::Io { op, path, source } => RecoverError::Io { op, path, source },
+        // An fsync of the store failed earlier in this run: an I/O failure (exit 1).
+        SnapshotError::Poisoned { op, path, error } => RecoverError::Io {
+            op,
+            path,
+            source: std::io::Error::other(format!(
+                "snapshot store poisoned by an earlier failed {op}: {error}"
+            )),
+        },
         SnapshotError::Wal(w) => w.into(),
         SnapshotError::InstalledDamaged { .. } | SnapshotError::StoreWalMismatch { .. } => {
             RecoverError::SnapshotCorrupt {

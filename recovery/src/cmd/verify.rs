@@ -9,7 +9,7 @@ use crate::cmd::{progress_label, scan_options};
 use crate::datadir::{DataDir, COMMIT_FILE, EPOCHS_FILE};
 use crate::error::RecoverError;
 use crate::exit::Exit;
-use crate::report::{StateFileCheck, VerifyReport, WalSummary};
+use crate::report::{AcknowledgedLoss, StateFileCheck, VerifyReport, WalSummary};
 use crate::snapshots::{scan_with_snapshots, Depth, SnapshotScan};
 use crate::{Outcome, TextReport};
 
@@ -32,22 +32,38 @@ pub fn verify(
     )?;
     let wal = WalSummary::from_scan(&d.wal_dir(), &scan);
     let state_files = check_state_files(&d)?;
+    let loss = AcknowledgedLoss::judge(&scan, &snapshot_wal, readable_commit_lsn(&d)?);
     let corrupt = wal.state.is_corrupt()
         || state_files.iter().any(|c| !c.ok)
         || snapshots.iter().any(|s| !s.ok)
-        || snapshot_wal.is_mismatch();
+        || snapshot_wal.is_mismatch()
+        || loss.is_some();
     let report = VerifyReport {
         dir: dir.display().to_string(),
         wal,
         state_files,
         snapshots,
         snapshot_wal,
+        acknowledged_records_lost: loss,
     };
     let mut out = Outcome::new(report, if corrupt { Exit::Corruption } else { Exit::Ok });
     if corrupt {
-        out.message = Some(format!("{}: corruption found", dir.display()));
+        out.message = Some(match loss {
+            Some(l) => format!("{}: corruption found: {}", dir.display(), l.message()),
+            None => format!("{}: corruption found", dir.display()),
+        });
     }
     Ok(out)
+}
+
+/// `state/commit` for the acknowledged-loss check: `None` if absent or damaged (a damaged
+/// file is reported by [`check_state_files`]); I/O errors propagate.
+pub fn readable_commit_lsn(d: &DataDir) -> Result<Option<walship_wal::Lsn>, RecoverError> {
+    match d.commit_lsn() {
+        Ok(c) => Ok(c),
+        Err(RecoverError::StateCorrupt { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Reads and checks `state/commit`, `state/epochs` and `state/halt`. I/O errors propagate.
@@ -90,6 +106,9 @@ impl TextReport for VerifyReport {
                 (None, false) => "absent".to_string(),
             };
             writeln!(w, "state/{}: {v}", c.name)?;
+        }
+        if let Some(l) = &self.acknowledged_records_lost {
+            writeln!(w, "CORRUPT: {}", l.message())?;
         }
         write_snapshots(w, &self.snapshots, &self.snapshot_wal)
     }

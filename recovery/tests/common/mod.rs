@@ -40,8 +40,17 @@ impl Node {
 
     /// Appends `payloads` (each with its epoch) durably; returns the last position.
     pub fn append(&self, records: &[(u64, Vec<u8>)]) -> Position {
+        self.append_with_segment_bytes(SMALL_SEGMENT_BYTES, records)
+    }
+
+    /// [`Node::append`] rolling segments at `segment_size_bytes` (long logs in few files).
+    pub fn append_with_segment_bytes(
+        &self,
+        segment_size_bytes: u64,
+        records: &[(u64, Vec<u8>)],
+    ) -> Position {
         let opts = WalOptions {
-            segment_size_bytes: SMALL_SEGMENT_BYTES,
+            segment_size_bytes,
             ..WalOptions::default()
         };
         let (mut wal, _) = Wal::open(FsStorage, &self.wal_dir(), opts).expect("wal open");
@@ -62,6 +71,31 @@ impl Node {
             .map(|l| (epoch, format!("{tag}-{l}").into_bytes()))
             .collect();
         self.append(&recs)
+    }
+
+    /// Removes every record after `after_lsn` (the WAL rewrites the segment holding it).
+    pub fn truncate_tail(&self, after_lsn: Lsn) {
+        let opts = WalOptions {
+            segment_size_bytes: SMALL_SEGMENT_BYTES,
+            ..WalOptions::default()
+        };
+        let (mut wal, _) = Wal::open(FsStorage, &self.wal_dir(), opts).expect("wal open");
+        wal.truncate_tail(after_lsn).expect("truncate_tail");
+    }
+
+    /// Replaces this node's WAL files with copies of `other`'s.
+    pub fn copy_wal_from(&self, other: &Node) {
+        for e in std::fs::read_dir(self.wal_dir()).expect("read wal dir") {
+            std::fs::remove_file(e.expect("entry").path()).expect("remove");
+        }
+        for e in std::fs::read_dir(other.wal_dir()).expect("read wal dir") {
+            let p = e.expect("entry").path();
+            if p.extension().is_none_or(|x| x != "wal") {
+                continue;
+            }
+            let name = p.file_name().expect("file name");
+            std::fs::copy(&p, self.wal_dir().join(name)).expect("copy");
+        }
     }
 
     /// Removes whole segments below `before_lsn` (retention); returns the new first lsn.

@@ -1,9 +1,11 @@
 //! walship: WAL-shipping replication with strict halting.
 //!
-//! This facade re-exports the public API of the workspace crates and holds
-//! the `walship` binary (`node`, `demo`, `certs`). It owns the node
-//! configuration file format ([`config`]); the log, the protocol, the
-//! primary and the replica live in their own crates, re-exported here:
+//! This facade re-exports the public API of the workspace crates. It owns the
+//! node configuration file format ([`config`]); the log, the protocol, the
+//! primary and the replica live in their own crates, re-exported here (the
+//! `walship` binary — `node`, `demo`, `certs` — is the workspace's root
+//! package, `walship-cli`; only it enables walship-primary's demo/test-only
+//! `fault-injection` hook, so nothing here exposes it):
 //!
 //! - [`wal`]: the crc32c-chained write-ahead log and the `Storage` trait;
 //! - [`wire`]: messages, framing, QUIC/TLS endpoints, development certificates;

@@ -1,0 +1,201 @@
+//! The issue's scenario with the real binaries (FM-X.6): a single-node primary
+//! (`members = ["n1"]`, `quorum = 0`) acknowledges 10 records, one bit of the last record
+//! rots on disk; the restart must refuse (never hand out lsn 10 again) naming both lsns,
+//! and `walship-recover verify` must report the loss (exit 3).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use walship_recovery::cli::{Command as RecoverCommand, Common};
+use walship_recovery::exit::Exit;
+use walship_recovery::{run, Env};
+
+fn walship() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_walship"))
+}
+
+/// `walship node --config CONFIG --append-stdin` fed `lines`, then stdin closes (the node
+/// shuts down cleanly once every line was answered).
+fn node_append(config: &Path, lines: &[&str]) -> Output {
+    let mut child = walship()
+        .arg("node")
+        .arg("--config")
+        .arg(config)
+        .arg("--append-stdin")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn walship node");
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        for l in lines {
+            // The node may already have exited (a refused open): a broken pipe is its answer.
+            if writeln!(stdin, "{l}").is_err() {
+                break;
+            }
+        }
+    }
+    child.wait_with_output().expect("wait for walship node")
+}
+
+/// A single-node quorum-0 primary's config (and its certificates) in `root`.
+fn single_node_config(root: &Path) -> PathBuf {
+    let certs = walship()
+        .args(["certs", "--nodes", "n1", "--out"])
+        .arg(root.join("certs"))
+        .output()
+        .expect("run walship certs");
+    assert!(
+        certs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&certs.stderr)
+    );
+    let config = root.join("n1.toml");
+    std::fs::write(
+        &config,
+        "node_id = \"n1\"\ncluster_id = \"c\"\nrole = \"primary\"\ndata_dir = \"data/n1\"\n\
+         listen_addr = \"127.0.0.1:0\"\nmembers = [\"n1\"]\nquorum = 0\n\
+         [tls]\nca = \"certs/ca.pem\"\ncert = \"certs/n1.pem\"\nkey = \"certs/n1.key\"\n",
+    )
+    .expect("write config");
+    config
+}
+
+fn last_segment(data_dir: &Path) -> PathBuf {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(data_dir.join("wal"))
+        .expect("wal dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segs.sort();
+    segs.pop().expect("a segment")
+}
+
+fn recover_verify(dir: &Path) -> (Exit, String, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let exit = {
+        let mut env = Env::non_interactive(&mut out, &mut err);
+        run(
+            RecoverCommand::Verify {
+                dir: dir.to_path_buf(),
+                common: Common {
+                    json: false,
+                    max_record_bytes: walship_wal::record::DEFAULT_MAX_RECORD_BYTES,
+                },
+            },
+            &mut env,
+        )
+    };
+    (
+        exit,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+#[test]
+fn fm_x_6_single_node_primary_with_a_flipped_bit_in_its_last_record_refuses_to_restart() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let config = single_node_config(tmp.path());
+    let data_dir = tmp.path().join("data/n1");
+
+    let lines: Vec<String> = (1..=10).map(|i| format!("record {i}")).collect();
+    let line_refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let first = node_append(&config, &line_refs);
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(stdout.contains("committed 10"), "{stdout}");
+    let (exit, out, err) = recover_verify(&data_dir);
+    assert_eq!(exit, Exit::Ok, "healthy after a clean shutdown: {out}{err}");
+
+    // Bit rot in the synced, acknowledged record 10 (its last payload byte).
+    let seg = last_segment(&data_dir);
+    let mut bytes = std::fs::read(&seg).expect("read segment");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&seg, &bytes).expect("write segment");
+
+    let second = node_append(&config, &["must not become lsn 10"]);
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success(),
+        "restart must be refused: {stdout}{stderr}"
+    );
+    assert!(
+        !stdout.contains("committed"),
+        "an lsn was handed out: {stdout}"
+    );
+    assert!(
+        stderr.contains("acknowledged records lost: log ends at lsn 9, commit watermark 10"),
+        "{stderr}"
+    );
+
+    let (exit, out, err) = recover_verify(&data_dir);
+    assert_eq!(exit, Exit::Corruption, "{out}{err}");
+    assert_eq!(exit.code(), 3);
+    assert!(
+        out.contains("CORRUPT: acknowledged records lost: log ends at lsn 9, commit watermark 10"),
+        "{out}"
+    );
+}
+
+#[test]
+fn sigterm_while_appending_from_stdin_shuts_down_cleanly_and_persists_the_commit_watermark() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let config = single_node_config(tmp.path());
+    let mut child = walship()
+        .arg("node")
+        .arg("--config")
+        .arg(&config)
+        .arg("--append-stdin")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn walship node");
+    // stdin stays open: the node is stopped by the signal, not by end of input.
+    let mut stdin = child.stdin.take().expect("stdin");
+    for i in 1..=5 {
+        writeln!(stdin, "record {i}").expect("write stdin");
+    }
+    stdin.flush().expect("flush stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = stdout.read_line(&mut line).expect("read stdout");
+        assert!(n > 0, "the node exited before committing 5: {seen}");
+        seen.push_str(&line);
+        if line.trim() == "committed 5" {
+            break;
+        }
+    }
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+    // SAFETY: kill(2) with a pid this test spawned and has not reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "send SIGTERM");
+    let out = child.wait_with_output().expect("wait for walship node");
+    drop(stdin);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let commit =
+        walship_wal::state::NodeDir::open(walship_wal::FsStorage, &tmp.path().join("data/n1"))
+            .expect("node dir")
+            .commit_lsn()
+            .expect("state/commit");
+    assert_eq!(
+        commit, 5,
+        "a clean shutdown persists the final commit watermark"
+    );
+}
