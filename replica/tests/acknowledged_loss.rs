@@ -7,42 +7,10 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use walship_replica::{HaltReason, Replica};
+use walship_replica::HaltReason;
 use walship_wal::state::NodeDir;
 use walship_wal::{FsStorage, Lsn};
 use walship_wire::message::Message;
-
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    certs: Certs,
-    data: std::path::PathBuf,
-    primary: FakePrimary,
-    applier: TestApplier,
-}
-
-fn fixture() -> Fixture {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let certs = Certs::generate(tmp.path());
-    let data = tmp.path().join("r1");
-    let primary = FakePrimary::start(&certs.files("p1"));
-    Fixture {
-        _tmp: tmp,
-        certs,
-        data,
-        primary,
-        applier: TestApplier::default(),
-    }
-}
-
-impl Fixture {
-    fn open(&self) -> Replica {
-        Replica::open(
-            config(&self.data, &self.certs, self.primary.addr, "p1"),
-            self.applier.clone(),
-        )
-        .expect("open replica")
-    }
-}
 
 fn persisted_commit(data_dir: &Path) -> Lsn {
     NodeDir::open(FsStorage, data_dir)

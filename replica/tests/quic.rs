@@ -12,38 +12,6 @@ use walship_wal::Lsn;
 use walship_wire::message::Message;
 use walship_wire::CloseCode;
 
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    certs: Certs,
-    data: std::path::PathBuf,
-    primary: FakePrimary,
-    applier: TestApplier,
-}
-
-fn fixture() -> Fixture {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let certs = Certs::generate(tmp.path());
-    let data = tmp.path().join("r1");
-    let primary = FakePrimary::start(&certs.files("p1"));
-    Fixture {
-        _tmp: tmp,
-        certs,
-        data,
-        primary,
-        applier: TestApplier::default(),
-    }
-}
-
-impl Fixture {
-    fn open(&self) -> Replica {
-        Replica::open(
-            config(&self.data, &self.certs, self.primary.addr, "p1"),
-            self.applier.clone(),
-        )
-        .expect("open replica")
-    }
-}
-
 /// Streams lsns 1..=3 (committed) to a fresh replica, then sends `bad` and
 /// checks the replica halts with `reason` at `lsn`, keeps exactly 1..=3, and
 /// refuses reads.

@@ -486,3 +486,38 @@ impl Relay {
         std::array::from_fn(|i| self.faults[i].load(std::sync::atomic::Ordering::SeqCst))
     }
 }
+
+/// One replica (data directory `r1`) against a fake primary `p1`, with fresh certificates.
+pub struct Fixture {
+    _tmp: tempfile::TempDir,
+    pub certs: Certs,
+    pub data: std::path::PathBuf,
+    pub primary: FakePrimary,
+    pub applier: TestApplier,
+}
+
+/// A fresh [`Fixture`].
+pub fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let certs = Certs::generate(tmp.path());
+    let data = tmp.path().join("r1");
+    let primary = FakePrimary::start(&certs.files("p1"));
+    Fixture {
+        _tmp: tmp,
+        certs,
+        data,
+        primary,
+        applier: TestApplier::default(),
+    }
+}
+
+impl Fixture {
+    /// Opens the replica on the fixture's directory, following the fake primary.
+    pub fn open(&self) -> walship_replica::Replica {
+        walship_replica::Replica::open(
+            config(&self.data, &self.certs, self.primary.addr, "p1"),
+            self.applier.clone(),
+        )
+        .expect("open replica")
+    }
+}
