@@ -21,12 +21,15 @@ fn last_segment(data_dir: &Path) -> PathBuf {
     segs.pop().expect("a segment")
 }
 
-/// Flips one bit in the last byte of the log (the last record's payload): bit rot of synced data.
-fn flip_last_byte(data_dir: &Path) {
+/// Zeroes the last 4 bytes of the log's last record (its payload's end), as a torn write of
+/// it would leave them: the WAL scan alone cuts such a record (spec/wal-format.md, "Bit flip
+/// or torn write"); damage it can tell from a tear is corruption, tested elsewhere.
+fn tear_last_record(data_dir: &Path) {
     let seg = last_segment(data_dir);
     let mut bytes = std::fs::read(&seg).expect("read segment");
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x01;
+    // Version 2 segments are preallocated: the records end at the last non-zero byte.
+    let end = bytes.iter().rposition(|&b| b != 0).expect("records") + 1;
+    bytes[end - 4..end].fill(0);
     std::fs::write(&seg, bytes).expect("write segment");
 }
 
@@ -44,6 +47,20 @@ async fn acknowledged(cluster: &Cluster, n: u64) {
     primary.shutdown().await;
 }
 
+/// Every file of `wal/` with its bytes, by name.
+fn wal_files(data_dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(data_dir.join("wal"))
+        .expect("list wal")
+        .map(|e| {
+            let p = e.expect("entry").path();
+            let bytes = std::fs::read(&p).expect("read wal file");
+            (p, bytes)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 fn persisted_commit(cluster: &Cluster) -> u64 {
     NodeDir::open(FsStorage, &cluster.data_dir("p"))
         .expect("node dir")
@@ -57,7 +74,7 @@ async fn fm_x_6_primary_refuses_to_start_when_its_acknowledged_last_record_is_cu
     acknowledged(&cluster, 10).await;
     // A clean shutdown persists the final watermark.
     assert_eq!(persisted_commit(&cluster), 10);
-    flip_last_byte(&cluster.data_dir("p"));
+    tear_last_record(&cluster.data_dir("p"));
 
     let err = Primary::open(cluster.primary_config(&["p"], Quorum::LocalOnly))
         .expect_err("a primary that lost acknowledged record 10 must not start");
@@ -91,6 +108,34 @@ async fn fm_x_6_primary_refuses_to_start_when_its_acknowledged_last_record_is_cu
 }
 
 #[tokio::test]
+async fn fm_x_6_refused_primary_open_keeps_every_byte_of_the_damaged_wal() {
+    let cluster = Cluster::new(&["p"]);
+    acknowledged(&cluster, 10).await;
+    let data_dir = cluster.data_dir("p");
+    // Damage record 10 the way a torn write would look, so the scan alone would cut it:
+    // only the commit watermark shows it was acknowledged.
+    tear_last_record(&data_dir);
+    let before = wal_files(&data_dir);
+
+    for attempt in 0..2 {
+        match Primary::open(cluster.primary_config(&["p"], Quorum::LocalOnly)) {
+            Err(PrimaryError::AcknowledgedRecordsLost {
+                log_end,
+                commit_lsn,
+                ..
+            }) => assert_eq!((log_end, commit_lsn), (9, 10), "attempt {attempt}"),
+            Err(other) => panic!("expected AcknowledgedRecordsLost, got {other}"),
+            Ok(_) => panic!("a primary that lost acknowledged record 10 must not start"),
+        }
+        assert!(
+            wal_files(&data_dir) == before,
+            "attempt {attempt}: the refused open changed the WAL's files"
+        );
+    }
+    assert_eq!(persisted_commit(&cluster), 10);
+}
+
+#[tokio::test]
 async fn torn_tail_strictly_above_the_commit_watermark_is_cut_and_the_primary_starts() {
     let cluster = Cluster::new(&["p"]);
     acknowledged(&cluster, 10).await;
@@ -99,7 +144,7 @@ async fn torn_tail_strictly_above_the_commit_watermark_is_cut_and_the_primary_st
         .expect("node dir")
         .set_commit_lsn(9)
         .expect("write state/commit");
-    flip_last_byte(&cluster.data_dir("p"));
+    tear_last_record(&cluster.data_dir("p"));
 
     let primary = Primary::open(cluster.primary_config(&["p"], Quorum::LocalOnly))
         .expect("a torn tail above the watermark is cut, the primary starts");
