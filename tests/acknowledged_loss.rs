@@ -115,11 +115,13 @@ fn fm_x_6_single_node_primary_with_a_flipped_bit_in_its_last_record_refuses_to_r
     let (exit, out, err) = recover_verify(&data_dir);
     assert_eq!(exit, Exit::Ok, "healthy after a clean shutdown: {out}{err}");
 
-    // Bit rot in the synced, acknowledged record 10 (its last payload byte).
+    // Damage to the synced, acknowledged record 10 that the WAL scan alone cannot tell
+    // from a torn write (its last payload bytes zero; version 2 segments are preallocated,
+    // so the records end at the segment's last non-zero byte).
     let seg = last_segment(&data_dir);
     let mut bytes = std::fs::read(&seg).expect("read segment");
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x01;
+    let end = bytes.iter().rposition(|&b| b != 0).expect("records") + 1;
+    bytes[end - 4..end].fill(0);
     std::fs::write(&seg, &bytes).expect("write segment");
 
     let second = node_append(&config, &["must not become lsn 10"]);
@@ -137,6 +139,14 @@ fn fm_x_6_single_node_primary_with_a_flipped_bit_in_its_last_record_refuses_to_r
         stderr.contains("acknowledged records lost: log ends at lsn 9, commit watermark 10"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains("--to 9 --accept-data-loss"),
+        "the error names the way out: {stderr}"
+    );
+    assert!(
+        std::fs::read(&seg).expect("read segment") == bytes,
+        "the refused start must keep every byte of the damaged record"
+    );
 
     let (exit, out, err) = recover_verify(&data_dir);
     assert_eq!(exit, Exit::Corruption, "{out}{err}");
@@ -145,6 +155,42 @@ fn fm_x_6_single_node_primary_with_a_flipped_bit_in_its_last_record_refuses_to_r
         out.contains("CORRUPT: acknowledged records lost: log ends at lsn 9, commit watermark 10"),
         "{out}"
     );
+
+    // The operator's way out: accept the loss, then the node starts and lsn 10 is new.
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let exit = {
+        let mut env = Env::non_interactive(&mut out, &mut err);
+        run(
+            RecoverCommand::Rewind {
+                dir: data_dir.clone(),
+                to: 9,
+                accept_data_loss: true,
+                yes: true,
+                common: Common {
+                    json: false,
+                    max_record_bytes: walship_wal::record::DEFAULT_MAX_RECORD_BYTES,
+                },
+            },
+            &mut env,
+        )
+    };
+    assert_eq!(
+        exit,
+        Exit::Ok,
+        "{}{}",
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&err)
+    );
+    let (exit, out, err) = recover_verify(&data_dir);
+    assert_eq!(exit, Exit::Ok, "after the rewind: {out}{err}");
+    let third = node_append(&config, &["after the rewind"]);
+    let stdout = String::from_utf8_lossy(&third.stdout);
+    assert!(
+        third.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&third.stderr)
+    );
+    assert!(stdout.contains("committed 10"), "{stdout}");
 }
 
 #[test]

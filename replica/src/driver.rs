@@ -123,6 +123,26 @@ fn halted_shared(
     })
 }
 
+/// The `local-corruption` halt of a log that ends (or would end, after a refused cut) at
+/// `log_end`, below the persisted commit watermark (FM-X.6).
+fn lost_records_halt(log_end: Lsn, commit_lsn: Lsn, epoch: u64, context: &str) -> HaltRecord {
+    HaltRecord {
+        reason: HaltReason::LocalCorruption,
+        lsn: log_end + 1,
+        epoch,
+        expected: format!(
+            "the log holds every record up to the persisted commit watermark {commit_lsn}"
+        ),
+        found: format!("the log ends at lsn {log_end}"),
+        peer: "local".into(),
+        at_unix_ms: now_unix_ms(),
+        detail: format!(
+            "acknowledged records lost: log ends at lsn {log_end}, commit watermark {commit_lsn} ({context}); \
+             restore the records (resync), or accept their loss: walship-recover rewind DIR --to {log_end} --accept-data-loss, then walship-recover clear-halt DIR"
+        ),
+    }
+}
+
 /// Opens the node's state and WAL, replays committed records to the applier,
 /// and starts the driver thread. Returns no driver for a halted replica.
 pub(crate) fn start<S: Storage>(
@@ -164,8 +184,33 @@ pub(crate) fn start<S: Storage>(
     if !store_report.discarded_tmp.is_empty() {
         tracing::warn!(discarded = ?store_report.discarded_tmp, "discarded interrupted snapshot transfers");
     }
-    let (mut wal, report) = match Wal::open(storage.clone(), node_dir.wal_dir(), config.wal) {
+    // FM-X.6: a torn-tail cut that would leave the log below the watermark is refused
+    // before anything is cut (the bytes stay for the operator) and halts below. A snapshot
+    // at or above the watermark makes any cut harmless: the log then ends at its boundary
+    // at least.
+    let snapshot_lsn = snapshots.newest()?.map_or(0, |s| s.boundary.lsn);
+    let protected_lsn = if snapshot_lsn >= commit_lsn {
+        0
+    } else {
+        commit_lsn
+    };
+    let open = walship_wal::OpenOptions { protected_lsn };
+    let (mut wal, report) = match Wal::open_with(
+        storage.clone(),
+        node_dir.wal_dir(),
+        config.wal,
+        open,
+    ) {
         Ok(x) => x,
+        Err(WalError::CutRefused(r)) => {
+            let record = lost_records_halt(r.log_end, commit_lsn, highest_epoch, &r.to_string());
+            tracing::error!(refused = %r, "acknowledged records lost: the WAL's damaged tail would leave the log below the persisted commit watermark; halting, nothing was cut");
+            write_halt(&storage, &state_dir, &record)?;
+            return Ok((
+                halted_shared(&config, record, commit_lsn, applied_lsn, highest_epoch),
+                None,
+            ));
+        }
         Err(WalError::Corruption(report)) => {
             // FM-X.6: the replica refuses to start; the halt names where. Nothing is cut.
             let record = HaltRecord {
@@ -247,18 +292,12 @@ pub(crate) fn start<S: Storage>(
     // scan cut as a torn tail. Halt; the records must be re-fetched (operator resync).
     let log_end = wal.last().lsn;
     if log_end < commit_lsn {
-        let record = HaltRecord {
-            reason: HaltReason::LocalCorruption,
-            lsn: log_end + 1,
-            epoch: highest_epoch,
-            expected: format!("the log holds every record up to the persisted commit watermark {commit_lsn}"),
-            found: format!("the log ends at lsn {log_end}"),
-            peer: "local".into(),
-            at_unix_ms: now_unix_ms(),
-            detail: format!(
-                "acknowledged records lost: log ends at lsn {log_end}, commit watermark {commit_lsn} (open report: {report:?})"
-            ),
-        };
+        let record = lost_records_halt(
+            log_end,
+            commit_lsn,
+            highest_epoch,
+            &format!("open report: {report:?}"),
+        );
         tracing::error!(
             log_end,
             commit_lsn,
