@@ -705,7 +705,7 @@ impl<S: Storage> Driver<S> {
         self.outbox.clear();
         // Verified records appended before the failing batch stay; make them durable
         // so the directory is exactly what it was at the halt. A failure here is logged:
-        // the halt is already durable.
+        // the halt is already durable; the poisoned WAL makes the shutdown report it.
         let last = self.wal.last().lsn;
         if self.durable_lsn() < last {
             if let Err(e) = self.wal.wait_durable(last) {
@@ -904,24 +904,40 @@ impl<S: Storage> Driver<S> {
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), ReplicaError> {
         let result = self.run_inner(&material, &mut stop).await;
-        match &result {
+        match result {
             Ok(()) => {
-                if !self.halted && !self.wal.with(|w| w.is_poisoned()) {
+                let last = if self.wal.with(|w| w.is_poisoned()) {
+                    // A sync failed without stopping the node (after a halt, whose halt file
+                    // is durable): a failed fsync is fatal all the same, never swallowed.
+                    Err(ReplicaError::Wal(WalError::Poisoned))
+                } else if self.halted {
+                    Ok(())
+                } else {
                     // Make appended records durable and finish deferred work on the way out.
-                    if let Err(e) = self.flush_blocking() {
+                    self.flush_blocking()
+                };
+                self.publish_status();
+                match last {
+                    Ok(()) => {
+                        self.stopped("shut down".into());
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // A failed fsync is fatal (FM-X.4): the shutdown reports it, so the
+                        // process exits non-zero instead of claiming a clean stop.
                         tracing::error!(error = %e, "final sync/apply at shutdown failed");
+                        self.stopped(format!("final sync/apply at shutdown failed: {e}"));
+                        Err(e)
                     }
                 }
-                self.publish_status();
-                self.stopped("shut down".into());
             }
             Err(e) => {
                 tracing::error!(error = %e, "replica stopped on a local error (not a halt)");
                 self.publish_status();
                 self.stopped(e.to_string());
+                Err(e)
             }
         }
-        result
     }
 
     async fn run_inner(
