@@ -837,7 +837,12 @@ impl Primary {
     /// Stops serving: closes every replica connection, stops the core, writes the final commit
     /// watermark and releases the data directory lock. Appends in flight fail with
     /// [`PrimaryError::ShuttingDown`] or complete.
-    pub async fn shutdown(mut self) {
+    ///
+    /// Returns why the node stopped ([`Primary::stopped`]), read after every background
+    /// thread ended: `None` is a clean stop; a failure during the shutdown itself (the final
+    /// write of `state/commit` failing its fsync, a WAL sync of an append in flight) is
+    /// returned too, since a failed fsync is fatal and must not end as a clean exit.
+    pub async fn shutdown(mut self) -> Option<PrimaryStop> {
         self.stop();
         // WAL writes already started finish before the directory lock is released.
         let start = Instant::now();
@@ -861,7 +866,14 @@ impl Primary {
         .await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         self.lock.take();
-        info!(node = %self.shared.node_id, "primary stopped");
+        let stopped = self.shared.stop_reason();
+        match &stopped {
+            None => info!(node = %self.shared.node_id, "primary stopped"),
+            Some(reason) => {
+                error!(node = %self.shared.node_id, %reason, "primary stopped after a failure of its own storage")
+            }
+        }
+        stopped
     }
 
     fn stop(&mut self) {
