@@ -155,3 +155,41 @@ async fn torn_tail_strictly_above_the_commit_watermark_is_cut_and_the_primary_st
     );
     primary.shutdown().await;
 }
+
+struct Applied(u64);
+
+impl walship_snapshot::SnapshotSource for Applied {
+    fn write_snapshot(&mut self, w: &mut dyn std::io::Write) -> std::io::Result<u64> {
+        w.write_all(b"state")?;
+        Ok(self.0)
+    }
+}
+
+#[tokio::test]
+async fn damaged_last_record_covered_by_a_snapshot_at_the_watermark_is_cut_and_the_log_ends_at_the_boundary(
+) {
+    let cluster = Cluster::new(&["p"]);
+    let primary =
+        Primary::open(cluster.primary_config(&["p"], Quorum::LocalOnly)).expect("open primary");
+    for i in 1..=10u64 {
+        assert_eq!(primary.append(vec![i as u8; 40]).await.expect("append"), i);
+    }
+    let snap = primary
+        .create_snapshot(&mut Applied(10))
+        .expect("snapshot at 10");
+    primary.shutdown().await;
+    assert_eq!(persisted_commit(&cluster), 10);
+    // Record 10 is in the snapshot: cutting its damaged copy from the WAL loses nothing,
+    // the log then ends at the snapshot's boundary (FM-10.5 recovery resets it there).
+    tear_last_record(&cluster.data_dir("p"));
+    let primary = Primary::open(cluster.primary_config(&["p"], Quorum::LocalOnly))
+        .expect("the snapshot covers the watermark: the primary starts");
+    assert_eq!(primary.durable_lsn(), 10);
+    assert_eq!(
+        primary.enforce_retention().expect("retention").first_lsn,
+        snap.boundary.lsn + 1,
+        "the log was reset to the boundary"
+    );
+    assert_eq!(primary.append(b"next".to_vec()).await.expect("append"), 11);
+    primary.shutdown().await;
+}
