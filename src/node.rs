@@ -231,10 +231,14 @@ async fn run_primary(cfg: &NodeConfig, append_stdin: bool) -> Result<(), String>
     // returned, so a feeder that ended after a failed append sees it here too.
     let reason = primary.stopped();
     info!(node = %cfg.node_id, "shutting down");
-    match Arc::try_unwrap(primary) {
-        Ok(p) => p.shutdown().await,
-        Err(_) => warn!("appends still in flight at shutdown; exiting without waiting"),
-    }
+    // A failure during the shutdown itself (the final state/commit fsync) is fatal too.
+    let reason = match Arc::try_unwrap(primary) {
+        Ok(p) => reason.or(p.shutdown().await),
+        Err(_) => {
+            warn!("appends still in flight at shutdown; exiting without waiting");
+            reason
+        }
+    };
     match reason {
         Some(reason) => Err(format!("primary {} stopped: {reason}", cfg.node_id)),
         None => Ok(()),

@@ -178,11 +178,20 @@ fn fm_x_6_single_node_primary_whose_last_record_reads_as_torn_refuses_to_restart
     let tmp = tempfile::tempdir().expect("temp dir");
     let (config, data_dir) = acknowledged_ten(tmp.path());
     damage_last_written_byte(&data_dir, |_| 0);
+    let damaged = std::fs::read(last_segment(&data_dir)).expect("read segment");
 
     let stderr = restart_is_refused(&config);
     assert!(
         stderr.contains("acknowledged records lost: log ends at lsn 9, commit watermark 10"),
         "{stderr}"
+    );
+    assert!(
+        stderr.contains("--to 9 --accept-data-loss"),
+        "the error names the way out: {stderr}"
+    );
+    assert!(
+        std::fs::read(last_segment(&data_dir)).expect("read segment") == damaged,
+        "the refused start must keep every byte of the damaged record"
     );
 
     let (exit, out, err) = recover_verify(&data_dir);
@@ -192,6 +201,42 @@ fn fm_x_6_single_node_primary_whose_last_record_reads_as_torn_refuses_to_restart
         out.contains("CORRUPT: acknowledged records lost: log ends at lsn 9, commit watermark 10"),
         "{out}"
     );
+
+    // The operator's way out: accept the loss, then the node starts and lsn 10 is new.
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let exit = {
+        let mut env = Env::non_interactive(&mut out, &mut err);
+        run(
+            RecoverCommand::Rewind {
+                dir: data_dir.clone(),
+                to: 9,
+                accept_data_loss: true,
+                yes: true,
+                common: Common {
+                    json: false,
+                    max_record_bytes: walship_wal::record::DEFAULT_MAX_RECORD_BYTES,
+                },
+            },
+            &mut env,
+        )
+    };
+    assert_eq!(
+        exit,
+        Exit::Ok,
+        "{}{}",
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&err)
+    );
+    let (exit, out, err) = recover_verify(&data_dir);
+    assert_eq!(exit, Exit::Ok, "after the rewind: {out}{err}");
+    let third = node_append(&config, &["after the rewind"]);
+    let stdout = String::from_utf8_lossy(&third.stdout);
+    assert!(
+        third.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&third.stderr)
+    );
+    assert!(stdout.contains("committed 10"), "{stdout}");
 }
 
 #[test]

@@ -110,15 +110,27 @@ async fn judge(
             }
         } else {
             match Primary::open(config(&dir, certs)) {
-                Err(PrimaryError::Wal(WalError::Corruption(_))) => {}
+                Err(PrimaryError::Wal(WalError::Corruption(_))) => {
+                    assert!(
+                        std::fs::read(&path).expect("read segment") == bytes,
+                        "{case}: a refused open changed the damaged segment"
+                    );
+                }
                 Err(PrimaryError::AcknowledgedRecordsLost {
                     log_end,
                     commit_lsn,
                     ..
-                }) => assert!(
-                    log_end < commit_lsn && commit_lsn == commit,
-                    "{case}: log_end {log_end} commit {commit_lsn}"
-                ),
+                }) => {
+                    assert!(
+                        log_end < commit_lsn && commit_lsn == commit,
+                        "{case}: log_end {log_end} commit {commit_lsn}"
+                    );
+                    // The refusal comes before any cut: every byte stays for the operator.
+                    assert!(
+                        std::fs::read(&path).expect("read segment") == bytes,
+                        "{case}: a refused open cut the damaged segment"
+                    );
+                }
                 Ok(p) => {
                     let durable = p.durable_lsn();
                     p.shutdown().await;

@@ -217,7 +217,9 @@ async fn commit_point(
     r1.shutdown().await?;
     r2.shutdown().await?;
     match Arc::try_unwrap(primary) {
-        Ok(p) => p.shutdown().await,
+        Ok(p) => {
+            p.shutdown().await;
+        }
         Err(_) => return Err("primary still shared".into()),
     }
     Ok(point)

@@ -279,8 +279,11 @@ pub enum PrimaryError {
     /// Local corruption (FM-X.6): the recovered log (after any torn-tail cut; its last record
     /// or the snapshot boundary it starts after) ends below the persisted commit watermark, so
     /// records that were acknowledged are gone. The node refuses to start instead of reusing
-    /// their lsns; the operator restores the records from a replica (or resyncs).
-    #[error("{dir}: acknowledged records lost: log ends at lsn {log_end}, commit watermark {commit_lsn} (local corruption, FM-X.6); refusing to start")]
+    /// their lsns. A torn-tail cut that would end the log below the watermark is not made
+    /// (`log_end` is where the log would end after it): the WAL's files stay byte for byte as
+    /// they were. The operator restores the records from a replica (or resyncs), or accepts
+    /// the loss with `walship-recover rewind DIR --to LOG_END --accept-data-loss`.
+    #[error("{dir}: acknowledged records lost: log ends at lsn {log_end}, commit watermark {commit_lsn} (local corruption, FM-X.6); refusing to start. Restore the records (e.g. from a replica that holds them), or accept their loss: walship-recover rewind {dir} --to {log_end} --accept-data-loss")]
     AcknowledgedRecordsLost {
         /// The data directory.
         dir: PathBuf,
@@ -437,7 +440,41 @@ impl Primary {
             max_record_bytes: config.max_record_bytes,
             epoch: history_epoch,
         };
-        let (mut wal, report) = Wal::open(storage.clone(), node_dir.wal_dir(), opts)?;
+        // Discards interrupted creations (tmp-*); opened before the WAL because the log's
+        // end after recovery may be the newest snapshot's boundary (FM-10.5, below).
+        let (snapshots, _) =
+            SnapshotStore::open(storage.clone(), node_dir.snapshot_dir(), Limits::default())?;
+        let commit_lsn = node_dir.commit_lsn()?;
+        // FM-X.6: a torn-tail cut that would leave the log below the watermark is refused
+        // before anything is cut, so the damaged bytes stay for the operator. A snapshot at
+        // or above the watermark makes any cut harmless: recovery then ends the log at its
+        // boundary at least.
+        let snapshot_lsn = snapshots.newest()?.map_or(0, |s| s.boundary.lsn);
+        let protected_lsn = if snapshot_lsn >= commit_lsn {
+            0
+        } else {
+            commit_lsn
+        };
+        let open = walship_wal::OpenOptions { protected_lsn };
+        let (mut wal, report) = match Wal::open_with(
+            storage.clone(),
+            node_dir.wal_dir(),
+            opts,
+            open,
+        ) {
+            Ok(x) => x,
+            Err(WalError::CutRefused(r)) => {
+                error!(segment = %r.segment.display(), offset = r.offset, bytes_cut = r.bytes_cut,
+                        log_end = r.log_end, commit_lsn,
+                        "acknowledged records lost: the WAL's damaged tail would leave the log below the persisted commit watermark; refusing to start, nothing was cut");
+                return Err(PrimaryError::AcknowledgedRecordsLost {
+                    dir: dir.clone(),
+                    log_end: r.log_end,
+                    commit_lsn,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         // Whether the cut record was acknowledged is judged below, against state/commit.
         let torn_tail_cut = match &report {
             OpenReport::TornTailCut {
@@ -473,15 +510,12 @@ impl Primary {
                 history_epoch: epoch,
             });
         }
-        // Discards interrupted creations (tmp-*) and makes the newest snapshot and the
-        // WAL agree (FM-10.5); a mismatch is local corruption: refuse to start.
-        let (snapshots, _) =
-            SnapshotStore::open(storage.clone(), node_dir.snapshot_dir(), Limits::default())?;
+        // Makes the newest snapshot and the WAL agree (FM-10.5); a mismatch is local
+        // corruption: refuse to start.
         let recovered = snapshots.recover(&mut wal)?;
         info!(?recovered, "snapshot store opened");
         let newest_snapshot = snapshots.newest()?.map(|s| s.boundary);
         let durable = wal.durable_lsn();
-        let commit_lsn = node_dir.commit_lsn()?;
         // FM-X.6: the persisted watermark only ever lags what was committed, so a log (its
         // last record, or the snapshot boundary it was reset to) ending below it lost records
         // that were acknowledged: bit rot of a synced last record is cut by the WAL scan as a
@@ -803,7 +837,12 @@ impl Primary {
     /// Stops serving: closes every replica connection, stops the core, writes the final commit
     /// watermark and releases the data directory lock. Appends in flight fail with
     /// [`PrimaryError::ShuttingDown`] or complete.
-    pub async fn shutdown(mut self) {
+    ///
+    /// Returns why the node stopped ([`Primary::stopped`]), read after every background
+    /// thread ended: `None` is a clean stop; a failure during the shutdown itself (the final
+    /// write of `state/commit` failing its fsync, a WAL sync of an append in flight) is
+    /// returned too, since a failed fsync is fatal and must not end as a clean exit.
+    pub async fn shutdown(mut self) -> Option<PrimaryStop> {
         self.stop();
         // WAL writes already started finish before the directory lock is released.
         let start = Instant::now();
@@ -827,7 +866,14 @@ impl Primary {
         .await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         self.lock.take();
-        info!(node = %self.shared.node_id, "primary stopped");
+        let stopped = self.shared.stop_reason();
+        match &stopped {
+            None => info!(node = %self.shared.node_id, "primary stopped"),
+            Some(reason) => {
+                error!(node = %self.shared.node_id, %reason, "primary stopped after a failure of its own storage")
+            }
+        }
+        stopped
     }
 
     fn stop(&mut self) {

@@ -138,7 +138,8 @@ impl Maintenance {
                 halted: false,
             })
             .collect();
-        let (plan, first_lsn) = self.shared.wal.with(|w| {
+        let (plan, first_before, first_lsn) = self.shared.wal.with(|w| {
+            let first_before = w.first_lsn();
             let segments: Vec<SegmentSpan> = w.segments().iter().map(SegmentSpan::from).collect();
             let plan = plan_retention(&segments, newest, &replicas, self.max_retained_wal_bytes);
             // Never past the durable end (plan_retention never passes the snapshot's boundary).
@@ -148,11 +149,27 @@ impl Maintenance {
             } else {
                 Ok(())
             };
-            (r.map(|()| plan), w.first_lsn())
+            (r.map(|()| plan), first_before, w.first_lsn())
         });
         let plan = plan?;
-        if !plan.switch_to_snapshot.is_empty() {
-            info!(replicas = ?plan.switch_to_snapshot, first_lsn, "lagging replicas switched to the snapshot");
+        if first_lsn > first_before {
+            info!(
+                first_before,
+                first_lsn, "truncated WAL segments behind the newest snapshot"
+            );
+        }
+        let (switched, kept) = needs_snapshot(&replicas, first_lsn);
+        if !switched.is_empty() {
+            info!(replicas = ?switched, first_lsn, "lagging replicas switched to the snapshot: the records they need are no longer retained");
+        }
+        let over_cap_kept: Vec<&String> = plan
+            .switch_to_snapshot
+            .iter()
+            .filter(|id| kept.contains(id))
+            .collect();
+        if !over_cap_kept.is_empty() {
+            // WAL segments go whole, never the active one: nothing they need was removed yet.
+            info!(replicas = ?over_cap_kept, first_lsn, "lagging replicas over the WAL retention cap still stream from the log: nothing they need was truncated");
         }
         Ok(RetentionReport {
             first_lsn,
@@ -187,6 +204,16 @@ impl Maintenance {
     }
 }
 
+/// Splits `replicas` into those whose next record is below `first_lsn` (they can only
+/// catch up through the snapshot) and those the retained log still serves.
+fn needs_snapshot(replicas: &[ReplicaNeed], first_lsn: Lsn) -> (Vec<String>, Vec<String>) {
+    let (switched, kept): (Vec<&ReplicaNeed>, Vec<&ReplicaNeed>) = replicas
+        .iter()
+        .partition(|r| r.durable_lsn.saturating_add(1) < first_lsn);
+    let ids = |v: Vec<&ReplicaNeed>| v.into_iter().map(|r| r.id.clone()).collect();
+    (ids(switched), ids(kept))
+}
+
 /// The maintenance task: a round every `interval` on a blocking thread, until aborted or
 /// until the node stops.
 pub(crate) async fn run(m: Arc<Maintenance>, interval: Duration) {
@@ -204,5 +231,37 @@ pub(crate) async fn run(m: Arc<Maintenance>, interval: Duration) {
             Ok(Err(e)) => error!(error = %e, "snapshot maintenance failed; retried next round"),
             Err(e) => error!(error = %e, "maintenance task failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn need(id: &str, durable_lsn: Lsn) -> ReplicaNeed {
+        ReplicaNeed {
+            id: id.into(),
+            durable_lsn,
+            halted: false,
+        }
+    }
+
+    #[test]
+    fn a_replica_is_switched_to_the_snapshot_only_when_its_next_record_was_truncated() {
+        let replicas = [need("r1", 0), need("r2", 9), need("r3", 10)];
+        // Nothing truncated (first retained lsn 1): every replica streams from the log.
+        assert_eq!(
+            needs_snapshot(&replicas, 1),
+            (vec![], vec!["r1".into(), "r2".into(), "r3".into()])
+        );
+        // Records 1..=9 truncated: r1 needs lsn 1 (gone); r2 needs lsn 10 (retained).
+        assert_eq!(
+            needs_snapshot(&replicas, 10),
+            (vec!["r1".into()], vec!["r2".into(), "r3".into()])
+        );
+        assert_eq!(
+            needs_snapshot(&replicas, 11),
+            (vec!["r1".into(), "r2".into()], vec!["r3".into()])
+        );
     }
 }

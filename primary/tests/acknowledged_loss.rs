@@ -21,14 +21,15 @@ fn last_segment(data_dir: &Path) -> PathBuf {
     segs.pop().expect("a segment")
 }
 
-/// Zeroes the last written (non-zero) byte of the newest segment: damage to the synced last
-/// record that the scan cannot tell from a torn write into the preallocated zero tail
-/// (spec/wal-format.md, "What the scan cannot see"), so it is cut like one.
-fn zero_last_written_byte(data_dir: &Path) {
+/// Zeroes the last 4 bytes of the log's last record (its payload's end), as a torn write of
+/// it would leave them: the WAL scan alone cuts such a record (spec/wal-format.md, "Bit flip
+/// or torn write"); damage it can tell from a tear is corruption, tested elsewhere.
+fn tear_last_record(data_dir: &Path) {
     let seg = last_segment(data_dir);
     let mut bytes = std::fs::read(&seg).expect("read segment");
-    let last = bytes.iter().rposition(|&b| b != 0).expect("a written byte");
-    bytes[last] = 0;
+    // Version 2 segments are preallocated: the records end at the last non-zero byte.
+    let end = bytes.iter().rposition(|&b| b != 0).expect("records") + 1;
+    bytes[end - 4..end].fill(0);
     std::fs::write(&seg, bytes).expect("write segment");
 }
 
@@ -46,6 +47,20 @@ async fn acknowledged(cluster: &Cluster, n: u64) {
     primary.shutdown().await;
 }
 
+/// Every file of `wal/` with its bytes, by name.
+fn wal_files(data_dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(data_dir.join("wal"))
+        .expect("list wal")
+        .map(|e| {
+            let p = e.expect("entry").path();
+            let bytes = std::fs::read(&p).expect("read wal file");
+            (p, bytes)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 fn persisted_commit(cluster: &Cluster) -> u64 {
     NodeDir::open(FsStorage, &cluster.data_dir("p"))
         .expect("node dir")
@@ -59,7 +74,7 @@ async fn fm_x_6_primary_refuses_to_start_when_its_acknowledged_last_record_is_cu
     acknowledged(&cluster, 10).await;
     // A clean shutdown persists the final watermark.
     assert_eq!(persisted_commit(&cluster), 10);
-    zero_last_written_byte(&cluster.data_dir("p"));
+    tear_last_record(&cluster.data_dir("p"));
 
     let err = Primary::open(cluster.primary_config(&["p"], Quorum::LocalOnly))
         .expect_err("a primary that lost acknowledged record 10 must not start");
@@ -93,6 +108,34 @@ async fn fm_x_6_primary_refuses_to_start_when_its_acknowledged_last_record_is_cu
 }
 
 #[tokio::test]
+async fn fm_x_6_refused_primary_open_keeps_every_byte_of_the_damaged_wal() {
+    let cluster = Cluster::new(&["p"]);
+    acknowledged(&cluster, 10).await;
+    let data_dir = cluster.data_dir("p");
+    // Damage record 10 the way a torn write would look, so the scan alone would cut it:
+    // only the commit watermark shows it was acknowledged.
+    tear_last_record(&data_dir);
+    let before = wal_files(&data_dir);
+
+    for attempt in 0..2 {
+        match Primary::open(cluster.primary_config(&["p"], Quorum::LocalOnly)) {
+            Err(PrimaryError::AcknowledgedRecordsLost {
+                log_end,
+                commit_lsn,
+                ..
+            }) => assert_eq!((log_end, commit_lsn), (9, 10), "attempt {attempt}"),
+            Err(other) => panic!("expected AcknowledgedRecordsLost, got {other}"),
+            Ok(_) => panic!("a primary that lost acknowledged record 10 must not start"),
+        }
+        assert!(
+            wal_files(&data_dir) == before,
+            "attempt {attempt}: the refused open changed the WAL's files"
+        );
+    }
+    assert_eq!(persisted_commit(&cluster), 10);
+}
+
+#[tokio::test]
 async fn torn_tail_strictly_above_the_commit_watermark_is_cut_and_the_primary_starts() {
     let cluster = Cluster::new(&["p"]);
     acknowledged(&cluster, 10).await;
@@ -101,7 +144,7 @@ async fn torn_tail_strictly_above_the_commit_watermark_is_cut_and_the_primary_st
         .expect("node dir")
         .set_commit_lsn(9)
         .expect("write state/commit");
-    zero_last_written_byte(&cluster.data_dir("p"));
+    tear_last_record(&cluster.data_dir("p"));
 
     let primary = Primary::open(cluster.primary_config(&["p"], Quorum::LocalOnly))
         .expect("a torn tail above the watermark is cut, the primary starts");
@@ -110,5 +153,43 @@ async fn torn_tail_strictly_above_the_commit_watermark_is_cut_and_the_primary_st
         primary.append(b"next".as_slice()).await.expect("append"),
         10
     );
+    primary.shutdown().await;
+}
+
+struct Applied(u64);
+
+impl walship_snapshot::SnapshotSource for Applied {
+    fn write_snapshot(&mut self, w: &mut dyn std::io::Write) -> std::io::Result<u64> {
+        w.write_all(b"state")?;
+        Ok(self.0)
+    }
+}
+
+#[tokio::test]
+async fn damaged_last_record_covered_by_a_snapshot_at_the_watermark_is_cut_and_the_log_ends_at_the_boundary(
+) {
+    let cluster = Cluster::new(&["p"]);
+    let primary =
+        Primary::open(cluster.primary_config(&["p"], Quorum::LocalOnly)).expect("open primary");
+    for i in 1..=10u64 {
+        assert_eq!(primary.append(vec![i as u8; 40]).await.expect("append"), i);
+    }
+    let snap = primary
+        .create_snapshot(&mut Applied(10))
+        .expect("snapshot at 10");
+    primary.shutdown().await;
+    assert_eq!(persisted_commit(&cluster), 10);
+    // Record 10 is in the snapshot: cutting its damaged copy from the WAL loses nothing,
+    // the log then ends at the snapshot's boundary (FM-10.5 recovery resets it there).
+    tear_last_record(&cluster.data_dir("p"));
+    let primary = Primary::open(cluster.primary_config(&["p"], Quorum::LocalOnly))
+        .expect("the snapshot covers the watermark: the primary starts");
+    assert_eq!(primary.durable_lsn(), 10);
+    assert_eq!(
+        primary.enforce_retention().expect("retention").first_lsn,
+        snap.boundary.lsn + 1,
+        "the log was reset to the boundary"
+    );
+    assert_eq!(primary.append(b"next".to_vec()).await.expect("append"), 11);
     primary.shutdown().await;
 }

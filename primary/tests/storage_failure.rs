@@ -138,7 +138,9 @@ async fn fm_x_5_failed_dir_sync_at_snapshot_publish_stops_the_primary_and_never_
         other => panic!("expected Stopped, got {other:?}"),
     }
     match std::sync::Arc::try_unwrap(primary) {
-        Ok(p) => p.shutdown().await,
+        Ok(p) => {
+            p.shutdown().await;
+        }
         Err(_) => panic!("the primary is still shared"),
     }
     // Every record is still in the WAL: nothing was truncated.
@@ -184,4 +186,31 @@ async fn fm_x_12_primary_whose_disk_is_full_refuses_the_append_and_stops() {
     assert_eq!(primary.commit_lsn(), 1);
     assert_eq!(faults.failed_writes(), 1);
     primary.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fm_x_5_commit_watermark_fsync_failing_during_shutdown_is_returned_by_shutdown() {
+    let cluster = Cluster::new(&["p"]);
+    let primary = open_single(&cluster);
+    let faults = primary.storage_faults();
+    let state = cluster.data_dir("p").join("state");
+    // The persister's write of the watermark is held in its fsync...
+    faults.hold_syncs_under(&state);
+    for i in 1..=3u64 {
+        assert_eq!(primary.append(vec![i as u8]).await.expect("append"), i);
+    }
+    let held = faults.clone();
+    tokio::task::spawn_blocking(move || held.wait_held_syncs(1))
+        .await
+        .expect("wait for the held sync");
+    assert_eq!(primary.stopped(), None);
+    // ...while the node shuts down; the shutdown waits for the persister, whose fsync fails.
+    let shutdown = tokio::spawn(primary.shutdown());
+    faults.fail_syncs_under(&state);
+    faults.release_held_syncs();
+    match shutdown.await.expect("shutdown task") {
+        Some(PrimaryStop::CommitWatermark { .. }) => {}
+        other => panic!("expected the failed state/commit fsync from shutdown, got {other:?}"),
+    }
+    assert_eq!(faults.failed_syncs(), 1, "nothing was retried");
 }

@@ -7,14 +7,14 @@ mod common;
 use common::{recover, recover_json, s, Node};
 use walship_wal::{FsStorage, Position, Wal, WalOptions};
 
-/// Zeroes the last written (non-zero) byte of the newest segment: damage to the synced last
-/// record that the scan cannot tell from a torn write into the preallocated zero tail
-/// (spec/wal-format.md, "What the scan cannot see"), so it is cut like one.
-fn zero_last_written_byte(n: &Node) {
+/// Zeroes the last 4 bytes of the log's last record, as a torn write of it would leave them
+/// (the WAL scan alone calls it a torn tail; version 2 segments are preallocated, so the
+/// records end at the newest segment's last non-zero byte).
+fn tear_last_record(n: &Node) {
     let seg = n.segments().last().cloned().expect("segment");
     let mut bytes = std::fs::read(&seg).expect("read");
-    let last = bytes.iter().rposition(|&b| b != 0).expect("a written byte");
-    bytes[last] = 0;
+    let end = bytes.iter().rposition(|&b| b != 0).expect("records") + 1;
+    bytes[end - 4..end].fill(0);
     std::fs::write(&seg, bytes).expect("write");
 }
 
@@ -34,7 +34,7 @@ fn fm_x_6_verify_inspect_status_report_acknowledged_records_lost_and_exit_3() {
     let n = Node::new();
     n.append_n(1, 10, "r");
     n.set_commit(10);
-    zero_last_written_byte(&n);
+    tear_last_record(&n);
     let before = n.snapshot_files();
 
     let (code, v, err) = recover_json(&["verify", s(&n.root)]);
@@ -102,7 +102,7 @@ fn torn_tail_strictly_above_the_commit_watermark_stays_a_torn_tail_and_exits_0()
     let n = Node::new();
     n.append_n(1, 10, "r");
     n.set_commit(9);
-    zero_last_written_byte(&n);
+    tear_last_record(&n);
     for cmd in ["verify", "inspect", "status"] {
         let (code, v, _) = recover_json(&[cmd, s(&n.root)]);
         assert_eq!(code, 0, "{cmd}: {v}");

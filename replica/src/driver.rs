@@ -123,6 +123,26 @@ fn halted_shared(
     })
 }
 
+/// The `local-corruption` halt of a log that ends (or would end, after a refused cut) at
+/// `log_end`, below the persisted commit watermark (FM-X.6).
+fn lost_records_halt(log_end: Lsn, commit_lsn: Lsn, epoch: u64, context: &str) -> HaltRecord {
+    HaltRecord {
+        reason: HaltReason::LocalCorruption,
+        lsn: log_end + 1,
+        epoch,
+        expected: format!(
+            "the log holds every record up to the persisted commit watermark {commit_lsn}"
+        ),
+        found: format!("the log ends at lsn {log_end}"),
+        peer: "local".into(),
+        at_unix_ms: now_unix_ms(),
+        detail: format!(
+            "acknowledged records lost: log ends at lsn {log_end}, commit watermark {commit_lsn} ({context}); \
+             restore the records (resync), or accept their loss: walship-recover rewind DIR --to {log_end} --accept-data-loss, then walship-recover clear-halt DIR"
+        ),
+    }
+}
+
 /// Opens the node's state and WAL, replays committed records to the applier,
 /// and starts the driver thread. Returns no driver for a halted replica.
 pub(crate) fn start<S: Storage>(
@@ -164,8 +184,33 @@ pub(crate) fn start<S: Storage>(
     if !store_report.discarded_tmp.is_empty() {
         tracing::warn!(discarded = ?store_report.discarded_tmp, "discarded interrupted snapshot transfers");
     }
-    let (mut wal, report) = match Wal::open(storage.clone(), node_dir.wal_dir(), config.wal) {
+    // FM-X.6: a torn-tail cut that would leave the log below the watermark is refused
+    // before anything is cut (the bytes stay for the operator) and halts below. A snapshot
+    // at or above the watermark makes any cut harmless: the log then ends at its boundary
+    // at least.
+    let snapshot_lsn = snapshots.newest()?.map_or(0, |s| s.boundary.lsn);
+    let protected_lsn = if snapshot_lsn >= commit_lsn {
+        0
+    } else {
+        commit_lsn
+    };
+    let open = walship_wal::OpenOptions { protected_lsn };
+    let (mut wal, report) = match Wal::open_with(
+        storage.clone(),
+        node_dir.wal_dir(),
+        config.wal,
+        open,
+    ) {
         Ok(x) => x,
+        Err(WalError::CutRefused(r)) => {
+            let record = lost_records_halt(r.log_end, commit_lsn, highest_epoch, &r.to_string());
+            tracing::error!(refused = %r, "acknowledged records lost: the WAL's damaged tail would leave the log below the persisted commit watermark; halting, nothing was cut");
+            write_halt(&storage, &state_dir, &record)?;
+            return Ok((
+                halted_shared(&config, record, commit_lsn, applied_lsn, highest_epoch),
+                None,
+            ));
+        }
         Err(WalError::Corruption(report)) => {
             // FM-X.6: the replica refuses to start; the halt names where. Nothing is cut.
             let record = HaltRecord {
@@ -247,18 +292,12 @@ pub(crate) fn start<S: Storage>(
     // scan cut as a torn tail. Halt; the records must be re-fetched (operator resync).
     let log_end = wal.last().lsn;
     if log_end < commit_lsn {
-        let record = HaltRecord {
-            reason: HaltReason::LocalCorruption,
-            lsn: log_end + 1,
-            epoch: highest_epoch,
-            expected: format!("the log holds every record up to the persisted commit watermark {commit_lsn}"),
-            found: format!("the log ends at lsn {log_end}"),
-            peer: "local".into(),
-            at_unix_ms: now_unix_ms(),
-            detail: format!(
-                "acknowledged records lost: log ends at lsn {log_end}, commit watermark {commit_lsn} (open report: {report:?})"
-            ),
-        };
+        let record = lost_records_halt(
+            log_end,
+            commit_lsn,
+            highest_epoch,
+            &format!("open report: {report:?}"),
+        );
         tracing::error!(
             log_end,
             commit_lsn,
@@ -666,7 +705,7 @@ impl<S: Storage> Driver<S> {
         self.outbox.clear();
         // Verified records appended before the failing batch stay; make them durable
         // so the directory is exactly what it was at the halt. A failure here is logged:
-        // the halt is already durable.
+        // the halt is already durable; the poisoned WAL makes the shutdown report it.
         let last = self.wal.last().lsn;
         if self.durable_lsn() < last {
             if let Err(e) = self.wal.wait_durable(last) {
@@ -865,24 +904,40 @@ impl<S: Storage> Driver<S> {
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), ReplicaError> {
         let result = self.run_inner(&material, &mut stop).await;
-        match &result {
+        match result {
             Ok(()) => {
-                if !self.halted && !self.wal.with(|w| w.is_poisoned()) {
+                let last = if self.wal.with(|w| w.is_poisoned()) {
+                    // A sync failed without stopping the node (after a halt, whose halt file
+                    // is durable): a failed fsync is fatal all the same, never swallowed.
+                    Err(ReplicaError::Wal(WalError::Poisoned))
+                } else if self.halted {
+                    Ok(())
+                } else {
                     // Make appended records durable and finish deferred work on the way out.
-                    if let Err(e) = self.flush_blocking() {
+                    self.flush_blocking()
+                };
+                self.publish_status();
+                match last {
+                    Ok(()) => {
+                        self.stopped("shut down".into());
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // A failed fsync is fatal (FM-X.4): the shutdown reports it, so the
+                        // process exits non-zero instead of claiming a clean stop.
                         tracing::error!(error = %e, "final sync/apply at shutdown failed");
+                        self.stopped(format!("final sync/apply at shutdown failed: {e}"));
+                        Err(e)
                     }
                 }
-                self.publish_status();
-                self.stopped("shut down".into());
             }
             Err(e) => {
                 tracing::error!(error = %e, "replica stopped on a local error (not a halt)");
                 self.publish_status();
                 self.stopped(e.to_string());
+                Err(e)
             }
         }
-        result
     }
 
     async fn run_inner(

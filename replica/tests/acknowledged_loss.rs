@@ -19,9 +19,7 @@ fn persisted_commit(data_dir: &Path) -> Lsn {
         .expect("state/commit")
 }
 
-/// Zeroes the last written (non-zero) byte of the newest segment: damage to the synced last
-/// record that the scan cannot tell from a torn write into the preallocated zero tail.
-fn zero_last_written_byte(data_dir: &Path) {
+fn newest_segment(data_dir: &Path) -> std::path::PathBuf {
     let mut segs: Vec<_> = std::fs::read_dir(data_dir.join("wal"))
         .expect("wal dir")
         .filter_map(Result::ok)
@@ -29,11 +27,33 @@ fn zero_last_written_byte(data_dir: &Path) {
         .filter(|p| p.extension().is_some_and(|x| x == "wal"))
         .collect();
     segs.sort();
-    let seg = segs.pop().expect("segment");
+    segs.pop().expect("segment")
+}
+
+/// Zeroes the last 4 bytes of the log's last record, as a torn write of it would leave them:
+/// the WAL scan alone would cut it (version 2 segments: the records end at the last non-zero
+/// byte of the preallocated file).
+fn tear_last_record(data_dir: &Path) {
+    let seg = newest_segment(data_dir);
     let mut bytes = std::fs::read(&seg).expect("read segment");
-    let last = bytes.iter().rposition(|&b| b != 0).expect("a written byte");
-    bytes[last] = 0;
+    let end = bytes.iter().rposition(|&b| b != 0).expect("records") + 1;
+    bytes[end - 4..end].fill(0);
     std::fs::write(&seg, bytes).expect("write segment");
+}
+
+/// Every file of `wal/` with its bytes, by name.
+fn wal_files(data_dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(data_dir.join("wal"))
+        .expect("wal dir")
+        .filter_map(Result::ok)
+        .map(|e| {
+            let p = e.path();
+            let bytes = std::fs::read(&p).expect("read wal file");
+            (p, bytes)
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 #[tokio::test]
@@ -48,8 +68,9 @@ async fn fm_x_6_replica_whose_log_ends_below_its_commit_watermark_halts_local_co
     wait_for(&replica, "applied 10", |st| st.applied_lsn == 10).await;
     replica.shutdown().await.expect("shutdown");
     assert_eq!(persisted_commit(&f.data), 10);
-    // Bit rot in the synced, receipted and committed record 10.
-    zero_last_written_byte(&f.data);
+    // Damage to the synced, receipted and committed record 10 that the scan alone would cut.
+    tear_last_record(&f.data);
+    let before = wal_files(&f.data);
 
     let replica = f.open();
     let st = replica.status();
@@ -65,6 +86,10 @@ async fn fm_x_6_replica_whose_log_ends_below_its_commit_watermark_halts_local_co
     assert_eq!(read_halt_file(&f.data), Some(record));
     assert_eq!(st.sessions, 0);
     replica.shutdown().await.expect("shutdown");
+    assert!(
+        wal_files(&f.data) == before,
+        "the halted open changed the WAL's files: nothing may be cut"
+    );
     assert_eq!(
         persisted_commit(&f.data),
         10,

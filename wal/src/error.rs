@@ -114,6 +114,37 @@ impl fmt::Display for CorruptionReport {
     }
 }
 
+/// A torn-tail cut that [`crate::Wal::open_with`] refused because it would leave the log
+/// below [`crate::OpenOptions::protected_lsn`]: the damaged bytes may hold an acknowledged
+/// record. Nothing was cut or removed; every file of the WAL is as it was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedCut {
+    /// The last segment, whose tail would have been cut.
+    pub segment: PathBuf,
+    /// Offset of the first damaged byte (where the cut would have started).
+    pub offset: u64,
+    /// Bytes the cut would have removed (version 1) or zeroed (version 2).
+    pub bytes_cut: u64,
+    /// The last lsn the log would hold after the cut (the would-be log end).
+    pub log_end: Lsn,
+    /// The protected lsn the caller passed (its commit watermark).
+    pub protected_lsn: Lsn,
+}
+
+impl fmt::Display for RefusedCut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "WAL open refused to cut the damaged tail of {} at offset {} ({} bytes): the log would end at lsn {}, below the protected (acknowledged) lsn {}; nothing was cut",
+            self.segment.display(),
+            self.offset,
+            self.bytes_cut,
+            self.log_end,
+            self.protected_lsn
+        )
+    }
+}
+
 /// Everything a WAL operation can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
@@ -131,6 +162,10 @@ pub enum WalError {
     /// Stored bytes are damaged: the WAL refuses to open or to read past them.
     #[error("{0}")]
     Corruption(CorruptionReport),
+    /// The last record is damaged in a way the scan would cut as a torn tail, but the
+    /// cut would leave the log below the protected (acknowledged) lsn: refused, nothing cut.
+    #[error("{0}")]
+    CutRefused(RefusedCut),
     /// An append's payload is above `max_record_bytes` (nothing was written).
     #[error("record payload of {len} bytes exceeds max_record_bytes {max}")]
     RecordTooLarge {

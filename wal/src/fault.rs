@@ -12,7 +12,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::storage::{Mapping, Storage, StorageFile};
 
@@ -30,6 +30,16 @@ struct FaultState {
     full: Mutex<Vec<PathBuf>>,
     failed: AtomicU64,
     failed_writes: AtomicU64,
+    /// Syncs under these prefixes wait until released (then the other faults apply).
+    held: Mutex<Held>,
+    held_changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    prefixes: Vec<PathBuf>,
+    /// Syncs waiting right now.
+    waiting: usize,
 }
 
 impl StorageFaults {
@@ -64,8 +74,57 @@ impl StorageFaults {
         self.inner.full.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Disarms every fault.
+    fn held(&self) -> MutexGuard<'_, Held> {
+        self.inner.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every later sync of `path` or of anything under it waits (its thread blocks)
+    /// until [`StorageFaults::release_held_syncs`]; then it fails or succeeds as the
+    /// other faults armed at that moment say. Lets a test put a sync "in flight" for as
+    /// long as it needs, deterministically.
+    pub fn hold_syncs_under(&self, path: impl Into<PathBuf>) {
+        self.held().prefixes.push(path.into());
+    }
+
+    /// Lets every held sync go on (and later syncs no longer wait).
+    pub fn release_held_syncs(&self) {
+        self.held().prefixes.clear();
+        self.inner.held_changed.notify_all();
+    }
+
+    /// Blocks until at least `n` syncs are held at once.
+    pub fn wait_held_syncs(&self, n: usize) {
+        let mut g = self.held();
+        while g.waiting < n {
+            g = self
+                .inner
+                .held_changed
+                .wait(g)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn hold(&self, path: &Path) {
+        let mut g = self.held();
+        if !g.prefixes.iter().any(|p| path.starts_with(p)) {
+            return;
+        }
+        g.waiting += 1;
+        self.inner.held_changed.notify_all();
+        tracing::warn!(path = %path.display(), "fault injection: sync held");
+        while g.prefixes.iter().any(|p| path.starts_with(p)) {
+            g = self
+                .inner
+                .held_changed
+                .wait(g)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        g.waiting -= 1;
+    }
+
+    /// Disarms every fault (held syncs are released).
     pub fn clear(&self) {
+        self.release_held_syncs();
         self.failing().clear();
         self.full().clear();
     }
@@ -154,6 +213,7 @@ impl<F: StorageFile> StorageFile for FaultyFile<F> {
         self.inner.set_len(len)
     }
     fn sync_data(&self) -> io::Result<()> {
+        self.faults.hold(&self.path);
         self.faults.check(&self.path)?;
         self.inner.sync_data()
     }
@@ -188,6 +248,7 @@ impl<S: Storage> Storage for FaultyStorage<S> {
         self.inner.remove_dir_all(dir)
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.faults.hold(dir);
         self.faults.check(dir)?;
         self.inner.sync_dir(dir)
     }
@@ -231,6 +292,29 @@ mod tests {
             s.sync_dir(Path::new("/c")).is_err(),
             "clones share the faults"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_held_sync_waits_for_release_then_meets_the_faults_armed_then() -> io::Result<()> {
+        let s = FaultyStorage::new(SimStorage::new(3));
+        s.create_dir_all(Path::new("/a"))?;
+        let f = s.open(Path::new("/a/f"), true)?;
+        f.write_at(0, b"x")?;
+        s.faults().hold_syncs_under("/a");
+        let faults = s.faults().clone();
+        let t = std::thread::spawn(move || f.sync_data().map_err(|e| e.raw_os_error()));
+        s.faults().wait_held_syncs(1);
+        assert_eq!(s.faults().failed_syncs(), 0);
+        faults.fail_syncs_under("/a");
+        faults.release_held_syncs();
+        let r = t
+            .join()
+            .map_err(|_| io::Error::other("sync thread panicked"))?;
+        assert_eq!(r, Err(Some(libc::EIO)));
+        assert_eq!(s.faults().failed_syncs(), 1);
+        s.faults().clear();
+        s.sync_dir(Path::new("/a"))?;
         Ok(())
     }
 

@@ -36,7 +36,7 @@ pub mod storage;
 mod wal;
 
 pub use append::SharedWal;
-pub use error::{CorruptionKind, CorruptionReport, WalError};
+pub use error::{CorruptionKind, CorruptionReport, RefusedCut, WalError};
 pub use reader::{OwnedRecord, RecordBatchView, WalReader};
 pub use record::{
     check_successor, decode_record, encode_record, ChainError, Lsn, Position, RecordError,
@@ -45,4 +45,4 @@ pub use record::{
 pub use scan::{inspect, Inspection, OpenReport};
 pub use segment::SegmentInfo;
 pub use storage::{FsStorage, Mapping, Storage, StorageFile};
-pub use wal::{Wal, WalOptions, DEFAULT_SEGMENT_SIZE_BYTES};
+pub use wal::{OpenOptions, Wal, WalOptions, DEFAULT_SEGMENT_SIZE_BYTES};

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{CorruptionKind, CorruptionReport, WalError};
+use crate::error::{CorruptionKind, CorruptionReport, RefusedCut, WalError};
 use crate::record::{
     bit_flip_not_torn, check_successor, decode_record, ChainError, Lsn, Position, RecordError,
     RecordHeader, RECORD_HEADER_LEN,
@@ -63,7 +63,7 @@ pub fn inspect<S: Storage>(
     dir: &Path,
     max_record_bytes: u32,
 ) -> Result<Inspection, WalError> {
-    let rec = recover(storage, dir, max_record_bytes, true)?;
+    let rec = recover(storage, dir, max_record_bytes, true, 0)?;
     let mut segments: Vec<crate::segment::SegmentInfo> =
         rec.segments.iter().map(Into::into).collect();
     if let (Some(last), Some((path, offset, _))) = (segments.last_mut(), rec.cut.as_ref()) {
@@ -321,12 +321,15 @@ fn create_dir_durably<S: Storage>(storage: &S, dir: &Path) -> Result<(), WalErro
 
 /// Runs the recovery scan over `dir` (created if missing). Cuts a torn tail
 /// (set_len + sync_data) before returning; removes segments superseded by a
-/// completed `reset_to` (lower generation).
+/// completed `reset_to` (lower generation). A cut that would leave the log's
+/// last lsn below `protected_lsn` is [`WalError::CutRefused`], and then nothing
+/// is cut or removed.
 pub(crate) fn recover<S: Storage>(
     storage: &S,
     dir: &Path,
     max_record_bytes: u32,
     read_only: bool,
+    protected_lsn: Lsn,
 ) -> Result<Recovered, WalError> {
     if !read_only {
         create_dir_durably(storage, dir)?;
@@ -378,30 +381,22 @@ pub(crate) fn recover<S: Storage>(
     }
 
     // Segments of a lower generation are leftovers of a reset_to that completed
-    // (its new segment is durable): they are no longer part of the log.
+    // (its new segment is durable): they are no longer part of the log. They are
+    // removed only once the scan has accepted the log (below): a refused open
+    // leaves every file as it was.
+    let mut superseded = Vec::new();
     if let Some(max_gen) = headers.iter().map(|(_, h, _)| h.generation).max() {
-        let mut removed = false;
         for (path, h, _) in headers.iter().filter(|(_, h, _)| h.generation < max_gen) {
             tracing::warn!(segment = %path.display(), generation = h.generation, max_gen, "segment superseded by reset_to");
-            if !read_only {
-                storage
-                    .remove_file(path)
-                    .map_err(io_err("remove_file", path))?;
-            }
             notes.push(format!(
                 "{} segment {} of superseded generation {} (current {max_gen})",
                 if read_only { "would remove" } else { "removed" },
                 path.display(),
                 h.generation
             ));
-            removed = true;
+            superseded.push(path.clone());
         }
-        if removed {
-            if !read_only {
-                storage.sync_dir(dir).map_err(io_err("sync_dir", dir))?;
-            }
-            headers.retain(|(_, h, _)| h.generation == max_gen);
-        }
+        headers.retain(|(_, h, _)| h.generation == max_gen);
     }
 
     let n = headers.len();
@@ -520,6 +515,30 @@ pub(crate) fn recover<S: Storage>(
         segments.push(meta);
     }
 
+    if let Some((path, offset, bytes_cut, _)) = cut.as_ref() {
+        let log_end = segments.last().map_or(0, |s| s.last.lsn);
+        if log_end < protected_lsn {
+            // The damaged bytes may be an acknowledged record: keep every byte for the
+            // operator (spec/wal-format.md, "What the scan cannot see").
+            let r = RefusedCut {
+                segment: path.clone(),
+                offset: *offset,
+                bytes_cut: *bytes_cut,
+                log_end,
+                protected_lsn,
+            };
+            tracing::error!(segment = %path.display(), offset, bytes_cut, log_end, protected_lsn, "{r}");
+            return Err(WalError::CutRefused(r));
+        }
+    }
+    if !read_only && !superseded.is_empty() {
+        for path in &superseded {
+            storage
+                .remove_file(path)
+                .map_err(io_err("remove_file", path))?;
+        }
+        storage.sync_dir(dir).map_err(io_err("sync_dir", dir))?;
+    }
     if let Some((path, offset, bytes_cut, preallocated)) = cut.as_ref().filter(|_| !read_only) {
         // The cut must be on disk before open returns: otherwise a second crash
         // could resurrect the torn bytes after new records were appended behind them.

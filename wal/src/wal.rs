@@ -41,6 +41,19 @@ impl Default for WalOptions {
     }
 }
 
+/// How [`Wal::open_with`] may change the log while recovering it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Records at or below this lsn were acknowledged (the caller's commit watermark,
+    /// `state/commit`). A torn-tail cut that would leave the log's last lsn below it is
+    /// refused with [`WalError::CutRefused`] and nothing is cut or removed, so the damaged
+    /// bytes stay for the operator. `0` (the default) protects nothing: open cuts as
+    /// [`Wal::open`] does. A log that ends below it without a cut (e.g. an unwritten
+    /// version 2 tail) is not judged here: nothing is destroyed, and the caller compares
+    /// [`Wal::last`] with its watermark.
+    pub protected_lsn: Lsn,
+}
+
 /// A write-ahead log in one directory, generic over its [`Storage`].
 ///
 /// Single-writer: `&mut self` for every change. For many concurrent appenders
@@ -148,7 +161,20 @@ impl<S: Storage> Wal<S> {
         dir: &Path,
         opts: WalOptions,
     ) -> Result<(Wal<S>, OpenReport), WalError> {
-        let span = tracing::info_span!("wal_open", dir = %dir.display(), epoch = opts.epoch);
+        Wal::open_with(storage, dir, opts, OpenOptions::default())
+    }
+
+    /// [`Wal::open`], refusing a torn-tail cut that would leave the log below
+    /// `open.protected_lsn` ([`WalError::CutRefused`] naming the segment, the offset,
+    /// the would-be log end and the protected lsn; every WAL file is left byte for byte
+    /// as it was).
+    pub fn open_with(
+        storage: S,
+        dir: &Path,
+        opts: WalOptions,
+        open: OpenOptions,
+    ) -> Result<(Wal<S>, OpenReport), WalError> {
+        let span = tracing::info_span!("wal_open", dir = %dir.display(), epoch = opts.epoch, protected_lsn = open.protected_lsn);
         let _g = span.enter();
         if opts.segment_size_bytes <= SEGMENT_HEADER_LEN as u64 {
             return Err(WalError::InvalidOptions(format!(
@@ -156,7 +182,13 @@ impl<S: Storage> Wal<S> {
                 opts.segment_size_bytes
             )));
         }
-        let rec = recover(&storage, dir, opts.max_record_bytes, false)?;
+        let rec = recover(
+            &storage,
+            dir,
+            opts.max_record_bytes,
+            false,
+            open.protected_lsn,
+        )?;
         let mut segments = rec.segments;
         let fresh = segments.is_empty();
         if fresh {

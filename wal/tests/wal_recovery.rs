@@ -732,3 +732,91 @@ fn crc_valid_record_after_lsn_u64_max_is_duplicate_corruption_not_a_wrapped_lsn_
     let a = corruption(walship_wal::inspect(&s, &wal_dir(), 4096).expect_err("corrupt"));
     assert_eq!(a, rep);
 }
+
+/// Every segment's bytes, by path: to show an open changed nothing.
+fn all_files(s: &SimStorage) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    segment_paths(s)
+        .into_iter()
+        .map(|p| {
+            let bytes = s.contents(&p).expect("contents");
+            (p, bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn fm_x_6_cut_below_the_protected_lsn_is_refused_and_nothing_is_cut_or_removed() {
+    for v1 in [false, true] {
+        let n = 12;
+        let (s, l) = if v1 { build_v1(n) } else { build(n) };
+        let last = l.last().expect("records").clone();
+        // A damaged last record the scan cannot tell from a torn write (row 1/3).
+        if v1 {
+            set_len(&s, &last.segment, last.offset + last.len - 3);
+        } else {
+            s.zero_range(&last.segment, last.offset + last.len - 3, 3)
+                .expect("zero");
+        }
+        let before = all_files(&s);
+        let opts = walship_wal::OpenOptions { protected_lsn: n };
+        match walship_wal::Wal::open_with(s.clone(), &wal_dir(), small_opts(), opts) {
+            Err(WalError::CutRefused(r)) => {
+                assert_eq!(r.segment, last.segment, "v1 {v1}");
+                assert_eq!(r.offset, last.offset, "v1 {v1}");
+                assert_eq!(r.log_end, n - 1, "v1 {v1}");
+                assert_eq!(r.protected_lsn, n, "v1 {v1}");
+                let text = WalError::CutRefused(r).to_string();
+                assert!(text.contains("would end at lsn 11, below the protected (acknowledged) lsn 12; nothing was cut"), "{text}");
+            }
+            other => panic!("v1 {v1}: expected CutRefused, got {other:?}"),
+        }
+        // Refused again, and not one byte changed, even after a crash.
+        s.crash();
+        assert_eq!(all_files(&s), before, "v1 {v1}");
+        // A watermark at the would-be end allows the cut; the default (0) cuts as before.
+        let opts = walship_wal::OpenOptions {
+            protected_lsn: n - 1,
+        };
+        let (w, r) = walship_wal::Wal::open_with(s.clone(), &wal_dir(), small_opts(), opts)
+            .expect("a cut down to the protected lsn is allowed");
+        assert!(
+            matches!(r, OpenReport::TornTailCut { offset, .. } if offset == last.offset),
+            "v1 {v1}: {r:?}"
+        );
+        assert_eq!(w.last(), l[l.len() - 2].position);
+    }
+}
+
+#[test]
+fn refused_cut_leaves_superseded_segments_of_a_reset_in_place() {
+    let (s, mut w, _) = sim_wal_with(30, small_opts());
+    let old: Vec<_> = all_files(&s);
+    let boundary = Position {
+        lsn: 500,
+        epoch: 1,
+        crc: 42,
+    };
+    w.reset_to(boundary).expect("reset");
+    w.append(&payload(501)).expect("append");
+    w.sync().expect("sync");
+    let new_seg = w.segments()[0].clone();
+    drop(w);
+    for (p, bytes) in &old {
+        raw_write(&s, p, 0, bytes);
+    }
+    s.sync_dir(&wal_dir()).expect("sync");
+    // Record 501 (in the new generation) damaged like a torn write.
+    let rec_end = 64 + 32 + payload(501).len() as u64;
+    s.zero_range(&new_seg.path, rec_end - 2, 2).expect("zero");
+    let before = all_files(&s);
+    let opts = walship_wal::OpenOptions { protected_lsn: 501 };
+    match walship_wal::Wal::open_with(s.clone(), &wal_dir(), small_opts(), opts) {
+        Err(WalError::CutRefused(r)) => assert_eq!((r.log_end, r.protected_lsn), (500, 501)),
+        other => panic!("expected CutRefused, got {other:?}"),
+    }
+    assert_eq!(all_files(&s), before);
+    let (w, r) = open(&s, &wal_dir(), small_opts());
+    assert!(matches!(r, OpenReport::TornTailCut { .. }), "{r:?}");
+    assert_eq!(w.last(), boundary);
+    assert_eq!(segment_paths(&s).len(), 1);
+}
