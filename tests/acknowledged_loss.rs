@@ -1,7 +1,7 @@
 //! The scenario with the real binaries (FM-X.6): a single-node primary
-//! (`members = ["n1"]`, `quorum = 0`) acknowledges 10 records, one bit of the last record
-//! rots on disk; the restart must refuse (never hand out lsn 10 again) naming both lsns,
-//! and `walship-recover verify` must report the loss (exit 3).
+//! (`members = ["n1"]`, `quorum = 0`) acknowledges 10 records, then the last record is
+//! damaged on disk; the restart must refuse (never hand out lsn 10 again), and
+//! `walship-recover verify` must report it (exit 3).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -96,12 +96,11 @@ fn recover_verify(dir: &Path) -> (Exit, String, String) {
     )
 }
 
-#[test]
-fn fm_x_6_single_node_primary_with_a_flipped_bit_in_its_last_record_refuses_to_restart() {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let config = single_node_config(tmp.path());
-    let data_dir = tmp.path().join("data/n1");
-
+/// A single-node quorum-0 primary that acknowledged records 1..=10 and shut down cleanly
+/// (`state/commit` = 10, `verify` clean); returns its config and data directory.
+fn acknowledged_ten(root: &Path) -> (PathBuf, PathBuf) {
+    let config = single_node_config(root);
+    let data_dir = root.join("data/n1");
     let lines: Vec<String> = (1..=10).map(|i| format!("record {i}")).collect();
     let line_refs: Vec<&str> = lines.iter().map(String::as_str).collect();
     let first = node_append(&config, &line_refs);
@@ -114,17 +113,24 @@ fn fm_x_6_single_node_primary_with_a_flipped_bit_in_its_last_record_refuses_to_r
     assert!(stdout.contains("committed 10"), "{stdout}");
     let (exit, out, err) = recover_verify(&data_dir);
     assert_eq!(exit, Exit::Ok, "healthy after a clean shutdown: {out}{err}");
+    (config, data_dir)
+}
 
-    // Bit rot in the synced, acknowledged record 10 (its last payload byte).
-    let seg = last_segment(&data_dir);
+/// Applies `damage` to the last written (non-zero) byte of the newest segment: record 10's
+/// last payload byte (the rest of the preallocated segment is zeros).
+fn damage_last_written_byte(data_dir: &Path, damage: impl FnOnce(u8) -> u8) {
+    let seg = last_segment(data_dir);
     let mut bytes = std::fs::read(&seg).expect("read segment");
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x01;
+    let last = bytes.iter().rposition(|&b| b != 0).expect("a written byte");
+    bytes[last] = damage(bytes[last]);
     std::fs::write(&seg, &bytes).expect("write segment");
+}
 
-    let second = node_append(&config, &["must not become lsn 10"]);
+/// The restart is refused (non-zero exit, no lsn handed out); returns its stderr.
+fn restart_is_refused(config: &Path) -> String {
+    let second = node_append(config, &["must not become lsn 10"]);
     let stdout = String::from_utf8_lossy(&second.stdout);
-    let stderr = String::from_utf8_lossy(&second.stderr);
+    let stderr = String::from_utf8_lossy(&second.stderr).into_owned();
     assert!(
         !second.status.success(),
         "restart must be refused: {stdout}{stderr}"
@@ -133,6 +139,47 @@ fn fm_x_6_single_node_primary_with_a_flipped_bit_in_its_last_record_refuses_to_r
         !stdout.contains("committed"),
         "an lsn was handed out: {stdout}"
     );
+    stderr
+}
+
+/// The exact scenario: one bit of the synced, acknowledged record 10 flips. In a
+/// preallocated (version 2) segment no torn write into zeros can leave a set bit that one
+/// flip explains, so the WAL scan itself reports corruption at lsn 10 (row 3c of
+/// spec/wal-format.md) and the node refuses to start with every byte kept.
+#[test]
+fn fm_x_6_single_node_primary_with_a_flipped_bit_in_its_last_record_refuses_to_restart() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (config, data_dir) = acknowledged_ten(tmp.path());
+    damage_last_written_byte(&data_dir, |b| b ^ 0x01);
+    let before = std::fs::read(last_segment(&data_dir)).expect("read segment");
+
+    let stderr = restart_is_refused(&config);
+    assert!(
+        stderr.contains("corruption") && stderr.contains("(lsn 10)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(last_segment(&data_dir)).expect("read segment"),
+        before,
+        "the refused open changed the segment"
+    );
+
+    let (exit, out, err) = recover_verify(&data_dir);
+    assert_eq!(exit, Exit::Corruption, "{out}{err}");
+    assert_eq!(exit.code(), 3);
+}
+
+/// Damage the scan cannot tell from a torn write (record 10's last byte zeroed, as if its
+/// last sector never reached the disk): the WAL would cut it, and the node refuses because
+/// the log would end below the persisted commit watermark, naming both lsns.
+#[test]
+fn fm_x_6_single_node_primary_whose_last_record_reads_as_torn_refuses_to_restart_naming_both_lsns()
+{
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (config, data_dir) = acknowledged_ten(tmp.path());
+    damage_last_written_byte(&data_dir, |_| 0);
+
+    let stderr = restart_is_refused(&config);
     assert!(
         stderr.contains("acknowledged records lost: log ends at lsn 9, commit watermark 10"),
         "{stderr}"

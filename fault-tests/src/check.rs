@@ -4,10 +4,11 @@
 //! A checker returns the first [`Violation`] it finds; the simulator stops
 //! the run there and prints the seed, the invariant and the trace tail.
 
+use walship_replica::halt::read_halt;
 use walship_wal::{Lsn, Position};
 
 use crate::net::NodeId;
-use crate::world::{node_name, FrameFault, World};
+use crate::world::{node_name, state_dir, FrameFault, World};
 
 /// A broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,7 +296,8 @@ impl Checker for AppliedIsCommittedInOrder {
 }
 
 /// A halted replica changes nothing: its log, durable lsn and applied lsn
-/// stay as at the halt, across restarts, and it stays halted.
+/// stay as at the halt, across restarts, and it stays halted: its halt file
+/// holds the identical record and, whenever it runs, its core reports it.
 pub struct HaltedReplicaFrozen;
 
 impl Checker for HaltedReplicaFrozen {
@@ -309,6 +311,17 @@ impl Checker for HaltedReplicaFrozen {
         for r in &w.replicas {
             let Some(h) = &r.halted else { continue };
             let name = node_name(r.id);
+            // The halt is durable and stays (the simulator never clears it):
+            // whatever restarts the replica reads it back (FM-11.3).
+            match read_halt(&r.storage, &state_dir()) {
+                Ok(Some(rec)) if rec == h.record => {}
+                other => {
+                    return Err(format!(
+                        "{name} halted with {:?} but its halt file now reads {other:?}",
+                        h.record
+                    ))
+                }
+            }
             if r.applied.last_lsn() != h.applied_lsn {
                 return Err(format!(
                     "{name} halted ({}) at applied lsn {} but has applied up to {}",
@@ -380,6 +393,7 @@ impl Checker for NoHaltWithoutCause {
                             f,
                             FrameFault::Skip
                                 | FrameFault::Reorder
+                                | FrameFault::WrongPrevCrc
                                 | FrameFault::EpochRegress
                                 | FrameFault::EpochBelowHistory
                         )

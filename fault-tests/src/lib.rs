@@ -7,13 +7,24 @@
 //! as the tokio drivers are in production). On top:
 //!
 //! * the deterministic simulator ([`sim`], `walship-fault sim`): a random
-//!   workload of appends, crashes (torn or not), restarts, partitions (both
-//!   ways or one way), transport noise, slow links, failed fsyncs, full
-//!   disks, sender (byzantine) frame faults and primary snapshots with WAL
-//!   truncation (so lagging replicas install snapshots), and on request
-//!   replaced replica disks; checked after every step by the invariant
-//!   checkers of [`check`] (safety phase), then healed and required to
-//!   converge within bounded simulated time (liveness phase);
+//!   workload of appends checked after every step by the invariant checkers
+//!   of [`check`] (safety phase), then healed and required to converge
+//!   within bounded simulated time (liveness phase). Its fault vocabulary
+//!   (spec/failure-matrix.md, "The random simulator's fault vocabulary"):
+//!   - crashes, torn or not, and restarts (every halted replica is crashed
+//!     and restarted once: it must come back halted, through the same
+//!     `walship_replica::halt::start_mode` decision production makes);
+//!   - partitions (both ways or one way), transport noise, slow links,
+//!     small MTUs;
+//!   - sender (byzantine) frame faults ([`world::FrameFault`]): corrupt,
+//!     skipped, duplicated, reordered records, epoch regression, malformed
+//!     batch headers, a crc-valid record with a wrong `prev_crc`, and an
+//!     older-epoch primary's `Welcome`;
+//!   - disk faults: every fsync fails; **one** fsync fails (dropping the
+//!     file's dirty pages) and later ones succeed, after which a node still
+//!     running loses power; disk full;
+//!   - primary snapshots with WAL truncation (so lagging replicas install
+//!     snapshots), and replaced replica disks (30% of seeds, or on request);
 //! * failure-matrix conformance ([`matrix`], `walship-fault matrix`): one
 //!   scenario per ID of `spec/failure-matrix.md`, printing
 //!   `ID | failure | required outcome | observed | pass/fail`, failing when an

@@ -1129,8 +1129,12 @@ fn fm_x_6() -> R {
     w.crash(1);
     let s = w.replica(1).storage.clone();
     let seg = first_segment(&s)?;
-    let len = s.contents(&seg).map_err(|e| e.to_string())?.len() as u64;
-    s.flip_bit(&seg, len / 2, 3).map_err(|e| e.to_string())?;
+    let bytes = s.contents(&seg).map_err(|e| e.to_string())?;
+    let len = bytes.len() as u64;
+    // Segments are preallocated: damage the middle of the records, not the zero tail.
+    let records_end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1) as u64;
+    let at = records_end / 2;
+    s.flip_bit(&seg, at, 3).map_err(|e| e.to_string())?;
     w.oracle.disk_damaged.insert(1);
     w.restart(1);
     let h = w
@@ -1145,7 +1149,7 @@ fn fm_x_6() -> R {
         s.contents(&seg).map_err(|e| e.to_string())?.len() as u64 == len,
         || "the corrupt segment was cut".into(),
     )?;
-    Ok(format!("bit flipped at offset {} of {}: replica refused to start, halt local-corruption ({}), nothing cut", len / 2, seg.display(), h.record.detail))
+    Ok(format!("bit flipped at offset {at} of {}: replica refused to start, halt local-corruption ({}), nothing cut", seg.display(), h.record.detail))
 }
 
 fn fm_x_7() -> R {

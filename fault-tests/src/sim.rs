@@ -16,13 +16,15 @@ use crate::rng::SimRng;
 use crate::world::{node_name, FrameFault, World, WorldConfig, PRIMARY};
 
 /// The sender faults the simulator may arm.
-const FRAME_FAULTS: [FrameFault; 6] = [
+const FRAME_FAULTS: [FrameFault; 8] = [
     FrameFault::Corrupt,
     FrameFault::Skip,
     FrameFault::Duplicate,
     FrameFault::Reorder,
     FrameFault::EpochRegress,
     FrameFault::Malformed,
+    FrameFault::WrongPrevCrc,
+    FrameFault::StaleWelcome,
 ];
 
 /// Default number of steps of the safety phase.
@@ -72,8 +74,10 @@ pub struct SimOptions {
     /// random replica (per mille; 0 for most seeds). Each must halt that
     /// replica with the matching reason if the frame arrives.
     pub byzantine_per_mille: u32,
-    /// Per-step chance of a disk fault on a random node (per mille): its next
-    /// fsync fails, or its disk fills up. The node must stop, not halt.
+    /// Per-step chance of a disk fault on a random node (per mille): every
+    /// fsync from the next one on fails, or exactly one fsync fails and later
+    /// ones succeed (a node still running after it then loses power), or its
+    /// disk fills up. The node must stop, not halt.
     pub disk_fault_per_mille: u32,
 }
 
@@ -368,6 +372,12 @@ fn drive(opts: &SimOptions, w: &mut World, workload: &mut SimRng, report: &mut S
     let mut restarts: BTreeMap<u64, Vec<NodeId>> = BTreeMap::new();
     let mut heals: BTreeMap<u64, Vec<NodeId>> = BTreeMap::new();
     let mut disk_faulted: Vec<NodeId> = Vec::new();
+    // Nodes armed with a transient fsync failure, with their disk's failed-sync
+    // count at arming: when it fires and the node is still running, its power
+    // is cut, so what its disk really holds is judged at the restart.
+    let mut transient: Vec<(NodeId, u64)> = Vec::new();
+    // Replicas restarted since their halt (each halted replica is, once).
+    let mut halt_restarted: std::collections::BTreeSet<NodeId> = Default::default();
     let nodes = opts.replicas + 1;
 
     let fail = |w: &World, phase: &'static str, v: Violation| SimFailure {
@@ -405,12 +415,26 @@ fn drive(opts: &SimOptions, w: &mut World, workload: &mut SimRng, report: &mut S
             let n = workload.index(nodes);
             if w.is_up(n) {
                 let s = w.storage(n);
-                if workload.chance(500) {
-                    w.log(format!("DISK FAULT {}: next fsync fails", node_name(n)));
-                    s.fail_syncs_after(0);
-                } else {
-                    w.log(format!("DISK FAULT {}: disk full", node_name(n)));
-                    s.set_capacity_bytes(s.used_bytes());
+                match workload.index(4) {
+                    0 | 1 => {
+                        w.log(format!("DISK FAULT {}: every fsync fails", node_name(n)));
+                        s.fail_syncs_after(0);
+                    }
+                    2 => {
+                        // One fsync fails (dropping the file's dirty pages),
+                        // later ones succeed: a retry would appear to work.
+                        let after = workload.range(0, 3);
+                        w.log(format!(
+                            "DISK FAULT {}: one fsync fails after {after} more, later ones succeed",
+                            node_name(n)
+                        ));
+                        transient.push((n, s.counters().failed_syncs));
+                        s.fail_one_sync_after(after);
+                    }
+                    _ => {
+                        w.log(format!("DISK FAULT {}: disk full", node_name(n)));
+                        s.set_capacity_bytes(s.used_bytes());
+                    }
                 }
                 report.disk_faults += 1;
                 disk_faulted.push(n);
@@ -456,6 +480,37 @@ fn drive(opts: &SimOptions, w: &mut World, workload: &mut SimRng, report: &mut S
         let dt = workload.range(1, 15);
         w.run_until(now + dt);
         let now = w.now();
+        // A node that kept running after its transient fsync failure (it must
+        // have stopped: FM-X.4, FM-X.5) loses power: its restart shows whether
+        // what it claimed durable after the failure is on the disk.
+        for (n, base) in std::mem::take(&mut transient) {
+            if !w.is_up(n) {
+                continue;
+            }
+            if w.storage(n).counters().failed_syncs > base {
+                w.log(format!(
+                    "POWER CUT {}: still running after a failed fsync",
+                    node_name(n)
+                ));
+                w.crash(n);
+                report.crashes += 1;
+            } else {
+                transient.push((n, base));
+            }
+        }
+        // Every halted replica is restarted once (FM-10.3, FM-11.3: it must
+        // come back halted, with the same record, frozen).
+        for n in 1..=opts.replicas {
+            if w.replica(n).halted.is_none() {
+                halt_restarted.remove(&n);
+            } else if w.is_up(n) && halt_restarted.insert(n) {
+                w.log(format!("CRASH {} (halted), to be restarted", node_name(n)));
+                w.crash(n);
+                report.crashes += 1;
+                let at = now + workload.range(1, 200);
+                restarts.entry(at).or_default().push(n);
+            }
+        }
         // A node stopped by a disk fault is repaired and restarted later.
         for n in std::mem::take(&mut disk_faulted) {
             if w.is_up(n) {

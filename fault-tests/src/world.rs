@@ -17,14 +17,14 @@ use walship_primary::core::{
 use walship_replica::core::{
     self as rcore, Action as RAction, DurableState, Event as REvent, Phase, ReplicaCore, SessionEnd,
 };
-use walship_replica::halt::{read_halt, write_halt, HaltReason, HaltRecord};
+use walship_replica::halt::{start_mode, write_halt, HaltReason, HaltRecord, StartMode};
 use walship_snapshot::{EpochCheck, Install, Limits, SnapshotSource, SnapshotStore};
 use walship_wal::record::{decode_record, encode_record, RECORD_HEADER_LEN};
 use walship_wal::sim::{SimConfig, SimStorage};
 use walship_wal::state::{read_state_file, write_state_file, EpochEntry, EpochHistory};
 use walship_wal::{Lsn, Position, Wal, WalError, WalOptions};
 use walship_wire::frame::{encode_frame, FrameDecoder, FrameError};
-use walship_wire::message::{Message, RecordBatch};
+use walship_wire::message::{Message, RecordBatch, Welcome};
 
 use crate::clock::SimClock;
 use crate::net::{CloseReason, ConnId, NetConfig, NetEvent, NodeId, SimNet};
@@ -116,11 +116,23 @@ pub enum FrameFault {
     EpochRegress,
     /// Rewrite `first_lsn`/`count` so they disagree with the records.
     Malformed,
+    /// Re-encode the first record with a wrong `prev_crc` and a crc computed
+    /// over the changed record (crc-valid, lsn and epoch right, the chain
+    /// broken): what an authenticated primary with a bad log or disk would
+    /// send. FM-8.1: the replica halts `divergence` and stores nothing of it.
+    WrongPrevCrc,
     /// Like `EpochRegress`; kept as the name of finding 4's reproducer
     /// (a record at lsn 1 below the announced epoch history).
     EpochBelowHistory,
     /// Flip a byte of the next snapshot chunk (its crc no longer matches): FM-7.1.
     CorruptChunk,
+    /// Rewrite the next `Welcome` to one replica as an older primary's (one
+    /// come back from a saved copy of its disk after a newer epoch began):
+    /// its epoch one below the highest epoch the replica has seen, its epoch
+    /// history cut to the entries below that. FM-X.2: the replica halts
+    /// `stale-primary` and appends nothing. (Armed, it waits for a replica
+    /// that has seen an epoch above 0.)
+    StaleWelcome,
 }
 
 impl FrameFault {
@@ -133,7 +145,9 @@ impl FrameFault {
             FrameFault::Reorder => HaltReason::Reorder,
             FrameFault::EpochRegress | FrameFault::EpochBelowHistory => HaltReason::EpochRegression,
             FrameFault::Malformed => HaltReason::MalformedBatch,
+            FrameFault::WrongPrevCrc => HaltReason::Divergence,
             FrameFault::CorruptChunk => HaltReason::SnapshotInvalid,
+            FrameFault::StaleWelcome => HaltReason::StalePrimary,
         }
     }
 }
@@ -306,6 +320,8 @@ pub struct World {
     /// The last faulty frame sent to each replica: when it is delivered the
     /// replica must halt on it.
     faulty_frames: BTreeMap<NodeId, RecordBatch>,
+    /// The last stale `Welcome` sent to each replica (same rule).
+    faulty_welcomes: BTreeMap<NodeId, Welcome>,
     next_tick: u64,
 }
 
@@ -315,7 +331,8 @@ fn root() -> PathBuf {
 fn wal_dir() -> PathBuf {
     root().join("wal")
 }
-fn state_dir() -> PathBuf {
+/// The state directory (`state/`) of every simulated node, inside its storage.
+pub fn state_dir() -> PathBuf {
     root().join("state")
 }
 
@@ -491,7 +508,23 @@ fn apply_frame_fault(f: FrameFault, b: &RecordBatch, max: u32) -> Option<RecordB
         FrameFault::Malformed => {
             out.count += 7;
         }
-        FrameFault::CorruptChunk => return None,
+        FrameFault::WrongPrevCrc => {
+            let first = recs.first()?;
+            let v = decode_record(first, max).ok()?;
+            let mut bytes = Vec::new();
+            encode_record(
+                v.lsn(),
+                v.epoch(),
+                v.prev_crc() ^ 0x5a5a_0001,
+                v.payload(),
+                &mut bytes,
+            );
+            for r in &recs[1..] {
+                bytes.extend_from_slice(r);
+            }
+            out.bytes = bytes;
+        }
+        FrameFault::CorruptChunk | FrameFault::StaleWelcome => return None,
     }
     Some(out)
 }
@@ -540,6 +573,7 @@ impl World {
             oracle: Oracle::default(),
             taps: BTreeMap::new(),
             faulty_frames: BTreeMap::new(),
+            faulty_welcomes: BTreeMap::new(),
             next_tick: 0,
         };
         make_dirs(&w.primary.storage).map_err(|e| format!("p0 mkdir: {e}"))?;
@@ -673,6 +707,18 @@ impl World {
             Ok(c) => c,
             Err(e) => panic!("world config: primary core refused: {e}"),
         };
+        if wal.durable_lsn() < self.oracle.primary_durable
+            && !self.oracle.disk_damaged.contains(&PRIMARY)
+        {
+            self.oracle.action_violations.push((
+                "never cut what was made durable (DESIGN: never cut what was acknowledged)",
+                format!(
+                    "p0: WAL reopened at durable lsn {} below the {} it had made durable",
+                    wal.durable_lsn(),
+                    self.oracle.primary_durable
+                ),
+            ));
+        }
         // The oracle's history: what survived on disk.
         let last = wal.last();
         self.oracle.primary_history.truncate(last.lsn as usize);
@@ -813,6 +859,35 @@ impl World {
                         );
                     }
                 }
+                if let Message::Welcome(wm) = &mut msg {
+                    if self.taps.get(&peer) == Some(&FrameFault::StaleWelcome) {
+                        let seen = self
+                            .replicas
+                            .get(peer.wrapping_sub(1))
+                            .and_then(|r| r.up.as_ref())
+                            .map_or(0, |u| u.core.highest_epoch_seen());
+                        if seen > 0 {
+                            self.taps.remove(&peer);
+                            wm.epoch = seen - 1;
+                            wm.epoch_history.retain(|e| e.epoch < seen);
+                            self.oracle
+                                .injected
+                                .entry(peer)
+                                .or_default()
+                                .push(FrameFault::StaleWelcome);
+                            self.trace.record(
+                                now,
+                                self.step,
+                                format!(
+                                    "inject StaleWelcome (epoch {} below the {seen} seen) to {}",
+                                    wm.epoch,
+                                    node_name(peer)
+                                ),
+                            );
+                            self.faulty_welcomes.insert(peer, wm.clone());
+                        }
+                    }
+                }
                 if let Message::Records(b) = &msg {
                     let last_lsn = b.first_lsn + u64::from(b.count).saturating_sub(1);
                     if b.count > 0 && last_lsn > p.wal.durable_lsn() {
@@ -950,8 +1025,12 @@ impl World {
         assert!(self.replica(n).up.is_none(), "replica {n} already running");
         let s = self.replica(n).storage.clone();
         let name = node_name(n);
-        let halt = match read_halt(&s, &state_dir()) {
-            Ok(h) => h,
+        // The decision production makes (FM-10.3, FM-11.3). The simulator
+        // still opens a halted replica's WAL, only so the checkers can see
+        // that it is frozen; its core starts halted and does nothing.
+        let halt = match start_mode(&s, &state_dir()) {
+            Ok(StartMode::Halted(record)) => Some(record),
+            Ok(StartMode::Replicate) => None,
             Err(e) => {
                 let msg = format!("{name} cannot read its halt file: {e}");
                 self.log(msg.clone());
@@ -985,10 +1064,11 @@ impl World {
                 let msg = format!("{name} refuses to start: {e}");
                 self.log(msg.clone());
                 if halt.is_none() && e.corruption().is_some() {
-                    if let Err(we) = write_halt(&s, &state_dir(), &record) {
-                        self.log(format!("{name} writing the halt file failed: {we}"));
+                    match write_halt(&s, &state_dir(), &record) {
+                        Ok(()) => self.note_halt(n, record, Position::default(), 0),
+                        // Not halted (no durable halt): the node stops.
+                        Err(we) => self.log(format!("{name} writing the halt file failed: {we}")),
                     }
-                    self.note_halt(n, record, Position::default(), 0);
                 }
                 self.replica_mut(n).stopped = Some(msg);
                 return;
@@ -1163,6 +1243,23 @@ impl World {
                     Err(e) => {
                         // The core verified the batch; the WAL refusing it is a
                         // local failure (I/O) or a disagreement between them.
+                        // A refusal of the content (a record or chain error)
+                        // means the core's verification let a bad batch through:
+                        // it must have halted (FM-5.2, FM-6.1, FM-6.2, FM-8.1, FM-X.3).
+                        if matches!(
+                            e,
+                            WalError::Chain(_)
+                                | WalError::Record(_)
+                                | WalError::TrailingBytes { .. }
+                        ) {
+                            self.oracle.action_violations.push((
+                                "the replica core verifies what it appends (a shipped record that does not chain halts)",
+                                format!(
+                                    "{name}: the core verified Records lsn {}..={} but the WAL refuses them: {e}",
+                                    batch.first_lsn, batch.last.lsn
+                                ),
+                            ));
+                        }
                         self.log(format!("{name} append_verified failed, node stops: {e}"));
                         self.crash(n);
                     }
@@ -1857,17 +1954,26 @@ impl World {
                 self.step,
                 format!("{} <- p0 {}", node_name(n), describe(&m)),
             );
-            let faulty = matches!(&m, Message::Records(b) if self.faulty_frames.get(&n) == Some(b));
+            let faulty_records =
+                matches!(&m, Message::Records(b) if self.faulty_frames.get(&n) == Some(b));
+            let faulty_welcome =
+                matches!(&m, Message::Welcome(wm) if self.faulty_welcomes.get(&n) == Some(wm));
+            let kind = m.kind();
             self.replica_event(n, REvent::Received(m));
-            if faulty {
+            if faulty_records {
                 self.faulty_frames.remove(&n);
+            }
+            if faulty_welcome {
+                self.faulty_welcomes.remove(&n);
+            }
+            if faulty_records || faulty_welcome {
                 // Damage must never be accepted as valid: the frame halts.
                 let halted = self.replica(n).halted.is_some() || self.replica(n).up.is_none();
                 if !halted {
                     self.oracle.action_violations.push((
-                        "a faulty frame is never accepted (FM-5.2, FM-6.1, FM-6.2, FM-X.3)",
+                        "a faulty frame is never accepted (FM-5.2, FM-6.1, FM-6.2, FM-8.1, FM-X.2, FM-X.3)",
                         format!(
-                            "{} accepted a faulty Records frame without halting",
+                            "{} accepted a faulty {kind} frame without halting",
                             node_name(n)
                         ),
                     ));

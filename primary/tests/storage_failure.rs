@@ -162,13 +162,14 @@ async fn fm_x_12_primary_whose_disk_is_full_refuses_the_append_and_stops() {
     assert_eq!(primary.append(b"a".to_vec()).await.expect("append"), 1);
     let faults = primary.storage_faults();
     faults.fill_disk_under(cluster.data_dir("p").join("wal"));
-    match primary.append(vec![b'b'; 100]).await {
-        Err(PrimaryError::Wal(WalError::Io {
-            op: "write_at",
-            source,
-            ..
-        })) => assert_eq!(source.kind(), io::ErrorKind::StorageFull),
-        other => panic!("expected ENOSPC from write_at, got {other:?}"),
+    // Segments are preallocated (format version 2): an append inside the active segment needs
+    // no space, so this record is too large for what is left of the 4 KiB segment and must
+    // create the next one, which the full disk refuses.
+    match primary.append(vec![b'b'; 4000]).await {
+        Err(PrimaryError::Wal(WalError::Io { source, .. })) => {
+            assert_eq!(source.kind(), io::ErrorKind::StorageFull)
+        }
+        other => panic!("expected ENOSPC creating the next segment, got {other:?}"),
     }
     let reason = primary.stopped().expect("the node stopped");
     assert!(matches!(reason, PrimaryStop::Wal { .. }), "{reason:?}");

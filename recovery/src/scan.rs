@@ -15,10 +15,12 @@ use std::path::{Path, PathBuf};
 
 use walship_wal::error::{CorruptionKind, CorruptionReport};
 use walship_wal::record::{
-    check_successor, decode_record, ChainError, RecordError, RecordHeader, RecordView,
-    RECORD_HEADER_LEN,
+    bit_flip_not_torn, check_successor, decode_record, ChainError, RecordError, RecordHeader,
+    RecordView, RECORD_HEADER_LEN,
 };
-use walship_wal::segment::{classify_name, DirEntryKind, SegmentHeader, SEGMENT_HEADER_LEN};
+use walship_wal::segment::{
+    classify_name, DirEntryKind, SegmentHeader, SEGMENT_FORMAT_VERSION, SEGMENT_HEADER_LEN,
+};
 use walship_wal::{Lsn, Mapping, Position, Storage};
 
 use crate::progress::Progress;
@@ -55,6 +57,9 @@ pub struct SegmentSummary {
     pub file_bytes: u64,
     /// Header plus verified records, in bytes (where a torn tail or damage starts).
     pub valid_bytes: u64,
+    /// Header `format_version`: 2 = preallocated (zeros after the last
+    /// record are the unwritten tail), 1 = the file grows with appends.
+    pub format_version: u16,
 }
 
 /// A run of consecutive records written in one epoch.
@@ -76,15 +81,17 @@ pub enum ScanEnd {
     /// Every byte of every live segment verified.
     Clean,
     /// The last segment ends in an incomplete or damaged record with no valid
-    /// record after it: an unsynced write, or damage to a synced last record
-    /// (indistinguishable here; judged against `state/commit`). `Wal::open` would cut
-    /// it; the scan leaves it in place.
+    /// record after it: an unsynced write, or damage to a synced last record that the scan
+    /// cannot tell apart from one (judged against `state/commit`). `Wal::open` would cut it
+    /// (version 1: shrink the file to `offset`; version 2: zero `bytes` bytes from
+    /// `offset`); the scan leaves it in place.
     TornTail {
         /// The last segment.
         segment: PathBuf,
         /// Where the torn record starts.
         offset: u64,
-        /// Bytes from `offset` to the end of the file.
+        /// Bytes the cut removes: to the end of the file (version 1), or to
+        /// the last non-zero byte (version 2, preallocated).
         bytes: u64,
         /// The lsn the torn record would have had.
         lsn: Lsn,
@@ -151,6 +158,7 @@ struct LiveSegment {
     name: String,
     path: PathBuf,
     header: SegmentHeader,
+    version: u16,
     map: Mapping,
 }
 
@@ -207,8 +215,8 @@ pub fn scan_wal<S: Storage>(
             path: path.clone(),
             source,
         })?;
-        let header = match SegmentHeader::decode(&path, &map) {
-            Ok(h) => h,
+        let (header, version) = match SegmentHeader::decode_versioned(&path, &map) {
+            Ok(hv) => hv,
             Err(report) => {
                 scan.end = ScanEnd::Corrupt(report);
                 return Ok(scan);
@@ -229,6 +237,7 @@ pub fn scan_wal<S: Storage>(
             name,
             path,
             header,
+            version,
             map,
         });
     }
@@ -266,6 +275,7 @@ pub fn scan_wal<S: Storage>(
             records: 0,
             file_bytes: seg.map.len() as u64,
             valid_bytes: SEGMENT_HEADER_LEN as u64,
+            format_version: seg.version,
         };
         let end = scan_segment(
             &seg,
@@ -338,6 +348,12 @@ fn scan_segment(
     while offset < bytes.len() {
         let view = match decode_record(&bytes[offset..], opts.max_record_bytes) {
             Ok(v) => v,
+            Err(_) if seg.version >= SEGMENT_FORMAT_VERSION && is_zero(&bytes[offset..]) => {
+                // Version 2: the preallocated tail no record reached; the end of
+                // this segment's records (any segment, the last one included).
+                progress.advance((bytes.len() - offset) as u64);
+                return None;
+            }
             Err(e) => {
                 return Some(classify_bad_record(
                     seg, offset, is_last, scan.last, e, opts,
@@ -394,17 +410,33 @@ fn classify_bad_record(
     // Mirrors walship_wal::scan::judge_tail: zeros to EOF are torn; a length
     // above the maximum or bad flags never are; a truncated or crc-bad record
     // is torn only if no crc-valid record starts after it.
+    let preallocated = seg.version >= SEGMENT_FORMAT_VERSION;
+    // A version 2 record whose crc fails by one bit that no torn write into
+    // zeros can leave (see walship_wal::record::bit_flip_not_torn): bit rot.
+    let flip = match err {
+        RecordError::Checksum { .. } if preallocated => {
+            let len = RecordHeader::parse(&bytes[offset..]).map_or(0, |h| h.record_len());
+            bit_flip_not_torn(&bytes[offset..offset + len], offset as u64)
+        }
+        _ => None,
+    };
     let torn = is_last
-        && (bytes[offset..].iter().all(|&b| b == 0)
+        && (is_zero(&bytes[offset..])
             || (matches!(
                 err,
                 RecordError::Truncated { .. } | RecordError::Checksum { .. }
-            ) && !valid_record_after(bytes, offset + 1, opts.max_record_bytes)));
+            ) && !valid_record_after(bytes, offset + 1, opts.max_record_bytes)
+                && flip.is_none()));
     if torn {
+        let end = if preallocated {
+            bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
+        } else {
+            bytes.len()
+        };
         return ScanEnd::TornTail {
             segment: seg.path.clone(),
             offset: offset as u64,
-            bytes: (bytes.len() - offset) as u64,
+            bytes: end.saturating_sub(offset) as u64,
             lsn: expected_lsn,
         };
     }
@@ -422,7 +454,14 @@ fn classify_bad_record(
         RecordError::Checksum { stored, computed } => (
             CorruptionKind::RecordChecksum,
             format!("crc {computed:#010x}"),
-            format!("crc {stored:#010x}"),
+            match flip {
+                Some(f) => format!(
+                    "crc {stored:#010x}, a single flipped bit (bit {} of the byte at offset {}) that a torn write cannot leave",
+                    f.bit,
+                    offset + f.byte
+                ),
+                None => format!("crc {stored:#010x}"),
+            },
         ),
         RecordError::BadFlags { found } => (
             CorruptionKind::RecordBadFlags,
@@ -440,6 +479,10 @@ fn classify_bad_record(
     })
 }
 
+fn is_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
+}
+
 /// Whether a crc-valid record starts anywhere at or after `from`.
 ///
 /// Candidates are pre-filtered on `flags == 0` and a length that fits before
@@ -449,11 +492,16 @@ fn valid_record_after(bytes: &[u8], from: usize, max_record_bytes: u32) -> bool 
     let Some(last_start) = bytes.len().checked_sub(RECORD_HEADER_LEN) else {
         return false;
     };
+    // A valid record has lsn >= 1, so it starts before the last non-zero byte
+    // (a preallocated zero tail is not searched byte by byte).
+    let last_nonzero = bytes.iter().rposition(|&b| b != 0).unwrap_or(0);
+    let last_start = last_start.min(last_nonzero);
     (from..=last_start).any(|o| {
         let rest = &bytes[o..];
         match RecordHeader::parse(rest) {
             Some(h)
                 if h.flags == 0
+                    && h.lsn != 0
                     && h.payload_len <= max_record_bytes
                     && h.record_len() <= rest.len() =>
             {

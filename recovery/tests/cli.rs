@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::io::Write;
-
 use common::{recover, recover_json, s, Node};
 use walship_replica::halt::HaltReason;
 use walship_wal::state::DirLock;
@@ -108,12 +106,19 @@ fn verify_torn_tail_is_reported_and_left_in_place() {
     let n = Node::new();
     n.append_n(1, 10, "r");
     let last_seg = n.segments().last().cloned().expect("segment");
-    let len = std::fs::metadata(&last_seg).expect("stat").len();
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
+    // Segments are preallocated (format version 2): the records end where the
+    // zero-filled tail starts, and a torn append is written there.
+    let bytes = std::fs::read(&last_seg).expect("read");
+    let file_len = bytes.len() as u64;
+    let len = bytes.iter().rposition(|&b| b != 0).expect("records") as u64 + 1;
+    // 20 bytes of a record header (payload_len 10), the rest never written.
+    let mut torn = vec![0xab; 20];
+    torn[4..8].copy_from_slice(&10u32.to_le_bytes());
+    let f = std::fs::OpenOptions::new()
+        .write(true)
         .open(&last_seg)
         .expect("open");
-    f.write_all(&[0xab; 20]).expect("append garbage");
+    std::os::unix::fs::FileExt::write_all_at(&f, &torn, len).expect("write torn header");
     drop(f);
     let before = n.snapshot_files();
 
@@ -125,8 +130,13 @@ fn verify_torn_tail_is_reported_and_left_in_place() {
     assert_eq!(json_u64(&v, "/wal/state/lsn"), 11);
     assert_eq!(json_u64(&v, "/wal/last/lsn"), 10);
     assert_eq!(
+        std::fs::read(&last_seg).expect("read")[len as usize..len as usize + 20],
+        torn[..],
+        "not cut"
+    );
+    assert_eq!(
         std::fs::metadata(&last_seg).expect("stat").len(),
-        len + 20,
+        file_len,
         "not cut"
     );
     assert_eq!(n.snapshot_files(), before, "verify changed nothing");

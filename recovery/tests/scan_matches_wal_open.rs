@@ -39,6 +39,38 @@ fn build() -> SimStorage {
     s
 }
 
+/// The same log with every segment rewritten in format version 1 (header
+/// version 1, the file ending right after its last record), as builds before
+/// preallocation left it.
+fn build_v1() -> SimStorage {
+    use walship_wal::segment::{SegmentHeader, SEGMENT_FORMAT_VERSION_1, SEGMENT_HEADER_LEN};
+    let s = build();
+    for path in segments(&s) {
+        let bytes = s.contents(&path).expect("contents");
+        let header = SegmentHeader::decode(&path, &bytes).expect("header");
+        let mut end = SEGMENT_HEADER_LEN;
+        while let Ok(v) = walship_wal::decode_record(&bytes[end..], MAX) {
+            end += v.bytes().len();
+        }
+        let mut out = header.encode_version(SEGMENT_FORMAT_VERSION_1).to_vec();
+        out.extend_from_slice(&bytes[SEGMENT_HEADER_LEN..end]);
+        let f = s.open(&path, false).expect("open");
+        f.set_len(0).expect("set_len");
+        f.write_at(0, &out).expect("write");
+        f.sync_data().expect("sync");
+    }
+    s
+}
+
+/// `build` (format version 2, preallocated) or `build_v1`.
+fn build_version(v1: bool) -> SimStorage {
+    if v1 {
+        build_v1()
+    } else {
+        build()
+    }
+}
+
 fn segments(s: &SimStorage) -> Vec<PathBuf> {
     s.list(&wal_dir())
         .expect("list")
@@ -141,25 +173,58 @@ fn clean_log_scans_clean_like_open() {
 
 #[test]
 fn every_single_bit_flip_is_judged_like_open() {
-    let base = build();
-    let segs = segments(&base);
-    for (si, seg) in segs.iter().enumerate() {
-        let len = base.contents(seg).expect("contents").len() as u64;
-        for off in 0..len {
-            let s = build();
-            s.flip_bit(seg, off, (off % 8) as u8).expect("flip");
-            check(&s, &format!("segment {si} offset {off}"));
+    for v1 in [false, true] {
+        let base = build_version(v1);
+        let segs = segments(&base);
+        for (si, seg) in segs.iter().enumerate() {
+            let len = base.contents(seg).expect("contents").len() as u64;
+            for off in 0..len {
+                for bit in [(off % 8) as u8, 7 - (off % 8) as u8] {
+                    let s = build_version(v1);
+                    s.flip_bit(seg, off, bit).expect("flip");
+                    check(&s, &format!("v1 {v1} segment {si} offset {off} bit {bit}"));
+                }
+            }
         }
     }
 }
 
 #[test]
+fn every_zeroed_suffix_of_the_last_segment_is_judged_like_open() {
+    // A torn write into a preallocated segment leaves zeros from the tear on.
+    for v1 in [false, true] {
+        let base = build_version(v1);
+        let last = segments(&base).pop().expect("segment");
+        let len = base.contents(&last).expect("contents").len() as u64;
+        for from in 64..len {
+            let s = build_version(v1);
+            s.zero_range(&last, from, len - from).expect("zero");
+            check(&s, &format!("v1 {v1} zeroed from {from}"));
+        }
+    }
+}
+
+#[test]
+fn a_version_1_log_scans_clean_like_open() {
+    let s = build_v1();
+    check(&s, "clean v1");
+    assert_eq!(scan(&s).records, 12);
+    assert!(scan(&s).segments.iter().all(|g| g.format_version == 1));
+}
+
+#[test]
 fn every_truncation_of_the_last_segment_is_judged_like_open() {
-    let base = build();
+    for v1 in [false, true] {
+        every_truncation_of_the_last_segment(v1);
+    }
+}
+
+fn every_truncation_of_the_last_segment(v1: bool) {
+    let base = build_version(v1);
     let last = segments(&base).pop().expect("segment");
     let len = base.contents(&last).expect("contents").len() as u64;
     for cut in 0..len {
-        let s = build();
+        let s = build_version(v1);
         let f = s.open(&last, false).expect("open");
         f.set_len(cut).expect("set_len");
         f.sync_data().expect("sync");
@@ -175,6 +240,21 @@ fn trailing_garbage_and_zeros_are_judged_like_open() {
         ("long garbage", vec![0x5a; 300]),
     ] {
         let s = build();
+        let last = segments(&s).pop().expect("segment");
+        // Version 2: a torn append lands at the end of the records, inside
+        // the zero-filled tail.
+        let end = s
+            .contents(&last)
+            .expect("contents")
+            .iter()
+            .rposition(|&b| b != 0)
+            .expect("records") as u64
+            + 1;
+        let f = s.open(&last, false).expect("open");
+        f.write_at(end, &tail).expect("write");
+        f.sync_data().expect("sync");
+        check(&s, &format!("{name} at the end of the records"));
+        let s = build_v1();
         let last = segments(&s).pop().expect("segment");
         let f = s.open(&last, false).expect("open");
         let len = f.len().expect("len");
@@ -211,11 +291,12 @@ mod prop {
         /// writes, and agrees with `Wal::open`.
         #[test]
         fn random_damage_is_judged_like_open(
+            v1 in any::<bool>(),
             edits in proptest::collection::vec((0usize..4, 0u64..400, any::<u8>()), 0..4),
             cut in proptest::option::of(0u64..400),
             tail in proptest::collection::vec(any::<u8>(), 0..80),
         ) {
-            let s = build();
+            let s = build_version(v1);
             let segs = segments(&s);
             for (si, off, byte) in edits {
                 let seg = &segs[si % segs.len()];

@@ -32,7 +32,7 @@ use walship_wire::{read_frame, FrameError, FrameWriter, MAX_FRAME_BYTES};
 use crate::core::{
     Action, CoreConfig, DurableState, Event, LocalLog, Phase, ReplicaCore, SessionEnd,
 };
-use crate::halt::{read_halt, write_halt, HaltReason, HaltRecord};
+use crate::halt::{start_mode, write_halt, HaltReason, HaltRecord, StartMode};
 use crate::{Applier, ReplicaConfig, ReplicaError, ReplicaState, ReplicaStatus, Role, Shared};
 
 /// Frames buffered between the stream reader task and the driver.
@@ -144,7 +144,7 @@ pub(crate) fn start<S: Storage>(
         .unwrap_or(0);
     let mut applied_lsn = applier.applied_lsn();
 
-    if let Some(record) = read_halt(&storage, &state_dir)? {
+    if let StartMode::Halted(record) = start_mode(&storage, &state_dir)? {
         tracing::warn!(reason = %record.reason, lsn = record.lsn, epoch = record.epoch, "replica is halted: not opening the WAL, not connecting");
         return Ok((
             halted_shared(&config, record, commit_lsn, applied_lsn, highest_epoch),

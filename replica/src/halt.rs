@@ -176,6 +176,29 @@ pub fn read_halt<S: Storage>(
         })
 }
 
+/// How a replica starts, decided from its durable halt alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartMode {
+    /// No halt file: open the WAL and replicate.
+    Replicate,
+    /// The replica halted before: it comes back halted with this record
+    /// (identical, FM-11.3), connects to nobody and appends and applies
+    /// nothing (FM-10.3), until an operator clears the halt.
+    Halted(HaltRecord),
+}
+
+/// The start decision of every replica (FM-10.3, FM-11.3): a halt file means
+/// the replica stays halted across restarts, whatever else its disk holds.
+/// The production driver (`Replica::open`) and the simulator's restarts both
+/// decide through this one function, so the simulator exercises the decision
+/// production runs.
+pub fn start_mode<S: Storage>(storage: &S, state_dir: &Path) -> Result<StartMode, HaltError> {
+    Ok(match read_halt(storage, state_dir)? {
+        Some(record) => StartMode::Halted(record),
+        None => StartMode::Replicate,
+    })
+}
+
 /// Writes `state_dir/halt` atomically and durably: when this returns `Ok`, the
 /// halt survives power loss. Callers write the halt before doing anything else.
 pub fn write_halt<S: Storage>(
@@ -266,6 +289,30 @@ mod tests {
         write_halt(&s, dir, &r).expect("write");
         s.crash();
         assert_eq!(read_halt(&s, dir).expect("read"), Some(r));
+    }
+
+    #[test]
+    fn fm_11_3_start_mode_stays_halted_across_a_crash_until_the_halt_is_cleared() {
+        let s = SimStorage::new(9);
+        let dir = Path::new("/node/state");
+        s.create_dir_all(dir).expect("mkdir");
+        s.sync_dir(Path::new("/")).expect("sync");
+        s.sync_dir(Path::new("/node")).expect("sync");
+        assert_eq!(start_mode(&s, dir).expect("start"), StartMode::Replicate);
+        let r = record(HaltReason::Divergence);
+        write_halt(&s, dir, &r).expect("write");
+        s.crash();
+        assert_eq!(
+            start_mode(&s, dir).expect("start"),
+            StartMode::Halted(r.clone())
+        );
+        assert_eq!(
+            start_mode(&s, dir).expect("start"),
+            StartMode::Halted(r.clone())
+        );
+        assert_eq!(clear_halt(&s, dir).expect("clear"), Some(r));
+        s.crash();
+        assert_eq!(start_mode(&s, dir).expect("start"), StartMode::Replicate);
     }
 
     #[test]

@@ -486,10 +486,19 @@ async fn fm_x_1_datagram_loss_duplication_reordering_and_corruption_never_halt()
 /// Streams 1..=3 to a replica on a simulated disk, arms `fault`, sends 4..=5,
 /// and checks the node stops without a halt and without receipting 4..=5; then
 /// crashes the disk, restarts, and checks it resumes from lsn 3 to 5.
+/// `segment_size_bytes`: the replica's WAL segment size, if not the default.
 async fn local_io_failure_stops_node_then_restart_resumes(
     seed: u64,
+    segment_size_bytes: Option<u64>,
     fault: impl FnOnce(&walship_wal::sim::SimStorage),
 ) {
+    let config = |data: &std::path::Path, certs, addr, name| {
+        let mut c = config(data, certs, addr, name);
+        if let Some(n) = segment_size_bytes {
+            c.wal.segment_size_bytes = n;
+        }
+        c
+    };
     use walship_wal::sim::SimStorage;
     let f = fixture();
     let sim = SimStorage::new(seed);
@@ -552,7 +561,7 @@ async fn local_io_failure_stops_node_then_restart_resumes(
 #[tokio::test]
 async fn fm_x_4_failed_fsync_stops_replica_without_receipt_or_halt_and_restart_resumes() {
     use walship_wal::Storage;
-    local_io_failure_stops_node_then_restart_resumes(11, |sim| {
+    local_io_failure_stops_node_then_restart_resumes(11, None, |sim| {
         let wal_dir = std::path::Path::new("/r1/wal");
         let seg = sim
             .list(wal_dir)
@@ -567,7 +576,11 @@ async fn fm_x_4_failed_fsync_stops_replica_without_receipt_or_halt_and_restart_r
 
 #[tokio::test]
 async fn fm_x_12_disk_full_stops_replica_without_receipt_or_halt_and_restart_resumes() {
-    local_io_failure_stops_node_then_restart_resumes(12, |sim| {
+    // WAL segments are preallocated: appends inside a segment never need
+    // more space, so the disk fills up where the next segment is created.
+    // Segments of exactly three of these records (64-byte header + 3 x 58)
+    // make record 4 start a new segment.
+    local_io_failure_stops_node_then_restart_resumes(12, Some(64 + 3 * 58), |sim| {
         sim.set_capacity_bytes(sim.used_bytes() + 10);
     })
     .await;

@@ -17,7 +17,7 @@ use crate::reader::WalReader;
 use crate::record::{check_successor, decode_record, encode_record, Lsn, Position, RecordHeader};
 use crate::segment::SegmentHeader;
 use crate::storage::{Storage, StorageFile};
-use crate::wal::{create_segment, Wal};
+use crate::wal::{create_segment, write_zeros, Wal};
 
 /// The first of `records` lsns after `last_lsn`; [`WalError::LsnExhausted`] if the last of
 /// them would pass `u64::MAX` (lsns never wrap).
@@ -176,9 +176,16 @@ impl<S: Storage> Wal<S> {
             if let Err(e) = self.active.write_at(start, slice) {
                 let path = self.active_meta().path.clone();
                 // A partial write may have left bytes past the last record: cut them
-                // so they can never be mistaken for log content. If that fails too,
-                // or records of this call were already stored, stop for good.
-                if i > 0 || self.active.set_len(start).is_err() {
+                // (version 1) or zero them (version 2: the preallocated tail must
+                // read as unwritten) so they can never be mistaken for log content.
+                // If that fails too, or records of this call were already stored,
+                // stop for good.
+                let undone = if self.active_meta().preallocated() {
+                    write_zeros(&*self.active, start, start + chunk).is_ok()
+                } else {
+                    self.active.set_len(start).is_ok()
+                };
+                if i > 0 || !undone {
                     self.poison("write failed and could not be undone");
                 }
                 return Err(WalError::io("write_at", path, e));
@@ -201,6 +208,7 @@ impl<S: Storage> Wal<S> {
     /// Seals the active segment (sync_data) and starts the next one.
     fn roll(&mut self) -> Result<(), WalError> {
         let last = self.last();
+        let seg_size = self.opts.segment_size_bytes;
         let path = self.active_meta().path.clone();
         // Sealed segments are whole on disk before a later segment exists:
         // that is what lets recovery call any damage in them corruption.
@@ -216,7 +224,7 @@ impl<S: Storage> Wal<S> {
             created_epoch: self.epoch,
             prev: last,
         };
-        match create_segment(&self.storage, &self.dir, header) {
+        match create_segment(&self.storage, &self.dir, header, seg_size) {
             Ok((meta, file)) => {
                 tracing::debug!(sealed = %path.display(), next_first_lsn = header.first_lsn, "rolled WAL segment");
                 self.segments.push(meta);
@@ -312,6 +320,14 @@ struct SyncState {
     /// The rewrite era `durable` belongs to.
     rewrite_era: u64,
     leader_active: bool,
+    /// Sync rounds begun so far; round `r` wakes its waiters through
+    /// `SharedWal::rounds[r % 2]`.
+    round: u64,
+    /// lsn the running round makes durable (meaningful while `leader_active`).
+    inflight: Lsn,
+    /// Threads asleep on `SharedWal::rounds[i]`: a notify with nobody asleep
+    /// is skipped (it would still cost a futex syscall per sync).
+    asleep: [usize; 2],
     poisoned: bool,
 }
 
@@ -325,10 +341,18 @@ type Listener = Arc<dyn Fn(Lsn) + Send + Sync>;
 /// and fdatasyncs — while others keep appending — then wakes everyone whose
 /// lsn it covered. The next waiter leads the next sync, covering everything
 /// written meanwhile. A failed sync poisons the WAL for good.
+///
+/// No thread hop per record: appenders write and sync on their own threads.
+/// Waiters sleep on one of two condition variables by sync round: those
+/// covered by the running round on its variable (all woken when it ends),
+/// those that need the next round on the other (ONE of them is woken to lead
+/// it; the rest sleep until that round ends). So the end of a sync wakes the
+/// appenders it made durable plus one leader, not every waiter.
 pub struct SharedWal<S: Storage> {
     wal: Mutex<Wal<S>>,
     sync: Mutex<SyncState>,
-    synced: Condvar,
+    /// Waiters of sync round `r` sleep on `rounds[r % 2]`.
+    rounds: [Condvar; 2],
     durable: AtomicU64,
     listener: RwLock<Option<Listener>>,
 }
@@ -355,9 +379,12 @@ impl<S: Storage> SharedWal<S> {
                 durable,
                 rewrite_era,
                 leader_active: false,
+                round: 0,
+                inflight: 0,
+                asleep: [0, 0],
                 poisoned,
             }),
-            synced: Condvar::new(),
+            rounds: [Condvar::new(), Condvar::new()],
             durable: AtomicU64::new(durable),
             listener: RwLock::new(None),
         })
@@ -413,7 +440,7 @@ impl<S: Storage> SharedWal<S> {
     /// `lsn` was never written.
     pub fn wait_durable(&self, lsn: Lsn) -> Result<(), WalError> {
         loop {
-            {
+            let (round, begun) = {
                 let mut st = self.lock_sync();
                 loop {
                     if st.poisoned {
@@ -425,15 +452,27 @@ impl<S: Storage> SharedWal<S> {
                     if !st.leader_active {
                         break;
                     }
-                    st = self.synced.wait(st).unwrap_or_else(|p| p.into_inner());
+                    // Covered by the running round, or needing the next one
+                    // (exact: `inflight` was read under both locks, and this
+                    // record was written before this thread took the sync lock).
+                    let r = if lsn <= st.inflight {
+                        st.round
+                    } else {
+                        st.round + 1
+                    };
+                    let i = (r % 2) as usize;
+                    st.asleep[i] += 1;
+                    st = self.rounds[i].wait(st).unwrap_or_else(|p| p.into_inner());
+                    st.asleep[i] -= 1;
                 }
+                // Leader of a new round. The append lock is taken while the
+                // sync lock is still held (the only nesting of the two: sync,
+                // then append), held only to pick the file and target.
                 st.leader_active = true;
-            }
-            // Leader. The append lock is held only to pick the file and target.
-            let begun = {
+                st.round += 1;
                 let w = self.lock_wal();
                 let last = w.last().lsn;
-                match w.begin_sync() {
+                let begun = match w.begin_sync() {
                     Ok(_) if lsn > last => Err(WalError::OutOfRange {
                         lsn,
                         min: 0,
@@ -442,7 +481,12 @@ impl<S: Storage> SharedWal<S> {
                     Ok(Some(ticket)) => Ok(Ok(ticket)),
                     Ok(None) => Ok(Err(w.durable())),
                     Err(e) => Err(e),
-                }
+                };
+                st.inflight = match &begun {
+                    Ok(Ok(ticket)) => ticket.target,
+                    _ => st.durable,
+                };
+                (st.round, begun)
             };
             let outcome: Result<Durable, WalError> = match begun {
                 Err(e) => Err(e),
@@ -458,6 +502,7 @@ impl<S: Storage> SharedWal<S> {
             let advanced = {
                 let mut st = self.lock_sync();
                 st.leader_active = false;
+                st.inflight = 0;
                 let advanced = match &outcome {
                     Ok(d) => self.publish(&mut st, *d),
                     Err(WalError::OutOfRange { .. }) => None,
@@ -466,13 +511,34 @@ impl<S: Storage> SharedWal<S> {
                         None
                     }
                 };
-                self.synced.notify_all();
+                if st.poisoned {
+                    self.notify_everyone(&st);
+                } else {
+                    // Everyone this round covered; one waiter to lead the next.
+                    let (this, next) = ((round % 2) as usize, ((round + 1) % 2) as usize);
+                    if st.asleep[this] > 0 {
+                        self.rounds[this].notify_all();
+                    }
+                    if st.asleep[next] > 0 {
+                        self.rounds[next].notify_one();
+                    }
+                }
                 advanced
             };
             if let Some(t) = advanced {
                 self.notify_listener(t);
             }
             outcome?;
+        }
+    }
+
+    /// Wakes every waiter of both rounds (durability changed other than by a
+    /// leader's sync, or the WAL is poisoned).
+    fn notify_everyone(&self, st: &SyncState) {
+        for (cv, &n) in self.rounds.iter().zip(&st.asleep) {
+            if n > 0 {
+                cv.notify_all();
+            }
         }
     }
 
@@ -521,7 +587,7 @@ impl<S: Storage> SharedWal<S> {
             // in either direction; otherwise it only grows (a leader may have
             // published a higher one since `durable` was read).
             let advanced = self.publish(&mut st, durable);
-            self.synced.notify_all();
+            self.notify_everyone(&st);
             advanced
         };
         if let Some(t) = advanced {

@@ -350,6 +350,122 @@ pub fn decode_record(buf: &[u8], max_record_bytes: u32) -> Result<RecordView<'_>
     Ok(RecordView { bytes })
 }
 
+/// The unit a torn write is assumed to respect at least: the smallest disk
+/// sector. A write torn at byte `t` leaves the bytes from `t` to the end of
+/// its 512-byte sector (or the end of the write) unwritten — zeros in a
+/// preallocated segment (`spec/wal-format.md`, "Bit flip or torn write").
+pub const TORN_WRITE_UNIT_BYTES: u64 = 512;
+
+/// A single flipped bit that explains a record's crc mismatch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BitFlip {
+    /// Byte index within the record (0 = first byte of the `crc` field).
+    pub byte: usize,
+    /// Bit within that byte (0 = least significant).
+    pub bit: u8,
+    /// The bit's value on disk (the crc-valid record has the other value).
+    pub on_disk: bool,
+}
+
+/// Reflected CRC-32C (Castagnoli) polynomial.
+const CRC32C_POLY_REFLECTED: u32 = 0x82F6_3B78;
+
+/// Byte table of the reflected crc32c (built at compile time).
+const CRC32C_TABLE: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut v = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            v = if v & 1 == 1 {
+                (v >> 1) ^ CRC32C_POLY_REFLECTED
+            } else {
+                v >> 1
+            };
+            k += 1;
+        }
+        t[i] = v;
+        i += 1;
+    }
+    t
+};
+
+/// One step of the raw (init 0, no final xor) reflected crc32c over a zero byte.
+fn crc_raw_zero_byte(v: u32) -> u32 {
+    (v >> 8) ^ CRC32C_TABLE[(v & 0xff) as usize]
+}
+
+/// For a whole record (`32 + payload_len` bytes present) whose crc does not
+/// match: the one bit whose flip would make it crc-valid, if there is one.
+///
+/// crc32c is linear: flipping bit `j` of byte `i` of the covered bytes changes
+/// the crc by a value that depends only on `(i, j)` and the length, and within
+/// a record (< 2^31 bits) distinct single bits give distinct changes, so at
+/// most one single bit explains a given mismatch. Cost: 8 table steps per
+/// covered byte (only run on the one damaged record at the end of a log).
+pub fn single_bit_error(record: &[u8]) -> Option<BitFlip> {
+    let h = RecordHeader::parse(record)?;
+    if h.record_len() != record.len() {
+        return None;
+    }
+    let stored = read_u32(record, OFF_CRC);
+    let computed = compute_crc(record);
+    let syndrome = stored ^ computed;
+    if syndrome == 0 {
+        return None;
+    }
+    let flip = |byte: usize, bit: u8| BitFlip {
+        byte,
+        bit,
+        on_disk: record[byte] >> bit & 1 == 1,
+    };
+    if syndrome.count_ones() == 1 {
+        // The stored crc itself differs in one bit (little-endian field at offset 0).
+        let b = syndrome.trailing_zeros() as usize;
+        return Some(flip(OFF_CRC + b / 8, (b % 8) as u8));
+    }
+    // v[j] = crc_raw of a message whose only set bit is bit j of the byte that
+    // is `k` bytes before the end; walk k from 0 (last byte) backwards.
+    let covered = record.len() - CRC_COVERAGE_START;
+    let mut v = [0u32; 8];
+    for (j, vj) in v.iter_mut().enumerate() {
+        // A single byte (1 << j) fed into the raw crc from state 0.
+        *vj = crc_raw_zero_byte(1u32 << j);
+    }
+    for k in 0..covered {
+        for (j, vj) in v.iter_mut().enumerate() {
+            if *vj == syndrome {
+                return Some(flip(record.len() - 1 - k, j as u8));
+            }
+            *vj = crc_raw_zero_byte(*vj);
+        }
+    }
+    None
+}
+
+/// Whether the crc mismatch of a whole record stored at `file_offset` of a
+/// preallocated (zero-filled) segment is a flipped bit that **no torn write
+/// can have produced**: `Some(flip)` if exactly one bit explains the mismatch
+/// and either that bit is 1 on disk (a torn write into zeros only leaves
+/// zeros), or its byte is not zero, or a non-zero byte follows it before the
+/// end of its 512-byte sector or of the record (a write torn at a byte leaves
+/// everything after it, to at least the end of that sector, unwritten).
+/// `None`: a torn write could explain the damage (or no single bit does).
+pub fn bit_flip_not_torn(record: &[u8], file_offset: u64) -> Option<BitFlip> {
+    let f = single_bit_error(record)?;
+    if f.on_disk || record[f.byte] != 0 {
+        return Some(f);
+    }
+    let abs = file_offset + f.byte as u64;
+    let sector_end = (abs / TORN_WRITE_UNIT_BYTES + 1) * TORN_WRITE_UNIT_BYTES;
+    let run_end = ((sector_end - file_offset) as usize).min(record.len());
+    record[f.byte + 1..run_end]
+        .iter()
+        .any(|&b| b != 0)
+        .then_some(f)
+}
+
 /// Chain rule: `lsn == prev.lsn + 1`, `prev_crc == prev.crc`, `epoch >= prev.epoch`,
 /// checked in that order. Nothing follows `prev.lsn == u64::MAX`: lsns never wrap, so any
 /// record after it is a [`ChainError::Duplicate`].
@@ -391,6 +507,48 @@ pub fn check_successor(prev: Position, h: &RecordHeader) -> Result<(), ChainErro
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn single_bit_error_finds_every_flipped_bit_of_a_record() {
+        let mut v = Vec::new();
+        encode_record(7, 3, 0xdead_beef, &[0xa5; 40], &mut v);
+        for i in 0..v.len() * 8 {
+            let mut c = v.clone();
+            c[i / 8] ^= 1 << (i % 8);
+            if i / 8 >= OFF_PAYLOAD_LEN && i / 8 < OFF_PAYLOAD_LEN + 4 {
+                continue; // the length changes: not the same record extent
+            }
+            let f = single_bit_error(&c).expect("one bit explains it");
+            assert_eq!((f.byte, f.bit), (i / 8, (i % 8) as u8), "bit {i}");
+            assert_eq!(f.on_disk, c[i / 8] >> (i % 8) & 1 == 1);
+        }
+        assert_eq!(single_bit_error(&v), None, "a valid record has no error");
+    }
+
+    #[test]
+    fn a_zeroed_record_tail_could_be_torn_but_a_set_bit_cannot() {
+        let mut v = Vec::new();
+        encode_record(7, 3, 0xdead_beef, &[0xa5; 40], &mut v);
+        // Torn at the last byte: that byte reads as zero.
+        let mut torn = v.clone();
+        let last = torn.len() - 1;
+        torn[last] = 0;
+        assert_eq!(bit_flip_not_torn(&torn, 4096), None);
+        // A bit set that the record does not have: no torn write sets bits.
+        let mut set1 = v.clone();
+        let (b, bit) = (0..set1.len() * 8)
+            .map(|i| (i / 8, i % 8))
+            .find(|&(b, bit)| b >= 8 && v[b] >> bit & 1 == 0)
+            .expect("a zero bit");
+        set1[b] |= 1 << bit;
+        let f = bit_flip_not_torn(&set1, 4096).expect("not a torn write");
+        assert!(f.on_disk);
+        // A bit cleared in the middle of non-zero bytes: a tear there would
+        // have left the rest of the sector zero too.
+        let mut cleared = v.clone();
+        cleared[50] &= !0x01;
+        assert_eq!(bit_flip_not_torn(&cleared, 4096).map(|f| f.byte), Some(50));
+    }
     use super::*;
     use proptest::prelude::*;
 

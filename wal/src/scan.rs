@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{CorruptionKind, CorruptionReport, WalError};
 use crate::record::{
-    check_successor, decode_record, ChainError, Lsn, Position, RecordError, RecordHeader,
-    RECORD_HEADER_LEN,
+    bit_flip_not_torn, check_successor, decode_record, ChainError, Lsn, Position, RecordError,
+    RecordHeader, RECORD_HEADER_LEN,
 };
 use crate::segment::{classify_name, DirEntryKind, SegmentHeader, SegmentMeta, SEGMENT_HEADER_LEN};
 use crate::storage::{Storage, StorageFile};
@@ -204,11 +204,15 @@ pub(crate) fn record_facts(e: &RecordError) -> (CorruptionKind, String, String) 
 /// search stays linear even over megabytes of garbage.
 fn later_valid_record(data: &[u8], from: usize, max_record_bytes: u32) -> Option<usize> {
     let last_start = data.len().checked_sub(RECORD_HEADER_LEN)?;
+    // A valid record has lsn >= 1, so it starts before the last non-zero byte:
+    // a preallocated zero tail is not searched byte by byte.
+    let last_start = last_start.min(last_nonzero_end(data).saturating_sub(1));
     (from..=last_start).find(|&o| {
         let rest = &data[o..];
         match RecordHeader::parse(rest) {
             Some(h)
                 if h.flags == 0
+                    && h.lsn != 0
                     && h.payload_len <= max_record_bytes
                     && h.record_len() <= rest.len() =>
             {
@@ -219,8 +223,21 @@ fn later_valid_record(data: &[u8], from: usize, max_record_bytes: u32) -> Option
     })
 }
 
+/// Length of `data` up to and including its last non-zero byte (0 if all zero).
+fn last_nonzero_end(data: &[u8]) -> usize {
+    data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
+}
+
 /// Judges damage found at `offset` of the LAST segment (decision table rows 1-4).
-fn judge_tail(data: &[u8], offset: usize, err: &RecordError, max_record_bytes: u32) -> TailVerdict {
+/// `preallocated`: the segment is format version 2 (zero-filled at creation;
+/// the caller has already taken an all-zero rest as the unwritten tail).
+fn judge_tail(
+    data: &[u8],
+    offset: usize,
+    err: &RecordError,
+    max_record_bytes: u32,
+    preallocated: bool,
+) -> TailVerdict {
     // Row 2: zeros from here to EOF (file length reached the disk before the data did).
     if data[offset..].iter().all(|&b| b == 0) {
         return TailVerdict::Torn;
@@ -235,6 +252,28 @@ fn judge_tail(data: &[u8], offset: usize, err: &RecordError, max_record_bytes: u
         // written (and possibly acknowledged) after the damage would be lost.
         RecordError::Truncated { .. } | RecordError::Checksum { .. } => {
             match later_valid_record(data, offset + 1, max_record_bytes) {
+                None if preallocated && matches!(err, RecordError::Checksum { .. }) => {
+                    // Row 3c: in a zero-filled segment a torn write only leaves
+                    // zeros; one flipped bit that no tear can explain is bit rot.
+                    let len = RecordHeader::parse(&data[offset..]).map_or(0, |h| h.record_len());
+                    match bit_flip_not_torn(&data[offset..offset + len], offset as u64) {
+                        None => TailVerdict::Torn,
+                        Some(f) => {
+                            let (k, e, fnd) = record_facts(err);
+                            TailVerdict::Corrupt(
+                                k,
+                                e,
+                                format!(
+                                    "{fnd}; flipping bit {} of the byte at offset {} makes the record crc-valid, \
+                                     and a torn write into the zero-filled segment cannot leave that bit {} (bit rot, not a torn write)",
+                                    f.bit,
+                                    offset + f.byte,
+                                    if f.on_disk { "set" } else { "cleared with non-zero bytes after it in its sector" }
+                                ),
+                            )
+                        }
+                    }
+                }
                 None => TailVerdict::Torn,
                 Some(o) => {
                     let (k, e, f) = record_facts(err);
@@ -321,7 +360,7 @@ pub(crate) fn recover<S: Storage>(
     let mut headers = Vec::with_capacity(seg_names.len());
     for (lsn, path) in &seg_names {
         let map = storage.map(path).map_err(io_err("map", path))?;
-        let header = SegmentHeader::decode(path, &map).map_err(|r| {
+        let (header, version) = SegmentHeader::decode_versioned(path, &map).map_err(|r| {
             tracing::error!("{r}");
             WalError::Corruption(r)
         })?;
@@ -335,14 +374,14 @@ pub(crate) fn recover<S: Storage>(
                 format!("first_lsn {}", header.first_lsn),
             ));
         }
-        headers.push((path.clone(), header));
+        headers.push((path.clone(), header, version));
     }
 
     // Segments of a lower generation are leftovers of a reset_to that completed
     // (its new segment is durable): they are no longer part of the log.
-    if let Some(max_gen) = headers.iter().map(|(_, h)| h.generation).max() {
+    if let Some(max_gen) = headers.iter().map(|(_, h, _)| h.generation).max() {
         let mut removed = false;
-        for (path, h) in headers.iter().filter(|(_, h)| h.generation < max_gen) {
+        for (path, h, _) in headers.iter().filter(|(_, h, _)| h.generation < max_gen) {
             tracing::warn!(segment = %path.display(), generation = h.generation, max_gen, "segment superseded by reset_to");
             if !read_only {
                 storage
@@ -361,14 +400,14 @@ pub(crate) fn recover<S: Storage>(
             if !read_only {
                 storage.sync_dir(dir).map_err(io_err("sync_dir", dir))?;
             }
-            headers.retain(|(_, h)| h.generation == max_gen);
+            headers.retain(|(_, h, _)| h.generation == max_gen);
         }
     }
 
     let n = headers.len();
     let mut segments: Vec<SegmentMeta> = Vec::with_capacity(n);
     let mut cut = None;
-    for (i, (path, header)) in headers.into_iter().enumerate() {
+    for (i, (path, header, version)) in headers.into_iter().enumerate() {
         let is_last = i + 1 == n;
         if let Some(prev_seg) = segments.last() {
             let prev_last = prev_seg.last;
@@ -418,7 +457,7 @@ pub(crate) fn recover<S: Storage>(
         }
         let map = storage.map(&path).map_err(io_err("map", &path))?;
         let data: &[u8] = &map;
-        let mut meta = SegmentMeta::new(path.clone(), header);
+        let mut meta = SegmentMeta::new(path.clone(), header, version);
         let mut offset = SEGMENT_HEADER_LEN;
         while offset < data.len() {
             // None after a record with lsn u64::MAX: no record may follow it.
@@ -434,6 +473,13 @@ pub(crate) fn recover<S: Storage>(
                     offset += len;
                 }
                 Err(e) => {
+                    if meta.preallocated() && data[offset..].iter().all(|&b| b == 0) {
+                        // Version 2, row 2: zeros from here to EOF are the
+                        // preallocated tail that no record reached (or whose
+                        // write reached no byte of the disk): the end of the
+                        // records, in any segment. Nothing to cut.
+                        break;
+                    }
                     if !is_last {
                         // Row 6: a sealed segment was synced whole before the next one existed.
                         let (k, ex, f) = record_facts(&e);
@@ -446,9 +492,22 @@ pub(crate) fn recover<S: Storage>(
                             format!("{f} in sealed segment"),
                         ));
                     }
-                    match judge_tail(data, offset, &e, max_record_bytes) {
+                    match judge_tail(data, offset, &e, max_record_bytes, meta.preallocated()) {
                         TailVerdict::Torn => {
-                            cut = Some((path.clone(), offset as u64, (data.len() - offset) as u64));
+                            // Version 1 cuts to EOF (set_len); version 2 zeroes the
+                            // bytes up to the last non-zero one (the file keeps
+                            // its preallocated length).
+                            let end = if meta.preallocated() {
+                                offset + last_nonzero_end(&data[offset..])
+                            } else {
+                                data.len()
+                            };
+                            cut = Some((
+                                path.clone(),
+                                offset as u64,
+                                (end - offset) as u64,
+                                meta.preallocated(),
+                            ));
                             break;
                         }
                         TailVerdict::Corrupt(k, ex, f) => {
@@ -461,18 +520,24 @@ pub(crate) fn recover<S: Storage>(
         segments.push(meta);
     }
 
-    if let Some((path, offset, bytes_cut)) = cut.as_ref().filter(|_| !read_only) {
+    if let Some((path, offset, bytes_cut, preallocated)) = cut.as_ref().filter(|_| !read_only) {
         // The cut must be on disk before open returns: otherwise a second crash
         // could resurrect the torn bytes after new records were appended behind them.
         let f = storage.open(path, false).map_err(io_err("open", path))?;
-        f.set_len(*offset).map_err(io_err("set_len", path))?;
+        if *preallocated {
+            // Zeroed, not shrunk: the tail stays preallocated and reads as unwritten.
+            crate::wal::write_zeros(&f, *offset, offset + bytes_cut)
+                .map_err(io_err("write_at", path))?;
+        } else {
+            f.set_len(*offset).map_err(io_err("set_len", path))?;
+        }
         f.sync_data().map_err(io_err("sync_data", path))?;
         tracing::warn!(segment = %path.display(), offset, bytes_cut,
             "cut torn tail of the WAL (an unsynced write or a damaged last record: the WAL cannot tell; the node checks it against its commit watermark)");
     }
     Ok(Recovered {
         segments,
-        cut,
+        cut: cut.map(|(p, o, b, _)| (p, o, b)),
         notes,
     })
 }
@@ -505,7 +570,10 @@ mod tests {
         let v = records(3);
         let torn = &v[..52 + 30];
         let e = RecordError::Truncated { need: 52, have: 30 };
-        assert!(matches!(judge_tail(torn, 52, &e, 1024), TailVerdict::Torn));
+        assert!(matches!(
+            judge_tail(torn, 52, &e, 1024, false),
+            TailVerdict::Torn
+        ));
         let mut zeroed = v.clone();
         zeroed[52..].fill(0);
         let e = RecordError::Checksum {
@@ -513,13 +581,13 @@ mod tests {
             computed: 1,
         };
         assert!(matches!(
-            judge_tail(&zeroed, 52, &e, 1024),
+            judge_tail(&zeroed, 52, &e, 1024, false),
             TailVerdict::Torn
         ));
         let mut hole = v.clone();
         hole[60] ^= 1;
         assert!(matches!(
-            judge_tail(&hole, 52, &e, 1024),
+            judge_tail(&hole, 52, &e, 1024, false),
             TailVerdict::Corrupt(CorruptionKind::RecordChecksum, _, _)
         ));
         let e = RecordError::TooLarge {
@@ -527,7 +595,7 @@ mod tests {
             max: 1024,
         };
         assert!(matches!(
-            judge_tail(&hole, 52, &e, 1024),
+            judge_tail(&hole, 52, &e, 1024, false),
             TailVerdict::Corrupt(CorruptionKind::RecordTooLarge, _, _)
         ));
     }

@@ -4,7 +4,7 @@
 //! ```text
 //! offset size field
 //! 0      8    magic          "WSWALSEG"
-//! 8      2    format_version u16 = 1
+//! 8      2    format_version u16 = 2 (1 still read: not preallocated)
 //! 10     2    header_len     u16 = 64
 //! 12     4    flags          u32 = 0
 //! 16     8    first_lsn      u64, lsn of the first record this segment holds (== file name)
@@ -24,8 +24,16 @@ use crate::record::{Lsn, Position};
 
 /// Segment file magic.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"WSWALSEG";
-/// Segment format version written and read by this build.
-pub const SEGMENT_FORMAT_VERSION: u16 = 1;
+/// Segment format version written by this build: version 2 segments are
+/// preallocated (zeros written and synced up to `segment_size_bytes` at
+/// creation), and an all-zero region after the last record is the unwritten tail.
+pub const SEGMENT_FORMAT_VERSION: u16 = 2;
+/// The original format: segments grow with every append (no preallocation);
+/// still opened, read and appended to exactly as before.
+pub const SEGMENT_FORMAT_VERSION_1: u16 = 1;
+/// Unit in which a new segment's preallocated region is zero-filled (one
+/// `write_at` each).
+pub(crate) const PREALLOC_CHUNK_BYTES: usize = 1024 * 1024;
 /// Length of the segment header; the first record starts here.
 pub const SEGMENT_HEADER_LEN: usize = 64;
 /// Offset of `format_version`.
@@ -72,8 +80,18 @@ pub struct SegmentHeader {
 }
 
 impl SegmentHeader {
-    /// Encodes the 64-byte header.
+    /// Encodes the 64-byte header in the current format version ([`SEGMENT_FORMAT_VERSION`]).
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
+        self.encode_version(SEGMENT_FORMAT_VERSION)
+    }
+
+    /// Encodes the 64-byte header with `format_version` `version` (1 or 2;
+    /// version 1 is written only by tests and tools that build old logs).
+    pub fn encode_version(&self, version: u16) -> [u8; SEGMENT_HEADER_LEN] {
+        assert!(
+            version == SEGMENT_FORMAT_VERSION || version == SEGMENT_FORMAT_VERSION_1,
+            "segment header invariant: format_version is 1 or 2, got {version}"
+        );
         assert_eq!(
             self.prev.lsn.checked_add(1),
             Some(self.first_lsn),
@@ -81,8 +99,7 @@ impl SegmentHeader {
         );
         let mut b = [0u8; SEGMENT_HEADER_LEN];
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
-        b[SEG_OFF_VERSION..SEG_OFF_VERSION + 2]
-            .copy_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
+        b[SEG_OFF_VERSION..SEG_OFF_VERSION + 2].copy_from_slice(&version.to_le_bytes());
         b[SEG_OFF_HEADER_LEN..SEG_OFF_HEADER_LEN + 2]
             .copy_from_slice(&(SEGMENT_HEADER_LEN as u16).to_le_bytes());
         b[SEG_OFF_FIRST_LSN..SEG_OFF_FIRST_LSN + 8].copy_from_slice(&self.first_lsn.to_le_bytes());
@@ -101,6 +118,15 @@ impl SegmentHeader {
 
     /// Decodes and verifies a header read from `segment` (the file bytes from offset 0).
     pub fn decode(segment: &Path, bytes: &[u8]) -> Result<SegmentHeader, CorruptionReport> {
+        Self::decode_versioned(segment, bytes).map(|(h, _)| h)
+    }
+
+    /// Like [`SegmentHeader::decode`], also returning the header's
+    /// `format_version` (1 or 2), which decides how the segment's tail is read.
+    pub fn decode_versioned(
+        segment: &Path,
+        bytes: &[u8],
+    ) -> Result<(SegmentHeader, u16), CorruptionReport> {
         let report = |kind, expected: String, found: String| CorruptionReport {
             segment: segment.to_path_buf(),
             offset: 0,
@@ -134,10 +160,10 @@ impl SegmentHeader {
             ));
         }
         let version = u16_at(b, SEG_OFF_VERSION);
-        if version != SEGMENT_FORMAT_VERSION {
+        if version != SEGMENT_FORMAT_VERSION && version != SEGMENT_FORMAT_VERSION_1 {
             return Err(report(
                 CorruptionKind::SegmentBadVersion,
-                format!("format_version {SEGMENT_FORMAT_VERSION}"),
+                format!("format_version {SEGMENT_FORMAT_VERSION_1} or {SEGMENT_FORMAT_VERSION}"),
                 format!("format_version {version}"),
             ));
         }
@@ -163,12 +189,15 @@ impl SegmentHeader {
                 format!("first_lsn {first_lsn}, prev_lsn {}", prev.lsn),
             ));
         }
-        Ok(SegmentHeader {
-            first_lsn,
-            generation: u64_at(b, SEG_OFF_GENERATION),
-            created_epoch: u64_at(b, SEG_OFF_CREATED_EPOCH),
-            prev,
-        })
+        Ok((
+            SegmentHeader {
+                first_lsn,
+                generation: u64_at(b, SEG_OFF_GENERATION),
+                created_epoch: u64_at(b, SEG_OFF_CREATED_EPOCH),
+                prev,
+            },
+            version,
+        ))
     }
 }
 
@@ -232,6 +261,9 @@ pub(crate) struct IndexEntry {
 pub(crate) struct SegmentMeta {
     pub(crate) path: PathBuf,
     pub(crate) header: SegmentHeader,
+    /// `format_version` of the header: 2 = preallocated (the bytes after the
+    /// last record are zeros up to the file's end), 1 = grows with appends.
+    pub(crate) version: u16,
     /// Last record in the segment (== header.prev when the segment holds none).
     pub(crate) last: Position,
     /// Offset just past the last record.
@@ -241,10 +273,11 @@ pub(crate) struct SegmentMeta {
 }
 
 impl SegmentMeta {
-    pub(crate) fn new(path: PathBuf, header: SegmentHeader) -> SegmentMeta {
+    pub(crate) fn new(path: PathBuf, header: SegmentHeader, version: u16) -> SegmentMeta {
         SegmentMeta {
             path,
             header,
+            version,
             last: header.prev,
             end_offset: SEGMENT_HEADER_LEN as u64,
             index: Vec::new(),
@@ -272,6 +305,11 @@ impl SegmentMeta {
         }
         self.last = pos;
         self.end_offset = offset + len;
+    }
+
+    /// Whether the segment is preallocated (format version 2).
+    pub(crate) fn preallocated(&self) -> bool {
+        self.version >= SEGMENT_FORMAT_VERSION
     }
 
     /// Whether the segment holds no record.
@@ -310,6 +348,8 @@ pub struct SegmentInfo {
     pub created_epoch: u64,
     /// Log generation.
     pub generation: u64,
+    /// Header `format_version`: 2 = preallocated, 1 = grows with appends.
+    pub format_version: u16,
 }
 
 impl From<&SegmentMeta> for SegmentInfo {
@@ -322,6 +362,7 @@ impl From<&SegmentMeta> for SegmentInfo {
             len_bytes: m.end_offset,
             created_epoch: m.header.created_epoch,
             generation: m.header.generation,
+            format_version: m.version,
         }
     }
 }
@@ -347,12 +388,32 @@ mod tests {
     fn header_round_trips_at_documented_offsets() {
         let b = hdr().encode();
         assert_eq!(&b[0..8], b"WSWALSEG");
-        assert_eq!(&b[8..10], &1u16.to_le_bytes());
+        assert_eq!(&b[8..10], &2u16.to_le_bytes());
         assert_eq!(&b[10..12], &64u16.to_le_bytes());
         assert_eq!(&b[16..24], &11u64.to_le_bytes());
         assert_eq!(&b[40..48], &10u64.to_le_bytes());
         assert_eq!(&b[60..64], &crc32c::crc32c(&b[..60]).to_le_bytes());
         assert_eq!(SegmentHeader::decode(Path::new("x"), &b), Ok(hdr()));
+    }
+
+    #[test]
+    fn version_1_headers_still_decode_and_unknown_versions_are_refused() {
+        let b = hdr().encode_version(SEGMENT_FORMAT_VERSION_1);
+        assert_eq!(&b[8..10], &1u16.to_le_bytes());
+        assert_eq!(
+            SegmentHeader::decode_versioned(Path::new("x"), &b),
+            Ok((hdr(), 1))
+        );
+        assert_eq!(
+            SegmentHeader::decode_versioned(Path::new("x"), &hdr().encode()),
+            Ok((hdr(), 2))
+        );
+        let mut c = hdr().encode();
+        c[8..10].copy_from_slice(&3u16.to_le_bytes());
+        let crc = crc32c::crc32c(&c[..60]);
+        c[60..64].copy_from_slice(&crc.to_le_bytes());
+        let e = SegmentHeader::decode(Path::new("x"), &c).expect_err("version 3");
+        assert_eq!(e.kind, CorruptionKind::SegmentBadVersion);
     }
 
     #[test]
@@ -420,7 +481,7 @@ mod tests {
 
     #[test]
     fn sparse_index_seeks_to_entry_at_or_before() {
-        let mut m = SegmentMeta::new(PathBuf::from("s"), hdr());
+        let mut m = SegmentMeta::new(PathBuf::from("s"), hdr(), SEGMENT_FORMAT_VERSION);
         let mut off = SEGMENT_HEADER_LEN as u64;
         for lsn in 11..=30u64 {
             m.note_record(

@@ -66,6 +66,9 @@
 //!   writeback errors) and a later `sync_data` of the same file succeeds —
 //!   which is exactly why a caller must never retry a failed sync. A failed
 //!   `sync_dir` leaves the directory's entries unsynced.
+//!   [`SimStorage::fail_one_sync_after`]: exactly one sync (of any file or
+//!   directory) fails, the syncs after it succeed — the transient error after
+//!   which a retry *appears* to work although the dropped pages are gone.
 //! * [`SimStorage::set_capacity_bytes`]: writes or `set_len` that would grow
 //!   the total size of all files past the capacity fail with `ENOSPC` and
 //!   change nothing.
@@ -241,6 +244,9 @@ struct SimState {
     fail_next_sync: BTreeSet<Ino>,
     /// `Some(n)`: n more syncs succeed, then every sync fails.
     syncs_before_failure: Option<u64>,
+    /// `Some(n)`: n more syncs succeed, then exactly one fails, then syncs
+    /// succeed again ([`SimStorage::fail_one_sync_after`]).
+    one_failure_after: Option<u64>,
     capacity_bytes: u64,
     misdirect: BTreeMap<Ino, i64>,
     counters: SimCounters,
@@ -445,6 +451,14 @@ impl SimState {
     fn sync_fails(&mut self, ino: Ino) -> bool {
         if self.fail_next_sync.remove(&ino) {
             return true;
+        }
+        match self.one_failure_after {
+            Some(0) => {
+                self.one_failure_after = None;
+                return true;
+            }
+            Some(n) => self.one_failure_after = Some(n - 1),
+            None => {}
         }
         match &mut self.syncs_before_failure {
             Some(0) => true,
@@ -679,6 +693,7 @@ impl SimStorage {
                 generation: 0,
                 fail_next_sync: BTreeSet::new(),
                 syncs_before_failure: None,
+                one_failure_after: None,
                 capacity_bytes: u64::MAX,
                 misdirect: BTreeMap::new(),
                 counters: SimCounters::default(),
@@ -791,6 +806,17 @@ impl SimStorage {
         self.lock().syncs_before_failure = Some(n);
     }
 
+    /// The next `n` syncs (of any file or directory) succeed, the one after
+    /// them fails with `EIO`, and every later sync succeeds again: a transient
+    /// write-back error. A failed `sync_data` drops the file's unsynced pages
+    /// (see the module docs), so a later successful sync of the same file
+    /// makes durable only what was not dropped — the success is a lie about
+    /// the dropped writes, which is why a failed sync must be fatal and never
+    /// retried.
+    pub fn fail_one_sync_after(&self, n: u64) {
+        self.lock().one_failure_after = Some(n);
+    }
+
     /// Writes and `set_len` calls that would grow the total logical size of
     /// all files past `bytes` fail with `ENOSPC`. `u64::MAX` means unlimited
     /// (the default).
@@ -814,6 +840,7 @@ impl SimStorage {
         let mut st = self.lock();
         st.fail_next_sync.clear();
         st.syncs_before_failure = None;
+        st.one_failure_after = None;
         st.capacity_bytes = u64::MAX;
         st.misdirect.clear();
     }

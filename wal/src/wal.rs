@@ -10,7 +10,8 @@ use crate::reader::{verify_record_at, WalReader};
 use crate::record::{Lsn, Position, DEFAULT_MAX_RECORD_BYTES};
 use crate::scan::{recover, OpenReport};
 use crate::segment::{
-    segment_file_name, SegmentHeader, SegmentInfo, SegmentMeta, SEGMENT_HEADER_LEN, TMP_SUFFIX,
+    segment_file_name, SegmentHeader, SegmentInfo, SegmentMeta, PREALLOC_CHUNK_BYTES,
+    SEGMENT_FORMAT_VERSION, SEGMENT_HEADER_LEN, TMP_SUFFIX,
 };
 use crate::storage::{Storage, StorageFile};
 
@@ -84,13 +85,21 @@ pub(crate) fn io_err<'a>(
     move |e| WalError::io(op, path, e)
 }
 
-/// Creates a segment durably: header written to `<name>.tmp`, synced, renamed
-/// to `<name>`, directory synced. A crash leaves either no segment or a whole
-/// verified header, never a half-written one under a segment name.
+/// Creates a segment durably: header written to `<name>.tmp`, the rest of
+/// the file zero-filled up to `preallocate_to` bytes (format version 2), the
+/// file synced, renamed to `<name>`, directory synced. A crash leaves either
+/// no segment or a whole verified header with a synced zero tail under the
+/// segment name, never a half-written one.
+///
+/// Zeros are written, not `set_len`/`fallocate`d: a hole or an unwritten
+/// extent still changes file-system metadata on the first write into it, and
+/// that metadata is what makes an fdatasync of a growing file cost about twice
+/// one of a file whose blocks already exist.
 pub(crate) fn create_segment<S: Storage>(
     storage: &S,
     dir: &Path,
     header: SegmentHeader,
+    preallocate_to: u64,
 ) -> Result<(SegmentMeta, S::File), WalError> {
     let name = segment_file_name(header.first_lsn);
     let path = dir.join(&name);
@@ -99,6 +108,7 @@ pub(crate) fn create_segment<S: Storage>(
     f.set_len(0).map_err(io_err("set_len", &tmp))?;
     f.write_at(0, &header.encode())
         .map_err(io_err("write_at", &tmp))?;
+    write_zeros(&f, SEGMENT_HEADER_LEN as u64, preallocate_to).map_err(io_err("write_at", &tmp))?;
     f.sync_data().map_err(io_err("sync_data", &tmp))?;
     drop(f);
     storage
@@ -107,8 +117,24 @@ pub(crate) fn create_segment<S: Storage>(
     // The new name must be durable before any record in it is called durable.
     storage.sync_dir(dir).map_err(io_err("sync_dir", dir))?;
     let file = storage.open(&path, false).map_err(io_err("open", &path))?;
-    tracing::debug!(segment = %path.display(), first_lsn = header.first_lsn, generation = header.generation, "created segment");
-    Ok((SegmentMeta::new(path, header), file))
+    tracing::debug!(segment = %path.display(), first_lsn = header.first_lsn, generation = header.generation, preallocate_to, "created segment");
+    Ok((SegmentMeta::new(path, header, SEGMENT_FORMAT_VERSION), file))
+}
+
+/// Writes zeros over `[from, to)` of `f` (nothing if `to <= from`), one
+/// `write_at` per [`PREALLOC_CHUNK_BYTES`]. Not synced.
+pub(crate) fn write_zeros<F: StorageFile>(f: &F, from: u64, to: u64) -> std::io::Result<()> {
+    if to <= from {
+        return Ok(());
+    }
+    let zeros = vec![0u8; PREALLOC_CHUNK_BYTES.min((to - from) as usize)];
+    let mut off = from;
+    while off < to {
+        let n = (zeros.len() as u64).min(to - off) as usize;
+        f.write_at(off, &zeros[..n])?;
+        off += n as u64;
+    }
+    Ok(())
 }
 
 impl<S: Storage> Wal<S> {
@@ -140,7 +166,7 @@ impl<S: Storage> Wal<S> {
                 created_epoch: opts.epoch,
                 prev: Position::ZERO,
             };
-            let (meta, _file) = create_segment(&storage, dir, header)?;
+            let (meta, _file) = create_segment(&storage, dir, header, opts.segment_size_bytes)?;
             segments.push(meta);
         }
         let last_seg = segments.last().map(|s| s.path.clone()).unwrap_or_default();
@@ -453,7 +479,15 @@ impl<S: Storage> Wal<S> {
                 ),
             ));
         }
-        if map.len() as u64 == cut {
+        let preallocated = self.active_meta().preallocated();
+        // Version 2: the bytes after the last record are zeros to the end of
+        // the file (the unwritten tail); version 1: the file ends there.
+        let nothing_after_cut = if preallocated {
+            map[cut as usize..].iter().all(|&b| b == 0)
+        } else {
+            map.len() as u64 == cut
+        };
+        if nothing_after_cut {
             // after_lsn ends its segment: removing the later segments was all.
             let file = self
                 .storage
@@ -478,6 +512,10 @@ impl<S: Storage> Wal<S> {
         f.set_len(0).map_err(io_err("set_len", &tmp))?;
         f.write_at(0, &map[..cut as usize])
             .map_err(io_err("write_at", &tmp))?;
+        if preallocated {
+            // Keep the file's preallocated length, zero after the cut.
+            write_zeros(&f, cut, map.len() as u64).map_err(io_err("write_at", &tmp))?;
+        }
         if let Err(e) = f.sync_data() {
             self.poison("sync of rewritten segment failed");
             return Err(WalError::io("sync_data", &tmp, e));
@@ -540,7 +578,12 @@ impl<S: Storage> Wal<S> {
             created_epoch: self.epoch,
             prev: boundary,
         };
-        let (meta, file) = match create_segment(&self.storage, &self.dir, header) {
+        let (meta, file) = match create_segment(
+            &self.storage,
+            &self.dir,
+            header,
+            self.opts.segment_size_bytes,
+        ) {
             Ok(x) => x,
             Err(e) => {
                 if matches!(&e, WalError::Io { op, .. } if op.starts_with("sync")) {

@@ -536,3 +536,27 @@ fn half_synced_directory_renames_can_form_a_cycle_and_space_accounting_still_ter
     assert_eq!(s.used_bytes(), 2);
     Ok(())
 }
+
+#[test]
+fn fail_one_sync_after_n_fails_once_drops_the_pages_and_later_syncs_falsely_succeed(
+) -> io::Result<()> {
+    let s = storage_with_dir(18)?;
+    durable_file(&s, "/d/f", b"synced")?;
+    let f = s.open(&p("/d/f"), false)?;
+    s.fail_one_sync_after(1);
+    f.write_at(6, b"-first")?;
+    f.sync_data()?; // the one sync that still succeeds
+    f.write_at(12, b"-dropped")?;
+    let err = f.sync_data().expect_err("the one armed EIO");
+    assert_eq!(raw(&err), Some(libc::EIO));
+    assert_eq!(s.contents(&p("/d/f"))?, b"synced-first");
+    // Every later sync succeeds: a retry "works", but the dropped write is gone.
+    f.sync_data()?;
+    s.sync_dir(&p("/d"))?;
+    f.write_at(12, b"-later")?;
+    f.sync_data()?;
+    s.crash();
+    assert_eq!(s.contents(&p("/d/f"))?, b"synced-first-later");
+    assert_eq!(s.counters().failed_syncs, 1);
+    Ok(())
+}

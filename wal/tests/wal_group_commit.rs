@@ -514,3 +514,63 @@ fn with_truncate_tail_and_reset_to_still_move_the_published_durable_lsn() {
         .expect("no-op truncate");
     assert_eq!(shared.durable_lsn(), 11);
 }
+
+/// Group commit batches every appender waiting behind a running sync into
+/// the ONE next sync: while the first sync is held, `K` threads append
+/// durably; once it is released, all `K` records become durable with exactly
+/// one more fdatasync, and every appender returns its own lsn.
+#[test]
+fn every_appender_waiting_behind_a_running_sync_is_made_durable_by_the_one_next_sync() {
+    const K: u64 = 12;
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    let gate = Arc::new(Gate {
+        armed: std::sync::atomic::AtomicBool::new(false),
+        entered: Mutex::new(Some(entered_tx)),
+        release: Mutex::new(Some(release_rx)),
+    });
+    let sim = SimStorage::new(23);
+    let s = GateStorage {
+        inner: sim.clone(),
+        gate: Arc::clone(&gate),
+    };
+    let (w, _) = Wal::open(s, &wal_dir(), WalOptions::default()).expect("open");
+    let shared = SharedWal::new(w);
+    let syncs_before = sim.counters().file_syncs;
+    gate.armed.store(true, Ordering::SeqCst);
+    let leader = {
+        let w = Arc::clone(&shared);
+        thread::spawn(move || w.append_durable(b"first"))
+    };
+    entered_rx.recv().expect("leader is inside fdatasync");
+    let followers: Vec<_> = (0..K)
+        .map(|t| {
+            let w = Arc::clone(&shared);
+            thread::spawn(move || w.append_durable(&thread_payload(t, 0)))
+        })
+        .collect();
+    // Every follower has written its record (they may or may not be waiting yet).
+    while shared.last().lsn < K + 1 {
+        thread::yield_now();
+    }
+    assert_eq!(shared.durable_lsn(), 0, "the first sync is still held");
+    release_tx.send(()).expect("release");
+    assert_eq!(leader.join().expect("leader").expect("durable"), 1);
+    let mut lsns: Vec<u64> = followers
+        .into_iter()
+        .map(|h| h.join().expect("follower").expect("durable"))
+        .collect();
+    lsns.sort_unstable();
+    assert_eq!(lsns, (2..=K + 1).collect::<Vec<_>>());
+    assert_eq!(shared.durable_lsn(), K + 1);
+    assert_eq!(
+        sim.counters().file_syncs - syncs_before,
+        2,
+        "the held sync, then one sync for all {K} followers"
+    );
+    // And they really are durable.
+    drop(shared);
+    sim.crash();
+    let (w, _) = Wal::open(sim, &wal_dir(), WalOptions::default()).expect("reopen");
+    assert_eq!(w.last().lsn, K + 1);
+}

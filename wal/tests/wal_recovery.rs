@@ -20,6 +20,14 @@ fn build(n: u64) -> (SimStorage, Vec<Placed>) {
     (s, l)
 }
 
+/// Like [`build`], the segments rewritten in format version 1 (not
+/// preallocated: each file ends after its last record), as older builds left them.
+fn build_v1(n: u64) -> (SimStorage, Vec<Placed>) {
+    let (s, l) = build(n);
+    downgrade_to_v1(&s, &wal_dir());
+    (s, l)
+}
+
 fn raw_write(s: &SimStorage, path: &Path, offset: u64, bytes: &[u8]) {
     let f = s.open(path, true).expect("open");
     f.write_at(offset, bytes).expect("write");
@@ -45,8 +53,9 @@ fn fm_x_7_torn_tail_at_every_byte_offset_of_last_record_recovers_previous_record
     let (_, l) = build(n);
     let last = l.last().expect("records").clone();
     let prev = l[l.len() - 2].position;
+    // Format version 1 segments grow with appends: a torn append is a short file.
     for cut in last.offset..last.offset + last.len {
-        let (s, _) = build(n);
+        let (s, _) = build_v1(n);
         set_len(&s, &last.segment, cut);
         let (w, r) = open(&s, &wal_dir(), small_opts());
         if cut == last.offset {
@@ -84,7 +93,7 @@ fn zero_filled_tail_from_every_offset_of_last_record_is_cut() {
     let last = l.last().expect("records").clone();
     let end = last.offset + last.len;
     for from in last.offset..end {
-        let (s, _) = build(n);
+        let (s, _) = build_v1(n);
         s.zero_range(&last.segment, from, end - from).expect("zero");
         // also a zero-filled extension past the data (length reached disk first)
         set_len(&s, &last.segment, end + 100);
@@ -485,7 +494,8 @@ fn superseded_generation_leftovers_of_reset_are_removed() {
 
 #[test]
 fn bad_crc_in_last_record_followed_by_garbage_only_is_torn() {
-    let (s, l) = build(10);
+    // Version 1: a damaged last record cannot be told from a torn write.
+    let (s, l) = build_v1(10);
     let last = l.last().expect("records").clone();
     s.flip_bit(&last.segment, last.offset + last.len - 1, 0)
         .expect("flip");
@@ -528,11 +538,11 @@ fn fm_9_2_crash_during_torn_tail_cut_recovers_identically() {
     let last = l.last().expect("records").clone();
     let cut_at = last.offset + last.len / 2;
     // Uninterrupted recovery, for reference.
-    let (s_ref, _) = build(n);
+    let (s_ref, _) = build_v1(n);
     set_len(&s_ref, &last.segment, cut_at);
     let (w_ref, r_ref) = open(&s_ref, &wal_dir(), small_opts());
     // Recovery interrupted: the cut's sync fails, then power is lost.
-    let (s, _) = build(n);
+    let (s, _) = build_v1(n);
     set_len(&s, &last.segment, cut_at);
     s.fail_next_sync(&last.segment).expect("arm");
     match walship_wal::Wal::open(s.clone(), &wal_dir(), small_opts()) {
@@ -550,7 +560,9 @@ fn fm_9_2_crash_during_torn_tail_cut_recovers_identically() {
 
 #[test]
 fn enospc_append_fails_without_partial_record_and_wal_continues() {
-    let (s, mut w, positions) = sim_wal_with(5, WalOptions::default());
+    // A version 1 segment grows with every append, so an append can hit ENOSPC.
+    let (s, positions) = sim_v1_log_with(5, WalOptions::default());
+    let (mut w, _) = open(&s, &wal_dir(), WalOptions::default());
     s.set_capacity_bytes(s.used_bytes() + 10);
     match w.append(&[7u8; 100]) {
         Err(WalError::Io { op: "write_at", .. }) => {}

@@ -44,7 +44,16 @@ pub fn open_err<S: Storage>(s: &S, dir: &Path, opts: WalOptions) -> WalError {
 
 /// A simulated WAL with `n` records appended and synced.
 pub fn sim_wal_with(n: u64, opts: WalOptions) -> (SimStorage, Wal<SimStorage>, Vec<Position>) {
-    let s = SimStorage::new(7);
+    sim_wal_with_storage(&SimStorage::new(7), n, opts)
+}
+
+/// Like [`sim_wal_with`] on a given storage.
+pub fn sim_wal_with_storage(
+    s: &SimStorage,
+    n: u64,
+    opts: WalOptions,
+) -> (SimStorage, Wal<SimStorage>, Vec<Position>) {
+    let s = s.clone();
     let (mut w, _) = open(&s, &wal_dir(), opts);
     let mut positions = Vec::new();
     for i in 1..=n {
@@ -102,4 +111,37 @@ pub fn layout<S: Storage>(w: &Wal<S>) -> Vec<Placed> {
         assert_eq!(off, seg.len_bytes);
     }
     out
+}
+
+/// Rewrites every segment of the (closed) log in `dir` as a format version 1
+/// segment, exactly as a build before preallocation left it: the header says
+/// version 1 and the file ends right after its last record (the zero tail of
+/// the preallocated version 2 file is dropped). Synced, so a crash keeps it.
+pub fn downgrade_to_v1(s: &SimStorage, dir: &Path) {
+    use walship_wal::segment::{SegmentHeader, SEGMENT_FORMAT_VERSION_1, SEGMENT_HEADER_LEN};
+    use walship_wal::{decode_record, StorageFile};
+    for name in s.list(dir).expect("list") {
+        let path = dir.join(&name);
+        let bytes = s.contents(&path).expect("contents");
+        let header = SegmentHeader::decode(&path, &bytes).expect("header");
+        let mut end = SEGMENT_HEADER_LEN;
+        while let Ok(v) = decode_record(&bytes[end..], u32::MAX) {
+            end += v.bytes().len();
+        }
+        let mut out = header.encode_version(SEGMENT_FORMAT_VERSION_1).to_vec();
+        out.extend_from_slice(&bytes[SEGMENT_HEADER_LEN..end]);
+        let f = s.open(&path, false).expect("open");
+        f.set_len(0).expect("set_len");
+        f.write_at(0, &out).expect("write");
+        f.sync_data().expect("sync");
+    }
+}
+
+/// A simulated log of `n` synced records (see [`sim_wal_with`]) rewritten as
+/// format version 1 segments (see [`downgrade_to_v1`]), closed.
+pub fn sim_v1_log_with(n: u64, opts: WalOptions) -> (SimStorage, Vec<Position>) {
+    let (s, w, positions) = sim_wal_with(n, opts);
+    drop(w);
+    downgrade_to_v1(&s, &wal_dir());
+    (s, positions)
 }
