@@ -1,18 +1,32 @@
-//! Replication benchmark (issue 3, item 9), one run on loopback with 1 KiB records:
+//! Replication benchmark (issues 3 and 14), one run on loopback with 1 KiB records. Every
+//! figure is printed with its durability setting:
 //!
-//! - local-only durable append rate (SharedWal group commit, no network) with 1/16/64 writers;
-//! - commit throughput and p50/p99 latency of `Primary::append` with 1/16/64 concurrent
-//!   writers under quorum 0 and majority, with two real replicas connected;
+//! - local-only durable appends (`SharedWal::append_durable` group commit, no network:
+//!   acknowledged after write + fdatasync of the primary's WAL) with 1/16/64 writers, measured
+//!   before and again after the commit points (the mean is the baseline);
+//! - commits through `Primary::append` with two real replicas connected: quorum 0 (acknowledged
+//!   after the primary's fdatasync; replicas asynchronous) at 1 and 64 writers, majority
+//!   (acknowledged after the primary's fdatasync and one replica's fdatasync receipt) at
+//!   1/16/64 writers; rate, p50 and p99 commit latency per point;
 //! - catch-up MB/s of a replica starting empty behind a primary holding
 //!   `WALSHIP_BENCH_CATCHUP_MB` (default 256; 1024 for the full 1 GiB), beside this disk's
 //!   durable sequential write rate (same size written, then fsync) and one plain quinn
 //!   stream's raw throughput over loopback (same TLS);
-//! - ratios against the targets: majority@64 >= 50% of local-only@64; catch-up >= 80% of
-//!   the smaller limit.
+//! - the issue-14 ratios, each with its target and met/missed: majority vs PostgreSQL
+//!   (synchronous standby) at 1/16/64 clients when the PostgreSQL figures are given,
+//!   quorum-0@1 / local-only@1, majority@64 / local-only@64, catch-up / min(disk, quinn).
 //!
-//! `cargo bench -p walship-primary --bench repl_bench`. Env: `WALSHIP_BENCH_SECS` (seconds
-//! per commit point, default 3), `WALSHIP_BENCH_CATCHUP_MB`, `WALSHIP_BENCH_DIR` (where the
-//! data goes; default the system temp dir).
+//! `cargo bench -p walship-primary --bench repl_bench`. Env:
+//! - `WALSHIP_BENCH_SECS` (seconds per commit point, default 3), `WALSHIP_BENCH_CATCHUP_MB`,
+//!   `WALSHIP_BENCH_DIR` (where the data goes; default the system temp dir);
+//! - `WALSHIP_BENCH_ONLY=commit|catchup|stages` runs one part;
+//! - `WALSHIP_BENCH_PG="1=950,16=5966,64=7864"`: PostgreSQL tps with `synchronous_commit=on`
+//!   (one synchronous standby, remote flush) per client count, as printed by
+//!   `../shared/bench/pg_sync_baseline.sh`; `WALSHIP_BENCH_PG_LOCAL` the same for
+//!   `synchronous_commit=local` (shown for context). `bench/compare_pg.sh` runs both in one go;
+//! - `WALSHIP_BENCH_STAGES=1`: adds "where the time goes", a per-stage latency breakdown of
+//!   majority commits with one writer, from the `walship::stage` TRACE events of the primary
+//!   and replica drivers (recorded by a `tracing` layer this bench installs; off otherwise).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -131,39 +145,136 @@ impl Env {
     }
 }
 
+/// Rate and latency of one measured point.
+#[derive(Clone, Copy)]
+struct Point {
+    ops_per_s: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Point {
+    fn from_latencies(mut lat: Vec<Duration>, elapsed: Duration) -> Point {
+        lat.sort_unstable();
+        Point {
+            ops_per_s: lat.len() as f64 / elapsed.as_secs_f64(),
+            p50: percentile(&lat, 0.50),
+            p99: percentile(&lat, 0.99),
+        }
+    }
+    /// The mean of two runs of the same point (the machine is shared).
+    fn mean(a: Point, b: Point) -> Point {
+        Point {
+            ops_per_s: (a.ops_per_s + b.ops_per_s) / 2.0,
+            p50: (a.p50 + b.p50) / 2,
+            p99: (a.p99 + b.p99) / 2,
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 /// Local-only durable append rate: `writers` threads on one SharedWal, each append_durable.
-fn local_durable_rate(env: &Env, writers: usize, secs: Duration) -> BenchResult<f64> {
+fn local_durable_point(env: &Env, writers: usize, secs: Duration) -> BenchResult<Point> {
     let dir = env.fresh_dir(&format!("local-{writers}"));
     let (wal, _) = Wal::open(FsStorage, &dir, WalOptions::default())?;
     let wal = SharedWal::new(wal);
-    let count = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + secs;
     let threads: Vec<_> = (0..writers)
         .map(|_| {
             let wal = wal.clone();
-            let count = count.clone();
             std::thread::spawn(move || {
                 let payload = vec![0xABu8; RECORD];
+                let mut lat = Vec::new();
                 while Instant::now() < deadline {
+                    let t0 = Instant::now();
                     if wal.append_durable(&payload).is_err() {
-                        return;
+                        break;
                     }
-                    count.fetch_add(1, Ordering::Relaxed);
+                    lat.push(t0.elapsed());
                 }
+                lat
             })
         })
         .collect();
+    let mut lat = Vec::new();
     for t in threads {
-        let _ = t.join();
+        lat.extend(t.join().map_err(|_| "local writer thread panicked")?);
     }
-    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    Ok(Point::from_latencies(lat, start.elapsed()))
 }
 
-struct CommitPoint {
-    ops_per_s: f64,
-    p50: Duration,
-    p99: Duration,
+/// A primary and two connected replicas.
+struct Cluster {
+    primary: Arc<Primary>,
+    r1: Replica,
+    r2: Replica,
+}
+
+impl Cluster {
+    async fn start(env: &Env, quorum: Quorum, tag: &str) -> BenchResult<Cluster> {
+        let primary =
+            Primary::open(env.primary_config(&env.fresh_dir(&format!("{tag}-p")), quorum))?;
+        let r1 = env.replica("r1", &env.fresh_dir(&format!("{tag}-r1")), &primary)?;
+        let r2 = env.replica("r2", &env.fresh_dir(&format!("{tag}-r2")), &primary)?;
+        let connected = Instant::now();
+        while !primary.status().replicas.iter().all(|r| r.shipping) {
+            if connected.elapsed() > Duration::from_secs(30) {
+                return Err("replicas did not connect".into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(Cluster {
+            primary: Arc::new(primary),
+            r1,
+            r2,
+        })
+    }
+
+    async fn stop(self) -> BenchResult<()> {
+        self.r1.shutdown().await?;
+        self.r2.shutdown().await?;
+        match Arc::try_unwrap(self.primary) {
+            Ok(p) => match p.shutdown().await {
+                None => Ok(()),
+                Some(stop) => Err(format!("primary stopped: {stop}").into()),
+            },
+            Err(_) => Err("primary still shared".into()),
+        }
+    }
+}
+
+/// `writers` tasks appending through `Primary::append` until `deadline`; per commit its
+/// start, lsn and end.
+async fn drive_appends(
+    primary: &Arc<Primary>,
+    writers: usize,
+    deadline: Instant,
+) -> BenchResult<Vec<(Instant, Lsn, Instant)>> {
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let primary = primary.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut commits = Vec::new();
+            let payload = vec![0xCDu8; RECORD];
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                match primary.append(payload.clone()).await {
+                    Ok(lsn) => commits.push((t0, lsn, Instant::now())),
+                    Err(_) => break,
+                }
+            }
+            commits
+        }));
+    }
+    let mut commits = Vec::new();
+    for t in tasks {
+        commits.extend(t.await?);
+    }
+    Ok(commits)
 }
 
 /// Commit throughput/latency through Primary::append with two replicas connected.
@@ -172,57 +283,242 @@ async fn commit_point(
     quorum: Quorum,
     writers: usize,
     secs: Duration,
-) -> BenchResult<CommitPoint> {
-    let tag = format!("q{}-w{writers}", quorum.setting());
-    let primary = Primary::open(env.primary_config(&env.fresh_dir(&format!("{tag}-p")), quorum))?;
-    let r1 = env.replica("r1", &env.fresh_dir(&format!("{tag}-r1")), &primary)?;
-    let r2 = env.replica("r2", &env.fresh_dir(&format!("{tag}-r2")), &primary)?;
-    let connected = Instant::now();
-    while !primary.status().replicas.iter().all(|r| r.shipping) {
-        if connected.elapsed() > Duration::from_secs(30) {
-            return Err("replicas did not connect".into());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let primary = Arc::new(primary);
+) -> BenchResult<Point> {
+    let cluster = Cluster::start(env, quorum, &format!("q{}-w{writers}", quorum.setting())).await?;
     let start = Instant::now();
-    let deadline = start + secs;
-    let mut tasks = Vec::new();
-    for _ in 0..writers {
-        let primary = primary.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let payload = vec![0xCDu8; RECORD];
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
-                if primary.append(payload.clone()).await.is_err() {
-                    break;
-                }
-                lat.push(t0.elapsed());
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await?);
-    }
+    let commits = drive_appends(&cluster.primary, writers, start + secs).await?;
     let elapsed = start.elapsed();
-    lat.sort_unstable();
-    let point = CommitPoint {
-        ops_per_s: lat.len() as f64 / elapsed.as_secs_f64(),
-        p50: percentile(&lat, 0.50),
-        p99: percentile(&lat, 0.99),
-    };
-    r1.shutdown().await?;
-    r2.shutdown().await?;
-    match Arc::try_unwrap(primary) {
-        Ok(p) => {
-            p.shutdown().await;
-        }
-        Err(_) => return Err("primary still shared".into()),
+    cluster.stop().await?;
+    let lat = commits.iter().map(|(t0, _, t1)| *t1 - *t0).collect();
+    Ok(Point::from_latencies(lat, elapsed))
+}
+
+/// "Where the time goes": a `tracing` layer that timestamps the `walship::stage` TRACE events
+/// of the primary and replica drivers. Each event says a stage reached every lsn up to `lsn`;
+/// a commit of lsn L passed a stage at the first event of that stage (from either replica: a
+/// majority of three commits on the first receipt) whose watermark reaches L.
+mod stages {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    use tracing::field::{Field, Visit};
+    use tracing::subscriber::Interest;
+    use tracing::{Event, Metadata, Subscriber};
+    use tracing_subscriber::layer::{Context, Layer};
+
+    pub const TARGET: &str = "walship::stage";
+    /// The stages between `Primary::append` being called and returning, in commit order.
+    pub const STAGES: [&str; 7] = [
+        "primary_fsync",
+        "frame_sent",
+        "replica_receive",
+        "replica_fsync",
+        "receipt_sent",
+        "receipt_received",
+        "commit_advanced",
+    ];
+
+    /// (stage index, lsn watermark, when) in arrival order.
+    pub type Events = Arc<Mutex<Vec<(usize, u64, Instant)>>>;
+
+    pub struct Recorder {
+        pub events: Events,
+        pub on: Arc<AtomicBool>,
     }
-    Ok(point)
+
+    #[derive(Default)]
+    struct Fields {
+        stage: Option<usize>,
+        lsn: Option<u64>,
+    }
+    impl Visit for Fields {
+        fn record_str(&mut self, field: &Field, value: &str) {
+            if field.name() == "stage" {
+                self.stage = STAGES.iter().position(|s| *s == value);
+            }
+        }
+        fn record_u64(&mut self, field: &Field, value: u64) {
+            if field.name() == "lsn" {
+                self.lsn = Some(value);
+            }
+        }
+        fn record_i64(&mut self, field: &Field, value: i64) {
+            if field.name() == "lsn" {
+                self.lsn = u64::try_from(value).ok();
+            }
+        }
+        fn record_debug(&mut self, _field: &Field, _value: &dyn std::fmt::Debug) {}
+    }
+
+    impl<S: Subscriber> Layer<S> for Recorder {
+        fn register_callsite(&self, m: &'static Metadata<'static>) -> Interest {
+            // Everything but the stage events stays disabled (no spans, no logs).
+            if m.target() == TARGET {
+                Interest::always()
+            } else {
+                Interest::never()
+            }
+        }
+        fn enabled(&self, m: &Metadata<'_>, _ctx: Context<'_, S>) -> bool {
+            m.target() == TARGET
+        }
+        fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+            if !self.on.load(Ordering::Relaxed) {
+                return;
+            }
+            let mut f = Fields::default();
+            event.record(&mut f);
+            if let (Some(stage), Some(lsn)) = (f.stage, f.lsn) {
+                let mut ev = self.events.lock().unwrap_or_else(|p| p.into_inner());
+                ev.push((stage, lsn, Instant::now()));
+            }
+        }
+    }
+
+    /// Per commit (start, lsn, end): the time of each stage after the start, where found.
+    pub fn breakdown(
+        events: &[(usize, u64, Instant)],
+        commits: &[(Instant, u64, Instant)],
+    ) -> Vec<[Option<f64>; STAGES.len()]> {
+        // Per stage: (when, running max watermark), both non-decreasing.
+        let mut per: Vec<Vec<(Instant, u64)>> = vec![Vec::new(); STAGES.len()];
+        for &(s, lsn, at) in events {
+            let v = &mut per[s];
+            let max = v.last().map_or(lsn, |&(_, m)| m.max(lsn));
+            v.push((at, max));
+        }
+        commits
+            .iter()
+            .map(|&(t0, lsn, _)| {
+                let mut row = [None; STAGES.len()];
+                for (s, v) in per.iter().enumerate() {
+                    let i = v.partition_point(|&(at, max)| at < t0 || max < lsn);
+                    if let Some(&(at, _)) = v.get(i) {
+                        row[s] = Some((at - t0).as_secs_f64() * 1e3);
+                    }
+                }
+                row
+            })
+            .collect()
+    }
+}
+
+/// Installs the stage recorder as the global `tracing` subscriber (`WALSHIP_BENCH_STAGES=1`).
+fn install_stage_recorder() -> BenchResult<stages::Recorder> {
+    use tracing_subscriber::layer::SubscriberExt;
+    let events: stages::Events = Arc::default();
+    let on = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let layer = stages::Recorder {
+        events: events.clone(),
+        on: on.clone(),
+    };
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))?;
+    Ok(stages::Recorder { events, on })
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some(v[(v.len() - 1) / 2])
+}
+
+/// Majority commits with one writer, stage events recorded; prints p50 per stage.
+async fn stage_breakdown(env: &Env, rec: &stages::Recorder, secs: Duration) -> BenchResult<()> {
+    let cluster = Cluster::start(env, Quorum::Majority, "stages").await?;
+    rec.events.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    rec.on.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    let commits = drive_appends(&cluster.primary, 1, start + secs).await?;
+    rec.on.store(false, Ordering::Relaxed);
+    cluster.stop().await?;
+    let events = std::mem::take(&mut *rec.events.lock().unwrap_or_else(|p| p.into_inner()));
+    let rows = stages::breakdown(&events, &commits);
+    let total: Vec<f64> = commits
+        .iter()
+        .map(|(t0, _, t1)| (*t1 - *t0).as_secs_f64() * 1e3)
+        .collect();
+    println!(
+        "\nwhere the time goes: majority commit (primary fdatasync + first replica's fdatasync receipt), \
+         1 writer, {} commits, {} stage events; p50 per stage, from Primary::append called:",
+        commits.len(),
+        events.len()
+    );
+    println!(
+        "  {:<44} {:>12} {:>12} {:>9}",
+        "stage (reached by the commit's lsn)", "p50 at ms", "p50 step ms", "found"
+    );
+    println!(
+        "  {:<44} {:>12.3}",
+        "append called (spawn_blocking, WAL write)", 0.0
+    );
+    let label = [
+        "primary fdatasync done (durable listener)",
+        "frame handed to quinn (writer task)",
+        "replica read the frame",
+        "replica fdatasync done",
+        "receipt handed to quinn (replica)",
+        "receipt read by the primary",
+        "commit advanced (core thread)",
+    ];
+    let mut prev: Vec<f64> = vec![0.0; rows.len()];
+    for (s, name) in label.iter().enumerate() {
+        let mut at = Vec::new();
+        let mut step = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            if let Some(t) = row[s] {
+                at.push(t);
+                step.push(t - prev[i]);
+                prev[i] = t;
+            }
+        }
+        let found = at.len();
+        match (median(at), median(step)) {
+            (Some(a), Some(d)) => println!(
+                "  {name:<44} {a:>12.3} {d:>12.3} {:>8.0}%",
+                found as f64 * 100.0 / rows.len().max(1) as f64
+            ),
+            _ => println!("  {name:<44} {:>12} {:>12} {:>9}", "-", "-", "0%"),
+        }
+    }
+    let mut step = Vec::new();
+    for (i, t) in total.iter().enumerate() {
+        step.push(t - prev[i]);
+    }
+    println!(
+        "  {:<44} {:>12.3} {:>12.3} {:>8}%",
+        "append returned (commit wake-up)",
+        median(total).unwrap_or(f64::NAN),
+        median(step).unwrap_or(f64::NAN),
+        100
+    );
+    println!("  (\"step\": p50 of the time since the previous stage of the same commit)");
+    Ok(())
+}
+
+/// PostgreSQL figures given as `clients=tps,...` (e.g. `1=950,16=5966,64=7864`).
+fn pg_figures(var: &str) -> BenchResult<Vec<(usize, f64)>> {
+    let Ok(v) = std::env::var(var) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (c, t) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{var}: `{part}` is not clients=tps"))?;
+        let c: usize = c
+            .trim()
+            .parse()
+            .map_err(|e| format!("{var}: clients `{c}`: {e}"))?;
+        let t: f64 = t
+            .trim()
+            .parse()
+            .map_err(|e| format!("{var}: tps `{t}`: {e}"))?;
+        out.push((c, t));
+    }
+    Ok(out)
 }
 
 /// Durable sequential write rate: `bytes` written in 1 MiB chunks, then one fsync.
@@ -326,7 +622,9 @@ async fn catch_up_rate(env: &Env, bytes: u64) -> BenchResult<(f64, u64, Duration
     let took = start.elapsed();
     let shipped = last * (RECORD + RECORD_HEADER_LEN) as u64;
     r1.shutdown().await?;
-    primary.shutdown().await;
+    if let Some(stop) = primary.shutdown().await {
+        return Err(format!("primary stopped: {stop}").into());
+    }
     Ok((mb_per_s(shipped, took), shipped, took))
 }
 
@@ -339,11 +637,36 @@ fn main() -> BenchResult<()> {
     rt.block_on(run())
 }
 
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+fn print_point(label: &str, writers: usize, p: &Point) {
+    println!(
+        "  {label:<12} {writers:>7} {:>12.0} {:>9.2} {:>9.2}",
+        p.ops_per_s,
+        ms(p.p50),
+        ms(p.p99)
+    );
+}
+
 async fn run() -> BenchResult<()> {
     let secs = Duration::from_secs(env_u64("WALSHIP_BENCH_SECS", 3));
     let catchup_mb = env_u64("WALSHIP_BENCH_CATCHUP_MB", 256);
+    let stages_on = std::env::var("WALSHIP_BENCH_STAGES").is_ok_and(|v| v == "1");
+    let pg_on = pg_figures("WALSHIP_BENCH_PG")?;
+    let pg_local = pg_figures("WALSHIP_BENCH_PG_LOCAL")?;
+    let recorder = if stages_on {
+        Some(install_stage_recorder()?)
+    } else {
+        None
+    };
     let env = Env::new()?;
-    // WALSHIP_BENCH_ONLY=commit|catchup runs one half (for experiments).
+    // WALSHIP_BENCH_ONLY=commit|catchup|stages runs one part (for experiments).
     let only = std::env::var("WALSHIP_BENCH_ONLY").unwrap_or_default();
     println!(
         "walship repl_bench: loopback, {RECORD}-byte records, {} s per commit point, data in {}",
@@ -351,82 +674,157 @@ async fn run() -> BenchResult<()> {
         env.root.path().display()
     );
 
-    let mut local = Vec::new();
-    let mut majority64 = 0.0;
-    if only != "catchup" {
-        println!("\nlocal-only durable append rate (SharedWal group commit, no network):");
+    let mut ratios: Vec<String> = Vec::new();
+    if only.is_empty() || only == "commit" {
+        println!(
+            "\nlocal-only durable appends (SharedWal::append_durable group commit, no network; \
+             durability: write + fdatasync of the primary's WAL):"
+        );
+        println!(
+            "  {:<12} {:>7} {:>12} {:>9} {:>9}",
+            "", "writers", "records/s", "p50 ms", "p99 ms"
+        );
+        let mut local = Vec::new();
         for w in WRITERS {
-            let r = local_durable_rate(&env, w, secs)?;
-            println!("  writers {w:>3}: {r:>10.0} records/s");
-            local.push(r);
+            let p = local_durable_point(&env, w, secs)?;
+            print_point("local-only", w, &p);
+            local.push((w, p));
         }
 
-        println!("\ncommit through Primary::append, two replicas connected:");
         println!(
-            "  {:<10} {:>7} {:>14} {:>10} {:>10}",
+            "\ncommits through Primary::append, two replicas connected (quorum 0: acknowledged after \
+             the primary's fdatasync, replicas asynchronous; majority (-1) of 3: after the primary's \
+             fdatasync and one replica's fdatasync receipt):"
+        );
+        println!(
+            "  {:<12} {:>7} {:>12} {:>9} {:>9}",
             "quorum", "writers", "commits/s", "p50 ms", "p99 ms"
         );
-        for quorum in [Quorum::LocalOnly, Quorum::Majority] {
-            for w in WRITERS {
-                let p = commit_point(&env, quorum, w, secs).await?;
-                println!(
-                    "  {:<10} {:>7} {:>14.0} {:>10.2} {:>10.2}",
-                    quorum.setting(),
-                    w,
-                    p.ops_per_s,
-                    p.p50.as_secs_f64() * 1e3,
-                    p.p99.as_secs_f64() * 1e3
-                );
-                if quorum == Quorum::Majority && w == 64 {
-                    majority64 = p.ops_per_s;
+        let mut q0 = Vec::new();
+        for w in [1, 64] {
+            let p = commit_point(&env, Quorum::LocalOnly, w, secs).await?;
+            print_point("0", w, &p);
+            q0.push((w, p));
+        }
+        let mut majority = Vec::new();
+        for w in WRITERS {
+            let p = commit_point(&env, Quorum::Majority, w, secs).await?;
+            print_point("majority", w, &p);
+            majority.push((w, p));
+        }
+        // The machine is shared: the baselines of the ratios are measured again right after,
+        // and the mean of both runs is used.
+        println!(
+            "\nlocal-only durable appends again (same durability), and the mean of both runs:"
+        );
+        for (w, first) in local.iter_mut().filter(|(w, _)| *w == 1 || *w == 64) {
+            let again = local_durable_point(&env, *w, secs)?;
+            print_point("again", *w, &again);
+            *first = Point::mean(*first, again);
+            print_point("mean", *w, first);
+        }
+
+        let at = |v: &[(usize, Point)], w: usize| v.iter().find(|(x, _)| *x == w).map(|(_, p)| *p);
+        if pg_on.is_empty() {
+            ratios.push(
+                "majority / PostgreSQL sync standby (target >= 1.5x at 1, 16, 64): not measured \
+                 (no WALSHIP_BENCH_PG; run bench/compare_pg.sh)"
+                    .into(),
+            );
+        } else {
+            println!(
+                "\nPostgreSQL figures given (pgbench 1 KiB insert, fsync=on; synchronous_commit=on: \
+                 acknowledged after the primary's flush and the synchronous standby's flush):"
+            );
+            for (c, t) in &pg_on {
+                let local = pg_local.iter().find(|(x, _)| x == c).map(|(_, t)| *t);
+                match local {
+                    Some(l) => println!(
+                        "  clients {c:>3}: synchronous_commit=on {t:>9.0} tps, =local {l:>9.0} tps"
+                    ),
+                    None => println!("  clients {c:>3}: synchronous_commit=on {t:>9.0} tps"),
                 }
             }
+            for w in WRITERS {
+                let (Some(m), Some((_, pg))) =
+                    (at(&majority, w), pg_on.iter().find(|(c, _)| *c == w))
+                else {
+                    ratios.push(format!(
+                        "majority@{w} / PostgreSQL sync standby@{w}: no PostgreSQL figure for {w} clients"
+                    ));
+                    continue;
+                };
+                let r = m.ops_per_s / pg;
+                ratios.push(format!(
+                    "majority@{w} / PostgreSQL synchronous_commit=on@{w} = {:.0} / {pg:.0} = {r:.2}x \
+                     (target >= 1.5x): {}",
+                    m.ops_per_s,
+                    verdict(r >= 1.5)
+                ));
+            }
         }
-        // The machine is shared: measure the baseline again right after and use the mean.
-        let again = local_durable_rate(&env, 64, secs)?;
-        println!("\nlocal-only durable append rate again, writers 64: {again:.0} records/s");
-        if let Some(first) = local.get_mut(2) {
-            *first = (*first + again) / 2.0;
+        if let (Some(q), Some(l)) = (at(&q0, 1), at(&local, 1)) {
+            let r = q.ops_per_s / l.ops_per_s;
+            ratios.push(format!(
+                "quorum-0@1 / local-only@1 (mean of 2) = {:.0} / {:.0} = {r:.2}x (target >= 0.8x): {}",
+                q.ops_per_s,
+                l.ops_per_s,
+                verdict(r >= 0.8)
+            ));
+        }
+        if let (Some(m), Some(l)) = (at(&majority, 64), at(&local, 64)) {
+            let r = m.ops_per_s / l.ops_per_s;
+            ratios.push(format!(
+                "majority@64 / local-only@64 (mean of 2) = {:.0} / {:.0} = {:.0}% (target >= 60%): {}",
+                m.ops_per_s,
+                l.ops_per_s,
+                r * 100.0,
+                verdict(r >= 0.6)
+            ));
         }
     }
-    if only == "commit" {
-        return Ok(());
+
+    if let Some(rec) = &recorder {
+        if only.is_empty() || only == "stages" {
+            stage_breakdown(&env, rec, secs).await?;
+        }
     }
 
-    let bytes = catchup_mb * 1024 * 1024;
-    println!("\ncatch-up of an empty replica behind {catchup_mb} MiB, and the two limits:");
-    let disk = disk_write_rate(&env, bytes)?;
-    println!("  disk durable sequential write ({catchup_mb} MiB + fsync): {disk:>8.1} MB/s");
-    let quic = quinn_stream_rate(&env, bytes).await?;
-    println!("  one quinn stream, loopback, TLS ({catchup_mb} MiB):        {quic:>8.1} MB/s");
-    let (catch, shipped, took) = catch_up_rate(&env, bytes).await?;
-    println!(
-        "  replica catch-up ({:.1} MB in {:.2} s):                   {catch:>8.1} MB/s",
-        shipped as f64 / 1e6,
-        took.as_secs_f64()
-    );
-    // Limits measured again after the catch-up; the mean of both runs is the limit.
-    let disk2 = disk_write_rate(&env, bytes)?;
-    let quic2 = quinn_stream_rate(&env, bytes).await?;
-    println!("  limits again: disk {disk2:.1} MB/s, quinn {quic2:.1} MB/s");
-    let disk = (disk + disk2) / 2.0;
-    let quic = (quic + quic2) / 2.0;
+    if only.is_empty() || only == "catchup" {
+        let bytes = catchup_mb * 1024 * 1024;
+        println!(
+            "\ncatch-up of an empty replica behind {catchup_mb} MiB (durable on the replica: \
+             receipts cover the log), and the two limits:"
+        );
+        let disk = disk_write_rate(&env, bytes)?;
+        println!("  disk durable sequential write ({catchup_mb} MiB + fsync): {disk:>8.1} MB/s");
+        let quic = quinn_stream_rate(&env, bytes).await?;
+        println!("  one quinn stream, loopback, TLS ({catchup_mb} MiB):        {quic:>8.1} MB/s");
+        let (catch, shipped, took) = catch_up_rate(&env, bytes).await?;
+        println!(
+            "  replica catch-up ({:.1} MB in {:.2} s):                   {catch:>8.1} MB/s",
+            shipped as f64 / 1e6,
+            took.as_secs_f64()
+        );
+        // Limits measured again after the catch-up; the mean of both runs is the limit.
+        let disk2 = disk_write_rate(&env, bytes)?;
+        let quic2 = quinn_stream_rate(&env, bytes).await?;
+        println!("  limits again: disk {disk2:.1} MB/s, quinn {quic2:.1} MB/s");
+        let limit = ((disk + disk2) / 2.0).min((quic + quic2) / 2.0);
+        let r = catch / limit;
+        ratios.push(format!(
+            "catch-up / min(disk, one quinn stream) (means of 2) = {catch:.1} / {limit:.1} MB/s = {:.0}% \
+             (target >= 80%): {}",
+            r * 100.0,
+            verdict(r >= 0.8)
+        ));
+    }
 
-    let local64 = local.get(2).copied().unwrap_or(f64::NAN);
-    let r1 = majority64 / local64;
-    let limit = disk.min(quic);
-    let r2 = catch / limit;
-    let verdict = |ok: bool| if ok { "meets target" } else { "BELOW target" };
-    println!("\nratios:");
-    println!(
-        "  majority@64 / local-only@64 (mean of 2) = {majority64:.0} / {local64:.0} = {:.0}% (target >= 50%): {}",
-        r1 * 100.0,
-        verdict(r1 >= 0.5)
-    );
-    println!(
-        "  catch-up / min(disk, quinn) (means of 2) = {catch:.1} / {limit:.1} = {:.0}% (target >= 80%): {}",
-        r2 * 100.0,
-        verdict(r2 >= 0.8)
-    );
+    if !ratios.is_empty() {
+        println!("\nratios (issue 14 targets):");
+        for r in ratios {
+            println!("  {r}");
+        }
+    }
     Ok(())
 }

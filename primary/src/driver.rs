@@ -161,6 +161,12 @@ impl Shared {
     }
 }
 
+/// The `tracing` target of the commit-path stage events (TRACE level, fields `stage` and
+/// `lsn`: the stage reached every lsn up to `lsn`). Nothing records them unless a subscriber
+/// enables this target (the replication bench's `WALSHIP_BENCH_STAGES=1`); disabled, each
+/// costs one level check. See BENCHMARKS.md, "Where the time goes".
+pub(crate) const STAGE_TARGET: &str = "walship::stage";
+
 /// Registers the WAL durable listener: it wakes the core thread, with at most one wake-up
 /// queued (`pending` is cleared by the core thread when it takes the wake-up).
 pub(crate) fn install_durable_listener(
@@ -168,7 +174,8 @@ pub(crate) fn install_durable_listener(
     tx: mpsc::Sender<CoreMsg>,
     pending: Arc<AtomicBool>,
 ) {
-    wal.set_durable_listener(Box::new(move |_lsn| {
+    wal.set_durable_listener(Box::new(move |lsn| {
+        tracing::trace!(target: STAGE_TARGET, stage = "primary_fsync", lsn);
         if !pending.swap(true, Ordering::AcqRel) {
             // The core thread is gone only during shutdown: nothing left to wake.
             let _ = tx.send(CoreMsg::Durable);
@@ -236,6 +243,7 @@ pub(crate) fn run_core(
                 }
                 Action::CommitAdvanced { commit_lsn } => {
                     debug!(commit_lsn, "commit advanced");
+                    tracing::trace!(target: STAGE_TARGET, stage = "commit_advanced", lsn = commit_lsn);
                     commit_tx.send_if_modified(|c| {
                         let advanced = commit_lsn > *c;
                         *c = (*c).max(commit_lsn);
@@ -367,6 +375,9 @@ async fn serve_connection(
     loop {
         match read_frame(&mut recv, MAX_FRAME_BYTES).await {
             Ok(Some(msg)) => {
+                if let Message::Receipt { durable_lsn } = &msg {
+                    tracing::trace!(target: STAGE_TARGET, stage = "receipt_received", lsn = *durable_lsn);
+                }
                 let event = Event::Received { conn: id, msg };
                 if shared.core_tx.send(CoreMsg::Event(event)).is_err() {
                     break;
@@ -438,6 +449,11 @@ async fn write_frames(
                         debug!(error = %e, "stream write failed: the session ended");
                         return;
                     }
+                    tracing::trace!(
+                        target: STAGE_TARGET,
+                        stage = "frame_sent",
+                        lsn = (b.first_lsn + u64::from(b.count)).saturating_sub(1)
+                    );
                 }
                 Outgoing::Frame(msg) => {
                     if let Err(e) = encode_frame(&msg, &mut buf) {

@@ -434,6 +434,11 @@ pub(crate) fn start<S: Storage>(
     ))
 }
 
+/// The `tracing` target of the commit-path stage events (TRACE level, fields `stage` and
+/// `lsn`), the replica's half of the primary's `walship::stage` events: nothing records them
+/// unless a subscriber enables this target (the replication bench's `WALSHIP_BENCH_STAGES=1`).
+const STAGE_TARGET: &str = "walship::stage";
+
 /// What one received item is: a message, or the end of the session.
 type Inbound = Result<Message, SessionEnd>;
 
@@ -441,7 +446,16 @@ type Inbound = Result<Message, SessionEnd>;
 async fn read_loop(mut recv: quinn::RecvStream, tx: mpsc::Sender<Inbound>) {
     loop {
         let item = match read_frame(&mut recv, MAX_FRAME_BYTES).await {
-            Ok(Some(msg)) => Ok(msg),
+            Ok(Some(msg)) => {
+                if let Message::Records(b) = &msg {
+                    tracing::trace!(
+                        target: STAGE_TARGET,
+                        stage = "replica_receive",
+                        lsn = (b.first_lsn + u64::from(b.count)).saturating_sub(1)
+                    );
+                }
+                Ok(msg)
+            }
             Ok(None) => Err(SessionEnd::ConnectionLost {
                 detail: "the primary finished the stream".into(),
             }),
@@ -780,7 +794,11 @@ impl<S: Storage> Driver<S> {
         let tx = self.sync_tx.clone();
         let target = wal.last().lsn;
         tokio::task::spawn_blocking(move || {
-            let _ = tx.send(wal.wait_durable(target).map(|()| target));
+            let synced = wal.wait_durable(target).map(|()| target);
+            if synced.is_ok() {
+                tracing::trace!(target: STAGE_TARGET, stage = "replica_fsync", lsn = target);
+            }
+            let _ = tx.send(synced);
         });
     }
 
@@ -1105,6 +1123,9 @@ impl<S: Storage> Driver<S> {
                             detail: e.to_string(),
                         }))?;
                         break;
+                    }
+                    if let Message::Receipt { durable_lsn } = msg {
+                        tracing::trace!(target: STAGE_TARGET, stage = "receipt_sent", lsn = durable_lsn);
                     }
                 }
             }
