@@ -762,6 +762,7 @@ impl World {
             return Vec::new();
         };
         let mut lsns = Vec::new();
+        let mut fatal = None;
         for pl in payloads {
             match p.wal.append(pl) {
                 Ok(lsn) => {
@@ -775,9 +776,24 @@ impl World {
                 Err(e) => {
                     self.trace
                         .record(now, self.step, format!("p0 append failed: {e}"));
+                    // Like the driver (FM-X.5): any append error but a too-large
+                    // record (a failed fsync while rolling a segment poisons the
+                    // WAL, ENOSPC, ...) stops the node before it handles anything
+                    // else; it never ships from a WAL it cannot trust.
+                    if !matches!(e, WalError::RecordTooLarge { .. }) {
+                        fatal = Some(e);
+                    }
                     break;
                 }
             }
+        }
+        if let Some(e) = fatal {
+            if let (Some(a), Some(b)) = (lsns.first(), lsns.last()) {
+                self.log(format!("p0 append lsn {a}..={b}"));
+            }
+            self.log(format!("p0 append failed, node stops: {e}"));
+            self.crash(PRIMARY);
+            return lsns;
         }
         if p.sync_at.is_none() {
             p.sync_at = Some(now + delay);

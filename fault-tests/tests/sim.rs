@@ -92,3 +92,15 @@ fn fm_x_11_seed_6394_receipt_of_a_disk_replaced_twice_before_its_hello_counts() 
 fn fm_x_11_seed_9165_commit_while_the_new_disks_hello_is_in_flight_counts_the_old_receipt() {
     seed_holds_every_invariant(9165);
 }
+
+/// FM-X.5, seed 4271: every fsync of p0 failed from step 291; at step 292 an
+/// append rolled a segment, the sync sealing it failed and poisoned the WAL.
+/// The simulated primary (unlike the driver, which stops on such an append
+/// error) kept running; a receipt then made its core read the durable position
+/// from the poisoned WAL, which fell back to the base (lsn 0), and the core's
+/// assertion "read_batch returned records beyond the local durable lsn" fired
+/// on a pending batch. A failed append now stops the simulated primary at once.
+#[test]
+fn fm_x_5_seed_4271_primary_stops_when_an_append_fails_on_a_segment_roll_fsync() {
+    seed_holds_every_invariant(4271);
+}
