@@ -1166,6 +1166,21 @@ impl World {
                 ),
             ));
         }
+        // A halt the node failed to make durable (`write_halt` failed on the
+        // directory fsync: the node stopped, unrecorded) can still be on disk
+        // if the crash kept the renamed file's entry. The replica then comes
+        // back halted with that record, a halt like any other: record it so
+        // the checkers hold it frozen and to its cause (FM-10.3, FM-11.3).
+        if let Some(record) = &halt {
+            if self.replica(n).halted.is_none() {
+                self.log(format!(
+                    "{name} halted by a halt file its last run failed to sync: {} lsn {}",
+                    record.reason.as_str(),
+                    record.lsn
+                ));
+                self.note_halt(n, record.clone(), wal.last(), wal.durable_lsn());
+            }
+        }
         let r = self.replica_mut(n);
         r.stopped = None;
         r.known_durable = wal.durable_lsn();

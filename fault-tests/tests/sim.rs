@@ -84,6 +84,17 @@ fn fm_x_11_seed_6394_receipt_of_a_disk_replaced_twice_before_its_hello_counts() 
     seed_holds_every_invariant(6394);
 }
 
+/// FM-10.3 / FM-11.3, seed 4546: a `Corrupt` frame made r1 halt `checksum`
+/// at lsn 1, but writing the halt file failed on the directory fsync (an
+/// injected one-fsync failure), so the node stopped with its halt unrecorded.
+/// The crash kept the renamed halt file, and r1 came back halted from it; the
+/// simulator did not record a halt read back at start, so liveness waited for
+/// a halted replica to catch up.
+#[test]
+fn fm_10_3_seed_4546_halt_file_kept_after_its_failed_dir_fsync_counts_as_a_halt() {
+    seed_holds_every_invariant(4546);
+}
+
 /// FM-X.11 / FM-X.15, seed 9165: r2 receipted 111, its disk was replaced, it
 /// restarted and sent `Hello(last 0)`; before that Hello arrived the primary
 /// committed 95 counting r2's old receipt. The checker took the Hello as known
