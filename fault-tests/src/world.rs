@@ -1478,29 +1478,40 @@ impl World {
             .flat_map(|pos| pos.crc.to_le_bytes())
             .collect();
         let wal = &p.wal;
-        let snap = p
-            .snapshots
-            .create(
-                4096,
-                &mut Image {
-                    bytes: image,
-                    lsn: commit,
-                },
-                &mut |lsn| {
-                    wal.position_at(lsn)
-                        .map_err(walship_snapshot::SnapshotError::from)?
-                        .ok_or_else(|| {
-                            walship_snapshot::SnapshotError::from(WalError::NotRetained {
-                                lsn,
-                                first_lsn: wal.first_lsn(),
-                            })
+        let created = p.snapshots.create(
+            4096,
+            &mut Image {
+                bytes: image,
+                lsn: commit,
+            },
+            &mut |lsn| {
+                wal.position_at(lsn)
+                    .map_err(walship_snapshot::SnapshotError::from)?
+                    .ok_or_else(|| {
+                        walship_snapshot::SnapshotError::from(WalError::NotRetained {
+                            lsn,
+                            first_lsn: wal.first_lsn(),
                         })
-                },
-            )
-            .map_err(|e| e.to_string())?;
-        p.wal
-            .truncate_front(snap.boundary.lsn + 1)
-            .map_err(|e| e.to_string())?;
+                    })
+            },
+        );
+        // A failure of the node's own storage stops the primary, as production's
+        // maintenance does (FM-X.5; the same decision: snapshot_error_stops_the_node).
+        let snap = match created {
+            Ok(snap) => snap,
+            Err(e) => {
+                if walship_primary::snapshot_error_stops_the_node(&e) {
+                    self.log(format!("p0 snapshot failed, node stops: {e}"));
+                    self.crash(PRIMARY);
+                }
+                return Err(e.to_string());
+            }
+        };
+        if let Err(e) = p.wal.truncate_front(snap.boundary.lsn + 1) {
+            self.log(format!("p0 WAL truncation failed, node stops: {e}"));
+            self.crash(PRIMARY);
+            return Err(e.to_string());
+        }
         let first = p.wal.first_lsn();
         self.log(format!(
             "p0 snapshot at {} (WAL now starts at lsn {first})",

@@ -31,6 +31,7 @@ pub mod core;
 pub mod driver;
 pub mod log;
 mod maintain;
+pub use maintain::snapshot_error_stops_the_node;
 
 use std::future::Future;
 use std::net::SocketAddr;

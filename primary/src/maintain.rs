@@ -38,13 +38,23 @@ pub(crate) struct Maintenance {
 /// Whether a maintenance error is a failure of this node's own storage (the node stops)
 /// rather than the embedder's (the next round tries again).
 fn is_fatal(e: &PrimaryError) -> bool {
+    match e {
+        PrimaryError::Snapshot(e) => snapshot_error_stops_the_node(e),
+        _ => true,
+    }
+}
+
+/// Whether a failed snapshot creation stops the primary (FM-X.5): every failure of the
+/// node's own storage does (a failed fsync poisons the store; a retry could falsely
+/// succeed); a failure of the embedder's source, a payload over the limit or a boundary not
+/// yet resolvable does not, and the next round tries again. The simulator asks the same
+/// question, so the decision is written once.
+pub fn snapshot_error_stops_the_node(e: &SnapshotError) -> bool {
     !matches!(
         e,
-        PrimaryError::Snapshot(
-            SnapshotError::Embedder { .. }
-                | SnapshotError::PayloadTooLarge { .. }
-                | SnapshotError::UnresolvedBoundary { .. }
-        )
+        SnapshotError::Embedder { .. }
+            | SnapshotError::PayloadTooLarge { .. }
+            | SnapshotError::UnresolvedBoundary { .. }
     )
 }
 
