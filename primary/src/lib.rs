@@ -451,12 +451,7 @@ impl Primary {
         // or above the watermark makes any cut harmless: recovery then ends the log at its
         // boundary at least.
         let snapshot_lsn = snapshots.newest()?.map_or(0, |s| s.boundary.lsn);
-        let protected_lsn = if snapshot_lsn >= commit_lsn {
-            0
-        } else {
-            commit_lsn
-        };
-        let open = walship_wal::OpenOptions { protected_lsn };
+        let open = walship_wal::OpenOptions::protecting_commit(commit_lsn, snapshot_lsn);
         let (mut wal, report) = match Wal::open_with(
             storage.clone(),
             node_dir.wal_dir(),

@@ -54,6 +54,21 @@ pub struct OpenOptions {
     pub protected_lsn: Lsn,
 }
 
+impl OpenOptions {
+    /// The options a node opens its WAL with (FM-X.6), from its persisted commit watermark
+    /// and the boundary lsn of its newest snapshot (0 if none): records up to the watermark
+    /// are protected, unless the snapshot reaches it — recovery then ends the log at the
+    /// boundary at least, so no cut can take it below the watermark.
+    pub fn protecting_commit(commit_lsn: Lsn, snapshot_lsn: Lsn) -> OpenOptions {
+        let protected_lsn = if snapshot_lsn >= commit_lsn {
+            0
+        } else {
+            commit_lsn
+        };
+        OpenOptions { protected_lsn }
+    }
+}
+
 /// A write-ahead log in one directory, generic over its [`Storage`].
 ///
 /// Single-writer: `&mut self` for every change. For many concurrent appenders
@@ -641,5 +656,19 @@ impl<S: Storage> Wal<S> {
         self.sync_dir_or_poison()?;
         tracing::info!(first_lsn, generation, "WAL reset to boundary");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OpenOptions;
+
+    #[test]
+    fn protecting_commit_protects_the_watermark_unless_a_snapshot_reaches_it() {
+        assert_eq!(OpenOptions::protecting_commit(10, 0).protected_lsn, 10);
+        assert_eq!(OpenOptions::protecting_commit(10, 5).protected_lsn, 10);
+        assert_eq!(OpenOptions::protecting_commit(10, 10).protected_lsn, 0);
+        assert_eq!(OpenOptions::protecting_commit(10, 12).protected_lsn, 0);
+        assert_eq!(OpenOptions::protecting_commit(0, 0).protected_lsn, 0);
     }
 }
