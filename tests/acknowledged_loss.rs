@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use walship_recovery::cli::{Command as RecoverCommand, Common};
 use walship_recovery::exit::Exit;
@@ -15,10 +15,9 @@ fn walship() -> Command {
     Command::new(env!("CARGO_BIN_EXE_walship"))
 }
 
-/// `walship node --config CONFIG --append-stdin` fed `lines`, then stdin closes (the node
-/// shuts down cleanly once every line was answered).
-fn node_append(config: &Path, lines: &[&str]) -> Output {
-    let mut child = walship()
+/// `walship node --config CONFIG --append-stdin` with piped stdin, stdout and stderr.
+fn spawn_appending_node(config: &Path) -> Child {
+    walship()
         .arg("node")
         .arg("--config")
         .arg(config)
@@ -28,7 +27,13 @@ fn node_append(config: &Path, lines: &[&str]) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn walship node");
+        .expect("spawn walship node")
+}
+
+/// `walship node --config CONFIG --append-stdin` fed `lines`, then stdin closes (the node
+/// shuts down cleanly once every line was answered).
+fn node_append(config: &Path, lines: &[&str]) -> Output {
+    let mut child = spawn_appending_node(config);
     {
         let mut stdin = child.stdin.take().expect("stdin");
         for l in lines {
@@ -243,17 +248,7 @@ fn fm_x_6_single_node_primary_whose_last_record_reads_as_torn_refuses_to_restart
 fn sigterm_while_appending_from_stdin_shuts_down_cleanly_and_persists_the_commit_watermark() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let config = single_node_config(tmp.path());
-    let mut child = walship()
-        .arg("node")
-        .arg("--config")
-        .arg(&config)
-        .arg("--append-stdin")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn walship node");
+    let mut child = spawn_appending_node(&config);
     // stdin stays open: the node is stopped by the signal, not by end of input.
     let mut stdin = child.stdin.take().expect("stdin");
     for i in 1..=5 {
