@@ -23,7 +23,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BASELINE=${WALSHIP_PG_BASELINE:-$ROOT/../shared/bench/pg_sync_baseline.sh}
 PG_SECS=${WALSHIP_PG_SECS:-10}
-CLIENTS="1 16 64"   # the bench's writer counts (primary/benches/repl_bench.rs, WRITERS)
+CLIENTS="1 16 64"   # the bench's writer counts (node/benches/repl_bench.rs, WRITERS)
 
 die() { echo "compare_pg.sh: $*" >&2; exit 1; }
 
@@ -71,5 +71,5 @@ echo "== walship repl_bench with WALSHIP_BENCH_PG=$PG_ON WALSHIP_BENCH_PG_LOCAL=
 echo "   load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 cd "$ROOT"
 WALSHIP_BENCH_PG="$PG_ON" WALSHIP_BENCH_PG_LOCAL="$PG_LOCAL" \
-  nice -n 10 cargo bench -p walship-primary --bench repl_bench
+  nice -n 10 cargo bench -p walship-node --bench repl_bench
 echo "   load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use walship::config::{NodeConfig, RoleConfig};
-use walship_primary::{Primary, ShipFault};
+use walship_node::primary::{Primary, ShipFault};
 use walship_wal::storage::FsStorage;
 
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
@@ -268,7 +268,7 @@ pub fn run(data_dir: Option<PathBuf>, records: u64) -> Result<(), String> {
     let victim_dir = dir.join(VICTIM);
     let deadline = Instant::now() + Duration::from_secs(10);
     let halt = loop {
-        match walship_replica::halt::read_halt(&FsStorage, &victim_dir.join("state")) {
+        match walship_node::replica::halt::read_halt(&FsStorage, &victim_dir.join("state")) {
             Ok(Some(h)) => break h,
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
             Ok(None) => return Err(format!("{VICTIM} did not halt within 10 s")),

@@ -32,17 +32,17 @@ fn demo_replicates_halts_the_corrupted_replica_and_keeps_the_other_streaming() {
     for node in ["n1", "n2", "n3"] {
         assert!(data.join(node).join("wal").is_dir(), "{node} has no wal/");
     }
-    let halt = walship_replica::halt::read_halt(
+    let halt = walship_node::replica::halt::read_halt(
         &walship_wal::storage::FsStorage,
         &data.join("n3").join("state"),
     )
     .expect("read halt file")
     .expect("n3 is halted");
-    assert_eq!(halt.reason, walship_replica::HaltReason::Checksum);
+    assert_eq!(halt.reason, walship_node::replica::HaltReason::Checksum);
     assert_eq!(halt.lsn, 1501);
     assert_eq!(halt.peer, "n1");
     assert!(
-        walship_replica::halt::read_halt(
+        walship_node::replica::halt::read_halt(
             &walship_wal::storage::FsStorage,
             &data.join("n2").join("state")
         )

@@ -29,13 +29,14 @@
 
 pub mod config;
 
-pub use walship_primary as primary;
-pub use walship_replica as replica;
+pub use walship_node as node;
+pub use walship_node::primary;
+pub use walship_node::replica;
 pub use walship_snapshot as snapshot;
 pub use walship_wal as wal;
 pub use walship_wire as wire;
 
-pub use walship_primary::{Primary, PrimaryConfig, PrimaryError, PrimaryStatus, Quorum};
-pub use walship_replica::{
+pub use walship_node::primary::{Primary, PrimaryConfig, PrimaryError, PrimaryStatus, Quorum};
+pub use walship_node::replica::{
     Applier, HaltReason, HaltRecord, Replica, ReplicaConfig, ReplicaError, ReplicaStatus,
 };

@@ -1500,7 +1500,7 @@ impl World {
         let snap = match created {
             Ok(snap) => snap,
             Err(e) => {
-                if walship_primary::snapshot_error_stops_the_node(&e) {
+                if walship_node::primary::snapshot_error_stops_the_node(&e) {
                     self.log(format!("p0 snapshot failed, node stops: {e}"));
                     self.crash(PRIMARY);
                 }

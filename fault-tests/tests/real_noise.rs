@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use real_common::{check_diff_prefix, check_dir, count_from_env, make_certs, seed_from_env};
-use walship_primary::{Primary, PrimaryConfig, Quorum};
+use walship_node::primary::{Primary, PrimaryConfig, Quorum};
+use walship_node::replica::{Applier, ApplyError, Replica, ReplicaConfig};
 use walship_recovery::report::WalState;
-use walship_replica::{Applier, ApplyError, Replica, ReplicaConfig};
 use walship_wal::Lsn;
 use walship_wire::{TlsFiles, TransportOptions};
 

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use walship_primary::{Primary, PrimaryConfig, PrimaryError, Quorum};
+use walship_node::primary::{Primary, PrimaryConfig, PrimaryError, Quorum};
 use walship_recovery::cli::Common;
 use walship_recovery::exit::Exit;
 use walship_recovery::report::WalState;

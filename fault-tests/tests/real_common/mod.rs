@@ -31,12 +31,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use walship_primary::{Primary, PrimaryConfig, PrimaryError, Quorum};
+use walship_node::primary::{Primary, PrimaryConfig, PrimaryError, Quorum};
+use walship_node::replica::{Applier, ApplyError, Replica, ReplicaConfig, ReplicaState};
 use walship_recovery::cli::Common;
 use walship_recovery::datadir::DataDir;
 use walship_recovery::report::{DiffReport, WalState};
 use walship_recovery::scan::ScanOptions;
-use walship_replica::{Applier, ApplyError, Replica, ReplicaConfig, ReplicaState};
 use walship_wal::{Lsn, Position, WalOptions};
 use walship_wire::{TlsFiles, TransportOptions};
 

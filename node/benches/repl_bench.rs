@@ -34,8 +34,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use walship_primary::{Primary, PrimaryConfig, Quorum};
-use walship_replica::{Applier, ApplyError, Replica, ReplicaConfig, ReplicaState};
+use walship_node::primary::{Primary, PrimaryConfig, Quorum};
+use walship_node::replica::{Applier, ApplyError, Replica, ReplicaConfig, ReplicaState};
 use walship_wal::state::{EpochHistory, NodeDir};
 use walship_wal::{FsStorage, Lsn, SharedWal, Wal, WalOptions, RECORD_HEADER_LEN};
 use walship_wire::{TlsFiles, TransportOptions};

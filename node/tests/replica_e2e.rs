@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use common::*;
-use walship_primary::{Primary, PrimaryConfig, Quorum};
-use walship_replica::Replica;
+use walship_node::primary::{Primary, PrimaryConfig, Quorum};
+use walship_node::replica::Replica;
 
 fn primary(root: &Path, certs: &Certs, quorum: Quorum) -> Primary {
     let mut c = PrimaryConfig::new(

@@ -4,7 +4,7 @@
 mod support;
 
 use support::*;
-use walship_primary::{Primary, PrimaryError, Quorum};
+use walship_node::primary::{Primary, PrimaryError, Quorum};
 use walship_wal::state::NodeDir;
 use walship_wal::{FsStorage, Position};
 use walship_wire::CloseCode;
@@ -438,7 +438,7 @@ async fn foreign_ca_refusal_arriving_before_the_hello_is_written_counts_as_refus
 #[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_corruption_alters_only_the_shipped_copy_for_one_replica() {
-    use walship_primary::ShipFault;
+    use walship_node::primary::ShipFault;
     let cluster = Cluster::new(MEMBERS);
     let primary = open_primary(cluster.primary_config(MEMBERS, Quorum::LocalOnly));
     let addr = primary.local_addr().expect("addr");

@@ -11,7 +11,7 @@ mod support;
 use std::io;
 
 use support::*;
-use walship_primary::{Primary, PrimaryError, PrimaryStop, Quorum};
+use walship_node::primary::{Primary, PrimaryError, PrimaryStop, Quorum};
 use walship_snapshot::{SnapshotError, SnapshotSource};
 use walship_wal::{FsStorage, Lsn, Wal, WalError, WalOptions};
 

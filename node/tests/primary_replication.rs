@@ -5,8 +5,8 @@ mod support;
 use std::sync::{Arc, Mutex};
 
 use support::*;
-use walship_primary::{Primary, Quorum};
-use walship_replica::{Applier, ApplyError, Replica, ReplicaConfig, ReplicaStatus};
+use walship_node::primary::{Primary, Quorum};
+use walship_node::replica::{Applier, ApplyError, Replica, ReplicaConfig, ReplicaStatus};
 use walship_wal::Lsn;
 
 const MEMBERS: &[&str] = &["p", "r1", "r2"];
@@ -157,9 +157,9 @@ async fn replica_dropped_and_restarted_mid_stream_resumes_without_gaps_or_double
     let r1 = loop {
         match Replica::open(replica_config(&cluster, "r1", &primary), a1.clone()) {
             Ok(r) => break r,
-            Err(walship_replica::ReplicaError::State(walship_wal::state::StateError::Locked {
-                ..
-            })) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            Err(walship_node::replica::ReplicaError::State(
+                walship_wal::state::StateError::Locked { .. },
+            )) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
             Err(e) => panic!("reopen r1: {e}"),
         }
     };
@@ -177,8 +177,8 @@ async fn replica_dropped_and_restarted_mid_stream_resumes_without_gaps_or_double
 /// `reason` at lsn 101 while r2 applies everything and commit (majority via r2) continues.
 #[cfg(feature = "fault-injection")]
 async fn fault_halts_one_replica_while_the_other_streams(
-    fault: walship_primary::ShipFault,
-    reason: walship_replica::HaltReason,
+    fault: walship_node::primary::ShipFault,
+    reason: walship_node::replica::HaltReason,
 ) {
     let cluster = Cluster::new(MEMBERS);
     let primary = open_primary(cluster.primary_config(MEMBERS, Quorum::Majority));
@@ -210,8 +210,8 @@ async fn fault_halts_one_replica_while_the_other_streams(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fm_6_1_corrupt_shipped_record_halts_that_replica_with_checksum_and_the_other_streams() {
     fault_halts_one_replica_while_the_other_streams(
-        walship_primary::ShipFault::CorruptNextRecord,
-        walship_replica::HaltReason::Checksum,
+        walship_node::primary::ShipFault::CorruptNextRecord,
+        walship_node::replica::HaltReason::Checksum,
     )
     .await;
 }
@@ -220,8 +220,8 @@ async fn fm_6_1_corrupt_shipped_record_halts_that_replica_with_checksum_and_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fm_6_2_skipped_record_halts_that_replica_with_gap_and_the_other_streams() {
     fault_halts_one_replica_while_the_other_streams(
-        walship_primary::ShipFault::SkipNextRecord,
-        walship_replica::HaltReason::Gap,
+        walship_node::primary::ShipFault::SkipNextRecord,
+        walship_node::replica::HaltReason::Gap,
     )
     .await;
 }
@@ -230,8 +230,8 @@ async fn fm_6_2_skipped_record_halts_that_replica_with_gap_and_the_other_streams
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fm_5_2_duplicated_record_halts_that_replica_with_duplicate_and_the_other_streams() {
     fault_halts_one_replica_while_the_other_streams(
-        walship_primary::ShipFault::DuplicateNextRecord,
-        walship_replica::HaltReason::Duplicate,
+        walship_node::primary::ShipFault::DuplicateNextRecord,
+        walship_node::replica::HaltReason::Duplicate,
     )
     .await;
 }

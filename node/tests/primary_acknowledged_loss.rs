@@ -6,7 +6,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use support::Cluster;
-use walship_primary::{Primary, PrimaryError, Quorum};
+use walship_node::primary::{Primary, PrimaryError, Quorum};
 use walship_wal::state::NodeDir;
 use walship_wal::FsStorage;
 

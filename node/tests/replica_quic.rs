@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use walship_replica::{HaltReason, Replica, ReplicaError, ReplicaState};
+use walship_node::replica::{HaltReason, Replica, ReplicaError, ReplicaState};
 use walship_wal::Lsn;
 use walship_wire::message::Message;
 use walship_wire::CloseCode;
@@ -19,7 +19,7 @@ async fn injected_frame_halts(
     bad: impl FnOnce(&Log) -> walship_wire::RecordBatch,
     reason: HaltReason,
     lsn: Lsn,
-) -> walship_replica::HaltRecord {
+) -> walship_node::replica::HaltRecord {
     let f = fixture();
     let log = Log::build(10, 1, "p");
     let replica = f.open();
@@ -500,7 +500,7 @@ async fn local_io_failure_stops_node_then_restart_resumes(
         replica.shutdown().await,
         Err(ReplicaError::Wal(_))
     ));
-    assert!(walship_replica::read_halt(&sim, &data.join("state"))
+    assert!(walship_node::replica::read_halt(&sim, &data.join("state"))
         .expect("read")
         .is_none());
     assert_eq!(f.applier.lsns(), vec![1, 2, 3]);
@@ -622,11 +622,15 @@ async fn malformed_oversized_and_refused_sessions_end_without_halt_and_the_repli
 #[derive(Clone, Default)]
 struct SnapshotApplier(std::sync::Arc<std::sync::Mutex<Lsn>>);
 
-impl walship_replica::Applier for SnapshotApplier {
+impl walship_node::replica::Applier for SnapshotApplier {
     fn applied_lsn(&self) -> Lsn {
         *self.0.lock().expect("lock")
     }
-    fn apply(&mut self, lsn: Lsn, _payload: &[u8]) -> Result<(), walship_replica::ApplyError> {
+    fn apply(
+        &mut self,
+        lsn: Lsn,
+        _payload: &[u8],
+    ) -> Result<(), walship_node::replica::ApplyError> {
         *self.0.lock().expect("lock") = lsn;
         Ok(())
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use walship_replica::{Applier, ApplyError, Replica, ReplicaConfig, ReplicaStatus};
+use walship_node::replica::{Applier, ApplyError, Replica, ReplicaConfig, ReplicaStatus};
 use walship_wal::record::encode_record;
 use walship_wal::state::EpochEntry;
 use walship_wal::{FsStorage, Lsn, Position, Wal, WalOptions};
@@ -333,8 +333,8 @@ pub fn wal_last(data_dir: &Path) -> Position {
     wal.last()
 }
 
-pub fn read_halt_file(data_dir: &Path) -> Option<walship_replica::HaltRecord> {
-    walship_replica::read_halt(&FsStorage, &data_dir.join("state")).expect("read halt")
+pub fn read_halt_file(data_dir: &Path) -> Option<walship_node::replica::HaltRecord> {
+    walship_node::replica::read_halt(&FsStorage, &data_dir.join("state")).expect("read halt")
 }
 
 /// A UDP relay between one QUIC client and a server that can partition the
@@ -513,8 +513,8 @@ pub fn fixture() -> Fixture {
 
 impl Fixture {
     /// Opens the replica on the fixture's directory, following the fake primary.
-    pub fn open(&self) -> walship_replica::Replica {
-        walship_replica::Replica::open(
+    pub fn open(&self) -> walship_node::replica::Replica {
+        walship_node::replica::Replica::open(
             config(&self.data, &self.certs, self.primary.addr, "p1"),
             self.applier.clone(),
         )

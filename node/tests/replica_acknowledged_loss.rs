@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use walship_replica::HaltReason;
+use walship_node::replica::HaltReason;
 use walship_wal::state::NodeDir;
 use walship_wal::{FsStorage, Lsn};
 use walship_wire::message::Message;

@@ -19,8 +19,8 @@ use walship_snapshot::retention::{
 use walship_snapshot::{InstalledSnapshot, SnapshotError, SnapshotSource};
 use walship_wal::{Lsn, Position};
 
-use crate::driver::Shared;
-use crate::{PrimaryError, PrimaryStop, RetentionReport};
+use super::driver::Shared;
+use super::{PrimaryError, PrimaryStop, RetentionReport};
 
 /// A snapshot source the maintenance task may call from its blocking thread.
 pub type BoxedSnapshotSource = Box<dyn SnapshotSource + Send>;

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use walship_replica::{ReplicaError, ReplicaState};
+use walship_node::replica::{ReplicaError, ReplicaState};
 use walship_wal::fault::FaultyStorage;
 use walship_wal::{FsStorage, WalError};
 use walship_wire::message::Message;
@@ -18,7 +18,7 @@ async fn fm_x_4_replica_whose_final_sync_at_shutdown_fails_reports_it_from_shutd
     let data = tmp.path().join("r1");
     let primary = FakePrimary::start(&certs.files("p1"));
     let storage = FaultyStorage::new(FsStorage);
-    let replica = walship_replica::Replica::open_with_storage(
+    let replica = walship_node::replica::Replica::open_with_storage(
         storage.clone(),
         config(&data, &certs, primary.addr, "p1"),
         TestApplier::default(),

@@ -32,9 +32,9 @@ use walship_wire::{
     encode_frame, read_frame, CloseCode, FrameError, FrameWriter, Message, MAX_FRAME_BYTES,
 };
 
-use crate::core::{Action, CloseReason, ConnId, CoreStatus, Event, PrimaryCore};
-use crate::log::WalLog;
-use crate::PrimaryStop;
+use super::PrimaryStop;
+use walship_primary::core::{Action, CloseReason, ConnId, CoreStatus, Event, PrimaryCore};
+use walship_primary::log::WalLog;
 
 /// The storage a primary runs on: the real file system. With the `fault-injection`
 /// feature it is wrapped so that tests and the demo can make its syncs fail
@@ -113,7 +113,7 @@ pub(crate) struct Shared {
     pub(crate) stopped: watch::Sender<Option<PrimaryStop>>,
     /// Armed snapshot faults per replica (demo/test use only).
     #[cfg(feature = "fault-injection")]
-    pub(crate) snapshot_faults: Mutex<HashMap<String, crate::SnapshotFault>>,
+    pub(crate) snapshot_faults: Mutex<HashMap<String, super::SnapshotFault>>,
 }
 
 impl Shared {
@@ -584,7 +584,7 @@ async fn send_snapshot(
                 sent_bytes += c.bytes.len() as u64;
                 #[cfg(feature = "fault-injection")]
                 let c = match fault {
-                    Some(crate::SnapshotFault::CorruptChunk { index }) if c.index == index => {
+                    Some(super::SnapshotFault::CorruptChunk { index }) if c.index == index => {
                         warn!(replica = %node_id, index, "fault injection: corrupting a shipped snapshot chunk");
                         let mut c = c;
                         if let Some(b) = c.bytes.first_mut() {
@@ -592,7 +592,7 @@ async fn send_snapshot(
                         }
                         c
                     }
-                    Some(crate::SnapshotFault::CloseAfterChunk { index }) if c.index > index => {
+                    Some(super::SnapshotFault::CloseAfterChunk { index }) if c.index > index => {
                         warn!(replica = %node_id, index, "fault injection: dropping the connection mid-transfer");
                         return Err(SendSnapshotError::Close(CloseReason::LogRead {
                             lsn: boundary.lsn,

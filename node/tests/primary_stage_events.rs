@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use support::*;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
-use walship_primary::Quorum;
-use walship_replica::{Applier, ApplyError, Replica, ReplicaConfig};
+use walship_node::primary::Quorum;
+use walship_node::replica::{Applier, ApplyError, Replica, ReplicaConfig};
 use walship_wal::Lsn;
 
 const STAGES: [&str; 7] = [

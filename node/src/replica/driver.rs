@@ -29,11 +29,11 @@ use walship_wire::message::Message;
 use walship_wire::CloseCode;
 use walship_wire::{read_frame, FrameError, FrameWriter, MAX_FRAME_BYTES};
 
-use crate::core::{
+use super::{Applier, ReplicaConfig, ReplicaError, ReplicaState, ReplicaStatus, Role, Shared};
+use walship_replica::core::{
     Action, CoreConfig, DurableState, Event, LocalLog, Phase, ReplicaCore, SessionEnd,
 };
-use crate::halt::{start_mode, write_halt, HaltReason, HaltRecord, StartMode};
-use crate::{Applier, ReplicaConfig, ReplicaError, ReplicaState, ReplicaStatus, Role, Shared};
+use walship_replica::halt::{start_mode, write_halt, HaltReason, HaltRecord, StartMode};
 
 /// Frames buffered between the stream reader task and the driver.
 const FRAME_QUEUE: usize = 8;

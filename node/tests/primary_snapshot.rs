@@ -10,8 +10,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use support::*;
-use walship_primary::{Primary, PrimaryConfig, Quorum};
-use walship_replica::{Applier, ApplyError, HaltReason, Replica, ReplicaConfig};
+use walship_node::primary::{Primary, PrimaryConfig, Quorum};
+use walship_node::replica::{Applier, ApplyError, HaltReason, Replica, ReplicaConfig};
 use walship_snapshot::{SnapshotSink, SnapshotSource};
 use walship_wal::segment::segment_file_name;
 use walship_wal::state::{EpochHistory, NodeDir};
@@ -208,7 +208,7 @@ async fn fm_x_13_empty_replica_catches_up_through_a_snapshot_over_quic_and_match
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fm_7_1_corrupt_snapshot_chunk_over_quic_halts_snapshot_invalid_and_leaves_replica_unchanged(
 ) {
-    use walship_primary::SnapshotFault;
+    use walship_node::primary::SnapshotFault;
     let cluster = Cluster::new(MEMBERS);
     let primary = open_primary(primary_config(&cluster));
     let (_kv, boundary) = primary_with_truncated_wal(&primary).await;
@@ -250,7 +250,7 @@ async fn fm_7_1_corrupt_snapshot_chunk_over_quic_halts_snapshot_invalid_and_leav
 #[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fm_x_8_connection_dropped_mid_snapshot_transfer_is_no_halt_and_the_retry_installs() {
-    use walship_primary::SnapshotFault;
+    use walship_node::primary::SnapshotFault;
     let cluster = Cluster::new(MEMBERS);
     let primary = open_primary(primary_config(&cluster));
     let (kv, boundary) = primary_with_truncated_wal(&primary).await;
@@ -411,7 +411,7 @@ async fn snapshot_policy_creates_a_snapshot_and_truncates_so_an_empty_replica_ca
 ) {
     let cluster = Cluster::new(MEMBERS);
     let mut config = primary_config(&cluster);
-    config.snapshot_policy = walship_primary::SnapshotPolicy {
+    config.snapshot_policy = walship_node::primary::SnapshotPolicy {
         every_records: Some(100),
         every_bytes: None,
     };

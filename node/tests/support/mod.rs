@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use walship_primary::{Primary, PrimaryConfig, Quorum};
+use walship_node::primary::{Primary, PrimaryConfig, Quorum};
 use walship_wal::{decode_record, Lsn, Position, RecordError};
 use walship_wire::{read_frame, CloseCode, FrameError, FrameWriter, MAX_FRAME_BYTES};
 use walship_wire::{

@@ -1,0 +1,14 @@
+//! walship-node: the node that runs the primary and replica cores.
+//!
+//! The cores (walship-primary, walship-replica) decide what the protocol does; this crate
+//! performs their decisions on a node's disk and connections: appends, group sync,
+//! receipts, applying committed records, persisting the commit watermark, writing the
+//! halt, stopping the node on a failed fsync. It holds the embedding API ([`primary`]:
+//! [`Primary`]; [`replica`]: [`Replica`] with its [`Applier`]).
+#![warn(missing_docs)]
+
+pub mod primary;
+pub mod replica;
+
+pub use primary::{Primary, PrimaryConfig, PrimaryError, PrimaryStatus, PrimaryStop};
+pub use replica::{Applier, ApplyError, Replica, ReplicaConfig, ReplicaError, ReplicaStatus};
