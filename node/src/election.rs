@@ -47,6 +47,7 @@
 //! # let _ = LogPosition::ZERO;
 //! ```
 
+mod inputs;
 mod machine;
 mod message;
 mod quorum;
@@ -55,7 +56,8 @@ mod vote_file;
 
 use serde::{Deserialize, Serialize};
 
-pub use machine::{ContactRefusal, ElectionCore, InputError, PromoteError, StartState};
+pub use inputs::{ContactRefusal, InputError, PromoteError, StartState};
+pub use machine::ElectionCore;
 pub use message::{Action, ElectionMessage, StepDownReason};
 pub use quorum::{commit_copies, committable_lsn, election_quorum, lease_quorum, majority};
 pub use status::{CampaignPhase, CampaignStatus, ElectionStatus, LeaseStatus};

@@ -1,7 +1,7 @@
 //! Unit tests of [`ElectionCore`]: one rule each (spec/election.md §2).
 
 use super::*;
-use crate::election::{Action as A, ElectionMessage as M};
+use crate::election::{Action as A, ElectionMessage as M, PersistedVote};
 
 const T: u64 = 100;
 const LEASE: u64 = 300;
