@@ -87,8 +87,9 @@ enum Act {
     Timeout(usize),
     Deliver(usize, usize, ElectionMessage),
     Duplicate(usize, usize, ElectionMessage),
-    /// Deliver, and deliver the receiver's answers back at once (a shortcut:
-    /// the same as `Deliver` followed by delivering each answer).
+    /// Deliver, and deliver the receiver's answers back at once, and the
+    /// answers to those (a shortcut: the same as `Deliver` followed by
+    /// delivering each answer as it is sent).
     Exchange(usize, usize, ElectionMessage),
     Restart(usize),
     Ship {

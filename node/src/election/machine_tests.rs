@@ -687,3 +687,113 @@ fn invalid_configurations_are_refused() {
         Some(ConfigError::ZeroTimeout { name: "lease_ms" })
     );
 }
+
+#[test]
+fn candidate_hearing_the_primary_of_its_epoch_follows_it() {
+    let mut c = core("n1", 3, -1);
+    let d = c.next_tick_ms().expect("deadline");
+    c.tick(d);
+    c.on_message(
+        d,
+        "n2",
+        M::PreVoteResponse {
+            epoch: 1,
+            granted: true,
+            current_epoch: 0,
+        },
+    )
+    .expect("peer");
+    assert_eq!(c.role(), Role::Candidate);
+    // n3 won epoch 1 with n2's vote.
+    let a = c.on_primary_contact(d + 1, 1, "n3").expect("follows n3");
+    assert_eq!(
+        a,
+        vec![A::BecomeFollower {
+            epoch: 1,
+            primary_hint: Some("n3".into())
+        }]
+    );
+    // A second primary claiming epoch 1 is refused.
+    assert_eq!(
+        c.on_primary_contact(d + 2, 1, "n2"),
+        Err(ContactRefusal::ConflictingPrimary {
+            epoch: 1,
+            claimed: "n2".into(),
+            known: "n3".into()
+        })
+    );
+    // A late vote for the lost candidacy changes nothing.
+    let a = c
+        .on_message(
+            d + 3,
+            "n2",
+            M::VoteResponse {
+                epoch: 1,
+                granted: true,
+            },
+        )
+        .expect("peer");
+    assert!(a.is_empty());
+    assert_eq!(c.role(), Role::Follower);
+}
+
+#[test]
+fn answers_to_an_earlier_pre_vote_round_are_not_counted() {
+    let mut c = core("n1", 5, -1);
+    let d1 = c.next_tick_ms().expect("deadline");
+    c.tick(d1);
+    let d2 = c.next_tick_ms().expect("next round");
+    c.tick(d2); // a second pre-vote round, still for epoch 1
+    c.on_message(
+        d2,
+        "n2",
+        M::PreVoteResponse {
+            epoch: 1,
+            granted: true,
+            current_epoch: 0,
+        },
+    )
+    .expect("peer");
+    // The same peer answering twice (duplicate) is one pre-vote.
+    c.on_message(
+        d2,
+        "n2",
+        M::PreVoteResponse {
+            epoch: 1,
+            granted: true,
+            current_epoch: 0,
+        },
+    )
+    .expect("peer");
+    // An answer for another epoch is not counted.
+    c.on_message(
+        d2,
+        "n3",
+        M::PreVoteResponse {
+            epoch: 2,
+            granted: true,
+            current_epoch: 0,
+        },
+    )
+    .expect("peer");
+    assert_eq!(c.role(), Role::PreCandidate, "2 of the 3 pre-votes needed");
+    let a = c
+        .on_message(
+            d2,
+            "n4",
+            M::PreVoteResponse {
+                epoch: 1,
+                granted: true,
+                current_epoch: 0,
+            },
+        )
+        .expect("peer");
+    assert_eq!(
+        a[0],
+        A::PersistVote {
+            epoch: 1,
+            voted_for: Some("n1".into())
+        }
+    );
+    assert_eq!(c.role(), Role::Candidate);
+}
