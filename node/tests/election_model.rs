@@ -464,21 +464,33 @@ fn check(model: ElectionModel, depth: usize) {
     checker.assert_properties();
 }
 
+fn fine_model() -> ElectionModel {
+    ElectionModel {
+        quorum_setting: -1,
+        max_epoch: 2,
+        max_log: 2,
+        max_net: 6,
+        max_now_ms: 3,
+        fine_network: true,
+        campaigns: false,
+        restarts: true,
+    }
+}
+
 #[test]
 fn model_fine_network_one_primary_and_one_vote_per_epoch_3_nodes() {
-    check(
-        ElectionModel {
-            quorum_setting: -1,
-            max_epoch: 2,
-            max_log: 2,
-            max_net: 6,
-            max_now_ms: 3,
-            fine_network: true,
-            campaigns: false,
-            restarts: true,
-        },
-        7,
-    );
+    check(fine_model(), 7);
+}
+
+/// The same at depth 9 (5.7 million states, about 2 minutes): not in CI;
+/// run it with `cargo test -p walship-node --test election_model --
+/// --ignored` after changing the core. It reaches schedules the CI depth
+/// does not, such as a voter that forgets its vote in a restart and grants a
+/// second candidate (7 steps; seen to fail with that bug planted).
+#[test]
+#[ignore = "deep: about 2 minutes; run with --ignored after changing the core"]
+fn model_fine_network_deep_3_nodes() {
+    check(fine_model(), 9);
 }
 
 fn campaign_model(quorum_setting: i64) -> ElectionModel {
