@@ -58,7 +58,10 @@ pub struct ElectionCore {
 
 impl ElectionCore {
     /// A core for a (re)starting node: always a follower, in the persisted
-    /// epoch with the persisted vote. `seed` drives the randomised election
+    /// epoch with the persisted vote — or, if the log's last record is of a
+    /// newer epoch than the vote file (a data directory written before vote
+    /// files existed), in that epoch without a vote (the file only grows, so
+    /// the node never voted in it). `seed` drives the randomised election
     /// timeouts (give every node and every start a different one).
     pub fn new(
         config: ElectionConfig,
@@ -68,12 +71,17 @@ impl ElectionCore {
     ) -> Result<ElectionCore, ConfigError> {
         config.validate()?;
         let n = config.voters.len();
+        let (epoch, voted_for) = if start.log_head.epoch > start.vote.epoch {
+            (start.log_head.epoch, None)
+        } else {
+            (start.vote.epoch, start.vote.voted_for)
+        };
         let mut core = ElectionCore {
             election_quorum: election_quorum(n, config.quorum_setting),
             lease_quorum: lease_quorum(n, config.quorum_setting),
             role: Role::Follower,
-            epoch: start.vote.epoch,
-            voted_for: start.vote.voted_for,
+            epoch,
+            voted_for,
             primary: None,
             log_head: start.log_head,
             eligible: start.eligible,
@@ -313,7 +321,16 @@ impl ElectionCore {
 
     /// The epoch and lsn of the local log's last record changed (an append,
     /// records received, a rewind by the recovery tool).
+    ///
+    /// Panics if `head.epoch` is above the node's epoch: records are stored
+    /// only after the core accepted their epoch (`on_primary_contact`, or
+    /// `BecomePrimary`), so such a head is a broken executor invariant.
     pub fn set_log_head(&mut self, head: LogPosition) {
+        assert!(
+            head.epoch <= self.epoch,
+            "invariant: the log holds no record of an epoch above the node's epoch {} (head {head:?})",
+            self.epoch
+        );
         self.log_head = head;
     }
 

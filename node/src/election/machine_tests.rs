@@ -797,3 +797,34 @@ fn answers_to_an_earlier_pre_vote_round_are_not_counted() {
     );
     assert_eq!(c.role(), Role::Candidate);
 }
+
+#[test]
+fn restart_with_a_log_newer_than_the_vote_file_starts_in_the_log_epoch_without_a_vote() {
+    let s = start(2, Some("n3"), LogPosition::new(5, 40));
+    let mut c = ElectionCore::new(config("n2", 3, -1), s, 0, 1).expect("valid");
+    assert_eq!((c.epoch(), c.voted_for()), (5, None));
+    assert_eq!(
+        c.on_primary_contact(1, 4, "n1"),
+        Err(ContactRefusal::StalePrimary {
+            primary_epoch: 4,
+            current_epoch: 5
+        })
+    );
+    // Its next candidacy is for epoch 6, above every record it holds.
+    let d = c.next_tick_ms().expect("deadline");
+    let a = c.tick(d);
+    assert!(matches!(
+        &a[0],
+        A::Send {
+            msg: M::PreVoteRequest { epoch: 6, .. },
+            ..
+        }
+    ));
+}
+
+#[test]
+#[should_panic(expected = "no record of an epoch above the node's epoch")]
+fn log_head_of_an_epoch_the_core_never_accepted_is_a_broken_invariant() {
+    let mut c = core("n2", 3, -1);
+    c.set_log_head(LogPosition::new(1, 1));
+}
