@@ -7,6 +7,7 @@
 //! [`Primary`]; [`replica`]: [`Replica`] with its [`Applier`]).
 #![warn(missing_docs)]
 
+pub mod http;
 pub mod primary;
 pub mod replica;
 
