@@ -369,6 +369,10 @@ fn primary_and_replica_serve_status_health_checks_append_and_metrics() {
     assert_eq!(not_primary.status, 503);
     assert_eq!(not_primary.json()["role"], "follower");
     assert_eq!(get(&r, "/replica").status, 200);
+    // Load balancers may probe with HEAD: same code, no body.
+    let head = exchange(&p, "HEAD /primary HTTP/1.1", b"");
+    assert_eq!((head.status, head.body.len()), (200, 0));
+    assert_eq!(exchange(&r, "HEAD /primary HTTP/1.1", b"").status, 503);
 
     // Appends on the primary answer once committed (majority: n2's receipt), in lsn order.
     let a = append(&p, b"hello");
