@@ -34,8 +34,13 @@ impl Drop for Proc {
 
 impl Proc {
     fn spawn(args: &[&str], log: &str) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_walship"))
-            .args(args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_walship"));
+        cmd.args(args);
+        Proc::spawn_command(cmd, log)
+    }
+
+    fn spawn_command(mut cmd: Command, log: &str) -> Proc {
+        let mut child = cmd
             .env("RUST_LOG", log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -621,4 +626,51 @@ fn busy_http_addr_fails_the_start_naming_the_address() {
     // Bound before the node opens: the data directory was never touched.
     assert!(!dir.path().join("n1").exists());
     drop(busy);
+}
+
+/// FM-X.5 through the endpoint: the append whose fsync fails is answered 503 `stopped` with
+/// the reason (never 200), the answer goes out before the process exits non-zero, and the
+/// endpoint hands the primary back for its shutdown.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn fm_x_5_append_whose_fsync_fails_answers_503_stopped_and_the_node_exits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    certs(dir.path(), &["n1"]);
+    let port = free_udp_port();
+    let n1 = write_config(
+        dir.path(),
+        "n1",
+        &format!("role = \"primary\"\nlisten_addr = \"127.0.0.1:{port}\"\nmembers = [\"n1\"]\nquorum = 0\nhttp_addr = \"127.0.0.1:0\""),
+        "",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_walship"));
+    child.arg("node").arg("--config").arg(&n1).env(
+        "WALSHIP_FAULT_FAIL_SYNCS",
+        dir.path().join("n1").join("wal"),
+    );
+    let mut primary = Proc::spawn_command(child, "info");
+    let p = primary.http_addr();
+    let a = append(&p, b"never acknowledged");
+    assert_eq!(a.status, 503, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["error"], "stopped");
+    let reason = a.json()["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.starts_with("the WAL failed: "), "{reason}");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = primary.child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the stopped primary keeps running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "{status}");
+    let log = primary.stderr();
+    assert!(
+        log.contains("walship: primary n1 stopped: the WAL failed"),
+        "{log}"
+    );
+    assert!(!log.contains("exiting without waiting"), "{log}");
 }
