@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod election;
+pub mod http;
 pub mod primary;
 pub mod replica;
 
