@@ -466,9 +466,8 @@ fn rejoin_text_output_lists_the_steps_and_the_loss() {
         "2. rewind: keep up to lsn 8; cut lsn 9..=14 (6 records",
         "DATA LOSS: 2 of these records are committed",
         "done, last record is now lsn 8",
-        "DATA LOSS: commit watermark lowered from Some(10) to Some(8)",
-        "3. halt: divergence at lsn 9",
-        "cleared",
+        "DATA LOSS: commit watermark lowered from 10 to 8",
+        "3. halt: divergence at lsn 9 (epoch 3, peer n1) — cleared",
         "4. verify: clean",
         "audit entries written to",
     ] {

@@ -447,10 +447,13 @@ impl TextReport for RejoinReport {
                     };
                     writeln!(w, "2. rewind: {plan}\n   {state}")?;
                     if r.performed && r.commit_lsn_after != r.commit_lsn {
+                        let lsn =
+                            |l: Option<Lsn>| l.map_or("absent".to_string(), |l| l.to_string());
                         writeln!(
                             w,
-                            "   DATA LOSS: commit watermark lowered from {:?} to {:?}",
-                            r.commit_lsn, r.commit_lsn_after
+                            "   DATA LOSS: commit watermark lowered from {} to {}",
+                            lsn(r.commit_lsn),
+                            lsn(r.commit_lsn_after)
                         )?;
                     }
                 }
