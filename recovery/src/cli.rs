@@ -8,9 +8,10 @@ use walship_wal::Lsn;
 
 /// walship-recover: inspect, verify and repair a stopped walship node's data directory.
 ///
-/// Every subcommand takes the node directory lock and refuses (exit 5) while the node runs.
-/// Read-only subcommands never modify anything; rewind, clear-halt and snapshot create are
-/// audited in DIR/state/audit.log.
+/// Every subcommand takes the node directory lock and refuses (exit 5) while the node runs
+/// (rejoin's --from PRIMARY_DIR excepted: read without its lock, never written).
+/// Read-only subcommands never modify anything; rewind, clear-halt, rejoin and snapshot create
+/// are audited in DIR/state/audit.log.
 #[derive(Debug, Parser)]
 #[command(
     name = "walship-recover",

@@ -18,7 +18,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub struct Envelope<T> {
     /// [`SCHEMA_VERSION`].
     pub schema_version: u32,
-    /// The subcommand (`inspect`, `verify`, `dump`, `diff`, `status`, `rewind`, `clear-halt`).
+    /// The subcommand (`inspect`, `verify`, `dump`, `diff`, `status`, `rewind`, `clear-halt`, `rejoin`, ...).
     pub command: String,
     /// The process exit code the command ends with.
     pub exit_code: u8,
