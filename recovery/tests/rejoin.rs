@@ -474,3 +474,102 @@ fn rejoin_text_output_lists_the_steps_and_the_loss() {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
 }
+
+#[test]
+fn rejoin_below_an_installed_snapshot_is_refused_even_with_accept_data_loss() {
+    let (primary, replica) = diverged(10, 5, 4);
+    replica.set_commit(12);
+    let state = replica.tmp.path().join("state.bin");
+    std::fs::write(&state, vec![7u8; 100]).expect("state");
+    let (code, v, _) = recover_json(&[
+        "snapshot",
+        "create",
+        s(&replica.root),
+        "--state",
+        s(&state),
+        "--lsn",
+        "12",
+    ]);
+    assert_eq!(code, 0, "{v}");
+    replica.halt(HaltReason::Divergence, 11, 3);
+    let before = replica.snapshot_files();
+    let (code, v, err) = rejoin(&replica, &primary, &["--yes", "--accept-data-loss"]);
+    assert_eq!(code, 6, "{v}\n{err}");
+    assert!(
+        json_str(&v, "/refused").contains("snapshot's boundary (lsn 12) is above lsn 10"),
+        "{}",
+        v["refused"]
+    );
+    assert_eq!(replica.snapshot_files(), before, "nothing changed");
+}
+
+/// The primary keeps appending (epoch 3 records `w-LSN`, segment files rolling
+/// every few records) while replicas rejoin from it whose logs run `AHEAD`
+/// records past what the primary had published when they were built — records
+/// the primary is about to write, byte for byte. The read of the live log then
+/// reaches the primary's moving end (a record in flight is its end), and the
+/// outcome may not depend on how the two interleave: never corruption, never a
+/// divergence, the cut exactly at the primary's end as read (or nothing to cut
+/// once the primary has caught up), the halt cleared.
+#[test]
+fn rejoin_from_a_primary_appending_meanwhile_cuts_exactly_to_its_end_as_read() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use walship_wal::{FsStorage, Wal, WalOptions};
+
+    const WRITER_RECORDS: u64 = 2000;
+    const ROUNDS: usize = 6;
+    const AHEAD: u64 = 150;
+    let primary = Node::new();
+    primary.append_n(1, 10, "same");
+    let published = AtomicU64::new(10);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let writer = sc.spawn(|| {
+            let _running = DirLock::acquire(&primary.root).expect("primary's lock");
+            let opts = WalOptions {
+                segment_size_bytes: 1024,
+                ..WalOptions::default()
+            };
+            let (mut wal, _) = Wal::open(FsStorage, &primary.wal_dir(), opts).expect("open");
+            wal.set_epoch(3);
+            for _ in 0..WRITER_RECORDS {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let lsn = wal.last().lsn + 1;
+                wal.append(format!("w-{lsn}").as_bytes()).expect("append");
+                wal.sync().expect("sync");
+                published.store(lsn, Ordering::SeqCst);
+            }
+        });
+        for round in 0..ROUNDS {
+            let m = published.load(Ordering::SeqCst);
+            let replica = Node::new();
+            replica.append_n(1, 10, "same");
+            let recs: Vec<(u64, Vec<u8>)> = (11..=m + AHEAD)
+                .map(|l| (3, format!("w-{l}").into_bytes()))
+                .collect();
+            replica.append_with_segment_bytes(1 << 16, &recs);
+            replica.halt(HaltReason::Divergence, m + AHEAD + 1, 4);
+            let (code, v, err) = rejoin(&replica, &primary, &["--yes"]);
+            assert_eq!(code, 0, "round {round}, published {m}: {v}\n{err}");
+            let relation = json_str(&v, "/diff/relation");
+            let read_to = json_u64(&v, "/diff/b/last/lsn");
+            let keep = json_u64(&v, "/to_lsn");
+            assert!(read_to >= m, "round {round}: published records are read");
+            match relation {
+                "b-prefix-of-a" => {
+                    assert_eq!(keep, read_to, "round {round}: cut at the primary's end");
+                    assert!(json_bool(&v, "/primary_read_complete"), "round {round}");
+                }
+                "identical" | "a-prefix-of-b" => assert_eq!(keep, m + AHEAD, "round {round}"),
+                other => panic!("round {round}: relation {other}: {v}"),
+            }
+            assert!(json_bool(&v, "/halt_cleared"), "round {round}");
+            assert_eq!(replica.last().lsn, keep, "round {round}");
+        }
+        stop.store(true, Ordering::SeqCst);
+        writer.join().expect("writer");
+    });
+    recover(&["verify", s(&primary.root)]).assert().success();
+}
