@@ -163,7 +163,7 @@ pub fn compare_logs(
         let mut a_positions = std::iter::once(a_base).chain(rx).peekable();
         let decided = merge.step(&mut a_positions, b_base);
         let scan_b = if decided && read_b == ReadB::UntilDecided {
-            // Nothing of B beyond its base can matter: read no record.
+            // Nothing of B beyond its base can matter: stop at its first record.
             b.scan_log(opts, None, &mut |_, _, _| ControlFlow::Break(()))
         } else {
             b.scan_log(opts, progress_label, &mut |_, _, v| {
