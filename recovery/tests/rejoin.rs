@@ -573,3 +573,47 @@ fn rejoin_from_a_primary_appending_meanwhile_cuts_exactly_to_its_end_as_read() {
     });
     recover(&["verify", s(&primary.root)]).assert().success();
 }
+
+#[test]
+fn rejoin_diverged_at_the_first_lsn_both_retain_is_refused() {
+    // The primary's retained log starts after lsn B (its base); the replica's
+    // record B already differs: everything before it is unprovable.
+    let primary = Node::new();
+    primary.append_n(1, 60, "same");
+    let base = primary.truncate_front(40) - 1;
+    let replica = Node::new();
+    replica.append_n(1, base - 1, "same");
+    replica.append_n(2, 5, "tentative");
+    let before = replica.snapshot_files();
+    let (code, v, err) = rejoin(&replica, &primary, &["--yes"]);
+    assert_eq!(code, 6, "{v}\n{err}");
+    assert_eq!(json_str(&v, "/diff/relation"), "diverged");
+    assert_eq!(json_u64(&v, "/diff/first_divergence/lsn"), base);
+    assert!(
+        json_str(&v, "/refused")
+            .contains(&format!("differ at lsn {base}, the first lsn both retain")),
+        "{}",
+        v["refused"]
+    );
+    assert_eq!(replica.snapshot_files(), before);
+}
+
+#[test]
+fn rejoin_of_a_diverged_node_that_is_not_halted_rewinds_and_verifies() {
+    let (primary, replica) = diverged(10, 5, 4);
+    let (code, v, err) = rejoin(&replica, &primary, &["--yes"]);
+    assert_eq!(code, 0, "{v}\n{err}");
+    assert!(v["halt"].is_null());
+    assert!(!json_bool(&v, "/halt_cleared"));
+    assert!(json_bool(&v, "/rewind/performed"));
+    assert_eq!(replica.last().lsn, 10);
+    assert_eq!(
+        audit_steps(&replica),
+        steps(&[
+            ("rejoin", "intent"),
+            ("rewind", "intent"),
+            ("rewind", "done"),
+            ("rejoin", "done"),
+        ])
+    );
+}
