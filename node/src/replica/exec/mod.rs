@@ -313,8 +313,16 @@ impl<S: Storage> ReplicaExec<S> {
         if !self.running() || self.conn != Some(conn) {
             return;
         }
-        self.conn = None;
+        // The core's reconnect closes the connection with the code the end calls for.
         self.feed(Event::SessionEnded(end), now_ms);
+        if self.conn == Some(conn) {
+            self.conn = None;
+            self.outputs.push_back(Output::Close {
+                conn,
+                code: CloseCode::Normal,
+                reason: "session ended".into(),
+            });
+        }
         self.settle(now_ms);
     }
 
