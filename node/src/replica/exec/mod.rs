@@ -419,6 +419,10 @@ impl<S: Storage> ReplicaExec<S> {
     pub fn wal(&self) -> Option<&Wal<S>> {
         self.local.as_ref().map(|l| &l.wal)
     }
+    /// The snapshot store (`None` for a replica halted at open).
+    pub fn snapshots(&self) -> Option<&SnapshotStore<S>> {
+        self.local.as_ref().map(|l| &l.snapshots)
+    }
     /// The storage.
     pub fn storage(&self) -> &S {
         &self.storage
