@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod demo;
+mod http_views;
 mod node;
 
 /// WAL-shipping replication with strict halting.

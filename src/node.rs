@@ -20,6 +20,8 @@ use walship_wal::record::Lsn;
 use walship_wal::WalOptions;
 use walship_wire::{TlsFiles, TransportOptions};
 
+use crate::http_views;
+
 /// Logs go to stderr; `RUST_LOG` filters (default `info`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -83,6 +85,7 @@ pub fn replica_config(cfg: &NodeConfig) -> Result<ReplicaConfig, String> {
     let RoleConfig::Replica {
         primary_addr,
         primary_name,
+        ..
     } = &cfg.role
     else {
         return Err(format!(
@@ -176,9 +179,22 @@ fn fault_fail_syncs() -> Option<std::path::PathBuf> {
 }
 
 async fn run_primary(cfg: &NodeConfig, append_stdin: bool) -> Result<(), String> {
-    let primary =
-        Arc::new(Primary::open(primary_config(cfg)?).map_err(|e| format!("open primary: {e}"))?);
+    let config = primary_config(cfg)?;
+    let http = http_views::bind(cfg).await?;
+    let (max_record_bytes, http_grace) = (
+        config.max_record_bytes,
+        Duration::from_millis(config.commit_timeout_ms) + Duration::from_secs(1),
+    );
+    let primary = Arc::new(Primary::open(config).map_err(|e| format!("open primary: {e}"))?);
     info!(node = %cfg.node_id, addr = ?primary.local_addr().ok(), "primary serving");
+    let http = http.map(|l| {
+        let url = Some(http_views::url(l.local_addr()));
+        l.serve(Arc::new(http_views::PrimaryView {
+            primary: Arc::clone(&primary),
+            http: url,
+            max_record_bytes,
+        }))
+    });
     #[cfg(feature = "fault-injection")]
     if let Some(path) = fault_fail_syncs() {
         warn!(path = %path.display(), "fault injection: every fsync under this path fails from now on");
@@ -241,6 +257,8 @@ async fn run_primary(cfg: &NodeConfig, append_stdin: bool) -> Result<(), String>
     // returned, so a feeder that ended after a failed append sees it here too.
     let reason = primary.stopped();
     info!(node = %cfg.node_id, "shutting down");
+    // The endpoint holds a handle to the primary: stop it first (in-flight appends finish).
+    http_views::stop(http, http_grace).await;
     // A failure during the shutdown itself (the final state/commit fsync) is fatal too.
     let reason = match Arc::try_unwrap(primary) {
         Ok(p) => reason.or(p.shutdown().await),
@@ -281,7 +299,25 @@ fn open_replica(
 }
 
 async fn run_replica(cfg: &NodeConfig) -> Result<(), String> {
+    let http = http_views::bind(cfg).await?;
     let (replica, lock) = open_replica(cfg)?;
+    let replica = Arc::new(replica);
+    let http = http.map(|l| {
+        let (primary, primary_http) = match &cfg.role {
+            RoleConfig::Replica {
+                primary_name,
+                primary_http,
+                ..
+            } => (primary_name.clone(), primary_http.map(http_views::url)),
+            RoleConfig::Primary { .. } => (String::new(), None),
+        };
+        l.serve(Arc::new(http_views::ReplicaView {
+            replica: Arc::clone(&replica),
+            primary,
+            primary_http,
+            max_record_bytes: cfg.wal.max_record_bytes,
+        }))
+    });
     let mut ticker = tokio::time::interval(Duration::from_secs(5));
     let mut reported_halt = false;
     let mut stopped = None;
@@ -308,7 +344,14 @@ async fn run_replica(cfg: &NodeConfig) -> Result<(), String> {
         }
     }
     info!(node = %cfg.node_id, "shutting down");
-    let result = replica.shutdown().await;
+    http_views::stop(http, Duration::from_secs(1)).await;
+    let result = match Arc::try_unwrap(replica) {
+        Ok(replica) => replica.shutdown().await,
+        Err(_) => {
+            warn!("the replica is still referenced at shutdown; exiting without waiting");
+            Ok(())
+        }
+    };
     drop(lock);
     match (stopped, result) {
         // The error that stopped it says more than the status line.

@@ -126,6 +126,8 @@ struct RawConfig {
     listen_addr: Option<String>,
     primary_addr: Option<String>,
     primary_name: Option<String>,
+    primary_http: Option<String>,
+    http_addr: Option<String>,
     #[serde(default)]
     members: Vec<String>,
     #[serde(default = "default_quorum")]
@@ -167,6 +169,9 @@ pub enum RoleConfig {
         primary_addr: SocketAddr,
         /// The name the primary's certificate must carry.
         primary_name: String,
+        /// Where the primary's HTTP endpoint listens, if it has one: `/status` and a refused
+        /// `POST /append` point clients there.
+        primary_http: Option<SocketAddr>,
     },
 }
 
@@ -181,6 +186,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Role-specific settings.
     pub role: RoleConfig,
+    /// Where the node's HTTP endpoint listens (TCP); `None`: no endpoint.
+    pub http_addr: Option<SocketAddr>,
     /// TLS material, absolute paths.
     pub tls: TlsPaths,
     /// QUIC timing.
@@ -254,8 +261,18 @@ impl NodeConfig {
                     invalid(field, format!("`{value}` is not an ip:port address: {e}"))
                 })
             };
+        let http_addr = raw
+            .http_addr
+            .map(|a| addr("http_addr", Some(a)))
+            .transpose()?;
         let role = match raw.role {
             Role::Primary => {
+                if raw.primary_http.is_some() {
+                    return Err(invalid(
+                        "primary_http",
+                        "a primary's own endpoint is http_addr; remove primary_http".into(),
+                    ));
+                }
                 if raw.primary_addr.is_some() || raw.primary_name.is_some() {
                     return Err(invalid(
                         "primary_addr",
@@ -314,9 +331,14 @@ impl NodeConfig {
                     .primary_name
                     .ok_or_else(|| invalid("primary_name", "required for a replica".into()))?;
                 check_name(&primary_name).map_err(|e| invalid("primary_name", e))?;
+                let primary_http = raw
+                    .primary_http
+                    .map(|a| addr("primary_http", Some(a)))
+                    .transpose()?;
                 RoleConfig::Replica {
                     primary_addr,
                     primary_name,
+                    primary_http,
                 }
             }
         };
@@ -326,6 +348,7 @@ impl NodeConfig {
             cluster_id: raw.cluster_id,
             data_dir: abs(raw.data_dir),
             role,
+            http_addr,
             tls: TlsPaths {
                 ca: abs(raw.tls.ca),
                 cert: abs(raw.tls.cert),
@@ -477,6 +500,94 @@ key = "c"
                 err,
                 ConfigError::Invalid {
                     field: "node_id",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    const REPLICA: &str = r#"
+node_id = "n2"
+cluster_id = "demo"
+role = "replica"
+data_dir = "/d"
+primary_addr = "127.0.0.1:7001"
+primary_name = "n1"
+[tls]
+ca = "a"
+cert = "b"
+key = "c"
+"#;
+
+    /// Inserts top-level `line` before the `[tls]` table.
+    fn with(text: &str, line: &str) -> String {
+        text.replace("[tls]", &format!("{line}\n[tls]"))
+    }
+
+    #[test]
+    fn http_addr_is_optional_and_parsed_on_both_roles() {
+        assert_eq!(parse(PRIMARY).expect("valid").http_addr, None);
+        let c = parse(&with(PRIMARY, "http_addr = \"127.0.0.1:8081\"")).expect("valid");
+        assert_eq!(c.http_addr, Some("127.0.0.1:8081".parse().expect("addr")));
+        let c = parse(&with(
+            REPLICA,
+            "http_addr = \"[::1]:8082\"\nprimary_http = \"127.0.0.1:8081\"",
+        ))
+        .expect("valid");
+        assert_eq!(c.http_addr, Some("[::1]:8082".parse().expect("addr")));
+        match c.role {
+            RoleConfig::Replica { primary_http, .. } => {
+                assert_eq!(primary_http, Some("127.0.0.1:8081".parse().expect("addr")))
+            }
+            RoleConfig::Primary { .. } => panic!("parsed as primary"),
+        }
+    }
+
+    #[test]
+    fn bad_http_addr_is_refused_naming_the_field_and_the_value() {
+        for bad in ["localhost:8080", "127.0.0.1", "http://127.0.0.1:8080", ""] {
+            let err = parse(&with(PRIMARY, &format!("http_addr = \"{bad}\""))).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Invalid {
+                        field: "http_addr",
+                        ..
+                    }
+                ),
+                "{bad}: {err}"
+            );
+            assert!(
+                err.to_string()
+                    .contains(&format!("`{bad}` is not an ip:port address")),
+                "{err}"
+            );
+        }
+        let err = parse(&with(PRIMARY, "http_addr = 8080")).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        assert!(err.to_string().contains("http_addr"), "{err}");
+    }
+
+    #[test]
+    fn primary_http_is_refused_on_a_primary_and_checked_on_a_replica() {
+        let err = parse(&with(PRIMARY, "primary_http = \"127.0.0.1:8081\"")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    field: "primary_http",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = parse(&with(REPLICA, "primary_http = \"n1:8081\"")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    field: "primary_http",
                     ..
                 }
             ),

@@ -4,7 +4,10 @@
 //! A checker returns the first [`Violation`] it finds; the simulator stops
 //! the run there and prints the seed, the invariant and the trace tail.
 
+use std::collections::BTreeMap;
 use walship_replica::halt::read_halt;
+
+use walship_wal::sim::SimStorage;
 use walship_wal::{Lsn, Position};
 
 use crate::net::NodeId;
@@ -47,6 +50,7 @@ pub fn standard_checkers() -> Vec<Box<dyn Checker>> {
         Box::new(HaltedReplicaFrozen),
         Box::new(NoHaltWithoutCause),
         Box::new(PersistedCommitNeverAboveAcknowledged),
+        Box::new(DurableNeverRewritten::default()),
     ]
 }
 
@@ -452,6 +456,64 @@ impl Checker for PersistedCommitNeverAboveAcknowledged {
                 "p0's state/commit holds {persisted}, above the highest commit it announced ({}) and the watermark it started from ({})",
                 w.oracle.max_commit, w.oracle.primary_commit_at_start
             ));
+        }
+        Ok(())
+    }
+}
+
+/// A replica never rewrites or cuts a record it made durable: whatever the
+/// primary later sends (a new history after it lost its disk, FM-X.16; a
+/// stale or diverging one, FM-6.x, FM-X.10), a replica that disagrees halts
+/// and keeps its log byte for byte. Only a replaced disk (a wipe) or damage a
+/// scenario placed on purpose excuses a different record at an lsn it held.
+///
+/// Checking the last durable record is enough: records are crc-chained
+/// (`prev_crc`), so any rewrite at or below it changes its identity.
+#[derive(Default)]
+pub struct DurableNeverRewritten {
+    /// Per replica: the disk it was seen on and its last durable record there.
+    seen: BTreeMap<NodeId, (SimStorage, Position)>,
+}
+
+impl Checker for DurableNeverRewritten {
+    fn name(&self) -> &'static str {
+        "durable records are never rewritten"
+    }
+    fn spec(&self) -> &'static str {
+        "FM-X.16, FM-6.1, FM-10.3"
+    }
+    fn check(&mut self, w: &World) -> Result<(), String> {
+        for r in &w.replicas {
+            if w.oracle.disk_damaged.contains(&r.id) {
+                self.seen.remove(&r.id);
+                continue;
+            }
+            let Some(u) = &r.up else { continue };
+            if let Some((disk, held)) = self.seen.get(&r.id) {
+                // Below the log's first lsn a snapshot install covers it.
+                if disk.is_same_disk(&r.storage) && held.lsn >= u.wal.first_lsn() {
+                    let now = u.wal.position_at(held.lsn).ok().flatten();
+                    if now != Some(*held) {
+                        return Err(format!(
+                            "{} had made {held} durable; its log now holds {} there (halted: {})",
+                            node_name(r.id),
+                            now.map_or("nothing".to_string(), |p| p.to_string()),
+                            r.halted.as_ref().map_or("no".to_string(), |h| h
+                                .record
+                                .reason
+                                .as_str()
+                                .to_string())
+                        ));
+                    }
+                }
+            }
+            let durable = u.wal.durable_lsn();
+            if durable == 0 {
+                continue;
+            }
+            if let Some(p) = u.wal.position_at(durable).ok().flatten() {
+                self.seen.insert(r.id, (r.storage.clone(), p));
+            }
         }
         Ok(())
     }

@@ -57,6 +57,10 @@ enum Cmd {
         /// in every seed, instead of the rate the seed chooses.
         #[arg(long)]
         wipe_per_mille: Option<u32>,
+        /// Replace the primary's disk by an empty one at this rate (per mille
+        /// per step, FM-X.16) in every seed, instead of the rate the seed chooses.
+        #[arg(long)]
+        primary_wipe_per_mille: Option<u32>,
     },
     /// Run one scenario per ID of the failure matrix and print the table.
     Matrix {
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
             verbose,
             trace,
             wipe_per_mille,
+            primary_wipe_per_mille,
         } => {
             let range = match (seed, seeds) {
                 (Some(s), None) => s..s.saturating_add(1),
@@ -109,6 +114,9 @@ fn main() -> ExitCode {
                 let mut opts = SimOptions::from_seed(s, steps);
                 if let Some(w) = wipe_per_mille {
                     opts.wipe_per_mille = w;
+                }
+                if let Some(w) = primary_wipe_per_mille {
+                    opts.primary_wipe_per_mille = w;
                 }
                 if verbose && !emit(&format!("options: {opts}\n")) {
                     return ExitCode::SUCCESS;

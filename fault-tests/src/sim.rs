@@ -79,6 +79,14 @@ pub struct SimOptions {
     /// ones succeed (a node still running after it then loses power), or its
     /// disk fills up. The node must stop, not halt.
     pub disk_fault_per_mille: u32,
+    /// Per-step chance that the primary loses its disk and restarts empty under
+    /// the same id and epoch (FM-X.16; per mille; 10% of seeds, or
+    /// `walship-fault sim --primary-wipe-per-mille N`). Every replica holding
+    /// records must then halt `divergence` and keep them byte for byte; one that
+    /// followed the new history over its old records is caught by the
+    /// durable-records-never-rewritten checker. Drawn from its own stream, so the
+    /// other options of a seed are what they were before it existed.
+    pub primary_wipe_per_mille: u32,
 }
 
 impl SimOptions {
@@ -142,6 +150,14 @@ impl SimOptions {
             } else {
                 1200
             },
+            primary_wipe_per_mille: {
+                let mut r = SimRng::new(seed ^ 0x0d15_ea5e_0f0d_d15c);
+                if r.chance(100) {
+                    r.range(1, 4) as u32
+                } else {
+                    0
+                }
+            },
         }
     }
 }
@@ -150,7 +166,7 @@ impl fmt::Display for SimOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {} steps {} replicas {} quorum {} net {{drop {}‰ dup {}‰ reorder {}‰ corrupt {}‰ delay {}..{}ms}} crash {}‰ partition {}‰ append {}‰ torn {} idle_timeout {}ms byzantine {}‰ disk-faults {}‰ mtu {} bandwidth {}B/ms wipe {}‰ snapshot {}‰",
+            "seed {} steps {} replicas {} quorum {} net {{drop {}‰ dup {}‰ reorder {}‰ corrupt {}‰ delay {}..{}ms}} crash {}‰ partition {}‰ append {}‰ torn {} idle_timeout {}ms byzantine {}‰ disk-faults {}‰ mtu {} bandwidth {}B/ms wipe {}‰ snapshot {}‰ primary-wipe {}‰",
             self.seed,
             self.steps,
             self.replicas,
@@ -171,7 +187,8 @@ impl fmt::Display for SimOptions {
             self.mtu_bytes,
             self.bandwidth_bytes_per_ms,
             self.wipe_per_mille,
-            self.snapshot_per_mille
+            self.snapshot_per_mille,
+            self.primary_wipe_per_mille
         )
     }
 }
@@ -214,6 +231,8 @@ pub struct SimReport {
     pub disk_faults: u64,
     /// Snapshots the primary took (each truncating its WAL front).
     pub snapshots: u64,
+    /// Primary disks replaced by empty ones (FM-X.16).
+    pub primary_wipes: u64,
     /// Network counters.
     pub net: NetStats,
     /// Why the liveness phase could not be judged (the primary refused to
@@ -318,6 +337,7 @@ pub fn run_traced(opts: &SimOptions, keep_trace: bool) -> SimReport {
         byzantine: 0,
         disk_faults: 0,
         snapshots: 0,
+        primary_wipes: 0,
         net: NetStats::default(),
         liveness_skipped: None,
         halts: Vec::new(),
@@ -453,6 +473,32 @@ fn drive(opts: &SimOptions, w: &mut World, workload: &mut SimRng, report: &mut S
             }
             let at = now + workload.range(1, 400);
             restarts.entry(at).or_default().push(n);
+        }
+        // Drawn only in seeds that wipe primaries, so every other seed replays
+        // exactly as before this event existed.
+        if opts.primary_wipe_per_mille > 0 && workload.chance(opts.primary_wipe_per_mille) {
+            // FM-X.16: beyond any fault budget; what was acknowledged is gone
+            // from the primary by the scenario's choice. The replicas holding
+            // it must keep it and halt, never follow the new history over it.
+            match w.wipe_primary_disk() {
+                Ok(()) => {
+                    report.primary_wipes += 1;
+                    w.oracle.acked.clear();
+                    // Frames of the old history still in flight may land on a
+                    // replica that held nothing yet: every replica may now hold
+                    // a history that is not the new primary's, so the prefix
+                    // checker no longer judges them; the never-rewritten
+                    // checker still does.
+                    for n in 1..=opts.replicas {
+                        if !w.oracle.foreign_history.contains(&n) {
+                            w.oracle.foreign_history.push(n);
+                        }
+                    }
+                }
+                Err(e) => w.log(format!("primary wipe failed: {e}")),
+            }
+            let at = now + workload.range(1, 400);
+            restarts.entry(at).or_default().push(PRIMARY);
         }
         if opts.replicas > 0 && workload.chance(opts.partition_per_mille) {
             let n = 1 + workload.index(opts.replicas);
@@ -658,6 +704,8 @@ pub struct SimTotals {
     pub disk_faults: u64,
     /// Snapshots taken by primaries.
     pub snapshots: u64,
+    /// Primary disks replaced by empty ones.
+    pub primary_wipes: u64,
     /// Replica halts (all explained by an injected fault, else the seed failed).
     pub halts: u64,
     /// Seeds whose liveness phase was skipped (primary refused to start after a torn crash).
@@ -677,6 +725,7 @@ impl SimTotals {
         self.byzantine += r.byzantine;
         self.disk_faults += r.disk_faults;
         self.snapshots += r.snapshots;
+        self.primary_wipes += r.primary_wipes;
         self.halts += r.halts.len() as u64;
         self.liveness_skipped += u64::from(r.liveness_skipped.is_some());
     }
@@ -686,7 +735,7 @@ impl fmt::Display for SimTotals {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} seeds, {} failed; {} steps, {} acknowledged records; injected: {} crashes, {} partitions, {} datagram faults, {} sender faults, {} disk faults, {} primary snapshots; {} explained halts; liveness skipped in {} seeds (primary WAL refused to open after a torn crash)",
+            "{} seeds, {} failed; {} steps, {} acknowledged records; injected: {} crashes, {} partitions, {} datagram faults, {} sender faults, {} disk faults, {} primary snapshots, {} primary disk losses; {} explained halts; liveness skipped in {} seeds (primary WAL refused to open after a torn crash)",
             self.seeds,
             self.failed,
             self.steps,
@@ -697,6 +746,7 @@ impl fmt::Display for SimTotals {
             self.byzantine,
             self.disk_faults,
             self.snapshots,
+            self.primary_wipes,
             self.halts,
             self.liveness_skipped
         )

@@ -5,8 +5,14 @@
 //! receipts, applying committed records, persisting the commit watermark, writing the
 //! halt, stopping the node on a failed fsync. It holds the embedding API ([`primary`]:
 //! [`Primary`]; [`replica`]: [`Replica`] with its [`Applier`]).
+//!
+//! [`election`] is the sans-IO election core (PreVote, votes persisted in `state/vote`
+//! before they are granted, the up-to-date rule, election quorums, the primary's lease):
+//! the failover that runs it is not wired into the node yet (issue 12).
 #![warn(missing_docs)]
 
+pub mod election;
+pub mod http;
 pub mod primary;
 pub mod replica;
 

@@ -8,9 +8,10 @@ use walship_wal::Lsn;
 
 /// walship-recover: inspect, verify and repair a stopped walship node's data directory.
 ///
-/// Every subcommand takes the node directory lock and refuses (exit 5) while the node runs.
-/// Read-only subcommands never modify anything; rewind, clear-halt and snapshot create are
-/// audited in DIR/state/audit.log.
+/// Every subcommand takes the node directory lock and refuses (exit 5) while the node runs
+/// (rejoin's --from PRIMARY_DIR excepted: read without its lock, never written).
+/// Read-only subcommands never modify anything; rewind, clear-halt, rejoin and snapshot create
+/// are audited in DIR/state/audit.log.
 #[derive(Debug, Parser)]
 #[command(
     name = "walship-recover",
@@ -106,6 +107,25 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Bring a node that holds records the primary lacks back: diff against the
+    /// primary's data directory, rewind to the common prefix, clear the
+    /// divergence/stale-primary halt, verify. Audited.
+    Rejoin {
+        /// The rejoining node's data directory (the node must be stopped).
+        dir: PathBuf,
+        /// The primary's data directory (or a copy); read without its lock, never written.
+        #[arg(long = "from", value_name = "PRIMARY_DIR")]
+        from: PathBuf,
+        /// Allow cutting records at or below the commit watermark (loses committed data).
+        #[arg(long)]
+        accept_data_loss: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Shared options.
+        #[command(flatten)]
+        common: Common,
+    },
     /// Lift a halt once its cause is gone (see spec/recovery-tool.md for the rule per reason). Audited.
     ClearHalt {
         /// The node's data directory.
@@ -162,6 +182,7 @@ impl Command {
             Command::Diff { .. } => "diff",
             Command::Status { .. } => "status",
             Command::Rewind { .. } => "rewind",
+            Command::Rejoin { .. } => "rejoin",
             Command::ClearHalt { .. } => "clear-halt",
             Command::Snapshot {
                 action: SnapshotAction::Verify { .. },
@@ -181,6 +202,7 @@ impl Command {
             | Command::Diff { common, .. }
             | Command::Status { common, .. }
             | Command::Rewind { common, .. }
+            | Command::Rejoin { common, .. }
             | Command::ClearHalt { common, .. }
             | Command::Snapshot {
                 action:
@@ -213,6 +235,16 @@ mod tests {
     fn rewind_requires_to() {
         let e = Cli::try_parse_from(["walship-recover", "rewind", "/d"]).expect_err("missing --to");
         assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn rejoin_requires_from() {
+        let e =
+            Cli::try_parse_from(["walship-recover", "rejoin", "/d"]).expect_err("missing --from");
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let cli = Cli::try_parse_from(["walship-recover", "rejoin", "/d", "--from", "/p", "--yes"])
+            .expect("parses");
+        assert_eq!(cli.command.name(), "rejoin");
     }
 
     #[test]

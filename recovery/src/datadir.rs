@@ -1,6 +1,8 @@
 //! A node data directory opened by the recovery tool: validated, locked, and
 //! read without side effects (nothing is created in a directory that is not a
-//! walship data directory).
+//! walship data directory). [`LiveDir`] is the one exception to the lock: the
+//! directory of a possibly running primary, read without its lock and without
+//! writing anything (`rejoin --from`).
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +12,115 @@ pub use walship_wal::state::{COMMIT_FILE, EPOCHS_FILE, SNAPSHOT_DIR, STATE_DIR, 
 use walship_wal::{FsStorage, Lsn};
 
 use crate::error::RecoverError;
-use crate::scan::{confirm_with_wal, scan_wal, ConfirmError, ScanOptions, Visitor, WalScan};
+use crate::scan::{
+    confirm_with_wal, scan_wal, ConfirmError, ScanEnd, ScanOptions, Visitor, WalScan,
+};
+
+/// A WAL that can be scanned read-only, visiting every verified record in lsn order.
+pub trait LogSource: Sync {
+    /// The data directory.
+    fn root(&self) -> &Path;
+    /// Scans the WAL read-only; the verdict is as reliable as the source allows
+    /// (see the implementations).
+    fn scan_log(
+        &self,
+        opts: ScanOptions,
+        progress_label: Option<&str>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<WalScan, RecoverError>;
+}
+
+impl LogSource for DataDir {
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn scan_log(
+        &self,
+        opts: ScanOptions,
+        progress_label: Option<&str>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<WalScan, RecoverError> {
+        self.scan(opts, progress_label, visit)
+    }
+}
+
+/// The data directory of a node that may be RUNNING (the primary a node
+/// rejoins): its lock is not taken and nothing in it is ever opened for
+/// writing. Its WAL is scanned with `Storage::list` and `Storage::map` only.
+///
+/// A live log is append-only: a record the scan verified is never rewritten
+/// by the running node, so positions read are final (spec/recovery-tool.md
+/// §11). What a second read would see differs only at the tail (new records,
+/// a write in flight), so a complete scan is not re-confirmed by
+/// `walship_wal::inspect` as a stopped directory's is; only a corruption
+/// verdict is, because it must not be an artefact of a write in flight.
+#[derive(Debug)]
+pub struct LiveDir {
+    root: PathBuf,
+    storage: FsStorage,
+}
+
+impl LiveDir {
+    /// Checks `root` is a walship data directory; takes no lock and creates nothing.
+    pub fn open_unlocked(root: &Path) -> Result<LiveDir, RecoverError> {
+        check_data_dir(root)?;
+        Ok(LiveDir {
+            root: root.to_path_buf(),
+            storage: FsStorage,
+        })
+    }
+
+    /// `DIR/wal`.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.root.join(WAL_DIR)
+    }
+}
+
+impl LogSource for LiveDir {
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Read-only scan. A segment listed but gone before it is mapped (the
+    /// running node's retention removed it) is [`RecoverError::LiveLogChanged`].
+    /// A corruption verdict is confirmed by `walship_wal::inspect` (a second,
+    /// independent read must find the same damage at the same place; damage in
+    /// the verified part of an append-only log cannot go away), else it is
+    /// [`RecoverError::LiveLogChanged`] too. A torn tail is the live log's end.
+    fn scan_log(
+        &self,
+        opts: ScanOptions,
+        progress_label: Option<&str>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<WalScan, RecoverError> {
+        let wal_dir = self.wal_dir();
+        let mut scan =
+            scan_wal(&self.storage, &wal_dir, opts, progress_label, visit).map_err(|e| {
+                if e.op == "map" && e.source.kind() == std::io::ErrorKind::NotFound {
+                    RecoverError::LiveLogChanged {
+                        dir: self.root.clone(),
+                        detail: format!(
+                            "segment {} was removed during the read (the running node's retention)",
+                            e.path.display()
+                        ),
+                    }
+                } else {
+                    RecoverError::from(e)
+                }
+            })?;
+        if matches!(scan.end, ScanEnd::Corrupt(_)) {
+            confirm_with_wal(&self.storage, &wal_dir, opts, &mut scan).map_err(|e| match e {
+                ConfirmError::Wal(w) => RecoverError::from(w),
+                ConfirmError::Mismatch(m) => RecoverError::LiveLogChanged {
+                    dir: self.root.clone(),
+                    detail: m.to_string(),
+                },
+            })?;
+        }
+        Ok(scan)
+    }
+}
 
 /// Body of `state/commit`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

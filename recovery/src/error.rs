@@ -69,6 +69,15 @@ pub enum RecoverError {
     /// The WAL failed in a way that is not corruption.
     #[error("{0}")]
     Wal(WalError),
+    /// The log of a directory read without its lock (a running primary) changed
+    /// under the read in a way that makes the read unusable; nothing was changed.
+    #[error("{}: the running node's log changed during the read: {detail}; nothing was changed, run the command again", dir.display())]
+    LiveLogChanged {
+        /// The data directory read.
+        dir: PathBuf,
+        /// What changed.
+        detail: String,
+    },
     /// A broken internal invariant (a bug).
     #[error("internal error: {message}")]
     Internal {
@@ -87,9 +96,10 @@ impl RecoverError {
             | RecoverError::SnapshotCorrupt { .. }
             | RecoverError::WalCorrupt(_) => Exit::Corruption,
             RecoverError::Refused { .. } => Exit::Refused,
-            RecoverError::Io { .. } | RecoverError::Wal(_) | RecoverError::Internal { .. } => {
-                Exit::Io
-            }
+            RecoverError::Io { .. }
+            | RecoverError::Wal(_)
+            | RecoverError::LiveLogChanged { .. }
+            | RecoverError::Internal { .. } => Exit::Io,
         }
     }
 }

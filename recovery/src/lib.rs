@@ -8,8 +8,10 @@
 //!   [`scan`] uses only `Storage::list` and `Storage::map`);
 //! - modifying, audited in `state/audit.log`: `rewind` (cut tentative records
 //!   after a failover, never at or below the commit watermark without
-//!   `--accept-data-loss`) and `clear-halt` (lift a halt only once its cause is
-//!   gone, per halt reason).
+//!   `--accept-data-loss`), `clear-halt` (lift a halt only once its cause is
+//!   gone, per halt reason), `rejoin` (diff against the primary's directory —
+//!   read without its lock, never written — then rewind, clear-halt and verify
+//!   in one audited command) and `snapshot create`.
 //!
 //! Every subcommand prints text or, with `--json`, one JSON document whose
 //! schema ([`report`]) and exit codes ([`exit::Exit`]) are documented in
@@ -151,6 +153,21 @@ pub fn run(command: Command, env: &mut Env<'_>) -> Exit {
                     max_record_bytes: common.max_record_bytes,
                 };
                 cmd::rewind::rewind(&dir, &req, env).and_then(|o| emit(env, name, json, o))
+            }
+            Command::Rejoin {
+                dir,
+                from,
+                accept_data_loss,
+                yes,
+                common,
+            } => {
+                let req = cmd::rejoin::RejoinRequest {
+                    primary_dir: from,
+                    accept_data_loss,
+                    yes,
+                    max_record_bytes: common.max_record_bytes,
+                };
+                cmd::rejoin::rejoin(&dir, &req, env).and_then(|o| emit(env, name, json, o))
             }
             Command::ClearHalt { dir, common } => cmd::clear_halt::clear_halt(&dir, &common, env)
                 .and_then(|o| emit(env, name, json, o)),

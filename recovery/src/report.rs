@@ -18,7 +18,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub struct Envelope<T> {
     /// [`SCHEMA_VERSION`].
     pub schema_version: u32,
-    /// The subcommand (`inspect`, `verify`, `dump`, `diff`, `status`, `rewind`, `clear-halt`).
+    /// The subcommand (`inspect`, `verify`, `dump`, `diff`, `status`, `rewind`, `clear-halt`, `rejoin`, ...).
     pub command: String,
     /// The process exit code the command ends with.
     pub exit_code: u8,
@@ -568,5 +568,36 @@ pub struct SnapshotCreateReport {
     /// Older installed snapshots removed (only the newest counts).
     pub removed_older: Vec<String>,
     /// Path of the audit log written.
+    pub audit_log: Option<String>,
+}
+
+/// `rejoin` output.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RejoinReport {
+    /// The rejoining node's data directory (locked).
+    pub dir: String,
+    /// `--from`: the primary's data directory (or a copy), read without its lock.
+    pub primary_dir: String,
+    /// The comparison, `a` = `dir`, `b` = `primary_dir`. `b.last` is the last
+    /// record read of the primary's log (see `primary_read_complete`).
+    pub diff: DiffReport,
+    /// Whether the primary's log was read to its end; false when the read
+    /// stopped once the comparison was decided (the primary holds more).
+    pub primary_read_complete: bool,
+    /// The cut: keep records up to and including this lsn (`null`: refused before deciding).
+    pub to_lsn: Option<Lsn>,
+    /// The rewind to `to_lsn` (its plan in `rewind.cut`; `null` before it was planned).
+    pub rewind: Option<RewindReport>,
+    /// The halt record found in `dir` (`null`: not halted).
+    pub halt: Option<HaltRecord>,
+    /// The clear-halt conditions checked after the rewind.
+    pub halt_checks: Vec<Check>,
+    /// Whether the halt file was removed.
+    pub halt_cleared: bool,
+    /// The full verify of `dir` run last (`null` if nothing was changed).
+    pub verify: Option<VerifyReport>,
+    /// Why nothing was changed, when refused.
+    pub refused: Option<String>,
+    /// Path of the audit log written (`null` if nothing was changed).
     pub audit_log: Option<String>,
 }

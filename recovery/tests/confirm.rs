@@ -84,3 +84,84 @@ fn a_refused_commit_rule_is_decided_before_asking() {
         "no question when the answer cannot matter"
     );
 }
+
+fn rejoin_answering(replica: &Node, primary: &Node, answer: bool) -> (Exit, String, Vec<String>) {
+    let cli = Cli::try_parse_from([
+        "walship-recover",
+        "rejoin",
+        s(&replica.root),
+        "--from",
+        s(&primary.root),
+    ])
+    .expect("args");
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let mut asked = Vec::new();
+    let mut ask = |q: &str| -> std::io::Result<bool> {
+        asked.push(q.to_string());
+        Ok(answer)
+    };
+    let exit = {
+        let mut env = Env::non_interactive(&mut out, &mut err);
+        env.confirm = Some(&mut ask);
+        env.command_line = vec!["walship-recover".into(), "rejoin".into()];
+        run(cli.command, &mut env)
+    };
+    (exit, String::from_utf8_lossy(&out).into_owned(), asked)
+}
+
+fn diverged_pair() -> (Node, Node) {
+    let primary = Node::new();
+    let replica = Node::new();
+    primary.append_n(1, 6, "c");
+    replica.append_n(1, 6, "c");
+    primary.append_n(3, 2, "p");
+    replica.append_n(2, 3, "t");
+    replica.set_commit(6);
+    replica.halt(walship_replica::halt::HaltReason::Divergence, 7, 3);
+    (primary, replica)
+}
+
+#[test]
+fn rejoin_declined_at_the_prompt_is_refused_and_changes_nothing() {
+    let (primary, replica) = diverged_pair();
+    let before = replica.snapshot_files();
+    let (exit, out, asked) = rejoin_answering(&replica, &primary, false);
+    assert_eq!(exit, Exit::Refused);
+    assert_eq!(asked.len(), 1);
+    assert!(asked[0].contains("DIVERGED at lsn 7"), "{}", asked[0]);
+    assert!(
+        asked[0].contains("will cut lsn 7..=9 (3 records"),
+        "{}",
+        asked[0]
+    );
+    assert!(
+        asked[0].ends_with(
+            "and rejoin {}? [y/N] "
+                .replace("{}", s(&primary.root))
+                .as_str()
+        ),
+        "{}",
+        asked[0]
+    );
+    assert!(
+        out.contains("REFUSED: not confirmed by the operator"),
+        "{out}"
+    );
+    assert_eq!(replica.snapshot_files(), before);
+}
+
+#[test]
+fn rejoin_confirmed_at_the_prompt_rewinds_and_clears() {
+    let (primary, replica) = diverged_pair();
+    let (exit, out, asked) = rejoin_answering(&replica, &primary, true);
+    assert_eq!(exit, Exit::Ok, "{out}");
+    assert_eq!(
+        asked.len(),
+        1,
+        "asked once, by rejoin (not again by the rewind)"
+    );
+    assert!(out.contains("done, last record is now lsn 6"), "{out}");
+    assert!(out.contains("— cleared"), "{out}");
+    assert_eq!(replica.last().lsn, 6);
+}

@@ -333,3 +333,107 @@ fn snapshot_create_and_verify_json_field_paths_are_stable() {
         want.into_iter().collect()
     );
 }
+
+#[test]
+fn rejoin_json_field_paths_are_stable() {
+    let primary = Node::new();
+    let replica = Node::new();
+    primary.append_n(1, 4, "same");
+    replica.append_n(1, 4, "same");
+    primary.append_n(3, 2, "new");
+    replica.append_n(2, 2, "tentative");
+    replica.set_commit(4);
+    replica.halt(HaltReason::Divergence, 5, 3);
+
+    let mut want: Vec<String> = ENVELOPE.iter().map(|x| x.to_string()).collect();
+    want.extend(
+        [
+            "dir",
+            "primary_dir",
+            "diff",
+            "primary_read_complete",
+            "to_lsn",
+            "rewind",
+            "halt_checks",
+            "halt_cleared",
+            "verify",
+            "refused",
+            "audit_log",
+        ]
+        .map(String::from),
+    );
+    want.extend(with(&[], "halt", &HALT));
+    want.extend(["name", "passed", "detail"].map(|f| format!("halt_checks[].{f}")));
+    // diff: the diff command's document (a = the node, b = the primary).
+    want.extend(
+        [
+            "relation",
+            "common_prefix",
+            "first_divergence",
+            "first_divergence.lsn",
+        ]
+        .map(|f| format!("diff.{f}")),
+    );
+    for side in ["a", "b"] {
+        want.extend(
+            ["", ".dir", ".base", ".last", ".state", ".state.state"]
+                .map(|f| format!("diff.{side}{f}")),
+        );
+        for p in POSITION {
+            want.push(format!("diff.{side}.base.{p}"));
+            want.push(format!("diff.{side}.last.{p}"));
+            want.push(format!("diff.first_divergence.{side}.{p}"));
+        }
+        want.push(format!("diff.first_divergence.{side}"));
+    }
+    want.extend(POSITION.map(|p| format!("diff.common_prefix.{p}")));
+    // rewind: the rewind command's document.
+    want.extend(
+        [
+            "dir",
+            "to_lsn",
+            "commit_lsn",
+            "before",
+            "cut",
+            "performed",
+            "refused",
+            "after",
+            "commit_lsn_after",
+            "verify",
+            "verify.state",
+            "audit_log",
+        ]
+        .map(|f| format!("rewind.{f}")),
+    );
+    want.extend(POSITION.map(|p| format!("rewind.before.{p}")));
+    want.extend(POSITION.map(|p| format!("rewind.after.{p}")));
+    want.extend(
+        [
+            "first_lsn",
+            "last_lsn",
+            "records",
+            "bytes",
+            "epochs",
+            "committed_records",
+        ]
+        .map(|f| format!("rewind.cut.{f}")),
+    );
+    want.extend(
+        ["epoch", "first_lsn", "last_lsn", "records"].map(|f| format!("rewind.cut.epochs[].{f}")),
+    );
+    let got = schema(&[
+        "rejoin",
+        s(&replica.root),
+        "--from",
+        s(&primary.root),
+        "--yes",
+    ]);
+    // verify: the verify command's document, run on the same directory afterwards.
+    want.extend(
+        schema(&["verify", s(&replica.root)])
+            .into_iter()
+            .filter(|p| !ENVELOPE.contains(&p.as_str()))
+            .map(|p| format!("verify.{p}")),
+    );
+    assert_eq!(got, want.into_iter().collect());
+}

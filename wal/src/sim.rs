@@ -662,6 +662,13 @@ pub struct SimStorage {
 }
 
 impl SimStorage {
+    /// True when `other` is a handle on this same simulated disk (not merely
+    /// one with equal content): lets a checker notice that a node's disk was
+    /// replaced.
+    pub fn is_same_disk(&self, other: &SimStorage) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
+    }
+
     /// An empty file system (just the root directory) with the default
     /// [`SimConfig`], whose random choices all derive from `seed`.
     pub fn new(seed: u64) -> SimStorage {

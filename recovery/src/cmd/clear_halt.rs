@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 use std::ops::ControlFlow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use walship_replica::halt::{clear_halt as remove_halt, HaltReason, HaltRecord};
 
@@ -18,7 +18,7 @@ use crate::exit::Exit;
 use crate::report::{
     AcknowledgedLoss, Check, ClearHaltReport, SnapshotInfo, SnapshotWal, WalState,
 };
-use crate::scan::WalScan;
+use crate::scan::{ScanOptions, WalScan};
 use crate::snapshots::{boundaries, check_snapshots, judge_snapshot_wal, Depth, PositionProbe};
 use crate::{Env, Outcome, TextReport};
 
@@ -77,15 +77,115 @@ pub fn required_checks(reason: HaltReason) -> &'static [Condition] {
     }
 }
 
-/// What the conditions are judged on.
-struct Facts {
+/// What the conditions are judged on: one verifying scan of the WAL, the
+/// commit watermark and the snapshots (fully verified).
+#[derive(Debug)]
+pub struct HaltFacts {
     scan: WalScan,
     commit_lsn: Option<walship_wal::Lsn>,
     snapshots: Vec<SnapshotInfo>,
     snapshot_wal: SnapshotWal,
 }
 
-fn evaluate(c: Condition, halt: &HaltRecord, facts: &Facts) -> Check {
+impl HaltFacts {
+    /// Reads the facts of `d` (read-only).
+    pub fn gather(
+        d: &DataDir,
+        opts: ScanOptions,
+        progress: Option<&str>,
+    ) -> Result<HaltFacts, RecoverError> {
+        let snapshots = check_snapshots(d.storage(), &d.snapshot_dir(), Depth::Full)?;
+        let newest = boundaries(&snapshots).pop();
+        let mut probe = PositionProbe::for_boundary(newest);
+        let scan = d.scan(opts, progress, &mut |_, _, v| {
+            probe.see(v.position());
+            ControlFlow::Continue(())
+        })?;
+        let snapshot_wal = judge_snapshot_wal(
+            newest,
+            scan.last,
+            probe.result(scan.start),
+            scan.corruption().is_some(),
+        );
+        Ok(HaltFacts {
+            scan,
+            commit_lsn: readable_commit_lsn(d)?,
+            snapshots,
+            snapshot_wal,
+        })
+    }
+
+    /// The WAL scan (its `last` is the log's last verified record).
+    pub fn scan(&self) -> &WalScan {
+        &self.scan
+    }
+}
+
+/// Every condition [`required_checks`] names for `halt`'s reason, judged on `facts`.
+pub fn judge_halt(halt: &HaltRecord, facts: &HaltFacts) -> Vec<Check> {
+    required_checks(halt.reason)
+        .iter()
+        .map(|c| evaluate(*c, halt, facts))
+        .collect()
+}
+
+/// Lifts `halt` (every check passed): audit `intent` → remove `state/halt`
+/// (fsync `state/`) → audit `done` (`failed` on error). Returns the audit log path.
+pub fn lift_halt(
+    d: &DataDir,
+    halt: &HaltRecord,
+    checks: &[Check],
+    facts: &HaltFacts,
+    env: &mut Env<'_>,
+) -> Result<PathBuf, RecoverError> {
+    assert!(
+        checks.iter().all(|c| c.passed),
+        "lift_halt: a halt is lifted only when every required condition holds"
+    );
+    let dir = d.root();
+    let details = serde_json::json!({
+        "halt": halt,
+        "checks": checks,
+        "last": facts.scan.last,
+    });
+    let state_dir = d.state_dir();
+    let audit = append_audit(
+        d.storage(),
+        &state_dir,
+        &AuditEntry::now(
+            "clear-halt",
+            "intent",
+            dir,
+            &env.command_line,
+            details.clone(),
+        ),
+    )?;
+    if let Err(e) = remove_halt(d.storage(), &state_dir) {
+        let mut failed = details;
+        failed["error"] = serde_json::Value::String(e.to_string());
+        let _ = append_audit(
+            d.storage(),
+            &state_dir,
+            &AuditEntry::now("clear-halt", "failed", dir, &env.command_line, failed),
+        );
+        return Err(e.into());
+    }
+    append_audit(
+        d.storage(),
+        &state_dir,
+        &AuditEntry::now("clear-halt", "done", dir, &env.command_line, details),
+    )?;
+    tracing::warn!(
+        dir = %dir.display(),
+        reason = %halt.reason,
+        lsn = halt.lsn,
+        epoch = halt.epoch,
+        "operator clear-halt: halt lifted"
+    );
+    Ok(audit)
+}
+
+fn evaluate(c: Condition, halt: &HaltRecord, facts: &HaltFacts) -> Check {
     let scan = &facts.scan;
     let (passed, detail) = match c {
         Condition::LogVerifies => {
@@ -157,34 +257,12 @@ pub fn clear_halt(
         o.message = Some("not halted: nothing to clear".to_string());
         return Ok(o);
     };
-    let snapshots = check_snapshots(d.storage(), &d.snapshot_dir(), Depth::Full)?;
-    let newest = boundaries(&snapshots).pop();
-    let mut probe = PositionProbe::for_boundary(newest);
-    let scan = d.scan(
+    let facts = HaltFacts::gather(
+        &d,
         scan_options(common),
         progress_label(env.progress, "clear-halt: verify"),
-        &mut |_, _, v| {
-            probe.see(v.position());
-            ControlFlow::Continue(())
-        },
     )?;
-    let snapshot_wal = judge_snapshot_wal(
-        newest,
-        scan.last,
-        probe.result(scan.start),
-        scan.corruption().is_some(),
-    );
-    let facts = Facts {
-        scan,
-        commit_lsn: readable_commit_lsn(&d)?,
-        snapshots,
-        snapshot_wal,
-    };
-    let scan = &facts.scan;
-    report.checks = required_checks(halt.reason)
-        .iter()
-        .map(|c| evaluate(*c, &halt, &facts))
-        .collect();
+    report.checks = judge_halt(&halt, &facts);
     report.halt = Some(halt.clone());
     let failed: Vec<&Check> = report.checks.iter().filter(|c| !c.passed).collect();
     if !failed.is_empty() {
@@ -202,46 +280,8 @@ pub fn clear_halt(
             )),
         });
     }
-    let details = serde_json::json!({
-        "halt": halt,
-        "checks": report.checks,
-        "last": scan.last,
-    });
-    let state_dir = d.state_dir();
-    let audit = append_audit(
-        d.storage(),
-        &state_dir,
-        &AuditEntry::now(
-            "clear-halt",
-            "intent",
-            dir,
-            &env.command_line,
-            details.clone(),
-        ),
-    )?;
+    let audit = lift_halt(&d, &halt, &report.checks, &facts, env)?;
     report.audit_log = Some(audit.display().to_string());
-    if let Err(e) = remove_halt(d.storage(), &state_dir) {
-        let mut failed = details;
-        failed["error"] = serde_json::Value::String(e.to_string());
-        let _ = append_audit(
-            d.storage(),
-            &state_dir,
-            &AuditEntry::now("clear-halt", "failed", dir, &env.command_line, failed),
-        );
-        return Err(e.into());
-    }
-    append_audit(
-        d.storage(),
-        &state_dir,
-        &AuditEntry::now("clear-halt", "done", dir, &env.command_line, details),
-    )?;
-    tracing::warn!(
-        dir = %dir.display(),
-        reason = %halt.reason,
-        lsn = halt.lsn,
-        epoch = halt.epoch,
-        "operator clear-halt: halt lifted"
-    );
     report.cleared = true;
     Ok(Outcome::new(report, Exit::Ok))
 }

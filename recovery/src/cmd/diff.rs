@@ -12,10 +12,11 @@ use walship_wal::Position;
 use crate::cli::Common;
 use crate::cmd::text::wal_state_line;
 use crate::cmd::{progress_label, scan_options};
-use crate::datadir::{check_data_dir, DataDir};
+use crate::datadir::{check_data_dir, DataDir, LogSource};
 use crate::error::RecoverError;
 use crate::exit::Exit;
 use crate::report::{DiffReport, DiffSide, Divergence, Relation, WalState};
+use crate::scan::{ScanOptions, WalScan};
 use crate::{Outcome, TextReport};
 
 /// Runs `diff`: exit 3 if either log is corrupt, 7 if they diverge (or share no
@@ -26,6 +27,31 @@ pub fn diff(
     common: &Common,
     progress: bool,
 ) -> Result<Outcome<DiffReport>, RecoverError> {
+    check_distinct_data_dirs(dir_a, dir_b)?;
+    let a = DataDir::open_locked(dir_a)?;
+    let b = DataDir::open_locked(dir_b)?;
+    let cmp = compare_logs(
+        &a,
+        &b,
+        scan_options(common),
+        progress_label(progress, "diff"),
+        ReadB::ToItsEnd,
+    )?;
+    let report = cmp.report();
+    let exit = if report.a.state.is_corrupt() || report.b.state.is_corrupt() {
+        Exit::Corruption
+    } else {
+        match report.relation {
+            Relation::Identical | Relation::APrefixOfB | Relation::BPrefixOfA => Exit::Ok,
+            Relation::Diverged | Relation::Disjoint => Exit::Diverged,
+        }
+    };
+    Ok(Outcome::new(report, exit))
+}
+
+/// Both paths must be data directories, and not the same one (usage error).
+/// Creates nothing.
+pub fn check_distinct_data_dirs(dir_a: &Path, dir_b: &Path) -> Result<(), RecoverError> {
     check_data_dir(dir_a)?;
     check_data_dir(dir_b)?;
     let same = |p: &Path| {
@@ -44,32 +70,88 @@ pub fn diff(
             ),
         });
     }
-    let a = DataDir::open_locked(dir_a)?;
-    let b = DataDir::open_locked(dir_b)?;
-    let opts = scan_options(common);
+    Ok(())
+}
 
+/// How far [`compare_logs`] reads side B.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadB {
+    /// To its end, for its own verdict (`diff`).
+    ToItsEnd,
+    /// Only as far as the comparison needs: up to the first lsn beyond A's
+    /// last record, or up to the first divergence (`rejoin`: B is a live
+    /// primary's log, whose later records do not matter). B's scan then ends
+    /// `Stopped` and its `last` is the last record read, not its end.
+    UntilDecided,
+}
+
+/// Two logs compared record by record (A's positions matched with B's at the same lsn).
+#[derive(Debug)]
+pub struct Comparison {
+    /// Side A's directory.
+    pub dir_a: std::path::PathBuf,
+    /// Side B's directory.
+    pub dir_b: std::path::PathBuf,
+    /// A's scan (always to its end).
+    pub a: WalScan,
+    /// B's scan (to its end, or stopped early with [`ReadB::UntilDecided`]).
+    pub b: WalScan,
+    /// How the logs relate.
+    pub relation: Relation,
+    /// The last lsn both hold identically, if any.
+    pub common_prefix: Option<Position>,
+    /// The first lsn at which they differ, if any.
+    pub divergence: Option<Divergence>,
+}
+
+impl Comparison {
+    /// The comparison as `diff` reports it.
+    pub fn report(&self) -> DiffReport {
+        let side = |d: &Path, s: &WalScan| DiffSide {
+            dir: d.display().to_string(),
+            base: s.start,
+            last: s.last,
+            state: WalState::from_end(&s.end),
+        };
+        DiffReport {
+            a: side(&self.dir_a, &self.a),
+            b: side(&self.dir_b, &self.b),
+            relation: self.relation,
+            common_prefix: self.common_prefix.unwrap_or(Position::ZERO),
+            first_divergence: self.divergence.clone(),
+        }
+    }
+}
+
+/// Compares the logs of `a` and `b` (spec/recovery-tool.md §5). Both are
+/// scanned at once, A on a helper thread streaming its positions through a
+/// bounded channel, B here comparing in lsn order: memory stays bounded
+/// whatever the log sizes. A is always scanned to its end; B as `read_b` says.
+pub fn compare_logs(
+    a: &dyn LogSource,
+    b: &dyn LogSource,
+    opts: ScanOptions,
+    progress_label: Option<&str>,
+    read_b: ReadB,
+) -> Result<Comparison, RecoverError> {
     // Each log's base (the record before its first retained one, from its
     // first segment header) is the lowest lsn it can compare: a scan stopped
     // at the first record yields it cheaply.
-    let base = |d: &DataDir| {
-        d.scan(opts, None, &mut |_, _, _| ControlFlow::Break(()))
+    let base = |d: &dyn LogSource| {
+        d.scan_log(opts, None, &mut |_, _, _| ControlFlow::Break(()))
             .map(|s| s.start)
     };
-    let a_base = base(&a)?;
-    let b_base = base(&b)?;
+    let a_base = base(a)?;
+    let b_base = base(b)?;
 
-    // Both logs are scanned at once, A on a helper thread streaming its
-    // positions through a bounded channel, B here comparing in lsn order:
-    // memory stays bounded whatever the log sizes.
     let mut merge = Merge {
         common_prefix: None,
         divergence: None,
     };
     let (scan_a, scan_b) = std::thread::scope(|sc| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Position>(DIFF_CHANNEL_POSITIONS);
-        let a = &a;
         let helper = sc.spawn(move || {
-            a.scan(opts, None, &mut |_, _, v| {
+            a.scan_log(opts, None, &mut |_, _, v| {
                 // After B is done the receiver is gone; A's scan still runs to its end for its own verdict.
                 let _ = tx.send(v.position());
                 ControlFlow::Continue(())
@@ -79,14 +161,23 @@ pub fn diff(
         // scan run on when B ended first (`send` then fails at once instead
         // of blocking on a full channel while this thread waits in `join`).
         let mut a_positions = std::iter::once(a_base).chain(rx).peekable();
-        merge.step(&mut a_positions, b_base);
-        let scan_b = b.scan(opts, progress_label(progress, "diff"), &mut |_, _, v| {
-            merge.step(&mut a_positions, v.position());
-            ControlFlow::Continue(())
-        });
+        let decided = merge.step(&mut a_positions, b_base);
+        let scan_b = if decided && read_b == ReadB::UntilDecided {
+            // Nothing of B beyond its base can matter: stop at its first record.
+            b.scan_log(opts, None, &mut |_, _, _| ControlFlow::Break(()))
+        } else {
+            b.scan_log(opts, progress_label, &mut |_, _, v| {
+                let decided = merge.step(&mut a_positions, v.position());
+                if decided && read_b == ReadB::UntilDecided {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+        };
         drop(a_positions); // drops `rx`: A's pending and later sends fail instead of blocking
         let scan_a = helper.join().map_err(|_| RecoverError::Internal {
-            message: "the scan thread of DIR_A panicked".to_string(),
+            message: format!("the scan thread of {} panicked", a.root().display()),
         });
         (scan_a, scan_b)
     });
@@ -115,28 +206,15 @@ pub fn diff(
             }
         }
     };
-    let side = |d: &Path, s: &crate::scan::WalScan| DiffSide {
-        dir: d.display().to_string(),
-        base: s.start,
-        last: s.last,
-        state: WalState::from_end(&s.end),
-    };
-    let report = DiffReport {
-        a: side(dir_a, &scan_a),
-        b: side(dir_b, &scan_b),
+    Ok(Comparison {
+        dir_a: a.root().to_path_buf(),
+        dir_b: b.root().to_path_buf(),
+        a: scan_a,
+        b: scan_b,
         relation,
-        common_prefix: common_prefix.unwrap_or(Position::ZERO),
-        first_divergence: divergence,
-    };
-    let exit = if report.a.state.is_corrupt() || report.b.state.is_corrupt() {
-        Exit::Corruption
-    } else {
-        match relation {
-            Relation::Identical | Relation::APrefixOfB | Relation::BPrefixOfA => Exit::Ok,
-            Relation::Diverged | Relation::Disjoint => Exit::Diverged,
-        }
-    };
-    Ok(Outcome::new(report, exit))
+        common_prefix,
+        divergence,
+    })
 }
 
 /// Bound on A's positions in flight between the two scans.
@@ -150,24 +228,34 @@ struct Merge {
 }
 
 impl Merge {
-    fn step(&mut self, a: &mut std::iter::Peekable<impl Iterator<Item = Position>>, pb: Position) {
+    /// Compares B's position `pb` with A's at the same lsn. Returns whether the
+    /// comparison is decided: the logs diverged, or A has no position at or
+    /// after `pb.lsn` (its scan ended), so no later position of B can matter.
+    fn step(
+        &mut self,
+        a: &mut std::iter::Peekable<impl Iterator<Item = Position>>,
+        pb: Position,
+    ) -> bool {
         if self.divergence.is_some() {
-            return;
+            return true;
         }
         while a.next_if(|pa| pa.lsn < pb.lsn).is_some() {}
         match a.peek() {
             Some(pa) if pa.lsn == pb.lsn => {
                 if *pa == pb {
                     self.common_prefix = Some(pb);
+                    false
                 } else {
                     self.divergence = Some(Divergence {
                         lsn: pb.lsn,
                         a: Some(*pa),
                         b: Some(pb),
                     });
+                    true
                 }
             }
-            _ => {}
+            Some(_) => false,
+            None => true,
         }
     }
 }

@@ -44,6 +44,104 @@ pub fn rewind(
     env: &mut Env<'_>,
 ) -> Result<Outcome<RewindReport>, RecoverError> {
     let d = DataDir::open_locked(dir)?;
+    let ready = match plan_rewind(&d, req, env.progress)? {
+        RewindPlan::Finished(o) => return Ok(o),
+        RewindPlan::Ready(r) => r,
+    };
+    if !req.yes {
+        if let Some(reason) = ask_confirmation(env, &ready.question())? {
+            return Ok(ready.refuse(reason));
+        }
+    }
+    perform_rewind(&d, ready, env)
+}
+
+/// A rewind decided by [`plan_rewind`].
+#[derive(Debug)]
+pub enum RewindPlan {
+    /// Nothing to cut, or refused by a safety rule: the outcome to report. Nothing was changed.
+    Finished(Outcome<RewindReport>),
+    /// Every safety rule passed: [`perform_rewind`] may act once the operator confirmed.
+    Ready(ReadyRewind),
+}
+
+/// A rewind that passed every safety rule and waits for confirmation.
+#[derive(Debug)]
+pub struct ReadyRewind {
+    report: RewindReport,
+    plan: CutPlan,
+    wal_state_before: WalState,
+    req: RewindRequest,
+}
+
+impl ReadyRewind {
+    /// The report so far (`performed` false).
+    pub fn report(&self) -> &RewindReport {
+        &self.report
+    }
+
+    /// What will be cut and lost, as the confirmation question shows it.
+    pub fn plan_text(&self) -> String {
+        plan_text(&self.plan, self.report.commit_lsn)
+    }
+
+    /// The confirmation question `rewind` asks.
+    pub fn question(&self) -> String {
+        if self.plan.records == 0 {
+            format!(
+                "{}\nLower the commit watermark of {} to lsn {}? [y/N] ",
+                self.plan_text(),
+                self.report.dir,
+                self.req.to_lsn
+            )
+        } else {
+            format!(
+                "{}\nCut these {} records from {}? [y/N] ",
+                self.plan_text(),
+                self.plan.records,
+                self.report.dir
+            )
+        }
+    }
+
+    /// Not confirmed: the refusal outcome (exit 6), nothing changed.
+    pub fn refuse(self, reason: String) -> Outcome<RewindReport> {
+        refused(self.report, reason)
+    }
+}
+
+fn refused(mut report: RewindReport, reason: String) -> Outcome<RewindReport> {
+    report.refused = Some(reason.clone());
+    Outcome {
+        report,
+        exit: Exit::Refused,
+        message: Some(format!("refused: {reason}; nothing was changed")),
+    }
+}
+
+/// Asks `question` (prompt on stderr). `Ok(None)`: confirmed; `Ok(Some(reason))`:
+/// not confirmed (declined, or no terminal to ask on — never act unconfirmed in a pipe).
+pub fn ask_confirmation(env: &mut Env<'_>, question: &str) -> Result<Option<String>, RecoverError> {
+    let Some(ask) = env.confirm.as_mut() else {
+        return Ok(Some(
+            "no confirmation: stdin is not a terminal; re-run with --yes".to_string(),
+        ));
+    };
+    let yes = ask(question).map_err(|source| RecoverError::Io {
+        op: "read confirmation",
+        path: "<stdin>".into(),
+        source,
+    })?;
+    Ok((!yes).then(|| "not confirmed by the operator".to_string()))
+}
+
+/// Scans `d`'s log and applies every safety rule of spec/recovery-tool.md §6
+/// (except the confirmation). Read-only.
+pub fn plan_rewind(
+    d: &DataDir,
+    req: &RewindRequest,
+    progress: bool,
+) -> Result<RewindPlan, RecoverError> {
     let to = req.to_lsn;
     let opts = ScanOptions {
         max_record_bytes: req.max_record_bytes,
@@ -53,7 +151,7 @@ pub fn rewind(
     let mut epochs: Vec<EpochSpan> = Vec::new();
     let scan = d.scan(
         opts,
-        progress_label(env.progress, "rewind: scan"),
+        progress_label(progress, "rewind: scan"),
         &mut |_, _, v| {
             if v.lsn() > to {
                 records += 1;
@@ -92,8 +190,8 @@ pub fn rewind(
         });
     }
     let commit_lsn = d.commit_lsn()?;
-    let mut report = RewindReport {
-        dir: dir.display().to_string(),
+    let report = RewindReport {
+        dir: d.root().display().to_string(),
         to_lsn: to,
         commit_lsn,
         before,
@@ -111,21 +209,18 @@ pub fn rewind(
     if to == before.lsn {
         if let Some(c) = lost_above_end {
             if !req.accept_data_loss {
-                let reason = format!(
-                    "acknowledged records lost: log ends at lsn {to}, commit watermark {c}; pass --accept-data-loss to lower the watermark to {to} and accept losing lsn {}..={c}",
-                    to + 1
-                );
-                report.refused = Some(reason.clone());
-                return Ok(Outcome {
+                return Ok(RewindPlan::Finished(refused(
                     report,
-                    exit: Exit::Refused,
-                    message: Some(format!("refused: {reason}; nothing was changed")),
-                });
+                    format!(
+                        "acknowledged records lost: log ends at lsn {to}, commit watermark {c}; pass --accept-data-loss to lower the watermark to {to} and accept losing lsn {}..={c}",
+                        to + 1
+                    ),
+                )));
             }
         } else {
             let mut o = Outcome::new(report, Exit::Ok);
             o.message = Some(format!("nothing to cut: lsn {to} is the last record"));
-            return Ok(o);
+            return Ok(RewindPlan::Finished(o));
         }
     }
     let newest_snapshot = boundaries(&check_snapshots(
@@ -148,72 +243,59 @@ pub fn rewind(
         before.lsn - to,
         "rewind plan: a verified log is dense, so it cuts last - to records"
     );
+    let mut report = report;
     report.cut = Some(plan.clone());
-    let refuse = |mut report: RewindReport, reason: String| {
-        report.refused = Some(reason.clone());
-        Ok(Outcome {
-            report,
-            exit: Exit::Refused,
-            message: Some(format!("refused: {reason}; nothing was changed")),
-        })
-    };
     if let Some(b) = newest_snapshot.filter(|b| b.lsn > to) {
         // The node would roll the WAL forward to the snapshot on open
         // (SnapshotStore::recover): the rewind would silently not hold.
-        return refuse(
+        return Ok(RewindPlan::Finished(refused(
             report,
             format!(
                 "the newest installed snapshot's boundary (lsn {}) is above lsn {to}: the node would restore it on open; a log below a snapshot needs a resync, not a rewind",
                 b.lsn
             ),
-        );
+        )));
     }
     if committed_records > 0 && !req.accept_data_loss {
         let c = commit_lsn.unwrap_or(0);
-        return refuse(
+        return Ok(RewindPlan::Finished(refused(
             report,
             format!(
                 "cutting after lsn {to} would remove {committed_records} committed records (lsn {}..={}, commit watermark {c}); pass --accept-data-loss to accept losing them",
                 to + 1,
                 c.min(before.lsn)
             ),
-        );
+        )));
     }
-    if !req.yes {
-        let question = if plan.records == 0 {
-            format!(
-                "{}\nLower the commit watermark of {} to lsn {to}? [y/N] ",
-                plan_text(&plan, commit_lsn),
-                dir.display()
-            )
-        } else {
-            format!(
-                "{}\nCut these {} records from {}? [y/N] ",
-                plan_text(&plan, commit_lsn),
-                plan.records,
-                dir.display()
-            )
-        };
-        let answer = match env.confirm.as_mut() {
-            None => None,
-            Some(ask) => Some(ask(&question).map_err(|source| RecoverError::Io {
-                op: "read confirmation",
-                path: "<stdin>".into(),
-                source,
-            })?),
-        };
-        match answer {
-            None => {
-                return refuse(
-                    report,
-                    "no confirmation: stdin is not a terminal; re-run with --yes".to_string(),
-                )
-            }
-            Some(false) => return refuse(report, "not confirmed by the operator".to_string()),
-            Some(true) => {}
-        }
-    }
+    Ok(RewindPlan::Ready(ReadyRewind {
+        report,
+        plan,
+        wal_state_before: WalState::from_end(&scan.end),
+        req: *req,
+    }))
+}
 
+/// Performs a confirmed rewind on `d` (locked by the caller): audit `intent`
+/// → `Wal::open` + `truncate_tail` → (with `--accept-data-loss`) lower
+/// `state/commit` → verify → audit `done`.
+pub fn perform_rewind(
+    d: &DataDir,
+    ready: ReadyRewind,
+    env: &mut Env<'_>,
+) -> Result<Outcome<RewindReport>, RecoverError> {
+    let ReadyRewind {
+        mut report,
+        plan,
+        wal_state_before,
+        req,
+    } = ready;
+    let dir = d.root();
+    let to = req.to_lsn;
+    let before = report.before;
+    let commit_lsn = report.commit_lsn;
+    let opts = ScanOptions {
+        max_record_bytes: req.max_record_bytes,
+    };
     // Audit first: the action must never happen without a durable trace.
     let details = serde_json::json!({
         "to_lsn": to,
@@ -221,7 +303,7 @@ pub fn rewind(
         "commit_lsn": commit_lsn,
         "accept_data_loss": req.accept_data_loss,
         "cut": plan,
-        "wal_state_before": WalState::from_end(&scan.end),
+        "wal_state_before": wal_state_before,
     });
     let state_dir = d.state_dir();
     let audit_path = append_audit(

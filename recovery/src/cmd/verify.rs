@@ -10,6 +10,7 @@ use crate::datadir::{DataDir, COMMIT_FILE, EPOCHS_FILE};
 use crate::error::RecoverError;
 use crate::exit::Exit;
 use crate::report::{AcknowledgedLoss, StateFileCheck, VerifyReport, WalSummary};
+use crate::scan::ScanOptions;
 use crate::snapshots::{scan_with_snapshots, Depth, SnapshotScan};
 use crate::{Outcome, TextReport};
 
@@ -20,19 +21,24 @@ pub fn verify(
     progress: bool,
 ) -> Result<Outcome<VerifyReport>, RecoverError> {
     let d = DataDir::open_locked(dir)?;
+    verify_data_dir(&d, scan_options(common), progress_label(progress, "verify"))
+}
+
+/// `verify` on a directory the caller has locked (also the last step of `rejoin`).
+pub fn verify_data_dir(
+    d: &DataDir,
+    opts: ScanOptions,
+    progress: Option<&str>,
+) -> Result<Outcome<VerifyReport>, RecoverError> {
+    let dir = d.root();
     let SnapshotScan {
         snapshots,
         scan,
         snapshot_wal,
-    } = scan_with_snapshots(
-        &d,
-        Depth::Full,
-        scan_options(common),
-        progress_label(progress, "verify"),
-    )?;
+    } = scan_with_snapshots(d, Depth::Full, opts, progress)?;
     let wal = WalSummary::from_scan(&d.wal_dir(), &scan);
-    let state_files = check_state_files(&d)?;
-    let loss = AcknowledgedLoss::judge(&scan, &snapshot_wal, readable_commit_lsn(&d)?);
+    let state_files = check_state_files(d)?;
+    let loss = AcknowledgedLoss::judge(&scan, &snapshot_wal, readable_commit_lsn(d)?);
     let corrupt = wal.state.is_corrupt()
         || state_files.iter().any(|c| !c.ok)
         || snapshots.iter().any(|s| !s.ok)

@@ -1,0 +1,928 @@
+//! The per-node HTTP endpoint (`spec/http.md`): `GET /status` (JSON), `GET /primary` and
+//! `GET /replica` (health checks for load balancers: 200 or 503, as Patroni offers them),
+//! `POST /append` (one record per request, answered once it is committed) and
+//! `GET /metrics` (Prometheus text exposition).
+//!
+//! The server knows a node only through [`NodeView`]: what the node reports
+//! ([`NodeStatus`]), the largest record it takes, and an append that resolves once the
+//! record is committed. `walship node` implements it over today's `Primary` and `Replica`;
+//! the one `Node` that will play both roles implements the same trait, and the endpoint,
+//! its status codes and its JSON stay as they are.
+//!
+//! Untrusted input is bounded before it is read: `POST /append` refuses a `Content-Length`
+//! above the record limit with 413 without reading the body (`tower_http`'s
+//! `RequestBodyLimitLayer`), and a body without a length stops being read at the limit.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Serialize;
+use tower_http::limit::RequestBodyLimitLayer;
+use tracing::{debug, warn};
+use walship_wal::Lsn;
+
+use crate::primary::PrimaryStatus;
+use crate::replica::{HaltRecord, ReplicaState, ReplicaStatus};
+
+/// The role a node reports (`role` in `/status`, the `role` label of `walship_role`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// Serving appends.
+    Primary,
+    /// Following a primary, not halted.
+    Follower,
+    /// Asking for votes (elections come with the unified node; never reported today).
+    Candidate,
+    /// Halted with a durable halt record: waits for an operator.
+    Halted,
+    /// Stopped by a fatal failure of its own storage (or shutting down).
+    Stopped,
+}
+
+impl NodeRole {
+    /// Every role, in the order `/metrics` lists them.
+    pub const ALL: [NodeRole; 5] = [
+        NodeRole::Primary,
+        NodeRole::Follower,
+        NodeRole::Candidate,
+        NodeRole::Halted,
+        NodeRole::Stopped,
+    ];
+
+    /// The name used in JSON and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Primary => "primary",
+            NodeRole::Follower => "follower",
+            NodeRole::Candidate => "candidate",
+            NodeRole::Halted => "halted",
+            NodeRole::Stopped => "stopped",
+        }
+    }
+}
+
+/// A halt as `/status` reports it (the halt record's fields).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HaltStatus {
+    /// The halt reason (`checksum`, `divergence`, ...; `spec/state-files.md`).
+    pub reason: String,
+    /// The lsn involved.
+    pub lsn: Lsn,
+    /// The epoch involved.
+    pub epoch: u64,
+    /// What the node expected.
+    pub expected: String,
+    /// What it found.
+    pub found: String,
+    /// The peer whose frame caused the halt (or `local`).
+    pub peer: String,
+    /// When the halt was decided, milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// Free-form detail for the operator.
+    pub detail: String,
+}
+
+impl From<&HaltRecord> for HaltStatus {
+    fn from(h: &HaltRecord) -> Self {
+        HaltStatus {
+            reason: h.reason.as_str().to_string(),
+            lsn: h.lsn,
+            epoch: h.epoch,
+            expected: h.expected.clone(),
+            found: h.found.clone(),
+            peer: h.peer.clone(),
+            at_unix_ms: h.at_unix_ms,
+            detail: h.detail.clone(),
+        }
+    }
+}
+
+/// One other member's progress, as the primary sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemberStatus {
+    /// The member's node id.
+    pub node_id: String,
+    /// A connection of this member is open.
+    pub connected: bool,
+    /// The highest lsn the member reported durable (counted as in the commit rule).
+    pub durable_lsn: Lsn,
+    /// The primary's durable lsn minus the member's.
+    pub lag_records: u64,
+    /// The same lag in bytes (exact in flight, estimated beyond).
+    pub lag_bytes: u64,
+    /// Milliseconds since the member's last receipt (`null` if none since the primary started).
+    pub last_receipt_age_ms: Option<u64>,
+}
+
+/// What `GET /status` answers; every key is always present (`null` where it does not apply).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeStatus {
+    /// This node's id.
+    pub node_id: String,
+    /// Its role.
+    pub role: NodeRole,
+    /// The current epoch (a follower: its primary's, else the highest it has seen).
+    pub epoch: u64,
+    /// Highest lsn fsynced in the local WAL (`null` while unknown: a replica halted at open
+    /// does not open its WAL).
+    pub durable_lsn: Option<Lsn>,
+    /// The commit watermark this node knows.
+    pub commit_lsn: Lsn,
+    /// The primary's node id, if known (a primary names itself).
+    pub primary: Option<String>,
+    /// Where clients reach the primary's HTTP endpoint (`http://ip:port`), if known.
+    pub primary_http: Option<String>,
+    /// A follower: whether its connection to the primary is open (`null` on a primary).
+    pub connected: Option<bool>,
+    /// A follower: records it lacks behind the primary's last announced lsn (`null` on a primary).
+    pub lag_records: Option<u64>,
+    /// The halt, while halted.
+    pub halt: Option<HaltStatus>,
+    /// Why the node stopped, once it did.
+    pub stopped: Option<String>,
+    /// A primary: every other member's progress (`null` on other roles).
+    pub members: Option<Vec<MemberStatus>>,
+}
+
+impl NodeStatus {
+    /// The status of a running primary (`Primary::status()`); `http` is its own endpoint's URL.
+    pub fn from_primary(s: &PrimaryStatus, http: Option<String>) -> NodeStatus {
+        NodeStatus {
+            node_id: s.node_id.clone(),
+            role: if s.stopped.is_some() {
+                NodeRole::Stopped
+            } else {
+                NodeRole::Primary
+            },
+            epoch: s.epoch,
+            durable_lsn: Some(s.durable_lsn),
+            commit_lsn: s.commit_lsn,
+            primary: Some(s.node_id.clone()),
+            primary_http: http,
+            connected: None,
+            lag_records: None,
+            halt: None,
+            stopped: s.stopped.as_ref().map(ToString::to_string),
+            members: Some(
+                s.replicas
+                    .iter()
+                    .map(|r| MemberStatus {
+                        node_id: r.node_id.clone(),
+                        connected: r.connected,
+                        durable_lsn: r.durable_lsn,
+                        lag_records: r.lag_records,
+                        lag_bytes: r.lag_bytes,
+                        last_receipt_age_ms: r.last_receipt_age_ms,
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The status of a replica (`Replica::status()`). `configured_primary` is the primary it
+    /// is configured to follow (named even before a session said `Welcome`);
+    /// `primary_http` where clients reach that primary's endpoint.
+    pub fn from_replica(
+        s: &ReplicaStatus,
+        configured_primary: &str,
+        primary_http: Option<String>,
+    ) -> NodeStatus {
+        let (role, halt, stopped) = match &s.state {
+            ReplicaState::Halted(h) => (NodeRole::Halted, Some(HaltStatus::from(h)), None),
+            ReplicaState::Stopped(why) => (NodeRole::Stopped, None, Some(why.clone())),
+            ReplicaState::Connecting
+            | ReplicaState::Handshaking
+            | ReplicaState::Streaming
+            | ReplicaState::ReceivingSnapshot => (NodeRole::Follower, None, None),
+        };
+        NodeStatus {
+            node_id: s.node_id.clone(),
+            role,
+            epoch: s.epoch,
+            durable_lsn: s.durable_lsn,
+            commit_lsn: s.commit_lsn,
+            primary: Some(
+                s.primary_id
+                    .clone()
+                    .unwrap_or_else(|| configured_primary.to_string()),
+            ),
+            primary_http,
+            connected: Some(s.connected),
+            lag_records: Some(s.lag_records),
+            halt,
+            stopped,
+            members: None,
+        }
+    }
+
+    /// `GET /primary` answers 200: this node serves appends.
+    pub fn is_serving_primary(&self) -> bool {
+        self.role == NodeRole::Primary
+    }
+
+    /// `GET /replica` answers 200: a follower, not halted, connected to its primary.
+    pub fn is_healthy_replica(&self) -> bool {
+        self.role == NodeRole::Follower && self.connected == Some(true)
+    }
+}
+
+/// Why an append through the endpoint was not committed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    /// This node does not serve appends; the hint names the primary it knows.
+    #[error("not the primary (primary: {primary:?}, its endpoint: {primary_http:?})")]
+    NotPrimary {
+        /// The primary's node id, if known.
+        primary: Option<String>,
+        /// Where its HTTP endpoint is, if known.
+        primary_http: Option<String>,
+    },
+    /// Durable locally but not committed within the commit timeout: the record stays
+    /// tentative above the commit watermark (it may still commit later).
+    #[error(
+        "commit of lsn {lsn} timed out: the record stays tentative above the commit watermark"
+    )]
+    CommitTimeout {
+        /// The record's lsn.
+        lsn: Lsn,
+    },
+    /// The record is larger than the WAL's record limit.
+    #[error("record of {len} bytes is above the {max}-byte limit")]
+    TooLarge {
+        /// The record's length.
+        len: usize,
+        /// The limit.
+        max: u32,
+    },
+    /// The node stopped (a fatal failure of its own storage) or is shutting down.
+    #[error("the node stopped: {reason}")]
+    Stopped {
+        /// Why.
+        reason: String,
+    },
+    /// Anything else.
+    #[error("{message}")]
+    Failed {
+        /// The error's message.
+        message: String,
+    },
+}
+
+/// The future [`NodeView::append`] returns.
+pub type AppendFuture = Pin<Box<dyn Future<Output = Result<Lsn, AppendError>> + Send + 'static>>;
+
+/// What the endpoint needs from a node.
+pub trait NodeView: Send + Sync + 'static {
+    /// The node's current status.
+    fn status(&self) -> NodeStatus;
+    /// The largest record `append` takes (the WAL's `max_record_bytes`); `POST /append`
+    /// refuses larger bodies with 413 before reading them.
+    fn max_record_bytes(&self) -> u32;
+    /// Appends one record; resolves with its lsn once it is committed.
+    fn append(&self, payload: Vec<u8>) -> AppendFuture;
+}
+
+/// The endpoint's router over `view` (also usable without [`HttpListener`], e.g. in tests).
+pub fn router(view: Arc<dyn NodeView>) -> Router {
+    let limit = view.max_record_bytes();
+    let append_route = post(append)
+        // The limit layer below is the bound; axum's own 2 MiB default would refuse valid records.
+        .layer::<_, Infallible>(DefaultBodyLimit::disable())
+        .layer::<_, Infallible>(RequestBodyLimitLayer::new(limit as usize))
+        // The limit layer answers an oversized Content-Length with a bare 413; say it in JSON.
+        .layer::<_, Infallible>(axum::middleware::map_response(
+            move |res: Response| async move {
+                if res.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json(&res) {
+                    too_large(None, limit)
+                } else {
+                    res
+                }
+            },
+        ));
+    Router::new()
+        .route("/status", get(status))
+        .route("/primary", get(primary_check))
+        .route("/replica", get(replica_check))
+        .route("/metrics", get(metrics))
+        .route("/append", append_route)
+        .with_state(view)
+}
+
+fn is_json(res: &Response) -> bool {
+    res.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("serializing the response failed: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+fn too_large(len: Option<usize>, max: u32) -> Response {
+    json(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &serde_json::json!({"error": "too-large", "len": len, "max_record_bytes": max}),
+    )
+}
+
+async fn status(State(view): State<Arc<dyn NodeView>>) -> Response {
+    json(StatusCode::OK, &view.status())
+}
+
+async fn primary_check(State(view): State<Arc<dyn NodeView>>) -> Response {
+    let s = view.status();
+    let code = if s.is_serving_primary() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(code, &s)
+}
+
+async fn replica_check(State(view): State<Arc<dyn NodeView>>) -> Response {
+    let s = view.status();
+    let code = if s.is_healthy_replica() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(code, &s)
+}
+
+async fn append(
+    State(view): State<Arc<dyn NodeView>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let max = view.max_record_bytes();
+    let payload = match body {
+        Ok(b) => b,
+        Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
+            return too_large(None, max)
+        }
+        Err(e) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"error": "bad-request", "detail": e.body_text()}),
+            )
+        }
+    };
+    match view.append(Vec::from(payload)).await {
+        Ok(lsn) => json(StatusCode::OK, &serde_json::json!({ "lsn": lsn })),
+        Err(e) => append_error_response(&e),
+    }
+}
+
+/// The status code and JSON body of a refused or failed append (`spec/http.md`).
+pub fn append_error_response(e: &AppendError) -> Response {
+    match e {
+        AppendError::NotPrimary {
+            primary,
+            primary_http,
+        } => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"error": "not-primary", "primary": primary, "primary_http": primary_http}),
+        ),
+        AppendError::CommitTimeout { lsn } => json(
+            StatusCode::GATEWAY_TIMEOUT,
+            &serde_json::json!({"error": "commit-timeout", "lsn": lsn, "detail": e.to_string()}),
+        ),
+        AppendError::TooLarge { len, max } => too_large(Some(*len), *max),
+        AppendError::Stopped { reason } => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"error": "stopped", "reason": reason}),
+        ),
+        AppendError::Failed { message } => {
+            debug!(%message, "append failed");
+            json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &serde_json::json!({"error": "failed", "detail": message}),
+            )
+        }
+    }
+}
+
+async fn metrics(State(view): State<Arc<dyn NodeView>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        render_metrics(&view.status()),
+    )
+        .into_response()
+}
+
+/// Escapes a label value for the Prometheus text format.
+fn label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Appends one gauge family: its HELP and TYPE lines and its samples (`labels` already
+/// rendered, e.g. `role="primary"`, or empty). A family without samples is left out.
+fn family(out: &mut String, name: &str, help: &str, samples: &[(String, u64)]) {
+    use std::fmt::Write as _;
+    if samples.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
+/// The Prometheus text exposition (format 0.0.4) of a status (`spec/http.md` lists the names).
+pub fn render_metrics(s: &NodeStatus) -> String {
+    let mut out = String::new();
+    let roles: Vec<(String, u64)> = NodeRole::ALL
+        .iter()
+        .map(|r| (format!("role=\"{}\"", r.as_str()), u64::from(*r == s.role)))
+        .collect();
+    family(
+        &mut out,
+        "walship_role",
+        "The node's role: 1 for the role it has, 0 for the others.",
+        &roles,
+    );
+    family(
+        &mut out,
+        "walship_epoch",
+        "The node's current epoch.",
+        &[(String::new(), s.epoch)],
+    );
+    if let Some(d) = s.durable_lsn {
+        family(
+            &mut out,
+            "walship_durable_lsn",
+            "Highest lsn fsynced in the local WAL.",
+            &[(String::new(), d)],
+        );
+    }
+    family(
+        &mut out,
+        "walship_commit_lsn",
+        "The commit watermark this node knows.",
+        &[(String::new(), s.commit_lsn)],
+    );
+    family(
+        &mut out,
+        "walship_halted",
+        "1 while the node is halted (it waits for an operator), else 0.",
+        &[(String::new(), u64::from(s.role == NodeRole::Halted))],
+    );
+    if let Some(c) = s.connected {
+        family(
+            &mut out,
+            "walship_follower_connected",
+            "1 while this follower's connection to its primary is open, else 0.",
+            &[(String::new(), u64::from(c))],
+        );
+    }
+    if let Some(l) = s.lag_records {
+        family(
+            &mut out,
+            "walship_follower_lag_records",
+            "Records this follower lacks behind its primary's last announced lsn.",
+            &[(String::new(), l)],
+        );
+    }
+    if let Some(members) = &s.members {
+        let per = |f: fn(&MemberStatus) -> u64| -> Vec<(String, u64)> {
+            members
+                .iter()
+                .map(|m| (format!("member=\"{}\"", label(&m.node_id)), f(m)))
+                .collect()
+        };
+        family(
+            &mut out,
+            "walship_member_connected",
+            "Primary: 1 while the member's connection is open, else 0.",
+            &per(|m| u64::from(m.connected)),
+        );
+        family(
+            &mut out,
+            "walship_member_durable_lsn",
+            "Primary: the highest lsn the member reported durable.",
+            &per(|m| m.durable_lsn),
+        );
+        family(
+            &mut out,
+            "walship_member_lag_records",
+            "Primary: its durable lsn minus the member's, in records.",
+            &per(|m| m.lag_records),
+        );
+        family(
+            &mut out,
+            "walship_member_lag_bytes",
+            "Primary: the member's lag in bytes (exact in flight, estimated beyond).",
+            &per(|m| m.lag_bytes),
+        );
+    }
+    out
+}
+
+/// Errors of the endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The configured address could not be bound.
+    #[error("http endpoint: cannot bind {addr}: {source}")]
+    Bind {
+        /// The configured `http_addr`.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A bound, not yet serving, endpoint socket: bind it before opening the node, so a busy
+/// address fails the start before anything else is touched.
+#[derive(Debug)]
+pub struct HttpListener {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+}
+
+impl HttpListener {
+    /// Binds `addr` (TCP). Must be called inside a tokio runtime.
+    pub async fn bind(addr: SocketAddr) -> Result<HttpListener, HttpError> {
+        let bind_err = |source| HttpError::Bind { addr, source };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(bind_err)?;
+        let addr = listener.local_addr().map_err(bind_err)?;
+        Ok(HttpListener { listener, addr })
+    }
+
+    /// The bound address (the actual port when `addr` said port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts serving `view` on a task of the current runtime.
+    pub fn serve(self, view: Arc<dyn NodeView>) -> HttpServer {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let app = router(view);
+        let addr = self.addr;
+        let task = tokio::spawn(async move {
+            let served = axum::serve(self.listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                warn!(%addr, error = %e, "http endpoint failed");
+            }
+        });
+        HttpServer {
+            addr,
+            shutdown: tx,
+            task,
+        }
+    }
+}
+
+/// A serving endpoint. [`HttpServer::shutdown`] stops it; dropping it leaves it serving
+/// until the runtime ends.
+#[derive(Debug)]
+pub struct HttpServer {
+    addr: SocketAddr,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting connections and waits up to `grace` for the requests in flight (an
+    /// append waits for its commit, at most the commit timeout). Returns false if requests
+    /// were still running after `grace`: their tasks keep their handle on the node.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        let _ = self.shutdown.send(());
+        let mut task = self.task;
+        match tokio::time::timeout(grace, &mut task).await {
+            Ok(_) => true,
+            Err(_) => {
+                task.abort();
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use std::sync::Mutex;
+    use tower::ServiceExt;
+
+    /// A node whose status and append outcome the test sets.
+    struct Fake {
+        status: NodeStatus,
+        outcome: Mutex<Option<Result<Lsn, AppendError>>>,
+        appended: Mutex<Vec<Vec<u8>>>,
+    }
+
+    impl NodeView for Fake {
+        fn status(&self) -> NodeStatus {
+            self.status.clone()
+        }
+        fn max_record_bytes(&self) -> u32 {
+            16
+        }
+        fn append(&self, payload: Vec<u8>) -> AppendFuture {
+            self.appended.lock().expect("lock").push(payload);
+            let outcome = self
+                .outcome
+                .lock()
+                .expect("lock")
+                .take()
+                .expect("the test set one outcome per append");
+            Box::pin(async move { outcome })
+        }
+    }
+
+    fn primary_status() -> NodeStatus {
+        NodeStatus {
+            node_id: "n1".into(),
+            role: NodeRole::Primary,
+            epoch: 3,
+            durable_lsn: Some(12),
+            commit_lsn: 11,
+            primary: Some("n1".into()),
+            primary_http: Some("http://127.0.0.1:8080".into()),
+            connected: None,
+            lag_records: None,
+            halt: None,
+            stopped: None,
+            members: Some(vec![MemberStatus {
+                node_id: "n2".into(),
+                connected: true,
+                durable_lsn: 10,
+                lag_records: 2,
+                lag_bytes: 64,
+                last_receipt_age_ms: Some(5),
+            }]),
+        }
+    }
+
+    fn fake(status: NodeStatus, outcome: Option<Result<Lsn, AppendError>>) -> Arc<Fake> {
+        Arc::new(Fake {
+            status,
+            outcome: Mutex::new(outcome),
+            appended: Mutex::new(Vec::new()),
+        })
+    }
+
+    async fn call(view: Arc<Fake>, req: Request<Body>) -> (StatusCode, serde_json::Value) {
+        let res = router(view).oneshot(req).await.expect("infallible");
+        let code = res.status();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        let value = serde_json::from_slice(&body).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
+        });
+        (code, value)
+    }
+
+    fn post_append(body: &'static [u8]) -> Request<Body> {
+        Request::post("/append")
+            .header(header::CONTENT_LENGTH, body.len())
+            .body(Body::from(body))
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn append_maps_each_outcome_to_its_status_code_and_error() {
+        let cases: Vec<(Result<Lsn, AppendError>, StatusCode, serde_json::Value)> = vec![
+            (Ok(7), StatusCode::OK, serde_json::json!({"lsn": 7})),
+            (
+                Err(AppendError::NotPrimary {
+                    primary: Some("n1".into()),
+                    primary_http: Some("http://10.0.0.1:8080".into()),
+                }),
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "not-primary", "primary": "n1", "primary_http": "http://10.0.0.1:8080"}),
+            ),
+            (
+                Err(AppendError::Stopped {
+                    reason: "the WAL failed: sync_data: EIO".into(),
+                }),
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "stopped", "reason": "the WAL failed: sync_data: EIO"}),
+            ),
+            (
+                Err(AppendError::Failed {
+                    message: "primary task failed: boom".into(),
+                }),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({"error": "failed", "detail": "primary task failed: boom"}),
+            ),
+        ];
+        for (outcome, code, body) in cases {
+            let view = fake(primary_status(), Some(outcome));
+            let (got_code, got_body) = call(view.clone(), post_append(b"hello")).await;
+            assert_eq!((got_code, got_body), (code, body));
+            assert_eq!(
+                *view.appended.lock().expect("lock"),
+                vec![b"hello".to_vec()]
+            );
+        }
+        let view = fake(
+            primary_status(),
+            Some(Err(AppendError::CommitTimeout { lsn: 9 })),
+        );
+        let (code, body) = call(view, post_append(b"x")).await;
+        assert_eq!(code, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(body["error"], "commit-timeout");
+        assert_eq!(body["lsn"], 9);
+    }
+
+    #[tokio::test]
+    async fn append_above_the_record_limit_is_413_and_never_reaches_the_node() {
+        // 16 bytes pass, 17 are refused: by Content-Length before the body is read ...
+        let view = fake(primary_status(), Some(Ok(1)));
+        let (code, _) = call(view.clone(), post_append(b"0123456789abcdef")).await;
+        assert_eq!(code, StatusCode::OK);
+        let (code, body) = call(view.clone(), post_append(b"0123456789abcdefg")).await;
+        assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body["error"], "too-large");
+        assert_eq!(body["max_record_bytes"], 16);
+        // A Content-Length above the limit is refused before a byte of the body is read:
+        // this body never ends, so reading it would never answer (the bound turns that hang
+        // into a failure; nothing is asserted on time).
+        let req = Request::post("/append")
+            .header(header::CONTENT_LENGTH, "1000000000")
+            .body(streamed(vec![b"0123".to_vec()], true))
+            .expect("request");
+        let (code, body) = tokio::time::timeout(Duration::from_secs(60), call(view.clone(), req))
+            .await
+            .expect("answered without reading the body");
+        assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body["max_record_bytes"], 16);
+        // ... and without a Content-Length, by the limit on what is read.
+        let stream = streamed(vec![b"0123456789".to_vec(), b"abcdefg".to_vec()], false);
+        let req = Request::post("/append").body(stream).expect("request");
+        let (code, body) = call(view.clone(), req).await;
+        assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body["error"], "too-large");
+        assert_eq!(view.appended.lock().expect("lock").len(), 1);
+    }
+
+    /// A request body of `chunks` with no known length (as a chunked request); with
+    /// `keep_open`, it never ends after them (a client still sending).
+    fn streamed(chunks: Vec<Vec<u8>>, keep_open: bool) -> Body {
+        struct Rx(tokio::sync::mpsc::Receiver<Bytes>);
+        impl axum::body::HttpBody for Rx {
+            type Data = Bytes;
+            type Error = std::io::Error;
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>>
+            {
+                self.0
+                    .poll_recv(cx)
+                    .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+            }
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        tokio::spawn(async move {
+            for c in chunks {
+                if tx.send(Bytes::from(c)).await.is_err() {
+                    return;
+                }
+            }
+            if keep_open {
+                tx.closed().await;
+            }
+        });
+        Body::new(Rx(rx))
+    }
+
+    #[tokio::test]
+    async fn health_checks_follow_the_role_and_the_connection() {
+        let primary = fake(primary_status(), None);
+        let get = |p: &str| Request::get(p).body(Body::empty()).expect("request");
+        assert_eq!(
+            call(primary.clone(), get("/primary")).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(primary.clone(), get("/replica")).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let mut follower = primary_status();
+        follower.role = NodeRole::Follower;
+        follower.members = None;
+        follower.connected = Some(false);
+        let f = fake(follower.clone(), None);
+        assert_eq!(
+            call(f.clone(), get("/replica")).await.0,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a follower that lost its primary is not a healthy replica"
+        );
+        follower.connected = Some(true);
+        let f = fake(follower.clone(), None);
+        assert_eq!(call(f.clone(), get("/replica")).await.0, StatusCode::OK);
+        assert_eq!(
+            call(f, get("/primary")).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let mut stopped = primary_status();
+        stopped.role = NodeRole::Stopped;
+        stopped.stopped = Some("the WAL failed".into());
+        let s = fake(stopped, None);
+        let (code, body) = call(s, get("/primary")).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["role"], "stopped");
+        assert_eq!(body["stopped"], "the WAL failed");
+    }
+
+    #[test]
+    fn metrics_follow_the_text_exposition_format() {
+        let text = render_metrics(&primary_status());
+        assert!(text.ends_with('\n'));
+        let mut typed = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+                assert_eq!(kind, "gauge");
+                assert!(typed.insert(name.to_string()), "{name} typed twice");
+                continue;
+            }
+            if line.starts_with("# HELP ") {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("name value");
+            value.parse::<u64>().expect("integer value");
+            let name = series.split('{').next().expect("name");
+            assert!(typed.contains(name), "{name} sampled before its TYPE line");
+        }
+        assert!(
+            text.contains("walship_role{role=\"primary\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("walship_role{role=\"follower\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("walship_epoch 3\n"));
+        assert!(text.contains("walship_durable_lsn 12\n"));
+        assert!(text.contains("walship_commit_lsn 11\n"));
+        assert!(text.contains("walship_halted 0\n"));
+        assert!(text.contains("walship_member_lag_records{member=\"n2\"} 2\n"));
+        assert!(text.contains("walship_member_connected{member=\"n2\"} 1\n"));
+        assert!(!text.contains("walship_follower_"), "{text}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
