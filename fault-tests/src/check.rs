@@ -44,6 +44,7 @@ pub trait Checker {
 pub fn standard_checkers() -> Vec<Box<dyn Checker>> {
     vec![
         Box::new(ActionInvariants),
+        Box::new(ReceiptNeverAboveSynced),
         Box::new(AckedCommitsSurvive),
         Box::new(ReplicaIsPrefix::default()),
         Box::new(AppliedIsCommittedInOrder),
@@ -70,8 +71,8 @@ pub fn check_all(checkers: &mut [Box<dyn Checker>], w: &World) -> Result<(), Vio
 
 /// Replica `n`'s record identity at `lsn`, if it is up and has it.
 fn replica_position(w: &World, n: NodeId, lsn: Lsn) -> Option<Position> {
-    let u = w.replica(n).up.as_ref()?;
-    u.wal.position_at(lsn).ok().flatten()
+    let wal = w.replica(n).up.as_ref()?.wal()?;
+    wal.position_at(lsn).ok().flatten()
 }
 
 /// Violations the world itself noticed while performing actions.
@@ -89,6 +90,40 @@ impl Checker for ActionInvariants {
             Some((what, detail)) => Err(format!("{what}: {detail}")),
             None => Ok(()),
         }
+    }
+}
+
+/// A replica never sends a receipt above its synced lsn: every receipt the executor
+/// emitted carried at most the durable lsn its WAL had when it was sent (the world
+/// records each one that did not), and the last receipt of every running replica is at
+/// most its WAL's durable lsn now.
+pub struct ReceiptNeverAboveSynced;
+
+impl Checker for ReceiptNeverAboveSynced {
+    fn name(&self) -> &'static str {
+        "a replica never sends a receipt above its synced lsn"
+    }
+    fn spec(&self) -> &'static str {
+        "FM-4.1, FM-X.4"
+    }
+    fn check(&mut self, w: &World) -> Result<(), String> {
+        if let Some(first) = w.oracle.unsynced_receipts.first() {
+            return Err(first.clone());
+        }
+        for r in &w.replicas {
+            let Some(u) = &r.up else { continue };
+            let (Some(receipt), Some(wal)) = (u.exec.last_receipt(), u.wal()) else {
+                continue;
+            };
+            if receipt > wal.durable_lsn() {
+                return Err(format!(
+                    "{} receipted lsn {receipt} but its WAL is synced only up to {}",
+                    node_name(r.id),
+                    wal.durable_lsn()
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -125,10 +160,15 @@ impl Checker for AckedCommitsSurvive {
                 }
             }
         }
-        // Quorum of disks: only judged when every replica is running (a
-        // down replica's disk is not readable here, not lost).
+        // Quorum of disks: only judged when every replica is running with its
+        // WAL open (a down replica's disk, or that of a replica halted at open,
+        // is not readable here, not lost).
         let needed = receipts_needed(w);
-        if needed == 0 || w.replicas.iter().any(|r| r.up.is_none()) {
+        if needed == 0
+            || w.replicas
+                .iter()
+                .any(|r| r.up.as_ref().and_then(|u| u.wal()).is_none())
+        {
             return Ok(());
         }
         // Checking the highest acknowledged lsn is enough: replica logs are
@@ -136,11 +176,11 @@ impl Checker for AckedCommitsSurvive {
         if let Some((&lsn, pos)) = w.oracle.acked.iter().next_back() {
             let holders = (1..=w.cfg.replicas)
                 .filter(|&n| {
-                    let u = w.replica(n).up.as_ref();
+                    let wal = w.replica(n).up.as_ref().and_then(|u| u.wal());
                     // A snapshot at or past the lsn covers it.
-                    u.is_some_and(|u| {
-                        u.wal.base().lsn >= lsn
-                            || (u.wal.durable_lsn() >= lsn
+                    wal.is_some_and(|wal| {
+                        wal.base().lsn >= lsn
+                            || (wal.durable_lsn() >= lsn
                                 && replica_position(w, n, lsn) == Some(*pos))
                     })
                 })
@@ -195,11 +235,13 @@ impl Checker for ReplicaIsPrefix {
             if w.oracle.foreign_history.contains(&n) {
                 continue;
             }
-            let Some(u) = &w.replica(n).up else { continue };
-            let last = u.wal.last().lsn;
+            let Some(wal) = w.replica(n).up.as_ref().and_then(|u| u.wal()) else {
+                continue;
+            };
+            let last = wal.last().lsn;
             let v = &mut self.verified_upto[n - 1];
             *v = (*v).min(last);
-            let first = u.wal.first_lsn().max(*v + 1);
+            let first = wal.first_lsn().max(*v + 1);
             for lsn in first..=last {
                 let ours = replica_position(w, n, lsn);
                 let theirs = hist.get(lsn as usize - 1).copied();
@@ -242,10 +284,10 @@ impl Checker for AppliedIsCommittedInOrder {
                 }
             }
             if let Some(u) = &r.up {
-                if u.core.commit_lsn() > w.oracle.max_commit {
+                if u.core().commit_lsn() > w.oracle.max_commit {
                     return Err(format!(
                         "{name} believes commit lsn {} but the primary never committed above {}",
-                        u.core.commit_lsn(),
+                        u.core().commit_lsn(),
                         w.oracle.max_commit
                     ));
                 }
@@ -257,12 +299,12 @@ impl Checker for AppliedIsCommittedInOrder {
                         last.lsn, w.oracle.max_commit
                     ));
                 }
-                if let Some(u) = &r.up {
-                    if last.lsn > u.wal.durable_lsn() && r.halted.is_none() {
+                if let Some(wal) = r.up.as_ref().and_then(|u| u.wal()) {
+                    if last.lsn > wal.durable_lsn() && r.halted.is_none() {
                         return Err(format!(
                             "{name} applied lsn {} above its durable lsn {}",
                             last.lsn,
-                            u.wal.durable_lsn()
+                            wal.durable_lsn()
                         ));
                     }
                 }
@@ -336,21 +378,22 @@ impl Checker for HaltedReplicaFrozen {
                 ));
             }
             if let Some(u) = &r.up {
-                if u.wal.last().lsn > h.last.lsn {
-                    return Err(format!(
-                        "{name} halted at lsn {} but its log now ends at {}",
-                        h.last.lsn,
-                        u.wal.last().lsn
-                    ));
+                // Its open WAL, or (started halted: the WAL stays closed) its disk.
+                if let Some(last) = w.replica_last(r.id) {
+                    if last.lsn > h.last.lsn {
+                        return Err(format!(
+                            "{name} halted at lsn {} but its log now ends at {}",
+                            h.last.lsn, last.lsn
+                        ));
+                    }
+                    if last.lsn < h.durable_lsn {
+                        return Err(format!(
+                            "{name} halted with durable lsn {} but its log now ends at {} (cut)",
+                            h.durable_lsn, last.lsn
+                        ));
+                    }
                 }
-                if u.wal.last().lsn < h.durable_lsn {
-                    return Err(format!(
-                        "{name} halted with durable lsn {} but its log now ends at {} (cut)",
-                        h.durable_lsn,
-                        u.wal.last().lsn
-                    ));
-                }
-                match u.core.halt() {
+                match u.core().halt() {
                     Some(rec) if *rec == h.record => {}
                     other => {
                         return Err(format!(
@@ -391,7 +434,10 @@ impl Checker for NoHaltWithoutCause {
             let after_snapshot = h.record.reason
                 == walship_replica::halt::HaltReason::SnapshotBoundary
                 && (r.applied.base.is_some()
-                    || r.up.as_ref().is_some_and(|u| u.wal.base().lsn > 0))
+                    || r.up
+                        .as_ref()
+                        .and_then(|u| u.wal())
+                        .is_some_and(|w| w.base().lsn > 0))
                 && injected.is_some_and(|fs| {
                     fs.iter().any(|f| {
                         matches!(
@@ -488,11 +534,14 @@ impl Checker for DurableNeverRewritten {
                 self.seen.remove(&r.id);
                 continue;
             }
-            let Some(u) = &r.up else { continue };
+            // A replica halted at open keeps its WAL closed; its log is judged once it opens.
+            let Some(wal) = r.up.as_ref().and_then(|u| u.wal()) else {
+                continue;
+            };
             if let Some((disk, held)) = self.seen.get(&r.id) {
                 // Below the log's first lsn a snapshot install covers it.
-                if disk.is_same_disk(&r.storage) && held.lsn >= u.wal.first_lsn() {
-                    let now = u.wal.position_at(held.lsn).ok().flatten();
+                if disk.is_same_disk(&r.storage) && held.lsn >= wal.first_lsn() {
+                    let now = wal.position_at(held.lsn).ok().flatten();
                     if now != Some(*held) {
                         return Err(format!(
                             "{} had made {held} durable; its log now holds {} there (halted: {})",
@@ -507,11 +556,11 @@ impl Checker for DurableNeverRewritten {
                     }
                 }
             }
-            let durable = u.wal.durable_lsn();
+            let durable = wal.durable_lsn();
             if durable == 0 {
                 continue;
             }
-            if let Some(p) = u.wal.position_at(durable).ok().flatten() {
+            if let Some(p) = wal.position_at(durable).ok().flatten() {
                 self.seen.insert(r.id, (r.storage.clone(), p));
             }
         }

@@ -160,14 +160,15 @@ fn checked(w: &World) -> Result<(), String> {
 }
 
 fn last_of(w: &World, n: NodeId) -> Position {
-    w.replica(n)
-        .up
-        .as_ref()
-        .map_or(Position::default(), |u| u.wal.last())
+    w.replica_last(n).unwrap_or_default()
 }
 
 fn durable_of(w: &World, n: NodeId) -> Lsn {
-    w.replica(n).up.as_ref().map_or(0, |u| u.wal.durable_lsn())
+    w.replica(n)
+        .up
+        .as_ref()
+        .and_then(|u| u.wal())
+        .map_or(0, |w| w.durable_lsn())
 }
 
 fn primary_last(w: &World) -> Lsn {
@@ -511,7 +512,7 @@ fn frame_fault_halts_in(
         .replica(1)
         .up
         .as_ref()
-        .and_then(|u| u.core.halt().cloned());
+        .and_then(|u| u.core().halt().cloned());
     ensure(again.as_ref() == Some(&h.record), || {
         format!("after restart the core reports {again:?}")
     })?;
@@ -862,7 +863,7 @@ fn fm_10_3() -> R {
         .replica(1)
         .up
         .as_ref()
-        .and_then(|u| u.core.halt().cloned());
+        .and_then(|u| u.core().halt().cloned());
     ensure(now_halt.as_ref() == Some(&h.record), || {
         "halt record changed".into()
     })?;
@@ -881,7 +882,11 @@ fn fm_10_4() -> R {
         "a replica's log changed with no primary".into()
     })?;
     for n in 1..=2 {
-        let c = w.replica(n).up.as_ref().map_or(0, |u| u.core.commit_lsn());
+        let c = w
+            .replica(n)
+            .up
+            .as_ref()
+            .map_or(0, |u| u.core().commit_lsn());
         ensure(c <= commit, || {
             format!("{} commit {c} above the primary's {commit}", node_name(n))
         })?;
@@ -905,7 +910,9 @@ fn fm_10_5() -> R {
         w.restart(1);
         let u = w.replica(1).up.as_ref().ok_or("replica down")?;
         let newest = u
-            .snapshots
+            .exec
+            .snapshots()
+            .ok_or("replica WAL not open")?
             .newest()
             .map_err(|e| e.to_string())?
             .map(|x| x.boundary);
@@ -915,8 +922,9 @@ fn fm_10_5() -> R {
                 old += 1;
             }
             Some(b) => {
-                ensure(b == boundary && u.wal.base() == boundary, || {
-                    format!("mixed: snapshot {b} with WAL base {}", u.wal.base())
+                let base = u.wal().map(|w| w.base());
+                ensure(b == boundary && base == Some(boundary), || {
+                    format!("mixed: snapshot {b} with WAL base {base:?}")
                 })?;
                 new += 1;
             }
@@ -991,7 +999,7 @@ fn fm_11_3() -> R {
         .replica(1)
         .up
         .as_ref()
-        .and_then(|u| u.core.halt().cloned());
+        .and_then(|u| u.core().halt().cloned());
     ensure(again.as_ref() == Some(&h.record), || {
         format!("restart gave {again:?}")
     })?;
@@ -1387,7 +1395,7 @@ fn fm_x_16() -> R {
             w.replica(n)
                 .up
                 .as_ref()
-                .and_then(|u| u.wal.position_at(l).ok().flatten())
+                .and_then(|u| u.wal()?.position_at(l).ok().flatten())
                 == lost.get(l as usize - 1).copied()
         })
     });
@@ -1419,12 +1427,18 @@ pub fn snapshot_world(seed: u64) -> Result<(World, Position), String> {
 
 fn no_snapshot_state(w: &World, n: NodeId, last: Lsn) -> Result<(), String> {
     let u = w.replica(n).up.as_ref().ok_or("replica down")?;
-    let newest = u.snapshots.newest().map_err(|e| e.to_string())?;
+    let newest = u
+        .exec
+        .snapshots()
+        .ok_or("replica WAL not open")?
+        .newest()
+        .map_err(|e| e.to_string())?;
     ensure(newest.is_none(), || {
         format!("a snapshot is installed: {newest:?}")
     })?;
-    ensure(u.wal.last().lsn == last, || {
-        format!("WAL last {} instead of {last}", u.wal.last().lsn)
+    let wal_last = u.wal().map_or(0, |w| w.last().lsn);
+    ensure(wal_last == last, || {
+        format!("WAL last {wal_last} instead of {last}")
     })?;
     let tmp = w
         .storage(n)
@@ -1458,7 +1472,12 @@ fn fm_x_8() -> R {
     converge(&mut w)?;
     checked(&w)?;
     no_halts(&w)?;
-    let base = w.replica(1).up.as_ref().map(|u| u.wal.base());
+    let base = w
+        .replica(1)
+        .up
+        .as_ref()
+        .and_then(|u| u.wal())
+        .map(|w| w.base());
     ensure(base == Some(boundary), || format!("replica base {base:?}"))?;
     Ok(format!("partition in the middle of the snapshot transfer: session ended, partial snapshot discarded, replica still at lsn 3, no halt; after heal the transfer restarted and {boundary} was installed"))
 }
@@ -1479,7 +1498,12 @@ fn fm_4_3() -> R {
     converge(&mut w)?;
     checked(&w)?;
     no_halts(&w)?;
-    let base = w.replica(1).up.as_ref().map(|u| u.wal.base());
+    let base = w
+        .replica(1)
+        .up
+        .as_ref()
+        .and_then(|u| u.wal())
+        .map(|w| w.base());
     ensure(base == Some(boundary), || format!("replica base {base:?}"))?;
     let sweep = crate::snapshot_sweep::sweep(4300)?;
     Ok(format!(
@@ -1527,7 +1551,12 @@ fn fm_x_13() -> R {
     converge(&mut w)?;
     checked(&w)?;
     no_halts(&w)?;
-    let base = w.replica(1).up.as_ref().map(|u| u.wal.base());
+    let base = w
+        .replica(1)
+        .up
+        .as_ref()
+        .and_then(|u| u.wal())
+        .map(|w| w.base());
     ensure(base == Some(boundary), || {
         format!("replica WAL base {base:?}, snapshot {boundary}")
     })?;
@@ -1847,6 +1876,7 @@ mod tests {
             "wire",
             "primary",
             "replica",
+            "node",
             "recovery",
             "fault-tests",
             "src",

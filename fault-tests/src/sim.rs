@@ -636,11 +636,11 @@ fn drive(opts: &SimOptions, w: &mut World, workload: &mut SimRng, report: &mut S
                 (None, _, Some(s)) => why.push(s.clone()),
                 (None, _, None) => why.push(format!("{name} is down")),
                 (Some(u), _, _) => why.push(format!(
-                    "{name} {:?} last {} durable {} commit {} applied {}",
-                    u.core.phase(),
-                    u.wal.last().lsn,
-                    u.wal.durable_lsn(),
-                    u.core.commit_lsn(),
+                    "{name} {:?} last {:?} durable {:?} commit {} applied {}",
+                    u.core().phase(),
+                    u.wal().map(|w| w.last().lsn),
+                    u.wal().map(|w| w.durable_lsn()),
+                    u.core().commit_lsn(),
                     r.applied.last_lsn()
                 )),
             }

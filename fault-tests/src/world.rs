@@ -2,8 +2,11 @@
 //! [`SimStorage`], connected by [`SimNet`] and driven by [`SimClock`]. The
 //! primary is the production executor (`walship_node::primary::exec`, see
 //! [`primary`]): the world only delivers its frames, fires its deadlines,
-//! crashes and restarts it. The replicas are the real sans-IO core over the
-//! real WAL, driven here. Every event is recorded in the trace.
+//! crashes and restarts it. Each replica is the production replica executor
+//! (`walship_node::replica::exec`, see [`replica`]): the world only moves its
+//! frames and time, crashes and restarts it, and records its outputs. Neither
+//! half performs a protocol action itself; every event is recorded in the
+//! trace.
 //!
 //! It also keeps the [`Oracle`]: the facts the invariant checkers judge the
 //! run against (the primary's history, what was acknowledged to clients,
@@ -13,24 +16,22 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use walship_primary::core::Window;
-use walship_replica::core::{
-    self as rcore, Action as RAction, DurableState, Event as REvent, Phase, ReplicaCore, SessionEnd,
-};
-use walship_replica::halt::{start_mode, write_halt, HaltReason, HaltRecord, StartMode};
-use walship_snapshot::{EpochCheck, Install, Limits, SnapshotStore};
+use walship_replica::halt::HaltReason;
 use walship_wal::sim::{SimConfig, SimStorage};
-use walship_wal::state::{read_state_file, write_state_file, EpochEntry, EpochHistory};
-use walship_wal::{Lsn, Position, Wal, WalError, WalOptions};
-use walship_wire::frame::{encode_frame, FrameDecoder, FrameError};
+use walship_wal::state::EpochEntry;
+use walship_wal::{Lsn, Position, WalOptions};
 use walship_wire::message::{Message, RecordBatch, Welcome};
 
 mod primary;
 pub use primary::{PrimaryNode, PrimaryUp};
 
 use crate::clock::SimClock;
-use crate::net::{CloseReason, ConnId, NetConfig, NetEvent, NodeId, SimNet};
+use crate::net::{NetConfig, NetEvent, NodeId, SimNet};
 use crate::rng::SimRng;
 use crate::trace::Trace;
+
+mod replica;
+pub use replica::{Applied, HaltSnapshot, ReplicaNode, ReplicaUp, SimApplier};
 
 /// The primary's node index.
 pub const PRIMARY: NodeId = 0;
@@ -176,6 +177,9 @@ pub struct Oracle {
     pub injected: BTreeMap<NodeId, Vec<FrameFault>>,
     /// Violations found while performing actions (e.g. an undurable record shipped).
     pub action_violations: Vec<(&'static str, String)>,
+    /// Receipts a replica sent above the lsn its WAL had synced when it sent them (must
+    /// stay empty; judged by `check::ReceiptNeverAboveSynced`).
+    pub unsynced_receipts: Vec<String>,
     /// Primary lsns shipped to each replica above the primary's durable lsn (must stay empty).
     pub shipped_above_durable: u64,
     /// Nodes that went through a torn crash (unsynced writes partly persisted,
@@ -193,87 +197,6 @@ pub struct Oracle {
     /// Set when the scenario deliberately gives a replica a history that is not
     /// the primary's (the prefix checker then skips that replica).
     pub foreign_history: Vec<NodeId>,
-}
-
-/// What one replica's applier (the embedder) has seen. It lives outside the
-/// node's storage: it models an embedder that persists each apply itself.
-#[derive(Debug, Default, Clone)]
-pub struct Applied {
-    /// The snapshot the embedder restored, if any (its state as of that boundary).
-    pub base: Option<Position>,
-    /// Applied records after `base`, in apply order.
-    pub records: Vec<Position>,
-}
-
-impl Applied {
-    /// The last applied lsn (0 if none).
-    pub fn last_lsn(&self) -> Lsn {
-        self.records
-            .last()
-            .map(|p| p.lsn)
-            .or(self.base.map(|b| b.lsn))
-            .unwrap_or(0)
-    }
-}
-
-/// State of a node captured when it halted (FM-10.3).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HaltSnapshot {
-    /// The halt record.
-    pub record: HaltRecord,
-    /// WAL last position at the halt.
-    pub last: Position,
-    /// Durable lsn at the halt.
-    pub durable_lsn: Lsn,
-    /// Applied lsn at the halt.
-    pub applied_lsn: Lsn,
-    /// Step of the halt.
-    pub step: u64,
-}
-
-/// A running replica.
-pub struct ReplicaUp {
-    /// Its WAL.
-    pub wal: Wal<SimStorage>,
-    /// Its core.
-    pub core: ReplicaCore,
-    /// Its snapshot directory.
-    pub snapshots: SnapshotStore<SimStorage>,
-    install: Option<Install<SimStorage>>,
-    conn: Option<(ConnId, FrameDecoder)>,
-    connect_at: Option<u64>,
-    sync_at: Option<u64>,
-}
-
-/// A replica node.
-pub struct ReplicaNode {
-    /// Node index.
-    pub id: NodeId,
-    /// The node's disk.
-    pub storage: SimStorage,
-    /// The process, while running.
-    pub up: Option<ReplicaUp>,
-    /// The embedder's applied records.
-    pub applied: Applied,
-    /// Set once the replica halted (first halt).
-    pub halted: Option<HaltSnapshot>,
-    /// Why the node is down, if it stopped on a local error.
-    pub stopped: Option<String>,
-    /// Session ends observed (reason text), for scenarios.
-    pub session_ends: Vec<String>,
-    /// The replica's durable lsn as last observed (kept while it is down:
-    /// a crash never loses durable records).
-    pub known_durable: Lsn,
-    /// After a disk replacement, until the primary has received a `Hello`
-    /// from the new disk: the highest durable lsn any lost disk of this
-    /// replica had (so receipted at most), which the primary may still rightly
-    /// believe (FM-X.11, FM-X.15). Several replacements before one `Hello`
-    /// gets through keep the highest.
-    pub unannounced_wipe: Option<Lsn>,
-    /// The connection on which the replica, since its last disk replacement,
-    /// sent its `Hello`: the primary learns of the replacement only when it
-    /// receives that `Hello`, not when it is sent.
-    pub announcing_conn: Option<ConnId>,
 }
 
 /// The simulated cluster.
@@ -323,34 +246,6 @@ fn wal_options(cfg: &WorldConfig, epoch: u64) -> WalOptions {
     }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(
-    s: &SimStorage,
-    name: &str,
-) -> Result<Option<T>, String> {
-    match read_state_file(s, &state_dir(), name) {
-        Ok(None) => Ok(None),
-        Ok(Some(body)) => serde_json::from_slice(&body)
-            .map(Some)
-            .map_err(|e| format!("state/{name}: {e}")),
-        Err(e) => Err(format!("state/{name}: {e}")),
-    }
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct CommitBody {
-    commit_lsn: Lsn,
-}
-
-fn write_commit(s: &SimStorage, lsn: Lsn) -> Result<(), String> {
-    let body = serde_json::to_vec(&CommitBody { commit_lsn: lsn }).map_err(|e| e.to_string())?;
-    write_state_file(s, &state_dir(), "commit", &body).map_err(|e| e.to_string())
-}
-
-fn write_epochs(s: &SimStorage, h: &EpochHistory) -> Result<(), String> {
-    let body = serde_json::to_vec(h).map_err(|e| e.to_string())?;
-    write_state_file(s, &state_dir(), "epochs", &body).map_err(|e| e.to_string())
-}
-
 fn make_dirs(s: &SimStorage) -> std::io::Result<()> {
     use walship_wal::Storage;
     for d in [root(), wal_dir(), state_dir(), root().join("snapshots")] {
@@ -376,20 +271,12 @@ impl World {
             refused: None,
         };
         let replicas = (1..=cfg.replicas)
-            .map(|id| ReplicaNode {
-                id,
-                storage: SimStorage::with_config(
+            .map(|id| {
+                let disk = SimStorage::with_config(
                     rng.fork(&format!("disk-r{id}")).next_u64(),
                     disk_cfg.clone(),
-                ),
-                up: None,
-                applied: Applied::default(),
-                halted: None,
-                stopped: None,
-                session_ends: Vec::new(),
-                known_durable: 0,
-                unannounced_wipe: None,
-                announcing_conn: None,
+                );
+                ReplicaNode::new(id, disk)
             })
             .collect();
         let world_rng = rng.fork("world");
@@ -466,498 +353,6 @@ impl World {
     pub fn arm_frame_fault(&mut self, n: NodeId, f: FrameFault) {
         self.log(format!("arm frame fault {f:?} for {}", node_name(n)));
         self.taps.insert(n, f);
-    }
-
-    // ------------------------------------------------------------------ replica
-
-    /// Starts (or restarts) replica `n` from its disk.
-    pub fn start_replica(&mut self, n: NodeId) {
-        assert!(self.replica(n).up.is_none(), "replica {n} already running");
-        let s = self.replica(n).storage.clone();
-        let name = node_name(n);
-        // The decision production makes (FM-10.3, FM-11.3). The simulator
-        // still opens a halted replica's WAL, only so the checkers can see
-        // that it is frozen; its core starts halted and does nothing.
-        let halt = match start_mode(&s, &state_dir()) {
-            Ok(StartMode::Halted(record)) => Some(record),
-            Ok(StartMode::Replicate) => None,
-            Err(e) => {
-                let msg = format!("{name} cannot read its halt file: {e}");
-                self.log(msg.clone());
-                self.replica_mut(n).stopped = Some(msg);
-                return;
-            }
-        };
-        let (wal, report) = match Wal::open(s.clone(), &wal_dir(), wal_options(&self.cfg, 0)) {
-            Ok(x) => x,
-            Err(e) => {
-                if let Some(lsn) = e.corruption().and_then(|c| c.lsn) {
-                    let durable = self.replica(n).known_durable;
-                    if lsn <= durable && !self.oracle.disk_damaged.contains(&n) {
-                        self.oracle.action_violations.push((
-                            "local recovery never reports a synced record corrupt",
-                            format!("{name} reports lsn {lsn} corrupt but it was durable (durable lsn {durable}): {e}"),
-                        ));
-                    }
-                }
-                // FM-X.6: local corruption halts the replica durably, naming the place.
-                let record = HaltRecord {
-                    reason: HaltReason::LocalCorruption,
-                    lsn: e.corruption().and_then(|c| c.lsn).unwrap_or(0),
-                    epoch: 0,
-                    expected: "a WAL that passes the recovery scan".into(),
-                    found: e.to_string(),
-                    peer: name.clone(),
-                    at_unix_ms: self.now(),
-                    detail: format!("{e}"),
-                };
-                let msg = format!("{name} refuses to start: {e}");
-                self.log(msg.clone());
-                if halt.is_none() && e.corruption().is_some() {
-                    match write_halt(&s, &state_dir(), &record) {
-                        Ok(()) => self.note_halt(n, record, Position::default(), 0),
-                        // Not halted (no durable halt): the node stops.
-                        Err(we) => self.log(format!("{name} writing the halt file failed: {we}")),
-                    }
-                }
-                self.replica_mut(n).stopped = Some(msg);
-                return;
-            }
-        };
-        let commit = read_json::<CommitBody>(&s, "commit").map(|c| c.map_or(0, |c| c.commit_lsn));
-        let epochs = read_json::<EpochHistory>(&s, "epochs").map(|h| h.unwrap_or_default());
-        let (commit, epochs) = match (commit, epochs) {
-            (Ok(c), Ok(e)) => (c, e),
-            (Err(e), _) | (_, Err(e)) => {
-                let msg = format!("{name} cannot read its state: {e}");
-                self.log(msg.clone());
-                self.replica_mut(n).stopped = Some(msg);
-                return;
-            }
-        };
-        let mut wal = wal;
-        let snapshots =
-            match SnapshotStore::open(s.clone(), &root().join("snapshots"), Limits::default())
-                .and_then(|(st, _)| st.recover(&mut wal).map(|rep| (st, rep)))
-            {
-                Ok((st, rep)) => {
-                    if !matches!(rep, walship_snapshot::RecoveryReport::NoSnapshot) {
-                        self.log(format!("{name} snapshot recovery: {rep:?}"));
-                    }
-                    st
-                }
-                Err(e) => {
-                    let msg = format!("{name} refuses to start: snapshot store: {e}");
-                    self.log(msg.clone());
-                    self.replica_mut(n).stopped = Some(msg);
-                    return;
-                }
-            };
-        let newest = snapshots.newest().ok().flatten().map(|x| x.boundary);
-        // The embedder restores the newest snapshot if it is behind it.
-        if let Some(b) = newest {
-            if self.replica(n).applied.last_lsn() < b.lsn {
-                self.replica_mut(n).applied = Applied {
-                    base: Some(b),
-                    records: Vec::new(),
-                };
-            }
-        }
-        let applied_lsn = self.replica(n).applied.last_lsn();
-        let state = DurableState {
-            last: wal.last(),
-            commit_lsn: commit,
-            applied_lsn,
-            epoch_history: epochs,
-            halt: halt.clone(),
-        };
-        let core = ReplicaCore::new(
-            rcore::CoreConfig {
-                node_id: name.clone(),
-                cluster_id: CLUSTER_ID.to_string(),
-                primary_name: node_name(PRIMARY),
-                max_record_bytes: self.cfg.max_record_bytes,
-                backoff_initial_ms: 20,
-                backoff_max_ms: 500,
-            },
-            state,
-        );
-        let mut core = core;
-        core.set_snapshot_install(true);
-        core.set_installed_boundary(newest);
-        self.log(format!(
-            "{name} start: last {} commit {commit} applied {applied_lsn} halted {} ({report:?})",
-            wal.last().lsn,
-            halt.is_some()
-        ));
-        if wal.durable_lsn() < self.replica(n).known_durable {
-            self.oracle.action_violations.push((
-                "never cut what was made durable (DESIGN: never cut what was acknowledged)",
-                format!(
-                    "{name}: WAL reopened at durable lsn {} below the {} it had made durable",
-                    wal.durable_lsn(),
-                    self.replica(n).known_durable
-                ),
-            ));
-        }
-        // A halt the node failed to make durable (`write_halt` failed on the
-        // directory fsync: the node stopped, unrecorded) can still be on disk
-        // if the crash kept the renamed file's entry. The replica then comes
-        // back halted with that record, a halt like any other: record it so
-        // the checkers hold it frozen and to its cause (FM-10.3, FM-11.3).
-        if let Some(record) = &halt {
-            if self.replica(n).halted.is_none() {
-                self.log(format!(
-                    "{name} halted by a halt file its last run failed to sync: {} lsn {}",
-                    record.reason.as_str(),
-                    record.lsn
-                ));
-                self.note_halt(n, record.clone(), wal.last(), wal.durable_lsn());
-            }
-        }
-        let r = self.replica_mut(n);
-        r.stopped = None;
-        r.known_durable = wal.durable_lsn();
-        r.up = Some(ReplicaUp {
-            wal,
-            core,
-            snapshots,
-            install: None,
-            conn: None,
-            connect_at: None,
-            sync_at: None,
-        });
-        self.net.restart_node(n, self.now());
-        self.replica_event(n, REvent::Start);
-    }
-
-    fn replica_event(&mut self, n: NodeId, ev: REvent) {
-        let now = self.now();
-        let Some(r) = self.replicas[n - 1].up.as_mut() else {
-            return;
-        };
-        let result = r.core.handle(ev, now, &mut r.wal);
-        match result {
-            Ok(actions) => {
-                for a in actions {
-                    self.replica_action(n, a);
-                }
-            }
-            Err(e) => {
-                self.log(format!("{} local log error, node stops: {e}", node_name(n)));
-                self.crash(n);
-            }
-        }
-    }
-
-    fn replica_action(&mut self, n: NodeId, a: RAction) {
-        let now = self.now();
-        let name = node_name(n);
-        let delay = self
-            .rng
-            .range(self.cfg.sync_delay_ms.0, self.cfg.sync_delay_ms.1);
-        let storage = self.replica(n).storage.clone();
-        let Some(r) = self.replicas[n - 1].up.as_mut() else {
-            return;
-        };
-        match a {
-            RAction::Send(msg) => {
-                let Some((conn, _)) = r.conn.as_ref() else {
-                    return;
-                };
-                let conn = *conn;
-                if matches!(msg, Message::Hello(_))
-                    && self.replicas[n - 1].unannounced_wipe.is_some()
-                {
-                    self.replicas[n - 1].announcing_conn = Some(conn);
-                }
-                let Some(r) = self.replicas[n - 1].up.as_mut() else {
-                    return;
-                };
-                if let Message::Receipt { durable_lsn } = &msg {
-                    // Never receipt what is not durable (FM-4.1, FM-X.4).
-                    if *durable_lsn > r.wal.durable_lsn() {
-                        self.oracle.action_violations.push((
-                            "receipts carry only durable lsns (FM-4.1)",
-                            format!(
-                                "{name} sent Receipt({durable_lsn}) with durable lsn {}",
-                                r.wal.durable_lsn()
-                            ),
-                        ));
-                    }
-                }
-                let mut buf = Vec::new();
-                if let Err(e) = encode_frame(&msg, &mut buf) {
-                    panic!("{name}: encoding {} failed: {e}", msg.kind());
-                }
-                self.trace
-                    .record(now, self.step, format!("{name} -> p0 {}", describe(&msg)));
-                self.net.send(conn, n, &buf, now);
-            }
-            RAction::AppendVerified(batch) => {
-                let res = r.wal.append_verified_batch(&batch.bytes);
-                match res {
-                    Ok(last) => {
-                        assert_eq!(last, batch.last, "{name}: WAL and core disagree on last");
-                        self.trace.record(
-                            now,
-                            self.step,
-                            format!("{name} append lsn {}..={}", batch.first_lsn, last.lsn),
-                        );
-                    }
-                    Err(e) => {
-                        // The core verified the batch; the WAL refusing it is a
-                        // local failure (I/O) or a disagreement between them.
-                        // A refusal of the content (a record or chain error)
-                        // means the core's verification let a bad batch through:
-                        // it must have halted (FM-5.2, FM-6.1, FM-6.2, FM-8.1, FM-X.3).
-                        if matches!(
-                            e,
-                            WalError::Chain(_)
-                                | WalError::Record(_)
-                                | WalError::TrailingBytes { .. }
-                        ) {
-                            self.oracle.action_violations.push((
-                                "the replica core verifies what it appends (a shipped record that does not chain halts)",
-                                format!(
-                                    "{name}: the core verified Records lsn {}..={} but the WAL refuses them: {e}",
-                                    batch.first_lsn, batch.last.lsn
-                                ),
-                            ));
-                        }
-                        self.log(format!("{name} append_verified failed, node stops: {e}"));
-                        self.crash(n);
-                    }
-                }
-            }
-            RAction::Sync => {
-                if r.sync_at.is_none() {
-                    r.sync_at = Some(now + delay);
-                }
-            }
-            RAction::PersistCommit(lsn) => {
-                if let Err(e) = write_commit(&storage, lsn) {
-                    self.log(format!("{name} persisting commit failed, node stops: {e}"));
-                    self.crash(n);
-                }
-            }
-            RAction::PersistEpochs(h) => {
-                if let Err(e) = write_epochs(&storage, &h) {
-                    self.log(format!("{name} persisting epochs failed, node stops: {e}"));
-                    self.crash(n);
-                }
-            }
-            RAction::Apply { up_to } => {
-                let from = self.replicas[n - 1].applied.last_lsn() + 1;
-                let Some(r) = self.replicas[n - 1].up.as_mut() else {
-                    return;
-                };
-                let mut got = Vec::new();
-                match r.wal.reader(from) {
-                    Ok(mut reader) => {
-                        while let Some(rec) = reader.next_record() {
-                            match rec {
-                                Ok(rec) if rec.lsn() <= up_to => got.push(rec.position()),
-                                Ok(_) => break,
-                                Err(e) => {
-                                    self.oracle.action_violations.push((
-                                        "apply reads verified records",
-                                        format!("{name}: reading lsn {from}..={up_to}: {e}"),
-                                    ));
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => self.oracle.action_violations.push((
-                        "apply reads verified records",
-                        format!("{name}: reader({from}): {e}"),
-                    )),
-                }
-                self.trace
-                    .record(now, self.step, format!("{name} apply {from}..={up_to}"));
-                self.replicas[n - 1].applied.records.extend(got);
-            }
-            RAction::Halt(record) => {
-                if let Err(e) = write_halt(&storage, &state_dir(), &record) {
-                    self.log(format!("{name} writing halt failed, node stops: {e}"));
-                    self.crash(n);
-                    return;
-                }
-                let last = r.wal.last();
-                let durable = r.wal.durable_lsn();
-                if let Some((conn, _)) = r.conn.take() {
-                    self.net.close(conn, n, now);
-                }
-                self.log(format!(
-                    "{name} HALT {} lsn {} expected {} found {}",
-                    record.reason.as_str(),
-                    record.lsn,
-                    record.expected,
-                    record.found
-                ));
-                self.note_halt(n, record, last, durable);
-            }
-            RAction::Reconnect { after_ms, reason } => {
-                if let Some((conn, _)) = r.conn.take() {
-                    self.net.close(conn, n, now);
-                }
-                r.connect_at = Some(now + after_ms);
-                let text = reason.to_string();
-                self.trace.record(
-                    now,
-                    self.step,
-                    format!("{name} session ends ({text}), reconnect in {after_ms}ms"),
-                );
-                self.replicas[n - 1].session_ends.push(text);
-            }
-            RAction::SnapshotBegin(offer) => match r.snapshots.begin_install(&offer) {
-                Ok(ins) => {
-                    self.trace.record(
-                        now,
-                        self.step,
-                        format!("{name} snapshot install begins at {}", offer.boundary),
-                    );
-                    r.install = Some(ins);
-                }
-                Err(e) => self.snapshot_failed(n, e),
-            },
-            RAction::SnapshotChunk(chunk) => {
-                let res = match r.install.as_mut() {
-                    Some(ins) => ins.push_chunk(&chunk),
-                    None => return,
-                };
-                if let Err(e) = res {
-                    if let Some(ins) = r.install.take() {
-                        let _ = ins.abort();
-                    }
-                    self.snapshot_failed(n, e);
-                }
-            }
-            RAction::SnapshotFinish {
-                end,
-                primary_epochs,
-            } => {
-                let Some(ins) = r.install.take() else { return };
-                let local = r.core.epoch_history().clone();
-                let res = ins.finish(&end).and_then(|v| {
-                    v.commit(
-                        &mut r.wal,
-                        Some(EpochCheck {
-                            local: &local,
-                            primary: &primary_epochs,
-                        }),
-                    )
-                });
-                match res {
-                    Ok(outcome) => {
-                        let b = outcome.installed.boundary;
-                        let commit = r.core.commit_lsn().max(b.lsn);
-                        if let Err(e) = write_commit(&storage, commit) {
-                            self.log(format!("{name} persisting commit failed, node stops: {e}"));
-                            self.crash(n);
-                            return;
-                        }
-                        self.replicas[n - 1].known_durable = b.lsn;
-                        self.replicas[n - 1].applied = Applied {
-                            base: Some(b),
-                            records: Vec::new(),
-                        };
-                        self.log(format!("{name} snapshot installed at {b}"));
-                        self.replica_event(n, REvent::SnapshotInstalled { boundary: b });
-                    }
-                    Err(e) => self.snapshot_failed(n, e),
-                }
-            }
-            RAction::SnapshotAbort => {
-                if let Some(ins) = r.install.take() {
-                    let _ = ins.abort();
-                    self.trace
-                        .record(now, self.step, format!("{name} snapshot install aborted"));
-                }
-            }
-            #[allow(unreachable_patterns)]
-            other => self.log(format!("{name} action ignored: {other:?}")),
-        }
-    }
-
-    fn snapshot_failed(&mut self, n: NodeId, e: walship_snapshot::SnapshotError) {
-        let class = e.class();
-        self.log(format!("{} snapshot failed ({class:?}): {e}", node_name(n)));
-        if class == walship_snapshot::FailureClass::NodeStop {
-            self.crash(n);
-            return;
-        }
-        self.replica_event(
-            n,
-            REvent::SnapshotFailed {
-                class,
-                detail: e.to_string(),
-            },
-        );
-    }
-
-    fn note_halt(&mut self, n: NodeId, record: HaltRecord, last: Position, durable: Lsn) {
-        let applied_lsn = self.replica(n).applied.last_lsn();
-        let step = self.step;
-        let r = self.replica_mut(n);
-        if r.halted.is_none() {
-            r.halted = Some(HaltSnapshot {
-                record,
-                last,
-                durable_lsn: durable,
-                applied_lsn,
-                step,
-            });
-        }
-    }
-
-    fn replica_sync(&mut self, n: NodeId) {
-        let Some(r) = self.replicas[n - 1].up.as_mut() else {
-            return;
-        };
-        r.sync_at = None;
-        match r.wal.sync() {
-            Ok(d) => {
-                self.replicas[n - 1].known_durable = d;
-                self.log(format!("{} sync -> durable {d}", node_name(n)));
-                self.replica_event(n, REvent::Durable { lsn: d });
-            }
-            Err(e) => {
-                // FM-X.4: never retried, no receipt; restart from the disk.
-                self.log(format!("{} sync failed, node stops: {e}", node_name(n)));
-                self.crash(n);
-            }
-        }
-    }
-
-    fn replica_connect(&mut self, n: NodeId) {
-        let now = self.now();
-        let Some(r) = self.replicas[n - 1].up.as_mut() else {
-            return;
-        };
-        r.connect_at = None;
-        if matches!(r.core.phase(), Phase::Halted) {
-            return;
-        }
-        match self.net.connect(n, PRIMARY, now) {
-            Some(conn) if self.primary.up.is_some() => {
-                r.conn = Some((conn, FrameDecoder::default()));
-                self.log(format!("{} connected (conn {})", node_name(n), conn.0));
-                self.replica_event(n, REvent::SessionStarted);
-            }
-            other => {
-                if let Some(c) = other {
-                    self.net.close(c, n, now);
-                }
-                self.replica_event(
-                    n,
-                    REvent::SessionEnded(SessionEnd::ConnectFailed {
-                        detail: "unreachable".into(),
-                    }),
-                );
-            }
-        }
     }
 
     // ------------------------------------------------------------------ faults
@@ -1037,7 +432,7 @@ impl World {
         *e = (*e).max(excused);
         let r = self.replica_mut(n);
         r.storage = fresh;
-        r.applied = Applied::default();
+        r.reset_embedder();
         r.unannounced_wipe = Some(r.unannounced_wipe.unwrap_or(0).max(r.known_durable));
         r.announcing_conn = None;
         r.known_durable = 0;
@@ -1076,7 +471,12 @@ impl World {
         self.oracle.primary_durable = 0;
         self.oracle.pending_acks.clear();
         for r in &self.replicas {
-            if r.known_durable > 0 || r.up.as_ref().is_some_and(|u| u.wal.last().lsn > 0) {
+            if r.known_durable > 0
+                || r.up
+                    .as_ref()
+                    .and_then(|u| u.wal())
+                    .is_some_and(|w| w.last().lsn > 0)
+            {
                 self.oracle.foreign_history.push(r.id);
             }
         }
@@ -1093,31 +493,6 @@ impl World {
         } else if self.replica(n).up.is_none() {
             self.start_replica(n);
         }
-    }
-
-    /// True while replica `n` has a snapshot install in progress.
-    pub fn replica_installing(&self, n: NodeId) -> bool {
-        self.replica(n)
-            .up
-            .as_ref()
-            .is_some_and(|u| u.install.is_some())
-    }
-
-    /// Bytes of an incomplete frame buffered by replica `n`'s current session.
-    pub fn replica_buffered_bytes(&self, n: NodeId) -> usize {
-        self.replica(n)
-            .up
-            .as_ref()
-            .and_then(|u| u.conn.as_ref())
-            .map_or(0, |(_, d)| d.buffered_bytes())
-    }
-
-    /// True if replica `n` has a session open.
-    pub fn replica_connected(&self, n: NodeId) -> bool {
-        self.replica(n)
-            .up
-            .as_ref()
-            .is_some_and(|u| u.conn.is_some())
     }
 
     /// A node that is not a member (`intruder`, a node index above the
@@ -1158,11 +533,8 @@ impl World {
             }
         };
         take(self.primary_next_timer());
-        for r in &self.replicas {
-            if let Some(u) = &r.up {
-                take(u.sync_at);
-                take(u.connect_at);
-            }
+        for n in 1..=self.cfg.replicas {
+            take(self.replica_next_timer(n));
         }
         take(self.net.next_event_ms());
         t
@@ -1209,19 +581,7 @@ impl World {
             self.primary_timer();
         }
         for n in 1..=self.cfg.replicas {
-            let (sync_due, connect_due) = match &self.replica(n).up {
-                Some(u) => (
-                    u.sync_at.is_some_and(|t| t <= now),
-                    u.connect_at.is_some_and(|t| t <= now),
-                ),
-                None => (false, false),
-            };
-            if sync_due {
-                self.replica_sync(n);
-            }
-            if connect_due {
-                self.replica_connect(n);
-            }
+            self.replica_fire_due(n);
         }
     }
 
@@ -1255,106 +615,6 @@ impl World {
                 }
             }
         }
-    }
-
-    fn replica_data(&mut self, n: NodeId, conn: ConnId, bytes: &[u8]) {
-        let mut msgs = Vec::new();
-        let mut bad: Option<FrameError> = None;
-        {
-            let Some(r) = self.replicas[n - 1].up.as_mut() else {
-                return;
-            };
-            let Some((c, dec)) = r.conn.as_mut() else {
-                return;
-            };
-            if *c != conn {
-                return;
-            }
-            match dec.push(bytes) {
-                Ok(()) => loop {
-                    match dec.next_message() {
-                        Ok(Some(m)) => msgs.push(m),
-                        Ok(None) => break,
-                        Err(e) => {
-                            bad = Some(e);
-                            break;
-                        }
-                    }
-                },
-                Err(e) => bad = Some(e),
-            }
-        }
-        for m in msgs {
-            // The session may have ended (or the node halted) while handling earlier messages.
-            let still = self.replicas[n - 1]
-                .up
-                .as_ref()
-                .and_then(|u| u.conn.as_ref())
-                .is_some_and(|(c, _)| *c == conn);
-            if !still {
-                return;
-            }
-            self.trace.record(
-                self.clock.now_ms(),
-                self.step,
-                format!("{} <- p0 {}", node_name(n), describe(&m)),
-            );
-            let faulty_records =
-                matches!(&m, Message::Records(b) if self.faulty_frames.get(&n) == Some(b));
-            let faulty_welcome =
-                matches!(&m, Message::Welcome(wm) if self.faulty_welcomes.get(&n) == Some(wm));
-            let kind = m.kind();
-            self.replica_event(n, REvent::Received(m));
-            if faulty_records {
-                self.faulty_frames.remove(&n);
-            }
-            if faulty_welcome {
-                self.faulty_welcomes.remove(&n);
-            }
-            if faulty_records || faulty_welcome {
-                // Damage must never be accepted as valid: the frame halts.
-                let halted = self.replica(n).halted.is_some() || self.replica(n).up.is_none();
-                if !halted {
-                    self.oracle.action_violations.push((
-                        "a faulty frame is never accepted (FM-5.2, FM-6.1, FM-6.2, FM-8.1, FM-X.2, FM-X.3)",
-                        format!(
-                            "{} accepted a faulty {kind} frame without halting",
-                            node_name(n)
-                        ),
-                    ));
-                }
-            }
-        }
-        if let Some(e) = bad {
-            self.replica_event(
-                n,
-                REvent::SessionEnded(SessionEnd::Malformed {
-                    detail: e.to_string(),
-                }),
-            );
-        }
-    }
-
-    fn replica_closed(&mut self, n: NodeId, conn: ConnId, reason: CloseReason) {
-        let Some(r) = self.replicas[n - 1].up.as_mut() else {
-            return;
-        };
-        let Some((c, dec)) = r.conn.as_ref() else {
-            return;
-        };
-        if *c != conn {
-            return;
-        }
-        let end = match dec.finish() {
-            Err(FrameError::Truncated { received, expected }) => {
-                SessionEnd::FrameTruncated { received, expected }
-            }
-            _ => SessionEnd::ConnectionLost {
-                detail: format!("{reason:?}"),
-            },
-        };
-        r.conn = None;
-        self.replica_event(n, REvent::SessionEnded(end));
     }
 
     /// Runs until every running, non-halted replica has durably stored and
@@ -1398,8 +658,8 @@ impl World {
             match &r.up {
                 None => false,
                 Some(u) => {
-                    u.wal.durable_lsn() >= durable
-                        && u.core.commit_lsn() >= commit
+                    u.wal().is_some_and(|w| w.durable_lsn() >= durable)
+                        && u.core().commit_lsn() >= commit
                         && r.applied.last_lsn() >= commit
                 }
             }

@@ -58,7 +58,11 @@ fn fm_8_1_crc_valid_record_with_wrong_prev_crc_halts_divergence_and_stores_nothi
     assert_eq!(h.record.lsn, 11);
     assert!(h.record.expected.starts_with("prev_crc"), "{:?}", h.record);
     let u = w.replica(1).up.as_ref().expect("halted, still running");
-    assert_eq!(u.wal.last().lsn, 10, "the faulty record was not stored");
+    assert_eq!(
+        u.wal().expect("wal open").last().lsn,
+        10,
+        "the faulty record was not stored"
+    );
     assert_eq!(w.replica(1).applied.last_lsn(), 10, "nothing applied");
     assert_eq!(
         w.oracle.injected.get(&1),
@@ -75,7 +79,7 @@ fn fm_11_3_halted_replica_restarted_comes_back_halted_and_a_cleared_halt_file_is
     w.restart(1);
     let u = w.replica(1).up.as_ref().expect("restarted");
     assert_eq!(
-        u.core.halt(),
+        u.core().halt(),
         Some(&record),
         "comes back halted, same record"
     );
@@ -90,7 +94,7 @@ fn fm_11_3_halted_replica_restarted_comes_back_halted_and_a_cleared_halt_file_is
     w.restart(1);
     let err = HaltedReplicaFrozen.check(&w).expect_err("must fail");
     assert!(err.contains("halt file now reads Ok(None)"), "{err}");
-    assert_eq!(w.replica(1).up.as_ref().expect("up").core.halt(), None);
+    assert_eq!(w.replica(1).up.as_ref().expect("up").core().halt(), None);
 }
 
 #[test]
@@ -169,6 +173,10 @@ fn fm_x_2_welcome_of_an_older_epoch_primary_halts_stale_primary_and_appends_noth
     assert_eq!(h.record.epoch, 0);
     assert_eq!(h.record.expected, "primary epoch >= 1");
     let u = w.replica(1).up.as_ref().expect("halted, still running");
-    assert_eq!(u.wal.last().lsn, 10, "nothing appended");
+    assert_eq!(
+        u.wal().expect("wal open").last().lsn,
+        10,
+        "nothing appended"
+    );
     check_all(&mut standard_checkers(), &w).expect("an explained, frozen halt");
 }

@@ -54,7 +54,10 @@ async fn fm_x_4_replica_whose_final_sync_at_shutdown_fails_reports_it_from_shutd
 
     let result = shutdown.await.expect("shutdown task");
     match result {
-        Err(ReplicaError::Wal(WalError::Poisoned)) => {}
+        // The executor's final sync is the one that failed (inline, on its thread).
+        Err(ReplicaError::Wal(WalError::Io {
+            op: "sync_data", ..
+        })) => {}
         other => panic!("expected the failed final sync from shutdown, got {other:?}"),
     }
     assert_eq!(faults.failed_syncs(), 1, "the failed sync was not retried");

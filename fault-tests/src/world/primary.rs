@@ -585,7 +585,7 @@ impl World {
                     .replicas
                     .get(peer.wrapping_sub(1))
                     .and_then(|r| r.up.as_ref())
-                    .map_or(0, |u| u.core.highest_epoch_seen());
+                    .map_or(0, |u| u.core().highest_epoch_seen());
                 if seen > 0 {
                     self.taps.remove(&peer);
                     wm.epoch = seen - 1;

@@ -43,6 +43,7 @@
 //! ```
 
 mod driver;
+pub mod exec;
 pub use walship_replica::{core, halt};
 
 use std::net::SocketAddr;

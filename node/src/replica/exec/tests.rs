@@ -1,0 +1,241 @@
+//! Unit tests of the replica executor over `SimStorage` (no thread, no network, no clock).
+
+use std::sync::{Arc, Mutex};
+
+use walship_wal::record::encode_record;
+use walship_wal::sim::SimStorage;
+use walship_wal::state::EpochEntry;
+use walship_wal::{Lsn, Position, WalError, WalOptions};
+use walship_wire::message::{Message, RecordBatch, Welcome, PROTOCOL_VERSION};
+
+use super::{ExecConfig, Output, ReplicaExec};
+use crate::replica::{Applier, ApplyError, ReplicaError};
+
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<Lsn>>>);
+
+impl Recorder {
+    fn lsns(&self) -> Vec<Lsn> {
+        self.0.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+}
+
+impl Applier for Recorder {
+    fn applied_lsn(&self) -> Lsn {
+        self.lsns().last().copied().unwrap_or(0)
+    }
+    fn apply(&mut self, lsn: Lsn, _payload: &[u8]) -> Result<(), ApplyError> {
+        self.0.lock().map_err(|_| "poisoned")?.push(lsn);
+        Ok(())
+    }
+}
+
+fn config() -> ExecConfig {
+    ExecConfig {
+        node_id: "r1".into(),
+        cluster_id: "c1".into(),
+        primary_name: "p1".into(),
+        data_dir: "/r1".into(),
+        wal: WalOptions::default(),
+        backoff_initial_ms: 20,
+        backoff_max_ms: 500,
+        sync_every_bytes: 1 << 20,
+        commit_interval_ms: 10,
+        report_applied: true,
+    }
+}
+
+/// The primary's records 1..=n of epoch 1: (stored bytes, identity) per record.
+fn log(n: u64) -> Vec<(Vec<u8>, Position)> {
+    let mut prev = Position::ZERO;
+    (1..=n)
+        .map(|lsn| {
+            let mut bytes = Vec::new();
+            let pos = encode_record(lsn, 1, prev.crc, format!("p{lsn}").as_bytes(), &mut bytes);
+            prev = pos;
+            (bytes, pos)
+        })
+        .collect()
+}
+
+fn batch(log: &[(Vec<u8>, Position)], from: Lsn, to: Lsn, commit_lsn: Lsn) -> Message {
+    let bytes = log[from as usize - 1..to as usize]
+        .iter()
+        .flat_map(|(b, _)| b.clone())
+        .collect();
+    Message::Records(RecordBatch {
+        first_lsn: from,
+        count: (to - from + 1) as u32,
+        bytes,
+        commit_lsn,
+    })
+}
+
+fn drain(exec: &mut ReplicaExec<SimStorage>) -> Vec<Output> {
+    std::iter::from_fn(|| exec.poll_output()).collect()
+}
+
+fn receipts(outputs: &[Output]) -> Vec<Lsn> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                msg: Message::Receipt { durable_lsn },
+                ..
+            } => Some(*durable_lsn),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An executor streaming from an empty log on connection 1 (Hello and the first
+/// receipt drained), with `primary_last` announced.
+fn streaming(
+    sim: &SimStorage,
+    applier: Recorder,
+    primary_last: Position,
+) -> ReplicaExec<SimStorage> {
+    let mut exec =
+        ReplicaExec::open(sim.clone(), config(), Box::new(applier), 1_000).expect("open");
+    assert_eq!(exec.next_deadline(), Some(1_000), "connects at once");
+    exec.on_timer(1_000);
+    assert!(matches!(drain(&mut exec).last(), Some(Output::Connect)));
+    exec.on_connected(1, 1_000);
+    exec.on_frame(
+        1,
+        Message::Welcome(Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            primary_id: "p1".into(),
+            epoch: 1,
+            at_replica_last: Some(Position::ZERO),
+            primary_last,
+            commit_lsn: 0,
+            epoch_history: vec![EpochEntry {
+                epoch: 1,
+                start_lsn: 1,
+            }],
+        }),
+        1_000,
+    );
+    assert_eq!(receipts(&drain(&mut exec)), vec![0]);
+    exec
+}
+
+#[test]
+fn receipt_is_sent_only_after_the_sync_and_never_above_the_synced_lsn() {
+    let sim = SimStorage::new(1);
+    let log = log(5);
+    let mut exec = streaming(&sim, Recorder::default(), log[4].1);
+    exec.on_frame(1, batch(&log, 1, 3, 0), 1_001);
+    exec.on_frame(1, batch(&log, 4, 5, 0), 1_001);
+    let out = drain(&mut exec);
+    assert_eq!(
+        receipts(&out),
+        Vec::<Lsn>::new(),
+        "no receipt before the sync"
+    );
+    let wal = exec.wal().expect("wal");
+    assert_eq!((wal.last().lsn, wal.durable_lsn()), (5, 0));
+    assert!(exec.sync_needed());
+    // One group sync covers both batches; the receipt follows it.
+    let syncs = sim.counters().file_syncs;
+    exec.sync(1_002);
+    assert_eq!(
+        sim.counters().file_syncs,
+        syncs + 1,
+        "one sync for two batches"
+    );
+    let out = drain(&mut exec);
+    assert_eq!(receipts(&out), vec![5]);
+    assert!(matches!(out.first(), Some(Output::Durable(5))), "{out:?}");
+    assert_eq!(exec.wal().expect("wal").durable_lsn(), 5);
+    assert_eq!(exec.last_receipt(), Some(5));
+    assert!(!exec.sync_needed());
+}
+
+#[test]
+fn fm_x_4_failed_sync_stops_the_node_without_receipt_and_is_never_retried() {
+    let sim = SimStorage::new(2);
+    let log = log(3);
+    let mut exec = streaming(&sim, Recorder::default(), log[2].1);
+    exec.on_frame(1, batch(&log, 1, 3, 3), 1_001);
+    drain(&mut exec);
+    sim.fail_one_sync_after(0);
+    exec.sync(1_002);
+    let out = drain(&mut exec);
+    assert_eq!(
+        receipts(&out),
+        Vec::<Lsn>::new(),
+        "no receipt after a failed sync"
+    );
+    match out.last() {
+        Some(Output::Stopped(ReplicaError::Wal(WalError::Io { op, .. }))) => {
+            assert_eq!(*op, "sync_data")
+        }
+        other => panic!("expected a stop on the failed sync_data, got {other:?}"),
+    }
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Close { conn: 1, .. })),
+        "the session is closed: {out:?}"
+    );
+    // Stopped: nothing is retried, later inputs change nothing.
+    assert!(!exec.sync_needed());
+    exec.sync(1_003);
+    exec.on_frame(1, batch(&log, 1, 3, 3), 1_003);
+    exec.on_timer(5_000);
+    assert!(drain(&mut exec).is_empty());
+    assert_eq!(exec.next_deadline(), None);
+    assert_eq!(sim.counters().failed_syncs, 1);
+    assert_eq!(exec.applied_lsn(), 0, "nothing applied");
+}
+
+#[test]
+fn apply_waits_for_the_sync_and_the_persisted_commit_watermark() {
+    let sim = SimStorage::new(3);
+    let applier = Recorder::default();
+    let log = log(4);
+    let mut exec = streaming(&sim, applier.clone(), log[3].1);
+    // Records 1..=4, the primary committed 2.
+    exec.on_frame(1, batch(&log, 1, 4, 2), 1_001);
+    drain(&mut exec);
+    assert_eq!(
+        applier.lsns(),
+        Vec::<Lsn>::new(),
+        "nothing applied before the sync"
+    );
+    exec.sync(1_001);
+    drain(&mut exec);
+    assert_eq!(
+        applier.lsns(),
+        vec![1, 2],
+        "applied up to the commit watermark only"
+    );
+    assert_eq!(exec.persisted_commit(), 2);
+    // The watermark moves within the interval: written (and applied) at the deadline.
+    exec.on_frame(1, Message::Commit { commit_lsn: 4 }, 1_005);
+    drain(&mut exec);
+    assert_eq!(applier.lsns(), vec![1, 2]);
+    assert_eq!(exec.next_deadline(), Some(1_011));
+    exec.on_timer(1_011);
+    let out = drain(&mut exec);
+    assert!(
+        out.iter().any(|o| matches!(o, Output::CommitPersisted(4))),
+        "{out:?}"
+    );
+    assert_eq!(applier.lsns(), vec![1, 2, 3, 4]);
+    assert_eq!(exec.persisted_commit(), 4);
+}
+
+#[test]
+fn commit_watermark_is_persisted_only_up_to_the_durable_lsn() {
+    let sim = SimStorage::new(4);
+    let log = log(5);
+    let mut exec = streaming(&sim, Recorder::default(), log[4].1);
+    // The primary committed 5 with other replicas; this one holds 1..=3 so far.
+    exec.on_frame(1, batch(&log, 1, 3, 5), 1_001);
+    exec.sync(1_001);
+    drain(&mut exec);
+    assert_eq!(exec.persisted_commit(), 3);
+    assert_eq!(exec.applied_lsn(), 3);
+}
