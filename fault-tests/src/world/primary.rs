@@ -296,15 +296,31 @@ impl World {
             .collect();
         let written = p.exec.append(batch, now);
         let lsns: Vec<Lsn> = written.map(|r| r.collect()).unwrap_or_default();
-        for &lsn in &lsns {
-            let pos = match p.wal.with(|w| w.position_at(lsn)) {
-                Ok(Some(pos)) => pos,
-                other => panic!("p0: lsn {lsn} was just written but reads {other:?}"),
-            };
+        // The history is what the WAL holds: a batch that failed part way (ENOSPC on a
+        // segment roll) may have written its first records, whose appends still failed.
+        // The WAL is poisoned then and reads nothing: the positions are computed from the
+        // payloads (the batch's records are its first ones, in order) and checked against
+        // the WAL's last position.
+        let last = p.wal.last();
+        let from = self.oracle.primary_history.len() as u64 + 1;
+        let mut prev_crc = self.oracle.primary_history.last().map_or(0, |p| p.crc);
+        let mut scratch = Vec::new();
+        for (lsn, payload) in (from..=last.lsn).zip(payloads) {
+            scratch.clear();
+            let pos = encode_record(lsn, last.epoch, prev_crc, payload, &mut scratch);
+            prev_crc = pos.crc;
             self.oracle.primary_history.push(pos);
-            assert_eq!(self.oracle.primary_history.len() as u64, lsn);
-            self.oracle.pending_acks.push(lsn);
         }
+        assert_eq!(
+            self.oracle.primary_history.last().copied(),
+            (last.lsn > 0).then_some(last),
+            "p0: the oracle's history ends where the WAL does after an append"
+        );
+        assert!(
+            lsns.last().is_none_or(|&l| l <= last.lsn),
+            "an append's lsn is in the WAL"
+        );
+        self.oracle.pending_acks.extend(&lsns);
         if p.exec.sync_needed() && p.sync_at.is_none() {
             p.sync_at = Some(now + delay);
         }

@@ -452,16 +452,7 @@ impl<S: Storage, W> PrimaryExec<S, W> {
         match self.wal.with(|w| w.sync()) {
             Ok(durable) => {
                 tracing::trace!(target: STAGE_TARGET, stage = "primary_fsync", lsn = durable);
-                self.durable = durable;
-                if let Some(t) = self.commit_timeout_ms {
-                    let deadline = now_ms.saturating_add(t);
-                    for w in self.waiting.iter_mut().filter(|w| w.deadline.is_none()) {
-                        if w.lsn > durable {
-                            break;
-                        }
-                        w.deadline = Some(deadline);
-                    }
-                }
+                self.learn_durable(durable, now_ms);
                 self.out.push_back(Output::Durable(durable));
                 self.core_event(Event::LocalDurable, now_ms);
             }
@@ -698,9 +689,30 @@ impl<S: Storage, W> PrimaryExec<S, W> {
         }
     }
 
+    /// Records up to `durable` are on disk here: their tokens' commit timeouts start.
+    fn learn_durable(&mut self, durable: Lsn, now_ms: u64) {
+        if durable <= self.durable {
+            return;
+        }
+        self.durable = durable;
+        if let Some(t) = self.commit_timeout_ms {
+            let deadline = now_ms.saturating_add(t);
+            for w in self.waiting.iter_mut().filter(|w| w.deadline.is_none()) {
+                if w.lsn > durable {
+                    break;
+                }
+                w.deadline = Some(deadline);
+            }
+        }
+    }
+
     /// The commit watermark advanced: announce it, wake the tokens it covers (lsn order),
     /// and schedule its persist.
     fn on_commit(&mut self, commit_lsn: Lsn, now_ms: u64) {
+        // A segment roll fsyncs the completed segment inside an append, so the WAL's durable
+        // lsn (which the core reads) can run ahead of this executor's last group sync.
+        let wal_durable = self.wal.durable_lsn();
+        self.learn_durable(wal_durable, now_ms);
         assert!(
             commit_lsn <= self.durable,
             "the commit watermark {commit_lsn} never exceeds the local durable lsn {}",
