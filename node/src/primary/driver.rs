@@ -187,6 +187,7 @@ pub(crate) fn run_exec(shared: Arc<Shared>, rx: mpsc::Receiver<Input>) {
     let mut inputs: Vec<Input> = Vec::new();
     let mut appends: Vec<(Vec<u8>, Token)> = Vec::new();
     let mut outputs: Vec<Output<Token>> = Vec::new();
+    let mut disconnected: Vec<ConnId> = Vec::new();
     let mut done = false;
     loop {
         let deadline = {
@@ -200,6 +201,11 @@ pub(crate) fn run_exec(shared: Arc<Shared>, rx: mpsc::Receiver<Input>) {
         };
         for o in outputs.drain(..) {
             done |= deliver(&shared, &mut conns, o);
+        }
+        // A connection's writer is dropped only after the outputs of the round that saw it
+        // close were delivered: a Refuse answered to its last frame still goes out.
+        for conn in disconnected.drain(..) {
+            conns.remove(&conn);
         }
         if done {
             break;
@@ -233,9 +239,10 @@ pub(crate) fn run_exec(shared: Arc<Shared>, rx: mpsc::Receiver<Input>) {
                 }) => ex.on_hello_of_other_version(conn, protocol_version, now),
                 Input::Event(Event::Disconnected { conn }) => {
                     ex.on_closed(conn, now);
-                    if let Some((node_id, _)) = conns.remove(&conn) {
+                    if let Some((node_id, _)) = conns.get(&conn) {
                         info!(replica = %node_id, conn, "replica disconnected");
                     }
+                    disconnected.push(conn);
                 }
                 // The executor makes its own durable and tick events.
                 Input::Event(_) | Input::Wake => {}
