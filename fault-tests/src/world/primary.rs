@@ -464,10 +464,7 @@ impl World {
     /// Performs the executor's outputs and records the oracle's facts from them.
     fn primary_outputs(&mut self) {
         let mut acked: Option<(Lsn, Lsn)> = None;
-        loop {
-            let Some(p) = self.primary.up.as_mut() else {
-                break;
-            };
+        while let Some(p) = self.primary.up.as_mut() {
             let Some(o) = p.exec.poll_output() else {
                 break;
             };
