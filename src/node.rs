@@ -217,8 +217,19 @@ async fn run_primary(cfg: &NodeConfig, append_stdin: bool) -> Result<(), String>
                 }
             }
         });
+        // The feeder ends when stdin ends or the node stopped, after reporting the append
+        // in flight (the stop is visible before an append fails with it).
         let mut feeder = tokio::spawn(async move {
-            while let Some(bytes) = rx.recv().await {
+            tokio::pin!(stopped);
+            loop {
+                let bytes = tokio::select! {
+                    biased;
+                    _ = &mut stopped => break,
+                    b = rx.recv() => match b {
+                        Some(b) => b,
+                        None => break,
+                    },
+                };
                 match p.append(bytes).await {
                     Ok(lsn) => println!("committed {lsn}"),
                     Err(e) => println!("error {e}"),
@@ -228,9 +239,8 @@ async fn run_primary(cfg: &NodeConfig, append_stdin: bool) -> Result<(), String>
         let signalled = tokio::select! {
             _ = wait_for_shutdown_signal() => true,
             _ = &mut feeder => false,
-            _ = stopped => false,
         };
-        if signalled || primary.stopped().is_some() {
+        if signalled {
             // The feeder holds a handle to the primary: end it, so the shutdown below is the
             // clean one that persists the final commit watermark (spec/state-files.md §3.1);
             // a stopped primary takes no append anyway.

@@ -50,6 +50,7 @@ pub fn standard_checkers() -> Vec<Box<dyn Checker>> {
         Box::new(AppliedIsCommittedInOrder),
         Box::new(HaltedReplicaFrozen),
         Box::new(NoHaltWithoutCause),
+        Box::new(PersistedCommitNeverAboveAcknowledged),
         Box::new(DurableNeverRewritten::default()),
     ]
 }
@@ -464,6 +465,43 @@ impl Checker for NoHaltWithoutCause {
                     injected
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+/// The commit watermark the primary persists (`state/commit`) never exceeds what it
+/// acknowledged: the highest commit it announced, or the watermark a previous life of the
+/// disk held when the process started. A watermark above that would make a restart treat
+/// unacknowledged records as committed (and refuse to start when they are lost, FM-X.6).
+pub struct PersistedCommitNeverAboveAcknowledged;
+
+#[derive(serde::Deserialize)]
+struct CommitFile {
+    commit_lsn: Lsn,
+}
+
+impl Checker for PersistedCommitNeverAboveAcknowledged {
+    fn name(&self) -> &'static str {
+        "persisted commit watermark never above what was acknowledged"
+    }
+    fn spec(&self) -> &'static str {
+        "FM-X.6, FM-3.2"
+    }
+    fn check(&mut self, w: &World) -> Result<(), String> {
+        let s = &w.primary.storage;
+        let persisted =
+            match walship_wal::state::read_state_json::<_, CommitFile>(s, &state_dir(), "commit") {
+                Ok(c) => c.map_or(0, |c| c.commit_lsn),
+                // A torn or damaged file is judged by the restart, not here.
+                Err(_) => return Ok(()),
+            };
+        let allowed = w.oracle.max_commit.max(w.oracle.primary_commit_at_start);
+        if persisted > allowed {
+            return Err(format!(
+                "p0's state/commit holds {persisted}, above the highest commit it announced ({}) and the watermark it started from ({})",
+                w.oracle.max_commit, w.oracle.primary_commit_at_start
+            ));
         }
         Ok(())
     }

@@ -367,7 +367,7 @@ fn fm_4_1() -> R {
         .primary
         .up
         .as_ref()
-        .map(|p| p.core.status(&NoLog, w.now()).replicas[0].durable_lsn)
+        .map(|p| p.core().status(&NoLog, w.now()).replicas[0].durable_lsn)
         .unwrap_or(0);
     w.crash(1);
     w.restart(1);
@@ -1093,7 +1093,7 @@ fn fm_x_4() -> R {
         .primary
         .up
         .as_ref()
-        .map(|p| p.core.status(&NoLog, w.now()).replicas[0].durable_lsn)
+        .map(|p| p.core().status(&NoLog, w.now()).replicas[0].durable_lsn)
         .unwrap_or(0);
     ensure(receipted <= 5, || {
         format!("receipt for lsn {receipted} that was never synced")
@@ -1539,7 +1539,11 @@ fn fm_x_13() -> R {
     let boundary = w.primary_snapshot()?;
     w.client_append(&payloads("after-snapshot", 5, 40));
     w.run_until(w.now() + 50);
-    let first = w.primary.up.as_ref().map_or(0, |p| p.wal.first_lsn());
+    let first = w
+        .primary
+        .up
+        .as_ref()
+        .map_or(0, |p| p.wal.with(|wal| wal.first_lsn()));
     ensure(first > 4, || {
         format!("the primary still retains lsn {first}")
     })?;

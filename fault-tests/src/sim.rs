@@ -624,7 +624,7 @@ fn drive(opts: &SimOptions, w: &mut World, workload: &mut SimRng, report: &mut S
             Some(p) => why.push(format!(
                 "p0 durable {} commit {}",
                 p.wal.durable_lsn(),
-                p.core.commit_lsn()
+                p.exec.commit_lsn()
             )),
         }
         for r in &w.replicas {

@@ -46,7 +46,7 @@ fn acked_commit_on_too_few_replicas_is_reported() {
     // Pretend the primary acknowledged one more record than any replica holds.
     let p = w.primary.up.as_mut().expect("primary up");
     p.wal.append(b"only here").expect("append");
-    let last = p.wal.sync().expect("sync");
+    let last = p.wal.with(|wal| wal.sync()).expect("sync");
     let pos = p.wal.last();
     w.oracle.primary_history.push(pos);
     w.oracle.acked.insert(last, pos);
@@ -169,7 +169,7 @@ impl walship_primary::core::LogSource for NoLog {
 fn receipted(w: &World, n: usize, lsn: Lsn) -> bool {
     let name = format!("r{n}");
     w.primary.up.as_ref().is_some_and(|p| {
-        p.core
+        p.core()
             .status(&NoLog, w.now())
             .replicas
             .iter()

@@ -1,19 +1,17 @@
-//! The tokio/quinn driver around [`PrimaryCore`].
+//! The tokio/quinn glue around the primary executor ([`super::exec`]): it only moves
+//! bytes and time; every decision is the executor's.
 //!
 //! Threads and tasks:
-//! - the **core thread** (a std thread) owns the event loop: it receives events from the
-//!   connection tasks and the WAL's durable listener, feeds them to the core under the state
-//!   lock (the core reads batches from the mmap'd WAL, so page faults of a catch-up never
-//!   block the async runtime) and performs the actions: frames go to the connection's writer
-//!   task, closes are logged with the node id, commit advances wake appenders through a
-//!   `watch` channel and are handed to the persister;
-//! - the **persister thread** writes `state/commit`, coalescing advances (the watermark file
-//!   is a recovery hint; acknowledging an append does not wait for it, see
-//!   `spec/protocol.md`, "Commit watermark"); a failed write stops the node
-//!   ([`Shared::stop_node`]), like every other failed fsync;
+//! - the **executor thread** (one std thread, the blocking thread) runs [`PrimaryExec`]:
+//!   it blocks for the first input or the executor's next deadline, drains every queued
+//!   input (appends, frames, connection events), lets the executor write the appends and
+//!   fdatasync once (group commit, inline), fire its timers (tick, persist of
+//!   `state/commit`, commit timeouts), and delivers the outputs: frames to the connection's
+//!   writer task, results to the appenders' oneshots. The core reads batches from the mmap'd
+//!   WAL there, so page faults of a catch-up never block the async runtime;
 //! - the **accept task** and one **connection task** per replica (quinn): mutual TLS already
 //!   refused unknown CAs and unlisted names; the task reads frames from the bi stream the
-//!   replica opened and forwards them to the core, and a writer task writes the core's frames.
+//!   replica opened and forwards them to the executor, and a writer task writes its frames.
 //!   A malformed or oversized frame or a connection error closes THAT connection with a
 //!   logged reason; nothing else is affected.
 
@@ -23,18 +21,17 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc as tmpsc, watch};
+use tokio::sync::{mpsc as tmpsc, oneshot, watch};
 use tracing::{debug, error, info, warn, Instrument};
+use walship_primary::core::{CloseReason, ConnId, CoreStatus, Event};
 use walship_snapshot::{SnapshotSender, SnapshotStore, TransferItem};
-use walship_wal::state::NodeDir;
-use walship_wal::{FsStorage, Lsn, Position, SharedWal, Storage};
+use walship_wal::{FsStorage, Lsn, Position, SharedWal};
 use walship_wire::{
     encode_frame, read_frame, CloseCode, FrameError, FrameWriter, Message, MAX_FRAME_BYTES,
 };
 
-use super::PrimaryStop;
-use walship_primary::core::{Action, CloseReason, ConnId, CoreStatus, Event, PrimaryCore};
-use walship_primary::log::WalLog;
+use super::exec::{Output, PrimaryExec};
+use super::{PrimaryError, PrimaryStop};
 
 /// The storage a primary runs on: the real file system. With the `fault-injection`
 /// feature it is wrapped so that tests and the demo can make its syncs fail
@@ -53,10 +50,6 @@ pub(crate) fn node_storage() -> NodeStorage {
     return walship_wal::fault::FaultyStorage::new(FsStorage);
 }
 
-/// Period of the core's Tick (re-evaluates windows; keeps status fresh).
-const TICK: Duration = Duration::from_millis(100);
-/// Minimum interval between two writes of `state/commit`.
-const PERSIST_INTERVAL: Duration = Duration::from_millis(20);
 /// How long a refused replica gets to read the `Refuse` frame before the connection closes.
 const REFUSE_LINGER: Duration = Duration::from_secs(1);
 /// How long a connected replica may take to open its stream.
@@ -64,19 +57,26 @@ const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The writer coalesces queued frames into one write up to this size.
 const WRITE_COALESCE_BYTES: usize = 1024 * 1024;
 
-/// What the core thread receives.
-pub(crate) enum CoreMsg {
+/// The waiter token of one append in production: the executor answers it once.
+pub(crate) type Token = oneshot::Sender<Result<Lsn, PrimaryError>>;
+/// The executor as production runs it.
+pub(crate) type NodeExec = PrimaryExec<NodeStorage, Token>;
+
+/// What the executor thread receives.
+pub(crate) enum Input {
+    /// `Primary::append`: a payload and its waiter.
+    Append { payload: Vec<u8>, tx: Token },
     /// A connection passed TLS and opened its stream; frames for it go to `tx`.
     Register {
         conn: ConnId,
         node_id: String,
         tx: tmpsc::UnboundedSender<Outgoing>,
     },
-    /// An event for the core.
+    /// A frame, a frame of another protocol version, or the end of a connection.
     Event(Event),
-    /// The WAL's durable lsn advanced.
-    Durable,
-    /// Stop the loop.
+    /// Deliver what another thread made the executor emit (a stop by maintenance).
+    Wake,
+    /// Shut down: persist the final watermark, fail what waits, end the thread.
     Shutdown,
 }
 
@@ -88,23 +88,18 @@ pub(crate) enum Outgoing {
     Close(CloseReason),
 }
 
-/// The core and the log it reads, under one lock (the core thread and `status()` take it).
-pub(crate) struct CoreState {
-    pub(crate) core: PrimaryCore,
-    pub(crate) log: WalLog<NodeStorage>,
-}
-
-/// State shared by the embedding API and the driver.
+/// State shared by the embedding API, the executor thread and the connection tasks.
 pub(crate) struct Shared {
     pub(crate) node_id: String,
     pub(crate) members: Vec<String>,
     pub(crate) wal: Arc<SharedWal<NodeStorage>>,
-    pub(crate) state: Mutex<CoreState>,
-    pub(crate) core_tx: mpsc::Sender<CoreMsg>,
-    pub(crate) commit_rx: watch::Receiver<Lsn>,
+    /// The executor; the executor thread holds it while it handles a batch of inputs
+    /// (`status()`, fault injection and maintenance take it briefly).
+    pub(crate) exec: Mutex<NodeExec>,
+    pub(crate) tx: mpsc::Sender<Input>,
+    /// The commit watermark the executor announced.
+    pub(crate) commit_lsn: AtomicU64,
     pub(crate) shutting_down: AtomicBool,
-    /// Appends between their shutdown check and the end of their WAL write.
-    pub(crate) appends_in_flight: AtomicU64,
     pub(crate) next_conn: AtomicU64,
     pub(crate) started: Instant,
     /// `DIR/snapshots`.
@@ -117,35 +112,50 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn lock_state(&self) -> MutexGuard<'_, CoreState> {
+    pub(crate) fn lock_exec(&self) -> MutexGuard<'_, NodeExec> {
         // A panic under the lock is a broken invariant that already took its thread down.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.exec.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Stops the node after a fatal failure of its own storage (a failed fsync, ENOSPC,
-    /// any I/O error of the WAL, the commit watermark file or the snapshot store): appends
-    /// fail with `PrimaryError::Stopped` from now on, the core thread ends (no more
-    /// shipping or commit advances), and `Primary::wait_stopped` resolves. Nothing is
-    /// retried; a restart recovers from what the disk holds. The first reason wins.
+    /// Stops the node after a fatal failure of its own storage found outside the executor
+    /// thread (snapshot maintenance): the executor fails every pending append and refuses
+    /// later ones; its thread then delivers that and ends.
     pub(crate) fn stop_node(&self, reason: PrimaryStop) {
-        let first = self.stopped.send_if_modified(|s| {
+        let now = {
+            let mut ex = self.lock_exec();
+            ex.stop(reason);
+            ex.stopped().cloned()
+        };
+        if let Some(reason) = now {
+            self.publish_stop(reason);
+        }
+        // The thread is gone only if the primary is shutting down anyway.
+        let _ = self.tx.send(Input::Wake);
+    }
+
+    /// Makes a stop visible to the embedder (`stopped`, `wait_stopped`). The first wins.
+    fn publish_stop(&self, reason: PrimaryStop) {
+        self.stopped.send_if_modified(|s| {
             if s.is_some() {
                 return false;
             }
-            *s = Some(reason.clone());
+            *s = Some(reason);
             true
         });
-        if first {
-            error!(node = %self.node_id, %reason, "primary stopped: its own storage failed (never retried); restart it to recover from disk");
-            self.shutting_down.store(true, Ordering::Release);
-            // The core thread is gone only if the primary is shutting down anyway.
-            let _ = self.core_tx.send(CoreMsg::Shutdown);
-        }
+        self.shutting_down.store(true, Ordering::Release);
     }
 
     /// Why the node stopped, if it did.
     pub(crate) fn stop_reason(&self) -> Option<PrimaryStop> {
         self.stopped.borrow().clone()
+    }
+
+    /// Why an append cannot be handed to the executor any more.
+    pub(crate) fn gone_error(&self) -> PrimaryError {
+        match self.stop_reason() {
+            Some(reason) => PrimaryError::Stopped(reason),
+            None => PrimaryError::ShuttingDown,
+        }
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
@@ -154,10 +164,7 @@ impl Shared {
 
     pub(crate) fn status(&self) -> CoreStatus {
         let now = self.now_ms();
-        let mut st = self.lock_state();
-        let CoreState { core, log } = &mut *st;
-        log.refresh();
-        core.status(log, now)
+        self.lock_exec().status(now)
     }
 }
 
@@ -167,137 +174,136 @@ impl Shared {
 /// costs one level check. See BENCHMARKS.md, "Where the time goes".
 pub(crate) const STAGE_TARGET: &str = "walship::stage";
 
-/// Registers the WAL durable listener: it wakes the core thread, with at most one wake-up
-/// queued (`pending` is cleared by the core thread when it takes the wake-up).
-pub(crate) fn install_durable_listener(
-    wal: &SharedWal<NodeStorage>,
-    tx: mpsc::Sender<CoreMsg>,
-    pending: Arc<AtomicBool>,
-) {
-    wal.set_durable_listener(Box::new(move |lsn| {
-        tracing::trace!(target: STAGE_TARGET, stage = "primary_fsync", lsn);
-        if !pending.swap(true, Ordering::AcqRel) {
-            // The core thread is gone only during shutdown: nothing left to wake.
-            let _ = tx.send(CoreMsg::Durable);
-        }
-    }));
-}
-
-/// The core thread's loop. Returns when told to shut down or when every sender is gone.
-pub(crate) fn run_core(
-    shared: Arc<Shared>,
-    rx: mpsc::Receiver<CoreMsg>,
-    commit_tx: watch::Sender<Lsn>,
-    persist_tx: mpsc::Sender<Lsn>,
-    durable_pending: Arc<AtomicBool>,
-) {
-    let span = tracing::info_span!("primary_core", node = %shared.node_id);
+/// The executor thread: blocks for the first input (or the executor's next deadline),
+/// drains every input already queued (appends are written in one batch, not synced), syncs
+/// once if anything was written — that is the group commit: one fdatasync per round, no
+/// thread hop per record — fires due timers, then delivers the outputs: frames to the
+/// connections' writer tasks, results to the appenders. Ends on shutdown, when every
+/// sender is gone, or once the node stopped.
+pub(crate) fn run_exec(shared: Arc<Shared>, rx: mpsc::Receiver<Input>) {
+    let span = tracing::info_span!("primary_exec", node = %shared.node_id);
     let _g = span.enter();
     let mut conns: HashMap<ConnId, (String, tmpsc::UnboundedSender<Outgoing>)> = HashMap::new();
+    let mut inputs: Vec<Input> = Vec::new();
+    let mut appends: Vec<(Vec<u8>, Token)> = Vec::new();
+    let mut outputs: Vec<Output<Token>> = Vec::new();
+    let mut disconnected: Vec<ConnId> = Vec::new();
+    let mut done = false;
     loop {
-        let event = match rx.recv_timeout(TICK) {
-            Ok(CoreMsg::Register { conn, node_id, tx }) => {
-                info!(replica = %node_id, conn, "replica connected");
-                conns.insert(conn, (node_id.clone(), tx));
-                Event::Connected { conn, node_id }
+        let deadline = {
+            let mut ex = shared.lock_exec();
+            outputs.extend(std::iter::from_fn(|| ex.poll_output()));
+            if let Some(reason) = ex.stopped() {
+                // Visible before any appender is woken with the failure.
+                shared.publish_stop(reason.clone());
             }
-            Ok(CoreMsg::Event(e)) => e,
-            Ok(CoreMsg::Durable) => {
-                // Cleared before the durable lsn is read: a later advance queues a new wake-up.
-                durable_pending.store(false, Ordering::Release);
-                Event::LocalDurable
+            ex.next_deadline()
+        };
+        for o in outputs.drain(..) {
+            done |= deliver(&shared, &mut conns, o);
+        }
+        // A connection's writer is dropped only after the outputs of the round that saw it
+        // close were delivered: a Refuse answered to its last frame still goes out.
+        for conn in disconnected.drain(..) {
+            conns.remove(&conn);
+        }
+        if done {
+            break;
+        }
+        let first = match deadline {
+            Some(at) => {
+                let wait = at.saturating_sub(shared.now_ms());
+                match rx.recv_timeout(Duration::from_millis(wait)) {
+                    Ok(i) => Some(i),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => Some(Input::Shutdown),
+                }
             }
-            Ok(CoreMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => Event::Tick,
+            None => Some(rx.recv().unwrap_or(Input::Shutdown)),
         };
-        let disconnected = match &event {
-            Event::Disconnected { conn } => Some(*conn),
-            _ => None,
-        };
-        let actions = {
-            let now = shared.now_ms();
-            let mut st = shared.lock_state();
-            let CoreState { core, log } = &mut *st;
-            log.refresh();
-            core.handle(event, log, now)
-        };
-        for action in actions {
-            match action {
-                Action::Send { conn, msg } => {
-                    if let Some((_, tx)) = conns.get(&conn) {
-                        // The writer is gone only if the connection already ended.
-                        let _ = tx.send(Outgoing::Frame(msg));
+        inputs.extend(first);
+        inputs.extend(std::iter::from_fn(|| rx.try_recv().ok()));
+        let mut ex = shared.lock_exec();
+        let now = shared.now_ms();
+        for input in inputs.drain(..) {
+            match input {
+                Input::Append { payload, tx } => appends.push((payload, tx)),
+                Input::Register { conn, node_id, tx } => {
+                    conns.insert(conn, (node_id.clone(), tx));
+                    ex.on_connected(conn, node_id, now);
+                }
+                Input::Event(Event::Received { conn, msg }) => ex.on_frame(conn, msg, now),
+                Input::Event(Event::HelloOfOtherVersion {
+                    conn,
+                    protocol_version,
+                }) => ex.on_hello_of_other_version(conn, protocol_version, now),
+                Input::Event(Event::Disconnected { conn }) => {
+                    ex.on_closed(conn, now);
+                    if let Some((node_id, _)) = conns.get(&conn) {
+                        info!(replica = %node_id, conn, "replica disconnected");
                     }
+                    disconnected.push(conn);
                 }
-                Action::Close { conn, reason } => {
-                    if let Some((node_id, tx)) = conns.remove(&conn) {
-                        warn!(replica = %node_id, conn, %reason, "closing replica connection");
-                        let _ = tx.send(Outgoing::Close(reason));
-                    }
-                }
-                Action::SendSnapshot { conn, boundary } => {
-                    if let Some((node_id, tx)) = conns.get(&conn) {
-                        info!(replica = %node_id, conn, lsn = boundary.lsn, epoch = boundary.epoch, "sending snapshot");
-                        let _ = tx.send(Outgoing::Snapshot(boundary));
-                    }
-                }
-                Action::CommitAdvanced { commit_lsn } => {
-                    debug!(commit_lsn, "commit advanced");
-                    tracing::trace!(target: STAGE_TARGET, stage = "commit_advanced", lsn = commit_lsn);
-                    commit_tx.send_if_modified(|c| {
-                        let advanced = commit_lsn > *c;
-                        *c = (*c).max(commit_lsn);
-                        advanced
-                    });
-                    let _ = persist_tx.send(commit_lsn);
-                }
+                // The executor makes its own durable and tick events.
+                Input::Event(_) | Input::Wake => {}
+                Input::Shutdown => done = true,
             }
         }
-        if let Some(conn) = disconnected {
-            if let Some((node_id, _)) = conns.remove(&conn) {
-                info!(replica = %node_id, conn, "replica disconnected");
-            }
+        if !appends.is_empty() {
+            ex.append(std::mem::take(&mut appends), now);
+        }
+        if ex.sync_needed() {
+            ex.sync(now);
+        }
+        ex.on_timer(shared.now_ms());
+        if done {
+            ex.shutdown(shared.now_ms());
         }
     }
     // Dropping the writers' senders ends their tasks; the endpoint close ends the connections.
-    debug!("core thread stopped");
+    debug!("executor thread stopped");
 }
 
-/// The persister's loop: writes the newest commit watermark, at most every PERSIST_INTERVAL.
-/// Ends when the core thread (the only sender) is gone, after writing the last value, or
-/// after the first failed write: `state/commit` is written, fsynced, renamed and its
-/// directory fsynced, and a failed fsync is fatal, never retried (the page cache may have
-/// dropped what it was to write, so a later write could falsely succeed). `on_fatal`
-/// then stops the node.
-pub(crate) fn run_persister<S: Storage>(
-    node_dir: NodeDir<S>,
-    rx: mpsc::Receiver<Lsn>,
-    node_id: String,
-    on_fatal: impl FnOnce(PrimaryStop),
-) {
-    let span = tracing::info_span!("primary_persist", node = %node_id);
-    let _g = span.enter();
-    let mut written: Lsn = 0;
-    while let Ok(mut lsn) = rx.recv() {
-        std::thread::sleep(PERSIST_INTERVAL);
-        while let Ok(l) = rx.try_recv() {
-            lsn = lsn.max(l);
-        }
-        if lsn <= written {
-            continue;
-        }
-        match node_dir.set_commit_lsn(lsn) {
-            Ok(()) => written = lsn,
-            Err(e) => {
-                error!(commit_lsn = lsn, error = %e, "cannot persist the commit watermark: the node stops");
-                on_fatal(PrimaryStop::CommitWatermark {
-                    commit_lsn: lsn,
-                    error: e.to_string(),
-                });
-                return;
+/// Performs one output of the executor. Returns true once the node stopped.
+fn deliver(
+    shared: &Shared,
+    conns: &mut HashMap<ConnId, (String, tmpsc::UnboundedSender<Outgoing>)>,
+    output: Output<Token>,
+) -> bool {
+    match output {
+        Output::Send { conn, msg } => {
+            if let Some((_, tx)) = conns.get(&conn) {
+                // The writer is gone only if the connection already ended.
+                let _ = tx.send(Outgoing::Frame(msg));
             }
         }
+        Output::Close { conn, reason } => {
+            if let Some((_, tx)) = conns.remove(&conn) {
+                let _ = tx.send(Outgoing::Close(reason));
+            }
+        }
+        Output::SendSnapshot { conn, boundary } => {
+            if let Some((_, tx)) = conns.get(&conn) {
+                let _ = tx.send(Outgoing::Snapshot(boundary));
+            }
+        }
+        Output::Committed(lsn) => {
+            shared.commit_lsn.fetch_max(lsn, Ordering::AcqRel);
+        }
+        // The appender may have given up waiting (its future dropped): nothing to wake.
+        Output::Ack { token, lsn } => {
+            let _ = token.send(Ok(lsn));
+        }
+        Output::Fail { token, error } => {
+            let _ = token.send(Err(error));
+        }
+        Output::Durable(_) | Output::CommitPersisted(_) => {}
+        Output::Stopped(reason) => {
+            shared.publish_stop(reason);
+            return true;
+        }
     }
+    false
 }
 
 /// Accepts replica connections until the endpoint closes.
@@ -357,8 +363,8 @@ async fn serve_connection(
     };
     let (tx, rx) = tmpsc::unbounded_channel();
     if shared
-        .core_tx
-        .send(CoreMsg::Register {
+        .tx
+        .send(Input::Register {
             conn: id,
             node_id: node_id.clone(),
             tx,
@@ -379,7 +385,7 @@ async fn serve_connection(
                     tracing::trace!(target: STAGE_TARGET, stage = "receipt_received", lsn = *durable_lsn);
                 }
                 let event = Event::Received { conn: id, msg };
-                if shared.core_tx.send(CoreMsg::Event(event)).is_err() {
+                if shared.tx.send(Input::Event(event)).is_err() {
                     break;
                 }
             }
@@ -399,7 +405,7 @@ async fn serve_connection(
                     conn: id,
                     protocol_version: theirs,
                 };
-                let _ = shared.core_tx.send(CoreMsg::Event(event));
+                let _ = shared.tx.send(Input::Event(event));
                 break;
             }
             Err(e) => {
@@ -410,9 +416,9 @@ async fn serve_connection(
         }
     }
     let _ = shared
-        .core_tx
-        .send(CoreMsg::Event(Event::Disconnected { conn: id }));
-    // The core drops the writer's sender on Disconnected; the writer then ends.
+        .tx
+        .send(Input::Event(Event::Disconnected { conn: id }));
+    // The executor drops the writer's sender on Disconnected; the writer then ends.
     let _ = writer.await;
     CloseCode::Normal.close(&conn, "session over");
 }
@@ -637,50 +643,5 @@ async fn off_worker<R: Send + 'static>(
             debug!(error = %e, "snapshot read task cancelled: the session ended");
             Err(SendSnapshotError::SessionEnded)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use walship_wal::sim::{SimCounters, SimStorage};
-
-    /// FM-X.5: `state/commit` is written, fsynced, renamed and `state/` fsynced; when that
-    /// fsync fails the persister stops the node and never writes again — a retry could
-    /// falsely succeed after the page cache dropped what the failed fsync was to write.
-    #[test]
-    fn fm_x_5_failed_fsync_of_the_commit_watermark_stops_the_node_and_is_never_retried() {
-        let sim = SimStorage::new(7);
-        let node_dir = NodeDir::open(sim.clone(), std::path::Path::new("/p")).expect("node dir");
-        node_dir.set_commit_lsn(3).expect("a first watermark");
-        // One failure only: a retry would succeed, so only not retrying passes.
-        sim.fail_next_sync(node_dir.state_dir()).expect("arm");
-        let (tx, rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = mpsc::channel::<(PrimaryStop, SimCounters)>();
-        tx.send(5).expect("send");
-        let persister = {
-            let sim = sim.clone();
-            std::thread::spawn(move || {
-                run_persister(node_dir, rx, "p".into(), move |reason| {
-                    let _ = stop_tx.send((reason, sim.counters()));
-                })
-            })
-        };
-        let (reason, at_stop) = stop_rx.recv().expect("the failure stops the node");
-        assert!(
-            matches!(reason, PrimaryStop::CommitWatermark { commit_lsn: 5, .. }),
-            "{reason:?}"
-        );
-        assert_eq!(at_stop.failed_syncs, 1);
-        // Newer watermarks keep coming from the core.
-        let _ = tx.send(6);
-        let _ = tx.send(7);
-        drop(tx);
-        persister.join().expect("persister thread");
-        assert_eq!(
-            sim.counters(),
-            at_stop,
-            "nothing written or synced after the failed fsync"
-        );
     }
 }

@@ -60,7 +60,9 @@ pub fn snapshot_error_stops_the_node(e: &SnapshotError) -> bool {
 
 impl Maintenance {
     fn commit_lsn(&self) -> Lsn {
-        *self.shared.commit_rx.borrow()
+        self.shared
+            .commit_lsn
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Runs `f` unless the node stopped; a fatal error of `f` stops it.
@@ -113,8 +115,7 @@ impl Maintenance {
                 .snapshots
                 .create(self.chunk_size_bytes, source, &mut resolve)?;
             self.shared
-                .lock_state()
-                .log
+                .lock_exec()
                 .set_newest_snapshot(Some(snap.boundary));
             info!(
                 lsn = snap.boundary.lsn,

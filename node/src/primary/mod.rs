@@ -27,6 +27,7 @@
 //! ```
 
 pub mod driver;
+pub mod exec;
 mod maintain;
 pub use maintain::snapshot_error_stops_the_node;
 pub use walship_primary::{core, log, proto};
@@ -39,43 +40,23 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 pub use walship_snapshot::retention::SnapshotPolicy;
-use walship_snapshot::{InstalledSnapshot, Limits, SnapshotError, SnapshotSource, SnapshotStore};
-use walship_wal::state::{DirLock, EpochHistory, NodeDir, StateError};
+use walship_snapshot::{InstalledSnapshot, SnapshotError, SnapshotSource};
+use walship_wal::state::{DirLock, StateError};
 use walship_wal::RECORD_HEADER_LEN;
-use walship_wal::{Lsn, OpenReport, SharedWal, Wal, WalError, WalOptions};
+use walship_wal::{Lsn, WalError, WalOptions};
 use walship_wire::{CloseCode, EndpointError, TlsFiles, TransportOptions, MAX_BATCH_BYTES};
 
-use self::driver::{CoreMsg, CoreState, Shared};
+use self::driver::{Input, Shared};
+use self::exec::{ExecConfig, PrimaryExec};
 pub use self::maintain::BoxedSnapshotSource;
 use self::maintain::Maintenance;
 #[cfg(feature = "fault-injection")]
 pub use walship_primary::core::ShipFault;
-use walship_primary::core::{CoreConfig, PrimaryCore};
 pub use walship_primary::core::{
     CoreError, CoreStatus, LogSource, Quorum, QuorumError, ReplicaStatus, Window,
 };
-use walship_primary::log::WalLog;
-
-/// How long `shutdown` waits for appends already writing to the WAL.
-const SHUTDOWN_APPEND_WAIT: Duration = Duration::from_secs(10);
-
-/// Counts an append in flight for as long as it lives (also when its future is dropped).
-struct InFlight(Arc<Shared>);
-
-impl InFlight {
-    fn enter(shared: &Arc<Shared>) -> InFlight {
-        shared.appends_in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(shared.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.appends_in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// Configuration of a primary node.
 #[derive(Clone, Debug)]
@@ -339,12 +320,6 @@ pub enum PrimaryStop {
     },
 }
 
-/// Whether an append's WAL error means the log can take no more appends (the node stops):
-/// everything except a payload the caller made too large.
-fn append_error_is_fatal(e: &WalError) -> bool {
-    !matches!(e, WalError::RecordTooLarge { .. })
-}
-
 /// What `status()` reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrimaryStatus {
@@ -370,11 +345,9 @@ pub struct Primary {
     endpoint: quinn::Endpoint,
     maintenance: Arc<Maintenance>,
     maintenance_task: Option<tokio::task::JoinHandle<()>>,
-    commit_timeout: Duration,
     max_record_bytes: u32,
     data_dir: PathBuf,
-    core_thread: Option<std::thread::JoinHandle<()>>,
-    persist_thread: Option<std::thread::JoinHandle<()>>,
+    exec_thread: Option<std::thread::JoinHandle<()>>,
     accept_task: Option<tokio::task::JoinHandle<()>>,
     lock: Option<DirLock>,
 }
@@ -386,6 +359,24 @@ impl std::fmt::Debug for Primary {
             .field("data_dir", &self.data_dir)
             .field("commit_lsn", &self.commit_lsn())
             .finish()
+    }
+}
+
+impl PrimaryConfig {
+    /// The executor's part of this configuration.
+    pub fn exec_config(&self) -> ExecConfig {
+        ExecConfig {
+            node_id: self.node_id.clone(),
+            cluster_id: self.cluster_id.clone(),
+            members: self.members.clone(),
+            quorum: self.quorum,
+            window: self.window,
+            segment_size_bytes: self.segment_size_bytes,
+            max_record_bytes: self.max_record_bytes,
+            commit_timeout_ms: Some(self.commit_timeout_ms),
+            tick_ms: exec::DEFAULT_TICK_MS,
+            persist_interval_ms: exec::DEFAULT_PERSIST_INTERVAL_MS,
+        }
     }
 }
 
@@ -402,13 +393,10 @@ impl Primary {
     }
 
     /// [`Primary::open`]'s work, on a thread that may block.
-    // `NodeStorage` is `Copy` (`FsStorage`) without `fault-injection`, a shared wrapper with it.
-    #[allow(clippy::clone_on_copy)]
     fn open_blocking(config: PrimaryConfig) -> Result<Primary, PrimaryError> {
         config.validate()?;
         let span = tracing::info_span!("primary_open", node = %config.node_id, dir = %config.data_dir.display());
         let _g = span.enter();
-        let storage = driver::node_storage();
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(|source| {
             PrimaryError::Wal(WalError::Io {
@@ -418,175 +406,43 @@ impl Primary {
             })
         })?;
         let lock = DirLock::acquire(dir)?;
-        let node_dir = NodeDir::open(storage.clone(), dir)?;
-        let mut epochs = node_dir.epochs()?;
-        let history_epoch = if epochs.is_empty() {
-            1
-        } else {
-            epochs.last_epoch()
-        };
-        let opts = WalOptions {
-            segment_size_bytes: config.segment_size_bytes,
-            max_record_bytes: config.max_record_bytes,
-            epoch: history_epoch,
-        };
-        // Discards interrupted creations (tmp-*); opened before the WAL because the log's
-        // end after recovery may be the newest snapshot's boundary (FM-10.5, below).
-        let (snapshots, _) =
-            SnapshotStore::open(storage.clone(), node_dir.snapshot_dir(), Limits::default())?;
-        let commit_lsn = node_dir.commit_lsn()?;
-        // FM-X.6: a torn-tail cut that would leave the log below the watermark is refused
-        // before anything is cut, so the damaged bytes stay for the operator. A snapshot at
-        // or above the watermark makes any cut harmless: recovery then ends the log at its
-        // boundary at least.
-        let snapshot_lsn = snapshots.newest()?.map_or(0, |s| s.boundary.lsn);
-        let open = walship_wal::OpenOptions::protecting_commit(commit_lsn, snapshot_lsn);
-        let (mut wal, report) = match Wal::open_with(
-            storage.clone(),
-            node_dir.wal_dir(),
-            opts,
-            open,
-        ) {
-            Ok(x) => x,
-            Err(WalError::CutRefused(r)) => {
-                error!(segment = %r.segment.display(), offset = r.offset, bytes_cut = r.bytes_cut,
-                        log_end = r.log_end, commit_lsn,
-                        "acknowledged records lost: the WAL's damaged tail would leave the log below the persisted commit watermark; refusing to start, nothing was cut");
-                return Err(PrimaryError::AcknowledgedRecordsLost {
-                    dir: dir.clone(),
-                    log_end: r.log_end,
-                    commit_lsn,
-                });
-            }
-            Err(e) => return Err(e.into()),
-        };
-        // Whether the cut record was acknowledged is judged below, against state/commit.
-        let torn_tail_cut = match &report {
-            OpenReport::TornTailCut {
-                segment,
-                offset,
-                bytes_cut,
-                last,
-            } => Some((segment.clone(), *offset, *bytes_cut, *last)),
-            other => {
-                info!(report = ?other, "WAL opened");
-                None
-            }
-        };
-        if epochs.is_empty() {
-            if wal.last().lsn != 0 {
-                return Err(PrimaryError::NoEpochHistory {
-                    dir: dir.clone(),
-                    last_lsn: wal.last().lsn,
-                });
-            }
-            epochs = EpochHistory::new();
-            epochs
-                .push(1, 1)
-                .map_err(|e| PrimaryError::Task(format!("epoch history: {e}")))?;
-            node_dir.set_epochs(&epochs)?;
-            info!("first start: epoch 1 begins at lsn 1");
-        }
-        let epoch = epochs.last_epoch();
-        if wal.epoch() > epoch {
-            return Err(PrimaryError::EpochBehindLog {
-                dir: dir.clone(),
-                wal_epoch: wal.epoch(),
-                history_epoch: epoch,
-            });
-        }
-        // Makes the newest snapshot and the WAL agree (FM-10.5); a mismatch is local
-        // corruption: refuse to start.
-        let recovered = snapshots.recover(&mut wal)?;
-        info!(?recovered, "snapshot store opened");
-        let newest_snapshot = snapshots.newest()?.map(|s| s.boundary);
-        let durable = wal.durable_lsn();
-        // FM-X.6: the persisted watermark only ever lags what was committed, so a log (its
-        // last record, or the snapshot boundary it was reset to) ending below it lost records
-        // that were acknowledged: bit rot of a synced last record is cut by the WAL scan as a
-        // torn tail (spec/wal-format.md, "What the scan cannot see"). Refuse to start rather
-        // than hand out their lsns again.
-        let log_end = wal.last().lsn;
-        if log_end < commit_lsn {
-            error!(
-                log_end,
-                commit_lsn,
-                cut = ?torn_tail_cut,
-                "acknowledged records lost: the log ends below the persisted commit watermark; refusing to start"
-            );
-            return Err(PrimaryError::AcknowledgedRecordsLost {
-                dir: dir.clone(),
-                log_end,
-                commit_lsn,
-            });
-        }
-        if let Some((segment, offset, bytes_cut, last)) = torn_tail_cut {
-            warn!(segment = %segment.display(), offset, bytes_cut, last = %last, commit_lsn,
-                "WAL open cut a torn tail above the persisted commit watermark {commit_lsn}");
-        }
-        let core = PrimaryCore::new(CoreConfig {
-            node_id: config.node_id.clone(),
-            cluster_id: config.cluster_id.clone(),
-            members: config.members.clone(),
-            quorum: config.quorum,
-            epoch,
-            epoch_history: epochs.entries.clone(),
-            commit_lsn,
-            window: config.window,
-        })?;
-        let wal = SharedWal::new(wal);
-        let mut log = WalLog::new(wal.clone())?;
-        log.set_newest_snapshot(newest_snapshot);
+        let started = Instant::now();
+        // Recovery, state files and the core: the executor's open, the simulator's too.
+        let exec: driver::NodeExec =
+            PrimaryExec::open(driver::node_storage(), dir, config.exec_config(), 0)?;
+        let (epoch, durable, commit_lsn) =
+            (exec.core().epoch(), exec.durable_lsn(), exec.commit_lsn());
+        let wal = exec.wal().clone();
+        let snapshots = exec.snapshots().clone();
         let endpoint = walship_wire::server_endpoint(
             config.listen_addr,
             &config.tls,
             &config.members,
             &config.transport,
         )?;
-        let (core_tx, core_rx) = mpsc::channel();
-        let (persist_tx, persist_rx) = mpsc::channel();
-        let (commit_tx, commit_rx) = watch::channel(commit_lsn);
+        let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             node_id: config.node_id.clone(),
             members: config.members.clone(),
-            wal: wal.clone(),
-            state: Mutex::new(CoreState { core, log }),
-            core_tx: core_tx.clone(),
-            commit_rx,
+            wal,
+            exec: Mutex::new(exec),
+            tx,
+            commit_lsn: AtomicU64::new(commit_lsn),
             shutting_down: AtomicBool::new(false),
-            appends_in_flight: AtomicU64::new(0),
             next_conn: AtomicU64::new(1),
-            started: Instant::now(),
+            started,
             snapshots,
             stopped: watch::channel(None).0,
             #[cfg(feature = "fault-injection")]
             snapshot_faults: Mutex::new(std::collections::HashMap::new()),
         });
-        let pending = Arc::new(AtomicBool::new(false));
-        driver::install_durable_listener(&wal, core_tx.clone(), pending.clone());
-        let spawn_err = |e: std::io::Error| PrimaryError::Task(format!("spawn thread: {e}"));
-        let persist_thread = {
-            let node_dir = node_dir.clone();
-            let node_id = config.node_id.clone();
+        let exec_thread = {
             let shared = shared.clone();
             std::thread::Builder::new()
-                .name(format!("walship-persist-{}", config.node_id))
-                .spawn(move || {
-                    driver::run_persister(node_dir, persist_rx, node_id, |reason| {
-                        shared.stop_node(reason)
-                    })
-                })
-                .map_err(spawn_err)?
+                .name(format!("walship-exec-{}", config.node_id))
+                .spawn(move || driver::run_exec(shared, rx))
+                .map_err(|e| PrimaryError::Task(format!("spawn thread: {e}")))?
         };
-        let core_thread = {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("walship-core-{}", config.node_id))
-                .spawn(move || driver::run_core(shared, core_rx, commit_tx, persist_tx, pending))
-                .map_err(spawn_err)?
-        };
-        // Commit may already be reachable (LocalOnly, or a persisted watermark below durable).
-        let _ = core_tx.send(CoreMsg::Durable);
         let accept_task = tokio::spawn(driver::accept_loop(endpoint.clone(), shared.clone()));
         let maintenance = Arc::new(Maintenance {
             shared: shared.clone(),
@@ -606,18 +462,16 @@ impl Primary {
             endpoint,
             maintenance,
             maintenance_task: Some(maintenance_task),
-            commit_timeout: Duration::from_millis(config.commit_timeout_ms),
             max_record_bytes: config.max_record_bytes,
             data_dir: config.data_dir,
-            core_thread: Some(core_thread),
-            persist_thread: Some(persist_thread),
+            exec_thread: Some(exec_thread),
             accept_task: Some(accept_task),
             lock: Some(lock),
         })
     }
 
     /// Appends one record and resolves once it is committed under the quorum policy: durable
-    /// locally (group commit on a blocking thread, never on the runtime) and covered by the
+    /// locally (the executor thread's group commit, never on the runtime) and covered by the
     /// quorum's receipts. After `commit_timeout_ms` without the quorum it fails with
     /// [`PrimaryError::CommitTimeout`]; the record then stays tentative above the watermark.
     pub fn append(
@@ -626,11 +480,8 @@ impl Primary {
     ) -> impl Future<Output = Result<Lsn, PrimaryError>> + Send + 'static {
         let payload: Vec<u8> = payload.into();
         let shared = self.shared.clone();
-        let timeout = self.commit_timeout;
         let max = self.max_record_bytes;
         async move {
-            // Counted before the check, so shutdown() either sees this append or it sees the flag.
-            let guard = InFlight::enter(&shared);
             if let Some(reason) = shared.stop_reason() {
                 return Err(PrimaryError::Stopped(reason));
             }
@@ -643,51 +494,22 @@ impl Primary {
                     max,
                 }));
             }
-            let wal = shared.wal.clone();
-            // The guard moves into the blocking task: it counts until the WAL write is over,
-            // even if this future is dropped meanwhile.
-            let lsn = match tokio::task::spawn_blocking(move || {
-                let _in_flight = guard;
-                wal.append_durable(&payload)
-            })
-            .await
-            .map_err(|e| PrimaryError::Task(format!("append task: {e}")))?
-            {
-                Ok(lsn) => lsn,
-                Err(e) => {
-                    // A failed fsync poisoned the WAL; ENOSPC or another I/O error left it
-                    // unable to promise anything: the node stops, never retries.
-                    if append_error_is_fatal(&e) {
-                        shared.stop_node(PrimaryStop::Wal {
-                            error: e.to_string(),
-                        });
-                    }
-                    return Err(e.into());
-                }
-            };
-            let mut rx = shared.commit_rx.clone();
-            let waited = tokio::time::timeout(timeout, async {
-                rx.wait_for(|c| *c >= lsn).await.map(|_| ())
-            })
-            .await;
-            match waited {
-                Ok(Ok(())) => Ok(lsn),
-                Ok(Err(_)) => Err(match shared.stop_reason() {
-                    Some(reason) => PrimaryError::Stopped(reason),
-                    None => PrimaryError::ShuttingDown,
-                }),
-                Err(_) => {
-                    let commit_lsn = *rx.borrow();
-                    warn!(lsn, commit_lsn, "commit timed out: record stays tentative");
-                    Err(PrimaryError::CommitTimeout { lsn })
-                }
+            // One channel send; the executor decides when it is written, synced and acked.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if shared.tx.send(Input::Append { payload, tx }).is_err() {
+                return Err(shared.gone_error());
+            }
+            match rx.await {
+                Ok(result) => result,
+                // The executor thread ended without answering (stopped or shut down).
+                Err(_) => Err(shared.gone_error()),
             }
         }
     }
 
     /// The commit watermark: every lsn up to it is committed under the quorum policy.
     pub fn commit_lsn(&self) -> Lsn {
-        *self.shared.commit_rx.borrow()
+        self.shared.commit_lsn.load(Ordering::Acquire)
     }
 
     /// The local durable lsn.
@@ -701,7 +523,7 @@ impl Primary {
         PrimaryStatus {
             node_id: self.shared.node_id.clone(),
             epoch: s.epoch,
-            quorum: self.shared.lock_state().core.quorum(),
+            quorum: self.shared.lock_exec().core().quorum(),
             durable_lsn: s.durable_lsn,
             commit_lsn: self.commit_lsn().max(s.commit_lsn),
             replicas: s.replicas,
@@ -761,11 +583,8 @@ impl Primary {
     /// stored bytes stay intact, only the shipped copy is altered).
     #[cfg(feature = "fault-injection")]
     pub fn inject_fault(&self, replica_id: &str, fault: ShipFault) -> Result<(), PrimaryError> {
-        self.shared
-            .lock_state()
-            .core
-            .inject_fault(replica_id, fault)?;
-        warn!(replica = replica_id, ?fault, "fault injection armed");
+        self.shared.lock_exec().inject_fault(replica_id, fault)?;
+        tracing::warn!(replica = replica_id, ?fault, "fault injection armed");
         Ok(())
     }
 
@@ -807,7 +626,7 @@ impl Primary {
     /// Arms a fault for the next snapshot transfer to `replica_id` (demo/test use only).
     #[cfg(feature = "fault-injection")]
     pub fn inject_snapshot_fault(&self, replica_id: &str, fault: SnapshotFault) {
-        warn!(
+        tracing::warn!(
             replica = replica_id,
             ?fault,
             "snapshot fault injection armed"
@@ -819,36 +638,23 @@ impl Primary {
             .insert(replica_id.to_string(), fault);
     }
 
-    /// Stops serving: closes every replica connection, stops the core, writes the final commit
-    /// watermark and releases the data directory lock. Appends in flight fail with
+    /// Stops serving: closes every replica connection, stops the executor, writes the final
+    /// commit watermark and releases the data directory lock. Appends in flight fail with
     /// [`PrimaryError::ShuttingDown`] or complete.
     ///
-    /// Returns why the node stopped ([`Primary::stopped`]), read after every background
-    /// thread ended: `None` is a clean stop; a failure during the shutdown itself (the final
-    /// write of `state/commit` failing its fsync, a WAL sync of an append in flight) is
-    /// returned too, since a failed fsync is fatal and must not end as a clean exit.
+    /// Returns why the node stopped ([`Primary::stopped`]), read after the executor thread
+    /// ended: `None` is a clean stop; a failure during the shutdown itself (the final write
+    /// of `state/commit` failing its fsync, a WAL sync of an append in flight) is returned
+    /// too, since a failed fsync is fatal and must not end as a clean exit.
     pub async fn shutdown(mut self) -> Option<PrimaryStop> {
         self.stop();
-        // WAL writes already started finish before the directory lock is released.
-        let start = Instant::now();
-        while self.shared.appends_in_flight.load(Ordering::Acquire) > 0
-            && start.elapsed() < SHUTDOWN_APPEND_WAIT
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
         if let Some(task) = self.accept_task.take() {
             let _ = task.await;
         }
-        let threads: Vec<_> = [self.core_thread.take(), self.persist_thread.take()]
-            .into_iter()
-            .flatten()
-            .collect();
-        let _ = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        })
-        .await;
+        // The executor thread writes nothing after it ended: then the lock may go.
+        if let Some(t) = self.exec_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         self.lock.take();
         let stopped = self.shared.stop_reason();
@@ -868,13 +674,13 @@ impl Primary {
         self.shared.shutting_down.store(true, Ordering::Release);
         self.endpoint
             .close(CloseCode::ShuttingDown.code(), b"primary shutting down");
-        let _ = self.shared.core_tx.send(CoreMsg::Shutdown);
+        let _ = self.shared.tx.send(Input::Shutdown);
     }
 }
 
 impl Drop for Primary {
     fn drop(&mut self) {
-        if self.core_thread.is_some() {
+        if self.exec_thread.is_some() {
             // Dropped without shutdown(): stop the background work, do not wait for it.
             self.stop();
         }
