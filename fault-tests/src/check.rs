@@ -476,11 +476,6 @@ impl Checker for NoHaltWithoutCause {
 /// unacknowledged records as committed (and refuse to start when they are lost, FM-X.6).
 pub struct PersistedCommitNeverAboveAcknowledged;
 
-#[derive(serde::Deserialize)]
-struct CommitFile {
-    commit_lsn: Lsn,
-}
-
 impl Checker for PersistedCommitNeverAboveAcknowledged {
     fn name(&self) -> &'static str {
         "persisted commit watermark never above what was acknowledged"
@@ -490,12 +485,15 @@ impl Checker for PersistedCommitNeverAboveAcknowledged {
     }
     fn check(&mut self, w: &World) -> Result<(), String> {
         let s = &w.primary.storage;
-        let persisted =
-            match walship_wal::state::read_state_json::<_, CommitFile>(s, &state_dir(), "commit") {
-                Ok(c) => c.map_or(0, |c| c.commit_lsn),
-                // A torn or damaged file is judged by the restart, not here.
-                Err(_) => return Ok(()),
-            };
+        let persisted = match walship_wal::state::read_state_json::<_, walship_wal::state::CommitBody>(
+            s,
+            &state_dir(),
+            "commit",
+        ) {
+            Ok(c) => c.map_or(0, |c| c.commit_lsn),
+            // A torn or damaged file is judged by the restart, not here.
+            Err(_) => return Ok(()),
+        };
         let allowed = w.oracle.max_commit.max(w.oracle.primary_commit_at_start);
         if persisted > allowed {
             return Err(format!(

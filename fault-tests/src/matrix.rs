@@ -367,7 +367,7 @@ fn fm_4_1() -> R {
         .primary
         .up
         .as_ref()
-        .map(|p| p.core().status(&NoLog, w.now()).replicas[0].durable_lsn)
+        .map(|p| p.replica_progress(w.now())[0].durable_lsn)
         .unwrap_or(0);
     w.crash(1);
     w.restart(1);
@@ -382,28 +382,6 @@ fn fm_4_1() -> R {
         "replica crashed with lsn {}..={last} unsynced (durable {durable}, receipted {receipted}); restarted at {after}, re-fetched, no halt",
         durable + 1
     ))
-}
-
-/// The primary core's `status` needs a log only for the durable position;
-/// the scenarios read receipts through it.
-struct NoLog;
-impl walship_primary::core::LogSource for NoLog {
-    fn position_at(&mut self, _: Lsn) -> Result<Option<Position>, walship_wal::WalError> {
-        Ok(None)
-    }
-    fn durable(&self) -> Position {
-        Position::default()
-    }
-    fn first_lsn(&self) -> Lsn {
-        1
-    }
-    fn read_batch(
-        &mut self,
-        _: Lsn,
-        _: usize,
-    ) -> Result<Option<(Lsn, u32, Position, Vec<u8>)>, walship_wal::WalError> {
-        Ok(None)
-    }
 }
 
 fn fm_4_2() -> R {
@@ -1093,7 +1071,7 @@ fn fm_x_4() -> R {
         .primary
         .up
         .as_ref()
-        .map(|p| p.core().status(&NoLog, w.now()).replicas[0].durable_lsn)
+        .map(|p| p.replica_progress(w.now())[0].durable_lsn)
         .unwrap_or(0);
     ensure(receipted <= 5, || {
         format!("receipt for lsn {receipted} that was never synced")

@@ -144,34 +144,11 @@ fn quorum_2_cluster_with_r1_ahead(seed: u64) -> World {
     w
 }
 
-/// The primary core's `status` needs a log only for the durable position.
-struct NoLog;
-impl walship_primary::core::LogSource for NoLog {
-    fn position_at(&mut self, _: Lsn) -> Result<Option<Position>, walship_wal::WalError> {
-        Ok(None)
-    }
-    fn durable(&self) -> Position {
-        Position::default()
-    }
-    fn first_lsn(&self) -> Lsn {
-        1
-    }
-    fn read_batch(
-        &mut self,
-        _: Lsn,
-        _: usize,
-    ) -> Result<Option<(Lsn, u32, Position, Vec<u8>)>, walship_wal::WalError> {
-        Ok(None)
-    }
-}
-
 /// True once the primary counts replica `n` durable at `lsn` or above.
 fn receipted(w: &World, n: usize, lsn: Lsn) -> bool {
     let name = format!("r{n}");
     w.primary.up.as_ref().is_some_and(|p| {
-        p.core()
-            .status(&NoLog, w.now())
-            .replicas
+        p.replica_progress(w.now())
             .iter()
             .any(|r| r.node_id == name && r.durable_lsn >= lsn)
     })

@@ -400,7 +400,7 @@ pub enum ShipFault {
 
 /// What the status of one replica member reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReplicaStatus {
+pub struct ReplicaProgress {
     /// The replica's node id.
     pub node_id: String,
     /// A connection of this replica is open.
@@ -431,7 +431,7 @@ pub struct CoreStatus {
     /// Commit watermark.
     pub commit_lsn: Lsn,
     /// One entry per replica member, in member-list order.
-    pub replicas: Vec<ReplicaStatus>,
+    pub replicas: Vec<ReplicaProgress>,
 }
 
 /// One shipped batch not yet covered by a receipt.
@@ -637,7 +637,7 @@ impl PrimaryCore {
                     None => (m.durable_lsn, 0),
                 };
                 let unshipped = durable.saturating_sub(shipped_lsn.max(m.durable_lsn));
-                ReplicaStatus {
+                ReplicaProgress {
                     node_id: m.node_id.clone(),
                     connected: session.is_some(),
                     shipping: ship.is_some(),
@@ -1083,7 +1083,7 @@ impl PrimaryCore {
             #[cfg(feature = "fault-injection")]
             let shipped = {
                 let fault = self.members[member].fault.take();
-                apply_fault(fault, first_lsn, count, bytes)
+                apply_ship_fault(fault, first_lsn, count, bytes)
             };
             #[cfg(not(feature = "fault-injection"))]
             let shipped = Some((first_lsn, count, bytes));
@@ -1103,8 +1103,10 @@ impl PrimaryCore {
 }
 
 /// Applies an armed fault to a batch about to be shipped; `None` if nothing is left to send.
+/// The batch must be whole records verified from the WAL. The one implementation of these
+/// faults: the simulator's sender faults of the same names call it too.
 #[cfg(feature = "fault-injection")]
-fn apply_fault(
+pub fn apply_ship_fault(
     fault: Option<ShipFault>,
     first_lsn: Lsn,
     count: u32,

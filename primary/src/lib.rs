@@ -14,7 +14,7 @@ pub mod log;
 #[cfg(feature = "fault-injection")]
 pub use crate::core::ShipFault;
 pub use crate::core::{
-    CoreError, CoreStatus, LogSource, Quorum, QuorumError, ReplicaStatus, Window,
+    CoreError, CoreStatus, LogSource, Quorum, QuorumError, ReplicaProgress, Window,
 };
 
 /// Protocol and WAL types the core speaks (re-exported from walship-wire / walship-wal).

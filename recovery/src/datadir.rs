@@ -122,12 +122,7 @@ impl LogSource for LiveDir {
     }
 }
 
-/// Body of `state/commit`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct CommitBody {
-    /// The quorum-committed lsn.
-    pub commit_lsn: Lsn,
-}
+pub use walship_wal::state::CommitBody;
 
 /// A validated data directory whose lock this process holds until drop.
 #[derive(Debug)]

@@ -581,9 +581,12 @@ impl EpochHistory {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct CommitBody {
-    commit_lsn: Lsn,
+/// Body of `state/commit` (JSON inside the state-file envelope, spec/state-files.md): the
+/// commit watermark a node persisted. The one definition every crate reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitBody {
+    /// The quorum-committed lsn.
+    pub commit_lsn: Lsn,
 }
 
 /// A node's data directory (see the module docs for the layout), with typed

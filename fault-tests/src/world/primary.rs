@@ -11,9 +11,11 @@ use std::sync::Arc;
 
 use walship_node::primary::exec::{ExecConfig, Output, PrimaryExec};
 use walship_node::primary::{PrimaryError, PrimaryStop};
-use walship_primary::core::{PrimaryCore, Quorum};
+use walship_primary::core::{
+    apply_ship_fault, LogSource, PrimaryCore, Quorum, ReplicaProgress, ShipFault,
+};
 use walship_snapshot::{SnapshotSource, SnapshotStore};
-use walship_wal::record::{decode_record, encode_record, RECORD_HEADER_LEN};
+use walship_wal::record::{decode_record, encode_record};
 use walship_wal::sim::SimStorage;
 use walship_wal::state::{EpochEntry, EpochHistory, NodeDir};
 use walship_wal::{Lsn, Position, SharedWal, WalError};
@@ -53,6 +55,33 @@ impl PrimaryUp {
     /// The snapshot store.
     pub fn snapshots(&self) -> &SnapshotStore<SimStorage> {
         self.exec.snapshots()
+    }
+
+    /// What the core counts for each replica member (receipts, lag), read-only.
+    pub fn replica_progress(&self, now_ms: u64) -> Vec<ReplicaProgress> {
+        self.exec.core().status(&NoLog, now_ms).replicas
+    }
+}
+
+/// The core's `status` needs a log only for the local durable position (lag figures);
+/// the scenarios and checkers read receipts through it.
+struct NoLog;
+impl LogSource for NoLog {
+    fn position_at(&mut self, _: Lsn) -> Result<Option<Position>, WalError> {
+        Ok(None)
+    }
+    fn durable(&self) -> Position {
+        Position::default()
+    }
+    fn first_lsn(&self) -> Lsn {
+        1
+    }
+    fn read_batch(
+        &mut self,
+        _: Lsn,
+        _: usize,
+    ) -> Result<Option<(Lsn, u32, Position, Vec<u8>)>, WalError> {
+        Ok(None)
     }
 }
 
@@ -108,29 +137,21 @@ fn apply_frame_fault(f: FrameFault, b: &RecordBatch, max: u32) -> Option<RecordB
     let recs = split_records(&b.bytes, max);
     let mut out = b.clone();
     match f {
-        FrameFault::Corrupt => {
-            let first = recs.first()?;
-            let at = if first.len() > RECORD_HEADER_LEN {
-                RECORD_HEADER_LEN
-            } else {
-                16
+        FrameFault::Corrupt | FrameFault::Skip | FrameFault::Duplicate => {
+            let fault = match f {
+                FrameFault::Corrupt => ShipFault::CorruptNextRecord,
+                FrameFault::Skip => ShipFault::SkipNextRecord,
+                _ => ShipFault::DuplicateNextRecord,
             };
-            out.bytes[at] ^= 0x01;
-        }
-        FrameFault::Skip => {
-            if recs.len() < 2 {
+            // A skip needs a record left to send (else the batch goes out unchanged).
+            if recs.is_empty() || (fault == ShipFault::SkipNextRecord && recs.len() < 2) {
                 return None;
             }
-            out.bytes = recs[1..].concat();
-            out.first_lsn += 1;
-            out.count -= 1;
-        }
-        FrameFault::Duplicate => {
-            let first = recs.first()?;
-            let mut bytes = first.clone();
-            bytes.extend_from_slice(&b.bytes);
+            let (first_lsn, count, bytes) =
+                apply_ship_fault(Some(fault), b.first_lsn, b.count, b.bytes.clone())?;
+            out.first_lsn = first_lsn;
+            out.count = count;
             out.bytes = bytes;
-            out.count += 1;
         }
         FrameFault::Reorder => {
             if recs.len() < 2 {

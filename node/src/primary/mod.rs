@@ -55,7 +55,7 @@ use self::maintain::Maintenance;
 #[cfg(feature = "fault-injection")]
 pub use walship_primary::core::ShipFault;
 pub use walship_primary::core::{
-    CoreError, CoreStatus, LogSource, Quorum, QuorumError, ReplicaStatus, Window,
+    CoreError, CoreStatus, LogSource, Quorum, QuorumError, ReplicaProgress, Window,
 };
 
 /// Configuration of a primary node.
@@ -334,7 +334,7 @@ pub struct PrimaryStatus {
     /// Commit watermark.
     pub commit_lsn: Lsn,
     /// Per replica member: connected, durable lsn, lag (records, bytes), last receipt age.
-    pub replicas: Vec<ReplicaStatus>,
+    pub replicas: Vec<ReplicaProgress>,
     /// Why the primary stopped, once a fatal storage failure stopped it.
     pub stopped: Option<PrimaryStop>,
 }

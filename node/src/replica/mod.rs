@@ -231,14 +231,6 @@ pub enum ReplicaError {
     Runtime(String),
 }
 
-/// Role of a node (a replica is always [`Role::Replica`]; the type is shared
-/// vocabulary for status displays).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// Receives records from a primary.
-    Replica,
-}
-
 /// What the replica is doing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReplicaState {
@@ -262,8 +254,6 @@ pub enum ReplicaState {
 pub struct ReplicaStatus {
     /// This node's id.
     pub node_id: String,
-    /// Always [`Role::Replica`].
-    pub role: Role,
     /// What the replica is doing (or the halt).
     pub state: ReplicaState,
     /// True while a QUIC connection to the primary is open.

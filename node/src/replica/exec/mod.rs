@@ -40,7 +40,7 @@ use walship_wal::{Lsn, Position, Storage, Wal, WalError, WalOptions};
 use walship_wire::message::Message;
 use walship_wire::CloseCode;
 
-use super::{Applier, ReplicaConfig, ReplicaError, ReplicaState, ReplicaStatus, Role};
+use super::{Applier, ReplicaConfig, ReplicaError, ReplicaState, ReplicaStatus};
 use walship_replica::core::{Action, Event, LocalLog, Phase, ReplicaCore, SessionEnd};
 use walship_replica::halt::{write_halt, HaltRecord};
 
@@ -480,7 +480,6 @@ impl<S: Storage> ReplicaExec<S> {
         let primary_last = core.primary_last_lsn();
         ReplicaStatus {
             node_id: self.config.node_id.clone(),
-            role: Role::Replica,
             state,
             connected: self.conn.is_some(),
             primary_id: primary.map(|(id, _)| id.to_string()),
