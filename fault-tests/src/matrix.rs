@@ -5,7 +5,6 @@
 
 use std::fmt::Write as _;
 
-
 /// The spec file compiled into the binary.
 pub const SPEC: &str = include_str!("../../spec/failure-matrix.md");
 

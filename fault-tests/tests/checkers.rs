@@ -4,7 +4,8 @@
 
 use walship_fault::check::{
     check_all, standard_checkers, AckedCommitsSurvive, AppliedIsCommittedInOrder, Checker,
-    HaltedReplicaFrozen, NoHaltWithoutCause, ReplicaIsPrefix,
+    HaltedReplicaFrozen, NoHaltWithoutCause, PersistedCommitNeverAboveAcknowledged,
+    ReceiptNeverAboveSynced, ReplicaIsPrefix,
 };
 use walship_fault::world::{FrameFault, World, WorldConfig, PRIMARY};
 use walship_wal::{Lsn, Position};
@@ -38,6 +39,42 @@ fn acked_commit_missing_from_primary_is_reported() {
     w.oracle.acked.insert(3, fake);
     let err = AckedCommitsSurvive.check(&w).expect_err("must fail");
     assert!(err.contains("acknowledged lsn 3"), "{err}");
+}
+
+#[test]
+fn fm_4_1_receipt_recorded_above_the_synced_lsn_is_reported() {
+    let mut w = converged(2);
+    ReceiptNeverAboveSynced
+        .check(&w)
+        .expect("a healthy cluster's receipts are all synced");
+    w.oracle
+        .unsynced_receipts
+        .push("r1 receipted lsn 11 with its WAL synced up to 10".into());
+    let err = ReceiptNeverAboveSynced.check(&w).expect_err("must fail");
+    assert!(err.contains("receipted lsn 11"), "{err}");
+}
+
+#[test]
+fn fm_x_6_persisted_commit_watermark_above_what_was_acknowledged_is_reported() {
+    let w = converged(2);
+    let mut checker = PersistedCommitNeverAboveAcknowledged;
+    checker
+        .check(&w)
+        .expect("a healthy primary's watermark passes");
+    // The primary's state/commit claims more than it ever announced.
+    let body = serde_json::to_vec(&walship_wal::state::CommitBody {
+        commit_lsn: w.oracle.max_commit + 5,
+    })
+    .expect("encode");
+    walship_wal::state::write_state_file(
+        &w.primary.storage,
+        &walship_fault::world::state_dir(),
+        "commit",
+        &body,
+    )
+    .expect("write state/commit");
+    let err = checker.check(&w).expect_err("must fail");
+    assert!(err.contains("state/commit holds"), "{err}");
 }
 
 #[test]
