@@ -187,6 +187,12 @@ async fn run_primary(cfg: &NodeConfig, append_stdin: bool) -> Result<(), String>
     );
     let primary = Arc::new(Primary::open(config).map_err(|e| format!("open primary: {e}"))?);
     info!(node = %cfg.node_id, addr = ?primary.local_addr().ok(), "primary serving");
+    // Armed before the HTTP endpoint serves: no append can be acknowledged before the fault.
+    #[cfg(feature = "fault-injection")]
+    if let Some(path) = fault_fail_syncs() {
+        warn!(path = %path.display(), "fault injection: every fsync under this path fails from now on");
+        primary.storage_faults().fail_syncs_under(path);
+    }
     let http = http.map(|l| {
         let url = Some(http_views::url(l.local_addr()));
         l.serve(Arc::new(http_views::PrimaryView {
@@ -195,11 +201,6 @@ async fn run_primary(cfg: &NodeConfig, append_stdin: bool) -> Result<(), String>
             max_record_bytes,
         }))
     });
-    #[cfg(feature = "fault-injection")]
-    if let Some(path) = fault_fail_syncs() {
-        warn!(path = %path.display(), "fault injection: every fsync under this path fails from now on");
-        primary.storage_faults().fail_syncs_under(path);
-    }
     let stopped = primary.wait_stopped();
     if append_stdin {
         let p = Arc::clone(&primary);
