@@ -24,9 +24,11 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, RngSeed};
 use walship_replica::halt::{read_halt, write_halt, HaltReason, HaltRecord, HALT_FILE};
 use walship_snapshot::{Limits, SnapshotHeader, SnapshotReader, SnapshotTrailer, SnapshotWriter};
+use walship_wal::control::ControlRecord;
 use walship_wal::record::{
     compute_crc, decode_record, encode_record, RecordError, RecordHeader, OFF_PAYLOAD_LEN,
 };
+use walship_wal::record::{encode_record_with_flags, FLAG_CONTROL};
 use walship_wal::segment::{segment_file_name, SegmentHeader};
 use walship_wal::sim::SimStorage;
 use walship_wal::state::{
@@ -163,10 +165,15 @@ proptest! {
             Ok(v) => {
                 let h = h.ok_or_else(|| fail("accepted less than a header"))?;
                 prop_assert!(h.payload_len <= max);
-                prop_assert_eq!(h.flags, 0);
+                prop_assert!(h.flags == 0 || h.flags == FLAG_CONTROL);
                 prop_assert_eq!(v.bytes(), &buf[..h.record_len()]);
+                if h.flags == FLAG_CONTROL {
+                    // Only a well-formed body of the header's epoch is accepted.
+                    let c = ControlRecord::decode(v.payload()).map_err(|e| fail(e.to_string()))?;
+                    prop_assert_eq!(c.epoch(), v.epoch());
+                }
                 let mut again = Vec::new();
-                encode_record(v.lsn(), v.epoch(), v.prev_crc(), v.payload(), &mut again);
+                encode_record_with_flags(v.lsn(), v.epoch(), v.prev_crc(), h.flags, v.payload(), &mut again);
                 prop_assert_eq!(&again[..], v.bytes());
             }
             Err(RecordError::Truncated { need, have }) => {
@@ -184,7 +191,11 @@ proptest! {
                 prop_assert_eq!(computed, compute_crc(&buf[..h.record_len()]));
                 prop_assert_ne!(stored, computed);
             }
-            Err(RecordError::BadFlags { found }) => prop_assert_ne!(found, 0),
+            Err(RecordError::BadFlags { found }) => prop_assert_ne!(found & !FLAG_CONTROL, 0),
+            Err(RecordError::BadControl { .. }) => {
+                let h = h.ok_or_else(|| fail("bad control body without a header"))?;
+                prop_assert_eq!(h.flags, FLAG_CONTROL);
+            }
         }
     }
 

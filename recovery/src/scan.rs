@@ -19,7 +19,8 @@ use walship_wal::record::{
     RecordView, RECORD_HEADER_LEN,
 };
 use walship_wal::segment::{
-    classify_name, DirEntryKind, SegmentHeader, SEGMENT_FORMAT_VERSION, SEGMENT_HEADER_LEN,
+    classify_name, DirEntryKind, SegmentHeader, SEGMENT_FORMAT_VERSION, SEGMENT_FORMAT_VERSION_2,
+    SEGMENT_HEADER_LEN,
 };
 use walship_wal::{Lsn, Mapping, Position, Storage};
 
@@ -346,9 +347,19 @@ fn scan_segment(
     let mut offset = SEGMENT_HEADER_LEN;
     progress.advance(SEGMENT_HEADER_LEN.min(bytes.len()) as u64);
     while offset < bytes.len() {
-        let view = match decode_record(&bytes[offset..], opts.max_record_bytes) {
+        // A control record is a record only in a segment of format 3 or later (the WAL's rule).
+        let decoded = decode_record(&bytes[offset..], opts.max_record_bytes).and_then(|v| {
+            if v.is_control() && seg.version < SEGMENT_FORMAT_VERSION {
+                Err(RecordError::BadFlags {
+                    found: v.header().flags,
+                })
+            } else {
+                Ok(v)
+            }
+        });
+        let view = match decoded {
             Ok(v) => v,
-            Err(_) if seg.version >= SEGMENT_FORMAT_VERSION && is_zero(&bytes[offset..]) => {
+            Err(_) if seg.version >= SEGMENT_FORMAT_VERSION_2 && is_zero(&bytes[offset..]) => {
                 // Version 2: the preallocated tail no record reached; the end of
                 // this segment's records (any segment, the last one included).
                 progress.advance((bytes.len() - offset) as u64);
@@ -410,7 +421,7 @@ fn classify_bad_record(
     // Mirrors walship_wal::scan::judge_tail: zeros to EOF are torn; a length
     // above the maximum or bad flags never are; a truncated or crc-bad record
     // is torn only if no crc-valid record starts after it.
-    let preallocated = seg.version >= SEGMENT_FORMAT_VERSION;
+    let preallocated = seg.version >= SEGMENT_FORMAT_VERSION_2;
     // A version 2 record whose crc fails by one bit that no torn write into
     // zeros can leave (see walship_wal::record::bit_flip_not_torn): bit rot.
     let flip = match err {
@@ -465,8 +476,13 @@ fn classify_bad_record(
         ),
         RecordError::BadFlags { found } => (
             CorruptionKind::RecordBadFlags,
-            "flags 0".to_string(),
+            "flags 0, or 1 (control) in a segment of format 3+".to_string(),
             format!("flags {found:#x}"),
+        ),
+        RecordError::BadControl { error } => (
+            CorruptionKind::RecordBadControl,
+            "a valid control record body".to_string(),
+            error.to_string(),
         ),
     };
     ScanEnd::Corrupt(CorruptionReport {
@@ -672,6 +688,7 @@ pub fn corruption_kind_name(kind: CorruptionKind) -> &'static str {
         CorruptionKind::RecordTruncated => "record-truncated",
         CorruptionKind::RecordChecksum => "record-checksum",
         CorruptionKind::RecordBadFlags => "record-bad-flags",
+        CorruptionKind::RecordBadControl => "record-bad-control",
         CorruptionKind::ChainGap => "chain-gap",
         CorruptionKind::ChainDuplicate => "chain-duplicate",
         CorruptionKind::ChainBreak => "chain-break",

@@ -1111,8 +1111,13 @@ pub fn verify_batch_with_history(
                     ),
                     RecordError::BadFlags { found } => (
                         HaltReason::Checksum,
-                        "flags 0".to_string(),
+                        "flags 0 or 1 (control)".to_string(),
                         format!("flags {found:#x}"),
+                    ),
+                    RecordError::BadControl { ref error } => (
+                        HaltReason::Checksum,
+                        "a valid control record body".to_string(),
+                        error.to_string(),
                     ),
                 };
                 return Err(Rejection {

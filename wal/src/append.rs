@@ -12,9 +12,13 @@ use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
+use crate::control::{ControlError, ControlRecord};
 use crate::error::WalError;
 use crate::reader::WalReader;
-use crate::record::{check_successor, decode_record, encode_record, Lsn, Position, RecordHeader};
+use crate::record::{
+    check_successor, decode_record, encode_record, encode_record_with_flags, Lsn, Position,
+    RecordHeader, FLAG_CONTROL,
+};
 use crate::segment::SegmentHeader;
 use crate::storage::{Storage, StorageFile};
 use crate::wal::{create_segment, write_zeros, Wal};
@@ -63,7 +67,7 @@ impl<S: Storage> Wal<S> {
         buf.clear();
         staged.clear();
         let pos = encode_record(lsn, self.epoch, last.crc, payload, &mut buf);
-        staged.push((pos, buf.len() as u64));
+        staged.push((pos, buf.len() as u64, false));
         let r = self.write_staged(&buf, &staged);
         self.buf = buf;
         self.staged = staged;
@@ -91,7 +95,7 @@ impl<S: Storage> Wal<S> {
         for p in payloads {
             let before = buf.len();
             prev = encode_record(prev.lsn + 1, self.epoch, prev.crc, p, &mut buf);
-            staged.push((prev, (buf.len() - before) as u64));
+            staged.push((prev, (buf.len() - before) as u64, false));
         }
         let r = self.write_staged(&buf, &staged);
         self.buf = buf;
@@ -134,7 +138,7 @@ impl<S: Storage> Wal<S> {
             }
             prev = view.position();
             let len = view.bytes().len();
-            staged.push((prev, len as u64));
+            staged.push((prev, len as u64, view.is_control()));
             off += len;
             if off == records.len() {
                 break Ok(());
@@ -145,18 +149,61 @@ impl<S: Storage> Wal<S> {
         r.map(|()| prev)
     }
 
-    /// Writes encoded records `bytes` (described by `staged`: position and
-    /// length of each, back to back) at the end of the log, rolling segments
-    /// as needed; one write_at per segment touched.
-    fn write_staged(&mut self, bytes: &[u8], staged: &[(Position, u64)]) -> Result<(), WalError> {
+    /// Appends a control record ([`crate::control`]) of the WAL's epoch: the
+    /// node's own record, never handed to an applier. A control record is
+    /// stored only in a segment of format version 3: if the active segment is
+    /// older it is sealed first (or, holding no record, replaced by a version 3
+    /// one). Written, not durable, like [`Wal::append`].
+    pub fn append_control(&mut self, control: &ControlRecord) -> Result<Position, WalError> {
+        self.check_appendable()?;
+        let last = self.last();
+        let lsn = next_lsns(last.lsn, 1)?;
+        if control.epoch() != self.epoch {
+            return Err(WalError::InvalidControl(ControlError::EpochMismatch {
+                lsn,
+                body: control.epoch(),
+                header: self.epoch,
+            }));
+        }
+        let payload = control.encode().map_err(WalError::InvalidControl)?;
+        self.check_len(payload.len())?;
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut staged = std::mem::take(&mut self.staged);
+        buf.clear();
+        staged.clear();
+        let pos =
+            encode_record_with_flags(lsn, self.epoch, last.crc, FLAG_CONTROL, &payload, &mut buf);
+        staged.push((pos, buf.len() as u64, true));
+        let r = self.write_staged(&buf, &staged);
+        self.buf = buf;
+        self.staged = staged;
+        r.map(|()| pos)
+    }
+
+    /// Writes encoded records `bytes` (described by `staged`: position, length
+    /// and whether it is a control record, back to back) at the end of the log,
+    /// rolling segments as needed (and before a control record that would land
+    /// in a segment older than format version 3); one write_at per segment touched.
+    fn write_staged(
+        &mut self,
+        bytes: &[u8],
+        staged: &[(Position, u64, bool)],
+    ) -> Result<(), WalError> {
         debug_assert_eq!(staged.iter().map(|s| s.1).sum::<u64>(), bytes.len() as u64);
         let seg_size = self.opts.segment_size_bytes;
         let mut i = 0usize;
         let mut buf_off = 0usize;
         while i < staged.len() {
             let seg = self.active_meta();
-            if !seg.is_empty() && seg.end_offset + staged[i].1 > seg_size {
-                if let Err(e) = self.roll() {
+            let full = !seg.is_empty() && seg.end_offset + staged[i].1 > seg_size;
+            let old_format = staged[i].2 && !seg.allows_control();
+            if full || old_format {
+                let made = if seg.is_empty() {
+                    self.replace_empty_active()
+                } else {
+                    self.roll()
+                };
+                if let Err(e) = made {
                     if i > 0 {
                         // Part of this call is already in the log but the caller
                         // gets an error: only a restart can make that consistent.
@@ -168,7 +215,11 @@ impl<S: Storage> Wal<S> {
             let start = self.active_meta().end_offset;
             let mut chunk = staged[i].1;
             let mut j = i + 1;
-            while j < staged.len() && start + chunk + staged[j].1 <= seg_size {
+            let allows_control = self.active_meta().allows_control();
+            while j < staged.len()
+                && start + chunk + staged[j].1 <= seg_size
+                && (allows_control || !staged[j].2)
+            {
                 chunk += staged[j].1;
                 j += 1;
             }
@@ -195,7 +246,7 @@ impl<S: Storage> Wal<S> {
                 None => unreachable!("a WAL always has an active segment"),
             };
             let mut off = start;
-            for &(pos, len) in &staged[i..j] {
+            for &(pos, len, _) in &staged[i..j] {
                 seg.note_record(pos, off, len);
                 off += len;
             }
@@ -203,6 +254,42 @@ impl<S: Storage> Wal<S> {
             i = j;
         }
         Ok(())
+    }
+
+    /// Replaces the active segment, which holds no record and predates format
+    /// version 3, by a version 3 segment with the same header (same name: the
+    /// new file is created as `<name>.tmp`, synced and renamed over it, the
+    /// directory synced), so a control record can be stored in it.
+    fn replace_empty_active(&mut self) -> Result<(), WalError> {
+        let meta = self.active_meta();
+        assert!(
+            meta.is_empty() && !meta.allows_control(),
+            "only an empty pre-version-3 active segment is replaced"
+        );
+        let header = meta.header;
+        match create_segment(
+            &self.storage,
+            &self.dir,
+            header,
+            self.opts.segment_size_bytes,
+        ) {
+            Ok((meta, file)) => {
+                tracing::debug!(segment = %meta.path.display(), "replaced an empty segment by a format version 3 one");
+                match self.segments.last_mut() {
+                    Some(s) => *s = meta,
+                    None => unreachable!("a WAL always has an active segment"),
+                }
+                self.active = Arc::new(file);
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(&e, WalError::Io { op, .. } if op.starts_with("sync") || *op == "rename")
+                {
+                    self.poison("replacing an empty segment failed");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Seals the active segment (sync_data) and starts the next one.

@@ -36,8 +36,12 @@ pub enum CorruptionKind {
     RecordTruncated,
     /// A record's crc does not match, and the damage cannot be a torn tail.
     RecordChecksum,
-    /// A crc-valid record carries flags this format version does not define.
+    /// A crc-valid record carries flags this format version does not define, or
+    /// is a control record in a segment of format version 1 or 2.
     RecordBadFlags,
+    /// A crc-valid control record whose body does not decode (or names another
+    /// epoch than its header).
+    RecordBadControl,
     /// A crc-valid record whose lsn is beyond the expected one.
     ChainGap,
     /// A crc-valid record whose lsn is at or below the previous one.
@@ -69,6 +73,7 @@ impl fmt::Display for CorruptionKind {
             CorruptionKind::RecordTruncated => "record truncated",
             CorruptionKind::RecordChecksum => "record checksum mismatch",
             CorruptionKind::RecordBadFlags => "record flags invalid",
+            CorruptionKind::RecordBadControl => "control record body invalid",
             CorruptionKind::ChainGap => "record lsn gap",
             CorruptionKind::ChainDuplicate => "record lsn duplicate",
             CorruptionKind::ChainBreak => "record prev_crc chain break",
@@ -148,6 +153,9 @@ impl fmt::Display for RefusedCut {
 /// Everything a WAL operation can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
+    /// A control record handed to `append_control` is invalid (nothing written).
+    #[error("invalid control record: {0}")]
+    InvalidControl(crate::control::ControlError),
     /// An I/O call failed.
     #[error("WAL I/O error during {op} on {}: {source}", path.display())]
     Io {

@@ -24,6 +24,7 @@
 //! ```
 
 mod append;
+pub mod control;
 pub mod error;
 pub mod fault;
 mod reader;

@@ -10,11 +10,13 @@
 //! 8      8    lsn         u64, dense, first record is 1
 //! 16     8    epoch       u64, term of the primary that wrote it
 //! 24     4    prev_crc    crc of record lsn-1 (0 for lsn 1)
-//! 28     4    flags       u32, must be 0 in format version 1
+//! 28     4    flags       u32: bit 0 = control record (segment format 3+); other bits must be 0
 //! 32     ..   payload
 //! ```
 
 use std::fmt;
+
+use crate::control::{ControlError, ControlRecord};
 
 /// Log sequence number: dense, the first record of a log is 1, 0 means "none".
 pub type Lsn = u64;
@@ -33,6 +35,13 @@ pub const OFF_EPOCH: usize = 16;
 pub const OFF_PREV_CRC: usize = 24;
 /// Offset of the `flags` field.
 pub const OFF_FLAGS: usize = 28;
+/// `flags` bit of a control record ([`crate::control`]): written by the node
+/// for itself, never handed to an applier; allowed only in segments of format
+/// version 3 or later.
+pub const FLAG_CONTROL: u32 = 0x1;
+/// Every `flags` bit this build defines; a record with any other bit set is
+/// refused ([`RecordError::BadFlags`]).
+pub const KNOWN_RECORD_FLAGS: u32 = FLAG_CONTROL;
 /// First byte covered by the record crc.
 pub const CRC_COVERAGE_START: usize = 4;
 /// Default bound on a record's payload length (4 MiB).
@@ -84,7 +93,7 @@ pub struct RecordHeader {
     pub epoch: u64,
     /// crc of record `lsn - 1` (0 for lsn 1).
     pub prev_crc: u32,
-    /// Must be 0 in format version 1.
+    /// Record flags: [`FLAG_CONTROL`] or 0.
     pub flags: u32,
 }
 
@@ -117,6 +126,11 @@ impl RecordHeader {
     /// Total stored length of the record (header + payload).
     pub fn record_len(&self) -> usize {
         RECORD_HEADER_LEN + self.payload_len as usize
+    }
+
+    /// Whether this is a control record ([`FLAG_CONTROL`]).
+    pub fn is_control(&self) -> bool {
+        self.flags & FLAG_CONTROL != 0
     }
 }
 
@@ -180,6 +194,11 @@ impl<'a> RecordView<'a> {
     pub fn prev_crc(&self) -> u32 {
         read_u32(self.bytes, OFF_PREV_CRC)
     }
+
+    /// Whether the record is a control record ([`FLAG_CONTROL`]).
+    pub fn is_control(&self) -> bool {
+        read_u32(self.bytes, OFF_FLAGS) & FLAG_CONTROL != 0
+    }
     /// The record's identity.
     pub fn position(&self) -> Position {
         Position {
@@ -217,11 +236,20 @@ pub enum RecordError {
         /// crc computed over the bytes.
         computed: u32,
     },
-    /// The flags field is not 0 (format version 1 defines no flags).
-    #[error("record flags must be 0 in format version 1, found {found:#x}")]
+    /// The flags field has a bit this build does not define (only
+    /// [`FLAG_CONTROL`] is), or a control record sits where none is allowed
+    /// (a segment of format version 1 or 2).
+    #[error("record flags {found:#x} not allowed here (defined: {KNOWN_RECORD_FLAGS:#x}, control records only in segment format 3+)")]
     BadFlags {
         /// Flags found.
         found: u32,
+    },
+    /// A crc-valid control record whose body is malformed or names another
+    /// epoch than the record header ([`crate::control`]).
+    #[error("control record: {error}")]
+    BadControl {
+        /// What is wrong with the body.
+        error: ControlError,
     },
 }
 
@@ -284,10 +312,26 @@ pub fn encode_record(
     payload: &[u8],
     out: &mut Vec<u8>,
 ) -> Position {
+    encode_record_with_flags(lsn, epoch, prev_crc, 0, payload, out)
+}
+
+/// [`encode_record`] with a `flags` field (0 or [`FLAG_CONTROL`]).
+pub fn encode_record_with_flags(
+    lsn: Lsn,
+    epoch: u64,
+    prev_crc: u32,
+    flags: u32,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Position {
     assert!(
         payload.len() <= u32::MAX as usize,
         "encode_record: payload length {} does not fit the u32 length field",
         payload.len()
+    );
+    assert!(
+        flags & !KNOWN_RECORD_FLAGS == 0,
+        "encode_record: flags {flags:#x} has bits this format does not define"
     );
     let start = out.len();
     let mut header = [0u8; RECORD_HEADER_LEN];
@@ -296,7 +340,7 @@ pub fn encode_record(
     header[OFF_LSN..OFF_LSN + 8].copy_from_slice(&lsn.to_le_bytes());
     header[OFF_EPOCH..OFF_EPOCH + 8].copy_from_slice(&epoch.to_le_bytes());
     header[OFF_PREV_CRC..OFF_PREV_CRC + 4].copy_from_slice(&prev_crc.to_le_bytes());
-    // flags stay 0 (format version 1).
+    header[OFF_FLAGS..OFF_FLAGS + 4].copy_from_slice(&flags.to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&header[CRC_COVERAGE_START..]), payload);
     header[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
     out.reserve(RECORD_HEADER_LEN + payload.len());
@@ -314,7 +358,8 @@ pub fn compute_crc(bytes: &[u8]) -> u32 {
 /// Parses and verifies ONE record at the start of `buf`.
 ///
 /// Order of checks: header present, `payload_len <= max_record_bytes` (before
-/// anything touches the payload), payload present, crc, flags. Trailing bytes
+/// anything touches the payload), payload present, crc, flags, and for a
+/// control record its body ([`crate::control`]). Trailing bytes
 /// after the record are ignored.
 pub fn decode_record(buf: &[u8], max_record_bytes: u32) -> Result<RecordView<'_>, RecordError> {
     if buf.len() < RECORD_HEADER_LEN {
@@ -344,8 +389,16 @@ pub fn decode_record(buf: &[u8], max_record_bytes: u32) -> Result<RecordView<'_>
         return Err(RecordError::Checksum { stored, computed });
     }
     let flags = read_u32(bytes, OFF_FLAGS);
-    if flags != 0 {
+    if flags & !KNOWN_RECORD_FLAGS != 0 {
         return Err(RecordError::BadFlags { found: flags });
+    }
+    if flags & FLAG_CONTROL != 0 {
+        ControlRecord::check_at(
+            read_u64(bytes, OFF_LSN),
+            read_u64(bytes, OFF_EPOCH),
+            &bytes[RECORD_HEADER_LEN..],
+        )
+        .map_err(|error| RecordError::BadControl { error })?;
     }
     Ok(RecordView { bytes })
 }
@@ -621,15 +674,45 @@ mod tests {
     }
 
     #[test]
-    fn decode_nonzero_flags_with_valid_crc_is_bad_flags() {
-        let (mut buf, _) = one(1, 1, 0, b"x");
-        buf[OFF_FLAGS] = 1;
-        let crc = compute_crc(&buf);
-        buf[0..4].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(
+    fn decode_undefined_flag_bits_with_valid_crc_is_bad_flags() {
+        for found in [0x2u32, 0x3, 0x8000_0000] {
+            let (mut buf, _) = one(1, 1, 0, b"x");
+            buf[OFF_FLAGS..OFF_FLAGS + 4].copy_from_slice(&found.to_le_bytes());
+            let crc = compute_crc(&buf);
+            buf[0..4].copy_from_slice(&crc.to_le_bytes());
+            assert_eq!(
+                decode_record(&buf, 1024),
+                Err(RecordError::BadFlags { found })
+            );
+        }
+    }
+
+    #[test]
+    fn control_flag_is_encoded_covered_by_the_crc_and_decoded() {
+        let body = ControlRecord::EpochStart {
+            epoch: 2,
+            primary: "n1".into(),
+        }
+        .encode()
+        .expect("body");
+        let mut buf = Vec::new();
+        let pos = encode_record_with_flags(3, 2, 0x77, FLAG_CONTROL, &body, &mut buf);
+        assert_eq!(&buf[OFF_FLAGS..OFF_FLAGS + 4], &[1, 0, 0, 0]);
+        let v = decode_record(&buf, 1024).expect("decodes");
+        assert!(v.is_control());
+        assert_eq!(v.header().flags, FLAG_CONTROL);
+        assert_eq!(v.position(), pos);
+        // The same record without the flag is another record (different crc).
+        let mut plain = Vec::new();
+        let p2 = encode_record(3, 2, 0x77, &body, &mut plain);
+        assert_ne!(p2.crc, pos.crc);
+        assert!(!decode_record(&plain, 1024).expect("decodes").is_control());
+        // Clearing the flag without fixing the crc is a checksum error.
+        buf[OFF_FLAGS] = 0;
+        assert!(matches!(
             decode_record(&buf, 1024),
-            Err(RecordError::BadFlags { found: 1 })
-        );
+            Err(RecordError::Checksum { .. })
+        ));
     }
 
     #[test]

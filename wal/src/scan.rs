@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{CorruptionKind, CorruptionReport, RefusedCut, WalError};
 use crate::record::{
     bit_flip_not_torn, check_successor, decode_record, ChainError, Lsn, Position, RecordError,
-    RecordHeader, RECORD_HEADER_LEN,
+    RecordHeader, KNOWN_RECORD_FLAGS, RECORD_HEADER_LEN,
 };
 use crate::segment::{classify_name, DirEntryKind, SegmentHeader, SegmentMeta, SEGMENT_HEADER_LEN};
 use crate::storage::{Storage, StorageFile};
@@ -191,15 +191,20 @@ pub(crate) fn record_facts(e: &RecordError) -> (CorruptionKind, String, String) 
         ),
         RecordError::BadFlags { found } => (
             CorruptionKind::RecordBadFlags,
-            "flags 0".to_string(),
+            "flags 0, or 1 (control) in a segment of format 3+".to_string(),
             format!("flags {found:#x}"),
+        ),
+        RecordError::BadControl { ref error } => (
+            CorruptionKind::RecordBadControl,
+            "a valid control record body".to_string(),
+            error.to_string(),
         ),
     }
 }
 
 /// First offset after `from` at which a whole crc-valid record starts, if any.
 ///
-/// Candidates are pre-filtered on `flags == 0` and a length that fits before
+/// Candidates are pre-filtered on defined flags and a length that fits before
 /// EOF, so the crc is computed almost only where a record really starts: the
 /// search stays linear even over megabytes of garbage.
 fn later_valid_record(data: &[u8], from: usize, max_record_bytes: u32) -> Option<usize> {
@@ -211,7 +216,7 @@ fn later_valid_record(data: &[u8], from: usize, max_record_bytes: u32) -> Option
         let rest = &data[o..];
         match RecordHeader::parse(rest) {
             Some(h)
-                if h.flags == 0
+                if h.flags & !KNOWN_RECORD_FLAGS == 0
                     && h.lsn != 0
                     && h.payload_len <= max_record_bytes
                     && h.record_len() <= rest.len() =>
@@ -244,7 +249,9 @@ fn judge_tail(
     }
     match err {
         // Row 4: a length above the maximum is never a torn write of ours.
-        RecordError::TooLarge { .. } | RecordError::BadFlags { .. } => {
+        RecordError::TooLarge { .. }
+        | RecordError::BadFlags { .. }
+        | RecordError::BadControl { .. } => {
             let (k, e, f) = record_facts(err);
             TailVerdict::Corrupt(k, e, f)
         }
@@ -457,7 +464,18 @@ pub(crate) fn recover<S: Storage>(
         while offset < data.len() {
             // None after a record with lsn u64::MAX: no record may follow it.
             let expected_lsn = meta.last.lsn.checked_add(1);
-            match decode_record(&data[offset..], max_record_bytes) {
+            // A control record is a record only in a segment of format 3 or later;
+            // in an older segment its flag is damage like any undefined bit.
+            let decoded = decode_record(&data[offset..], max_record_bytes).and_then(|v| {
+                if v.is_control() && !meta.allows_control() {
+                    Err(RecordError::BadFlags {
+                        found: v.header().flags,
+                    })
+                } else {
+                    Ok(v)
+                }
+            });
+            match decoded {
                 Ok(view) => {
                     if let Err(e) = check_successor(meta.last, &view.header()) {
                         let (k, ex, f) = chain_facts(meta.last, &e);

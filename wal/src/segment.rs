@@ -4,7 +4,7 @@
 //! ```text
 //! offset size field
 //! 0      8    magic          "WSWALSEG"
-//! 8      2    format_version u16 = 2 (1 still read: not preallocated)
+//! 8      2    format_version u16 = 3 (2 still read: no control records; 1: not preallocated either)
 //! 10     2    header_len     u16 = 64
 //! 12     4    flags          u32 = 0
 //! 16     8    first_lsn      u64, lsn of the first record this segment holds (== file name)
@@ -24,10 +24,13 @@ use crate::record::{Lsn, Position};
 
 /// Segment file magic.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"WSWALSEG";
-/// Segment format version written by this build: version 2 segments are
-/// preallocated (zeros written and synced up to `segment_size_bytes` at
-/// creation), and an all-zero region after the last record is the unwritten tail.
-pub const SEGMENT_FORMAT_VERSION: u16 = 2;
+/// Segment format version written by this build: version 3 is version 2
+/// (preallocated) whose records may be control records ([`crate::control`]).
+pub const SEGMENT_FORMAT_VERSION: u16 = 3;
+/// Preallocated segments (zeros written and synced up to `segment_size_bytes`
+/// at creation; an all-zero region after the last record is the unwritten
+/// tail) without control records; still opened, read and appended to.
+pub const SEGMENT_FORMAT_VERSION_2: u16 = 2;
 /// The original format: segments grow with every append (no preallocation);
 /// still opened, read and appended to exactly as before.
 pub const SEGMENT_FORMAT_VERSION_1: u16 = 1;
@@ -85,12 +88,12 @@ impl SegmentHeader {
         self.encode_version(SEGMENT_FORMAT_VERSION)
     }
 
-    /// Encodes the 64-byte header with `format_version` `version` (1 or 2;
-    /// version 1 is written only by tests and tools that build old logs).
+    /// Encodes the 64-byte header with `format_version` `version` (1 to 3;
+    /// versions 1 and 2 are written only by tests and tools that build old logs).
     pub fn encode_version(&self, version: u16) -> [u8; SEGMENT_HEADER_LEN] {
         assert!(
-            version == SEGMENT_FORMAT_VERSION || version == SEGMENT_FORMAT_VERSION_1,
-            "segment header invariant: format_version is 1 or 2, got {version}"
+            (SEGMENT_FORMAT_VERSION_1..=SEGMENT_FORMAT_VERSION).contains(&version),
+            "segment header invariant: format_version is 1 to 3, got {version}"
         );
         assert_eq!(
             self.prev.lsn.checked_add(1),
@@ -122,7 +125,8 @@ impl SegmentHeader {
     }
 
     /// Like [`SegmentHeader::decode`], also returning the header's
-    /// `format_version` (1 or 2), which decides how the segment's tail is read.
+    /// `format_version` (1 to 3), which decides how the segment's tail is read
+    /// and whether it may hold control records.
     pub fn decode_versioned(
         segment: &Path,
         bytes: &[u8],
@@ -160,10 +164,10 @@ impl SegmentHeader {
             ));
         }
         let version = u16_at(b, SEG_OFF_VERSION);
-        if version != SEGMENT_FORMAT_VERSION && version != SEGMENT_FORMAT_VERSION_1 {
+        if !(SEGMENT_FORMAT_VERSION_1..=SEGMENT_FORMAT_VERSION).contains(&version) {
             return Err(report(
                 CorruptionKind::SegmentBadVersion,
-                format!("format_version {SEGMENT_FORMAT_VERSION_1} or {SEGMENT_FORMAT_VERSION}"),
+                format!("format_version {SEGMENT_FORMAT_VERSION_1} to {SEGMENT_FORMAT_VERSION}"),
                 format!("format_version {version}"),
             ));
         }
@@ -261,7 +265,8 @@ pub(crate) struct IndexEntry {
 pub(crate) struct SegmentMeta {
     pub(crate) path: PathBuf,
     pub(crate) header: SegmentHeader,
-    /// `format_version` of the header: 2 = preallocated (the bytes after the
+    /// `format_version` of the header: 3 = preallocated, control records allowed;
+    /// 2 = preallocated (the bytes after the
     /// last record are zeros up to the file's end), 1 = grows with appends.
     pub(crate) version: u16,
     /// Last record in the segment (== header.prev when the segment holds none).
@@ -307,8 +312,13 @@ impl SegmentMeta {
         self.end_offset = offset + len;
     }
 
-    /// Whether the segment is preallocated (format version 2).
+    /// Whether the segment is preallocated (format version 2 or later).
     pub(crate) fn preallocated(&self) -> bool {
+        self.version >= SEGMENT_FORMAT_VERSION_2
+    }
+
+    /// Whether the segment may hold control records (format version 3 or later).
+    pub(crate) fn allows_control(&self) -> bool {
         self.version >= SEGMENT_FORMAT_VERSION
     }
 
@@ -348,7 +358,8 @@ pub struct SegmentInfo {
     pub created_epoch: u64,
     /// Log generation.
     pub generation: u64,
-    /// Header `format_version`: 2 = preallocated, 1 = grows with appends.
+    /// Header `format_version`: 3 = preallocated, control records allowed;
+    /// 2 = preallocated; 1 = grows with appends.
     pub format_version: u16,
 }
 
@@ -388,7 +399,7 @@ mod tests {
     fn header_round_trips_at_documented_offsets() {
         let b = hdr().encode();
         assert_eq!(&b[0..8], b"WSWALSEG");
-        assert_eq!(&b[8..10], &2u16.to_le_bytes());
+        assert_eq!(&b[8..10], &3u16.to_le_bytes());
         assert_eq!(&b[10..12], &64u16.to_le_bytes());
         assert_eq!(&b[16..24], &11u64.to_le_bytes());
         assert_eq!(&b[40..48], &10u64.to_le_bytes());
@@ -397,23 +408,30 @@ mod tests {
     }
 
     #[test]
-    fn version_1_headers_still_decode_and_unknown_versions_are_refused() {
+    fn version_1_and_2_headers_still_decode_and_unknown_versions_are_refused() {
         let b = hdr().encode_version(SEGMENT_FORMAT_VERSION_1);
         assert_eq!(&b[8..10], &1u16.to_le_bytes());
         assert_eq!(
             SegmentHeader::decode_versioned(Path::new("x"), &b),
             Ok((hdr(), 1))
         );
+        let b = hdr().encode_version(SEGMENT_FORMAT_VERSION_2);
         assert_eq!(
-            SegmentHeader::decode_versioned(Path::new("x"), &hdr().encode()),
+            SegmentHeader::decode_versioned(Path::new("x"), &b),
             Ok((hdr(), 2))
         );
-        let mut c = hdr().encode();
-        c[8..10].copy_from_slice(&3u16.to_le_bytes());
-        let crc = crc32c::crc32c(&c[..60]);
-        c[60..64].copy_from_slice(&crc.to_le_bytes());
-        let e = SegmentHeader::decode(Path::new("x"), &c).expect_err("version 3");
-        assert_eq!(e.kind, CorruptionKind::SegmentBadVersion);
+        assert_eq!(
+            SegmentHeader::decode_versioned(Path::new("x"), &hdr().encode()),
+            Ok((hdr(), 3))
+        );
+        for bad in [0u16, 4] {
+            let mut c = hdr().encode();
+            c[8..10].copy_from_slice(&bad.to_le_bytes());
+            let crc = crc32c::crc32c(&c[..60]);
+            c[60..64].copy_from_slice(&crc.to_le_bytes());
+            let e = SegmentHeader::decode(Path::new("x"), &c).expect_err("unknown version");
+            assert_eq!(e.kind, CorruptionKind::SegmentBadVersion);
+        }
     }
 
     #[test]

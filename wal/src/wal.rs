@@ -85,7 +85,7 @@ pub struct Wal<S: Storage> {
     pub(crate) poisoned: bool,
     /// Reusable encode buffer: one write_at per append or per batch.
     pub(crate) buf: Vec<u8>,
-    pub(crate) staged: Vec<(Position, u64)>,
+    pub(crate) staged: Vec<(Position, u64, bool)>,
     /// Bumped whenever the log's files are rewritten (truncate_tail, reset_to),
     /// so a group-commit sync begun before cannot claim records it never saw.
     pub(crate) rewrite_era: u64,

@@ -274,8 +274,8 @@ fn a_set_bit_in_the_last_synced_record_of_a_preallocated_segment_is_corruption_n
 }
 
 #[test]
-fn a_version_1_log_opens_as_before_appends_grow_its_last_segment_and_rolls_make_version_2_segments()
-{
+fn a_version_1_log_opens_as_before_appends_grow_its_last_segment_and_rolls_make_preallocated_segments(
+) {
     let (s, positions) = sim_v1_log_with(12, small_opts());
     let (mut w, r) = open(&s, &wal_dir(), small_opts());
     assert_eq!(

@@ -74,8 +74,22 @@ pub trait Applier: Send + 'static {
     /// and survives a crash of the embedder. On open, committed records in the
     /// local WAL above it are replayed first (FM-4.2).
     fn applied_lsn(&self) -> Lsn;
-    /// Applies record `lsn` (always `previous + 1`).
+    /// Applies record `lsn` (always `previous + 1`, counting the control
+    /// records passed to [`Applier::apply_control`]).
     fn apply(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), ApplyError>;
+    /// A committed control record at `lsn` (the node's own record, e.g. the
+    /// first record of a new primary's epoch; `spec/wal-format.md`, "Control
+    /// records"): never a payload of the embedder's. The default does nothing;
+    /// an embedder that persists its apply point may record `lsn` here, else a
+    /// replay after a restart passes the record again.
+    fn apply_control(
+        &mut self,
+        lsn: Lsn,
+        control: &walship_wal::control::ControlRecord,
+    ) -> Result<(), ApplyError> {
+        let _ = (lsn, control);
+        Ok(())
+    }
     /// The embedder's snapshot restore, if it has one (default: none).
     ///
     /// With a sink, a replica whose next record the primary no longer retains

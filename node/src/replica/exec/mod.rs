@@ -40,6 +40,8 @@ use walship_wal::{Lsn, Position, Storage, Wal, WalError, WalOptions};
 use walship_wire::message::Message;
 use walship_wire::CloseCode;
 
+use walship_wal::control::ControlRecord;
+
 use super::{Applier, ReplicaConfig, ReplicaError, ReplicaState, ReplicaStatus};
 use walship_replica::core::{Action, Event, LocalLog, Phase, ReplicaCore, SessionEnd};
 use walship_replica::halt::{write_halt, HaltRecord};
@@ -729,9 +731,19 @@ impl<S: Storage> ReplicaExec<S> {
                     self.applied + 1,
                     "records are applied in lsn order, each once"
                 );
-                self.applier
-                    .apply(lsn, record.payload())
-                    .map_err(|source| ReplicaError::Apply { lsn, source })?;
+                if record.view().is_control() {
+                    // decode_record verified the body when the record was read.
+                    let control = ControlRecord::decode(record.payload()).map_err(|e| {
+                        ReplicaError::Runtime(format!("control record at lsn {lsn}: {e}"))
+                    })?;
+                    self.applier
+                        .apply_control(lsn, &control)
+                        .map_err(|source| ReplicaError::Apply { lsn, source })?;
+                } else {
+                    self.applier
+                        .apply(lsn, record.payload())
+                        .map_err(|source| ReplicaError::Apply { lsn, source })?;
+                }
                 self.applied = lsn;
                 if self.config.report_applied {
                     records.push(record.position());

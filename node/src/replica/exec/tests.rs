@@ -239,3 +239,89 @@ fn commit_watermark_is_persisted_only_up_to_the_durable_lsn() {
     assert_eq!(exec.persisted_commit(), 3);
     assert_eq!(exec.applied_lsn(), 3);
 }
+
+/// Records data applies and control applies separately.
+#[derive(Clone, Default)]
+struct SplitRecorder(Arc<Mutex<(Vec<Lsn>, Vec<(Lsn, u64)>)>>);
+
+impl Applier for SplitRecorder {
+    fn applied_lsn(&self) -> Lsn {
+        0
+    }
+    fn apply(&mut self, lsn: Lsn, _payload: &[u8]) -> Result<(), ApplyError> {
+        self.0.lock().map_err(|_| "poisoned")?.0.push(lsn);
+        Ok(())
+    }
+    fn apply_control(
+        &mut self,
+        lsn: Lsn,
+        control: &walship_wal::control::ControlRecord,
+    ) -> Result<(), ApplyError> {
+        self.0
+            .lock()
+            .map_err(|_| "poisoned")?
+            .1
+            .push((lsn, control.epoch()));
+        Ok(())
+    }
+}
+
+#[test]
+fn a_shipped_control_record_is_stored_and_applied_through_apply_control_never_as_a_payload() {
+    use walship_wal::control::ControlRecord;
+    use walship_wal::record::{encode_record_with_flags, FLAG_CONTROL};
+    let sim = SimStorage::new(5);
+    // The primary's log: a data record, a control record of epoch 1, a data record.
+    let mut log = log(1);
+    let body = ControlRecord::EpochStart {
+        epoch: 1,
+        primary: "p1".into(),
+    }
+    .encode()
+    .expect("body");
+    let mut bytes = Vec::new();
+    let ctl = encode_record_with_flags(2, 1, log[0].1.crc, FLAG_CONTROL, &body, &mut bytes);
+    log.push((bytes, ctl));
+    let mut bytes = Vec::new();
+    let third = encode_record(3, 1, ctl.crc, b"p3", &mut bytes);
+    log.push((bytes, third));
+    let applier = SplitRecorder::default();
+    let seen = applier.0.clone();
+    let mut exec =
+        ReplicaExec::open(sim.clone(), config(), Box::new(applier), 1_000).expect("open");
+    exec.on_timer(1_000);
+    drain(&mut exec);
+    exec.on_connected(1, 1_000);
+    exec.on_frame(
+        1,
+        Message::Welcome(Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            primary_id: "p1".into(),
+            epoch: 1,
+            at_replica_last: Some(Position::ZERO),
+            primary_last: third,
+            commit_lsn: 0,
+            epoch_history: vec![EpochEntry {
+                epoch: 1,
+                start_lsn: 1,
+            }],
+        }),
+        1_000,
+    );
+    drain(&mut exec);
+    exec.on_frame(1, batch(&log, 1, 3, 3), 1_001);
+    exec.sync(1_002);
+    drain(&mut exec);
+    for t in 1_003..1_100 {
+        exec.on_timer(t);
+        drain(&mut exec);
+    }
+    let (data, controls) = seen.lock().map(|g| g.clone()).expect("lock");
+    assert_eq!(
+        data,
+        vec![1, 3],
+        "the control record is never applied as a payload"
+    );
+    assert_eq!(controls, vec![(2, 1)]);
+    assert_eq!(exec.wal().expect("wal").last(), third);
+}
