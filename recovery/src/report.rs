@@ -381,6 +381,22 @@ pub struct DumpRecord {
     /// The payload as lowercase hex (only with `--payload hex`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub payload_hex: Option<String>,
+    /// Set for a control record (spec/wal-format.md, "Control records"): what it says.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub control: Option<DumpControl>,
+}
+
+/// What a control record says, as `dump` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum DumpControl {
+    /// The first record of a primary's epoch.
+    EpochStart {
+        /// The epoch it opened.
+        epoch: u64,
+        /// The primary's node id.
+        primary: String,
+    },
 }
 
 /// `dump` output (the `records` array is streamed).

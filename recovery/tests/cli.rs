@@ -791,3 +791,43 @@ fn inspect_reports_watermarks_epochs_and_segments() {
         .expect("segments")
         .is_empty());
 }
+
+#[test]
+fn dump_shows_a_control_record_as_what_it_says_in_json_and_text() {
+    use walship_wal::control::ControlRecord;
+    use walship_wal::{FsStorage, Wal, WalOptions};
+    let n = Node::new();
+    n.append_n(1, 2, "data");
+    {
+        let (mut wal, _) = Wal::open(FsStorage, &n.wal_dir(), WalOptions::default()).expect("open");
+        wal.set_epoch(2);
+        wal.append_control(&ControlRecord::EpochStart {
+            epoch: 2,
+            primary: "n2".into(),
+        })
+        .expect("control");
+        wal.append(b"after").expect("append");
+        wal.sync().expect("sync");
+    }
+    let (code, v, _) = recover_json(&["dump", s(&n.root)]);
+    assert_eq!(code, 0, "{v}");
+    let recs = v["records"].as_array().expect("records");
+    assert_eq!(recs.len(), 4);
+    assert!(
+        recs[1].get("control").is_none(),
+        "a data record has no control field"
+    );
+    assert_eq!(
+        recs[2]["control"],
+        serde_json::json!({"kind": "epoch-start", "epoch": 2, "primary": "n2"})
+    );
+    let out = recover(&["dump", s(&n.root)]).output().expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .find(|l| l.starts_with("lsn=3 "))
+            .is_some_and(|l| l.starts_with("lsn=3 epoch=2")
+                && l.contains("control=epoch-start(epoch=2 primary=n2)")),
+        "{text}"
+    );
+}

@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use std::ops::ControlFlow;
 use std::path::Path;
 
+use walship_wal::control::ControlRecord;
 use walship_wal::Lsn;
 
 use crate::cli::{Common, PayloadFormat};
@@ -14,7 +15,7 @@ use crate::cmd::text::wal_state_line;
 use crate::datadir::DataDir;
 use crate::error::RecoverError;
 use crate::exit::Exit;
-use crate::report::{DumpRecord, WalState, SCHEMA_VERSION};
+use crate::report::{DumpControl, DumpRecord, WalState, SCHEMA_VERSION};
 
 /// Runs `dump`, writing to `out`: exit 3 if a corruption stops the dump before `--to`, else 0.
 pub fn dump(
@@ -75,6 +76,16 @@ pub fn dump(
                 .unwrap_or_default(),
             offset,
             payload_hex: (payload == PayloadFormat::Hex).then(|| hex::encode(view.payload())),
+            // The scan's decode verified the body of every control record it visits.
+            control: view
+                .is_control()
+                .then(|| ControlRecord::decode(view.payload()).ok())
+                .flatten()
+                .map(|c| match c {
+                    ControlRecord::EpochStart { epoch, primary } => {
+                        DumpControl::EpochStart { epoch, primary }
+                    }
+                }),
         };
         let r = if json {
             write_json_record(out, written == 0, &rec)
@@ -134,6 +145,9 @@ fn write_text_record(out: &mut dyn Write, rec: &DumpRecord) -> io::Result<()> {
         "lsn={} epoch={} crc={:#010x} prev_crc={:#010x} len={} segment={} offset={}",
         rec.lsn, rec.epoch, rec.crc, rec.prev_crc, rec.payload_len, rec.segment, rec.offset
     )?;
+    if let Some(DumpControl::EpochStart { epoch, primary }) = &rec.control {
+        write!(out, " control=epoch-start(epoch={epoch} primary={primary})")?;
+    }
     if let Some(h) = &rec.payload_hex {
         write!(out, " payload={h}")?;
     }
