@@ -452,16 +452,16 @@ async fn stage_breakdown(env: &Env, rec: &stages::Recorder, secs: Duration) -> B
     );
     println!(
         "  {:<44} {:>12.3}",
-        "append called (spawn_blocking, WAL write)", 0.0
+        "append called (handed to the executor thread)", 0.0
     );
     let label = [
-        "primary fdatasync done (durable listener)",
+        "primary fdatasync done (executor group sync)",
         "frame handed to quinn (writer task)",
         "replica read the frame",
         "replica fdatasync done",
         "receipt handed to quinn (replica)",
         "receipt read by the primary",
-        "commit advanced (core thread)",
+        "commit advanced (executor)",
     ];
     let mut prev: Vec<f64> = vec![0.0; rows.len()];
     for (s, name) in label.iter().enumerate() {
@@ -489,7 +489,7 @@ async fn stage_breakdown(env: &Env, rec: &stages::Recorder, secs: Duration) -> B
     }
     println!(
         "  {:<44} {:>12.3} {:>12.3} {:>8}%",
-        "append returned (commit wake-up)",
+        "append returned (ack delivered, task woken)",
         median(total).unwrap_or(f64::NAN),
         median(step).unwrap_or(f64::NAN),
         100
