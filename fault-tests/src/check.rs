@@ -52,6 +52,8 @@ pub fn standard_checkers() -> Vec<Box<dyn Checker>> {
         Box::new(NoHaltWithoutCause),
         Box::new(PersistedCommitNeverAboveAcknowledged),
         Box::new(DurableNeverRewritten::default()),
+        Box::new(ReplicaCommitNeverAboveDurable),
+        Box::new(AppliedNeverAbovePersistedCommit),
     ]
 }
 
@@ -560,6 +562,97 @@ impl Checker for DurableNeverRewritten {
             }
             if let Some(p) = wal.position_at(durable).ok().flatten() {
                 self.seen.insert(r.id, (r.storage.clone(), p));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A replica's `state/commit` as its disk holds it now (0 without the file; `None` for a
+/// torn or damaged file, which the restart judges).
+fn replica_persisted_commit(w: &World, n: NodeId) -> Option<Lsn> {
+    let s = &w.replica(n).storage;
+    match walship_wal::state::read_state_json::<_, walship_wal::state::CommitBody>(
+        s,
+        &state_dir(),
+        "commit",
+    ) {
+        Ok(c) => Some(c.map_or(0, |c| c.commit_lsn)),
+        Err(_) => None,
+    }
+}
+
+/// A replica's `state/commit` never names a record it does not hold durably: the
+/// primary's watermark may be ahead of a lagging replica, and the replica persists only
+/// up to its own durable lsn. A watermark above it turns a crash that loses the unsynced
+/// tail into a `local-corruption` halt ("log ends below the persisted commit watermark",
+/// FM-X.6) that no damage caused.
+pub struct ReplicaCommitNeverAboveDurable;
+
+impl Checker for ReplicaCommitNeverAboveDurable {
+    fn name(&self) -> &'static str {
+        "a replica's persisted commit watermark never above its durable lsn"
+    }
+    fn spec(&self) -> &'static str {
+        "FM-X.6, FM-4.2"
+    }
+    fn check(&mut self, w: &World) -> Result<(), String> {
+        for r in &w.replicas {
+            if w.oracle.disk_damaged.contains(&r.id) {
+                continue;
+            }
+            let Some(persisted) = replica_persisted_commit(w, r.id) else {
+                continue;
+            };
+            // Its open WAL's durable lsn, or (down, or halted at open with the WAL closed)
+            // the highest it made durable on this disk.
+            let durable =
+                r.up.as_ref()
+                    .and_then(|u| u.wal())
+                    .map_or(r.known_durable, |wal| wal.durable_lsn().max(wal.base().lsn));
+            if persisted > durable {
+                return Err(format!(
+                    "{}'s state/commit holds {persisted}, above its durable lsn {durable}",
+                    node_name(r.id)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A replica applies a record only once its own `state/commit` covers it (the executor
+/// applies up to the persisted watermark): whatever the embedder has seen is then
+/// protected by the watermark check at open (FM-X.6), and a restart replays exactly the
+/// committed records after the applier's lsn (FM-4.2). The embedder's state survives
+/// crashes here, so the judgement holds across them. A restored snapshot is committed by
+/// construction and is not judged.
+pub struct AppliedNeverAbovePersistedCommit;
+
+impl Checker for AppliedNeverAbovePersistedCommit {
+    fn name(&self) -> &'static str {
+        "a replica applies only up to its persisted commit watermark"
+    }
+    fn spec(&self) -> &'static str {
+        "FM-4.2, FM-10.1, FM-X.6"
+    }
+    fn check(&mut self, w: &World) -> Result<(), String> {
+        for r in &w.replicas {
+            if w.oracle.disk_damaged.contains(&r.id) {
+                continue;
+            }
+            let Some(last) = r.applied.records.last() else {
+                continue;
+            };
+            let Some(persisted) = replica_persisted_commit(w, r.id) else {
+                continue;
+            };
+            if last.lsn > persisted {
+                return Err(format!(
+                    "{} applied lsn {} but its state/commit holds {persisted}",
+                    node_name(r.id),
+                    last.lsn
+                ));
             }
         }
         Ok(())

@@ -3,11 +3,13 @@
 //! report it.
 
 use walship_fault::check::{
-    check_all, standard_checkers, AckedCommitsSurvive, AppliedIsCommittedInOrder, Checker,
-    HaltedReplicaFrozen, NoHaltWithoutCause, PersistedCommitNeverAboveAcknowledged,
-    ReceiptNeverAboveSynced, ReplicaIsPrefix,
+    check_all, standard_checkers, AckedCommitsSurvive, AppliedIsCommittedInOrder,
+    AppliedNeverAbovePersistedCommit, Checker, HaltedReplicaFrozen, NoHaltWithoutCause,
+    PersistedCommitNeverAboveAcknowledged, ReceiptNeverAboveSynced, ReplicaCommitNeverAboveDurable,
+    ReplicaIsPrefix,
 };
-use walship_fault::world::{FrameFault, World, WorldConfig, PRIMARY};
+use walship_fault::world::{state_dir, FrameFault, World, WorldConfig, PRIMARY};
+use walship_wal::Storage as _;
 use walship_wal::{Lsn, Position};
 
 fn converged(replicas: usize) -> World {
@@ -66,13 +68,8 @@ fn fm_x_6_persisted_commit_watermark_above_what_was_acknowledged_is_reported() {
         commit_lsn: w.oracle.max_commit + 5,
     })
     .expect("encode");
-    walship_wal::state::write_state_file(
-        &w.primary.storage,
-        &walship_fault::world::state_dir(),
-        "commit",
-        &body,
-    )
-    .expect("write state/commit");
+    walship_wal::state::write_state_file(&w.primary.storage, &state_dir(), "commit", &body)
+        .expect("write state/commit");
     let err = checker.check(&w).expect_err("must fail");
     assert!(err.contains("state/commit holds"), "{err}");
 }
@@ -141,6 +138,91 @@ fn halt_without_injected_fault_and_change_after_halt_are_reported() {
     w.replicas[0].applied.records.push(extra);
     let err = HaltedReplicaFrozen.check(&w).expect_err("must fail");
     assert!(err.contains("has applied up to"), "{err}");
+}
+
+/// Writes `lsn` into replica `n`'s `state/commit` (as a buggy executor would).
+fn set_replica_commit(w: &World, n: usize, lsn: Lsn) {
+    #[derive(serde::Serialize)]
+    struct Commit {
+        commit_lsn: Lsn,
+    }
+    walship_wal::state::write_state_json(
+        &w.replica(n).storage,
+        &state_dir(),
+        "commit",
+        &Commit { commit_lsn: lsn },
+    )
+    .expect("write state/commit");
+}
+
+/// FM-X.6: a replica's `state/commit` names only records it holds durably (planted
+/// `persist = c` instead of `c.min(durable)` in the replica executor's settle: only an
+/// unexplained `local-corruption` halt after a crash showed it, in 251 of seeds 0..2000).
+#[test]
+fn fm_x_6_replica_state_commit_above_its_durable_lsn_is_reported() {
+    let w = converged(1);
+    ReplicaCommitNeverAboveDurable
+        .check(&w)
+        .expect("a healthy replica passes");
+    let durable = w
+        .replica(1)
+        .up
+        .as_ref()
+        .and_then(|u| u.wal())
+        .expect("r1 runs with its WAL")
+        .durable_lsn();
+    set_replica_commit(&w, 1, durable + 1);
+    let err = ReplicaCommitNeverAboveDurable
+        .check(&w)
+        .expect_err("must fail");
+    assert!(err.contains("above its durable lsn"), "{err}");
+}
+
+/// FM-4.2: a replica applies only what its own `state/commit` covers (planted: apply up
+/// to the core's commit instead of the persisted watermark: only the liveness phase
+/// showed it, when the restart refused an applier ahead of the watermark).
+#[test]
+fn fm_4_2_applied_above_the_replicas_persisted_commit_is_reported() {
+    let w = converged(1);
+    AppliedNeverAbovePersistedCommit
+        .check(&w)
+        .expect("a healthy replica passes");
+    let applied = w.replica(1).applied.last_lsn();
+    assert!(applied > 1, "the replica applied something");
+    set_replica_commit(&w, 1, applied - 1);
+    let err = AppliedNeverAbovePersistedCommit
+        .check(&w)
+        .expect_err("must fail");
+    assert!(err.contains("but its state/commit holds"), "{err}");
+}
+
+/// FM-X.4: a replica whose disk failed an fsync must have stopped (planted: a failed WAL
+/// sync logged and retried at the next sync instead of stopping the node).
+#[test]
+fn fm_x_4_replica_running_on_after_a_failed_fsync_is_reported() {
+    let mut w = converged(1);
+    // One fsync of r1's disk fails behind its executor's back: the executor never saw
+    // it, so it does not stop, which is what the world must report.
+    let s = w.replica(1).storage.clone();
+    s.fail_one_sync_after(0);
+    assert!(s.sync_dir(&state_dir()).is_err(), "the armed fsync fails");
+    let payloads: Vec<Vec<u8>> = (0..3).map(|i| format!("r{i}").into_bytes()).collect();
+    w.client_append(&payloads);
+    let deadline = w.now() + 5_000;
+    while w.oracle.action_violations.is_empty() && w.now() < deadline {
+        let t = w.now() + 5;
+        w.run_until(t);
+    }
+    let (what, detail) = w
+        .oracle
+        .action_violations
+        .first()
+        .expect("the world reports the replica running on");
+    assert!(what.contains("FM-X.4"), "{what}: {detail}");
+    assert!(
+        detail.contains("r1 still runs after 1 failed fsync"),
+        "{detail}"
+    );
 }
 
 // ---- FM-X.11: what the primary could know about a replaced replica disk ----

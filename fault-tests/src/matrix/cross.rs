@@ -101,7 +101,20 @@ pub(super) fn fm_x_4() -> R {
     converge(&mut w)?;
     checked(&w)?;
     no_halts(&w)?;
-    Ok(format!("sync failed on r1: node stopped (no retry), receipts stayed at {receipted}; restarted at lsn {after}, converged, no halt"))
+    // Once more with ONE failed fsync and later ones succeeding (the failed one drops the
+    // file's dirty pages): a retried sync would appear to work. The node stops all the same.
+    w.replica(1).storage.fail_one_sync_after(0);
+    w.client_append(&payloads("x4-once", 3, 40));
+    let stopped = run_until_cond(&mut w, 2_000, |w| !w.is_up(1));
+    ensure(stopped, || {
+        "the replica did not stop on a transient failed sync (later syncs succeed)".into()
+    })?;
+    w.replica(1).storage.clear_faults();
+    w.restart(1);
+    converge(&mut w)?;
+    checked(&w)?;
+    no_halts(&w)?;
+    Ok(format!("sync failed on r1: node stopped (no retry), receipts stayed at {receipted}; restarted at lsn {after}, converged, no halt; one transient failed sync (later ones succeed) stopped it too"))
 }
 
 pub(super) fn fm_x_5() -> R {
@@ -126,7 +139,25 @@ pub(super) fn fm_x_5() -> R {
     w.client_append(&payloads("x5-again", 2, 40));
     converge(&mut w)?;
     checked(&w)?;
-    Ok("primary sync failed: node stopped, the 3 appends were never acknowledged or shipped, restart at lsn 5, converged".into())
+    // Once more with ONE failed fsync and later ones succeeding (the failed one drops the
+    // file's dirty pages): a retried sync would appear to work. The primary stops all the
+    // same and acknowledges nothing of that group.
+    let acked = w.oracle.acked.len();
+    w.primary.storage.fail_one_sync_after(0);
+    w.client_append(&payloads("x5-once", 3, 40));
+    let stopped = run_until_cond(&mut w, 2_000, |w| !w.is_up(PRIMARY));
+    ensure(stopped, || {
+        "the primary did not stop on a transient failed sync (later syncs succeed)".into()
+    })?;
+    ensure(w.oracle.acked.len() == acked, || {
+        "records acknowledged despite the transient failed sync".into()
+    })?;
+    w.primary.storage.clear_faults();
+    w.restart(PRIMARY);
+    w.client_append(&payloads("x5-after", 2, 40));
+    converge(&mut w)?;
+    checked(&w)?;
+    Ok("primary sync failed: node stopped, the 3 appends were never acknowledged or shipped, restart at lsn 5, converged; one transient failed sync (later ones succeed) stopped it too, nothing of its group acknowledged".into())
 }
 
 pub(super) fn fm_x_6() -> R {

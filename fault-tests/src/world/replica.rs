@@ -116,6 +116,8 @@ pub struct ReplicaUp {
     conn: Option<(ConnId, FrameDecoder)>,
     /// When the group sync the executor needs completes (simulated fsync latency).
     sync_at: Option<u64>,
+    /// The disk's failed-fsync count when this process started.
+    failed_syncs_at_start: u64,
 }
 
 impl ReplicaUp {
@@ -267,10 +269,12 @@ impl World {
         if let Some(wal) = exec.wal() {
             r.known_durable = wal.durable_lsn();
         }
+        let failed_syncs_at_start = r.storage.counters().failed_syncs;
         r.up = Some(ReplicaUp {
             exec,
             conn: None,
             sync_at: None,
+            failed_syncs_at_start,
         });
         self.net.restart_node(n, self.now());
         self.replica_outputs(n);
@@ -285,6 +289,13 @@ impl World {
             .and_then(|u| u.exec.poll_output())
         {
             self.replica_output(n, out);
+        }
+        self.replica_stops_on_failed_sync(n);
+        // A segment roll fsyncs the sealed segment inside an append: the WAL's durable lsn
+        // can run ahead of the last `Durable` output (the next sync reports it).
+        let r = &mut self.replicas[n - 1];
+        if let Some(d) = r.up.as_ref().and_then(|u| u.wal()).map(|w| w.durable_lsn()) {
+            r.known_durable = r.known_durable.max(d);
         }
         let delay = self
             .rng
@@ -415,6 +426,28 @@ impl World {
                 self.log(format!("{name} stops: {e}"));
                 self.crash(n);
             }
+        }
+    }
+
+    /// FM-X.4 as the oracle sees it: a replica whose disk failed an fsync since the process
+    /// started has stopped (the executor stops it and the world takes it down); a process
+    /// that runs on is a violation, whatever it does next (a retried sync may "succeed"
+    /// without the pages the failed one dropped).
+    fn replica_stops_on_failed_sync(&mut self, n: NodeId) {
+        let r = self.replica(n);
+        let Some(u) = &r.up else {
+            return;
+        };
+        let failed = r.storage.counters().failed_syncs;
+        if failed > u.failed_syncs_at_start && u.exec.stopped().is_none() {
+            self.oracle.action_violations.push((
+                "a failed fsync of a replica's own storage stops it, never retried (FM-X.4)",
+                format!(
+                    "{} still runs after {} failed fsync(s) of its disk",
+                    node_name(n),
+                    failed - u.failed_syncs_at_start
+                ),
+            ));
         }
     }
 

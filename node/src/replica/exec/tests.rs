@@ -240,9 +240,12 @@ fn commit_watermark_is_persisted_only_up_to_the_durable_lsn() {
     assert_eq!(exec.applied_lsn(), 3);
 }
 
+/// Data lsns applied, and (lsn, epoch) of each control record applied.
+type Applied = (Vec<Lsn>, Vec<(Lsn, u64)>);
+
 /// Records data applies and control applies separately.
 #[derive(Clone, Default)]
-struct SplitRecorder(Arc<Mutex<(Vec<Lsn>, Vec<(Lsn, u64)>)>>);
+struct SplitRecorder(Arc<Mutex<Applied>>);
 
 impl Applier for SplitRecorder {
     fn applied_lsn(&self) -> Lsn {
