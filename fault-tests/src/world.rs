@@ -20,6 +20,7 @@ use walship_replica::halt::HaltReason;
 use walship_wal::sim::{SimConfig, SimStorage};
 use walship_wal::state::EpochEntry;
 use walship_wal::{Lsn, Position, WalOptions};
+use walship_wire::frame::{FrameDecoder, FrameError};
 use walship_wire::message::{Message, RecordBatch, Welcome};
 
 mod primary;
@@ -243,6 +244,25 @@ fn wal_options(cfg: &WorldConfig, epoch: u64) -> WalOptions {
         segment_size_bytes: cfg.segment_size_bytes,
         max_record_bytes: cfg.max_record_bytes,
         epoch,
+    }
+}
+
+/// Feeds `bytes` to a connection's frame decoder and moves every whole message into
+/// `msgs`; the first framing error, if any (nothing after it is decoded).
+fn decode_frames(
+    dec: &mut FrameDecoder,
+    bytes: &[u8],
+    msgs: &mut Vec<Message>,
+) -> Option<FrameError> {
+    if let Err(e) = dec.push(bytes) {
+        return Some(e);
+    }
+    loop {
+        match dec.next_message() {
+            Ok(Some(m)) => msgs.push(m),
+            Ok(None) => return None,
+            Err(e) => return Some(e),
+        }
     }
 }
 

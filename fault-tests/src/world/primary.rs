@@ -19,7 +19,7 @@ use walship_wal::record::{decode_record, encode_record};
 use walship_wal::sim::SimStorage;
 use walship_wal::state::{EpochEntry, EpochHistory, NodeDir};
 use walship_wal::{Lsn, Position, SharedWal, WalError};
-use walship_wire::frame::{encode_frame, FrameDecoder, FrameError};
+use walship_wire::frame::{encode_frame, FrameDecoder};
 use walship_wire::message::{Message, RecordBatch};
 
 use super::{describe, node_name, FrameFault, World, CLUSTER_ID, NODE_ROOT, PRIMARY};
@@ -423,28 +423,15 @@ impl World {
     /// Bytes arrived on a primary connection: decoded into frames for the executor.
     pub(super) fn primary_data(&mut self, conn: ConnId, bytes: &[u8]) {
         let mut msgs = Vec::new();
-        let mut bad: Option<FrameError> = None;
-        {
+        let bad = {
             let Some(p) = self.primary.up.as_mut() else {
                 return;
             };
             let Some(c) = p.conns.get_mut(&conn) else {
                 return;
             };
-            match c.decoder.push(bytes) {
-                Ok(()) => loop {
-                    match c.decoder.next_message() {
-                        Ok(Some(m)) => msgs.push(m),
-                        Ok(None) => break,
-                        Err(e) => {
-                            bad = Some(e);
-                            break;
-                        }
-                    }
-                },
-                Err(e) => bad = Some(e),
-            }
-        }
+            super::decode_frames(&mut c.decoder, bytes, &mut msgs)
+        };
         for m in msgs {
             if matches!(m, Message::Hello(_)) {
                 // The primary now learns of a replaced disk (if the Hello

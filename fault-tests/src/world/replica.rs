@@ -538,8 +538,7 @@ impl World {
 
     pub(super) fn replica_data(&mut self, n: NodeId, conn: ConnId, bytes: &[u8]) {
         let mut msgs = Vec::new();
-        let mut bad: Option<FrameError> = None;
-        {
+        let bad = {
             let Some(r) = self.replicas[n - 1].up.as_mut() else {
                 return;
             };
@@ -549,20 +548,8 @@ impl World {
             if *c != conn {
                 return;
             }
-            match dec.push(bytes) {
-                Ok(()) => loop {
-                    match dec.next_message() {
-                        Ok(Some(m)) => msgs.push(m),
-                        Ok(None) => break,
-                        Err(e) => {
-                            bad = Some(e);
-                            break;
-                        }
-                    }
-                },
-                Err(e) => bad = Some(e),
-            }
-        }
+            super::decode_frames(dec, bytes, &mut msgs)
+        };
         for m in msgs {
             // The session may have ended (or the node halted) while handling earlier messages.
             let still = self.replicas[n - 1]
