@@ -1,10 +1,10 @@
-//! [`LogSource`] implementations over the WAL: [`WalLog`] over a `SharedWal` (the tokio
-//! driver) and [`WalRef`] over a borrowed `Wal` (the deterministic simulator).
+//! The [`LogSource`] over the WAL: [`WalLog`] over a `SharedWal`, read by the primary
+//! executor in production and in the simulator alike.
 
 use std::cell::Cell;
 use std::sync::Arc;
 
-use walship_wal::{Lsn, Position, SharedWal, Storage, Wal, WalError, WalReader};
+use walship_wal::{Lsn, Position, SharedWal, Storage, WalError, WalReader};
 
 use crate::core::{LogBatch, LogSource};
 
@@ -190,82 +190,11 @@ impl<S: Storage> LogSource for WalLog<S> {
     }
 }
 
-/// A borrowed [`Wal`] as a [`LogSource`] (for the simulator, which drives a `Wal<SimStorage>`
-/// itself). Reads open a fresh reader each time; fine at simulation scale.
-pub struct WalRef<'a, S: Storage> {
-    wal: &'a mut Wal<S>,
-    durable: Position,
-}
-
-impl<'a, S: Storage> WalRef<'a, S> {
-    /// Borrows the WAL and reads its durable position.
-    pub fn new(wal: &'a mut Wal<S>) -> Result<WalRef<'a, S>, WalError> {
-        let lsn = wal.durable_lsn();
-        let last = wal.last();
-        let durable = if last.lsn == lsn {
-            last
-        } else {
-            wal.position_at(lsn)?.ok_or(WalError::OutOfRange {
-                lsn,
-                min: 0,
-                max: last.lsn,
-            })?
-        };
-        Ok(WalRef { wal, durable })
-    }
-}
-
-impl<S: Storage> LogSource for WalRef<'_, S> {
-    fn position_at(&mut self, lsn: Lsn) -> Result<Option<Position>, WalError> {
-        self.wal.position_at(lsn)
-    }
-
-    fn durable(&self) -> Position {
-        self.durable
-    }
-
-    fn first_lsn(&self) -> Lsn {
-        self.wal.first_lsn()
-    }
-
-    fn read_batch(
-        &mut self,
-        from_lsn: Lsn,
-        max_bytes: usize,
-    ) -> Result<Option<LogBatch>, WalError> {
-        if from_lsn == 0 || from_lsn > self.durable.lsn {
-            return Ok(None);
-        }
-        let mut reader = self.wal.reader(from_lsn)?;
-        let Some(batch) = reader.next_batch(max_bytes) else {
-            return Ok(None);
-        };
-        let batch = batch?;
-        let durable_lsn = self.durable.lsn;
-        let mut len = 0usize;
-        let mut count = 0u32;
-        let mut last = Position::ZERO;
-        for rec in batch.records() {
-            if rec.lsn() > durable_lsn {
-                break;
-            }
-            len += rec.bytes().len();
-            count += 1;
-            last = rec.position();
-        }
-        assert!(
-            count > 0,
-            "from_lsn <= durable, so the first record is durable"
-        );
-        Ok(Some((from_lsn, count, last, batch.bytes()[..len].to_vec())))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use walship_wal::sim::SimStorage;
-    use walship_wal::{decode_record, WalOptions};
+    use walship_wal::{decode_record, Wal, WalOptions};
 
     fn sim_wal(records: usize) -> Wal<SimStorage> {
         let storage = SimStorage::new(7);
@@ -303,17 +232,5 @@ mod tests {
         assert_eq!((first, count), (11, 1));
         assert_eq!(log.position_at(0).expect("pos"), Some(Position::ZERO));
         assert_eq!(log.position_at(12).expect("pos"), None);
-    }
-
-    #[test]
-    fn wal_ref_reads_batches_up_to_durable() {
-        let mut wal = sim_wal(5);
-        wal.sync().expect("sync");
-        wal.append(b"tail").expect("append");
-        let mut log = WalRef::new(&mut wal).expect("ref");
-        assert_eq!(log.durable().lsn, 5);
-        let (first, count, last, _) = log.read_batch(2, 1 << 20).expect("read").expect("batch");
-        assert_eq!((first, count, last.lsn), (2, 4, 5));
-        assert_eq!(log.read_batch(6, 1 << 20).expect("read"), None);
     }
 }

@@ -17,7 +17,7 @@ use crate::scan::{
 };
 
 /// A WAL that can be scanned read-only, visiting every verified record in lsn order.
-pub trait LogSource: Sync {
+pub trait ScanSource: Sync {
     /// The data directory.
     fn root(&self) -> &Path;
     /// Scans the WAL read-only; the verdict is as reliable as the source allows
@@ -30,7 +30,7 @@ pub trait LogSource: Sync {
     ) -> Result<WalScan, RecoverError>;
 }
 
-impl LogSource for DataDir {
+impl ScanSource for DataDir {
     fn root(&self) -> &Path {
         &self.root
     }
@@ -77,7 +77,7 @@ impl LiveDir {
     }
 }
 
-impl LogSource for LiveDir {
+impl ScanSource for LiveDir {
     fn root(&self) -> &Path {
         &self.root
     }

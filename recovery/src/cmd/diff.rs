@@ -12,7 +12,7 @@ use walship_wal::Position;
 use crate::cli::Common;
 use crate::cmd::text::wal_state_line;
 use crate::cmd::{progress_label, scan_options};
-use crate::datadir::{check_data_dir, DataDir, LogSource};
+use crate::datadir::{check_data_dir, DataDir, ScanSource};
 use crate::error::RecoverError;
 use crate::exit::Exit;
 use crate::report::{DiffReport, DiffSide, Divergence, Relation, WalState};
@@ -128,8 +128,8 @@ impl Comparison {
 /// bounded channel, B here comparing in lsn order: memory stays bounded
 /// whatever the log sizes. A is always scanned to its end; B as `read_b` says.
 pub fn compare_logs(
-    a: &dyn LogSource,
-    b: &dyn LogSource,
+    a: &dyn ScanSource,
+    b: &dyn ScanSource,
     opts: ScanOptions,
     progress_label: Option<&str>,
     read_b: ReadB,
@@ -137,7 +137,7 @@ pub fn compare_logs(
     // Each log's base (the record before its first retained one, from its
     // first segment header) is the lowest lsn it can compare: a scan stopped
     // at the first record yields it cheaply.
-    let base = |d: &dyn LogSource| {
+    let base = |d: &dyn ScanSource| {
         d.scan_log(opts, None, &mut |_, _, _| ControlFlow::Break(()))
             .map(|s| s.start)
     };
