@@ -100,6 +100,9 @@ pub(crate) struct Shared {
     /// The commit watermark the executor announced.
     pub(crate) commit_lsn: AtomicU64,
     pub(crate) shutting_down: AtomicBool,
+    /// Set to `true` when the primary stops: every session's reader ends and closes its
+    /// connection (needed when the endpoint belongs to a `Node` and stays open).
+    pub(crate) closing: watch::Sender<bool>,
     pub(crate) next_conn: AtomicU64,
     pub(crate) started: Instant,
     /// `DIR/snapshots`.
@@ -349,7 +352,7 @@ async fn serve_connection(
     node_id: String,
     shared: Arc<Shared>,
 ) {
-    let (send, mut recv) = match tokio::time::timeout(STREAM_OPEN_TIMEOUT, conn.accept_bi()).await {
+    let (send, recv) = match tokio::time::timeout(STREAM_OPEN_TIMEOUT, conn.accept_bi()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             info!(error = %e, "connection ended before the replica opened its stream");
@@ -361,6 +364,25 @@ async fn serve_connection(
             return;
         }
     };
+    serve_session(conn, id, node_id, send, recv, shared).await
+}
+
+/// One replica session on the stream the replica opened: registers it with the executor,
+/// feeds it the replica's frames and writes the executor's, until either side ends it or
+/// the primary stops.
+pub(crate) async fn serve_session(
+    conn: quinn::Connection,
+    id: ConnId,
+    node_id: String,
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    shared: Arc<Shared>,
+) {
+    let mut closing = shared.closing.subscribe();
+    if *closing.borrow_and_update() {
+        CloseCode::ShuttingDown.close(&conn, "primary shutting down");
+        return;
+    }
     let (tx, rx) = tmpsc::unbounded_channel();
     if shared
         .tx
@@ -379,7 +401,15 @@ async fn serve_connection(
             .instrument(tracing::Span::current()),
     );
     loop {
-        match read_frame(&mut recv, MAX_FRAME_BYTES).await {
+        let frame = tokio::select! {
+            f = read_frame(&mut recv, MAX_FRAME_BYTES) => f,
+            _ = closing.changed() => {
+                info!("primary stopping: closing the replica session");
+                CloseCode::ShuttingDown.close(&conn, "primary stopping");
+                break;
+            }
+        };
+        match frame {
             Ok(Some(msg)) => {
                 if let Message::Receipt { durable_lsn } = &msg {
                     tracing::trace!(target: STAGE_TARGET, stage = "receipt_received", lsn = *durable_lsn);

@@ -349,6 +349,8 @@ pub struct Primary {
     data_dir: PathBuf,
     exec_thread: Option<std::thread::JoinHandle<()>>,
     accept_task: Option<tokio::task::JoinHandle<()>>,
+    /// False when opened with [`Primary::open_on_endpoint`]: the endpoint is the caller's.
+    owns_endpoint: bool,
     lock: Option<DirLock>,
 }
 
@@ -389,11 +391,45 @@ impl Primary {
     /// file I/O: on a multi-thread runtime it runs with the calling worker handed off
     /// (`walship_wire::blocking::run_off_worker`), so the runtime's other tasks keep running.
     pub fn open(config: PrimaryConfig) -> Result<Primary, PrimaryError> {
-        walship_wire::blocking::run_off_worker(move || Primary::open_blocking(config))
+        walship_wire::blocking::run_off_worker(move || Primary::open_blocking(config, None))
+    }
+
+    /// Like [`Primary::open`], serving on `endpoint`, which the caller owns and keeps
+    /// accepting on: `config.listen_addr` is not bound, and the caller hands each replica
+    /// session to [`Primary::serve_session`]. Shutting the primary down closes its
+    /// sessions, not the endpoint. A [`crate::Node`] serves its primary role this way, on
+    /// the endpoint that also carries its election messages.
+    pub fn open_on_endpoint(
+        config: PrimaryConfig,
+        endpoint: quinn::Endpoint,
+    ) -> Result<Primary, PrimaryError> {
+        walship_wire::blocking::run_off_worker(move || {
+            Primary::open_blocking(config, Some(endpoint))
+        })
+    }
+
+    /// Serves one replica session (a primary opened with [`Primary::open_on_endpoint`]):
+    /// `node_id` is the member the connection's certificate proved, `send`/`recv` the
+    /// stream the replica opened. Returns at once; the session runs on a task.
+    pub fn serve_session(
+        &self,
+        conn: quinn::Connection,
+        node_id: String,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) {
+        use tracing::Instrument;
+        let shared = self.shared.clone();
+        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("replica_conn", replica = %node_id, conn = id, remote = %conn.remote_address());
+        tokio::spawn(driver::serve_session(conn, id, node_id, send, recv, shared).instrument(span));
     }
 
     /// [`Primary::open`]'s work, on a thread that may block.
-    fn open_blocking(config: PrimaryConfig) -> Result<Primary, PrimaryError> {
+    fn open_blocking(
+        config: PrimaryConfig,
+        endpoint: Option<quinn::Endpoint>,
+    ) -> Result<Primary, PrimaryError> {
         config.validate()?;
         let span = tracing::info_span!("primary_open", node = %config.node_id, dir = %config.data_dir.display());
         let _g = span.enter();
@@ -414,12 +450,16 @@ impl Primary {
             (exec.core().epoch(), exec.durable_lsn(), exec.commit_lsn());
         let wal = exec.wal().clone();
         let snapshots = exec.snapshots().clone();
-        let endpoint = walship_wire::server_endpoint(
-            config.listen_addr,
-            &config.tls,
-            &config.members,
-            &config.transport,
-        )?;
+        let owns_endpoint = endpoint.is_none();
+        let endpoint = match endpoint {
+            Some(e) => e,
+            None => walship_wire::server_endpoint(
+                config.listen_addr,
+                &config.tls,
+                &config.members,
+                &config.transport,
+            )?,
+        };
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             node_id: config.node_id.clone(),
@@ -429,6 +469,7 @@ impl Primary {
             tx,
             commit_lsn: AtomicU64::new(commit_lsn),
             shutting_down: AtomicBool::new(false),
+            closing: watch::channel(false).0,
             next_conn: AtomicU64::new(1),
             started,
             snapshots,
@@ -443,7 +484,8 @@ impl Primary {
                 .spawn(move || driver::run_exec(shared, rx))
                 .map_err(|e| PrimaryError::Task(format!("spawn thread: {e}")))?
         };
-        let accept_task = tokio::spawn(driver::accept_loop(endpoint.clone(), shared.clone()));
+        let accept_task = owns_endpoint
+            .then(|| tokio::spawn(driver::accept_loop(endpoint.clone(), shared.clone())));
         let maintenance = Arc::new(Maintenance {
             shared: shared.clone(),
             max_retained_wal_bytes: config.max_retained_wal_bytes,
@@ -465,7 +507,8 @@ impl Primary {
             max_record_bytes: config.max_record_bytes,
             data_dir: config.data_dir,
             exec_thread: Some(exec_thread),
-            accept_task: Some(accept_task),
+            accept_task,
+            owns_endpoint,
             lock: Some(lock),
         })
     }
@@ -564,6 +607,30 @@ impl Primary {
         self.shared.wal.with(|w| w.storage().faults().clone())
     }
 
+    /// Committed records from `from_lsn` on, in lsn order: at most `max` of them and
+    /// none above the commit watermark (a node's primary role applies them). Control
+    /// records are included (`OwnedRecord::view().is_control()`).
+    pub fn committed_records(
+        &self,
+        from_lsn: Lsn,
+        max: usize,
+    ) -> Result<Vec<walship_wal::OwnedRecord>, PrimaryError> {
+        let commit = self.commit_lsn();
+        let mut out = Vec::new();
+        if from_lsn == 0 || from_lsn > commit {
+            return Ok(out);
+        }
+        let mut reader = self.shared.wal.reader(from_lsn)?;
+        while out.len() < max {
+            match reader.next_record() {
+                Some(Ok(r)) if r.lsn() <= commit => out.push(r),
+                Some(Ok(_)) | None => break,
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+
     /// The address the QUIC server is bound to.
     pub fn local_addr(&self) -> Result<SocketAddr, PrimaryError> {
         self.endpoint.local_addr().map_err(|source| {
@@ -655,7 +722,9 @@ impl Primary {
         if let Some(t) = self.exec_thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        if self.owns_endpoint {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        }
         self.lock.take();
         let stopped = self.shared.stop_reason();
         match &stopped {
@@ -672,8 +741,11 @@ impl Primary {
             task.abort();
         }
         self.shared.shutting_down.store(true, Ordering::Release);
-        self.endpoint
-            .close(CloseCode::ShuttingDown.code(), b"primary shutting down");
+        self.shared.closing.send_replace(true);
+        if self.owns_endpoint {
+            self.endpoint
+                .close(CloseCode::ShuttingDown.code(), b"primary shutting down");
+        }
         let _ = self.shared.tx.send(Input::Shutdown);
     }
 }

@@ -92,8 +92,10 @@ pub(crate) fn start<S: Storage>(
         gate: RwLock::new(exec.halt().cloned()),
         status: Mutex::new(exec.status()),
         stopped: watch::channel(None).0,
+        returned_applier: Default::default(),
     });
     if exec.is_halted() {
+        shared.returned_applier.put(exec.into_applier());
         return Ok((shared, None));
     }
     let material = config
@@ -118,15 +120,17 @@ pub(crate) fn start<S: Storage>(
         .name(format!("walship-replica-{}", config.node_id))
         .spawn(move || {
             let _enter = span.enter();
+            let mut exec = exec;
             let result = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .thread_name("walship-replica-io")
                 .enable_all()
                 .build()
             {
-                Ok(rt) => run(&rt, exec, &config, &material, &thread_shared, stop_rx),
+                Ok(rt) => run(&rt, &mut exec, &config, &material, &thread_shared, stop_rx),
                 Err(e) => Err(ReplicaError::Runtime(format!("tokio runtime: {e}"))),
             };
+            thread_shared.returned_applier.put(exec.into_applier());
             let _ = done_tx.send(result);
         })
         .map_err(|e| ReplicaError::Runtime(format!("spawn driver thread: {e}")))?;
@@ -251,7 +255,7 @@ fn publish(shared: &Shared, exec_status: super::ReplicaStatus) {
 /// The executor thread's life: until stopped, halted and told to stop, or a node stop.
 fn run<S: Storage>(
     rt: &tokio::runtime::Runtime,
-    mut exec: ReplicaExec<S>,
+    exec: &mut ReplicaExec<S>,
     config: &ReplicaConfig,
     material: &walship_wire::TlsMaterial,
     shared: &Shared,
@@ -301,7 +305,7 @@ fn run<S: Storage>(
             break Err(e);
         }
         if *stop.borrow() {
-            break finish(&mut exec, &mut glue, shared);
+            break finish(exec, &mut glue, shared);
         }
         enum Woke {
             Input(Option<Input>),
@@ -332,12 +336,12 @@ fn run<S: Storage>(
                 break Err(ReplicaError::Runtime("the input channel closed".into()));
             }
             Woke::Input(Some(first)) => {
-                glue.input(&mut exec, first);
+                glue.input(exec, first);
                 let mut handled = 1;
                 while handled < MAX_INPUTS_PER_STEP && !exec.sync_urgent() {
                     match rx.try_recv() {
                         Ok(i) => {
-                            glue.input(&mut exec, i);
+                            glue.input(exec, i);
                             handled += 1;
                         }
                         Err(_) => break,

@@ -316,6 +316,28 @@ pub(crate) struct Shared {
     pub(crate) status: Mutex<ReplicaStatus>,
     /// Why the node stopped ([`ReplicaState::Stopped`]), once it did; never cleared.
     pub(crate) stopped: tokio::sync::watch::Sender<Option<String>>,
+    /// The applier, handed back once the executor ended ([`Replica::take_applier`]).
+    pub(crate) returned_applier: ReturnedApplier,
+}
+
+/// The applier a finished executor handed back.
+#[derive(Default)]
+pub(crate) struct ReturnedApplier(Mutex<Option<Box<dyn Applier>>>);
+
+impl std::fmt::Debug for ReturnedApplier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReturnedApplier")
+    }
+}
+
+impl ReturnedApplier {
+    pub(crate) fn put(&self, applier: Box<dyn Applier>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(applier);
+    }
+
+    fn take(&self) -> Option<Box<dyn Applier>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 impl Shared {
@@ -473,13 +495,22 @@ impl Replica {
     /// Stops streaming, makes appended records durable, stops the driver
     /// thread and releases `DIR/LOCK`. Returns the error that stopped the
     /// node earlier, if any (a halt is not an error here).
-    pub async fn shutdown(mut self) -> Result<(), ReplicaError> {
+    pub async fn shutdown(self) -> Result<(), ReplicaError> {
+        self.shutdown_returning_applier().await.0
+    }
+
+    /// [`Replica::shutdown`], then hands back the applier given to [`Replica::open`] (a
+    /// node switching roles passes it on). `None` only if the executor thread died
+    /// without ending (a panic: a broken invariant).
+    pub async fn shutdown_returning_applier(
+        mut self,
+    ) -> (Result<(), ReplicaError>, Option<Box<dyn Applier>>) {
         let result = match self.driver.take() {
             Some(d) => d.stop().await,
             None => Ok(()),
         };
         self.lock.take();
-        result
+        (result, self.shared.returned_applier.take())
     }
 }
 

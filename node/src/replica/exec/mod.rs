@@ -441,6 +441,12 @@ impl<S: Storage> ReplicaExec<S> {
     pub fn stopped(&self) -> Option<&str> {
         self.stopped.as_deref()
     }
+    /// Ends the executor and hands its applier back (a node switching roles gives the
+    /// same applier to its next role).
+    pub fn into_applier(self) -> Box<dyn Applier> {
+        self.applier
+    }
+
     /// Highest lsn delivered to the applier.
     pub fn applied_lsn(&self) -> Lsn {
         self.applied
