@@ -113,6 +113,94 @@ pub fn replica_config(cfg: &NodeConfig) -> Result<ReplicaConfig, String> {
     Ok(r)
 }
 
+/// Maps a validated member config onto the library's [`walship_node::NodeConfig`].
+pub fn member_config(cfg: &NodeConfig) -> Result<walship_node::NodeConfig, String> {
+    let RoleConfig::Member {
+        members,
+        quorum,
+        commit_timeout_ms,
+        election_timeout_ms,
+        lease_ms,
+    } = &cfg.role
+    else {
+        return Err(format!(
+            "node {} is not configured as a member",
+            cfg.node_id
+        ));
+    };
+    let members = members
+        .iter()
+        .map(|m| walship_node::MemberAddr {
+            node_id: m.id.clone(),
+            addr: m.addr,
+            http_addr: m.http_addr,
+        })
+        .collect();
+    let mut n = walship_node::NodeConfig::new(
+        cfg.node_id.clone(),
+        cfg.cluster_id.clone(),
+        cfg.data_dir.clone(),
+        members,
+        tls(cfg),
+    );
+    n.quorum = *quorum;
+    n.commit_timeout_ms = *commit_timeout_ms;
+    n.election_timeout_ms = *election_timeout_ms;
+    n.lease_ms = *lease_ms;
+    n.transport = transport(cfg);
+    n.wal = WalOptions {
+        segment_size_bytes: cfg.wal.segment_size_bytes,
+        max_record_bytes: cfg.wal.max_record_bytes,
+        ..WalOptions::default()
+    };
+    Ok(n)
+}
+
+/// A cluster member: leads or follows as elected, until SIGINT/SIGTERM or until it stops
+/// by itself (a failed fsync of its own storage: exit non-zero with the reason). A halted
+/// member keeps running and waits for an operator (`walship-recover`).
+async fn run_member(cfg: &NodeConfig) -> Result<(), String> {
+    let config = member_config(cfg)?;
+    let http = http_views::bind(cfg).await?;
+    let commit_timeout = Duration::from_millis(config.commit_timeout_ms);
+    let node = Arc::new(
+        walship_node::Node::open(config, LogOnlyApplier { applied: 0 })
+            .await
+            .map_err(|e| format!("open node: {e}"))?,
+    );
+    let http = http.map(|l| {
+        l.serve(Arc::new(walship_node::cluster::NodeHttpView::new(
+            Arc::clone(&node),
+        )))
+    });
+    let mut roles = node.subscribe();
+    let stopped = node.wait_stopped();
+    tokio::pin!(stopped);
+    let reason = loop {
+        tokio::select! {
+            _ = wait_for_shutdown_signal() => break None,
+            why = &mut stopped => break Some(why),
+            changed = roles.changed() => {
+                if changed.is_err() {
+                    break None;
+                }
+                let s = roles.borrow_and_update().clone();
+                info!(node = %cfg.node_id, role = s.role.as_str(), epoch = s.epoch, primary = ?s.primary, reason = ?s.reason, "role changed");
+            }
+        }
+    };
+    info!(node = %cfg.node_id, "shutting down");
+    http_views::stop(http, commit_timeout + Duration::from_secs(1)).await;
+    match Arc::try_unwrap(node) {
+        Ok(node) => node.shutdown().await,
+        Err(_) => warn!("the node is still referenced at shutdown; exiting without waiting"),
+    }
+    match reason {
+        Some(why) => Err(format!("node {} stopped: {why}", cfg.node_id)),
+        None => Ok(()),
+    }
+}
+
 /// A standalone replica node keeps the log only: its applier accepts every
 /// committed record and has no state of its own to make durable, so a replay
 /// from the start on restart is a no-op.
@@ -162,6 +250,14 @@ pub fn run(config: &Path, append_stdin: bool) -> Result<(), String> {
     rt.block_on(async move {
         match cfg.role {
             RoleConfig::Primary { .. } => run_primary(&cfg, append_stdin).await,
+            RoleConfig::Member { .. } => {
+                if append_stdin {
+                    return Err(
+                        "--append-stdin needs a primary config; a member takes POST /append".into(),
+                    );
+                }
+                run_member(&cfg).await
+            }
             RoleConfig::Replica { .. } => {
                 if append_stdin {
                     return Err("--append-stdin needs a primary config".into());
@@ -310,7 +406,7 @@ async fn run_replica(cfg: &NodeConfig) -> Result<(), String> {
                 primary_http,
                 ..
             } => (primary_name.clone(), primary_http.map(http_views::url)),
-            RoleConfig::Primary { .. } => (String::new(), None),
+            RoleConfig::Primary { .. } | RoleConfig::Member { .. } => (String::new(), None),
         };
         l.serve(Arc::new(http_views::ReplicaView {
             replica: Arc::clone(&replica),

@@ -63,6 +63,28 @@ pub enum Role {
     Primary,
     /// Receives, verifies and applies.
     Replica,
+    /// A cluster member: leads or follows as elected (`walship_node::Node`).
+    Member,
+}
+
+/// One `[[member]]` table of a member's config: every member of the cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    id: String,
+    addr: String,
+    http_addr: Option<String>,
+}
+
+/// A cluster member as every member's config lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberEntry {
+    /// The member's node id.
+    pub id: String,
+    /// Its QUIC address (replication and elections).
+    pub addr: SocketAddr,
+    /// Its HTTP endpoint, if any.
+    pub http_addr: Option<SocketAddr>,
 }
 
 /// TLS material: the cluster CA and this node's certificate and key (PEM).
@@ -130,6 +152,10 @@ struct RawConfig {
     http_addr: Option<String>,
     #[serde(default)]
     members: Vec<String>,
+    #[serde(default)]
+    member: Vec<RawMember>,
+    election_timeout_ms: Option<u64>,
+    lease_ms: Option<u64>,
     #[serde(default = "default_quorum")]
     quorum: i64,
     #[serde(default = "default_commit_timeout_ms")]
@@ -162,6 +188,19 @@ pub enum RoleConfig {
         quorum: i64,
         /// How long `append` waits for the quorum before `CommitTimeout`.
         commit_timeout_ms: u64,
+    },
+    /// A cluster member (`role = "member"`): elected to lead or follow.
+    Member {
+        /// Every member (`[[member]]` tables), this node included.
+        members: Vec<MemberEntry>,
+        /// Quorum policy: 0 local only (no automatic failover), -1 majority, k receipts.
+        quorum: i64,
+        /// How long an append waits for its quorum.
+        commit_timeout_ms: u64,
+        /// Minimum election timeout (each drawn from `[t, 2t)`).
+        election_timeout_ms: u64,
+        /// A primary that heard from fewer than an election quorum for this long steps down.
+        lease_ms: u64,
     },
     /// A replica: which primary it follows.
     Replica {
@@ -261,11 +300,101 @@ impl NodeConfig {
                     invalid(field, format!("`{value}` is not an ip:port address: {e}"))
                 })
             };
-        let http_addr = raw
+        let mut http_addr = raw
             .http_addr
             .map(|a| addr("http_addr", Some(a)))
             .transpose()?;
+        if raw.role != Role::Member
+            && (!raw.member.is_empty()
+                || raw.election_timeout_ms.is_some()
+                || raw.lease_ms.is_some())
+        {
+            return Err(invalid(
+                "member",
+                "[[member]], election_timeout_ms and lease_ms belong to role = \"member\"".into(),
+            ));
+        }
         let role = match raw.role {
+            Role::Member => {
+                if raw.listen_addr.is_some()
+                    || raw.primary_addr.is_some()
+                    || raw.primary_name.is_some()
+                    || raw.primary_http.is_some()
+                    || !raw.members.is_empty()
+                {
+                    return Err(invalid(
+                        "role",
+                        "a member lists every member in [[member]] tables; remove listen_addr, primary_*, members".into(),
+                    ));
+                }
+                let mut members: Vec<MemberEntry> = Vec::new();
+                for m in raw.member {
+                    check_name(&m.id).map_err(|e| invalid("member.id", e))?;
+                    let entry = MemberEntry {
+                        addr: addr("member.addr", Some(m.addr))?,
+                        http_addr: m
+                            .http_addr
+                            .map(|a| addr("member.http_addr", Some(a)))
+                            .transpose()?,
+                        id: m.id,
+                    };
+                    if members.iter().any(|o| o.id == entry.id) {
+                        return Err(invalid(
+                            "member.id",
+                            format!("`{}` is listed twice", entry.id),
+                        ));
+                    }
+                    if members.iter().any(|o| o.addr == entry.addr) {
+                        return Err(invalid(
+                            "member.addr",
+                            format!("{} is listed for two members", entry.addr),
+                        ));
+                    }
+                    members.push(entry);
+                }
+                let Some(me) = members.iter().find(|m| m.id == raw.node_id) else {
+                    return Err(invalid(
+                        "member",
+                        format!("must include this node's own id `{}`", raw.node_id),
+                    ));
+                };
+                if let (Some(mine), Some(listed)) = (http_addr, me.http_addr) {
+                    if mine != listed {
+                        return Err(invalid(
+                            "http_addr",
+                            format!(
+                                "{mine} differs from this node's [[member]] http_addr {listed}"
+                            ),
+                        ));
+                    }
+                }
+                let replicas = members.len() as i64 - 1;
+                if raw.quorum < -1 || raw.quorum > replicas {
+                    return Err(invalid(
+                        "quorum",
+                        format!(
+                            "{} is not 0 (local only), -1 (majority) or 1..={replicas} receipts",
+                            raw.quorum
+                        ),
+                    ));
+                }
+                let election_timeout_ms = raw.election_timeout_ms.unwrap_or(1000);
+                let lease_ms = raw.lease_ms.unwrap_or(election_timeout_ms);
+                if election_timeout_ms == 0 || lease_ms == 0 || raw.commit_timeout_ms == 0 {
+                    return Err(invalid(
+                        "election_timeout_ms",
+                        "election_timeout_ms, lease_ms and commit_timeout_ms must be positive"
+                            .into(),
+                    ));
+                }
+                RoleConfig::Member {
+                    members,
+                    quorum: raw.quorum,
+                    commit_timeout_ms: raw.commit_timeout_ms,
+                    election_timeout_ms,
+                    lease_ms,
+                }
+            }
             Role::Primary => {
                 if raw.primary_http.is_some() {
                     return Err(invalid(
@@ -342,6 +471,15 @@ impl NodeConfig {
                 }
             }
         };
+        if let RoleConfig::Member { members, .. } = &role {
+            // A member's own endpoint may be given once, in its [[member]] table.
+            if http_addr.is_none() {
+                http_addr = members
+                    .iter()
+                    .find(|m| m.id == raw.node_id)
+                    .and_then(|m| m.http_addr);
+            }
+        }
         let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         Ok(NodeConfig {
             node_id: raw.node_id,
@@ -413,7 +551,7 @@ key = "certs/n1.key"
                 assert_eq!(quorum, -1);
                 assert_eq!(members.len(), 3);
             }
-            RoleConfig::Replica { .. } => panic!("parsed as replica"),
+            _ => panic!("not parsed as a primary"),
         }
     }
 
@@ -540,7 +678,7 @@ key = "c"
             RoleConfig::Replica { primary_http, .. } => {
                 assert_eq!(primary_http, Some("127.0.0.1:8081".parse().expect("addr")))
             }
-            RoleConfig::Primary { .. } => panic!("parsed as primary"),
+            _ => panic!("not parsed as a replica"),
         }
     }
 
@@ -608,6 +746,89 @@ key = "c"
                 }
             ),
             "{err}"
+        );
+    }
+
+    const MEMBER: &str = r#"
+node_id = "n2"
+cluster_id = "demo"
+role = "member"
+data_dir = "data/n2"
+quorum = 1
+election_timeout_ms = 500
+[[member]]
+id = "n1"
+addr = "127.0.0.1:7001"
+http_addr = "127.0.0.1:8001"
+[[member]]
+id = "n2"
+addr = "127.0.0.1:7002"
+http_addr = "127.0.0.1:8002"
+[[member]]
+id = "n3"
+addr = "127.0.0.1:7003"
+[tls]
+ca = "certs/ca.pem"
+cert = "certs/n2.pem"
+key = "certs/n2.key"
+"#;
+
+    #[test]
+    fn member_config_lists_every_member_and_takes_its_http_addr_from_its_own_table() {
+        let c = parse(MEMBER).expect("valid member config");
+        assert_eq!(c.http_addr, Some("127.0.0.1:8002".parse().expect("addr")));
+        match c.role {
+            RoleConfig::Member {
+                ref members,
+                quorum,
+                election_timeout_ms,
+                lease_ms,
+                ..
+            } => {
+                assert_eq!(members.len(), 3);
+                assert_eq!(members[2].http_addr, None);
+                assert_eq!((quorum, election_timeout_ms, lease_ms), (1, 500, 500));
+            }
+            _ => panic!("not parsed as a member"),
+        }
+    }
+
+    #[test]
+    fn member_config_errors_name_the_field() {
+        let field = |text: &str| match parse(text) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        };
+        assert_eq!(
+            field(&MEMBER.replace("\nid = \"n2\"", "\nid = \"n9\"")),
+            "member"
+        );
+        assert_eq!(
+            field(&MEMBER.replace("\nid = \"n3\"", "\nid = \"n1\"")),
+            "member.id"
+        );
+        assert_eq!(
+            field(&MEMBER.replace("127.0.0.1:7003", "127.0.0.1:7001")),
+            "member.addr"
+        );
+        assert_eq!(field(&MEMBER.replace("quorum = 1", "quorum = 3")), "quorum");
+        assert_eq!(
+            field(&MEMBER.replace(
+                "role = \"member\"",
+                "role = \"member\"\nlisten_addr = \"127.0.0.1:1\""
+            )),
+            "role"
+        );
+        assert_eq!(
+            field(&MEMBER.replace(
+                "role = \"member\"",
+                "role = \"member\"\nhttp_addr = \"127.0.0.1:9\""
+            )),
+            "http_addr"
+        );
+        assert_eq!(
+            field(&PRIMARY.replace("members = ", "lease_ms = 5\nmembers = ")),
+            "member"
         );
     }
 }

@@ -7,14 +7,16 @@
 //! [`Primary`]; [`replica`]: [`Replica`] with its [`Applier`]).
 //!
 //! [`election`] is the sans-IO election core (PreVote, votes persisted in `state/vote`
-//! before they are granted, the up-to-date rule, election quorums, the primary's lease):
-//! the failover that runs it is not wired into the node yet (issue 12).
+//! before they are granted, the up-to-date rule, election quorums, the primary's lease);
+//! [`cluster`] holds [`Node`], the member that leads or follows as elected.
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod election;
 pub mod http;
 pub mod primary;
 pub mod replica;
 
+pub use cluster::{MemberAddr, Node, NodeConfig, NodeError, NodeStatus, RoleState};
 pub use primary::{Primary, PrimaryConfig, PrimaryError, PrimaryStatus, PrimaryStop};
 pub use replica::{Applier, ApplyError, Replica, ReplicaConfig, ReplicaError, ReplicaStatus};

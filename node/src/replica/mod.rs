@@ -44,6 +44,7 @@
 
 mod driver;
 pub mod exec;
+pub use exec::apply_record;
 pub use walship_replica::{core, halt};
 
 use std::net::SocketAddr;

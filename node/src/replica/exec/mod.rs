@@ -737,19 +737,7 @@ impl<S: Storage> ReplicaExec<S> {
                     self.applied + 1,
                     "records are applied in lsn order, each once"
                 );
-                if record.view().is_control() {
-                    // decode_record verified the body when the record was read.
-                    let control = ControlRecord::decode(record.payload()).map_err(|e| {
-                        ReplicaError::Runtime(format!("control record at lsn {lsn}: {e}"))
-                    })?;
-                    self.applier
-                        .apply_control(lsn, &control)
-                        .map_err(|source| ReplicaError::Apply { lsn, source })?;
-                } else {
-                    self.applier
-                        .apply(lsn, record.payload())
-                        .map_err(|source| ReplicaError::Apply { lsn, source })?;
-                }
+                apply_record(self.applier.as_mut(), &record)?;
                 self.applied = lsn;
                 if self.config.report_applied {
                     records.push(record.position());
@@ -929,5 +917,27 @@ impl<S: Storage> ReplicaExec<S> {
             "snapshot installed and restored into the applier");
         self.outputs.push_back(Output::SnapshotInstalled(boundary));
         self.feed(Event::SnapshotInstalled { boundary }, now_ms);
+    }
+}
+
+/// Passes one committed record to `applier`: a control record to
+/// [`Applier::apply_control`], any other to [`Applier::apply`]. Whoever applies (the
+/// replica executor, a node's primary role) calls this, in lsn order.
+pub fn apply_record(
+    applier: &mut dyn Applier,
+    record: &walship_wal::OwnedRecord,
+) -> Result<(), ReplicaError> {
+    let lsn = record.lsn();
+    if record.view().is_control() {
+        // decode_record verified the body when the record was read.
+        let control = ControlRecord::decode(record.payload())
+            .map_err(|e| ReplicaError::Runtime(format!("control record at lsn {lsn}: {e}")))?;
+        applier
+            .apply_control(lsn, &control)
+            .map_err(|source| ReplicaError::Apply { lsn, source })
+    } else {
+        applier
+            .apply(lsn, record.payload())
+            .map_err(|source| ReplicaError::Apply { lsn, source })
     }
 }

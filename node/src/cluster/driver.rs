@@ -1,0 +1,742 @@
+//! The node's driver: one tokio task that feeds the election core its inputs (messages,
+//! timers, operator commands, what the running role reports) and performs its actions in
+//! order; and the accept loop that routes each incoming stream (election messages to the
+//! driver, replication sessions to the primary role).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info, warn, Instrument};
+use walship_wal::state::NodeDir;
+use walship_wal::{FsStorage, Lsn};
+use walship_wire::CloseCode;
+
+use super::transport::{self, Envelope, Sender};
+use super::{http_role, Inner, Node, NodeConfig, NodeError, NodeStatus, RoleSlot, RoleState};
+use crate::election::{
+    Action, ElectionCore, ElectionMessage, LogPosition, NodeId, PersistedVote, Role, StartState,
+    VoteFile,
+};
+use crate::http;
+use crate::primary::Primary;
+use crate::replica::{apply_record, Applier, Replica, ReplicaState};
+
+/// The driver wakes at least this often to look at its role (health, apply, log head).
+const POLL: Duration = Duration::from_millis(20);
+/// Most committed records the primary role applies per wake-up.
+const APPLY_BATCH: usize = 4096;
+
+/// What the driver task takes.
+pub(crate) enum Input {
+    /// An election message from a member (the connection's certificate named it).
+    Election { from: NodeId, msg: ElectionMessage },
+    /// Operator promotion.
+    Promote {
+        accept_data_loss: bool,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    /// Stop the node.
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// Monotonic milliseconds since the process's first call (the election core's clock).
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What a (re)starting node brings to its election: its vote, its log's last record and
+/// whether it holds everything it acknowledged (its log reaches its commit watermark).
+fn start_state(config: &NodeConfig) -> Result<(StartState, Lsn), NodeError> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| NodeError::Open(format!("{}: {e}", dir.display())))?;
+    let node_dir = NodeDir::open(FsStorage, dir).map_err(|e| NodeError::Open(e.to_string()))?;
+    let commit = node_dir
+        .commit_lsn()
+        .map_err(|e| NodeError::Open(e.to_string()))?;
+    let vote = VoteFile::new(FsStorage, node_dir.state_dir()).load()?;
+    let wal_dir = node_dir.wal_dir();
+    let last = if wal_dir.exists() {
+        walship_wal::inspect(&FsStorage, &wal_dir, config.wal.max_record_bytes)
+            .map_err(|e| NodeError::Open(e.to_string()))?
+            .last
+    } else {
+        walship_wal::Position::ZERO
+    };
+    let eligible = last.lsn >= commit;
+    if !eligible {
+        warn!(node = %config.node_id, log_end = last.lsn, commit_lsn = commit,
+            "the log ends below the commit watermark: this node neither votes nor leads until it caught up");
+    }
+    Ok((
+        StartState {
+            vote,
+            log_head: LogPosition::new(last.epoch, last.lsn),
+            eligible,
+        },
+        commit,
+    ))
+}
+
+pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Result<Node, NodeError> {
+    config.validate()?;
+    let me = config.me()?.clone();
+    let cfg = config.clone();
+    let (start, required_lsn) = tokio::task::spawn_blocking(move || start_state(&cfg))
+        .await
+        .map_err(|e| NodeError::Open(format!("start-state task: {e}")))??;
+    let material = config
+        .tls
+        .load()
+        .map_err(walship_wire::EndpointError::from)?;
+    let ids = config.member_ids();
+    let mut endpoint =
+        walship_wire::endpoint::server_endpoint_with(me.addr, &material, &ids, &config.transport)?;
+    endpoint.set_default_client_config(walship_wire::endpoint::quinn_client_config(
+        &material,
+        &config.transport,
+    )?);
+    let seed = config.election_seed.unwrap_or_else(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        t ^ u64::from(crc32c::crc32c(config.node_id.as_bytes())) << 32
+    });
+    let core = ElectionCore::new(config.election_config(), start.clone(), now_ms(), seed)?;
+    let peers: Vec<(NodeId, std::net::SocketAddr)> = config
+        .members
+        .iter()
+        .filter(|m| m.node_id != config.node_id)
+        .map(|m| (m.node_id.clone(), m.addr))
+        .collect();
+    let sender = Sender::start(&endpoint, &peers, &config.cluster_id, config.digest());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let state = RoleState {
+        role: core.role(),
+        epoch: core.epoch(),
+        primary: None,
+        reason: None,
+    };
+    let applied = applier.applied_lsn();
+    let inner = Arc::new(Inner {
+        status: Mutex::new(NodeStatus {
+            node_id: config.node_id.clone(),
+            state: state.clone(),
+            voted_for: core.voted_for().cloned(),
+            election_blocked_on: None,
+            primary: None,
+            replica: None,
+            applied_lsn: applied,
+        }),
+        state: watch::channel(state).0,
+        role: Mutex::new(RoleSlot::Idle),
+        commands: tx,
+        applier: Mutex::new(Some(applier)),
+        config,
+    });
+    let votes = VoteFile::new(
+        FsStorage,
+        &inner.config.data_dir.join(walship_wal::state::STATE_DIR),
+    );
+    info!(node = %inner.config.node_id, epoch = core.epoch(), log_head = ?start.log_head,
+        addr = %me.addr, "node open: following until an election says otherwise");
+    let span = tracing::info_span!("node", node = %inner.config.node_id);
+    let accept =
+        tokio::spawn(accept_loop(endpoint.clone(), inner.clone()).instrument(span.clone()));
+    let driver = Driver {
+        inner: inner.clone(),
+        core,
+        votes: Some(votes),
+        sender,
+        endpoint: endpoint.clone(),
+        required_lsn,
+        stopped: None,
+    };
+    let driver = tokio::spawn(driver.run(rx).instrument(span));
+    Ok(Node {
+        inner,
+        driver: Some(driver),
+        accept: Some(accept),
+        endpoint,
+    })
+}
+
+struct Driver {
+    inner: Arc<Inner>,
+    core: ElectionCore,
+    /// `None` only while a persist runs on the blocking pool.
+    votes: Option<VoteFile<FsStorage>>,
+    sender: Sender,
+    endpoint: quinn::Endpoint,
+    /// An ineligible node becomes eligible once its durable lsn reaches this.
+    required_lsn: Lsn,
+    /// Why the node stopped or halted, once it did.
+    stopped: Option<String>,
+}
+
+impl Driver {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>) {
+        loop {
+            let now = now_ms();
+            let wait = self
+                .core
+                .next_tick_ms()
+                .map_or(POLL, |t| Duration::from_millis(t.saturating_sub(now)))
+                .min(POLL);
+            let input = tokio::select! {
+                i = rx.recv() => i,
+                _ = tokio::time::sleep(wait) => None,
+            };
+            let now = now_ms();
+            let mut actions = Vec::new();
+            match input {
+                Some(Input::Election { from, msg }) => {
+                    self.refresh_log_head();
+                    match self.core.on_message(now, &from, msg) {
+                        Ok(a) => actions = a,
+                        Err(e) => warn!(peer = %from, error = %e, "election message refused"),
+                    }
+                }
+                Some(Input::Promote {
+                    accept_data_loss,
+                    reply,
+                }) => {
+                    self.refresh_log_head();
+                    match self.core.promote(now, accept_data_loss) {
+                        Ok(a) => {
+                            let _ = reply.send(Ok(()));
+                            actions = a;
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e.into()));
+                        }
+                    }
+                }
+                Some(Input::Shutdown { reply }) => {
+                    let a = self.core.stop(now);
+                    self.stopped.get_or_insert_with(|| "shut down".into());
+                    self.perform(a).await;
+                    self.close_role().await;
+                    self.publish();
+                    let _ = reply.send(());
+                    return;
+                }
+                None => {}
+            }
+            actions.extend(self.core.tick(now));
+            self.perform(actions).await;
+            self.watch_role().await;
+            self.publish();
+            if self.core.role() == Role::Stopped {
+                self.close_role().await;
+                self.publish();
+                // Keep answering commands (status, shutdown) without doing anything.
+                while let Some(i) = rx.recv().await {
+                    if let Input::Shutdown { reply } = i {
+                        let _ = reply.send(());
+                        return;
+                    }
+                }
+                return;
+            }
+        }
+    }
+
+    /// Performs the core's actions in order (a vote is durable before anything after it).
+    async fn perform(&mut self, actions: Vec<Action>) {
+        let mut queue: std::collections::VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::PersistVote { epoch, voted_for } => {
+                    let Some(mut votes) = self.votes.take() else {
+                        return;
+                    };
+                    let vote = PersistedVote {
+                        epoch,
+                        voted_for: voted_for.clone(),
+                    };
+                    let done = tokio::task::spawn_blocking(move || {
+                        let r = votes.persist(&vote);
+                        (votes, r)
+                    })
+                    .await;
+                    match done {
+                        Ok((votes, Ok(()))) => {
+                            self.votes = Some(votes);
+                            debug!(epoch, ?voted_for, "vote persisted");
+                        }
+                        Ok((_, Err(e))) => {
+                            error!(epoch, error = %e, "persisting the vote failed: the node stops (a failed fsync is never retried)");
+                            self.fail(format!("state/vote: {e}")).await;
+                            return;
+                        }
+                        Err(e) => {
+                            error!(epoch, error = %e, "the vote-persisting task died: the node stops");
+                            self.fail(format!("state/vote task: {e}")).await;
+                            return;
+                        }
+                    }
+                }
+                Action::Send { to, msg } => self.sender.send(&to, msg),
+                Action::StepDown { epoch, reason } => {
+                    warn!(
+                        epoch,
+                        ?reason,
+                        "stepping down: appends are refused from now on"
+                    );
+                    self.close_role().await;
+                }
+                Action::BecomePrimary { epoch } => {
+                    self.become_primary(epoch).await;
+                }
+                Action::BecomeFollower {
+                    epoch,
+                    primary_hint,
+                } => self.follow(epoch, primary_hint).await,
+            }
+        }
+    }
+
+    /// A fatal failure of this node's own storage: stop (never retried).
+    async fn fail(&mut self, reason: String) {
+        self.stopped.get_or_insert(reason);
+        let a = self.core.stop(now_ms());
+        // Stopping only sends nothing and steps down; no vote is persisted.
+        for action in a {
+            if let Action::StepDown { .. } = action {
+                self.close_role().await;
+            }
+        }
+    }
+
+    async fn become_primary(&mut self, epoch: u64) {
+        self.close_role().await;
+        let config = match self.inner.config.primary_config(epoch) {
+            Ok(c) => c,
+            Err(e) => return self.fail(e.to_string()).await,
+        };
+        info!(epoch, "won the election: opening the primary role (its first record is the epoch's control record)");
+        match Primary::open_on_endpoint(config, self.endpoint.clone()) {
+            Ok(p) => {
+                info!(
+                    epoch,
+                    durable = p.durable_lsn(),
+                    commit = p.commit_lsn(),
+                    "primary of epoch serving"
+                );
+                *self.inner.lock_role() = RoleSlot::Primary(p);
+            }
+            Err(e) => {
+                error!(epoch, error = %e, "cannot open the primary role: the node stops");
+                self.fail(format!("opening the primary role of epoch {epoch}: {e}"))
+                    .await;
+            }
+        }
+    }
+
+    async fn follow(&mut self, epoch: u64, primary: Option<NodeId>) {
+        let current = match &*self.inner.lock_role() {
+            RoleSlot::Replica {
+                primary: p,
+                epoch: e,
+                ..
+            } => Some((p.clone(), *e)),
+            RoleSlot::Primary(_) => Some((self.inner.config.node_id.clone(), u64::MAX)),
+            RoleSlot::Idle => None,
+        };
+        let Some(primary) = primary else {
+            // No known primary in this epoch: a replica of an older epoch follows a
+            // primary that was fenced; stop it until the new primary is heard.
+            if current.is_some_and(|(_, e)| e < epoch || e == u64::MAX) {
+                self.close_role().await;
+            }
+            return;
+        };
+        if primary == self.inner.config.node_id {
+            return;
+        }
+        if current.as_ref() == Some(&(primary.clone(), epoch)) {
+            return;
+        }
+        self.close_role().await;
+        let config = match self.inner.config.replica_config(&primary, epoch) {
+            Ok(c) => c,
+            Err(e) => return self.fail(e.to_string()).await,
+        };
+        let Some(applier) = self.take_applier() else {
+            return self
+                .fail("the applier was lost by an earlier role (a broken invariant)".into())
+                .await;
+        };
+        info!(epoch, %primary, "following the primary of the epoch");
+        match Replica::open(config, ApplierBox(applier)) {
+            Ok(replica) => {
+                *self.inner.lock_role() = RoleSlot::Replica {
+                    replica,
+                    primary,
+                    epoch,
+                };
+            }
+            Err(e) => {
+                error!(epoch, error = %e, "cannot open the replica role: the node stops");
+                self.fail(format!("opening the replica role: {e}")).await;
+            }
+        }
+    }
+
+    fn take_applier(&self) -> Option<Box<dyn Applier>> {
+        self.inner
+            .applier
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// Closes the running role (a primary's waiters fail; a replica syncs and hands the
+    /// applier back).
+    async fn close_role(&mut self) {
+        let slot = std::mem::replace(&mut *self.inner.lock_role(), RoleSlot::Idle);
+        match slot {
+            RoleSlot::Idle => {}
+            RoleSlot::Primary(p) => {
+                if let Some(reason) = p.shutdown().await {
+                    error!(%reason, "the primary role stopped on a failure of its own storage");
+                    self.stopped.get_or_insert(reason.to_string());
+                    let _ = self.core.stop(now_ms());
+                }
+            }
+            RoleSlot::Replica { replica, .. } => {
+                let (result, applier) = replica.shutdown_returning_applier().await;
+                if let Err(e) = result {
+                    error!(error = %e, "the replica role stopped on a local error");
+                    self.stopped.get_or_insert(e.to_string());
+                    let _ = self.core.stop(now_ms());
+                }
+                if let Some(a) = applier {
+                    *self.inner.applier.lock().unwrap_or_else(|p| p.into_inner()) = Some(a);
+                }
+            }
+        }
+    }
+
+    /// The log head the up-to-date rule compares, from the running role.
+    fn refresh_log_head(&mut self) {
+        let head = match &*self.inner.lock_role() {
+            RoleSlot::Primary(p) => {
+                let s = p.status();
+                Some(LogPosition::new(s.epoch, s.durable_lsn))
+            }
+            RoleSlot::Replica { replica, .. } => replica
+                .status()
+                .last
+                .map(|p| LogPosition::new(p.epoch, p.lsn)),
+            RoleSlot::Idle => None,
+        };
+        if let Some(head) = head {
+            if head != self.core.log_head() {
+                self.core.set_log_head(head);
+            }
+        }
+    }
+
+    /// Looks at the running role: a halted replica halts the node, a stopped role stops
+    /// it, a caught-up node becomes eligible, the primary role applies what it committed.
+    async fn watch_role(&mut self) {
+        self.refresh_log_head();
+        let now = now_ms();
+        enum Seen {
+            Nothing,
+            Halted(String),
+            Stopped(String),
+            Durable(Lsn),
+        }
+        let seen = match &*self.inner.lock_role() {
+            RoleSlot::Primary(p) => match p.stopped() {
+                Some(r) => Seen::Stopped(r.to_string()),
+                None => Seen::Durable(p.durable_lsn()),
+            },
+            RoleSlot::Replica { replica, .. } => match replica.status().state {
+                ReplicaState::Halted(h) => Seen::Halted(format!("{} at lsn {}", h.reason, h.lsn)),
+                ReplicaState::Stopped(why) => Seen::Stopped(why),
+                _ => Seen::Durable(replica.status().durable_lsn.unwrap_or(0)),
+            },
+            RoleSlot::Idle => Seen::Nothing,
+        };
+        match seen {
+            Seen::Halted(why) if self.core.role() != Role::Halted => {
+                error!(reason = %why, "replication halted: this node neither votes nor leads until an operator acts");
+                self.stopped.get_or_insert(why);
+                let a = self.core.halt(now);
+                self.perform(a).await;
+            }
+            Seen::Stopped(why) if self.core.role() != Role::Stopped => {
+                error!(reason = %why, "the role stopped on a failure of its own storage: the node stops");
+                self.stopped.get_or_insert(why);
+                let _ = self.core.stop(now);
+            }
+            Seen::Durable(lsn) => {
+                if lsn >= self.required_lsn && !self.core_eligible() {
+                    info!(
+                        lsn,
+                        required = self.required_lsn,
+                        "caught up to the commit watermark: eligible to vote and lead"
+                    );
+                    let a = self.core.set_eligible(now, true);
+                    self.perform(a).await;
+                }
+            }
+            _ => {}
+        }
+        self.apply_as_primary().await;
+    }
+
+    fn core_eligible(&self) -> bool {
+        self.core.status(now_ms()).eligible
+    }
+
+    /// The primary role applies what it committed, in lsn order (blocking reads and the
+    /// embedder's apply run on the blocking pool).
+    async fn apply_as_primary(&mut self) {
+        let records = {
+            let slot = self.inner.lock_role();
+            let RoleSlot::Primary(p) = &*slot else {
+                return;
+            };
+            let applied = match self.inner.applier.lock() {
+                Ok(a) => a.as_ref().map(|a| a.applied_lsn()),
+                Err(p) => p.into_inner().as_ref().map(|a| a.applied_lsn()),
+            };
+            let Some(applied) = applied else { return };
+            if applied >= p.commit_lsn() {
+                return;
+            }
+            match p.committed_records(applied + 1, APPLY_BATCH) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(from = applied + 1, error = %e, "cannot read committed records to apply");
+                    return;
+                }
+            }
+        };
+        if records.is_empty() {
+            return;
+        }
+        let inner = self.inner.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut guard = inner.applier.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(applier) = guard.as_mut() else {
+                return Ok(0);
+            };
+            let mut last = 0;
+            for r in &records {
+                if r.lsn() <= applier.applied_lsn() {
+                    continue;
+                }
+                apply_record(applier.as_mut(), r).map_err(|e| e.to_string())?;
+                last = r.lsn();
+            }
+            Ok::<Lsn, String>(last)
+        })
+        .await;
+        match result {
+            Ok(Ok(last)) if last > 0 => {
+                let mut s = self.inner.status.lock().unwrap_or_else(|p| p.into_inner());
+                s.applied_lsn = last;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                error!(error = %e, "the applier failed: the node stops");
+                self.fail(format!("applier: {e}")).await;
+            }
+            Err(e) => self.fail(format!("apply task: {e}")).await,
+        }
+    }
+
+    /// Publishes the role state (subscribers see changes) and the status fields.
+    fn publish(&self) {
+        let role = self.core.role();
+        let state = RoleState {
+            role,
+            epoch: self.core.epoch(),
+            primary: self.core.primary().cloned(),
+            reason: match role {
+                Role::Halted | Role::Stopped => self.stopped.clone(),
+                _ => None,
+            },
+        };
+        self.inner.state.send_if_modified(|s| {
+            if *s == state {
+                return false;
+            }
+            info!(role = role.as_str(), epoch = state.epoch, primary = ?state.primary, "role");
+            *s = state.clone();
+            true
+        });
+        let mut s = self.inner.status.lock().unwrap_or_else(|p| p.into_inner());
+        s.state = state;
+        s.voted_for = self.core.voted_for().cloned();
+        s.election_blocked_on = self.core.status(now_ms()).blocked_on();
+    }
+}
+
+/// The applier a role runs with: the node's, moved from role to role.
+struct ApplierBox(Box<dyn Applier>);
+
+impl Applier for ApplierBox {
+    fn applied_lsn(&self) -> Lsn {
+        self.0.applied_lsn()
+    }
+
+    fn apply(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), crate::replica::ApplyError> {
+        self.0.apply(lsn, payload)
+    }
+
+    fn apply_control(
+        &mut self,
+        lsn: Lsn,
+        control: &walship_wal::control::ControlRecord,
+    ) -> Result<(), crate::replica::ApplyError> {
+        self.0.apply_control(lsn, control)
+    }
+
+    fn snapshot_sink(&mut self) -> Option<&mut dyn walship_snapshot::SnapshotSink> {
+        self.0.snapshot_sink()
+    }
+}
+
+/// Accepts members' connections: unidirectional streams carry election messages (to the
+/// driver), a bidirectional stream is a replica's session (to the primary role, or
+/// refused when this node is not the primary).
+async fn accept_loop(endpoint: quinn::Endpoint, inner: Arc<Inner>) {
+    let ids = inner.config.member_ids();
+    let digest = inner.config.digest();
+    while let Some(incoming) = endpoint.accept().await {
+        let inner = inner.clone();
+        let ids = ids.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(%remote, error = %e, "connection refused during the mutual-TLS handshake");
+                    return;
+                }
+            };
+            let peer = match walship_wire::peer_node_id(&conn, &ids) {
+                Ok(p) if p != inner.config.node_id => p,
+                Ok(p) => {
+                    warn!(%remote, peer = %p, "a connection presenting this node's own certificate: closing");
+                    CloseCode::Refused.close(&conn, "not another member");
+                    return;
+                }
+                Err(e) => {
+                    warn!(%remote, error = %e, "peer certificate does not name exactly one member: closing");
+                    CloseCode::Refused.close(&conn, "not a member");
+                    return;
+                }
+            };
+            loop {
+                tokio::select! {
+                    uni = conn.accept_uni() => {
+                        let Ok(mut recv) = uni else { return };
+                        let inner = inner.clone();
+                        let peer = peer.clone();
+                        tokio::spawn(async move {
+                            let bytes = match transport::read_envelope(&mut recv).await {
+                                Ok(b) => b,
+                                Err(e) => {
+                                    warn!(%peer, error = %e, "election message refused");
+                                    return;
+                                }
+                            };
+                            match Envelope::decode_checked(&bytes, &inner.config.cluster_id, digest) {
+                                Ok(msg) => {
+                                    let _ = inner.commands.send(Input::Election { from: peer, msg });
+                                }
+                                Err(e) => error!(%peer, error = %e, "election message refused"),
+                            }
+                        });
+                    }
+                    bi = conn.accept_bi() => {
+                        let Ok((send, recv)) = bi else { return };
+                        route_session(&inner, conn.clone(), peer.clone(), send, recv).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// A replica's session: served by the primary role, or refused with the primary this
+/// node knows.
+async fn route_session(
+    inner: &Arc<Inner>,
+    conn: quinn::Connection,
+    peer: NodeId,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    {
+        let slot = inner.lock_role();
+        if let RoleSlot::Primary(p) = &*slot {
+            p.serve_session(conn, peer, send, recv);
+            return;
+        }
+    }
+    let (epoch, hint) = {
+        let s = inner.state.borrow();
+        (s.epoch, s.primary.clone())
+    };
+    debug!(%peer, epoch, primary = ?hint, "replica session refused: this node is not the primary");
+    // PROTO-BEGIN
+    let _ = (send, epoch);
+    CloseCode::Refused.close(&conn, "not the primary");
+    // PROTO-END
+    drop(recv);
+}
+
+/// `/status` of a node.
+pub(crate) fn http_status(config: &NodeConfig, s: &NodeStatus) -> http::NodeStatus {
+    let http_of = |id: &str| {
+        config
+            .member(id)
+            .and_then(|m| m.http_addr)
+            .map(|a| format!("http://{a}"))
+    };
+    let mut out = if let Some(p) = &s.primary {
+        http::NodeStatus::from_primary(p, http_of(&config.node_id))
+    } else if let Some(r) = &s.replica {
+        let primary = s.state.primary.clone().unwrap_or_default();
+        http::NodeStatus::from_replica(r, &primary, http_of(&primary))
+    } else {
+        http::NodeStatus {
+            node_id: s.node_id.clone(),
+            role: http_role(s.state.role),
+            epoch: s.state.epoch,
+            durable_lsn: None,
+            commit_lsn: 0,
+            primary: s.state.primary.clone(),
+            primary_http: s.state.primary.as_deref().and_then(http_of),
+            connected: None,
+            lag_records: None,
+            halt: None,
+            stopped: None,
+            members: None,
+        }
+    };
+    // The election decides the role and the epoch; the role's own report adds the rest.
+    if !matches!(out.role, http::NodeRole::Halted) || s.state.role == Role::Stopped {
+        out.role = http_role(s.state.role);
+    }
+    out.epoch = out.epoch.max(s.state.epoch);
+    if s.state.role == Role::Stopped && out.stopped.is_none() {
+        out.stopped = s.state.reason.clone();
+    }
+    if out.primary.is_none() || s.state.role != Role::Primary {
+        out.primary = s.state.primary.clone();
+        out.primary_http = s.state.primary.as_deref().and_then(http_of);
+    }
+    out
+}
