@@ -1044,7 +1044,11 @@ impl PrimaryCore {
         // Every copy counted: our own durable write and each replica's receipt (a receipt
         // never exceeds what we shipped, which is locally durable; capped all the same).
         let durable: Vec<Lsn> = std::iter::once(local_durable)
-            .chain(self.members.iter().map(|m| m.durable_lsn.min(local_durable)))
+            .chain(
+                self.members
+                    .iter()
+                    .map(|m| m.durable_lsn.min(local_durable)),
+            )
             .collect();
         // Figure 8: records of older epochs commit only together with one of ours.
         let Some(candidate) =
