@@ -162,7 +162,7 @@ impl NodeConfig {
         p.transport = self.transport.clone();
         p.segment_size_bytes = self.wal.segment_size_bytes;
         p.max_record_bytes = self.wal.max_record_bytes;
-        // PROTO p.new_epoch = Some(epoch);
+        p.new_epoch = Some(epoch);
         Ok(p)
     }
 

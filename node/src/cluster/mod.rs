@@ -312,6 +312,9 @@ impl Node {
     }
 }
 
+/// Dropping a node without [`Node::shutdown`] stops it without waiting: its tasks are
+/// aborted and its endpoint closed (which ends every connection and, with them, the
+/// tasks that hold the running role; the role's own drop then stops it).
 impl Drop for Node {
     fn drop(&mut self) {
         if let Some(a) = self.accept.take() {
@@ -320,6 +323,10 @@ impl Drop for Node {
         if let Some(d) = self.driver.take() {
             d.abort();
         }
+        self.endpoint.close(
+            walship_wire::CloseCode::ShuttingDown.code(),
+            b"node dropped",
+        );
     }
 }
 

@@ -1,0 +1,224 @@
+//! `Node`: a cluster of members on loopback elects a primary, survives the loss of it
+//! (every acknowledged record is on the new primary and applied there), and takes the old
+//! primary back as a follower. Real QUIC with mutual TLS, real directories.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use walship_node::election::Role;
+use walship_node::replica::{Applier, ApplyError};
+use walship_node::{MemberAddr, Node, NodeConfig, NodeError};
+use walship_wal::control::ControlRecord;
+use walship_wal::Lsn;
+use walship_wire::{TlsFiles, TransportOptions};
+
+/// Bound on any wait: only a hang reaches it; conditions decide.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Records every committed record (control records included), in lsn order.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<(Lsn, Option<Vec<u8>>)>>>);
+
+impl Recorder {
+    fn payloads(&self) -> Vec<(Lsn, Vec<u8>)> {
+        let g = self.0.lock().expect("lock");
+        g.iter()
+            .filter_map(|(l, p)| p.clone().map(|p| (*l, p)))
+            .collect()
+    }
+    fn applied(&self) -> Lsn {
+        self.0.lock().expect("lock").last().map_or(0, |r| r.0)
+    }
+    fn push(&self, lsn: Lsn, payload: Option<Vec<u8>>) -> Result<(), ApplyError> {
+        let mut g = self.0.lock().expect("lock");
+        let prev = g.last().map_or(0, |r| r.0);
+        if lsn != prev + 1 {
+            return Err(format!("applied lsn {lsn} after {prev}: out of order or twice").into());
+        }
+        g.push((lsn, payload));
+        Ok(())
+    }
+}
+
+impl Applier for Recorder {
+    fn applied_lsn(&self) -> Lsn {
+        self.applied()
+    }
+    fn apply(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), ApplyError> {
+        self.push(lsn, Some(payload.to_vec()))
+    }
+    fn apply_control(&mut self, lsn: Lsn, _control: &ControlRecord) -> Result<(), ApplyError> {
+        self.push(lsn, None)
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
+    s.local_addr().expect("local addr")
+}
+
+struct Cluster {
+    root: PathBuf,
+    members: Vec<MemberAddr>,
+}
+
+impl Cluster {
+    fn new(root: &Path, n: usize) -> Cluster {
+        let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        walship_wire::generate(&root.join("certs"), &ids).expect("certs");
+        let members = ids
+            .iter()
+            .map(|id| MemberAddr {
+                node_id: id.clone(),
+                addr: free_addr(),
+                http_addr: None,
+            })
+            .collect();
+        Cluster {
+            root: root.to_path_buf(),
+            members,
+        }
+    }
+
+    fn config(&self, id: &str, quorum: i64) -> NodeConfig {
+        let mut c = NodeConfig::new(
+            id,
+            "c1",
+            self.root.join(id),
+            self.members.clone(),
+            TlsFiles::for_node(&self.root.join("certs"), id),
+        );
+        c.quorum = quorum;
+        c.election_timeout_ms = 300;
+        c.lease_ms = 300;
+        c.commit_timeout_ms = 5_000;
+        c.transport = TransportOptions {
+            keep_alive_ms: 200,
+            idle_timeout_ms: 3_000,
+            ..TransportOptions::default()
+        };
+        c
+    }
+
+    async fn open(&self, id: &str, quorum: i64, applier: Recorder) -> Node {
+        Node::open(self.config(id, quorum), applier)
+            .await
+            .expect("open node")
+    }
+}
+
+/// Waits until exactly one of `nodes` is primary, in an epoch above `above`; returns its index.
+async fn wait_primary(nodes: &[Option<Node>], above: u64) -> usize {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let primaries: Vec<usize> = nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                let s = n.as_ref()?.status().state;
+                (s.role == Role::Primary && s.epoch > above).then_some(i)
+            })
+            .collect();
+        if primaries.len() == 1 {
+            return primaries[0];
+        }
+        assert!(primaries.len() <= 1, "two primaries at once: {primaries:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no primary elected within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Appends `payload` through `node`, retrying while it is not (yet) able to commit.
+async fn append(node: &Node, payload: Vec<u8>) -> Lsn {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match node.append(payload.clone()).await {
+            Ok(lsn) => return lsn,
+            Err(e @ NodeError::NotPrimary { .. }) => {
+                assert!(Instant::now() < deadline, "append kept failing: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("append failed: {e}"),
+        }
+    }
+}
+
+async fn wait_applied(r: &Recorder, lsn: Lsn, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    while r.applied() < lsn {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: applied {} of {lsn}",
+            r.applied()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_elect_fail_over_and_take_the_old_primary_back() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cluster = Cluster::new(tmp.path(), 3);
+    let appliers: Vec<Recorder> = (0..3).map(|_| Recorder::default()).collect();
+    let mut nodes = Vec::new();
+    for (i, a) in appliers.iter().enumerate() {
+        nodes.push(Some(
+            cluster.open(&format!("n{}", i + 1), -1, a.clone()).await,
+        ));
+    }
+    let p = wait_primary(&nodes, 0).await;
+    let first_epoch = nodes[p].as_ref().expect("node").status().state.epoch;
+    let mut acked = Vec::new();
+    for i in 0..20u32 {
+        let payload = format!("first-{i}").into_bytes();
+        let lsn = append(nodes[p].as_ref().expect("primary"), payload.clone()).await;
+        acked.push((lsn, payload));
+    }
+    // The primary applies what it committed; lsn 1 is the epoch's control record.
+    wait_applied(&appliers[p], acked[acked.len() - 1].0, "first primary").await;
+    assert!(acked[0].0 >= 2, "the epoch's control record comes first");
+
+    // Lose the primary: its handle goes away without a shutdown (its endpoint and tasks
+    // are dropped; the others hear nothing more from it).
+    let old = nodes[p].take().expect("primary");
+    drop(old);
+    let q = wait_primary(&nodes, first_epoch).await;
+    assert_ne!(q, p);
+    for i in 0..20u32 {
+        let payload = format!("second-{i}").into_bytes();
+        let lsn = append(nodes[q].as_ref().expect("primary"), payload.clone()).await;
+        acked.push((lsn, payload));
+    }
+    let last = acked[acked.len() - 1].0;
+    wait_applied(&appliers[q], last, "new primary").await;
+    let applied = appliers[q].payloads();
+    for (lsn, payload) in &acked {
+        assert!(
+            applied.contains(&(*lsn, payload.clone())),
+            "acknowledged lsn {lsn} missing on the new primary"
+        );
+    }
+
+    // The old primary comes back as a follower and catches up (its applier starts empty:
+    // the replay and the stream give it everything).
+    let back = Recorder::default();
+    let id = format!("n{}", p + 1);
+    nodes[p] = Some(cluster.open(&id, -1, back.clone()).await);
+    wait_applied(&back, last, "the old primary, rejoined").await;
+    assert_eq!(back.payloads(), applied, "same records, same lsns");
+    let s = nodes[p].as_ref().expect("node").status();
+    assert_eq!(s.state.role, Role::Follower, "{s:?}");
+    assert_eq!(
+        wait_primary(&nodes, first_epoch).await,
+        q,
+        "the rejoin did not disturb the primary"
+    );
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await;
+    }
+}
