@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod demo;
+mod drill;
 mod http_views;
 mod node;
 
@@ -48,6 +49,33 @@ enum Command {
         #[arg(long, value_delimiter = ',', required = true)]
         nodes: Vec<String>,
     },
+    /// Failover drill: start cluster members as processes on loopback, append through
+    /// POST /append continuously, kill the primary with SIGKILL `--kills` times (restarting
+    /// it each time), then check every member's log holds every acknowledged append and
+    /// each epoch had one primary. Prints a JSON report; exits non-zero on any loss.
+    FailoverDrill {
+        /// Where configs, certificates, data and logs go (kept).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Members.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Times the primary is killed.
+        #[arg(long, default_value_t = 3)]
+        kills: usize,
+        /// Quorum setting (-1 majority, k receipts; 0 has no automatic failover).
+        #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+        quorum: i64,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+        /// Acknowledged appends between two kills.
+        #[arg(long, default_value_t = 200)]
+        appends_between: u64,
+        /// Election timeout and lease (ms).
+        #[arg(long, default_value_t = 500)]
+        election_timeout_ms: u64,
+    },
     /// The demo's primary process (spawned by `walship demo`; not for direct use).
     #[command(hide = true)]
     DemoPrimary {
@@ -68,6 +96,39 @@ fn main() -> ExitCode {
             append_stdin,
         } => node::run(&config, append_stdin),
         Command::Demo { data_dir, records } => demo::run(data_dir, records),
+        Command::FailoverDrill {
+            dir,
+            nodes,
+            kills,
+            quorum,
+            writers,
+            appends_between,
+            election_timeout_ms,
+        } => {
+            let opts = drill::DrillOptions {
+                nodes,
+                kills,
+                quorum,
+                writers,
+                appends_between,
+                dir,
+                election_timeout_ms,
+            };
+            drill::run(&opts, &mut |line| eprintln!("drill: {line}")).and_then(|report| {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+                );
+                if report.missing == 0 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} acknowledged appends missing from some member's log",
+                        report.missing
+                    ))
+                }
+            })
+        }
         Command::Certs { out, nodes } => walship_wire::certs::generate(&out, &nodes)
             .map(|_| {
                 println!(

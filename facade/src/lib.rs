@@ -13,7 +13,9 @@
 //!   committed under the quorum policy), `commit_lsn`, `status`;
 //! - [`replica`]: [`Replica`] — `open(config, applier)`, `status`, the read
 //!   gate that refuses reads while halted, and the durable halt record;
-//! - [`snapshot`]: snapshot format and atomic install.
+//! - [`snapshot`]: snapshot format and atomic install;
+//! - [`Node`]: a cluster member that leads or follows as elected (`walship_node::cluster`);
+//! - [`http_client`]: a minimal blocking client for a node's HTTP endpoint.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -28,6 +30,7 @@
 //! ```
 
 pub mod config;
+pub mod http_client;
 
 pub use walship_node as node;
 pub use walship_node::primary;
@@ -40,3 +43,4 @@ pub use walship_node::primary::{Primary, PrimaryConfig, PrimaryError, PrimarySta
 pub use walship_node::replica::{
     Applier, HaltReason, HaltRecord, Replica, ReplicaConfig, ReplicaError, ReplicaStatus,
 };
+pub use walship_node::{MemberAddr, Node, NodeConfig as MemberConfig, NodeError, RoleState};

@@ -12,6 +12,7 @@ use walship_wal::state::NodeDir;
 use walship_wal::{FsStorage, Lsn};
 use walship_wire::CloseCode;
 
+use super::roles::{RoleCommand, RoleRequest};
 use super::transport::{self, Envelope, Sender};
 use super::{http_role, Inner, Node, NodeConfig, NodeError, NodeStatus, RoleSlot, RoleState};
 use crate::election::{
@@ -19,8 +20,7 @@ use crate::election::{
     VoteFile,
 };
 use crate::http;
-use crate::primary::Primary;
-use crate::replica::{apply_record, Applier, Replica, ReplicaState};
+use crate::replica::{apply_record, Applier, ReplicaState};
 
 /// The driver wakes at least this often to look at its role (health, apply, log head).
 const POLL: Duration = Duration::from_millis(20);
@@ -36,6 +36,8 @@ pub(crate) enum Input {
         accept_data_loss: bool,
         reply: oneshot::Sender<Result<(), NodeError>>,
     },
+    /// The role task could not open or close a role (its own storage failed).
+    RoleFailed { reason: String },
     /// Stop the node.
     Shutdown { reply: oneshot::Sender<()> },
 }
@@ -145,12 +147,17 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
     let span = tracing::info_span!("node", node = %inner.config.node_id);
     let accept =
         tokio::spawn(accept_loop(endpoint.clone(), inner.clone()).instrument(span.clone()));
+    let (roles_tx, roles_rx) = mpsc::unbounded_channel();
+    tokio::spawn(
+        super::roles::run(inner.clone(), endpoint.clone(), roles_rx).instrument(span.clone()),
+    );
     let driver = Driver {
         inner: inner.clone(),
         core,
         votes: Some(votes),
         sender,
-        endpoint: endpoint.clone(),
+        roles: roles_tx,
+        wanted: None,
         required_lsn,
         stopped: None,
     };
@@ -169,7 +176,9 @@ struct Driver {
     /// `None` only while a persist runs on the blocking pool.
     votes: Option<VoteFile<FsStorage>>,
     sender: Sender,
-    endpoint: quinn::Endpoint,
+    /// The role task's queue, and what it was last asked for.
+    roles: mpsc::UnboundedSender<RoleRequest>,
+    wanted: Option<RoleCommand>,
     /// An ineligible node becomes eligible once its durable lsn reaches this.
     required_lsn: Lsn,
     /// Why the node stopped or halted, once it did.
@@ -213,6 +222,10 @@ impl Driver {
                             let _ = reply.send(Err(e.into()));
                         }
                     }
+                }
+                Some(Input::RoleFailed { reason }) => {
+                    error!(%reason, "the role failed: the node stops");
+                    self.fail(reason).await;
                 }
                 Some(Input::Shutdown { reply }) => {
                     let a = self.core.stop(now);
@@ -286,136 +299,64 @@ impl Driver {
                         ?reason,
                         "stepping down: appends are refused from now on"
                     );
-                    self.close_role().await;
+                    // Appends check the published role: refuse them before anything else.
+                    self.publish();
+                    self.want(RoleCommand::Close);
                 }
                 Action::BecomePrimary { epoch } => {
-                    self.become_primary(epoch).await;
+                    info!(epoch, "won the election: opening the primary role (its first record is the epoch's control record)");
+                    self.want(RoleCommand::Primary { epoch });
                 }
                 Action::BecomeFollower {
                     epoch,
                     primary_hint,
-                } => self.follow(epoch, primary_hint).await,
+                } => self.follow(epoch, primary_hint),
             }
         }
     }
 
-    /// A fatal failure of this node's own storage: stop (never retried).
+    /// A fatal failure of this node's own storage (or of a role): stop, never retried.
+    /// The run loop closes the role once it sees the node stopped.
     async fn fail(&mut self, reason: String) {
         self.stopped.get_or_insert(reason);
-        let a = self.core.stop(now_ms());
-        // Stopping only sends nothing and steps down; no vote is persisted.
-        for action in a {
-            if let Action::StepDown { .. } = action {
-                self.close_role().await;
-            }
-        }
+        let _ = self.core.stop(now_ms());
+        self.publish();
     }
 
-    async fn become_primary(&mut self, epoch: u64) {
-        self.close_role().await;
-        let config = match self.inner.config.primary_config(epoch) {
-            Ok(c) => c,
-            Err(e) => return self.fail(e.to_string()).await,
-        };
-        info!(epoch, "won the election: opening the primary role (its first record is the epoch's control record)");
-        match Primary::open_on_endpoint(config, self.endpoint.clone()) {
-            Ok(p) => {
-                info!(
-                    epoch,
-                    durable = p.durable_lsn(),
-                    commit = p.commit_lsn(),
-                    "primary of epoch serving"
-                );
-                *self.inner.lock_role() = RoleSlot::Primary(p);
-            }
-            Err(e) => {
-                error!(epoch, error = %e, "cannot open the primary role: the node stops");
-                self.fail(format!("opening the primary role of epoch {epoch}: {e}"))
-                    .await;
-            }
-        }
-    }
-
-    async fn follow(&mut self, epoch: u64, primary: Option<NodeId>) {
-        let current = match &*self.inner.lock_role() {
-            RoleSlot::Replica {
-                primary: p,
-                epoch: e,
-                ..
-            } => Some((p.clone(), *e)),
-            RoleSlot::Primary(_) => Some((self.inner.config.node_id.clone(), u64::MAX)),
-            RoleSlot::Idle => None,
-        };
-        let Some(primary) = primary else {
-            // No known primary in this epoch: a replica of an older epoch follows a
-            // primary that was fenced; stop it until the new primary is heard.
-            if current.is_some_and(|(_, e)| e < epoch || e == u64::MAX) {
-                self.close_role().await;
-            }
-            return;
-        };
-        if primary == self.inner.config.node_id {
+    /// Asks the role task for `cmd` unless it is what it was last asked for.
+    fn want(&mut self, cmd: RoleCommand) {
+        if self.wanted.as_ref() == Some(&cmd) {
             return;
         }
-        if current.as_ref() == Some(&(primary.clone(), epoch)) {
-            return;
-        }
-        self.close_role().await;
-        let config = match self.inner.config.replica_config(&primary, epoch) {
-            Ok(c) => c,
-            Err(e) => return self.fail(e.to_string()).await,
-        };
-        let Some(applier) = self.take_applier() else {
-            return self
-                .fail("the applier was lost by an earlier role (a broken invariant)".into())
-                .await;
-        };
-        info!(epoch, %primary, "following the primary of the epoch");
-        match Replica::open(config, ApplierBox(applier)) {
-            Ok(replica) => {
-                *self.inner.lock_role() = RoleSlot::Replica {
-                    replica,
-                    primary,
-                    epoch,
-                };
-            }
-            Err(e) => {
-                error!(epoch, error = %e, "cannot open the replica role: the node stops");
-                self.fail(format!("opening the replica role: {e}")).await;
-            }
-        }
+        self.wanted = Some(cmd.clone());
+        let _ = self.roles.send(RoleRequest::Set(cmd));
     }
 
-    fn take_applier(&self) -> Option<Box<dyn Applier>> {
-        self.inner
-            .applier
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-    }
-
-    /// Closes the running role (a primary's waiters fail; a replica syncs and hands the
-    /// applier back).
+    /// Closes the role and waits until it is closed.
     async fn close_role(&mut self) {
-        let slot = std::mem::replace(&mut *self.inner.lock_role(), RoleSlot::Idle);
-        match slot {
-            RoleSlot::Idle => {}
-            RoleSlot::Primary(p) => {
-                if let Some(reason) = p.shutdown().await {
-                    error!(%reason, "the primary role stopped on a failure of its own storage");
-                    self.stopped.get_or_insert(reason.to_string());
-                    let _ = self.core.stop(now_ms());
-                }
-            }
-            RoleSlot::Replica { replica, .. } => {
-                let (result, applier) = replica.shutdown_returning_applier().await;
-                if let Err(e) = result {
-                    error!(error = %e, "the replica role stopped on a local error");
-                    self.stopped.get_or_insert(e.to_string());
-                    let _ = self.core.stop(now_ms());
-                }
-                if let Some(a) = applier {
-                    *self.inner.applier.lock().unwrap_or_else(|p| p.into_inner()) = Some(a);
+        self.wanted = Some(RoleCommand::Close);
+        let (tx, rx) = oneshot::channel();
+        if self.roles.send(RoleRequest::CloseAndReply(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Role changes the core asked for. The role task performs them in order while this
+    /// task keeps answering election messages (heartbeats keep flowing during a change).
+    fn follow(&mut self, epoch: u64, primary: Option<NodeId>) {
+        match primary {
+            Some(p) if p == self.inner.config.node_id => {}
+            Some(p) => self.want(RoleCommand::Follow { epoch, primary: p }),
+            None => {
+                // No known primary in this epoch: a replica of an older epoch follows a
+                // primary that was fenced; stop it until the new primary is heard.
+                let stale = match &self.wanted {
+                    Some(RoleCommand::Primary { .. }) => true,
+                    Some(RoleCommand::Follow { epoch: e, .. }) => *e < epoch,
+                    _ => false,
+                };
+                if stale {
+                    self.want(RoleCommand::Close);
                 }
             }
         }
@@ -578,31 +519,6 @@ impl Driver {
         s.state = state;
         s.voted_for = self.core.voted_for().cloned();
         s.election_blocked_on = self.core.status(now_ms()).blocked_on();
-    }
-}
-
-/// The applier a role runs with: the node's, moved from role to role.
-struct ApplierBox(Box<dyn Applier>);
-
-impl Applier for ApplierBox {
-    fn applied_lsn(&self) -> Lsn {
-        self.0.applied_lsn()
-    }
-
-    fn apply(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), crate::replica::ApplyError> {
-        self.0.apply(lsn, payload)
-    }
-
-    fn apply_control(
-        &mut self,
-        lsn: Lsn,
-        control: &walship_wal::control::ControlRecord,
-    ) -> Result<(), crate::replica::ApplyError> {
-        self.0.apply_control(lsn, control)
-    }
-
-    fn snapshot_sink(&mut self) -> Option<&mut dyn walship_snapshot::SnapshotSink> {
-        self.0.snapshot_sink()
     }
 }
 

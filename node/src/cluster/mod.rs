@@ -19,6 +19,7 @@
 
 mod config;
 mod driver;
+mod roles;
 pub mod transport;
 
 use std::sync::{Arc, Mutex};
@@ -187,8 +188,11 @@ impl Node {
     ) -> impl std::future::Future<Output = Result<Lsn, NodeError>> + Send + 'static {
         let payload = payload.into();
         let inner = self.inner.clone();
+        // The published role decides (a primary that stepped down refuses at once, even
+        // while its role is still being closed).
+        let leading = inner.state.borrow().role == Role::Primary;
         let pending = match &*inner.lock_role() {
-            RoleSlot::Primary(p) => Ok(p.append(payload)),
+            RoleSlot::Primary(p) if leading => Ok(p.append(payload)),
             _ => Err(inner.not_primary()),
         };
         async move {
