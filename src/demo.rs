@@ -9,6 +9,9 @@
 //! replica. The orchestrator relays progress, reads the halted replica's
 //! halt file from its data directory, and prints a summary.
 //!
+//! A third act runs three cluster members (`role = "member"`) under continuous appends,
+//! kills the elected primary with SIGKILL and shows the failover ([`crate::drill`]).
+//!
 //! The demo-primary speaks to the orchestrator in single-line JSON events on
 //! stdout (see [`Event`]); logs go to `<dir>/<node>.log`.
 
@@ -317,6 +320,34 @@ pub fn run(data_dir: Option<PathBuf>, records: u64) -> Result<(), String> {
             dir.display(),
             dir.display()
         );
+    }
+
+    // Act 3: a cluster that survives its primary.
+    println!();
+    println!("failover: three members elect their primary (role = \"member\"), appends through POST /append");
+    let opts = crate::drill::DrillOptions {
+        nodes: 3,
+        kills: 1,
+        quorum: -1,
+        writers: 4,
+        appends_between: 300,
+        dir: dir.join("failover"),
+        election_timeout_ms: 500,
+    };
+    let report = crate::drill::run(&opts, &mut |line| println!("  {line}"))
+        .map_err(|e| format!("failover act: {e} (logs in {})", opts.dir.display()))?;
+    for k in &report.kills {
+        println!(
+            "  {} (epoch {}) was killed with SIGKILL after {} acknowledged appends; {} won epoch {}; appends resumed after {} ms; {} came back ({})",
+            k.killed, k.epoch, k.acked_before, k.new_primary, k.new_epoch, k.write_pause_ms, k.killed, k.restart
+        );
+    }
+    println!(
+        "  {} appends acknowledged, {} missing from any member's log; epochs and their one primary: {:?}",
+        report.acknowledged, report.missing, report.epochs
+    );
+    if report.missing != 0 {
+        return Err(format!("{} acknowledged appends lost", report.missing));
     }
     println!("  total demo time {:.1} s", started.elapsed().as_secs_f64());
     std::io::stdout().flush().ok();

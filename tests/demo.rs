@@ -7,7 +7,7 @@ fn walship() -> Command {
 }
 
 #[test]
-fn demo_replicates_halts_the_corrupted_replica_and_keeps_the_other_streaming() {
+fn demo_replicates_halts_the_corrupted_replica_keeps_the_other_streaming_and_fails_over() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("demo");
     let out = walship()
@@ -26,6 +26,13 @@ fn demo_replicates_halts_the_corrupted_replica_and_keeps_the_other_streaming() {
     assert!(stdout.contains("streaming, caught up"), "{stdout}");
     assert!(
         stdout.contains("n3 halted: reason checksum, at lsn 1501"),
+        "{stdout}"
+    );
+    // Act 3: the elected primary is killed, another member is elected, nothing is lost.
+    assert!(stdout.contains("was killed with SIGKILL"), "{stdout}");
+    assert!(stdout.contains("won epoch"), "{stdout}");
+    assert!(
+        stdout.contains(", 0 missing from any member's log"),
         "{stdout}"
     );
     // The data directories stay behind, with the victim's durable halt record.
