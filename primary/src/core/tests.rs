@@ -608,7 +608,10 @@ fn hello_with_wrong_version_cluster_or_name_is_refused_and_closed() {
     let cases: Vec<(Edit, RefuseReason)> = vec![
         (
             Box::new(|h: &mut Hello| h.protocol_version = 9),
-            RefuseReason::UnsupportedVersion { ours: 1, theirs: 9 },
+            RefuseReason::UnsupportedVersion {
+                ours: PROTOCOL_VERSION,
+                theirs: 9,
+            },
         ),
         (
             Box::new(|h: &mut Hello| h.cluster_id = "other".into()),
@@ -679,12 +682,16 @@ fn undecodable_hello_of_another_version_is_refused_before_the_handshake_and_a_vi
     let a = c.handle(
         Event::HelloOfOtherVersion {
             conn: 1,
-            protocol_version: 2,
+            protocol_version: 1,
         },
         &mut log,
         0,
     );
-    let reason = RefuseReason::UnsupportedVersion { ours: 1, theirs: 2 };
+    // A replica of version 1 (before failover) meets a version-2 primary.
+    let reason = RefuseReason::UnsupportedVersion {
+        ours: PROTOCOL_VERSION,
+        theirs: 1,
+    };
     assert_eq!(
         a,
         vec![
@@ -706,7 +713,7 @@ fn undecodable_hello_of_another_version_is_refused_before_the_handshake_and_a_vi
     let a = c.handle(
         Event::HelloOfOtherVersion {
             conn: 2,
-            protocol_version: 2,
+            protocol_version: 1,
         },
         &mut log,
         0,
