@@ -370,26 +370,33 @@ pub fn run(opts: &DrillOptions, say: &mut dyn FnMut(String)) -> Result<DrillRepo
     result?;
     let acked = std::mem::take(&mut *acked.lock().unwrap_or_else(|p| p.into_inner()));
     let last = acked.iter().map(|a| a.0).max().unwrap_or(0);
-    // Every live member converges: durable up to the last acknowledged lsn.
+    // Every live member converges: all report the same durable lsn, at least the last
+    // acknowledged one, twice in a row (appends still in flight when the writers stopped
+    // reach everyone too).
     let deadline = Instant::now() + WAIT;
-    for m in &members.0 {
-        loop {
-            let durable = m
-                .status()
-                .and_then(|s| s["durable_lsn"].as_u64())
-                .unwrap_or(0);
-            if durable >= last {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "{} did not converge to lsn {last} (at {durable})",
-                    m.id
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+    let mut previous = None;
+    let last = loop {
+        let durable: Vec<u64> = members
+            .0
+            .iter()
+            .map(|m| {
+                m.status()
+                    .and_then(|s| s["durable_lsn"].as_u64())
+                    .unwrap_or(0)
+            })
+            .collect();
+        let same = durable.windows(2).all(|w| w[0] == w[1]);
+        if same && durable[0] >= last && previous.as_ref() == Some(&durable) {
+            break durable[0];
         }
-    }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "members did not converge to one log end at or above lsn {last}: {durable:?}"
+            ));
+        }
+        previous = Some(durable);
+        std::thread::sleep(Duration::from_millis(50));
+    };
     say(format!(
         "all members hold lsn {last}; stopping them to read their logs"
     ));

@@ -189,7 +189,7 @@ impl NodeConfig {
         r.wal = self.wal;
         r.backoff_initial_ms = 50;
         r.backoff_max_ms = self.election_timeout_ms.clamp(100, 2000);
-        // PROTO r.min_primary_epoch = epoch;
+        r.min_primary_epoch = epoch;
         Ok(r)
     }
 }

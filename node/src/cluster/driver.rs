@@ -606,10 +606,15 @@ async fn route_session(
         (s.epoch, s.primary.clone())
     };
     debug!(%peer, epoch, primary = ?hint, "replica session refused: this node is not the primary");
-    // PROTO-BEGIN
-    let _ = (send, epoch);
-    CloseCode::Refused.close(&conn, "not the primary");
-    // PROTO-END
+    let mut send = send;
+    let refuse = walship_wire::Message::Refuse(walship_wire::Refuse {
+        reason: walship_wire::RefuseReason::NotPrimary {
+            epoch,
+            primary_hint: hint,
+        },
+    });
+    let _ = walship_wire::stream::write_frame(&mut send, &refuse).await;
+    let _ = send.finish();
     drop(recv);
 }
 
