@@ -142,9 +142,7 @@ impl Member {
     }
 
     fn status(&self) -> Option<serde_json::Value> {
-        if self.child.is_none() {
-            return None;
-        }
+        self.child.as_ref()?;
         http_client::get(self.http, "/status", HTTP_TIMEOUT)
             .ok()
             .and_then(|r| r.json())
@@ -499,13 +497,14 @@ fn settle(
     }
 }
 
+/// What `verify` found: acknowledged appends missing anywhere, each epoch's primary,
+/// each member's log end.
+type Verified = (usize, BTreeMap<u64, String>, BTreeMap<String, u64>);
+
 /// Reads every member's log; counts acknowledged appends missing anywhere; maps each
 /// epoch to its primary from the `EpochStart` records (two primaries for one epoch is an
 /// error).
-fn verify(
-    members: &[Member],
-    acked: &[(u64, Vec<u8>)],
-) -> Result<(usize, BTreeMap<u64, String>, BTreeMap<String, u64>), String> {
+fn verify(members: &[Member], acked: &[(u64, Vec<u8>)]) -> Result<Verified, String> {
     let mut missing = 0;
     let mut epochs: BTreeMap<u64, String> = BTreeMap::new();
     let mut ends = BTreeMap::new();

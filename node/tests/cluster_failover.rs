@@ -17,9 +17,12 @@ use walship_wire::{TlsFiles, TransportOptions};
 /// Bound on any wait: only a hang reaches it; conditions decide.
 const WAIT: Duration = Duration::from_secs(30);
 
+/// One applied record: its lsn and payload (`None` for a control record).
+type Applied = (Lsn, Option<Vec<u8>>);
+
 /// Records every committed record (control records included), in lsn order.
 #[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<(Lsn, Option<Vec<u8>>)>>>);
+struct Recorder(Arc<Mutex<Vec<Applied>>>);
 
 impl Recorder {
     fn payloads(&self) -> Vec<(Lsn, Vec<u8>)> {

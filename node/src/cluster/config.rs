@@ -159,7 +159,7 @@ impl NodeConfig {
             reason: e.to_string(),
         })?;
         p.commit_timeout_ms = self.commit_timeout_ms;
-        p.transport = self.transport.clone();
+        p.transport = self.transport;
         p.segment_size_bytes = self.wal.segment_size_bytes;
         p.max_record_bytes = self.wal.max_record_bytes;
         p.new_epoch = Some(epoch);
@@ -185,7 +185,7 @@ impl NodeConfig {
         if m.addr.ip().is_loopback() {
             r.bind_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         }
-        r.transport = self.transport.clone();
+        r.transport = self.transport;
         r.wal = self.wal;
         r.backoff_initial_ms = 50;
         r.backoff_max_ms = self.election_timeout_ms.clamp(100, 2000);

@@ -51,7 +51,9 @@ fn now_ms() -> u64 {
 
 /// What a (re)starting node brings to its election: its vote, its log's last record and
 /// whether it holds everything it acknowledged (its log reaches its commit watermark).
-fn start_state(config: &NodeConfig) -> Result<(StartState, Lsn), NodeError> {
+/// The start state, the commit watermark and the halt (a halted node never votes or
+/// leads: it starts halted, before it heard anyone).
+fn start_state(config: &NodeConfig) -> Result<(StartState, Lsn, Option<String>), NodeError> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).map_err(|e| NodeError::Open(format!("{}: {e}", dir.display())))?;
     let node_dir = NodeDir::open(FsStorage, dir).map_err(|e| NodeError::Open(e.to_string()))?;
@@ -61,7 +63,7 @@ fn start_state(config: &NodeConfig) -> Result<(StartState, Lsn), NodeError> {
     let vote = VoteFile::new(FsStorage, node_dir.state_dir()).load()?;
     let wal_dir = node_dir.wal_dir();
     let last = if wal_dir.exists() {
-        walship_wal::inspect(&FsStorage, &wal_dir, config.wal.max_record_bytes)
+        walship_wal::inspect(&FsStorage, wal_dir, config.wal.max_record_bytes)
             .map_err(|e| NodeError::Open(e.to_string()))?
             .last
     } else {
@@ -72,6 +74,8 @@ fn start_state(config: &NodeConfig) -> Result<(StartState, Lsn), NodeError> {
         warn!(node = %config.node_id, log_end = last.lsn, commit_lsn = commit,
             "the log ends below the commit watermark: this node neither votes nor leads until it caught up");
     }
+    let halt = crate::replica::halt::read_halt(&FsStorage, node_dir.state_dir())
+        .map_err(|e| NodeError::Open(e.to_string()))?;
     Ok((
         StartState {
             vote,
@@ -79,6 +83,7 @@ fn start_state(config: &NodeConfig) -> Result<(StartState, Lsn), NodeError> {
             eligible,
         },
         commit,
+        halt.map(|h| format!("{} at lsn {}", h.reason, h.lsn)),
     ))
 }
 
@@ -86,7 +91,7 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
     config.validate()?;
     let me = config.me()?.clone();
     let cfg = config.clone();
-    let (start, required_lsn) = tokio::task::spawn_blocking(move || start_state(&cfg))
+    let (start, required_lsn, halted) = tokio::task::spawn_blocking(move || start_state(&cfg))
         .await
         .map_err(|e| NodeError::Open(format!("start-state task: {e}")))??;
     let material = config
@@ -106,7 +111,12 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
             .map_or(0, |d| d.as_nanos() as u64);
         t ^ u64::from(crc32c::crc32c(config.node_id.as_bytes())) << 32
     });
-    let core = ElectionCore::new(config.election_config(), start.clone(), now_ms(), seed)?;
+    let mut core = ElectionCore::new(config.election_config(), start.clone(), now_ms(), seed)?;
+    if let Some(why) = &halted {
+        warn!(node = %config.node_id, halt = %why, "the node is halted: it neither votes nor leads until an operator clears the halt (walship-recover)");
+        // A follower that never led: halting steps nothing down and sends nothing.
+        let _ = core.halt(now_ms());
+    }
     let peers: Vec<(NodeId, std::net::SocketAddr)> = config
         .members
         .iter()
@@ -159,7 +169,7 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         roles: roles_tx,
         wanted: None,
         required_lsn,
-        stopped: None,
+        stopped: halted,
     };
     let driver = tokio::spawn(driver.run(rx).instrument(span));
     Ok(Node {
@@ -417,16 +427,14 @@ impl Driver {
                 self.stopped.get_or_insert(why);
                 let _ = self.core.stop(now);
             }
-            Seen::Durable(lsn) => {
-                if lsn >= self.required_lsn && !self.core_eligible() {
-                    info!(
-                        lsn,
-                        required = self.required_lsn,
-                        "caught up to the commit watermark: eligible to vote and lead"
-                    );
-                    let a = self.core.set_eligible(now, true);
-                    self.perform(a).await;
-                }
+            Seen::Durable(lsn) if lsn >= self.required_lsn && !self.core_eligible() => {
+                info!(
+                    lsn,
+                    required = self.required_lsn,
+                    "caught up to the commit watermark: eligible to vote and lead"
+                );
+                let a = self.core.set_eligible(now, true);
+                self.perform(a).await;
             }
             _ => {}
         }
