@@ -225,3 +225,78 @@ async fn three_members_elect_fail_over_and_take_the_old_primary_back() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn switchover_hands_over_to_the_named_member_without_losing_an_append() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cluster = Cluster::new(tmp.path(), 3);
+    let appliers: Vec<Recorder> = (0..3).map(|_| Recorder::default()).collect();
+    let mut nodes = Vec::new();
+    for (i, a) in appliers.iter().enumerate() {
+        nodes.push(Some(
+            cluster.open(&format!("n{}", i + 1), -1, a.clone()).await,
+        ));
+    }
+    let p = wait_primary(&nodes, 0).await;
+    let epoch = nodes[p].as_ref().expect("node").status().state.epoch;
+    let mut acked = Vec::new();
+    for i in 0..30u32 {
+        let payload = format!("before-{i}").into_bytes();
+        acked.push((
+            append(nodes[p].as_ref().expect("primary"), payload.clone()).await,
+            payload,
+        ));
+    }
+    let t = (p + 1) % 3;
+    let target = format!("n{}", t + 1);
+    let primary = nodes[p].as_ref().expect("primary");
+    // Not to itself, not to a stranger.
+    assert!(matches!(
+        primary.switchover(&format!("n{}", p + 1), WAIT).await,
+        Err(NodeError::Switchover { .. })
+    ));
+    let pause = primary
+        .switchover(&target, WAIT)
+        .await
+        .expect("switchover completes");
+    eprintln!("switchover write pause: {} ms", pause.as_millis());
+    assert_eq!(
+        wait_primary(&nodes, epoch).await,
+        t,
+        "the named member leads"
+    );
+    // The old primary refuses appends and points at the new one.
+    match nodes[p]
+        .as_ref()
+        .expect("node")
+        .append(b"late".to_vec())
+        .await
+    {
+        Err(NodeError::NotPrimary { primary_hint, .. }) => {
+            assert_eq!(primary_hint.as_deref(), Some(target.as_str()))
+        }
+        other => panic!("the old primary must refuse: {other:?}"),
+    }
+    for i in 0..30u32 {
+        let payload = format!("after-{i}").into_bytes();
+        acked.push((
+            append(nodes[t].as_ref().expect("primary"), payload.clone()).await,
+            payload,
+        ));
+    }
+    let last = acked[acked.len() - 1].0;
+    for (i, a) in appliers.iter().enumerate() {
+        wait_applied(a, last, &format!("n{}", i + 1)).await;
+        let applied = a.payloads();
+        for rec in &acked {
+            assert!(
+                applied.contains(rec),
+                "n{}: acknowledged {rec:?} missing",
+                i + 1
+            );
+        }
+    }
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await;
+    }
+}

@@ -36,6 +36,11 @@ pub(crate) enum Input {
         accept_data_loss: bool,
         reply: oneshot::Sender<Result<(), NodeError>>,
     },
+    /// Switchover: ask `target` to campaign now.
+    Transfer {
+        target: NodeId,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
     /// The role task could not open or close a role (its own storage failed).
     RoleFailed { reason: String },
     /// Stop the node.
@@ -146,6 +151,7 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         role: Mutex::new(RoleSlot::Idle),
         commands: tx,
         applier: Mutex::new(Some(applier)),
+        draining: Mutex::new(None),
         config,
     });
     let votes = VoteFile::new(
@@ -233,6 +239,15 @@ impl Driver {
                         }
                     }
                 }
+                Some(Input::Transfer { target, reply }) => match self.core.transfer_to(&target) {
+                    Ok(a) => {
+                        let _ = reply.send(Ok(()));
+                        actions = a;
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                },
                 Some(Input::RoleFailed { reason }) => {
                     error!(%reason, "the role failed: the node stops");
                     self.fail(reason).await;
@@ -528,6 +543,107 @@ impl Driver {
         s.voted_for = self.core.voted_for().cloned();
         s.election_blocked_on = self.core.status(now_ms()).blocked_on();
     }
+}
+
+/// [`super::Node::switchover`]: drain, wait for the target to hold everything, hand over,
+/// wait for the target to lead.
+pub(crate) async fn switchover(
+    inner: &Arc<Inner>,
+    target: &str,
+    timeout: Duration,
+) -> Result<Duration, NodeError> {
+    let fail = |reason: String| NodeError::Switchover {
+        target: target.to_owned(),
+        reason,
+    };
+    if target == inner.config.node_id || inner.config.member(target).is_none() {
+        return Err(fail("the target must be another member".into()));
+    }
+    let epoch = {
+        let s = inner.state.borrow();
+        if s.role != Role::Primary {
+            return Err(inner.not_primary());
+        }
+        s.epoch
+    };
+    let started = Instant::now();
+    *inner.draining.lock().unwrap_or_else(|p| p.into_inner()) = Some(target.to_owned());
+    info!(
+        epoch,
+        target,
+        "switchover: appends refused from now on; waiting for the target to hold everything"
+    );
+    let result = async {
+        // Caught up: the target's receipts cover this primary's durable lsn, twice in a row
+        // (appends handed to the primary before the drain are durable by then).
+        let mut previous = None;
+        loop {
+            let (durable, at_target) = match &*inner.lock_role() {
+                RoleSlot::Primary(p) => {
+                    let s = p.status();
+                    let t = s
+                        .replicas
+                        .iter()
+                        .find(|r| r.node_id == target)
+                        .map_or(0, |r| r.durable_lsn);
+                    (s.durable_lsn, t)
+                }
+                _ => {
+                    return Err(fail(
+                        "this node stopped leading during the switchover".into(),
+                    ))
+                }
+            };
+            if at_target >= durable && previous == Some(durable) {
+                break;
+            }
+            previous = Some(durable);
+            if started.elapsed() > timeout {
+                return Err(fail(format!(
+                    "the target holds lsn {at_target}, this primary {durable}, after {timeout:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        inner
+            .commands
+            .send(Input::Transfer {
+                target: target.to_owned(),
+                reply: tx,
+            })
+            .map_err(|_| fail("the node's driver ended".into()))?;
+        rx.await
+            .map_err(|_| fail("the node's driver ended".into()))??;
+        let mut rx = inner.state.subscribe();
+        let led = tokio::time::timeout(timeout.saturating_sub(started.elapsed()), async {
+            loop {
+                {
+                    let s = rx.borrow_and_update();
+                    if s.epoch > epoch && s.primary.as_deref() == Some(target) {
+                        return;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        })
+        .await;
+        led.map_err(|_| fail(format!("the target did not lead within {timeout:?}")))
+    }
+    .await;
+    *inner.draining.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    let pause = started.elapsed();
+    match &result {
+        Ok(()) => info!(
+            target,
+            pause_ms = pause.as_millis() as u64,
+            "switchover done"
+        ),
+        Err(e) => warn!(target, error = %e, "switchover abandoned: appends are taken again"),
+    }
+    result.map(|()| pause)
 }
 
 /// Accepts members' connections: unidirectional streams carry election messages (to the

@@ -71,6 +71,14 @@ pub enum NodeError {
     /// The replica role failed.
     #[error(transparent)]
     Replica(#[from] ReplicaError),
+    /// A switchover did not complete (appends are taken again).
+    #[error("switchover to {target} did not complete: {reason}")]
+    Switchover {
+        /// The target.
+        target: NodeId,
+        /// Why.
+        reason: String,
+    },
     /// An operator command was refused.
     #[error("promotion refused: {0}")]
     Promote(#[from] PromoteError),
@@ -149,6 +157,8 @@ pub(crate) struct Inner {
     pub(crate) commands: mpsc::UnboundedSender<driver::Input>,
     /// The applier while no replica holds it (the primary role applies through it).
     pub(crate) applier: Mutex<Option<Box<dyn Applier>>>,
+    /// A switchover in progress: appends are refused and pointed at this target.
+    pub(crate) draining: Mutex<Option<NodeId>>,
 }
 
 impl Inner {
@@ -191,8 +201,17 @@ impl Node {
         // The published role decides (a primary that stepped down refuses at once, even
         // while its role is still being closed).
         let leading = inner.state.borrow().role == Role::Primary;
-        let pending = match &*inner.lock_role() {
-            RoleSlot::Primary(p) if leading => Ok(p.append(payload)),
+        let draining = inner
+            .draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let pending = match (&*inner.lock_role(), draining) {
+            (_, Some(target)) => Err(NodeError::NotPrimary {
+                epoch: inner.state.borrow().epoch,
+                primary_hint: Some(target),
+            }),
+            (RoleSlot::Primary(p), None) if leading => Ok(p.append(payload)),
             _ => Err(inner.not_primary()),
         };
         async move {
@@ -255,6 +274,17 @@ impl Node {
             reply: tx,
         })?;
         rx.await.map_err(|_| self.inner.not_primary())?
+    }
+
+    /// Planned hand-over to `target` (switchover): this primary stops accepting appends
+    /// (they get `NotPrimary` naming `target`), waits until `target` holds everything this
+    /// primary has durable, then asks it to campaign at once; `target` wins the next epoch
+    /// (the voters still apply the vote rules) and this node follows it. Returns the write
+    /// pause: from the first refused append until this node learned that `target` leads.
+    /// Fails (and takes appends again) if `target` did not catch up or lead within
+    /// `timeout`.
+    pub async fn switchover(&self, target: &str, timeout: Duration) -> Result<Duration, NodeError> {
+        driver::switchover(&self.inner, target, timeout).await
     }
 
     /// This node's id.

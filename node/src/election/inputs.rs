@@ -95,10 +95,16 @@ pub enum PromoteError {
         /// Its epoch.
         epoch: u64,
     },
-    /// Halted or stopping.
-    #[error("this node is {} and cannot be promoted", role.as_str())]
+    /// Halted or stopping (or, for a switchover, not the primary).
+    #[error("this node is {} and cannot be promoted or hand over", role.as_str())]
     NotRunning {
         /// Its role.
         role: Role,
+    },
+    /// A switchover target that is not another voting member.
+    #[error("switchover target {target} is not another voting member")]
+    UnknownTarget {
+        /// The named target.
+        target: NodeId,
     },
 }

@@ -323,6 +323,17 @@ impl ElectionCore {
             ElectionMessage::HeartbeatAck { epoch } => {
                 self.member_contact(now_ms, from, epoch, &mut out);
             }
+            ElectionMessage::TimeoutNow { epoch } => {
+                let from_our_primary = epoch == self.epoch
+                    && self.role == Role::Follower
+                    && self.primary.as_deref() == Some(from);
+                if from_our_primary && self.eligible && !self.paused {
+                    tracing::info!(node = %self.config.node_id, from, epoch, "hand-over from the primary: campaigning now");
+                    self.start_candidacy(now_ms, &mut out);
+                } else {
+                    tracing::warn!(node = %self.config.node_id, from, epoch, role = self.role.as_str(), eligible = self.eligible, "hand-over request ignored: not from the primary this node follows, or it may not campaign");
+                }
+            }
         }
         Ok(self.finish(out))
     }
@@ -411,6 +422,26 @@ impl ElectionCore {
         tracing::warn!(node = %self.config.node_id, epoch = self.epoch + 1, accept_data_loss, "operator promotion: campaigning");
         let mut out = Out::default();
         self.start_candidacy(now_ms, &mut out);
+        Ok(self.finish(out))
+    }
+
+    /// Operator switchover: this primary asks `target` (which the executor
+    /// made sure holds everything this primary has) to campaign now
+    /// ([`ElectionMessage::TimeoutNow`]). This primary keeps its role until the
+    /// target's vote request of the next epoch reaches it (it then steps down,
+    /// fenced by the higher epoch); if the message is lost nothing changes.
+    pub fn transfer_to(&mut self, target: &str) -> Result<Vec<Action>, PromoteError> {
+        if self.role != Role::Primary {
+            return Err(PromoteError::NotRunning { role: self.role });
+        }
+        if !self.is_peer(target) {
+            return Err(PromoteError::UnknownTarget {
+                target: target.to_owned(),
+            });
+        }
+        tracing::info!(node = %self.config.node_id, epoch = self.epoch, target, "switchover: asking the target to campaign");
+        let mut out = Out::default();
+        out.send(target, ElectionMessage::TimeoutNow { epoch: self.epoch });
         Ok(self.finish(out))
     }
 

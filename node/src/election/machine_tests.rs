@@ -1039,3 +1039,70 @@ fn candidate_hearing_a_heartbeat_of_its_epoch_follows_and_a_higher_one_fences_a_
     assert_eq!(a.last(), Some(&send("n2", M::HeartbeatAck { epoch: 5 })));
     assert_eq!(p.primary(), Some(&"n2".to_string()));
 }
+
+#[test]
+fn switchover_target_campaigns_at_once_only_when_its_own_primary_asks() {
+    // n1 leads epoch 1; n2 follows it.
+    let mut p = core("n1", 3, -1);
+    let now = elect_n1(&mut p);
+    assert_eq!(
+        p.transfer_to("n2").expect("primary"),
+        vec![send("n2", M::TimeoutNow { epoch: 1 })]
+    );
+    assert!(matches!(
+        p.transfer_to("n9"),
+        Err(PromoteError::UnknownTarget { .. })
+    ));
+    let mut f = core("n2", 3, -1);
+    f.on_message(
+        now,
+        "n1",
+        M::Heartbeat {
+            epoch: 1,
+            commit_lsn: 0,
+        },
+    )
+    .expect("peer");
+    assert_eq!(f.primary().map(String::as_str), Some("n1"));
+    // From a member that is not its primary, or of another epoch: ignored.
+    assert!(f
+        .on_message(now, "n3", M::TimeoutNow { epoch: 1 })
+        .expect("peer")
+        .is_empty());
+    assert!(f
+        .on_message(now, "n1", M::TimeoutNow { epoch: 0 })
+        .expect("peer")
+        .is_empty());
+    assert_eq!(f.role(), Role::Follower);
+    // From its primary: a candidate of epoch 2 at once (no pre-vote, despite the live
+    // primary), its own vote persisted before the requests leave.
+    let a = f
+        .on_message(now, "n1", M::TimeoutNow { epoch: 1 })
+        .expect("peer");
+    assert_eq!(f.role(), Role::Candidate);
+    assert_eq!(
+        a[0],
+        A::PersistVote {
+            epoch: 2,
+            voted_for: Some("n2".into())
+        }
+    );
+    assert!(a[1..].iter().all(|x| matches!(
+        x,
+        A::Send {
+            msg: M::VoteRequest { epoch: 2, .. },
+            ..
+        }
+    )));
+    // The old primary grants it (it is up to date) and so steps down, fenced.
+    let a = p
+        .on_message(now, "n2", vote_req(2, LogPosition::ZERO))
+        .expect("peer");
+    assert!(matches!(a[0], A::StepDown { epoch: 1, .. }), "{a:?}");
+    assert_ne!(p.role(), Role::Primary);
+    // A follower that is not its primary's peer in the epoch (a primary itself) refuses.
+    assert!(matches!(
+        f.transfer_to("n1"),
+        Err(PromoteError::NotRunning { .. })
+    ));
+}

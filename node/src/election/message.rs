@@ -67,6 +67,16 @@ pub enum ElectionMessage {
         /// The responder's epoch.
         epoch: u64,
     },
+    /// Planned hand-over (switchover): the primary of `epoch` tells the
+    /// target, which holds everything the primary has, to campaign now,
+    /// without pre-vote ([`super::ElectionCore::transfer_to`]). The target
+    /// acts only if the sender is the primary it follows in `epoch`; the
+    /// voters still apply the vote rules (one candidate per epoch, up to
+    /// date), so a hand-over cannot create a second primary in an epoch.
+    TimeoutNow {
+        /// The sender's epoch.
+        epoch: u64,
+    },
 }
 
 /// Why a primary stops leading.
