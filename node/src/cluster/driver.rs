@@ -12,7 +12,8 @@ use walship_wal::state::NodeDir;
 use walship_wal::{FsStorage, Lsn};
 use walship_wire::CloseCode;
 
-use super::roles::{RoleCommand, RoleRequest};
+use super::plan::{self, RoleCommand, RolePlan, RoleReport, Verdict};
+use super::roles::RoleRequest;
 use super::transport::{self, Envelope, Sender};
 use super::{http_role, Inner, Node, NodeConfig, NodeError, NodeStatus, RoleSlot, RoleState};
 use crate::election::{
@@ -173,7 +174,7 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         votes: Some(votes),
         sender,
         roles: roles_tx,
-        wanted: None,
+        plan: RolePlan::new(inner.config.node_id.clone()),
         required_lsn,
         stopped: halted,
     };
@@ -194,7 +195,7 @@ struct Driver {
     sender: Sender,
     /// The role task's queue, and what it was last asked for.
     roles: mpsc::UnboundedSender<RoleRequest>,
-    wanted: Option<RoleCommand>,
+    plan: RolePlan,
     /// An ineligible node becomes eligible once its durable lsn reaches this.
     required_lsn: Lsn,
     /// Why the node stopped or halted, once it did.
@@ -318,24 +319,28 @@ impl Driver {
                     }
                 }
                 Action::Send { to, msg } => self.sender.send(&to, msg),
-                Action::StepDown { epoch, reason } => {
-                    warn!(
-                        epoch,
-                        ?reason,
-                        "stepping down: appends are refused from now on"
-                    );
-                    // Appends check the published role: refuse them before anything else.
-                    self.publish();
-                    self.want(RoleCommand::Close);
+                role_action => {
+                    match &role_action {
+                        Action::StepDown { epoch, reason } => {
+                            warn!(
+                                epoch,
+                                ?reason,
+                                "stepping down: appends are refused from now on"
+                            );
+                            // Appends check the published role: refuse them before anything else.
+                            self.publish();
+                        }
+                        Action::BecomePrimary { epoch } => {
+                            info!(epoch, "won the election: opening the primary role (its first record is the epoch's control record)");
+                        }
+                        _ => {}
+                    }
+                    // The role task performs role changes in order while this task keeps
+                    // answering election messages (heartbeats flow during a change).
+                    if let Some(cmd) = self.plan.on_action(&role_action) {
+                        let _ = self.roles.send(RoleRequest::Set(cmd));
+                    }
                 }
-                Action::BecomePrimary { epoch } => {
-                    info!(epoch, "won the election: opening the primary role (its first record is the epoch's control record)");
-                    self.want(RoleCommand::Primary { epoch });
-                }
-                Action::BecomeFollower {
-                    epoch,
-                    primary_hint,
-                } => self.follow(epoch, primary_hint),
             }
         }
     }
@@ -348,42 +353,12 @@ impl Driver {
         self.publish();
     }
 
-    /// Asks the role task for `cmd` unless it is what it was last asked for.
-    fn want(&mut self, cmd: RoleCommand) {
-        if self.wanted.as_ref() == Some(&cmd) {
-            return;
-        }
-        self.wanted = Some(cmd.clone());
-        let _ = self.roles.send(RoleRequest::Set(cmd));
-    }
-
     /// Closes the role and waits until it is closed.
     async fn close_role(&mut self) {
-        self.wanted = Some(RoleCommand::Close);
+        let _ = self.plan.set(RoleCommand::Close);
         let (tx, rx) = oneshot::channel();
         if self.roles.send(RoleRequest::CloseAndReply(tx)).is_ok() {
             let _ = rx.await;
-        }
-    }
-
-    /// Role changes the core asked for. The role task performs them in order while this
-    /// task keeps answering election messages (heartbeats keep flowing during a change).
-    fn follow(&mut self, epoch: u64, primary: Option<NodeId>) {
-        match primary {
-            Some(p) if p == self.inner.config.node_id => {}
-            Some(p) => self.want(RoleCommand::Follow { epoch, primary: p }),
-            None => {
-                // No known primary in this epoch: a replica of an older epoch follows a
-                // primary that was fenced; stop it until the new primary is heard.
-                let stale = match &self.wanted {
-                    Some(RoleCommand::Primary { .. }) => true,
-                    Some(RoleCommand::Follow { epoch: e, .. }) => *e < epoch,
-                    _ => false,
-                };
-                if stale {
-                    self.want(RoleCommand::Close);
-                }
-            }
         }
     }
 
@@ -412,52 +387,47 @@ impl Driver {
     async fn watch_role(&mut self) {
         self.refresh_log_head();
         let now = now_ms();
-        enum Seen {
-            Nothing,
-            Halted(String),
-            Stopped(String),
-            Durable(Lsn),
-        }
-        let seen = match &*self.inner.lock_role() {
+        let report = match &*self.inner.lock_role() {
             RoleSlot::Primary(p) => match p.stopped() {
-                Some(r) => Seen::Stopped(r.to_string()),
-                None => Seen::Durable(p.durable_lsn()),
+                Some(r) => RoleReport::Stopped(r.to_string()),
+                None => RoleReport::Durable(p.durable_lsn()),
             },
-            RoleSlot::Replica { replica, .. } => match replica.status().state {
-                ReplicaState::Halted(h) => Seen::Halted(format!("{} at lsn {}", h.reason, h.lsn)),
-                ReplicaState::Stopped(why) => Seen::Stopped(why),
-                _ => Seen::Durable(replica.status().durable_lsn.unwrap_or(0)),
-            },
-            RoleSlot::Idle => Seen::Nothing,
+            RoleSlot::Replica { replica, .. } => {
+                let s = replica.status();
+                match s.state {
+                    ReplicaState::Halted(h) => {
+                        RoleReport::Halted(format!("{} at lsn {}", h.reason, h.lsn))
+                    }
+                    ReplicaState::Stopped(why) => RoleReport::Stopped(why),
+                    _ => RoleReport::Durable(s.durable_lsn.unwrap_or(0)),
+                }
+            }
+            RoleSlot::Idle => RoleReport::Idle,
         };
-        match seen {
-            Seen::Halted(why) if self.core.role() != Role::Halted => {
+        let eligible = self.core.status(now).eligible;
+        match plan::verdict(&report, self.core.role(), eligible, self.required_lsn) {
+            Some(Verdict::Halt(why)) => {
                 error!(reason = %why, "replication halted: this node neither votes nor leads until an operator acts");
                 self.stopped.get_or_insert(why);
                 let a = self.core.halt(now);
                 self.perform(a).await;
             }
-            Seen::Stopped(why) if self.core.role() != Role::Stopped => {
+            Some(Verdict::Stop(why)) => {
                 error!(reason = %why, "the role stopped on a failure of its own storage: the node stops");
                 self.stopped.get_or_insert(why);
                 let _ = self.core.stop(now);
             }
-            Seen::Durable(lsn) if lsn >= self.required_lsn && !self.core_eligible() => {
+            Some(Verdict::Eligible) => {
                 info!(
-                    lsn,
                     required = self.required_lsn,
                     "caught up to the commit watermark: eligible to vote and lead"
                 );
                 let a = self.core.set_eligible(now, true);
                 self.perform(a).await;
             }
-            _ => {}
+            None => {}
         }
         self.apply_as_primary().await;
-    }
-
-    fn core_eligible(&self) -> bool {
-        self.core.status(now_ms()).eligible
     }
 
     /// The primary role applies what it committed, in lsn order (blocking reads and the

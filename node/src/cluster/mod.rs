@@ -19,6 +19,7 @@
 
 mod config;
 mod driver;
+pub mod plan;
 mod roles;
 pub mod transport;
 

@@ -11,21 +11,11 @@ use tracing::{error, info};
 use walship_wal::Lsn;
 
 use super::driver::Input;
+use super::plan::RoleCommand;
 use super::{Inner, RoleSlot};
 use crate::election::NodeId;
 use crate::primary::Primary;
 use crate::replica::{Applier, Replica};
-
-/// The role the driver wants.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum RoleCommand {
-    /// Lead `epoch` (a new epoch this node won).
-    Primary { epoch: u64 },
-    /// Follow `primary` in `epoch`.
-    Follow { epoch: u64, primary: NodeId },
-    /// No role.
-    Close,
-}
 
 /// A request to the role task.
 pub(crate) enum RoleRequest {
