@@ -280,6 +280,26 @@ pub enum AppendError {
     },
 }
 
+/// Why an operator command (`POST /promote`, `POST /switchover`) was not done.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OperatorError {
+    /// This node is not a cluster member (a fixed primary or replica): 409.
+    #[error("this node is not a cluster member: it takes no operator commands")]
+    NotAMember,
+    /// The command was refused as asked (wrong role, data loss not accepted, unknown
+    /// target): 409, nothing changed.
+    #[error("{0}")]
+    Refused(String),
+    /// The command started and did not complete (e.g. a switchover whose target did not
+    /// catch up in time): 504; appends are taken again.
+    #[error("{0}")]
+    Incomplete(String),
+}
+
+/// The future of an operator command: its JSON answer.
+pub type OperatorFuture =
+    Pin<Box<dyn Future<Output = Result<serde_json::Value, OperatorError>> + Send + 'static>>;
+
 /// The future [`NodeView::append`] returns.
 pub type AppendFuture = Pin<Box<dyn Future<Output = Result<Lsn, AppendError>> + Send + 'static>>;
 
@@ -292,6 +312,16 @@ pub trait NodeView: Send + Sync + 'static {
     fn max_record_bytes(&self) -> u32;
     /// Appends one record; resolves with its lsn once it is committed.
     fn append(&self, payload: Vec<u8>) -> AppendFuture;
+    /// Operator promotion (`POST /promote[?accept_data_loss=true]`): campaign now.
+    fn promote(&self, accept_data_loss: bool) -> OperatorFuture {
+        let _ = accept_data_loss;
+        Box::pin(async { Err(OperatorError::NotAMember) })
+    }
+    /// Planned hand-over (`POST /switchover?to=ID[&timeout_ms=N]`).
+    fn switchover(&self, to: String, timeout: Duration) -> OperatorFuture {
+        let _ = (to, timeout);
+        Box::pin(async { Err(OperatorError::NotAMember) })
+    }
 }
 
 /// The endpoint's router over `view` (also usable without [`HttpListener`], e.g. in tests).
@@ -317,6 +347,8 @@ pub fn router(view: Arc<dyn NodeView>) -> Router {
         .route("/replica", get(replica_check))
         .route("/metrics", get(metrics))
         .route("/append", append_route)
+        .route("/promote", post(promote))
+        .route("/switchover", post(switchover))
         .with_state(view)
 }
 
@@ -426,6 +458,83 @@ pub fn append_error_response(e: &AppendError) -> Response {
             )
         }
     }
+}
+
+/// `key=value` pairs of a query string (at most 8, each at most 128 bytes: anything else
+/// is refused before it is looked at).
+fn query_pairs(uri: &axum::http::Uri) -> Result<Vec<(String, String)>, Box<Response>> {
+    let Some(q) = uri.query() else {
+        return Ok(Vec::new());
+    };
+    let pairs: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
+    if pairs.len() > 8 || pairs.iter().any(|p| p.len() > 128) {
+        return Err(Box::new(json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "bad-request", "detail": "query too long"}),
+        )));
+    }
+    Ok(pairs
+        .iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => ((*p).to_owned(), String::new()),
+        })
+        .collect())
+}
+
+fn operator_response(r: Result<serde_json::Value, OperatorError>) -> Response {
+    match r {
+        Ok(v) => json(StatusCode::OK, &v),
+        Err(e @ (OperatorError::NotAMember | OperatorError::Refused(_))) => json(
+            StatusCode::CONFLICT,
+            &serde_json::json!({"error": "refused", "detail": e.to_string()}),
+        ),
+        Err(e @ OperatorError::Incomplete(_)) => json(
+            StatusCode::GATEWAY_TIMEOUT,
+            &serde_json::json!({"error": "incomplete", "detail": e.to_string()}),
+        ),
+    }
+}
+
+async fn promote(State(view): State<Arc<dyn NodeView>>, uri: axum::http::Uri) -> Response {
+    let pairs = match query_pairs(&uri) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let accept = pairs
+        .iter()
+        .any(|(k, v)| k == "accept_data_loss" && v == "true");
+    operator_response(view.promote(accept).await)
+}
+
+async fn switchover(State(view): State<Arc<dyn NodeView>>, uri: axum::http::Uri) -> Response {
+    let pairs = match query_pairs(&uri) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let Some(to) = pairs
+        .iter()
+        .find(|(k, _)| k == "to")
+        .map(|(_, v)| v.clone())
+    else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "bad-request", "detail": "switchover needs ?to=NODE_ID"}),
+        );
+    };
+    let timeout_ms = match pairs.iter().find(|(k, _)| k == "timeout_ms") {
+        None => 10_000,
+        Some((_, v)) => match v.parse::<u64>() {
+            Ok(ms) if (1..=600_000).contains(&ms) => ms,
+            _ => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": "bad-request", "detail": "timeout_ms must be 1..=600000"}),
+                )
+            }
+        },
+    };
+    operator_response(view.switchover(to, Duration::from_millis(timeout_ms)).await)
 }
 
 async fn metrics(State(view): State<Arc<dyn NodeView>>) -> Response {
@@ -924,5 +1033,119 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    /// A member whose operator commands record what they were asked and answer as set.
+    struct Member {
+        asked: Mutex<Vec<String>>,
+    }
+
+    impl NodeView for Member {
+        fn status(&self) -> NodeStatus {
+            primary_status()
+        }
+        fn max_record_bytes(&self) -> u32 {
+            16
+        }
+        fn append(&self, _payload: Vec<u8>) -> AppendFuture {
+            Box::pin(async { Ok(1) })
+        }
+        fn promote(&self, accept_data_loss: bool) -> OperatorFuture {
+            self.asked
+                .lock()
+                .expect("lock")
+                .push(format!("promote {accept_data_loss}"));
+            Box::pin(async move {
+                if accept_data_loss {
+                    Ok(serde_json::json!({"promoted": "n1"}))
+                } else {
+                    Err(OperatorError::Refused(
+                        "quorum 0: accept the data loss".into(),
+                    ))
+                }
+            })
+        }
+        fn switchover(&self, to: String, timeout: Duration) -> OperatorFuture {
+            self.asked
+                .lock()
+                .expect("lock")
+                .push(format!("switchover {to} {}", timeout.as_millis()));
+            Box::pin(async move {
+                if to == "n2" {
+                    Ok(serde_json::json!({"primary": to, "write_pause_ms": 12}))
+                } else {
+                    Err(OperatorError::Incomplete("did not catch up".into()))
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn operator_commands_parse_their_query_and_map_each_outcome() {
+        let post = |uri: &str| {
+            Request::post(uri.to_owned())
+                .body(Body::empty())
+                .expect("request")
+        };
+        let member = Arc::new(Member {
+            asked: Mutex::new(Vec::new()),
+        });
+        let call_member = |req: Request<Body>| {
+            let m: Arc<dyn NodeView> = member.clone();
+            async move {
+                let res = router(m).oneshot(req).await.expect("infallible");
+                let code = res.status();
+                let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+                    .await
+                    .expect("body");
+                (
+                    code,
+                    serde_json::from_slice::<serde_json::Value>(&body).expect("json"),
+                )
+            }
+        };
+        let (code, body) = call_member(post("/promote")).await;
+        assert_eq!(
+            (code, body["error"].as_str()),
+            (StatusCode::CONFLICT, Some("refused"))
+        );
+        let (code, _) = call_member(post("/promote?accept_data_loss=true")).await;
+        assert_eq!(code, StatusCode::OK);
+        let (code, body) = call_member(post("/switchover?to=n2&timeout_ms=500")).await;
+        assert_eq!(
+            (code, body["write_pause_ms"].as_u64()),
+            (StatusCode::OK, Some(12))
+        );
+        let (code, body) = call_member(post("/switchover?to=n3")).await;
+        assert_eq!(
+            (code, body["error"].as_str()),
+            (StatusCode::GATEWAY_TIMEOUT, Some("incomplete"))
+        );
+        let (code, _) = call_member(post("/switchover")).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "no target");
+        let (code, _) = call_member(post("/switchover?to=n2&timeout_ms=0")).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "timeout out of range");
+        let long = format!("/switchover?to={}", "x".repeat(200));
+        let (code, _) = call_member(post(&long)).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "bounded query");
+        assert_eq!(
+            *member.asked.lock().expect("lock"),
+            vec![
+                "promote false".to_string(),
+                "promote true".into(),
+                "switchover n2 500".into(),
+                "switchover n3 10000".into(),
+            ]
+        );
+        // A node that is not a cluster member takes no operator command.
+        let (code, body) = call(
+            fake(primary_status(), None),
+            post("/promote?accept_data_loss=true"),
+        )
+        .await;
+        assert_eq!(
+            (code, body["error"].as_str()),
+            (StatusCode::CONFLICT, Some("refused"))
+        );
     }
 }

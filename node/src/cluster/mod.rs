@@ -416,6 +416,38 @@ impl NodeView for NodeHttpView {
             })
         })
     }
+
+    fn promote(&self, accept_data_loss: bool) -> http::OperatorFuture {
+        let node = self.node.clone();
+        Box::pin(async move {
+            node.promote(accept_data_loss)
+                .await
+                .map_err(Self::operator_error)?;
+            Ok(
+                serde_json::json!({"promoted": node.node_id(), "accept_data_loss": accept_data_loss}),
+            )
+        })
+    }
+
+    fn switchover(&self, to: String, timeout: Duration) -> http::OperatorFuture {
+        let node = self.node.clone();
+        Box::pin(async move {
+            let pause = node
+                .switchover(&to, timeout)
+                .await
+                .map_err(Self::operator_error)?;
+            Ok(serde_json::json!({"primary": to, "write_pause_ms": pause.as_millis() as u64}))
+        })
+    }
+}
+
+impl NodeHttpView {
+    fn operator_error(e: NodeError) -> http::OperatorError {
+        match e {
+            NodeError::Switchover { .. } => http::OperatorError::Incomplete(e.to_string()),
+            e => http::OperatorError::Refused(e.to_string()),
+        }
+    }
 }
 
 /// The role names `/status` uses.
