@@ -420,12 +420,13 @@ impl Cluster {
                 )
                 .into());
             }
-            let store = m.store.lock();
-            if store.applied >= lsn {
-                return Ok(store.clone());
-            }
-            let applied = store.applied;
-            drop(store);
+            let applied = {
+                let store = m.store.lock();
+                if store.applied >= lsn {
+                    return Ok(store.clone());
+                }
+                store.applied
+            };
             if Instant::now() > deadline {
                 return Err(format!("{} applied {applied} of {lsn} within {WAIT:?}", m.id).into());
             }
