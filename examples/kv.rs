@@ -157,12 +157,13 @@ impl Store {
             .map(|(lsn, _)| *lsn)
     }
 
-    /// Whether the control record starting `epoch` was applied.
-    fn started(&self, epoch: u64) -> bool {
+    /// The lsn of the control record starting `epoch`, if it was applied.
+    fn epoch_start(&self, epoch: u64) -> Option<Lsn> {
         self.history
             .iter()
             .rev()
-            .any(|(_, a)| *a == Applied::EpochStart { epoch })
+            .find(|(_, a)| *a == Applied::EpochStart { epoch })
+            .map(|(lsn, _)| *lsn)
     }
 }
 
@@ -307,7 +308,8 @@ impl Cluster {
     fn ready_primary(&self, i: usize) -> Option<u64> {
         let m = &self.members[i];
         let s = m.node.as_ref()?.status().state;
-        (s.role == Role::Primary && m.store.lock().started(s.epoch)).then_some(s.epoch)
+        (s.role == Role::Primary && m.store.lock().epoch_start(s.epoch).is_some())
+            .then_some(s.epoch)
     }
 
     /// Waits until one member is a ready primary (see [`Cluster::ready_primary`]).
@@ -345,10 +347,10 @@ impl Cluster {
             };
             let id = self.members[target].id.clone();
             if failed_before && node.status().state.role == Role::Primary {
-                let Some(_epoch) = self.ready_primary(target) else {
+                if self.ready_primary(target).is_none() {
                     tokio::time::sleep(POLL).await;
                     continue;
-                };
+                }
                 let found = self.members[target].store.lock().lsn_of(&op);
                 if let Some(lsn) = found {
                     println!("  {op:?} had committed at lsn {lsn} after all");
@@ -432,6 +434,15 @@ impl Cluster {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// "epoch E, started at lsn L" for primary `i`.
+    fn epoch_of(&self, i: usize) -> String {
+        let Some(epoch) = self.ready_primary(i) else {
+            return "not a primary".into();
+        };
+        let start = self.members[i].store.lock().epoch_start(epoch).unwrap_or(0);
+        format!("epoch {epoch}, started by the control record at lsn {start}")
     }
 
     fn last_acked(&self) -> Lsn {
@@ -526,8 +537,7 @@ pub async fn run() -> Result<Outcome, Error> {
     let mut c = Cluster::start(dir.path(), &["kv1", "kv2", "kv3"]).await?;
 
     let p = c.wait_primary().await?;
-    let first_epoch = c.ready_primary(p).unwrap_or(0);
-    println!("{} leads epoch {first_epoch}", c.members[p].id);
+    println!("{} leads ({})", c.members[p].id, c.epoch_of(p));
     println!("puts (a client that starts at kv1 and follows NotPrimary hints):");
     for op in [
         Op::put("alice", "42"),
@@ -564,11 +574,11 @@ pub async fn run() -> Result<Outcome, Error> {
         }
     }
     let q = c.leader_guess;
-    let epoch = c.ready_primary(q).unwrap_or(0);
     let after_failover = c.read_checked(q).await?;
     println!(
-        "new primary {} (epoch {epoch}) holds every acknowledged write ({} of them): {:?}",
+        "new primary {} ({}) holds every acknowledged write ({} of them): {:?}",
         c.members[q].id,
+        c.epoch_of(q),
         c.acked.len(),
         after_failover.map
     );
@@ -603,8 +613,8 @@ pub async fn run() -> Result<Outcome, Error> {
     }
     let after_switchover = c.read_checked(crashed).await?;
     println!(
-        "primary {crashed_id} (epoch {}) holds every acknowledged write ({} of them)",
-        c.ready_primary(crashed).unwrap_or(0),
+        "primary {crashed_id} ({}) holds every acknowledged write ({} of them)",
+        c.epoch_of(crashed),
         c.acked.len()
     );
     let mut members_at_end = Vec::new();
