@@ -451,10 +451,10 @@ pub(crate) fn converge(members: &[Member], acked: &[Ack]) -> Result<u64, String>
 }
 
 /// Waits until restarted (or reconnected) member `k` follows primary `q` (`GET /replica`
-/// 200, `/status` names `q`). If it halts
-/// `divergence` instead (it holds a tentative tail the primary `q` lacks), stops it, runs
-/// `walship-recover rejoin DIR --from PRIMARY_DIR --yes` (which refuses to cut anything
-/// at or below the commit watermark) and starts it again.
+/// 200, `/status` names `q`). If it halts `divergence` instead (it holds a tentative tail
+/// the primary `q` lacks), stops it, runs `walship-recover rejoin DIR --from PRIMARY_DIR
+/// --yes` (which refuses to cut anything at or below the commit watermark) and starts it
+/// again.
 pub(crate) fn settle(
     members: &mut [Member],
     k: usize,
