@@ -6,10 +6,12 @@
 //! primary (the `EpochStart` control records of all logs agree).
 //!
 //! `walship demo` runs it once (its failover act); `walship failover-drill` runs it with
-//! any member count and kill count (the real-process tests call it).
+//! any member count and kill count (the real-process tests call it). The partition drill
+//! (`crate::partition_drill`) runs its members, writers, recovery and checks with the
+//! pieces here.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,8 +24,8 @@ use walship::http_client;
 use walship_wal::control::ControlRecord;
 
 /// How long any single wait of the drill may take before it fails (only a hang reaches it).
-const WAIT: Duration = Duration::from_secs(60);
-const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -80,16 +82,19 @@ pub struct DrillReport {
     pub log_ends: BTreeMap<String, u64>,
 }
 
-struct Member {
-    id: String,
+/// One member process: its config, HTTP endpoint and data directory.
+pub(crate) struct Member {
+    pub(crate) id: String,
     config: PathBuf,
-    http: SocketAddr,
-    dir: PathBuf,
+    /// Its QUIC address.
+    pub(crate) addr: SocketAddr,
+    pub(crate) http: SocketAddr,
+    pub(crate) dir: PathBuf,
     child: Option<Child>,
 }
 
 impl Member {
-    fn spawn(&mut self, log_dir: &Path) -> Result<(), String> {
+    pub(crate) fn spawn(&mut self, log_dir: &Path) -> Result<(), String> {
         let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -119,7 +124,7 @@ impl Member {
         }
     }
 
-    fn terminate(&mut self) {
+    pub(crate) fn terminate(&mut self) {
         if let Some(mut c) = self.child.take() {
             // SAFETY-free: libc::kill on a pid this process spawned and has not reaped.
             let pid = libc::pid_t::try_from(c.id()).unwrap_or(0);
@@ -141,7 +146,7 @@ impl Member {
         }
     }
 
-    fn status(&self) -> Option<serde_json::Value> {
+    pub(crate) fn status(&self) -> Option<serde_json::Value> {
         self.child.as_ref()?;
         http_client::get(self.http, "/status", HTTP_TIMEOUT)
             .ok()
@@ -149,7 +154,8 @@ impl Member {
     }
 }
 
-struct Members(Vec<Member>);
+/// The members, terminated on drop.
+pub(crate) struct Members(pub(crate) Vec<Member>);
 
 impl Drop for Members {
     fn drop(&mut self) {
@@ -159,34 +165,38 @@ impl Drop for Members {
     }
 }
 
-fn free_port(udp: bool) -> Result<u16, String> {
+fn free_port(ip: IpAddr, udp: bool) -> Result<u16, String> {
     let port = if udp {
-        std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr())
+        std::net::UdpSocket::bind((ip, 0)).and_then(|s| s.local_addr())
     } else {
-        std::net::TcpListener::bind("127.0.0.1:0").and_then(|s| s.local_addr())
+        std::net::TcpListener::bind((ip, 0)).and_then(|s| s.local_addr())
     };
     port.map(|a| a.port())
-        .map_err(|e| format!("free port: {e}"))
+        .map_err(|e| format!("free port on {ip}: {e}"))
 }
 
-fn write_configs(opts: &DrillOptions) -> Result<Vec<Member>, String> {
+/// Certificates and one config per member; member `i` listens (QUIC and HTTP) on
+/// `ips[i]`, or on 127.0.0.1 where `ips` has no entry.
+pub(crate) fn write_configs(opts: &DrillOptions, ips: &[IpAddr]) -> Result<Vec<Member>, String> {
     let ids: Vec<String> = (1..=opts.nodes).map(|i| format!("m{i}")).collect();
     let certs = opts.dir.join("certs");
     walship_wire::certs::generate(&certs, &ids).map_err(|e| format!("certs: {e}"))?;
     let mut table = String::new();
     let mut addrs = Vec::new();
-    for id in &ids {
-        let quic = free_port(true)?;
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port(false)?)
-            .parse()
-            .map_err(|e| format!("addr: {e}"))?;
+    for (i, id) in ids.iter().enumerate() {
+        let ip = ips
+            .get(i)
+            .copied()
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let quic = SocketAddr::new(ip, free_port(ip, true)?);
+        let http = SocketAddr::new(ip, free_port(ip, false)?);
         table.push_str(&format!(
-            "[[member]]\nid = \"{id}\"\naddr = \"127.0.0.1:{quic}\"\nhttp_addr = \"{http}\"\n"
+            "[[member]]\nid = \"{id}\"\naddr = \"{quic}\"\nhttp_addr = \"{http}\"\n"
         ));
-        addrs.push(http);
+        addrs.push((quic, http));
     }
     let mut members = Vec::new();
-    for (id, http) in ids.iter().zip(addrs) {
+    for (id, (addr, http)) in ids.iter().zip(addrs) {
         let config = opts.dir.join(format!("{id}.toml"));
         let text = format!(
             "node_id = \"{id}\"\ncluster_id = \"drill\"\nrole = \"member\"\ndata_dir = \"data/{id}\"\n\
@@ -200,6 +210,7 @@ fn write_configs(opts: &DrillOptions) -> Result<Vec<Member>, String> {
         members.push(Member {
             id: id.clone(),
             config,
+            addr,
             http,
             dir: opts.dir.join("data").join(id),
             child: None,
@@ -209,7 +220,7 @@ fn write_configs(opts: &DrillOptions) -> Result<Vec<Member>, String> {
 }
 
 /// The member that reports itself primary in the highest epoch, if exactly one does.
-fn find_primary(members: &[Member]) -> Option<(usize, u64)> {
+pub(crate) fn find_primary(members: &[Member]) -> Option<(usize, u64)> {
     let mut best: Option<(usize, u64)> = None;
     let mut tie = false;
     for (i, m) in members.iter().enumerate() {
@@ -234,7 +245,7 @@ fn find_primary(members: &[Member]) -> Option<(usize, u64)> {
     }
 }
 
-fn wait_primary(members: &[Member], above: u64) -> Result<(usize, u64), String> {
+pub(crate) fn wait_primary(members: &[Member], above: u64) -> Result<(usize, u64), String> {
     let deadline = Instant::now() + WAIT;
     loop {
         if let Some((i, e)) = find_primary(members) {
@@ -249,24 +260,47 @@ fn wait_primary(members: &[Member], above: u64) -> Result<(usize, u64), String> 
     }
 }
 
-/// Acknowledged appends: (lsn, payload).
-type Acked = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+/// One acknowledged append (`POST /append` answered 200).
+#[derive(Clone, Debug)]
+pub(crate) struct Ack {
+    /// The lsn the answer named.
+    pub(crate) lsn: u64,
+    pub(crate) payload: Vec<u8>,
+    /// The member that answered (index into the member list).
+    pub(crate) member: usize,
+    /// When the request was sent.
+    pub(crate) sent: Instant,
+    /// When the answer arrived.
+    pub(crate) answered: Instant,
+}
+
+/// Acknowledged appends, in the order their answers arrived.
+pub(crate) type Acked = Arc<Mutex<Vec<Ack>>>;
+
+/// The acknowledged appends so far.
+pub(crate) fn acked_now(acked: &Acked) -> Vec<Ack> {
+    acked.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
 
 /// One writer: appends unique payloads to whichever member is primary, following the
 /// `primary_http` hint of a refusal; only a 200 counts as acknowledged.
-fn writer(w: usize, targets: Vec<SocketAddr>, acked: Acked, stop: Arc<AtomicBool>) {
+pub(crate) fn writer(w: usize, targets: Vec<SocketAddr>, acked: Acked, stop: Arc<AtomicBool>) {
     let mut target = 0usize;
     let mut seq = 0u64;
     while !stop.load(Ordering::Relaxed) {
         seq += 1;
         let payload = format!("w{w}-{seq}").into_bytes();
+        let sent = Instant::now();
         match http_client::post(targets[target], "/append", &payload, HTTP_TIMEOUT) {
             Ok(r) if r.status == 200 => {
                 if let Some(lsn) = r.json().and_then(|j| j["lsn"].as_u64()) {
-                    acked
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((lsn, payload));
+                    acked.lock().unwrap_or_else(|p| p.into_inner()).push(Ack {
+                        lsn,
+                        payload,
+                        member: target,
+                        sent,
+                        answered: Instant::now(),
+                    });
                 }
             }
             Ok(r) => {
@@ -290,7 +324,7 @@ fn writer(w: usize, targets: Vec<SocketAddr>, acked: Acked, stop: Arc<AtomicBool
     }
 }
 
-fn wait_acked(acked: &Acked, at_least: usize) -> Result<Duration, String> {
+pub(crate) fn wait_acked(acked: &Acked, at_least: usize) -> Result<Duration, String> {
     let start = Instant::now();
     while acked.lock().unwrap_or_else(|p| p.into_inner()).len() < at_least {
         if start.elapsed() > WAIT {
@@ -306,7 +340,7 @@ fn wait_acked(acked: &Acked, at_least: usize) -> Result<Duration, String> {
 /// Runs the drill; `say` gets one line per step.
 pub fn run(opts: &DrillOptions, say: &mut dyn FnMut(String)) -> Result<DrillReport, String> {
     std::fs::create_dir_all(&opts.dir).map_err(|e| format!("{}: {e}", opts.dir.display()))?;
-    let mut members = Members(write_configs(opts)?);
+    let mut members = Members(write_configs(opts, &[])?);
     for m in &mut members.0 {
         m.spawn(&opts.dir)?;
     }
@@ -367,34 +401,7 @@ pub fn run(opts: &DrillOptions, say: &mut dyn FnMut(String)) -> Result<DrillRepo
     }
     result?;
     let acked = std::mem::take(&mut *acked.lock().unwrap_or_else(|p| p.into_inner()));
-    let last = acked.iter().map(|a| a.0).max().unwrap_or(0);
-    // Every live member converges: all report the same durable lsn, at least the last
-    // acknowledged one, twice in a row (appends still in flight when the writers stopped
-    // reach everyone too).
-    let deadline = Instant::now() + WAIT;
-    let mut previous = None;
-    let last = loop {
-        let durable: Vec<u64> = members
-            .0
-            .iter()
-            .map(|m| {
-                m.status()
-                    .and_then(|s| s["durable_lsn"].as_u64())
-                    .unwrap_or(0)
-            })
-            .collect();
-        let same = durable.windows(2).all(|w| w[0] == w[1]);
-        if same && durable[0] >= last && previous.as_ref() == Some(&durable) {
-            break durable[0];
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "members did not converge to one log end at or above lsn {last}: {durable:?}"
-            ));
-        }
-        previous = Some(durable);
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let last = converge(&members.0, &acked)?;
     say(format!(
         "all members hold lsn {last}; stopping them to read their logs"
     ));
@@ -411,11 +418,44 @@ pub fn run(opts: &DrillOptions, say: &mut dyn FnMut(String)) -> Result<DrillRepo
     })
 }
 
-/// Waits until restarted member `k` follows (`GET /replica` 200). If it halts
-/// `divergence` instead (it holds a tentative tail the primary `q` lacks), stops it, runs
-/// `walship-recover rejoin DIR --from PRIMARY_DIR --yes` (which refuses to cut anything
-/// at or below the commit watermark) and starts it again.
-fn settle(
+/// Waits until every member reports the same durable lsn, at least the highest
+/// acknowledged one, twice in a row; returns it.
+pub(crate) fn converge(members: &[Member], acked: &[Ack]) -> Result<u64, String> {
+    let last = acked.iter().map(|a| a.lsn).max().unwrap_or(0);
+    // Every live member converges: all report the same durable lsn, at least the last
+    // acknowledged one, twice in a row (appends still in flight when the writers stopped
+    // reach everyone too).
+    let deadline = Instant::now() + WAIT;
+    let mut previous = None;
+    loop {
+        let durable: Vec<u64> = members
+            .iter()
+            .map(|m| {
+                m.status()
+                    .and_then(|s| s["durable_lsn"].as_u64())
+                    .unwrap_or(0)
+            })
+            .collect();
+        let same = durable.windows(2).all(|w| w[0] == w[1]);
+        if same && durable[0] >= last && previous.as_ref() == Some(&durable) {
+            return Ok(durable[0]);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "members did not converge to one log end at or above lsn {last}: {durable:?}"
+            ));
+        }
+        previous = Some(durable);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until restarted (or reconnected) member `k` follows primary `q` (`GET /replica`
+/// 200, `/status` names `q`). If it halts `divergence` instead (it holds a tentative tail
+/// the primary `q` lacks), stops it, runs `walship-recover rejoin DIR --from PRIMARY_DIR
+/// --yes` (which refuses to cut anything at or below the commit watermark) and starts it
+/// again.
+pub(crate) fn settle(
     members: &mut [Member],
     k: usize,
     q: usize,
@@ -431,11 +471,16 @@ fn settle(
         .and_then(|s| s["commit_lsn"].as_u64())
         .unwrap_or(0);
     loop {
-        let durable = members[k]
-            .status()
+        let status = members[k].status();
+        let durable = status
+            .as_ref()
             .and_then(|s| s["durable_lsn"].as_u64())
             .unwrap_or(0);
+        let follows = status
+            .as_ref()
+            .is_some_and(|s| s["primary"].as_str() == Some(members[q].id.as_str()));
         if durable >= target
+            && follows
             && http_client::get(members[k].http, "/replica", HTTP_TIMEOUT)
                 .is_ok_and(|r| r.status == 200)
         {
@@ -499,12 +544,12 @@ fn settle(
 
 /// What `verify` found: acknowledged appends missing anywhere, each epoch's primary,
 /// each member's log end.
-type Verified = (usize, BTreeMap<u64, String>, BTreeMap<String, u64>);
+pub(crate) type Verified = (usize, BTreeMap<u64, String>, BTreeMap<String, u64>);
 
 /// Reads every member's log; counts acknowledged appends missing anywhere; maps each
 /// epoch to its primary from the `EpochStart` records (two primaries for one epoch is an
 /// error).
-fn verify(members: &[Member], acked: &[(u64, Vec<u8>)]) -> Result<Verified, String> {
+pub(crate) fn verify(members: &[Member], acked: &[Ack]) -> Result<Verified, String> {
     let mut missing = 0;
     let mut epochs: BTreeMap<u64, String> = BTreeMap::new();
     let mut ends = BTreeMap::new();
@@ -536,8 +581,8 @@ fn verify(members: &[Member], acked: &[(u64, Vec<u8>)]) -> Result<Verified, Stri
             log.insert(r.lsn(), r.payload().to_vec());
         }
         ends.insert(m.id.clone(), wal.last().lsn);
-        for (lsn, payload) in acked {
-            if log.get(lsn) != Some(payload) {
+        for a in acked {
+            if log.get(&a.lsn) != Some(&a.payload) {
                 missing += 1;
             }
         }

@@ -8,6 +8,7 @@ mod demo;
 mod drill;
 mod http_views;
 mod node;
+mod partition_drill;
 
 /// WAL-shipping replication with strict halting.
 #[derive(Parser, Debug)]
@@ -76,6 +77,27 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         election_timeout_ms: u64,
     },
+    /// Partition drill (needs root and iptables; tests/partition_processes.rs runs it):
+    /// three members on 127.0.0.1-3 under continuous POST /append; iptables cuts the
+    /// primary off (UDP), the majority elects, the rules are deleted, the old primary
+    /// follows again; checks every acknowledged append is in every log. Prints a JSON
+    /// report; exits non-zero on any failed check.
+    #[command(hide = true)]
+    PartitionDrill {
+        /// Where configs, certificates, data and logs go (kept).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+        /// Acknowledged appends before the partition, through the new primary during it,
+        /// and after the heal.
+        #[arg(long, default_value_t = 200)]
+        appends: u64,
+        /// Election timeout and lease (ms).
+        #[arg(long, default_value_t = 500)]
+        election_timeout_ms: u64,
+    },
     /// The demo's primary process (spawned by `walship demo`; not for direct use).
     #[command(hide = true)]
     DemoPrimary {
@@ -128,6 +150,28 @@ fn main() -> ExitCode {
                     ))
                 }
             })
+        }
+        Command::PartitionDrill {
+            dir,
+            writers,
+            appends,
+            election_timeout_ms,
+        } => {
+            let opts = partition_drill::PartitionOptions {
+                dir,
+                writers,
+                appends,
+                election_timeout_ms,
+            };
+            partition_drill::run(&opts, &mut |line| eprintln!("partition drill: {line}")).and_then(
+                |report| {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+                    );
+                    Ok(())
+                },
+            )
         }
         Command::Certs { out, nodes } => walship_wire::certs::generate(&out, &nodes)
             .map(|_| {

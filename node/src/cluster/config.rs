@@ -182,14 +182,73 @@ impl NodeConfig {
             primary.to_owned(),
             self.tls.clone(),
         );
-        if m.addr.ip().is_loopback() {
-            r.bind_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        }
+        r.bind_addr = client_bind_addr(self.me()?.addr, m.addr, r.bind_addr);
         r.transport = self.transport;
         r.wal = self.wal;
         r.backoff_initial_ms = 50;
         r.backoff_max_ms = self.election_timeout_ms.clamp(100, 2000);
         r.min_primary_epoch = epoch;
         Ok(r)
+    }
+}
+
+/// The local address a replica role's client endpoint binds to follow `primary`: this
+/// member's own IP (any port), so that all of a member's traffic leaves from the address
+/// the other members know it by (per-member firewall rules see one address per member);
+/// with a wildcard own address (or one of the other IP family), 127.0.0.1 towards a
+/// loopback primary, else `default`.
+fn client_bind_addr(me: SocketAddr, primary: SocketAddr, default: SocketAddr) -> SocketAddr {
+    if !me.ip().is_unspecified() && me.is_ipv4() == primary.is_ipv4() {
+        SocketAddr::new(me.ip(), 0)
+    } else if primary.ip().is_loopback() {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    } else {
+        default
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(me: &str, addrs: &[(&str, &str)]) -> NodeConfig {
+        let members = addrs
+            .iter()
+            .map(|(id, addr)| MemberAddr {
+                node_id: (*id).into(),
+                addr: addr.parse().expect("addr"),
+                http_addr: None,
+            })
+            .collect();
+        let tls = TlsFiles {
+            ca: "ca.pem".into(),
+            cert: "cert.pem".into(),
+            key: "key.pem".into(),
+        };
+        NodeConfig::new(me, "c", "data", members, tls)
+    }
+
+    #[test]
+    fn a_following_member_connects_from_its_own_address() {
+        let members = [
+            ("m1", "127.0.0.1:7001"),
+            ("m2", "127.0.0.2:7002"),
+            ("m3", "0.0.0.0:7003"),
+            ("m4", "10.1.2.4:7004"),
+        ];
+        let bind = |me: &str, primary: &str| {
+            config(me, &members)
+                .replica_config(primary, 1)
+                .expect("replica config")
+                .bind_addr
+        };
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        // Its own loopback address, not 127.0.0.1, whoever it follows.
+        assert_eq!(bind("m2", "m1"), addr("127.0.0.2:0"));
+        assert_eq!(bind("m1", "m2"), addr("127.0.0.1:0"));
+        assert_eq!(bind("m4", "m1"), addr("10.1.2.4:0"));
+        // A wildcard own address: 127.0.0.1 towards a loopback primary, else the wildcard.
+        assert_eq!(bind("m3", "m1"), addr("127.0.0.1:0"));
+        assert_eq!(bind("m3", "m4"), addr("0.0.0.0:0"));
     }
 }
