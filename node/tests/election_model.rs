@@ -14,7 +14,9 @@
 //!   are acknowledged), losing everything else;
 //! - a timeout is a nondeterministic choice: the node's clock jumps to its
 //!   next deadline (election timeout = lease = 1 ms, so one jump expires
-//!   stickiness and leases);
+//!   stickiness and leases); a primary's timeout also sends its heartbeats
+//!   (at once after winning, then every 1 ms), which travel the network like
+//!   every other message and whose acks renew its lease or fence it;
 //! - a log is a list of epochs (lsn = index + 1). A primary appends its
 //!   control record on `BecomePrimary` and further records on `Append`;
 //!   `Ship` copies a prefix of the primary's log to a follower that accepts

@@ -54,6 +54,10 @@ pub struct ElectionCore {
     tally: Option<Tally>,
     /// Primary only: when each other voter was last heard in our epoch.
     member_contact_ms: BTreeMap<NodeId, u64>,
+    /// Primary only: when the next heartbeats are due.
+    next_heartbeat_ms: u64,
+    /// The commit watermark heartbeats carry (set by the executor).
+    commit_lsn: u64,
 }
 
 impl ElectionCore {
@@ -91,6 +95,8 @@ impl ElectionCore {
             last_primary_contact_ms: None,
             tally: None,
             member_contact_ms: BTreeMap::new(),
+            next_heartbeat_ms: 0,
+            commit_lsn: 0,
             config,
         };
         core.reset_election_deadline(now_ms);
@@ -129,7 +135,14 @@ impl ElectionCore {
     pub fn next_tick_ms(&self) -> Option<u64> {
         match self.role {
             Role::Halted | Role::Stopped => None,
-            Role::Primary => self.lease_deadline_ms(),
+            Role::Primary => {
+                // A single voter has nobody to send heartbeats to.
+                let heartbeat = (self.config.voters.len() > 1).then_some(self.next_heartbeat_ms);
+                match (self.lease_deadline_ms(), heartbeat) {
+                    (Some(l), Some(h)) => Some(l.min(h)),
+                    (l, h) => l.or(h),
+                }
+            }
             // A candidate either retries or (promoted while it may not
             // campaign on its own) gives up at its deadline.
             Role::Candidate => Some(self.election_deadline_ms),
@@ -139,9 +152,23 @@ impl ElectionCore {
         }
     }
 
-    /// Timers: a primary whose lease lapsed steps down; a follower (or
-    /// pre-candidate, candidate) whose election deadline passed starts a
-    /// pre-vote round.
+    /// The interval between a primary's heartbeats:
+    /// `max(1, min(election_timeout_ms, lease_ms) / 4)`.
+    pub fn heartbeat_ms(&self) -> u64 {
+        (self.config.election_timeout_ms.min(self.config.lease_ms) / 4).max(1)
+    }
+
+    /// The commit watermark the next heartbeats carry (the executor's
+    /// number; the core does not interpret it).
+    pub fn set_commit_lsn(&mut self, commit_lsn: u64) {
+        self.commit_lsn = commit_lsn;
+    }
+
+    /// Timers: a primary whose lease lapsed steps down, else sends
+    /// [`ElectionMessage::Heartbeat`] to every other voter when they are due
+    /// (first at the tick right after `BecomePrimary`: `next_tick_ms` is
+    /// then due at once); a follower (or pre-candidate, candidate) whose
+    /// election deadline passed starts a pre-vote round.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Action> {
         let mut out = Out::default();
         match self.role {
@@ -158,6 +185,15 @@ impl ElectionCore {
                         },
                         &mut out,
                     );
+                } else if now_ms >= self.next_heartbeat_ms {
+                    self.next_heartbeat_ms = now_ms.saturating_add(self.heartbeat_ms());
+                    let msg = ElectionMessage::Heartbeat {
+                        epoch: self.epoch,
+                        commit_lsn: self.commit_lsn,
+                    };
+                    for peer in self.peers() {
+                        out.send(&peer, msg.clone());
+                    }
                 }
             }
             Role::Follower | Role::PreCandidate | Role::Candidate => {
@@ -186,48 +222,8 @@ impl ElectionCore {
         epoch: u64,
         primary: &str,
     ) -> Result<Vec<Action>, ContactRefusal> {
-        if !self.is_peer(primary) {
-            return Err(ContactRefusal::UnknownPeer {
-                peer: primary.to_owned(),
-            });
-        }
-        if matches!(self.role, Role::Halted | Role::Stopped) {
-            return Err(ContactRefusal::NotRunning { role: self.role });
-        }
-        if epoch < self.epoch {
-            return Err(ContactRefusal::StalePrimary {
-                primary_epoch: epoch,
-                current_epoch: self.epoch,
-            });
-        }
         let mut out = Out::default();
-        if epoch > self.epoch {
-            self.adopt_epoch(now_ms, epoch, primary, Some(primary.to_owned()), &mut out);
-        } else {
-            let known = match self.role {
-                Role::Primary => Some(self.config.node_id.clone()),
-                _ => self.primary.clone().filter(|p| p != primary),
-            };
-            if let Some(known) = known {
-                tracing::error!(node = %self.config.node_id, epoch, claimed = primary, %known, "two primaries claim one epoch: refusing");
-                return Err(ContactRefusal::ConflictingPrimary {
-                    epoch,
-                    claimed: primary.to_owned(),
-                    known,
-                });
-            }
-            if self.role != Role::Follower || self.primary.is_none() {
-                self.role = Role::Follower;
-                self.tally = None;
-                self.primary = Some(primary.to_owned());
-                out.role_change = Some(Action::BecomeFollower {
-                    epoch,
-                    primary_hint: self.primary.clone(),
-                });
-            }
-        }
-        self.last_primary_contact_ms = Some(now_ms);
-        self.reset_election_deadline(now_ms);
+        self.primary_contact(now_ms, epoch, primary, &mut out)?;
         Ok(self.finish(out))
     }
 
@@ -246,11 +242,7 @@ impl ElectionCore {
         if matches!(self.role, Role::Halted | Role::Stopped) {
             return Ok(Vec::new());
         }
-        if epoch > self.epoch {
-            self.adopt_epoch(now_ms, epoch, from, None, &mut out);
-        } else if epoch == self.epoch && self.role == Role::Primary {
-            self.member_contact_ms.insert(from.to_owned(), now_ms);
-        }
+        self.member_contact(now_ms, from, epoch, &mut out);
         Ok(self.finish(out))
     }
 
@@ -314,6 +306,22 @@ impl ElectionCore {
                 {
                     self.become_primary(now_ms, &mut out);
                 }
+            }
+            ElectionMessage::Heartbeat { epoch, commit_lsn } => {
+                match self.primary_contact(now_ms, epoch, from, &mut out) {
+                    // Followed, or stale (the ack's higher epoch fences the
+                    // sender): answer with our epoch after handling it.
+                    Ok(()) | Err(ContactRefusal::StalePrimary { .. }) => {
+                        tracing::trace!(node = %self.config.node_id, from, epoch, commit_lsn, "heartbeat");
+                        out.send(from, ElectionMessage::HeartbeatAck { epoch: self.epoch });
+                    }
+                    Err(refusal) => {
+                        tracing::warn!(node = %self.config.node_id, from, epoch, %refusal, "heartbeat refused");
+                    }
+                }
+            }
+            ElectionMessage::HeartbeatAck { epoch } => {
+                self.member_contact(now_ms, from, epoch, &mut out);
             }
         }
         Ok(self.finish(out))
@@ -460,6 +468,68 @@ impl ElectionCore {
 
     fn is_peer(&self, id: &str) -> bool {
         id != self.config.node_id && self.config.voters.iter().any(|v| v == id)
+    }
+
+    /// [`ElectionCore::on_primary_contact`] (and a heartbeat): follow
+    /// `primary` in `epoch`, or refuse it (changing nothing).
+    fn primary_contact(
+        &mut self,
+        now_ms: u64,
+        epoch: u64,
+        primary: &str,
+        out: &mut Out,
+    ) -> Result<(), ContactRefusal> {
+        if !self.is_peer(primary) {
+            return Err(ContactRefusal::UnknownPeer {
+                peer: primary.to_owned(),
+            });
+        }
+        if matches!(self.role, Role::Halted | Role::Stopped) {
+            return Err(ContactRefusal::NotRunning { role: self.role });
+        }
+        if epoch < self.epoch {
+            return Err(ContactRefusal::StalePrimary {
+                primary_epoch: epoch,
+                current_epoch: self.epoch,
+            });
+        }
+        if epoch > self.epoch {
+            self.adopt_epoch(now_ms, epoch, primary, Some(primary.to_owned()), out);
+        } else {
+            let known = match self.role {
+                Role::Primary => Some(self.config.node_id.clone()),
+                _ => self.primary.clone().filter(|p| p != primary),
+            };
+            if let Some(known) = known {
+                tracing::error!(node = %self.config.node_id, epoch, claimed = primary, %known, "two primaries claim one epoch: refusing");
+                return Err(ContactRefusal::ConflictingPrimary {
+                    epoch,
+                    claimed: primary.to_owned(),
+                    known,
+                });
+            }
+            if self.role != Role::Follower || self.primary.is_none() {
+                self.role = Role::Follower;
+                self.tally = None;
+                self.primary = Some(primary.to_owned());
+                out.role_change = Some(Action::BecomeFollower {
+                    epoch,
+                    primary_hint: self.primary.clone(),
+                });
+            }
+        }
+        self.last_primary_contact_ms = Some(now_ms);
+        self.reset_election_deadline(now_ms);
+        Ok(())
+    }
+
+    /// [`ElectionCore::on_member_contact`] (and a heartbeat ack) of a running node.
+    fn member_contact(&mut self, now_ms: u64, from: &str, epoch: u64, out: &mut Out) {
+        if epoch > self.epoch {
+            self.adopt_epoch(now_ms, epoch, from, None, out);
+        } else if epoch == self.epoch && self.role == Role::Primary {
+            self.member_contact_ms.insert(from.to_owned(), now_ms);
+        }
     }
 
     fn check_peer(&self, id: &str) -> Result<(), InputError> {
@@ -668,6 +738,8 @@ impl ElectionCore {
             .filter(|v| *v != self.config.node_id)
             .map(|v| (v, now_ms))
             .collect();
+        // First heartbeats at once: followers learn the new primary.
+        self.next_heartbeat_ms = now_ms;
         out.role_change = Some(Action::BecomePrimary { epoch: self.epoch });
     }
 

@@ -370,9 +370,25 @@ fn primary_steps_down_when_no_election_quorum_was_heard_for_lease_ms() {
     let mut c = core("n1", 3, -1);
     let won = elect_n1(&mut c);
     c.on_member_contact(won + 50, "n3", 1).expect("peer");
-    // n2 voted at `won`, n3 answered at won+50: the lease holds until won+50+LEASE.
-    assert_eq!(c.next_tick_ms(), Some(won + 50 + LEASE));
-    assert!(c.tick(won + 50 + LEASE - 1).is_empty());
+    // n2 voted at `won`, n3 answered at won+50: the lease holds until
+    // won+50+LEASE; until then the ticks only send heartbeats.
+    let mut now = won;
+    loop {
+        let next = c.next_tick_ms().expect("a primary has timers");
+        if next >= won + 50 + LEASE {
+            break;
+        }
+        now = next;
+        assert!(c.tick(now).iter().all(|a| matches!(
+            a,
+            A::Send {
+                msg: M::Heartbeat { .. },
+                ..
+            }
+        )));
+        assert_eq!(c.role(), Role::Primary);
+    }
+    assert!(now < won + 50 + LEASE);
     assert_eq!(
         c.tick(won + 50 + LEASE),
         vec![
@@ -425,8 +441,11 @@ fn quorum_0_never_campaigns_but_promotion_with_accepted_loss_does() {
         )
         .expect("peer");
     assert_eq!(a, vec![A::BecomePrimary { epoch: 1 }]);
-    // Quorum 0 still has a lease (a majority): no primary acknowledges alone for long.
-    assert_eq!(c.next_tick_ms(), Some(1_000_001 + LEASE));
+    // Quorum 0 still has a lease (a majority): no primary acknowledges alone
+    // for long. (Heartbeats are due first: at once, then every T/4.)
+    assert_eq!(c.next_tick_ms(), Some(1_000_001));
+    assert_eq!(c.tick(1_000_001).len(), 2, "heartbeats to n2 and n3");
+    assert_eq!(c.next_tick_ms(), Some(1_000_001 + T / 4));
     assert!(matches!(
         c.tick(1_000_001 + LEASE)[0],
         A::StepDown {
@@ -581,7 +600,11 @@ fn single_voter_cluster_elects_itself_on_timeout() {
             A::BecomePrimary { epoch: 1 }
         ]
     );
-    assert_eq!(c.next_tick_ms(), None, "a lease of one needs nobody else");
+    assert_eq!(
+        c.next_tick_ms(),
+        None,
+        "a lease of one needs nobody else, and there is nobody to send heartbeats to"
+    );
 }
 
 #[test]
@@ -827,4 +850,192 @@ fn restart_with_a_log_newer_than_the_vote_file_starts_in_the_log_epoch_without_a
 fn log_head_of_an_epoch_the_core_never_accepted_is_a_broken_invariant() {
     let mut c = core("n2", 3, -1);
     c.set_log_head(LogPosition::new(1, 1));
+}
+
+fn heartbeat(epoch: u64, commit_lsn: u64) -> M {
+    M::Heartbeat { epoch, commit_lsn }
+}
+
+#[test]
+fn primary_sends_heartbeats_at_once_then_every_quarter_of_the_shorter_timeout() {
+    let mut c = core("n1", 3, -1);
+    let won = elect_n1(&mut c);
+    let hb = T.min(LEASE) / 4;
+    assert_eq!(c.heartbeat_ms(), hb);
+    // Due right after winning: the followers learn the new primary.
+    assert_eq!(c.next_tick_ms(), Some(won));
+    c.set_commit_lsn(7);
+    assert_eq!(
+        c.tick(won),
+        vec![send("n2", heartbeat(1, 7)), send("n3", heartbeat(1, 7))]
+    );
+    assert_eq!(c.next_tick_ms(), Some(won + hb));
+    assert!(c.tick(won + hb - 1).is_empty());
+    assert_eq!(c.tick(won + hb).len(), 2);
+    // The interval is never 0, and follows the shorter of the two timeouts.
+    let mut cfg = config("n1", 3, -1);
+    cfg.election_timeout_ms = 3;
+    let tiny = ElectionCore::new(cfg, StartState::fresh(), 0, 1).expect("valid");
+    assert_eq!(tiny.heartbeat_ms(), 1);
+    let mut cfg = config("n1", 3, -1);
+    cfg.lease_ms = 40;
+    let short_lease = ElectionCore::new(cfg, StartState::fresh(), 0, 1).expect("valid");
+    assert_eq!(short_lease.heartbeat_ms(), 10);
+}
+
+#[test]
+fn follower_follows_a_heartbeat_answers_it_and_stays_sticky() {
+    let mut c = core("n2", 3, -1);
+    // Epoch 1 from a follower of epoch 0: adopt (persisted) before acking.
+    assert_eq!(
+        c.on_message(10, "n1", heartbeat(1, 0)).expect("peer"),
+        vec![
+            A::PersistVote {
+                epoch: 1,
+                voted_for: None
+            },
+            A::BecomeFollower {
+                epoch: 1,
+                primary_hint: Some("n1".into())
+            },
+            send("n1", M::HeartbeatAck { epoch: 1 }),
+        ]
+    );
+    assert_eq!(c.primary(), Some(&"n1".to_string()));
+    // The next one only answers, and pushes the election deadline.
+    assert_eq!(
+        c.on_message(10 + T, "n1", heartbeat(1, 3)).expect("peer"),
+        vec![send("n1", M::HeartbeatAck { epoch: 1 })]
+    );
+    assert!(c.next_tick_ms().expect("deadline") >= 10 + 2 * T);
+    // Stickiness: a pre-vote less than T after a heartbeat is refused.
+    let a = c
+        .on_message(
+            10 + 2 * T - 1,
+            "n3",
+            M::PreVoteRequest {
+                epoch: 2,
+                last: LogPosition::new(1, 5),
+            },
+        )
+        .expect("peer");
+    assert_eq!(
+        a,
+        vec![send(
+            "n3",
+            M::PreVoteResponse {
+                epoch: 2,
+                granted: false,
+                current_epoch: 1
+            }
+        )]
+    );
+    // A second primary claiming epoch 1 is refused without an ack.
+    assert!(c
+        .on_message(10 + T, "n3", heartbeat(1, 0))
+        .expect("peer")
+        .is_empty());
+    assert_eq!(c.primary(), Some(&"n1".to_string()));
+}
+
+#[test]
+fn stale_heartbeat_is_answered_with_the_higher_epoch_and_the_old_primary_steps_down() {
+    let mut old = core("n1", 3, -1);
+    let won = elect_n1(&mut old);
+    let mut f = ElectionCore::new(
+        config("n3", 3, -1),
+        start(2, Some("n2"), LogPosition::ZERO),
+        0,
+        3,
+    )
+    .expect("valid");
+    let hb = old.tick(won);
+    let to_n3 = hb
+        .into_iter()
+        .find_map(|a| match a {
+            A::Send { to, msg } if to == "n3" => Some(msg),
+            _ => None,
+        })
+        .expect("a heartbeat to n3");
+    let a = f.on_message(won, "n1", to_n3).expect("peer");
+    assert_eq!(a, vec![send("n1", M::HeartbeatAck { epoch: 2 })]);
+    assert_eq!((f.epoch(), f.primary()), (2, None), "n3 changed nothing");
+    let a = old
+        .on_message(won + 1, "n3", M::HeartbeatAck { epoch: 2 })
+        .expect("peer");
+    assert_eq!(
+        a,
+        vec![
+            A::StepDown {
+                epoch: 1,
+                reason: StepDownReason::HigherEpoch {
+                    epoch: 2,
+                    from: "n3".into()
+                }
+            },
+            A::PersistVote {
+                epoch: 2,
+                voted_for: None
+            },
+            A::BecomeFollower {
+                epoch: 2,
+                primary_hint: None
+            },
+        ]
+    );
+    assert_eq!(old.role(), Role::Follower);
+}
+
+#[test]
+fn heartbeat_acks_of_its_epoch_renew_the_primary_lease() {
+    let mut c = core("n1", 3, -1);
+    let won = elect_n1(&mut c);
+    // n2's vote counted at `won`; acks from n3 keep the lease beyond it.
+    let mut now = won;
+    while now < won + 3 * LEASE {
+        for a in c.tick(now) {
+            assert!(matches!(a, A::Send { .. }), "still primary at {now}: {a:?}");
+        }
+        c.on_message(now, "n3", M::HeartbeatAck { epoch: 1 })
+            .expect("peer");
+        now += c.heartbeat_ms();
+    }
+    assert_eq!(c.role(), Role::Primary);
+    assert_eq!(c.status(now).lease.map(|l| l.heard), Some(2));
+    // Acks of an older epoch are not contact.
+    let mut c = core("n1", 3, -1);
+    let won = elect_n1(&mut c);
+    c.on_message(won + 1, "n3", M::HeartbeatAck { epoch: 0 })
+        .expect("peer");
+    assert_eq!(c.status(won + LEASE).lease.map(|l| l.heard), Some(1));
+}
+
+#[test]
+fn candidate_hearing_a_heartbeat_of_its_epoch_follows_and_a_higher_one_fences_a_primary() {
+    // n1 is a candidate of epoch 1 (voted for itself); a heartbeat of
+    // epoch 2 makes it a follower of n3.
+    let mut c = core("n1", 3, -1);
+    let now = c.next_tick_ms().expect("deadline");
+    c.tick(now);
+    c.on_message(
+        now,
+        "n2",
+        M::PreVoteResponse {
+            epoch: 1,
+            granted: true,
+            current_epoch: 0,
+        },
+    )
+    .expect("peer");
+    assert_eq!(c.role(), Role::Candidate);
+    let a = c.on_message(now + 1, "n3", heartbeat(2, 0)).expect("peer");
+    assert_eq!(a.last(), Some(&send("n3", M::HeartbeatAck { epoch: 2 })));
+    assert_eq!((c.role(), c.epoch()), (Role::Follower, 2));
+    // A primary hearing a heartbeat of a higher epoch steps down first.
+    let mut p = core("n1", 3, -1);
+    let won = elect_n1(&mut p);
+    let a = p.on_message(won + 1, "n2", heartbeat(5, 0)).expect("peer");
+    assert!(matches!(a[0], A::StepDown { epoch: 1, .. }));
+    assert_eq!(a.last(), Some(&send("n2", M::HeartbeatAck { epoch: 5 })));
+    assert_eq!(p.primary(), Some(&"n2".to_string()));
 }

@@ -47,6 +47,26 @@ pub enum ElectionMessage {
         /// Whether the vote is granted.
         granted: bool,
     },
+    /// "I lead `epoch`": sent by a primary to every other voter every
+    /// heartbeat interval (`max(1, min(election_timeout_ms, lease_ms) / 4)`).
+    /// The receiver treats it as contact from the primary of `epoch`
+    /// ([`super::ElectionCore::on_primary_contact`]) and answers
+    /// [`ElectionMessage::HeartbeatAck`].
+    Heartbeat {
+        /// The primary's epoch.
+        epoch: u64,
+        /// The primary's commit watermark, as its executor last set it
+        /// ([`super::ElectionCore::set_commit_lsn`]); informational.
+        commit_lsn: u64,
+    },
+    /// Answer to a [`ElectionMessage::Heartbeat`]: the responder's epoch
+    /// after handling it. The primary counts an ack of its epoch as contact
+    /// (lease); an ack of a higher epoch (the heartbeat was stale) makes it
+    /// step down.
+    HeartbeatAck {
+        /// The responder's epoch.
+        epoch: u64,
+    },
 }
 
 /// Why a primary stops leading.
