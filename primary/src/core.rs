@@ -137,6 +137,38 @@ pub fn quorum_commit_lsn(
     Some(sorted[needed - 1].min(local_durable))
 }
 
+/// The commit rule of a primary of epoch `E` whose first record (the
+/// control record of `E`) is at `epoch_start_lsn`: given the durable lsn of
+/// every member it counts (its own and each receipt of epoch `E`), the
+/// highest lsn held by at least `copies_needed` of them commits — **only if
+/// that lsn is at or above `epoch_start_lsn`**, i.e. the record is of epoch
+/// `E`. Every record below it, of any epoch, commits with it. Returns `None`
+/// when nothing (new) can commit.
+///
+/// Counting receipts for a record of an older epoch directly is Raft's
+/// "figure 8" bug: such a record can sit on a majority and still be
+/// overwritten by a later primary whose last record has a newer epoch. A
+/// record of the current epoch on a quorum cannot: every later vote set
+/// intersects that quorum, and its members refuse a candidate whose log ends
+/// in an older epoch (or is shorter in the same epoch).
+///
+/// This is the one definition of the rule: [`PrimaryCore`] advances its
+/// watermark with it, and walship-node's election module (its model checker
+/// included) re-exports it.
+pub fn committable_lsn(
+    epoch_start_lsn: u64,
+    durable_lsns: &[u64],
+    copies_needed: usize,
+) -> Option<u64> {
+    if copies_needed == 0 || copies_needed > durable_lsns.len() {
+        return None;
+    }
+    let mut sorted = durable_lsns.to_vec();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    let held = sorted[copies_needed - 1];
+    (held > 0 && held >= epoch_start_lsn).then_some(held)
+}
+
 /// The primary's log as the core sees it. Implemented by the driver over the WAL.
 pub trait LogSource {
     /// The identity of the record at `lsn` (`lsn == 0`: the position before the first
@@ -232,6 +264,15 @@ pub enum CoreError {
     /// A window bound is zero.
     #[error("shipping window bounds must be > 0")]
     EmptyWindow,
+    /// The epoch history is not empty and its last entry is not this primary's epoch:
+    /// the core could not tell where its epoch starts (the commit rule needs it).
+    #[error("primary of epoch {epoch}: the epoch history ends with epoch {last}, not with ours")]
+    EpochNotLastInHistory {
+        /// The primary's epoch.
+        epoch: u64,
+        /// The last epoch of the history given.
+        last: u64,
+    },
     /// `inject_fault` named a node that is not a replica member.
     #[error("{node_id} is not a replica member")]
     UnknownReplica {
@@ -506,6 +547,9 @@ pub struct PrimaryCore {
     cluster_id: String,
     epoch: u64,
     epoch_history: Vec<EpochEntry>,
+    /// The first lsn of this primary's epoch (its control record after a failover): the
+    /// commit watermark advances only to an lsn at or above it ([`committable_lsn`]).
+    epoch_start_lsn: Lsn,
     quorum: Quorum,
     receipts_needed: usize,
     window: Window,
@@ -536,6 +580,18 @@ impl PrimaryCore {
         if w.max_batch_bytes == 0 || w.max_inflight_bytes == 0 || w.max_inflight_records == 0 {
             return Err(CoreError::EmptyWindow);
         }
+        // An empty history (a test or a log from before histories): no epoch boundary,
+        // every record is of this epoch.
+        let epoch_start_lsn = match config.epoch_history.last() {
+            None => 0,
+            Some(e) if e.epoch == config.epoch => e.start_lsn,
+            Some(e) => {
+                return Err(CoreError::EpochNotLastInHistory {
+                    epoch: config.epoch,
+                    last: e.epoch,
+                })
+            }
+        };
         let members = config
             .members
             .iter()
@@ -555,6 +611,7 @@ impl PrimaryCore {
             cluster_id: config.cluster_id,
             epoch: config.epoch,
             epoch_history: config.epoch_history,
+            epoch_start_lsn,
             quorum: config.quorum,
             window: config.window,
             members,
@@ -578,6 +635,12 @@ impl PrimaryCore {
     /// This primary's epoch.
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// The first lsn of this primary's epoch: the commit watermark only advances to an
+    /// lsn at or above it (0 when the history was empty).
+    pub fn epoch_start_lsn(&self) -> Lsn {
+        self.epoch_start_lsn
     }
 
     /// The node id of the replica on `conn`, if the connection is known.
@@ -978,8 +1041,19 @@ impl PrimaryCore {
     }
 
     fn advance_commit(&mut self, local_durable: Lsn, out: &mut Vec<Action>) {
-        let acked: Vec<Lsn> = self.members.iter().map(|m| m.durable_lsn).collect();
-        let Some(candidate) = quorum_commit_lsn(self.receipts_needed, local_durable, &acked) else {
+        // Every copy counted: our own durable write and each replica's receipt (a receipt
+        // never exceeds what we shipped, which is locally durable; capped all the same).
+        let durable: Vec<Lsn> = std::iter::once(local_durable)
+            .chain(
+                self.members
+                    .iter()
+                    .map(|m| m.durable_lsn.min(local_durable)),
+            )
+            .collect();
+        // Figure 8: records of older epochs commit only together with one of ours.
+        let Some(candidate) =
+            committable_lsn(self.epoch_start_lsn, &durable, self.receipts_needed + 1)
+        else {
             return;
         };
         if candidate <= self.commit_lsn {

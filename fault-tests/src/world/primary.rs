@@ -224,6 +224,7 @@ impl World {
             commit_timeout_ms: None,
             tick_ms: self.cfg.tick_ms,
             persist_interval_ms: self.cfg.persist_interval_ms,
+            new_epoch: None,
         };
         let now = self.now();
         let exec = match PrimaryExec::<SimStorage, u64>::open(

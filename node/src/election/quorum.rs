@@ -56,33 +56,11 @@ pub fn commit_copies(n_voters: usize, setting: i64) -> Option<usize> {
     }
 }
 
-/// The commit rule of a primary of epoch `E` whose first record (the
-/// control record of `E`) is at `epoch_start_lsn`: given the durable lsn of
-/// every member it counts (its own and each receipt of epoch `E`), the
-/// highest lsn held by at least `copies_needed` of them commits — **only if
-/// that lsn is at or above `epoch_start_lsn`**, i.e. the record is of epoch
-/// `E`. Every record below it, of any epoch, commits with it. Returns `None`
-/// when nothing (new) can commit.
-///
-/// Counting receipts for a record of an older epoch directly is Raft's
-/// "figure 8" bug: such a record can sit on a majority and still be
-/// overwritten by a later primary whose last record has a newer epoch. A
-/// record of the current epoch on a quorum cannot: every later vote set
-/// intersects that quorum, and its members refuse a candidate whose log ends
-/// in an older epoch (or is shorter in the same epoch).
-pub fn committable_lsn(
-    epoch_start_lsn: u64,
-    durable_lsns: &[u64],
-    copies_needed: usize,
-) -> Option<u64> {
-    if copies_needed == 0 || copies_needed > durable_lsns.len() {
-        return None;
-    }
-    let mut sorted = durable_lsns.to_vec();
-    sorted.sort_unstable_by(|a, b| b.cmp(a));
-    let held = sorted[copies_needed - 1];
-    (held > 0 && held >= epoch_start_lsn).then_some(held)
-}
+/// The commit rule of a new epoch ("figure 8"): the highest lsn on enough copies
+/// commits only if it is at or above the epoch's first record. Defined once, in the
+/// primary core that advances the watermark by it; re-exported here for the election
+/// module and its model checker.
+pub use walship_primary::core::committable_lsn;
 
 #[cfg(test)]
 mod tests {

@@ -37,6 +37,7 @@ use walship_primary::core::{
 };
 use walship_primary::log::WalLog;
 use walship_snapshot::{Limits, SnapshotStore};
+use walship_wal::control::ControlRecord;
 use walship_wal::state::{EpochHistory, NodeDir};
 use walship_wal::{Lsn, OpenReport, Position, SharedWal, Storage, Wal, WalError, WalOptions};
 use walship_wire::Message;
@@ -72,6 +73,14 @@ pub struct ExecConfig {
     pub tick_ms: u64,
     /// Minimum interval between two writes of `state/commit`.
     pub persist_interval_ms: u64,
+    /// `Some(E)`: start epoch `E` (this node won its election). `E` must be above the
+    /// epoch history's last epoch ([`PrimaryError::EpochNotNew`]). `open` records
+    /// `{E, log end + 1}` in the epoch history (persisted), sets the WAL's epoch to `E`
+    /// and appends and syncs the control record `EpochStart{E, node_id}` as the epoch's
+    /// first record before the core exists (so it ships only once durable, FM-3.1). The
+    /// commit watermark then advances only when that record reaches the quorum. `None`:
+    /// continue the history's last epoch (an empty directory starts epoch 1 at lsn 1).
+    pub new_epoch: Option<u64>,
 }
 
 /// Default period of the core's tick.
@@ -209,7 +218,8 @@ impl<S: Storage, W> std::fmt::Debug for PrimaryExec<S, W> {
 
 impl<S: Storage + Clone, W> PrimaryExec<S, W> {
     /// Opens the node directory `dir` on `storage`: epoch history (the first start of an
-    /// empty directory creates epoch 1 at lsn 1), snapshot store, WAL recovery protecting
+    /// empty directory creates epoch 1 at lsn 1; [`ExecConfig::new_epoch`] starts a new
+    /// epoch with its durable control record), snapshot store, WAL recovery protecting
     /// the persisted commit watermark (FM-X.6), snapshot/WAL agreement (FM-10.5), and
     /// builds the core. The commit the core can already compute (quorum 0, or a persisted
     /// watermark below the durable end) is announced at once. Blocking file I/O.
@@ -226,6 +236,15 @@ impl<S: Storage + Clone, W> PrimaryExec<S, W> {
         } else {
             epochs.last_epoch()
         };
+        // A new epoch must be above every epoch this directory has seen; checked before
+        // anything on disk changes.
+        if let Some(requested) = config.new_epoch {
+            let last = if epochs.is_empty() { 0 } else { history_epoch };
+            if requested <= last {
+                error!(node = %config.node_id, requested, last, "refusing to start an epoch that is not new");
+                return Err(PrimaryError::EpochNotNew { requested, last });
+            }
+        }
         let opts = WalOptions {
             segment_size_bytes: config.segment_size_bytes,
             max_record_bytes: config.max_record_bytes,
@@ -268,25 +287,35 @@ impl<S: Storage + Clone, W> PrimaryExec<S, W> {
                     last_lsn: wal.last().lsn,
                 });
             }
-            epochs = EpochHistory::new();
-            epochs
-                .push(1, 1)
-                .map_err(|e| PrimaryError::Task(format!("epoch history: {e}")))?;
-            node_dir.set_epochs(&epochs)?;
-            info!("first start: epoch 1 begins at lsn 1");
+            if config.new_epoch.is_none() {
+                epochs = EpochHistory::new();
+                epochs
+                    .push(1, 1)
+                    .map_err(|e| PrimaryError::Task(format!("epoch history: {e}")))?;
+                node_dir.set_epochs(&epochs)?;
+                info!("first start: epoch 1 begins at lsn 1");
+            }
         }
-        let epoch = epochs.last_epoch();
-        if wal.epoch() > epoch {
+        let history_last = if epochs.is_empty() {
+            0
+        } else {
+            epochs.last_epoch()
+        };
+        if wal.epoch() > history_last.max(1) {
             return Err(PrimaryError::EpochBehindLog {
                 dir: dir.to_path_buf(),
                 wal_epoch: wal.epoch(),
-                history_epoch: epoch,
+                history_epoch: history_last,
             });
         }
         // Makes the newest snapshot and the WAL agree (FM-10.5); a mismatch is local
         // corruption: refuse to start.
         let recovered = snapshots.recover(&mut wal)?;
         debug!(?recovered, "snapshot store opened");
+        if let Some(new_epoch) = config.new_epoch {
+            start_epoch(&node_dir, &mut wal, &mut epochs, new_epoch, &config.node_id)?;
+        }
+        let epoch = epochs.last_epoch();
         let newest_snapshot = snapshots.newest()?.map(|s| s.boundary);
         // FM-X.6: the persisted watermark only ever lags what was committed, so a log (its
         // last record, or the snapshot boundary it was reset to) ending below it lost records
@@ -760,6 +789,56 @@ impl<S: Storage, W> PrimaryExec<S, W> {
             }
         }
     }
+}
+
+/// Starts epoch `epoch` on an open WAL whose log (after recovery) ends at `wal.last()`:
+/// records `{epoch, last + 1}` in the epoch history and persists it (`state/epochs`:
+/// write, fsync, rename, fsync of `state/`), sets the WAL's epoch, appends the control
+/// record `EpochStart{epoch, primary}` (the epoch's first record) and syncs it. The caller
+/// checked that `epoch` is above the history's last epoch.
+///
+/// The history is persisted first: a crash before the control record is durable leaves
+/// a history naming an epoch with no record yet, which reopens as that epoch (its first
+/// record then is whatever is appended next, at the recorded start lsn; the commit rule
+/// is the same). The other order could leave a record of an epoch the history does not
+/// know, which the next open refuses ([`PrimaryError::EpochBehindLog`]).
+fn start_epoch<S: Storage>(
+    node_dir: &NodeDir<S>,
+    wal: &mut Wal<S>,
+    epochs: &mut EpochHistory,
+    epoch: u64,
+    node_id: &str,
+) -> Result<(), PrimaryError> {
+    let last = wal.last();
+    let start_lsn = last.lsn + 1;
+    let mut next = epochs.clone();
+    next.push(epoch, start_lsn)
+        .map_err(|e| PrimaryError::Task(format!("epoch history: {e}")))?;
+    node_dir.set_epochs(&next)?;
+    *epochs = next;
+    if wal.epoch() > epoch {
+        // Unreachable after the caller's checks (the WAL's epoch is at most the history's
+        // last, below `epoch`); never write backwards.
+        return Err(PrimaryError::EpochBehindLog {
+            dir: node_dir.wal_dir().to_path_buf(),
+            wal_epoch: wal.epoch(),
+            history_epoch: epoch,
+        });
+    }
+    wal.set_epoch(epoch);
+    let control = ControlRecord::EpochStart {
+        epoch,
+        primary: node_id.to_string(),
+    };
+    let pos = wal.append_control(&control)?;
+    debug_assert_eq!(
+        pos.lsn, start_lsn,
+        "the control record is the epoch's first"
+    );
+    let durable = wal.sync()?;
+    info!(node = %node_id, epoch, start_lsn, durable_lsn = durable, prev_last = %last,
+        "new epoch started: control record durable");
+    Ok(())
 }
 
 /// A copy of a WAL error for each appender it fails (an I/O error keeps its kind and text).

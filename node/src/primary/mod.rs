@@ -98,6 +98,11 @@ pub struct PrimaryConfig {
     pub snapshot_policy: SnapshotPolicy,
     /// Period of the maintenance task (snapshot by policy, then retention).
     pub maintenance_interval_ms: u64,
+    /// `Some(E)`: this node won the election of epoch `E` and starts it (a failover): `E`
+    /// must be above the epoch history's last epoch; `{E, log end + 1}` is added to the
+    /// history and the control record of `E` is the epoch's first record. `None` (default):
+    /// the history's last epoch continues (epoch 1 at lsn 1 on an empty directory).
+    pub new_epoch: Option<u64>,
 }
 
 /// A fault in the next snapshot transfer to one replica (demo/test use only).
@@ -159,6 +164,7 @@ impl PrimaryConfig {
             snapshot_chunk_size_bytes: 1024 * 1024,
             snapshot_policy: SnapshotPolicy::default(),
             maintenance_interval_ms: 1_000,
+            new_epoch: None,
         }
     }
 
@@ -288,6 +294,22 @@ pub enum PrimaryError {
     /// ships nothing and must be restarted (recovery starts from what the disk holds).
     #[error("the primary stopped: {0}")]
     Stopped(PrimaryStop),
+    /// `new_epoch` asked to start an epoch that is not above the epoch history's last.
+    #[error("cannot start epoch {requested}: the epoch history already reaches epoch {last}")]
+    EpochNotNew {
+        /// The epoch asked for.
+        requested: u64,
+        /// The epoch history's last epoch.
+        last: u64,
+    },
+    /// This primary learned of a higher epoch (a replica's `Hello` or its
+    /// `Refuse{StalePrimary}`): another primary may exist. It acknowledges no append
+    /// and never advances its commit watermark again; the node steps down.
+    #[error("fenced: a member has seen epoch {epoch}, above this primary's")]
+    Fenced {
+        /// The higher epoch learned.
+        epoch: u64,
+    },
 }
 
 /// Why a primary stopped by itself: its own storage failed. Nothing is retried — after a
@@ -376,6 +398,7 @@ impl PrimaryConfig {
             commit_timeout_ms: Some(self.commit_timeout_ms),
             tick_ms: exec::DEFAULT_TICK_MS,
             persist_interval_ms: exec::DEFAULT_PERSIST_INTERVAL_MS,
+            new_epoch: self.new_epoch,
         }
     }
 }

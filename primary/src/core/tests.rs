@@ -326,6 +326,144 @@ fn exactly_two_needs_both_replicas() {
     assert_eq!(commit_advanced(&a), Some(6));
 }
 
+/// A primary of epoch 2 that took over a log of 10 epoch-1 records: its control record
+/// is lsn 11, the history is [(1,1),(2,11)]; two replicas (majority: one receipt).
+fn epoch_2_core_over_10_old_records() -> (PrimaryCore, MemLog) {
+    let c = PrimaryCore::new(CoreConfig {
+        epoch: 2,
+        epoch_history: vec![
+            EpochEntry {
+                epoch: 1,
+                start_lsn: 1,
+            },
+            EpochEntry {
+                epoch: 2,
+                start_lsn: 11,
+            },
+        ],
+        ..core_config_template()
+    })
+    .expect("valid core config");
+    let mut log = MemLog::default();
+    log.append_durable(12, 10);
+    (c, log)
+}
+
+#[test]
+fn committable_lsn_needs_a_record_of_the_current_epoch_on_the_quorum() {
+    // Primary of epoch 3 whose control record is at lsn 2; lsn 1 (epoch 1)
+    // is on 2 of 3 nodes, lsn 2 only on the primary.
+    assert_eq!(committable_lsn(2, &[2, 1, 0], 2), None);
+    // Once the epoch-3 record is on a majority, lsn 1 commits with it.
+    assert_eq!(committable_lsn(2, &[2, 2, 0], 2), Some(2));
+    assert_eq!(committable_lsn(2, &[3, 2, 1], 2), Some(2));
+    assert_eq!(committable_lsn(2, &[3, 3, 3], 3), Some(3));
+    // Not enough members counted, or nothing durable.
+    assert_eq!(committable_lsn(1, &[5], 2), None);
+    assert_eq!(committable_lsn(1, &[5, 5], 0), None);
+    assert_eq!(committable_lsn(1, &[0, 0, 0], 1), None);
+    assert_eq!(committable_lsn(1, &[5, 0, 0], 1), Some(5));
+}
+
+#[test]
+fn committable_lsn_from_the_first_epoch_is_the_plain_quorum_formula() {
+    // With the epoch starting at lsn 1 (or no history) the rule adds nothing.
+    for needed in 0..3usize {
+        for local in 0..6u64 {
+            for a in 0..6u64 {
+                for b in 0..6u64 {
+                    let replicas = [a.min(local), b.min(local)];
+                    let plain = quorum_commit_lsn(needed, local, &replicas).filter(|l| *l > 0);
+                    let all = [local, replicas[0], replicas[1]];
+                    assert_eq!(committable_lsn(1, &all, needed + 1), plain);
+                    assert_eq!(committable_lsn(0, &all, needed + 1), plain);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn figure_8_epoch_2_primary_does_not_commit_old_epoch_records_on_their_own() {
+    let (mut c, mut log) = epoch_2_core_over_10_old_records();
+    assert_eq!(c.epoch_start_lsn(), 11);
+    // r1 holds the 10 epoch-1 records; r2 holds nothing.
+    let r1_last = log.pos(10);
+    let a = connect(&mut c, &mut log, 1, "r1", r1_last);
+    assert_eq!(shipped_lsns(&batches(&a, 1)), Some((11, 12)));
+    connect(&mut c, &mut log, 2, "r2", Position::ZERO);
+    // Receipts up to 10 from a majority (r1 and the primary itself): lsn 10 is on 2 of 3
+    // nodes, and still does not commit.
+    let a = receipt(&mut c, &mut log, 1, 10);
+    assert_eq!(commit_advanced(&a), None);
+    assert_eq!(c.commit_lsn(), 0);
+    // r2 catching up to 10 changes nothing either: 10 is of epoch 1.
+    let b = receipt(&mut c, &mut log, 2, 10);
+    assert_eq!(commit_advanced(&b), None);
+    assert_eq!(c.commit_lsn(), 0);
+    // The epoch's first record (lsn 11) on a majority: everything up to it commits.
+    let a = receipt(&mut c, &mut log, 1, 11);
+    assert_eq!(commit_advanced(&a), Some(11));
+    assert!(a.contains(&Action::Send {
+        conn: 2,
+        msg: Message::Commit { commit_lsn: 11 }
+    }));
+    let a = receipt(&mut c, &mut log, 2, 12);
+    assert_eq!(commit_advanced(&a), Some(12));
+}
+
+#[test]
+fn epoch_2_primary_commits_up_to_receipts_at_or_above_its_start() {
+    let (mut c, mut log) = epoch_2_core_over_10_old_records();
+    let r1_last = log.pos(10);
+    connect(&mut c, &mut log, 1, "r1", r1_last);
+    let a = receipt(&mut c, &mut log, 1, 12);
+    assert_eq!(commit_advanced(&a), Some(12));
+    assert_eq!(c.commit_lsn(), 12);
+}
+
+#[test]
+fn local_only_primary_of_a_new_epoch_commits_once_its_first_record_is_durable() {
+    let mut c = PrimaryCore::new(CoreConfig {
+        quorum: Quorum::LocalOnly,
+        epoch: 2,
+        epoch_history: vec![
+            EpochEntry {
+                epoch: 1,
+                start_lsn: 1,
+            },
+            EpochEntry {
+                epoch: 2,
+                start_lsn: 11,
+            },
+        ],
+        ..core_config_template()
+    })
+    .expect("valid core config");
+    let mut log = MemLog::default();
+    log.append_durable(10, 10);
+    log.append(1, 10); // the control record, written but not yet durable
+    let a = c.handle(Event::LocalDurable, &mut log, 0);
+    assert_eq!(commit_advanced(&a), None);
+    log.durable = 11;
+    let a = c.handle(Event::LocalDurable, &mut log, 0);
+    assert_eq!(commit_advanced(&a), Some(11));
+}
+
+#[test]
+fn history_not_ending_in_the_primarys_epoch_is_rejected() {
+    let err = PrimaryCore::new(CoreConfig {
+        epoch: 3,
+        epoch_history: vec![EpochEntry {
+            epoch: 2,
+            start_lsn: 1,
+        }],
+        ..core_config_template()
+    })
+    .unwrap_err();
+    assert_eq!(err, CoreError::EpochNotLastInHistory { epoch: 3, last: 2 });
+}
+
 #[test]
 fn only_locally_durable_records_are_shipped() {
     let mut c = core(Quorum::Majority, 1);

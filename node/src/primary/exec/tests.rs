@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use walship_wal::control::ControlRecord;
 use walship_wal::sim::SimStorage;
 
 use super::*;
@@ -20,6 +21,7 @@ fn config(members: &[&str], quorum: Quorum) -> ExecConfig {
         commit_timeout_ms: Some(1_000),
         tick_ms: DEFAULT_TICK_MS,
         persist_interval_ms: DEFAULT_PERSIST_INTERVAL_MS,
+        new_epoch: None,
     }
 }
 
@@ -275,4 +277,218 @@ fn shutdown_persists_the_final_watermark_and_fails_pending_tokens_shutting_down(
     exec.sync(0);
     exec.shutdown(1);
     assert_eq!(exec.node_dir().commit_lsn().expect("read"), 2);
+}
+
+/// The record at `lsn` of the executor's WAL: (epoch, control record if it is one).
+fn record_at(exec: &PrimaryExec<SimStorage, u64>, lsn: Lsn) -> (u64, Option<ControlRecord>) {
+    exec.wal().with(|w| {
+        let mut reader = w.reader(lsn).expect("reader");
+        let rec = reader.next_record().expect("a record").expect("readable");
+        assert_eq!(rec.lsn(), lsn);
+        let view = rec.view();
+        let control = view
+            .is_control()
+            .then(|| ControlRecord::decode(view.payload()).expect("valid control record"));
+        (view.epoch(), control)
+    })
+}
+
+fn open_new_epoch(
+    sim: &SimStorage,
+    members: &[&str],
+    quorum: Quorum,
+    new_epoch: Option<u64>,
+) -> Result<PrimaryExec<SimStorage, u64>, PrimaryError> {
+    let mut config = config(members, quorum);
+    config.new_epoch = new_epoch;
+    PrimaryExec::open(sim.clone(), Path::new(DIR), config, 0)
+}
+
+fn hello_from(node: &str, last: Position, highest_epoch_seen: u64) -> Message {
+    Message::Hello(walship_wire::Hello {
+        protocol_version: walship_wire::PROTOCOL_VERSION,
+        cluster_id: "c".into(),
+        node_id: node.into(),
+        last,
+        commit_lsn: 0,
+        epoch_history: vec![],
+        highest_epoch_seen,
+    })
+}
+
+fn entries(pairs: &[(u64, Lsn)]) -> Vec<walship_wal::state::EpochEntry> {
+    pairs
+        .iter()
+        .map(|&(epoch, start_lsn)| walship_wal::state::EpochEntry { epoch, start_lsn })
+        .collect()
+}
+
+#[test]
+fn new_epoch_on_an_empty_dir_starts_with_its_control_record_at_lsn_1() {
+    let sim = SimStorage::new(20);
+    let mut exec = open_new_epoch(&sim, &["p"], Quorum::LocalOnly, Some(3)).expect("open");
+    let outs = drain(&mut exec);
+    assert_eq!(exec.open_facts().epoch, 3);
+    assert_eq!(exec.core().epoch(), 3);
+    assert_eq!(exec.core().epoch_start_lsn(), 1);
+    assert_eq!(
+        exec.node_dir().epochs().expect("epochs").entries,
+        entries(&[(3, 1)])
+    );
+    assert_eq!(
+        record_at(&exec, 1),
+        (
+            3,
+            Some(ControlRecord::EpochStart {
+                epoch: 3,
+                primary: "p".into()
+            })
+        )
+    );
+    // Synced in open: durable before the core exists, so a local-only primary commits it.
+    assert_eq!(exec.durable_lsn(), 1);
+    assert_eq!(exec.written_lsn(), 1);
+    assert!(!exec.sync_needed());
+    assert!(
+        outs.iter().any(|o| matches!(o, Output::Committed(1))),
+        "{outs:?}"
+    );
+    // Later appends are records of epoch 3 after it.
+    append(&mut exec, 0..1, 1);
+    exec.sync(1);
+    assert_eq!(acks(&drain(&mut exec)), vec![(0, 2)]);
+    assert_eq!(record_at(&exec, 2), (3, None));
+}
+
+/// An epoch-1 log of 5 durable records, none committed (majority of p and r1, no receipt).
+fn epoch_1_log_of_5(sim: &SimStorage) {
+    let mut exec = open(sim, &["p", "r1"], Quorum::Majority);
+    append(&mut exec, 0..5, 0);
+    exec.sync(0);
+    drain(&mut exec);
+    assert_eq!(exec.commit_lsn(), 0);
+    exec.shutdown(1);
+}
+
+#[test]
+fn new_epoch_over_an_epoch_1_log_commits_old_records_only_with_its_control_record() {
+    let sim = SimStorage::new(21);
+    epoch_1_log_of_5(&sim);
+    let mut exec =
+        open_new_epoch(&sim, &["p", "r1"], Quorum::Majority, Some(2)).expect("open epoch 2");
+    drain(&mut exec);
+    assert_eq!(
+        exec.node_dir().epochs().expect("epochs").entries,
+        entries(&[(1, 1), (2, 6)])
+    );
+    assert_eq!(exec.core().epoch_start_lsn(), 6);
+    assert_eq!(record_at(&exec, 5), (1, None));
+    assert_eq!(
+        record_at(&exec, 6),
+        (
+            2,
+            Some(ControlRecord::EpochStart {
+                epoch: 2,
+                primary: "p".into()
+            })
+        )
+    );
+    assert_eq!(
+        exec.durable_lsn(),
+        6,
+        "the control record is synced in open"
+    );
+    append(&mut exec, 0..1, 1);
+    // r1 holds the 5 epoch-1 records. The control record is durable, so it ships at once;
+    // the append (lsn 7) is not synced yet and does not ship (FM-3.1).
+    let r1_last = exec
+        .wal()
+        .with(|w| w.position_at(5))
+        .expect("read")
+        .expect("lsn 5");
+    exec.on_connected(1, "r1".into(), 2);
+    exec.on_frame(1, hello_from("r1", r1_last, 1), 2);
+    let outs = drain(&mut exec);
+    let shipped: Vec<(Lsn, u32)> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                msg: Message::Records(b),
+                ..
+            } => Some((b.first_lsn, b.count)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(shipped, vec![(6, 1)], "{outs:?}");
+    let welcome_epoch = outs.iter().find_map(|o| match o {
+        Output::Send {
+            msg: Message::Welcome(w),
+            ..
+        } => Some((w.epoch, w.epoch_history.clone())),
+        _ => None,
+    });
+    assert_eq!(welcome_epoch, Some((2, entries(&[(1, 1), (2, 6)]))));
+    // lsn 5 on both nodes (a majority) does not commit: it is of epoch 1.
+    exec.on_frame(1, Message::Receipt { durable_lsn: 5 }, 3);
+    let outs = drain(&mut exec);
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::Committed(_))),
+        "{outs:?}"
+    );
+    assert_eq!(exec.commit_lsn(), 0);
+    // The control record on the majority: lsns 1..=6 commit together.
+    exec.on_frame(1, Message::Receipt { durable_lsn: 6 }, 4);
+    let outs = drain(&mut exec);
+    assert!(
+        outs.iter().any(|o| matches!(o, Output::Committed(6))),
+        "{outs:?}"
+    );
+    assert!(acks(&outs).is_empty(), "lsn 7 is not synced yet");
+    exec.sync(5);
+    drain(&mut exec);
+    exec.on_frame(1, Message::Receipt { durable_lsn: 7 }, 6);
+    assert_eq!(acks(&drain(&mut exec)), vec![(0, 7)]);
+}
+
+#[test]
+fn new_epoch_not_above_the_history_is_refused_and_changes_nothing() {
+    let sim = SimStorage::new(22);
+    epoch_1_log_of_5(&sim);
+    for requested in [0, 1] {
+        match open_new_epoch(&sim, &["p", "r1"], Quorum::Majority, Some(requested)) {
+            Err(PrimaryError::EpochNotNew { requested: r, last }) => {
+                assert_eq!((r, last), (requested, 1));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let exec = open(&sim, &["p", "r1"], Quorum::Majority);
+    assert_eq!(
+        exec.node_dir().epochs().expect("epochs").entries,
+        entries(&[(1, 1)])
+    );
+    assert_eq!(exec.written_lsn(), 5);
+    assert_eq!(exec.core().epoch(), 1);
+}
+
+#[test]
+fn reopening_after_a_new_epoch_continues_it_without_a_second_control_record() {
+    let sim = SimStorage::new(23);
+    let mut exec = open_new_epoch(&sim, &["p"], Quorum::LocalOnly, Some(4)).expect("open");
+    drain(&mut exec);
+    exec.shutdown(1);
+    drop(exec);
+    let exec = local_only(&sim);
+    assert_eq!(exec.core().epoch(), 4);
+    assert_eq!(exec.core().epoch_start_lsn(), 1);
+    assert_eq!(exec.written_lsn(), 1);
+    // Asking again for the epoch it already has is refused.
+    drop(exec);
+    assert!(matches!(
+        open_new_epoch(&sim, &["p"], Quorum::LocalOnly, Some(4)),
+        Err(PrimaryError::EpochNotNew {
+            requested: 4,
+            last: 4
+        })
+    ));
 }
