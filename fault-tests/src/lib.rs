@@ -63,6 +63,7 @@
 
 pub mod check;
 pub mod clock;
+pub mod failover;
 pub mod matrix;
 pub mod net;
 pub mod rng;

@@ -228,10 +228,10 @@ pub struct World {
     faulty_welcomes: BTreeMap<NodeId, Welcome>,
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(NODE_ROOT)
 }
-fn wal_dir() -> PathBuf {
+pub(crate) fn wal_dir() -> PathBuf {
     root().join("wal")
 }
 /// The state directory (`state/`) of every simulated node, inside its storage.
@@ -249,7 +249,7 @@ fn wal_options(cfg: &WorldConfig, epoch: u64) -> WalOptions {
 
 /// Feeds `bytes` to a connection's frame decoder and moves every whole message into
 /// `msgs`; the first framing error, if any (nothing after it is decoded).
-fn decode_frames(
+pub(crate) fn decode_frames(
     dec: &mut FrameDecoder,
     bytes: &[u8],
     msgs: &mut Vec<Message>,
@@ -266,7 +266,7 @@ fn decode_frames(
     }
 }
 
-fn make_dirs(s: &SimStorage) -> std::io::Result<()> {
+pub(crate) fn make_dirs(s: &SimStorage) -> std::io::Result<()> {
     use walship_wal::Storage;
     for d in [root(), wal_dir(), state_dir(), root().join("snapshots")] {
         s.create_dir_all(&d)?;

@@ -75,6 +75,16 @@ impl Applier for SimApplier {
         self.set(lsn);
         Ok(())
     }
+    fn apply_control(
+        &mut self,
+        lsn: Lsn,
+        _control: &walship_wal::control::ControlRecord,
+    ) -> Result<(), ApplyError> {
+        // The embedder persists its apply point, control records included
+        // (a new epoch's `EpochStart`): a restart does not pass them again.
+        self.set(lsn);
+        Ok(())
+    }
     fn snapshot_sink(&mut self) -> Option<&mut dyn SnapshotSink> {
         Some(self)
     }
