@@ -96,6 +96,9 @@ enum Cmd {
         /// Only this quorum setting.
         #[arg(long, allow_hyphen_values = true)]
         quorum: Option<i64>,
+        /// Print the last events of every cell.
+        #[arg(long)]
+        trace: bool,
     },
 }
 
@@ -105,6 +108,7 @@ fn run_failover(
     scenario: Option<u8>,
     nodes: Option<usize>,
     quorum: Option<i64>,
+    trace: bool,
 ) -> ExitCode {
     if let Some(r) = seeds {
         let Some(range) = parse_range(&r) else {
@@ -160,6 +164,14 @@ fn run_failover(
         return ExitCode::from(2);
     }
     emit(&failover::scenarios::render(&cells));
+    if trace {
+        for c in &cells {
+            emit(&format!(
+                "\n-- scenario {} nodes {} quorum {}:\n{}",
+                c.scenario, c.nodes, c.quorum, c.trace_tail
+            ));
+        }
+    }
     let failed: Vec<_> = cells.iter().filter(|c| !c.pass).collect();
     for c in &failed {
         eprintln!(
@@ -255,7 +267,8 @@ fn main() -> ExitCode {
             scenario,
             nodes,
             quorum,
-        } => run_failover(seed, seeds, scenario, nodes, quorum),
+            trace,
+        } => run_failover(seed, seeds, scenario, nodes, quorum, trace),
         Cmd::Matrix { id, spec, width } => {
             let text = match spec {
                 Some(p) => match std::fs::read_to_string(&p) {

@@ -50,6 +50,8 @@ pub struct Cell {
     pub failure: Option<String>,
     /// Broken invariants (first first).
     pub violations: Vec<Violation>,
+    /// The trace's last events.
+    pub trace_tail: String,
 }
 
 /// One scenario's name.
@@ -181,6 +183,7 @@ pub fn run_cell(s: u8, n: usize, q: i64, seed: u64) -> Cell {
         pass: false,
         failure: None,
         violations: Vec::new(),
+        trace_tail: String::new(),
     };
     if seed_text == "N/A" {
         cell.outcome = "N/A".into();
@@ -274,7 +277,6 @@ fn drive(cell: &mut Cell, seed: u64) -> Result<(), String> {
         _ => return Err(format!("no scenario {s}")),
     };
     let fault_at = c.now();
-    let acked_at_fault = c.ghost.acked.len();
     let lsn_at_fault = c.ghost.acked.keys().next_back().copied().unwrap_or(0);
     let expect_elected = eq.is_some_and(|e| up >= e);
     let t = c.now() + WINDOW_MS;
@@ -324,6 +326,10 @@ fn drive(cell: &mut Cell, seed: u64) -> Result<(), String> {
         let p = new_primary(&c, old_epoch).ok_or("no primary")?;
         outcome.push_str(&format!("; then n{} elected", p + 1));
     }
+    // The client keeps writing through the new primary for a while.
+    let t = c.now() + 600;
+    c.run_until(t);
+    let acked_after_election = c.ghost.acked.range(lsn_at_fault + 1..).count();
     // Heal everything; the members must converge.
     c.heal_all();
     c.restart_all();
@@ -359,16 +365,15 @@ fn drive(cell: &mut Cell, seed: u64) -> Result<(), String> {
     if !halted.is_empty() {
         outcome.push_str(&format!("; halted: {}", halted.join(", ")));
     }
-    let acked_before = acked_at_fault;
     let acked = c.ghost.acked.len();
     let lost = c.ghost.lost_acked.len();
-    if q != 0 {
-        let after = c.ghost.acked.range(lsn_at_fault + 1..).count();
-        if after == 0 {
-            outcome.push_str("; writes blocked until the halted nodes rejoin");
-        }
+    if acked_after_election == 0 {
+        outcome.push_str("; writes wait until the missing nodes are back");
+    } else {
+        outcome.push_str(&format!(
+            "; writes resume ({acked_after_election} acked in 600 ms)"
+        ));
     }
-    let _ = acked_before;
     cell.lost = if lost > 0 {
         format!("yes: {lost} of {acked} (accepted)")
     } else {
@@ -380,6 +385,7 @@ fn drive(cell: &mut Cell, seed: u64) -> Result<(), String> {
     cell.operator = operator.join("; ");
     cell.outcome = outcome;
     cell.violations = c.ghost.violations.clone();
+    cell.trace_tail = c.trace.render_tail();
     let mut failures = Vec::new();
     if let Some(v) = c.ghost.violations.first() {
         failures.push(format!("seed {seed}: {v}"));
