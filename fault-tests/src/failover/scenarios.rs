@@ -147,7 +147,7 @@ fn most_up_to_date(c: &Cluster) -> Option<usize> {
             let reach = (0..c.cfg.nodes)
                 .filter(|&m| m == n.id || c.net.reachable(n.id, m))
                 .count();
-            reach >= c.cfg.nodes / 2 + 1
+            reach >= walship_node::election::majority(c.cfg.nodes)
         })
         .max_by_key(|n| n.core.as_ref().map_or(LogPosition::ZERO, |k| k.log_head()))
         .map(|n| n.id)
