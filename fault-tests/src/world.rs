@@ -582,22 +582,10 @@ impl World {
         for ev in self.net.poll(now) {
             self.on_net(ev);
         }
-        if self
-            .primary
-            .up
-            .as_ref()
-            .and_then(|p| p.sync_at)
-            .is_some_and(|t| t <= now)
-        {
+        if self.primary.up.as_ref().is_some_and(|p| p.sync_due(now)) {
             self.primary_sync();
         }
-        if self
-            .primary
-            .up
-            .as_ref()
-            .and_then(|p| p.exec.next_deadline())
-            .is_some_and(|t| t <= now)
-        {
+        if self.primary.up.as_ref().is_some_and(|p| p.timer_due(now)) {
             self.primary_timer();
         }
         for n in 1..=self.cfg.replicas {
@@ -660,7 +648,7 @@ impl World {
         let Some(p) = &self.primary.up else {
             return false;
         };
-        if p.sync_at.is_some() || p.exec.sync_needed() {
+        if p.sync_pending() || p.exec.sync_needed() {
             return false;
         }
         let durable = p.exec.durable_lsn();

@@ -166,7 +166,7 @@ pub(super) fn note_commit(c: &mut Cluster, n: usize, commit: Lsn) {
     let (epoch, positions): (u64, Vec<Position>) = match &c.nodes[n].role {
         RoleState::Primary(p) => (
             p.epoch,
-            p.exec.wal().with(|w| {
+            p.up.exec.wal().with(|w| {
                 (from..=commit)
                     .filter_map(|l| w.position_at(l).ok().flatten())
                     .collect()
@@ -224,7 +224,7 @@ fn verify_primary_log(c: &mut Cluster, n: usize, above: Lsn) {
         .filter(|&(_, _, e)| e <= epoch)
         .map(|(a, p, _)| (a, p))
         .collect();
-    let found: Vec<Option<Position>> = p.exec.wal().with(|w| {
+    let found: Vec<Option<Position>> = p.up.exec.wal().with(|w| {
         wanted
             .iter()
             .map(|(_, pos)| w.position_at(pos.lsn).ok().flatten())

@@ -121,7 +121,7 @@ fn schedule(c: &mut Cluster) -> Result<Figure8, String> {
     let got_a = |c: &Cluster| {
         c.nodes[n2]
             .replica()
-            .and_then(|r| r.exec.wal())
+            .and_then(|r| r.up.exec.wal())
             .is_some_and(|w| w.durable_lsn() >= 2)
     };
     if !c.run_until_cond(c.now() + 2_000, got_a) {
@@ -131,14 +131,14 @@ fn schedule(c: &mut Cluster) -> Result<Figure8, String> {
     // when it arrives, and is cut off with n1.
     let t = c.now() + 1;
     c.run_until(t);
-    let n1_commit_after_receipt = c.nodes[n1].primary().map_or(0, |p| p.exec.commit_lsn());
+    let n1_commit_after_receipt = c.nodes[n1].primary().map_or(0, |p| p.up.exec.commit_lsn());
     c.isolate(n1);
     let t = c.now() + 5;
     c.run_until(t);
     let n2_after_step4 =
         c.nodes[n2]
             .replica()
-            .and_then(|r| r.exec.wal())
+            .and_then(|r| r.up.exec.wal())
             .map_or((None, None, false), |w| {
                 (
                     w.position_at(1).ok().flatten(),

@@ -559,7 +559,9 @@ impl Cluster {
             NetEvent::Data {
                 conn, to, bytes, ..
             } => self.role_data(to, conn, &bytes),
-            NetEvent::Closed { conn, at, .. } => self.role_closed(at, conn),
+            NetEvent::Closed {
+                conn, at, reason, ..
+            } => self.role_closed(at, conn, reason),
         }
     }
 
@@ -672,8 +674,8 @@ impl Cluster {
     /// Refreshes node `n`'s log head in its core from its WAL.
     fn refresh_head(&mut self, n: usize) {
         let last = match &self.nodes[n].role {
-            RoleState::Primary(p) => Some(p.exec.wal().last()),
-            RoleState::Replica(r) => r.exec.wal().map(|w| w.last()),
+            RoleState::Primary(p) => Some(p.up.exec.wal().last()),
+            RoleState::Replica(r) => r.up.exec.wal().map(|w| w.last()),
             RoleState::Idle => None,
         };
         if let (Some(last), Some(core)) = (last, self.nodes[n].core.as_mut()) {
@@ -710,7 +712,7 @@ impl Cluster {
         let Some(pr) = self.nodes[p].primary() else {
             return false;
         };
-        let mut commit = pr.exec.commit_lsn();
+        let mut commit = pr.up.exec.commit_lsn();
         // Halted members (waiting for the operator's rejoin) can leave fewer
         // than the commit quorum: then the members converge on the
         // primary's durable log, which cannot commit yet.
@@ -722,11 +724,11 @@ impl Cluster {
         let copies =
             walship_node::election::commit_copies(self.cfg.nodes, self.cfg.quorum).unwrap_or(1);
         if healthy < copies {
-            commit = pr.exec.durable_lsn();
-        } else if commit < pr.exec.durable_lsn() || commit < pr.epoch_start {
+            commit = pr.up.exec.durable_lsn();
+        } else if commit < pr.up.exec.durable_lsn() || commit < pr.epoch_start {
             return false;
         }
-        let Ok(Some(at_commit)) = pr.exec.wal().with(|w| w.position_at(commit)) else {
+        let Ok(Some(at_commit)) = pr.up.exec.wal().with(|w| w.position_at(commit)) else {
             return false;
         };
         self.nodes.iter().filter(|n| n.id != p).all(|n| {
@@ -737,11 +739,11 @@ impl Cluster {
                 return false;
             };
             r.primary == p
-                && r.exec.wal().is_some_and(|w| {
+                && r.up.exec.wal().is_some_and(|w| {
                     w.durable_lsn() >= commit
                         && w.position_at(commit).ok().flatten() == Some(at_commit)
                 })
-                && (healthy < copies || r.exec.core().commit_lsn() >= commit)
+                && (healthy < copies || r.up.exec.core().commit_lsn() >= commit)
         })
     }
 }

@@ -6,46 +6,38 @@
 //! unlike them, any node may run either executor, one after the other, on
 //! the same disk, as its election core decides.
 
-use std::collections::BTreeMap;
-
 use walship_node::primary::exec::{ExecConfig as PExecConfig, Output as POutput, PrimaryExec};
 use walship_node::replica::exec::{ExecConfig as RExecConfig, Output as ROutput, ReplicaExec};
 use walship_primary::core::Quorum;
-use walship_replica::core::SessionEnd;
-use walship_wal::sim::SimStorage;
 use walship_wal::{Lsn, WalOptions};
-use walship_wire::frame::{encode_frame, FrameDecoder};
+use walship_wire::frame::encode_frame;
 use walship_wire::message::Message;
 
 use super::{check, Cluster, RoleState, CLUSTER_ID};
-use crate::net::ConnId;
-use crate::world::{decode_frames, describe, root, NODE_ROOT};
+use crate::net::{CloseReason, ConnId};
+use crate::world::{describe, root, PrimaryUp, ReplicaUp, NODE_ROOT};
 
-/// A node's running primary executor.
+/// A node's running primary executor (the world's [`PrimaryUp`]: executor,
+/// connections, client tokens, group sync latency).
 pub struct PrimaryRole {
     /// The epoch it leads.
     pub epoch: u64,
     /// Lsn of its epoch's first record (the `EpochStart` control record).
     pub epoch_start: Lsn,
-    /// The production executor.
-    pub exec: PrimaryExec<SimStorage, u64>,
-    conns: BTreeMap<ConnId, (FrameDecoder, usize)>,
-    sync_at: Option<u64>,
-    next_token: u64,
+    /// The process.
+    pub up: PrimaryUp,
     /// Ghost records at or below this lsn were verified present in its log.
     pub(crate) verified_upto: Lsn,
 }
 
-/// A node's running replica executor.
+/// A node's running replica executor (the world's [`ReplicaUp`]).
 pub struct ReplicaRole {
     /// The node it follows.
     pub primary: usize,
     /// The election epoch in which it follows it.
     pub epoch: u64,
-    /// The production executor.
-    pub exec: ReplicaExec<SimStorage>,
-    conn: Option<(ConnId, FrameDecoder)>,
-    sync_at: Option<u64>,
+    /// The process.
+    pub up: ReplicaUp,
 }
 
 impl Cluster {
@@ -71,7 +63,12 @@ impl Cluster {
             new_epoch: Some(epoch),
         };
         let storage = self.nodes[n].storage.clone();
-        match PrimaryExec::open(storage, std::path::Path::new(NODE_ROOT), config, now) {
+        match PrimaryExec::open(
+            storage.clone(),
+            std::path::Path::new(NODE_ROOT),
+            config,
+            now,
+        ) {
             Ok(exec) => {
                 let last = exec.wal().last();
                 self.log(format!(
@@ -83,10 +80,7 @@ impl Cluster {
                 self.nodes[n].role = RoleState::Primary(Box::new(PrimaryRole {
                     epoch,
                     epoch_start: last.lsn,
-                    exec,
-                    conns: BTreeMap::new(),
-                    sync_at: None,
-                    next_token: 0,
+                    up: PrimaryUp::new(exec, &storage),
                     verified_upto: 0,
                 }));
                 self.refresh_head(n);
@@ -126,14 +120,12 @@ impl Cluster {
         };
         let storage = self.nodes[n].storage.clone();
         let applier = Box::new(self.nodes[n].applier.clone());
-        match ReplicaExec::open(storage, config, applier, now) {
+        match ReplicaExec::open(storage.clone(), config, applier, now) {
             Ok(exec) => {
                 self.nodes[n].role = RoleState::Replica(Box::new(ReplicaRole {
                     primary,
                     epoch,
-                    exec,
-                    conn: None,
-                    sync_at: None,
+                    up: ReplicaUp::new(exec, &storage),
                 }));
                 self.refresh_head(n);
                 self.replica_outputs(n);
@@ -155,12 +147,12 @@ impl Cluster {
         match role {
             RoleState::Idle => {}
             RoleState::Primary(p) => {
-                for conn in p.conns.keys() {
-                    self.net.close(*conn, n, now);
+                for conn in p.up.conn_ids() {
+                    self.net.close(conn, n, now);
                 }
             }
             RoleState::Replica(r) => {
-                if let Some((conn, _)) = r.conn {
+                if let Some(conn) = r.up.conn_id() {
                     self.net.close(conn, n, now);
                 }
             }
@@ -168,14 +160,10 @@ impl Cluster {
     }
 
     pub(super) fn role_next_timer(&self, n: usize) -> Option<u64> {
-        let (sync_at, deadline) = match &self.nodes[n].role {
-            RoleState::Idle => return None,
-            RoleState::Primary(p) => (p.sync_at, p.exec.next_deadline()),
-            RoleState::Replica(r) => (r.sync_at, r.exec.next_deadline()),
-        };
-        match (sync_at, deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        match &self.nodes[n].role {
+            RoleState::Idle => None,
+            RoleState::Primary(p) => p.up.next_timer(),
+            RoleState::Replica(r) => r.up.next_timer(),
         }
     }
 
@@ -184,21 +172,20 @@ impl Cluster {
         match &mut self.nodes[n].role {
             RoleState::Idle => return,
             RoleState::Primary(p) => {
-                if p.sync_at.is_some_and(|t| t <= now) {
-                    p.sync_at = None;
-                    p.exec.sync(now);
+                if p.up.sync_due(now) {
+                    p.up.sync(now);
                 }
-                if p.exec.next_deadline().is_some_and(|t| t <= now) {
-                    p.exec.on_timer(now);
+                if p.up.timer_due(now) {
+                    p.up.exec.on_timer(now);
                 }
             }
             RoleState::Replica(r) => {
-                if r.sync_at.is_some_and(|t| t <= now) {
-                    r.sync_at = None;
-                    r.exec.sync(now);
+                let (sync_due, timer_due) = r.up.due(now);
+                if sync_due {
+                    r.up.sync(now);
                 }
-                if r.exec.next_deadline().is_some_and(|t| t <= now) {
-                    r.exec.on_timer(now);
+                if timer_due {
+                    r.up.exec.on_timer(now);
                 }
             }
         }
@@ -219,8 +206,8 @@ impl Cluster {
         let from_name = self.nodes[from].name.clone();
         match &mut self.nodes[to].role {
             RoleState::Primary(p) => {
-                p.conns.insert(conn, (FrameDecoder::default(), from));
-                p.exec.on_connected(conn.0, from_name, now);
+                p.up.accept(conn, from);
+                p.up.connected(conn, from_name, now);
                 self.primary_outputs(to);
             }
             _ => self.net.close(conn, to, now),
@@ -230,28 +217,27 @@ impl Cluster {
     pub(super) fn role_data(&mut self, to: usize, conn: ConnId, bytes: &[u8]) {
         let now = self.now();
         let mut msgs = Vec::new();
-        let bad = match &mut self.nodes[to].role {
-            RoleState::Primary(p) => match p.conns.get_mut(&conn) {
-                Some((dec, _)) => decode_frames(dec, bytes, &mut msgs),
-                None => return,
-            },
-            RoleState::Replica(r) => match r.conn.as_mut() {
-                Some((c, dec)) if *c == conn => decode_frames(dec, bytes, &mut msgs),
-                _ => return,
-            },
-            RoleState::Idle => return,
+        let decoded = match &mut self.nodes[to].role {
+            RoleState::Primary(p) => p.up.decode(conn, bytes, &mut msgs),
+            RoleState::Replica(r) => r.up.decode(conn, bytes, &mut msgs),
+            RoleState::Idle => None,
+        };
+        let Some(bad) = decoded else {
+            return;
         };
         let name = self.nodes[to].name.clone();
         for m in msgs {
             self.trace
                 .record(now, self.step, format!("{name} <- {}", describe(&m)));
             match &mut self.nodes[to].role {
-                RoleState::Primary(p) if p.conns.contains_key(&conn) => {
-                    p.exec.on_frame(conn.0, m, now);
+                RoleState::Primary(p) => {
+                    if !p.up.deliver(conn, m, now) {
+                        return;
+                    }
                     self.primary_outputs(to);
                 }
-                RoleState::Replica(r) if r.conn.as_ref().is_some_and(|(c, _)| *c == conn) => {
-                    r.exec.on_frame(conn.0, m, now);
+                RoleState::Replica(r) if r.up.conn_id() == Some(conn) => {
+                    r.up.deliver(conn, m, now);
                     self.replica_outputs(to);
                 }
                 _ => return,
@@ -261,40 +247,24 @@ impl Cluster {
             self.log(format!("{name} bad frame on conn {}: {e}", conn.0));
             match &mut self.nodes[to].role {
                 RoleState::Primary(p) => {
-                    if p.conns.remove(&conn).is_some() {
-                        p.exec.on_closed(conn.0, now);
-                    }
+                    p.up.conn_closed(conn, now);
                     self.net.close(conn, to, now);
                 }
-                RoleState::Replica(r) => {
-                    r.conn = None;
-                    let end = SessionEnd::Malformed {
-                        detail: e.to_string(),
-                    };
-                    r.exec.on_closed(conn.0, end, now);
-                }
+                RoleState::Replica(r) => r.up.bad_frame(conn, &e, now),
                 RoleState::Idle => {}
             }
             self.role_outputs(to);
         }
     }
 
-    pub(super) fn role_closed(&mut self, at: usize, conn: ConnId) {
+    pub(super) fn role_closed(&mut self, at: usize, conn: ConnId, reason: CloseReason) {
         let now = self.now();
         match &mut self.nodes[at].role {
             RoleState::Primary(p) => {
-                if p.conns.remove(&conn).is_some() {
-                    p.exec.on_closed(conn.0, now);
-                }
+                p.up.conn_closed(conn, now);
             }
             RoleState::Replica(r) => {
-                if r.conn.as_ref().is_some_and(|(c, _)| *c == conn) {
-                    r.conn = None;
-                    let end = SessionEnd::ConnectionLost {
-                        detail: "closed".into(),
-                    };
-                    r.exec.on_closed(conn.0, end, now);
-                }
+                r.up.conn_closed(conn, reason, now);
             }
             RoleState::Idle => return,
         }
@@ -310,11 +280,8 @@ impl Cluster {
         let RoleState::Primary(p) = &mut self.nodes[n].role else {
             return;
         };
-        p.next_token += 1;
-        let _ = p.exec.append(vec![(payload, p.next_token)], now);
-        if p.exec.sync_needed() && p.sync_at.is_none() {
-            p.sync_at = Some(now + delay);
-        }
+        p.up.append(&[payload], now);
+        p.up.schedule_sync(now, delay);
         self.primary_outputs(n);
     }
 
@@ -325,7 +292,7 @@ impl Cluster {
             let RoleState::Primary(p) = &mut self.nodes[n].role else {
                 return;
             };
-            let Some(o) = p.exec.poll_output() else {
+            let Some(o) = p.up.exec.poll_output() else {
                 break;
             };
             match o {
@@ -339,18 +306,18 @@ impl Cluster {
                     self.net.send(ConnId(conn), n, &buf, now);
                 }
                 POutput::Close { conn, reason } => {
-                    p.conns.remove(&ConnId(conn));
+                    p.up.forget(ConnId(conn));
                     self.log(format!("{name} closes conn {conn}: {reason}"));
                     self.net.close(ConnId(conn), n, now);
                 }
                 POutput::SendSnapshot { conn, .. } => {
                     // No snapshots are taken in the failover world.
-                    p.conns.remove(&ConnId(conn));
+                    p.up.forget(ConnId(conn));
                     self.net.close(ConnId(conn), n, now);
                 }
                 POutput::Ack { token: _, lsn } => {
                     let epoch = p.epoch;
-                    let pos = p.exec.wal().with(|w| w.position_at(lsn));
+                    let pos = p.up.wal.with(|w| w.position_at(lsn));
                     check::note_ack(self, n, epoch, lsn, pos.ok().flatten());
                 }
                 POutput::Fail { token: _, error } => {
@@ -381,19 +348,13 @@ impl Cluster {
             let RoleState::Replica(r) = &mut self.nodes[n].role else {
                 return;
             };
-            let Some(o) = r.exec.poll_output() else {
+            let Some(o) = r.up.exec.poll_output() else {
                 break;
             };
             match o {
                 ROutput::Connect => {
-                    let p = r.primary;
-                    match self.net.connect(n, p, now) {
-                        Some(conn) => {
-                            r.conn = Some((conn, FrameDecoder::default()));
-                            r.exec.on_connected(conn.0, now);
-                        }
-                        None => r.exec.on_connect_failed("unreachable".into(), now),
-                    }
+                    let connected = self.net.connect(n, r.primary, now);
+                    r.up.connect_result(connected, now);
                 }
                 ROutput::Send { conn, msg } => {
                     let mut buf = Vec::new();
@@ -407,9 +368,7 @@ impl Cluster {
                     self.net.send(ConnId(conn), n, &buf, now);
                 }
                 ROutput::Close { conn, .. } => {
-                    if r.conn.as_ref().is_some_and(|(c, _)| c.0 == conn) {
-                        r.conn = None;
-                    }
+                    r.up.forget(ConnId(conn));
                     self.net.close(ConnId(conn), n, now);
                 }
                 ROutput::SessionEnded { reason, .. } => {
@@ -437,9 +396,7 @@ impl Cluster {
             .range(self.cfg.sync_delay_ms.0, self.cfg.sync_delay_ms.1);
         let now = self.now();
         if let RoleState::Replica(r) = &mut self.nodes[n].role {
-            if r.exec.sync_needed() && r.sync_at.is_none() {
-                r.sync_at = Some(now + delay);
-            }
+            r.up.schedule_sync(now, delay);
         }
         self.refresh_head(n);
     }

@@ -258,11 +258,13 @@ fn drive(cell: &mut Cell, seed: u64) -> Result<(), String> {
                 c.block_data(p0, o);
             }
             c.primary_append(p0, format!("tentative-{seed}").into_bytes());
-            let want = c.nodes[p0].primary().map_or(0, |p| p.exec.wal().last().lsn);
+            let want = c.nodes[p0]
+                .primary()
+                .map_or(0, |p| p.up.exec.wal().last().lsn);
             let stored = |c: &Cluster| {
                 c.nodes[r1]
                     .replica()
-                    .and_then(|r| r.exec.wal())
+                    .and_then(|r| r.up.exec.wal())
                     .is_some_and(|w| w.durable_lsn() >= want)
             };
             if !c.run_until_cond(c.now() + 1_000, stored) {
@@ -337,7 +339,8 @@ fn drive(cell: &mut Cell, seed: u64) -> Result<(), String> {
     let p = c.primary();
     if let (Some((b, lsn)), Some(p)) = (tentative, p) {
         let kept = c.nodes[p].primary().is_some_and(|pr| {
-            pr.exec
+            pr.up
+                .exec
                 .wal()
                 .with(|w| w.position_at(lsn).ok().flatten())
                 .is_some_and(|pos| pos.epoch == old_epoch)
