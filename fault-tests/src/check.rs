@@ -454,8 +454,10 @@ impl Checker for NoHaltWithoutCause {
                 });
             let explained = torn
                 || after_snapshot
-                || injected
-                    .is_some_and(|fs| fs.iter().any(|f| f.expected_halt() == h.record.reason));
+                || injected.is_some_and(|fs| {
+                    fs.iter()
+                        .any(|f| f.expected_halt() == Some(h.record.reason))
+                });
             if !explained {
                 return Err(format!(
                     "{} halted ({} at lsn {}: expected {}, found {}) but the faults injected into its stream were {:?}",

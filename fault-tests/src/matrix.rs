@@ -221,7 +221,11 @@ pub fn scenarios() -> Vec<Scenario> {
         sc!("FM-X.1", "fm_x_1_transport_noise_never_halts", || verdict(
             fm_x_1()
         )),
-        sc!("FM-X.2", "fm_x_2_stale_primary_halts", || verdict(fm_x_2())),
+        sc!(
+            "FM-X.2",
+            "fm_x_2_stale_primary_is_refused_and_fenced",
+            || { verdict(fm_x_2()) }
+        ),
         sc!("FM-X.3", "fm_x_3_epoch_regression_halts", || verdict(
             fm_x_3()
         )),

@@ -135,25 +135,31 @@ pub enum FrameFault {
     /// Rewrite the next `Welcome` to one replica as an older primary's (one
     /// come back from a saved copy of its disk after a newer epoch began):
     /// its epoch one below the highest epoch the replica has seen, its epoch
-    /// history cut to the entries below that. FM-X.2: the replica halts
-    /// `stale-primary` and appends nothing. (Armed, it waits for a replica
-    /// that has seen an epoch above 0.)
+    /// history cut to the entries below that. FM-X.2: the replica refuses it
+    /// (`Refuse{StalePrimary}`), stores nothing of it and ends the session —
+    /// no halt (the replica is healthy; the stale primary is the one fenced).
+    /// The refusal names no epoch above the real primary's, so the real
+    /// primary is not fenced by it. (Armed, it waits for a replica that has
+    /// seen an epoch above 0.)
     StaleWelcome,
 }
 
 impl FrameFault {
-    /// The halt reason the replica must report for this fault.
-    pub fn expected_halt(self) -> HaltReason {
+    /// The halt reason the replica must report for this fault; `None` for a fault the
+    /// replica must refuse without halting (`StaleWelcome`, FM-X.2).
+    pub fn expected_halt(self) -> Option<HaltReason> {
         match self {
-            FrameFault::Corrupt => HaltReason::Checksum,
-            FrameFault::Skip => HaltReason::Gap,
-            FrameFault::Duplicate => HaltReason::Duplicate,
-            FrameFault::Reorder => HaltReason::Reorder,
-            FrameFault::EpochRegress | FrameFault::EpochBelowHistory => HaltReason::EpochRegression,
-            FrameFault::Malformed => HaltReason::MalformedBatch,
-            FrameFault::WrongPrevCrc => HaltReason::Divergence,
-            FrameFault::CorruptChunk => HaltReason::SnapshotInvalid,
-            FrameFault::StaleWelcome => HaltReason::StalePrimary,
+            FrameFault::Corrupt => Some(HaltReason::Checksum),
+            FrameFault::Skip => Some(HaltReason::Gap),
+            FrameFault::Duplicate => Some(HaltReason::Duplicate),
+            FrameFault::Reorder => Some(HaltReason::Reorder),
+            FrameFault::EpochRegress | FrameFault::EpochBelowHistory => {
+                Some(HaltReason::EpochRegression)
+            }
+            FrameFault::Malformed => Some(HaltReason::MalformedBatch),
+            FrameFault::WrongPrevCrc => Some(HaltReason::Divergence),
+            FrameFault::CorruptChunk => Some(HaltReason::SnapshotInvalid),
+            FrameFault::StaleWelcome => None,
         }
     }
 }

@@ -134,7 +134,7 @@ fn fm_x_1_transport_noise_never_halts() {
 }
 
 #[test]
-fn fm_x_2_stale_primary_halts() {
+fn fm_x_2_stale_primary_is_refused_and_fenced() {
     require("FM-X.2");
 }
 

@@ -156,27 +156,44 @@ fn primary_reopening_below_its_durable_lsn_is_reported() {
 }
 
 #[test]
-fn fm_x_2_welcome_of_an_older_epoch_primary_halts_stale_primary_and_appends_nothing() {
+fn fm_x_2_welcome_of_an_older_epoch_primary_is_refused_without_halt_and_nothing_is_stored() {
     let mut w = converged(1, 16);
     w.arm_frame_fault(1, FrameFault::StaleWelcome);
     // The next session's Welcome carries the fault.
     w.crash(1);
     w.restart(1);
-    run_until(&mut w, 5_000, |w| w.replica(1).halted.is_some());
-    let h = w
-        .replica(1)
-        .halted
-        .clone()
-        .expect("the stale Welcome must halt");
-    assert_eq!(h.record.reason, HaltReason::StalePrimary);
-    assert_eq!(h.record.lsn, 10);
-    assert_eq!(h.record.epoch, 0);
-    assert_eq!(h.record.expected, "primary epoch >= 1");
-    let u = w.replica(1).up.as_ref().expect("halted, still running");
+    run_until(&mut w, 5_000, |w| {
+        w.replica(1).up.as_ref().is_some_and(|u| {
+            u.exec
+                .status()
+                .last_session_end
+                .is_some_and(|e| e.starts_with("refused stale primary"))
+        })
+    });
+    assert_eq!(
+        w.oracle.injected.get(&1),
+        Some(&vec![FrameFault::StaleWelcome])
+    );
+    // The world's own check (a stale Welcome is refused, nothing of it stored, the session
+    // ends) ran on delivery: no action violation.
+    assert!(
+        w.oracle.action_violations.is_empty(),
+        "{:?}",
+        w.oracle.action_violations
+    );
+    assert!(w.replica(1).halted.is_none(), "refused, not halted");
+    let u = w.replica(1).up.as_ref().expect("running");
     assert_eq!(
         u.wal().expect("wal open").last().lsn,
         10,
         "nothing appended"
     );
-    check_all(&mut standard_checkers(), &w).expect("an explained, frozen halt");
+    let end = u.exec.status().last_session_end.unwrap_or_default();
+    assert!(end.starts_with("refused stale primary"), "{end}");
+    // The real primary (not fenced: the refusal named no epoch above its own) is
+    // followed again after the backoff.
+    assert_eq!(w.primary.up.as_ref().and_then(|p| p.exec.fenced()), None);
+    w.client_append(&[b"after".to_vec()]);
+    run_until(&mut w, 5_000, |w| w.converged());
+    check_all(&mut standard_checkers(), &w).expect("a refused stale Welcome, then streaming");
 }

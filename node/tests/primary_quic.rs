@@ -238,8 +238,9 @@ async fn hello_of_another_version_that_does_not_decode_is_refused_with_unsupport
     let primary = open_primary(cluster.primary_config(MEMBERS, Quorum::Majority));
     let addr = primary.local_addr().expect("addr");
     let mut r1 = FakeReplica::connect(&cluster, "r1", addr).await;
-    // Tag 0 (Hello) and version 2, then nothing this version's Hello could decode.
-    let body = [0u8, 2];
+    // Tag 0 (Hello) and version 1 (before failover), then nothing this version's Hello
+    // could decode.
+    let body = [0u8, 1];
     let mut frame = (body.len() as u32).to_le_bytes().to_vec();
     frame.extend_from_slice(&body);
     r1.send.write_all(&frame).await.expect("write");
@@ -248,7 +249,7 @@ async fn hello_of_another_version_that_does_not_decode_is_refused_with_unsupport
             r.reason,
             RefuseReason::UnsupportedVersion {
                 ours: PROTOCOL_VERSION,
-                theirs: 2
+                theirs: 1
             }
         ),
         other => panic!("expected Refuse, got {other:?}"),

@@ -114,7 +114,7 @@ async fn fm_x_3_lower_epoch_record_halts_epoch_regression() {
 }
 
 #[tokio::test]
-async fn fm_x_2_primary_with_lower_epoch_than_seen_halts_stale_primary() {
+async fn fm_x_2_primary_with_lower_epoch_than_seen_is_refused_without_halt_and_nothing_is_stored() {
     let f = fixture();
     let log = Log::build(4, 3, "p");
     let replica = f.open();
@@ -124,20 +124,74 @@ async fn fm_x_2_primary_with_lower_epoch_than_seen_halts_stale_primary() {
     s.send(Message::Records(log.batch(1, 2, 2))).await;
     s.wait_receipt(2).await;
     s.conn.close(0u32.into(), b"primary restarts");
-    // Session 2: an old primary at epoch 2 answers.
+    // Session 2: an old primary at epoch 2 answers, and ships records anyway.
     let mut s2 = f.primary.accept().await;
     assert_eq!(s2.hello.highest_epoch_seen, 3);
     assert_eq!(s2.hello.last, log.positions[1]);
-    s2.welcome(&log, 2, 2).await;
-    assert_eq!(s2.closed_code().await, Some(CloseCode::Halted as u64));
-    let record = read_halt_file(&f.data).expect("halt file");
+    s2.welcome(&log, 2, 4).await;
+    s2.send(Message::Records(log.batch(3, 4, 4))).await;
+    // The replica refuses it, telling it the epoch, and closes with Refused.
+    let mut refusal = None;
+    while let Some(m) = s2.recv().await {
+        if let Message::Refuse(r) = m {
+            refusal = Some(r.reason);
+            break;
+        }
+    }
     assert_eq!(
-        (record.reason, record.lsn, record.epoch),
-        (HaltReason::StalePrimary, 2, 2)
+        refusal,
+        Some(walship_wire::RefuseReason::StalePrimary {
+            primary_epoch: 2,
+            current_epoch: 3
+        })
     );
-    assert_eq!(record.found, "primary epoch 2");
-    let st = wait_for(&replica, "halt", |st| st.halt().is_some()).await;
+    assert_eq!(s2.closed_code().await, Some(CloseCode::Refused as u64));
+    let st = wait_for(&replica, "stale-primary session end", |st| {
+        st.last_session_end
+            .as_deref()
+            .is_some_and(|r| r.starts_with("refused stale primary"))
+    })
+    .await;
+    assert!(st.halt().is_none(), "{st:?}");
+    assert!(read_halt_file(&f.data).is_none(), "no halt file");
     assert_eq!(st.durable_lsn, Some(2));
+    // It retries with its usual backoff; its log is unchanged: nothing of epoch 2 stored.
+    let mut s3 = f.primary.accept().await;
+    assert_eq!(s3.hello.last, log.positions[1]);
+    assert_eq!(s3.hello.highest_epoch_seen, 3);
+    // The primary of epoch 3 is back: streaming resumes.
+    s3.welcome(&log, 3, 4).await;
+    s3.send(Message::Records(log.batch(3, 4, 4))).await;
+    s3.wait_receipt(4).await;
+    wait_for(&replica, "applied 4", |st| st.applied_lsn == 4).await;
+    replica.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn refuse_not_primary_shows_its_hint_in_the_status_and_the_replica_reconnects() {
+    let f = fixture();
+    let replica = f.open();
+    let mut s = f.primary.accept().await;
+    s.send(Message::Refuse(walship_wire::Refuse {
+        reason: walship_wire::RefuseReason::NotPrimary {
+            epoch: 4,
+            primary_hint: Some("p2".into()),
+        },
+    }))
+    .await;
+    assert_eq!(s.closed_code().await, Some(CloseCode::Normal as u64));
+    let st = wait_for(&replica, "not-primary session end", |st| {
+        st.last_session_end
+            .as_deref()
+            .is_some_and(|r| r.starts_with("not the primary"))
+    })
+    .await;
+    assert_eq!(
+        st.last_session_end.as_deref(),
+        Some("not the primary (epoch 4); primary hint: p2")
+    );
+    assert!(st.halt().is_none());
+    let _again = f.primary.accept().await;
     replica.shutdown().await.expect("shutdown");
 }
 

@@ -425,6 +425,16 @@ pub enum Action {
         /// The boundary of the snapshot to send ([`LogSource::newest_snapshot`]).
         boundary: Position,
     },
+    /// This primary is stale: a replica has seen (or voted in) `epoch`, above this
+    /// primary's (its `Hello.highest_epoch_seen`, or its `Refuse{StalePrimary}`). Emitted
+    /// once per higher epoch learned, before the sessions are closed. From now on the core
+    /// never advances the commit watermark, ships nothing, refuses every `Hello` with
+    /// `Refuse{NotPrimary}`; the executor fails every pending and later append and the
+    /// node steps down.
+    Fenced {
+        /// The highest epoch learned.
+        epoch: u64,
+    },
 }
 
 /// A fault the primary injects into what it ships to one replica (demo/test use only).
@@ -506,7 +516,7 @@ enum SessionState {
     AwaitingHello,
     Shipping(Ship),
     /// Handshake answered but nothing is shipped: the replica's log is not a proven prefix
-    /// (divergence search by probes), or it has seen a higher epoch.
+    /// (divergence search by probes).
     Idle,
     /// The replica's next record is not retained: the driver sends it a snapshot.
     SendingSnapshot,
@@ -556,6 +566,8 @@ pub struct PrimaryCore {
     members: Vec<Member>,
     sessions: BTreeMap<ConnId, Session>,
     commit_lsn: Lsn,
+    /// The highest epoch above ours a replica told us of ([`Action::Fenced`]).
+    fenced: Option<u64>,
     /// Bytes and records seen in batches read from the log (for the lag_bytes estimate).
     bytes_read: u64,
     records_read: u64,
@@ -617,6 +629,7 @@ impl PrimaryCore {
             members,
             sessions: BTreeMap::new(),
             commit_lsn: config.commit_lsn,
+            fenced: None,
             bytes_read: 0,
             records_read: 0,
         })
@@ -641,6 +654,12 @@ impl PrimaryCore {
     /// lsn at or above it (0 when the history was empty).
     pub fn epoch_start_lsn(&self) -> Lsn {
         self.epoch_start_lsn
+    }
+
+    /// The higher epoch a replica told us of, once this primary is fenced
+    /// ([`Action::Fenced`]): it commits and ships nothing more.
+    pub fn fenced(&self) -> Option<u64> {
+        self.fenced
     }
 
     /// The node id of the replica on `conn`, if the connection is known.
@@ -757,6 +776,28 @@ impl PrimaryCore {
         );
     }
 
+    /// Records that a replica knows `epoch`, above ours: emits [`Action::Fenced`] (once per
+    /// higher epoch) and ends every session with `Refuse{NotPrimary}`, so no replica keeps
+    /// waiting on (or storing records of) a primary that can commit nothing.
+    fn fence(&mut self, epoch: u64, out: &mut Vec<Action>) {
+        debug_assert!(epoch > self.epoch);
+        if self.fenced.is_some_and(|f| f >= epoch) {
+            return;
+        }
+        tracing::warn!(node = %self.node_id, epoch = self.epoch, higher = epoch,
+            commit_lsn = self.commit_lsn, "fenced: a replica knows a higher epoch; committing and shipping nothing more");
+        self.fenced = Some(epoch);
+        out.push(Action::Fenced { epoch });
+        let conns: Vec<ConnId> = self.sessions.keys().copied().collect();
+        for conn in conns {
+            let reason = RefuseReason::NotPrimary {
+                epoch,
+                primary_hint: None,
+            };
+            self.refuse(conn, reason, out);
+        }
+    }
+
     fn remove_session(&mut self, conn: ConnId) {
         if let Some(s) = self.sessions.remove(&conn) {
             let m = &mut self.members[s.member];
@@ -821,6 +862,24 @@ impl PrimaryCore {
             }
             Message::Receipt { durable_lsn } if shipping => {
                 self.on_receipt(conn, durable_lsn, now_ms, out)
+            }
+            // A replica refuses this primary's Welcome: it has seen (or voted in) a higher
+            // epoch. Only a strictly higher epoch fences us; any refusal ends the session.
+            Message::Refuse(refuse) if !awaiting => {
+                let higher = match refuse.reason {
+                    RefuseReason::StalePrimary { current_epoch, .. }
+                        if current_epoch > self.epoch =>
+                    {
+                        Some(current_epoch)
+                    }
+                    _ => None,
+                };
+                tracing::warn!(replica = ?self.conn_node_id(conn), epoch = self.epoch,
+                    reason = %refuse.reason, "replica refused this primary");
+                self.close(conn, CloseReason::Refused(refuse.reason), out);
+                if let Some(epoch) = higher {
+                    self.fence(epoch, out);
+                }
             }
             other => {
                 let kind = other.kind();
@@ -891,6 +950,26 @@ impl PrimaryCore {
             };
             return self.refuse(conn, reason, out);
         }
+        if let Some(epoch) = self.fenced {
+            // A fenced primary is no primary: point the replica away.
+            let reason = RefuseReason::NotPrimary {
+                epoch,
+                primary_hint: None,
+            };
+            return self.refuse(conn, reason, out);
+        }
+        if hello.highest_epoch_seen > self.epoch {
+            // The replica has seen (or voted in) a newer epoch: this primary is stale.
+            tracing::warn!(replica = %hello.node_id, epoch = self.epoch, seen = hello.highest_epoch_seen,
+                "replica has seen a higher epoch than ours: this primary is fenced");
+            let epoch = hello.highest_epoch_seen;
+            let reason = RefuseReason::NotPrimary {
+                epoch,
+                primary_hint: None,
+            };
+            self.refuse(conn, reason, out);
+            return self.fence(epoch, out);
+        }
         let durable_lsn = log.durable_lsn();
         let first_lsn = log.first_lsn();
         // Below the base (the position before the first retained record) nothing is
@@ -943,11 +1022,7 @@ impl PrimaryCore {
             }),
         });
         let node_id = &self.members[member].node_id;
-        let state = if hello.highest_epoch_seen > self.epoch {
-            tracing::warn!(replica = %node_id, epoch = self.epoch, seen = hello.highest_epoch_seen,
-                "replica has seen a higher epoch than ours: this primary is stale, not shipping");
-            SessionState::Idle
-        } else if at_replica_last == Some(hello.last) {
+        let state = if at_replica_last == Some(hello.last) {
             tracing::info!(replica = %node_id, lsn = hello.last.lsn, epoch = self.epoch,
                 "replica log is a prefix of ours: shipping");
             // Hello.last may be ahead of the replica's durable lsn: only receipts count as copies.
@@ -1032,6 +1107,9 @@ impl PrimaryCore {
 
     /// Re-evaluates the commit watermark, then fills every shipping window.
     fn pump(&mut self, log: &mut dyn LogSource, out: &mut Vec<Action>) {
+        if self.fenced.is_some() {
+            return;
+        }
         let durable_lsn = log.durable_lsn();
         self.advance_commit(durable_lsn, out);
         let conns: Vec<ConnId> = self.sessions.keys().copied().collect();
@@ -1041,6 +1119,10 @@ impl PrimaryCore {
     }
 
     fn advance_commit(&mut self, local_durable: Lsn, out: &mut Vec<Action>) {
+        if self.fenced.is_some() {
+            // Another primary may be committing in a newer epoch: nothing more commits here.
+            return;
+        }
         // Every copy counted: our own durable write and each replica's receipt (a receipt
         // never exceeds what we shipped, which is locally durable; capped all the same).
         let durable: Vec<Lsn> = std::iter::once(local_durable)

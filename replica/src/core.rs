@@ -30,7 +30,9 @@ use walship_snapshot::{FailureClass, SnapshotChunk, SnapshotEnd, SnapshotOffer};
 use walship_wal::record::{check_successor, decode_record, ChainError, RecordError, RecordHeader};
 use walship_wal::state::EpochHistory;
 use walship_wal::{Lsn, Position, WalError};
-use walship_wire::message::{Hello, Message, RecordBatch, Welcome, PROTOCOL_VERSION};
+use walship_wire::message::{
+    Hello, Message, RecordBatch, Refuse, RefuseReason, Welcome, PROTOCOL_VERSION,
+};
 
 use crate::halt::{HaltReason, HaltRecord};
 
@@ -62,6 +64,11 @@ pub struct CoreConfig {
     pub backoff_initial_ms: u64,
     /// Ceiling of the exponential reconnect delay.
     pub backoff_max_ms: u64,
+    /// The lowest epoch of a primary this replica accepts besides its own history: the
+    /// node's election epoch (it voted in, or follows, that epoch), 0 without elections.
+    /// The fence is `max(highest epoch seen, min_primary_epoch)`; raise it at run time
+    /// with [`Event::MinPrimaryEpoch`].
+    pub min_primary_epoch: u64,
 }
 
 /// The replica's durable state the core is built from (read from disk at open).
@@ -114,6 +121,25 @@ pub enum SessionEnd {
         /// The refusal reason.
         detail: String,
     },
+    /// The node this replica connected to is not the primary (`Refuse{NotPrimary}`): it
+    /// knows epoch `epoch` and, if `primary_hint` is set, which node leads it.
+    NotPrimary {
+        /// The refusing node's current epoch.
+        epoch: u64,
+        /// The primary it names, if any.
+        primary_hint: Option<String>,
+    },
+    /// The primary's epoch is below this replica's fence (FM-X.2): the replica sent
+    /// `Refuse{StalePrimary}`, stored nothing of it, and ends the session. Not a halt: the
+    /// replica is healthy; the primary is the one fenced.
+    StalePrimary {
+        /// The stale primary's id (`Welcome.primary_id`).
+        primary_id: String,
+        /// Its epoch (`Welcome.epoch`).
+        primary_epoch: u64,
+        /// This replica's fence: `max(highest epoch seen, min_primary_epoch)`.
+        fence: u64,
+    },
     /// The primary no longer retains the records this replica needs next: a
     /// snapshot transfer is needed and this replica cannot install one (snapshot
     /// install not enabled: the applier has no `SnapshotSink`).
@@ -135,6 +161,22 @@ impl fmt::Display for SessionEnd {
             SessionEnd::Malformed { detail } => write!(f, "malformed frame: {detail}"),
             SessionEnd::Protocol { detail } => write!(f, "protocol violation: {detail}"),
             SessionEnd::Refused { detail } => write!(f, "refused by primary: {detail}"),
+            SessionEnd::NotPrimary {
+                epoch,
+                primary_hint: Some(hint),
+            } => write!(f, "not the primary (epoch {epoch}); primary hint: {hint}"),
+            SessionEnd::NotPrimary {
+                epoch,
+                primary_hint: None,
+            } => write!(f, "not the primary (epoch {epoch}); no primary hint"),
+            SessionEnd::StalePrimary {
+                primary_id,
+                primary_epoch,
+                fence,
+            } => write!(
+                f,
+                "refused stale primary {primary_id} of epoch {primary_epoch} (this replica is at epoch {fence})"
+            ),
             SessionEnd::SnapshotRequired { detail } => write!(f, "snapshot required: {detail}"),
         }
     }
@@ -175,6 +217,10 @@ pub enum Event {
         /// The error, for the halt record.
         detail: String,
     },
+    /// The node's election epoch rose: raise [`CoreConfig::min_primary_epoch`] (never
+    /// lowered). A session with a primary below the new fence is refused
+    /// (`Refuse{StalePrimary}`) and ends; nothing more of it is stored.
+    MinPrimaryEpoch(u64),
 }
 
 /// Records that passed every check, to be appended unchanged.
@@ -418,9 +464,14 @@ impl ReplicaCore {
     pub fn applied_lsn(&self) -> Lsn {
         self.applied_lsn
     }
-    /// The highest epoch this replica has seen (fencing bound).
+    /// The highest epoch this replica has seen in a primary's history or its own log.
     pub fn highest_epoch_seen(&self) -> u64 {
         self.highest_epoch_seen
+    }
+    /// The fencing bound: a primary below it is refused. `max(highest epoch seen,
+    /// min_primary_epoch)`; sent as `Hello.highest_epoch_seen`.
+    pub fn fence(&self) -> u64 {
+        self.highest_epoch_seen.max(self.config.min_primary_epoch)
     }
     /// The epoch history as last persisted (or to be persisted by a pending action).
     pub fn epoch_history(&self) -> &EpochHistory {
@@ -463,8 +514,51 @@ impl ReplicaCore {
             Event::SnapshotFailed { class, detail } => {
                 self.on_snapshot_failed(class, detail, now_ms, &mut out)
             }
+            Event::MinPrimaryEpoch(epoch) => self.on_min_primary_epoch(epoch, &mut out),
         }
         Ok(out)
+    }
+
+    fn on_min_primary_epoch(&mut self, epoch: u64, out: &mut Vec<Action>) {
+        if epoch <= self.config.min_primary_epoch {
+            return;
+        }
+        self.config.min_primary_epoch = epoch;
+        let fence = self.fence();
+        let stale = match (&self.phase, &self.session) {
+            (Phase::Probing | Phase::Streaming | Phase::ReceivingSnapshot, Some(s))
+                if s.epoch < fence =>
+            {
+                Some((s.primary_id.clone(), s.epoch))
+            }
+            _ => None,
+        };
+        if let Some((primary_id, primary_epoch)) = stale {
+            self.refuse_stale(primary_id, primary_epoch, out);
+        }
+    }
+
+    /// FM-X.2: the primary of this session is below the fence. Tell it
+    /// (`Refuse{StalePrimary}`, so it stops acknowledging) and end the session; nothing of
+    /// it is stored. Not a halt: the replica is healthy, the old primary is fenced.
+    fn refuse_stale(&mut self, primary_id: String, primary_epoch: u64, out: &mut Vec<Action>) {
+        let fence = self.fence();
+        tracing::warn!(primary = %primary_id, primary_epoch, fence, lsn = self.last.lsn,
+            "refusing a stale primary: its epoch is below this replica's; nothing of it is stored");
+        out.push(Action::Send(Message::Refuse(Refuse {
+            reason: RefuseReason::StalePrimary {
+                primary_epoch,
+                current_epoch: fence,
+            },
+        })));
+        self.end_session(
+            SessionEnd::StalePrimary {
+                primary_id,
+                primary_epoch,
+                fence,
+            },
+            out,
+        );
     }
 
     fn on_start(&mut self, out: &mut Vec<Action>) {
@@ -496,7 +590,8 @@ impl ReplicaCore {
             last: self.last,
             commit_lsn: self.commit_lsn,
             epoch_history: self.epoch_history.entries.clone(),
-            highest_epoch_seen: self.highest_epoch_seen,
+            // The fence: a primary below it learns it is stale at the handshake.
+            highest_epoch_seen: self.fence(),
         })));
     }
 
@@ -577,12 +672,19 @@ impl ReplicaCore {
                 Phase::AwaitWelcome | Phase::Probing | Phase::Streaming | Phase::ReceivingSnapshot,
                 Message::Refuse(r),
             ) => {
-                self.end_session(
-                    SessionEnd::Refused {
-                        detail: r.reason.to_string(),
+                let end = match r.reason {
+                    RefuseReason::NotPrimary {
+                        epoch,
+                        primary_hint,
+                    } => SessionEnd::NotPrimary {
+                        epoch,
+                        primary_hint,
                     },
-                    out,
-                );
+                    other => SessionEnd::Refused {
+                        detail: other.to_string(),
+                    },
+                };
+                self.end_session(end, out);
             }
             (phase, msg) => {
                 // Not about history: a message out of protocol order ends the session.
@@ -608,27 +710,17 @@ impl ReplicaCore {
             self.end_session(SessionEnd::Protocol { detail }, out);
             return Ok(());
         }
+        // Fencing (FM-X.2): a primary below the fence is stale. Refused before anything of
+        // its Welcome is taken (history, commit watermark, last lsn); not a halt.
+        if w.epoch < self.fence() {
+            self.refuse_stale(w.primary_id, w.epoch, out);
+            return Ok(());
+        }
         self.session = Some(Session {
             primary_id: w.primary_id.clone(),
             epoch: w.epoch,
         });
         self.primary_last_lsn = w.primary_last.lsn;
-        // Fencing (FM-X.2): a primary below the highest epoch seen is stale.
-        if w.epoch < self.highest_epoch_seen {
-            let rejection = Rejection {
-                reason: HaltReason::StalePrimary,
-                lsn: self.last.lsn,
-                epoch: w.epoch,
-                expected: format!("primary epoch >= {}", self.highest_epoch_seen),
-                found: format!("primary epoch {}", w.epoch),
-                detail: format!(
-                    "primary {} announced epoch {} but this replica has seen epoch {}",
-                    w.primary_id, w.epoch, self.highest_epoch_seen
-                ),
-            };
-            self.do_halt(rejection, now_ms, out);
-            return Ok(());
-        }
         if let Err(e) = EpochHistory::from_entries(w.epoch_history.clone()) {
             let detail = format!("welcome carries an invalid epoch history: {e}");
             self.end_session(SessionEnd::Protocol { detail }, out);

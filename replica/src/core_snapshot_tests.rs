@@ -28,6 +28,7 @@ fn core(snapshots: bool) -> ReplicaCore {
             max_record_bytes: 1 << 16,
             backoff_initial_ms: 100,
             backoff_max_ms: 1_000,
+            min_primary_epoch: 0,
         },
         DurableState {
             last: Position::ZERO,

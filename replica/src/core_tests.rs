@@ -16,6 +16,7 @@ fn config() -> CoreConfig {
         max_record_bytes: MAX,
         backoff_initial_ms: 100,
         backoff_max_ms: 1_000,
+        min_primary_epoch: 0,
     }
 }
 
@@ -485,19 +486,65 @@ fn record_running_past_frame_end_halts_malformed_batch() {
     assert_eq!(halt.lsn, 5);
 }
 
+/// The refusal and session end of a stale primary's Welcome: asserts the core sent
+/// `Refuse{StalePrimary}` first, stored nothing (no append, epoch history, commit or apply)
+/// and ended the session without a halt.
+fn assert_refused_stale(actions: &[Action], primary_epoch: u64, fence: u64) {
+    let want_refuse = Action::Send(Message::Refuse(Refuse {
+        reason: RefuseReason::StalePrimary {
+            primary_epoch,
+            current_epoch: fence,
+        },
+    }));
+    assert_eq!(actions.first(), Some(&want_refuse), "{actions:?}");
+    for a in actions {
+        assert!(
+            matches!(
+                a,
+                Action::Send(Message::Refuse(_)) | Action::Reconnect { .. }
+            ),
+            "a stale primary's Welcome caused {a:?}"
+        );
+    }
+    match actions.last() {
+        Some(Action::Reconnect {
+            reason:
+                SessionEnd::StalePrimary {
+                    primary_epoch: e,
+                    fence: f,
+                    ..
+                },
+            after_ms,
+        }) => {
+            assert_eq!((*e, *f), (primary_epoch, fence));
+            assert!(*after_ms > 0, "retries with its usual backoff");
+        }
+        other => panic!("expected a reconnect after StalePrimary, got {other:?}"),
+    }
+}
+
 #[test]
-fn fm_x_2_stale_primary_welcome_halts_before_anything_is_appended() {
+fn fm_x_2_stale_primary_welcome_is_refused_and_nothing_is_stored() {
     let primary = Log::build(&[1, 1]);
     let local = Log::build(&[1, 1, 3]);
     let mut h = Harness::new(&local, 0, 0);
     h.feed(Event::Start);
-    h.feed(Event::SessionStarted);
-    let halt = only_halt(&h.feed(Event::Received(welcome(&primary, 2, 3, 0))));
-    assert_eq!(halt.reason, HaltReason::StalePrimary);
-    assert_eq!(halt.lsn, 3);
-    assert_eq!(halt.epoch, 2);
-    assert_eq!(halt.expected, "primary epoch >= 3");
-    assert_eq!(halt.found, "primary epoch 2");
+    let hello = h.feed(Event::SessionStarted);
+    assert!(matches!(&hello[..],
+        [Action::Send(Message::Hello(hl))] if hl.highest_epoch_seen == 3));
+    let history = h.core.epoch_history().clone();
+    let actions = h.feed(Event::Received(welcome(&primary, 2, 3, 2)));
+    assert_refused_stale(&actions, 2, 3);
+    assert!(h.halts.is_empty() && h.core.halt().is_none());
+    assert_eq!(*h.core.phase(), Phase::Disconnected);
+    assert_eq!(h.core.last(), local.last(), "the log is unchanged");
+    assert_eq!(h.core.epoch_history(), &history);
+    assert_eq!(h.core.commit_lsn(), 0, "nothing of its Welcome is taken");
+    assert_eq!(h.core.primary(), None);
+    // A newer primary is followed normally afterwards.
+    let newer = Log::build(&[1, 1, 3, 3]);
+    h.connect(&newer, 3, 4);
+    assert_eq!(*h.core.phase(), Phase::Streaming);
 }
 
 #[test]
@@ -524,7 +571,92 @@ fn fencing_bound_comes_from_persisted_epoch_history() {
     let actions = core
         .handle(Event::Received(welcome(&primary, 4, 2, 0)), 0, &mut log)
         .expect("ok");
-    assert_eq!(only_halt(&actions).reason, HaltReason::StalePrimary);
+    assert_refused_stale(&actions, 4, 5);
+    assert!(core.halt().is_none());
+}
+
+#[test]
+fn fm_x_2_min_primary_epoch_fences_a_primary_the_history_does_not_know_is_stale() {
+    // The node voted in epoch 4: a primary of epoch 2 (the replica's history says 2) is
+    // stale although nothing in the log shows a newer epoch.
+    let primary = Log::build(&[1, 2]);
+    let mut h = Harness::new(&primary.prefix(1), 0, 0);
+    h.core = ReplicaCore::new(
+        CoreConfig {
+            min_primary_epoch: 4,
+            ..config()
+        },
+        DurableState {
+            last: primary.at(1).expect("lsn 1"),
+            commit_lsn: 0,
+            applied_lsn: 0,
+            epoch_history: primary.history(2),
+            halt: None,
+        },
+    );
+    assert_eq!(h.core.highest_epoch_seen(), 2);
+    assert_eq!(h.core.fence(), 4);
+    h.feed(Event::Start);
+    let hello = h.feed(Event::SessionStarted);
+    assert!(matches!(&hello[..],
+        [Action::Send(Message::Hello(hl))] if hl.highest_epoch_seen == 4));
+    let actions = h.feed(Event::Received(welcome(&primary, 2, 1, 1)));
+    assert_refused_stale(&actions, 2, 4);
+    assert!(h.appended.is_empty() && h.halts.is_empty());
+}
+
+#[test]
+fn fm_x_2_raising_min_primary_epoch_mid_session_refuses_the_primary_and_stores_nothing_more() {
+    let primary = Log::build(&[1, 1, 1]);
+    let mut h = streaming_harness(&primary, 2);
+    assert_eq!(*h.core.phase(), Phase::Streaming);
+    let last = h.core.last();
+    // Lowering or repeating is a no-op.
+    assert!(h.feed(Event::MinPrimaryEpoch(0)).is_empty());
+    assert!(h.feed(Event::MinPrimaryEpoch(1)).is_empty());
+    assert_eq!(*h.core.phase(), Phase::Streaming);
+    // The node voted in epoch 2: the epoch-1 primary is stale now.
+    let actions = h.feed(Event::MinPrimaryEpoch(2));
+    assert_refused_stale(&actions, 1, 2);
+    // Its records still in flight are dropped with the session.
+    let late = h.feed(Event::Received(Message::Records(primary.batch(3, 3, 3))));
+    assert!(
+        late.iter().all(|a| !matches!(a, Action::AppendVerified(_))),
+        "{late:?}"
+    );
+    assert_eq!(h.core.last(), last);
+    assert!(h.halts.is_empty());
+}
+
+#[test]
+fn refuse_not_primary_ends_the_session_with_the_hint_and_no_halt() {
+    let primary = Log::build(&[1]);
+    let mut h = Harness::new(&primary, 0, 0);
+    h.feed(Event::Start);
+    h.feed(Event::SessionStarted);
+    let actions = h.feed(Event::Received(Message::Refuse(Refuse {
+        reason: RefuseReason::NotPrimary {
+            epoch: 7,
+            primary_hint: Some("n3".into()),
+        },
+    })));
+    let end = match actions.last() {
+        Some(Action::Reconnect { reason, .. }) => reason.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        end,
+        SessionEnd::NotPrimary {
+            epoch: 7,
+            primary_hint: Some("n3".into())
+        }
+    );
+    assert_eq!(
+        end.to_string(),
+        "not the primary (epoch 7); primary hint: n3"
+    );
+    assert!(h.halts.is_empty());
+    assert_eq!(*h.core.phase(), Phase::Disconnected);
 }
 
 /// Runs the handshake of a replica holding `local` against `primary`, answering probes.
@@ -961,7 +1093,6 @@ proptest! {
         } else {
             prop_assert_eq!(h.appended.len(), before);
             let halt = only_halt(&actions);
-            prop_assert!(halt.reason != HaltReason::StalePrimary);
             for e in [
                 Event::Received(Message::Records(primary.batch(have as Lsn + 1, to as Lsn, to as Lsn))),
                 Event::Durable { lsn: have as Lsn },

@@ -36,7 +36,11 @@ pub enum HaltReason {
     Divergence,
     /// A shipped record's epoch is below the epoch of the replica's last record (FM-X.3).
     EpochRegression,
-    /// Fencing: the primary's epoch is below the highest epoch this replica has seen (FM-X.2).
+    /// Fencing: the primary's epoch was below the highest epoch this replica had seen
+    /// (FM-X.2). **No longer written** (protocol version 2): a replica meeting a stale
+    /// primary is healthy, so it refuses it (`Refuse{StalePrimary}`, a session end) and
+    /// does not halt. Kept so that halt files written by earlier builds still decode (and
+    /// `walship-recover` still clears or rejoins them).
     StalePrimary,
     /// A completely received snapshot fails its integrity check (FM-7.1).
     SnapshotInvalid,

@@ -17,10 +17,15 @@ pub use walship_wal::state::EpochEntry;
 
 /// Version of the walship replication protocol spoken by this build. A primary refuses a
 /// replica whose `Hello.protocol_version` differs ([`RefuseReason::UnsupportedVersion`]).
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// Version 2 (automatic failover) appended [`RefuseReason::NotPrimary`] and
+/// [`RefuseReason::StalePrimary`] at tags 4 and 5, which version-1 builds decode as
+/// retired reasons.
+pub const PROTOCOL_VERSION: u32 = 2;
 
-/// TLS ALPN protocol id; a peer that does not offer it fails the TLS handshake.
-pub const ALPN: &[u8] = b"walship/1";
+/// TLS ALPN protocol id (carries [`PROTOCOL_VERSION`]); a peer that does not offer it fails
+/// the TLS handshake.
+pub const ALPN: &[u8] = b"walship/2";
 
 /// Wire tag (bincode variant index) of [`Message::Hello`]; fixed forever.
 pub const HELLO_TAG: u32 = 0;
@@ -36,8 +41,10 @@ pub enum Message {
     Hello(Hello),
     /// Primary -> replica: the session is accepted; carries what the prefix proof needs.
     Welcome(Welcome),
-    /// Primary -> replica, during the handshake: the session is refused; the primary closes the
-    /// connection after it.
+    /// Either side, during the handshake: the session is refused; the sender closes the
+    /// connection after it. Primary -> replica for most reasons; a node that is not the
+    /// primary answers a `Hello` with [`RefuseReason::NotPrimary`]; replica -> primary
+    /// [`RefuseReason::StalePrimary`] answers the `Welcome` of a primary below its epoch.
     Refuse(Refuse),
     /// Replica -> primary, during the divergence search: "what is your record at `lsn`?"
     Probe {
@@ -141,11 +148,12 @@ pub struct Refuse {
     pub reason: RefuseReason,
 }
 
-/// Why a session was refused. Only the primary refuses, during the handshake
-/// (spec/protocol.md §5.1, §12.1). The wire tag is the variant index. Tags 4..=8 named
-/// reasons no build ever sent and are retired (earlier builds of version 1 still decode them
-/// as those reasons), so a new variant, which would take tag 4, needs a new
-/// [`PROTOCOL_VERSION`].
+/// Why a session was refused, during the handshake (spec/protocol.md §5.1, §12.1). The wire
+/// tag is the variant index. In version 1 tags 4..=8 named reasons no build ever sent
+/// (earlier builds of version 1 still decode them as those reasons); version 2 appended
+/// `NotPrimary` (tag 4) and `StalePrimary` (tag 5), which is why it is a new
+/// [`PROTOCOL_VERSION`]. Tags 6..=8 do not decode. Every string is decoded bounded by the
+/// body received (`bounded_de`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[non_exhaustive]
 pub enum RefuseReason {
@@ -183,6 +191,29 @@ pub enum RefuseReason {
         /// The name the TLS certificate proved.
         #[serde(deserialize_with = "bounded_de::string")]
         certified: String,
+    },
+    /// Not-primary -> replica: the node the replica connected to is not the primary (of
+    /// `epoch`, the highest epoch it knows); `primary_hint` names the primary it follows,
+    /// if it knows one. The replica ends the session (no halt) and may try the hint.
+    #[error("not the primary (epoch {epoch}; primary hint {primary_hint:?})")]
+    NotPrimary {
+        /// The refusing node's current epoch.
+        epoch: u64,
+        /// The node id of the primary it knows in that epoch, if any.
+        #[serde(deserialize_with = "bounded_de::opt_string")]
+        primary_hint: Option<String>,
+    },
+    /// Replica -> primary: the primary's epoch is below the replica's fence (it has seen,
+    /// or voted in, a higher epoch). The replica stores nothing from it and ends the session
+    /// (no halt); the primary learns it is stale and acknowledges nothing more.
+    #[error(
+        "stale primary: primary epoch {primary_epoch} is below the current epoch {current_epoch}"
+    )]
+    StalePrimary {
+        /// The refused primary's epoch (`Welcome.epoch`).
+        primary_epoch: u64,
+        /// The refusing replica's fence: the highest epoch it has seen or voted in.
+        current_epoch: u64,
     },
 }
 
@@ -276,6 +307,23 @@ mod bounded_de {
             }
         }
         d.deserialize_str(V)
+    }
+
+    pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Option<String>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an optional string")
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<Option<String>, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<String>, D::Error> {
+                string(d).map(Some)
+            }
+        }
+        d.deserialize_option(V)
     }
 
     pub fn vec<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
@@ -430,6 +478,30 @@ mod tests {
     }
 
     #[test]
+    fn failover_refusals_round_trip() {
+        let reasons = [
+            RefuseReason::NotPrimary {
+                epoch: 7,
+                primary_hint: Some("n3".into()),
+            },
+            RefuseReason::NotPrimary {
+                epoch: 0,
+                primary_hint: None,
+            },
+            RefuseReason::StalePrimary {
+                primary_epoch: 2,
+                current_epoch: 3,
+            },
+        ];
+        for reason in reasons {
+            let msg = Message::Refuse(Refuse { reason });
+            let mut body = Vec::new();
+            encode_body(&msg, &mut body).expect("encode");
+            assert_eq!(decode_body(&body).expect("decode"), msg);
+        }
+    }
+
+    #[test]
     fn peek_hello_version_reads_version_of_any_hello() {
         let mut body = Vec::new();
         encode_body(&hello(7_000_000), &mut body).expect("encode");
@@ -508,9 +580,12 @@ mod tests {
     #[test]
     fn version_check_refuses_other_versions() {
         assert!(RefuseReason::check_version(PROTOCOL_VERSION).is_ok());
-        assert_eq!(
-            RefuseReason::check_version(2),
-            Err(RefuseReason::UnsupportedVersion { ours: 1, theirs: 2 })
-        );
+        // Version 1 (before failover) and a future version 3 are both refused.
+        for theirs in [1, 3] {
+            assert_eq!(
+                RefuseReason::check_version(theirs),
+                Err(RefuseReason::UnsupportedVersion { ours: 2, theirs })
+            );
+        }
     }
 }

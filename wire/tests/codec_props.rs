@@ -37,6 +37,18 @@ fn refuse_reason() -> impl Strategy<Value = RefuseReason> {
         name().prop_map(|node_id| RefuseReason::NotAMember { node_id }),
         (name(), name())
             .prop_map(|(claimed, certified)| RefuseReason::NodeIdMismatch { claimed, certified }),
+        (any::<u64>(), proptest::option::of(name())).prop_map(|(epoch, primary_hint)| {
+            RefuseReason::NotPrimary {
+                epoch,
+                primary_hint,
+            }
+        }),
+        (any::<u64>(), any::<u64>()).prop_map(|(primary_epoch, current_epoch)| {
+            RefuseReason::StalePrimary {
+                primary_epoch,
+                current_epoch,
+            }
+        }),
     ]
 }
 
@@ -302,10 +314,15 @@ fn decoder_refuses_further_use_after_a_malformed_body() {
 
 #[test]
 fn hello_of_another_version_with_undecodable_fields_is_unsupported_version() {
-    // Tag 0 (Hello), version 2, then bytes that are not a v1 Hello.
-    let body = [0u8, 2, 0xff, 0xff, 0xff];
-    match decode_frame_body(&body) {
-        Err(FrameError::UnsupportedVersion { theirs }) => assert_eq!(theirs, 2),
-        other => panic!("expected UnsupportedVersion, got {other:?}"),
+    // Tag 0 (Hello), version 1 (before failover) or 3 (a future one), then bytes that are
+    // not a Hello of this build's version.
+    for version in [1u8, 3] {
+        let body = [0u8, version, 0xff, 0xff, 0xff];
+        match decode_frame_body(&body) {
+            Err(FrameError::UnsupportedVersion { theirs }) => {
+                assert_eq!(theirs, u32::from(version))
+            }
+            other => panic!("expected UnsupportedVersion, got {other:?}"),
+        }
     }
 }

@@ -74,27 +74,33 @@ fn bodies_claiming_more_than_they_hold() -> Vec<(&'static str, Vec<u8>)> {
     let mut records = vec![5u8, 1, 1];
     records.extend(varint_u64(CLAIMED));
     records.push(0);
-    // Hello: tag 0, version 1, cluster_id of 30 MB.
-    let mut hello_cluster = vec![0u8, 1];
+    // Hello: tag 0, version 2 (this build's: another version's undecodable Hello is
+    // `UnsupportedVersion`), cluster_id of 30 MB.
+    let mut hello_cluster = vec![0u8, 2];
     hello_cluster.extend(varint_u64(CLAIMED));
     hello_cluster.extend_from_slice(b"c");
     // Hello: cluster "c", node "n", last 0/0/0, commit 0, epoch history of 2^40 entries.
-    let mut hello_history = vec![0u8, 1, 1, b'c', 1, b'n', 0, 0, 0, 0];
+    let mut hello_history = vec![0u8, 2, 1, b'c', 1, b'n', 0, 0, 0, 0];
     hello_history.extend(varint_u64(1 << 40));
     hello_history.extend_from_slice(&[1, 1]);
-    // Welcome: tag 1, version 1, primary_id of 30 MB.
-    let mut welcome = vec![1u8, 1];
+    // Welcome: tag 1, version 2, primary_id of 30 MB.
+    let mut welcome = vec![1u8, 2];
     welcome.extend(varint_u64(CLAIMED));
     // Refuse: tag 2, reason Halted (tag 7), reason text of 30 MB.
     let mut refuse = vec![2u8, 7];
     refuse.extend(varint_u64(CLAIMED));
     refuse.extend_from_slice(b"gap");
+    // Refuse: tag 2, reason NotPrimary (tag 4), epoch 3, Some, primary_hint of 30 MB.
+    let mut not_primary = vec![2u8, 4, 3, 1];
+    not_primary.extend(varint_u64(CLAIMED));
+    not_primary.extend_from_slice(b"n3");
     vec![
         ("records bytes", records),
         ("hello cluster_id", hello_cluster),
         ("hello epoch_history", hello_history),
         ("welcome primary_id", welcome),
         ("refuse halted reason", refuse),
+        ("refuse not-primary hint", not_primary),
     ]
 }
 
@@ -171,7 +177,7 @@ fn decode_limit_grows_with_the_body_by_factors_of_four_up_to_max_decoded_bytes()
 fn hello_of_exactly(target: usize) -> (Message, Vec<u8>) {
     let encode = |entries: usize, pad: usize| {
         let msg = Message::Hello(Hello {
-            protocol_version: 1,
+            protocol_version: walship_wire::PROTOCOL_VERSION,
             cluster_id: "c".repeat(pad),
             node_id: "n".into(),
             last: Position::default(),

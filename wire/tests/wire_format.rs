@@ -25,8 +25,8 @@ fn limits_have_the_values_in_the_spec() {
     assert_eq!(MAX_FRAME_BYTES, 8_454_144);
     assert_eq!(MAX_BATCH_BYTES, 8_388_608);
     assert_eq!(MAX_DECODED_BYTES, 33_816_576);
-    assert_eq!(walship_wire::ALPN, b"walship/1");
-    assert_eq!(walship_wire::PROTOCOL_VERSION, 1);
+    assert_eq!(walship_wire::ALPN, b"walship/2");
+    assert_eq!(walship_wire::PROTOCOL_VERSION, 2);
 }
 
 #[test]
@@ -36,7 +36,7 @@ fn message_tags_match_the_spec_table() {
         (
             0,
             Message::Hello(Hello {
-                protocol_version: 1,
+                protocol_version: walship_wire::PROTOCOL_VERSION,
                 cluster_id: String::new(),
                 node_id: String::new(),
                 last: p,
@@ -48,7 +48,7 @@ fn message_tags_match_the_spec_table() {
         (
             1,
             Message::Welcome(Welcome {
-                protocol_version: 1,
+                protocol_version: walship_wire::PROTOCOL_VERSION,
                 primary_id: String::new(),
                 epoch: 0,
                 at_replica_last: None,
@@ -104,6 +104,14 @@ fn refuse_reason_tags_match_the_spec_table() {
             claimed: s(),
             certified: s(),
         },
+        RefuseReason::NotPrimary {
+            epoch: 0,
+            primary_hint: None,
+        },
+        RefuseReason::StalePrimary {
+            primary_epoch: 0,
+            current_epoch: 0,
+        },
     ];
     for (tag, reason) in reasons.into_iter().enumerate() {
         let b = body(&Message::Refuse(Refuse {
@@ -114,8 +122,34 @@ fn refuse_reason_tags_match_the_spec_table() {
 }
 
 #[test]
-fn retired_refuse_reason_tags_4_to_8_do_not_decode() {
-    for tag in 4u8..=8 {
+fn failover_refusals_encode_byte_for_byte_as_specified() {
+    let b = body(&Message::Refuse(Refuse {
+        reason: RefuseReason::NotPrimary {
+            epoch: 300,
+            primary_hint: Some("n3".into()),
+        },
+    }));
+    // Refuse, NotPrimary, epoch 300 (251 + u16 LE), Some, "n3".
+    assert_eq!(b, vec![2, 4, 251, 0x2c, 0x01, 1, 2, b'n', b'3']);
+    let b = body(&Message::Refuse(Refuse {
+        reason: RefuseReason::NotPrimary {
+            epoch: 5,
+            primary_hint: None,
+        },
+    }));
+    assert_eq!(b, vec![2, 4, 5, 0]);
+    let b = body(&Message::Refuse(Refuse {
+        reason: RefuseReason::StalePrimary {
+            primary_epoch: 2,
+            current_epoch: 3,
+        },
+    }));
+    assert_eq!(b, vec![2, 5, 2, 3]);
+}
+
+#[test]
+fn retired_refuse_reason_tags_6_to_8_do_not_decode() {
+    for tag in 6u8..=8 {
         // Refuse (message tag 2), reason tag, no fields.
         let body = [2u8, tag];
         let got = walship_wire::frame::decode_frame_body(&body);
@@ -129,7 +163,7 @@ fn retired_refuse_reason_tags_4_to_8_do_not_decode() {
 #[test]
 fn hello_encodes_byte_for_byte_as_specified() {
     let msg = Message::Hello(Hello {
-        protocol_version: 1,
+        protocol_version: 2,
         cluster_id: "c1".into(),
         node_id: "n2".into(),
         last: Position {
@@ -153,7 +187,7 @@ fn hello_encodes_byte_for_byte_as_specified() {
     #[rustfmt::skip]
     let expected: Vec<u8> = vec![
         0,                          // tag Hello
-        1,                          // protocol_version
+        2,                          // protocol_version
         2, b'c', b'1',              // cluster_id
         2, b'n', b'2',              // node_id
         251, 0x2c, 0x01,            // last.lsn = 300 (251 + u16 LE)

@@ -42,6 +42,12 @@ pub(super) fn fm_x_1() -> R {
     ))
 }
 
+/// FM-X.2, both ways a stale primary meets a replica: (1) its `Hello` says the replica has
+/// seen a higher epoch: the primary is fenced (acknowledges nothing, commits nothing), the
+/// replica ends the session (`Refuse{NotPrimary}`), stores nothing, does not halt;
+/// (2) a stale primary's `Welcome` reaches a converged replica: it refuses it
+/// (`Refuse{StalePrimary}`), stores nothing, does not halt, and follows the real primary
+/// again after its backoff.
 pub(super) fn fm_x_2() -> R {
     let mut w = World::new(cfg(1, -1), 202)?;
     seed_epochs(
@@ -59,18 +65,72 @@ pub(super) fn fm_x_2() -> R {
     )?;
     w.start_all();
     w.client_append(&payloads("stale", 3, 40));
-    let halted = run_until_cond(&mut w, 5_000, |w| w.replica(1).halted.is_some());
-    ensure(halted, || "no halt".into())?;
-    let h = w.replica(1).halted.clone().ok_or("no halt")?;
-    ensure(h.record.reason == HaltReason::StalePrimary, || {
-        format!("halted {}", h.record.reason.as_str())
+    let fenced = run_until_cond(&mut w, 5_000, |w| {
+        w.primary
+            .up
+            .as_ref()
+            .and_then(|p| p.exec.fenced())
+            .is_some()
+    });
+    ensure(fenced, || "the stale primary was not fenced".into())?;
+    let fenced_at = w.primary.up.as_ref().and_then(|p| p.exec.fenced());
+    ensure(fenced_at == Some(5), || format!("fenced at {fenced_at:?}"))?;
+    // It acknowledges nothing after it learns, not even new appends.
+    let later = w.client_append(&payloads("after", 2, 40));
+    w.run_until(w.now() + 1_000);
+    ensure(later.is_empty(), || {
+        format!("wrote {later:?} after being fenced")
+    })?;
+    ensure(w.oracle.acked.is_empty(), || {
+        format!("acknowledged {:?}", w.oracle.acked.keys())
+    })?;
+    ensure(w.primary_commit() == 0, || {
+        format!("commit advanced to {}", w.primary_commit())
+    })?;
+    ensure(w.replica(1).halted.is_none(), || {
+        "the replica halted".into()
     })?;
     ensure(last_of(&w, 1).lsn == 0, || {
         "records of the stale primary were appended".into()
     })?;
+    let end = w
+        .replica(1)
+        .up
+        .as_ref()
+        .and_then(|u| u.exec.status().last_session_end)
+        .unwrap_or_default();
+    ensure(end.starts_with("not the primary (epoch 5)"), || {
+        format!("replica's last session end: {end:?}")
+    })?;
+
+    // (2) A stale Welcome to a converged replica.
+    let mut w2 = converged_cluster(cfg(1, -1), 212, 10)?;
+    let before = last_of(&w2, 1);
+    w2.arm_frame_fault(1, FrameFault::StaleWelcome);
+    w2.crash(1);
+    w2.restart(1);
+    let refused = run_until_cond(&mut w2, 5_000, |w| {
+        w.replica(1).up.as_ref().is_some_and(|u| {
+            u.exec
+                .status()
+                .last_session_end
+                .is_some_and(|e| e.starts_with("refused stale primary"))
+        })
+    });
+    ensure(refused, || "the stale Welcome was not refused".into())?;
+    ensure(last_of(&w2, 1) == before, || {
+        format!("the replica's log changed: {before} -> {}", last_of(&w2, 1))
+    })?;
+    checked(&w2)?;
+    ensure(w2.replica(1).halted.is_none(), || {
+        "the replica halted on a stale Welcome".into()
+    })?;
+    w2.client_append(&payloads("after-stale", 2, 40));
+    converge(&mut w2)?;
+    checked(&w2)?;
     Ok(format!(
-        "halt stale-primary ({} / {}); nothing appended",
-        h.record.expected, h.record.found
+        "stale primary fenced at epoch 5 by the replica's Hello: nothing acknowledged or committed, replica not halted ({end}); a stale Welcome refused without a halt, replica log unchanged at {before}, then followed the real primary to lsn {}",
+        last_of(&w2, 1).lsn
     ))
 }
 

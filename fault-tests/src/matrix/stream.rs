@@ -288,14 +288,16 @@ pub(super) fn expect_halt(seed: u64, fault: FrameFault) -> R {
     let mut slow = cfg(1, -1);
     slow.net.bandwidth_bytes_per_ms = 50;
     slow.net.mtu_bytes = 100;
+    let Some(expected) = fault.expected_halt() else {
+        return Err(format!(
+            "{fault:?} is refused, not halted: no halt to expect"
+        ));
+    };
     let mut first = None;
     for (i, c) in [clean, noisy, slow].into_iter().enumerate() {
         let (reason, text) = frame_fault_halts_in(c, seed + 1000 * i as u64, fault)?;
-        if reason != fault.expected_halt() {
-            return Err(format!(
-                "expected {}, got {text}",
-                fault.expected_halt().as_str()
-            ));
+        if reason != expected {
+            return Err(format!("expected {}, got {text}", expected.as_str()));
         }
         first.get_or_insert(text);
     }

@@ -18,7 +18,7 @@ use walship_snapshot::SnapshotSink;
 use walship_wal::sim::SimStorage;
 use walship_wal::{Lsn, Position, Wal, WalError};
 use walship_wire::frame::{encode_frame, FrameDecoder, FrameError};
-use walship_wire::message::Message;
+use walship_wire::message::{EpochEntry, Message};
 
 use super::{describe, node_name, root, wal_dir, wal_options, World, CLUSTER_ID, PRIMARY};
 use crate::net::{CloseReason, ConnId, NodeId};
@@ -341,6 +341,7 @@ impl World {
             sync_every_bytes: 8 * 1024 * 1024,
             commit_interval_ms: walship_node::replica::exec::DEFAULT_COMMIT_INTERVAL_MS,
             report_applied: true,
+            min_primary_epoch: 0,
         };
         let applier = self.replica(n).applier.clone();
         let exec = match ReplicaExec::open(s, config, Box::new(applier), self.now()) {
@@ -684,28 +685,32 @@ impl World {
                 matches!(&m, Message::Welcome(wm) if self.faulty_welcomes.get(&n) == Some(wm));
             let kind = m.kind();
             let now = self.now();
+            // What the replica stores, before a stale Welcome (FM-X.2: nothing of it may be
+            // stored: not a record, not its epoch history, not its commit watermark).
+            let stored_before = faulty_welcome
+                .then(|| self.replica(n).up.as_ref().map(replica_stored))
+                .flatten();
             if let Some(u) = self.replicas[n - 1].up.as_mut() {
                 u.deliver(conn, m, now);
             }
             self.replica_outputs(n);
             if faulty_records {
                 self.faulty_frames.remove(&n);
-            }
-            if faulty_welcome {
-                self.faulty_welcomes.remove(&n);
-            }
-            if faulty_records || faulty_welcome {
                 // Damage must never be accepted as valid: the frame halts.
                 let halted = self.replica(n).halted.is_some() || self.replica(n).up.is_none();
                 if !halted {
                     self.oracle.action_violations.push((
-                        "a faulty frame is never accepted (FM-5.2, FM-6.1, FM-6.2, FM-8.1, FM-X.2, FM-X.3)",
+                        "a faulty frame is never accepted (FM-5.2, FM-6.1, FM-6.2, FM-8.1, FM-X.3)",
                         format!(
                             "{} accepted a faulty {kind} frame without halting",
                             node_name(n)
                         ),
                     ));
                 }
+            }
+            if faulty_welcome {
+                self.faulty_welcomes.remove(&n);
+                self.check_stale_welcome_refused(n, conn, stored_before);
             }
         }
         if let Some(e) = bad {
@@ -714,6 +719,46 @@ impl World {
                 u.bad_frame(conn, &e, now);
             }
             self.replica_outputs(n);
+        }
+    }
+
+    /// FM-X.2: a replica given a stale primary's `Welcome` refuses it without a halt: the
+    /// session on `conn` is over (it said `Refuse{StalePrimary}`, which its last session
+    /// end names) and nothing of that primary was stored (`before`: what it stored before
+    /// the Welcome). A replica stopped by its own disk meanwhile is judged elsewhere.
+    fn check_stale_welcome_refused(
+        &mut self,
+        n: NodeId,
+        conn: ConnId,
+        before: Option<(Position, Vec<EpochEntry>, Lsn)>,
+    ) {
+        const RULE: &str =
+            "a stale primary is refused: no halt, nothing of it stored, the session ends (FM-X.2)";
+        let Some(u) = self.replica(n).up.as_ref() else {
+            return;
+        };
+        let mut wrong = Vec::new();
+        if self.replica(n).halted.is_some() {
+            wrong.push("halted".to_string());
+        }
+        if u.conn.as_ref().is_some_and(|(c, _)| *c == conn) {
+            wrong.push("kept the session".to_string());
+        }
+        let end = u.exec.status().last_session_end.unwrap_or_default();
+        if !end.starts_with("refused stale primary") {
+            wrong.push(format!("its last session end is {end:?}"));
+        }
+        let after = replica_stored(u);
+        if before.as_ref().is_some_and(|b| *b != after) {
+            wrong.push(format!("stored something: {before:?} -> {after:?}"));
+        }
+        if !wrong.is_empty() {
+            let detail = format!(
+                "{} given a stale Welcome: {}",
+                node_name(n),
+                wrong.join("; ")
+            );
+            self.oracle.action_violations.push((RULE, detail));
         }
     }
 
@@ -773,4 +818,15 @@ impl World {
             .as_ref()
             .is_some_and(|u| u.conn.is_some())
     }
+}
+
+/// What a running replica stores that a primary's session could change: its last record,
+/// its epoch history and its commit watermark.
+fn replica_stored(u: &ReplicaUp) -> (Position, Vec<EpochEntry>, Lsn) {
+    let core = u.exec.core();
+    (
+        core.last(),
+        core.epoch_history().entries.clone(),
+        core.commit_lsn(),
+    )
 }

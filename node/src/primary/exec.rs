@@ -199,6 +199,8 @@ pub struct PrimaryExec<S: Storage, W> {
     out: VecDeque<Output<W>>,
     stopped: Option<PrimaryStop>,
     shutting_down: bool,
+    /// A replica knows a higher epoch than ours ([`PrimaryExec::fenced`]).
+    fenced: Option<u64>,
     facts: OpenFacts,
 }
 
@@ -377,6 +379,7 @@ impl<S: Storage + Clone, W> PrimaryExec<S, W> {
             out: VecDeque::new(),
             stopped: None,
             shutting_down: false,
+            fenced: None,
             facts: OpenFacts {
                 report,
                 persisted_commit_lsn: commit_lsn,
@@ -458,6 +461,9 @@ impl<S: Storage, W> PrimaryExec<S, W> {
     fn refusal(&self) -> Option<PrimaryError> {
         if let Some(reason) = &self.stopped {
             return Some(PrimaryError::Stopped(reason.clone()));
+        }
+        if let Some(epoch) = self.fenced {
+            return Some(PrimaryError::Fenced { epoch });
         }
         if self.shutting_down {
             return Some(PrimaryError::ShuttingDown);
@@ -622,6 +628,15 @@ impl<S: Storage, W> PrimaryExec<S, W> {
         self.stopped.as_ref()
     }
 
+    /// The higher epoch a replica told this primary of (its `Hello.highest_epoch_seen`
+    /// or a `Refuse{StalePrimary}`), once it did: the primary is stale. From then on it
+    /// acknowledges no append (pending and later ones fail with
+    /// [`PrimaryError::Fenced`]), never advances its commit watermark and ships nothing;
+    /// the node must step down. Records already written stay in the log, tentative.
+    pub fn fenced(&self) -> Option<u64> {
+        self.fenced
+    }
+
     /// The commit watermark announced so far.
     pub fn commit_lsn(&self) -> Lsn {
         self.commit
@@ -714,7 +729,26 @@ impl<S: Storage, W> PrimaryExec<S, W> {
                     self.out.push_back(Output::SendSnapshot { conn, boundary });
                 }
                 Action::CommitAdvanced { commit_lsn } => self.on_commit(commit_lsn, now_ms),
+                Action::Fenced { epoch } => self.on_fenced(epoch),
             }
+        }
+    }
+
+    /// A replica knows `epoch`, above ours: acknowledge nothing more. Every waiting append
+    /// fails with [`PrimaryError::Fenced`] (its record stays in the log, tentative: the
+    /// new primary decides its fate); later appends are refused by [`Self::refusal`].
+    fn on_fenced(&mut self, epoch: u64) {
+        if self.fenced.is_some_and(|f| f >= epoch) {
+            return;
+        }
+        warn!(node = %self.node_id, epoch = self.core.epoch(), higher = epoch, commit_lsn = self.commit,
+            waiting = self.waiting.len(), "fenced by a higher epoch: acknowledging nothing more; the node must step down");
+        self.fenced = Some(epoch);
+        for w in std::mem::take(&mut self.waiting) {
+            self.out.push_back(Output::Fail {
+                token: w.token,
+                error: PrimaryError::Fenced { epoch },
+            });
         }
     }
 
@@ -738,6 +772,10 @@ impl<S: Storage, W> PrimaryExec<S, W> {
     /// The commit watermark advanced: announce it, wake the tokens it covers (lsn order),
     /// and schedule its persist.
     fn on_commit(&mut self, commit_lsn: Lsn, now_ms: u64) {
+        if self.fenced.is_some() {
+            // The core advances nothing once fenced; never acknowledge after it either.
+            return;
+        }
         // A segment roll fsyncs the completed segment inside an append, so the WAL's durable
         // lsn (which the core reads) can run ahead of this executor's last group sync.
         let wal_durable = self.wal.durable_lsn();

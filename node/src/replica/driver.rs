@@ -156,9 +156,21 @@ enum Input {
 /// One open connection: the quinn handle, the writer's queue, the reader task.
 struct Session {
     quic: quinn::Connection,
-    writer: mpsc::UnboundedSender<Message>,
+    writer: mpsc::UnboundedSender<Outgoing>,
     reader: tokio::task::JoinHandle<()>,
 }
+
+/// What the writer task does next, in order.
+enum Outgoing {
+    /// Write one frame.
+    Frame(Message),
+    /// A refusal was queued before: finish the stream, let the primary read it (at most
+    /// [`REFUSE_LINGER`]), then close the connection with `Refused` and `reason`.
+    CloseRefused(quinn::Connection, String),
+}
+
+/// How long a refusing replica waits for the primary to read its `Refuse` frame.
+const REFUSE_LINGER: Duration = Duration::from_millis(500);
 
 /// The transport side of the executor thread.
 struct Glue {
@@ -189,13 +201,21 @@ impl Glue {
             Output::Send { conn, msg } => {
                 if let Some(s) = self.sessions.get(&conn) {
                     // A closed writer reports the end itself.
-                    let _ = s.writer.send(msg);
+                    let _ = s.writer.send(Outgoing::Frame(msg));
                 }
             }
             Output::Close { conn, code, reason } => {
                 if let Some(s) = self.sessions.remove(&conn) {
-                    code.close(&s.quic, &reason);
                     s.reader.abort();
+                    // A `Refuse` frame (FM-X.2: `StalePrimary`) was queued just before:
+                    // the writer closes after it, so the primary learns it is stale.
+                    let closed_by_writer = code == CloseCode::Refused
+                        && s.writer
+                            .send(Outgoing::CloseRefused(s.quic.clone(), reason.clone()))
+                            .is_ok();
+                    if !closed_by_writer {
+                        code.close(&s.quic, &reason);
+                    }
                 }
             }
             Output::Stopped(e) => {
@@ -476,12 +496,21 @@ async fn read_loop(mut recv: quinn::RecvStream, tx: mpsc::Sender<Input>, conn: C
 /// Writes the executor's messages to the primary's stream.
 async fn write_loop(
     mut send: quinn::SendStream,
-    mut queue: mpsc::UnboundedReceiver<Message>,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
     tx: mpsc::Sender<Input>,
     conn: ConnId,
 ) {
     let mut writer = FrameWriter::default();
-    while let Some(msg) = queue.recv().await {
+    while let Some(out) = queue.recv().await {
+        let msg = match out {
+            Outgoing::Frame(msg) => msg,
+            Outgoing::CloseRefused(quic, reason) => {
+                let _ = send.finish();
+                let _ = tokio::time::timeout(REFUSE_LINGER, send.stopped()).await;
+                CloseCode::Refused.close(&quic, &reason);
+                return;
+            }
+        };
         if let Err(e) = writer.write(&mut send, &msg).await {
             let end = SessionEnd::ConnectionLost {
                 detail: e.to_string(),

@@ -132,6 +132,11 @@ pub struct ReplicaConfig {
     /// Group sync: at most this many bytes are appended between two syncs
     /// while records keep arriving (a sync also happens whenever the input is idle).
     pub sync_every_bytes: usize,
+    /// The lowest primary epoch accepted besides the replica's own history (default 0):
+    /// the node sets it to its election epoch. A primary below
+    /// `max(highest epoch seen, min_primary_epoch)` is refused (`Refuse{StalePrimary}`,
+    /// a session end, not a halt; FM-X.2).
+    pub min_primary_epoch: u64,
 }
 
 impl ReplicaConfig {
@@ -158,6 +163,7 @@ impl ReplicaConfig {
             backoff_max_ms: 2_000,
             wal: WalOptions::default(),
             sync_every_bytes: 8 * 1024 * 1024,
+            min_primary_epoch: 0,
         }
     }
 

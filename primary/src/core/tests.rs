@@ -570,11 +570,53 @@ fn replica_ahead_of_local_durable_gets_none_and_no_records() {
     assert!(batches(&a, 1).is_empty());
 }
 
+fn refuse_from(
+    core: &mut PrimaryCore,
+    log: &mut MemLog,
+    conn: ConnId,
+    reason: RefuseReason,
+) -> Vec<Action> {
+    core.handle(
+        Event::Received {
+            conn,
+            msg: Message::Refuse(Refuse { reason }),
+        },
+        log,
+        0,
+    )
+}
+
+fn not_primary(epoch: u64) -> RefuseReason {
+    RefuseReason::NotPrimary {
+        epoch,
+        primary_hint: None,
+    }
+}
+
+/// The refusal sent on `conn` followed by the close of `conn`, as `refuse` emits them.
+fn refused(conn: ConnId, reason: RefuseReason) -> [Action; 2] {
+    [
+        Action::Send {
+            conn,
+            msg: Message::Refuse(Refuse {
+                reason: reason.clone(),
+            }),
+        },
+        Action::Close {
+            conn,
+            reason: CloseReason::Refused(reason),
+        },
+    ]
+}
+
 #[test]
-fn stale_primary_welcomes_but_ships_nothing() {
-    let mut c = core(Quorum::Majority, 1);
+fn fm_x_2_hello_of_a_replica_that_has_seen_a_higher_epoch_fences_the_primary() {
+    let mut c = core(Quorum::Majority, 2);
     let mut log = MemLog::default();
     log.append_durable(5, 10);
+    // r2 streams and receipts 3: commit 3.
+    connect(&mut c, &mut log, 2, "r2", Position::ZERO);
+    assert_eq!(commit_advanced(&receipt(&mut c, &mut log, 2, 3)), Some(3));
     c.handle(
         Event::Connected {
             conn: 1,
@@ -593,13 +635,95 @@ fn stale_primary_welcomes_but_ships_nothing() {
         &mut log,
         0,
     );
-    assert!(matches!(
-        &a[..],
-        [Action::Send {
-            msg: Message::Welcome(_),
-            ..
+    // No Welcome: refused as not the primary, fenced, and every other session ends too.
+    let mut want = refused(1, not_primary(2)).to_vec();
+    want.push(Action::Fenced { epoch: 2 });
+    want.extend(refused(2, not_primary(2)));
+    assert_eq!(a, want);
+    assert_eq!(c.fenced(), Some(2));
+    // Nothing commits or ships any more, even with receipts that would commit.
+    log.append_durable(5, 10);
+    let a = c.handle(Event::LocalDurable, &mut log, 0);
+    assert!(a.is_empty(), "{a:?}");
+    assert_eq!(c.commit_lsn(), 3);
+    // A replica connecting later is pointed away.
+    let a = connect(&mut c, &mut log, 3, "r2", Position::ZERO);
+    assert_eq!(a, refused(3, not_primary(2)).to_vec());
+}
+
+#[test]
+fn fm_x_2_refuse_stale_primary_from_a_replica_fences_the_primary_and_freezes_its_commit() {
+    let mut c = core(Quorum::Majority, 2);
+    let mut log = MemLog::default();
+    log.append_durable(10, 10);
+    connect(&mut c, &mut log, 1, "r1", Position::ZERO);
+    connect(&mut c, &mut log, 2, "r2", Position::ZERO);
+    assert_eq!(commit_advanced(&receipt(&mut c, &mut log, 1, 4)), Some(4));
+    // r2 has voted in epoch 3 meanwhile (its Hello said 1) and refuses our Welcome.
+    let stale = RefuseReason::StalePrimary {
+        primary_epoch: 1,
+        current_epoch: 3,
+    };
+    let a = refuse_from(&mut c, &mut log, 2, stale.clone());
+    let mut want = vec![Action::Close {
+        conn: 2,
+        reason: CloseReason::Refused(stale),
+    }];
+    want.push(Action::Fenced { epoch: 3 });
+    want.extend(refused(1, not_primary(3)));
+    assert_eq!(a, want);
+    assert_eq!(c.fenced(), Some(3));
+    // A receipt racing the close changes nothing: the connection is gone.
+    let a = receipt(&mut c, &mut log, 1, 10);
+    assert!(a.is_empty(), "{a:?}");
+    assert_eq!(c.commit_lsn(), 4);
+    // A later Hello is pointed away with the epoch learned, and fences nothing anew.
+    let a = connect(&mut c, &mut log, 3, "r1", Position::ZERO);
+    assert_eq!(a, refused(3, not_primary(3)).to_vec());
+    assert_eq!(c.fenced(), Some(3));
+}
+
+#[test]
+fn refuse_stale_primary_naming_no_higher_epoch_only_ends_that_session() {
+    // A refusal that names no epoch above ours (e.g. answering a Welcome a middlebox
+    // rewrote) is no evidence of a newer primary: the session ends, nothing is fenced.
+    let mut c = core(Quorum::Majority, 2);
+    let mut log = MemLog::default();
+    log.append_durable(10, 10);
+    connect(&mut c, &mut log, 1, "r1", Position::ZERO);
+    connect(&mut c, &mut log, 2, "r2", Position::ZERO);
+    let stale = RefuseReason::StalePrimary {
+        primary_epoch: 0,
+        current_epoch: 1,
+    };
+    let a = refuse_from(&mut c, &mut log, 2, stale.clone());
+    assert_eq!(
+        a,
+        vec![Action::Close {
+            conn: 2,
+            reason: CloseReason::Refused(stale)
         }]
-    ));
+    );
+    assert_eq!(c.fenced(), None);
+    assert_eq!(commit_advanced(&receipt(&mut c, &mut log, 1, 10)), Some(10));
+    // A Refuse before the Hello is out of order.
+    c.handle(
+        Event::Connected {
+            conn: 3,
+            node_id: "r2".into(),
+        },
+        &mut log,
+        0,
+    );
+    let a = refuse_from(&mut c, &mut log, 3, not_primary(5));
+    assert_eq!(
+        closed(&a, 3),
+        Some(CloseReason::UnexpectedMessage {
+            kind: "refuse",
+            state: "awaiting-hello"
+        })
+    );
+    assert_eq!(c.fenced(), None);
 }
 
 #[test]
@@ -608,7 +732,10 @@ fn hello_with_wrong_version_cluster_or_name_is_refused_and_closed() {
     let cases: Vec<(Edit, RefuseReason)> = vec![
         (
             Box::new(|h: &mut Hello| h.protocol_version = 9),
-            RefuseReason::UnsupportedVersion { ours: 1, theirs: 9 },
+            RefuseReason::UnsupportedVersion {
+                ours: PROTOCOL_VERSION,
+                theirs: 9,
+            },
         ),
         (
             Box::new(|h: &mut Hello| h.cluster_id = "other".into()),
@@ -679,12 +806,16 @@ fn undecodable_hello_of_another_version_is_refused_before_the_handshake_and_a_vi
     let a = c.handle(
         Event::HelloOfOtherVersion {
             conn: 1,
-            protocol_version: 2,
+            protocol_version: 1,
         },
         &mut log,
         0,
     );
-    let reason = RefuseReason::UnsupportedVersion { ours: 1, theirs: 2 };
+    // A replica of version 1 (before failover) meets a version-2 primary.
+    let reason = RefuseReason::UnsupportedVersion {
+        ours: PROTOCOL_VERSION,
+        theirs: 1,
+    };
     assert_eq!(
         a,
         vec![
@@ -706,7 +837,7 @@ fn undecodable_hello_of_another_version_is_refused_before_the_handshake_and_a_vi
     let a = c.handle(
         Event::HelloOfOtherVersion {
             conn: 2,
-            protocol_version: 2,
+            protocol_version: 1,
         },
         &mut log,
         0,

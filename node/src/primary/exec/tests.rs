@@ -492,3 +492,65 @@ fn reopening_after_a_new_epoch_continues_it_without_a_second_control_record() {
         })
     ));
 }
+
+#[test]
+fn fm_x_2_fenced_primary_fails_pending_and_new_appends_and_never_commits_again() {
+    let sim = SimStorage::new(24);
+    let mut exec = open(&sim, &["p", "r1", "r2"], Quorum::Majority);
+    let r1_zero = Position::ZERO;
+    exec.on_connected(1, "r1".into(), 0);
+    exec.on_frame(1, hello_from("r1", r1_zero, 1), 0);
+    append(&mut exec, 0..2, 1);
+    exec.sync(1);
+    exec.on_frame(1, Message::Receipt { durable_lsn: 1 }, 2);
+    assert_eq!(acks(&drain(&mut exec)), vec![(0, 1)]);
+    append(&mut exec, 2..3, 3);
+    exec.sync(3);
+    drain(&mut exec);
+    // r2 has seen epoch 4: its Hello fences this epoch-1 primary.
+    exec.on_connected(2, "r2".into(), 4);
+    exec.on_frame(2, hello_from("r2", r1_zero, 4), 4);
+    assert_eq!(exec.fenced(), Some(4));
+    let outs = drain(&mut exec);
+    let fenced: Vec<u64> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Fail {
+                token,
+                error: PrimaryError::Fenced { epoch: 4 },
+            } => Some(*token),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fenced, vec![1, 2], "pending appends fail: {outs:?}");
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Send {
+            conn: 2,
+            msg: Message::Refuse(_)
+        }
+    )));
+    assert!(outs
+        .iter()
+        .any(|o| matches!(o, Output::Close { conn: 1, .. })));
+    // Receipts (on a connection the core closed) and new appends change nothing.
+    exec.on_frame(1, Message::Receipt { durable_lsn: 3 }, 5);
+    append(&mut exec, 3..4, 6);
+    let outs = drain(&mut exec);
+    assert!(
+        matches!(
+            &outs[..],
+            [Output::Fail {
+                token: 3,
+                error: PrimaryError::Fenced { epoch: 4 }
+            }]
+        ),
+        "{outs:?}"
+    );
+    assert_eq!(exec.commit_lsn(), 1);
+    exec.on_timer(10_000);
+    assert!(!drain(&mut exec)
+        .iter()
+        .any(|o| matches!(o, Output::Committed(_) | Output::Ack { .. })));
+    assert_eq!(exec.commit_lsn(), 1);
+}

@@ -80,6 +80,10 @@ pub struct ExecConfig {
     /// Report the identity of every applied record in [`Output::Applied`] (the
     /// simulator's oracle; production leaves it off).
     pub report_applied: bool,
+    /// The lowest primary epoch accepted besides the replica's own history (the node's
+    /// election epoch; 0 without elections). Raise it at run time with
+    /// [`ReplicaExec::set_min_primary_epoch`].
+    pub min_primary_epoch: u64,
 }
 
 impl ExecConfig {
@@ -96,6 +100,7 @@ impl ExecConfig {
             sync_every_bytes: c.sync_every_bytes,
             commit_interval_ms: DEFAULT_COMMIT_INTERVAL_MS,
             report_applied: false,
+            min_primary_epoch: c.min_primary_epoch,
         }
     }
 }
@@ -306,6 +311,17 @@ impl<S: Storage> ReplicaExec<S> {
             return;
         }
         self.feed(Event::Received(msg), now_ms);
+        self.settle(now_ms);
+    }
+
+    /// The node's election epoch rose to `epoch`: a primary below it is refused from now on
+    /// (`Refuse{StalePrimary}`), and a session with one ends at once; nothing more of it
+    /// is stored (FM-X.2). Never lowers the bound.
+    pub fn set_min_primary_epoch(&mut self, epoch: u64, now_ms: u64) {
+        if !self.running() {
+            return;
+        }
+        self.feed(Event::MinPrimaryEpoch(epoch), now_ms);
         self.settle(now_ms);
     }
 
@@ -622,6 +638,8 @@ impl<S: Storage> ReplicaExec<S> {
                             SessionEnd::Malformed { .. } | SessionEnd::Protocol { .. } => {
                                 CloseCode::ProtocolViolation
                             }
+                            // `Refuse{StalePrimary}` was sent first (§5.1).
+                            SessionEnd::StalePrimary { .. } => CloseCode::Refused,
                             _ => CloseCode::Normal,
                         };
                         self.outputs.push_back(Output::Close {

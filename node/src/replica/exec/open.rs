@@ -104,6 +104,7 @@ impl<S: Storage> ReplicaExec<S> {
                 max_record_bytes: config.wal.max_record_bytes,
                 backoff_initial_ms: config.backoff_initial_ms,
                 backoff_max_ms: config.backoff_max_ms,
+                min_primary_epoch: config.min_primary_epoch,
             },
             DurableState {
                 last,

@@ -42,6 +42,7 @@ fn config() -> ExecConfig {
         sync_every_bytes: 1 << 20,
         commit_interval_ms: 10,
         report_applied: true,
+        min_primary_epoch: 0,
     }
 }
 
@@ -327,4 +328,61 @@ fn a_shipped_control_record_is_stored_and_applied_through_apply_control_never_as
     );
     assert_eq!(controls, vec![(2, 1)]);
     assert_eq!(exec.wal().expect("wal").last(), third);
+}
+
+#[test]
+fn fm_x_2_raised_min_primary_epoch_refuses_the_streaming_primary_closes_refused_and_retries() {
+    use walship_wire::{CloseCode, Refuse, RefuseReason};
+    let sim = SimStorage::new(30);
+    let log = log(4);
+    let mut exec = streaming(&sim, Recorder::default(), log[3].1);
+    exec.on_frame(1, batch(&log, 1, 2, 2), 1_001);
+    exec.sync(1_002);
+    drain(&mut exec);
+    // The node voted in epoch 2: the epoch-1 primary is stale.
+    exec.set_min_primary_epoch(2, 1_003);
+    let out = drain(&mut exec);
+    let refuse = Message::Refuse(Refuse {
+        reason: RefuseReason::StalePrimary {
+            primary_epoch: 1,
+            current_epoch: 2,
+        },
+    });
+    assert!(
+        matches!(&out[0], Output::Send { conn: 1, msg } if *msg == refuse),
+        "{out:?}"
+    );
+    assert!(
+        matches!(
+            &out[1],
+            Output::Close {
+                conn: 1,
+                code: CloseCode::Refused,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    assert!(
+        matches!(&out[2], Output::SessionEnded { reconnect_after_ms, .. } if *reconnect_after_ms > 0),
+        "{out:?}"
+    );
+    // Frames of that connection are ignored; nothing more is stored.
+    exec.on_frame(1, batch(&log, 3, 4, 4), 1_004);
+    assert_eq!(exec.wal().expect("wal").last().lsn, 2);
+    let st = exec.status();
+    assert!(st.halt().is_none());
+    assert_eq!(
+        st.last_session_end.as_deref(),
+        Some("refused stale primary p1 of epoch 1 (this replica is at epoch 2)")
+    );
+    // It retries with its backoff; the next Hello carries the fence.
+    exec.on_timer(10_000);
+    assert!(matches!(drain(&mut exec).last(), Some(Output::Connect)));
+    exec.on_connected(2, 10_000);
+    let out = drain(&mut exec);
+    assert!(
+        matches!(&out[..], [Output::Send { conn: 2, msg: Message::Hello(h) }] if h.highest_epoch_seen == 2),
+        "{out:?}"
+    );
 }
