@@ -120,12 +120,13 @@ fn run_failover(
             let run = failover::random::run(s);
             runs += 1;
             let line = format!(
-                "seed {s}: {} nodes quorum {} faults {} elections {} acked {} halted {} converged {} {}\n",
+                "seed {s}: {} nodes quorum {} faults {} elections {} acked {} fenced {} halted {} converged {} {}\n",
                 run.nodes,
                 run.quorum,
                 run.faults,
                 run.elections,
                 run.acked,
+                run.fenced,
                 run.halted,
                 run.converged,
                 if run.failure.is_none() { "ok" } else { "FAIL" }

@@ -60,6 +60,8 @@ pub struct Ghost {
     pub lost_acked: BTreeMap<Lsn, Position>,
     /// An operator promotion accepted data loss (quorum 0).
     pub data_loss_accepted: bool,
+    /// Primary executors fenced by a member that knew a higher epoch.
+    pub fenced: usize,
     /// Per node: the last lsn its embedder was fed.
     pub applied_last: BTreeMap<usize, Lsn>,
     /// Per node: the commit watermark its current primary executor announced.

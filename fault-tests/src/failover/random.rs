@@ -25,6 +25,8 @@ pub struct RandomRun {
     pub elections: usize,
     /// Acknowledged records.
     pub acked: usize,
+    /// Primary executors fenced by a member's higher epoch.
+    pub fenced: usize,
     /// Nodes halted `divergence` at the end.
     pub halted: usize,
     /// Converged after healing.
@@ -52,6 +54,7 @@ pub fn run(seed: u64) -> RandomRun {
         faults: 0,
         elections: 0,
         acked: 0,
+        fenced: 0,
         halted: 0,
         converged: false,
         violations: Vec::new(),
@@ -98,6 +101,7 @@ pub fn run(seed: u64) -> RandomRun {
     out.converged = c.run_until_converged(10_000);
     out.elections = c.ghost.primaries.len();
     out.acked = c.ghost.acked.len();
+    out.fenced = c.ghost.fenced;
     out.halted = c.nodes.iter().filter(|n| n.halted.is_some()).count();
     out.violations = c.ghost.violations.clone();
     let mut failures = Vec::new();

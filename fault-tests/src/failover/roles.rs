@@ -117,6 +117,8 @@ impl Cluster {
             sync_every_bytes: 8 * 1024 * 1024,
             commit_interval_ms: walship_node::replica::exec::DEFAULT_COMMIT_INTERVAL_MS,
             report_applied: true,
+            // Fenced by its election epoch: nothing from a primary below it.
+            min_primary_epoch: epoch,
         };
         let storage = self.nodes[n].storage.clone();
         let applier = Box::new(self.nodes[n].applier.clone());
@@ -231,10 +233,16 @@ impl Cluster {
                 .record(now, self.step, format!("{name} <- {}", describe(&m)));
             match &mut self.nodes[to].role {
                 RoleState::Primary(p) => {
+                    let fenced_before = p.up.exec.fenced();
                     if !p.up.deliver(conn, m, now) {
                         return;
                     }
+                    let fenced = p.up.exec.fenced().filter(|_| fenced_before.is_none());
+                    let peer = p.up.peer(conn);
                     self.primary_outputs(to);
+                    if let (Some(epoch), Some(peer)) = (fenced, peer) {
+                        self.primary_fenced(to, peer, epoch);
+                    }
                 }
                 RoleState::Replica(r) if r.up.conn_id() == Some(conn) => {
                     r.up.deliver(conn, m, now);
@@ -269,6 +277,26 @@ impl Cluster {
             RoleState::Idle => return,
         }
         self.role_outputs(at);
+    }
+
+    /// Node `n`'s primary executor was fenced by member `peer`, which knows
+    /// `epoch`: the election core learns it (and steps down: the executor
+    /// already acknowledges nothing).
+    fn primary_fenced(&mut self, n: usize, peer: usize, epoch: u64) {
+        let now = self.now();
+        self.ghost.fenced += 1;
+        let peer_name = self.nodes[peer].name.clone();
+        self.log(format!(
+            "{} primary exec fenced by {peer_name} (epoch {epoch})",
+            self.nodes[n].name
+        ));
+        let Some(core) = self.nodes[n].core.as_mut() else {
+            return;
+        };
+        match core.on_member_contact(now, &peer_name, epoch) {
+            Ok(actions) => self.perform(n, actions),
+            Err(e) => self.log(format!("{}: {e}", self.nodes[n].name)),
+        }
     }
 
     /// A client append through node `n`'s primary executor.
