@@ -13,7 +13,7 @@
 //! arithmetic (`election_quorum`): elected iff the nodes that are up and
 //! connected are at least the election quorum.
 
-use walship_node::election::{election_quorum, LogPosition, Role};
+use walship_node::election::{commit_copies, election_quorum, LogPosition, Role};
 
 use super::{Cluster, FoConfig, Violation};
 
@@ -59,7 +59,7 @@ pub fn scenario_name(s: u8) -> &'static str {
     match s {
         1 => "primary crashes, replicas healthy",
         2 => "primary crashes, one replica partitioned",
-        3 => "primary + one replica crash",
+        3 => "primary + one replica crash (it had receipted the latest records; others lag)",
         5 => "primary partitioned from everyone",
         8 => "primary crashes after an unmet quorum (tentative record on one replica)",
         _ => "?",
@@ -239,8 +239,20 @@ fn drive(cell: &mut Cell, seed: u64) -> Result<(), String> {
             n - 2
         }
         3 => {
+            // The crashed replica is one of the fewest that receipted the
+            // latest records (seed: "if the crashed Replica had receipted the
+            // latest committed record"): for 300 ms only `copies - 1`
+            // replicas receive records, the others lag.
+            let copies = commit_copies(n, q).unwrap_or(1);
+            let receipters = copies.saturating_sub(1).max(1);
+            for &o in &others[receipters..] {
+                c.block_data(p0, o);
+            }
+            let t = c.now() + 300;
+            c.run_until(t);
             c.crash(p0);
             c.crash(r1);
+            c.heal_all();
             n - 2
         }
         5 => {
