@@ -1,7 +1,7 @@
-//! Random failover runs: one seed decides the cluster (3 or 5 nodes, quorum
-//! -1, 1 or 2), the election message loss, and a schedule of crashes,
-//! restarts, isolations, pairwise partitions and heals while a client
-//! appends. The invariants of [`super::check`] are judged after every step;
+//! Random failover runs: one seed decides the cluster (3, 5 or 7 nodes,
+//! quorum -1, 1 or 2), the election message loss, and a schedule of
+//! crashes, restarts, isolations, pairwise partitions, lagging replicas (the
+//! primary's records stop reaching them) and heals while a client appends. The invariants of [`super::check`] are judged after every step;
 //! then every fault heals and the members must converge within bounded
 //! simulated time (a node halted `divergence` — it holds records no primary
 //! acknowledged — waits for the operator's `walship-recover rejoin` and is
@@ -42,7 +42,7 @@ pub struct RandomRun {
 /// Runs seed `seed`.
 pub fn run(seed: u64) -> RandomRun {
     let mut rng = SimRng::new(seed ^ 0xf0f0_5eed);
-    let nodes = if rng.chance(500) { 3 } else { 5 };
+    let nodes = [3, 3, 5, 5, 7][rng.index(5)];
     let quorum = [-1, -1, 1, 2][rng.index(4)];
     let mut cfg = FoConfig::new(nodes, quorum);
     cfg.elect_loss_per_mille = [0, 20, 100][rng.index(3)] as u32;
@@ -83,7 +83,7 @@ pub fn run(seed: u64) -> RandomRun {
             victim
         };
         out.faults += 1;
-        match rng.index(6) {
+        match rng.index(7) {
             0 | 1 => c.crash(target),
             2 => c.restart_all(),
             3 => c.isolate(target),
@@ -91,6 +91,17 @@ pub fn run(seed: u64) -> RandomRun {
                 let other = rng.index(nodes);
                 if other != target {
                     c.partition(target, other);
+                }
+            }
+            5 => {
+                // Replicas that lag: the primary's records stop reaching them.
+                if let Some(p) = c.primary() {
+                    for _ in 0..rng.range(1, nodes as u64 / 2) {
+                        let lagger = rng.index(nodes);
+                        if lagger != p {
+                            c.block_data(p, lagger);
+                        }
+                    }
                 }
             }
             _ => c.heal_all(),
