@@ -20,6 +20,8 @@
 //! - [`figure8`]: Raft's figure 8 schedule over the production code.
 
 pub mod check;
+mod elect;
+mod faults;
 pub mod figure8;
 pub mod random;
 mod roles;
@@ -28,8 +30,7 @@ pub mod scenarios;
 use std::collections::{BTreeMap, BTreeSet};
 
 use walship_node::election::{
-    Action, ElectionConfig, ElectionCore, ElectionMessage, LogPosition, PersistedVote, Role,
-    StartState, VoteFile,
+    ElectionConfig, ElectionCore, ElectionMessage, LogPosition, Role, StartState, VoteFile,
 };
 use walship_primary::core::Window;
 use walship_replica::halt::HaltRecord;
@@ -312,125 +313,6 @@ impl Cluster {
         }
     }
 
-    // ------------------------------------------------------------- faults
-
-    /// Power loss of node `n`: unsynced writes are lost, the process and its
-    /// connections vanish.
-    pub fn crash(&mut self, n: usize) {
-        let now = self.now();
-        self.net.crash_node(n, now);
-        let node = &mut self.nodes[n];
-        node.core = None;
-        node.role = RoleState::Idle;
-        let report = node.storage.crash();
-        self.log(format!("CRASH {} ({report:?})", self.nodes[n].name.clone()));
-    }
-
-    /// Restarts node `n` if it is down.
-    pub fn restart(&mut self, n: usize) {
-        if !self.nodes[n].is_up() {
-            self.start_node(n);
-        }
-    }
-
-    /// Cuts node `n` off from every other node (replication and elections).
-    pub fn isolate(&mut self, n: usize) {
-        let now = self.now();
-        for m in (0..self.cfg.nodes).filter(|&m| m != n) {
-            self.net.partition(n, m, now);
-            self.elect_blocked.insert((n, m));
-            self.elect_blocked.insert((m, n));
-        }
-        self.log(format!("ISOLATE {}", self.nodes[n].name.clone()));
-    }
-
-    /// Partitions `a` and `b` (both directions, replication and elections).
-    pub fn partition(&mut self, a: usize, b: usize) {
-        let now = self.now();
-        self.net.partition(a, b, now);
-        self.elect_blocked.insert((a, b));
-        self.elect_blocked.insert((b, a));
-    }
-
-    /// Heals the link between `a` and `b`.
-    pub fn heal(&mut self, a: usize, b: usize) {
-        let now = self.now();
-        self.net.heal(a, b, now);
-        self.elect_blocked.remove(&(a, b));
-        self.elect_blocked.remove(&(b, a));
-    }
-
-    /// Blocks the replication link `from -> to` only (election messages pass).
-    pub fn block_data(&mut self, from: usize, to: usize) {
-        let now = self.now();
-        self.net.block(from, to, now);
-        self.log(format!(
-            "BLOCK data {} -> {}",
-            self.nodes[from].name.clone(),
-            self.nodes[to].name.clone()
-        ));
-    }
-
-    /// Heals every partition and block.
-    pub fn heal_all(&mut self) {
-        let now = self.now();
-        self.net.heal_all(now);
-        self.elect_blocked.clear();
-        self.log("HEAL all".into());
-    }
-
-    /// Restarts every node that is down.
-    pub fn restart_all(&mut self) {
-        for n in 0..self.cfg.nodes {
-            self.restart(n);
-        }
-    }
-
-    /// Starts (or stops) a client appending one record every
-    /// `client_interval_ms` through whichever node is primary.
-    pub fn set_client(&mut self, on: bool) {
-        self.client_at = on.then(|| self.now() + 1);
-    }
-
-    /// Operator: promote node `n` (`ElectionCore::promote`).
-    pub fn promote(&mut self, n: usize, accept_data_loss: bool) -> Result<(), String> {
-        let now = self.now();
-        let core = self.nodes[n]
-            .core
-            .as_mut()
-            .ok_or_else(|| format!("n{} is down", n + 1))?;
-        let actions = core
-            .promote(now, accept_data_loss)
-            .map_err(|e| e.to_string())?;
-        if accept_data_loss {
-            self.ghost.data_loss_accepted = true;
-        }
-        self.log(format!(
-            "OPERATOR promote {} (accept_data_loss {accept_data_loss})",
-            self.nodes[n].name.clone()
-        ));
-        self.perform(n, actions);
-        self.after_step();
-        Ok(())
-    }
-
-    /// Operator: no campaigning on node `n` until [`Cluster::resume`].
-    pub fn pause(&mut self, n: usize) {
-        let now = self.now();
-        if let Some(core) = self.nodes[n].core.as_mut() {
-            let actions = core.pause(now);
-            self.perform(n, actions);
-        }
-    }
-
-    /// Operator: campaigning allowed again on node `n`.
-    pub fn resume(&mut self, n: usize) {
-        let now = self.now();
-        if let Some(core) = self.nodes[n].core.as_mut() {
-            core.resume(now);
-        }
-    }
-
     // ------------------------------------------------------------- queries
 
     /// The node that runs a primary executor whose core is primary (the
@@ -562,127 +444,6 @@ impl Cluster {
             NetEvent::Closed {
                 conn, at, reason, ..
             } => self.role_closed(at, conn, reason),
-        }
-    }
-
-    // ------------------------------------------------------------- elections
-
-    fn elect_send(&mut self, from: usize, to: usize, msg: ElectionMessage) {
-        let now = self.now();
-        if self.elect_blocked.contains(&(from, to))
-            || self.net.is_down(from)
-            || self.rng.chance(self.cfg.elect_loss_per_mille)
-        {
-            return;
-        }
-        let delay = self
-            .rng
-            .range(self.cfg.elect_delay_ms.0, self.cfg.elect_delay_ms.1);
-        self.elect_seq += 1;
-        self.elect_q
-            .insert((now + delay, self.elect_seq), (from, to, msg));
-    }
-
-    fn deliver(&mut self, from: usize, to: usize, msg: ElectionMessage) {
-        if self.elect_blocked.contains(&(from, to)) || self.net.is_down(to) {
-            return;
-        }
-        let now = self.now();
-        let from_name = self.nodes[from].name.clone();
-        let Some(core) = self.nodes[to].core.as_mut() else {
-            return;
-        };
-        match core.on_message(now, &from_name, msg) {
-            Ok(actions) => self.perform(to, actions),
-            Err(e) => self.log(format!("{}: {e}", self.nodes[to].name.clone())),
-        }
-    }
-
-    /// Performs the core's actions of node `n`, in order.
-    pub(crate) fn perform(&mut self, n: usize, actions: Vec<Action>) {
-        for a in actions {
-            if self.nodes[n].core.is_none() {
-                return; // stopped while performing
-            }
-            let name = self.nodes[n].name.clone();
-            match a {
-                Action::StepDown { epoch, reason } => {
-                    self.log(format!("{name} STEP DOWN epoch {epoch}: {reason:?}"));
-                    self.close_role(n);
-                }
-                Action::PersistVote { epoch, voted_for } => {
-                    let vote = PersistedVote { epoch, voted_for };
-                    let mut file = VoteFile::new(self.nodes[n].storage.clone(), &state_dir());
-                    if let Err(e) = file.persist(&vote) {
-                        self.log(format!("{name} vote persist failed: {e}; stopping"));
-                        self.stop_node(n, format!("vote file: {e}"));
-                        return;
-                    }
-                }
-                Action::BecomePrimary { epoch } => {
-                    self.log(format!("{name} BECOMES PRIMARY of epoch {epoch}"));
-                    check::note_primary(self, n, epoch);
-                    self.close_role(n);
-                    self.open_primary(n, epoch);
-                }
-                Action::BecomeFollower {
-                    epoch,
-                    primary_hint,
-                } => {
-                    self.log(format!("{name} follows in epoch {epoch}: {primary_hint:?}"));
-                    self.close_role(n);
-                    if let Some(p) = primary_hint.and_then(|h| self.index_of(&h)) {
-                        self.open_replica(n, p, epoch);
-                    }
-                }
-                Action::Send { to, msg } => {
-                    if let Some(t) = self.index_of(&to) {
-                        self.elect_send(n, t, msg);
-                    }
-                }
-            }
-        }
-    }
-
-    /// The node stops (a fatal local error): its role closes, its core stops.
-    fn stop_node(&mut self, n: usize, why: String) {
-        let now = self.now();
-        self.close_role(n);
-        if let Some(core) = self.nodes[n].core.as_mut() {
-            let _ = core.stop(now);
-        }
-        self.nodes[n].stopped = Some(why);
-    }
-
-    /// The node's replica executor halted: so does its election core.
-    fn halt_node(&mut self, n: usize, record: HaltRecord) {
-        let now = self.now();
-        self.log(format!(
-            "{} HALT {} at lsn {}: {}",
-            self.nodes[n].name.clone(),
-            record.reason.as_str(),
-            record.lsn,
-            record.detail
-        ));
-        self.nodes[n].halted = Some(record);
-        if let Some(core) = self.nodes[n].core.as_mut() {
-            let actions = core.halt(now);
-            self.perform(n, actions);
-        }
-    }
-
-    /// Refreshes node `n`'s log head in its core from its WAL.
-    fn refresh_head(&mut self, n: usize) {
-        let last = match &self.nodes[n].role {
-            RoleState::Primary(p) => Some(p.up.exec.wal().last()),
-            RoleState::Replica(r) => r.up.exec.wal().map(|w| w.last()),
-            RoleState::Idle => None,
-        };
-        if let (Some(last), Some(core)) = (last, self.nodes[n].core.as_mut()) {
-            let head = LogPosition::new(last.epoch, last.lsn);
-            if head.epoch <= core.epoch() && core.log_head() != head {
-                core.set_log_head(head);
-            }
         }
     }
 
