@@ -29,7 +29,13 @@
 //!   scenario per ID of `spec/failure-matrix.md`, printing
 //!   `ID | failure | required outcome | observed | pass/fail`, failing when an
 //!   ID has no scenario or its outcome differs;
-//! * a crash sweep of the snapshot install ([`snapshot_sweep`]).
+//! * a crash sweep of the snapshot install ([`snapshot_sweep`]);
+//! * automatic failover ([`failover`], `walship-fault failover`): N nodes
+//!   each running the production election core and, as it decides, the
+//!   primary or the replica executor on the same simulated disk; seed 000's
+//!   failure scenarios 1, 2, 3, 5, 8 as a table, Raft's figure 8 schedule,
+//!   and random failover runs, with the failover invariants judged after
+//!   every step.
 //!
 //! It owns no protocol logic: everything it checks is the behaviour of the
 //! cores, the WAL and the snapshot code it drives. The real-process tests
@@ -48,7 +54,10 @@
 //! walship-fault sim --seed 42 [--steps 300] [--trace] [--verbose]
 //! walship-fault sim --seeds 0..1000
 //! walship-fault matrix [--id FM-6] [--spec path/to/failure-matrix.md]
+//! walship-fault failover [--scenario 8 --nodes 5 --quorum -1 --trace]
+//! walship-fault failover --seeds 0..300
 //! WALSHIP_SIM_SEEDS=2000 cargo test -p walship-fault --test sim
+//! WALSHIP_FAILOVER_SEEDS=500 cargo test -p walship-fault --test failover
 //! ```
 //!
 //! ```
@@ -63,6 +72,7 @@
 
 pub mod check;
 pub mod clock;
+pub mod failover;
 pub mod matrix;
 pub mod net;
 pub mod rng;

@@ -5,6 +5,8 @@
 //! walship-fault sim --seed 42 [--steps 300]
 //! walship-fault sim --seeds 0..200
 //! walship-fault matrix [--id FM-6] [--spec spec/failure-matrix.md]
+//! walship-fault failover [--seed 0] [--scenario 8] [--nodes 5] [--quorum -1]
+//! walship-fault failover --seeds 0..100
 //! ```
 //! Exit code 0: everything passed; 1: a run or a row failed; 2: usage error.
 
@@ -20,6 +22,7 @@ fn emit(text: &str) -> bool {
 }
 
 use clap::{Parser, Subcommand};
+use walship_fault::failover;
 use walship_fault::matrix;
 use walship_fault::sim::{self, SimOptions, DEFAULT_STEPS};
 
@@ -74,6 +77,123 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         width: usize,
     },
+    /// Seed 000's failure scenarios 1, 2, 3, 5, 8 at 3/5/7 nodes under quorum
+    /// 0/-1/2 over the production election core and executors (the table), or
+    /// random failover runs (`--seeds A..B`).
+    Failover {
+        /// The table's seed.
+        #[arg(long, default_value_t = 0, conflicts_with = "seeds")]
+        seed: u64,
+        /// Random failover runs for a half-open range of seeds, `A..B`.
+        #[arg(long)]
+        seeds: Option<String>,
+        /// Only this scenario.
+        #[arg(long)]
+        scenario: Option<u8>,
+        /// Only this cluster size.
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Only this quorum setting.
+        #[arg(long, allow_hyphen_values = true)]
+        quorum: Option<i64>,
+        /// Print the last events of every cell.
+        #[arg(long)]
+        trace: bool,
+    },
+}
+
+fn run_failover(
+    seed: u64,
+    seeds: Option<String>,
+    scenario: Option<u8>,
+    nodes: Option<usize>,
+    quorum: Option<i64>,
+    trace: bool,
+) -> ExitCode {
+    if let Some(r) = seeds {
+        let Some(range) = parse_range(&r) else {
+            eprintln!("--seeds must be A..B with A < B, got {r:?}");
+            return ExitCode::from(2);
+        };
+        let (mut runs, mut failed) = (0u64, 0u64);
+        for s in range {
+            let run = failover::random::run(s);
+            runs += 1;
+            let line = format!(
+                "seed {s}: {} nodes quorum {} faults {} elections {} acked {} fenced {} halted {} converged {} {}\n",
+                run.nodes,
+                run.quorum,
+                run.faults,
+                run.elections,
+                run.acked,
+                run.fenced,
+                run.halted,
+                run.converged,
+                if run.failure.is_none() { "ok" } else { "FAIL" }
+            );
+            if !emit(&line) {
+                return ExitCode::SUCCESS;
+            }
+            if let Some(f) = &run.failure {
+                failed += 1;
+                eprintln!("seed {s} FAILED: {f}\n{}", run.trace_tail);
+            }
+        }
+        emit(&format!("failover runs: {runs}, failed: {failed}\n"));
+        return if failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    let mut cells = Vec::new();
+    for s in failover::scenarios::SCENARIOS {
+        for n in failover::scenarios::SIZES {
+            for q in failover::scenarios::QUORUMS {
+                if scenario.is_some_and(|x| x != s)
+                    || nodes.is_some_and(|x| x != n)
+                    || quorum.is_some_and(|x| x != q)
+                {
+                    continue;
+                }
+                cells.push(failover::scenarios::run_cell(s, n, q, seed));
+            }
+        }
+    }
+    if cells.is_empty() {
+        eprintln!("no cell matched");
+        return ExitCode::from(2);
+    }
+    emit(&failover::scenarios::render(&cells));
+    if trace {
+        for c in &cells {
+            emit(&format!(
+                "\n-- scenario {} nodes {} quorum {}:\n{}",
+                c.scenario, c.nodes, c.quorum, c.trace_tail
+            ));
+        }
+    }
+    let failed: Vec<_> = cells.iter().filter(|c| !c.pass).collect();
+    for c in &failed {
+        eprintln!(
+            "FAIL scenario {} nodes {} quorum {}: {}",
+            c.scenario,
+            c.nodes,
+            c.quorum,
+            c.failure.as_deref().unwrap_or("?")
+        );
+    }
+    emit(&format!(
+        "cells: {}, passed: {}, failed: {}\n",
+        cells.len(),
+        cells.len() - failed.len(),
+        failed.len()
+    ));
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn parse_range(s: &str) -> Option<std::ops::Range<u64>> {
@@ -142,6 +262,14 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Cmd::Failover {
+            seed,
+            seeds,
+            scenario,
+            nodes,
+            quorum,
+            trace,
+        } => run_failover(seed, seeds, scenario, nodes, quorum, trace),
         Cmd::Matrix { id, spec, width } => {
             let text = match spec {
                 Some(p) => match std::fs::read_to_string(&p) {

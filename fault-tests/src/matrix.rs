@@ -103,12 +103,13 @@ fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
 
 mod crash;
 mod cross;
+mod failover;
 mod snapshot;
 mod stream;
 mod support;
 
 pub use self::snapshot::snapshot_world;
-use self::{crash::*, cross::*, snapshot::*, stream::*};
+use self::{crash::*, cross::*, failover::*, snapshot::*, stream::*};
 
 /// Every scenario, in spec order.
 pub fn scenarios() -> Vec<Scenario> {
@@ -278,6 +279,21 @@ pub fn scenarios() -> Vec<Scenario> {
             "FM-X.13",
             "fm_x_13_far_behind_replica_gets_snapshot",
             || verdict(fm_x_13())
+        ),
+        sc!(
+            "FM-F.1",
+            "fm_f_1_quorum_0_fails_over_only_by_operator_promotion_naming_the_loss",
+            || verdict(fm_f_1())
+        ),
+        sc!(
+            "FM-F.2",
+            "fm_f_2_static_k_elects_with_n_minus_k_votes_without_contacting_all",
+            || verdict(fm_f_2())
+        ),
+        sc!(
+            "FM-F.3",
+            "fm_f_3_a_node_holding_unacknowledged_records_the_winner_lacks_halts_divergence",
+            || verdict(fm_f_3())
         ),
     ]
 }

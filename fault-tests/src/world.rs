@@ -234,10 +234,10 @@ pub struct World {
     faulty_welcomes: BTreeMap<NodeId, Welcome>,
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(NODE_ROOT)
 }
-fn wal_dir() -> PathBuf {
+pub(crate) fn wal_dir() -> PathBuf {
     root().join("wal")
 }
 /// The state directory (`state/`) of every simulated node, inside its storage.
@@ -255,7 +255,7 @@ fn wal_options(cfg: &WorldConfig, epoch: u64) -> WalOptions {
 
 /// Feeds `bytes` to a connection's frame decoder and moves every whole message into
 /// `msgs`; the first framing error, if any (nothing after it is decoded).
-fn decode_frames(
+pub(crate) fn decode_frames(
     dec: &mut FrameDecoder,
     bytes: &[u8],
     msgs: &mut Vec<Message>,
@@ -272,7 +272,7 @@ fn decode_frames(
     }
 }
 
-fn make_dirs(s: &SimStorage) -> std::io::Result<()> {
+pub(crate) fn make_dirs(s: &SimStorage) -> std::io::Result<()> {
     use walship_wal::Storage;
     for d in [root(), wal_dir(), state_dir(), root().join("snapshots")] {
         s.create_dir_all(&d)?;
@@ -588,22 +588,10 @@ impl World {
         for ev in self.net.poll(now) {
             self.on_net(ev);
         }
-        if self
-            .primary
-            .up
-            .as_ref()
-            .and_then(|p| p.sync_at)
-            .is_some_and(|t| t <= now)
-        {
+        if self.primary.up.as_ref().is_some_and(|p| p.sync_due(now)) {
             self.primary_sync();
         }
-        if self
-            .primary
-            .up
-            .as_ref()
-            .and_then(|p| p.exec.next_deadline())
-            .is_some_and(|t| t <= now)
-        {
+        if self.primary.up.as_ref().is_some_and(|p| p.timer_due(now)) {
             self.primary_timer();
         }
         for n in 1..=self.cfg.replicas {
@@ -666,7 +654,7 @@ impl World {
         let Some(p) = &self.primary.up else {
             return false;
         };
-        if p.sync_at.is_some() || p.exec.sync_needed() {
+        if p.sync_pending() || p.exec.sync_needed() {
             return false;
         }
         let durable = p.exec.durable_lsn();

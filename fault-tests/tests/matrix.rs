@@ -207,3 +207,18 @@ fn fm_x_15_replaced_replica_disk_does_not_count_old_receipts() {
 fn fm_x_16_primary_disk_loss_halts_replicas_never_overwrites() {
     require("FM-X.16");
 }
+
+#[test]
+fn fm_f_1_quorum_0_fails_over_only_by_operator_promotion_naming_the_loss() {
+    require("FM-F.1");
+}
+
+#[test]
+fn fm_f_2_static_k_elects_with_n_minus_k_votes_without_contacting_all() {
+    require("FM-F.2");
+}
+
+#[test]
+fn fm_f_3_a_node_holding_unacknowledged_records_the_winner_lacks_halts_divergence() {
+    require("FM-F.3");
+}

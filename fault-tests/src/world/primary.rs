@@ -40,13 +40,155 @@ pub struct PrimaryUp {
     conns: BTreeMap<ConnId, PrimaryConn>,
     /// When the world lets the executor's group sync run (models the executor thread's
     /// latency: appends arriving meanwhile join the same sync).
-    pub(super) sync_at: Option<u64>,
+    sync_at: Option<u64>,
     next_token: u64,
     /// The disk's failed syncs when this process started.
     failed_syncs_at_start: u64,
 }
 
 impl PrimaryUp {
+    /// A running primary process around `exec`, opened on `storage` (its
+    /// failed-fsync count now is the baseline of FM-X.5's check). The
+    /// transport half below (connections, frames, client tokens, group sync
+    /// latency) is shared by [`World`] and the failover world
+    /// (`crate::failover`), where any node may run it.
+    pub(crate) fn new(exec: PrimaryExec<SimStorage, u64>, storage: &SimStorage) -> PrimaryUp {
+        let wal = exec.wal().clone();
+        PrimaryUp {
+            exec,
+            wal,
+            conns: BTreeMap::new(),
+            sync_at: None,
+            next_token: 0,
+            failed_syncs_at_start: storage.counters().failed_syncs,
+        }
+    }
+
+    /// The transport accepted `conn` from node `peer`: its decoder is set up.
+    /// The caller then tells the executor ([`PrimaryUp::connected`]).
+    pub(crate) fn accept(&mut self, conn: ConnId, peer: NodeId) {
+        self.conns.insert(
+            conn,
+            PrimaryConn {
+                decoder: FrameDecoder::default(),
+                peer,
+            },
+        );
+    }
+
+    /// Tells the executor that `conn` from the member named `peer_name` is open.
+    pub(crate) fn connected(&mut self, conn: ConnId, peer_name: String, now: u64) {
+        self.exec.on_connected(conn.0, peer_name, now);
+    }
+
+    /// The peer of an open connection.
+    pub(crate) fn peer(&self, conn: ConnId) -> Option<NodeId> {
+        self.conns.get(&conn).map(|c| c.peer)
+    }
+
+    /// Every open connection.
+    pub(crate) fn conn_ids(&self) -> Vec<ConnId> {
+        self.conns.keys().copied().collect()
+    }
+
+    /// Decodes bytes that arrived on `conn` into whole messages (`None`: not
+    /// an open connection; `Some(Some(e))`: the first framing error).
+    pub(crate) fn decode(
+        &mut self,
+        conn: ConnId,
+        bytes: &[u8],
+        msgs: &mut Vec<Message>,
+    ) -> Option<Option<walship_wire::frame::FrameError>> {
+        let c = self.conns.get_mut(&conn)?;
+        Some(super::decode_frames(&mut c.decoder, bytes, msgs))
+    }
+
+    /// Hands one decoded message to the executor, if `conn` is still open
+    /// (the executor may have closed it while handling an earlier frame).
+    pub(crate) fn deliver(&mut self, conn: ConnId, msg: Message, now: u64) -> bool {
+        if !self.conns.contains_key(&conn) {
+            return false;
+        }
+        self.exec.on_frame(conn.0, msg, now);
+        true
+    }
+
+    /// `conn` ended (the peer or the network closed it, or a bad frame):
+    /// forgotten and reported to the executor. False if it was not open.
+    pub(crate) fn conn_closed(&mut self, conn: ConnId, now: u64) -> bool {
+        if self.conns.remove(&conn).is_none() {
+            return false;
+        }
+        self.exec.on_closed(conn.0, now);
+        true
+    }
+
+    /// The executor closed `conn` ([`Output::Close`]) or gave it up.
+    pub(crate) fn forget(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+    }
+
+    /// Client appends, each with a fresh token; returns the lsns written.
+    /// The group sync they need runs `sync_delay_ms` later
+    /// ([`PrimaryUp::schedule_sync`]).
+    pub(crate) fn append(&mut self, payloads: &[Vec<u8>], now: u64) -> Vec<Lsn> {
+        let batch: Vec<(&[u8], u64)> = payloads
+            .iter()
+            .map(|pl| {
+                self.next_token += 1;
+                (pl.as_slice(), self.next_token)
+            })
+            .collect();
+        let written = self.exec.append(batch, now);
+        written.map(|r| r.collect()).unwrap_or_default()
+    }
+
+    /// If the executor needs a group sync and none is scheduled, it runs
+    /// `sync_delay_ms` from now (the executor thread's latency: appends
+    /// arriving meanwhile join it).
+    pub(crate) fn schedule_sync(&mut self, now: u64, sync_delay_ms: u64) {
+        if self.exec.sync_needed() && self.sync_at.is_none() {
+            self.sync_at = Some(now + sync_delay_ms);
+        }
+    }
+
+    /// The next deadline: the group sync or the executor's timers.
+    pub(crate) fn next_timer(&self) -> Option<u64> {
+        match (self.sync_at, self.exec.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// True while a group sync is scheduled.
+    pub(crate) fn sync_pending(&self) -> bool {
+        self.sync_at.is_some()
+    }
+
+    /// True if the group sync is due.
+    pub(crate) fn sync_due(&self, now: u64) -> bool {
+        self.sync_at.is_some_and(|t| t <= now)
+    }
+
+    /// Runs the group sync.
+    pub(crate) fn sync(&mut self, now: u64) {
+        self.sync_at = None;
+        self.exec.sync(now);
+    }
+
+    /// True if an executor deadline is due.
+    pub(crate) fn timer_due(&self, now: u64) -> bool {
+        self.exec.next_deadline().is_some_and(|t| t <= now)
+    }
+
+    /// The disk's failed fsyncs since this process started (FM-X.5).
+    pub(crate) fn failed_syncs_since_start(&self, storage: &SimStorage) -> u64 {
+        storage
+            .counters()
+            .failed_syncs
+            .saturating_sub(self.failed_syncs_at_start)
+    }
+
     /// The primary core (read-only).
     pub fn core(&self) -> &PrimaryCore {
         self.exec.core()
@@ -287,14 +429,7 @@ impl World {
             last.lsn, facts.persisted_commit_lsn, facts.report
         ));
         self.primary.refused = None;
-        self.primary.up = Some(PrimaryUp {
-            exec,
-            wal,
-            conns: BTreeMap::new(),
-            sync_at: None,
-            next_token: 0,
-            failed_syncs_at_start: s.counters().failed_syncs,
-        });
+        self.primary.up = Some(PrimaryUp::new(exec, &s));
         self.net.restart_node(PRIMARY, now);
         self.primary_outputs();
     }
@@ -309,15 +444,7 @@ impl World {
         let Some(p) = self.primary.up.as_mut() else {
             return Vec::new();
         };
-        let batch: Vec<(&[u8], u64)> = payloads
-            .iter()
-            .map(|pl| {
-                p.next_token += 1;
-                (pl.as_slice(), p.next_token)
-            })
-            .collect();
-        let written = p.exec.append(batch, now);
-        let lsns: Vec<Lsn> = written.map(|r| r.collect()).unwrap_or_default();
+        let lsns = p.append(payloads, now);
         // The history is what the WAL holds: a batch that failed part way (ENOSPC on a
         // segment roll) may have written its first records, whose appends still failed.
         // The WAL is poisoned then and reads nothing: the positions are computed from the
@@ -343,9 +470,7 @@ impl World {
             "an append's lsn is in the WAL"
         );
         self.oracle.pending_acks.extend(&lsns);
-        if p.exec.sync_needed() && p.sync_at.is_none() {
-            p.sync_at = Some(now + delay);
-        }
+        p.schedule_sync(now, delay);
         if let (Some(a), Some(b)) = (lsns.first(), lsns.last()) {
             self.log(format!("p0 append lsn {a}..={b}"));
         }
@@ -359,8 +484,7 @@ impl World {
         let Some(p) = self.primary.up.as_mut() else {
             return;
         };
-        p.sync_at = None;
-        p.exec.sync(now);
+        p.sync(now);
         self.primary_outputs();
     }
 
@@ -376,11 +500,7 @@ impl World {
 
     /// The primary's next deadline: its group sync or the executor's timers.
     pub(super) fn primary_next_timer(&self) -> Option<u64> {
-        let p = self.primary.up.as_ref()?;
-        match (p.sync_at, p.exec.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.primary.up.as_ref()?.next_timer()
     }
 
     /// The connection from `from` was accepted by the primary.
@@ -389,20 +509,14 @@ impl World {
         let Some(p) = self.primary.up.as_mut() else {
             return;
         };
-        p.conns.insert(
-            conn,
-            PrimaryConn {
-                decoder: FrameDecoder::default(),
-                peer: from,
-            },
-        );
+        p.accept(conn, from);
         self.log(format!(
             "p0 accepted conn {} from {}",
             conn.0,
             node_name(from)
         ));
         if let Some(p) = self.primary.up.as_mut() {
-            p.exec.on_connected(conn.0, node_name(from), now);
+            p.connected(conn, node_name(from), now);
         }
         self.primary_outputs();
     }
@@ -413,10 +527,9 @@ impl World {
         let Some(p) = self.primary.up.as_mut() else {
             return;
         };
-        if p.conns.remove(&conn).is_none() {
+        if !p.conn_closed(conn, now) {
             return;
         }
-        p.exec.on_closed(conn.0, now);
         self.log(format!("p0 conn {} closed ({reason:?})", conn.0));
         self.primary_outputs();
     }
@@ -428,10 +541,10 @@ impl World {
             let Some(p) = self.primary.up.as_mut() else {
                 return;
             };
-            let Some(c) = p.conns.get_mut(&conn) else {
+            let Some(bad) = p.decode(conn, bytes, &mut msgs) else {
                 return;
             };
-            super::decode_frames(&mut c.decoder, bytes, &mut msgs)
+            bad
         };
         for m in msgs {
             if matches!(m, Message::Hello(_)) {
@@ -450,20 +563,17 @@ impl World {
             let Some(p) = self.primary.up.as_mut() else {
                 return;
             };
-            if !p.conns.contains_key(&conn) {
+            if !p.deliver(conn, m, now) {
                 // The executor closed it while handling an earlier frame.
                 return;
             }
-            p.exec.on_frame(conn.0, m, now);
             self.primary_outputs();
         }
         if let Some(e) = bad {
             let now = self.now();
             self.log(format!("p0 bad frame on conn {}: {e}; closing", conn.0));
             if let Some(p) = self.primary.up.as_mut() {
-                if p.conns.remove(&conn).is_some() {
-                    p.exec.on_closed(conn.0, now);
-                }
+                p.conn_closed(conn, now);
             }
             self.net.close(conn, PRIMARY, now);
             self.primary_outputs();
@@ -483,7 +593,7 @@ impl World {
                     let now = self.now();
                     self.log(format!("p0 closes conn {conn}: {reason}"));
                     if let Some(p) = self.primary.up.as_mut() {
-                        p.conns.remove(&ConnId(conn));
+                        p.forget(ConnId(conn));
                     }
                     self.net.close(ConnId(conn), PRIMARY, now);
                 }
@@ -529,14 +639,11 @@ impl World {
         let Some(p) = &self.primary.up else {
             return;
         };
-        let failed = self.primary.storage.counters().failed_syncs;
-        if failed > p.failed_syncs_at_start && p.exec.stopped().is_none() {
+        let failed = p.failed_syncs_since_start(&self.primary.storage);
+        if failed > 0 && p.exec.stopped().is_none() {
             self.oracle.action_violations.push((
                 "a failed fsync of the primary's own storage stops it, never retried (FM-X.5)",
-                format!(
-                    "p0 still runs after {} failed fsync(s) of its disk",
-                    failed - p.failed_syncs_at_start
-                ),
+                format!("p0 still runs after {} failed fsync(s) of its disk", failed),
             ));
         }
     }
@@ -576,7 +683,7 @@ impl World {
         let Some(p) = self.primary.up.as_ref() else {
             return;
         };
-        let Some(peer) = p.conns.get(&net_conn).map(|c| c.peer) else {
+        let Some(peer) = p.peer(net_conn) else {
             return;
         };
         let wal_durable = p.wal.durable_lsn();
@@ -697,9 +804,7 @@ impl World {
                     "p0 cannot send snapshot {boundary}: {e}; closing conn {conn}"
                 ));
                 if let Some(p) = self.primary.up.as_mut() {
-                    if p.conns.remove(&ConnId(conn)).is_some() {
-                        p.exec.on_closed(conn, now);
-                    }
+                    p.conn_closed(ConnId(conn), now);
                 }
                 self.net.close(ConnId(conn), PRIMARY, now);
             }

@@ -75,6 +75,16 @@ impl Applier for SimApplier {
         self.set(lsn);
         Ok(())
     }
+    fn apply_control(
+        &mut self,
+        lsn: Lsn,
+        _control: &walship_wal::control::ControlRecord,
+    ) -> Result<(), ApplyError> {
+        // The embedder persists its apply point, control records included
+        // (a new epoch's `EpochStart`): a restart does not pass them again.
+        self.set(lsn);
+        Ok(())
+    }
     fn snapshot_sink(&mut self) -> Option<&mut dyn SnapshotSink> {
         Some(self)
     }
@@ -121,6 +131,131 @@ pub struct ReplicaUp {
 }
 
 impl ReplicaUp {
+    /// A running replica process around `exec`, opened on `storage` (its
+    /// failed-fsync count now is the baseline of FM-X.4's check). The
+    /// transport half below (the connection to the primary, frames, group
+    /// sync latency) is shared by [`World`] and the failover world
+    /// (`crate::failover`), where any node may run it.
+    pub(crate) fn new(exec: ReplicaExec<SimStorage>, storage: &SimStorage) -> ReplicaUp {
+        ReplicaUp {
+            exec,
+            conn: None,
+            sync_at: None,
+            failed_syncs_at_start: storage.counters().failed_syncs,
+        }
+    }
+
+    /// The current connection to the primary.
+    pub(crate) fn conn_id(&self) -> Option<ConnId> {
+        self.conn.as_ref().map(|(c, _)| *c)
+    }
+
+    /// The transport's answer to [`Output::Connect`]: a connection, or none
+    /// (unreachable).
+    pub(crate) fn connect_result(&mut self, conn: Option<ConnId>, now: u64) {
+        match conn {
+            Some(conn) => {
+                self.conn = Some((conn, FrameDecoder::default()));
+                self.exec.on_connected(conn.0, now);
+            }
+            None => self.exec.on_connect_failed("unreachable".into(), now),
+        }
+    }
+
+    /// Decodes bytes that arrived on `conn` into whole messages (`None`: not
+    /// the current connection; `Some(Some(e))`: the first framing error).
+    pub(crate) fn decode(
+        &mut self,
+        conn: ConnId,
+        bytes: &[u8],
+        msgs: &mut Vec<Message>,
+    ) -> Option<Option<FrameError>> {
+        match self.conn.as_mut() {
+            Some((c, dec)) if *c == conn => Some(super::decode_frames(dec, bytes, msgs)),
+            _ => None,
+        }
+    }
+
+    /// Hands one decoded message to the executor.
+    pub(crate) fn deliver(&mut self, conn: ConnId, msg: Message, now: u64) {
+        self.exec.on_frame(conn.0, msg, now);
+    }
+
+    /// A framing error on `conn`: the session ends as malformed.
+    pub(crate) fn bad_frame(&mut self, conn: ConnId, e: &FrameError, now: u64) {
+        let end = SessionEnd::Malformed {
+            detail: e.to_string(),
+        };
+        self.exec.on_closed(conn.0, end, now);
+    }
+
+    /// `conn` was closed by the peer or the network: a frame cut short is
+    /// reported as such. False if it was not the current connection.
+    pub(crate) fn conn_closed(&mut self, conn: ConnId, reason: CloseReason, now: u64) -> bool {
+        let Some((c, dec)) = self.conn.take() else {
+            return false;
+        };
+        if c != conn {
+            self.conn = Some((c, dec));
+            return false;
+        }
+        let end = match dec.finish() {
+            Err(FrameError::Truncated { received, expected }) => {
+                SessionEnd::FrameTruncated { received, expected }
+            }
+            _ => SessionEnd::ConnectionLost {
+                detail: format!("{reason:?}"),
+            },
+        };
+        self.exec.on_closed(conn.0, end, now);
+        true
+    }
+
+    /// The executor closed `conn` ([`Output::Close`]).
+    pub(crate) fn forget(&mut self, conn: ConnId) {
+        if self.conn.as_ref().is_some_and(|(c, _)| *c == conn) {
+            self.conn = None;
+        }
+    }
+
+    /// If the executor needs a group sync and none is scheduled, it completes
+    /// `sync_delay_ms` from now (simulated fsync latency).
+    pub(crate) fn schedule_sync(&mut self, now: u64, sync_delay_ms: u64) {
+        if self.exec.sync_needed() && self.sync_at.is_none() {
+            self.sync_at = Some(now + sync_delay_ms);
+        }
+    }
+
+    /// The next deadline: the group sync or the executor's.
+    pub(crate) fn next_timer(&self) -> Option<u64> {
+        match (self.sync_at, self.exec.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// (group sync due, executor deadline due).
+    pub(crate) fn due(&self, now: u64) -> (bool, bool) {
+        (
+            self.sync_at.is_some_and(|t| t <= now),
+            self.exec.next_deadline().is_some_and(|t| t <= now),
+        )
+    }
+
+    /// Runs the group sync.
+    pub(crate) fn sync(&mut self, now: u64) {
+        self.sync_at = None;
+        self.exec.sync(now);
+    }
+
+    /// The disk's failed fsyncs since this process started (FM-X.4).
+    pub(crate) fn failed_syncs_since_start(&self, storage: &SimStorage) -> u64 {
+        storage
+            .counters()
+            .failed_syncs
+            .saturating_sub(self.failed_syncs_at_start)
+    }
+
     /// The replica's WAL (`None` for a replica halted at open: it never opens it).
     pub fn wal(&self) -> Option<&Wal<SimStorage>> {
         self.exec.wal()
@@ -270,13 +405,7 @@ impl World {
         if let Some(wal) = exec.wal() {
             r.known_durable = wal.durable_lsn();
         }
-        let failed_syncs_at_start = r.storage.counters().failed_syncs;
-        r.up = Some(ReplicaUp {
-            exec,
-            conn: None,
-            sync_at: None,
-            failed_syncs_at_start,
-        });
+        r.up = Some(ReplicaUp::new(exec, &r.storage));
         self.net.restart_node(n, self.now());
         self.replica_outputs(n);
     }
@@ -303,9 +432,7 @@ impl World {
             .range(self.cfg.sync_delay_ms.0, self.cfg.sync_delay_ms.1);
         let now = self.now();
         if let Some(u) = self.replicas[n - 1].up.as_mut() {
-            if u.exec.sync_needed() && u.sync_at.is_none() {
-                u.sync_at = Some(now + delay);
-            }
+            u.schedule_sync(now, delay);
         }
     }
 
@@ -345,9 +472,7 @@ impl World {
             }
             Output::Close { conn, .. } => {
                 if let Some(u) = self.replicas[n - 1].up.as_mut() {
-                    if u.conn.as_ref().is_some_and(|(c, _)| c.0 == conn) {
-                        u.conn = None;
-                    }
+                    u.forget(ConnId(conn));
                 }
                 self.net.close(ConnId(conn), n, now);
             }
@@ -439,14 +564,14 @@ impl World {
         let Some(u) = &r.up else {
             return;
         };
-        let failed = r.storage.counters().failed_syncs;
-        if failed > u.failed_syncs_at_start && u.exec.stopped().is_none() {
+        let failed = u.failed_syncs_since_start(&r.storage);
+        if failed > 0 && u.exec.stopped().is_none() {
             self.oracle.action_violations.push((
                 "a failed fsync of a replica's own storage stops it, never retried (FM-X.4)",
                 format!(
                     "{} still runs after {} failed fsync(s) of its disk",
                     node_name(n),
-                    failed - u.failed_syncs_at_start
+                    failed
                 ),
             ));
         }
@@ -483,12 +608,11 @@ impl World {
         };
         match connected {
             Some(conn) if primary_up => {
-                u.conn = Some((conn, FrameDecoder::default()));
-                u.exec.on_connected(conn.0, now);
+                u.connect_result(Some(conn), now);
                 self.log(format!("{} connected (conn {})", node_name(n), conn.0));
             }
             other => {
-                u.exec.on_connect_failed("unreachable".into(), now);
+                u.connect_result(None, now);
                 if let Some(c) = other {
                     self.net.close(c, n, now);
                 }
@@ -502,8 +626,7 @@ impl World {
         let Some(u) = self.replicas[n - 1].up.as_mut() else {
             return;
         };
-        u.sync_at = None;
-        u.exec.sync(now);
+        u.sync(now);
         self.replica_outputs(n);
     }
 
@@ -511,10 +634,7 @@ impl World {
     pub(super) fn replica_fire_due(&mut self, n: NodeId) {
         let now = self.now();
         let (sync_due, timer_due) = match &self.replica(n).up {
-            Some(u) => (
-                u.sync_at.is_some_and(|t| t <= now),
-                u.exec.next_deadline().is_some_and(|t| t <= now),
-            ),
+            Some(u) => u.due(now),
             None => (false, false),
         };
         if sync_due {
@@ -530,11 +650,7 @@ impl World {
 
     /// Replica `n`'s next timer: its sync completion or its executor's deadline.
     pub(super) fn replica_next_timer(&self, n: NodeId) -> Option<u64> {
-        let u = self.replica(n).up.as_ref()?;
-        match (u.sync_at, u.exec.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.replica(n).up.as_ref()?.next_timer()
     }
 
     pub(super) fn replica_data(&mut self, n: NodeId, conn: ConnId, bytes: &[u8]) {
@@ -543,21 +659,18 @@ impl World {
             let Some(r) = self.replicas[n - 1].up.as_mut() else {
                 return;
             };
-            let Some((c, dec)) = r.conn.as_mut() else {
+            let Some(bad) = r.decode(conn, bytes, &mut msgs) else {
                 return;
             };
-            if *c != conn {
-                return;
-            }
-            super::decode_frames(dec, bytes, &mut msgs)
+            bad
         };
         for m in msgs {
             // The session may have ended (or the node halted) while handling earlier messages.
             let still = self.replicas[n - 1]
                 .up
                 .as_ref()
-                .and_then(|u| u.conn.as_ref())
-                .is_some_and(|(c, _)| *c == conn);
+                .and_then(|u| u.conn_id())
+                .is_some_and(|c| c == conn);
             if !still {
                 return;
             }
@@ -578,7 +691,7 @@ impl World {
                 .then(|| self.replica(n).up.as_ref().map(replica_stored))
                 .flatten();
             if let Some(u) = self.replicas[n - 1].up.as_mut() {
-                u.exec.on_frame(conn.0, m, now);
+                u.deliver(conn, m, now);
             }
             self.replica_outputs(n);
             if faulty_records {
@@ -603,10 +716,7 @@ impl World {
         if let Some(e) = bad {
             let now = self.now();
             if let Some(u) = self.replicas[n - 1].up.as_mut() {
-                let end = SessionEnd::Malformed {
-                    detail: e.to_string(),
-                };
-                u.exec.on_closed(conn.0, end, now);
+                u.bad_frame(conn, &e, now);
             }
             self.replica_outputs(n);
         }
@@ -657,22 +767,9 @@ impl World {
         let Some(u) = self.replicas[n - 1].up.as_mut() else {
             return;
         };
-        let Some((c, dec)) = u.conn.take() else {
-            return;
-        };
-        if c != conn {
-            u.conn = Some((c, dec));
+        if !u.conn_closed(conn, reason, now) {
             return;
         }
-        let end = match dec.finish() {
-            Err(FrameError::Truncated { received, expected }) => {
-                SessionEnd::FrameTruncated { received, expected }
-            }
-            _ => SessionEnd::ConnectionLost {
-                detail: format!("{reason:?}"),
-            },
-        };
-        u.exec.on_closed(conn.0, end, now);
         self.replica_outputs(n);
     }
 

@@ -1,0 +1,450 @@
+//! Seed 000's failure scenarios 1, 2, 3, 5 and 8 at 3, 5 and 7 nodes under
+//! quorum 0, -1 and 2, run over the production code ([`Cluster`]), as the
+//! table `walship-fault failover` prints.
+//!
+//! Each cell: a fresh cluster elects its first primary (quorum 0: the
+//! operator promotes n1), a client appends every 10 ms, the scenario's fault
+//! strikes, and the world runs for [`WINDOW_MS`]. If no new primary was
+//! elected, the cell is *blocked*; the scenario's unblocking act follows
+//! (heal the partition, restart a crashed node; quorum 0: the operator
+//! promotes the most up-to-date live node with `accept_data_loss`), and a
+//! new primary must follow. Then every fault heals and the members must
+//! converge. Walship's expected outcome is computed from the quorum
+//! arithmetic (`election_quorum`): elected iff the nodes that are up and
+//! connected are at least the election quorum.
+
+use walship_node::election::{commit_copies, election_quorum, LogPosition, Role};
+
+use super::{Cluster, FoConfig, Violation};
+
+/// How long a cell waits for an election after the fault (simulated ms).
+pub const WINDOW_MS: u64 = 3_000;
+
+/// The scenarios of seed 000 this table runs.
+pub const SCENARIOS: [u8; 5] = [1, 2, 3, 5, 8];
+/// Cluster sizes.
+pub const SIZES: [usize; 3] = [3, 5, 7];
+/// Quorum settings.
+pub const QUORUMS: [i64; 3] = [0, -1, 2];
+
+/// One cell of the table.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    /// Scenario number (seed 000).
+    pub scenario: u8,
+    /// Members.
+    pub nodes: usize,
+    /// Quorum setting.
+    pub quorum: i64,
+    /// What seed 000 says.
+    pub seed_outcome: &'static str,
+    /// What walship did.
+    pub outcome: String,
+    /// Acknowledged records lost (and how many were acknowledged).
+    pub lost: String,
+    /// What the operator had to do.
+    pub operator: String,
+    /// The cell passed.
+    pub pass: bool,
+    /// Why it failed, if it did.
+    pub failure: Option<String>,
+    /// Broken invariants (first first).
+    pub violations: Vec<Violation>,
+    /// The trace's last events.
+    pub trace_tail: String,
+}
+
+/// One scenario's name.
+pub fn scenario_name(s: u8) -> &'static str {
+    match s {
+        1 => "primary crashes, replicas healthy",
+        2 => "primary crashes, one replica partitioned",
+        3 => "primary + one replica crash (it had receipted the latest records; others lag)",
+        5 => "primary partitioned from everyone",
+        8 => "primary crashes after an unmet quorum (tentative record on one replica)",
+        _ => "?",
+    }
+}
+
+/// Seed 000's outcome for a cell (abridged from its table; `N/A` where it says so).
+pub fn seed_outcome(s: u8, n: usize, q: i64) -> &'static str {
+    match (s, q, n) {
+        (1, 0, _) => "elected (object storage); no loss",
+        (1, -1, _) => "elected (majority); no loss",
+        (1, _, _) => "elected after contacting all; no loss",
+        (2, 0, _) => "elected from known nodes; no loss",
+        (2, -1, 3) => "blocks until a 2nd node responds; no loss",
+        (2, -1, _) => "elected (majority); no loss",
+        (2, _, _) => "blocks until the partitioned replica recovers or is deregistered",
+        (3, _, 7) => "(no 7-node row in seed)",
+        (3, 0, 3) => "sole survivor elected; no loss",
+        (3, 0, _) => "elected; no loss",
+        (3, -1, 3) => "blocks until a crashed node restarts",
+        (3, -1, _) => "elected (majority); no loss",
+        (3, _, _) => "blocks until crashed nodes restart or are deregistered",
+        (5, 0, _) | (5, -1, _) => "old primary drains; new one elected; no loss",
+        (5, _, _) => "blocks until the old primary recovers or is deregistered",
+        (8, 0, _) => "N/A",
+        (8, -1, 3) | (8, 2, _) => "B elected; adopts its tentative record",
+        (8, _, _) => "B elected if in the majority, else its tentative record is overwritten",
+        _ => "?",
+    }
+}
+
+/// Runs the whole table with `seed` (every cell its own world).
+pub fn run_table(seed: u64) -> Vec<Cell> {
+    let mut cells = Vec::new();
+    for s in SCENARIOS {
+        for n in SIZES {
+            for q in QUORUMS {
+                cells.push(run_cell(s, n, q, seed));
+            }
+        }
+    }
+    cells
+}
+
+/// Renders the table.
+pub fn render(cells: &[Cell]) -> String {
+    let mut out = String::from(
+        "scenario | nodes | quorum | seed's outcome | walship's outcome | acknowledged data lost? | operator action | pass\n",
+    );
+    out.push_str("---|---|---|---|---|---|---|---\n");
+    for c in cells {
+        out.push_str(&format!(
+            "{} | {} | {} | {} | {} | {} | {} | {}\n",
+            c.scenario,
+            c.nodes,
+            c.quorum,
+            c.seed_outcome,
+            c.outcome,
+            c.lost,
+            c.operator,
+            if c.pass { "pass" } else { "FAIL" }
+        ));
+    }
+    out
+}
+
+fn new_primary(c: &Cluster, old_epoch: u64) -> Option<usize> {
+    c.primary().filter(|&p| {
+        c.nodes[p]
+            .core
+            .as_ref()
+            .is_some_and(|k| k.epoch() > old_epoch)
+    })
+}
+
+/// The live node with the most up-to-date log that is not a primary (the
+/// operator's pick).
+fn most_up_to_date(c: &Cluster) -> Option<usize> {
+    c.nodes
+        .iter()
+        .filter(|n| n.is_up() && n.halted.is_none())
+        .filter(|n| n.election_role() != Some(Role::Primary))
+        // It must reach a majority (itself included) to win.
+        .filter(|n| {
+            let reach = (0..c.cfg.nodes)
+                .filter(|&m| m == n.id || c.net.reachable(n.id, m))
+                .count();
+            reach >= walship_node::election::majority(c.cfg.nodes)
+        })
+        .max_by_key(|n| n.core.as_ref().map_or(LogPosition::ZERO, |k| k.log_head()))
+        .map(|n| n.id)
+}
+
+/// Quorum 0: the operator promotes the most up-to-date live node with
+/// `accept_data_loss`; true once a new primary is elected.
+fn operator_promotes(
+    c: &mut Cluster,
+    old_epoch: u64,
+    operator: &mut Vec<String>,
+) -> Result<bool, String> {
+    let Some(pick) = most_up_to_date(c) else {
+        return Ok(false);
+    };
+    c.promote(pick, true)?;
+    operator.push(format!("promote n{} --accept-data-loss", pick + 1));
+    let t = c.now() + 1_500;
+    Ok(c.run_until_cond(t, |c| new_primary(c, old_epoch).is_some()))
+}
+
+/// Runs one cell.
+pub fn run_cell(s: u8, n: usize, q: i64, seed: u64) -> Cell {
+    let seed_text = seed_outcome(s, n, q);
+    let mut cell = Cell {
+        scenario: s,
+        nodes: n,
+        quorum: q,
+        seed_outcome: seed_text,
+        outcome: String::new(),
+        lost: String::new(),
+        operator: String::new(),
+        pass: false,
+        failure: None,
+        violations: Vec::new(),
+        trace_tail: String::new(),
+    };
+    if seed_text == "N/A" {
+        cell.outcome = "N/A".into();
+        cell.lost = "N/A".into();
+        cell.operator = "N/A".into();
+        cell.pass = true;
+        return cell;
+    }
+    let cell_seed = seed ^ (u64::from(s) << 48) ^ ((n as u64) << 40) ^ ((q + 8) as u64) << 32;
+    match drive(&mut cell, cell_seed) {
+        Ok(()) => {}
+        Err(e) => {
+            cell.pass = false;
+            cell.failure = Some(e.clone());
+            if cell.outcome.is_empty() {
+                cell.outcome = format!("error: {e}");
+            }
+        }
+    }
+    cell
+}
+
+fn drive(cell: &mut Cell, seed: u64) -> Result<(), String> {
+    let (s, n, q) = (cell.scenario, cell.nodes, cell.quorum);
+    let mut c = Cluster::new(FoConfig::new(n, q), seed)?;
+    // The first primary.
+    if q == 0 {
+        c.promote(0, true)?;
+        c.ghost.data_loss_accepted = false; // nothing was acknowledged yet
+    }
+    let t = c.now() + 5_000;
+    if !c.run_until_cond(t, |c| c.primary().is_some() && c.converged()) {
+        return Err("no first primary".into());
+    }
+    let p0 = c.primary().ok_or("no first primary")?;
+    let old_epoch = c.nodes[p0].core.as_ref().map_or(0, |k| k.epoch());
+    let eq = election_quorum(n, q);
+    c.set_client(true);
+    let t = c.now() + 800;
+    c.run_until(t);
+    let others: Vec<usize> = (0..n).filter(|&x| x != p0).collect();
+    let r1 = others[0];
+    // The fault; `up` = nodes up and connected to each other afterwards.
+    let mut tentative: Option<(usize, u64)> = None;
+    let up = match s {
+        1 => {
+            c.crash(p0);
+            n - 1
+        }
+        2 => {
+            c.crash(p0);
+            c.isolate(r1);
+            n - 2
+        }
+        3 => {
+            // The crashed replica is one of the fewest that receipted the
+            // latest records (seed: "if the crashed Replica had receipted the
+            // latest committed record"): for 300 ms only `copies - 1`
+            // replicas receive records, the others lag.
+            let copies = commit_copies(n, q).unwrap_or(1);
+            let receipters = copies.saturating_sub(1).max(1);
+            for &o in &others[receipters..] {
+                c.block_data(p0, o);
+            }
+            let t = c.now() + 300;
+            c.run_until(t);
+            c.crash(p0);
+            c.crash(r1);
+            c.heal_all();
+            n - 2
+        }
+        5 => {
+            c.isolate(p0);
+            n - 1
+        }
+        8 => {
+            c.set_client(false);
+            if !c.run_until_converged(3_000) {
+                return Err("did not converge before the tentative record".into());
+            }
+            // B (= r1) stores the record, its receipt is lost; nobody else gets it.
+            c.block_data(r1, p0);
+            for &o in &others[1..] {
+                c.block_data(p0, o);
+            }
+            c.primary_append(p0, format!("tentative-{seed}").into_bytes());
+            let want = c.nodes[p0]
+                .primary()
+                .map_or(0, |p| p.up.exec.wal().last().lsn);
+            let stored = |c: &Cluster| {
+                c.nodes[r1]
+                    .replica()
+                    .and_then(|r| r.up.exec.wal())
+                    .is_some_and(|w| w.durable_lsn() >= want)
+            };
+            if !c.run_until_cond(c.now() + 1_000, stored) {
+                return Err("B never stored the tentative record".into());
+            }
+            tentative = Some((r1, want));
+            c.crash(p0);
+            c.heal_all();
+            c.set_client(true);
+            n - 1
+        }
+        _ => return Err(format!("no scenario {s}")),
+    };
+    let fault_at = c.now();
+    let lsn_at_fault = c.ghost.acked.keys().next_back().copied().unwrap_or(0);
+    let expect_elected = eq.is_some_and(|e| up >= e);
+    let t = c.now() + WINDOW_MS;
+    let elected = c.run_until_cond(t, |c| new_primary(c, old_epoch).is_some());
+    let mut operator: Vec<String> = Vec::new();
+    let mut outcome;
+    if elected {
+        let p = new_primary(&c, old_epoch).ok_or("no primary")?;
+        outcome = format!("n{} elected after {} ms", p + 1, c.now() - fault_at);
+    } else {
+        let why = match eq {
+            None => "no automatic failover (quorum 0)".to_string(),
+            Some(e) => format!("{up} of {n} up, election quorum {e}"),
+        };
+        outcome = format!("blocked ({why})");
+        let mut done = false;
+        if q == 0 {
+            // The operator promotes the most up-to-date live node, accepting
+            // the loss of what only the old primary may hold.
+            done = operator_promotes(&mut c, old_epoch, &mut operator)?;
+        }
+        if !done {
+            // The unblocking act.
+            let unblock = match s {
+                2 | 5 => {
+                    c.heal_all();
+                    "until the partition heals"
+                }
+                3 => {
+                    c.restart(r1);
+                    "until the crashed replica restarts"
+                }
+                _ => "until the operator promotes (a majority must vote)",
+            };
+            outcome.push_str(&format!(" {unblock}"));
+            if q == 0 {
+                if !operator_promotes(&mut c, old_epoch, &mut operator)? {
+                    return Err(format!("{outcome}: operator promotion did not elect"));
+                }
+            } else {
+                let t = c.now() + WINDOW_MS;
+                if !c.run_until_cond(t, |c| new_primary(c, old_epoch).is_some()) {
+                    return Err(format!("{outcome}: still no primary"));
+                }
+            }
+        }
+        let p = new_primary(&c, old_epoch).ok_or("no primary")?;
+        outcome.push_str(&format!("; then n{} elected", p + 1));
+    }
+    // The client keeps writing through the new primary for a while.
+    let t = c.now() + 600;
+    c.run_until(t);
+    let acked_after_election = c.ghost.acked.range(lsn_at_fault + 1..).count();
+    // Heal everything; the members must converge.
+    c.heal_all();
+    c.restart_all();
+    let converged = c.run_until_converged(6_000);
+    let p = c.primary();
+    if let (Some((b, lsn)), Some(p)) = (tentative, p) {
+        let kept = c.nodes[p].primary().is_some_and(|pr| {
+            pr.up
+                .exec
+                .wal()
+                .with(|w| w.position_at(lsn).ok().flatten())
+                .is_some_and(|pos| pos.epoch == old_epoch)
+        });
+        if kept {
+            outcome.push_str(&format!(
+                "; B=n{}'s tentative lsn {lsn} kept (commits with the new epoch's first record)",
+                b + 1
+            ));
+        } else {
+            outcome.push_str(&format!(
+                "; tentative lsn {lsn} not on n{}: B=n{} halts",
+                p + 1,
+                b + 1
+            ));
+        }
+    }
+    let mut halted = Vec::new();
+    for node in &c.nodes {
+        if let Some(h) = &node.halted {
+            halted.push(format!("n{} {}", node.id + 1, h.reason.as_str()));
+            operator.push(format!("walship-recover rejoin n{}", node.id + 1));
+        }
+    }
+    if !halted.is_empty() {
+        outcome.push_str(&format!("; halted: {}", halted.join(", ")));
+    }
+    let acked = c.ghost.acked.len();
+    let lost = c.ghost.lost_acked.len();
+    if acked_after_election == 0 {
+        outcome.push_str("; writes wait until the missing nodes are back");
+    } else {
+        outcome.push_str(&format!(
+            "; writes resume ({acked_after_election} acked in 600 ms)"
+        ));
+    }
+    cell.lost = if lost > 0 {
+        format!("yes: {lost} of {acked} (accepted)")
+    } else {
+        format!("no (0 of {acked})")
+    };
+    if operator.is_empty() {
+        operator.push("none".into());
+    }
+    cell.operator = operator.join("; ");
+    cell.outcome = outcome;
+    cell.violations = c.ghost.violations.clone();
+    cell.trace_tail = c.trace.render_tail();
+    let mut failures = Vec::new();
+    if let Some(v) = c.ghost.violations.first() {
+        failures.push(format!("seed {seed}: {v}"));
+    }
+    if elected != expect_elected {
+        failures.push(format!(
+            "expected {} (election quorum {eq:?}, {up} up)",
+            if expect_elected {
+                "an election"
+            } else {
+                "a block"
+            }
+        ));
+    }
+    if !converged {
+        failures.push("did not converge after healing".into());
+    }
+    if acked == 0 {
+        failures.push("nothing was acknowledged".into());
+    }
+    if q != 0 && lost > 0 {
+        failures.push("acknowledged records lost".into());
+    }
+    for node in &c.nodes {
+        if let Some(h) = &node.halted {
+            if h.reason.as_str() != "divergence" {
+                failures.push(format!("n{} halted {}", node.id + 1, h.reason.as_str()));
+            }
+        }
+        if let Some(why) = &node.stopped {
+            failures.push(format!("n{} stopped: {why}", node.id + 1));
+        }
+    }
+    if c.nodes
+        .iter()
+        .filter(|x| x.election_role() == Some(Role::Primary))
+        .count()
+        > 1
+    {
+        failures.push("two primaries after convergence".into());
+    }
+    cell.pass = failures.is_empty();
+    if !cell.pass {
+        cell.failure = Some(failures.join("; "));
+    }
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! Automatic failover over the production election core and executors
+//! (`walship_fault::failover`): seed 000's scenario table, Raft's figure 8
+//! schedule, and random failover runs.
+//!
+//! `WALSHIP_FAILOVER_SEEDS=500 cargo test -p walship-fault --test failover`
+//! runs more random seeds (default 30).
+
+use walship_fault::failover::{figure8, random, scenarios};
+
+#[test]
+fn seed_000_failover_table_passes_every_cell() {
+    let cells = scenarios::run_table(0);
+    let table = scenarios::render(&cells);
+    eprintln!("{table}");
+    assert_eq!(cells.len(), 45);
+    let failed: Vec<String> = cells
+        .iter()
+        .filter(|c| !c.pass)
+        .map(|c| {
+            format!(
+                "scenario {} nodes {} quorum {}: {}",
+                c.scenario,
+                c.nodes,
+                c.quorum,
+                c.failure.as_deref().unwrap_or("?")
+            )
+        })
+        .collect();
+    assert!(failed.is_empty(), "failed cells:\n{}", failed.join("\n"));
+}
+
+#[test]
+fn figure_8_schedule_commits_no_older_epoch_record_and_loses_nothing() {
+    for seed in 0..3 {
+        let f = figure8::run(seed).unwrap_or_else(|e| panic!("seed {seed}: schedule: {e}"));
+        assert!(
+            f.violations.is_empty(),
+            "seed {seed}: {}\n{}",
+            f.violations[0],
+            f.trace_tail
+        );
+        // The schedule happened as in the figure.
+        let epochs: Vec<(u64, usize)> = f.primaries.clone();
+        assert!(
+            epochs.iter().any(|&(e, n)| n == 0 && e >= 3)
+                && epochs.iter().any(|&(e, n)| n == 2 && e >= 4),
+            "seed {seed}: primaries {epochs:?}"
+        );
+        let (lsn1, lsn2, has3) = f.n2_after_step4;
+        assert!(lsn1.is_some(), "seed {seed}: n2 holds lsn 1");
+        assert_eq!(
+            lsn2.map(|p| p.epoch),
+            Some(1),
+            "seed {seed}: n2 holds record a (epoch 1) at lsn 2"
+        );
+        assert!(
+            !has3,
+            "seed {seed}: n1's EpochStart of epoch 3 must not reach n2"
+        );
+        // `a` sits on a majority (n1, n2) under epoch 3: it must not commit.
+        assert!(
+            f.n1_commit_after_receipt < 2,
+            "seed {seed}: n1 committed lsn {} with an epoch-1 record on a majority",
+            f.n1_commit_after_receipt
+        );
+        // n2 holds `a`, which n3 (epoch 4) lacks: it halts, never rewritten silently.
+        assert!(
+            f.n2_halt
+                .as_deref()
+                .is_some_and(|h| h.starts_with("divergence")),
+            "seed {seed}: n2 halt {:?}",
+            f.n2_halt
+        );
+    }
+}
+
+#[test]
+fn random_failover_runs_keep_every_invariant_and_converge() {
+    let seeds: u64 = std::env::var("WALSHIP_FAILOVER_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let mut failed = Vec::new();
+    let (mut elections, mut acked, mut halted) = (0, 0, 0);
+    for seed in 0..seeds {
+        let r = random::run(seed);
+        elections += r.elections;
+        acked += r.acked;
+        halted += r.halted;
+        if let Some(f) = &r.failure {
+            failed.push(format!("seed {seed}: {f}\n{}", r.trace_tail));
+        }
+    }
+    eprintln!(
+        "failover runs: {seeds}, elections {elections}, acknowledged {acked}, halted divergence {halted}, failed {}",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+}
