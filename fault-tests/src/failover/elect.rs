@@ -4,6 +4,7 @@
 //! written and fsynced with the production [`VoteFile`] before anything
 //! after it).
 
+use walship_node::cluster::plan::RoleCommand;
 use walship_node::election::{Action, ElectionMessage, LogPosition, PersistedVote, VoteFile};
 use walship_replica::halt::HaltRecord;
 
@@ -50,10 +51,6 @@ impl Cluster {
             }
             let name = self.nodes[n].name.clone();
             match a {
-                Action::StepDown { epoch, reason } => {
-                    self.log(format!("{name} STEP DOWN epoch {epoch}: {reason:?}"));
-                    self.close_role(n);
-                }
                 Action::PersistVote { epoch, voted_for } => {
                     let vote = PersistedVote { epoch, voted_for };
                     let mut file = VoteFile::new(self.nodes[n].storage.clone(), &state_dir());
@@ -63,20 +60,40 @@ impl Cluster {
                         return;
                     }
                 }
-                Action::BecomePrimary { epoch } => {
-                    self.log(format!("{name} BECOMES PRIMARY of epoch {epoch}"));
-                    check::note_primary(self, n, epoch);
-                    self.close_role(n);
-                    self.open_primary(n, epoch);
-                }
-                Action::BecomeFollower {
-                    epoch,
-                    primary_hint,
-                } => {
-                    self.log(format!("{name} follows in epoch {epoch}: {primary_hint:?}"));
-                    self.close_role(n);
-                    if let Some(p) = primary_hint.and_then(|h| self.index_of(&h)) {
-                        self.open_replica(n, p, epoch);
+                Action::StepDown { .. }
+                | Action::BecomePrimary { .. }
+                | Action::BecomeFollower { .. } => {
+                    match &a {
+                        Action::StepDown { epoch, reason } => {
+                            self.log(format!("{name} STEP DOWN epoch {epoch}: {reason:?}"));
+                        }
+                        Action::BecomePrimary { epoch } => {
+                            self.log(format!("{name} BECOMES PRIMARY of epoch {epoch}"));
+                            check::note_primary(self, n, *epoch);
+                        }
+                        Action::BecomeFollower {
+                            epoch,
+                            primary_hint,
+                        } => {
+                            self.log(format!("{name} follows in epoch {epoch}: {primary_hint:?}"));
+                        }
+                        _ => {}
+                    }
+                    // The production Node's decision (walship_node::cluster::plan): which
+                    // role the action asks for; an unchanged role is not reopened.
+                    match self.nodes[n].plan.on_action(&a) {
+                        None => {}
+                        Some(RoleCommand::Close) => self.close_role(n),
+                        Some(RoleCommand::Primary { epoch }) => {
+                            self.close_role(n);
+                            self.open_primary(n, epoch);
+                        }
+                        Some(RoleCommand::Follow { epoch, primary }) => {
+                            self.close_role(n);
+                            if let Some(p) = self.index_of(&primary) {
+                                self.open_replica(n, p, epoch);
+                            }
+                        }
                     }
                 }
                 Action::Send { to, msg } => {
@@ -91,6 +108,7 @@ impl Cluster {
     /// The node stops (a fatal local error): its role closes, its core stops.
     pub(super) fn stop_node(&mut self, n: usize, why: String) {
         let now = self.now();
+        let _ = self.nodes[n].plan.set(RoleCommand::Close);
         self.close_role(n);
         if let Some(core) = self.nodes[n].core.as_mut() {
             let _ = core.stop(now);

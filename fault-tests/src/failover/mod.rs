@@ -29,6 +29,7 @@ pub mod scenarios;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use walship_node::cluster::plan::RolePlan;
 use walship_node::election::{
     ElectionConfig, ElectionCore, ElectionMessage, LogPosition, Role, StartState, VoteFile,
 };
@@ -131,6 +132,9 @@ pub struct FoNode {
     pub halted: Option<HaltRecord>,
     /// Why the node stopped, if it did.
     pub stopped: Option<String>,
+    /// Which role the core's actions ask for (the production Node's plan; fresh at
+    /// every start, as the role is).
+    pub plan: RolePlan,
     /// Number of starts (seeds the core's timeouts).
     starts: u64,
 }
@@ -209,6 +213,7 @@ impl Cluster {
                 storage,
                 core: None,
                 role: RoleState::Idle,
+                plan: RolePlan::new(format!("n{}", id + 1)),
                 applier: SimApplier::default(),
                 applied: Applied::default(),
                 halted: None,
@@ -298,6 +303,7 @@ impl Cluster {
                     core.halt(now);
                 }
                 self.nodes[n].core = Some(core);
+                self.nodes[n].plan = RolePlan::new(self.nodes[n].name.clone());
                 self.nodes[n].stopped = None;
                 self.net.restart_node(n, now);
                 self.log(format!(

@@ -409,6 +409,9 @@ impl Cluster {
                 }
                 ROutput::Halted(record) => {
                     self.halt_node(n, record);
+                    let _ = self.nodes[n]
+                        .plan
+                        .set(walship_node::cluster::plan::RoleCommand::Close);
                     self.close_role(n);
                     return;
                 }
