@@ -405,9 +405,7 @@ pub fn run(opts: &DrillOptions, say: &mut dyn FnMut(String)) -> Result<DrillRepo
     say(format!(
         "all members hold lsn {last}; stopping them to read their logs"
     ));
-    for m in &mut members.0 {
-        m.terminate();
-    }
+    stop_followers_first(&mut members.0);
     let (missing, epochs, log_ends) = verify(&members.0, &acked)?;
     Ok(DrillReport {
         kills,
@@ -450,6 +448,22 @@ pub(crate) fn converge(members: &[Member], acked: &[Ack]) -> Result<u64, String>
     }
 }
 
+/// Stops every member, the primary last: stopping the primary first would let the others
+/// elect a new one, whose epoch-start record would make the logs differ by one record.
+/// With the primary up, the followers never campaign (it keeps heartbeating), and once too
+/// few are left for its lease no majority remains to elect anyone.
+pub(crate) fn stop_followers_first(members: &mut [Member]) {
+    let primary = find_primary(members).map(|(i, _)| i);
+    for (i, m) in members.iter_mut().enumerate() {
+        if Some(i) != primary {
+            m.terminate();
+        }
+    }
+    if let Some(p) = primary {
+        members[p].terminate();
+    }
+}
+
 /// Waits until restarted (or reconnected) member `k` follows primary `q` (`GET /replica`
 /// 200, `/status` names `q`). If it halts `divergence` instead (it holds a tentative tail
 /// the primary `q` lacks), stops it, runs `walship-recover rejoin DIR --from PRIMARY_DIR
@@ -464,14 +478,24 @@ pub(crate) fn settle(
 ) -> Result<String, String> {
     let mut rejoined = false;
     let deadline = Instant::now() + WAIT;
-    // Caught up: durable at least to what the primary had committed when it restarted (a
-    // connected replica may still be searching for the divergence point).
-    let target = members[q]
-        .status()
-        .and_then(|s| s["commit_lsn"].as_u64())
-        .unwrap_or(0);
+    // Back means: it stored a record it did not have before it restarted, which a replica
+    // does only after proving its log a prefix of the primary's (a connected replica may
+    // still be searching for the divergence point, and its own log end, a tentative tail
+    // included, may already be above what the primary had). The writers keep appending,
+    // so such a record comes.
+    let mut target: Option<u64> = None;
     loop {
         let status = members[k].status();
+        if target.is_none() {
+            if let Some(own) = status.as_ref().and_then(|s| s["durable_lsn"].as_u64()) {
+                let primary = members[q]
+                    .status()
+                    .and_then(|s| s["durable_lsn"].as_u64())
+                    .unwrap_or(0);
+                target = Some(own.max(primary) + 1);
+            }
+        }
+        let target = target.unwrap_or(u64::MAX);
         let durable = status
             .as_ref()
             .and_then(|s| s["durable_lsn"].as_u64())

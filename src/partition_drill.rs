@@ -343,9 +343,7 @@ pub fn run(
         "all members hold lsn {last}, none halted, {} leads; stopping them to read their logs",
         primaries[0]
     ));
-    for m in &mut members.0 {
-        m.terminate();
-    }
+    drill::stop_followers_first(&mut members.0);
     let (missing, epochs, log_ends) = drill::verify(&members.0, &acked)?;
     if epochs.get(&ph.new_epoch) != Some(&new_id) {
         return Err(format!(
