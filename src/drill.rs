@@ -448,6 +448,25 @@ pub(crate) fn converge(members: &[Member], acked: &[Ack]) -> Result<u64, String>
     }
 }
 
+/// Runs one `walship-recover` command (`args` after the program name) through the
+/// recovery library, as an operator would run the tool: its exit and its output.
+pub(crate) fn walship_recover(
+    args: &[&std::ffi::OsStr],
+) -> Result<(walship_recovery::exit::Exit, String), String> {
+    let argv = std::iter::once("walship-recover".as_ref()).chain(args.iter().copied());
+    let cli = walship_recovery::cli::Cli::try_parse_from(argv)
+        .map_err(|e| format!("walship-recover arguments: {e}"))?;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let exit = walship_recovery::run(
+        cli.command,
+        &mut walship_recovery::Env::non_interactive(&mut out, &mut err),
+    );
+    Ok((
+        exit,
+        String::from_utf8_lossy(&out).into_owned() + &String::from_utf8_lossy(&err),
+    ))
+}
+
 /// Stops every member, the primary last: stopping the primary first would let the others
 /// elect a new one, whose epoch-start record would make the logs differ by one record.
 /// With the primary up, the followers never campaign (it keeps heartbeating), and once too
@@ -529,22 +548,13 @@ pub(crate) fn settle(
             ));
             members[k].terminate();
             let (dir, from) = (members[k].dir.clone(), members[q].dir.clone());
-            let (mut out, mut err) = (Vec::new(), Vec::new());
-            let args = [
-                "walship-recover".as_ref(),
+            let (exit, text) = walship_recover(&[
                 "rejoin".as_ref(),
                 dir.as_os_str(),
                 "--from".as_ref(),
                 from.as_os_str(),
                 "--yes".as_ref(),
-            ];
-            let cli = walship_recovery::cli::Cli::try_parse_from(args)
-                .map_err(|e| format!("rejoin arguments: {e}"))?;
-            let exit = walship_recovery::run(
-                cli.command,
-                &mut walship_recovery::Env::non_interactive(&mut out, &mut err),
-            );
-            let text = String::from_utf8_lossy(&out).into_owned() + &String::from_utf8_lossy(&err);
+            ])?;
             std::fs::write(log_dir.join(format!("{}-rejoin.txt", members[k].id)), &text)
                 .map_err(|e| format!("rejoin log: {e}"))?;
             if exit != walship_recovery::exit::Exit::Ok {
@@ -608,6 +618,19 @@ pub(crate) fn verify(members: &[Member], acked: &[Ack]) -> Result<Verified, Stri
         for a in acked {
             if log.get(&a.lsn) != Some(&a.payload) {
                 missing += 1;
+            }
+        }
+    }
+    // The operator's own check: `walship-recover diff` finds every member's log the same.
+    if let Some((first, rest)) = members.split_first() {
+        for m in rest {
+            let (exit, text) =
+                walship_recover(&["diff".as_ref(), first.dir.as_os_str(), m.dir.as_os_str()])?;
+            if exit != walship_recovery::exit::Exit::Ok {
+                return Err(format!(
+                    "walship-recover diff {} {} ({exit:?}): {text}",
+                    first.id, m.id
+                ));
             }
         }
     }
