@@ -341,12 +341,11 @@ fn run(model: MembershipModel, depth: usize) -> Option<Vec<Act>> {
         checker.unique_state_count(),
         started.elapsed()
     );
-    let found = checker
+    checker
         .discoveries()
         .into_values()
         .next()
-        .map(|path| path.into_actions());
-    found
+        .map(|path| path.into_actions())
 }
 
 fn model(setting: i64, vote_rule: VoteRule, commit_rule: CommitRule) -> MembershipModel {
