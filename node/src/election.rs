@@ -29,22 +29,24 @@
 //!     election_timeout_ms: 1000,
 //!     lease_ms: 1000,
 //! };
-//! let mut core = ElectionCore::new(config, StartState::fresh(), 0, 7).expect("valid config");
+//! // A member of a formed cluster: its log holds a record (an empty log would
+//! // need every voter: the bootstrap rule, spec/election.md §2.10).
+//! let start = StartState { log_head: LogPosition::new(1, 4), ..StartState::fresh() };
+//! let mut core = ElectionCore::new(config, start, 0, 7).expect("valid config");
 //! // No primary heard for a whole (randomised) election timeout: ask for pre-votes.
 //! let deadline = core.next_tick_ms().expect("a follower has an election deadline");
 //! let actions = core.tick(deadline);
-//! assert!(matches!(actions[0], Action::Send { msg: ElectionMessage::PreVoteRequest { epoch: 1, .. }, .. }));
-//! // One pre-vote (plus our own) is a majority of 3: become a candidate of epoch 1,
+//! assert!(matches!(actions[0], Action::Send { msg: ElectionMessage::PreVoteRequest { epoch: 2, .. }, .. }));
+//! // One pre-vote (plus our own) is a majority of 3: become a candidate of epoch 2,
 //! // persisting the vote for ourselves before asking for votes.
 //! let actions = core
-//!     .on_message(deadline, "n2", ElectionMessage::PreVoteResponse { epoch: 1, granted: true, current_epoch: 0 })
+//!     .on_message(deadline, "n2", ElectionMessage::PreVoteResponse { epoch: 2, granted: true, current_epoch: 1 })
 //!     .expect("n2 is a voter");
-//! assert_eq!(actions[0], Action::PersistVote { epoch: 1, voted_for: Some("n1".into()) });
+//! assert_eq!(actions[0], Action::PersistVote { epoch: 2, voted_for: Some("n1".into()) });
 //! let actions = core
-//!     .on_message(deadline, "n3", ElectionMessage::VoteResponse { epoch: 1, granted: true })
+//!     .on_message(deadline, "n3", ElectionMessage::VoteResponse { epoch: 2, granted: true })
 //!     .expect("n3 is a voter");
-//! assert_eq!(actions, vec![Action::BecomePrimary { epoch: 1 }]);
-//! # let _ = LogPosition::ZERO;
+//! assert_eq!(actions, vec![Action::BecomePrimary { epoch: 2 }]);
 //! ```
 
 mod inputs;

@@ -154,6 +154,10 @@ pub struct NodeStatus {
     pub stopped: Option<String>,
     /// A primary: every other member's progress (`null` on other roles).
     pub members: Option<Vec<MemberStatus>>,
+    /// A cluster member: the incarnation id of its data directory
+    /// (`state/identity`; `null` for a node that is not a cluster member).
+    #[serde(default)]
+    pub incarnation: Option<u64>,
 }
 
 impl NodeStatus {
@@ -188,6 +192,7 @@ impl NodeStatus {
                     })
                     .collect(),
             ),
+            incarnation: None,
         }
     }
 
@@ -224,6 +229,7 @@ impl NodeStatus {
             halt,
             stopped,
             members: None,
+            incarnation: None,
         }
     }
 
@@ -816,6 +822,7 @@ mod tests {
                 lag_bytes: 64,
                 last_receipt_age_ms: Some(5),
             }]),
+            incarnation: None,
         }
     }
 

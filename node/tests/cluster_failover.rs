@@ -300,3 +300,75 @@ async fn switchover_hands_over_to_the_named_member_without_losing_an_append() {
         n.shutdown().await;
     }
 }
+
+/// `state/identity` (spec/state-files.md §3.5): a member keeps its
+/// incarnation across restarts, refuses another cluster's directory and
+/// another member's, and a new cluster forms only with every member up
+/// (spec/election.md §2.10: two of three empty members elect no one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identity_is_kept_other_clusters_refused_and_a_new_cluster_needs_every_member() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::new(tmp.path(), 3);
+    let mut nodes = vec![
+        Some(c.open("n1", -1, Recorder::default()).await),
+        Some(c.open("n2", -1, Recorder::default()).await),
+        None,
+    ];
+    // Three election timeouts (300 ms) and more: n1 and n2 alone form nothing.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    for n in nodes.iter().flatten() {
+        let s = n.status();
+        assert_ne!(
+            s.state.role,
+            Role::Primary,
+            "{} leads a cluster n3 never joined",
+            s.node_id
+        );
+    }
+    nodes[2] = Some(c.open("n3", -1, Recorder::default()).await);
+    let p = wait_primary(&nodes, 0).await;
+    let lsn = append(nodes[p].as_ref().expect("primary"), b"x".to_vec()).await;
+    assert!(lsn >= 2, "the epoch-start record is lsn 1");
+
+    let n2 = nodes[1].take().expect("n2");
+    let incarnation = n2.status().incarnation;
+    assert_ne!(incarnation, 0);
+    n2.shutdown().await;
+
+    let mut other = c.config("n2", -1);
+    other.cluster_id = "c2".into();
+    match Node::open(other, Recorder::default()).await {
+        Err(NodeError::Identity(e)) => {
+            let msg = e.to_string();
+            assert!(msg.contains("\"c1\"") && msg.contains("\"c2\""), "{msg}");
+        }
+        Err(e) => panic!("another cluster's directory refused for the wrong reason: {e}"),
+        Ok(_) => panic!("a member opened another cluster's directory"),
+    }
+    let mut swapped = c.config("n2", -1);
+    swapped.data_dir = tmp.path().join("n1-copy");
+    std::fs::create_dir_all(swapped.data_dir.join("state")).expect("mkdir");
+    std::fs::copy(
+        tmp.path().join("n1/state/identity"),
+        swapped.data_dir.join("state/identity"),
+    )
+    .expect("copy n1's identity");
+    assert!(
+        matches!(
+            Node::open(swapped, Recorder::default()).await,
+            Err(NodeError::Identity(_))
+        ),
+        "n2 opened n1's directory"
+    );
+
+    let n2 = c.open("n2", -1, Recorder::default()).await;
+    assert_eq!(
+        n2.status().incarnation,
+        incarnation,
+        "kept across a restart"
+    );
+    n2.shutdown().await;
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await;
+    }
+}

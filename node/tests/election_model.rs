@@ -520,10 +520,13 @@ fn model_campaign_schedules_never_lose_a_committed_record_static_k2_3_nodes() {
     check(campaign_model(2), 7);
 }
 
-/// Raft's figure 8 with 3 nodes, step by step: n1 leads epoch 1 with an
-/// unreplicated record, n3 leads epoch 2, n1 leads epoch 3 and ships its
-/// epoch-1 record to n2 (now on a majority: it must NOT commit), then n3
-/// wins epoch 4 with n2's vote and overwrites lsn 1.
+/// Raft's figure 8 with 3 nodes, step by step. The cluster first forms
+/// (n1 leads epoch 1 with every vote: an empty log campaigns only with every
+/// voter, spec/election.md §2.10) and its epoch-start record commits on all
+/// three. Then n1 appends `a` (lsn 2) unreplicated, n3 leads epoch 2, n1
+/// leads epoch 3 and ships `a` to n2 (now on a majority: it must NOT commit),
+/// then n3 wins epoch 4 with n2's vote and overwrites lsn 2. The same
+/// schedule as the simulator's `failover::figure8`.
 #[test]
 fn figure_8_schedule_commits_no_older_epoch_record_and_loses_nothing() {
     let m = ElectionModel {
@@ -531,44 +534,53 @@ fn figure_8_schedule_commits_no_older_epoch_record_and_loses_nothing() {
         max_epoch: 5,
         max_log: 4,
         max_net: 0,
-        max_now_ms: 8,
+        max_now_ms: 10,
         fine_network: false,
         campaigns: true,
         restarts: false,
     };
     let (n1, n2, n3) = (0, 1, 2);
     let bit = |i: usize| 1u8 << i;
-    let steps = [
+    let ship = |from, to, upto| Act::Ship { from, to, upto };
+    let formation = [
         Act::Campaign(n1, bit(n2) | bit(n3)), // n1 primary of epoch 1, log [1]
+        ship(n1, n2, 1),
+        ship(n1, n3, 1), // lsn 1 committed on all three
+        Act::Append(n1), // `a`: lsn 2 of epoch 1, on n1 only
+    ];
+    let steps = [
         Act::Campaign(n3, bit(n1) | bit(n2)), // n3 primary of epoch 2 (n2's vote), n1 fenced
         Act::Campaign(n1, bit(n2) | bit(n3)), // n1 primary of epoch 3 (n2's vote), n3 fenced
-        Act::Ship {
-            from: n1,
-            to: n2,
-            upto: 1,
-        }, // epoch-1 record on n1 and n2
+        ship(n1, n2, 2),                      // `a` on n1 and n2
         Act::Campaign(n3, bit(n2)),           // n3 primary of epoch 4 (n2's vote)
     ];
     let mut s = m.init();
+    let check_props = |s: &Sys, what: &str| {
+        for p in m.properties() {
+            if p.expectation == stateright::Expectation::Always {
+                assert!((p.condition)(&m, s), "{what} breaks \"{}\"", p.name);
+            }
+        }
+    };
+    for (k, act) in formation.iter().enumerate() {
+        s = m
+            .next_state(&s, act.clone())
+            .unwrap_or_else(|| panic!("formation step {k} {act:?} is enabled"));
+        check_props(&s, &format!("formation step {k} {act:?}"));
+    }
+    assert_eq!(s.committed, BTreeMap::from([((1, 1), 1)]));
+    let formed = s.clone();
     for (k, act) in steps.iter().enumerate() {
         s = m
             .next_state(&s, act.clone())
             .unwrap_or_else(|| panic!("step {k} {act:?} is enabled"));
-        for p in m.properties() {
-            if p.expectation == stateright::Expectation::Always {
-                assert!(
-                    (p.condition)(&m, &s),
-                    "step {k} {act:?} breaks \"{}\"",
-                    p.name
-                );
-            }
-        }
-        if k == 3 {
-            assert_eq!(s.nodes[n2].log, vec![1]);
-            assert!(
-                s.committed.is_empty(),
-                "an epoch-1 record on a majority must not commit under epoch 3: {:?}",
-                s.committed
+        check_props(&s, &format!("step {k} {act:?}"));
+        if k == 2 {
+            assert_eq!(s.nodes[n2].log, vec![1, 1]);
+            assert_eq!(
+                s.committed,
+                BTreeMap::from([((1, 1), 1)]),
+                "an epoch-1 record on a majority must not commit under epoch 3"
             );
         }
     }
@@ -578,26 +590,20 @@ fn figure_8_schedule_commits_no_older_epoch_record_and_loses_nothing() {
     );
     assert_eq!(
         s.nodes[n3].log,
-        vec![2, 4],
-        "n3 leads epoch 4 without lsn 1 of epoch 1"
+        vec![1, 2, 4],
+        "n3 leads epoch 4 without lsn 2 of epoch 1"
     );
-    // Had lsn 1 been committed at step 3, it would now be lost. With the
+    // Had lsn 2 been committed at step 2, it would now be lost. With the
     // epoch-3 record on n2 as well, both commit and n3 could not have won:
-    let mut t = m.init();
-    for act in &steps[..3] {
+    let mut t = formed;
+    for act in &steps[..2] {
         t = m.next_state(&t, act.clone()).expect("enabled");
     }
-    t = m
-        .next_state(
-            &t,
-            Act::Ship {
-                from: n1,
-                to: n2,
-                upto: 2,
-            },
-        )
-        .expect("enabled");
-    assert_eq!(t.committed, BTreeMap::from([((1, 1), 3), ((2, 3), 3)]));
+    t = m.next_state(&t, ship(n1, n2, 3)).expect("enabled");
+    assert_eq!(
+        t.committed,
+        BTreeMap::from([((1, 1), 1), ((2, 1), 3), ((3, 3), 3)])
+    );
     t = m
         .next_state(&t, Act::Campaign(n3, bit(n2)))
         .expect("enabled");

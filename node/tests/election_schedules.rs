@@ -55,7 +55,15 @@ impl World {
         }
     }
 
-    fn new(n: usize, setting: i64, seed: u64) -> World {
+    /// `formed`: every node starts holding one record of epoch 0 (a cluster
+    /// that has formed); else every log is empty (bootstrap: the first
+    /// election needs every voter, spec/election.md §2.10).
+    fn new(n: usize, setting: i64, seed: u64, formed: bool) -> World {
+        let head = if formed {
+            LogPosition::new(0, 1)
+        } else {
+            LogPosition::ZERO
+        };
         let mut w = World {
             n,
             setting,
@@ -66,17 +74,16 @@ impl World {
             grants: BTreeMap::new(),
         };
         for i in 0..n {
-            let core = ElectionCore::new(
-                w.config(i),
-                StartState::fresh(),
-                0,
-                seed ^ (i as u64 * 7919),
-            )
-            .expect("valid config");
+            let start = StartState {
+                log_head: head,
+                ..StartState::fresh()
+            };
+            let core = ElectionCore::new(w.config(i), start, 0, seed ^ (i as u64 * 7919))
+                .expect("valid config");
             w.nodes.push(Node {
                 core,
                 vote: PersistedVote::default(),
-                head: LogPosition::ZERO,
+                head,
                 restarts: 0,
             });
         }
@@ -246,7 +253,17 @@ fn run(
     seed: u64,
     ops: &[(u8, usize, usize)],
 ) -> Result<World, TestCaseError> {
-    let mut w = World::new(n, setting, seed);
+    run_from(true, n, setting, seed, ops)
+}
+
+fn run_from(
+    formed: bool,
+    n: usize,
+    setting: i64,
+    seed: u64,
+    ops: &[(u8, usize, usize)],
+) -> Result<World, TestCaseError> {
+    let mut w = World::new(n, setting, seed, formed);
     for &(op, a, b) in ops {
         w.step(op, a, b)?;
         if w.net.len() > 64 {
@@ -272,6 +289,13 @@ proptest! {
     ) {
         run(5, setting, seed, &ops)?;
     }
+
+    #[test]
+    fn random_schedules_3_nodes_bootstrap_elect_at_most_one_primary_per_epoch(
+        seed in any::<u64>(), ops in schedule()
+    ) {
+        run_from(false, 3, -1, seed, &ops)?;
+    }
 }
 
 /// The generator reaches elections at all (the property above is not vacuous).
@@ -285,6 +309,21 @@ fn a_long_quiet_schedule_elects_a_primary_in_3_and_5_node_clusters() -> Result<(
         }
         let w = run(n, -1, 42, &ops)?;
         prop_assert!(!w.primaries.is_empty(), "{} nodes: no primary elected", n);
+    }
+    Ok(())
+}
+
+/// A new cluster (every log empty) forms on a quiet schedule: split votes
+/// (every voter is needed) are retried with fresh random timeouts.
+#[test]
+fn a_long_quiet_schedule_forms_a_new_3_and_5_node_cluster() -> Result<(), TestCaseError> {
+    for n in [3, 5] {
+        let mut ops = Vec::new();
+        for k in 0..1000 {
+            ops.push((if k % 10 == 0 { 0 } else { 1 }, 0, 0));
+        }
+        let w = run_from(false, n, -1, 42, &ops)?;
+        prop_assert!(!w.primaries.is_empty(), "{} nodes: no cluster formed", n);
     }
     Ok(())
 }

@@ -15,7 +15,9 @@ use walship_wire::CloseCode;
 use super::plan::{self, RoleCommand, RolePlan, RoleReport, Verdict};
 use super::roles::RoleRequest;
 use super::transport::{self, Envelope, Sender};
-use super::{http_role, Inner, Node, NodeConfig, NodeError, NodeStatus, RoleSlot, RoleState};
+use super::{
+    http_role, identity, Inner, Node, NodeConfig, NodeError, NodeStatus, RoleSlot, RoleState,
+};
 use crate::election::{
     Action, ElectionCore, ElectionMessage, LogPosition, NodeId, PersistedVote, Role, StartState,
     VoteFile,
@@ -53,6 +55,26 @@ fn now_ms() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let start = START.get_or_init(Instant::now);
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `state/identity`: refuses another cluster's or another member's directory;
+/// a directory without one gets one with a new incarnation id.
+fn check_identity(config: &NodeConfig) -> Result<identity::Identity, NodeError> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| NodeError::Open(format!("{}: {e}", dir.display())))?;
+    let node_dir = NodeDir::open(FsStorage, dir).map_err(|e| NodeError::Open(e.to_string()))?;
+    let loaded = identity::load_or_create(
+        &FsStorage,
+        dir,
+        node_dir.state_dir(),
+        &config.cluster_id,
+        &config.node_id,
+    )?;
+    if loaded.created {
+        info!(node = %config.node_id, cluster = %config.cluster_id, incarnation = format_args!("{:016x}", loaded.identity.incarnation),
+            "data directory initialised: new incarnation");
+    }
+    Ok(loaded.identity)
 }
 
 /// What a (re)starting node brings to its election: its vote, its log's last record and
@@ -96,6 +118,10 @@ fn start_state(config: &NodeConfig) -> Result<(StartState, Lsn, Option<String>),
 pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Result<Node, NodeError> {
     config.validate()?;
     let me = config.me()?.clone();
+    let cfg = config.clone();
+    let identity = tokio::task::spawn_blocking(move || check_identity(&cfg))
+        .await
+        .map_err(|e| NodeError::Open(format!("identity task: {e}")))??;
     let cfg = config.clone();
     let (start, required_lsn, halted) = tokio::task::spawn_blocking(move || start_state(&cfg))
         .await
@@ -147,6 +173,7 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
             primary: None,
             replica: None,
             applied_lsn: applied,
+            incarnation: identity.incarnation,
         }),
         state: watch::channel(state).0,
         role: Mutex::new(RoleSlot::Idle),
@@ -739,6 +766,7 @@ pub(crate) fn http_status(config: &NodeConfig, s: &NodeStatus) -> http::NodeStat
             halt: None,
             stopped: None,
             members: None,
+            incarnation: None,
         }
     };
     // The election decides the role and the epoch; the role's own report adds the rest.
@@ -753,5 +781,6 @@ pub(crate) fn http_status(config: &NodeConfig, s: &NodeStatus) -> http::NodeStat
         out.primary = s.state.primary.clone();
         out.primary_http = s.state.primary.as_deref().and_then(http_of);
     }
+    out.incarnation = Some(s.incarnation);
     out
 }

@@ -19,6 +19,7 @@
 
 mod config;
 mod driver;
+pub mod identity;
 pub mod plan;
 mod roles;
 pub mod transport;
@@ -58,6 +59,10 @@ pub enum NodeError {
     /// The WAL or a state file could not be read at open.
     #[error("data directory: {0}")]
     Open(String),
+    /// The data directory belongs to another cluster or member, or its
+    /// identity file is damaged.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
     /// This node is not the primary; the hint names the primary it knows.
     #[error("not the primary (epoch {epoch}, primary: {primary_hint:?})")]
     NotPrimary {
@@ -122,6 +127,8 @@ pub struct NodeStatus {
     pub replica: Option<ReplicaStatus>,
     /// Highest lsn delivered to the applier.
     pub applied_lsn: Lsn,
+    /// The incarnation id of the data directory (`state/identity`).
+    pub incarnation: u64,
 }
 
 /// A cluster member: leads or follows as elected. See the module documentation.

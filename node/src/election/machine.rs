@@ -578,8 +578,15 @@ impl ElectionCore {
     }
 
     /// Votes a campaign needs: the election quorum, a majority for an
-    /// operator promotion under quorum 0.
+    /// operator promotion under quorum 0 — and every voter while this
+    /// node's log is empty (bootstrap, spec/election.md §2.10: a voter whose
+    /// log is not empty refuses an empty candidate, so a cluster forms only
+    /// when every listed member is up and empty, and an emptied node cannot
+    /// lead a cluster that holds data).
     fn campaign_quorum(&self) -> usize {
+        if self.log_head == LogPosition::ZERO {
+            return self.config.voters.len();
+        }
         self.election_quorum
             .unwrap_or_else(|| majority(self.config.voters.len()))
     }

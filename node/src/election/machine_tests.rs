@@ -27,9 +27,16 @@ fn start(epoch: u64, voted_for: Option<&str>, head: LogPosition) -> StartState {
     }
 }
 
+/// A member of a cluster that has formed: its log holds one record (of epoch
+/// 0, so epochs in the tests start at 1), and every peer's log in the tests
+/// is at least as long unless a test says otherwise. (An empty log campaigns
+/// only with every voter: [`bootstrap_needs_every_voter_and_an_empty_log_on_each`].)
 fn core(id: &str, n: usize, setting: i64) -> ElectionCore {
-    ElectionCore::new(config(id, n, setting), StartState::fresh(), 0, 1).expect("valid config")
+    ElectionCore::new(config(id, n, setting), start(0, None, FORMED), 0, 1).expect("valid config")
 }
+
+/// The log head of a formed cluster in these tests.
+const FORMED: LogPosition = LogPosition { epoch: 0, lsn: 1 };
 
 fn send(to: &str, msg: M) -> A {
     A::Send { to: to.into(), msg }
@@ -69,9 +76,7 @@ fn elect_n1(c: &mut ElectionCore) -> u64 {
 #[test]
 fn vote_is_persisted_before_the_granting_response_is_sent() {
     let mut c = core("n2", 3, -1);
-    let a = c
-        .on_message(5, "n1", vote_req(1, LogPosition::ZERO))
-        .expect("peer");
+    let a = c.on_message(5, "n1", vote_req(1, FORMED)).expect("peer");
     assert_eq!(
         a,
         vec![
@@ -97,8 +102,7 @@ fn vote_is_persisted_before_the_granting_response_is_sent() {
 #[test]
 fn second_candidate_in_the_same_epoch_is_refused() {
     let mut c = core("n2", 3, -1);
-    c.on_message(5, "n1", vote_req(1, LogPosition::ZERO))
-        .expect("peer");
+    c.on_message(5, "n1", vote_req(1, FORMED)).expect("peer");
     let a = c
         .on_message(6, "n3", vote_req(1, LogPosition::new(1, 9)))
         .expect("peer");
@@ -117,16 +121,9 @@ fn second_candidate_in_the_same_epoch_is_refused() {
 
 #[test]
 fn vote_restored_from_the_vote_file_refuses_another_candidate_after_restart() {
-    let mut c = ElectionCore::new(
-        config("n2", 3, -1),
-        start(4, Some("n1"), LogPosition::ZERO),
-        0,
-        9,
-    )
-    .expect("valid");
-    let a = c
-        .on_message(1, "n3", vote_req(4, LogPosition::ZERO))
-        .expect("peer");
+    let mut c =
+        ElectionCore::new(config("n2", 3, -1), start(4, Some("n1"), FORMED), 0, 9).expect("valid");
+    let a = c.on_message(1, "n3", vote_req(4, FORMED)).expect("peer");
     assert_eq!(
         a,
         vec![send(
@@ -142,11 +139,8 @@ fn vote_restored_from_the_vote_file_refuses_another_candidate_after_restart() {
 #[test]
 fn duplicate_request_of_the_same_candidate_is_granted_again_without_a_second_fsync() {
     let mut c = core("n2", 3, -1);
-    c.on_message(5, "n1", vote_req(1, LogPosition::ZERO))
-        .expect("peer");
-    let a = c
-        .on_message(6, "n1", vote_req(1, LogPosition::ZERO))
-        .expect("peer");
+    c.on_message(5, "n1", vote_req(1, FORMED)).expect("peer");
+    let a = c.on_message(6, "n1", vote_req(1, FORMED)).expect("peer");
     assert_eq!(
         a,
         vec![send(
@@ -161,8 +155,8 @@ fn duplicate_request_of_the_same_candidate_is_granted_again_without_a_second_fsy
 
 #[test]
 fn stale_epoch_vote_request_is_refused_with_the_current_epoch() {
-    let mut c = ElectionCore::new(config("n2", 3, -1), start(3, None, LogPosition::ZERO), 0, 1)
-        .expect("valid");
+    let mut c =
+        ElectionCore::new(config("n2", 3, -1), start(3, None, FORMED), 0, 1).expect("valid");
     let a = c
         .on_message(1, "n1", vote_req(2, LogPosition::new(2, 50)))
         .expect("peer");
@@ -260,7 +254,7 @@ fn rejoining_node_never_disturbs_a_healthy_primary() {
                 "n3",
                 M::PreVoteRequest {
                     epoch: 1,
-                    last: LogPosition::ZERO,
+                    last: FORMED,
                 },
             )
             .expect("peer");
@@ -344,13 +338,8 @@ fn higher_epoch_in_a_vote_request_fences_the_primary() {
 
 #[test]
 fn stale_primary_contact_is_refused_and_changes_nothing() {
-    let mut c = ElectionCore::new(
-        config("n2", 3, -1),
-        start(3, Some("n3"), LogPosition::ZERO),
-        0,
-        1,
-    )
-    .expect("valid");
+    let mut c =
+        ElectionCore::new(config("n2", 3, -1), start(3, Some("n3"), FORMED), 0, 1).expect("valid");
     assert_eq!(
         c.on_primary_contact(10, 2, "n1"),
         Err(ContactRefusal::StalePrimary {
@@ -426,8 +415,8 @@ fn quorum_0_never_campaigns_but_promotion_with_accepted_loss_does() {
                 epoch: 1,
                 voted_for: Some("n1".into())
             },
-            send("n2", vote_req(1, LogPosition::ZERO)),
-            send("n3", vote_req(1, LogPosition::ZERO)),
+            send("n2", vote_req(1, FORMED)),
+            send("n3", vote_req(1, FORMED)),
         ]
     );
     let a = c
@@ -489,7 +478,7 @@ fn ineligible_node_neither_votes_nor_campaigns_until_it_caught_up() {
         )]
     );
     let a = c
-        .on_message(1_000_000, "n1", vote_req(1, LogPosition::ZERO))
+        .on_message(1_000_000, "n1", vote_req(1, FORMED))
         .expect("peer");
     // It learns the epoch (durably) but does not vote.
     assert_eq!(
@@ -545,7 +534,7 @@ fn halted_and_stopped_nodes_never_vote_or_campaign() {
         assert_eq!(c.next_tick_ms(), None);
         assert!(c.tick(1_000_000).is_empty());
         assert!(c
-            .on_message(1, "n1", vote_req(1, LogPosition::ZERO))
+            .on_message(1, "n1", vote_req(1, FORMED))
             .expect("peer")
             .is_empty());
         assert_eq!(
@@ -677,7 +666,7 @@ fn messages_from_unknown_members_or_itself_are_refused() {
     let mut c = core("n1", 3, -1);
     for who in ["n9", "n1"] {
         assert_eq!(
-            c.on_message(0, who, vote_req(1, LogPosition::ZERO)),
+            c.on_message(0, who, vote_req(1, FORMED)),
             Err(InputError::UnknownPeer { peer: who.into() })
         );
     }
@@ -942,13 +931,8 @@ fn follower_follows_a_heartbeat_answers_it_and_stays_sticky() {
 fn stale_heartbeat_is_answered_with_the_higher_epoch_and_the_old_primary_steps_down() {
     let mut old = core("n1", 3, -1);
     let won = elect_n1(&mut old);
-    let mut f = ElectionCore::new(
-        config("n3", 3, -1),
-        start(2, Some("n2"), LogPosition::ZERO),
-        0,
-        3,
-    )
-    .expect("valid");
+    let mut f =
+        ElectionCore::new(config("n3", 3, -1), start(2, Some("n2"), FORMED), 0, 3).expect("valid");
     let hb = old.tick(won);
     let to_n3 = hb
         .into_iter()
@@ -1095,9 +1079,7 @@ fn switchover_target_campaigns_at_once_only_when_its_own_primary_asks() {
         }
     )));
     // The old primary grants it (it is up to date) and so steps down, fenced.
-    let a = p
-        .on_message(now, "n2", vote_req(2, LogPosition::ZERO))
-        .expect("peer");
+    let a = p.on_message(now, "n2", vote_req(2, FORMED)).expect("peer");
     assert!(matches!(a[0], A::StepDown { epoch: 1, .. }), "{a:?}");
     assert_ne!(p.role(), Role::Primary);
     // A follower that is not its primary's peer in the epoch (a primary itself) refuses.
@@ -1105,4 +1087,75 @@ fn switchover_target_campaigns_at_once_only_when_its_own_primary_asks() {
         f.transfer_to("n1"),
         Err(PromoteError::NotRunning { .. })
     ));
+}
+
+/// Bootstrap (spec/election.md §2.10): a candidate whose log is empty needs
+/// every voter, and a voter whose log holds anything refuses it; so a cluster
+/// forms only when every listed member is up and empty, and an emptied node
+/// cannot lead a cluster that holds data.
+#[test]
+fn bootstrap_needs_every_voter_and_an_empty_log_on_each() {
+    let fresh = |id: &str| {
+        ElectionCore::new(config(id, 3, -1), StartState::fresh(), 0, 1).expect("valid config")
+    };
+    let mut c = fresh("n1");
+    let now = c.next_tick_ms().expect("follower has a deadline");
+    c.tick(now);
+    let pv = |current_epoch| M::PreVoteResponse {
+        epoch: 1,
+        granted: true,
+        current_epoch,
+    };
+    c.on_message(now, "n2", pv(0)).expect("peer");
+    assert_eq!(
+        c.role(),
+        Role::PreCandidate,
+        "two of three pre-votes are not enough"
+    );
+    let a = c.on_message(now, "n3", pv(0)).expect("peer");
+    assert!(a.iter().any(|x| matches!(
+        x,
+        A::Send {
+            msg: M::VoteRequest { epoch: 1, .. },
+            ..
+        }
+    )));
+    let v = M::VoteResponse {
+        epoch: 1,
+        granted: true,
+    };
+    assert_eq!(c.on_message(now, "n2", v.clone()).expect("peer"), vec![]);
+    assert_eq!(c.role(), Role::Candidate);
+    let st = c.status(now);
+    assert_eq!(
+        st.campaign.as_ref().map(|t| t.need),
+        Some(3),
+        "status names the bootstrap quorum"
+    );
+    assert_eq!(
+        c.on_message(now, "n3", v).expect("peer"),
+        vec![A::BecomePrimary { epoch: 1 }]
+    );
+
+    // A voter whose log holds a record refuses an empty candidate.
+    let mut holder = core("n2", 3, -1);
+    let a = holder
+        .on_message(5, "n1", vote_req(1, LogPosition::ZERO))
+        .expect("peer");
+    assert!(
+        a.iter().any(|x| matches!(
+            x,
+            A::Send {
+                msg: M::VoteResponse { granted: false, .. },
+                ..
+            }
+        )),
+        "{a:?}"
+    );
+
+    // Once its log holds a record, the same node needs only a majority.
+    let mut c = fresh("n1");
+    c.set_log_head(FORMED);
+    elect_n1(&mut c);
+    assert_eq!(c.role(), Role::Primary);
 }
