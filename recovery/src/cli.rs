@@ -108,13 +108,17 @@ pub enum Command {
         common: Common,
     },
     /// Bring a node that holds records the primary lacks back: diff against the
-    /// primary's data directory, rewind to the common prefix, clear the
-    /// divergence/stale-primary halt, verify. Audited.
+    /// primary's log (its data directory, or its HTTP endpoint), rewind to the common
+    /// prefix, clear the divergence/stale-primary halt, verify. Audited.
     Rejoin {
         /// The rejoining node's data directory (the node must be stopped).
         dir: PathBuf,
-        /// The primary's data directory (or a copy); read without its lock, never written.
-        #[arg(long = "from", value_name = "PRIMARY_DIR")]
+        /// The primary: its data directory (or a copy; read without its lock, never
+        /// written), or its HTTP endpoint. An address is a value that starts with
+        /// `http://` (`http://HOST:PORT`) or parses as `IP:PORT` / `[IPv6]:PORT`; anything
+        /// else is a directory (write `./127.0.0.1:80` for a directory named like an
+        /// address). An address must answer `/status` as the primary, else rejoin refuses.
+        #[arg(long = "from", value_name = "PRIMARY_DIR|ADDR")]
         from: PathBuf,
         /// Allow cutting records at or below the commit watermark (loses committed data).
         #[arg(long)]
