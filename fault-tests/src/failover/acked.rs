@@ -41,7 +41,8 @@ impl Cluster {
                 Ok(()) => node.acked.persisted_at(lsn, now),
                 Err(e) => {
                     let why = format!("state/acked: {e}");
-                    self.log(format!("{} acked mark persist failed: {e}; stopping", node.name));
+                    let name = node.name.clone();
+                    self.log(format!("{name} acked mark persist failed: {e}; stopping"));
                     self.stop_node(n, why);
                     return;
                 }
