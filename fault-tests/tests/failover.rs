@@ -108,8 +108,7 @@ fn random_failover_runs_keep_every_invariant_and_converge() {
 /// records: the invariant "every acknowledged or committed record is in every later
 /// primary's log" fails.
 #[test]
-fn fm_f_4_member_that_lost_acknowledged_records_neither_votes_nor_leads_until_it_refetched_them()
-{
+fn fm_f_4_member_that_lost_acknowledged_records_neither_votes_nor_leads_until_it_refetched_them() {
     use walship_fault::failover::{Cluster, FoConfig};
     use walship_node::election::Role;
 
@@ -135,7 +134,10 @@ fn fm_f_4_member_that_lost_acknowledged_records_neither_votes_nor_leads_until_it
             let (acked, commit) = c.persisted_marks(r);
             acked > commit && c.ghost.acked.range(commit + 1..=acked).next().is_some()
         });
-        assert!(window, "seed {seed}: r's mark never got ahead of its commit watermark");
+        assert!(
+            window,
+            "seed {seed}: r's mark never got ahead of its commit watermark"
+        );
         let (acked, commit) = c.persisted_marks(r);
         c.crash(p);
         c.crash(r);
@@ -144,7 +146,10 @@ fn fm_f_4_member_that_lost_acknowledged_records_neither_votes_nor_leads_until_it
         c.heal_all();
         c.restart(r);
         let r_name = c.nodes[r].name.clone();
-        assert_eq!(c.nodes[r].required_lsn, acked, "seed {seed}: required = the mark");
+        assert_eq!(
+            c.nodes[r].required_lsn, acked,
+            "seed {seed}: required = the mark"
+        );
         // Only r and o run, and neither may lead: r is ineligible and o alone is no majority.
         let t = c.now();
         let led = c.run_until_cond(t + 5_000, |c| c.primary().is_some());
@@ -157,7 +162,10 @@ fn fm_f_4_member_that_lost_acknowledged_records_neither_votes_nor_leads_until_it
         );
         let now = c.now();
         let core = c.nodes[r].core.as_ref().expect("r runs");
-        assert!(!core.status(now).eligible, "seed {seed}: r stays ineligible");
+        assert!(
+            !core.status(now).eligible,
+            "seed {seed}: r stays ineligible"
+        );
         assert_ne!(core.role(), Role::Primary);
         assert!(
             c.ghost.violations.is_empty(),
@@ -186,7 +194,10 @@ fn fm_f_4_member_that_lost_acknowledged_records_neither_votes_nor_leads_until_it
             .replica()
             .and_then(|x| x.up.exec.wal().map(|w| w.durable_lsn()))
             .unwrap_or(0);
-        assert!(durable >= acked, "seed {seed}: r holds its mark again ({durable} >= {acked})");
+        assert!(
+            durable >= acked,
+            "seed {seed}: r holds its mark again ({durable} >= {acked})"
+        );
         assert!(
             c.ghost.violations.is_empty(),
             "seed {seed}: {}\n{}",

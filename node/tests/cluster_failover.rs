@@ -335,7 +335,10 @@ async fn fm_f_4_a_member_restarted_below_its_acknowledged_mark_is_ineligible_unt
         if s.acked_lsn >= last {
             break;
         }
-        assert!(Instant::now() < deadline, "mark never reached {last}: {s:?}");
+        assert!(
+            Instant::now() < deadline,
+            "mark never reached {last}: {s:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let id = format!("n{}", r + 1);
@@ -390,7 +393,10 @@ async fn fm_f_4_a_member_restarted_below_its_acknowledged_mark_is_ineligible_unt
         seen_ineligible |= ineligible;
         if !ineligible && seen_ineligible {
             // (Before the driver's first publish the status says nothing yet.)
-            assert!(durable >= mark, "eligible at durable {durable} below the mark {mark}: {s:?}");
+            assert!(
+                durable >= mark,
+                "eligible at durable {durable} below the mark {mark}: {s:?}"
+            );
         }
         if !ineligible && durable >= mark {
             break;

@@ -9,7 +9,8 @@ use walship_wal::Lsn;
 /// walship-recover: inspect, verify and repair a stopped walship node's data directory.
 ///
 /// Every subcommand takes the node directory lock and refuses (exit 5) while the node runs
-/// (rejoin's --from PRIMARY_DIR excepted: read without its lock, never written).
+/// (rejoin's --from PRIMARY_DIR excepted: read without its lock, never written; or
+/// --from ADDR, read over the primary's HTTP endpoint).
 /// Read-only subcommands never modify anything; rewind, clear-halt, rejoin and snapshot create
 /// are audited in DIR/state/audit.log.
 #[derive(Debug, Parser)]

@@ -161,17 +161,15 @@ pub fn run(command: Command, env: &mut Env<'_>) -> Exit {
                 accept_data_loss,
                 yes,
                 common,
-            } => {
-                remote::RejoinFrom::parse(&from).and_then(|from| {
-                    let req = cmd::rejoin::RejoinRequest {
-                        from,
-                        accept_data_loss,
-                        yes,
-                        max_record_bytes: common.max_record_bytes,
-                    };
-                    cmd::rejoin::rejoin(&dir, &req, env).and_then(|o| emit(env, name, json, o))
-                })
-            }
+            } => remote::RejoinFrom::parse(&from).and_then(|from| {
+                let req = cmd::rejoin::RejoinRequest {
+                    from,
+                    accept_data_loss,
+                    yes,
+                    max_record_bytes: common.max_record_bytes,
+                };
+                cmd::rejoin::rejoin(&dir, &req, env).and_then(|o| emit(env, name, json, o))
+            }),
             Command::ClearHalt { dir, common } => cmd::clear_halt::clear_halt(&dir, &common, env)
                 .and_then(|o| emit(env, name, json, o)),
             Command::Snapshot {

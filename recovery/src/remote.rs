@@ -358,7 +358,8 @@ fn get_json<T: serde::de::DeserializeOwned>(
         addr: format!("{SCHEME}{addr}"),
         detail,
     };
-    let reply = http_client::get(addr, path, timeout).map_err(|e| bad(format!("GET {path}: {e}")))?;
+    let reply =
+        http_client::get(addr, path, timeout).map_err(|e| bad(format!("GET {path}: {e}")))?;
     if reply.status != 200 {
         let why = reply
             .json()
@@ -366,8 +367,11 @@ fn get_json<T: serde::de::DeserializeOwned>(
             .unwrap_or_else(|| format!("{} bytes", reply.body.len()));
         return Err(bad(format!("GET {path}: status {}: {why}", reply.status)));
     }
-    serde_json::from_slice(&reply.body)
-        .map_err(|e| bad(format!("GET {path}: the answer is not the expected JSON: {e}")))
+    serde_json::from_slice(&reply.body).map_err(|e| {
+        bad(format!(
+            "GET {path}: the answer is not the expected JSON: {e}"
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -85,7 +85,9 @@ struct Served {
 }
 
 impl Served {
-    fn view(make: impl FnOnce(&tokio::runtime::Runtime) -> (Arc<dyn NodeView>, Option<Arc<Primary>>)) -> Served {
+    fn view(
+        make: impl FnOnce(&tokio::runtime::Runtime) -> (Arc<dyn NodeView>, Option<Arc<Primary>>),
+    ) -> Served {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -197,9 +199,15 @@ fn rejoin_from_addr_of_an_identical_log_does_nothing() {
     let (code, v, err) = rejoin(&replica, &served.addr(), &["--yes"]);
     assert_eq!(code, 0, "{v}\n{err}");
     assert_eq!(json_str(&v, "/diff/relation"), "identical");
-    assert_eq!(json_str(&v, "/primary_addr"), format!("http://{}", served.addr));
+    assert_eq!(
+        json_str(&v, "/primary_addr"),
+        format!("http://{}", served.addr)
+    );
     assert_eq!(json_u64(&v, "/to_lsn"), 10);
-    assert!(v["audit_log"].is_null(), "nothing done, nothing audited: {v}");
+    assert!(
+        v["audit_log"].is_null(),
+        "nothing done, nothing audited: {v}"
+    );
     assert_eq!(replica.snapshot_files(), before);
 }
 
@@ -359,12 +367,21 @@ fn rejoin_from_addr_rejects_bad_answers_and_changes_nothing() {
         b.extend_from_slice(b"\"}");
         b
     };
-    let too_many: Vec<(u64, u32, u32)> = (1..=4097u64).map(|l| (l, l as u32, l as u32 - 1)).collect();
+    let too_many: Vec<(u64, u32, u32)> =
+        (1..=4097u64).map(|l| (l, l as u32, l as u32 - 1)).collect();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("not json", b"<html>hello</html>".to_vec(), "not the expected JSON"),
+        (
+            "not json",
+            b"<html>hello</html>".to_vec(),
+            "not the expected JSON",
+        ),
         ("oversized", oversized, "longer than"),
         ("more ids than asked", page(&too_many), "identities"),
-        ("broken chain", page(&[(1, 10, 0), (2, 20, 99)]), "does not follow"),
+        (
+            "broken chain",
+            page(&[(1, 10, 0), (2, 20, 99)]),
+            "does not follow",
+        ),
         ("gap", page(&[(1, 10, 0), (3, 30, 10)]), "does not follow"),
     ];
     for (what, body, needle) in cases {
@@ -374,7 +391,11 @@ fn rejoin_from_addr_rejects_bad_answers_and_changes_nothing() {
         let msg = json_str(&v, "/error/message");
         assert!(msg.contains(needle), "{what}: {msg}");
         assert!(msg.contains("nothing was changed"), "{what}: {msg}");
-        assert_eq!(replica.snapshot_files(), before, "{what}: nothing was changed");
+        assert_eq!(
+            replica.snapshot_files(),
+            before,
+            "{what}: nothing was changed"
+        );
     }
 }
 

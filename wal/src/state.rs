@@ -611,7 +611,11 @@ pub fn read_acked_lsn<S: Storage>(s: &S, state_dir: &Path) -> Result<Lsn, StateE
 /// Durably replaces `state_dir/acked` (write `acked.tmp`, fsync, rename, fsync the
 /// directory: [`write_state_file`]). Any error is fatal for the caller (a failed sync is
 /// never retried). Does not check monotonicity: the caller owns the mark.
-pub fn write_acked_lsn<S: Storage>(s: &S, state_dir: &Path, acked_lsn: Lsn) -> Result<(), StateError> {
+pub fn write_acked_lsn<S: Storage>(
+    s: &S,
+    state_dir: &Path,
+    acked_lsn: Lsn,
+) -> Result<(), StateError> {
     tracing::debug!(acked_lsn, dir = %state_dir.display(), "write_acked_lsn");
     write_state_json(s, state_dir, ACKED_FILE, &AckedBody { acked_lsn })
 }

@@ -54,9 +54,12 @@ impl Cluster {
             return;
         };
         let eligible = core.status(now).eligible;
-        if let Some(Verdict::Eligible) =
-            plan::verdict(&RoleReport::Durable(durable), core.role(), eligible, required)
-        {
+        if let Some(Verdict::Eligible) = plan::verdict(
+            &RoleReport::Durable(durable),
+            core.role(),
+            eligible,
+            required,
+        ) {
             let actions = core.set_eligible(now, true);
             let name = node.name.clone();
             self.log(format!(

@@ -19,7 +19,11 @@ impl Cluster {
 
     /// A disk that lied about fsync: while node `n` is down, every record of its log
     /// after `keep_lsn` is gone, synced or not (its state files stay as they were).
-    pub fn lose_synced_suffix(&mut self, n: usize, keep_lsn: walship_wal::Lsn) -> Result<(), String> {
+    pub fn lose_synced_suffix(
+        &mut self,
+        n: usize,
+        keep_lsn: walship_wal::Lsn,
+    ) -> Result<(), String> {
         assert!(
             !self.nodes[n].is_up(),
             "a disk loses what it acknowledged across a power loss: crash n{} first",

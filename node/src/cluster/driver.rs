@@ -69,8 +69,12 @@ fn start_state(
         .commit_lsn()
         .map_err(|e| NodeError::Open(e.to_string()))?;
     // A damaged mark is never reset: the node cannot know what it acknowledged.
-    let acked = walship_wal::state::read_acked_lsn(&FsStorage, node_dir.state_dir())
-        .map_err(|e| NodeError::Open(format!("{e}; this node must not start until an operator repairs it")))?;
+    let acked =
+        walship_wal::state::read_acked_lsn(&FsStorage, node_dir.state_dir()).map_err(|e| {
+            NodeError::Open(format!(
+                "{e}; this node must not start until an operator repairs it"
+            ))
+        })?;
     let vote = VoteFile::new(FsStorage, node_dir.state_dir()).load()?;
     let wal_dir = node_dir.wal_dir();
     let last = if wal_dir.exists() {

@@ -358,7 +358,10 @@ mod tests {
             acked_lsn: 12,
         };
         assert_eq!(rule.required_lsn(), 12);
-        assert!(!rule.eligible_at_start(), "the log lost acknowledged lsn 11..=12");
+        assert!(
+            !rule.eligible_at_start(),
+            "the log lost acknowledged lsn 11..=12"
+        );
         let rule = RestartRule {
             acked_lsn: 10,
             ..rule
@@ -397,6 +400,9 @@ mod tests {
         m.observe(RoleAck::Idle);
         assert_eq!(m.at_shutdown(), Some(12));
         m.persisted_at(12, 120);
-        assert_eq!((m.persisted(), m.at_shutdown(), m.due(1000)), (12, None, None));
+        assert_eq!(
+            (m.persisted(), m.at_shutdown(), m.due(1000)),
+            (12, None, None)
+        );
     }
 }

@@ -172,15 +172,16 @@ pub fn primary_log_ids(
             status.role.as_str()
         )));
     }
-    let (base, prev, durable, ids) = primary
-        .record_ids(req.from, req.count as usize)
-        .map_err(|e| match e {
-            crate::primary::PrimaryError::Wal(walship_wal::WalError::NotRetained {
-                lsn,
-                first_lsn,
-            }) => LogIdsError::NotRetained { lsn, first_lsn },
-            e => LogIdsError::Failed(e.to_string()),
-        })?;
+    let (base, prev, durable, ids) =
+        primary
+            .record_ids(req.from, req.count as usize)
+            .map_err(|e| match e {
+                crate::primary::PrimaryError::Wal(walship_wal::WalError::NotRetained {
+                    lsn,
+                    first_lsn,
+                }) => LogIdsError::NotRetained { lsn, first_lsn },
+                e => LogIdsError::Failed(e.to_string()),
+            })?;
     debug_assert!(
         ids.len() <= req.count as usize,
         "record_ids returned more than asked"

@@ -16,9 +16,7 @@ use walship_wal::Lsn;
 
 use crate::audit::{append_audit, AuditEntry};
 use crate::cmd::clear_halt::{judge_halt, lift_halt, required_checks, Condition, HaltFacts};
-use crate::cmd::diff::{
-    check_distinct_data_dirs, compare_logs, Comparison, PositionSource, ReadB,
-};
+use crate::cmd::diff::{check_distinct_data_dirs, compare_logs, Comparison, PositionSource, ReadB};
 use crate::cmd::progress_label;
 use crate::cmd::rewind::{
     ask_confirmation, perform_rewind, plan_rewind, RewindPlan, RewindRequest,
