@@ -5,9 +5,9 @@
 //!
 //! Every answer is untrusted input: the HTTP client reads at most
 //! [`walship::http_client::MAX_RESPONSE_BYTES`] per response, a page may hold at most
-//! the identities asked for, and each page must chain onto what was read before it (lsn
-//! + 1, `prev_crc` = the previous crc, epochs never going back). Anything else rejects
-//! the read with [`RecoverError::RemoteLog`]; nothing is changed.
+//! the identities asked for, and each page must chain onto what was read before it (the
+//! next lsn, `prev_crc` = the previous crc, epochs never going back). Anything else
+//! rejects the read with [`RecoverError::RemoteLog`]; nothing is changed.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
