@@ -198,3 +198,64 @@ pub fn primary_log_ids(
         ids,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(q: &[(&str, &str)]) -> Vec<(String, String)> {
+        q.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn request_defaults_bounds_and_refusals() {
+        assert_eq!(
+            LogIdsRequest::parse(&[]),
+            Ok(LogIdsRequest {
+                from: 0,
+                count: MAX_LOG_IDS
+            })
+        );
+        assert_eq!(
+            LogIdsRequest::parse(&pairs(&[("from", "7"), ("count", "1")])),
+            Ok(LogIdsRequest { from: 7, count: 1 })
+        );
+        for bad in [
+            pairs(&[("count", "0")]),
+            pairs(&[("count", "4097")]),
+            pairs(&[("count", "-1")]),
+            pairs(&[("from", "x")]),
+            pairs(&[("from", "18446744073709551616")]),
+            pairs(&[("to", "3")]),
+        ] {
+            assert!(LogIdsRequest::parse(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_record_id_is_its_position_and_round_trips_in_json() {
+        let id = RecordId {
+            lsn: 5,
+            epoch: 2,
+            crc: 0xdead_beef,
+            prev_crc: 1,
+            len: 3,
+        };
+        assert_eq!(
+            id.position(),
+            Position {
+                lsn: 5,
+                epoch: 2,
+                crc: 0xdead_beef
+            }
+        );
+        let json = serde_json::to_string(&id).expect("json");
+        assert_eq!(
+            json,
+            r#"{"lsn":5,"epoch":2,"crc":3735928559,"prev_crc":1,"len":3}"#
+        );
+        assert_eq!(serde_json::from_str::<RecordId>(&json).expect("parse"), id);
+    }
+}
