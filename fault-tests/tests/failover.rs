@@ -144,6 +144,15 @@ fn fm_f_4_member_that_lost_acknowledged_records_neither_votes_nor_leads_until_it
         c.set_client(false);
         c.lose_synced_suffix(r, commit).expect("lying disk");
         c.heal_all();
+        let vote_of_r = |c: &Cluster| {
+            walship_node::election::VoteFile::new(
+                c.nodes[r].storage.clone(),
+                &walship_fault::world::state_dir(),
+            )
+            .load()
+            .expect("r's vote file")
+        };
+        let vote_before = vote_of_r(&c);
         c.restart(r);
         let r_name = c.nodes[r].name.clone();
         assert_eq!(
@@ -159,6 +168,12 @@ fn fm_f_4_member_that_lost_acknowledged_records_neither_votes_nor_leads_until_it
             commit + 1,
             c.primary().map_or(0, |n| n + 1),
             c.trace.render_tail()
+        );
+        // It voted for nobody in any later epoch (it may only have learned of them).
+        let vote_after = vote_of_r(&c);
+        assert!(
+            vote_after == vote_before || vote_after.voted_for.is_none(),
+            "seed {seed}: r voted while ineligible: {vote_before:?} -> {vote_after:?}"
         );
         let now = c.now();
         let core = c.nodes[r].core.as_ref().expect("r runs");
