@@ -485,9 +485,9 @@ pub(crate) fn stop_followers_first(members: &mut [Member]) {
 
 /// Waits until restarted (or reconnected) member `k` follows primary `q` (`GET /replica`
 /// 200, `/status` names `q`). If it halts `divergence` instead (it holds a tentative tail
-/// the primary `q` lacks), stops it, runs `walship-recover rejoin DIR --from PRIMARY_DIR
-/// --yes` (which refuses to cut anything at or below the commit watermark) and starts it
-/// again.
+/// the primary `q` lacks), stops it, runs `walship-recover rejoin DIR --from
+/// http://PRIMARY_HTTP --yes` (over the primary's endpoint, not its directory; it refuses
+/// to cut anything at or below the commit watermark) and starts it again.
 pub(crate) fn settle(
     members: &mut [Member],
     k: usize,
@@ -542,17 +542,20 @@ pub(crate) fn settle(
                     members[k].id
                 ));
             }
+            // Over the primary's HTTP endpoint, as an operator without access to its disk
+            // would (`GET /status`, `GET /log/ids`).
+            let from = format!("http://{}", members[q].http);
             say(format!(
-                "{} halted `divergence` (a tentative tail the new primary lacks): walship-recover rejoin --from {}",
+                "{} halted `divergence` (a tentative tail the new primary lacks): walship-recover rejoin --from {from} ({})",
                 members[k].id, members[q].id
             ));
             members[k].terminate();
-            let (dir, from) = (members[k].dir.clone(), members[q].dir.clone());
+            let dir = members[k].dir.clone();
             let (exit, text) = walship_recover(&[
                 "rejoin".as_ref(),
                 dir.as_os_str(),
                 "--from".as_ref(),
-                from.as_os_str(),
+                from.as_ref(),
                 "--yes".as_ref(),
             ])?;
             std::fs::write(log_dir.join(format!("{}-rejoin.txt", members[k].id)), &text)

@@ -59,6 +59,13 @@ impl NodeView for PrimaryView {
         self.max_record_bytes
     }
 
+    fn log_ids(
+        &self,
+        req: walship_node::http::LogIdsRequest,
+    ) -> Result<walship_node::http::LogIds, walship_node::http::LogIdsError> {
+        walship_node::http::primary_log_ids(&self.primary, &self.status(), req)
+    }
+
     fn append(&self, payload: Vec<u8>) -> AppendFuture {
         let primary = Arc::clone(&self.primary);
         let append = self.primary.append(payload);

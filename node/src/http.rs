@@ -35,6 +35,11 @@ use walship_wal::Lsn;
 use crate::primary::PrimaryStatus;
 use crate::replica::{HaltRecord, ReplicaState, ReplicaStatus};
 
+mod log_ids;
+pub use log_ids::{
+    primary_log_ids, LogIds, LogIdsError, LogIdsRequest, PositionJson, RecordId, MAX_LOG_IDS,
+};
+
 /// The role a node reports (`role` in `/status`, the `role` label of `walship_role`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -158,6 +163,13 @@ pub struct NodeStatus {
     /// (`state/identity`; `null` for a node that is not a cluster member).
     #[serde(default)]
     pub incarnation: Option<u64>,
+    /// A cluster member: its acknowledged mark as last persisted (`state/acked`,
+    /// spec/election.md §5.1); `null` on a fixed primary or replica.
+    pub acked_lsn: Option<Lsn>,
+    /// A cluster member: the lsn its log had to reach at start before it votes or leads
+    /// (the higher of its persisted commit watermark and acknowledged mark); `null` on a
+    /// fixed primary or replica.
+    pub required_lsn: Option<Lsn>,
 }
 
 impl NodeStatus {
@@ -193,6 +205,8 @@ impl NodeStatus {
                     .collect(),
             ),
             incarnation: None,
+            acked_lsn: None,
+            required_lsn: None,
         }
     }
 
@@ -230,6 +244,8 @@ impl NodeStatus {
             stopped,
             members: None,
             incarnation: None,
+            acked_lsn: None,
+            required_lsn: None,
         }
     }
 
@@ -328,6 +344,15 @@ pub trait NodeView: Send + Sync + 'static {
         let _ = (to, timeout);
         Box::pin(async { Err(OperatorError::NotAMember) })
     }
+    /// Identities of this node's durable records (`GET /log/ids`, `spec/http.md` §7):
+    /// blocking file reads, called off the runtime's workers. The default answers that
+    /// this node does not serve them (503).
+    fn log_ids(&self, req: LogIdsRequest) -> Result<LogIds, LogIdsError> {
+        let _ = req;
+        Err(LogIdsError::Unavailable(
+            "this node does not serve its log's identities".into(),
+        ))
+    }
 }
 
 /// The endpoint's router over `view` (also usable without [`HttpListener`], e.g. in tests).
@@ -355,6 +380,7 @@ pub fn router(view: Arc<dyn NodeView>) -> Router {
         .route("/append", append_route)
         .route("/promote", post(promote))
         .route("/switchover", post(switchover))
+        .route("/log/ids", get(log_ids_handler))
         .with_state(view)
 }
 
@@ -541,6 +567,43 @@ async fn switchover(State(view): State<Arc<dyn NodeView>>, uri: axum::http::Uri)
         },
     };
     operator_response(view.switchover(to, Duration::from_millis(timeout_ms)).await)
+}
+
+async fn log_ids_handler(State(view): State<Arc<dyn NodeView>>, uri: axum::http::Uri) -> Response {
+    let bad = |detail: String| {
+        json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "bad-request", "detail": detail}),
+        )
+    };
+    let pairs = match query_pairs(&uri) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let req = match LogIdsRequest::parse(&pairs) {
+        Ok(r) => r,
+        Err(detail) => return bad(detail),
+    };
+    // The read maps and verifies segment bytes: blocking file I/O, off the workers.
+    match tokio::task::spawn_blocking(move || view.log_ids(req)).await {
+        Ok(Ok(ids)) => json(StatusCode::OK, &ids),
+        Ok(Err(e @ LogIdsError::Unavailable(_))) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"error": "unavailable", "detail": e.to_string()}),
+        ),
+        Ok(Err(LogIdsError::NotRetained { lsn, first_lsn })) => json(
+            StatusCode::GONE,
+            &serde_json::json!({"error": "not-retained", "lsn": lsn, "first_lsn": first_lsn}),
+        ),
+        Ok(Err(LogIdsError::Failed(detail))) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &serde_json::json!({"error": "failed", "detail": detail}),
+        ),
+        Err(e) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &serde_json::json!({"error": "failed", "detail": format!("the read task failed: {e}")}),
+        ),
+    }
 }
 
 async fn metrics(State(view): State<Arc<dyn NodeView>>) -> Response {
@@ -823,6 +886,8 @@ mod tests {
                 last_receipt_age_ms: Some(5),
             }]),
             incarnation: None,
+            acked_lsn: None,
+            required_lsn: None,
         }
     }
 

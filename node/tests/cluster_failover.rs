@@ -372,3 +372,111 @@ async fn identity_is_kept_other_clusters_refused_and_a_new_cluster_needs_every_m
         n.shutdown().await;
     }
 }
+
+/// FM-F.4 in production: a replica persists its acknowledged mark (`state/acked`, at most
+/// once per heartbeat interval and at a clean shutdown); restarted with a log cut below the
+/// mark (a disk that lost synced records), it reports the mark as `required_lsn`, is
+/// ineligible (it neither votes nor leads, a promotion is refused) until its replica role
+/// re-fetched past the mark, and then eligible again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fm_f_4_a_member_restarted_below_its_acknowledged_mark_is_ineligible_until_it_refetched() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cluster = Cluster::new(tmp.path(), 3);
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(Some(
+            cluster
+                .open(&format!("n{}", i + 1), -1, Recorder::default())
+                .await,
+        ));
+    }
+    let p = wait_primary(&nodes, 0).await;
+    let r = (p + 1) % 3;
+    let mut last = 0;
+    for i in 0..30u32 {
+        last = append(
+            nodes[p].as_ref().expect("primary"),
+            format!("rec-{i}").into_bytes(),
+        )
+        .await;
+    }
+    // The mark follows the receipts (persisted within a heartbeat interval).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = nodes[r].as_ref().expect("replica").status();
+        if s.acked_lsn >= last {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mark never reached {last}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let id = format!("n{}", r + 1);
+    nodes[r].take().expect("replica").shutdown().await;
+    let dir = tmp.path().join(&id);
+    let state = dir.join(walship_wal::state::STATE_DIR);
+    let mark = walship_wal::state::read_acked_lsn(&walship_wal::FsStorage, &state).expect("mark");
+    assert!(mark >= last, "mark {mark} covers every receipt ({last})");
+    // A power loss: the persisted commit watermark lags (it was last written at lsn
+    // `keep`), and the disk, which lied about fsync, lost the ten records above it that it
+    // had synced and acknowledged. The commit watermark alone does not notice (a replica
+    // whose log ends below it halts `local-corruption`, FM-X.6); the mark does.
+    let keep = mark - 10;
+    walship_wal::state::NodeDir::open(walship_wal::FsStorage, &dir)
+        .expect("node dir")
+        .set_commit_lsn(keep)
+        .expect("commit");
+    {
+        let (mut wal, _) = walship_wal::Wal::open(
+            walship_wal::FsStorage,
+            &dir.join(walship_wal::state::WAL_DIR),
+            walship_wal::WalOptions::default(),
+        )
+        .expect("wal");
+        wal.truncate_tail(keep).expect("cut");
+    }
+    let back = cluster.open(&id, -1, Recorder::default()).await;
+    let s = back.status();
+    assert_eq!(s.acked_lsn, mark);
+    assert!(s.required_lsn >= mark, "{s:?}");
+    // Ineligible from the start, before the replica role got anything.
+    assert!(
+        matches!(
+            back.promote(true).await,
+            Err(NodeError::Promote(
+                walship_node::election::PromoteError::Ineligible
+            ))
+        ),
+        "a member below its mark may not be promoted"
+    );
+    nodes[r] = Some(back);
+    // It re-fetches from the primary and becomes eligible once its log reaches the mark.
+    let deadline = Instant::now() + WAIT;
+    let mut seen_ineligible = false;
+    loop {
+        let s = nodes[r].as_ref().expect("member").status();
+        let durable = s.replica.as_ref().and_then(|x| x.durable_lsn).unwrap_or(0);
+        let ineligible = s
+            .election_blocked_on
+            .as_deref()
+            .is_some_and(|b| b.starts_with("ineligible"));
+        seen_ineligible |= ineligible;
+        if !ineligible && seen_ineligible {
+            // (Before the driver's first publish the status says nothing yet.)
+            assert!(
+                durable >= mark,
+                "eligible at durable {durable} below the mark {mark}: {s:?}"
+            );
+        }
+        if !ineligible && durable >= mark {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never eligible again: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await;
+    }
+}

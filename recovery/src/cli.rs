@@ -9,7 +9,8 @@ use walship_wal::Lsn;
 /// walship-recover: inspect, verify and repair a stopped walship node's data directory.
 ///
 /// Every subcommand takes the node directory lock and refuses (exit 5) while the node runs
-/// (rejoin's --from PRIMARY_DIR excepted: read without its lock, never written).
+/// (rejoin's --from PRIMARY_DIR excepted: read without its lock, never written; or
+/// --from ADDR, read over the primary's HTTP endpoint).
 /// Read-only subcommands never modify anything; rewind, clear-halt, rejoin and snapshot create
 /// are audited in DIR/state/audit.log.
 #[derive(Debug, Parser)]
@@ -108,13 +109,17 @@ pub enum Command {
         common: Common,
     },
     /// Bring a node that holds records the primary lacks back: diff against the
-    /// primary's data directory, rewind to the common prefix, clear the
-    /// divergence/stale-primary halt, verify. Audited.
+    /// primary's log (its data directory, or its HTTP endpoint), rewind to the common
+    /// prefix, clear the divergence/stale-primary halt, verify. Audited.
     Rejoin {
         /// The rejoining node's data directory (the node must be stopped).
         dir: PathBuf,
-        /// The primary's data directory (or a copy); read without its lock, never written.
-        #[arg(long = "from", value_name = "PRIMARY_DIR")]
+        /// The primary: its data directory (or a copy; read without its lock, never
+        /// written), or its HTTP endpoint. An address is a value that starts with
+        /// `http://` (`http://HOST:PORT`) or parses as `IP:PORT` / `[IPv6]:PORT`; anything
+        /// else is a directory (write `./127.0.0.1:80` for a directory named like an
+        /// address). An address must answer `/status` as the primary, else rejoin refuses.
+        #[arg(long = "from", value_name = "PRIMARY_DIR|ADDR")]
         from: PathBuf,
         /// Allow cutting records at or below the commit watermark (loses committed data).
         #[arg(long)]

@@ -78,6 +78,16 @@ pub enum RecoverError {
         /// What changed.
         detail: String,
     },
+    /// A running primary's log read over HTTP (`rejoin --from ADDR`) could not be read,
+    /// or an answer was rejected (not the expected JSON, too large, more identities than
+    /// asked for, a broken chain, a failover during the read); nothing was changed.
+    #[error("{addr}: {detail}; nothing was changed")]
+    RemoteLog {
+        /// The endpoint, `http://ip:port`.
+        addr: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// A broken internal invariant (a bug).
     #[error("internal error: {message}")]
     Internal {
@@ -99,6 +109,7 @@ impl RecoverError {
             RecoverError::Io { .. }
             | RecoverError::Wal(_)
             | RecoverError::LiveLogChanged { .. }
+            | RecoverError::RemoteLog { .. }
             | RecoverError::Internal { .. } => Exit::Io,
         }
     }

@@ -37,6 +37,7 @@ pub mod datadir;
 pub mod error;
 pub mod exit;
 pub mod progress;
+pub mod remote;
 pub mod report;
 pub mod scan;
 pub mod snapshots;
@@ -160,15 +161,15 @@ pub fn run(command: Command, env: &mut Env<'_>) -> Exit {
                 accept_data_loss,
                 yes,
                 common,
-            } => {
+            } => remote::RejoinFrom::parse(&from).and_then(|from| {
                 let req = cmd::rejoin::RejoinRequest {
-                    primary_dir: from,
+                    from,
                     accept_data_loss,
                     yes,
                     max_record_bytes: common.max_record_bytes,
                 };
                 cmd::rejoin::rejoin(&dir, &req, env).and_then(|o| emit(env, name, json, o))
-            }
+            }),
             Command::ClearHalt { dir, common } => cmd::clear_halt::clear_halt(&dir, &common, env)
                 .and_then(|o| emit(env, name, json, o)),
             Command::Snapshot {

@@ -616,8 +616,12 @@ pub struct SnapshotCreateReport {
 pub struct RejoinReport {
     /// The rejoining node's data directory (locked).
     pub dir: String,
-    /// `--from`: the primary's data directory (or a copy), read without its lock.
+    /// `--from`: the primary's data directory (or a copy), read without its lock; or,
+    /// for an address, `http://ip:port` (as `primary_addr`).
     pub primary_dir: String,
+    /// `--from` as an address: the primary's HTTP endpoint `http://ip:port` whose
+    /// `/log/ids` were compared (`null` for a directory).
+    pub primary_addr: Option<String>,
     /// The comparison, `a` = `dir`, `b` = `primary_dir`. `b.last` is the last
     /// record read of the primary's log (see `primary_read_complete`).
     pub diff: DiffReport,

@@ -350,6 +350,7 @@ fn rejoin_json_field_paths_are_stable() {
         [
             "dir",
             "primary_dir",
+            "primary_addr",
             "diff",
             "primary_read_complete",
             "to_lsn",

@@ -1,4 +1,5 @@
-//! `walship-recover rejoin DIR --from PRIMARY_DIR` on data directories built
+//! `walship-recover rejoin DIR --from PRIMARY_DIR` (the directory form; the address form
+//! is tests/rejoin_remote.rs) on data directories built
 //! with the WAL's own API (spec/recovery-tool.md §11).
 
 mod common;

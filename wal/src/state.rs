@@ -94,6 +94,8 @@ pub const SNAPSHOT_DIR: &str = "snapshots";
 pub const COMMIT_FILE: &str = "commit";
 /// State file holding the epoch history.
 pub const EPOCHS_FILE: &str = "epochs";
+/// State file holding the acknowledged mark (written by walship-node's driver; spec/election.md §5.1).
+pub const ACKED_FILE: &str = "acked";
 /// State file holding the halt record (written by walship-replica).
 pub const HALT_FILE: &str = "halt";
 /// Operator audit log (plain JSON lines, written by walship-recovery).
@@ -587,6 +589,35 @@ impl EpochHistory {
 pub struct CommitBody {
     /// The quorum-committed lsn.
     pub commit_lsn: Lsn,
+}
+
+/// Body of `state/acked` (JSON inside the state-file envelope, spec/election.md §5.1): the
+/// highest lsn a node acknowledged (as a replica, in a receipt; as a primary, as committed),
+/// persisted at most once per heartbeat interval. A restarting node neither votes nor leads
+/// while its log ends below it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckedBody {
+    /// The acknowledged mark.
+    pub acked_lsn: Lsn,
+}
+
+/// `state_dir/acked`, 0 if it was never written. Damage is an error naming the file.
+pub fn read_acked_lsn<S: Storage>(s: &S, state_dir: &Path) -> Result<Lsn, StateError> {
+    let body: Option<AckedBody> = read_state_json(s, state_dir, ACKED_FILE)?;
+    Ok(body.map_or(0, |b| b.acked_lsn))
+}
+
+/// Durably replaces `state_dir/acked` (write `acked.tmp`, fsync, rename, fsync the
+/// directory: [`write_state_file`]). Any error is fatal for the caller (a failed sync is
+/// never retried). Does not check monotonicity: the caller owns the mark.
+pub fn write_acked_lsn<S: Storage>(
+    s: &S,
+    state_dir: &Path,
+    acked_lsn: Lsn,
+) -> Result<(), StateError> {
+    tracing::debug!(acked_lsn, dir = %state_dir.display(), "write_acked_lsn");
+    write_state_json(s, state_dir, ACKED_FILE, &AckedBody { acked_lsn })
 }
 
 /// A node's data directory (see the module docs for the layout), with typed

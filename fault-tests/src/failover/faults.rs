@@ -17,6 +17,38 @@ impl Cluster {
         self.log(format!("CRASH {} ({report:?})", self.nodes[n].name.clone()));
     }
 
+    /// A disk that lied about fsync: while node `n` is down, every record of its log
+    /// after `keep_lsn` is gone, synced or not (its state files stay as they were).
+    pub fn lose_synced_suffix(
+        &mut self,
+        n: usize,
+        keep_lsn: walship_wal::Lsn,
+    ) -> Result<(), String> {
+        assert!(
+            !self.nodes[n].is_up(),
+            "a disk loses what it acknowledged across a power loss: crash n{} first",
+            n + 1
+        );
+        let opts = walship_wal::WalOptions {
+            segment_size_bytes: self.cfg.segment_size_bytes,
+            max_record_bytes: self.cfg.max_record_bytes,
+            epoch: 0,
+        };
+        let storage = self.nodes[n].storage.clone();
+        let (mut wal, _) = walship_wal::Wal::open(storage, &crate::world::wal_dir(), opts)
+            .map_err(|e| format!("n{}: open: {e}", n + 1))?;
+        let last = wal.last().lsn;
+        wal.truncate_tail(keep_lsn)
+            .map_err(|e| format!("n{}: truncate after {keep_lsn}: {e}", n + 1))?;
+        drop(wal);
+        self.log(format!(
+            "LYING DISK {}: lsn {}..={last} lost across the power loss",
+            self.nodes[n].name.clone(),
+            keep_lsn + 1
+        ));
+        Ok(())
+    }
+
     /// Restarts node `n` if it is down.
     pub fn restart(&mut self, n: usize) {
         if !self.nodes[n].is_up() {

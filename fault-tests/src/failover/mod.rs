@@ -19,6 +19,7 @@
 //!   (`walship-fault failover --seeds A..B`);
 //! - [`figure8`]: Raft's figure 8 schedule over the production code.
 
+mod acked;
 pub mod check;
 mod elect;
 mod faults;
@@ -29,7 +30,7 @@ pub mod scenarios;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use walship_node::cluster::plan::RolePlan;
+use walship_node::cluster::plan::{AckedMark, RestartRule, RolePlan};
 use walship_node::election::{
     ElectionConfig, ElectionCore, ElectionMessage, LogPosition, Role, StartState, VoteFile,
 };
@@ -135,6 +136,12 @@ pub struct FoNode {
     /// Which role the core's actions ask for (the production Node's plan; fresh at
     /// every start, as the role is).
     pub plan: RolePlan,
+    /// The acknowledged mark and when to persist it (the production Node's
+    /// `plan::AckedMark`; read from `state/acked` at every start).
+    pub acked: AckedMark,
+    /// The lsn the log had to reach at the last start before the node votes or leads
+    /// (the production `plan::RestartRule`).
+    pub required_lsn: walship_wal::Lsn,
     /// Number of starts (seeds the core's timeouts).
     starts: u64,
 }
@@ -214,6 +221,8 @@ impl Cluster {
                 core: None,
                 role: RoleState::Idle,
                 plan: RolePlan::new(format!("n{}", id + 1)),
+                acked: AckedMark::new(0, 1),
+                required_lsn: 0,
                 applier: SimApplier::default(),
                 applied: Applied::default(),
                 halted: None,
@@ -288,16 +297,49 @@ impl Cluster {
         let head = walship_wal::inspect(&node.storage, &wal_dir(), self.cfg.max_record_bytes)
             .map(|i| i.last)
             .unwrap_or_default();
+        // The production restart rule: what the node acknowledged (its persisted commit
+        // watermark and acknowledged mark) against what its log holds.
+        let persisted = walship_wal::state::read_state_json::<_, walship_wal::state::CommitBody>(
+            &node.storage,
+            &state_dir(),
+            walship_wal::state::COMMIT_FILE,
+        )
+        .map(|c| c.map_or(0, |c| c.commit_lsn))
+        .and_then(|commit| {
+            walship_wal::state::read_acked_lsn(&node.storage, &state_dir()).map(|a| (commit, a))
+        });
+        let (commit_lsn, acked_lsn) = match persisted {
+            Ok(x) => x,
+            Err(e) => {
+                let msg = format!("{} refuses to start: state file: {e}", node.name);
+                node.stopped = Some(msg.clone());
+                self.log(msg);
+                return;
+            }
+        };
+        let rule = RestartRule {
+            log_end: head.lsn,
+            commit_lsn,
+            acked_lsn,
+        };
         node.starts += 1;
         let seed = self.seed ^ ((n as u64 + 1) << 32) ^ node.starts;
         let start = StartState {
             vote,
             log_head: LogPosition::new(head.epoch, head.lsn),
-            eligible: true,
+            eligible: rule.eligible_at_start(),
         };
         let config = self.election_config(n);
         match ElectionCore::new(config, start, now, seed) {
             Ok(mut core) => {
+                self.nodes[n].acked = AckedMark::new(acked_lsn, core.heartbeat_ms());
+                self.nodes[n].required_lsn = rule.required_lsn();
+                if !rule.eligible_at_start() {
+                    self.log(format!(
+                        "{} INELIGIBLE at start: log ends at {} below required lsn {} (commit {commit_lsn}, acked mark {acked_lsn})",
+                        self.nodes[n].name, head.lsn, rule.required_lsn()
+                    ));
+                }
                 if self.nodes[n].halted.is_some() {
                     // A halted node stays halted until the operator clears it.
                     core.halt(now);
@@ -423,6 +465,7 @@ impl Cluster {
         }
         for n in 0..self.nodes.len() {
             self.role_fire_due(n);
+            self.watch_acked(n);
             let due = self.nodes[n]
                 .core
                 .as_ref()

@@ -78,16 +78,25 @@ fn check_identity(config: &NodeConfig) -> Result<identity::Identity, NodeError> 
 }
 
 /// What a (re)starting node brings to its election: its vote, its log's last record and
-/// whether it holds everything it acknowledged (its log reaches its commit watermark).
-/// The start state, the commit watermark and the halt (a halted node never votes or
-/// leads: it starts halted, before it heard anyone).
-fn start_state(config: &NodeConfig) -> Result<(StartState, Lsn, Option<String>), NodeError> {
+/// whether it holds everything it acknowledged ([`plan::RestartRule`]: its log reaches the
+/// higher of its commit watermark and its acknowledged mark); the rule itself, and the halt
+/// (a halted node never votes or leads: it starts halted, before it heard anyone).
+fn start_state(
+    config: &NodeConfig,
+) -> Result<(StartState, plan::RestartRule, Option<String>), NodeError> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).map_err(|e| NodeError::Open(format!("{}: {e}", dir.display())))?;
     let node_dir = NodeDir::open(FsStorage, dir).map_err(|e| NodeError::Open(e.to_string()))?;
     let commit = node_dir
         .commit_lsn()
         .map_err(|e| NodeError::Open(e.to_string()))?;
+    // A damaged mark is never reset: the node cannot know what it acknowledged.
+    let acked =
+        walship_wal::state::read_acked_lsn(&FsStorage, node_dir.state_dir()).map_err(|e| {
+            NodeError::Open(format!(
+                "{e}; this node must not start until an operator repairs it"
+            ))
+        })?;
     let vote = VoteFile::new(FsStorage, node_dir.state_dir()).load()?;
     let wal_dir = node_dir.wal_dir();
     let last = if wal_dir.exists() {
@@ -97,10 +106,16 @@ fn start_state(config: &NodeConfig) -> Result<(StartState, Lsn, Option<String>),
     } else {
         walship_wal::Position::ZERO
     };
-    let eligible = last.lsn >= commit;
+    let rule = plan::RestartRule {
+        log_end: last.lsn,
+        commit_lsn: commit,
+        acked_lsn: acked,
+    };
+    let eligible = rule.eligible_at_start();
     if !eligible {
-        warn!(node = %config.node_id, log_end = last.lsn, commit_lsn = commit,
-            "the log ends below the commit watermark: this node neither votes nor leads until it caught up");
+        warn!(node = %config.node_id, log_end = last.lsn, commit_lsn = commit, acked_lsn = acked,
+            required_lsn = rule.required_lsn(),
+            "the log ends below what this node acknowledged (its commit watermark or acknowledged mark): it neither votes nor leads until it re-fetched that range");
     }
     let halt = crate::replica::halt::read_halt(&FsStorage, node_dir.state_dir())
         .map_err(|e| NodeError::Open(e.to_string()))?;
@@ -110,7 +125,7 @@ fn start_state(config: &NodeConfig) -> Result<(StartState, Lsn, Option<String>),
             log_head: LogPosition::new(last.epoch, last.lsn),
             eligible,
         },
-        commit,
+        rule,
         halt.map(|h| format!("{} at lsn {}", h.reason, h.lsn)),
     ))
 }
@@ -123,7 +138,7 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         .await
         .map_err(|e| NodeError::Open(format!("identity task: {e}")))??;
     let cfg = config.clone();
-    let (start, required_lsn, halted) = tokio::task::spawn_blocking(move || start_state(&cfg))
+    let (start, rule, halted) = tokio::task::spawn_blocking(move || start_state(&cfg))
         .await
         .map_err(|e| NodeError::Open(format!("start-state task: {e}")))??;
     let material = config
@@ -144,6 +159,8 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         t ^ u64::from(crc32c::crc32c(config.node_id.as_bytes())) << 32
     });
     let mut core = ElectionCore::new(config.election_config(), start.clone(), now_ms(), seed)?;
+    // The acknowledged mark is persisted at most once per heartbeat interval.
+    let core_heartbeat_ms = core.heartbeat_ms();
     if let Some(why) = &halted {
         warn!(node = %config.node_id, halt = %why, "the node is halted: it neither votes nor leads until an operator clears the halt (walship-recover)");
         // A follower that never led: halting steps nothing down and sends nothing.
@@ -174,6 +191,8 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
             replica: None,
             applied_lsn: applied,
             incarnation: identity.incarnation,
+            acked_lsn: rule.acked_lsn,
+            required_lsn: rule.required_lsn(),
         }),
         state: watch::channel(state).0,
         role: Mutex::new(RoleSlot::Idle),
@@ -202,7 +221,8 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         sender,
         roles: roles_tx,
         plan: RolePlan::new(inner.config.node_id.clone()),
-        required_lsn,
+        required_lsn: rule.required_lsn(),
+        acked: plan::AckedMark::new(rule.acked_lsn, core_heartbeat_ms),
         stopped: halted,
     };
     let driver = tokio::spawn(driver.run(rx).instrument(span));
@@ -225,6 +245,8 @@ struct Driver {
     plan: RolePlan,
     /// An ineligible node becomes eligible once its durable lsn reaches this.
     required_lsn: Lsn,
+    /// The acknowledged mark and when to persist it (`state/acked`).
+    acked: plan::AckedMark,
     /// Why the node stopped or halted, once it did.
     stopped: Option<String>,
 }
@@ -284,7 +306,15 @@ impl Driver {
                     let a = self.core.stop(now);
                     self.stopped.get_or_insert_with(|| "shut down".into());
                     self.perform(a).await;
+                    self.observe_acked();
                     self.close_role().await;
+                    // A clean shutdown leaves the mark current (a crash leaves it at most
+                    // one interval behind).
+                    if let Some(lsn) = self.acked.at_shutdown() {
+                        if let Err(e) = self.persist_acked(lsn).await {
+                            error!(acked_lsn = lsn, error = %e, "persisting the acknowledged mark at shutdown failed");
+                        }
+                    }
                     self.publish();
                     let _ = reply.send(());
                     return;
@@ -431,6 +461,14 @@ impl Driver {
             }
             RoleSlot::Idle => RoleReport::Idle,
         };
+        self.observe_acked();
+        if let Some(lsn) = self.acked.due(now) {
+            if let Err(e) = self.persist_acked(lsn).await {
+                error!(acked_lsn = lsn, error = %e, "persisting the acknowledged mark failed: the node stops (a failed fsync is never retried)");
+                self.fail(format!("state/acked: {e}")).await;
+                return;
+            }
+        }
         let eligible = self.core.status(now).eligible;
         match plan::verdict(&report, self.core.role(), eligible, self.required_lsn) {
             Some(Verdict::Halt(why)) => {
@@ -446,8 +484,8 @@ impl Driver {
             }
             Some(Verdict::Eligible) => {
                 info!(
-                    required = self.required_lsn,
-                    "caught up to the commit watermark: eligible to vote and lead"
+                    required_lsn = self.required_lsn,
+                    "caught up to what this node acknowledged: eligible to vote and lead"
                 );
                 let a = self.core.set_eligible(now, true);
                 self.perform(a).await;
@@ -455,6 +493,49 @@ impl Driver {
             None => {}
         }
         self.apply_as_primary().await;
+    }
+
+    /// Tells the acknowledged mark what the running role acknowledged.
+    fn observe_acked(&mut self) {
+        let ack = match &*self.inner.lock_role() {
+            RoleSlot::Primary(p) => plan::RoleAck::Primary {
+                commit_lsn: p.commit_lsn(),
+            },
+            RoleSlot::Replica { replica, .. } => {
+                let s = replica.status();
+                match (&s.state, s.durable_lsn) {
+                    (ReplicaState::Halted(_) | ReplicaState::Stopped(_), _) | (_, None) => {
+                        plan::RoleAck::Idle
+                    }
+                    (_, Some(durable_lsn)) => plan::RoleAck::Replica { durable_lsn },
+                }
+            }
+            RoleSlot::Idle => plan::RoleAck::Idle,
+        };
+        self.acked.observe(ack);
+    }
+
+    /// Makes the acknowledged mark `lsn` durable (`state/acked`: write, fsync, rename,
+    /// fsync dir) on the blocking pool, off the commit path.
+    async fn persist_acked(&mut self, lsn: Lsn) -> Result<(), String> {
+        let state_dir = self
+            .inner
+            .config
+            .data_dir
+            .join(walship_wal::state::STATE_DIR);
+        let done = tokio::task::spawn_blocking(move || {
+            walship_wal::state::write_acked_lsn(&FsStorage, &state_dir, lsn)
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {
+                self.acked.persisted_at(lsn, now_ms());
+                debug!(acked_lsn = lsn, "acknowledged mark persisted");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("the persisting task died: {e}")),
+        }
     }
 
     /// The primary role applies what it committed, in lsn order (blocking reads and the
@@ -539,6 +620,8 @@ impl Driver {
         s.state = state;
         s.voted_for = self.core.voted_for().cloned();
         s.election_blocked_on = self.core.status(now_ms()).blocked_on();
+        s.acked_lsn = self.acked.persisted();
+        s.required_lsn = self.required_lsn;
     }
 }
 
@@ -767,6 +850,8 @@ pub(crate) fn http_status(config: &NodeConfig, s: &NodeStatus) -> http::NodeStat
             stopped: None,
             members: None,
             incarnation: None,
+            acked_lsn: None,
+            required_lsn: None,
         }
     };
     // The election decides the role and the epoch; the role's own report adds the rest.
@@ -782,5 +867,7 @@ pub(crate) fn http_status(config: &NodeConfig, s: &NodeStatus) -> http::NodeStat
         out.primary_http = s.state.primary.as_deref().and_then(http_of);
     }
     out.incarnation = Some(s.incarnation);
+    out.acked_lsn = Some(s.acked_lsn);
+    out.required_lsn = Some(s.required_lsn);
     out
 }

@@ -14,8 +14,10 @@
 //! The embedder holds one [`Node`] and one [`Applier`]: committed records reach the
 //! applier in lsn order in every role (the primary role applies what it committed).
 //!
-//! What is not here yet (issue 12's note lists it): a restarted node regains eligibility
-//! only through its commit watermark (receipts it sent are not persisted).
+//! A restarting node neither votes nor leads until its log reaches the higher of its
+//! persisted commit watermark and its acknowledged mark (`state/acked`: the highest lsn it
+//! acknowledged, persisted off the commit path at most once per heartbeat interval;
+//! [`plan::RestartRule`], [`plan::AckedMark`], spec/election.md §2.8).
 
 mod config;
 mod driver;
@@ -129,6 +131,11 @@ pub struct NodeStatus {
     pub applied_lsn: Lsn,
     /// The incarnation id of the data directory (`state/identity`).
     pub incarnation: u64,
+    /// The acknowledged mark last persisted (`state/acked`, spec/election.md §5.1).
+    pub acked_lsn: Lsn,
+    /// The lsn this node's log had to reach at start before it votes or leads (the
+    /// higher of its persisted commit watermark and acknowledged mark).
+    pub required_lsn: Lsn,
 }
 
 /// A cluster member: leads or follows as elected. See the module documentation.
@@ -434,6 +441,17 @@ impl NodeView for NodeHttpView {
                 serde_json::json!({"promoted": node.node_id(), "accept_data_loss": accept_data_loss}),
             )
         })
+    }
+
+    fn log_ids(&self, req: http::LogIdsRequest) -> Result<http::LogIds, http::LogIdsError> {
+        let status = self.status();
+        match &*self.node.inner.lock_role() {
+            RoleSlot::Primary(p) => http::primary_log_ids(p, &status, req),
+            _ => Err(http::LogIdsError::Unavailable(format!(
+                "this member is {}: only the primary role serves its log's identities",
+                status.role.as_str()
+            ))),
+        }
     }
 
     fn switchover(&self, to: String, timeout: Duration) -> http::OperatorFuture {

@@ -115,7 +115,7 @@ pub enum Verdict {
     /// `ElectionCore::stop`: a fatal failure of the node's own storage.
     Stop(String),
     /// `ElectionCore::set_eligible(true)`: the log now holds everything the node
-    /// acknowledged (it reached `required_lsn`, its commit watermark at start).
+    /// acknowledged (it reached [`RestartRule::required_lsn`]).
     Eligible,
 }
 
@@ -132,6 +132,131 @@ pub fn verdict(
         RoleReport::Stopped(why) if role != Role::Stopped => Some(Verdict::Stop(why.clone())),
         RoleReport::Durable(lsn) if !eligible && *lsn >= required_lsn => Some(Verdict::Eligible),
         _ => None,
+    }
+}
+
+/// The restart rule (spec/election.md §2.8): what a (re)starting node must hold before it
+/// votes or leads. `required_lsn` is the higher of its persisted commit watermark and its
+/// persisted acknowledged mark ([`AckedMark`]); the node is eligible at start only if its
+/// recovered log ends at or above it, and otherwise once its running role reports a durable
+/// lsn at or above it ([`verdict`]).
+///
+/// A torn tail cut at open does not by itself make a node ineligible: bytes that were
+/// synced are never torn on an honest disk, so a cut only removes writes that were never
+/// acknowledged; what a lying disk loses is caught by the two persisted lsns (a lower
+/// bound of what was acknowledged, lagging by at most one persist interval).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestartRule {
+    /// The last lsn of the log recovered at open.
+    pub log_end: Lsn,
+    /// `state/commit` (0 when absent).
+    pub commit_lsn: Lsn,
+    /// `state/acked` (0 when absent).
+    pub acked_lsn: Lsn,
+}
+
+impl RestartRule {
+    /// The lsn the node's log must reach before it votes or leads.
+    pub fn required_lsn(&self) -> Lsn {
+        self.commit_lsn.max(self.acked_lsn)
+    }
+
+    /// Whether the node may vote and lead from its start.
+    pub fn eligible_at_start(&self) -> bool {
+        self.log_end >= self.required_lsn()
+    }
+}
+
+/// What the running role has acknowledged, for the [`AckedMark`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleAck {
+    /// The primary role: what it acknowledged to clients is its commit watermark (a
+    /// record above it was acknowledged to nobody).
+    Primary {
+        /// The primary's commit watermark.
+        commit_lsn: Lsn,
+    },
+    /// The replica role: its receipts report its durable lsn (the durable lsn is an upper
+    /// bound of every receipt sent, so the mark never misses one).
+    Replica {
+        /// The replica's durable lsn.
+        durable_lsn: Lsn,
+    },
+    /// No role runs: nothing new was acknowledged.
+    Idle,
+}
+
+impl RoleAck {
+    /// The highest lsn the role acknowledged (0 for [`RoleAck::Idle`]).
+    pub fn acknowledged(&self) -> Lsn {
+        match *self {
+            RoleAck::Primary { commit_lsn } => commit_lsn,
+            RoleAck::Replica { durable_lsn } => durable_lsn,
+            RoleAck::Idle => 0,
+        }
+    }
+}
+
+/// The acknowledged mark: the highest lsn this node acknowledged, and when to persist it
+/// to `state/acked` (spec/election.md §2.8, §5.1). Off the commit path: the executor
+/// persists it at most once per `interval_ms` when it has grown, and at a clean shutdown,
+/// so the persisted mark is a lower bound that lags by at most one interval. It never
+/// goes down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AckedMark {
+    persisted: Lsn,
+    highest: Lsn,
+    interval_ms: u64,
+    next_ms: u64,
+}
+
+impl AckedMark {
+    /// The mark as read from `state/acked` at start (0 when absent), persisted at most
+    /// once per `interval_ms` (the heartbeat interval).
+    pub fn new(persisted: Lsn, interval_ms: u64) -> AckedMark {
+        AckedMark {
+            persisted,
+            highest: persisted,
+            interval_ms,
+            next_ms: 0,
+        }
+    }
+
+    /// The last mark made durable.
+    pub fn persisted(&self) -> Lsn {
+        self.persisted
+    }
+
+    /// The highest lsn acknowledged so far (durable or not yet).
+    pub fn highest(&self) -> Lsn {
+        self.highest
+    }
+
+    /// Takes what the running role reports it acknowledged.
+    pub fn observe(&mut self, ack: RoleAck) {
+        self.highest = self.highest.max(ack.acknowledged());
+    }
+
+    /// The mark to persist now, if it grew and the interval since the last persist passed.
+    pub fn due(&self, now_ms: u64) -> Option<Lsn> {
+        (self.highest > self.persisted && now_ms >= self.next_ms).then_some(self.highest)
+    }
+
+    /// The mark to persist at a clean shutdown, if it grew since the last persist.
+    pub fn at_shutdown(&self) -> Option<Lsn> {
+        (self.highest > self.persisted).then_some(self.highest)
+    }
+
+    /// `lsn` was made durable at `now_ms` (write, fsync, rename, fsync dir).
+    pub fn persisted_at(&mut self, lsn: Lsn, now_ms: u64) {
+        assert!(
+            lsn >= self.persisted && lsn <= self.highest,
+            "invariant: the acknowledged mark persisted ({lsn}) never goes down (was {}) nor passes what was acknowledged ({})",
+            self.persisted,
+            self.highest
+        );
+        self.persisted = lsn;
+        self.next_ms = now_ms.saturating_add(self.interval_ms);
     }
 }
 
@@ -223,5 +348,61 @@ mod tests {
             None
         );
         assert_eq!(verdict(&RoleReport::Idle, Role::Follower, false, 0), None);
+    }
+
+    #[test]
+    fn restart_requires_the_higher_of_the_commit_watermark_and_the_acknowledged_mark() {
+        let rule = RestartRule {
+            log_end: 10,
+            commit_lsn: 8,
+            acked_lsn: 12,
+        };
+        assert_eq!(rule.required_lsn(), 12);
+        assert!(
+            !rule.eligible_at_start(),
+            "the log lost acknowledged lsn 11..=12"
+        );
+        let rule = RestartRule {
+            acked_lsn: 10,
+            ..rule
+        };
+        assert!(rule.eligible_at_start());
+        let rule = RestartRule {
+            log_end: 7,
+            commit_lsn: 8,
+            acked_lsn: 0,
+        };
+        assert_eq!(rule.required_lsn(), 8);
+        assert!(!rule.eligible_at_start());
+        // Once the replica role re-fetched past the requirement, the node is eligible.
+        assert_eq!(
+            verdict(&RoleReport::Durable(11), Role::Follower, false, 12),
+            None
+        );
+        assert_eq!(
+            verdict(&RoleReport::Durable(12), Role::Follower, false, 12),
+            Some(Verdict::Eligible)
+        );
+    }
+
+    #[test]
+    fn acked_mark_is_persisted_at_most_once_per_interval_when_grown_and_at_shutdown() {
+        let mut m = AckedMark::new(5, 100);
+        assert_eq!(m.due(0), None, "nothing new");
+        m.observe(RoleAck::Replica { durable_lsn: 9 });
+        assert_eq!(m.due(0), Some(9));
+        m.persisted_at(9, 0);
+        m.observe(RoleAck::Replica { durable_lsn: 12 });
+        assert_eq!(m.due(50), None, "not before the interval passed");
+        assert_eq!(m.due(100), Some(12));
+        m.observe(RoleAck::Primary { commit_lsn: 11 });
+        assert_eq!(m.highest(), 12, "never goes down");
+        m.observe(RoleAck::Idle);
+        assert_eq!(m.at_shutdown(), Some(12));
+        m.persisted_at(12, 120);
+        assert_eq!(
+            (m.persisted(), m.at_shutdown(), m.due(1000)),
+            (12, None, None)
+        );
     }
 }

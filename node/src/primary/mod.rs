@@ -654,6 +654,48 @@ impl Primary {
         Ok(out)
     }
 
+    /// Identities of at most `count` durable records from `from_lsn` (0: the first
+    /// retained), for `GET /log/ids`: `(base, prev, durable_lsn, ids)` where `base` is the
+    /// record before the first retained one and `prev` the record before `ids[0]`. Read
+    /// through the shared WAL's reader (as records are shipped: concurrent with appends,
+    /// never writing); nothing above the durable lsn read first is returned.
+    pub fn record_ids(
+        &self,
+        from_lsn: Lsn,
+        count: usize,
+    ) -> Result<
+        (
+            walship_wal::Position,
+            walship_wal::Position,
+            Lsn,
+            Vec<crate::http::RecordId>,
+        ),
+        PrimaryError,
+    > {
+        let durable = self.shared.wal.durable_lsn();
+        let base = self.shared.wal.reader(0)?.position();
+        let mut reader = self.shared.wal.reader(from_lsn)?;
+        let prev = reader.position();
+        let mut ids = Vec::with_capacity(count.min(4096));
+        while ids.len() < count {
+            match reader.next_record() {
+                Some(Ok(r)) if r.lsn() <= durable => {
+                    let h = r.view().header();
+                    ids.push(crate::http::RecordId {
+                        lsn: h.lsn,
+                        epoch: h.epoch,
+                        crc: h.crc,
+                        prev_crc: h.prev_crc,
+                        len: h.payload_len,
+                    });
+                }
+                Some(Ok(_)) | None => break,
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+        Ok((base, prev, durable, ids))
+    }
+
     /// The address the QUIC server is bound to.
     pub fn local_addr(&self) -> Result<SocketAddr, PrimaryError> {
         self.endpoint.local_addr().map_err(|source| {

@@ -85,13 +85,72 @@ pub enum ReadB {
     UntilDecided,
 }
 
+/// A log compared by record identity: a data directory scanned here ([`DataDir`],
+/// [`crate::datadir::LiveDir`]), or a running primary's identities fetched over HTTP
+/// ([`crate::remote::RemoteLog`]). A source yields positions `(lsn, epoch, crc)` in lsn
+/// order, not payloads: the crc chain makes equal positions at an lsn mean equal prefixes.
+pub trait PositionSource: Sync {
+    /// How reports name the source (a directory path, or `http://ip:port`).
+    fn name(&self) -> String;
+    /// Reads the log, visiting every verified position in lsn order (the visitor may stop
+    /// it: the scan then ends [`crate::scan::ScanEnd::Stopped`]). The returned scan's
+    /// `start` is the record before the first retained one.
+    fn scan_positions(
+        &self,
+        opts: ScanOptions,
+        progress_label: Option<&str>,
+        visit: &mut PositionVisitor<'_>,
+    ) -> Result<WalScan, RecoverError>;
+}
+
+/// What a [`PositionSource`] calls for each position.
+pub type PositionVisitor<'v> = dyn FnMut(Position) -> ControlFlow<()> + 'v;
+
+/// Every [`ScanSource`] (a data directory) is compared by the positions of its records.
+fn scan_source_positions(
+    src: &dyn ScanSource,
+    opts: ScanOptions,
+    progress_label: Option<&str>,
+    visit: &mut PositionVisitor<'_>,
+) -> Result<WalScan, RecoverError> {
+    src.scan_log(opts, progress_label, &mut |_, _, v| visit(v.position()))
+}
+
+impl PositionSource for DataDir {
+    fn name(&self) -> String {
+        self.root().display().to_string()
+    }
+    fn scan_positions(
+        &self,
+        opts: ScanOptions,
+        progress_label: Option<&str>,
+        visit: &mut PositionVisitor<'_>,
+    ) -> Result<WalScan, RecoverError> {
+        scan_source_positions(self, opts, progress_label, visit)
+    }
+}
+
+impl PositionSource for crate::datadir::LiveDir {
+    fn name(&self) -> String {
+        ScanSource::root(self).display().to_string()
+    }
+    fn scan_positions(
+        &self,
+        opts: ScanOptions,
+        progress_label: Option<&str>,
+        visit: &mut PositionVisitor<'_>,
+    ) -> Result<WalScan, RecoverError> {
+        scan_source_positions(self, opts, progress_label, visit)
+    }
+}
+
 /// Two logs compared record by record (A's positions matched with B's at the same lsn).
 #[derive(Debug)]
 pub struct Comparison {
-    /// Side A's directory.
-    pub dir_a: std::path::PathBuf,
-    /// Side B's directory.
-    pub dir_b: std::path::PathBuf,
+    /// Side A's name (its directory).
+    pub name_a: String,
+    /// Side B's name (its directory, or the primary's address).
+    pub name_b: String,
     /// A's scan (always to its end).
     pub a: WalScan,
     /// B's scan (to its end, or stopped early with [`ReadB::UntilDecided`]).
@@ -107,15 +166,15 @@ pub struct Comparison {
 impl Comparison {
     /// The comparison as `diff` reports it.
     pub fn report(&self) -> DiffReport {
-        let side = |d: &Path, s: &WalScan| DiffSide {
-            dir: d.display().to_string(),
+        let side = |d: &str, s: &WalScan| DiffSide {
+            dir: d.to_string(),
             base: s.start,
             last: s.last,
             state: WalState::from_end(&s.end),
         };
         DiffReport {
-            a: side(&self.dir_a, &self.a),
-            b: side(&self.dir_b, &self.b),
+            a: side(&self.name_a, &self.a),
+            b: side(&self.name_b, &self.b),
             relation: self.relation,
             common_prefix: self.common_prefix.unwrap_or(Position::ZERO),
             first_divergence: self.divergence.clone(),
@@ -128,8 +187,8 @@ impl Comparison {
 /// bounded channel, B here comparing in lsn order: memory stays bounded
 /// whatever the log sizes. A is always scanned to its end; B as `read_b` says.
 pub fn compare_logs(
-    a: &dyn ScanSource,
-    b: &dyn ScanSource,
+    a: &dyn PositionSource,
+    b: &dyn PositionSource,
     opts: ScanOptions,
     progress_label: Option<&str>,
     read_b: ReadB,
@@ -137,8 +196,8 @@ pub fn compare_logs(
     // Each log's base (the record before its first retained one, from its
     // first segment header) is the lowest lsn it can compare: a scan stopped
     // at the first record yields it cheaply.
-    let base = |d: &dyn ScanSource| {
-        d.scan_log(opts, None, &mut |_, _, _| ControlFlow::Break(()))
+    let base = |d: &dyn PositionSource| {
+        d.scan_positions(opts, None, &mut |_| ControlFlow::Break(()))
             .map(|s| s.start)
     };
     let a_base = base(a)?;
@@ -151,9 +210,9 @@ pub fn compare_logs(
     let (scan_a, scan_b) = std::thread::scope(|sc| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Position>(DIFF_CHANNEL_POSITIONS);
         let helper = sc.spawn(move || {
-            a.scan_log(opts, None, &mut |_, _, v| {
+            a.scan_positions(opts, None, &mut |p| {
                 // After B is done the receiver is gone; A's scan still runs to its end for its own verdict.
-                let _ = tx.send(v.position());
+                let _ = tx.send(p);
                 ControlFlow::Continue(())
             })
         });
@@ -164,10 +223,10 @@ pub fn compare_logs(
         let decided = merge.step(&mut a_positions, b_base);
         let scan_b = if decided && read_b == ReadB::UntilDecided {
             // Nothing of B beyond its base can matter: stop at its first record.
-            b.scan_log(opts, None, &mut |_, _, _| ControlFlow::Break(()))
+            b.scan_positions(opts, None, &mut |_| ControlFlow::Break(()))
         } else {
-            b.scan_log(opts, progress_label, &mut |_, _, v| {
-                let decided = merge.step(&mut a_positions, v.position());
+            b.scan_positions(opts, progress_label, &mut |p| {
+                let decided = merge.step(&mut a_positions, p);
                 if decided && read_b == ReadB::UntilDecided {
                     ControlFlow::Break(())
                 } else {
@@ -177,7 +236,7 @@ pub fn compare_logs(
         };
         drop(a_positions); // drops `rx`: A's pending and later sends fail instead of blocking
         let scan_a = helper.join().map_err(|_| RecoverError::Internal {
-            message: format!("the scan thread of {} panicked", a.root().display()),
+            message: format!("the scan thread of {} panicked", a.name()),
         });
         (scan_a, scan_b)
     });
@@ -207,8 +266,8 @@ pub fn compare_logs(
         }
     };
     Ok(Comparison {
-        dir_a: a.root().to_path_buf(),
-        dir_b: b.root().to_path_buf(),
+        name_a: a.name(),
+        name_b: b.name(),
         a: scan_a,
         b: scan_b,
         relation,

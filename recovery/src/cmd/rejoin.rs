@@ -1,30 +1,32 @@
-//! `rejoin DIR --from PRIMARY_DIR`: bring back a node that holds records the
+//! `rejoin DIR --from PRIMARY_DIR|ADDR`: bring back a node that holds records the
 //! primary lacks (halted `divergence`, or `stale-primary` after a failover) in
-//! one audited command: diff against the primary's directory (read without
-//! its lock, never written: the primary may be running), decide the cut,
+//! one audited command: diff against the primary's log — its directory (read without
+//! its lock, never written: the primary may be running) or the record identities its
+//! HTTP endpoint serves (`GET /log/ids`, [`crate::remote::RemoteLog`]) —, decide the cut,
 //! rewind to the common prefix, clear the halt, verify. Every step reuses the
 //! command that does it alone (`diff`'s [`compare_logs`], `rewind`'s
 //! [`plan_rewind`]/[`perform_rewind`], `clear-halt`'s [`judge_halt`]/[`lift_halt`],
 //! `verify`'s [`verify_data_dir`]); the rules are in spec/recovery-tool.md §11.
 
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use walship_replica::halt::{HaltReason, HaltRecord};
 use walship_wal::Lsn;
 
 use crate::audit::{append_audit, AuditEntry};
 use crate::cmd::clear_halt::{judge_halt, lift_halt, required_checks, Condition, HaltFacts};
-use crate::cmd::diff::{check_distinct_data_dirs, compare_logs, Comparison, ReadB};
+use crate::cmd::diff::{check_distinct_data_dirs, compare_logs, Comparison, PositionSource, ReadB};
 use crate::cmd::progress_label;
 use crate::cmd::rewind::{
     ask_confirmation, perform_rewind, plan_rewind, RewindPlan, RewindRequest,
 };
 use crate::cmd::text::wal_state_line;
 use crate::cmd::verify::verify_data_dir;
-use crate::datadir::{DataDir, LiveDir};
+use crate::datadir::{check_data_dir, DataDir, LiveDir};
 use crate::error::RecoverError;
 use crate::exit::Exit;
+use crate::remote::{RejoinFrom, RemoteLog};
 use crate::report::{RejoinReport, Relation};
 use crate::scan::{ScanEnd, ScanOptions};
 use crate::{Env, Outcome, TextReport};
@@ -32,8 +34,8 @@ use crate::{Env, Outcome, TextReport};
 /// What the operator asked for.
 #[derive(Clone, Debug)]
 pub struct RejoinRequest {
-    /// `--from`: the primary's data directory (or a copy of it).
-    pub primary_dir: PathBuf,
+    /// `--from`: the primary's data directory (or a copy of it), or its HTTP endpoint.
+    pub from: RejoinFrom,
     /// Allow cutting records at or below the commit watermark (as `rewind`).
     pub accept_data_loss: bool,
     /// Skip the confirmation question.
@@ -82,7 +84,7 @@ fn decide_cut(cmp: &Comparison) -> Result<Lsn, String> {
         }
         Relation::Disjoint => Err(format!(
             "no lsn to compare: {} holds lsn {}..={} and the primary's log was read over lsn {}..={}; a common prefix cannot be proven; the node needs a resync (snapshot), not a rewind",
-            cmp.dir_a.display(),
+            cmp.name_a,
             cmp.a.start.lsn,
             a_last,
             cmp.b.start.lsn,
@@ -99,15 +101,24 @@ pub fn rejoin(
     req: &RejoinRequest,
     env: &mut Env<'_>,
 ) -> Result<Outcome<RejoinReport>, RecoverError> {
-    check_distinct_data_dirs(dir, &req.primary_dir)?;
+    let primary: Box<dyn PositionSource> = match &req.from {
+        RejoinFrom::Dir(primary_dir) => {
+            check_distinct_data_dirs(dir, primary_dir)?;
+            Box::new(LiveDir::open_unlocked(primary_dir)?)
+        }
+        &RejoinFrom::Addr(addr) => {
+            check_data_dir(dir)?;
+            // Who it is first: a rejoin compares with the primary's log, nobody else's.
+            Box::new(RemoteLog::connect_primary(addr)?)
+        }
+    };
     let d = DataDir::open_locked(dir)?;
-    let primary = LiveDir::open_unlocked(&req.primary_dir)?;
     let opts = ScanOptions {
         max_record_bytes: req.max_record_bytes,
     };
     let cmp = compare_logs(
         &d,
-        &primary,
+        primary.as_ref(),
         opts,
         progress_label(env.progress, "rejoin: diff"),
         ReadB::UntilDecided,
@@ -115,7 +126,11 @@ pub fn rejoin(
     let halt = d.halt()?;
     let mut report = RejoinReport {
         dir: dir.display().to_string(),
-        primary_dir: req.primary_dir.display().to_string(),
+        primary_dir: req.from.name(),
+        primary_addr: match &req.from {
+            RejoinFrom::Addr(_) => Some(req.from.name()),
+            RejoinFrom::Dir(_) => None,
+        },
         diff: cmp.report(),
         primary_read_complete: cmp.b.end != ScanEnd::Stopped,
         to_lsn: None,
@@ -220,6 +235,7 @@ pub fn rejoin(
     // Audit first: the action must never happen without a durable trace.
     let details = serde_json::json!({
         "primary_dir": report.primary_dir,
+        "primary_addr": report.primary_addr,
         "relation": report.diff.relation,
         "common_prefix": report.diff.common_prefix,
         "first_divergence": report.diff.first_divergence,
@@ -329,7 +345,7 @@ pub fn rejoin(
     )?;
     tracing::warn!(
         dir = %dir.display(),
-        primary_dir = %req.primary_dir.display(),
+        primary = %req.from.name(),
         to_lsn = keep,
         halt_cleared = report.halt_cleared,
         "operator rejoin: done"
