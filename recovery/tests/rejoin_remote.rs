@@ -61,6 +61,7 @@ impl NodeView for FollowerView {
             members: None,
             acked_lsn: None,
             required_lsn: None,
+            incarnation: None,
         }
     }
     fn max_record_bytes(&self) -> u32 {
