@@ -561,6 +561,7 @@ impl<S: Storage> ReplicaExec<S> {
                                 "the WAL's last position after append must be the core's"
                             );
                             self.unsynced_bytes += batch.bytes.len();
+                            tracing::trace!(target: STAGE_TARGET, stage = "replica_written", lsn = pos.lsn);
                             tracing::trace!(
                                 first_lsn = batch.first_lsn,
                                 count = batch.count,
