@@ -372,7 +372,9 @@ fn run<S: Storage>(
             }
         }
         if exec.sync_needed() {
-            exec.sync(now_unix_ms());
+            // The receipt goes to the writer task right after the fdatasync, not after a
+            // due write of `state/commit` and the applies that follow it in `settle`.
+            exec.sync_with(now_unix_ms(), |out| glue.perform(out, &mut node_stop));
         }
         exec.on_timer(now_unix_ms());
     };
