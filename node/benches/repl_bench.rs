@@ -326,7 +326,12 @@ async fn commit_point_with(
     let commits = drive_appends(&cluster.primary, writers, start + secs).await?;
     let elapsed = start.elapsed();
     if std::env::var("WALSHIP_BENCH_CPU").is_ok_and(|v| v == "1") {
-        print_thread_cpu(&cpu_before, &thread_cpu_ns(), elapsed);
+        let what = format!(
+            "quorum {}, {writers} writers{}",
+            quorum.setting(),
+            if with_replicas { "" } else { ", no replica" }
+        );
+        print_thread_cpu(&what, &cpu_before, &thread_cpu_ns(), elapsed);
     }
     cluster.stop().await?;
     let lat = commits.iter().map(|(t0, _, t1)| *t1 - *t0).collect();
@@ -621,7 +626,7 @@ async fn quinn_stream_rate(env: &Env, bytes: u64) -> BenchResult<f64> {
     send.finish()?;
     let (got, end, _server_conn) = receiver.await??;
     if std::env::var("WALSHIP_BENCH_CPU").is_ok_and(|v| v == "1") {
-        print_thread_cpu(&cpu_before, &thread_cpu_ns(), end - start);
+        print_thread_cpu("quinn probe", &cpu_before, &thread_cpu_ns(), end - start);
     }
     if got != bytes {
         return Err(format!("quinn probe received {got} of {bytes} bytes").into());
@@ -658,6 +663,7 @@ fn thread_cpu_ns() -> std::collections::BTreeMap<String, u64> {
 
 /// Prints where the CPU went between two [`thread_cpu_ns`] readings over `wall`.
 fn print_thread_cpu(
+    what: &str,
     before: &std::collections::BTreeMap<String, u64>,
     after: &std::collections::BTreeMap<String, u64>,
     wall: Duration,
@@ -672,11 +678,12 @@ fn print_thread_cpu(
         .collect();
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
     let total: f64 = rows.iter().map(|r| r.1).sum();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "    CPU by thread over {:.2} s wall ({:.2} CPU-s in all = {:.0}% of 2 cores):",
+        "    CPU by thread, {what}, over {:.2} s wall ({:.2} CPU-s in all = {:.0}% of {cores} cores):",
         wall.as_secs_f64(),
         total,
-        total * 100.0 / (2.0 * wall.as_secs_f64())
+        total * 100.0 / (cores as f64 * wall.as_secs_f64())
     );
     for (name, s) in rows {
         println!(
@@ -733,7 +740,7 @@ async fn catch_up_rate(env: &Env, bytes: u64) -> BenchResult<(f64, u64, Duration
     let took = start.elapsed();
     let cpu_after = thread_cpu_ns();
     let shipped = last * (RECORD + RECORD_HEADER_LEN) as u64;
-    print_thread_cpu(&cpu_before, &cpu_after, took);
+    print_thread_cpu("catch-up", &cpu_before, &cpu_after, took);
     r1.shutdown().await?;
     if let Some(stop) = primary.shutdown().await {
         return Err(format!("primary stopped: {stop}").into());
