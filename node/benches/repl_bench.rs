@@ -19,7 +19,12 @@
 //! `cargo bench -p walship-primary --bench repl_bench`. Env:
 //! - `WALSHIP_BENCH_SECS` (seconds per commit point, default 3), `WALSHIP_BENCH_CATCHUP_MB`,
 //!   `WALSHIP_BENCH_DIR` (where the data goes; default the system temp dir);
-//! - `WALSHIP_BENCH_ONLY=commit|catchup|stages` runs one part;
+//! - `WALSHIP_BENCH_ONLY=commit|catchup|stages` runs one part; `=one` the one-writer points
+//!   only (local-only, quorum 0 with and without replicas, majority), `=w64` local-only and
+//!   majority at 64 writers, each once, for experiments;
+//! - `WALSHIP_BENCH_STAGES_QUORUM=0`: the stage breakdown of quorum-0 commits instead;
+//! - `WALSHIP_BENCH_CPU=1`: CPU time per thread of each commit point and of the quinn probe
+//!   (the catch-up always prints its own), from `/proc/self/task` (Linux);
 //! - `WALSHIP_BENCH_PG="1=950,16=5966,64=7864"`: PostgreSQL tps with `synchronous_commit=on`
 //!   (one synchronous standby, remote flush) per client count, as printed by
 //!   `../shared/bench/pg_sync_baseline.sh`; `WALSHIP_BENCH_PG_LOCAL` the same for
@@ -207,21 +212,36 @@ fn local_durable_point(env: &Env, writers: usize, secs: Duration) -> BenchResult
     Ok(Point::from_latencies(lat, start.elapsed()))
 }
 
-/// A primary and two connected replicas.
+/// A primary and its connected replicas (two, or none for the diagnostic point).
 struct Cluster {
     primary: Arc<Primary>,
-    r1: Replica,
-    r2: Replica,
+    replicas: Vec<Replica>,
 }
 
 impl Cluster {
     async fn start(env: &Env, quorum: Quorum, tag: &str) -> BenchResult<Cluster> {
+        Cluster::start_with(env, quorum, tag, true).await
+    }
+
+    /// `with_replicas == false`: the primary alone (quorum 0 only), to tell the cost of
+    /// `Primary::append`'s own path from that of the replicas sharing the machine.
+    async fn start_with(
+        env: &Env,
+        quorum: Quorum,
+        tag: &str,
+        with_replicas: bool,
+    ) -> BenchResult<Cluster> {
         let primary =
             Primary::open(env.primary_config(&env.fresh_dir(&format!("{tag}-p")), quorum))?;
-        let r1 = env.replica("r1", &env.fresh_dir(&format!("{tag}-r1")), &primary)?;
-        let r2 = env.replica("r2", &env.fresh_dir(&format!("{tag}-r2")), &primary)?;
+        let mut replicas = Vec::new();
+        if with_replicas {
+            for r in ["r1", "r2"] {
+                let dir = env.fresh_dir(&format!("{tag}-{r}"));
+                replicas.push(env.replica(r, &dir, &primary)?);
+            }
+        }
         let connected = Instant::now();
-        while !primary.status().replicas.iter().all(|r| r.shipping) {
+        while with_replicas && !primary.status().replicas.iter().all(|r| r.shipping) {
             if connected.elapsed() > Duration::from_secs(30) {
                 return Err("replicas did not connect".into());
             }
@@ -229,14 +249,14 @@ impl Cluster {
         }
         Ok(Cluster {
             primary: Arc::new(primary),
-            r1,
-            r2,
+            replicas,
         })
     }
 
     async fn stop(self) -> BenchResult<()> {
-        self.r1.shutdown().await?;
-        self.r2.shutdown().await?;
+        for r in self.replicas {
+            r.shutdown().await?;
+        }
         match Arc::try_unwrap(self.primary) {
             Ok(p) => match p.shutdown().await {
                 None => Ok(()),
@@ -284,10 +304,35 @@ async fn commit_point(
     writers: usize,
     secs: Duration,
 ) -> BenchResult<Point> {
-    let cluster = Cluster::start(env, quorum, &format!("q{}-w{writers}", quorum.setting())).await?;
+    commit_point_with(env, quorum, writers, secs, true).await
+}
+
+/// [`commit_point`], optionally with no replica connected (see [`Cluster::start_with`]).
+async fn commit_point_with(
+    env: &Env,
+    quorum: Quorum,
+    writers: usize,
+    secs: Duration,
+    with_replicas: bool,
+) -> BenchResult<Point> {
+    let tag = format!(
+        "q{}-w{writers}-r{}",
+        quorum.setting(),
+        u8::from(with_replicas)
+    );
+    let cluster = Cluster::start_with(env, quorum, &tag, with_replicas).await?;
+    let cpu_before = thread_cpu_ns();
     let start = Instant::now();
     let commits = drive_appends(&cluster.primary, writers, start + secs).await?;
     let elapsed = start.elapsed();
+    if std::env::var("WALSHIP_BENCH_CPU").is_ok_and(|v| v == "1") {
+        let what = format!(
+            "quorum {}, {writers} writers{}",
+            quorum.setting(),
+            if with_replicas { "" } else { ", no replica" }
+        );
+        print_thread_cpu(&what, &cpu_before, &thread_cpu_ns(), elapsed);
+    }
     cluster.stop().await?;
     let lat = commits.iter().map(|(t0, _, t1)| *t1 - *t0).collect();
     Ok(Point::from_latencies(lat, elapsed))
@@ -309,10 +354,12 @@ mod stages {
 
     pub const TARGET: &str = "walship::stage";
     /// The stages between `Primary::append` being called and returning, in commit order.
-    pub const STAGES: [&str; 7] = [
+    pub const STAGES: [&str; 9] = [
+        "primary_written",
         "primary_fsync",
         "frame_sent",
         "replica_receive",
+        "replica_written",
         "replica_fsync",
         "receipt_sent",
         "receipt_received",
@@ -426,8 +473,13 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 /// Majority commits with one writer, stage events recorded; prints p50 per stage.
-async fn stage_breakdown(env: &Env, rec: &stages::Recorder, secs: Duration) -> BenchResult<()> {
-    let cluster = Cluster::start(env, Quorum::Majority, "stages").await?;
+async fn stage_breakdown(
+    env: &Env,
+    rec: &stages::Recorder,
+    quorum: Quorum,
+    secs: Duration,
+) -> BenchResult<()> {
+    let cluster = Cluster::start(env, quorum, "stages").await?;
     rec.events.lock().unwrap_or_else(|p| p.into_inner()).clear();
     rec.on.store(true, Ordering::Relaxed);
     let start = Instant::now();
@@ -441,8 +493,9 @@ async fn stage_breakdown(env: &Env, rec: &stages::Recorder, secs: Duration) -> B
         .map(|(t0, _, t1)| (*t1 - *t0).as_secs_f64() * 1e3)
         .collect();
     println!(
-        "\nwhere the time goes: majority commit (primary fdatasync + first replica's fdatasync receipt), \
-         1 writer, {} commits, {} stage events; p50 per stage, from Primary::append called:",
+        "\nwhere the time goes: quorum {} commit, 1 writer, {} commits, {} stage events; \
+         p50 per stage, from Primary::append called:",
+        quorum.setting(),
         commits.len(),
         events.len()
     );
@@ -455,9 +508,11 @@ async fn stage_breakdown(env: &Env, rec: &stages::Recorder, secs: Duration) -> B
         "append called (handed to the executor thread)", 0.0
     );
     let label = [
+        "primary WAL write done (executor)",
         "primary fdatasync done (executor group sync)",
         "frame handed to quinn (writer task)",
         "replica read the frame",
+        "replica WAL write done (replica executor)",
         "replica fdatasync done",
         "receipt handed to quinn (replica)",
         "receipt read by the primary",
@@ -560,6 +615,7 @@ async fn quinn_stream_rate(env: &Env, bytes: u64) -> BenchResult<f64> {
     let conn = walship_wire::connect(&client, addr, "p").await?;
     let mut send = conn.open_uni().await?;
     let chunk = vec![0x77u8; 1 << 20];
+    let cpu_before = thread_cpu_ns();
     let start = Instant::now();
     let mut left = bytes;
     while left > 0 {
@@ -569,11 +625,72 @@ async fn quinn_stream_rate(env: &Env, bytes: u64) -> BenchResult<f64> {
     }
     send.finish()?;
     let (got, end, _server_conn) = receiver.await??;
+    if std::env::var("WALSHIP_BENCH_CPU").is_ok_and(|v| v == "1") {
+        print_thread_cpu("quinn probe", &cpu_before, &thread_cpu_ns(), end - start);
+    }
     if got != bytes {
         return Err(format!("quinn probe received {got} of {bytes} bytes").into());
     }
     conn.close(0u32.into(), b"done");
     Ok(mb_per_s(bytes, end - start))
+}
+
+/// CPU time of this process's threads by name (Linux: `/proc/self/task/*/comm` and the
+/// first field of `schedstat`, nanoseconds on a CPU); empty elsewhere. The difference of two
+/// readings says which threads a phase kept busy (threads that ended in between are lost).
+fn thread_cpu_ns() -> std::collections::BTreeMap<String, u64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return by_name;
+    };
+    for t in tasks.flatten() {
+        let p = t.path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(p.join("comm")),
+            std::fs::read_to_string(p.join("schedstat")),
+        ) else {
+            continue;
+        };
+        let ns: u64 = stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        *by_name.entry(comm.trim().to_string()).or_insert(0) += ns;
+    }
+    by_name
+}
+
+/// Prints where the CPU went between two [`thread_cpu_ns`] readings over `wall`.
+fn print_thread_cpu(
+    what: &str,
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    wall: Duration,
+) {
+    let mut rows: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| {
+            let d = v.saturating_sub(*before.get(k).unwrap_or(&0));
+            (k.clone(), d as f64 / 1e9)
+        })
+        .filter(|(_, s)| *s > 0.0005)
+        .collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = rows.iter().map(|r| r.1).sum();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "    CPU by thread, {what}, over {:.2} s wall ({:.2} CPU-s in all = {:.0}% of {cores} cores):",
+        wall.as_secs_f64(),
+        total,
+        total * 100.0 / (cores as f64 * wall.as_secs_f64())
+    );
+    for (name, s) in rows {
+        println!(
+            "      {name:<18} {s:>7.3} CPU-s ({:>3.0}% of one core)",
+            s * 100.0 / wall.as_secs_f64()
+        );
+    }
 }
 
 /// Catch-up: a primary holding `bytes` of 1 KiB records; an empty replica connects; time until
@@ -599,6 +716,7 @@ async fn catch_up_rate(env: &Env, bytes: u64) -> BenchResult<(f64, u64, Duration
     }
     let primary = Primary::open(env.primary_config(&pdir, Quorum::LocalOnly))?;
     let last = primary.durable_lsn();
+    let cpu_before = thread_cpu_ns();
     let start = Instant::now();
     let r1 = env.replica("r1", &env.fresh_dir("catchup-r1"), &primary)?;
     loop {
@@ -620,7 +738,9 @@ async fn catch_up_rate(env: &Env, bytes: u64) -> BenchResult<(f64, u64, Duration
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let took = start.elapsed();
+    let cpu_after = thread_cpu_ns();
     let shipped = last * (RECORD + RECORD_HEADER_LEN) as u64;
+    print_thread_cpu("catch-up", &cpu_before, &cpu_after, took);
     r1.shutdown().await?;
     if let Some(stop) = primary.shutdown().await {
         return Err(format!("primary stopped: {stop}").into());
@@ -675,6 +795,38 @@ async fn run() -> BenchResult<()> {
     );
 
     let mut ratios: Vec<String> = Vec::new();
+    if only == "one" {
+        // Experiments on the one-writer path: local-only, quorum 0 with and without the
+        // replicas, majority; each point once.
+        println!(
+            "  {:<12} {:>7} {:>12} {:>9} {:>9}",
+            "", "writers", "ops/s", "p50 ms", "p99 ms"
+        );
+        let l = local_durable_point(&env, 1, secs)?;
+        print_point("local-only", 1, &l);
+        let solo = commit_point_with(&env, Quorum::LocalOnly, 1, secs, false).await?;
+        print_point("0, alone", 1, &solo);
+        let q = commit_point(&env, Quorum::LocalOnly, 1, secs).await?;
+        print_point("0", 1, &q);
+        let m = commit_point(&env, Quorum::Majority, 1, secs).await?;
+        print_point("majority", 1, &m);
+        println!(
+            "  quorum 0 / local-only = {:.2}x; alone / local-only = {:.2}x",
+            q.ops_per_s / l.ops_per_s,
+            solo.ops_per_s / l.ops_per_s
+        );
+    }
+    if only == "w64" {
+        // Experiments on the 64-writer path: local-only and majority, each point once.
+        let l = local_durable_point(&env, 64, secs)?;
+        print_point("local-only", 64, &l);
+        let m = commit_point(&env, Quorum::Majority, 64, secs).await?;
+        print_point("majority", 64, &m);
+        println!(
+            "  majority / local-only = {:.0}%",
+            m.ops_per_s * 100.0 / l.ops_per_s
+        );
+    }
     if only.is_empty() || only == "commit" {
         println!(
             "\nlocal-only durable appends (SharedWal::append_durable group commit, no network; \
@@ -706,6 +858,11 @@ async fn run() -> BenchResult<()> {
             print_point("0", w, &p);
             q0.push((w, p));
         }
+        // Diagnostic: the same path with no replica running, so the cost of the path itself
+        // (hand-off to the executor and back) shows apart from the replicas' share of the
+        // two cores and the disk.
+        let solo = commit_point_with(&env, Quorum::LocalOnly, 1, secs, false).await?;
+        print_point("0, alone", 1, &solo);
         let mut majority = Vec::new();
         for w in WRITERS {
             let p = commit_point(&env, Quorum::Majority, w, secs).await?;
@@ -772,6 +929,14 @@ async fn run() -> BenchResult<()> {
                 verdict(r >= 0.8)
             ));
         }
+        if let Some(l) = at(&local, 1) {
+            ratios.push(format!(
+                "(diagnostic) quorum-0@1 with no replica running / local-only@1 = {:.0} / {:.0} = {:.2}x",
+                solo.ops_per_s,
+                l.ops_per_s,
+                solo.ops_per_s / l.ops_per_s
+            ));
+        }
         if let (Some(m), Some(l)) = (at(&majority, 64), at(&local, 64)) {
             let r = m.ops_per_s / l.ops_per_s;
             ratios.push(format!(
@@ -786,7 +951,12 @@ async fn run() -> BenchResult<()> {
 
     if let Some(rec) = &recorder {
         if only.is_empty() || only == "stages" {
-            stage_breakdown(&env, rec, secs).await?;
+            // WALSHIP_BENCH_STAGES_QUORUM=0: the stages of a quorum-0 commit instead.
+            let quorum = match std::env::var("WALSHIP_BENCH_STAGES_QUORUM").as_deref() {
+                Ok("0") => Quorum::LocalOnly,
+                _ => Quorum::Majority,
+            };
+            stage_breakdown(&env, rec, quorum, secs).await?;
         }
     }
 

@@ -180,9 +180,9 @@ pub(crate) const STAGE_TARGET: &str = "walship::stage";
 /// The executor thread: blocks for the first input (or the executor's next deadline),
 /// drains every input already queued (appends are written in one batch, not synced), syncs
 /// once if anything was written — that is the group commit: one fdatasync per round, no
-/// thread hop per record — fires due timers, then delivers the outputs: frames to the
-/// connections' writer tasks, results to the appenders. Ends on shutdown, when every
-/// sender is gone, or once the node stopped.
+/// thread hop per record — delivers what the sync released (frames to the connections'
+/// writer tasks, results to the appenders), fires due timers, then delivers the rest.
+/// Ends on shutdown, when every sender is gone, or once the node stopped.
 pub(crate) fn run_exec(shared: Arc<Shared>, rx: mpsc::Receiver<Input>) {
     let span = tracing::info_span!("primary_exec", node = %shared.node_id);
     let _g = span.enter();
@@ -192,6 +192,8 @@ pub(crate) fn run_exec(shared: Arc<Shared>, rx: mpsc::Receiver<Input>) {
     let mut outputs: Vec<Output<Token>> = Vec::new();
     let mut disconnected: Vec<ConnId> = Vec::new();
     let mut done = false;
+    // Set once a delivered output said the node stopped (ends the loop like a shutdown).
+    let mut stopped = false;
     loop {
         let deadline = {
             let mut ex = shared.lock_exec();
@@ -203,8 +205,9 @@ pub(crate) fn run_exec(shared: Arc<Shared>, rx: mpsc::Receiver<Input>) {
             ex.next_deadline()
         };
         for o in outputs.drain(..) {
-            done |= deliver(&shared, &mut conns, o);
+            stopped |= deliver(&shared, &mut conns, o);
         }
+        done |= stopped;
         // A connection's writer is dropped only after the outputs of the round that saw it
         // close were delivered: a Refuse answered to its last frame still goes out.
         for conn in disconnected.drain(..) {
@@ -257,6 +260,20 @@ pub(crate) fn run_exec(shared: Arc<Shared>, rx: mpsc::Receiver<Input>) {
         }
         if ex.sync_needed() {
             ex.sync(now);
+            // What the sync released (the frames of the records it made durable, the acks
+            // of a quorum-0 commit) goes out now, before the timers: a due write of
+            // `state/commit` (two fsyncs and a rename) must not hold back the commit path.
+            // Safe: the executor announced the watermark with these outputs; the persisted
+            // watermark only ever lags it.
+            outputs.extend(std::iter::from_fn(|| ex.poll_output()));
+            if let Some(reason) = ex.stopped() {
+                shared.publish_stop(reason.clone());
+            }
+            drop(ex);
+            for o in outputs.drain(..) {
+                stopped |= deliver(&shared, &mut conns, o);
+            }
+            ex = shared.lock_exec();
         }
         ex.on_timer(shared.now_ms());
         if done {
@@ -478,18 +495,22 @@ async fn write_frames(
                         }
                         buf.clear();
                     }
+                    let last_lsn = (b.first_lsn + u64::from(b.count)).saturating_sub(1);
+                    // The batch's bytes go to quinn without another copy.
                     let written = writer
-                        .write_records(&mut send, b.first_lsn, b.count, &b.bytes, b.commit_lsn)
+                        .write_records_owned(
+                            &mut send,
+                            b.first_lsn,
+                            b.count,
+                            bytes::Bytes::from(b.bytes),
+                            b.commit_lsn,
+                        )
                         .await;
                     if let Err(e) = written {
                         debug!(error = %e, "stream write failed: the session ended");
                         return;
                     }
-                    tracing::trace!(
-                        target: STAGE_TARGET,
-                        stage = "frame_sent",
-                        lsn = (b.first_lsn + u64::from(b.count)).saturating_sub(1)
-                    );
+                    tracing::trace!(target: STAGE_TARGET, stage = "frame_sent", lsn = last_lsn);
                 }
                 Outgoing::Frame(msg) => {
                     if let Err(e) = encode_frame(&msg, &mut buf) {

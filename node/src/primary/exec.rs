@@ -430,6 +430,7 @@ impl<S: Storage, W> PrimaryExec<S, W> {
         match self.wal.append_batch(&refs) {
             Ok(lsns) => {
                 self.written = *lsns.end();
+                tracing::trace!(target: STAGE_TARGET, stage = "primary_written", lsn = self.written);
                 for (lsn, token) in lsns.clone().zip(tokens) {
                     self.waiting.push_back(Waiter {
                         lsn,

@@ -363,6 +363,20 @@ impl<S: Storage> ReplicaExec<S> {
     /// out, the commit watermark and the applier follow. A failed sync stops the node; it
     /// is never retried (the failed fdatasync may have dropped the dirty pages).
     pub fn sync(&mut self, now_ms: u64) {
+        self.sync_inner(now_ms, None);
+    }
+
+    /// [`ReplicaExec::sync`], handing `early` (in order) every output queued up to and
+    /// including the sync's receipt, before the commit watermark write and the applies
+    /// run: production sends the receipt at once instead of after a due `state/commit`
+    /// write (two fsyncs and a rename) and the applier. `early` must perform each output
+    /// as if it came from [`ReplicaExec::poll_output`]; the later ones are polled as usual.
+    /// Same decisions as `sync`; only when the world sees them differs.
+    pub fn sync_with(&mut self, now_ms: u64, mut early: impl FnMut(Output)) {
+        self.sync_inner(now_ms, Some(&mut early));
+    }
+
+    fn sync_inner(&mut self, now_ms: u64, early: Option<&mut dyn FnMut(Output)>) {
         if !self.sync_needed() {
             return;
         }
@@ -375,6 +389,11 @@ impl<S: Storage> ReplicaExec<S> {
                 tracing::trace!(target: STAGE_TARGET, stage = "replica_fsync", lsn);
                 self.outputs.push_back(Output::Durable(lsn));
                 self.feed(Event::Durable { lsn }, now_ms);
+                if let Some(early) = early {
+                    for o in self.outputs.drain(..) {
+                        early(o);
+                    }
+                }
                 self.settle(now_ms);
             }
             Err(e) => {
@@ -561,6 +580,7 @@ impl<S: Storage> ReplicaExec<S> {
                                 "the WAL's last position after append must be the core's"
                             );
                             self.unsynced_bytes += batch.bytes.len();
+                            tracing::trace!(target: STAGE_TARGET, stage = "replica_written", lsn = pos.lsn);
                             tracing::trace!(
                                 first_lsn = batch.first_lsn,
                                 count = batch.count,

@@ -229,6 +229,62 @@ fn apply_waits_for_the_sync_and_the_persisted_commit_watermark() {
 }
 
 #[test]
+fn sync_with_hands_over_the_receipt_before_the_commit_watermark_write_and_the_applies() {
+    let sim = SimStorage::new(3);
+    let applier = Recorder::default();
+    let log = log(4);
+    let mut exec = streaming(&sim, applier.clone(), log[3].1);
+    // Records 1..=4, the primary committed 2: the sync makes 4 durable, then `state/commit`
+    // (2) is due at once and records 1..=2 are applied.
+    exec.on_frame(1, batch(&log, 1, 4, 2), 1_001);
+    drain(&mut exec);
+    let mut early = Vec::new();
+    let mut seen_at_receipt = None;
+    exec.sync_with(1_001, |o| {
+        if matches!(
+            o,
+            Output::Send {
+                msg: Message::Receipt { .. },
+                ..
+            }
+        ) {
+            seen_at_receipt = Some(applier.lsns());
+        }
+        early.push(o);
+    });
+    assert!(
+        early.iter().any(|o| matches!(
+            o,
+            Output::Send {
+                msg: Message::Receipt { durable_lsn: 4 },
+                ..
+            }
+        )),
+        "the receipt of the sync is handed over early: {early:?}"
+    );
+    assert!(
+        !early
+            .iter()
+            .any(|o| matches!(o, Output::CommitPersisted(_))),
+        "the watermark write comes after: {early:?}"
+    );
+    assert_eq!(
+        seen_at_receipt,
+        Some(Vec::<Lsn>::new()),
+        "nothing applied when the receipt left"
+    );
+    let later = drain(&mut exec);
+    assert!(
+        later
+            .iter()
+            .any(|o| matches!(o, Output::CommitPersisted(2))),
+        "{later:?}"
+    );
+    assert_eq!(applier.lsns(), vec![1, 2], "same decisions as sync");
+    assert_eq!(exec.persisted_commit(), 2);
+}
+
+#[test]
 fn commit_watermark_is_persisted_only_up_to_the_durable_lsn() {
     let sim = SimStorage::new(4);
     let log = log(5);
