@@ -295,6 +295,16 @@ pub fn scenarios() -> Vec<Scenario> {
             "fm_f_3_a_node_holding_unacknowledged_records_the_winner_lacks_halts_divergence",
             || verdict(fm_f_3())
         ),
+        sc!(
+            "FM-F.4",
+            "fm_f_4_member_that_lost_acknowledged_records_neither_votes_nor_leads_until_it_refetched_them",
+            || verdict(crate::failover::scenarios::fm_f_4(0))
+        ),
+        sc!(
+            "FM-F.5",
+            "fm_f_5_a_new_cluster_forms_only_with_every_member_up_and_empty",
+            || verdict(fm_f_5())
+        ),
     ]
 }
 

@@ -222,3 +222,8 @@ fn fm_f_2_static_k_elects_with_n_minus_k_votes_without_contacting_all() {
 fn fm_f_3_a_node_holding_unacknowledged_records_the_winner_lacks_halts_divergence() {
     require("FM-F.3");
 }
+
+#[test]
+fn fm_f_5_a_new_cluster_forms_only_with_every_member_up_and_empty() {
+    require("FM-F.5");
+}

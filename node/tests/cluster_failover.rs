@@ -306,7 +306,7 @@ async fn switchover_hands_over_to_the_named_member_without_losing_an_append() {
 /// another member's, and a new cluster forms only with every member up
 /// (spec/election.md §2.10: two of three empty members elect no one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn identity_is_kept_other_clusters_refused_and_a_new_cluster_needs_every_member() {
+async fn fm_f_5_identity_is_kept_other_clusters_refused_and_a_new_cluster_needs_every_member() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let c = Cluster::new(tmp.path(), 3);
     let mut nodes = vec![

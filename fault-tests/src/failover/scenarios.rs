@@ -448,3 +448,145 @@ fn drive(cell: &mut Cell, seed: u64) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// FM-F.4 (spec/failure-matrix.md): a member whose disk lied about fsync lost
+/// synced records it had acknowledged in receipts (below its persisted
+/// acknowledged mark, at its persisted commit watermark, so the commit
+/// watermark alone does not notice). Restarted, it neither votes nor leads
+/// until it re-fetched past the mark: the other survivor, which lacks the
+/// acknowledged records too, cannot be elected with its vote, and nothing
+/// acknowledged is lost. Planting `required_lsn` = the commit watermark
+/// alone (the rule before the mark) makes the two of them elect a primary
+/// without the acknowledged records. Returns what happened, or what broke.
+pub fn fm_f_4(seed: u64) -> Result<String, String> {
+    let mut c = Cluster::new(FoConfig::new(3, -1), seed)
+        .map_err(|e| format!("seed {seed}: cluster: {e}"))?;
+    if !(c.run_until_cond(5_000, |c| c.primary().is_some())) {
+        return Err(format!("seed {seed}: a first primary"));
+    }
+    let p = c
+        .primary()
+        .ok_or_else(|| format!("seed {seed}: no primary"))?;
+    let others: Vec<usize> = (0..3).filter(|&n| n != p).collect();
+    let (r, o) = (others[0], others[1]);
+    // o falls behind: every record is committed on p and r alone.
+    c.isolate(o);
+    c.set_client(true);
+    let t = c.now();
+    c.run_until(t + 500);
+    // Wait for a moment where r's persisted mark is above its persisted commit
+    // watermark with an acknowledged record in between (the window a lying disk can
+    // hit: receipts are sent before the watermark that counts them comes back).
+    let t = c.now();
+    let window = c.run_until_cond(t + 20_000, |c| {
+        let (acked, commit) = c.persisted_marks(r);
+        acked > commit && c.ghost.acked.range(commit + 1..=acked).next().is_some()
+    });
+    if !(window) {
+        return Err(format!(
+            "seed {seed}: r's mark never got ahead of its commit watermark"
+        ));
+    }
+    let (acked, commit) = c.persisted_marks(r);
+    c.crash(p);
+    c.crash(r);
+    c.set_client(false);
+    c.lose_synced_suffix(r, commit)
+        .map_err(|e| format!("seed {seed}: lying disk: {e}"))?;
+    c.heal_all();
+    let vote_of_r = |c: &Cluster| {
+        walship_node::election::VoteFile::new(
+            c.nodes[r].storage.clone(),
+            &crate::world::state_dir(),
+        )
+        .load()
+        .map_err(|e| format!("r's vote file: {e}"))
+    };
+    let vote_before = vote_of_r(&c)?;
+    c.restart(r);
+    let r_name = c.nodes[r].name.clone();
+    if c.nodes[r].required_lsn != acked {
+        return Err(format!(
+            "{}: {:?} vs {:?}",
+            format!("seed {seed}: required = the mark"),
+            c.nodes[r].required_lsn,
+            acked
+        ));
+    }
+    // Only r and o run, and neither may lead: r is ineligible and o alone is no majority.
+    let t = c.now();
+    let led = c.run_until_cond(t + 5_000, |c| c.primary().is_some());
+    if !(!led) {
+        return Err(format!("seed {seed}: a primary was elected while {r_name} lacked lsn {}..={acked} it acknowledged (leader: n{})\n{}", commit + 1, c.primary().map_or(0, |n| n + 1), c.trace.render_tail()));
+    }
+    // It voted for nobody in any later epoch (it may only have learned of them).
+    let vote_after = vote_of_r(&c)?;
+    if !(vote_after == vote_before || vote_after.voted_for.is_none()) {
+        return Err(format!(
+            "seed {seed}: r voted while ineligible: {vote_before:?} -> {vote_after:?}"
+        ));
+    }
+    let now = c.now();
+    let core = c.nodes[r]
+        .core
+        .as_ref()
+        .ok_or_else(|| format!("seed {seed}: r does not run"))?;
+    if !(!core.status(now).eligible) {
+        return Err(format!("seed {seed}: r stays ineligible"));
+    }
+    if core.role() == Role::Primary {
+        return Err(format!(
+            "{}: {:?} vs {:?}",
+            format!("seed {seed}"),
+            core.role(),
+            Role::Primary
+        ));
+    }
+    if !(c.ghost.violations.is_empty()) {
+        return Err(format!(
+            "seed {seed}: {}\n{}",
+            c.ghost.violations[0],
+            c.trace.render_tail()
+        ));
+    }
+    // The old primary comes back: it is elected, r re-fetches past its mark and only
+    // then becomes eligible again.
+    c.restart(p);
+    if !(c.run_until_converged(20_000)) {
+        return Err(format!(
+            "seed {seed}: converged after p's restart\n{}",
+            c.trace.render_tail()
+        ));
+    }
+    let t = c.now();
+    let eligible = c.run_until_cond(t + 5_000, |c| {
+        let now = c.now();
+        c.nodes[r]
+            .core
+            .as_ref()
+            .is_some_and(|k| k.status(now).eligible)
+    });
+    if !(eligible) {
+        return Err(format!("seed {seed}: r eligible once it re-fetched"));
+    }
+    let durable = c.nodes[r]
+        .replica()
+        .and_then(|x| x.up.exec.wal().map(|w| w.durable_lsn()))
+        .unwrap_or(0);
+    if !(durable >= acked) {
+        return Err(format!(
+            "seed {seed}: r holds its mark again ({durable} >= {acked})"
+        ));
+    }
+    if !(c.ghost.violations.is_empty()) {
+        return Err(format!(
+            "seed {seed}: {}\n{}",
+            c.ghost.violations[0],
+            c.trace.render_tail()
+        ));
+    }
+    Ok(format!(
+        "seed {seed}: n{} restarted below its mark {acked} (commit {commit}): no primary without it; eligible again at durable {durable}",
+        r + 1
+    ))
+}

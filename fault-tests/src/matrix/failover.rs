@@ -81,3 +81,45 @@ pub(super) fn fm_f_3() -> R {
     })?;
     Ok(seen.join("; "))
 }
+
+/// FM-F.5: a new cluster forms only when every member is up and empty
+/// (spec/election.md §2.10): with one of 3, 5 or 7 members down from the
+/// start nobody leads, however long it waits; once it is up, one primary
+/// is elected and every member follows it.
+pub(super) fn fm_f_5() -> R {
+    use crate::failover::{Cluster, FoConfig};
+    let mut seen = Vec::new();
+    for n in [3, 5, 7] {
+        let mut c = Cluster::new(FoConfig::new(n, -1), 0)?;
+        let missing = n - 1;
+        c.crash(missing);
+        let formed = c.run_until_cond(20 * c.cfg.election_timeout_ms, |c| c.primary().is_some());
+        ensure(!formed, || {
+            format!(
+                "{n} nodes: n{} leads a cluster n{n} never joined",
+                c.primary().map_or(0, |p| p + 1)
+            )
+        })?;
+        let waited = c.now();
+        c.restart(missing);
+        let t = c.now();
+        let formed = c.run_until_cond(t + 20 * c.cfg.election_timeout_ms, |c| {
+            c.primary().is_some()
+        });
+        ensure(formed, || {
+            format!("{n} nodes: no primary once every member is up")
+        })?;
+        ensure(c.run_until_converged(10_000), || {
+            format!("{n} nodes: members did not converge on the new cluster")
+        })?;
+        ensure(c.ghost.violations.is_empty(), || {
+            format!("{n} nodes: {}", c.ghost.violations[0])
+        })?;
+        seen.push(format!(
+            "{n} nodes: none led for {waited} ms with n{n} down; n{} elected {} ms after it came up",
+            c.primary().map_or(0, |p| p + 1),
+            c.now() - t
+        ));
+    }
+    Ok(seen.join("; "))
+}

@@ -30,7 +30,7 @@ fn start(epoch: u64, voted_for: Option<&str>, head: LogPosition) -> StartState {
 /// A member of a cluster that has formed: its log holds one record (of epoch
 /// 0, so epochs in the tests start at 1), and every peer's log in the tests
 /// is at least as long unless a test says otherwise. (An empty log campaigns
-/// only with every voter: [`bootstrap_needs_every_voter_and_an_empty_log_on_each`].)
+/// only with every voter: [`fm_f_5_bootstrap_needs_every_voter_and_an_empty_log_on_each`].)
 fn core(id: &str, n: usize, setting: i64) -> ElectionCore {
     ElectionCore::new(config(id, n, setting), start(0, None, FORMED), 0, 1).expect("valid config")
 }
@@ -1094,7 +1094,7 @@ fn switchover_target_campaigns_at_once_only_when_its_own_primary_asks() {
 /// forms only when every listed member is up and empty, and an emptied node
 /// cannot lead a cluster that holds data.
 #[test]
-fn bootstrap_needs_every_voter_and_an_empty_log_on_each() {
+fn fm_f_5_bootstrap_needs_every_voter_and_an_empty_log_on_each() {
     let fresh = |id: &str| {
         ElectionCore::new(config(id, 3, -1), StartState::fresh(), 0, 1).expect("valid config")
     };
