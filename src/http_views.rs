@@ -48,6 +48,8 @@ pub struct PrimaryView {
     pub http: Option<String>,
     /// `wal.max_record_bytes`.
     pub max_record_bytes: u32,
+    /// Its metrics (the role observes into them).
+    pub metrics: Arc<walship_node::metrics::NodeMetrics>,
 }
 
 impl NodeView for PrimaryView {
@@ -57,6 +59,10 @@ impl NodeView for PrimaryView {
 
     fn max_record_bytes(&self) -> u32 {
         self.max_record_bytes
+    }
+
+    fn metrics(&self) -> Option<&walship_node::metrics::NodeMetrics> {
+        Some(&self.metrics)
     }
 
     fn append(&self, payload: Vec<u8>) -> AppendFuture {
@@ -99,6 +105,8 @@ pub struct ReplicaView {
     pub primary_http: Option<String>,
     /// `wal.max_record_bytes`.
     pub max_record_bytes: u32,
+    /// Its metrics (the role observes into them).
+    pub metrics: Arc<walship_node::metrics::NodeMetrics>,
 }
 
 impl NodeView for ReplicaView {
@@ -112,6 +120,10 @@ impl NodeView for ReplicaView {
 
     fn max_record_bytes(&self) -> u32 {
         self.max_record_bytes
+    }
+
+    fn metrics(&self) -> Option<&walship_node::metrics::NodeMetrics> {
+        Some(&self.metrics)
     }
 
     fn append(&self, _payload: Vec<u8>) -> AppendFuture {

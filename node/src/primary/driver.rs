@@ -107,6 +107,8 @@ pub(crate) struct Shared {
     pub(crate) started: Instant,
     /// `DIR/snapshots`.
     pub(crate) snapshots: SnapshotStore<NodeStorage>,
+    /// The node's fsync/commit histograms and snapshot counter, if it has any.
+    pub(crate) metrics: Option<crate::metrics::RoleMetrics>,
     /// Set once, when a fatal failure of this node's own storage stopped it (never cleared).
     pub(crate) stopped: watch::Sender<Option<PrimaryStop>>,
     /// Armed snapshot faults per replica (demo/test use only).
@@ -256,7 +258,12 @@ pub(crate) fn run_exec(shared: Arc<Shared>, rx: mpsc::Receiver<Input>) {
             ex.append(std::mem::take(&mut appends), now);
         }
         if ex.sync_needed() {
+            // One histogram observe per group sync (an atomic add), never per record.
+            let syncing = Instant::now();
             ex.sync(now);
+            if let Some(m) = &shared.metrics {
+                m.fsync_seconds.observe(syncing.elapsed().as_secs_f64());
+            }
         }
         ex.on_timer(shared.now_ms());
         if done {
@@ -287,6 +294,9 @@ fn deliver(
         }
         Output::SendSnapshot { conn, boundary } => {
             if let Some((_, tx)) = conns.get(&conn) {
+                if let Some(m) = &shared.metrics {
+                    m.snapshots_sent.inc();
+                }
                 let _ = tx.send(Outgoing::Snapshot(boundary));
             }
         }

@@ -185,6 +185,8 @@ struct Glue {
     tx: mpsc::Sender<Input>,
     sessions: HashMap<ConnId, Session>,
     next_conn: ConnId,
+    /// The node's fsync histogram and snapshot counter, if it has any.
+    metrics: Option<crate::metrics::RoleMetrics>,
 }
 
 impl Glue {
@@ -231,8 +233,16 @@ impl Glue {
             | Output::Durable(_)
             | Output::CommitPersisted(_)
             | Output::Applied { .. }
+            Output::SnapshotInstalled(_) => {
+                if let Some(m) = &self.metrics {
+                    m.snapshots_installed.inc();
+                }
+            }
+            Output::SessionEnded { .. }
+            | Output::Durable(_)
+            | Output::CommitPersisted(_)
+            | Output::Applied { .. }
             | Output::Restored(_)
-            | Output::SnapshotInstalled(_)
             | Output::Halted(_) => {}
         }
     }
@@ -314,6 +324,7 @@ fn run<S: Storage>(
         tx,
         sessions: HashMap::new(),
         next_conn: 1,
+        metrics: config.metrics.clone(),
     };
     let mut node_stop: Option<ReplicaError> = None;
     let result = loop {
@@ -370,7 +381,12 @@ fn run<S: Storage>(
             }
         }
         if exec.sync_needed() {
+            // One histogram observe per group sync (an atomic add), never per record.
+            let syncing = std::time::Instant::now();
             exec.sync(now_unix_ms());
+            if let Some(m) = &config.metrics {
+                m.fsync_seconds.observe(syncing.elapsed().as_secs_f64());
+            }
         }
         exec.on_timer(now_unix_ms());
     };
