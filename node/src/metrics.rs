@@ -34,6 +34,9 @@ use prometheus::{
 
 use crate::http::{NodeRole, NodeStatus};
 
+/// The label values of a family without labels.
+const NO_LABELS: &[&str] = &[];
+
 /// Upper bounds (seconds) of the latency histograms: 100 µs to 10 s.
 pub const LATENCY_BUCKETS_SECONDS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -338,20 +341,20 @@ impl NodeMetrics {
                 .with_label_values(&[r.as_str()])
                 .set(i64::from(r == s.role));
         }
-        g.epoch.with_label_values(&[]).set(int(s.epoch));
+        g.epoch.with_label_values(NO_LABELS).set(int(s.epoch));
         if let Some(d) = s.durable_lsn {
-            g.durable_lsn.with_label_values(&[]).set(int(d));
+            g.durable_lsn.with_label_values(NO_LABELS).set(int(d));
         }
-        g.commit_lsn.with_label_values(&[]).set(int(s.commit_lsn));
+        g.commit_lsn.with_label_values(NO_LABELS).set(int(s.commit_lsn));
         g.halted
-            .with_label_values(&[])
+            .with_label_values(NO_LABELS)
             .set(i64::from(s.role == NodeRole::Halted));
-        g.paused.with_label_values(&[]).set(i64::from(s.paused));
+        g.paused.with_label_values(NO_LABELS).set(i64::from(s.paused));
         if let Some(c) = s.connected {
-            g.follower_connected.with_label_values(&[]).set(i64::from(c));
+            g.follower_connected.with_label_values(NO_LABELS).set(i64::from(c));
         }
         if let Some(l) = s.lag_records {
-            g.follower_lag_records.with_label_values(&[]).set(int(l));
+            g.follower_lag_records.with_label_values(NO_LABELS).set(int(l));
         }
         for m in s.members.iter().flatten() {
             let id = [m.node_id.as_str()];

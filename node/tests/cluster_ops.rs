@@ -86,11 +86,19 @@ impl Cluster {
             idle_timeout_ms: 2_000,
             ..TransportOptions::default()
         };
-        Arc::new(
-            Node::open(c, Counter::default())
-                .await
-                .expect("open node"),
-        )
+        // A node just shut down may still hold its UDP port for a moment (its role task
+        // drops the endpoint last): retry the bind, bounded.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match Node::open(c.clone(), Counter::default()).await {
+                Ok(n) => return Arc::new(n),
+                Err(walship_node::NodeError::Endpoint(e)) if Instant::now() < deadline => {
+                    eprintln!("{id}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("open {id}: {e}"),
+            }
+        }
     }
 
     async fn open_all(&self) -> Vec<Arc<Node>> {

@@ -158,8 +158,8 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
             node_id: config.node_id.clone(),
             state: state.clone(),
             voted_for: core.voted_for().cloned(),
-            election_blocked_on: None,
-            blocker: None,
+            election_blocked_on: core.status(now_ms()).blocked_on(),
+            blocker: super::maintenance::blocker(&core.status(now_ms())),
             paused,
             primary: None,
             replica: None,
@@ -269,6 +269,8 @@ impl Driver {
                 },
                 Some(Input::SetPaused { paused, reply }) => {
                     let r = self.set_paused(now, paused).await;
+                    // `/status` says so once the command answered.
+                    self.publish();
                     let _ = reply.send(r);
                 }
                 Some(Input::RoleFailed { reason }) => {

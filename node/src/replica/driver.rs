@@ -229,10 +229,6 @@ impl Glue {
                     *stop = Some(e);
                 }
             }
-            Output::SessionEnded { .. }
-            | Output::Durable(_)
-            | Output::CommitPersisted(_)
-            | Output::Applied { .. }
             Output::SnapshotInstalled(_) => {
                 if let Some(m) = &self.metrics {
                     m.snapshots_installed.inc();
