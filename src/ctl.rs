@@ -276,7 +276,7 @@ pub fn footer(rows: &[MemberRow]) -> Vec<String> {
             .filter(|r| r.paused != Some(true))
             .map(|r| name(r))
             .collect();
-        if not.is_empty() {
+        if !not.is_empty() {
             out.push(format!(
                 "maintenance mode on {} only: NOT paused or unreachable: {} (a partly paused cluster may still fail over; `walship ctl pause` again)",
                 paused.join(", "),
@@ -588,6 +588,9 @@ mod tests {
             f[1],
             "election blocked on n1: need 2 of 3 votes for epoch 6, have 1: waiting for n3 (bring back n3)"
         );
-        assert!(f[2].starts_with("maintenance mode on n1, n2 only: NOT paused or unreachable: n3"));
+        assert!(
+            f[2].starts_with("maintenance mode on n1, n2 only: NOT paused or unreachable: n3"),
+            "{f:?}"
+        );
     }
 }

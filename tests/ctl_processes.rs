@@ -159,7 +159,9 @@ fn ctl_lists_members_pause_holds_off_failover_and_resume_and_switchover_act() {
 
     // A cluster view: every member running, one primary, lag from the primary's view.
     let rows = wait_rows(&cfg, "a primary and three running members", |r| {
-        primary_of(r).is_some() && r.iter().all(|x| x["state"] == "running")
+        primary_of(r).is_some()
+            && r.iter()
+                .all(|x| x["state"] == "running" && x["lag_records"].is_u64())
     });
     assert_eq!(rows.len(), 3);
     let p = primary_of(&rows).expect("primary");
