@@ -52,10 +52,7 @@ pub fn targets(config: Option<&Path>, members: &[String]) -> Result<Vec<Target>,
         (None, false) => members
             .iter()
             .map(|m| {
-                let hostport = m
-                    .trim()
-                    .trim_start_matches("http://")
-                    .trim_end_matches('/');
+                let hostport = m.trim().trim_start_matches("http://").trim_end_matches('/');
                 let addr = hostport
                     .to_socket_addrs()
                     .map_err(|e| format!("--members {m}: {e}"))?
@@ -132,7 +129,10 @@ pub fn statuses(targets: &[Target], timeout: Duration) -> Vec<Result<Value, Stri
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("status thread panicked".into())))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("status thread panicked".into()))
+            })
             .collect()
     })
 }
@@ -274,7 +274,7 @@ pub fn footer(rows: &[MemberRow]) -> Vec<String> {
         let not: Vec<String> = rows
             .iter()
             .filter(|r| r.paused != Some(true))
-            .map(|r| name(r))
+            .map(name)
             .collect();
         if !not.is_empty() {
             out.push(format!(
@@ -367,7 +367,10 @@ pub fn list(
             if watch.is_some() {
                 // Clear the screen and go home, then redraw.
                 print!("\x1b[2J\x1b[H");
-                println!("walship ctl list (every {:?}; Ctrl-C ends)", watch.unwrap_or_default());
+                println!(
+                    "walship ctl list (every {:?}; Ctrl-C ends)",
+                    watch.unwrap_or_default()
+                );
             }
             print!("{}", render_table(&rows));
         }
@@ -487,12 +490,11 @@ pub fn set_paused(targets: &[Target], paused: bool) -> Result<(), String> {
     });
     let mut missed = Vec::new();
     for (t, o) in targets.iter().zip(&outcomes) {
-        let name = t
-            .id
-            .clone()
-            .or_else(|| o.as_ref().ok().and_then(|v| str_of(v, "node_id")))
-            .or_else(|| t.http_addr.map(|a| a.to_string()))
-            .unwrap_or_else(|| "?".into());
+        let name =
+            t.id.clone()
+                .or_else(|| o.as_ref().ok().and_then(|v| str_of(v, "node_id")))
+                .or_else(|| t.http_addr.map(|a| a.to_string()))
+                .unwrap_or_else(|| "?".into());
         match o {
             Ok(v) => println!(
                 "{name}: {}{}",
@@ -549,12 +551,16 @@ mod tests {
     fn rows_take_lag_from_the_primary_and_show_the_unreachable() {
         let ts = [target("n1", 1), target("n2", 2), target("n3", 3)];
         let answers = vec![
-            Ok(json!({"node_id": "n1", "role": "primary", "epoch": 4, "durable_lsn": 20,
+            Ok(
+                json!({"node_id": "n1", "role": "primary", "epoch": 4, "durable_lsn": 20,
                 "commit_lsn": 19, "paused": false, "blocked_on": null,
-                "members": [{"node_id": "n2", "lag_records": 3, "lag_bytes": 96, "lag_ms": 7}]})),
-            Ok(json!({"node_id": "n2", "role": "halted", "epoch": 4, "durable_lsn": 17,
+                "members": [{"node_id": "n2", "lag_records": 3, "lag_bytes": 96, "lag_ms": 7}]}),
+            ),
+            Ok(
+                json!({"node_id": "n2", "role": "halted", "epoch": 4, "durable_lsn": 17,
                 "commit_lsn": 17, "lag_records": 1, "paused": false,
-                "halt": {"reason": "checksum"}})),
+                "halt": {"reason": "checksum"}}),
+            ),
             Err("connect: refused".into()),
         ];
         let rows = rows(&ts, &answers);
@@ -568,7 +574,10 @@ mod tests {
         assert_eq!(rows[2].state, "unreachable");
         assert_eq!(rows[2].member.as_deref(), Some("n3"));
         let table = render_table(&rows);
-        assert!(table.contains("n3: unreachable: connect: refused"), "{table}");
+        assert!(
+            table.contains("n3: unreachable: connect: refused"),
+            "{table}"
+        );
         assert!(footer(&rows).is_empty(), "{:?}", footer(&rows));
     }
 
@@ -576,9 +585,11 @@ mod tests {
     fn footer_names_the_blocker_and_a_partial_pause() {
         let ts = [target("n1", 1), target("n2", 2), target("n3", 3)];
         let answers = vec![
-            Ok(json!({"node_id": "n1", "role": "candidate", "epoch": 5, "paused": true,
+            Ok(
+                json!({"node_id": "n1", "role": "candidate", "epoch": 5, "paused": true,
                 "blocked_on": {"kind": "campaign", "message": "need 2 of 3 votes for epoch 6, have 1: waiting for n3",
-                "hint": "bring back n3"}})),
+                "hint": "bring back n3"}}),
+            ),
             Ok(json!({"node_id": "n2", "role": "follower", "epoch": 5, "paused": true})),
             Err("down".into()),
         ];

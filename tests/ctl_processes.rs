@@ -167,9 +167,21 @@ fn ctl_lists_members_pause_holds_off_failover_and_resume_and_switchover_act() {
     let p = primary_of(&rows).expect("primary");
     for r in &rows {
         for key in [
-            "member", "peer_addr", "http_addr", "role", "state", "epoch", "durable_lsn",
-            "commit_lsn", "lag_records", "lag_bytes", "lag_ms", "paused", "halt_reason",
-            "blocked_on", "error",
+            "member",
+            "peer_addr",
+            "http_addr",
+            "role",
+            "state",
+            "epoch",
+            "durable_lsn",
+            "commit_lsn",
+            "lag_records",
+            "lag_bytes",
+            "lag_ms",
+            "paused",
+            "halt_reason",
+            "blocked_on",
+            "error",
         ] {
             assert!(r.get(key).is_some(), "{key} missing in {r}");
         }
@@ -193,7 +205,9 @@ fn ctl_lists_members_pause_holds_off_failover_and_resume_and_switchover_act() {
         text(&o)
     );
     ms.0[f].spawn(&logs);
-    wait_rows(&cfg, "the follower back", |r| r.iter().all(|x| x["state"] == "running"));
+    wait_rows(&cfg, "the follower back", |r| {
+        r.iter().all(|x| x["state"] == "running")
+    });
 
     // Maintenance mode on every member: the table says so.
     let o = ctl(&cfg, &["pause"]);
@@ -214,7 +228,11 @@ fn ctl_lists_members_pause_holds_off_failover_and_resume_and_switchover_act() {
     });
     std::thread::sleep(Duration::from_millis(10 * ELECTION_TIMEOUT_MS));
     let rows = list(&cfg);
-    assert_eq!(primary_of(&rows), None, "a paused cluster failed over: {rows:#?}");
+    assert_eq!(
+        primary_of(&rows),
+        None,
+        "a paused cluster failed over: {rows:#?}"
+    );
     for (i, r) in rows.iter().enumerate() {
         if i != pi {
             assert_eq!(r["paused"], true, "{r}");
@@ -223,7 +241,10 @@ fn ctl_lists_members_pause_holds_off_failover_and_resume_and_switchover_act() {
     }
     let o = ctl(&cfg, &["list"]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(out.contains("no primary among the 2 reachable of 3 members"), "{out}");
+    assert!(
+        out.contains("no primary among the 2 reachable of 3 members"),
+        "{out}"
+    );
 
     // Resume: the member that is down is named and the exit is non-zero; the two others
     // elect a primary.
@@ -247,7 +268,10 @@ fn ctl_lists_members_pause_holds_off_failover_and_resume_and_switchover_act() {
     });
     let o = ctl(&cfg, &["list"]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(out.contains(&format!("maintenance mode on {p} only")), "{out}");
+    assert!(
+        out.contains(&format!("maintenance mode on {p} only")),
+        "{out}"
+    );
     let o = ctl(&cfg, &["resume"]);
     assert!(o.status.success(), "{}", text(&o));
 

@@ -973,7 +973,9 @@ mod tests {
     #[tokio::test]
     async fn metrics_follow_the_text_exposition_format() {
         let view = fake(primary_status(), None);
-        let req = Request::get("/metrics").body(Body::empty()).expect("request");
+        let req = Request::get("/metrics")
+            .body(Body::empty())
+            .expect("request");
         let (code, body) = call(view, req).await;
         assert_eq!(code, StatusCode::OK);
         let text = body.as_str().expect("text").to_owned();
@@ -995,9 +997,15 @@ mod tests {
                 .iter()
                 .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
                 .unwrap_or(name);
-            assert!(typed.contains(family), "{name} sampled before its TYPE line");
+            assert!(
+                typed.contains(family),
+                "{name} sampled before its TYPE line"
+            );
         }
-        assert!(text.contains("walship_role{role=\"primary\"} 1\n"), "{text}");
+        assert!(
+            text.contains("walship_role{role=\"primary\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("walship_epoch 3\n"));
         assert!(text.contains("walship_member_lag_records{member=\"n2\"} 2\n"));
         assert!(!text.contains("walship_follower_"), "{text}");

@@ -345,16 +345,24 @@ impl NodeMetrics {
         if let Some(d) = s.durable_lsn {
             g.durable_lsn.with_label_values(NO_LABELS).set(int(d));
         }
-        g.commit_lsn.with_label_values(NO_LABELS).set(int(s.commit_lsn));
+        g.commit_lsn
+            .with_label_values(NO_LABELS)
+            .set(int(s.commit_lsn));
         g.halted
             .with_label_values(NO_LABELS)
             .set(i64::from(s.role == NodeRole::Halted));
-        g.paused.with_label_values(NO_LABELS).set(i64::from(s.paused));
+        g.paused
+            .with_label_values(NO_LABELS)
+            .set(i64::from(s.paused));
         if let Some(c) = s.connected {
-            g.follower_connected.with_label_values(NO_LABELS).set(i64::from(c));
+            g.follower_connected
+                .with_label_values(NO_LABELS)
+                .set(i64::from(c));
         }
         if let Some(l) = s.lag_records {
-            g.follower_lag_records.with_label_values(NO_LABELS).set(int(l));
+            g.follower_lag_records
+                .with_label_values(NO_LABELS)
+                .set(int(l));
         }
         for m in s.members.iter().flatten() {
             let id = [m.node_id.as_str()];
@@ -367,7 +375,9 @@ impl NodeMetrics {
             g.member_lag_records
                 .with_label_values(&id)
                 .set(int(m.lag_records));
-            g.member_lag_bytes.with_label_values(&id).set(int(m.lag_bytes));
+            g.member_lag_bytes
+                .with_label_values(&id)
+                .set(int(m.lag_bytes));
             if let Some(ms) = m.lag_ms {
                 g.member_last_receipt_age_ms
                     .with_label_values(&id)

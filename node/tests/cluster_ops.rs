@@ -171,7 +171,10 @@ async fn pause_is_persisted_across_a_restart_and_resume_lets_the_cluster_elect()
         let (code, body) = call(n, "POST", "/pause", b"").await;
         assert_eq!(code, StatusCode::OK, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-        assert_eq!((v["paused"].as_bool(), v["changed"].as_bool()), (Some(true), Some(true)));
+        assert_eq!(
+            (v["paused"].as_bool(), v["changed"].as_bool()),
+            (Some(true), Some(true))
+        );
         assert_eq!(status(n).await["paused"], true);
         assert!(tmp.path().join(n.node_id()).join("state/paused").exists());
     }
@@ -198,7 +201,11 @@ async fn pause_is_persisted_across_a_restart_and_resume_lets_the_cluster_elect()
     tokio::time::sleep(Duration::from_millis(6 * ELECTION_TIMEOUT_MS)).await;
     for n in &nodes {
         let (_, text) = call(n, "GET", "/metrics", b"").await;
-        assert_eq!(sample(&text, "walship_pre_votes_started_total"), Some(0.0), "{text}");
+        assert_eq!(
+            sample(&text, "walship_pre_votes_started_total"),
+            Some(0.0),
+            "{text}"
+        );
         assert_eq!(sample(&text, "walship_paused"), Some(1.0));
         assert_ne!(n.status().state.role, Role::Primary);
     }
@@ -210,7 +217,11 @@ async fn pause_is_persisted_across_a_restart_and_resume_lets_the_cluster_elect()
     }
     let p = wait_primary(&nodes).await;
     let (_, text) = call(&nodes[p], "GET", "/metrics", b"").await;
-    assert_eq!(sample(&text, "walship_elections_won_total"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "walship_elections_won_total"),
+        Some(1.0),
+        "{text}"
+    );
     assert!(sample(&text, "walship_elections_started_total").is_some_and(|v| v >= 1.0));
     assert_eq!(sample(&text, "walship_role{role=\"primary\"}"), Some(1.0));
     shutdown(nodes).await;
@@ -231,12 +242,14 @@ async fn metrics_histograms_count_appends_and_syncs_on_primary_and_follower() {
     for i in 0..10 {
         let deadline = Instant::now() + WAIT;
         loop {
-            let (code, body) =
-                call(&nodes[p], "POST", "/append", format!("r{i}").as_bytes()).await;
+            let (code, body) = call(&nodes[p], "POST", "/append", format!("r{i}").as_bytes()).await;
             if code == StatusCode::OK {
                 break;
             }
-            assert!(Instant::now() < deadline, "append kept failing: {code} {body}");
+            assert!(
+                Instant::now() < deadline,
+                "append kept failing: {code} {body}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -265,7 +278,10 @@ async fn metrics_histograms_count_appends_and_syncs_on_primary_and_follower() {
             assert!(text.contains("walship_follower_lag_records"), "{text}");
             break;
         }
-        assert!(Instant::now() < deadline, "the follower never synced:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "the follower never synced:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     shutdown(nodes).await;
@@ -298,10 +314,17 @@ async fn status_names_the_votes_missing_when_the_majority_is_gone() {
         {
             break s["blocked_on"].clone();
         }
-        assert!(Instant::now() < deadline, "never blocked on a campaign: {s}");
+        assert!(
+            Instant::now() < deadline,
+            "never blocked on a campaign: {s}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!((b["need"].as_u64(), b["have"].as_u64(), b["voters"].as_u64()), (Some(2), Some(1), Some(3)), "{b}");
+    assert_eq!(
+        (b["need"].as_u64(), b["have"].as_u64(), b["voters"].as_u64()),
+        (Some(2), Some(1), Some(3)),
+        "{b}"
+    );
     let waiting: Vec<String> = b["waiting_for"]
         .as_array()
         .expect("waiting_for")

@@ -64,9 +64,7 @@ fn now_ms() -> u64 {
 /// whether it holds everything it acknowledged (its log reaches its commit watermark).
 /// The start state, the commit watermark and the halt (a halted node never votes or
 /// leads: it starts halted, before it heard anyone).
-fn start_state(
-    config: &NodeConfig,
-) -> Result<(StartState, Lsn, Option<String>, bool), NodeError> {
+fn start_state(config: &NodeConfig) -> Result<(StartState, Lsn, Option<String>, bool), NodeError> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).map_err(|e| NodeError::Open(format!("{}: {e}", dir.display())))?;
     let node_dir = NodeDir::open(FsStorage, dir).map_err(|e| NodeError::Open(e.to_string()))?;
@@ -107,9 +105,10 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
     config.validate()?;
     let me = config.me()?.clone();
     let cfg = config.clone();
-    let (start, required_lsn, halted, paused) = tokio::task::spawn_blocking(move || start_state(&cfg))
-        .await
-        .map_err(|e| NodeError::Open(format!("start-state task: {e}")))??;
+    let (start, required_lsn, halted, paused) =
+        tokio::task::spawn_blocking(move || start_state(&cfg))
+            .await
+            .map_err(|e| NodeError::Open(format!("start-state task: {e}")))??;
     let material = config
         .tls
         .load()
@@ -320,10 +319,15 @@ impl Driver {
             });
         }
         let changed = self.core.status(now).paused != paused;
-        let state_dir = self.inner.config.data_dir.join(walship_wal::state::STATE_DIR);
-        let done =
-            tokio::task::spawn_blocking(move || super::maintenance::persist_paused(&state_dir, paused))
-                .await;
+        let state_dir = self
+            .inner
+            .config
+            .data_dir
+            .join(walship_wal::state::STATE_DIR);
+        let done = tokio::task::spawn_blocking(move || {
+            super::maintenance::persist_paused(&state_dir, paused)
+        })
+        .await;
         let failed = match done {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(format!("state/paused: {e}")),
@@ -335,11 +339,17 @@ impl Driver {
             return Err(NodeError::Stopped { reason });
         }
         if paused {
-            warn!(epoch = self.core.epoch(), "maintenance mode: no automatic election on this node until resumed");
+            warn!(
+                epoch = self.core.epoch(),
+                "maintenance mode: no automatic election on this node until resumed"
+            );
             let a = self.core.pause(now);
             self.perform(a).await;
         } else {
-            info!(epoch = self.core.epoch(), "maintenance mode off: automatic elections allowed again");
+            info!(
+                epoch = self.core.epoch(),
+                "maintenance mode off: automatic elections allowed again"
+            );
             self.core.resume(now);
         }
         Ok(changed)

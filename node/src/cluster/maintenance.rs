@@ -265,6 +265,9 @@ mod tests {
         persist_paused(dir.path(), false).expect("persist");
         assert!(!load_paused(dir.path()).expect("load"));
         std::fs::write(dir.path().join(PAUSED_FILE), b"garbage").expect("write");
-        assert!(load_paused(dir.path()).is_err(), "a damaged file is an error");
+        assert!(
+            load_paused(dir.path()).is_err(),
+            "a damaged file is an error"
+        );
     }
 }
