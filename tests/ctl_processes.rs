@@ -275,10 +275,13 @@ fn ctl_lists_members_pause_holds_off_failover_and_resume_and_switchover_act() {
     let o = ctl(&cfg, &["resume"]);
     assert!(o.status.success(), "{}", text(&o));
 
-    // Switchover back to the old primary once it caught up: the write pause is printed.
+    // Switchover back to the old primary once it caught up, in maintenance mode (a
+    // hand-over is an operator act, taken while paused): the write pause is printed.
     wait_rows(&cfg, "the old primary caught up", |r| {
         r[pi]["lag_records"] == 0 && r[pi]["role"] == "follower"
     });
+    let o = ctl(&cfg, &["pause"]);
+    assert!(o.status.success(), "{}", text(&o));
     let o = ctl(&cfg, &["switchover", "--to", &p, "--timeout-ms", "20000"]);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -287,4 +290,26 @@ fn ctl_lists_members_pause_holds_off_failover_and_resume_and_switchover_act() {
     wait_rows(&cfg, "the old primary leads again", |r| {
         primary_of(r).as_deref() == Some(p.as_str())
     });
+    let o = ctl(&cfg, &["resume"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // --watch redraws until stopped: two JSON arrays, one per line.
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_walship"))
+        .arg("ctl")
+        .arg("--config")
+        .arg(&cfg)
+        .args(["list", "--json", "--watch", "--interval-ms", "100"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn ctl list --watch");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        watch.stdout.take().expect("stdout"),
+    ));
+    for _ in 0..2 {
+        let line = lines.next().expect("a line").expect("read");
+        let rows: serde_json::Value = serde_json::from_str(&line).expect("JSON array per line");
+        assert_eq!(rows.as_array().map(Vec::len), Some(3), "{line}");
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
 }

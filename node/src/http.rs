@@ -125,9 +125,9 @@ pub struct MemberStatus {
     /// Milliseconds since the member's last receipt (`null` if none since the primary started).
     pub last_receipt_age_ms: Option<u64>,
     /// How long the member has been behind, in milliseconds: `0` while it holds everything
-    /// durable here (`lag_records == 0`), else the age of its last receipt (`null` before
-    /// its first). An estimate from receipts, not per-record timestamps.
-    pub lag_ms: Option<u64>,
+    /// durable here, else since the first record it lacks became durable on the primary
+    /// (`walship_primary::core::ReplicaProgress::lag_ms`).
+    pub lag_ms: u64,
 }
 
 impl MemberStatus {
@@ -140,11 +140,7 @@ impl MemberStatus {
             lag_records: r.lag_records,
             lag_bytes: r.lag_bytes,
             last_receipt_age_ms: r.last_receipt_age_ms,
-            lag_ms: if r.lag_records == 0 {
-                Some(0)
-            } else {
-                r.last_receipt_age_ms
-            },
+            lag_ms: r.lag_ms,
         }
     }
 }
@@ -789,7 +785,7 @@ mod tests {
                 lag_records: 2,
                 lag_bytes: 64,
                 last_receipt_age_ms: Some(5),
-                lag_ms: Some(5),
+                lag_ms: 5,
             }]),
             paused: false,
             blocked_on: None,

@@ -104,7 +104,7 @@ struct StateGauges {
     member_durable_lsn: IntGaugeVec,
     member_lag_records: IntGaugeVec,
     member_lag_bytes: IntGaugeVec,
-    member_last_receipt_age_ms: IntGaugeVec,
+    member_lag_ms: IntGaugeVec,
 }
 
 impl StateGauges {
@@ -122,7 +122,7 @@ impl StateGauges {
             &self.member_durable_lsn,
             &self.member_lag_records,
             &self.member_lag_bytes,
-            &self.member_last_receipt_age_ms,
+            &self.member_lag_ms,
         ]
     }
 }
@@ -287,10 +287,10 @@ impl NodeMetrics {
                 "Primary: the member's lag in bytes (exact in flight, estimated beyond).",
                 &["member"],
             ),
-            member_last_receipt_age_ms: gauge(
+            member_lag_ms: gauge(
                 &r,
                 "walship_member_lag_ms",
-                "Primary: milliseconds the member has been behind (0 when it holds everything durable here; else since its last receipt; absent before its first receipt).",
+                "Primary: milliseconds the member has been behind (0 when it holds everything durable here, else since the first record it lacks became durable on the primary).",
                 &["member"],
             ),
         };
@@ -378,11 +378,7 @@ impl NodeMetrics {
             g.member_lag_bytes
                 .with_label_values(&id)
                 .set(int(m.lag_bytes));
-            if let Some(ms) = m.lag_ms {
-                g.member_last_receipt_age_ms
-                    .with_label_values(&id)
-                    .set(int(ms));
-            }
+            g.member_lag_ms.with_label_values(&id).set(int(m.lag_ms));
         }
     }
 }
@@ -405,7 +401,7 @@ mod tests {
             lag_records: 2,
             lag_bytes: 64,
             last_receipt_age_ms: Some(5),
-            lag_ms: Some(5),
+            lag_ms: 5,
         }]);
         s
     }
