@@ -112,6 +112,8 @@ pub enum Applied {
     Op(Op),
     /// The node's control record starting a primary's epoch.
     EpochStart { epoch: u64 },
+    /// The node's control record naming the cluster's members.
+    Configuration { generation: u64 },
 }
 
 /// The store's state, shared between the member's applier and its readers.
@@ -142,7 +144,7 @@ impl Store {
             Applied::Op(Op::Delete { key }) => {
                 self.map.remove(key);
             }
-            Applied::EpochStart { .. } => {}
+            Applied::EpochStart { .. } | Applied::Configuration { .. } => {}
         }
         self.applied = lsn;
         self.history.push((lsn, what));
@@ -193,10 +195,13 @@ impl Applier for SharedStore {
     }
 
     fn apply_control(&mut self, lsn: Lsn, control: &ControlRecord) -> Result<(), ApplyError> {
-        let ControlRecord::EpochStart { epoch, .. } = control;
-        Ok(self
-            .lock()
-            .apply(lsn, Applied::EpochStart { epoch: *epoch })?)
+        let applied = match control {
+            ControlRecord::EpochStart { epoch, .. } => Applied::EpochStart { epoch: *epoch },
+            ControlRecord::Configuration { config, .. } => Applied::Configuration {
+                generation: config.generation,
+            },
+        };
+        Ok(self.lock().apply(lsn, applied)?)
     }
 }
 

@@ -397,6 +397,30 @@ pub enum DumpControl {
         /// The primary's node id.
         primary: String,
     },
+    /// A configuration: the cluster's members from this record on.
+    Configuration {
+        /// The epoch of the primary that wrote it.
+        epoch: u64,
+        /// Its generation.
+        generation: u64,
+        /// Each member: id, incarnation, voter, addresses.
+        members: Vec<DumpMember>,
+    },
+}
+
+/// One member of a configuration record, as `dump` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpMember {
+    /// Node id.
+    pub id: String,
+    /// Incarnation id of its data directory.
+    pub incarnation: u64,
+    /// Whether it votes (else a learner).
+    pub voter: bool,
+    /// Peer address.
+    pub addr: String,
+    /// HTTP address, if any.
+    pub http_addr: Option<String>,
 }
 
 /// `dump` output (the `records` array is streamed).

@@ -15,7 +15,7 @@ use crate::cmd::text::wal_state_line;
 use crate::datadir::DataDir;
 use crate::error::RecoverError;
 use crate::exit::Exit;
-use crate::report::{DumpControl, DumpRecord, WalState, SCHEMA_VERSION};
+use crate::report::{DumpControl, DumpMember, DumpRecord, WalState, SCHEMA_VERSION};
 
 /// Runs `dump`, writing to `out`: exit 3 if a corruption stops the dump before `--to`, else 0.
 pub fn dump(
@@ -85,6 +85,21 @@ pub fn dump(
                     ControlRecord::EpochStart { epoch, primary } => {
                         DumpControl::EpochStart { epoch, primary }
                     }
+                    ControlRecord::Configuration { epoch, config } => DumpControl::Configuration {
+                        epoch,
+                        generation: config.generation,
+                        members: config
+                            .members
+                            .into_iter()
+                            .map(|m| DumpMember {
+                                id: m.id,
+                                incarnation: m.incarnation,
+                                voter: m.voter,
+                                addr: m.addr,
+                                http_addr: m.http_addr,
+                            })
+                            .collect(),
+                    },
                 }),
         };
         let r = if json {
@@ -145,8 +160,31 @@ fn write_text_record(out: &mut dyn Write, rec: &DumpRecord) -> io::Result<()> {
         "lsn={} epoch={} crc={:#010x} prev_crc={:#010x} len={} segment={} offset={}",
         rec.lsn, rec.epoch, rec.crc, rec.prev_crc, rec.payload_len, rec.segment, rec.offset
     )?;
-    if let Some(DumpControl::EpochStart { epoch, primary }) = &rec.control {
-        write!(out, " control=epoch-start(epoch={epoch} primary={primary})")?;
+    match &rec.control {
+        Some(DumpControl::EpochStart { epoch, primary }) => {
+            write!(out, " control=epoch-start(epoch={epoch} primary={primary})")?;
+        }
+        Some(DumpControl::Configuration {
+            epoch,
+            generation,
+            members,
+        }) => {
+            write!(
+                out,
+                " control=configuration(epoch={epoch} generation={generation} members="
+            )?;
+            for (i, m) in members.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "," };
+                let kind = if m.voter { "voter" } else { "learner" };
+                write!(
+                    out,
+                    "{sep}{}:{kind}:{:016x}@{}",
+                    m.id, m.incarnation, m.addr
+                )?;
+            }
+            write!(out, ")")?;
+        }
+        None => {}
     }
     if let Some(h) = &rec.payload_hex {
         write!(out, " payload={h}")?;

@@ -1,0 +1,420 @@
+//! Membership rules (spec/membership.md), sans-IO: which configuration a node
+//! uses for elections and which for commits, which changes are allowed, and the
+//! commit point under one or two configurations.
+//!
+//! The member list is data in the log: a configuration control record
+//! ([`Configuration`], `kind` 2 of `spec/wal-format.md`, "Control records").
+//! Before a log holds one, the configuration is the static member list of
+//! `node.toml` (generation 0). The rules, each argued in spec/membership.md §3:
+//!
+//! 1. **Elections use the newest configuration in the node's log**, committed
+//!    or not (Raft's single-server rule). Using only a configuration known to
+//!    be committed loses committed records (the model checker finds the
+//!    schedule: `node/tests/membership_model.rs`).
+//! 2. **A configuration record commits under both configurations**: on
+//!    enough copies among the old voters *and* among the new ones. Until it
+//!    commits, every record after it needs both as well (joint, for one
+//!    change only). Committing it under the new configuration alone loses
+//!    records under static `k` when a voter is removed.
+//! 3. **One change at a time**: a primary proposes a configuration only when
+//!    the newest one in its log is committed, and a change adds, removes,
+//!    promotes or demotes one member (or changes addresses), generation + 1.
+
+use walship_wal::Lsn;
+
+pub use walship_wal::control::{ConfigMember, Configuration};
+
+use crate::election::{commit_copies, committable_lsn, election_quorum};
+
+/// What a proposed configuration changes relative to the one before it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The first configuration record of a log, equal in members to the
+    /// static list it replaces (generation 0 to 1): it records incarnations.
+    Bootstrap,
+    /// A new member that does not vote yet.
+    AddLearner(String),
+    /// A new voting member.
+    AddVoter(String),
+    /// A learner becomes a voter.
+    Promote(String),
+    /// A voter becomes a learner.
+    Demote(String),
+    /// A member leaves.
+    Remove(String),
+    /// Only addresses or incarnations of existing members changed, no vote
+    /// moved (an incarnation change of a voter is refused: see
+    /// [`ChangeError::VoterReincarnated`]).
+    Readdress,
+}
+
+/// Why a proposed configuration is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    /// Generation is not the previous one plus one.
+    #[error("configuration generation {found} does not follow generation {previous}")]
+    Generation {
+        /// The previous configuration's generation.
+        previous: u64,
+        /// The proposed one's.
+        found: u64,
+    },
+    /// More than one member's vote (or presence) changes at once.
+    #[error("a configuration change may add, remove, promote or demote one member; this one changes {0}")]
+    TooManyChanges(String),
+    /// A voter's incarnation changed: its old receipts and votes would count
+    /// for a node that lost them. Remove it (or demote it) first.
+    #[error(
+        "voter {0} has a new incarnation: demote or remove it first, then add it back as a learner"
+    )]
+    VoterReincarnated(String),
+    /// The new configuration has no voter left.
+    #[error("a configuration needs at least one voter")]
+    NoVoter,
+    /// The newest configuration in the log is not committed yet.
+    #[error("the configuration at lsn {pending_lsn} is not committed yet (commit lsn {commit_lsn}): one change at a time")]
+    ChangePending {
+        /// Where the uncommitted configuration is.
+        pending_lsn: Lsn,
+        /// The commit watermark.
+        commit_lsn: Lsn,
+    },
+}
+
+/// Classifies the change from `old` to `new`, or refuses it (rule 3).
+pub fn classify_change(old: &Configuration, new: &Configuration) -> Result<Change, ChangeError> {
+    if new.generation != old.generation.wrapping_add(1) || new.generation == 0 {
+        return Err(ChangeError::Generation {
+            previous: old.generation,
+            found: new.generation,
+        });
+    }
+    if new.voters().next().is_none() {
+        return Err(ChangeError::NoVoter);
+    }
+    let mut changes = Vec::new();
+    for m in &old.members {
+        match new.member(&m.id) {
+            None => changes.push(Change::Remove(m.id.clone())),
+            Some(n) if m.voter && !n.voter => changes.push(Change::Demote(m.id.clone())),
+            Some(n) if !m.voter && n.voter => changes.push(Change::Promote(m.id.clone())),
+            Some(n)
+                if m.voter && n.voter && m.incarnation != n.incarnation && old.generation > 0 =>
+            {
+                return Err(ChangeError::VoterReincarnated(m.id.clone()));
+            }
+            Some(_) => {}
+        }
+    }
+    for n in &new.members {
+        if old.member(&n.id).is_none() {
+            changes.push(if n.voter {
+                Change::AddVoter(n.id.clone())
+            } else {
+                Change::AddLearner(n.id.clone())
+            });
+        }
+    }
+    match changes.len() {
+        0 if old.generation == 0 => Ok(Change::Bootstrap),
+        0 => Ok(Change::Readdress),
+        1 if old.generation > 0 => Ok(changes.remove(0)),
+        _ => Err(ChangeError::TooManyChanges(
+            changes
+                .iter()
+                .map(|c| format!("{c:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )),
+    }
+}
+
+/// The configurations of one log: the static base and every configuration
+/// record not yet superseded by a committed one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConfigLog {
+    /// `(lsn, configuration)`, lsn ascending; the first entry is the newest
+    /// committed configuration (lsn 0 for the static base).
+    entries: Vec<(Lsn, Configuration)>,
+}
+
+/// Why a configuration found in a log cannot follow the ones before it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigLogError {
+    /// Not after the newest configuration already seen.
+    #[error("configuration at lsn {lsn} is not after the one at lsn {newest}")]
+    OutOfOrder {
+        /// Its lsn.
+        lsn: Lsn,
+        /// The newest one's.
+        newest: Lsn,
+    },
+    /// The change itself breaks rule 3.
+    #[error("configuration at lsn {lsn}: {error}")]
+    Change {
+        /// Its lsn.
+        lsn: Lsn,
+        /// Why.
+        error: ChangeError,
+    },
+}
+
+impl ConfigLog {
+    /// A log with no configuration record: `base` (generation 0, from
+    /// `node.toml`) is in effect.
+    pub fn new(base: Configuration) -> ConfigLog {
+        ConfigLog {
+            entries: vec![(0, base)],
+        }
+    }
+
+    /// A configuration record at `lsn` was appended (or found on open).
+    pub fn observe(&mut self, lsn: Lsn, config: Configuration) -> Result<Change, ConfigLogError> {
+        let (newest_lsn, newest) = self.newest_entry();
+        if lsn <= newest_lsn {
+            return Err(ConfigLogError::OutOfOrder {
+                lsn,
+                newest: newest_lsn,
+            });
+        }
+        let change = classify_change(newest, &config)
+            .map_err(|error| ConfigLogError::Change { lsn, error })?;
+        self.entries.push((lsn, config));
+        Ok(change)
+    }
+
+    /// The log was cut after `keep_upto`: configurations above it are gone.
+    /// (Never below the newest committed one: nothing committed is cut.)
+    pub fn rewind(&mut self, keep_upto: Lsn) {
+        while self.entries.len() > 1 && self.entries.last().is_some_and(|(l, _)| *l > keep_upto) {
+            self.entries.pop();
+        }
+    }
+
+    /// The commit watermark reached `commit`: forget configurations a
+    /// committed one supersedes.
+    pub fn committed(&mut self, commit: Lsn) {
+        let keep_from = self
+            .entries
+            .iter()
+            .rposition(|(l, _)| *l <= commit)
+            .unwrap_or(0);
+        self.entries.drain(..keep_from);
+    }
+
+    fn newest_entry(&self) -> (Lsn, &Configuration) {
+        let (l, c) = self
+            .entries
+            .last()
+            .unwrap_or_else(|| panic!("ConfigLog invariant: the base entry is never removed"));
+        (*l, c)
+    }
+
+    /// Rule 1: the configuration elections use (the newest in the log).
+    pub fn newest(&self) -> &Configuration {
+        self.newest_entry().1
+    }
+
+    /// Where the newest configuration record is (0: the static base).
+    pub fn newest_lsn(&self) -> Lsn {
+        self.newest_entry().0
+    }
+
+    /// Rule 2: the configurations a record must be committed under given the
+    /// commit watermark `commit`: the newest, and the one before it while the
+    /// newest is not committed.
+    pub fn commit_configs(&self, commit: Lsn) -> Vec<&Configuration> {
+        let n = self.entries.len();
+        let (newest_lsn, newest) = self.newest_entry();
+        if newest_lsn > commit && n >= 2 {
+            vec![&self.entries[n - 2].1, newest]
+        } else {
+            vec![newest]
+        }
+    }
+
+    /// Rule 3: may a primary whose commit watermark is `commit` propose a
+    /// configuration?
+    pub fn may_propose(&self, commit: Lsn) -> Result<(), ChangeError> {
+        let pending_lsn = self.newest_lsn();
+        if pending_lsn > commit {
+            return Err(ChangeError::ChangePending {
+                pending_lsn,
+                commit_lsn: commit,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Votes a candidate needs under `config` (rule 1: the newest configuration
+/// in its log) and the quorum setting, or `None` (setting 0: no automatic
+/// election).
+pub fn election_votes_needed(config: &Configuration, setting: i64) -> Option<usize> {
+    election_quorum(config.voters().count(), setting)
+}
+
+/// The commit point (rule 2): the highest lsn committable under every
+/// configuration in `configs`, counting for each only its voters' durable
+/// lsns (`durable(id)`, the primary's own included; a voter not heard from
+/// is 0), with the new epoch's rule (`epoch_start_lsn`, "figure 8").
+pub fn joint_committable_lsn(
+    configs: &[&Configuration],
+    setting: i64,
+    epoch_start_lsn: Lsn,
+    durable: impl Fn(&str) -> Lsn,
+) -> Option<Lsn> {
+    let mut point: Option<Lsn> = None;
+    for config in configs {
+        let lsns: Vec<Lsn> = config.voters().map(&durable).collect();
+        let copies = commit_copies(lsns.len(), setting)?;
+        let here = committable_lsn(epoch_start_lsn, &lsns, copies)?;
+        point = Some(point.map_or(here, |p| p.min(here)));
+    }
+    point
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: &str, voter: bool) -> ConfigMember {
+        ConfigMember {
+            id: id.to_string(),
+            incarnation: 1,
+            voter,
+            addr: format!("{id}:1"),
+            http_addr: None,
+        }
+    }
+
+    fn cfg(generation: u64, members: &[(&str, bool)]) -> Configuration {
+        Configuration {
+            generation,
+            members: members.iter().map(|(id, v)| m(id, *v)).collect(),
+        }
+    }
+
+    #[test]
+    fn one_vote_moves_per_change_and_generations_follow() {
+        let abc = cfg(1, &[("a", true), ("b", true), ("c", true)]);
+        let add_d = cfg(2, &[("a", true), ("b", true), ("c", true), ("d", false)]);
+        assert_eq!(
+            classify_change(&abc, &add_d),
+            Ok(Change::AddLearner("d".into()))
+        );
+        let promote_d = cfg(3, &[("a", true), ("b", true), ("c", true), ("d", true)]);
+        assert_eq!(
+            classify_change(&add_d, &promote_d),
+            Ok(Change::Promote("d".into()))
+        );
+        let two = cfg(
+            2,
+            &[
+                ("a", true),
+                ("b", true),
+                ("c", true),
+                ("d", true),
+                ("e", true),
+            ],
+        );
+        assert!(matches!(
+            classify_change(&abc, &two),
+            Err(ChangeError::TooManyChanges(_))
+        ));
+        let skip = cfg(3, &[("a", true), ("b", true)]);
+        assert_eq!(
+            classify_change(&abc, &skip),
+            Err(ChangeError::Generation {
+                previous: 1,
+                found: 3
+            })
+        );
+        let remove_c = cfg(2, &[("a", true), ("b", true)]);
+        assert_eq!(
+            classify_change(&abc, &remove_c),
+            Ok(Change::Remove("c".into()))
+        );
+        let mut reinc = abc.clone();
+        reinc.generation = 2;
+        reinc.members[1].incarnation = 9;
+        assert_eq!(
+            classify_change(&abc, &reinc),
+            Err(ChangeError::VoterReincarnated("b".into()))
+        );
+        // The first record after the static base records incarnations.
+        let base = cfg(0, &[("a", true), ("b", true), ("c", true)]);
+        let mut first = abc.clone();
+        first.members[2].incarnation = 7;
+        assert_eq!(classify_change(&base, &first), Ok(Change::Bootstrap));
+        assert!(matches!(
+            classify_change(&base, &remove_c_gen1()),
+            Err(ChangeError::TooManyChanges(_))
+        ));
+    }
+
+    fn remove_c_gen1() -> Configuration {
+        cfg(1, &[("a", true), ("b", true)])
+    }
+
+    #[test]
+    fn joint_until_the_newest_configuration_commits_then_only_the_newest() {
+        let mut log = ConfigLog::new(cfg(0, &[("a", true), ("b", true), ("c", true)]));
+        log.observe(1, cfg(1, &[("a", true), ("b", true), ("c", true)]))
+            .expect("bootstrap");
+        log.committed(1);
+        let add_d = cfg(2, &[("a", true), ("b", true), ("c", true), ("d", true)]);
+        assert_eq!(
+            log.observe(5, add_d.clone()),
+            Ok(Change::AddVoter("d".into()))
+        );
+        assert_eq!(log.newest(), &add_d, "elections use the uncommitted newest");
+        assert_eq!(log.commit_configs(4).len(), 2);
+        assert_eq!(
+            log.may_propose(4),
+            Err(ChangeError::ChangePending {
+                pending_lsn: 5,
+                commit_lsn: 4
+            })
+        );
+        // Static k = 1 (two copies): lsn 6 on a and d only is enough for the
+        // new configuration, not for the old one.
+        let durable = |id: &str| match id {
+            "a" | "d" => 6,
+            _ => 4,
+        };
+        let configs = log.commit_configs(4);
+        assert_eq!(joint_committable_lsn(&configs[1..], 1, 1, durable), Some(6));
+        assert_eq!(joint_committable_lsn(&configs, 1, 1, durable), Some(4));
+        log.committed(6);
+        assert_eq!(log.commit_configs(6), vec![&add_d]);
+        assert_eq!(log.may_propose(6), Ok(()));
+        assert_eq!(
+            log.observe(5, add_d),
+            Err(ConfigLogError::OutOfOrder { lsn: 5, newest: 5 })
+        );
+    }
+
+    #[test]
+    fn a_rewind_drops_uncommitted_configurations_only() {
+        let mut log = ConfigLog::new(cfg(0, &[("a", true), ("b", true), ("c", true)]));
+        log.observe(1, cfg(1, &[("a", true), ("b", true), ("c", true)]))
+            .expect("bootstrap");
+        log.observe(3, cfg(2, &[("a", true), ("b", true)]))
+            .expect("remove c");
+        log.rewind(2);
+        assert_eq!(log.newest_lsn(), 1);
+        log.committed(1);
+        log.rewind(0);
+        assert_eq!(
+            log.newest_lsn(),
+            1,
+            "the newest committed configuration stays"
+        );
+        assert_eq!(
+            election_votes_needed(log.newest(), -1),
+            Some(2),
+            "majority of 3"
+        );
+    }
+}
