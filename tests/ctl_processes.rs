@@ -189,6 +189,22 @@ fn ctl_lists_members_pause_holds_off_failover_and_resume_and_switchover_act() {
         assert!(r["lag_records"].is_u64(), "{r}");
     }
 
+    // The same view from the HTTP endpoints alone (`--members`): ids come from /status.
+    let https: Vec<String> = rows
+        .iter()
+        .map(|r| r["http_addr"].as_str().expect("http_addr").to_owned())
+        .collect();
+    let o = Command::new(env!("CARGO_BIN_EXE_walship"))
+        .args(["ctl", "--members", &https.join(","), "list", "--json"])
+        .output()
+        .expect("run walship ctl --members");
+    assert!(o.status.success(), "{}", text(&o));
+    let by_http: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON array");
+    for (a, b) in rows.iter().zip(by_http.as_array().expect("array")) {
+        assert_eq!(a["member"], b["member"], "{b}");
+        assert_eq!(b["peer_addr"], serde_json::Value::Null, "{b}");
+    }
+
     // A follower down: a row that says unreachable; the command still succeeds.
     let f = (index(&p) + 1) % 3;
     ms.0[f].kill9();
