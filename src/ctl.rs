@@ -432,6 +432,14 @@ pub fn switchover(targets: &[Target], to: &str, timeout_ms: u64) -> Result<(), S
     if primary == to {
         return Err(format!("{to} is already the primary"));
     }
+    // Node ids are names (letters, digits, `-`, `_`, `.`): nothing to escape in the query.
+    if to.is_empty()
+        || !to
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!("--to {to:?}: not a node id"));
+    }
     println!("switchover: {primary} -> {to} (timeout {timeout_ms} ms)");
     let reply = operator_post(
         addr,

@@ -1,7 +1,8 @@
 //! The per-node HTTP endpoint (`spec/http.md`): `GET /status` (JSON), `GET /primary` and
 //! `GET /replica` (health checks for load balancers: 200 or 503, as Patroni offers them),
-//! `POST /append` (one record per request, answered once it is committed) and
-//! `GET /metrics` (Prometheus text exposition).
+//! `POST /append` (one record per request, answered once it is committed),
+//! `GET /metrics` (Prometheus text exposition, `crate::metrics`) and a member's operator
+//! commands (`POST /promote`, `/switchover`, `/pause`, `/resume`).
 //!
 //! The server knows a node only through [`NodeView`]: what the node reports
 //! ([`NodeStatus`]), the largest record it takes, and an append that resolves once the

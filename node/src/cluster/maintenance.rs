@@ -1,7 +1,7 @@
 //! Maintenance mode (`walship ctl pause|resume`, Patroni's pause) and the blocker an
 //! operator reads in `/status` (`walship ctl list`'s footer).
 //!
-//! **What paused means** (spec/election.md §6): a paused node starts no automatic
+//! **What paused means** (spec/election.md §2.9): a paused node starts no automatic
 //! election: no pre-vote round at an election timeout, and it refuses the pre-votes of
 //! others. It still answers vote requests under the usual rules, follows and ships as
 //! before, and takes operator acts: `walship ctl promote` and `walship ctl switchover`
