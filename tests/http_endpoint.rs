@@ -468,7 +468,7 @@ fn primary_and_replica_serve_status_health_checks_append_and_metrics() {
         ("walship_member_connected{member=\"n2\"}", 1.0),
         ("walship_member_durable_lsn{member=\"n2\"}", 3.0),
         ("walship_member_lag_records{member=\"n2\"}", 0.0),
-        ("walship_member_lag_ms{member=\"n2\"}", 0.0),
+        ("walship_member_lag_seconds{member=\"n2\"}", 0.0),
         ("walship_paused", 0.0),
     ] {
         assert_eq!(pm.get(series), Some(&value), "{series} in {pm:?}");

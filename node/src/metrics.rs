@@ -28,8 +28,8 @@ use std::sync::Mutex;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::http::{NodeRole, NodeStatus};
@@ -104,11 +104,11 @@ struct StateGauges {
     member_durable_lsn: IntGaugeVec,
     member_lag_records: IntGaugeVec,
     member_lag_bytes: IntGaugeVec,
-    member_lag_ms: IntGaugeVec,
+    member_lag_seconds: GaugeVec,
 }
 
 impl StateGauges {
-    fn all(&self) -> [&IntGaugeVec; 13] {
+    fn all(&self) -> [&IntGaugeVec; 12] {
         [
             &self.role,
             &self.epoch,
@@ -122,7 +122,6 @@ impl StateGauges {
             &self.member_durable_lsn,
             &self.member_lag_records,
             &self.member_lag_bytes,
-            &self.member_lag_ms,
         ]
     }
 }
@@ -287,11 +286,15 @@ impl NodeMetrics {
                 "Primary: the member's lag in bytes (exact in flight, estimated beyond).",
                 &["member"],
             ),
-            member_lag_ms: gauge(
+            member_lag_seconds: register(
                 &r,
-                "walship_member_lag_ms",
-                "Primary: milliseconds the member has been behind (0 when it holds everything durable here, else since the first record it lacks became durable on the primary).",
-                &["member"],
+                GaugeVec::new(
+                    Opts::new(
+                        "walship_member_lag_seconds",
+                "Primary: seconds the member has been behind (0 when it holds everything durable here, else since the first record it lacks became durable on the primary).",
+                    ),
+                    &["member"],
+                ),
             ),
         };
         NodeMetrics {
@@ -335,6 +338,7 @@ impl NodeMetrics {
         for v in g.all() {
             v.reset();
         }
+        g.member_lag_seconds.reset();
         let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         for r in NodeRole::ALL {
             g.role
@@ -378,7 +382,9 @@ impl NodeMetrics {
             g.member_lag_bytes
                 .with_label_values(&id)
                 .set(int(m.lag_bytes));
-            g.member_lag_ms.with_label_values(&id).set(int(m.lag_ms));
+            g.member_lag_seconds
+                .with_label_values(&id)
+                .set(m.lag_ms as f64 / 1000.0);
         }
     }
 }
@@ -420,7 +426,7 @@ mod tests {
             "walship_paused 0\n",
             "walship_member_lag_records{member=\"n2\"} 2\n",
             "walship_member_lag_bytes{member=\"n2\"} 64\n",
-            "walship_member_lag_ms{member=\"n2\"} 5\n",
+            "walship_member_lag_seconds{member=\"n2\"} 0.005\n",
             "walship_member_connected{member=\"n2\"} 1\n",
             "# TYPE walship_commit_latency_seconds histogram\n",
             "# TYPE walship_fsync_latency_seconds histogram\n",

@@ -262,7 +262,7 @@ async fn metrics_histograms_count_appends_and_syncs_on_primary_and_follower() {
         "# TYPE walship_epoch gauge",
         "# TYPE walship_member_lag_records gauge",
         "# TYPE walship_member_lag_bytes gauge",
-        "# TYPE walship_member_lag_ms gauge",
+        "# TYPE walship_member_lag_seconds gauge",
     ] {
         assert!(text.contains(family), "{family} missing:\n{text}");
     }
