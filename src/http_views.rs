@@ -48,6 +48,8 @@ pub struct PrimaryView {
     pub http: Option<String>,
     /// `wal.max_record_bytes`.
     pub max_record_bytes: u32,
+    /// Its metrics (the role observes into them).
+    pub metrics: Arc<walship_node::metrics::NodeMetrics>,
 }
 
 impl NodeView for PrimaryView {
@@ -64,6 +66,10 @@ impl NodeView for PrimaryView {
         req: walship_node::http::LogIdsRequest,
     ) -> Result<walship_node::http::LogIds, walship_node::http::LogIdsError> {
         walship_node::http::primary_log_ids(&self.primary, &self.status(), req)
+    }
+
+    fn metrics(&self) -> Option<&walship_node::metrics::NodeMetrics> {
+        Some(&self.metrics)
     }
 
     fn append(&self, payload: Vec<u8>) -> AppendFuture {
@@ -106,6 +112,8 @@ pub struct ReplicaView {
     pub primary_http: Option<String>,
     /// `wal.max_record_bytes`.
     pub max_record_bytes: u32,
+    /// Its metrics (the role observes into them).
+    pub metrics: Arc<walship_node::metrics::NodeMetrics>,
 }
 
 impl NodeView for ReplicaView {
@@ -119,6 +127,10 @@ impl NodeView for ReplicaView {
 
     fn max_record_bytes(&self) -> u32 {
         self.max_record_bytes
+    }
+
+    fn metrics(&self) -> Option<&walship_node::metrics::NodeMetrics> {
+        Some(&self.metrics)
     }
 
     fn append(&self, _payload: Vec<u8>) -> AppendFuture {

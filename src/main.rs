@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod ctl;
 mod demo;
 mod drill;
 mod http_views;
@@ -98,6 +99,18 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         election_timeout_ms: u64,
     },
+    /// The operator's control plane over the members' HTTP endpoints (patronictl's verbs):
+    /// list, switchover, promote, pause, resume.
+    Ctl {
+        /// A member's node.toml: its [[member]] tables name every member.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// Or the members' HTTP endpoints, comma-separated (host:port or http://host:port).
+        #[arg(long, value_delimiter = ',', global = true)]
+        members: Vec<String>,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
     /// The demo's primary process (spawned by `walship demo`; not for direct use).
     #[command(hide = true)]
     DemoPrimary {
@@ -110,6 +123,77 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum CtlCommand {
+    /// One row per member (role, state, epoch, lsns, lag, halt); unreachable members are
+    /// rows too. A footer names an election blocker and maintenance mode.
+    List {
+        /// Print a JSON array of rows (spec/http.md §7) instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Redraw every --interval-ms until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// Interval of --watch.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Per-member request timeout.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// Planned hand-over: the primary drains, waits until N holds everything, and hands
+    /// over; prints the measured write pause.
+    Switchover {
+        /// The member to lead.
+        #[arg(long)]
+        to: String,
+        /// How long the primary waits for N to catch up and lead.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+    },
+    /// Operator promotion: N campaigns for the next epoch now (also while paused).
+    Promote {
+        /// The member to promote.
+        node: String,
+        /// Required under quorum 0: acknowledged records only the old primary held are lost.
+        #[arg(long)]
+        accept_data_loss: bool,
+    },
+    /// Maintenance mode on every member: no automatic failover until `resume` (kept across
+    /// restarts). Exits non-zero if any member was not reached.
+    Pause,
+    /// Ends maintenance mode on every member.
+    Resume,
+}
+
+fn run_ctl(
+    config: Option<PathBuf>,
+    members: Vec<String>,
+    command: CtlCommand,
+) -> Result<(), String> {
+    let targets = ctl::targets(config.as_deref(), &members)?;
+    match command {
+        CtlCommand::List {
+            json,
+            watch,
+            interval_ms,
+            timeout_ms,
+        } => ctl::list(
+            &targets,
+            json,
+            watch.then(|| std::time::Duration::from_millis(interval_ms.max(100))),
+            std::time::Duration::from_millis(timeout_ms.max(1)),
+        ),
+        CtlCommand::Switchover { to, timeout_ms } => ctl::switchover(&targets, &to, timeout_ms),
+        CtlCommand::Promote {
+            node,
+            accept_data_loss,
+        } => ctl::promote(&targets, &node, accept_data_loss),
+        CtlCommand::Pause => ctl::set_paused(&targets, true),
+        CtlCommand::Resume => ctl::set_paused(&targets, false),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -118,6 +202,11 @@ fn main() -> ExitCode {
             append_stdin,
         } => node::run(&config, append_stdin),
         Command::Demo { data_dir, records } => demo::run(data_dir, records),
+        Command::Ctl {
+            config,
+            members,
+            command,
+        } => run_ctl(config, members, command),
         Command::FailoverDrill {
             dir,
             nodes,

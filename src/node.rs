@@ -275,7 +275,9 @@ fn fault_fail_syncs() -> Option<std::path::PathBuf> {
 }
 
 async fn run_primary(cfg: &NodeConfig, append_stdin: bool) -> Result<(), String> {
-    let config = primary_config(cfg)?;
+    let mut config = primary_config(cfg)?;
+    let metrics = Arc::new(walship_node::metrics::NodeMetrics::new());
+    config.metrics = Some(metrics.role().clone());
     let http = http_views::bind(cfg).await?;
     let (max_record_bytes, http_grace) = (
         config.max_record_bytes,
@@ -295,6 +297,7 @@ async fn run_primary(cfg: &NodeConfig, append_stdin: bool) -> Result<(), String>
             primary: Arc::clone(&primary),
             http: url,
             max_record_bytes,
+            metrics,
         }))
     });
     let stopped = primary.wait_stopped();
@@ -375,8 +378,10 @@ async fn run_primary(cfg: &NodeConfig, append_stdin: bool) -> Result<(), String>
 /// must live as long as the replica.
 fn open_replica(
     cfg: &NodeConfig,
+    metrics: &walship_node::metrics::NodeMetrics,
 ) -> Result<(Replica, Option<walship_wal::state::DirLock>), String> {
-    let config = replica_config(cfg)?;
+    let mut config = replica_config(cfg)?;
+    config.metrics = Some(metrics.role().clone());
     let applier = LogOnlyApplier { applied: 0 };
     #[cfg(feature = "fault-injection")]
     if let Some(path) = fault_fail_syncs() {
@@ -397,7 +402,8 @@ fn open_replica(
 
 async fn run_replica(cfg: &NodeConfig) -> Result<(), String> {
     let http = http_views::bind(cfg).await?;
-    let (replica, lock) = open_replica(cfg)?;
+    let metrics = Arc::new(walship_node::metrics::NodeMetrics::new());
+    let (replica, lock) = open_replica(cfg, &metrics)?;
     let replica = Arc::new(replica);
     let http = http.map(|l| {
         let (primary, primary_http) = match &cfg.role {
@@ -413,6 +419,7 @@ async fn run_replica(cfg: &NodeConfig) -> Result<(), String> {
             primary,
             primary_http,
             max_record_bytes: cfg.wal.max_record_bytes,
+            metrics,
         }))
     });
     let mut ticker = tokio::time::interval(Duration::from_secs(5));

@@ -249,8 +249,9 @@ fn wait_for(addr: &str, path: &str, what: &str, ok: impl Fn(&Reply) -> bool) -> 
 }
 
 /// Parses a Prometheus text exposition line by line: every line is `# HELP name text`,
-/// `# TYPE name gauge`, or `name{label="value",...} value` / `name value` of a family typed
-/// before it. Returns each series (`name{labels}` as written) with its value.
+/// `# TYPE name gauge|counter|histogram`, or `name{label="value",...} value` / `name value`
+/// of a family typed before it (a histogram's `name_bucket`, `name_sum`, `name_count`).
+/// Returns each series (`name{labels}` as written) with its value.
 fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
     fn is_name(s: &str) -> bool {
         let mut chars = s.chars();
@@ -261,6 +262,7 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
     }
     assert!(text.ends_with('\n'), "the exposition ends with a newline");
     let mut typed = std::collections::HashSet::new();
+    let mut histograms = std::collections::HashSet::new();
     let mut helped = std::collections::HashSet::new();
     let mut series = BTreeMap::new();
     for line in text.lines() {
@@ -273,7 +275,13 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
             assert!(is_name(name), "bad TYPE line {line:?}");
-            assert_eq!(kind, "gauge", "{line:?}");
+            assert!(
+                ["gauge", "counter", "histogram"].contains(&kind),
+                "{line:?}"
+            );
+            if kind == "histogram" {
+                histograms.insert(name.to_string());
+            }
             assert!(typed.insert(name.to_string()), "{name} has two TYPE lines");
             continue;
         }
@@ -301,6 +309,13 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
             None => key,
         };
         assert!(is_name(name), "metric name {name:?}");
+        let name = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|f| histograms.contains(*f))
+            })
+            .unwrap_or(name);
         assert!(typed.contains(name), "{name} sampled before its TYPE line");
         assert!(helped.contains(name), "{name} sampled without a HELP line");
         assert!(
@@ -453,8 +468,20 @@ fn primary_and_replica_serve_status_health_checks_append_and_metrics() {
         ("walship_member_connected{member=\"n2\"}", 1.0),
         ("walship_member_durable_lsn{member=\"n2\"}", 3.0),
         ("walship_member_lag_records{member=\"n2\"}", 0.0),
+        ("walship_member_lag_seconds{member=\"n2\"}", 0.0),
+        ("walship_paused", 0.0),
     ] {
         assert_eq!(pm.get(series), Some(&value), "{series} in {pm:?}");
+    }
+    // The appends above were timed, and so were the group syncs that made them durable.
+    for series in [
+        "walship_commit_latency_seconds_count",
+        "walship_fsync_latency_seconds_count",
+    ] {
+        assert!(
+            pm.get(series).is_some_and(|c| *c >= 1.0),
+            "{series} in {pm:?}"
+        );
     }
     let rm = metrics(&r);
     for (series, value) in [
@@ -468,6 +495,11 @@ fn primary_and_replica_serve_status_health_checks_append_and_metrics() {
     ] {
         assert_eq!(rm.get(series), Some(&value), "{series} in {rm:?}");
     }
+    assert!(
+        rm.get("walship_fsync_latency_seconds_count")
+            .is_some_and(|c| *c >= 1.0),
+        "the replica synced what it stored: {rm:?}"
+    );
     assert!(
         !rm.keys().any(|k| k.starts_with("walship_member_")),
         "{rm:?}"

@@ -1,7 +1,8 @@
 //! The per-node HTTP endpoint (`spec/http.md`): `GET /status` (JSON), `GET /primary` and
 //! `GET /replica` (health checks for load balancers: 200 or 503, as Patroni offers them),
-//! `POST /append` (one record per request, answered once it is committed) and
-//! `GET /metrics` (Prometheus text exposition).
+//! `POST /append` (one record per request, answered once it is committed),
+//! `GET /metrics` (Prometheus text exposition, `crate::metrics`) and a member's operator
+//! commands (`POST /promote`, `/switchover`, `/pause`, `/resume`).
 //!
 //! The server knows a node only through [`NodeView`]: what the node reports
 //! ([`NodeStatus`]), the largest record it takes, and an append that resolves once the
@@ -129,6 +130,50 @@ pub struct MemberStatus {
     pub lag_bytes: u64,
     /// Milliseconds since the member's last receipt (`null` if none since the primary started).
     pub last_receipt_age_ms: Option<u64>,
+    /// How long the member has been behind, in milliseconds: `0` while it holds everything
+    /// durable here, else since the first record it lacks became durable on the primary
+    /// (`walship_primary::core::ReplicaProgress::lag_ms`).
+    pub lag_ms: u64,
+}
+
+impl MemberStatus {
+    /// A member's progress as the primary core reports it.
+    pub fn from_progress(r: &walship_primary::core::ReplicaProgress) -> MemberStatus {
+        MemberStatus {
+            node_id: r.node_id.clone(),
+            connected: r.connected,
+            durable_lsn: r.durable_lsn,
+            lag_records: r.lag_records,
+            lag_bytes: r.lag_bytes,
+            last_receipt_age_ms: r.last_receipt_age_ms,
+            lag_ms: r.lag_ms,
+        }
+    }
+}
+
+/// Why no election can complete, or why this node neither leads nor follows a known
+/// primary (`blocked_on` in `/status`; `spec/http.md` §2.1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ElectionBlocker {
+    /// `campaign` (votes missing), `lease` (a primary hearing too few members),
+    /// `no-primary` (waiting for an election timeout), `paused`, `quorum-0`, `ineligible`,
+    /// `halted` or `stopped`.
+    pub kind: String,
+    /// Votes (or, for `lease`, members heard) needed; `null` where no count applies.
+    pub need: Option<usize>,
+    /// Votes granted so far (this node's own included), or members heard.
+    pub have: Option<usize>,
+    /// Voting members.
+    pub voters: Option<usize>,
+    /// Members that have not answered this round.
+    pub waiting_for: Vec<String>,
+    /// Members that refused this round.
+    pub refused_by: Vec<String>,
+    /// The whole blocker in one line (`need 5 of 7 votes for epoch 9, have 4: waiting for
+    /// n4, n6`).
+    pub message: String,
+    /// What an operator can do about it.
+    pub hint: Option<String>,
 }
 
 /// What `GET /status` answers; every key is always present (`null` where it does not apply).
@@ -170,9 +215,38 @@ pub struct NodeStatus {
     /// (the higher of its persisted commit watermark and acknowledged mark); `null` on a
     /// fixed primary or replica.
     pub required_lsn: Option<Lsn>,
+    /// Automatic failover is paused on this node (`POST /pause`; kept across restarts).
+    pub paused: bool,
+    /// What keeps an election from completing, or this node from leading or following a
+    /// known primary (`null` when nothing does).
+    pub blocked_on: Option<ElectionBlocker>,
 }
 
 impl NodeStatus {
+    /// A follower of nobody in epoch 0, with nothing known: the base the other
+    /// constructors fill in.
+    pub fn empty(node_id: &str) -> NodeStatus {
+        NodeStatus {
+            node_id: node_id.to_owned(),
+            role: NodeRole::Follower,
+            epoch: 0,
+            durable_lsn: None,
+            commit_lsn: 0,
+            primary: None,
+            primary_http: None,
+            connected: None,
+            lag_records: None,
+            halt: None,
+            stopped: None,
+            members: None,
+            paused: false,
+            blocked_on: None,
+            incarnation: None,
+            acked_lsn: None,
+            required_lsn: None,
+        }
+    }
+
     /// The status of a running primary (`Primary::status()`); `http` is its own endpoint's URL.
     pub fn from_primary(s: &PrimaryStatus, http: Option<String>) -> NodeStatus {
         NodeStatus {
@@ -191,19 +265,9 @@ impl NodeStatus {
             lag_records: None,
             halt: None,
             stopped: s.stopped.as_ref().map(ToString::to_string),
-            members: Some(
-                s.replicas
-                    .iter()
-                    .map(|r| MemberStatus {
-                        node_id: r.node_id.clone(),
-                        connected: r.connected,
-                        durable_lsn: r.durable_lsn,
-                        lag_records: r.lag_records,
-                        lag_bytes: r.lag_bytes,
-                        last_receipt_age_ms: r.last_receipt_age_ms,
-                    })
-                    .collect(),
-            ),
+            members: Some(s.replicas.iter().map(MemberStatus::from_progress).collect()),
+            paused: false,
+            blocked_on: None,
             incarnation: None,
             acked_lsn: None,
             required_lsn: None,
@@ -246,6 +310,8 @@ impl NodeStatus {
             incarnation: None,
             acked_lsn: None,
             required_lsn: None,
+            paused: false,
+            blocked_on: None,
         }
     }
 
@@ -344,7 +410,7 @@ pub trait NodeView: Send + Sync + 'static {
         let _ = (to, timeout);
         Box::pin(async { Err(OperatorError::NotAMember) })
     }
-    /// Identities of this node's durable records (`GET /log/ids`, `spec/http.md` §7):
+    /// Identities of this node's durable records (`GET /log/ids`, `spec/http.md` §8):
     /// blocking file reads, called off the runtime's workers. The default answers that
     /// this node does not serve them (503).
     fn log_ids(&self, req: LogIdsRequest) -> Result<LogIds, LogIdsError> {
@@ -352,6 +418,16 @@ pub trait NodeView: Send + Sync + 'static {
         Err(LogIdsError::Unavailable(
             "this node does not serve its log's identities".into(),
         ))
+    }
+    /// Maintenance mode (`POST /pause`, `POST /resume`): `paused` true stops this node
+    /// from starting automatic elections (durably: a restart keeps it).
+    fn set_paused(&self, paused: bool) -> OperatorFuture {
+        let _ = paused;
+        Box::pin(async { Err(OperatorError::NotAMember) })
+    }
+    /// The node's metrics (`GET /metrics`); `None`: the state gauges of `status()` only.
+    fn metrics(&self) -> Option<&crate::metrics::NodeMetrics> {
+        None
     }
 }
 
@@ -381,6 +457,8 @@ pub fn router(view: Arc<dyn NodeView>) -> Router {
         .route("/promote", post(promote))
         .route("/switchover", post(switchover))
         .route("/log/ids", get(log_ids_handler))
+        .route("/pause", post(pause))
+        .route("/resume", post(resume))
         .with_state(view)
 }
 
@@ -606,137 +684,33 @@ async fn log_ids_handler(State(view): State<Arc<dyn NodeView>>, uri: axum::http:
     }
 }
 
+async fn pause(State(view): State<Arc<dyn NodeView>>) -> Response {
+    operator_response(view.set_paused(true).await)
+}
+
+async fn resume(State(view): State<Arc<dyn NodeView>>) -> Response {
+    operator_response(view.set_paused(false).await)
+}
+
 async fn metrics(State(view): State<Arc<dyn NodeView>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        render_metrics(&view.status()),
+        render_metrics(view.as_ref()),
     )
         .into_response()
 }
 
-/// Escapes a label value for the Prometheus text format.
-fn label(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
+/// The Prometheus text exposition (format 0.0.4) of `view`: its own metrics, or for a
+/// view without them the state gauges of its status (`spec/http.md` §5 lists the names).
+pub fn render_metrics(view: &dyn NodeView) -> String {
+    let status = view.status();
+    match view.metrics() {
+        Some(m) => m.render(&status),
+        None => crate::metrics::NodeMetrics::new().render(&status),
     }
-    out
-}
-
-/// Appends one gauge family: its HELP and TYPE lines and its samples (`labels` already
-/// rendered, e.g. `role="primary"`, or empty). A family without samples is left out.
-fn family(out: &mut String, name: &str, help: &str, samples: &[(String, u64)]) {
-    use std::fmt::Write as _;
-    if samples.is_empty() {
-        return;
-    }
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} gauge");
-    for (labels, value) in samples {
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {value}");
-        } else {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
-        }
-    }
-}
-
-/// The Prometheus text exposition (format 0.0.4) of a status (`spec/http.md` lists the names).
-pub fn render_metrics(s: &NodeStatus) -> String {
-    let mut out = String::new();
-    let roles: Vec<(String, u64)> = NodeRole::ALL
-        .iter()
-        .map(|r| (format!("role=\"{}\"", r.as_str()), u64::from(*r == s.role)))
-        .collect();
-    family(
-        &mut out,
-        "walship_role",
-        "The node's role: 1 for the role it has, 0 for the others.",
-        &roles,
-    );
-    family(
-        &mut out,
-        "walship_epoch",
-        "The node's current epoch.",
-        &[(String::new(), s.epoch)],
-    );
-    if let Some(d) = s.durable_lsn {
-        family(
-            &mut out,
-            "walship_durable_lsn",
-            "Highest lsn fsynced in the local WAL.",
-            &[(String::new(), d)],
-        );
-    }
-    family(
-        &mut out,
-        "walship_commit_lsn",
-        "The commit watermark this node knows.",
-        &[(String::new(), s.commit_lsn)],
-    );
-    family(
-        &mut out,
-        "walship_halted",
-        "1 while the node is halted (it waits for an operator), else 0.",
-        &[(String::new(), u64::from(s.role == NodeRole::Halted))],
-    );
-    if let Some(c) = s.connected {
-        family(
-            &mut out,
-            "walship_follower_connected",
-            "1 while this follower's connection to its primary is open, else 0.",
-            &[(String::new(), u64::from(c))],
-        );
-    }
-    if let Some(l) = s.lag_records {
-        family(
-            &mut out,
-            "walship_follower_lag_records",
-            "Records this follower lacks behind its primary's last announced lsn.",
-            &[(String::new(), l)],
-        );
-    }
-    if let Some(members) = &s.members {
-        let per = |f: fn(&MemberStatus) -> u64| -> Vec<(String, u64)> {
-            members
-                .iter()
-                .map(|m| (format!("member=\"{}\"", label(&m.node_id)), f(m)))
-                .collect()
-        };
-        family(
-            &mut out,
-            "walship_member_connected",
-            "Primary: 1 while the member's connection is open, else 0.",
-            &per(|m| u64::from(m.connected)),
-        );
-        family(
-            &mut out,
-            "walship_member_durable_lsn",
-            "Primary: the highest lsn the member reported durable.",
-            &per(|m| m.durable_lsn),
-        );
-        family(
-            &mut out,
-            "walship_member_lag_records",
-            "Primary: its durable lsn minus the member's, in records.",
-            &per(|m| m.lag_records),
-        );
-        family(
-            &mut out,
-            "walship_member_lag_bytes",
-            "Primary: the member's lag in bytes (exact in flight, estimated beyond).",
-            &per(|m| m.lag_bytes),
-        );
-    }
-    out
 }
 
 /// Errors of the endpoint.
@@ -884,10 +858,13 @@ mod tests {
                 lag_records: 2,
                 lag_bytes: 64,
                 last_receipt_age_ms: Some(5),
+                lag_ms: 5,
             }]),
             incarnation: None,
             acked_lsn: None,
             required_lsn: None,
+            paused: false,
+            blocked_on: None,
         }
     }
 
@@ -1065,15 +1042,20 @@ mod tests {
         assert_eq!(body["stopped"], "the WAL failed");
     }
 
-    #[test]
-    fn metrics_follow_the_text_exposition_format() {
-        let text = render_metrics(&primary_status());
+    #[tokio::test]
+    async fn metrics_follow_the_text_exposition_format() {
+        let view = fake(primary_status(), None);
+        let req = Request::get("/metrics")
+            .body(Body::empty())
+            .expect("request");
+        let (code, body) = call(view, req).await;
+        assert_eq!(code, StatusCode::OK);
+        let text = body.as_str().expect("text").to_owned();
         assert!(text.ends_with('\n'));
         let mut typed = std::collections::HashSet::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
-                assert_eq!(kind, "gauge");
+                let (name, _kind) = rest.split_once(' ').expect("TYPE name kind");
                 assert!(typed.insert(name.to_string()), "{name} typed twice");
                 continue;
             }
@@ -1081,30 +1063,24 @@ mod tests {
                 continue;
             }
             let (series, value) = line.rsplit_once(' ').expect("name value");
-            value.parse::<u64>().expect("integer value");
+            value.parse::<f64>().expect("numeric value");
             let name = series.split('{').next().expect("name");
-            assert!(typed.contains(name), "{name} sampled before its TYPE line");
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+                .unwrap_or(name);
+            assert!(
+                typed.contains(family),
+                "{name} sampled before its TYPE line"
+            );
         }
         assert!(
             text.contains("walship_role{role=\"primary\"} 1\n"),
             "{text}"
         );
-        assert!(
-            text.contains("walship_role{role=\"follower\"} 0\n"),
-            "{text}"
-        );
         assert!(text.contains("walship_epoch 3\n"));
-        assert!(text.contains("walship_durable_lsn 12\n"));
-        assert!(text.contains("walship_commit_lsn 11\n"));
-        assert!(text.contains("walship_halted 0\n"));
         assert!(text.contains("walship_member_lag_records{member=\"n2\"} 2\n"));
-        assert!(text.contains("walship_member_connected{member=\"n2\"} 1\n"));
         assert!(!text.contains("walship_follower_"), "{text}");
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 
     /// A member whose operator commands record what they were asked and answer as set.

@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod election;
 pub mod http;
 pub mod membership;
+pub mod metrics;
 pub mod primary;
 pub mod replica;
 

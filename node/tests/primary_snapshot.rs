@@ -157,12 +157,20 @@ fn snapshot_dirs(data_dir: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fm_x_13_empty_replica_catches_up_through_a_snapshot_over_quic_and_matches_the_primary() {
     let cluster = Cluster::new(MEMBERS);
-    let primary = open_primary(primary_config(&cluster));
+    // Each side counts the transfer in its own metrics (`walship_snapshot_transfers_*`).
+    let (pm, rm) = (
+        walship_node::metrics::NodeMetrics::new(),
+        walship_node::metrics::NodeMetrics::new(),
+    );
+    let mut pc = primary_config(&cluster);
+    pc.metrics = Some(pm.role().clone());
+    let primary = open_primary(pc);
     let (kv, boundary) = primary_with_truncated_wal(&primary).await;
 
     let applier = Kv::default();
-    let replica =
-        Replica::open(replica_config(&cluster, "r1", &primary), applier.clone()).expect("open");
+    let mut rc = replica_config(&cluster, "r1", &primary);
+    rc.metrics = Some(rm.role().clone());
+    let replica = Replica::open(rc, applier.clone()).expect("open");
     let total = BEFORE + AFTER;
     eventually("replica applies everything", || {
         applier.state().applied == total
@@ -176,6 +184,15 @@ async fn fm_x_13_empty_replica_catches_up_through_a_snapshot_over_quic_and_match
     let st = replica.status();
     assert!(st.halt().is_none(), "no halt: {st:?}");
     assert!(st.sessions >= 2, "reconnected after the install: {st:?}");
+    assert!(
+        pm.role().snapshots_sent.get() >= 1,
+        "the primary counted the transfer"
+    );
+    assert_eq!(
+        rm.role().snapshots_installed.get(),
+        1,
+        "the replica counted its one install"
+    );
     assert_eq!(
         snapshot_dirs(&cluster.data_dir("r1")),
         vec![format!("{:020}", boundary.lsn)],

@@ -470,7 +470,16 @@ pub struct ReplicaProgress {
     pub lag_bytes: u64,
     /// Milliseconds since the last receipt (`None` if none arrived since the primary started).
     pub last_receipt_age_ms: Option<u64>,
+    /// How long the replica has been behind: 0 when it holds everything durable here,
+    /// else the milliseconds since the first record it lacks became durable on this
+    /// primary (a lower bound when that is older than the [`MAX_DURABLE_MARKS`] marks
+    /// kept, or older than this primary).
+    pub lag_ms: u64,
 }
+
+/// Most (durable lsn, time) marks the core keeps for [`ReplicaProgress::lag_ms`]; the
+/// oldest is dropped beyond it.
+pub const MAX_DURABLE_MARKS: usize = 4096;
 
 /// A snapshot of the core's state for `status()`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -571,6 +580,10 @@ pub struct PrimaryCore {
     /// Bytes and records seen in batches read from the log (for the lag_bytes estimate).
     bytes_read: u64,
     records_read: u64,
+    /// When the local durable lsn reached each value (oldest first, lsns increasing,
+    /// bounded by [`MAX_DURABLE_MARKS`]): the time lag of a replica is the age of the
+    /// first mark above its durable lsn.
+    durable_marks: std::collections::VecDeque<(Lsn, u64)>,
 }
 
 impl PrimaryCore {
@@ -632,7 +645,42 @@ impl PrimaryCore {
             fenced: None,
             bytes_read: 0,
             records_read: 0,
+            durable_marks: std::collections::VecDeque::new(),
         })
+    }
+
+    /// Notes when the local durable lsn advanced, and forgets the marks every replica has
+    /// passed (the last such mark is kept: it dates the next record a replica lacks).
+    fn mark_durable(&mut self, durable: Lsn, now_ms: u64) {
+        if self.durable_marks.back().is_none_or(|&(l, _)| durable > l) {
+            if self.durable_marks.len() == MAX_DURABLE_MARKS {
+                self.durable_marks.pop_front();
+            }
+            self.durable_marks.push_back((durable, now_ms));
+        }
+        let slowest = self
+            .members
+            .iter()
+            .map(|m| m.durable_lsn)
+            .min()
+            .unwrap_or(durable);
+        while self.durable_marks.len() > 1 && self.durable_marks[0].0 <= slowest {
+            self.durable_marks.pop_front();
+        }
+    }
+
+    /// [`ReplicaProgress::lag_ms`] of a replica holding `replica_durable`.
+    fn lag_ms(&self, replica_durable: Lsn, durable: Lsn, now_ms: u64) -> u64 {
+        if replica_durable >= durable {
+            return 0;
+        }
+        // The first mark above what the replica holds: that sync made the first record it
+        // lacks durable here. Older than every mark kept: the oldest is a lower bound.
+        self.durable_marks
+            .iter()
+            .find(|&&(l, _)| l > replica_durable)
+            .or(self.durable_marks.front())
+            .map_or(0, |&(_, at)| now_ms.saturating_sub(at))
     }
 
     /// The commit watermark: every lsn up to it is covered by the quorum.
@@ -686,6 +734,7 @@ impl PrimaryCore {
     /// Feeds one event; returns the actions to perform, in order.
     pub fn handle(&mut self, event: Event, log: &mut dyn LogSource, now_ms: u64) -> Vec<Action> {
         let mut out = Vec::new();
+        self.mark_durable(log.durable_lsn(), now_ms);
         match event {
             Event::Connected { conn, node_id } => self.on_connected(conn, node_id, &mut out),
             Event::Received { conn, msg } => self.on_message(conn, msg, log, now_ms, &mut out),
@@ -728,6 +777,7 @@ impl PrimaryCore {
                     lag_records,
                     lag_bytes: inflight_bytes + unshipped * mean,
                     last_receipt_age_ms: m.last_receipt_ms.map(|t| now_ms.saturating_sub(t)),
+                    lag_ms: self.lag_ms(m.durable_lsn, durable, now_ms),
                 }
             })
             .collect();

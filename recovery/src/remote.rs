@@ -1,6 +1,6 @@
 //! The log of a running primary read over its HTTP endpoint (`rejoin DIR --from ADDR`):
 //! `GET /status` says who it is, `GET /log/ids` serves its durable records' identities in
-//! bounded pages (spec/http.md §7). A [`RemoteLog`] is a [`PositionSource`]: the same
+//! bounded pages (spec/http.md §8). A [`RemoteLog`] is a [`PositionSource`]: the same
 //! comparison as for a directory runs over it (spec/recovery-tool.md §11.1).
 //!
 //! Every answer is untrusted input: the HTTP client reads at most
@@ -20,7 +20,7 @@ use crate::cmd::diff::{PositionSource, PositionVisitor};
 use crate::error::RecoverError;
 use crate::scan::{EpochSpan, ScanEnd, ScanOptions, WalScan};
 
-/// Identities asked for per request (the endpoint's bound, spec/http.md §7).
+/// Identities asked for per request (the endpoint's bound, spec/http.md §8).
 pub const PAGE_IDS: u32 = 4096;
 
 /// How long one request may take (connect, send, answer).

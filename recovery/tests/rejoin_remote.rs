@@ -62,6 +62,8 @@ impl NodeView for FollowerView {
             acked_lsn: None,
             required_lsn: None,
             incarnation: None,
+            paused: false,
+            blocked_on: None,
         }
     }
     fn max_record_bytes(&self) -> u32 {

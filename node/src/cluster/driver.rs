@@ -44,6 +44,11 @@ pub(crate) enum Input {
         target: NodeId,
         reply: oneshot::Sender<Result<(), NodeError>>,
     },
+    /// Maintenance mode on or off (persisted before the core changes).
+    SetPaused {
+        paused: bool,
+        reply: oneshot::Sender<Result<bool, NodeError>>,
+    },
     /// The role task could not open or close a role (its own storage failed).
     RoleFailed { reason: String },
     /// Stop the node.
@@ -79,11 +84,12 @@ fn check_identity(config: &NodeConfig) -> Result<identity::Identity, NodeError> 
 
 /// What a (re)starting node brings to its election: its vote, its log's last record and
 /// whether it holds everything it acknowledged ([`plan::RestartRule`]: its log reaches the
-/// higher of its commit watermark and its acknowledged mark); the rule itself, and the halt
-/// (a halted node never votes or leads: it starts halted, before it heard anyone).
+/// higher of its commit watermark and its acknowledged mark); the rule itself, the halt
+/// (a halted node never votes or leads: it starts halted, before it heard anyone) and
+/// whether it is in maintenance mode (`state/paused`).
 fn start_state(
     config: &NodeConfig,
-) -> Result<(StartState, plan::RestartRule, Option<String>), NodeError> {
+) -> Result<(StartState, plan::RestartRule, Option<String>, bool), NodeError> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).map_err(|e| NodeError::Open(format!("{}: {e}", dir.display())))?;
     let node_dir = NodeDir::open(FsStorage, dir).map_err(|e| NodeError::Open(e.to_string()))?;
@@ -119,6 +125,8 @@ fn start_state(
     }
     let halt = crate::replica::halt::read_halt(&FsStorage, node_dir.state_dir())
         .map_err(|e| NodeError::Open(e.to_string()))?;
+    let paused = super::maintenance::load_paused(node_dir.state_dir())
+        .map_err(|e| NodeError::Open(e.to_string()))?;
     Ok((
         StartState {
             vote,
@@ -127,6 +135,7 @@ fn start_state(
         },
         rule,
         halt.map(|h| format!("{} at lsn {}", h.reason, h.lsn)),
+        paused,
     ))
 }
 
@@ -138,7 +147,7 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         .await
         .map_err(|e| NodeError::Open(format!("identity task: {e}")))??;
     let cfg = config.clone();
-    let (start, rule, halted) = tokio::task::spawn_blocking(move || start_state(&cfg))
+    let (start, rule, halted, paused) = tokio::task::spawn_blocking(move || start_state(&cfg))
         .await
         .map_err(|e| NodeError::Open(format!("start-state task: {e}")))??;
     let material = config
@@ -166,6 +175,11 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         // A follower that never led: halting steps nothing down and sends nothing.
         let _ = core.halt(now_ms());
     }
+    if paused {
+        warn!(node = %config.node_id, "maintenance mode (state/paused): no automatic election until `walship ctl resume`");
+        // A follower that never campaigned: pausing abandons nothing and sends nothing.
+        let _ = core.pause(now_ms());
+    }
     let peers: Vec<(NodeId, std::net::SocketAddr)> = config
         .members
         .iter()
@@ -186,7 +200,9 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
             node_id: config.node_id.clone(),
             state: state.clone(),
             voted_for: core.voted_for().cloned(),
-            election_blocked_on: None,
+            election_blocked_on: core.status(now_ms()).blocked_on(),
+            blocker: super::maintenance::blocker(&core.status(now_ms())),
+            paused,
             primary: None,
             replica: None,
             applied_lsn: applied,
@@ -199,6 +215,7 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         commands: tx,
         applier: Mutex::new(Some(applier)),
         draining: Mutex::new(None),
+        metrics: Arc::new(crate::metrics::NodeMetrics::new()),
         config,
     });
     let votes = VoteFile::new(
@@ -298,6 +315,12 @@ impl Driver {
                         let _ = reply.send(Err(e.into()));
                     }
                 },
+                Some(Input::SetPaused { paused, reply }) => {
+                    let r = self.set_paused(now, paused).await;
+                    // `/status` says so once the command answered.
+                    self.publish();
+                    let _ = reply.send(r);
+                }
                 Some(Input::RoleFailed { reason }) => {
                     error!(%reason, "the role failed: the node stops");
                     self.fail(reason).await;
@@ -340,8 +363,87 @@ impl Driver {
         }
     }
 
+    /// Maintenance mode: persists the flag (write, fsync, rename, fsync `state/`), then
+    /// tells the core. A failed write stops the node, as a failed vote write does (a failed
+    /// fsync is never retried).
+    async fn set_paused(&mut self, now: u64, paused: bool) -> Result<bool, NodeError> {
+        if matches!(self.core.role(), Role::Halted | Role::Stopped) {
+            return Err(NodeError::Stopped {
+                reason: self
+                    .stopped
+                    .clone()
+                    .unwrap_or_else(|| self.core.role().as_str().into()),
+            });
+        }
+        let changed = self.core.status(now).paused != paused;
+        let state_dir = self
+            .inner
+            .config
+            .data_dir
+            .join(walship_wal::state::STATE_DIR);
+        let done = tokio::task::spawn_blocking(move || {
+            super::maintenance::persist_paused(&state_dir, paused)
+        })
+        .await;
+        let failed = match done {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("state/paused: {e}")),
+            Err(e) => Some(format!("state/paused task: {e}")),
+        };
+        if let Some(reason) = failed {
+            error!(%reason, "persisting the maintenance flag failed: the node stops (a failed fsync is never retried)");
+            self.fail(reason.clone()).await;
+            return Err(NodeError::Stopped { reason });
+        }
+        if paused {
+            warn!(
+                epoch = self.core.epoch(),
+                "maintenance mode: no automatic election on this node until resumed"
+            );
+            let a = self.core.pause(now);
+            self.perform(a).await;
+        } else {
+            info!(
+                epoch = self.core.epoch(),
+                "maintenance mode off: automatic elections allowed again"
+            );
+            self.core.resume(now);
+        }
+        Ok(changed)
+    }
+
+    /// Counts what the election does on this node (`/metrics`): one increment per
+    /// pre-vote round, candidacy, win and step-down.
+    fn count(&self, actions: &[Action]) {
+        let m = self.inner.metrics.election();
+        let me = &self.inner.config.node_id;
+        let mut pre_vote_round = false;
+        for a in actions {
+            match a {
+                // A vote for itself is persisted exactly when a candidacy starts.
+                Action::PersistVote {
+                    voted_for: Some(v), ..
+                } if v == me => m.elections_started.inc(),
+                Action::BecomePrimary { .. } => m.elections_won.inc(),
+                Action::StepDown { reason, .. } => m
+                    .step_downs
+                    .with_label_values(&[step_down_label(reason)])
+                    .inc(),
+                Action::Send {
+                    msg: ElectionMessage::PreVoteRequest { .. },
+                    ..
+                } => pre_vote_round = true,
+                _ => {}
+            }
+        }
+        if pre_vote_round {
+            m.pre_votes_started.inc();
+        }
+    }
+
     /// Performs the core's actions in order (a vote is durable before anything after it).
     async fn perform(&mut self, actions: Vec<Action>) {
+        self.count(&actions);
         let mut queue: std::collections::VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
             match action {
@@ -473,6 +575,14 @@ impl Driver {
         match plan::verdict(&report, self.core.role(), eligible, self.required_lsn) {
             Some(Verdict::Halt(why)) => {
                 error!(reason = %why, "replication halted: this node neither votes nor leads until an operator acts");
+                // `why` is "<reason> at lsn <lsn>": the reason is the halt record's.
+                let reason = why.split_whitespace().next().unwrap_or("unknown");
+                self.inner
+                    .metrics
+                    .election()
+                    .halts
+                    .with_label_values(&[reason])
+                    .inc();
                 self.stopped.get_or_insert(why);
                 let a = self.core.halt(now);
                 self.perform(a).await;
@@ -619,9 +729,24 @@ impl Driver {
         let mut s = self.inner.status.lock().unwrap_or_else(|p| p.into_inner());
         s.state = state;
         s.voted_for = self.core.voted_for().cloned();
-        s.election_blocked_on = self.core.status(now_ms()).blocked_on();
+        let election = self.core.status(now_ms());
+        s.election_blocked_on = election.blocked_on();
+        s.blocker = super::maintenance::blocker(&election);
+        s.paused = election.paused;
         s.acked_lsn = self.acked.persisted();
         s.required_lsn = self.required_lsn;
+    }
+}
+
+/// The `reason` label of `walship_step_downs_total`.
+fn step_down_label(reason: &crate::election::StepDownReason) -> &'static str {
+    use crate::election::StepDownReason as R;
+    match reason {
+        R::HigherEpoch { .. } => "higher-epoch",
+        R::LeaseExpired { .. } => "lease-expired",
+        R::Ineligible => "ineligible",
+        R::Halted => "halted",
+        R::Stopped => "stopped",
     }
 }
 
@@ -852,8 +977,12 @@ pub(crate) fn http_status(config: &NodeConfig, s: &NodeStatus) -> http::NodeStat
             incarnation: None,
             acked_lsn: None,
             required_lsn: None,
+            paused: false,
+            blocked_on: None,
         }
     };
+    out.paused = s.paused;
+    out.blocked_on = s.blocker.clone();
     // The election decides the role and the epoch; the role's own report adds the rest.
     if !matches!(out.role, http::NodeRole::Halted) || s.state.role == Role::Stopped {
         out.role = http_role(s.state.role);

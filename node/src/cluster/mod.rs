@@ -22,6 +22,7 @@
 mod config;
 mod driver;
 pub mod identity;
+pub mod maintenance;
 pub mod plan;
 mod roles;
 pub mod transport;
@@ -123,6 +124,10 @@ pub struct NodeStatus {
     pub voted_for: Option<NodeId>,
     /// What blocks an election, when one is blocked (e.g. "need 2 of 3 votes").
     pub election_blocked_on: Option<String>,
+    /// The same blocker with its counts, members and a hint (`/status` `blocked_on`).
+    pub blocker: Option<http::ElectionBlocker>,
+    /// Automatic elections are paused (maintenance mode, `state/paused`).
+    pub paused: bool,
     /// The primary role's status, while primary.
     pub primary: Option<PrimaryStatus>,
     /// The replica role's status, while following.
@@ -174,6 +179,8 @@ pub(crate) struct Inner {
     pub(crate) applier: Mutex<Option<Box<dyn Applier>>>,
     /// A switchover in progress: appends are refused and pointed at this target.
     pub(crate) draining: Mutex<Option<NodeId>>,
+    /// This node's metrics (its roles observe into them; `/metrics` renders them).
+    pub(crate) metrics: Arc<crate::metrics::NodeMetrics>,
 }
 
 impl Inner {
@@ -300,6 +307,24 @@ impl Node {
     /// `timeout`.
     pub async fn switchover(&self, target: &str, timeout: Duration) -> Result<Duration, NodeError> {
         driver::switchover(&self.inner, target, timeout).await
+    }
+
+    /// Maintenance mode: `true` stops this node from starting automatic elections (no
+    /// pre-vote round, pre-votes of others refused; votes, promotion and switchover go on:
+    /// see [`maintenance`]), `false` allows them again after a fresh election timeout.
+    /// The flag is persisted in `state/paused` (write, fsync, rename, fsync dir) before
+    /// this returns, so a restart keeps it. Returns whether the flag changed.
+    pub async fn set_paused(&self, paused: bool) -> Result<bool, NodeError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.command(driver::Input::SetPaused { paused, reply: tx })?;
+        rx.await.map_err(|_| NodeError::Stopped {
+            reason: "the node's driver ended".into(),
+        })?
+    }
+
+    /// This node's metrics (what `/metrics` renders).
+    pub fn metrics(&self) -> &Arc<crate::metrics::NodeMetrics> {
+        &self.inner.metrics
     }
 
     /// This node's id.
@@ -463,6 +488,21 @@ impl NodeView for NodeHttpView {
                 .map_err(Self::operator_error)?;
             Ok(serde_json::json!({"primary": to, "write_pause_ms": pause.as_millis() as u64}))
         })
+    }
+
+    fn set_paused(&self, paused: bool) -> http::OperatorFuture {
+        let node = self.node.clone();
+        Box::pin(async move {
+            let changed = node
+                .set_paused(paused)
+                .await
+                .map_err(Self::operator_error)?;
+            Ok(serde_json::json!({"node_id": node.node_id(), "paused": paused, "changed": changed}))
+        })
+    }
+
+    fn metrics(&self) -> Option<&crate::metrics::NodeMetrics> {
+        Some(self.node.metrics())
     }
 }
 

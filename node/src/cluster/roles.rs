@@ -66,7 +66,10 @@ fn failed(inner: &Inner, reason: String) {
 
 fn open_primary(inner: &Inner, endpoint: &quinn::Endpoint, epoch: u64) {
     let config = match inner.config.primary_config(epoch) {
-        Ok(c) => c,
+        Ok(mut c) => {
+            c.metrics = Some(inner.metrics.role().clone());
+            c
+        }
         Err(e) => return failed(inner, e.to_string()),
     };
     match Primary::open_on_endpoint(config, endpoint.clone()) {
@@ -91,7 +94,10 @@ fn open_primary(inner: &Inner, endpoint: &quinn::Endpoint, epoch: u64) {
 
 fn open_replica(inner: &Inner, epoch: u64, primary: NodeId) {
     let config = match inner.config.replica_config(&primary, epoch) {
-        Ok(c) => c,
+        Ok(mut c) => {
+            c.metrics = Some(inner.metrics.role().clone());
+            c
+        }
         Err(e) => return failed(inner, e.to_string()),
     };
     let applier = inner

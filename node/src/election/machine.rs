@@ -327,7 +327,8 @@ impl ElectionCore {
                 let from_our_primary = epoch == self.epoch
                     && self.role == Role::Follower
                     && self.primary.as_deref() == Some(from);
-                if from_our_primary && self.eligible && !self.paused {
+                // A hand-over is an operator act: it is taken while paused, like `promote`.
+                if from_our_primary && self.eligible {
                     tracing::info!(node = %self.config.node_id, from, epoch, "hand-over from the primary: campaigning now");
                     self.start_candidacy(now_ms, &mut out);
                 } else {
@@ -379,8 +380,14 @@ impl ElectionCore {
         self.finish(out)
     }
 
-    /// Operator: no campaigning until [`ElectionCore::resume`] (a running
-    /// campaign is abandoned). Votes are still answered; a primary keeps leading.
+    /// Operator (maintenance mode): no automatic election until
+    /// [`ElectionCore::resume`]: no pre-vote round at an election timeout (a
+    /// running campaign is abandoned), and pre-votes of others are refused, so a
+    /// member that missed the pause cannot fail over through paused voters.
+    /// Votes are still answered (operator promotion and switchover need them;
+    /// pausing changes who starts an election, never how a vote is granted), a
+    /// primary keeps leading, and `promote` and a switchover's hand-over
+    /// ([`ElectionMessage::TimeoutNow`]) are still taken.
     pub fn pause(&mut self, now_ms: u64) -> Vec<Action> {
         let mut out = Out::default();
         self.paused = true;
@@ -641,6 +648,7 @@ impl ElectionCore {
 
     fn would_grant_pre_vote(&self, now_ms: u64, epoch: u64, last: LogPosition) -> bool {
         self.eligible
+            && !self.paused
             && epoch > self.epoch
             && last >= self.log_head
             && !self.primary_is_live(now_ms)

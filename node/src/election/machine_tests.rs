@@ -559,6 +559,81 @@ fn paused_node_does_not_campaign_until_resumed() {
 }
 
 #[test]
+fn paused_node_refuses_pre_votes_but_grants_votes_and_takes_a_hand_over() {
+    // Refuses pre-votes: a member that missed the pause cannot fail over through it.
+    let mut c = core("n2", 3, -1);
+    c.pause(0);
+    let a = c
+        .on_message(
+            1,
+            "n3",
+            M::PreVoteRequest {
+                epoch: 1,
+                last: LogPosition::ZERO,
+            },
+        )
+        .expect("peer");
+    assert_eq!(
+        a,
+        vec![send(
+            "n3",
+            M::PreVoteResponse {
+                epoch: 1,
+                granted: false,
+                current_epoch: 0
+            }
+        )]
+    );
+    // Grants a vote under the usual rules (persisted first): promotions need it.
+    let a = c
+        .on_message(1, "n3", vote_req(1, LogPosition::ZERO))
+        .expect("peer");
+    assert_eq!(
+        a[0],
+        A::PersistVote {
+            epoch: 1,
+            voted_for: Some("n3".into())
+        }
+    );
+    // A paused follower of n1 takes n1's hand-over (an operator's switchover).
+    let mut f = core("n2", 3, -1);
+    f.pause(0);
+    f.on_message(
+        1,
+        "n1",
+        M::Heartbeat {
+            epoch: 0,
+            commit_lsn: 0,
+        },
+    )
+    .expect("peer");
+    f.on_message(1, "n1", M::TimeoutNow { epoch: 0 })
+        .expect("peer");
+    assert_eq!(f.role(), Role::Candidate);
+    // Resumed: pre-votes are answered again.
+    let mut r = core("n2", 3, -1);
+    r.pause(0);
+    r.resume(0);
+    let a = r
+        .on_message(
+            1,
+            "n3",
+            M::PreVoteRequest {
+                epoch: 1,
+                last: LogPosition::ZERO,
+            },
+        )
+        .expect("peer");
+    assert!(matches!(
+        a[0],
+        A::Send {
+            msg: M::PreVoteResponse { granted: true, .. },
+            ..
+        }
+    ));
+}
+
+#[test]
 fn election_timeouts_are_drawn_from_t_to_2t_and_differ_by_seed() {
     let mut seen = std::collections::BTreeSet::new();
     for seed in 0..200 {

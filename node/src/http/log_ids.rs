@@ -1,4 +1,4 @@
-//! `GET /log/ids?from=LSN&count=N` (`spec/http.md` §7): the identities of this node's
+//! `GET /log/ids?from=LSN&count=N` (`spec/http.md` §8): the identities of this node's
 //! durable records, read-only, for `walship-recover rejoin DIR --from ADDR` (which compares
 //! a stopped node's log with the primary's without access to the primary's disk).
 //!

@@ -107,6 +107,8 @@ pub(crate) struct Shared {
     pub(crate) started: Instant,
     /// `DIR/snapshots`.
     pub(crate) snapshots: SnapshotStore<NodeStorage>,
+    /// The node's fsync/commit histograms and snapshot counter, if it has any.
+    pub(crate) metrics: Option<crate::metrics::RoleMetrics>,
     /// Set once, when a fatal failure of this node's own storage stopped it (never cleared).
     pub(crate) stopped: watch::Sender<Option<PrimaryStop>>,
     /// Armed snapshot faults per replica (demo/test use only).
@@ -259,7 +261,12 @@ pub(crate) fn run_exec(shared: Arc<Shared>, rx: mpsc::Receiver<Input>) {
             ex.append(std::mem::take(&mut appends), now);
         }
         if ex.sync_needed() {
+            // One histogram observe per group sync (an atomic add), never per record.
+            let syncing = Instant::now();
             ex.sync(now);
+            if let Some(m) = &shared.metrics {
+                m.fsync_seconds.observe(syncing.elapsed().as_secs_f64());
+            }
             // What the sync released (the frames of the records it made durable, the acks
             // of a quorum-0 commit) goes out now, before the timers: a due write of
             // `state/commit` (two fsyncs and a rename) must not hold back the commit path.
@@ -304,6 +311,9 @@ fn deliver(
         }
         Output::SendSnapshot { conn, boundary } => {
             if let Some((_, tx)) = conns.get(&conn) {
+                if let Some(m) = &shared.metrics {
+                    m.snapshots_sent.inc();
+                }
                 let _ = tx.send(Outgoing::Snapshot(boundary));
             }
         }

@@ -103,6 +103,9 @@ pub struct PrimaryConfig {
     /// history and the control record of `E` is the epoch's first record. `None` (default):
     /// the history's last epoch continues (epoch 1 at lsn 1 on an empty directory).
     pub new_epoch: Option<u64>,
+    /// Where the commit and fsync latency histograms and the snapshot counter go (a
+    /// node's [`crate::metrics::NodeMetrics`]); `None`: nowhere.
+    pub metrics: Option<crate::metrics::RoleMetrics>,
 }
 
 /// A fault in the next snapshot transfer to one replica (demo/test use only).
@@ -165,6 +168,7 @@ impl PrimaryConfig {
             snapshot_policy: SnapshotPolicy::default(),
             maintenance_interval_ms: 1_000,
             new_epoch: None,
+            metrics: None,
         }
     }
 
@@ -496,6 +500,7 @@ impl Primary {
             next_conn: AtomicU64::new(1),
             started,
             snapshots,
+            metrics: config.metrics.clone(),
             stopped: watch::channel(None).0,
             #[cfg(feature = "fault-injection")]
             snapshot_faults: Mutex::new(std::collections::HashMap::new()),
@@ -562,11 +567,18 @@ impl Primary {
             }
             // One channel send; the executor decides when it is written, synced and acked.
             let (tx, rx) = tokio::sync::oneshot::channel();
+            let asked = Instant::now();
             if shared.tx.send(Input::Append { payload, tx }).is_err() {
                 return Err(shared.gone_error());
             }
             match rx.await {
-                Ok(result) => result,
+                Ok(result) => {
+                    // Observed on the appender's task: an atomic add, off the executor thread.
+                    if let (Ok(_), Some(m)) = (&result, &shared.metrics) {
+                        m.commit_seconds.observe(asked.elapsed().as_secs_f64());
+                    }
+                    result
+                }
                 // The executor thread ended without answering (stopped or shut down).
                 Err(_) => Err(shared.gone_error()),
             }

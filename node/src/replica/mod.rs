@@ -138,6 +138,9 @@ pub struct ReplicaConfig {
     /// `max(highest epoch seen, min_primary_epoch)` is refused (`Refuse{StalePrimary}`,
     /// a session end, not a halt; FM-X.2).
     pub min_primary_epoch: u64,
+    /// Where the fsync latency histogram and the snapshot counter go (a node's
+    /// [`crate::metrics::NodeMetrics`]); `None`: nowhere.
+    pub metrics: Option<crate::metrics::RoleMetrics>,
 }
 
 impl ReplicaConfig {
@@ -165,6 +168,7 @@ impl ReplicaConfig {
             wal: WalOptions::default(),
             sync_every_bytes: 8 * 1024 * 1024,
             min_primary_epoch: 0,
+            metrics: None,
         }
     }
 

@@ -1040,6 +1040,42 @@ fn status_reports_per_replica_lag() {
     assert_eq!((r2.lag_records, r2.lag_bytes), (10, 1000));
 }
 
+#[test]
+fn lag_ms_dates_the_first_record_a_replica_lacks() {
+    let mut c = core(Quorum::Majority, 1);
+    let mut log = MemLog::default();
+    // lsns 1..=4 durable at t=100, 5..=8 at t=300, 9..=10 at t=700.
+    log.append_durable(4, 0);
+    c.handle(Event::LocalDurable, &mut log, 100);
+    connect(&mut c, &mut log, 1, "r1", Position::ZERO);
+    for (n, at) in [(4, 300), (2, 700)] {
+        log.append_durable(n, 0);
+        c.handle(Event::LocalDurable, &mut log, at);
+    }
+    let lag = |c: &PrimaryCore, log: &MemLog, now| c.status(log, now).replicas[0].lag_ms;
+    // Holding nothing: it lacks lsn 1, durable since t=100.
+    assert_eq!(lag(&c, &log, 1000), 900);
+    // Holding 4: it lacks 5, durable since t=300; holding 6 changes nothing.
+    receipt(&mut c, &mut log, 1, 4);
+    assert_eq!(lag(&c, &log, 1000), 700);
+    receipt(&mut c, &mut log, 1, 6);
+    assert_eq!(lag(&c, &log, 1000), 700);
+    // Holding 8: it lacks 9, durable since t=700; holding everything: no lag.
+    receipt(&mut c, &mut log, 1, 8);
+    assert_eq!(lag(&c, &log, 1000), 300);
+    receipt(&mut c, &mut log, 1, 10);
+    assert_eq!(lag(&c, &log, 1000), 0);
+    // The marks every replica passed are forgotten (the bound holds under a long run).
+    for i in 0..(2 * MAX_DURABLE_MARKS as u64) {
+        log.append_durable(1, 0);
+        c.handle(Event::LocalDurable, &mut log, 2000 + i);
+    }
+    assert!(c.durable_marks.len() <= MAX_DURABLE_MARKS);
+    // Far behind every mark kept: the oldest kept is a lower bound.
+    let oldest = c.durable_marks.front().map(|m| m.1).expect("marks");
+    assert_eq!(lag(&c, &log, 100_000), 100_000 - oldest);
+}
+
 #[cfg(feature = "fault-injection")]
 mod faults {
     use super::*;
