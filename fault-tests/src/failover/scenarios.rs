@@ -507,16 +507,14 @@ pub fn fm_f_4(seed: u64) -> Result<String, String> {
     let r_name = c.nodes[r].name.clone();
     if c.nodes[r].required_lsn != acked {
         return Err(format!(
-            "{}: {:?} vs {:?}",
-            format!("seed {seed}: required = the mark"),
-            c.nodes[r].required_lsn,
-            acked
+            "seed {seed}: required = the mark: {} vs {acked}",
+            c.nodes[r].required_lsn
         ));
     }
     // Only r and o run, and neither may lead: r is ineligible and o alone is no majority.
     let t = c.now();
     let led = c.run_until_cond(t + 5_000, |c| c.primary().is_some());
-    if !(!led) {
+    if led {
         return Err(format!("seed {seed}: a primary was elected while {r_name} lacked lsn {}..={acked} it acknowledged (leader: n{})\n{}", commit + 1, c.primary().map_or(0, |n| n + 1), c.trace.render_tail()));
     }
     // It voted for nobody in any later epoch (it may only have learned of them).
@@ -531,16 +529,11 @@ pub fn fm_f_4(seed: u64) -> Result<String, String> {
         .core
         .as_ref()
         .ok_or_else(|| format!("seed {seed}: r does not run"))?;
-    if !(!core.status(now).eligible) {
+    if core.status(now).eligible {
         return Err(format!("seed {seed}: r stays ineligible"));
     }
     if core.role() == Role::Primary {
-        return Err(format!(
-            "{}: {:?} vs {:?}",
-            format!("seed {seed}"),
-            core.role(),
-            Role::Primary
-        ));
+        return Err(format!("seed {seed}: r leads while ineligible"));
     }
     if !(c.ghost.violations.is_empty()) {
         return Err(format!(
@@ -573,7 +566,7 @@ pub fn fm_f_4(seed: u64) -> Result<String, String> {
         .replica()
         .and_then(|x| x.up.exec.wal().map(|w| w.durable_lsn()))
         .unwrap_or(0);
-    if !(durable >= acked) {
+    if durable < acked {
         return Err(format!(
             "seed {seed}: r holds its mark again ({durable} >= {acked})"
         ));
