@@ -101,6 +101,9 @@ pub struct MemberRow {
     pub stopped: Option<String>,
     /// What blocks an election there (`/status` `blocked_on`).
     pub blocked_on: Option<Value>,
+    /// The incarnation id of its data directory (`/status` `incarnation`): a new one
+    /// means its disk was wiped or replaced.
+    pub incarnation: Option<u64>,
     /// Why it could not be asked (unreachable, no HTTP endpoint, a bad answer).
     pub error: Option<String>,
 }
@@ -185,6 +188,7 @@ pub fn rows(targets: &[Target], answers: &[Result<Value, String>]) -> Vec<Member
                 halt_reason: None,
                 stopped: None,
                 blocked_on: None,
+                incarnation: None,
                 error: None,
             };
             let s = match a {
@@ -217,6 +221,7 @@ pub fn rows(targets: &[Target], answers: &[Result<Value, String>]) -> Vec<Member
                 .map(str::to_owned);
             row.stopped = str_of(s, "stopped");
             row.blocked_on = s.get("blocked_on").filter(|b| !b.is_null()).cloned();
+            row.incarnation = u64_of(s, "incarnation");
             if id.is_some() && id == primary_id {
                 (row.lag_records, row.lag_bytes, row.lag_ms) = (Some(0), Some(0), Some(0));
             } else if let Some(m) = id.as_deref().and_then(member_view) {
@@ -299,8 +304,20 @@ fn cell(v: Option<impl ToString>) -> String {
 /// The table of `ctl list`, with its footer.
 pub fn render_table(rows: &[MemberRow]) -> String {
     let header = [
-        "Member", "Peer", "HTTP", "Role", "State", "Epoch", "Durable", "Commit", "Lag", "Lag B",
-        "Lag ms", "Paused", "Halt",
+        "Member",
+        "Peer",
+        "HTTP",
+        "Role",
+        "State",
+        "Epoch",
+        "Durable",
+        "Commit",
+        "Lag",
+        "Lag B",
+        "Lag ms",
+        "Paused",
+        "Halt",
+        "Incarnation",
     ];
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_string()).collect()];
     for r in rows {
@@ -318,6 +335,7 @@ pub fn render_table(rows: &[MemberRow]) -> String {
             cell(r.lag_ms),
             cell(r.paused.map(|p| if p { "yes" } else { "no" })),
             cell(r.halt_reason.as_ref().or(r.stopped.as_ref())),
+            cell(r.incarnation.map(|i| format!("{i:016x}"))),
         ]);
     }
     let widths: Vec<usize> = (0..header.len())

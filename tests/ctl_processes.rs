@@ -181,11 +181,16 @@ fn ctl_lists_members_pause_holds_off_failover_and_resume_and_switchover_act() {
             "paused",
             "halt_reason",
             "blocked_on",
+            "incarnation",
             "error",
         ] {
             assert!(r.get(key).is_some(), "{key} missing in {r}");
         }
         assert_eq!(r["paused"], false);
+        assert!(
+            r["incarnation"].as_u64().is_some_and(|i| i != 0),
+            "a running member names its incarnation: {r}"
+        );
         assert!(r["lag_records"].is_u64(), "{r}");
     }
 
