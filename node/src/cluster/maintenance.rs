@@ -159,7 +159,12 @@ mod tests {
             election_timeout_ms: 100,
             lease_ms: 100,
         };
-        ElectionCore::new(config, StartState::fresh(), 0, 1).expect("valid")
+        // A member of a formed cluster (an empty log needs every voter: spec/election.md §2.10).
+        let start = StartState {
+            log_head: LogPosition::new(0, 1),
+            ..StartState::fresh()
+        };
+        ElectionCore::new(config, start, 0, 1).expect("valid")
     }
 
     /// Times out, then gets pre-vote grants from `grants`: the blocker of the round.

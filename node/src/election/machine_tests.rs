@@ -569,7 +569,7 @@ fn paused_node_refuses_pre_votes_but_grants_votes_and_takes_a_hand_over() {
             "n3",
             M::PreVoteRequest {
                 epoch: 1,
-                last: LogPosition::ZERO,
+                last: FORMED,
             },
         )
         .expect("peer");
@@ -585,9 +585,7 @@ fn paused_node_refuses_pre_votes_but_grants_votes_and_takes_a_hand_over() {
         )]
     );
     // Grants a vote under the usual rules (persisted first): promotions need it.
-    let a = c
-        .on_message(1, "n3", vote_req(1, LogPosition::ZERO))
-        .expect("peer");
+    let a = c.on_message(1, "n3", vote_req(1, FORMED)).expect("peer");
     assert_eq!(
         a[0],
         A::PersistVote {
@@ -620,7 +618,7 @@ fn paused_node_refuses_pre_votes_but_grants_votes_and_takes_a_hand_over() {
             "n3",
             M::PreVoteRequest {
                 epoch: 1,
-                last: LogPosition::ZERO,
+                last: FORMED,
             },
         )
         .expect("peer");
