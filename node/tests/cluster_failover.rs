@@ -106,9 +106,19 @@ impl Cluster {
     }
 
     async fn open(&self, id: &str, quorum: i64, applier: Recorder) -> Node {
-        Node::open(self.config(id, quorum), applier)
-            .await
-            .expect("open node")
+        // A node just shut down may hold its UDP port for a moment longer (tasks holding
+        // endpoint clones end after `shutdown` returns): retry the bind, bounded.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match Node::open(self.config(id, quorum), applier.clone()).await {
+                Ok(n) => return n,
+                Err(NodeError::Endpoint(e)) if Instant::now() < deadline => {
+                    eprintln!("{id}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("open node {id}: {e}"),
+            }
+        }
     }
 }
 
