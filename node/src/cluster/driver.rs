@@ -64,13 +64,13 @@ fn now_ms() -> u64 {
 
 /// `state/identity`: refuses another cluster's or another member's directory;
 /// a directory without one gets one with a new incarnation id.
-fn check_identity(config: &NodeConfig) -> Result<identity::Identity, NodeError> {
-    let dir = &config.data_dir;
-    std::fs::create_dir_all(dir).map_err(|e| NodeError::Open(format!("{}: {e}", dir.display())))?;
-    let node_dir = NodeDir::open(FsStorage, dir).map_err(|e| NodeError::Open(e.to_string()))?;
+fn check_identity(
+    config: &NodeConfig,
+    node_dir: &NodeDir<FsStorage>,
+) -> Result<identity::Identity, NodeError> {
     let loaded = identity::load_or_create(
         &FsStorage,
-        dir,
+        &config.data_dir,
         node_dir.state_dir(),
         &config.cluster_id,
         &config.node_id,
@@ -82,17 +82,28 @@ fn check_identity(config: &NodeConfig) -> Result<identity::Identity, NodeError> 
     Ok(loaded.identity)
 }
 
-/// What a (re)starting node brings to its election: its vote, its log's last record and
-/// whether it holds everything it acknowledged ([`plan::RestartRule`]: its log reaches the
-/// higher of its commit watermark and its acknowledged mark); the rule itself, the halt
-/// (a halted node never votes or leads: it starts halted, before it heard anyone) and
-/// whether it is in maintenance mode (`state/paused`).
-fn start_state(
-    config: &NodeConfig,
-) -> Result<(StartState, plan::RestartRule, Option<String>, bool), NodeError> {
+/// What a (re)starting member reads from its directory before it runs.
+struct Start {
+    /// Its vote, its log's last record and whether it holds everything it acknowledged.
+    state: StartState,
+    /// [`plan::RestartRule`]: its log must reach the higher of its commit watermark and
+    /// its acknowledged mark.
+    rule: plan::RestartRule,
+    /// The halt, if halted (a halted node never votes or leads: it starts halted, before
+    /// it heard anyone).
+    halt: Option<String>,
+    /// Maintenance mode (`state/paused`).
+    paused: bool,
+    /// `state/identity`, checked first: another cluster's or member's directory is
+    /// refused before anything else in it is read.
+    identity: identity::Identity,
+}
+
+fn start_state(config: &NodeConfig) -> Result<Start, NodeError> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).map_err(|e| NodeError::Open(format!("{}: {e}", dir.display())))?;
     let node_dir = NodeDir::open(FsStorage, dir).map_err(|e| NodeError::Open(e.to_string()))?;
+    let identity = check_identity(config, &node_dir)?;
     let commit = node_dir
         .commit_lsn()
         .map_err(|e| NodeError::Open(e.to_string()))?;
@@ -127,27 +138,30 @@ fn start_state(
         .map_err(|e| NodeError::Open(e.to_string()))?;
     let paused = super::maintenance::load_paused(node_dir.state_dir())
         .map_err(|e| NodeError::Open(e.to_string()))?;
-    Ok((
-        StartState {
+    Ok(Start {
+        state: StartState {
             vote,
             log_head: LogPosition::new(last.epoch, last.lsn),
             eligible,
         },
         rule,
-        halt.map(|h| format!("{} at lsn {}", h.reason, h.lsn)),
+        halt: halt.map(|h| format!("{} at lsn {}", h.reason, h.lsn)),
         paused,
-    ))
+        identity,
+    })
 }
 
 pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Result<Node, NodeError> {
     config.validate()?;
     let me = config.me()?.clone();
     let cfg = config.clone();
-    let identity = tokio::task::spawn_blocking(move || check_identity(&cfg))
-        .await
-        .map_err(|e| NodeError::Open(format!("identity task: {e}")))??;
-    let cfg = config.clone();
-    let (start, rule, halted, paused) = tokio::task::spawn_blocking(move || start_state(&cfg))
+    let Start {
+        state: start,
+        rule,
+        halt: halted,
+        paused,
+        identity,
+    } = tokio::task::spawn_blocking(move || start_state(&cfg))
         .await
         .map_err(|e| NodeError::Open(format!("start-state task: {e}")))??;
     let material = config
