@@ -20,7 +20,9 @@
 //!    the newest one in its log is committed, and a change adds, removes,
 //!    promotes or demotes one member (or changes addresses), generation + 1.
 
-use walship_wal::Lsn;
+use walship_wal::control::ControlRecord;
+use walship_wal::record::RecordHeader;
+use walship_wal::{Lsn, Storage, WalError, WalReader};
 
 pub use walship_wal::control::{ConfigMember, Configuration};
 
@@ -169,6 +171,12 @@ impl ConfigLog {
     }
 
     /// A configuration record at `lsn` was appended (or found on open).
+    ///
+    /// The first record of a log replaces the static base whatever it lists:
+    /// the base is this node's `node.toml`, which may differ from the one of
+    /// the primary that wrote the record (a member added later lists itself as
+    /// a learner); the log is what the cluster agreed on. Every later record
+    /// must follow the one before it by the rules of [`classify_change`].
     pub fn observe(&mut self, lsn: Lsn, config: Configuration) -> Result<Change, ConfigLogError> {
         let (newest_lsn, newest) = self.newest_entry();
         if lsn <= newest_lsn {
@@ -177,10 +185,45 @@ impl ConfigLog {
                 newest: newest_lsn,
             });
         }
-        let change = classify_change(newest, &config)
-            .map_err(|error| ConfigLogError::Change { lsn, error })?;
+        let change = if newest_lsn == 0 && newest.generation == 0 {
+            if config.voters().next().is_none() {
+                return Err(ConfigLogError::Change {
+                    lsn,
+                    error: ChangeError::NoVoter,
+                });
+            }
+            classify_change(newest, &config).unwrap_or(Change::Bootstrap)
+        } else {
+            classify_change(newest, &config)
+                .map_err(|error| ConfigLogError::Change { lsn, error })?
+        };
         self.entries.push((lsn, config));
         Ok(change)
+    }
+
+    /// The log of a node: `base` (its `node.toml`) and every configuration
+    /// record `reader` yields, with what is committed at `commit` forgotten.
+    pub fn from_log<S: Storage>(
+        base: Configuration,
+        reader: WalReader<S>,
+        commit: Lsn,
+    ) -> Result<ConfigLog, MembershipError> {
+        let mut log = ConfigLog::new(base);
+        for (lsn, config) in configurations_in(reader)? {
+            log.observe(lsn, config)?;
+        }
+        log.committed(commit);
+        Ok(log)
+    }
+
+    /// The newest configuration record and whether it is committed at
+    /// `commit` (for status and for the election core).
+    pub fn view(&self, commit: Lsn) -> MembershipView {
+        MembershipView {
+            lsn: self.newest_lsn(),
+            config: self.newest().clone(),
+            committed: self.newest_lsn() <= commit,
+        }
     }
 
     /// The log was cut after `keep_upto`: configurations above it are gone.
@@ -244,6 +287,121 @@ impl ConfigLog {
             });
         }
         Ok(())
+    }
+}
+
+/// The newest configuration of a log, as roles report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MembershipView {
+    /// Where its record is (0: the static base of `node.toml`).
+    pub lsn: Lsn,
+    /// The configuration.
+    pub config: Configuration,
+    /// Whether the commit watermark covers it.
+    pub committed: bool,
+}
+
+impl MembershipView {
+    /// `(voter, incarnation)` pairs and the learners, for
+    /// [`crate::election::ElectionCore::set_membership`].
+    pub fn election_members(&self) -> (Vec<(String, u64)>, Vec<String>) {
+        let voters = self
+            .config
+            .members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| (m.id.clone(), m.incarnation))
+            .collect();
+        let learners = self
+            .config
+            .members
+            .iter()
+            .filter(|m| !m.voter)
+            .map(|m| m.id.clone())
+            .collect();
+        (voters, learners)
+    }
+}
+
+/// Why a log's configurations cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    /// Reading the log failed.
+    #[error("reading the log's configuration records: {0}")]
+    Wal(#[from] WalError),
+    /// A control record's body is invalid.
+    #[error("control record at lsn {lsn}: {error}")]
+    Control {
+        /// Its lsn.
+        lsn: Lsn,
+        /// Why.
+        error: walship_wal::control::ControlError,
+    },
+    /// A configuration does not follow the one before it.
+    #[error(transparent)]
+    Order(#[from] ConfigLogError),
+    /// Stored record bytes that do not parse (a broken invariant of a verified batch).
+    #[error("record bytes at offset {offset} do not parse")]
+    Bytes {
+        /// Where.
+        offset: usize,
+    },
+}
+
+/// Every configuration record `reader` yields, in lsn order.
+pub fn configurations_in<S: Storage>(
+    mut reader: WalReader<S>,
+) -> Result<Vec<(Lsn, Configuration)>, MembershipError> {
+    let mut found = Vec::new();
+    while let Some(record) = reader.next_record() {
+        let record = record?;
+        if !record.view().is_control() {
+            continue;
+        }
+        let lsn = record.lsn();
+        match ControlRecord::decode(record.payload())
+            .map_err(|error| MembershipError::Control { lsn, error })?
+        {
+            ControlRecord::Configuration { config, .. } => found.push((lsn, config)),
+            ControlRecord::EpochStart { .. } => {}
+        }
+    }
+    Ok(found)
+}
+
+/// The configuration records in a batch of stored record bytes (already
+/// verified: crc, chain, control bodies).
+pub fn configurations_in_bytes(bytes: &[u8]) -> Result<Vec<(Lsn, Configuration)>, MembershipError> {
+    let mut found = Vec::new();
+    let mut offset = 0;
+    while offset < bytes.len() {
+        let header = RecordHeader::parse(&bytes[offset..])
+            .ok_or(MembershipError::Bytes { offset })?;
+        let len = header.record_len();
+        let end = offset
+            .checked_add(len)
+            .filter(|e| *e <= bytes.len())
+            .ok_or(MembershipError::Bytes { offset })?;
+        if header.is_control() {
+            let payload = &bytes[offset + walship_wal::RECORD_HEADER_LEN..end];
+            let lsn = header.lsn;
+            if let ControlRecord::Configuration { config, .. } = ControlRecord::decode(payload)
+                .map_err(|error| MembershipError::Control { lsn, error })?
+            {
+                found.push((lsn, config));
+            }
+        }
+        offset = end;
+    }
+    Ok(found)
+}
+
+/// The static base configuration (generation 0) of a member list: ids,
+/// addresses, voter flags; incarnations unknown (0).
+pub fn base_configuration(members: impl IntoIterator<Item = ConfigMember>) -> Configuration {
+    Configuration {
+        generation: 0,
+        members: members.into_iter().collect(),
     }
 }
 

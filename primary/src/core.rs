@@ -273,6 +273,9 @@ pub enum CoreError {
         /// The last epoch of the history given.
         last: u64,
     },
+    /// A membership without a voter set, or with an empty one.
+    #[error("a membership needs at least one non-empty voter set")]
+    EmptyVoterSet,
     /// `inject_fault` named a node that is not a replica member.
     #[error("{node_id} is not a replica member")]
     UnknownReplica {
@@ -570,7 +573,11 @@ pub struct PrimaryCore {
     /// commit watermark advances only to an lsn at or above it ([`committable_lsn`]).
     epoch_start_lsn: Lsn,
     quorum: Quorum,
-    receipts_needed: usize,
+    /// The voter sets a record must be committed under (spec/membership.md
+    /// rule 2: one set, or the old and the new one while a configuration
+    /// change is not committed); each needs `quorum.receipts_needed(len) + 1`
+    /// copies among its voters, this primary's own counting if it is one.
+    voter_sets: Vec<Vec<String>>,
     window: Window,
     members: Vec<Member>,
     sessions: BTreeMap<ConnId, Session>,
@@ -631,7 +638,7 @@ impl PrimaryCore {
             })
             .collect();
         Ok(PrimaryCore {
-            receipts_needed: config.quorum.receipts_needed(config.members.len()),
+            voter_sets: vec![config.members.clone()],
             node_id: config.node_id,
             cluster_id: config.cluster_id,
             epoch: config.epoch,
@@ -715,6 +722,71 @@ impl PrimaryCore {
         self.sessions
             .get(&conn)
             .map(|s| self.members[s.member].node_id.as_str())
+    }
+
+    /// The membership changed (spec/membership.md): `members` are every node
+    /// this primary ships to (voters and learners of every configuration in
+    /// effect; its own id is skipped), `voter_sets` the sets a record must be
+    /// committed under. A replica no longer a member has its session closed
+    /// ([`RefuseReason::NotAMember`]). The commit watermark is re-evaluated at
+    /// the next event. Refused (changing nothing): an empty set list or set.
+    pub fn set_membership(
+        &mut self,
+        members: &[String],
+        voter_sets: Vec<Vec<String>>,
+    ) -> Result<Vec<Action>, CoreError> {
+        if voter_sets.is_empty() || voter_sets.iter().any(|s| s.is_empty()) {
+            return Err(CoreError::EmptyVoterSet);
+        }
+        let mut out = Vec::new();
+        // Departed members: close their sessions, then drop them (session indices follow).
+        while let Some(i) = self
+            .members
+            .iter()
+            .position(|m| !members.contains(&m.node_id))
+        {
+            if let Some(conn) = self.members[i].conn {
+                let reason = RefuseReason::NotAMember {
+                    node_id: self.members[i].node_id.clone(),
+                };
+                self.refuse(conn, reason, &mut out);
+            }
+            let gone = self.members.remove(i);
+            tracing::info!(node = %self.node_id, epoch = self.epoch, member = %gone.node_id, "member removed: no longer shipped to");
+            self.sessions.retain(|_, s| s.member != i);
+            for s in self.sessions.values_mut() {
+                if s.member > i {
+                    s.member -= 1;
+                }
+            }
+        }
+        for id in members {
+            if *id != self.node_id && !self.members.iter().any(|m| m.node_id == *id) {
+                tracing::info!(node = %self.node_id, epoch = self.epoch, member = %id, "member added: shipping to it once it connects");
+                self.members.push(Member {
+                    node_id: id.clone(),
+                    durable_lsn: 0,
+                    last_receipt_ms: None,
+                    conn: None,
+                    #[cfg(feature = "fault-injection")]
+                    fault: None,
+                });
+            }
+        }
+        self.voter_sets = voter_sets;
+        Ok(out)
+    }
+
+    /// Whether the replicas shipped to are exactly `members` (this primary's id skipped).
+    pub fn members_match(&self, members: &[String]) -> bool {
+        let others = members.iter().filter(|m| **m != self.node_id);
+        others.clone().count() == self.members.len()
+            && others.into_iter().all(|id| self.members.iter().any(|m| m.node_id == *id))
+    }
+
+    /// The voter sets a record must currently be committed under.
+    pub fn voter_sets(&self) -> &[Vec<String>] {
+        &self.voter_sets
     }
 
     /// Arms a fault for the next record shipped to `node_id` (demo/test use only).
@@ -1175,17 +1247,31 @@ impl PrimaryCore {
         }
         // Every copy counted: our own durable write and each replica's receipt (a receipt
         // never exceeds what we shipped, which is locally durable; capped all the same).
-        let durable: Vec<Lsn> = std::iter::once(local_durable)
-            .chain(
-                self.members
-                    .iter()
-                    .map(|m| m.durable_lsn.min(local_durable)),
-            )
-            .collect();
-        // Figure 8: records of older epochs commit only together with one of ours.
-        let Some(candidate) =
-            committable_lsn(self.epoch_start_lsn, &durable, self.receipts_needed + 1)
-        else {
+        // Every voter set must hold the record (joint while a configuration change is
+        // not committed); figure 8: records of older epochs commit only together with
+        // one of ours.
+        let mut point: Option<Lsn> = None;
+        for set in &self.voter_sets {
+            let durable: Vec<Lsn> = set
+                .iter()
+                .map(|id| {
+                    if *id == self.node_id {
+                        local_durable
+                    } else {
+                        self.members
+                            .iter()
+                            .find(|m| m.node_id == *id)
+                            .map_or(0, |m| m.durable_lsn.min(local_durable))
+                    }
+                })
+                .collect();
+            let copies = self.quorum.receipts_needed(set.len()) + 1;
+            let Some(here) = committable_lsn(self.epoch_start_lsn, &durable, copies) else {
+                return;
+            };
+            point = Some(point.map_or(here, |p: Lsn| p.min(here)));
+        }
+        let Some(candidate) = point else {
             return;
         };
         if candidate <= self.commit_lsn {

@@ -181,6 +181,10 @@ pub(crate) struct Inner {
     pub(crate) draining: Mutex<Option<NodeId>>,
     /// This node's metrics (its roles observe into them; `/metrics` renders them).
     pub(crate) metrics: Arc<crate::metrics::NodeMetrics>,
+    /// Every member's addresses (newest configuration, then `node.toml`).
+    pub(crate) addresses: Mutex<std::collections::BTreeMap<NodeId, MemberAddr>>,
+    /// The newest configuration in the log, as the election core uses it.
+    pub(crate) membership: Mutex<crate::membership::MembershipView>,
 }
 
 impl Inner {
