@@ -396,6 +396,155 @@ pub fn configurations_in_bytes(bytes: &[u8]) -> Result<Vec<(Lsn, Configuration)>
     Ok(found)
 }
 
+/// An operator's membership change (`walship ctl add|remove|promote|demote`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberChange {
+    /// A new member: a learner unless `member.voter` (a voter added directly
+    /// votes at once; `ctl add` adds a learner, waits until it caught up,
+    /// then promotes it).
+    Add(ConfigMember),
+    /// A member leaves.
+    Remove(String),
+    /// A learner becomes a voter.
+    Promote(String),
+    /// A voter becomes a learner, optionally recording a new incarnation (a
+    /// voter whose disk was replaced: its old votes and receipts stop counting).
+    Demote {
+        /// The member.
+        id: String,
+        /// Its new incarnation, if it changed.
+        incarnation: Option<u64>,
+    },
+}
+
+/// Why an operator's change cannot be applied to the newest configuration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MemberChangeError {
+    /// `Add` of a member already listed.
+    #[error("{0} is already a member")]
+    AlreadyMember(String),
+    /// A change naming a node that is not a member.
+    #[error("{0} is not a member")]
+    NotAMember(String),
+    /// `Promote` of a voter or `Demote` of a learner.
+    #[error("{id} is already a {}", if *voter { "voter" } else { "learner" })]
+    Unchanged {
+        /// The member.
+        id: String,
+        /// What it is.
+        voter: bool,
+    },
+    /// The rules refuse the result.
+    #[error(transparent)]
+    Rules(#[from] ChangeError),
+}
+
+/// The configuration `change` makes of `current` (generation + 1), checked
+/// against rule 3. `current` must be a configuration record's (generation
+/// ≥ 1): the first record of a log is the bootstrap, written before any
+/// change.
+pub fn apply_change(
+    current: &Configuration,
+    change: &MemberChange,
+) -> Result<Configuration, MemberChangeError> {
+    let mut next = current.clone();
+    next.generation = current.generation.wrapping_add(1);
+    match change {
+        MemberChange::Add(m) => {
+            if current.member(&m.id).is_some() {
+                return Err(MemberChangeError::AlreadyMember(m.id.clone()));
+            }
+            next.members.push(m.clone());
+        }
+        MemberChange::Remove(id) => {
+            if current.member(id).is_none() {
+                return Err(MemberChangeError::NotAMember(id.clone()));
+            }
+            next.members.retain(|m| m.id != *id);
+        }
+        MemberChange::Promote(id) | MemberChange::Demote { id, .. } => {
+            let promote = matches!(change, MemberChange::Promote(_));
+            let m = next
+                .members
+                .iter_mut()
+                .find(|m| m.id == *id)
+                .ok_or_else(|| MemberChangeError::NotAMember(id.clone()))?;
+            if m.voter == promote {
+                return Err(MemberChangeError::Unchanged {
+                    id: id.clone(),
+                    voter: m.voter,
+                });
+            }
+            m.voter = promote;
+            if let MemberChange::Demote {
+                incarnation: Some(inc),
+                ..
+            } = change
+            {
+                m.incarnation = *inc;
+            }
+        }
+    }
+    classify_change(current, &next)?;
+    Ok(next)
+}
+
+/// What a primary knows of one replica, for [`automatic_change`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaFacts {
+    /// Its node id.
+    pub id: String,
+    /// The incarnation its current session's `Hello` announced (0: unknown or
+    /// not connected).
+    pub incarnation: u64,
+    /// Its durable lsn as the primary knows it (receipts).
+    pub durable_lsn: Lsn,
+}
+
+/// The change a primary makes by itself, if any (spec/membership.md §3,
+/// "Incarnations"): a voter that connected with another incarnation than
+/// the configuration names lost its disk (or had it replaced), so it is
+/// demoted to a learner under its new incarnation — its votes and receipts
+/// no longer count for the old one. With `auto_promote`, a learner that
+/// holds everything up to `commit` becomes a voter again. One change at a
+/// time: `None` while the newest configuration is not committed or is the
+/// static base (generation 0).
+pub fn automatic_change(
+    view: &MembershipView,
+    replicas: &[ReplicaFacts],
+    commit: Lsn,
+    auto_promote: bool,
+) -> Option<MemberChange> {
+    if !view.committed || view.config.generation == 0 {
+        return None;
+    }
+    for r in replicas {
+        if let Some(m) = view.config.member(&r.id) {
+            if m.voter && r.incarnation != 0 && m.incarnation != 0 && r.incarnation != m.incarnation {
+                return Some(MemberChange::Demote {
+                    id: r.id.clone(),
+                    incarnation: Some(r.incarnation),
+                });
+            }
+        }
+    }
+    if auto_promote {
+        for r in replicas {
+            if let Some(m) = view.config.member(&r.id) {
+                if !m.voter
+                    && r.incarnation != 0
+                    && r.incarnation == m.incarnation
+                    && r.durable_lsn >= commit
+                    && commit > 0
+                {
+                    return Some(MemberChange::Promote(r.id.clone()));
+                }
+            }
+        }
+    }
+    None
+}
+
 /// The static base configuration (generation 0) of a member list: ids,
 /// addresses, voter flags; incarnations unknown (0).
 pub fn base_configuration(members: impl IntoIterator<Item = ConfigMember>) -> Configuration {

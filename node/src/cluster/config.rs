@@ -57,6 +57,10 @@ pub struct NodeConfig {
     /// log but neither vote nor lead until a configuration makes them voters. A node added
     /// to a running cluster lists itself here; the cluster's log then decides.
     pub learners: Vec<NodeId>,
+    /// The primary promotes a learner to voter by itself once it holds everything up to
+    /// the commit watermark (default `false`: `walship ctl promote` does it; `ctl add`
+    /// does it after the learner caught up).
+    pub auto_promote_learners: bool,
 }
 
 impl NodeConfig {
@@ -83,6 +87,7 @@ impl NodeConfig {
             wal: WalOptions::default(),
             election_seed: None,
             learners: Vec::new(),
+            auto_promote_learners: false,
         }
     }
 

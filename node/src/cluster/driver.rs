@@ -247,6 +247,7 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
             incarnation: identity.incarnation,
             acked_lsn: rule.acked_lsn,
             required_lsn: rule.required_lsn(),
+            membership: membership.clone(),
         }),
         state: watch::channel(state).0,
         role: Mutex::new(RoleSlot::Idle),
@@ -255,6 +256,7 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         draining: Mutex::new(None),
         metrics: Arc::new(crate::metrics::NodeMetrics::new()),
         addresses: Mutex::new(addresses),
+        membership_change_running: std::sync::atomic::AtomicBool::new(false),
         membership: Mutex::new(membership.clone()),
         config,
     });
@@ -689,6 +691,40 @@ impl Driver {
             None => {}
         }
         self.apply_as_primary().await;
+        self.automatic_membership_change();
+    }
+
+    /// The primary's own membership changes (a reincarnated voter demoted, caught-up
+    /// learners promoted with `auto_promote_learners`): one at a time, on a task of its
+    /// own (it waits for the commit while this task keeps running the election).
+    fn automatic_membership_change(&mut self) {
+        use std::sync::atomic::Ordering;
+        if self.core.role() != Role::Primary
+            || self.inner.membership_change_running.load(Ordering::Acquire)
+        {
+            return;
+        }
+        let Some(change) =
+            super::members::automatic(&self.inner, self.inner.config.auto_promote_learners)
+        else {
+            return;
+        };
+        self.inner
+            .membership_change_running
+            .store(true, Ordering::Release);
+        warn!(?change, "membership change made by the primary itself");
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            match super::members::change(&inner, change.clone()).await {
+                Ok(done) => {
+                    info!(lsn = done.lsn, generation = done.config.generation, ?change, "automatic membership change committed")
+                }
+                Err(e) => warn!(?change, error = %e, "automatic membership change did not complete"),
+            }
+            inner
+                .membership_change_running
+                .store(false, Ordering::Release);
+        });
     }
 
     /// Tells the acknowledged mark what the running role acknowledged.
@@ -1078,10 +1114,19 @@ async fn route_session(
 
 /// `/status` of a node.
 pub(crate) fn http_status(config: &NodeConfig, s: &NodeStatus) -> http::NodeStatus {
+    // The newest configuration's address first: a member added later may not be in
+    // this node's node.toml.
     let http_of = |id: &str| {
-        config
+        s.membership
+            .config
             .member(id)
-            .and_then(|m| m.http_addr)
+            .and_then(|m| m.http_addr.clone())
+            .or_else(|| {
+                config
+                    .member(id)
+                    .and_then(|m| m.http_addr)
+                    .map(|a| a.to_string())
+            })
             .map(|a| format!("http://{a}"))
     };
     let mut out = if let Some(p) = &s.primary {
@@ -1108,6 +1153,7 @@ pub(crate) fn http_status(config: &NodeConfig, s: &NodeStatus) -> http::NodeStat
             required_lsn: None,
             paused: false,
             blocked_on: None,
+            configuration: None,
         }
     };
     out.paused = s.paused;
@@ -1125,6 +1171,7 @@ pub(crate) fn http_status(config: &NodeConfig, s: &NodeStatus) -> http::NodeStat
         out.primary_http = s.state.primary.as_deref().and_then(http_of);
     }
     out.incarnation = Some(s.incarnation);
+    out.configuration = Some(http::ConfigurationStatus::from_view(&s.membership));
     out.acked_lsn = Some(s.acked_lsn);
     out.required_lsn = Some(s.required_lsn);
     out
