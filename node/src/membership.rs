@@ -399,6 +399,10 @@ pub fn configurations_in_bytes(bytes: &[u8]) -> Result<Vec<(Lsn, Configuration)>
 /// An operator's membership change (`walship ctl add|remove|promote|demote`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MemberChange {
+    /// The first configuration record of a log: the base members with every
+    /// member's incarnation (written before any other change, and by the
+    /// primary by itself once every base member connected).
+    Bootstrap,
     /// A new member: a learner unless `member.voter` (a voter added directly
     /// votes at once; `ctl add` adds a learner, waits until it caught up,
     /// then promotes it).
@@ -450,6 +454,12 @@ pub fn apply_change(
     let mut next = current.clone();
     next.generation = current.generation.wrapping_add(1);
     match change {
+        MemberChange::Bootstrap => {
+            return Err(MemberChangeError::Rules(ChangeError::Generation {
+                previous: current.generation,
+                found: 1,
+            }))
+        }
         MemberChange::Add(m) => {
             if current.member(&m.id).is_some() {
                 return Err(MemberChangeError::AlreadyMember(m.id.clone()));
@@ -515,8 +525,14 @@ pub fn automatic_change(
     commit: Lsn,
     auto_promote: bool,
 ) -> Option<MemberChange> {
-    if !view.committed || view.config.generation == 0 {
+    if !view.committed {
         return None;
+    }
+    if view.config.generation == 0 {
+        // Record every base member's incarnation as soon as each replica connected (the
+        // primary's own is its identity's; it has no replica entry).
+        let all_known = replicas.iter().all(|r| r.incarnation != 0);
+        return all_known.then_some(MemberChange::Bootstrap);
     }
     for r in replicas {
         if let Some(m) = view.config.member(&r.id) {

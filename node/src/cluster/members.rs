@@ -115,6 +115,20 @@ pub(crate) async fn change(
     } else {
         view.config
     };
+    if change == MemberChange::Bootstrap {
+        if !bootstrapped {
+            return Err(NodeError::Primary(PrimaryError::Membership(format!(
+                "the log already holds configuration generation {}",
+                current.generation
+            ))));
+        }
+        let lsn = primary_of(inner)?.0.lsn;
+        return Ok(MembershipChanged {
+            lsn,
+            config: current,
+            bootstrapped,
+        });
+    }
     let next = apply_change(&current, &change)
         .map_err(|e| NodeError::Primary(PrimaryError::Membership(e.to_string())))?;
     let lsn = propose(inner, next.clone()).await?;
