@@ -1292,3 +1292,54 @@ proptest! {
         }
     }
 }
+
+// ---- membership (voter sets, spec/membership.md rule 2) ----
+
+#[test]
+fn joint_voter_sets_need_the_quorum_of_each_and_a_removed_member_is_refused() {
+    // Static k = 1 (two copies). Old voters {p, r1, r2}, new {p, r1, r2, r3}: lsn 10 on p
+    // and r3 only is enough for the new set, not for the old one.
+    let mut c = core(Quorum::Exactly(1), 3);
+    let mut log = MemLog::default();
+    let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let a = c
+        .set_membership(
+            &ids(&["p", "r1", "r2", "r3"]),
+            vec![ids(&["p", "r1", "r2"]), ids(&["p", "r1", "r2", "r3"])],
+        )
+        .expect("valid membership");
+    assert!(a.is_empty(), "nobody connected yet: {a:?}");
+    connect(&mut c, &mut log, 1, "r1", Position::ZERO);
+    connect(&mut c, &mut log, 3, "r3", Position::ZERO);
+    log.append_durable(10, 10);
+    c.handle(Event::LocalDurable, &mut log, 0);
+    let a = receipt(&mut c, &mut log, 3, 10);
+    assert_eq!(commit_advanced(&a), None, "the old voters hold one copy only");
+    let a = receipt(&mut c, &mut log, 1, 7);
+    assert_eq!(commit_advanced(&a), Some(7), "both sets hold lsn 7 twice");
+    // The change committed: the new set alone. r3's lsn 10 is the second copy.
+    c.set_membership(
+        &ids(&["p", "r1", "r2", "r3"]),
+        vec![ids(&["p", "r1", "r2", "r3"])],
+    )
+    .expect("valid");
+    let a = c.handle(Event::Tick, &mut log, 0);
+    assert_eq!(commit_advanced(&a), Some(10));
+    // r1 is removed: its session is refused and closed, and it is refused if it comes back.
+    let a = c
+        .set_membership(&ids(&["p", "r2", "r3"]), vec![ids(&["p", "r2", "r3"])])
+        .expect("valid");
+    assert!(
+        matches!(closed(&a, 1), Some(CloseReason::Refused(RefuseReason::NotAMember { .. }))),
+        "{a:?}"
+    );
+    let a = connect(&mut c, &mut log, 4, "r1", Position::ZERO);
+    assert!(
+        matches!(closed(&a, 4), Some(CloseReason::Refused(RefuseReason::NotAMember { .. }))),
+        "{a:?}"
+    );
+    assert_eq!(
+        c.set_membership(&ids(&["p"]), vec![]),
+        Err(CoreError::EmptyVoterSet)
+    );
+}

@@ -22,6 +22,7 @@ fn config(members: &[&str], quorum: Quorum) -> ExecConfig {
         tick_ms: DEFAULT_TICK_MS,
         persist_interval_ms: DEFAULT_PERSIST_INTERVAL_MS,
         new_epoch: None,
+        base_config: None,
     }
 }
 
