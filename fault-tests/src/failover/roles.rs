@@ -119,6 +119,7 @@ impl Cluster {
             report_applied: true,
             // Fenced by its election epoch: nothing from a primary below it.
             min_primary_epoch: epoch,
+            incarnation: 0,
         };
         let storage = self.nodes[n].storage.clone();
         let applier = Box::new(self.nodes[n].applier.clone());

@@ -96,6 +96,11 @@ fn open_replica(inner: &Inner, epoch: u64, primary: NodeId) {
     let config = match inner.config.replica_config(&primary, epoch) {
         Ok(mut c) => {
             c.metrics = Some(inner.metrics.role().clone());
+            c.incarnation = inner
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .incarnation;
             c
         }
         Err(e) => return failed(inner, e.to_string()),

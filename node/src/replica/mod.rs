@@ -138,6 +138,10 @@ pub struct ReplicaConfig {
     /// `max(highest epoch seen, min_primary_epoch)` is refused (`Refuse{StalePrimary}`,
     /// a session end, not a halt; FM-X.2).
     pub min_primary_epoch: u64,
+    /// The incarnation id of the data directory (`state/identity`), announced in `Hello`
+    /// (default 0 = unknown): a cluster node sets it; a primary counts this replica's
+    /// receipts only while it expects this incarnation (spec/protocol.md §12.1).
+    pub incarnation: u64,
     /// Where the fsync latency histogram and the snapshot counter go (a node's
     /// [`crate::metrics::NodeMetrics`]); `None`: nowhere.
     pub metrics: Option<crate::metrics::RoleMetrics>,
@@ -168,6 +172,7 @@ impl ReplicaConfig {
             wal: WalOptions::default(),
             sync_every_bytes: 8 * 1024 * 1024,
             min_primary_epoch: 0,
+            incarnation: 0,
             metrics: None,
         }
     }

@@ -84,6 +84,8 @@ pub struct ExecConfig {
     /// election epoch; 0 without elections). Raise it at run time with
     /// [`ReplicaExec::set_min_primary_epoch`].
     pub min_primary_epoch: u64,
+    /// The incarnation id of the data directory, announced in `Hello` (0 = unknown).
+    pub incarnation: u64,
 }
 
 impl ExecConfig {
@@ -101,6 +103,7 @@ impl ExecConfig {
             commit_interval_ms: DEFAULT_COMMIT_INTERVAL_MS,
             report_applied: false,
             min_primary_epoch: c.min_primary_epoch,
+            incarnation: c.incarnation,
         }
     }
 }

@@ -43,6 +43,7 @@ fn config() -> ExecConfig {
         commit_interval_ms: 10,
         report_applied: true,
         min_primary_epoch: 0,
+        incarnation: 0,
     }
 }
 
