@@ -1131,6 +1131,9 @@ impl PrimaryCore {
             }),
         });
         let node_id = &self.members[member].node_id;
+        // Set when the session closes after the receipt accounting below (which a Hello
+        // that passed the checks above always gets: the close proves nothing is held).
+        let mut close_after = None;
         let state = if at_replica_last == Some(hello.last) {
             tracing::info!(replica = %node_id, lsn = hello.last.lsn, epoch = self.epoch,
                 "replica log is a prefix of ours: shipping");
@@ -1155,11 +1158,11 @@ impl PrimaryCore {
                 _ => {
                     tracing::warn!(replica = %node_id, replica_lsn = hello.last.lsn, first_lsn,
                         "replica's next record is not retained and no snapshot covers it");
-                    let reason = CloseReason::NotRetained {
+                    close_after = Some(CloseReason::NotRetained {
                         replica_lsn: hello.last.lsn,
                         first_lsn,
-                    };
-                    return self.close(conn, reason, out);
+                    });
+                    SessionState::Idle
                 }
             }
         } else {
@@ -1191,6 +1194,9 @@ impl PrimaryCore {
                 expected = format_args!("{:016x}", m.expected_incarnation),
                 announced = format_args!("{:016x}", hello.incarnation),
                 "replica's Hello announced another incarnation than expected: still shipping to it, its receipts do not count");
+        }
+        if let Some(reason) = close_after {
+            return self.close(conn, reason, out);
         }
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.state = state;

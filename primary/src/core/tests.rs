@@ -9,6 +9,8 @@ use walship_wal::encode_record;
 struct MemLog {
     records: Vec<(Position, Vec<u8>)>,
     durable: usize,
+    /// The first retained lsn (0 or 1: nothing truncated; no snapshot either way).
+    first: Lsn,
 }
 
 impl MemLog {
@@ -45,7 +47,7 @@ impl LogSource for MemLog {
         self.pos(self.durable as Lsn)
     }
     fn first_lsn(&self) -> Lsn {
-        1
+        self.first.max(1)
     }
     fn read_batch(
         &mut self,
@@ -1107,6 +1109,37 @@ fn fm_x_15_receipts_of_an_earlier_incarnation_never_count_for_the_new_one() {
     // The same incarnation reconnecting keeps what its Hello proves (as before).
     connect_as(&mut c, &mut log, 4, hello_of("r1", 0xA2, p20));
     assert_eq!(progress(&c, &log, "r1").durable_lsn, 20);
+}
+
+/// FM-X.15: a replaced disk that comes back empty to a truncated log with no snapshot is
+/// closed (`NotRetained`), and its old receipts no longer count all the same; the
+/// incarnation its Hello announced is recorded.
+#[test]
+fn fm_x_15_old_receipts_stop_counting_when_the_replaced_disk_is_not_retained() {
+    let mut c = core(Quorum::Exactly(2), 2);
+    let mut log = MemLog::default();
+    log.append_durable(20, 10);
+    connect_as(&mut c, &mut log, 1, hello_of("r1", 0xA, Position::ZERO));
+    connect(&mut c, &mut log, 2, "r2", Position::ZERO);
+    receipt(&mut c, &mut log, 1, 20);
+    let a = receipt(&mut c, &mut log, 2, 10);
+    assert_eq!(commit_advanced(&a), Some(10));
+    log.first = 11;
+    let a = connect_as(&mut c, &mut log, 3, hello_of("r1", 0xA2, Position::ZERO));
+    assert_eq!(
+        closed(&a, 3),
+        Some(CloseReason::NotRetained {
+            replica_lsn: 0,
+            first_lsn: 11
+        })
+    );
+    let r1 = progress(&c, &log, "r1");
+    assert_eq!(
+        (r1.connected, r1.durable_lsn, r1.incarnation),
+        (false, 0, Some(0xA2))
+    );
+    let a = receipt(&mut c, &mut log, 2, 20);
+    assert_eq!(commit_advanced(&a), None, "20 is on one replica disk only");
 }
 
 #[test]
