@@ -134,6 +134,12 @@ pub struct MemberStatus {
     /// durable here, else since the first record it lacks became durable on the primary
     /// (`walship_primary::core::ReplicaProgress::lag_ms`).
     pub lag_ms: u64,
+    /// The incarnation id the member's latest accepted `Hello` announced (`null`: none
+    /// since the primary started; 0: the member announced none).
+    pub incarnation: Option<u64>,
+    /// The incarnation whose receipts count towards commits (0: any); while `incarnation`
+    /// is another one, the member is shipped to but counts as holding nothing.
+    pub expected_incarnation: u64,
 }
 
 impl MemberStatus {
@@ -147,6 +153,8 @@ impl MemberStatus {
             lag_bytes: r.lag_bytes,
             last_receipt_age_ms: r.last_receipt_age_ms,
             lag_ms: r.lag_ms,
+            incarnation: r.incarnation,
+            expected_incarnation: r.expected_incarnation,
         }
     }
 }
@@ -988,6 +996,8 @@ mod tests {
                 lag_bytes: 64,
                 last_receipt_age_ms: Some(5),
                 lag_ms: 5,
+                incarnation: Some(7),
+                expected_incarnation: 0,
             }]),
             incarnation: None,
             acked_lsn: None,

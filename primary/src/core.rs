@@ -478,6 +478,13 @@ pub struct ReplicaProgress {
     /// primary (a lower bound when that is older than the [`MAX_DURABLE_MARKS`] marks
     /// kept, or older than this primary).
     pub lag_ms: u64,
+    /// The incarnation id its latest accepted `Hello` announced (`None`: no `Hello`
+    /// accepted since this primary started; `Some(0)`: the replica announced none).
+    pub incarnation: Option<u64>,
+    /// The incarnation whose receipts count towards commits (0: any;
+    /// [`PrimaryCore::set_expected_incarnations`]). While `incarnation` is another one, the
+    /// replica is shipped to and reported here but counts as holding nothing.
+    pub expected_incarnation: u64,
 }
 
 /// Most (durable lsn, time) marks the core keeps for [`ReplicaProgress::lag_ms`]; the
@@ -558,8 +565,21 @@ struct Member {
     durable_lsn: Lsn,
     last_receipt_ms: Option<u64>,
     conn: Option<ConnId>,
+    /// The incarnation its latest accepted `Hello` announced (`None`: none since start).
+    incarnation: Option<u64>,
+    /// The incarnation whose receipts count (0: any).
+    expected_incarnation: u64,
     #[cfg(feature = "fault-injection")]
     fault: Option<ShipFault>,
+}
+
+impl Member {
+    /// Its receipts count towards commits: no incarnation is expected of it, or its latest
+    /// `Hello` announced the expected one (FM-X.15: the receipts of another incarnation of
+    /// its data directory say nothing about the disk the member is expected to have).
+    fn receipts_count(&self) -> bool {
+        self.expected_incarnation == 0 || self.incarnation == Some(self.expected_incarnation)
+    }
 }
 
 /// The primary's protocol state machine. See the module documentation.
@@ -633,6 +653,8 @@ impl PrimaryCore {
                 durable_lsn: 0,
                 last_receipt_ms: None,
                 conn: None,
+                incarnation: None,
+                expected_incarnation: 0,
                 #[cfg(feature = "fault-injection")]
                 fault: None,
             })
@@ -768,6 +790,8 @@ impl PrimaryCore {
                     durable_lsn: 0,
                     last_receipt_ms: None,
                     conn: None,
+                    incarnation: None,
+                    expected_incarnation: 0,
                     #[cfg(feature = "fault-injection")]
                     fault: None,
                 });
@@ -787,6 +811,41 @@ impl PrimaryCore {
     /// The voter sets a record must currently be committed under.
     pub fn voter_sets(&self) -> &[Vec<String>] {
         &self.voter_sets
+    }
+
+    /// Says which incarnation of each replica member must have announced in its `Hello` for
+    /// its receipts to count towards commits (spec/protocol.md §12.1, FM-X.15): `(node_id,
+    /// incarnation)` pairs, 0 = any. Replaces the previous expectation: a member not named
+    /// expects 0 (any). Names that are not replica members (this primary itself, a node
+    /// outside the member list) are ignored; of a name given twice the last counts.
+    ///
+    /// A member whose `Hello` announced another incarnation is still shipped to (it catches
+    /// up like a learner) and reported by [`status`](Self::status), but counts as holding
+    /// nothing for the commit. The watermark is re-evaluated at the next
+    /// [`handle`](Self::handle) (feed [`Event::Tick`] to do it at once).
+    pub fn set_expected_incarnations(&mut self, expected: &[(String, u64)]) {
+        for m in &mut self.members {
+            let counted = m.receipts_count();
+            m.expected_incarnation = expected
+                .iter()
+                .rev()
+                .find(|(id, _)| *id == m.node_id)
+                .map_or(0, |&(_, inc)| inc);
+            match (counted, m.receipts_count(), m.incarnation) {
+                (true, false, Some(announced)) => {
+                    tracing::warn!(replica = %m.node_id, epoch = self.epoch, durable_lsn = m.durable_lsn,
+                        expected = format_args!("{:016x}", m.expected_incarnation),
+                        announced = format_args!("{announced:016x}"),
+                        "replica's Hello announced another incarnation than expected: still shipping to it, its receipts do not count");
+                }
+                (false, true, _) => {
+                    tracing::info!(replica = %m.node_id, epoch = self.epoch, durable_lsn = m.durable_lsn,
+                        expected = format_args!("{:016x}", m.expected_incarnation),
+                        "replica's announced incarnation is now expected: its receipts count");
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Arms a fault for the next record shipped to `node_id` (demo/test use only).
@@ -850,6 +909,8 @@ impl PrimaryCore {
                     lag_bytes: inflight_bytes + unshipped * mean,
                     last_receipt_age_ms: m.last_receipt_ms.map(|t| now_ms.saturating_sub(t)),
                     lag_ms: self.lag_ms(m.durable_lsn, durable, now_ms),
+                    incarnation: m.incarnation,
+                    expected_incarnation: m.expected_incarnation,
                 }
             })
             .collect();
@@ -1144,6 +1205,9 @@ impl PrimaryCore {
             }),
         });
         let node_id = &self.members[member].node_id;
+        // Set when the session closes after the receipt accounting below (which a Hello
+        // that passed the checks above always gets: the close proves nothing is held).
+        let mut close_after = None;
         let state = if at_replica_last == Some(hello.last) {
             tracing::info!(replica = %node_id, lsn = hello.last.lsn, epoch = self.epoch,
                 "replica log is a prefix of ours: shipping");
@@ -1168,11 +1232,11 @@ impl PrimaryCore {
                 _ => {
                     tracing::warn!(replica = %node_id, replica_lsn = hello.last.lsn, first_lsn,
                         "replica's next record is not retained and no snapshot covers it");
-                    let reason = CloseReason::NotRetained {
+                    close_after = Some(CloseReason::NotRetained {
                         replica_lsn: hello.last.lsn,
                         first_lsn,
-                    };
-                    return self.close(conn, reason, out);
+                    });
+                    SessionState::Idle
                 }
             }
         } else {
@@ -1181,17 +1245,32 @@ impl PrimaryCore {
             SessionState::Idle
         };
         // FM-X.15: receipts from an earlier session count only for what this Hello proves
-        // the replica still holds (a replaced disk comes back empty); later receipts raise
-        // it again. The commit watermark itself never decreases.
+        // the replica still holds (a replaced disk comes back empty), and not at all when
+        // the Hello announces another incarnation of its data directory than the earlier
+        // session did; later receipts raise it again. The commit watermark never decreases.
         let m = &mut self.members[member];
+        let same_incarnation = m.incarnation.is_none_or(|i| i == hello.incarnation);
         let proven = match state {
-            SessionState::Shipping(_) => m.durable_lsn.min(hello.last.lsn),
+            SessionState::Shipping(_) if same_incarnation => m.durable_lsn.min(hello.last.lsn),
             _ => 0,
         };
         if proven < m.durable_lsn {
             tracing::warn!(replica = %m.node_id, receipted = m.durable_lsn, hello_last = %hello.last,
-                counted = proven, "replica's Hello proves less than it receipted before: old receipts no longer count");
+                counted = proven, same_incarnation, "replica's Hello proves less than it receipted before: old receipts no longer count");
             m.durable_lsn = proven;
+        }
+        let (counted, before) = (m.receipts_count(), m.incarnation);
+        m.incarnation = Some(hello.incarnation);
+        // Warn once: when the member stops counting, or announces an unexpected
+        // incarnation it did not announce before (not at every reconnect).
+        if !m.receipts_count() && (counted || before != m.incarnation) {
+            tracing::warn!(replica = %m.node_id, epoch = self.epoch, lsn = hello.last.lsn,
+                expected = format_args!("{:016x}", m.expected_incarnation),
+                announced = format_args!("{:016x}", hello.incarnation),
+                "replica's Hello announced another incarnation than expected: still shipping to it, its receipts do not count");
+        }
+        if let Some(reason) = close_after {
+            return self.close(conn, reason, out);
         }
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.state = state;
@@ -1258,9 +1337,12 @@ impl PrimaryCore {
                     if *id == self.node_id {
                         local_durable
                     } else {
+                        // A replica of another incarnation than expected holds
+                        // nothing here (FM-X.15).
                         self.members
                             .iter()
                             .find(|m| m.node_id == *id)
+                            .filter(|m| m.receipts_count())
                             .map_or(0, |m| m.durable_lsn.min(local_durable))
                     }
                 })

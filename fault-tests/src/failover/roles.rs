@@ -121,6 +121,7 @@ impl Cluster {
             // Fenced by its election epoch: nothing from a primary below it.
             min_primary_epoch: epoch,
             base_config: None,
+            incarnation: 0,
         };
         let storage = self.nodes[n].storage.clone();
         let applier = Box::new(self.nodes[n].applier.clone());

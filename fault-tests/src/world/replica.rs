@@ -343,6 +343,7 @@ impl World {
             report_applied: true,
             min_primary_epoch: 0,
             base_config: None,
+            incarnation: 0,
         };
         let applier = self.replica(n).applier.clone();
         let exec = match ReplicaExec::open(s, config, Box::new(applier), self.now()) {

@@ -34,7 +34,11 @@ pub(crate) fn replica_facts(p: &Primary) -> Vec<ReplicaFacts> {
         .iter()
         .map(|r| ReplicaFacts {
             id: r.node_id.clone(),
-            incarnation: if r.connected { 0 /* MERGE-INCARN */ } else { 0 },
+            incarnation: if r.connected {
+                r.incarnation.unwrap_or(0)
+            } else {
+                0
+            },
             durable_lsn: r.durable_lsn,
         })
         .collect()

@@ -106,6 +106,11 @@ fn open_replica(inner: &Inner, epoch: u64, primary: NodeId) {
         Ok(mut c) => {
             c.metrics = Some(inner.metrics.role().clone());
             c.base_config = Some(inner.config.base_configuration());
+            c.incarnation = inner
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .incarnation;
             c
         }
         Err(e) => return failed(inner, e.to_string()),

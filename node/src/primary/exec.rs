@@ -843,22 +843,38 @@ impl<S: Storage, W> PrimaryExec<S, W> {
             .iter()
             .map(|c| c.voters().map(str::to_owned).collect())
             .collect();
-        if sets.as_slice() == self.core.voter_sets() && self.core.members_match(&members) {
-            return;
-        }
-        match self.core.set_membership(&members, sets) {
-            Ok(actions) => {
-                for action in actions {
-                    if let Action::Close { conn, reason } = action {
-                        self.out.push_back(Output::Close { conn, reason });
-                    } else if let Action::Send { conn, msg } = action {
-                        self.out.push_back(Output::Send { conn, msg });
+        // The incarnation whose receipts count: the one the newest configuration names
+        // where the member votes there, else the older one's (a voter demoted with a new
+        // incarnation counts in the old voter set only as the incarnation that held the
+        // data: its new one counts nowhere until it is a voter again).
+        let expected: Vec<(String, u64)> = members
+            .iter()
+            .map(|id| {
+                let voting = configs
+                    .iter()
+                    .rev()
+                    .filter_map(|c| c.member(id))
+                    .find(|m| m.voter)
+                    .or_else(|| configs.iter().rev().find_map(|c| c.member(id)));
+                (id.clone(), voting.map_or(0, |m| m.incarnation))
+            })
+            .collect();
+        if sets.as_slice() != self.core.voter_sets() || !self.core.members_match(&members) {
+            match self.core.set_membership(&members, sets) {
+                Ok(actions) => {
+                    for action in actions {
+                        if let Action::Close { conn, reason } = action {
+                            self.out.push_back(Output::Close { conn, reason });
+                        } else if let Action::Send { conn, msg } = action {
+                            self.out.push_back(Output::Send { conn, msg });
+                        }
                     }
                 }
-                self.core_event(Event::Tick, now_ms);
+                Err(e) => panic!("a configuration in the log has no voters: {e}"),
             }
-            Err(e) => panic!("a configuration in the log has no voters: {e}"),
         }
+        self.core.set_expected_incarnations(&expected);
+        self.core_event(Event::Tick, now_ms);
     }
 
     /// Feeds one event to the core and performs its actions.

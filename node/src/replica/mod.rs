@@ -142,6 +142,10 @@ pub struct ReplicaConfig {
     /// the replica tracks the configuration records of its log and reports the newest
     /// ([`ReplicaStatus::membership`]). `None` (default): it does not look at them.
     pub base_config: Option<walship_wal::control::Configuration>,
+    /// The incarnation id of the data directory (`state/identity`), announced in `Hello`
+    /// (default 0 = unknown): a cluster node sets it; a primary counts this replica's
+    /// receipts only while it expects this incarnation (spec/protocol.md §12.1).
+    pub incarnation: u64,
     /// Where the fsync latency histogram and the snapshot counter go (a node's
     /// [`crate::metrics::NodeMetrics`]); `None`: nowhere.
     pub metrics: Option<crate::metrics::RoleMetrics>,
@@ -173,6 +177,7 @@ impl ReplicaConfig {
             sync_every_bytes: 8 * 1024 * 1024,
             min_primary_epoch: 0,
             base_config: None,
+            incarnation: 0,
             metrics: None,
         }
     }

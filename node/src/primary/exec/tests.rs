@@ -310,6 +310,7 @@ fn hello_from(node: &str, last: Position, highest_epoch_seen: u64) -> Message {
         protocol_version: walship_wire::PROTOCOL_VERSION,
         cluster_id: "c".into(),
         node_id: node.into(),
+        incarnation: 0,
         last,
         commit_lsn: 0,
         epoch_history: vec![],

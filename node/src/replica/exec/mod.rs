@@ -86,6 +86,8 @@ pub struct ExecConfig {
     pub min_primary_epoch: u64,
     /// [`ReplicaConfig::base_config`]: track the log's configuration records.
     pub base_config: Option<walship_wal::control::Configuration>,
+    /// The incarnation id of the data directory, announced in `Hello` (0 = unknown).
+    pub incarnation: u64,
 }
 
 impl ExecConfig {
@@ -104,6 +106,7 @@ impl ExecConfig {
             report_applied: false,
             min_primary_epoch: c.min_primary_epoch,
             base_config: c.base_config.clone(),
+            incarnation: c.incarnation,
         }
     }
 }

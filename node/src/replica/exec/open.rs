@@ -105,6 +105,7 @@ impl<S: Storage> ReplicaExec<S> {
                 backoff_initial_ms: config.backoff_initial_ms,
                 backoff_max_ms: config.backoff_max_ms,
                 min_primary_epoch: config.min_primary_epoch,
+                incarnation: config.incarnation,
             },
             DurableState {
                 last,

@@ -44,6 +44,7 @@ fn config() -> ExecConfig {
         report_applied: true,
         min_primary_epoch: 0,
         base_config: None,
+        incarnation: 0,
     }
 }
 
