@@ -7,7 +7,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{recover, recover_json, s, Node, SMALL_SEGMENT_BYTES};
+use std::collections::BTreeSet;
+use std::os::unix::fs::FileExt;
+
+use common::{paths, recover, recover_json, s, Node, SMALL_SEGMENT_BYTES};
 use walship_node::cluster::identity::{load_or_create, Identity, IDENTITY_FILE};
 use walship_node::cluster::plan::RestartRule;
 use walship_node::election::{
@@ -522,4 +525,93 @@ fn promote_lowers_a_watermark_above_the_log_and_states_the_certain_loss() {
             crc: wal.last().crc
         }
     );
+}
+
+#[test]
+fn promote_cuts_a_torn_tail_and_starts_the_epoch_after_the_last_verified_record() {
+    let (n, _) = survivor(true, true);
+    let (_, v, _) = recover_json(&["inspect", s(&n.root)]);
+    let seg = v["wal"]["segments"]
+        .as_array()
+        .and_then(|a| a.last())
+        .expect("a segment")
+        .clone();
+    let path = n.wal_dir().join(seg["name"].as_str().expect("name"));
+    let end = seg["valid_bytes"].as_u64().expect("valid_bytes");
+    // An unsynced half-written header after the last record: a torn tail, not corruption.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open segment")
+        .write_all_at(&[0xab; 20], end)
+        .expect("write");
+    let (code, v, _) = recover_json(&["promote", s(&n.root)]);
+    assert_eq!(code, 6);
+    assert_eq!(v["wal_state"]["state"], "torn-tail");
+    assert_eq!(v["loss"]["durable_lsn"], 8);
+    let (code, v, err) = recover_json(&["promote", s(&n.root), "--accept-data-loss"]);
+    assert_eq!(code, 0, "{err}\n{v}");
+    assert_eq!(v["epoch_start"]["lsn"], 9);
+    assert_eq!(v["verify"]["wal"]["state"]["state"], "clean");
+    assert_eq!(elect_on(&n, vec!["n3".into()]), 4);
+}
+
+#[test]
+fn promote_json_field_paths_are_stable() {
+    let (n, _) = survivor(true, true);
+    let config_view = |prefix: &str| -> Vec<String> {
+        let mut v: Vec<String> = ["", ".lsn", ".epoch", ".generation", ".forced", ".members"]
+            .iter()
+            .map(|f| format!("{prefix}{f}"))
+            .collect();
+        v.extend(
+            ["id", "incarnation", "voter", "addr", "http_addr"]
+                .map(|f| format!("{prefix}.members[].{f}")),
+        );
+        v
+    };
+    let mut want: Vec<String> = [
+        "schema_version",
+        "command",
+        "exit_code",
+        "dir",
+        "node_id",
+        "incarnation",
+        "before",
+        "before.lsn",
+        "before.epoch",
+        "before.crc",
+        "wal_state",
+        "wal_state.state",
+        "vote",
+        "vote.epoch",
+        "vote.voted_for",
+        "epoch",
+        "loss",
+        "loss.durable_lsn",
+        "loss.durable_epoch",
+        "loss.commit_lsn",
+        "loss.acked_lsn",
+        "loss.committed_missing",
+        "loss.uncommitted_kept",
+        "loss.removed_voters",
+        "loss.removed_members",
+        "may_lose",
+        "performed",
+        "refused",
+        "epoch_start",
+        "after",
+        "commit_lsn_after",
+        "acked_lsn_after",
+        "verify",
+        "audit_log",
+    ]
+    .map(String::from)
+    .to_vec();
+    want.extend(config_view("old_configuration"));
+    want.extend(config_view("new_configuration"));
+    let (_, v, _) = recover_json(&["promote", s(&n.root)]);
+    let mut got = BTreeSet::new();
+    paths(&v, "", &mut got);
+    assert_eq!(got, want.into_iter().collect::<BTreeSet<_>>());
 }

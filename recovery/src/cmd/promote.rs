@@ -186,10 +186,17 @@ pub fn promote(
         .ok_or_else(|| RecoverError::Refused {
             reason: "epoch u64::MAX reached: no new epoch exists".to_string(),
         })?;
-    // What the WAL would refuse is refused before anything is written.
+    // What the WAL would refuse is refused before anything is written (an incarnation
+    // still to be created is checked as 1: any non-zero value encodes alike).
+    let mut check = new.clone();
+    set_incarnation(
+        &mut check,
+        &node_id,
+        incarnation_or_placeholder(&new, &node_id),
+    );
     ControlRecord::Configuration {
         epoch,
-        config: new.clone(),
+        config: check,
     }
     .encode()
     .map_err(|e| RecoverError::BadInput {
@@ -260,6 +267,16 @@ pub fn promote(
         &AuditEntry::now("promote", "intent", dir, &env.command_line, details.clone()),
     )?;
     report.audit_log = Some(audit_path.display().to_string());
+    let failed = |env: &Env<'_>, e: &RecoverError| {
+        let mut f = details.clone();
+        f["error"] = serde_json::Value::String(e.to_string());
+        // Best effort: the error being reported matters more than this entry.
+        let _ = append_audit(
+            d.storage(),
+            &state_dir,
+            &AuditEntry::now("promote", "failed", dir, &env.command_line, f),
+        );
+    };
     let acted = (|| -> Result<Acted, RecoverError> {
         let node_dir = NodeDir::open(FsStorage, dir)?;
         // A watermark above the log names records this node lost (FM-X.6): they are part of
@@ -341,14 +358,7 @@ pub fn promote(
     let acted = match acted {
         Ok(a) => a,
         Err(e) => {
-            let mut f = details.clone();
-            f["error"] = serde_json::Value::String(e.to_string());
-            // Best effort: the error being reported matters more than this entry.
-            let _ = append_audit(
-                d.storage(),
-                &state_dir,
-                &AuditEntry::now("promote", "failed", dir, &env.command_line, f),
-            );
+            failed(env, &e);
             return Err(e);
         }
     };
@@ -373,13 +383,7 @@ pub fn promote(
     let verified = match verified {
         Ok(v) => v,
         Err(e) => {
-            let mut f = details.clone();
-            f["error"] = serde_json::Value::String(e.to_string());
-            let _ = append_audit(
-                d.storage(),
-                &state_dir,
-                &AuditEntry::now("promote", "failed", dir, &env.command_line, f),
-            );
+            failed(env, &e);
             return Err(e);
         }
     };
@@ -547,7 +551,7 @@ fn choose_voters(
 
 /// The forced configuration: the members of `old` named in `voters`, as voters, in
 /// `old`'s order, with their entries as they were — except this node's incarnation,
-/// which is its directory's (a placeholder 1 when the identity is written at promote).
+/// which is its directory's (0 until the identity is written, at promote).
 fn forced_configuration(
     old: &Configuration,
     voters: &[String],
@@ -567,8 +571,12 @@ fn forced_configuration(
             })
             .collect(),
     };
-    set_incarnation(&mut new, node_id, identity.map_or(1, |i| i.incarnation));
+    set_incarnation(&mut new, node_id, identity.map_or(0, |i| i.incarnation));
     new
+}
+
+fn incarnation_or_placeholder(config: &Configuration, node_id: &str) -> u64 {
+    config.member(node_id).map_or(1, |m| m.incarnation).max(1)
 }
 
 fn set_incarnation(config: &mut Configuration, node_id: &str, incarnation: u64) {
