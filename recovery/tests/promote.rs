@@ -615,3 +615,100 @@ fn promote_json_field_paths_are_stable() {
     paths(&v, "", &mut got);
     assert_eq!(got, want.into_iter().collect::<BTreeSet<_>>());
 }
+
+/// Records what the node applies (it must be each lsn once, in order).
+#[derive(Clone, Default)]
+struct Applied(std::sync::Arc<std::sync::Mutex<u64>>);
+
+impl walship_node::Applier for Applied {
+    fn applied_lsn(&self) -> u64 {
+        *self.0.lock().expect("lock")
+    }
+    fn apply(&mut self, lsn: u64, _payload: &[u8]) -> Result<(), walship_node::ApplyError> {
+        let mut g = self.0.lock().expect("lock");
+        if lsn != *g + 1 {
+            return Err(format!("applied lsn {lsn} after {}", *g).into());
+        }
+        *g = lsn;
+        Ok(())
+    }
+    fn apply_control(
+        &mut self,
+        lsn: u64,
+        _control: &ControlRecord,
+    ) -> Result<(), walship_node::ApplyError> {
+        self.apply(lsn, &[])
+    }
+}
+
+/// A real member (`walship_node::Node`) started on the promoted directory, with a
+/// node.toml naming the surviving voter alone (what the election core counts until it
+/// reads the configuration from the log, spec/recovery-tool.md §12): it elects itself
+/// in the epoch after the forced one and commits an append. The wait is a liveness
+/// bound, not a timing assertion.
+#[test]
+fn a_node_started_on_the_promoted_directory_elects_itself_and_commits() {
+    use std::time::{Duration, Instant};
+    use walship_node::election::Role;
+    use walship_node::{MemberAddr, Node, NodeConfig, NodeError};
+    use walship_wire::TlsFiles;
+
+    let (n, _) = survivor(true, true);
+    let (code, v, err) = recover_json(&["promote", s(&n.root), "--accept-data-loss"]);
+    assert_eq!(code, 0, "{err}\n{v}");
+    assert_eq!(v["after"]["lsn"], 10);
+    let certs = n.tmp.path().join("certs");
+    walship_wire::generate(&certs, &["n3".to_string()]).expect("certs");
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|u| u.local_addr())
+        .expect("a free UDP port");
+    let mut config = NodeConfig::new(
+        "n3",
+        "c1",
+        &n.root,
+        vec![MemberAddr {
+            node_id: "n3".into(),
+            addr,
+            http_addr: None,
+        }],
+        TlsFiles::for_node(&certs, "n3"),
+    );
+    config.election_timeout_ms = 200;
+    config.lease_ms = 200;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let applied = Applied::default();
+    let lsn = rt.block_on(async {
+        let node = Node::open(config, applied.clone())
+            .await
+            .expect("node opens");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let lsn = loop {
+            match node.append(b"after-promote".to_vec()).await {
+                Ok(lsn) => break lsn,
+                Err(e @ NodeError::NotPrimary { .. }) => {
+                    assert!(Instant::now() < deadline, "never became primary: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("append failed: {e}"),
+            }
+        };
+        let st = node.status().state;
+        assert_eq!((st.role, st.epoch), (Role::Primary, 4), "epoch E + 1 = 4");
+        node.shutdown().await;
+        lsn
+    });
+    assert_eq!(lsn, 12, "epoch-start of 4 at lsn 11, the append at 12");
+    let c = controls(&n.root);
+    let (l, e, start) = c.last().expect("records");
+    assert_eq!((*l, *e), (11, 4));
+    assert_eq!(start["primary"], "n3");
+    assert_eq!(
+        n.node_dir().commit_lsn().expect("commit"),
+        12,
+        "everything through the append committed"
+    );
+}
