@@ -712,3 +712,26 @@ fn a_node_started_on_the_promoted_directory_elects_itself_and_commits() {
         "everything through the append committed"
     );
 }
+
+#[test]
+fn promote_refuses_a_front_truncated_log_without_a_configuration_record() {
+    let (n, _) = survivor(false, true);
+    n.append_n(2, 30, "more");
+    let first = n.truncate_front(20);
+    assert!(
+        first > 1,
+        "segments below lsn 20 removed (first retained {first})"
+    );
+    let toml = node_toml(&n);
+    let before = n.snapshot_files();
+    let (code, v, err) = recover_json(&[
+        "promote",
+        s(&n.root),
+        "--accept-data-loss",
+        "--config",
+        s(&toml),
+    ]);
+    assert_eq!(code, 6, "{v}");
+    assert!(err.contains("newest generation is unknown"), "{err}");
+    assert_eq!(n.snapshot_files(), before, "nothing changed");
+}

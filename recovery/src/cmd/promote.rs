@@ -153,6 +153,18 @@ pub fn promote(
         });
     }
 
+    if newest.is_none() && scan.start.lsn > 0 {
+        // The records before the first retained one (front truncation, a snapshot's
+        // boundary) may hold a configuration: the base of node.toml could then be a
+        // generation that the cluster left long ago.
+        return Err(RecoverError::Refused {
+            reason: format!(
+                "no configuration record in the retained log, which starts after lsn {}: a configuration record may have been before it, so the newest generation is unknown",
+                scan.start.lsn
+            ),
+        });
+    }
+
     // The configuration it replaces and the forced one.
     let (old, old_at) = match newest {
         Some(n) => (n.config, Some((n.lsn, n.epoch))),
