@@ -104,6 +104,11 @@ pub struct MemberRow {
     /// The incarnation id of its data directory (`/status` `incarnation`): a new one
     /// means its disk was wiped or replaced.
     pub incarnation: Option<u64>,
+    /// `voter` or `learner` in the newest configuration the primary (else any member)
+    /// reports; `-` when it is not in it (a `node.toml` member removed, or not added yet).
+    pub membership: Option<String>,
+    /// The configuration's generation as the primary (else any member) reports it.
+    pub generation: Option<u64>,
     /// Why it could not be asked (unreachable, no HTTP endpoint, a bad answer).
     pub error: Option<String>,
 }
@@ -160,6 +165,15 @@ fn primary_status(answers: &[Result<Value, String>]) -> Option<&Value> {
 /// The rows of `ctl list`.
 pub fn rows(targets: &[Target], answers: &[Result<Value, String>]) -> Vec<MemberRow> {
     let primary = primary_status(answers);
+    let configuration = configuration_of(answers);
+    let config_member = |id: &str| -> Option<&Value> {
+        configuration?
+            .get("members")?
+            .as_array()?
+            .iter()
+            .find(|m| m.get("id").and_then(Value::as_str) == Some(id))
+    };
+    let generation = configuration.and_then(|c| u64_of(c, "generation"));
     let primary_id = primary.and_then(|p| str_of(p, "node_id"));
     let member_view = |id: &str| -> Option<&Value> {
         primary?
@@ -189,6 +203,8 @@ pub fn rows(targets: &[Target], answers: &[Result<Value, String>]) -> Vec<Member
                 stopped: None,
                 blocked_on: None,
                 incarnation: None,
+                membership: None,
+                generation: None,
                 error: None,
             };
             let s = match a {
@@ -222,6 +238,12 @@ pub fn rows(targets: &[Target], answers: &[Result<Value, String>]) -> Vec<Member
             row.stopped = str_of(s, "stopped");
             row.blocked_on = s.get("blocked_on").filter(|b| !b.is_null()).cloned();
             row.incarnation = u64_of(s, "incarnation");
+            row.generation = generation;
+            row.membership = id.as_deref().map(|id| match config_member(id) {
+                Some(m) if m.get("voter").and_then(Value::as_bool) == Some(true) => "voter".into(),
+                Some(_) => "learner".into(),
+                None => "-".into(),
+            });
             if id.is_some() && id == primary_id {
                 (row.lag_records, row.lag_bytes, row.lag_ms) = (Some(0), Some(0), Some(0));
             } else if let Some(m) = id.as_deref().and_then(member_view) {
@@ -236,6 +258,54 @@ pub fn rows(targets: &[Target], answers: &[Result<Value, String>]) -> Vec<Member
             row
         })
         .collect()
+}
+
+/// The newest configuration the answers report: the primary's, else the highest
+/// generation any member reports.
+fn configuration_of(answers: &[Result<Value, String>]) -> Option<&Value> {
+    fn of(s: &Value) -> Option<&Value> {
+        s.get("configuration").filter(|c| c.is_object())
+    }
+    primary_status(answers).and_then(of).or_else(|| {
+        answers
+            .iter()
+            .filter_map(|a| a.as_ref().ok())
+            .filter_map(of)
+            .max_by_key(|c| u64_of(c, "generation").unwrap_or(0))
+    })
+}
+
+/// `targets` plus the members of the newest configuration the answers report that
+/// no target names (a member added after the `node.toml` was written), by HTTP address.
+pub fn with_configured_members(targets: &[Target], answers: &[Result<Value, String>]) -> Vec<Target> {
+    let mut out = targets.to_vec();
+    let Some(members) = configuration_of(answers)
+        .and_then(|c| c.get("members"))
+        .and_then(Value::as_array)
+    else {
+        return out;
+    };
+    let reported: Vec<Option<String>> = answers
+        .iter()
+        .map(|a| a.as_ref().ok().and_then(|s| str_of(s, "node_id")))
+        .collect();
+    for m in members {
+        let Some(id) = str_of(m, "id") else { continue };
+        let http = str_of(m, "http_addr").and_then(|h| h.parse::<SocketAddr>().ok());
+        let known = targets.iter().zip(&reported).any(|(t, r)| {
+            t.id.as_deref() == Some(id.as_str())
+                || r.as_deref() == Some(id.as_str())
+                || (http.is_some() && t.http_addr == http)
+        });
+        if !known {
+            out.push(Target {
+                id: Some(id),
+                peer_addr: str_of(m, "addr").and_then(|a| a.parse().ok()),
+                http_addr: http,
+            });
+        }
+    }
+    out
 }
 
 /// The lines under the table: no primary, election blockers, maintenance mode.
@@ -318,6 +388,7 @@ pub fn render_table(rows: &[MemberRow]) -> String {
         "Paused",
         "Halt",
         "Incarnation",
+        "Member",
     ];
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_string()).collect()];
     for r in rows {
@@ -336,6 +407,7 @@ pub fn render_table(rows: &[MemberRow]) -> String {
             cell(r.paused.map(|p| if p { "yes" } else { "no" })),
             cell(r.halt_reason.as_ref().or(r.stopped.as_ref())),
             cell(r.incarnation.map(|i| format!("{i:016x}"))),
+            cell(r.membership.as_ref()),
         ]);
     }
     let widths: Vec<usize> = (0..header.len())
@@ -374,7 +446,11 @@ pub fn list(
 ) -> Result<(), String> {
     loop {
         let answers = statuses(targets, timeout);
-        let rows = rows(targets, &answers);
+        // Members the configuration has and the targets do not: asked too.
+        let all = with_configured_members(targets, &answers);
+        let mut answers = answers;
+        answers.extend(statuses(&all[targets.len()..], timeout));
+        let rows = rows(&all, &answers);
         if json {
             // One array per line (a stream of them under --watch).
             println!(
@@ -489,6 +565,176 @@ pub fn promote(targets: &[Target], id: &str, accept_data_loss: bool) -> Result<(
             ""
         }
     );
+    Ok(())
+}
+
+/// The reachable primary: its id and HTTP address.
+fn find_primary(targets: &[Target], ask: Duration) -> Result<(String, SocketAddr, Value), String> {
+    let answers = statuses(targets, ask);
+    let all = with_configured_members(targets, &answers);
+    let mut answers = answers;
+    answers.extend(statuses(&all[targets.len()..], ask));
+    all.iter()
+        .zip(&answers)
+        .filter_map(|(t, a)| a.as_ref().ok().map(|s| (t, s)))
+        .filter(|(_, s)| s.get("role").and_then(Value::as_str) == Some("primary"))
+        .max_by_key(|(_, s)| u64_of(s, "epoch").unwrap_or(0))
+        .and_then(|(t, s)| Some((str_of(s, "node_id")?, t.http_addr?, s.clone())))
+        .ok_or_else(|| "no reachable primary: membership changes need one (see `walship ctl list`)".into())
+}
+
+/// A node id as a query value (letters, digits, `-`, `_`, `.`: nothing to escape).
+fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!("{id:?}: not a node id"));
+    }
+    Ok(())
+}
+
+/// Prints the configuration a `POST /members` answered.
+fn print_configuration(reply: &Value) {
+    let Some(c) = reply.get("configuration") else {
+        return;
+    };
+    let members: Vec<String> = c
+        .get("members")
+        .and_then(Value::as_array)
+        .map(|ms| {
+            ms.iter()
+                .map(|m| {
+                    format!(
+                        "{}{}",
+                        str_of(m, "id").unwrap_or_default(),
+                        if m.get("voter").and_then(Value::as_bool) == Some(true) {
+                            ""
+                        } else {
+                            " (learner)"
+                        }
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "configuration generation {} committed at lsn {}: {}",
+        cell(u64_of(c, "generation")),
+        cell(u64_of(reply, "lsn")),
+        members.join(", ")
+    );
+}
+
+/// `walship ctl add ID --addr A --http H [--learner]`: adds `id` as a learner (its
+/// incarnation read from its own `/status`: it must be running), waits until it holds
+/// everything the primary has committed, then makes it a voter (unless `learner`).
+pub fn add(
+    targets: &[Target],
+    id: &str,
+    addr: SocketAddr,
+    http: SocketAddr,
+    learner: bool,
+    timeout: Duration,
+) -> Result<(), String> {
+    check_id(id)?;
+    let ask = Duration::from_secs(3);
+    let new = status_of(
+        &Target {
+            id: Some(id.to_owned()),
+            peer_addr: Some(addr),
+            http_addr: Some(http),
+        },
+        ask,
+    )
+    .map_err(|e| format!("{id} at {http}: {e} (start the new member first)"))?;
+    if str_of(&new, "node_id").as_deref() != Some(id) {
+        return Err(format!(
+            "{http} answers as {}, not {id}",
+            cell(str_of(&new, "node_id"))
+        ));
+    }
+    let incarnation = u64_of(&new, "incarnation")
+        .filter(|i| *i != 0)
+        .ok_or_else(|| format!("{id} reports no incarnation: is it a cluster member?"))?;
+    let (primary, paddr, _) = find_primary(targets, ask)?;
+    println!("add: {id} (incarnation {incarnation:016x}) as a learner via primary {primary}");
+    let reply = operator_post(
+        paddr,
+        &format!("/members?op=add&id={id}&addr={addr}&http={http}&incarnation={incarnation}"),
+        Duration::from_secs(15),
+    )?;
+    if reply.get("bootstrapped").and_then(Value::as_bool) == Some(true) {
+        println!("(first membership change: the bootstrap configuration was written first)");
+    }
+    print_configuration(&reply);
+    if learner {
+        return Ok(());
+    }
+    catch_up(targets, id, timeout)?;
+    promote_voter(targets, id)
+}
+
+/// Waits until the primary reports `id` holding everything it has committed.
+fn catch_up(targets: &[Target], id: &str, timeout: Duration) -> Result<(), String> {
+    let ask = Duration::from_secs(3);
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok((_, _, s)) = find_primary(targets, ask) {
+            let commit = u64_of(&s, "commit_lsn").unwrap_or(0);
+            let durable = s
+                .get("members")
+                .and_then(Value::as_array)
+                .and_then(|ms| {
+                    ms.iter()
+                        .find(|m| m.get("node_id").and_then(Value::as_str) == Some(id))
+                })
+                .and_then(|m| u64_of(m, "durable_lsn"));
+            if let Some(d) = durable {
+                if d >= commit {
+                    println!("{id} caught up: durable lsn {d} >= commit lsn {commit}");
+                    return Ok(());
+                }
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "{id} did not catch up within {timeout:?}: it stays a learner (`walship ctl promote-voter {id}` once it has)"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `walship ctl promote-voter ID`: a learner becomes a voter.
+pub fn promote_voter(targets: &[Target], id: &str) -> Result<(), String> {
+    member_op(targets, "promote", id)
+}
+
+/// `walship ctl demote ID`: a voter becomes a learner.
+pub fn demote(targets: &[Target], id: &str) -> Result<(), String> {
+    member_op(targets, "demote", id)
+}
+
+/// `walship ctl remove ID`.
+pub fn remove(targets: &[Target], id: &str) -> Result<(), String> {
+    member_op(targets, "remove", id)
+}
+
+fn member_op(targets: &[Target], op: &str, id: &str) -> Result<(), String> {
+    check_id(id)?;
+    let (primary, paddr, _) = find_primary(targets, Duration::from_secs(3))?;
+    println!("{op}: {id} via primary {primary}");
+    let reply = operator_post(
+        paddr,
+        &format!("/members?op={op}&id={id}"),
+        Duration::from_secs(15),
+    )?;
+    if reply.get("bootstrapped").and_then(Value::as_bool) == Some(true) {
+        println!("(first membership change: the bootstrap configuration was written first)");
+    }
+    print_configuration(&reply);
     Ok(())
 }
 

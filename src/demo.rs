@@ -183,7 +183,7 @@ pub fn run(data_dir: Option<PathBuf>, records: u64) -> Result<(), String> {
     walship_wire::certs::generate(&dir.join("certs"), &NODES).map_err(|e| format!("certs: {e}"))?;
     let port = free_udp_port()?;
     write_configs(&dir, port)?;
-    println!("  certificates: fresh CA + n1, n2, n3 (mutual TLS, ALPN walship/2)");
+    println!("  certificates: fresh CA + n1, n2, n3 (mutual TLS, ALPN walship/3)");
     println!("  primary n1 on 127.0.0.1:{port} (quorum: majority), replicas n2 and n3");
 
     let mut children = Children(Vec::new());

@@ -100,7 +100,7 @@ enum Command {
         election_timeout_ms: u64,
     },
     /// The operator's control plane over the members' HTTP endpoints (patronictl's verbs):
-    /// list, switchover, promote, pause, resume.
+    /// list, switchover, promote, pause, resume, add, remove, promote-voter, demote.
     Ctl {
         /// A member's node.toml: its [[member]] tables name every member.
         #[arg(long, global = true)]
@@ -164,6 +164,40 @@ enum CtlCommand {
     Pause,
     /// Ends maintenance mode on every member.
     Resume,
+    /// Adds a member (it must be running, with itself listed as `learner = true` in its
+    /// node.toml): a learner first, made a voter once it holds everything committed.
+    Add {
+        /// The new member's node id.
+        node: String,
+        /// Its peer (QUIC) address.
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        /// Its HTTP endpoint.
+        #[arg(long)]
+        http: std::net::SocketAddr,
+        /// Leave it a learner (no vote).
+        #[arg(long)]
+        learner: bool,
+        /// How long to wait for it to catch up before making it a voter.
+        #[arg(long, default_value_t = 60_000)]
+        timeout_ms: u64,
+    },
+    /// Removes a member from the configuration (it stops receiving the log; its votes and
+    /// receipts stop counting). The primary cannot remove itself: switch over first.
+    Remove {
+        /// The member.
+        node: String,
+    },
+    /// A learner becomes a voter.
+    PromoteVoter {
+        /// The member.
+        node: String,
+    },
+    /// A voter becomes a learner.
+    Demote {
+        /// The member.
+        node: String,
+    },
 }
 
 fn run_ctl(
@@ -191,6 +225,23 @@ fn run_ctl(
         } => ctl::promote(&targets, &node, accept_data_loss),
         CtlCommand::Pause => ctl::set_paused(&targets, true),
         CtlCommand::Resume => ctl::set_paused(&targets, false),
+        CtlCommand::Add {
+            node,
+            addr,
+            http,
+            learner,
+            timeout_ms,
+        } => ctl::add(
+            &targets,
+            &node,
+            addr,
+            http,
+            learner,
+            std::time::Duration::from_millis(timeout_ms),
+        ),
+        CtlCommand::Remove { node } => ctl::remove(&targets, &node),
+        CtlCommand::PromoteVoter { node } => ctl::promote_voter(&targets, &node),
+        CtlCommand::Demote { node } => ctl::demote(&targets, &node),
     }
 }
 

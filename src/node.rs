@@ -128,6 +128,11 @@ pub fn member_config(cfg: &NodeConfig) -> Result<walship_node::NodeConfig, Strin
             cfg.node_id
         ));
     };
+    let learners = members
+        .iter()
+        .filter(|m| m.learner)
+        .map(|m| m.id.clone())
+        .collect();
     let members = members
         .iter()
         .map(|m| walship_node::MemberAddr {
@@ -143,6 +148,7 @@ pub fn member_config(cfg: &NodeConfig) -> Result<walship_node::NodeConfig, Strin
         members,
         tls(cfg),
     );
+    n.learners = learners;
     n.quorum = *quorum;
     n.commit_timeout_ms = *commit_timeout_ms;
     n.election_timeout_ms = *election_timeout_ms;

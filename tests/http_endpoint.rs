@@ -454,6 +454,10 @@ fn primary_and_replica_serve_status_health_checks_append_and_metrics() {
     assert_eq!(ps["durable_lsn"], 3);
     assert_eq!(ps["commit_lsn"], 3);
     assert_eq!(ps["members"][0]["lag_records"], 0);
+    // A standalone replica has no state/identity: it announces incarnation 0, and a
+    // standalone primary expects any.
+    assert_eq!(ps["members"][0]["incarnation"], 0);
+    assert_eq!(ps["members"][0]["expected_incarnation"], 0);
 
     // Metrics, line by line.
     let pm = metrics(&p);

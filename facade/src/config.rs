@@ -74,6 +74,8 @@ struct RawMember {
     id: String,
     addr: String,
     http_addr: Option<String>,
+    #[serde(default)]
+    learner: bool,
 }
 
 /// A cluster member as every member's config lists it.
@@ -85,6 +87,9 @@ pub struct MemberEntry {
     pub addr: SocketAddr,
     /// Its HTTP endpoint, if any.
     pub http_addr: Option<SocketAddr>,
+    /// `learner = true`: it joins as a learner (spec/membership.md): a member added to a
+    /// running cluster lists itself so; the cluster's log then decides.
+    pub learner: bool,
 }
 
 /// TLS material: the cluster CA and this node's certificate and key (PEM).
@@ -336,6 +341,7 @@ impl NodeConfig {
                             .http_addr
                             .map(|a| addr("member.http_addr", Some(a)))
                             .transpose()?,
+                        learner: m.learner,
                         id: m.id,
                     };
                     if members.iter().any(|o| o.id == entry.id) {

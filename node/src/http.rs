@@ -134,6 +134,12 @@ pub struct MemberStatus {
     /// durable here, else since the first record it lacks became durable on the primary
     /// (`walship_primary::core::ReplicaProgress::lag_ms`).
     pub lag_ms: u64,
+    /// The incarnation id the member's latest accepted `Hello` announced (`null`: none
+    /// since the primary started; 0: the member announced none).
+    pub incarnation: Option<u64>,
+    /// The incarnation whose receipts count towards commits (0: any); while `incarnation`
+    /// is another one, the member is shipped to but counts as holding nothing.
+    pub expected_incarnation: u64,
 }
 
 impl MemberStatus {
@@ -147,6 +153,8 @@ impl MemberStatus {
             lag_bytes: r.lag_bytes,
             last_receipt_age_ms: r.last_receipt_age_ms,
             lag_ms: r.lag_ms,
+            incarnation: r.incarnation,
+            expected_incarnation: r.expected_incarnation,
         }
     }
 }
@@ -220,6 +228,60 @@ pub struct NodeStatus {
     /// What keeps an election from completing, or this node from leading or following a
     /// known primary (`null` when nothing does).
     pub blocked_on: Option<ElectionBlocker>,
+    /// A cluster member: the newest configuration in its log (spec/membership.md), the
+    /// one its elections count votes in; `null` on a fixed primary or replica.
+    pub configuration: Option<ConfigurationStatus>,
+}
+
+/// `configuration` of `GET /status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConfigurationStatus {
+    /// 0: the static base of `node.toml` (no configuration record yet).
+    pub generation: u64,
+    /// Lsn of its record (0 for the base).
+    pub lsn: Lsn,
+    /// Whether this node knows it is committed.
+    pub committed: bool,
+    /// The members.
+    pub members: Vec<ConfigMemberStatus>,
+}
+
+/// One member of a [`ConfigurationStatus`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConfigMemberStatus {
+    /// Node id.
+    pub id: String,
+    /// Votes (and counts towards commits); `false`: a learner.
+    pub voter: bool,
+    /// The incarnation the configuration names (0: unknown, base only).
+    pub incarnation: u64,
+    /// Peer (QUIC) address.
+    pub addr: String,
+    /// HTTP address, if any.
+    pub http_addr: Option<String>,
+}
+
+impl ConfigurationStatus {
+    /// The status form of a configuration view.
+    pub fn from_view(v: &crate::membership::MembershipView) -> ConfigurationStatus {
+        ConfigurationStatus {
+            generation: v.config.generation,
+            lsn: v.lsn,
+            committed: v.committed,
+            members: v
+                .config
+                .members
+                .iter()
+                .map(|m| ConfigMemberStatus {
+                    id: m.id.clone(),
+                    voter: m.voter,
+                    incarnation: m.incarnation,
+                    addr: m.addr.clone(),
+                    http_addr: m.http_addr.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 impl NodeStatus {
@@ -244,6 +306,7 @@ impl NodeStatus {
             incarnation: None,
             acked_lsn: None,
             required_lsn: None,
+            configuration: None,
         }
     }
 
@@ -271,6 +334,7 @@ impl NodeStatus {
             incarnation: None,
             acked_lsn: None,
             required_lsn: None,
+            configuration: None,
         }
     }
 
@@ -312,6 +376,7 @@ impl NodeStatus {
             required_lsn: None,
             paused: false,
             blocked_on: None,
+            configuration: None,
         }
     }
 
@@ -425,6 +490,11 @@ pub trait NodeView: Send + Sync + 'static {
         let _ = paused;
         Box::pin(async { Err(OperatorError::NotAMember) })
     }
+    /// A membership change (`POST /members?op=…`, `spec/http.md` §9) on the primary.
+    fn change_membership(&self, change: crate::membership::MemberChange) -> OperatorFuture {
+        let _ = change;
+        Box::pin(async { Err(OperatorError::NotAMember) })
+    }
     /// The node's metrics (`GET /metrics`); `None`: the state gauges of `status()` only.
     fn metrics(&self) -> Option<&crate::metrics::NodeMetrics> {
         None
@@ -457,6 +527,7 @@ pub fn router(view: Arc<dyn NodeView>) -> Router {
         .route("/promote", post(promote))
         .route("/switchover", post(switchover))
         .route("/log/ids", get(log_ids_handler))
+        .route("/members", post(members_handler))
         .route("/pause", post(pause))
         .route("/resume", post(resume))
         .with_state(view)
@@ -684,6 +755,72 @@ async fn log_ids_handler(State(view): State<Arc<dyn NodeView>>, uri: axum::http:
     }
 }
 
+/// `POST /members?op=add|remove|promote|demote&id=ID[&addr=HOST:PORT&http=HOST:PORT&incarnation=N&voter=true]`.
+async fn members_handler(State(view): State<Arc<dyn NodeView>>, uri: axum::http::Uri) -> Response {
+    let pairs = match query_pairs(&uri) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    match parse_member_change(&pairs) {
+        Ok(change) => operator_response(view.change_membership(change).await),
+        Err(detail) => json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "bad-request", "detail": detail}),
+        ),
+    }
+}
+
+/// The change a `POST /members` query names, or why it names none.
+pub fn parse_member_change(
+    pairs: &[(String, String)],
+) -> Result<crate::membership::MemberChange, String> {
+    use crate::membership::MemberChange;
+    let get = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let id = get("id").ok_or("members needs ?id=NODE_ID")?;
+    if id.is_empty() || id.len() > walship_wal::control::MAX_CONFIG_ADDR_BYTES {
+        return Err("id must be 1 to 255 bytes".into());
+    }
+    let id = id.to_owned();
+    match get("op") {
+        Some("add") => {
+            let addr = get("addr").ok_or("add needs &addr=HOST:PORT (the member's peer address)")?;
+            addr.parse::<std::net::SocketAddr>()
+                .map_err(|e| format!("addr {addr:?}: {e}"))?;
+            let http_addr = match get("http") {
+                None | Some("") => None,
+                Some(h) => {
+                    h.parse::<std::net::SocketAddr>()
+                        .map_err(|e| format!("http {h:?}: {e}"))?;
+                    Some(h.to_owned())
+                }
+            };
+            let inc = get("incarnation").ok_or(
+                "add needs &incarnation=N (the new member's, from its /status: it must be running)",
+            )?;
+            let incarnation = inc
+                .parse::<u64>()
+                .ok()
+                .filter(|i| *i != 0)
+                .ok_or_else(|| format!("incarnation {inc:?} must be a non-zero integer"))?;
+            let voter = matches!(get("voter"), Some("true"));
+            Ok(MemberChange::Add(walship_wal::control::ConfigMember {
+                id,
+                incarnation,
+                voter,
+                addr: addr.to_owned(),
+                http_addr,
+            }))
+        }
+        Some("remove") => Ok(MemberChange::Remove(id)),
+        Some("promote") => Ok(MemberChange::Promote(id)),
+        Some("demote") => Ok(MemberChange::Demote {
+            id,
+            incarnation: None,
+        }),
+        _ => Err("members needs ?op=add|remove|promote|demote".into()),
+    }
+}
+
 async fn pause(State(view): State<Arc<dyn NodeView>>) -> Response {
     operator_response(view.set_paused(true).await)
 }
@@ -859,12 +996,15 @@ mod tests {
                 lag_bytes: 64,
                 last_receipt_age_ms: Some(5),
                 lag_ms: 5,
+                incarnation: Some(7),
+                expected_incarnation: 0,
             }]),
             incarnation: None,
             acked_lsn: None,
             required_lsn: None,
             paused: false,
             blocked_on: None,
+            configuration: None,
         }
     }
 

@@ -27,7 +27,9 @@
 //! and it commits under itself alone. It gives up the guarantee that every
 //! committed record survives; spec/membership.md §3 says what can be lost.
 
-use walship_wal::Lsn;
+use walship_wal::control::ControlRecord;
+use walship_wal::record::RecordHeader;
+use walship_wal::{Lsn, Storage, WalError, WalReader};
 
 pub use walship_wal::control::{ConfigMember, Configuration};
 
@@ -217,6 +219,12 @@ impl ConfigLog {
     }
 
     /// A configuration record at `lsn` was appended (or found on open).
+    ///
+    /// The first record of a log replaces the static base whatever it lists:
+    /// the base is this node's `node.toml`, which may differ from the one of
+    /// the primary that wrote the record (a member added later lists itself as
+    /// a learner); the log is what the cluster agreed on. Every later record
+    /// must follow the one before it by the rules of [`classify_change`].
     pub fn observe(&mut self, lsn: Lsn, config: Configuration) -> Result<Change, ConfigLogError> {
         let (newest_lsn, newest) = self.newest_entry();
         if lsn <= newest_lsn {
@@ -225,10 +233,45 @@ impl ConfigLog {
                 newest: newest_lsn,
             });
         }
-        let change = classify_change(newest, &config)
-            .map_err(|error| ConfigLogError::Change { lsn, error })?;
+        let change = if newest_lsn == 0 && newest.generation == 0 {
+            if config.voters().next().is_none() {
+                return Err(ConfigLogError::Change {
+                    lsn,
+                    error: ChangeError::NoVoter,
+                });
+            }
+            classify_change(newest, &config).unwrap_or(Change::Bootstrap)
+        } else {
+            classify_change(newest, &config)
+                .map_err(|error| ConfigLogError::Change { lsn, error })?
+        };
         self.entries.push((lsn, config));
         Ok(change)
+    }
+
+    /// The log of a node: `base` (its `node.toml`) and every configuration
+    /// record `reader` yields, with what is committed at `commit` forgotten.
+    pub fn from_log<S: Storage>(
+        base: Configuration,
+        reader: WalReader<S>,
+        commit: Lsn,
+    ) -> Result<ConfigLog, MembershipError> {
+        let mut log = ConfigLog::new(base);
+        for (lsn, config) in configurations_in(reader)? {
+            log.observe(lsn, config)?;
+        }
+        log.committed(commit);
+        Ok(log)
+    }
+
+    /// The newest configuration record and whether it is committed at
+    /// `commit` (for status and for the election core).
+    pub fn view(&self, commit: Lsn) -> MembershipView {
+        MembershipView {
+            lsn: self.newest_lsn(),
+            config: self.newest().clone(),
+            committed: self.newest_lsn() <= commit,
+        }
     }
 
     /// The log was cut after `keep_upto`: configurations above it are gone.
@@ -293,6 +336,291 @@ impl ConfigLog {
             });
         }
         Ok(())
+    }
+}
+
+/// The newest configuration of a log, as roles report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MembershipView {
+    /// Where its record is (0: the static base of `node.toml`).
+    pub lsn: Lsn,
+    /// The configuration.
+    pub config: Configuration,
+    /// Whether the commit watermark covers it.
+    pub committed: bool,
+}
+
+impl MembershipView {
+    /// `(voter, incarnation)` pairs and the learners, for
+    /// [`crate::election::ElectionCore::set_membership`].
+    pub fn election_members(&self) -> (Vec<(String, u64)>, Vec<String>) {
+        let voters = self
+            .config
+            .members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| (m.id.clone(), m.incarnation))
+            .collect();
+        let learners = self
+            .config
+            .members
+            .iter()
+            .filter(|m| !m.voter)
+            .map(|m| m.id.clone())
+            .collect();
+        (voters, learners)
+    }
+}
+
+/// Why a log's configurations cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    /// Reading the log failed.
+    #[error("reading the log's configuration records: {0}")]
+    Wal(#[from] WalError),
+    /// A control record's body is invalid.
+    #[error("control record at lsn {lsn}: {error}")]
+    Control {
+        /// Its lsn.
+        lsn: Lsn,
+        /// Why.
+        error: walship_wal::control::ControlError,
+    },
+    /// A configuration does not follow the one before it.
+    #[error(transparent)]
+    Order(#[from] ConfigLogError),
+    /// Stored record bytes that do not parse (a broken invariant of a verified batch).
+    #[error("record bytes at offset {offset} do not parse")]
+    Bytes {
+        /// Where.
+        offset: usize,
+    },
+}
+
+/// Every configuration record `reader` yields, in lsn order.
+pub fn configurations_in<S: Storage>(
+    mut reader: WalReader<S>,
+) -> Result<Vec<(Lsn, Configuration)>, MembershipError> {
+    let mut found = Vec::new();
+    while let Some(record) = reader.next_record() {
+        let record = record?;
+        if !record.view().is_control() {
+            continue;
+        }
+        let lsn = record.lsn();
+        match ControlRecord::decode(record.payload())
+            .map_err(|error| MembershipError::Control { lsn, error })?
+        {
+            ControlRecord::Configuration { config, .. } => found.push((lsn, config)),
+            ControlRecord::EpochStart { .. } => {}
+        }
+    }
+    Ok(found)
+}
+
+/// The configuration records in a batch of stored record bytes (already
+/// verified: crc, chain, control bodies).
+pub fn configurations_in_bytes(bytes: &[u8]) -> Result<Vec<(Lsn, Configuration)>, MembershipError> {
+    let mut found = Vec::new();
+    let mut offset = 0;
+    while offset < bytes.len() {
+        let header =
+            RecordHeader::parse(&bytes[offset..]).ok_or(MembershipError::Bytes { offset })?;
+        let len = header.record_len();
+        let end = offset
+            .checked_add(len)
+            .filter(|e| *e <= bytes.len())
+            .ok_or(MembershipError::Bytes { offset })?;
+        if header.is_control() {
+            let payload = &bytes[offset + walship_wal::RECORD_HEADER_LEN..end];
+            let lsn = header.lsn;
+            if let ControlRecord::Configuration { config, .. } = ControlRecord::decode(payload)
+                .map_err(|error| MembershipError::Control { lsn, error })?
+            {
+                found.push((lsn, config));
+            }
+        }
+        offset = end;
+    }
+    Ok(found)
+}
+
+/// An operator's membership change (`walship ctl add|remove|promote|demote`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberChange {
+    /// The first configuration record of a log: the base members with every
+    /// member's incarnation (written before any other change, and by the
+    /// primary by itself once every base member connected).
+    Bootstrap,
+    /// A new member: a learner unless `member.voter` (a voter added directly
+    /// votes at once; `ctl add` adds a learner, waits until it caught up,
+    /// then promotes it).
+    Add(ConfigMember),
+    /// A member leaves.
+    Remove(String),
+    /// A learner becomes a voter.
+    Promote(String),
+    /// A voter becomes a learner, optionally recording a new incarnation (a
+    /// voter whose disk was replaced: its old votes and receipts stop counting).
+    Demote {
+        /// The member.
+        id: String,
+        /// Its new incarnation, if it changed.
+        incarnation: Option<u64>,
+    },
+}
+
+/// Why an operator's change cannot be applied to the newest configuration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MemberChangeError {
+    /// `Add` of a member already listed.
+    #[error("{0} is already a member")]
+    AlreadyMember(String),
+    /// A change naming a node that is not a member.
+    #[error("{0} is not a member")]
+    NotAMember(String),
+    /// `Promote` of a voter or `Demote` of a learner.
+    #[error("{id} is already a {}", if *voter { "voter" } else { "learner" })]
+    Unchanged {
+        /// The member.
+        id: String,
+        /// What it is.
+        voter: bool,
+    },
+    /// The rules refuse the result.
+    #[error(transparent)]
+    Rules(#[from] ChangeError),
+}
+
+/// The configuration `change` makes of `current` (generation + 1), checked
+/// against rule 3. `current` must be a configuration record's (generation
+/// ≥ 1): the first record of a log is the bootstrap, written before any
+/// change.
+pub fn apply_change(
+    current: &Configuration,
+    change: &MemberChange,
+) -> Result<Configuration, MemberChangeError> {
+    let mut next = current.clone();
+    next.generation = current.generation.wrapping_add(1);
+    // Only an operator forces a configuration; a change after a forced one is an
+    // ordinary one again (rule 3), joint-committed with it.
+    next.forced = false;
+    match change {
+        MemberChange::Bootstrap => {
+            return Err(MemberChangeError::Rules(ChangeError::Generation {
+                previous: current.generation,
+                found: 1,
+            }))
+        }
+        MemberChange::Add(m) => {
+            if current.member(&m.id).is_some() {
+                return Err(MemberChangeError::AlreadyMember(m.id.clone()));
+            }
+            next.members.push(m.clone());
+        }
+        MemberChange::Remove(id) => {
+            if current.member(id).is_none() {
+                return Err(MemberChangeError::NotAMember(id.clone()));
+            }
+            next.members.retain(|m| m.id != *id);
+        }
+        MemberChange::Promote(id) | MemberChange::Demote { id, .. } => {
+            let promote = matches!(change, MemberChange::Promote(_));
+            let m = next
+                .members
+                .iter_mut()
+                .find(|m| m.id == *id)
+                .ok_or_else(|| MemberChangeError::NotAMember(id.clone()))?;
+            if m.voter == promote {
+                return Err(MemberChangeError::Unchanged {
+                    id: id.clone(),
+                    voter: m.voter,
+                });
+            }
+            m.voter = promote;
+            if let MemberChange::Demote {
+                incarnation: Some(inc),
+                ..
+            } = change
+            {
+                m.incarnation = *inc;
+            }
+        }
+    }
+    classify_change(current, &next)?;
+    Ok(next)
+}
+
+/// What a primary knows of one replica, for [`automatic_change`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaFacts {
+    /// Its node id.
+    pub id: String,
+    /// The incarnation its current session's `Hello` announced (0: unknown or
+    /// not connected).
+    pub incarnation: u64,
+    /// Its durable lsn as the primary knows it (receipts).
+    pub durable_lsn: Lsn,
+}
+
+/// The change a primary makes by itself, if any (spec/membership.md §3,
+/// "Incarnations"): a voter that connected with another incarnation than
+/// the configuration names lost its disk (or had it replaced), so it is
+/// demoted to a learner under its new incarnation — its votes and receipts
+/// no longer count for the old one. With `auto_promote`, a learner that
+/// holds everything up to `commit` becomes a voter again. One change at a
+/// time: `None` while the newest configuration is not committed or is the
+/// static base (generation 0).
+pub fn automatic_change(
+    view: &MembershipView,
+    replicas: &[ReplicaFacts],
+    commit: Lsn,
+    auto_promote: bool,
+) -> Option<MemberChange> {
+    if !view.committed {
+        return None;
+    }
+    if view.config.generation == 0 {
+        // Record every base member's incarnation as soon as each replica connected (the
+        // primary's own is its identity's; it has no replica entry).
+        let all_known = replicas.iter().all(|r| r.incarnation != 0);
+        return all_known.then_some(MemberChange::Bootstrap);
+    }
+    for r in replicas {
+        if let Some(m) = view.config.member(&r.id) {
+            if m.voter && r.incarnation != 0 && m.incarnation != 0 && r.incarnation != m.incarnation
+            {
+                return Some(MemberChange::Demote {
+                    id: r.id.clone(),
+                    incarnation: Some(r.incarnation),
+                });
+            }
+        }
+    }
+    if auto_promote {
+        for r in replicas {
+            if let Some(m) = view.config.member(&r.id) {
+                if !m.voter
+                    && r.incarnation != 0
+                    && r.incarnation == m.incarnation
+                    && r.durable_lsn >= commit
+                    && commit > 0
+                {
+                    return Some(MemberChange::Promote(r.id.clone()));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The static base configuration (generation 0) of a member list: ids,
+/// addresses, voter flags; incarnations unknown (0).
+pub fn base_configuration(members: impl IntoIterator<Item = ConfigMember>) -> Configuration {
+    Configuration {
+        generation: 0,
+        forced: false,
+        members: members.into_iter().collect(),
     }
 }
 
@@ -569,6 +897,15 @@ mod tests {
         assert_eq!(log.may_propose(9), Ok(()));
         // A second forced configuration follows at generation + 1.
         assert!(log.observe(12, forced(3, &[("c", true)])).is_ok());
+        // A change proposed after it is an ordinary one: one member, not forced.
+        let add_d =
+            apply_change(log.newest(), &MemberChange::Add(m("d", false))).expect("add a learner");
+        assert!(!add_d.forced, "a running primary's change is never forced");
+        assert_eq!(add_d.generation, 4);
+        assert_eq!(
+            classify_change(log.newest(), &add_d),
+            Ok(Change::AddLearner("d".into()))
+        );
     }
 
     #[test]

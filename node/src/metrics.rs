@@ -408,6 +408,8 @@ mod tests {
             lag_bytes: 64,
             last_receipt_age_ms: Some(5),
             lag_ms: 5,
+            incarnation: Some(7),
+            expected_incarnation: 0,
         }]);
         s
     }

@@ -339,6 +339,24 @@ async fn fm_f_5_identity_is_kept_other_clusters_refused_and_a_new_cluster_needs_
     let p = wait_primary(&nodes, 0).await;
     let lsn = append(nodes[p].as_ref().expect("primary"), b"x".to_vec()).await;
     assert!(lsn >= 2, "the epoch-start record is lsn 1");
+    // Each replica role announces its directory's incarnation in its Hello (protocol
+    // version 3); the commit needed one receipt, so at least one replica is known.
+    let primary = nodes[p].as_ref().expect("primary").status().primary;
+    let seen = primary.expect("primary status").replicas;
+    assert!(seen.iter().any(|r| r.incarnation.is_some()), "{seen:?}");
+    for r in seen {
+        let own = nodes
+            .iter()
+            .flatten()
+            .map(|n| n.status())
+            .find(|s| s.node_id == r.node_id);
+        let own = own.expect("a member").incarnation;
+        assert!(
+            r.incarnation.is_none_or(|i| i == own),
+            "{}: {r:?}, own {own:016x}",
+            r.node_id
+        );
+    }
 
     let n2 = nodes[1].take().expect("n2");
     let incarnation = n2.status().incarnation;

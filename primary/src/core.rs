@@ -273,6 +273,9 @@ pub enum CoreError {
         /// The last epoch of the history given.
         last: u64,
     },
+    /// A membership without a voter set, or with an empty one.
+    #[error("a membership needs at least one non-empty voter set")]
+    EmptyVoterSet,
     /// `inject_fault` named a node that is not a replica member.
     #[error("{node_id} is not a replica member")]
     UnknownReplica {
@@ -475,6 +478,13 @@ pub struct ReplicaProgress {
     /// primary (a lower bound when that is older than the [`MAX_DURABLE_MARKS`] marks
     /// kept, or older than this primary).
     pub lag_ms: u64,
+    /// The incarnation id its latest accepted `Hello` announced (`None`: no `Hello`
+    /// accepted since this primary started; `Some(0)`: the replica announced none).
+    pub incarnation: Option<u64>,
+    /// The incarnation whose receipts count towards commits (0: any;
+    /// [`PrimaryCore::set_expected_incarnations`]). While `incarnation` is another one, the
+    /// replica is shipped to and reported here but counts as holding nothing.
+    pub expected_incarnation: u64,
 }
 
 /// Most (durable lsn, time) marks the core keeps for [`ReplicaProgress::lag_ms`]; the
@@ -555,8 +565,21 @@ struct Member {
     durable_lsn: Lsn,
     last_receipt_ms: Option<u64>,
     conn: Option<ConnId>,
+    /// The incarnation its latest accepted `Hello` announced (`None`: none since start).
+    incarnation: Option<u64>,
+    /// The incarnation whose receipts count (0: any).
+    expected_incarnation: u64,
     #[cfg(feature = "fault-injection")]
     fault: Option<ShipFault>,
+}
+
+impl Member {
+    /// Its receipts count towards commits: no incarnation is expected of it, or its latest
+    /// `Hello` announced the expected one (FM-X.15: the receipts of another incarnation of
+    /// its data directory say nothing about the disk the member is expected to have).
+    fn receipts_count(&self) -> bool {
+        self.expected_incarnation == 0 || self.incarnation == Some(self.expected_incarnation)
+    }
 }
 
 /// The primary's protocol state machine. See the module documentation.
@@ -570,7 +593,11 @@ pub struct PrimaryCore {
     /// commit watermark advances only to an lsn at or above it ([`committable_lsn`]).
     epoch_start_lsn: Lsn,
     quorum: Quorum,
-    receipts_needed: usize,
+    /// The voter sets a record must be committed under (spec/membership.md
+    /// rule 2: one set, or the old and the new one while a configuration
+    /// change is not committed); each needs `quorum.receipts_needed(len) + 1`
+    /// copies among its voters, this primary's own counting if it is one.
+    voter_sets: Vec<Vec<String>>,
     window: Window,
     members: Vec<Member>,
     sessions: BTreeMap<ConnId, Session>,
@@ -626,12 +653,14 @@ impl PrimaryCore {
                 durable_lsn: 0,
                 last_receipt_ms: None,
                 conn: None,
+                incarnation: None,
+                expected_incarnation: 0,
                 #[cfg(feature = "fault-injection")]
                 fault: None,
             })
             .collect();
         Ok(PrimaryCore {
-            receipts_needed: config.quorum.receipts_needed(config.members.len()),
+            voter_sets: vec![config.members.clone()],
             node_id: config.node_id,
             cluster_id: config.cluster_id,
             epoch: config.epoch,
@@ -717,6 +746,108 @@ impl PrimaryCore {
             .map(|s| self.members[s.member].node_id.as_str())
     }
 
+    /// The membership changed (spec/membership.md): `members` are every node
+    /// this primary ships to (voters and learners of every configuration in
+    /// effect; its own id is skipped), `voter_sets` the sets a record must be
+    /// committed under. A replica no longer a member has its session closed
+    /// ([`RefuseReason::NotAMember`]). The commit watermark is re-evaluated at
+    /// the next event. Refused (changing nothing): an empty set list or set.
+    pub fn set_membership(
+        &mut self,
+        members: &[String],
+        voter_sets: Vec<Vec<String>>,
+    ) -> Result<Vec<Action>, CoreError> {
+        if voter_sets.is_empty() || voter_sets.iter().any(|s| s.is_empty()) {
+            return Err(CoreError::EmptyVoterSet);
+        }
+        let mut out = Vec::new();
+        // Departed members: close their sessions, then drop them (session indices follow).
+        while let Some(i) = self
+            .members
+            .iter()
+            .position(|m| !members.contains(&m.node_id))
+        {
+            if let Some(conn) = self.members[i].conn {
+                let reason = RefuseReason::NotAMember {
+                    node_id: self.members[i].node_id.clone(),
+                };
+                self.refuse(conn, reason, &mut out);
+            }
+            let gone = self.members.remove(i);
+            tracing::info!(node = %self.node_id, epoch = self.epoch, member = %gone.node_id, "member removed: no longer shipped to");
+            self.sessions.retain(|_, s| s.member != i);
+            for s in self.sessions.values_mut() {
+                if s.member > i {
+                    s.member -= 1;
+                }
+            }
+        }
+        for id in members {
+            if *id != self.node_id && !self.members.iter().any(|m| m.node_id == *id) {
+                tracing::info!(node = %self.node_id, epoch = self.epoch, member = %id, "member added: shipping to it once it connects");
+                self.members.push(Member {
+                    node_id: id.clone(),
+                    durable_lsn: 0,
+                    last_receipt_ms: None,
+                    conn: None,
+                    incarnation: None,
+                    expected_incarnation: 0,
+                    #[cfg(feature = "fault-injection")]
+                    fault: None,
+                });
+            }
+        }
+        self.voter_sets = voter_sets;
+        Ok(out)
+    }
+
+    /// Whether the replicas shipped to are exactly `members` (this primary's id skipped).
+    pub fn members_match(&self, members: &[String]) -> bool {
+        let others = members.iter().filter(|m| **m != self.node_id);
+        others.clone().count() == self.members.len()
+            && others.into_iter().all(|id| self.members.iter().any(|m| m.node_id == *id))
+    }
+
+    /// The voter sets a record must currently be committed under.
+    pub fn voter_sets(&self) -> &[Vec<String>] {
+        &self.voter_sets
+    }
+
+    /// Says which incarnation of each replica member must have announced in its `Hello` for
+    /// its receipts to count towards commits (spec/protocol.md §12.1, FM-X.15): `(node_id,
+    /// incarnation)` pairs, 0 = any. Replaces the previous expectation: a member not named
+    /// expects 0 (any). Names that are not replica members (this primary itself, a node
+    /// outside the member list) are ignored; of a name given twice the last counts.
+    ///
+    /// A member whose `Hello` announced another incarnation is still shipped to (it catches
+    /// up like a learner) and reported by [`status`](Self::status), but counts as holding
+    /// nothing for the commit. The watermark is re-evaluated at the next
+    /// [`handle`](Self::handle) (feed [`Event::Tick`] to do it at once).
+    pub fn set_expected_incarnations(&mut self, expected: &[(String, u64)]) {
+        for m in &mut self.members {
+            let counted = m.receipts_count();
+            m.expected_incarnation = expected
+                .iter()
+                .rev()
+                .find(|(id, _)| *id == m.node_id)
+                .map_or(0, |&(_, inc)| inc);
+            match (counted, m.receipts_count(), m.incarnation) {
+                (true, false, Some(announced)) => {
+                    tracing::warn!(replica = %m.node_id, epoch = self.epoch, durable_lsn = m.durable_lsn,
+                        expected = format_args!("{:016x}", m.expected_incarnation),
+                        announced = format_args!("{announced:016x}"),
+                        "replica's Hello announced another incarnation than expected: still shipping to it, its receipts do not count");
+                }
+                (false, true, _) => {
+                    tracing::info!(replica = %m.node_id, epoch = self.epoch, durable_lsn = m.durable_lsn,
+                        expected = format_args!("{:016x}", m.expected_incarnation),
+                        "replica's announced incarnation is now expected: its receipts count");
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Arms a fault for the next record shipped to `node_id` (demo/test use only).
     #[cfg(feature = "fault-injection")]
     pub fn inject_fault(&mut self, node_id: &str, fault: ShipFault) -> Result<(), CoreError> {
@@ -778,6 +909,8 @@ impl PrimaryCore {
                     lag_bytes: inflight_bytes + unshipped * mean,
                     last_receipt_age_ms: m.last_receipt_ms.map(|t| now_ms.saturating_sub(t)),
                     lag_ms: self.lag_ms(m.durable_lsn, durable, now_ms),
+                    incarnation: m.incarnation,
+                    expected_incarnation: m.expected_incarnation,
                 }
             })
             .collect();
@@ -1072,6 +1205,9 @@ impl PrimaryCore {
             }),
         });
         let node_id = &self.members[member].node_id;
+        // Set when the session closes after the receipt accounting below (which a Hello
+        // that passed the checks above always gets: the close proves nothing is held).
+        let mut close_after = None;
         let state = if at_replica_last == Some(hello.last) {
             tracing::info!(replica = %node_id, lsn = hello.last.lsn, epoch = self.epoch,
                 "replica log is a prefix of ours: shipping");
@@ -1096,11 +1232,11 @@ impl PrimaryCore {
                 _ => {
                     tracing::warn!(replica = %node_id, replica_lsn = hello.last.lsn, first_lsn,
                         "replica's next record is not retained and no snapshot covers it");
-                    let reason = CloseReason::NotRetained {
+                    close_after = Some(CloseReason::NotRetained {
                         replica_lsn: hello.last.lsn,
                         first_lsn,
-                    };
-                    return self.close(conn, reason, out);
+                    });
+                    SessionState::Idle
                 }
             }
         } else {
@@ -1109,17 +1245,32 @@ impl PrimaryCore {
             SessionState::Idle
         };
         // FM-X.15: receipts from an earlier session count only for what this Hello proves
-        // the replica still holds (a replaced disk comes back empty); later receipts raise
-        // it again. The commit watermark itself never decreases.
+        // the replica still holds (a replaced disk comes back empty), and not at all when
+        // the Hello announces another incarnation of its data directory than the earlier
+        // session did; later receipts raise it again. The commit watermark never decreases.
         let m = &mut self.members[member];
+        let same_incarnation = m.incarnation.is_none_or(|i| i == hello.incarnation);
         let proven = match state {
-            SessionState::Shipping(_) => m.durable_lsn.min(hello.last.lsn),
+            SessionState::Shipping(_) if same_incarnation => m.durable_lsn.min(hello.last.lsn),
             _ => 0,
         };
         if proven < m.durable_lsn {
             tracing::warn!(replica = %m.node_id, receipted = m.durable_lsn, hello_last = %hello.last,
-                counted = proven, "replica's Hello proves less than it receipted before: old receipts no longer count");
+                counted = proven, same_incarnation, "replica's Hello proves less than it receipted before: old receipts no longer count");
             m.durable_lsn = proven;
+        }
+        let (counted, before) = (m.receipts_count(), m.incarnation);
+        m.incarnation = Some(hello.incarnation);
+        // Warn once: when the member stops counting, or announces an unexpected
+        // incarnation it did not announce before (not at every reconnect).
+        if !m.receipts_count() && (counted || before != m.incarnation) {
+            tracing::warn!(replica = %m.node_id, epoch = self.epoch, lsn = hello.last.lsn,
+                expected = format_args!("{:016x}", m.expected_incarnation),
+                announced = format_args!("{:016x}", hello.incarnation),
+                "replica's Hello announced another incarnation than expected: still shipping to it, its receipts do not count");
+        }
+        if let Some(reason) = close_after {
+            return self.close(conn, reason, out);
         }
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.state = state;
@@ -1175,17 +1326,34 @@ impl PrimaryCore {
         }
         // Every copy counted: our own durable write and each replica's receipt (a receipt
         // never exceeds what we shipped, which is locally durable; capped all the same).
-        let durable: Vec<Lsn> = std::iter::once(local_durable)
-            .chain(
-                self.members
-                    .iter()
-                    .map(|m| m.durable_lsn.min(local_durable)),
-            )
-            .collect();
-        // Figure 8: records of older epochs commit only together with one of ours.
-        let Some(candidate) =
-            committable_lsn(self.epoch_start_lsn, &durable, self.receipts_needed + 1)
-        else {
+        // Every voter set must hold the record (joint while a configuration change is
+        // not committed); figure 8: records of older epochs commit only together with
+        // one of ours.
+        let mut point: Option<Lsn> = None;
+        for set in &self.voter_sets {
+            let durable: Vec<Lsn> = set
+                .iter()
+                .map(|id| {
+                    if *id == self.node_id {
+                        local_durable
+                    } else {
+                        // A replica of another incarnation than expected holds
+                        // nothing here (FM-X.15).
+                        self.members
+                            .iter()
+                            .find(|m| m.node_id == *id)
+                            .filter(|m| m.receipts_count())
+                            .map_or(0, |m| m.durable_lsn.min(local_durable))
+                    }
+                })
+                .collect();
+            let copies = self.quorum.receipts_needed(set.len()) + 1;
+            let Some(here) = committable_lsn(self.epoch_start_lsn, &durable, copies) else {
+                return;
+            };
+            point = Some(point.map_or(here, |p: Lsn| p.min(here)));
+        }
+        let Some(candidate) = point else {
             return;
         };
         if candidate <= self.commit_lsn {

@@ -641,13 +641,13 @@ impl walship_node::Applier for Applied {
     }
 }
 
-/// A real member (`walship_node::Node`) started on the promoted directory, with a
-/// node.toml naming the surviving voter alone (what the election core counts until it
-/// reads the configuration from the log, spec/recovery-tool.md §12): it elects itself
-/// in the epoch after the forced one and commits an append. The wait is a liveness
-/// bound, not a timing assertion.
+/// A real member (`walship_node::Node`) started on the promoted directory with its
+/// unchanged node.toml member list `{n1, n2, n3}` (n1 and n2 are gone: nothing listens
+/// on their addresses): it counts votes in the forced configuration of its log (rule 1)
+/// and commits under it alone, so it elects itself in the epoch after the forced one and
+/// commits an append. The wait is a liveness bound, not a timing assertion.
 #[test]
-fn a_node_started_on_the_promoted_directory_elects_itself_and_commits() {
+fn a_node_started_on_the_promoted_directory_elects_itself_under_the_forced_configuration() {
     use std::time::{Duration, Instant};
     use walship_node::election::Role;
     use walship_node::{MemberAddr, Node, NodeConfig, NodeError};
@@ -658,19 +658,21 @@ fn a_node_started_on_the_promoted_directory_elects_itself_and_commits() {
     assert_eq!(code, 0, "{err}\n{v}");
     assert_eq!(v["after"]["lsn"], 10);
     let certs = n.tmp.path().join("certs");
-    walship_wire::generate(&certs, &["n3".to_string()]).expect("certs");
-    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|u| u.local_addr())
-        .expect("a free UDP port");
+    walship_wire::generate(&certs, &["n1", "n2", "n3"]).expect("certs");
+    let members = ["n1", "n2", "n3"]
+        .map(|id| MemberAddr {
+            node_id: id.into(),
+            addr: std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(|u| u.local_addr())
+                .expect("a free UDP port"),
+            http_addr: None,
+        })
+        .to_vec();
     let mut config = NodeConfig::new(
         "n3",
         "c1",
         &n.root,
-        vec![MemberAddr {
-            node_id: "n3".into(),
-            addr,
-            http_addr: None,
-        }],
+        members,
         TlsFiles::for_node(&certs, "n3"),
     );
     config.election_timeout_ms = 200;

@@ -69,6 +69,11 @@ pub struct CoreConfig {
     /// The fence is `max(highest epoch seen, min_primary_epoch)`; raise it at run time
     /// with [`Event::MinPrimaryEpoch`].
     pub min_primary_epoch: u64,
+    /// The incarnation id of this replica's data directory (`state/identity`,
+    /// spec/membership.md §1), sent in `Hello`: a primary counts this replica's receipts
+    /// only while it expects this incarnation of it. 0 = unknown (no identity file: a
+    /// replica outside a cluster).
+    pub incarnation: u64,
 }
 
 /// The replica's durable state the core is built from (read from disk at open).
@@ -587,6 +592,7 @@ impl ReplicaCore {
             protocol_version: PROTOCOL_VERSION,
             cluster_id: self.config.cluster_id.clone(),
             node_id: self.config.node_id.clone(),
+            incarnation: self.config.incarnation,
             last: self.last,
             commit_lsn: self.commit_lsn,
             epoch_history: self.epoch_history.entries.clone(),

@@ -29,6 +29,7 @@ fn core(snapshots: bool) -> ReplicaCore {
             backoff_initial_ms: 100,
             backoff_max_ms: 1_000,
             min_primary_epoch: 0,
+            incarnation: 0,
         },
         DurableState {
             last: Position::ZERO,

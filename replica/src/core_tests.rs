@@ -17,6 +17,7 @@ fn config() -> CoreConfig {
         backoff_initial_ms: 100,
         backoff_max_ms: 1_000,
         min_primary_epoch: 0,
+        incarnation: 0x1ca7,
     }
 }
 
@@ -256,6 +257,10 @@ fn hello_carries_last_position_commit_and_highest_epoch() {
             assert_eq!(hello.highest_epoch_seen, 2);
             assert_eq!(hello.node_id, "r1");
             assert_eq!(hello.cluster_id, "c1");
+            assert_eq!(
+                hello.incarnation, 0x1ca7,
+                "the configured incarnation is announced"
+            );
             assert_eq!(hello.protocol_version, PROTOCOL_VERSION);
         }
         other => panic!("expected one Hello, got {other:?}"),

@@ -43,7 +43,7 @@ pub use record::{
     check_successor, decode_record, encode_record, ChainError, Lsn, Position, RecordError,
     RecordHeader, RecordView, RECORD_HEADER_LEN,
 };
-pub use scan::{inspect, Inspection, OpenReport};
+pub use scan::{inspect, read_only_reader, Inspection, OpenReport};
 pub use segment::SegmentInfo;
 pub use storage::{FsStorage, Mapping, Storage, StorageFile};
 pub use wal::{OpenOptions, Wal, WalOptions, DEFAULT_SEGMENT_SIZE_BYTES};

@@ -89,6 +89,53 @@ pub fn inspect<S: Storage>(
     })
 }
 
+/// A reader of every retained record of the WAL in `dir`, without changing
+/// anything on disk (no cut, no removal): what [`inspect`] verified, up to its
+/// `last` (a torn tail `open` would cut is not read). For a node that must
+/// look at its log (e.g. its configuration records) before any role opens it.
+/// An absent directory reads as an empty log.
+pub fn read_only_reader<S: Storage + Clone>(
+    storage: &S,
+    dir: &Path,
+    max_record_bytes: u32,
+) -> Result<crate::reader::WalReader<S>, WalError> {
+    if !storage
+        .exists(dir)
+        .map_err(|e| WalError::io("exists", dir, e))?
+    {
+        return Ok(crate::reader::WalReader::empty(
+            storage.clone(),
+            max_record_bytes,
+            Position::ZERO,
+        ));
+    }
+    let rec = recover(storage, dir, max_record_bytes, true, 0)?;
+    let base = rec
+        .segments
+        .first()
+        .map(|s| s.header.prev)
+        .unwrap_or(Position::ZERO);
+    let last = rec
+        .segments
+        .last()
+        .map(|s| s.last)
+        .unwrap_or(Position::ZERO);
+    let segs = rec
+        .segments
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| (s.path.clone(), SEGMENT_HEADER_LEN as u64, s.end_offset))
+        .collect();
+    crate::reader::WalReader::new(
+        storage.clone(),
+        max_record_bytes,
+        segs,
+        base,
+        base.lsn.saturating_add(1),
+        last.lsn,
+    )
+}
+
 /// Segments that verified, plus what the scan noticed on the way.
 pub(crate) struct Recovered {
     pub(crate) segments: Vec<SegmentMeta>,

@@ -41,4 +41,4 @@ pub use message::{
     Hello, Message, RecordBatch, Refuse, RefuseReason, Welcome, ALPN, PROTOCOL_VERSION,
 };
 pub use stream::{read_frame, write_frame, FrameWriter};
-pub use tls::{cert_member_name, peer_node_id, CertNameError, TlsError};
+pub use tls::{cert_member_name, peer_node_id, CertNameError, TlsError, ANY_MEMBER};

@@ -21,11 +21,14 @@ pub use walship_wal::state::EpochEntry;
 /// Version 2 (automatic failover) appended [`RefuseReason::NotPrimary`] and
 /// [`RefuseReason::StalePrimary`] at tags 4 and 5, which version-1 builds decode as
 /// retired reasons.
-pub const PROTOCOL_VERSION: u32 = 2;
+///
+/// Version 3 (membership) added [`Hello::incarnation`] after `node_id`: the primary counts a
+/// replica's receipts only for the incarnation of its data directory it expects.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// TLS ALPN protocol id (carries [`PROTOCOL_VERSION`]); a peer that does not offer it fails
 /// the TLS handshake.
-pub const ALPN: &[u8] = b"walship/2";
+pub const ALPN: &[u8] = b"walship/3";
 
 /// Wire tag (bincode variant index) of [`Message::Hello`]; fixed forever.
 pub const HELLO_TAG: u32 = 0;
@@ -108,6 +111,11 @@ pub struct Hello {
     /// The replica's node id; must equal the name its TLS certificate proved.
     #[serde(deserialize_with = "bounded_de::string")]
     pub node_id: String,
+    /// The incarnation id of the replica's data directory (`state/identity`,
+    /// spec/membership.md §1); 0 = unknown (a replica without an identity file, e.g. a
+    /// library user outside a cluster). The primary counts receipts of a session only for
+    /// the incarnation it expects of that member (spec/protocol.md §12.1).
+    pub incarnation: u64,
     /// Identity of the replica's last durable record (`Position::ZERO` for an empty log).
     pub last: Position,
     /// The replica's commit watermark.
@@ -470,6 +478,7 @@ mod tests {
             protocol_version: version,
             cluster_id: "c".into(),
             node_id: "n2".into(),
+            incarnation: 0,
             last: Position::default(),
             commit_lsn: 0,
             epoch_history: vec![],
@@ -580,11 +589,12 @@ mod tests {
     #[test]
     fn version_check_refuses_other_versions() {
         assert!(RefuseReason::check_version(PROTOCOL_VERSION).is_ok());
-        // Version 1 (before failover) and a future version 3 are both refused.
-        for theirs in [1, 3] {
+        // Version 1 (before failover), version 2 (before incarnations) and a future
+        // version 4 are all refused.
+        for theirs in [1, 2, 4] {
             assert_eq!(
                 RefuseReason::check_version(theirs),
-                Err(RefuseReason::UnsupportedVersion { ours: 2, theirs })
+                Err(RefuseReason::UnsupportedVersion { ours: 3, theirs })
             );
         }
     }

@@ -72,16 +72,31 @@ fn root_store(material: &TlsMaterial) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// The member list that admits any node the cluster CA signed a certificate
+/// for (one DNS name, not a wildcard): a node whose membership is data in its
+/// log (spec/membership.md) checks membership above TLS, in the protocol (a
+/// `Hello` from a non-member is refused, an election message from one is
+/// ignored). Pass `&[ANY_MEMBER.into()]` as the member list.
+pub const ANY_MEMBER: &str = "*";
+
 /// A list of member names, validated as DNS names once.
 #[derive(Clone, Debug)]
 struct MemberNames {
     names: Arc<[(String, ServerName<'static>)]>,
+    /// [`ANY_MEMBER`]: every name the CA signed.
+    any: bool,
 }
 
 impl MemberNames {
     fn new(members: &[String]) -> Result<Self, TlsError> {
         if members.is_empty() {
             return Err(TlsError::NoMembers);
+        }
+        if members.len() == 1 && members[0] == ANY_MEMBER {
+            return Ok(MemberNames {
+                names: Arc::new([]),
+                any: true,
+            });
         }
         let names = members
             .iter()
@@ -92,20 +107,35 @@ impl MemberNames {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(MemberNames {
             names: names.into(),
+            any: false,
         })
     }
 
     /// The one member `cert` names (see [`cert_member_name`]). Does not check the chain.
-    fn matching(&self, cert: &CertificateDer<'_>) -> Result<&str, CertNameError> {
+    fn matching(&self, cert: &CertificateDer<'_>) -> Result<String, CertNameError> {
         let name = single_dns_name(cert)?;
+        if self.any {
+            return any_member_name(cert, name);
+        }
         let (member, sn) = self
             .names
             .iter()
             .find(|(member, _)| member.eq_ignore_ascii_case(&name))
             .ok_or_else(|| CertNameError::NotAMember { name: name.clone() })?;
         confirm_with_webpki(cert, member, sn)?;
-        Ok(member.as_str())
+        Ok(member.clone())
     }
+}
+
+/// [`ANY_MEMBER`]: `name` (the certificate's only DNS name) if it is a DNS name
+/// webpki accepts the certificate for.
+fn any_member_name(cert: &CertificateDer<'_>, name: String) -> Result<String, CertNameError> {
+    let sn = match ServerName::try_from(name.clone()) {
+        Ok(sn @ ServerName::DnsName(_)) => sn,
+        _ => return Err(CertNameError::NotAMember { name }),
+    };
+    confirm_with_webpki(cert, &name, &sn)?;
+    Ok(name)
 }
 
 /// Why a peer certificate does not identify exactly one member. Every node certificate
@@ -342,7 +372,7 @@ impl ClientCertVerifier for MemberClientVerifier {
 }
 
 /// Server (primary) TLS configuration: presents `material`'s certificate, requires a client
-/// certificate signed by the cluster CA and valid for one of `members`, TLS 1.3, ALPN `walship/2`.
+/// certificate signed by the cluster CA and valid for one of `members`, TLS 1.3, ALPN `walship/3`.
 pub fn server_config(
     material: &TlsMaterial,
     members: &[String],
@@ -364,7 +394,7 @@ pub fn server_config(
 }
 
 /// Client (replica) TLS configuration: presents `material`'s certificate, verifies the server
-/// against the cluster CA and the server name given at connect time, TLS 1.3, ALPN `walship/2`.
+/// against the cluster CA and the server name given at connect time, TLS 1.3, ALPN `walship/3`.
 pub fn client_config(material: &TlsMaterial) -> Result<rustls::ClientConfig, TlsError> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -398,6 +428,9 @@ pub fn cert_member_name(
     names: &[String],
 ) -> Result<String, CertNameError> {
     let name = single_dns_name(cert)?;
+    if names.len() == 1 && names[0] == ANY_MEMBER {
+        return any_member_name(cert, name);
+    }
     let not_member = || CertNameError::NotAMember { name: name.clone() };
     let member = names
         .iter()

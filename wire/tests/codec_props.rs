@@ -58,6 +58,7 @@ fn message() -> impl Strategy<Value = Message> {
             any::<u32>(),
             name(),
             name(),
+            any::<u64>(),
             position(),
             any::<u64>(),
             epochs(),
@@ -68,6 +69,7 @@ fn message() -> impl Strategy<Value = Message> {
                     protocol_version,
                     cluster_id,
                     node_id,
+                    incarnation,
                     last,
                     commit_lsn,
                     epoch_history,
@@ -77,6 +79,7 @@ fn message() -> impl Strategy<Value = Message> {
                         protocol_version,
                         cluster_id,
                         node_id,
+                        incarnation,
                         last,
                         commit_lsn,
                         epoch_history,
@@ -314,9 +317,9 @@ fn decoder_refuses_further_use_after_a_malformed_body() {
 
 #[test]
 fn hello_of_another_version_with_undecodable_fields_is_unsupported_version() {
-    // Tag 0 (Hello), version 1 (before failover) or 3 (a future one), then bytes that are
-    // not a Hello of this build's version.
-    for version in [1u8, 3] {
+    // Tag 0 (Hello), version 1 (before failover), 2 (before incarnations) or 4 (a future
+    // one), then bytes that are not a Hello of this build's version.
+    for version in [1u8, 2, 4] {
         let body = [0u8, version, 0xff, 0xff, 0xff];
         match decode_frame_body(&body) {
             Err(FrameError::UnsupportedVersion { theirs }) => {

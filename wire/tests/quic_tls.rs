@@ -84,6 +84,7 @@ fn hello(node: &str) -> Message {
         protocol_version: PROTOCOL_VERSION,
         cluster_id: "test-cluster".into(),
         node_id: node.into(),
+        incarnation: 0x0123_4567_89ab_cdef,
         last: Position {
             lsn: 7,
             epoch: 2,

@@ -25,8 +25,8 @@ fn limits_have_the_values_in_the_spec() {
     assert_eq!(MAX_FRAME_BYTES, 8_454_144);
     assert_eq!(MAX_BATCH_BYTES, 8_388_608);
     assert_eq!(MAX_DECODED_BYTES, 33_816_576);
-    assert_eq!(walship_wire::ALPN, b"walship/2");
-    assert_eq!(walship_wire::PROTOCOL_VERSION, 2);
+    assert_eq!(walship_wire::ALPN, b"walship/3");
+    assert_eq!(walship_wire::PROTOCOL_VERSION, 3);
 }
 
 #[test]
@@ -39,6 +39,7 @@ fn message_tags_match_the_spec_table() {
                 protocol_version: walship_wire::PROTOCOL_VERSION,
                 cluster_id: String::new(),
                 node_id: String::new(),
+                incarnation: 0,
                 last: p,
                 commit_lsn: 0,
                 epoch_history: vec![],
@@ -163,9 +164,10 @@ fn retired_refuse_reason_tags_6_to_8_do_not_decode() {
 #[test]
 fn hello_encodes_byte_for_byte_as_specified() {
     let msg = Message::Hello(Hello {
-        protocol_version: 2,
+        protocol_version: 3,
         cluster_id: "c1".into(),
         node_id: "n2".into(),
+        incarnation: 0x0102_0304_0506_0708,
         last: Position {
             lsn: 300,
             epoch: 2,
@@ -187,9 +189,10 @@ fn hello_encodes_byte_for_byte_as_specified() {
     #[rustfmt::skip]
     let expected: Vec<u8> = vec![
         0,                          // tag Hello
-        2,                          // protocol_version
+        3,                          // protocol_version
         2, b'c', b'1',              // cluster_id
         2, b'n', b'2',              // node_id
+        253, 0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, // incarnation (253 + u64 LE)
         251, 0x2c, 0x01,            // last.lsn = 300 (251 + u16 LE)
         2,                          // last.epoch
         252, 0x04, 0x03, 0x02, 0x01, // last.crc (252 + u32 LE)
@@ -200,6 +203,32 @@ fn hello_encodes_byte_for_byte_as_specified() {
         2,                          // highest_epoch_seen
     ];
     assert_eq!(body(&msg), expected);
+    // Incarnation 0 (unknown) is one byte.
+    let Message::Hello(mut hello) = msg else {
+        unreachable!()
+    };
+    hello.incarnation = 0;
+    let b = body(&Message::Hello(hello));
+    assert_eq!(&b[..9], &[0, 3, 2, b'c', b'1', 2, b'n', b'2', 0]);
+    assert_eq!(b.len(), expected.len() - 8);
+}
+
+#[test]
+fn version_2_hello_bytes_are_read_as_version_2_never_as_this_version() {
+    // The pinned version-2 Hello (no incarnation field). Decoded by this build it is either
+    // a Hello of version 2 (its later fields shifted) or, when the shifted fields do not
+    // decode, `UnsupportedVersion{theirs: 2}`: both are refused by version (spec/protocol.md §7).
+    #[rustfmt::skip]
+    let v2: Vec<u8> = vec![
+        0, 2, 2, b'c', b'1', 2, b'n', b'2',
+        251, 0x2c, 0x01, 2, 252, 0x04, 0x03, 0x02, 0x01, 250,
+        2, 1, 1, 2, 252, 0x70, 0x11, 0x01, 0x00, 2,
+    ];
+    match walship_wire::frame::decode_frame_body(&v2) {
+        Err(walship_wire::FrameError::UnsupportedVersion { theirs: 2 }) => {}
+        Ok(Message::Hello(h)) => assert_eq!(h.protocol_version, 2),
+        other => panic!("a version-2 Hello must be read as version 2: {other:?}"),
+    }
 }
 
 #[test]

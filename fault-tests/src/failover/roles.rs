@@ -61,6 +61,7 @@ impl Cluster {
             tick_ms: 50,
             persist_interval_ms: 20,
             new_epoch: Some(epoch),
+            base_config: None,
         };
         let storage = self.nodes[n].storage.clone();
         match PrimaryExec::open(
@@ -119,6 +120,8 @@ impl Cluster {
             report_applied: true,
             // Fenced by its election epoch: nothing from a primary below it.
             min_primary_epoch: epoch,
+            base_config: None,
+            incarnation: 0,
         };
         let storage = self.nodes[n].storage.clone();
         let applier = Box::new(self.nodes[n].applier.clone());

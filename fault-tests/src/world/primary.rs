@@ -367,6 +367,7 @@ impl World {
             tick_ms: self.cfg.tick_ms,
             persist_interval_ms: self.cfg.persist_interval_ms,
             new_epoch: None,
+            base_config: None,
         };
         let now = self.now();
         let exec = match PrimaryExec::<SimStorage, u64>::open(

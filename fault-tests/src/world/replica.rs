@@ -342,6 +342,8 @@ impl World {
             commit_interval_ms: walship_node::replica::exec::DEFAULT_COMMIT_INTERVAL_MS,
             report_applied: true,
             min_primary_epoch: 0,
+            base_config: None,
+            incarnation: 0,
         };
         let applier = self.replica(n).applier.clone();
         let exec = match ReplicaExec::open(s, config, Box::new(applier), self.now()) {

@@ -53,6 +53,14 @@ pub struct NodeConfig {
     pub wal: WalOptions,
     /// Seed of the randomised election timeouts (`None`: from the clock and the node id).
     pub election_seed: Option<u64>,
+    /// Members of `members` that join as learners (spec/membership.md): they receive the
+    /// log but neither vote nor lead until a configuration makes them voters. A node added
+    /// to a running cluster lists itself here; the cluster's log then decides.
+    pub learners: Vec<NodeId>,
+    /// The primary promotes a learner to voter by itself once it holds everything up to
+    /// the commit watermark (default `false`: `walship ctl promote` does it; `ctl add`
+    /// does it after the learner caught up).
+    pub auto_promote_learners: bool,
 }
 
 impl NodeConfig {
@@ -78,6 +86,8 @@ impl NodeConfig {
             transport: TransportOptions::default(),
             wal: WalOptions::default(),
             election_seed: None,
+            learners: Vec::new(),
+            auto_promote_learners: false,
         }
     }
 
@@ -119,7 +129,23 @@ impl NodeConfig {
         Ok(())
     }
 
-    /// The election core's configuration.
+    /// The static base configuration (generation 0): the `members` with their addresses,
+    /// voters unless listed in `learners`, incarnations unknown. In effect until the log
+    /// holds a configuration record (spec/membership.md).
+    pub fn base_configuration(&self) -> walship_wal::control::Configuration {
+        crate::membership::base_configuration(self.members.iter().map(|m| {
+            walship_wal::control::ConfigMember {
+                id: m.node_id.clone(),
+                incarnation: 0,
+                voter: !self.learners.contains(&m.node_id),
+                addr: m.addr.to_string(),
+                http_addr: m.http_addr.map(|a| a.to_string()),
+            }
+        }))
+    }
+
+    /// The election core's configuration (its voters are then set from the newest
+    /// configuration in the log, [`crate::election::ElectionCore::set_membership`]).
     pub fn election_config(&self) -> ElectionConfig {
         ElectionConfig {
             node_id: self.node_id.clone(),
@@ -133,13 +159,12 @@ impl NodeConfig {
     /// crc32c of the settings every member must share: cluster id, each member's id and
     /// address (in order), the quorum setting, the election timeout and the lease.
     pub fn digest(&self) -> u32 {
-        let mut s = format!(
-            "cluster={};quorum={};election_timeout_ms={};lease_ms={};members=",
+        // The member list is not in it: membership is data in the log
+        // (spec/membership.md), and a member added later lists itself in its node.toml.
+        let s = format!(
+            "cluster={};quorum={};election_timeout_ms={};lease_ms={}",
             self.cluster_id, self.quorum, self.election_timeout_ms, self.lease_ms
         );
-        for m in &self.members {
-            s.push_str(&format!("{}@{},", m.node_id, m.addr));
-        }
         crc32c::crc32c(s.as_bytes())
     }
 
@@ -163,6 +188,7 @@ impl NodeConfig {
         p.segment_size_bytes = self.wal.segment_size_bytes;
         p.max_record_bytes = self.wal.max_record_bytes;
         p.new_epoch = Some(epoch);
+        p.base_config = Some(self.base_configuration());
         Ok(p)
     }
 
@@ -174,15 +200,26 @@ impl NodeConfig {
                 field: "members",
                 reason: format!("primary {primary} is not a member"),
             })?;
+        self.replica_config_at(primary, m.addr, epoch)
+    }
+
+    /// [`NodeConfig::replica_config`] for a primary at `addr` (from the newest
+    /// configuration: it may not be in this node's `members`).
+    pub fn replica_config_at(
+        &self,
+        primary: &str,
+        addr: SocketAddr,
+        epoch: u64,
+    ) -> Result<ReplicaConfig, NodeError> {
         let mut r = ReplicaConfig::new(
             self.node_id.clone(),
             self.cluster_id.clone(),
             self.data_dir.clone(),
-            m.addr,
+            addr,
             primary.to_owned(),
             self.tls.clone(),
         );
-        r.bind_addr = client_bind_addr(self.me()?.addr, m.addr, r.bind_addr);
+        r.bind_addr = client_bind_addr(self.me()?.addr, addr, r.bind_addr);
         r.transport = self.transport;
         r.wal = self.wal;
         r.backoff_initial_ms = 50;

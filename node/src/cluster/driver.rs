@@ -32,8 +32,13 @@ const APPLY_BATCH: usize = 4096;
 
 /// What the driver task takes.
 pub(crate) enum Input {
-    /// An election message from a member (the connection's certificate named it).
-    Election { from: NodeId, msg: ElectionMessage },
+    /// An election message from a member (the connection's certificate named it), sent by
+    /// its data directory's `incarnation` (0: unknown).
+    Election {
+        from: NodeId,
+        incarnation: u64,
+        msg: ElectionMessage,
+    },
     /// Operator promotion.
     Promote {
         accept_data_loss: bool,
@@ -97,6 +102,9 @@ struct Start {
     /// `state/identity`, checked first: another cluster's or member's directory is
     /// refused before anything else in it is read.
     identity: identity::Identity,
+    /// The newest configuration in the log (spec/membership.md rule 1: elections count
+    /// votes among its voters), or the base configuration of `node.toml`.
+    membership: crate::membership::MembershipView,
 }
 
 fn start_state(config: &NodeConfig) -> Result<Start, NodeError> {
@@ -138,6 +146,14 @@ fn start_state(config: &NodeConfig) -> Result<Start, NodeError> {
         .map_err(|e| NodeError::Open(e.to_string()))?;
     let paused = super::maintenance::load_paused(node_dir.state_dir())
         .map_err(|e| NodeError::Open(e.to_string()))?;
+    // Read without changing anything: the role that opens the WAL next recovers it.
+    let reader =
+        walship_wal::read_only_reader(&FsStorage, wal_dir, config.wal.max_record_bytes)
+            .map_err(|e| NodeError::Open(e.to_string()))?;
+    let configs =
+        crate::membership::ConfigLog::from_log(config.base_configuration(), reader, commit)
+            .map_err(|e| NodeError::Open(e.to_string()))?;
+    let membership = configs.view(commit);
     Ok(Start {
         state: StartState {
             vote,
@@ -148,6 +164,7 @@ fn start_state(config: &NodeConfig) -> Result<Start, NodeError> {
         halt: halt.map(|h| format!("{} at lsn {}", h.reason, h.lsn)),
         paused,
         identity,
+        membership,
     })
 }
 
@@ -161,6 +178,7 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         halt: halted,
         paused,
         identity,
+        membership,
     } = tokio::task::spawn_blocking(move || start_state(&cfg))
         .await
         .map_err(|e| NodeError::Open(format!("start-state task: {e}")))??;
@@ -168,7 +186,9 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         .tls
         .load()
         .map_err(walship_wire::EndpointError::from)?;
-    let ids = config.member_ids();
+    // Any node the cluster CA signed for may connect: membership is the log's
+    // (spec/membership.md), checked above TLS.
+    let ids = vec![walship_wire::ANY_MEMBER.to_owned()];
     let mut endpoint =
         walship_wire::endpoint::server_endpoint_with(me.addr, &material, &ids, &config.transport)?;
     endpoint.set_default_client_config(walship_wire::endpoint::quinn_client_config(
@@ -182,6 +202,9 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         t ^ u64::from(crc32c::crc32c(config.node_id.as_bytes())) << 32
     });
     let mut core = ElectionCore::new(config.election_config(), start.clone(), now_ms(), seed)?;
+    let (voters, learners) = membership.election_members();
+    // A follower that never campaigned: nothing to abandon, nothing sent.
+    let _ = core.set_membership(now_ms(), &voters, &learners);
     // The acknowledged mark is persisted at most once per heartbeat interval.
     let core_heartbeat_ms = core.heartbeat_ms();
     if let Some(why) = &halted {
@@ -194,13 +217,14 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         // A follower that never campaigned: pausing abandons nothing and sends nothing.
         let _ = core.pause(now_ms());
     }
-    let peers: Vec<(NodeId, std::net::SocketAddr)> = config
-        .members
-        .iter()
-        .filter(|m| m.node_id != config.node_id)
-        .map(|m| (m.node_id.clone(), m.addr))
-        .collect();
-    let sender = Sender::start(&endpoint, &peers, &config.cluster_id, config.digest());
+    let addresses = address_book(&config, &membership.config);
+    let sender = Sender::start(
+        &endpoint,
+        &peer_list(&config.node_id, &addresses),
+        &config.cluster_id,
+        config.digest(),
+        identity.incarnation,
+    );
     let (tx, rx) = mpsc::unbounded_channel();
     let state = RoleState {
         role: core.role(),
@@ -223,6 +247,7 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
             incarnation: identity.incarnation,
             acked_lsn: rule.acked_lsn,
             required_lsn: rule.required_lsn(),
+            membership: membership.clone(),
         }),
         state: watch::channel(state).0,
         role: Mutex::new(RoleSlot::Idle),
@@ -230,6 +255,9 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         applier: Mutex::new(Some(applier)),
         draining: Mutex::new(None),
         metrics: Arc::new(crate::metrics::NodeMetrics::new()),
+        addresses: Mutex::new(addresses),
+        membership_change_running: std::sync::atomic::AtomicBool::new(false),
+        membership: Mutex::new(membership.clone()),
         config,
     });
     let votes = VoteFile::new(
@@ -255,6 +283,7 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         required_lsn: rule.required_lsn(),
         acked: plan::AckedMark::new(rule.acked_lsn, core_heartbeat_ms),
         stopped: halted,
+        membership,
     };
     let driver = tokio::spawn(driver.run(rx).instrument(span));
     Ok(Node {
@@ -280,6 +309,8 @@ struct Driver {
     acked: plan::AckedMark,
     /// Why the node stopped or halted, once it did.
     stopped: Option<String>,
+    /// The newest configuration the core counts votes in.
+    membership: crate::membership::MembershipView,
 }
 
 impl Driver {
@@ -298,9 +329,13 @@ impl Driver {
             let now = now_ms();
             let mut actions = Vec::new();
             match input {
-                Some(Input::Election { from, msg }) => {
+                Some(Input::Election {
+                    from,
+                    incarnation,
+                    msg,
+                }) => {
                     self.refresh_log_head();
-                    match self.core.on_message(now, &from, msg) {
+                    match self.core.on_message_from(now, &from, incarnation, msg) {
                         Ok(a) => actions = a,
                         Err(e) => warn!(peer = %from, error = %e, "election message refused"),
                     }
@@ -535,24 +570,63 @@ impl Driver {
         }
     }
 
-    /// The log head the up-to-date rule compares, from the running role.
+    /// The log head the up-to-date rule compares, and the newest configuration in the log
+    /// (rule 1 of spec/membership.md: the one votes are counted in), from the running role.
     fn refresh_log_head(&mut self) {
-        let head = match &*self.inner.lock_role() {
+        let (head, membership) = match &*self.inner.lock_role() {
             RoleSlot::Primary(p) => {
                 let s = p.status();
-                Some(LogPosition::new(s.epoch, s.durable_lsn))
+                (
+                    Some(LogPosition::new(s.epoch, s.durable_lsn)),
+                    Some(p.membership()),
+                )
             }
-            RoleSlot::Replica { replica, .. } => replica
-                .status()
-                .last
-                .map(|p| LogPosition::new(p.epoch, p.lsn)),
-            RoleSlot::Idle => None,
+            RoleSlot::Replica { replica, .. } => {
+                let s = replica.status();
+                (s.last.map(|p| LogPosition::new(p.epoch, p.lsn)), s.membership)
+            }
+            RoleSlot::Idle => (None, None),
         };
         if let Some(head) = head {
             if head != self.core.log_head() {
                 self.core.set_log_head(head);
             }
         }
+        if let Some(m) = membership {
+            self.set_membership(m);
+        }
+    }
+
+    /// A role reported the newest configuration of its log: the core counts votes in it,
+    /// the transport reaches its members.
+    fn set_membership(&mut self, m: crate::membership::MembershipView) {
+        if m == self.membership {
+            return;
+        }
+        if m.config != self.membership.config {
+            let (voters, learners) = m.election_members();
+            let actions = self.core.set_membership(now_ms(), &voters, &learners);
+            // Only a campaign abandoned by a node that stopped voting: its role command.
+            for a in actions {
+                if let Some(cmd) = self.plan.on_action(&a) {
+                    let _ = self.roles.send(RoleRequest::Set(cmd));
+                }
+            }
+            let addresses = address_book(&self.inner.config, &m.config);
+            self.sender
+                .set_peers(&peer_list(&self.inner.config.node_id, &addresses));
+            *self
+                .inner
+                .addresses
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = addresses;
+        }
+        *self
+            .inner
+            .membership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = m.clone();
+        self.membership = m;
     }
 
     /// Looks at the running role: a halted replica halts the node, a stopped role stops
@@ -617,6 +691,40 @@ impl Driver {
             None => {}
         }
         self.apply_as_primary().await;
+        self.automatic_membership_change();
+    }
+
+    /// The primary's own membership changes (a reincarnated voter demoted, caught-up
+    /// learners promoted with `auto_promote_learners`): one at a time, on a task of its
+    /// own (it waits for the commit while this task keeps running the election).
+    fn automatic_membership_change(&mut self) {
+        use std::sync::atomic::Ordering;
+        if self.core.role() != Role::Primary
+            || self.inner.membership_change_running.load(Ordering::Acquire)
+        {
+            return;
+        }
+        let Some(change) =
+            super::members::automatic(&self.inner, self.inner.config.auto_promote_learners)
+        else {
+            return;
+        };
+        self.inner
+            .membership_change_running
+            .store(true, Ordering::Release);
+        warn!(?change, "membership change made by the primary itself");
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            match super::members::change(&inner, change.clone()).await {
+                Ok(done) => {
+                    info!(lsn = done.lsn, generation = done.config.generation, ?change, "automatic membership change committed")
+                }
+                Err(e) => warn!(?change, error = %e, "automatic membership change did not complete"),
+            }
+            inner
+                .membership_change_running
+                .store(false, Ordering::Release);
+        });
     }
 
     /// Tells the acknowledged mark what the running role acknowledged.
@@ -865,11 +973,54 @@ pub(crate) async fn switchover(
     result.map(|()| pause)
 }
 
+/// Every member's addresses: the newest configuration's (parsed), then the members of
+/// `node.toml` it does not list (a node added later may not be in an old member's file,
+/// and this node's own file may list members the log does not know yet).
+pub(crate) fn address_book(
+    config: &NodeConfig,
+    newest: &walship_wal::control::Configuration,
+) -> std::collections::BTreeMap<NodeId, super::MemberAddr> {
+    let mut book = std::collections::BTreeMap::new();
+    for m in &newest.members {
+        match m.addr.parse::<std::net::SocketAddr>() {
+            Ok(addr) => {
+                let http_addr = m.http_addr.as_deref().and_then(|h| h.parse().ok());
+                book.insert(
+                    m.id.clone(),
+                    super::MemberAddr {
+                        node_id: m.id.clone(),
+                        addr,
+                        http_addr,
+                    },
+                );
+            }
+            Err(e) => {
+                warn!(member = %m.id, addr = %m.addr, error = %e, "a configured member's address does not parse: using node.toml's, if any");
+            }
+        }
+    }
+    for m in &config.members {
+        book.entry(m.node_id.clone()).or_insert_with(|| m.clone());
+    }
+    book
+}
+
+/// The election peers: the members of the address book other than this node.
+fn peer_list(
+    me: &str,
+    book: &std::collections::BTreeMap<NodeId, super::MemberAddr>,
+) -> Vec<(NodeId, std::net::SocketAddr)> {
+    book.values()
+        .filter(|m| m.node_id != me)
+        .map(|m| (m.node_id.clone(), m.addr))
+        .collect()
+}
+
 /// Accepts members' connections: unidirectional streams carry election messages (to the
 /// driver), a bidirectional stream is a replica's session (to the primary role, or
 /// refused when this node is not the primary).
 async fn accept_loop(endpoint: quinn::Endpoint, inner: Arc<Inner>) {
-    let ids = inner.config.member_ids();
+    let ids = vec![walship_wire::ANY_MEMBER.to_owned()];
     let digest = inner.config.digest();
     while let Some(incoming) = endpoint.accept().await {
         let inner = inner.clone();
@@ -911,8 +1062,8 @@ async fn accept_loop(endpoint: quinn::Endpoint, inner: Arc<Inner>) {
                                 }
                             };
                             match Envelope::decode_checked(&bytes, &inner.config.cluster_id, digest) {
-                                Ok(msg) => {
-                                    let _ = inner.commands.send(Input::Election { from: peer, msg });
+                                Ok((msg, incarnation)) => {
+                                    let _ = inner.commands.send(Input::Election { from: peer, incarnation, msg });
                                 }
                                 Err(e) => error!(%peer, error = %e, "election message refused"),
                             }
@@ -963,10 +1114,19 @@ async fn route_session(
 
 /// `/status` of a node.
 pub(crate) fn http_status(config: &NodeConfig, s: &NodeStatus) -> http::NodeStatus {
+    // The newest configuration's address first: a member added later may not be in
+    // this node's node.toml.
     let http_of = |id: &str| {
-        config
+        s.membership
+            .config
             .member(id)
-            .and_then(|m| m.http_addr)
+            .and_then(|m| m.http_addr.clone())
+            .or_else(|| {
+                config
+                    .member(id)
+                    .and_then(|m| m.http_addr)
+                    .map(|a| a.to_string())
+            })
             .map(|a| format!("http://{a}"))
     };
     let mut out = if let Some(p) = &s.primary {
@@ -993,6 +1153,7 @@ pub(crate) fn http_status(config: &NodeConfig, s: &NodeStatus) -> http::NodeStat
             required_lsn: None,
             paused: false,
             blocked_on: None,
+            configuration: None,
         }
     };
     out.paused = s.paused;
@@ -1010,6 +1171,7 @@ pub(crate) fn http_status(config: &NodeConfig, s: &NodeStatus) -> http::NodeStat
         out.primary_http = s.state.primary.as_deref().and_then(http_of);
     }
     out.incarnation = Some(s.incarnation);
+    out.configuration = Some(http::ConfigurationStatus::from_view(&s.membership));
     out.acked_lsn = Some(s.acked_lsn);
     out.required_lsn = Some(s.required_lsn);
     out

@@ -23,6 +23,7 @@ mod config;
 mod driver;
 pub mod identity;
 pub mod maintenance;
+pub mod members;
 pub mod plan;
 mod roles;
 pub mod transport;
@@ -141,6 +142,8 @@ pub struct NodeStatus {
     /// The lsn this node's log had to reach at start before it votes or leads (the
     /// higher of its persisted commit watermark and acknowledged mark).
     pub required_lsn: Lsn,
+    /// The newest configuration in the log, the one elections count votes in.
+    pub membership: crate::membership::MembershipView,
 }
 
 /// A cluster member: leads or follows as elected. See the module documentation.
@@ -181,6 +184,12 @@ pub(crate) struct Inner {
     pub(crate) draining: Mutex<Option<NodeId>>,
     /// This node's metrics (its roles observe into them; `/metrics` renders them).
     pub(crate) metrics: Arc<crate::metrics::NodeMetrics>,
+    /// Every member's addresses (newest configuration, then `node.toml`).
+    pub(crate) addresses: Mutex<std::collections::BTreeMap<NodeId, MemberAddr>>,
+    /// The newest configuration in the log, as the election core uses it.
+    pub(crate) membership: Mutex<crate::membership::MembershipView>,
+    /// An automatic membership change is waiting for its commit.
+    pub(crate) membership_change_running: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -256,6 +265,7 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         s.state = self.inner.state.borrow().clone();
+        s.membership = self.membership();
         match &*self.inner.lock_role() {
             RoleSlot::Primary(p) => s.primary = Some(p.status()),
             RoleSlot::Replica { replica, .. } => s.replica = Some(replica.status()),
@@ -320,6 +330,28 @@ impl Node {
         rx.await.map_err(|_| NodeError::Stopped {
             reason: "the node's driver ended".into(),
         })?
+    }
+
+    /// A membership change on the primary (spec/membership.md): resolves once the new
+    /// configuration is committed under the old and the new voters. The first change of
+    /// a log writes the bootstrap record first (every base member's incarnation: each
+    /// must have connected). Refused on a follower (`NotPrimary`), while another change
+    /// is pending, for a change of more than one vote, and for a change that removes or
+    /// demotes this primary (switch over first).
+    pub async fn change_membership(
+        &self,
+        change: crate::membership::MemberChange,
+    ) -> Result<members::MembershipChanged, NodeError> {
+        members::change(&self.inner, change).await
+    }
+
+    /// The newest configuration in this node's log, as its election core counts votes.
+    pub fn membership(&self) -> crate::membership::MembershipView {
+        self.inner
+            .membership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// This node's metrics (what `/metrics` renders).
@@ -498,6 +530,26 @@ impl NodeView for NodeHttpView {
                 .await
                 .map_err(Self::operator_error)?;
             Ok(serde_json::json!({"node_id": node.node_id(), "paused": paused, "changed": changed}))
+        })
+    }
+
+    fn change_membership(&self, change: crate::membership::MemberChange) -> http::OperatorFuture {
+        let node = self.node.clone();
+        Box::pin(async move {
+            let done = node
+                .change_membership(change)
+                .await
+                .map_err(Self::operator_error)?;
+            let view = crate::membership::MembershipView {
+                lsn: done.lsn,
+                config: done.config,
+                committed: true,
+            };
+            Ok(serde_json::json!({
+                "lsn": done.lsn,
+                "bootstrapped": done.bootstrapped,
+                "configuration": http::ConfigurationStatus::from_view(&view),
+            }))
         })
     }
 

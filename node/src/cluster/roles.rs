@@ -93,9 +93,24 @@ fn open_primary(inner: &Inner, endpoint: &quinn::Endpoint, epoch: u64) {
 }
 
 fn open_replica(inner: &Inner, epoch: u64, primary: NodeId) {
-    let config = match inner.config.replica_config(&primary, epoch) {
+    let addr = inner
+        .addresses
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&primary)
+        .map(|m| m.addr);
+    let config = match addr.map_or_else(
+        || inner.config.replica_config(&primary, epoch),
+        |addr| inner.config.replica_config_at(&primary, addr, epoch),
+    ) {
         Ok(mut c) => {
             c.metrics = Some(inner.metrics.role().clone());
+            c.base_config = Some(inner.config.base_configuration());
+            c.incarnation = inner
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .incarnation;
             c
         }
         Err(e) => return failed(inner, e.to_string()),

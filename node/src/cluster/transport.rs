@@ -25,7 +25,7 @@ use crate::election::{ElectionMessage, NodeId};
 pub const MAX_ENVELOPE_BYTES: usize = 4096;
 
 /// Version of the envelope layout.
-pub const ENVELOPE_VERSION: u32 = 1;
+pub const ENVELOPE_VERSION: u32 = 2;
 
 /// How long a connection attempt to a peer may take before the message is dropped.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -39,6 +39,9 @@ pub struct Envelope {
     pub version: u32,
     /// The sender's cluster id.
     pub cluster_id: String,
+    /// The incarnation of the sender's data directory (`state/identity`; 0: none): a
+    /// vote counts only from the incarnation the configuration names (spec/membership.md).
+    pub incarnation: u64,
     /// Digest of the sender's member list, quorum setting and timeouts
     /// ([`super::NodeConfig::digest`]): members that disagree about who votes or how many
     /// votes win must not elect each other.
@@ -96,7 +99,7 @@ impl Envelope {
         bytes: &[u8],
         cluster_id: &str,
         digest: u32,
-    ) -> Result<ElectionMessage, EnvelopeError> {
+    ) -> Result<(ElectionMessage, u64), EnvelopeError> {
         if bytes.len() > MAX_ENVELOPE_BYTES {
             return Err(EnvelopeError::TooLarge { len: bytes.len() });
         }
@@ -126,16 +129,18 @@ impl Envelope {
                 theirs: env.config_digest,
             });
         }
-        Ok(env.msg)
+        Ok((env.msg, env.incarnation))
     }
 }
 
 /// Sends election messages to peers: one task per peer, each keeping one connection.
 #[derive(Clone)]
 pub struct Sender {
-    queues: HashMap<NodeId, mpsc::UnboundedSender<Vec<u8>>>,
+    queues: HashMap<NodeId, (SocketAddr, mpsc::UnboundedSender<Vec<u8>>)>,
+    endpoint: quinn::Endpoint,
     cluster_id: String,
     digest: u32,
+    incarnation: u64,
 }
 
 impl Sender {
@@ -145,23 +150,37 @@ impl Sender {
         peers: &[(NodeId, SocketAddr)],
         cluster_id: &str,
         digest: u32,
+        incarnation: u64,
     ) -> Sender {
-        let mut queues = HashMap::new();
-        for (id, addr) in peers {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(peer_task(endpoint.clone(), id.clone(), *addr, rx));
-            queues.insert(id.clone(), tx);
-        }
-        Sender {
-            queues,
+        let mut sender = Sender {
+            queues: HashMap::new(),
+            endpoint: endpoint.clone(),
             cluster_id: cluster_id.to_owned(),
             digest,
+            incarnation,
+        };
+        sender.set_peers(peers);
+        sender
+    }
+
+    /// The peers changed (a configuration record, spec/membership.md): a task per new
+    /// peer (or new address); the tasks of peers no longer listed end.
+    pub fn set_peers(&mut self, peers: &[(NodeId, SocketAddr)]) {
+        self.queues
+            .retain(|id, (addr, _)| peers.iter().any(|(p, a)| p == id && a == addr));
+        for (id, addr) in peers {
+            if self.queues.contains_key(id) {
+                continue;
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(peer_task(self.endpoint.clone(), id.clone(), *addr, rx));
+            self.queues.insert(id.clone(), (*addr, tx));
         }
     }
 
     /// Queues `msg` for `to` (dropped if `to` is unknown or its task ended).
     pub fn send(&self, to: &str, msg: ElectionMessage) {
-        let Some(q) = self.queues.get(to) else {
+        let Some((_, q)) = self.queues.get(to) else {
             warn!(
                 peer = to,
                 "election message to a node that is not a peer: dropped"
@@ -172,6 +191,7 @@ impl Sender {
             version: ENVELOPE_VERSION,
             cluster_id: self.cluster_id.clone(),
             config_digest: self.digest,
+            incarnation: self.incarnation,
             msg,
         };
         let _ = q.send(env.encode());
@@ -253,6 +273,7 @@ mod tests {
             version: ENVELOPE_VERSION,
             cluster_id: "c".into(),
             config_digest: 7,
+            incarnation: 0xfeed,
             msg: ElectionMessage::VoteRequest {
                 epoch: 3,
                 last: LogPosition::new(2, 10),
@@ -265,7 +286,7 @@ mod tests {
         let bytes = env().encode();
         assert_eq!(
             Envelope::decode_checked(&bytes, "c", 7),
-            Ok(env().msg),
+            Ok((env().msg, 0xfeed)),
             "round trip"
         );
         assert!(matches!(
@@ -300,8 +321,8 @@ mod tests {
 
     #[test]
     fn a_string_claiming_more_than_the_envelope_holds_is_malformed_not_allocated() {
-        // version 1, then a cluster id claiming 2^32 bytes (varint 0xFC + u32).
-        let bytes = [1u8, 0xFC, 0xFF, 0xFF, 0xFF, 0xFF];
+        // version 2, then a cluster id claiming 2^32 bytes (varint 0xFC + u32).
+        let bytes = [2u8, 0xFC, 0xFF, 0xFF, 0xFF, 0xFF];
         assert!(matches!(
             Envelope::decode_checked(&bytes, "c", 7),
             Err(EnvelopeError::Malformed(_))

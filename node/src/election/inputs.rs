@@ -89,6 +89,9 @@ pub enum PromoteError {
         "this node is not eligible: its log ends below what it acknowledged; let it catch up first"
     )]
     Ineligible,
+    /// A learner: it does not vote, so it cannot lead (promote it to voter first).
+    #[error("this node is a learner in the newest configuration: make it a voter first (walship ctl add --voter / promote-voter)")]
+    NotAVoter,
     /// Already primary.
     #[error("this node is already the primary of epoch {epoch}")]
     AlreadyPrimary {

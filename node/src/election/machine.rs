@@ -58,6 +58,12 @@ pub struct ElectionCore {
     next_heartbeat_ms: u64,
     /// The commit watermark heartbeats carry (set by the executor).
     commit_lsn: u64,
+    /// Members that receive the log and heartbeats but neither vote nor
+    /// campaign (spec/membership.md): from [`ElectionCore::set_membership`].
+    learners: BTreeSet<NodeId>,
+    /// The incarnation each voter's votes must come from (absent or 0: any),
+    /// from the newest configuration.
+    incarnations: BTreeMap<NodeId, u64>,
 }
 
 impl ElectionCore {
@@ -97,6 +103,8 @@ impl ElectionCore {
             member_contact_ms: BTreeMap::new(),
             next_heartbeat_ms: 0,
             commit_lsn: 0,
+            learners: BTreeSet::new(),
+            incarnations: BTreeMap::new(),
             config,
         };
         core.reset_election_deadline(now_ms);
@@ -137,7 +145,8 @@ impl ElectionCore {
             Role::Halted | Role::Stopped => None,
             Role::Primary => {
                 // A single voter has nobody to send heartbeats to.
-                let heartbeat = (self.config.voters.len() > 1).then_some(self.next_heartbeat_ms);
+                let heartbeat = (self.config.voters.len() > 1 || !self.learners.is_empty())
+                    .then_some(self.next_heartbeat_ms);
                 match (self.lease_deadline_ms(), heartbeat) {
                     (Some(l), Some(h)) => Some(l.min(h)),
                     (l, h) => l.or(h),
@@ -162,6 +171,107 @@ impl ElectionCore {
     /// number; the core does not interpret it).
     pub fn set_commit_lsn(&mut self, commit_lsn: u64) {
         self.commit_lsn = commit_lsn;
+    }
+
+    /// The newest configuration in this node's log changed (spec/membership.md
+    /// rule 1: elections count votes among its voters, committed or not).
+    /// `voters` with the incarnation each must vote from (0: any), `learners`
+    /// receive heartbeats only. A node that is not a voter stops campaigning
+    /// (a candidate or pre-candidate becomes a follower) and never starts
+    /// again while it is not one; a primary keeps leading (a configuration
+    /// that removes or demotes the primary is refused where it is proposed).
+    /// An empty `voters` is a broken invariant of the caller (a configuration
+    /// has at least one voter) and changes nothing.
+    pub fn set_membership(
+        &mut self,
+        now_ms: u64,
+        voters: &[(NodeId, u64)],
+        learners: &[NodeId],
+    ) -> Vec<Action> {
+        let mut out = Out::default();
+        if voters.is_empty() {
+            tracing::error!(node = %self.config.node_id, "a configuration without voters: ignored");
+            return Vec::new();
+        }
+        let ids: Vec<NodeId> = voters.iter().map(|(id, _)| id.clone()).collect();
+        if ids != self.config.voters || learners.iter().ne(self.learners.iter()) {
+            tracing::info!(node = %self.config.node_id, epoch = self.epoch, voters = ?ids, ?learners, "membership changed");
+        }
+        let n = ids.len();
+        self.config.voters = ids;
+        self.learners = learners
+            .iter()
+            .filter(|l| !self.config.voters.contains(l))
+            .cloned()
+            .collect();
+        self.incarnations = voters
+            .iter()
+            .filter(|(_, inc)| *inc != 0)
+            .cloned()
+            .collect();
+        self.election_quorum = election_quorum(n, self.config.quorum_setting);
+        self.lease_quorum = lease_quorum(n, self.config.quorum_setting);
+        let voters = &self.config.voters;
+        self.member_contact_ms.retain(|id, _| voters.contains(id));
+        if !self.is_voter() && matches!(self.role, Role::PreCandidate | Role::Candidate) {
+            tracing::info!(node = %self.config.node_id, epoch = self.epoch, "no longer a voter: campaign abandoned");
+            self.role = Role::Follower;
+            self.tally = None;
+            out.role_change = Some(Action::BecomeFollower {
+                epoch: self.epoch,
+                primary_hint: self.primary.clone(),
+            });
+            self.reset_election_deadline(now_ms);
+        }
+        self.finish(out)
+    }
+
+    /// Whether this node votes in its newest configuration.
+    pub fn is_voter(&self) -> bool {
+        self.config.voters.contains(&self.config.node_id)
+    }
+
+    /// The learners of the newest configuration.
+    pub fn learners(&self) -> impl Iterator<Item = &NodeId> {
+        self.learners.iter()
+    }
+
+    /// An election message from member `from`, sent by its data directory's
+    /// incarnation `incarnation` (0: unknown). A granted vote or pre-vote from
+    /// a voter whose incarnation is not the one the newest configuration
+    /// names counts as refused: a node that lost its disk may have lost
+    /// records it once acknowledged, so its votes are not the old member's
+    /// (spec/membership.md §3, "Incarnations").
+    pub fn on_message_from(
+        &mut self,
+        now_ms: u64,
+        from: &str,
+        incarnation: u64,
+        msg: ElectionMessage,
+    ) -> Result<Vec<Action>, InputError> {
+        let expected = self.incarnations.get(from).copied().unwrap_or(0);
+        let msg = match msg {
+            ElectionMessage::VoteResponse { epoch, granted: true }
+                if expected != 0 && incarnation != expected =>
+            {
+                tracing::warn!(node = %self.config.node_id, epoch, from, expected, incarnation, "a vote from another incarnation of a voter does not count");
+                ElectionMessage::VoteResponse {
+                    epoch,
+                    granted: false,
+                }
+            }
+            ElectionMessage::PreVoteResponse {
+                epoch,
+                granted: true,
+                current_epoch,
+            } if expected != 0 && incarnation != expected => ElectionMessage::PreVoteResponse {
+                epoch,
+                granted: false,
+                current_epoch,
+            },
+            other => other,
+        };
+        self.on_message(now_ms, from, msg)
     }
 
     /// Timers: a primary whose lease lapsed steps down, else sends
@@ -191,7 +301,8 @@ impl ElectionCore {
                         epoch: self.epoch,
                         commit_lsn: self.commit_lsn,
                     };
-                    for peer in self.peers() {
+                    // Learners follow the primary too (they vote for nobody).
+                    for peer in self.peers().into_iter().chain(self.learners.iter().cloned()) {
                         out.send(&peer, msg.clone());
                     }
                 }
@@ -328,7 +439,7 @@ impl ElectionCore {
                     && self.role == Role::Follower
                     && self.primary.as_deref() == Some(from);
                 // A hand-over is an operator act: it is taken while paused, like `promote`.
-                if from_our_primary && self.eligible {
+                if from_our_primary && self.eligible && self.is_voter() {
                     tracing::info!(node = %self.config.node_id, from, epoch, "hand-over from the primary: campaigning now");
                     self.start_candidacy(now_ms, &mut out);
                 } else {
@@ -423,6 +534,9 @@ impl ElectionCore {
         if !self.eligible {
             return Err(PromoteError::Ineligible);
         }
+        if !self.is_voter() {
+            return Err(PromoteError::NotAVoter);
+        }
         if self.election_quorum.is_none() && !accept_data_loss {
             return Err(PromoteError::DataLossNotAccepted);
         }
@@ -441,7 +555,7 @@ impl ElectionCore {
         if self.role != Role::Primary {
             return Err(PromoteError::NotRunning { role: self.role });
         }
-        if !self.is_peer(target) {
+        if !self.is_peer(target) || !self.config.voters.iter().any(|v| v == target) {
             return Err(PromoteError::UnknownTarget {
                 target: target.to_owned(),
             });
@@ -505,7 +619,8 @@ impl ElectionCore {
     // ---- internals ----
 
     fn is_peer(&self, id: &str) -> bool {
-        id != self.config.node_id && self.config.voters.iter().any(|v| v == id)
+        id != self.config.node_id
+            && (self.config.voters.iter().any(|v| v == id) || self.learners.contains(id))
     }
 
     /// [`ElectionCore::on_primary_contact`] (and a heartbeat): follow
@@ -565,7 +680,11 @@ impl ElectionCore {
     fn member_contact(&mut self, now_ms: u64, from: &str, epoch: u64, out: &mut Out) {
         if epoch > self.epoch {
             self.adopt_epoch(now_ms, epoch, from, None, out);
-        } else if epoch == self.epoch && self.role == Role::Primary {
+        } else if epoch == self.epoch
+            && self.role == Role::Primary
+            && self.config.voters.iter().any(|v| v == from)
+        {
+            // Only voters renew the lease.
             self.member_contact_ms.insert(from.to_owned(), now_ms);
         }
     }
@@ -581,7 +700,7 @@ impl ElectionCore {
     }
 
     fn may_campaign(&self) -> bool {
-        self.eligible && !self.paused && self.election_quorum.is_some()
+        self.eligible && !self.paused && self.election_quorum.is_some() && self.is_voter()
     }
 
     /// Votes a campaign needs: the election quorum, a majority for an

@@ -1232,3 +1232,108 @@ fn fm_f_5_bootstrap_needs_every_voter_and_an_empty_log_on_each() {
     elect_n1(&mut c);
     assert_eq!(c.role(), Role::Primary);
 }
+
+// ---- membership (spec/membership.md) ----
+
+#[test]
+fn a_learner_never_campaigns_and_a_candidate_demoted_to_learner_gives_up() {
+    let mut c = core("n3", 3, -1);
+    let a = c.set_membership(0, &[("n1".into(), 0), ("n2".into(), 0)], &["n3".into()]);
+    assert!(a.is_empty(), "a follower abandons nothing: {a:?}");
+    assert!(!c.is_voter());
+    assert_eq!(c.next_tick_ms(), None, "a learner has no election deadline");
+    assert_eq!(c.tick(10 * T), vec![]);
+    assert_eq!(c.promote(10 * T, false), Err(PromoteError::NotAVoter));
+    // A learner still follows a primary (heartbeats reach it).
+    assert!(c.on_primary_contact(10 * T, 1, "n1").is_ok());
+
+    // A pre-candidate that stops being a voter becomes a follower.
+    let mut c = core("n3", 3, -1);
+    let now = c.next_tick_ms().expect("deadline");
+    let a = c.tick(now);
+    assert!(matches!(&a[0], A::Send { msg: M::PreVoteRequest { .. }, .. }));
+    assert_eq!(c.role(), Role::PreCandidate);
+    let a = c.set_membership(now, &[("n1".into(), 0), ("n2".into(), 0)], &["n3".into()]);
+    assert_eq!(c.role(), Role::Follower);
+    assert!(
+        matches!(a.as_slice(), [A::BecomeFollower { .. }]),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn elections_count_votes_among_the_newest_configurations_voters() {
+    // Five voters: n1 needs three votes; with n2's alone it is not primary.
+    let mut c = core("n1", 3, -1);
+    let voters: Vec<(String, u64)> = (1..=5).map(|i| (format!("n{i}"), 0)).collect();
+    c.set_membership(0, &voters, &[]);
+    let now = c.next_tick_ms().expect("deadline");
+    c.tick(now);
+    let e = c.epoch() + 1;
+    for peer in ["n2", "n3"] {
+        c.on_message(
+            now,
+            peer,
+            M::PreVoteResponse {
+                epoch: e,
+                granted: true,
+                current_epoch: e - 1,
+            },
+        )
+        .expect("peer");
+    }
+    assert_eq!(c.role(), Role::Candidate);
+    let a = c
+        .on_message(
+            now,
+            "n2",
+            M::VoteResponse {
+                epoch: e,
+                granted: true,
+            },
+        )
+        .expect("peer");
+    assert!(a.is_empty(), "2 of 5 votes do not elect: {a:?}");
+    let a = c
+        .on_message(
+            now,
+            "n4",
+            M::VoteResponse {
+                epoch: e,
+                granted: true,
+            },
+        )
+        .expect("n4 is a voter of the newest configuration");
+    assert_eq!(a, vec![A::BecomePrimary { epoch: e }]);
+}
+
+#[test]
+fn fm_x_15_a_vote_from_another_incarnation_of_a_voter_does_not_count() {
+    let mut c = core("n1", 3, -1);
+    c.set_membership(
+        0,
+        &[("n1".into(), 11), ("n2".into(), 22), ("n3".into(), 33)],
+        &[],
+    );
+    let now = c.next_tick_ms().expect("deadline");
+    c.tick(now);
+    let e = c.epoch() + 1;
+    let pv = M::PreVoteResponse {
+        epoch: e,
+        granted: true,
+        current_epoch: e - 1,
+    };
+    // n2's disk was wiped: it answers from incarnation 99.
+    c.on_message_from(now, "n2", 99, pv.clone()).expect("peer");
+    assert_eq!(c.role(), Role::PreCandidate, "the wiped n2's pre-vote is a refusal");
+    c.on_message_from(now, "n3", 33, pv).expect("peer");
+    assert_eq!(c.role(), Role::Candidate);
+    let granted = M::VoteResponse {
+        epoch: e,
+        granted: true,
+    };
+    let a = c.on_message_from(now, "n2", 99, granted.clone()).expect("peer");
+    assert!(a.is_empty(), "the wiped n2's vote does not count: {a:?}");
+    let a = c.on_message_from(now, "n3", 33, granted).expect("peer");
+    assert_eq!(a, vec![A::BecomePrimary { epoch: e }]);
+}

@@ -66,6 +66,11 @@ pub(crate) type NodeExec = PrimaryExec<NodeStorage, Token>;
 pub(crate) enum Input {
     /// `Primary::append`: a payload and its waiter.
     Append { payload: Vec<u8>, tx: Token },
+    /// `Primary::propose_configuration`: a configuration record and its waiter.
+    Propose {
+        config: walship_wal::control::Configuration,
+        tx: Token,
+    },
     /// A connection passed TLS and opened its stream; frames for it go to `tx`.
     Register {
         conn: ConnId,
@@ -236,6 +241,14 @@ pub(crate) fn run_exec(shared: Arc<Shared>, rx: mpsc::Receiver<Input>) {
         for input in inputs.drain(..) {
             match input {
                 Input::Append { payload, tx } => appends.push((payload, tx)),
+                Input::Propose { config, tx } => {
+                    // Appends queued before it are written first (lsn order = arrival order).
+                    if !appends.is_empty() {
+                        ex.append(std::mem::take(&mut appends), now);
+                    }
+                    // A refusal fails the token (the proposer reads it there).
+                    let _ = ex.propose_configuration(config, tx, now);
+                }
                 Input::Register { conn, node_id, tx } => {
                     conns.insert(conn, (node_id.clone(), tx));
                     ex.on_connected(conn, node_id, now);

@@ -37,7 +37,9 @@ use walship_primary::core::{
 };
 use walship_primary::log::WalLog;
 use walship_snapshot::{Limits, SnapshotStore};
-use walship_wal::control::ControlRecord;
+use walship_wal::control::{ConfigMember, Configuration, ControlRecord};
+
+use crate::membership::{classify_change, ConfigLog, MembershipView};
 use walship_wal::state::{EpochHistory, NodeDir};
 use walship_wal::{Lsn, OpenReport, Position, SharedWal, Storage, Wal, WalError, WalOptions};
 use walship_wire::Message;
@@ -73,6 +75,11 @@ pub struct ExecConfig {
     pub tick_ms: u64,
     /// Minimum interval between two writes of `state/commit`.
     pub persist_interval_ms: u64,
+    /// The static base configuration (spec/membership.md: generation 0, the
+    /// member list of `node.toml` with addresses and voter flags) in effect
+    /// until the log holds a configuration record. `None`: every id of
+    /// `members` votes, with no addresses (library users and the simulator).
+    pub base_config: Option<Configuration>,
     /// `Some(E)`: start epoch `E` (this node won its election). `E` must be above the
     /// epoch history's last epoch ([`PrimaryError::EpochNotNew`]). `open` records
     /// `{E, log end + 1}` in the epoch history (persisted), sets the WAL's epoch to `E`
@@ -202,6 +209,11 @@ pub struct PrimaryExec<S: Storage, W> {
     /// A replica knows a higher epoch than ours ([`PrimaryExec::fenced`]).
     fenced: Option<u64>,
     facts: OpenFacts,
+    /// The configurations of the log (spec/membership.md): which voters a record is
+    /// committed under, whom to ship to.
+    configs: ConfigLog,
+    /// A configuration committed inside a core event: the core gets it after.
+    pending_membership: bool,
 }
 
 impl<S: Storage, W> std::fmt::Debug for PrimaryExec<S, W> {
@@ -342,6 +354,17 @@ impl<S: Storage + Clone, W> PrimaryExec<S, W> {
                 "WAL open cut a torn tail above the persisted commit watermark {commit_lsn}"),
             other => info!(report = ?other, "WAL opened"),
         }
+        let base = config.base_config.clone().unwrap_or_else(|| {
+            crate::membership::base_configuration(config.members.iter().map(|id| ConfigMember {
+                id: id.clone(),
+                incarnation: 0,
+                voter: true,
+                addr: id.clone(),
+                http_addr: None,
+            }))
+        });
+        let configs = ConfigLog::from_log(base, wal.reader(0)?, commit_lsn)
+            .map_err(|e| PrimaryError::Task(format!("configuration records: {e}")))?;
         let core = PrimaryCore::new(CoreConfig {
             node_id: config.node_id.clone(),
             cluster_id: config.cluster_id.clone(),
@@ -385,7 +408,10 @@ impl<S: Storage + Clone, W> PrimaryExec<S, W> {
                 persisted_commit_lsn: commit_lsn,
                 epoch,
             },
+            configs,
+            pending_membership: false,
         };
+        exec.apply_membership(now_ms);
         // Commit may already be reachable (quorum 0, or a persisted watermark below durable).
         exec.core_event(Event::LocalDurable, now_ms);
         Ok(exec)
@@ -706,6 +732,151 @@ impl<S: Storage, W> PrimaryExec<S, W> {
         self.core.inject_fault(replica_id, fault)
     }
 
+    /// The newest configuration of the log and whether it is committed.
+    pub fn membership(&self) -> MembershipView {
+        self.configs.view(self.commit)
+    }
+
+    /// The configurations a record is committed under now (rule 2).
+    pub fn commit_configurations(&self) -> Vec<Configuration> {
+        self.configs
+            .commit_configs(self.commit)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Proposes configuration `config` (spec/membership.md rule 3: the newest one in the
+    /// log is committed, and `config` changes one member at generation + 1 — or is the
+    /// first record of a log, listing exactly the base's members). Appends it as a control
+    /// record (written, not durable: the next group sync covers it); from then on every
+    /// record commits under the old and the new voters until it commits. `token` is acked
+    /// when it commits, like an append's. Refusals fail the token and change nothing:
+    /// a pending change, a change the rules refuse, a change that removes or demotes this
+    /// primary (hand over first), a static quorum the new voters cannot meet.
+    pub fn propose_configuration(
+        &mut self,
+        config: Configuration,
+        token: W,
+        now_ms: u64,
+    ) -> Result<Lsn, PrimaryError> {
+        let refused = |reason: String| PrimaryError::Membership(reason);
+        let result = (|| {
+            if let Some(e) = self.refusal() {
+                return Err(e);
+            }
+            self.configs
+                .may_propose(self.commit)
+                .map_err(|e| refused(e.to_string()))?;
+            let change =
+                classify_change(self.configs.newest(), &config).map_err(|e| refused(e.to_string()))?;
+            if !config.is_voter(&self.node_id) {
+                return Err(refused(format!(
+                    "the change ({change:?}) removes or demotes the primary {}: switch over to another voter first",
+                    self.node_id
+                )));
+            }
+            let voters = config.voters().count();
+            let needed = self.core.quorum().receipts_needed(voters);
+            if needed + 1 > voters {
+                return Err(refused(format!(
+                    "quorum {} needs {needed} receipts but the new configuration has {voters} voters",
+                    self.core.quorum()
+                )));
+            }
+            let epoch = self.core.epoch();
+            let control = ControlRecord::Configuration {
+                epoch,
+                config: config.clone(),
+            };
+            let position = self
+                .wal
+                .with(|w| w.append_control(&control))
+                .map_err(|e| {
+                    error!(error = %e, "appending a configuration record failed: the node stops");
+                    self.stop(PrimaryStop::Wal {
+                        error: e.to_string(),
+                    });
+                    PrimaryError::Wal(copy_wal_error(&e))
+                })?;
+            let lsn = position.lsn;
+            if let Err(e) = self.configs.observe(lsn, config.clone()) {
+                panic!("a configuration checked by classify_change was refused by the log at lsn {lsn}: {e}");
+            }
+            info!(node = %self.node_id, epoch, lsn, generation = config.generation, ?change, "configuration proposed: records commit under the old and the new voters until it commits");
+            Ok(lsn)
+        })();
+        match result {
+            Ok(lsn) => {
+                self.written = lsn;
+                self.waiting.push_back(Waiter {
+                    lsn,
+                    deadline: None,
+                    token,
+                });
+                self.apply_membership(now_ms);
+                Ok(lsn)
+            }
+            Err(e) => {
+                let copy = match &e {
+                    PrimaryError::Membership(r) => PrimaryError::Membership(r.clone()),
+                    other => PrimaryError::Task(other.to_string()),
+                };
+                self.out.push_back(Output::Fail { token, error: copy });
+                Err(e)
+            }
+        }
+    }
+
+    /// Hands the core the members and voter sets of the configurations in effect.
+    fn apply_membership(&mut self, now_ms: u64) {
+        let configs = self.configs.commit_configs(self.commit);
+        let mut members: Vec<String> = Vec::new();
+        for c in &configs {
+            for m in &c.members {
+                if !members.contains(&m.id) {
+                    members.push(m.id.clone());
+                }
+            }
+        }
+        let sets: Vec<Vec<String>> = configs
+            .iter()
+            .map(|c| c.voters().map(str::to_owned).collect())
+            .collect();
+        // The incarnation whose receipts count: the one the newest configuration names
+        // where the member votes there, else the older one's (a voter demoted with a new
+        // incarnation counts in the old voter set only as the incarnation that held the
+        // data: its new one counts nowhere until it is a voter again).
+        let expected: Vec<(String, u64)> = members
+            .iter()
+            .map(|id| {
+                let voting = configs
+                    .iter()
+                    .rev()
+                    .filter_map(|c| c.member(id))
+                    .find(|m| m.voter)
+                    .or_else(|| configs.iter().rev().find_map(|c| c.member(id)));
+                (id.clone(), voting.map_or(0, |m| m.incarnation))
+            })
+            .collect();
+        if sets.as_slice() != self.core.voter_sets() || !self.core.members_match(&members) {
+            match self.core.set_membership(&members, sets) {
+                Ok(actions) => {
+                    for action in actions {
+                        if let Action::Close { conn, reason } = action {
+                            self.out.push_back(Output::Close { conn, reason });
+                        } else if let Action::Send { conn, msg } = action {
+                            self.out.push_back(Output::Send { conn, msg });
+                        }
+                    }
+                }
+                Err(e) => panic!("a configuration in the log has no voters: {e}"),
+            }
+        }
+        self.core.set_expected_incarnations(&expected);
+        self.core_event(Event::Tick, now_ms);
+    }
+
     /// Feeds one event to the core and performs its actions.
     fn core_event(&mut self, event: Event, now_ms: u64) {
         if self.stopped.is_some() {
@@ -732,6 +903,9 @@ impl<S: Storage, W> PrimaryExec<S, W> {
                 Action::CommitAdvanced { commit_lsn } => self.on_commit(commit_lsn, now_ms),
                 Action::Fenced { epoch } => self.on_fenced(epoch),
             }
+        }
+        if std::mem::take(&mut self.pending_membership) {
+            self.apply_membership(now_ms);
         }
     }
 
@@ -791,6 +965,14 @@ impl<S: Storage, W> PrimaryExec<S, W> {
         }
         self.commit = commit_lsn;
         debug!(commit_lsn, "commit advanced");
+        if self.configs.newest_lsn() > 0 && self.configs.commit_configs(commit_lsn).len() == 1 {
+            let before = self.configs.clone();
+            self.configs.committed(commit_lsn);
+            if before != self.configs {
+                info!(node = %self.node_id, lsn = self.configs.newest_lsn(), generation = self.configs.newest().generation, "configuration committed: records commit under its voters alone");
+                self.pending_membership = true;
+            }
+        }
         tracing::trace!(target: STAGE_TARGET, stage = "commit_advanced", lsn = commit_lsn);
         self.out.push_back(Output::Committed(commit_lsn));
         while self.waiting.front().is_some_and(|w| w.lsn <= commit_lsn) {

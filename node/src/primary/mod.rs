@@ -103,6 +103,9 @@ pub struct PrimaryConfig {
     /// history and the control record of `E` is the epoch's first record. `None` (default):
     /// the history's last epoch continues (epoch 1 at lsn 1 on an empty directory).
     pub new_epoch: Option<u64>,
+    /// The static base configuration (spec/membership.md), in effect until the log holds a
+    /// configuration record. `None` (default): every id of `members` votes.
+    pub base_config: Option<walship_wal::control::Configuration>,
     /// Where the commit and fsync latency histograms and the snapshot counter go (a
     /// node's [`crate::metrics::NodeMetrics`]); `None`: nowhere.
     pub metrics: Option<crate::metrics::RoleMetrics>,
@@ -168,6 +171,7 @@ impl PrimaryConfig {
             snapshot_policy: SnapshotPolicy::default(),
             maintenance_interval_ms: 1_000,
             new_epoch: None,
+            base_config: None,
             metrics: None,
         }
     }
@@ -291,6 +295,10 @@ pub enum PrimaryError {
     /// A background thread or task failed.
     #[error("primary task failed: {0}")]
     Task(String),
+    /// A configuration change was refused (spec/membership.md rule 3, or it would remove
+    /// the primary, or the quorum could not be met); nothing was written.
+    #[error("configuration change refused: {0}")]
+    Membership(String),
     /// Creating, reading or recovering a snapshot failed.
     #[error("snapshot: {0}")]
     Snapshot(#[from] SnapshotError),
@@ -405,6 +413,7 @@ impl PrimaryConfig {
             tick_ms: exec::DEFAULT_TICK_MS,
             persist_interval_ms: exec::DEFAULT_PERSIST_INTERVAL_MS,
             new_epoch: self.new_epoch,
+            base_config: self.base_config.clone(),
         }
     }
 }
@@ -583,6 +592,37 @@ impl Primary {
                 Err(_) => Err(shared.gone_error()),
             }
         }
+    }
+
+    /// Proposes a configuration (spec/membership.md): resolves with its lsn once it is
+    /// committed under the old and the new voters, or with the refusal
+    /// ([`PrimaryError::Membership`]: a change is pending, the change breaks the rules,
+    /// it removes or demotes this primary, the quorum cannot be met) or the error that
+    /// stopped the node. Like [`Primary::append`] it may time out after
+    /// `commit_timeout_ms`; the record then stays in the log and may still commit.
+    pub fn propose_configuration(
+        &self,
+        config: walship_wal::control::Configuration,
+    ) -> impl Future<Output = Result<Lsn, PrimaryError>> + Send + 'static {
+        let shared = self.shared.clone();
+        async move {
+            if let Some(reason) = shared.stop_reason() {
+                return Err(PrimaryError::Stopped(reason));
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if shared.tx.send(Input::Propose { config, tx }).is_err() {
+                return Err(shared.gone_error());
+            }
+            match rx.await {
+                Ok(result) => result,
+                Err(_) => Err(shared.gone_error()),
+            }
+        }
+    }
+
+    /// The newest configuration of the log and whether it is committed.
+    pub fn membership(&self) -> crate::membership::MembershipView {
+        self.shared.lock_exec().membership()
     }
 
     /// The commit watermark: every lsn up to it is committed under the quorum policy.

@@ -138,6 +138,14 @@ pub struct ReplicaConfig {
     /// `max(highest epoch seen, min_primary_epoch)` is refused (`Refuse{StalePrimary}`,
     /// a session end, not a halt; FM-X.2).
     pub min_primary_epoch: u64,
+    /// The static base configuration of a cluster member (spec/membership.md): with it
+    /// the replica tracks the configuration records of its log and reports the newest
+    /// ([`ReplicaStatus::membership`]). `None` (default): it does not look at them.
+    pub base_config: Option<walship_wal::control::Configuration>,
+    /// The incarnation id of the data directory (`state/identity`), announced in `Hello`
+    /// (default 0 = unknown): a cluster node sets it; a primary counts this replica's
+    /// receipts only while it expects this incarnation (spec/protocol.md §12.1).
+    pub incarnation: u64,
     /// Where the fsync latency histogram and the snapshot counter go (a node's
     /// [`crate::metrics::NodeMetrics`]); `None`: nowhere.
     pub metrics: Option<crate::metrics::RoleMetrics>,
@@ -168,6 +176,8 @@ impl ReplicaConfig {
             wal: WalOptions::default(),
             sync_every_bytes: 8 * 1024 * 1024,
             min_primary_epoch: 0,
+            base_config: None,
+            incarnation: 0,
             metrics: None,
         }
     }
@@ -306,6 +316,8 @@ pub struct ReplicaStatus {
     pub sessions: u64,
     /// Why the last session ended (or the last connection attempt failed), if one did.
     pub last_session_end: Option<String>,
+    /// The newest configuration in the log (with [`ReplicaConfig::base_config`] only).
+    pub membership: Option<crate::membership::MembershipView>,
 }
 
 impl ReplicaStatus {

@@ -134,6 +134,7 @@ impl FakeReplica {
             protocol_version: PROTOCOL_VERSION,
             cluster_id: CLUSTER.into(),
             node_id: node.into(),
+            incarnation: 0,
             last,
             commit_lsn: 0,
             epoch_history: vec![],

@@ -9,6 +9,8 @@ use walship_wal::encode_record;
 struct MemLog {
     records: Vec<(Position, Vec<u8>)>,
     durable: usize,
+    /// The first retained lsn (0 or 1: nothing truncated; no snapshot either way).
+    first: Lsn,
 }
 
 impl MemLog {
@@ -45,7 +47,7 @@ impl LogSource for MemLog {
         self.pos(self.durable as Lsn)
     }
     fn first_lsn(&self) -> Lsn {
-        1
+        self.first.max(1)
     }
     fn read_batch(
         &mut self,
@@ -98,10 +100,16 @@ fn core(quorum: Quorum, n_replicas: usize) -> PrimaryCore {
 }
 
 fn hello(node: &str, last: Position) -> Hello {
+    hello_of(node, 0, last)
+}
+
+/// A Hello of incarnation `incarnation` of `node`'s data directory.
+fn hello_of(node: &str, incarnation: u64, last: Position) -> Hello {
     Hello {
         protocol_version: PROTOCOL_VERSION,
         cluster_id: "c".into(),
         node_id: node.into(),
+        incarnation,
         last,
         commit_lsn: 0,
         epoch_history: vec![],
@@ -117,10 +125,15 @@ fn connect(
     node: &str,
     last: Position,
 ) -> Vec<Action> {
+    connect_as(core, log, conn, hello(node, last))
+}
+
+/// Connects `hello.node_id` on `conn` and sends `hello`; returns all actions.
+fn connect_as(core: &mut PrimaryCore, log: &mut MemLog, conn: ConnId, hello: Hello) -> Vec<Action> {
     let mut a = core.handle(
         Event::Connected {
             conn,
-            node_id: node.into(),
+            node_id: hello.node_id.clone(),
         },
         log,
         0,
@@ -128,7 +141,7 @@ fn connect(
     a.extend(core.handle(
         Event::Received {
             conn,
-            msg: Message::Hello(hello(node, last)),
+            msg: Message::Hello(hello),
         },
         log,
         0,
@@ -806,15 +819,15 @@ fn undecodable_hello_of_another_version_is_refused_before_the_handshake_and_a_vi
     let a = c.handle(
         Event::HelloOfOtherVersion {
             conn: 1,
-            protocol_version: 1,
+            protocol_version: 2,
         },
         &mut log,
         0,
     );
-    // A replica of version 1 (before failover) meets a version-2 primary.
+    // A replica of version 2 (before incarnations) meets a version-3 primary.
     let reason = RefuseReason::UnsupportedVersion {
         ours: PROTOCOL_VERSION,
-        theirs: 1,
+        theirs: 2,
     };
     assert_eq!(
         a,
@@ -978,6 +991,155 @@ fn replaced_replica_disk_does_not_count_old_receipts() {
     connect(&mut c, &mut log, 5, "r1", p15);
     assert_eq!(r1(&c, &log), 15);
     assert_eq!(c.commit_lsn(), 20);
+}
+
+fn progress(c: &PrimaryCore, log: &MemLog, node: &str) -> ReplicaProgress {
+    c.status(log, 0)
+        .replicas
+        .into_iter()
+        .find(|r| r.node_id == node)
+        .expect("replica status")
+}
+
+fn expect(pairs: &[(&str, u64)]) -> Vec<(String, u64)> {
+    pairs.iter().map(|&(n, i)| (n.to_string(), i)).collect()
+}
+
+/// FM-X.15 extended to incarnations: r2's data directory was replaced (incarnation 0xB
+/// became 0xB2). While the primary expects 0xB, r2 is shipped to and reported, but its
+/// receipts do not count; once 0xB2 is expected they do.
+#[test]
+fn fm_x_15_reincarnated_replica_receipts_do_not_count_until_its_new_incarnation_is_expected() {
+    let mut c = core(Quorum::Exactly(2), 2);
+    c.set_expected_incarnations(&expect(&[("p", 0x9), ("r1", 0xA), ("r2", 0xB)]));
+    let mut log = MemLog::default();
+    log.append_durable(20, 10);
+    connect_as(&mut c, &mut log, 1, hello_of("r1", 0xA, Position::ZERO));
+    let a = connect_as(&mut c, &mut log, 2, hello_of("r2", 0xB2, Position::ZERO));
+    assert_eq!(
+        shipped_lsns(&batches(&a, 2)),
+        Some((1, 20)),
+        "a replica of an unexpected incarnation is still shipped to"
+    );
+    receipt(&mut c, &mut log, 1, 20);
+    let a = receipt(&mut c, &mut log, 2, 20);
+    assert_eq!(commit_advanced(&a), None, "r2's receipts do not count");
+    assert_eq!(c.commit_lsn(), 0);
+    let r2 = progress(&c, &log, "r2");
+    assert_eq!(
+        (r2.connected, r2.shipping, r2.durable_lsn, r2.lag_records),
+        (true, true, 20, 0),
+        "its progress is still reported"
+    );
+    assert_eq!((r2.incarnation, r2.expected_incarnation), (Some(0xB2), 0xB));
+    let r1 = progress(&c, &log, "r1");
+    assert_eq!((r1.incarnation, r1.expected_incarnation), (Some(0xA), 0xA));
+    // Naming another member's new incarnation changes nothing for r2.
+    c.set_expected_incarnations(&expect(&[("r1", 0xA1), ("r2", 0xB)]));
+    let a = c.handle(Event::Tick, &mut log, 0);
+    assert_eq!(commit_advanced(&a), None);
+    // The operator (or the configuration) now expects r2's new incarnation.
+    c.set_expected_incarnations(&expect(&[("r1", 0xA), ("r2", 0xB2)]));
+    let a = c.handle(Event::Tick, &mut log, 0);
+    assert_eq!(commit_advanced(&a), Some(20));
+    // Back to the old one: r2 holds nothing again; the watermark never decreases.
+    c.set_expected_incarnations(&expect(&[("r1", 0xA), ("r2", 0xB)]));
+    log.append_durable(5, 10);
+    receipt(&mut c, &mut log, 1, 25);
+    let a = receipt(&mut c, &mut log, 2, 25);
+    assert_eq!(commit_advanced(&a), None);
+    assert_eq!(c.commit_lsn(), 20);
+}
+
+/// FM-X.15: expected incarnation 0 (the default, or named) accepts any announced one,
+/// 0 (a replica without an identity) included; a member not named expects 0.
+#[test]
+fn fm_x_15_expected_incarnation_0_counts_receipts_of_any_incarnation() {
+    for expected in [
+        vec![],
+        expect(&[("r1", 0), ("r2", 0)]),
+        expect(&[("r1", 0)]),
+    ] {
+        let mut c = core(Quorum::Exactly(2), 2);
+        c.set_expected_incarnations(&expected);
+        let mut log = MemLog::default();
+        log.append_durable(10, 10);
+        connect_as(&mut c, &mut log, 1, hello_of("r1", 0x77, Position::ZERO));
+        connect_as(&mut c, &mut log, 2, hello_of("r2", 0, Position::ZERO));
+        receipt(&mut c, &mut log, 1, 10);
+        let a = receipt(&mut c, &mut log, 2, 10);
+        assert_eq!(commit_advanced(&a), Some(10), "expected {expected:?}");
+        assert_eq!(progress(&c, &log, "r2").incarnation, Some(0));
+        assert_eq!(progress(&c, &log, "r2").expected_incarnation, 0);
+    }
+    // Before any Hello nothing is known of a member's incarnation.
+    let c = core(Quorum::Exactly(2), 2);
+    let log = MemLog::default();
+    assert_eq!(progress(&c, &log, "r1").incarnation, None);
+}
+
+/// FM-X.15: receipts of an earlier incarnation never count for a new one, even when any
+/// incarnation is expected and the new one's Hello proves the same log (a directory
+/// restored from a copy): only receipts of the new incarnation do.
+#[test]
+fn fm_x_15_receipts_of_an_earlier_incarnation_never_count_for_the_new_one() {
+    let mut c = core(Quorum::Exactly(2), 2);
+    let mut log = MemLog::default();
+    log.append_durable(20, 10);
+    connect_as(&mut c, &mut log, 1, hello_of("r1", 0xA, Position::ZERO));
+    connect(&mut c, &mut log, 2, "r2", Position::ZERO);
+    receipt(&mut c, &mut log, 1, 20);
+    let a = receipt(&mut c, &mut log, 2, 10);
+    assert_eq!(commit_advanced(&a), Some(10));
+    let p20 = log.pos(20);
+    connect_as(&mut c, &mut log, 3, hello_of("r1", 0xA2, p20));
+    assert_eq!(
+        progress(&c, &log, "r1").durable_lsn,
+        0,
+        "the old incarnation's receipt of 20 is gone"
+    );
+    let a = receipt(&mut c, &mut log, 2, 20);
+    assert_eq!(commit_advanced(&a), None, "20 is on one replica disk only");
+    let a = receipt(&mut c, &mut log, 3, 20);
+    assert_eq!(
+        commit_advanced(&a),
+        Some(20),
+        "the new incarnation's receipt counts"
+    );
+    // The same incarnation reconnecting keeps what its Hello proves (as before).
+    connect_as(&mut c, &mut log, 4, hello_of("r1", 0xA2, p20));
+    assert_eq!(progress(&c, &log, "r1").durable_lsn, 20);
+}
+
+/// FM-X.15: a replaced disk that comes back empty to a truncated log with no snapshot is
+/// closed (`NotRetained`), and its old receipts no longer count all the same; the
+/// incarnation its Hello announced is recorded.
+#[test]
+fn fm_x_15_old_receipts_stop_counting_when_the_replaced_disk_is_not_retained() {
+    let mut c = core(Quorum::Exactly(2), 2);
+    let mut log = MemLog::default();
+    log.append_durable(20, 10);
+    connect_as(&mut c, &mut log, 1, hello_of("r1", 0xA, Position::ZERO));
+    connect(&mut c, &mut log, 2, "r2", Position::ZERO);
+    receipt(&mut c, &mut log, 1, 20);
+    let a = receipt(&mut c, &mut log, 2, 10);
+    assert_eq!(commit_advanced(&a), Some(10));
+    log.first = 11;
+    let a = connect_as(&mut c, &mut log, 3, hello_of("r1", 0xA2, Position::ZERO));
+    assert_eq!(
+        closed(&a, 3),
+        Some(CloseReason::NotRetained {
+            replica_lsn: 0,
+            first_lsn: 11
+        })
+    );
+    let r1 = progress(&c, &log, "r1");
+    assert_eq!(
+        (r1.connected, r1.durable_lsn, r1.incarnation),
+        (false, 0, Some(0xA2))
+    );
+    let a = receipt(&mut c, &mut log, 2, 20);
+    assert_eq!(commit_advanced(&a), None, "20 is on one replica disk only");
 }
 
 #[test]
@@ -1291,4 +1453,55 @@ proptest! {
             last_commit = commit;
         }
     }
+}
+
+// ---- membership (voter sets, spec/membership.md rule 2) ----
+
+#[test]
+fn joint_voter_sets_need_the_quorum_of_each_and_a_removed_member_is_refused() {
+    // Static k = 1 (two copies). Old voters {p, r1, r2}, new {p, r1, r2, r3}: lsn 10 on p
+    // and r3 only is enough for the new set, not for the old one.
+    let mut c = core(Quorum::Exactly(1), 3);
+    let mut log = MemLog::default();
+    let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let a = c
+        .set_membership(
+            &ids(&["p", "r1", "r2", "r3"]),
+            vec![ids(&["p", "r1", "r2"]), ids(&["p", "r1", "r2", "r3"])],
+        )
+        .expect("valid membership");
+    assert!(a.is_empty(), "nobody connected yet: {a:?}");
+    connect(&mut c, &mut log, 1, "r1", Position::ZERO);
+    connect(&mut c, &mut log, 3, "r3", Position::ZERO);
+    log.append_durable(10, 10);
+    c.handle(Event::LocalDurable, &mut log, 0);
+    let a = receipt(&mut c, &mut log, 3, 10);
+    assert_eq!(commit_advanced(&a), None, "the old voters hold one copy only");
+    let a = receipt(&mut c, &mut log, 1, 7);
+    assert_eq!(commit_advanced(&a), Some(7), "both sets hold lsn 7 twice");
+    // The change committed: the new set alone. r3's lsn 10 is the second copy.
+    c.set_membership(
+        &ids(&["p", "r1", "r2", "r3"]),
+        vec![ids(&["p", "r1", "r2", "r3"])],
+    )
+    .expect("valid");
+    let a = c.handle(Event::Tick, &mut log, 0);
+    assert_eq!(commit_advanced(&a), Some(10));
+    // r1 is removed: its session is refused and closed, and it is refused if it comes back.
+    let a = c
+        .set_membership(&ids(&["p", "r2", "r3"]), vec![ids(&["p", "r2", "r3"])])
+        .expect("valid");
+    assert!(
+        matches!(closed(&a, 1), Some(CloseReason::Refused(RefuseReason::NotAMember { .. }))),
+        "{a:?}"
+    );
+    let a = connect(&mut c, &mut log, 4, "r1", Position::ZERO);
+    assert!(
+        matches!(closed(&a, 4), Some(CloseReason::Refused(RefuseReason::NotAMember { .. }))),
+        "{a:?}"
+    );
+    assert_eq!(
+        c.set_membership(&ids(&["p"]), vec![]),
+        Err(CoreError::EmptyVoterSet)
+    );
 }

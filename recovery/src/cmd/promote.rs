@@ -496,29 +496,25 @@ fn vote_error(e: VoteFileError) -> RecoverError {
     }
 }
 
-/// node.toml's `[[member]]` list as the base configuration (generation 0). node.toml
-/// records no incarnation: 0 here means "unknown" (never written: only this node's entry
-/// goes into a forced configuration over the base, with its own incarnation).
+/// node.toml's `[[member]]` list as the base configuration (generation 0), as the node
+/// builds it (`walship_node::membership::base_configuration`). node.toml records no
+/// incarnation: 0 here means "unknown" (never written: only this node's entry goes into
+/// a forced configuration over the base, with its own incarnation).
 fn base_configuration(c: &NodeConfig) -> Result<Configuration, RecoverError> {
     let RoleConfig::Member { members, .. } = &c.role else {
         return Err(RecoverError::Internal {
             message: "load_node_toml admits members only".to_string(),
         });
     };
-    Ok(Configuration {
-        generation: 0,
-        forced: false,
-        members: members
-            .iter()
-            .map(|m| ConfigMember {
-                id: m.id.clone(),
-                incarnation: 0,
-                voter: true,
-                addr: m.addr.to_string(),
-                http_addr: m.http_addr.map(|a| a.to_string()),
-            })
-            .collect(),
-    })
+    Ok(walship_node::membership::base_configuration(
+        members.iter().map(|m| ConfigMember {
+            id: m.id.clone(),
+            incarnation: 0,
+            voter: !m.learner,
+            addr: m.addr.to_string(),
+            http_addr: m.http_addr.map(|a| a.to_string()),
+        }),
+    ))
 }
 
 /// `--voters`, checked: no id twice, this node among them, each a member of `old`; over

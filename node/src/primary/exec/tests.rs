@@ -22,6 +22,7 @@ fn config(members: &[&str], quorum: Quorum) -> ExecConfig {
         tick_ms: DEFAULT_TICK_MS,
         persist_interval_ms: DEFAULT_PERSIST_INTERVAL_MS,
         new_epoch: None,
+        base_config: None,
     }
 }
 
@@ -309,6 +310,7 @@ fn hello_from(node: &str, last: Position, highest_epoch_seen: u64) -> Message {
         protocol_version: walship_wire::PROTOCOL_VERSION,
         cluster_id: "c".into(),
         node_id: node.into(),
+        incarnation: 0,
         last,
         commit_lsn: 0,
         epoch_history: vec![],

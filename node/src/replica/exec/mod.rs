@@ -84,6 +84,10 @@ pub struct ExecConfig {
     /// election epoch; 0 without elections). Raise it at run time with
     /// [`ReplicaExec::set_min_primary_epoch`].
     pub min_primary_epoch: u64,
+    /// [`ReplicaConfig::base_config`]: track the log's configuration records.
+    pub base_config: Option<walship_wal::control::Configuration>,
+    /// The incarnation id of the data directory, announced in `Hello` (0 = unknown).
+    pub incarnation: u64,
 }
 
 impl ExecConfig {
@@ -101,6 +105,8 @@ impl ExecConfig {
             commit_interval_ms: DEFAULT_COMMIT_INTERVAL_MS,
             report_applied: false,
             min_primary_epoch: c.min_primary_epoch,
+            base_config: c.base_config.clone(),
+            incarnation: c.incarnation,
         }
     }
 }
@@ -225,6 +231,8 @@ pub struct ReplicaExec<S: Storage> {
     stopped: Option<String>,
     sessions: u64,
     last_session_end: Option<String>,
+    /// The configurations of the log (spec/membership.md), when tracked.
+    configs: Option<crate::membership::ConfigLog>,
 }
 
 impl<S: Storage> std::fmt::Debug for ReplicaExec<S> {
@@ -536,7 +544,13 @@ impl<S: Storage> ReplicaExec<S> {
             lag_records: durable.map_or(0, |d| primary_last.saturating_sub(d)),
             sessions: self.sessions,
             last_session_end: self.last_session_end.clone(),
+            membership: self.configs.as_ref().map(|c| c.view(core.commit_lsn())),
         }
+    }
+
+    /// The configurations of the log, if tracked ([`ExecConfig::base_config`]).
+    pub fn configs(&self) -> Option<&crate::membership::ConfigLog> {
+        self.configs.as_ref()
     }
 
     // ---------------------------------------------------------------- performing the core
@@ -580,6 +594,7 @@ impl<S: Storage> ReplicaExec<S> {
                                 "the WAL's last position after append must be the core's"
                             );
                             self.unsynced_bytes += batch.bytes.len();
+                            self.observe_configurations(&batch.bytes);
                             tracing::trace!(target: STAGE_TARGET, stage = "replica_written", lsn = pos.lsn);
                             tracing::trace!(
                                 first_lsn = batch.first_lsn,
@@ -598,6 +613,9 @@ impl<S: Storage> ReplicaExec<S> {
                 // The world syncs when `sync_needed()`: right after its queued input.
                 Action::Sync => {}
                 Action::PersistCommit(lsn) => {
+                    if let Some(c) = self.configs.as_mut() {
+                        c.committed(lsn);
+                    }
                     self.commit_pending = Some(self.commit_pending.map_or(lsn, |c| c.max(lsn)));
                 }
                 Action::PersistEpochs(history) => {
@@ -685,6 +703,32 @@ impl<S: Storage> ReplicaExec<S> {
                     });
                 }
             }
+        }
+    }
+
+    /// Notes the configuration records of a batch just appended (verified by the core:
+    /// crc, chain, control bodies). One that does not follow the newest is a primary that
+    /// broke spec/membership.md rule 3: the replica stops rather than elect with it.
+    fn observe_configurations(&mut self, bytes: &[u8]) {
+        let Some(configs) = self.configs.as_mut() else {
+            return;
+        };
+        let found = match crate::membership::configurations_in_bytes(bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                return self.stop(ReplicaError::Runtime(format!(
+                    "configuration records of a verified batch: {e}"
+                )))
+            }
+        };
+        for (lsn, config) in found {
+            let generation = config.generation;
+            if let Err(e) = configs.observe(lsn, config) {
+                return self.stop(ReplicaError::Runtime(format!(
+                    "configuration record at lsn {lsn}: {e}"
+                )));
+            }
+            tracing::info!(lsn, generation, "configuration record received");
         }
     }
 

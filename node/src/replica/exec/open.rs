@@ -105,6 +105,7 @@ impl<S: Storage> ReplicaExec<S> {
                 backoff_initial_ms: config.backoff_initial_ms,
                 backoff_max_ms: config.backoff_max_ms,
                 min_primary_epoch: config.min_primary_epoch,
+                incarnation: config.incarnation,
             },
             DurableState {
                 last,
@@ -116,6 +117,15 @@ impl<S: Storage> ReplicaExec<S> {
         );
         core.set_snapshot_install(applier.snapshot_sink().is_some());
         core.set_installed_boundary(rec.installed_boundary);
+        // The configurations of the log (spec/membership.md), read once here.
+        let configs = match (&config.base_config, &rec.local) {
+            (Some(base), Some(l)) => Some(
+                crate::membership::ConfigLog::from_log(base.clone(), l.wal.reader(0)?, rec.commit_lsn)
+                    .map_err(|e| ReplicaError::Runtime(format!("configuration records: {e}")))?,
+            ),
+            (Some(base), None) => Some(crate::membership::ConfigLog::new(base.clone())),
+            (None, _) => None,
+        };
         let mut exec = ReplicaExec {
             storage,
             node_dir,
@@ -140,6 +150,7 @@ impl<S: Storage> ReplicaExec<S> {
             stopped: None,
             sessions: 0,
             last_session_end: None,
+            configs,
             config,
         };
         if let Some(b) = rec.restored {

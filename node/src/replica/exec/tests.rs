@@ -43,6 +43,8 @@ fn config() -> ExecConfig {
         commit_interval_ms: 10,
         report_applied: true,
         min_primary_epoch: 0,
+        base_config: None,
+        incarnation: 0,
     }
 }
 

@@ -1,0 +1,396 @@
+//! Membership changes of a running cluster (spec/membership.md, issue 13): a three-member
+//! cluster grows to five and shrinks back to three while a writer keeps appending, a wiped
+//! member comes back as a learner, and the configuration each member counts votes in
+//! follows the log. Real members on loopback (QUIC, mutual TLS, real directories).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use walship_node::election::Role;
+use walship_node::membership::MemberChange;
+use walship_node::replica::{Applier, ApplyError};
+use walship_node::{MemberAddr, Node, NodeConfig, NodeError};
+use walship_wal::control::ConfigMember;
+use walship_wal::Lsn;
+use walship_wire::{TlsFiles, TransportOptions};
+
+/// Bound on any wait: only a hang reaches it; conditions decide.
+const WAIT: Duration = Duration::from_secs(60);
+const ELECTION_TIMEOUT_MS: u64 = 300;
+
+#[derive(Clone, Default)]
+struct Counter(Arc<AtomicU64>);
+
+impl Applier for Counter {
+    fn applied_lsn(&self) -> Lsn {
+        self.0.load(Ordering::Acquire)
+    }
+    fn apply(&mut self, lsn: Lsn, _payload: &[u8]) -> Result<(), ApplyError> {
+        self.0.store(lsn, Ordering::Release);
+        Ok(())
+    }
+    fn apply_control(
+        &mut self,
+        lsn: Lsn,
+        _control: &walship_wal::control::ControlRecord,
+    ) -> Result<(), ApplyError> {
+        self.0.store(lsn, Ordering::Release);
+        Ok(())
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
+    s.local_addr().expect("local addr")
+}
+
+/// Five possible members n1..n5; n1..n3 form the cluster (their node.toml lists them
+/// only); n4 and n5 list n1..n3 and themselves as learners.
+struct World {
+    root: PathBuf,
+    addrs: Vec<MemberAddr>,
+}
+
+impl World {
+    fn new(root: &Path) -> World {
+        let ids: Vec<String> = (1..=5).map(|i| format!("n{i}")).collect();
+        walship_wire::generate(&root.join("certs"), &ids).expect("certs");
+        let addrs = ids
+            .iter()
+            .map(|id| MemberAddr {
+                node_id: id.clone(),
+                addr: free_addr(),
+                http_addr: None,
+            })
+            .collect();
+        World {
+            root: root.to_path_buf(),
+            addrs,
+        }
+    }
+
+    fn config(&self, i: usize) -> NodeConfig {
+        let id = format!("n{}", i + 1);
+        let mut members: Vec<MemberAddr> = self.addrs[..3].to_vec();
+        let mut learners = Vec::new();
+        if i >= 3 {
+            members.push(self.addrs[i].clone());
+            learners.push(id.clone());
+        }
+        let mut c = NodeConfig::new(
+            id.as_str(),
+            "c1",
+            self.root.join(&id),
+            members,
+            TlsFiles::for_node(&self.root.join("certs"), &id),
+        );
+        c.learners = learners;
+        c.election_timeout_ms = ELECTION_TIMEOUT_MS;
+        c.lease_ms = ELECTION_TIMEOUT_MS;
+        c.commit_timeout_ms = 10_000;
+        c.transport = TransportOptions {
+            keep_alive_ms: 100,
+            idle_timeout_ms: 2_000,
+            ..TransportOptions::default()
+        };
+        c
+    }
+
+    async fn open(&self, i: usize) -> Arc<Node> {
+        let c = self.config(i);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match Node::open(c.clone(), Counter::default()).await {
+                Ok(n) => return Arc::new(n),
+                Err(NodeError::Endpoint(e)) if Instant::now() < deadline => {
+                    eprintln!("{}: {e}; retrying", c.node_id);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("open {}: {e}", c.node_id),
+            }
+        }
+    }
+}
+
+fn primary_of(nodes: &[Option<Arc<Node>>]) -> Option<usize> {
+    let p: Vec<usize> = (0..nodes.len())
+        .filter(|&i| {
+            nodes[i]
+                .as_ref()
+                .is_some_and(|n| n.status().state.role == Role::Primary)
+        })
+        .collect();
+    (p.len() == 1).then(|| p[0])
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The primary's handle (retrying while an election runs).
+async fn primary(nodes: &[Option<Arc<Node>>]) -> Arc<Node> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(i) = primary_of(nodes) {
+            return nodes[i].clone().expect("open");
+        }
+        assert!(Instant::now() < deadline, "no primary");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A membership change on whichever member leads, retried while leadership moves.
+async fn change(nodes: &[Option<Arc<Node>>], c: MemberChange) -> walship_wal::control::Configuration {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let p = primary(nodes).await;
+        match p.change_membership(c.clone()).await {
+            Ok(done) => return done.config,
+            Err(e @ NodeError::NotPrimary { .. }) if Instant::now() < deadline => {
+                eprintln!("{c:?}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{c:?}: {e}"),
+        }
+    }
+}
+
+fn voters(c: &walship_wal::control::Configuration) -> Vec<&str> {
+    c.voters().collect()
+}
+
+/// The writer: appends through whichever member leads, retrying refusals; counts and
+/// remembers the highest acknowledged lsn.
+fn writer(
+    nodes: Arc<std::sync::Mutex<Vec<Option<Arc<Node>>>>>,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    count: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut i = 0u64;
+        while !stop.load(Ordering::Acquire) {
+            let p = {
+                let g = nodes.lock().expect("nodes");
+                primary_of(&g).and_then(|i| g[i].clone())
+            };
+            let Some(p) = p else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            match p.append(format!("w{i}").into_bytes()).await {
+                Ok(lsn) => {
+                    acked.fetch_max(lsn, Ordering::AcqRel);
+                    count.fetch_add(1, Ordering::AcqRel);
+                    i += 1;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+}
+
+fn snapshot(nodes: &Arc<std::sync::Mutex<Vec<Option<Arc<Node>>>>>) -> Vec<Option<Arc<Node>>> {
+    nodes.lock().expect("nodes").clone()
+}
+
+async fn shutdown(nodes: &Arc<std::sync::Mutex<Vec<Option<Arc<Node>>>>>, i: usize) {
+    let n = nodes.lock().expect("nodes")[i].take();
+    if let Some(n) = n {
+        // The writer may hold a clone for an append in flight: wait for it to let go.
+        let mut n = n;
+        loop {
+            match Arc::try_unwrap(n) {
+                Ok(node) => {
+                    node.shutdown().await;
+                    return;
+                }
+                Err(back) => {
+                    n = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_grow_to_five_and_shrink_to_three_while_a_writer_appends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = World::new(dir.path());
+    let nodes: Arc<std::sync::Mutex<Vec<Option<Arc<Node>>>>> =
+        Arc::new(std::sync::Mutex::new(vec![None, None, None, None, None]));
+    for i in 0..3 {
+        let n = w.open(i).await;
+        nodes.lock().expect("nodes")[i] = Some(n);
+    }
+    primary(&snapshot(&nodes)).await;
+    // The primary records every member's incarnation by itself once all connected.
+    wait_until("the bootstrap configuration (generation 1) committed everywhere", || {
+        snapshot(&nodes)[..3].iter().all(|n| {
+            n.as_ref().is_some_and(|n| {
+                let m = n.membership();
+                m.config.generation >= 1 && m.config.members.iter().all(|x| x.incarnation != 0)
+            })
+        })
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let count = Arc::new(AtomicU64::new(0));
+    let writing = writer(nodes.clone(), stop.clone(), acked.clone(), count.clone());
+
+    // Grow: each new member starts as a learner, catches up, becomes a voter.
+    for i in 3..5 {
+        let n = w.open(i).await;
+        let id = n.node_id().to_owned();
+        let incarnation = n.status().incarnation;
+        assert_eq!(
+            n.membership().config.member(&id).map(|m| m.voter),
+            Some(false),
+            "{id} starts as a learner of its own base configuration"
+        );
+        nodes.lock().expect("nodes")[i] = Some(n.clone());
+        let cfg = change(
+            &snapshot(&nodes),
+            MemberChange::Add(ConfigMember {
+                id: id.clone(),
+                incarnation,
+                voter: false,
+                addr: w.addrs[i].addr.to_string(),
+                http_addr: None,
+            }),
+        )
+        .await;
+        assert_eq!(cfg.member(&id).map(|m| m.voter), Some(false));
+        // It receives the log as a learner, and never campaigns meanwhile.
+        wait_until(&format!("{id} holds the configuration that adds it"), || {
+            n.membership().config.generation >= cfg.generation
+        })
+        .await;
+        assert_ne!(n.status().state.role, Role::Primary);
+        let cfg = change(&snapshot(&nodes), MemberChange::Promote(id.clone())).await;
+        assert!(cfg.is_voter(&id));
+    }
+    let count_at_five = count.load(Ordering::Acquire);
+    let p = primary(&snapshot(&nodes)).await;
+    let five = p.membership().config;
+    assert_eq!(voters(&five), vec!["n1", "n2", "n3", "n4", "n5"]);
+    wait_until("every member counts votes among five voters", || {
+        snapshot(&nodes).iter().all(|n| {
+            n.as_ref()
+                .is_some_and(|n| n.membership().config.voters().count() == 5)
+        })
+    })
+    .await;
+
+    // Shrink: n4 and n5 leave (if one of them leads, it hands over first).
+    for id in ["n5", "n4"] {
+        let p = primary(&snapshot(&nodes)).await;
+        if p.node_id() == id {
+            p.switchover("n1", Duration::from_secs(10))
+                .await
+                .expect("switchover away from a member about to leave");
+        }
+        let cfg = change(&snapshot(&nodes), MemberChange::Remove(id.into())).await;
+        assert!(cfg.member(id).is_none());
+    }
+    let p = primary(&snapshot(&nodes)).await;
+    assert_eq!(voters(&p.membership().config), vec!["n1", "n2", "n3"]);
+    shutdown(&nodes, 3).await;
+    shutdown(&nodes, 4).await;
+    // Three voters again: with one of them stopped too, the other two still commit (a
+    // five-voter count would need three).
+    let p = primary(&snapshot(&nodes)).await;
+    let victim = ["n1", "n2", "n3"]
+        .iter()
+        .position(|id| *id != p.node_id())
+        .expect("a follower");
+    shutdown(&nodes, victim).await;
+    let before = count.load(Ordering::Acquire);
+    wait_until("appends commit with two of three voters", || {
+        count.load(Ordering::Acquire) > before + 20
+    })
+    .await;
+    stop.store(true, Ordering::Release);
+    writing.await.expect("writer");
+    assert!(count_at_five > 0, "the writer appended while the cluster grew");
+    // Everything acknowledged is in the primary's committed log.
+    let p = primary(&snapshot(&nodes)).await;
+    let commit = p.status().primary.map(|s| s.commit_lsn).unwrap_or(0);
+    assert!(
+        commit >= acked.load(Ordering::Acquire),
+        "commit {commit} below an acknowledged lsn {}",
+        acked.load(Ordering::Acquire)
+    );
+    for i in 0..5 {
+        shutdown(&nodes, i).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fm_x_15_a_wiped_member_comes_back_as_a_learner_until_promoted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = World::new(dir.path());
+    let nodes: Arc<std::sync::Mutex<Vec<Option<Arc<Node>>>>> =
+        Arc::new(std::sync::Mutex::new(vec![None, None, None, None, None]));
+    for i in 0..3 {
+        let n = w.open(i).await;
+        nodes.lock().expect("nodes")[i] = Some(n);
+    }
+    let p = primary(&snapshot(&nodes)).await;
+    wait_until("bootstrap configuration", || {
+        p.membership().committed && p.membership().config.generation >= 1
+    })
+    .await;
+    for i in 0..20u32 {
+        p.append(format!("r{i}").into_bytes()).await.expect("append");
+    }
+    // A follower loses its disk and comes back empty: a new incarnation.
+    let victim = (0..3)
+        .find(|&i| snapshot(&nodes)[i].as_ref().is_some_and(|n| n.node_id() != p.node_id()))
+        .expect("a follower");
+    let id = format!("n{}", victim + 1);
+    let old_incarnation = snapshot(&nodes)[victim]
+        .as_ref()
+        .map(|n| n.status().incarnation)
+        .expect("open");
+    shutdown(&nodes, victim).await;
+    std::fs::remove_dir_all(dir.path().join(&id)).expect("wipe");
+    let n = w.open(victim).await;
+    let new_incarnation = n.status().incarnation;
+    assert_ne!(new_incarnation, old_incarnation, "a new directory, a new incarnation");
+    nodes.lock().expect("nodes")[victim] = Some(n.clone());
+    // The primary sees the new incarnation and demotes it: its votes and receipts no
+    // longer count for the member that held the data.
+    wait_until(&format!("{id} demoted to a learner under its new incarnation"), || {
+        let m = p.membership();
+        m.committed
+            && m.config
+                .member(&id)
+                .is_some_and(|x| !x.voter && x.incarnation == new_incarnation)
+    })
+    .await;
+    // It catches up as a learner; then an operator makes it a voter again.
+    wait_until(&format!("{id} caught up"), || {
+        n.status()
+            .replica
+            .and_then(|r| r.durable_lsn)
+            .is_some_and(|d| d >= p.status().primary.map(|s| s.commit_lsn).unwrap_or(u64::MAX))
+    })
+    .await;
+    let cfg = change(&snapshot(&nodes), MemberChange::Promote(id.clone())).await;
+    let m = cfg.member(&id).expect("member");
+    assert!(m.voter);
+    assert_eq!(m.incarnation, new_incarnation);
+    for i in 0..5 {
+        shutdown(&nodes, i).await;
+    }
+}
