@@ -19,6 +19,13 @@
 //! 3. **One change at a time**: a primary proposes a configuration only when
 //!    the newest one in its log is committed, and a change adds, removes,
 //!    promotes or demotes one member (or changes addresses), generation + 1.
+//!
+//! A **forced** configuration (`Configuration::forced`, written only by an
+//! operator's `walship-recover promote` or `walship ctl force-quorum` after
+//! the old voters were lost) is the exception to rules 2 and 3: it may
+//! change any number of members (still generation + 1, at least one voter),
+//! and it commits under itself alone. It gives up the guarantee that every
+//! committed record survives; spec/membership.md §3 says what can be lost.
 
 use walship_wal::control::ControlRecord;
 use walship_wal::record::RecordHeader;
@@ -48,6 +55,16 @@ pub enum Change {
     /// moved (an incarnation change of a voter is refused: see
     /// [`ChangeError::VoterReincarnated`]).
     Readdress,
+    /// A forced configuration (an operator's recovery without the old
+    /// voters): any members may change at once, each named here.
+    Forced {
+        /// Members of the old configuration that are not in the new one.
+        removed: Vec<String>,
+        /// Members of the new configuration that were not in the old one.
+        added: Vec<String>,
+        /// Members present in both whose vote, incarnation or addresses changed.
+        changed: Vec<String>,
+    },
 }
 
 /// Why a proposed configuration is refused.
@@ -94,6 +111,9 @@ pub fn classify_change(old: &Configuration, new: &Configuration) -> Result<Chang
     if new.voters().next().is_none() {
         return Err(ChangeError::NoVoter);
     }
+    if new.forced {
+        return Ok(forced_change(old, new));
+    }
     let mut changes = Vec::new();
     for m in &old.members {
         match new.member(&m.id) {
@@ -128,6 +148,34 @@ pub fn classify_change(old: &Configuration, new: &Configuration) -> Result<Chang
                 .collect::<Vec<_>>()
                 .join(", "),
         )),
+    }
+}
+
+/// What a forced configuration changes (no rule limits it: rule 3 is what
+/// forcing gives up).
+fn forced_change(old: &Configuration, new: &Configuration) -> Change {
+    let removed = old
+        .members
+        .iter()
+        .filter(|m| new.member(&m.id).is_none())
+        .map(|m| m.id.clone())
+        .collect();
+    let added = new
+        .members
+        .iter()
+        .filter(|m| old.member(&m.id).is_none())
+        .map(|m| m.id.clone())
+        .collect();
+    let changed = new
+        .members
+        .iter()
+        .filter(|n| old.member(&n.id).is_some_and(|m| m != *n))
+        .map(|n| n.id.clone())
+        .collect();
+    Change::Forced {
+        removed,
+        added,
+        changed,
     }
 }
 
@@ -265,11 +313,12 @@ impl ConfigLog {
 
     /// Rule 2: the configurations a record must be committed under given the
     /// commit watermark `commit`: the newest, and the one before it while the
-    /// newest is not committed.
+    /// newest is not committed — unless the newest is forced: its old voters
+    /// are gone (that is why it was forced), so it commits under itself alone.
     pub fn commit_configs(&self, commit: Lsn) -> Vec<&Configuration> {
         let n = self.entries.len();
         let (newest_lsn, newest) = self.newest_entry();
-        if newest_lsn > commit && n >= 2 {
+        if newest_lsn > commit && n >= 2 && !newest.forced {
             vec![&self.entries[n - 2].1, newest]
         } else {
             vec![newest]
@@ -375,8 +424,8 @@ pub fn configurations_in_bytes(bytes: &[u8]) -> Result<Vec<(Lsn, Configuration)>
     let mut found = Vec::new();
     let mut offset = 0;
     while offset < bytes.len() {
-        let header = RecordHeader::parse(&bytes[offset..])
-            .ok_or(MembershipError::Bytes { offset })?;
+        let header =
+            RecordHeader::parse(&bytes[offset..]).ok_or(MembershipError::Bytes { offset })?;
         let len = header.record_len();
         let end = offset
             .checked_add(len)
@@ -453,6 +502,9 @@ pub fn apply_change(
 ) -> Result<Configuration, MemberChangeError> {
     let mut next = current.clone();
     next.generation = current.generation.wrapping_add(1);
+    // Only an operator forces a configuration; a change after a forced one is an
+    // ordinary one again (rule 3), joint-committed with it.
+    next.forced = false;
     match change {
         MemberChange::Bootstrap => {
             return Err(MemberChangeError::Rules(ChangeError::Generation {
@@ -536,7 +588,8 @@ pub fn automatic_change(
     }
     for r in replicas {
         if let Some(m) = view.config.member(&r.id) {
-            if m.voter && r.incarnation != 0 && m.incarnation != 0 && r.incarnation != m.incarnation {
+            if m.voter && r.incarnation != 0 && m.incarnation != 0 && r.incarnation != m.incarnation
+            {
                 return Some(MemberChange::Demote {
                     id: r.id.clone(),
                     incarnation: Some(r.incarnation),
@@ -566,6 +619,7 @@ pub fn automatic_change(
 pub fn base_configuration(members: impl IntoIterator<Item = ConfigMember>) -> Configuration {
     Configuration {
         generation: 0,
+        forced: false,
         members: members.into_iter().collect(),
     }
 }
@@ -614,6 +668,7 @@ mod tests {
     fn cfg(generation: u64, members: &[(&str, bool)]) -> Configuration {
         Configuration {
             generation,
+            forced: false,
             members: members.iter().map(|(id, v)| m(id, *v)).collect(),
         }
     }
@@ -715,6 +770,141 @@ mod tests {
         assert_eq!(
             log.observe(5, add_d),
             Err(ConfigLogError::OutOfOrder { lsn: 5, newest: 5 })
+        );
+    }
+
+    fn forced(generation: u64, members: &[(&str, bool)]) -> Configuration {
+        Configuration {
+            forced: true,
+            ..cfg(generation, members)
+        }
+    }
+
+    #[test]
+    fn a_forced_configuration_may_change_any_members_at_generation_plus_one() {
+        let abcde = cfg(
+            3,
+            &[
+                ("a", true),
+                ("b", true),
+                ("c", true),
+                ("d", true),
+                ("e", false),
+            ],
+        );
+        // Two survivors of five: three voters and a learner leave at once, f joins.
+        let mut survivors = forced(4, &[("a", true), ("b", true), ("f", false)]);
+        survivors.members[1].addr = "b:2".into();
+        assert_eq!(
+            classify_change(&abcde, &survivors),
+            Ok(Change::Forced {
+                removed: vec!["c".into(), "d".into(), "e".into()],
+                added: vec!["f".into()],
+                changed: vec!["b".into()],
+            })
+        );
+        // The same member list unforced is refused (rule 3).
+        let mut unforced = survivors.clone();
+        unforced.forced = false;
+        assert!(matches!(
+            classify_change(&abcde, &unforced),
+            Err(ChangeError::TooManyChanges(_))
+        ));
+        // A voter's new incarnation is no refusal when forced (its old votes are moot:
+        // every other voter is gone).
+        let mut reinc = forced(4, &[("a", true)]);
+        reinc.members[0].incarnation = 9;
+        assert_eq!(
+            classify_change(&abcde, &reinc),
+            Ok(Change::Forced {
+                removed: vec!["b".into(), "c".into(), "d".into(), "e".into()],
+                added: vec![],
+                changed: vec!["a".into()],
+            })
+        );
+        // Generation still + 1, and still a voter.
+        assert_eq!(
+            classify_change(&abcde, &forced(5, &[("a", true)])),
+            Err(ChangeError::Generation {
+                previous: 3,
+                found: 5
+            })
+        );
+        assert_eq!(
+            classify_change(&abcde, &forced(3, &[("a", true)])),
+            Err(ChangeError::Generation {
+                previous: 3,
+                found: 3
+            })
+        );
+        assert_eq!(
+            classify_change(&abcde, &forced(4, &[("a", false), ("b", false)])),
+            Err(ChangeError::NoVoter)
+        );
+        // Over the static base (generation 0): generation 1, any members.
+        let base = cfg(0, &[("a", true), ("b", true), ("c", true)]);
+        assert_eq!(
+            classify_change(&base, &forced(1, &[("c", true)])),
+            Ok(Change::Forced {
+                removed: vec!["a".into(), "b".into()],
+                added: vec![],
+                changed: vec![],
+            })
+        );
+        assert_eq!(
+            classify_change(&base, &forced(2, &[("c", true)])),
+            Err(ChangeError::Generation {
+                previous: 0,
+                found: 2
+            })
+        );
+    }
+
+    #[test]
+    fn a_forced_configuration_commits_and_elects_under_itself_alone() {
+        let mut log = ConfigLog::new(cfg(0, &[("a", true), ("b", true), ("c", true)]));
+        log.observe(1, cfg(1, &[("a", true), ("b", true), ("c", true)]))
+            .expect("bootstrap");
+        log.committed(1);
+        let c_alone = forced(2, &[("c", true)]);
+        assert_eq!(
+            log.observe(8, c_alone.clone()),
+            Ok(Change::Forced {
+                removed: vec!["a".into(), "b".into()],
+                added: vec![],
+                changed: vec![],
+            })
+        );
+        assert_eq!(log.newest(), &c_alone);
+        assert_eq!(election_votes_needed(log.newest(), -1), Some(1));
+        // Uncommitted, it is still the only configuration a record commits under: a and
+        // b are gone, a joint commit could never happen.
+        assert_eq!(log.commit_configs(5), vec![&c_alone]);
+        let durable = |id: &str| if id == "c" { 9 } else { 0 };
+        assert_eq!(
+            joint_committable_lsn(&log.commit_configs(5), -1, 7, durable),
+            Some(9)
+        );
+        // One change at a time still holds after it: nothing is proposed before it commits.
+        assert_eq!(
+            log.may_propose(5),
+            Err(ChangeError::ChangePending {
+                pending_lsn: 8,
+                commit_lsn: 5
+            })
+        );
+        log.committed(9);
+        assert_eq!(log.may_propose(9), Ok(()));
+        // A second forced configuration follows at generation + 1.
+        assert!(log.observe(12, forced(3, &[("c", true)])).is_ok());
+        // A change proposed after it is an ordinary one: one member, not forced.
+        let add_d =
+            apply_change(log.newest(), &MemberChange::Add(m("d", false))).expect("add a learner");
+        assert!(!add_d.forced, "a running primary's change is never forced");
+        assert_eq!(add_d.generation, 4);
+        assert_eq!(
+            classify_change(log.newest(), &add_d),
+            Ok(Change::AddLearner("d".into()))
         );
     }
 

@@ -104,6 +104,7 @@ struct MembershipModel {
 fn configuration(voters: u8, generation: u64) -> Configuration {
     Configuration {
         generation,
+        forced: false,
         members: (0..N)
             .filter(|i| voters & (1 << i) != 0)
             .map(|i| ConfigMember {

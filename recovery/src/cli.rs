@@ -11,14 +11,15 @@ use walship_wal::Lsn;
 /// Every subcommand takes the node directory lock and refuses (exit 5) while the node runs
 /// (rejoin's --from PRIMARY_DIR excepted: read without its lock, never written; or
 /// --from ADDR, read over the primary's HTTP endpoint).
-/// Read-only subcommands never modify anything; rewind, clear-halt, rejoin and snapshot create
-/// are audited in DIR/state/audit.log.
+/// Read-only subcommands never modify anything; rewind, clear-halt, rejoin, promote and snapshot
+/// create are audited in DIR/state/audit.log.
 #[derive(Debug, Parser)]
 #[command(
     name = "walship-recover",
     version,
     after_help = "Exit codes: 0 ok, 1 I/O error, 2 usage or bad input, 3 corruption found, 4 halted, \
-5 node running (lock held), 6 refused, 7 logs diverge (diff). JSON schema: spec/recovery-tool.md."
+5 node running (lock held), 6 refused (promote: also without --accept-data-loss), 7 logs diverge (diff). \
+JSON schema: spec/recovery-tool.md."
 )]
 pub struct Cli {
     /// The subcommand.
@@ -131,6 +132,29 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Forced recovery of a cluster that lost its other voters, offline, on this one surviving
+    /// directory: prints what may be lost and, only with --accept-data-loss, writes a new
+    /// epoch's start record and a FORCED configuration whose voters are this node (or
+    /// --voters), votes for itself in that epoch. Audited. See spec/recovery-tool.md §12.
+    Promote {
+        /// The surviving node's data directory (the node must be stopped).
+        dir: PathBuf,
+        /// Write the forced configuration, accepting the loss printed (without it nothing
+        /// is written and the exit code is 6).
+        #[arg(long)]
+        accept_data_loss: bool,
+        /// The new configuration's voters, this node included; each must be a member of
+        /// the newest configuration; members not listed are removed. Default: this node alone.
+        #[arg(long, value_delimiter = ',', value_name = "ID,...")]
+        voters: Vec<String>,
+        /// The node's node.toml: the base configuration's addresses when the log holds no
+        /// configuration record, and the cluster and node id when DIR has no state/identity.
+        #[arg(long, value_name = "NODE_TOML")]
+        config: Option<PathBuf>,
+        /// Shared options.
+        #[command(flatten)]
+        common: Common,
+    },
     /// Lift a halt once its cause is gone (see spec/recovery-tool.md for the rule per reason). Audited.
     ClearHalt {
         /// The node's data directory.
@@ -188,6 +212,7 @@ impl Command {
             Command::Status { .. } => "status",
             Command::Rewind { .. } => "rewind",
             Command::Rejoin { .. } => "rejoin",
+            Command::Promote { .. } => "promote",
             Command::ClearHalt { .. } => "clear-halt",
             Command::Snapshot {
                 action: SnapshotAction::Verify { .. },
@@ -208,6 +233,7 @@ impl Command {
             | Command::Status { common, .. }
             | Command::Rewind { common, .. }
             | Command::Rejoin { common, .. }
+            | Command::Promote { common, .. }
             | Command::ClearHalt { common, .. }
             | Command::Snapshot {
                 action:
@@ -250,6 +276,31 @@ mod tests {
         let cli = Cli::try_parse_from(["walship-recover", "rejoin", "/d", "--from", "/p", "--yes"])
             .expect("parses");
         assert_eq!(cli.command.name(), "rejoin");
+    }
+
+    #[test]
+    fn promote_takes_a_comma_separated_voter_list() {
+        let cli = Cli::try_parse_from([
+            "walship-recover",
+            "promote",
+            "/d",
+            "--accept-data-loss",
+            "--voters",
+            "n1,n2",
+        ])
+        .expect("parses");
+        let Command::Promote {
+            voters,
+            accept_data_loss,
+            ..
+        } = cli.command
+        else {
+            panic!("not promote");
+        };
+        assert_eq!(voters, vec!["n1".to_string(), "n2".to_string()]);
+        assert!(accept_data_loss);
+        let cli = Cli::try_parse_from(["walship-recover", "promote", "/d"]).expect("parses");
+        assert_eq!(cli.command.name(), "promote");
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub enum Exit {
     Halted,
     /// 5: the node is running: its directory lock is held by another process.
     NodeRunning,
-    /// 6: `rewind`, `clear-halt`, `rejoin` or `snapshot create` refused to act (a safety rule, or no confirmation).
+    /// 6: `rewind`, `clear-halt`, `rejoin`, `promote` or `snapshot create` refused to act (a safety rule, no confirmation, or `promote` without `--accept-data-loss`).
     Refused,
     /// 7: `diff`: the two logs diverge (neither is a prefix of the other).
     Diverged,

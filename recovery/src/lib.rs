@@ -11,7 +11,9 @@
 //!   `--accept-data-loss`), `clear-halt` (lift a halt only once its cause is
 //!   gone, per halt reason), `rejoin` (diff against the primary's directory —
 //!   read without its lock, never written — then rewind, clear-halt and verify
-//!   in one audited command) and `snapshot create`.
+//!   in one audited command), `promote` (forced recovery of a lone survivor: a new
+//!   epoch and a forced configuration, only with `--accept-data-loss`) and
+//!   `snapshot create`.
 //!
 //! Every subcommand prints text or, with `--json`, one JSON document whose
 //! schema ([`report`]) and exit codes ([`exit::Exit`]) are documented in
@@ -170,6 +172,21 @@ pub fn run(command: Command, env: &mut Env<'_>) -> Exit {
                 };
                 cmd::rejoin::rejoin(&dir, &req, env).and_then(|o| emit(env, name, json, o))
             }),
+            Command::Promote {
+                dir,
+                accept_data_loss,
+                voters,
+                config,
+                common,
+            } => {
+                let req = cmd::promote::PromoteRequest {
+                    accept_data_loss,
+                    voters,
+                    config,
+                    max_record_bytes: common.max_record_bytes,
+                };
+                cmd::promote::promote(&dir, &req, env).and_then(|o| emit(env, name, json, o))
+            }
             Command::ClearHalt { dir, common } => cmd::clear_halt::clear_halt(&dir, &common, env)
                 .and_then(|o| emit(env, name, json, o)),
             Command::Snapshot {

@@ -403,6 +403,8 @@ pub enum DumpControl {
         epoch: u64,
         /// Its generation.
         generation: u64,
+        /// Forced by an operator without the old voters (`config_flags` bit 0).
+        forced: bool,
         /// Each member: id, incarnation, voter, addresses.
         members: Vec<DumpMember>,
     },
@@ -421,6 +423,18 @@ pub struct DumpMember {
     pub addr: String,
     /// HTTP address, if any.
     pub http_addr: Option<String>,
+}
+
+impl From<&walship_wal::control::ConfigMember> for DumpMember {
+    fn from(m: &walship_wal::control::ConfigMember) -> Self {
+        DumpMember {
+            id: m.id.clone(),
+            incarnation: m.incarnation,
+            voter: m.voter,
+            addr: m.addr.clone(),
+            http_addr: m.http_addr.clone(),
+        }
+    }
 }
 
 /// `dump` output (the `records` array is streamed).
@@ -642,6 +656,96 @@ pub struct RejoinReport {
     pub verify: Option<VerifyReport>,
     /// Why nothing was changed, when refused.
     pub refused: Option<String>,
+    /// Path of the audit log written (`null` if nothing was changed).
+    pub audit_log: Option<String>,
+}
+
+/// A configuration as `promote` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigView {
+    /// Where its record is (`null`: the base configuration of node.toml, or not written yet).
+    pub lsn: Option<Lsn>,
+    /// The epoch of the record (`null` as `lsn`).
+    pub epoch: Option<u64>,
+    /// Its generation (0: the base configuration).
+    pub generation: u64,
+    /// Whether it is (or will be written as) a forced configuration.
+    pub forced: bool,
+    /// Its members (incarnation 0 in the base configuration: node.toml records none).
+    pub members: Vec<DumpMember>,
+}
+
+/// The vote file as `promote` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteView {
+    /// The highest epoch the node has seen.
+    pub epoch: u64,
+    /// Its vote in that epoch.
+    pub voted_for: Option<String>,
+}
+
+/// What `promote` says may be lost, as facts (the text lines are in `may_lose`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromoteLoss {
+    /// This node's durable lsn: its last verified record (a torn tail after it is cut).
+    pub durable_lsn: Lsn,
+    /// The epoch of that record.
+    pub durable_epoch: u64,
+    /// The commit watermark this node knows (`state/commit`; `null`: absent).
+    pub commit_lsn: Option<Lsn>,
+    /// This node's acknowledged mark (`state/acked`, 0 when absent).
+    pub acked_lsn: Lsn,
+    /// Committed records this node no longer holds (`state/commit` above its log): lost for sure.
+    pub committed_missing: u64,
+    /// Records above the commit watermark known here that become committed with the new epoch
+    /// (the old primary may never have acknowledged them).
+    pub uncommitted_kept: u64,
+    /// Voters of the old configuration that leave it: whatever they acknowledged above
+    /// `durable_lsn` is lost.
+    pub removed_voters: Vec<String>,
+    /// Every member (voter or learner) that leaves the configuration.
+    pub removed_members: Vec<String>,
+}
+
+/// `promote` output.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PromoteReport {
+    /// The data directory.
+    pub dir: String,
+    /// The node the directory belongs to (`state/identity`).
+    pub node_id: String,
+    /// Its incarnation (`null`: no `state/identity` yet; one is written at promote, from `--config`).
+    pub incarnation: Option<u64>,
+    /// The last verified record before.
+    pub before: Position,
+    /// How the scan of the log ended (a torn tail is cut when the WAL is opened to append).
+    pub wal_state: WalState,
+    /// `state/vote` before.
+    pub vote: VoteView,
+    /// The newest configuration in the log (or the base configuration of `--config`).
+    pub old_configuration: ConfigView,
+    /// The forced configuration (`lsn` set once written).
+    pub new_configuration: ConfigView,
+    /// The new epoch: one above the vote's, the log head's and the epoch history's.
+    pub epoch: u64,
+    /// What may be lost, as facts.
+    pub loss: PromoteLoss,
+    /// What may be lost, one sentence each (printed before anything is written).
+    pub may_lose: Vec<String>,
+    /// Whether anything was written.
+    pub performed: bool,
+    /// Why nothing was changed, when `performed` is false.
+    pub refused: Option<String>,
+    /// The epoch-start record written (`null` if nothing was written).
+    pub epoch_start: Option<Position>,
+    /// The last record after (the forced configuration).
+    pub after: Option<Position>,
+    /// `state/commit` after (lowered to the old log end only when it was above it).
+    pub commit_lsn_after: Option<Lsn>,
+    /// `state/acked` after: the forced configuration's lsn.
+    pub acked_lsn_after: Option<Lsn>,
+    /// The full verify run last (`null` if nothing was changed).
+    pub verify: Option<VerifyReport>,
     /// Path of the audit log written (`null` if nothing was changed).
     pub audit_log: Option<String>,
 }

@@ -6,31 +6,8 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{recover_json, s, Node};
+use common::{paths, recover_json, s, Node};
 use walship_replica::halt::HaltReason;
-
-/// Every field path of `v` (`a.b.c`, arrays as `[]`).
-fn paths(v: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, x) in m {
-                let p = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                out.insert(p.clone());
-                paths(x, &p, out);
-            }
-        }
-        serde_json::Value::Array(a) => {
-            for x in a {
-                paths(x, &format!("{prefix}[]"), out);
-            }
-        }
-        _ => {}
-    }
-}
 
 fn schema(args: &[&str]) -> BTreeSet<String> {
     let (_, v, _) = recover_json(args);

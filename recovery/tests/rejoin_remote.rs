@@ -64,6 +64,7 @@ impl NodeView for FollowerView {
             incarnation: None,
             paused: false,
             blocked_on: None,
+            configuration: None,
         }
     }
     fn max_record_bytes(&self) -> u32 {

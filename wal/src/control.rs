@@ -9,12 +9,13 @@
 //! offset size field
 //! 0      1    kind          u8: 1 = epoch start, 2 = configuration
 //! 1      1    body_version  u8 = 1
-//! 2      2    reserved      u16 = 0
+//! 2      2    reserved      u16 = 0 (kind 1); config_flags (kind 2, below)
 //! 4      8    epoch         u64, must equal the record header's epoch
 //! -- kind 1 (epoch start):
 //! 12     1    primary_len   u8, 1..=255 bytes of node id
 //! 13     ..   primary       UTF-8 node id of the primary that opened the epoch
 //! -- kind 2 (configuration, spec/membership.md):
+//! 2      2    config_flags  u16: bit 0 = forced (CONFIG_FLAG_FORCED); other bits 0
 //! 12     8    generation    u64 >= 1
 //! 20     1    member_count  u8, 1..=MAX_CONFIG_MEMBERS
 //! 21     ..   members, each:
@@ -48,6 +49,13 @@ pub const MAX_CONFIG_MEMBERS: usize = 64;
 pub const MAX_CONFIG_ADDR_BYTES: usize = 255;
 /// `member_flags` bit: the member votes and counts towards commits.
 pub const MEMBER_FLAG_VOTER: u8 = 0x1;
+/// Offset of the u16 that is `reserved` in an epoch-start body and
+/// `config_flags` in a configuration body.
+pub const CONTROL_FLAGS_OFFSET: usize = 2;
+/// `config_flags` bit: a forced configuration, written by an operator
+/// (`walship-recover promote`, `walship ctl force-quorum`) without the old
+/// voters' consent (spec/membership.md §3, "Forced configurations").
+pub const CONFIG_FLAG_FORCED: u16 = 0x1;
 
 /// One member of a [`Configuration`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,6 +81,10 @@ pub struct Configuration {
     /// Generation: 1 for the first configuration in a log, one more for each
     /// change after it.
     pub generation: u64,
+    /// Written by an operator without the old voters' consent (a forced
+    /// recovery after the old voters were lost): it may change any number of
+    /// members, and it commits under itself alone (spec/membership.md §3).
+    pub forced: bool,
     /// The members, in the order written.
     pub members: Vec<ConfigMember>,
 }
@@ -153,6 +165,12 @@ pub enum ControlError {
         /// The value found.
         found: u16,
     },
+    /// A configuration's `config_flags` has a bit other than forced set.
+    #[error("configuration record flags {found:#06x} set a bit other than forced (0x0001)")]
+    UnknownConfigFlags {
+        /// The flags found.
+        found: u16,
+    },
     /// The node id is empty, too long or not UTF-8.
     #[error("control record node id is invalid: {why}")]
     BadNodeId {
@@ -196,6 +214,7 @@ enum Parsed<'a> {
     Configuration {
         epoch: u64,
         generation: u64,
+        forced: bool,
         count: usize,
         members: &'a [u8],
     },
@@ -339,9 +358,15 @@ fn parse(payload: &[u8]) -> Result<Parsed<'_>, ControlError> {
             have: payload.len(),
         });
     }
-    let reserved = u16::from_le_bytes([payload[2], payload[3]]);
-    if reserved != 0 {
-        return Err(ControlError::Reserved { found: reserved });
+    let flags = u16::from_le_bytes([
+        payload[CONTROL_FLAGS_OFFSET],
+        payload[CONTROL_FLAGS_OFFSET + 1],
+    ]);
+    if kind == CONTROL_KIND_EPOCH_START && flags != 0 {
+        return Err(ControlError::Reserved { found: flags });
+    }
+    if kind == CONTROL_KIND_CONFIGURATION && flags & !CONFIG_FLAG_FORCED != 0 {
+        return Err(ControlError::UnknownConfigFlags { found: flags });
     }
     let mut c = Cursor {
         buf: payload,
@@ -370,6 +395,7 @@ fn parse(payload: &[u8]) -> Result<Parsed<'_>, ControlError> {
         Parsed::Configuration {
             epoch,
             generation,
+            forced: flags & CONFIG_FLAG_FORCED != 0,
             count,
             members,
         }
@@ -423,13 +449,17 @@ impl ControlRecord {
     /// incarnation 0).
     pub fn encode(&self) -> Result<Vec<u8>, ControlError> {
         let mut out = Vec::with_capacity(64);
-        let (kind, epoch) = match self {
-            ControlRecord::EpochStart { epoch, .. } => (CONTROL_KIND_EPOCH_START, *epoch),
-            ControlRecord::Configuration { epoch, .. } => (CONTROL_KIND_CONFIGURATION, *epoch),
+        let (kind, epoch, flags) = match self {
+            ControlRecord::EpochStart { epoch, .. } => (CONTROL_KIND_EPOCH_START, *epoch, 0u16),
+            ControlRecord::Configuration { epoch, config } => (
+                CONTROL_KIND_CONFIGURATION,
+                *epoch,
+                if config.forced { CONFIG_FLAG_FORCED } else { 0 },
+            ),
         };
         out.push(kind);
         out.push(CONTROL_BODY_VERSION);
-        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(&flags.to_le_bytes());
         out.extend_from_slice(&epoch.to_le_bytes());
         match self {
             ControlRecord::EpochStart { primary, .. } => {
@@ -476,6 +506,7 @@ impl ControlRecord {
             Parsed::Configuration {
                 epoch,
                 generation,
+                forced,
                 count,
                 members,
             } => {
@@ -498,6 +529,7 @@ impl ControlRecord {
                     epoch,
                     config: Configuration {
                         generation,
+                        forced,
                         members: list,
                     },
                 }
@@ -657,9 +689,46 @@ mod tests {
             epoch: 3,
             config: Configuration {
                 generation,
+                forced: false,
                 members,
             },
         }
+    }
+
+    #[test]
+    fn forced_configuration_sets_bit_0_of_config_flags_and_nothing_else() {
+        let mut forced = config(2, vec![member("a", true)]);
+        if let ControlRecord::Configuration { config, .. } = &mut forced {
+            config.forced = true;
+        }
+        let b = forced.encode().expect("encode");
+        let plain = config(2, vec![member("a", true)]).encode().expect("encode");
+        assert_eq!(
+            &b[..4],
+            &[2, 1, 1, 0],
+            "kind, version, config_flags = 0x0001 LE"
+        );
+        assert_eq!(&b[4..], &plain[4..], "the flag changes nothing else");
+        assert_eq!(&plain[2..4], &[0, 0], "an unforced configuration keeps 0");
+        assert_eq!(ControlRecord::decode(&b), Ok(forced));
+        for bit in 1..16 {
+            let mut x = b.clone();
+            let flags = CONFIG_FLAG_FORCED | (1u16 << bit);
+            x[2..4].copy_from_slice(&flags.to_le_bytes());
+            assert_eq!(
+                ControlRecord::decode(&x),
+                Err(ControlError::UnknownConfigFlags { found: flags }),
+                "bit {bit}"
+            );
+            assert!(ControlRecord::check(&x).is_err());
+        }
+        // The epoch-start body keeps a reserved u16 = 0: the forced bit means nothing there.
+        let mut s = start(7, "n1").encode().expect("encode");
+        s[2] = CONFIG_FLAG_FORCED as u8;
+        assert_eq!(
+            ControlRecord::decode(&s),
+            Err(ControlError::Reserved { found: 1 })
+        );
     }
 
     #[test]
@@ -761,6 +830,7 @@ mod tests {
         fn configuration_round_trips(
             generation in 1u64..,
             epoch in any::<u64>(),
+            forced in any::<bool>(),
             members in proptest::collection::btree_map(
                 "[a-z0-9]{1,12}",
                 (1u64.., any::<bool>(), "[a-z0-9.:]{1,20}", proptest::option::of("[a-z0-9.:]{1,20}")),
@@ -772,8 +842,9 @@ mod tests {
                 .map(|(id, (incarnation, voter, addr, http_addr))| ConfigMember { id, incarnation, voter, addr, http_addr })
                 .collect();
             list[0].voter = true;
-            let c = ControlRecord::Configuration { epoch, config: Configuration { generation, members: list } };
+            let c = ControlRecord::Configuration { epoch, config: Configuration { generation, forced, members: list } };
             let b = c.encode().expect("encode");
+            prop_assert_eq!(u16::from_le_bytes([b[2], b[3]]), u16::from(forced));
             prop_assert_eq!(ControlRecord::check(&b), Ok(epoch));
             prop_assert_eq!(ControlRecord::decode(&b), Ok(c));
         }

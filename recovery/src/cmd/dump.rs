@@ -11,7 +11,7 @@ use walship_wal::Lsn;
 
 use crate::cli::{Common, PayloadFormat};
 use crate::cmd::scan_options;
-use crate::cmd::text::wal_state_line;
+use crate::cmd::text::{members_text, wal_state_line};
 use crate::datadir::DataDir;
 use crate::error::RecoverError;
 use crate::exit::Exit;
@@ -88,17 +88,8 @@ pub fn dump(
                     ControlRecord::Configuration { epoch, config } => DumpControl::Configuration {
                         epoch,
                         generation: config.generation,
-                        members: config
-                            .members
-                            .into_iter()
-                            .map(|m| DumpMember {
-                                id: m.id,
-                                incarnation: m.incarnation,
-                                voter: m.voter,
-                                addr: m.addr,
-                                http_addr: m.http_addr,
-                            })
-                            .collect(),
+                        forced: config.forced,
+                        members: config.members.iter().map(DumpMember::from).collect(),
                     },
                 }),
         };
@@ -167,22 +158,15 @@ fn write_text_record(out: &mut dyn Write, rec: &DumpRecord) -> io::Result<()> {
         Some(DumpControl::Configuration {
             epoch,
             generation,
+            forced,
             members,
         }) => {
+            let forced = if *forced { " FORCED" } else { "" };
             write!(
                 out,
-                " control=configuration(epoch={epoch} generation={generation} members="
+                " control=configuration(epoch={epoch} generation={generation}{forced} members={})",
+                members_text(members)
             )?;
-            for (i, m) in members.iter().enumerate() {
-                let sep = if i == 0 { "" } else { "," };
-                let kind = if m.voter { "voter" } else { "learner" };
-                write!(
-                    out,
-                    "{sep}{}:{kind}:{:016x}@{}",
-                    m.id, m.incarnation, m.addr
-                )?;
-            }
-            write!(out, ")")?;
         }
         None => {}
     }

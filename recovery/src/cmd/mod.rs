@@ -5,6 +5,7 @@ pub mod clear_halt;
 pub mod diff;
 pub mod dump;
 pub mod inspect;
+pub mod promote;
 pub mod rejoin;
 pub mod rewind;
 pub mod snapshot;

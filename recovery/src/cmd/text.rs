@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use walship_replica::halt::HaltRecord;
 
 use crate::audit::format_utc_ms;
-use crate::report::{SnapshotInfo, SnapshotWal, WalState, WalSummary};
+use crate::report::{DumpMember, SnapshotInfo, SnapshotWal, WalState, WalSummary};
 
 /// One line describing a WAL scan's end.
 pub fn wal_state_line(state: &WalState) -> String {
@@ -27,6 +27,18 @@ pub fn wal_state_line(state: &WalState) -> String {
             )
         }
     }
+}
+
+/// A configuration's members, `id:voter|learner:incarnation@addr` comma-separated.
+pub fn members_text(members: &[DumpMember]) -> String {
+    members
+        .iter()
+        .map(|m| {
+            let kind = if m.voter { "voter" } else { "learner" };
+            format!("{}:{kind}:{:016x}@{}", m.id, m.incarnation, m.addr)
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The segment table and totals of a WAL summary.
