@@ -277,7 +277,10 @@ fn configuration_of(answers: &[Result<Value, String>]) -> Option<&Value> {
 
 /// `targets` plus the members of the newest configuration the answers report that
 /// no target names (a member added after the `node.toml` was written), by HTTP address.
-pub fn with_configured_members(targets: &[Target], answers: &[Result<Value, String>]) -> Vec<Target> {
+pub fn with_configured_members(
+    targets: &[Target],
+    answers: &[Result<Value, String>],
+) -> Vec<Target> {
     let mut out = targets.to_vec();
     let Some(members) = configuration_of(answers)
         .and_then(|c| c.get("members"))
@@ -580,7 +583,9 @@ fn find_primary(targets: &[Target], ask: Duration) -> Result<(String, SocketAddr
         .filter(|(_, s)| s.get("role").and_then(Value::as_str) == Some("primary"))
         .max_by_key(|(_, s)| u64_of(s, "epoch").unwrap_or(0))
         .and_then(|(t, s)| Some((str_of(s, "node_id")?, t.http_addr?, s.clone())))
-        .ok_or_else(|| "no reachable primary: membership changes need one (see `walship ctl list`)".into())
+        .ok_or_else(|| {
+            "no reachable primary: membership changes need one (see `walship ctl list`)".into()
+        })
 }
 
 /// A node id as a query value (letters, digits, `-`, `_`, `.`: nothing to escape).

@@ -775,7 +775,12 @@ pub fn parse_member_change(
     pairs: &[(String, String)],
 ) -> Result<crate::membership::MemberChange, String> {
     use crate::membership::MemberChange;
-    let get = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
     let id = get("id").ok_or("members needs ?id=NODE_ID")?;
     if id.is_empty() || id.len() > walship_wal::control::MAX_CONFIG_ADDR_BYTES {
         return Err("id must be 1 to 255 bytes".into());
@@ -783,7 +788,8 @@ pub fn parse_member_change(
     let id = id.to_owned();
     match get("op") {
         Some("add") => {
-            let addr = get("addr").ok_or("add needs &addr=HOST:PORT (the member's peer address)")?;
+            let addr =
+                get("addr").ok_or("add needs &addr=HOST:PORT (the member's peer address)")?;
             addr.parse::<std::net::SocketAddr>()
                 .map_err(|e| format!("addr {addr:?}: {e}"))?;
             let http_addr = match get("http") {

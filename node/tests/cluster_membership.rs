@@ -148,7 +148,10 @@ async fn primary(nodes: &[Option<Arc<Node>>]) -> Arc<Node> {
 }
 
 /// A membership change on whichever member leads, retried while leadership moves.
-async fn change(nodes: &[Option<Arc<Node>>], c: MemberChange) -> walship_wal::control::Configuration {
+async fn change(
+    nodes: &[Option<Arc<Node>>],
+    c: MemberChange,
+) -> walship_wal::control::Configuration {
     let deadline = Instant::now() + WAIT;
     loop {
         let p = primary(nodes).await;
@@ -210,7 +213,11 @@ async fn shutdown(nodes: &Arc<std::sync::Mutex<Vec<Option<Arc<Node>>>>>, i: usiz
         let mut n = n;
         let deadline = Instant::now() + WAIT;
         loop {
-            assert!(Instant::now() < deadline, "a handle of {} is still held", n.node_id());
+            assert!(
+                Instant::now() < deadline,
+                "a handle of {} is still held",
+                n.node_id()
+            );
             match Arc::try_unwrap(n) {
                 Ok(node) => {
                     node.shutdown().await;
@@ -237,14 +244,17 @@ async fn three_members_grow_to_five_and_shrink_to_three_while_a_writer_appends()
     }
     primary(&snapshot(&nodes)).await;
     // The primary records every member's incarnation by itself once all connected.
-    wait_until("the bootstrap configuration (generation 1) committed everywhere", || {
-        snapshot(&nodes)[..3].iter().all(|n| {
-            n.as_ref().is_some_and(|n| {
-                let m = n.membership();
-                m.config.generation >= 1 && m.config.members.iter().all(|x| x.incarnation != 0)
+    wait_until(
+        "the bootstrap configuration (generation 1) committed everywhere",
+        || {
+            snapshot(&nodes)[..3].iter().all(|n| {
+                n.as_ref().is_some_and(|n| {
+                    let m = n.membership();
+                    m.config.generation >= 1 && m.config.members.iter().all(|x| x.incarnation != 0)
+                })
             })
-        })
-    })
+        },
+    )
     .await;
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
@@ -275,9 +285,10 @@ async fn three_members_grow_to_five_and_shrink_to_three_while_a_writer_appends()
         .await;
         assert_eq!(cfg.member(&id).map(|m| m.voter), Some(false));
         // It receives the log as a learner, and never campaigns meanwhile.
-        wait_until(&format!("{id} holds the configuration that adds it"), || {
-            n.membership().config.generation >= cfg.generation
-        })
+        wait_until(
+            &format!("{id} holds the configuration that adds it"),
+            || n.membership().config.generation >= cfg.generation,
+        )
         .await;
         assert_ne!(n.status().state.role, Role::Primary);
         let cfg = change(&snapshot(&nodes), MemberChange::Promote(id.clone())).await;
@@ -330,7 +341,10 @@ async fn three_members_grow_to_five_and_shrink_to_three_while_a_writer_appends()
     .await;
     stop.store(true, Ordering::Release);
     writing.await.expect("writer");
-    assert!(count_at_five > 0, "the writer appended while the cluster grew");
+    assert!(
+        count_at_five > 0,
+        "the writer appended while the cluster grew"
+    );
     // Everything acknowledged is in the primary's committed log.
     let p = primary(&snapshot(&nodes)).await;
     let commit = p.status().primary.map(|s| s.commit_lsn).unwrap_or(0);
@@ -361,11 +375,17 @@ async fn fm_x_15_a_wiped_member_comes_back_as_a_learner_until_promoted() {
     })
     .await;
     for i in 0..20u32 {
-        p.append(format!("r{i}").into_bytes()).await.expect("append");
+        p.append(format!("r{i}").into_bytes())
+            .await
+            .expect("append");
     }
     // A follower loses its disk and comes back empty: a new incarnation.
     let victim = (0..3)
-        .find(|&i| snapshot(&nodes)[i].as_ref().is_some_and(|n| n.node_id() != p.node_id()))
+        .find(|&i| {
+            snapshot(&nodes)[i]
+                .as_ref()
+                .is_some_and(|n| n.node_id() != p.node_id())
+        })
         .expect("a follower");
     let id = format!("n{}", victim + 1);
     let old_incarnation = snapshot(&nodes)[victim]
@@ -376,17 +396,23 @@ async fn fm_x_15_a_wiped_member_comes_back_as_a_learner_until_promoted() {
     std::fs::remove_dir_all(dir.path().join(&id)).expect("wipe");
     let n = w.open(victim).await;
     let new_incarnation = n.status().incarnation;
-    assert_ne!(new_incarnation, old_incarnation, "a new directory, a new incarnation");
+    assert_ne!(
+        new_incarnation, old_incarnation,
+        "a new directory, a new incarnation"
+    );
     nodes.lock().expect("nodes")[victim] = Some(n.clone());
     // The primary sees the new incarnation and demotes it: its votes and receipts no
     // longer count for the member that held the data.
-    wait_until(&format!("{id} demoted to a learner under its new incarnation"), || {
-        let m = p.membership();
-        m.committed
-            && m.config
-                .member(&id)
-                .is_some_and(|x| !x.voter && x.incarnation == new_incarnation)
-    })
+    wait_until(
+        &format!("{id} demoted to a learner under its new incarnation"),
+        || {
+            let m = p.membership();
+            m.committed
+                && m.config
+                    .member(&id)
+                    .is_some_and(|x| !x.voter && x.incarnation == new_incarnation)
+        },
+    )
     .await;
     // It catches up as a learner; then an operator makes it a voter again.
     wait_until(&format!("{id} caught up"), || {

@@ -805,7 +805,9 @@ impl PrimaryCore {
     pub fn members_match(&self, members: &[String]) -> bool {
         let others = members.iter().filter(|m| **m != self.node_id);
         others.clone().count() == self.members.len()
-            && others.into_iter().all(|id| self.members.iter().any(|m| m.node_id == *id))
+            && others
+                .into_iter()
+                .all(|id| self.members.iter().any(|m| m.node_id == *id))
     }
 
     /// The voter sets a record must currently be committed under.

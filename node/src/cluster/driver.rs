@@ -147,9 +147,8 @@ fn start_state(config: &NodeConfig) -> Result<Start, NodeError> {
     let paused = super::maintenance::load_paused(node_dir.state_dir())
         .map_err(|e| NodeError::Open(e.to_string()))?;
     // Read without changing anything: the role that opens the WAL next recovers it.
-    let reader =
-        walship_wal::read_only_reader(&FsStorage, wal_dir, config.wal.max_record_bytes)
-            .map_err(|e| NodeError::Open(e.to_string()))?;
+    let reader = walship_wal::read_only_reader(&FsStorage, wal_dir, config.wal.max_record_bytes)
+        .map_err(|e| NodeError::Open(e.to_string()))?;
     let configs =
         crate::membership::ConfigLog::from_log(config.base_configuration(), reader, commit)
             .map_err(|e| NodeError::Open(e.to_string()))?;
@@ -583,7 +582,10 @@ impl Driver {
             }
             RoleSlot::Replica { replica, .. } => {
                 let s = replica.status();
-                (s.last.map(|p| LogPosition::new(p.epoch, p.lsn)), s.membership)
+                (
+                    s.last.map(|p| LogPosition::new(p.epoch, p.lsn)),
+                    s.membership,
+                )
             }
             RoleSlot::Idle => (None, None),
         };
@@ -717,9 +719,16 @@ impl Driver {
         tokio::spawn(async move {
             match super::members::change(&inner, change.clone()).await {
                 Ok(done) => {
-                    info!(lsn = done.lsn, generation = done.config.generation, ?change, "automatic membership change committed")
+                    info!(
+                        lsn = done.lsn,
+                        generation = done.config.generation,
+                        ?change,
+                        "automatic membership change committed"
+                    )
                 }
-                Err(e) => warn!(?change, error = %e, "automatic membership change did not complete"),
+                Err(e) => {
+                    warn!(?change, error = %e, "automatic membership change did not complete")
+                }
             }
             inner
                 .membership_change_running

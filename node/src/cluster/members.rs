@@ -113,7 +113,10 @@ pub(crate) async fn change(
             .incarnation;
         let first = bootstrap_config(&view.config, &inner.config.node_id, incarnation, &replicas)?;
         let lsn = propose(inner, first.clone()).await?;
-        info!(lsn, "bootstrap configuration record committed (generation 1)");
+        info!(
+            lsn,
+            "bootstrap configuration record committed (generation 1)"
+        );
         bootstrapped = true;
         first
     } else {
@@ -136,7 +139,12 @@ pub(crate) async fn change(
     let next = apply_change(&current, &change)
         .map_err(|e| NodeError::Primary(PrimaryError::Membership(e.to_string())))?;
     let lsn = propose(inner, next.clone()).await?;
-    info!(lsn, generation = next.generation, ?change, "membership change committed");
+    info!(
+        lsn,
+        generation = next.generation,
+        ?change,
+        "membership change committed"
+    );
     Ok(MembershipChanged {
         lsn,
         config: next,

@@ -251,9 +251,10 @@ impl ElectionCore {
     ) -> Result<Vec<Action>, InputError> {
         let expected = self.incarnations.get(from).copied().unwrap_or(0);
         let msg = match msg {
-            ElectionMessage::VoteResponse { epoch, granted: true }
-                if expected != 0 && incarnation != expected =>
-            {
+            ElectionMessage::VoteResponse {
+                epoch,
+                granted: true,
+            } if expected != 0 && incarnation != expected => {
                 tracing::warn!(node = %self.config.node_id, epoch, from, expected, incarnation, "a vote from another incarnation of a voter does not count");
                 ElectionMessage::VoteResponse {
                     epoch,
@@ -302,7 +303,11 @@ impl ElectionCore {
                         commit_lsn: self.commit_lsn,
                     };
                     // Learners follow the primary too (they vote for nobody).
-                    for peer in self.peers().into_iter().chain(self.learners.iter().cloned()) {
+                    for peer in self
+                        .peers()
+                        .into_iter()
+                        .chain(self.learners.iter().cloned())
+                    {
                         out.send(&peer, msg.clone());
                     }
                 }

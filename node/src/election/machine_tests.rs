@@ -1251,14 +1251,17 @@ fn a_learner_never_campaigns_and_a_candidate_demoted_to_learner_gives_up() {
     let mut c = core("n3", 3, -1);
     let now = c.next_tick_ms().expect("deadline");
     let a = c.tick(now);
-    assert!(matches!(&a[0], A::Send { msg: M::PreVoteRequest { .. }, .. }));
+    assert!(matches!(
+        &a[0],
+        A::Send {
+            msg: M::PreVoteRequest { .. },
+            ..
+        }
+    ));
     assert_eq!(c.role(), Role::PreCandidate);
     let a = c.set_membership(now, &[("n1".into(), 0), ("n2".into(), 0)], &["n3".into()]);
     assert_eq!(c.role(), Role::Follower);
-    assert!(
-        matches!(a.as_slice(), [A::BecomeFollower { .. }]),
-        "{a:?}"
-    );
+    assert!(matches!(a.as_slice(), [A::BecomeFollower { .. }]), "{a:?}");
 }
 
 #[test]
@@ -1325,14 +1328,20 @@ fn fm_x_15_a_vote_from_another_incarnation_of_a_voter_does_not_count() {
     };
     // n2's disk was wiped: it answers from incarnation 99.
     c.on_message_from(now, "n2", 99, pv.clone()).expect("peer");
-    assert_eq!(c.role(), Role::PreCandidate, "the wiped n2's pre-vote is a refusal");
+    assert_eq!(
+        c.role(),
+        Role::PreCandidate,
+        "the wiped n2's pre-vote is a refusal"
+    );
     c.on_message_from(now, "n3", 33, pv).expect("peer");
     assert_eq!(c.role(), Role::Candidate);
     let granted = M::VoteResponse {
         epoch: e,
         granted: true,
     };
-    let a = c.on_message_from(now, "n2", 99, granted.clone()).expect("peer");
+    let a = c
+        .on_message_from(now, "n2", 99, granted.clone())
+        .expect("peer");
     assert!(a.is_empty(), "the wiped n2's vote does not count: {a:?}");
     let a = c.on_message_from(now, "n3", 33, granted).expect("peer");
     assert_eq!(a, vec![A::BecomePrimary { epoch: e }]);

@@ -768,8 +768,8 @@ impl<S: Storage, W> PrimaryExec<S, W> {
             self.configs
                 .may_propose(self.commit)
                 .map_err(|e| refused(e.to_string()))?;
-            let change =
-                classify_change(self.configs.newest(), &config).map_err(|e| refused(e.to_string()))?;
+            let change = classify_change(self.configs.newest(), &config)
+                .map_err(|e| refused(e.to_string()))?;
             if !config.is_voter(&self.node_id) {
                 return Err(refused(format!(
                     "the change ({change:?}) removes or demotes the primary {}: switch over to another voter first",
@@ -789,16 +789,13 @@ impl<S: Storage, W> PrimaryExec<S, W> {
                 epoch,
                 config: config.clone(),
             };
-            let position = self
-                .wal
-                .with(|w| w.append_control(&control))
-                .map_err(|e| {
-                    error!(error = %e, "appending a configuration record failed: the node stops");
-                    self.stop(PrimaryStop::Wal {
-                        error: e.to_string(),
-                    });
-                    PrimaryError::Wal(copy_wal_error(&e))
-                })?;
+            let position = self.wal.with(|w| w.append_control(&control)).map_err(|e| {
+                error!(error = %e, "appending a configuration record failed: the node stops");
+                self.stop(PrimaryStop::Wal {
+                    error: e.to_string(),
+                });
+                PrimaryError::Wal(copy_wal_error(&e))
+            })?;
             let lsn = position.lsn;
             if let Err(e) = self.configs.observe(lsn, config.clone()) {
                 panic!("a configuration checked by classify_change was refused by the log at lsn {lsn}: {e}");

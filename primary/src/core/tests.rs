@@ -1476,7 +1476,11 @@ fn joint_voter_sets_need_the_quorum_of_each_and_a_removed_member_is_refused() {
     log.append_durable(10, 10);
     c.handle(Event::LocalDurable, &mut log, 0);
     let a = receipt(&mut c, &mut log, 3, 10);
-    assert_eq!(commit_advanced(&a), None, "the old voters hold one copy only");
+    assert_eq!(
+        commit_advanced(&a),
+        None,
+        "the old voters hold one copy only"
+    );
     let a = receipt(&mut c, &mut log, 1, 7);
     assert_eq!(commit_advanced(&a), Some(7), "both sets hold lsn 7 twice");
     // The change committed: the new set alone. r3's lsn 10 is the second copy.
@@ -1492,12 +1496,18 @@ fn joint_voter_sets_need_the_quorum_of_each_and_a_removed_member_is_refused() {
         .set_membership(&ids(&["p", "r2", "r3"]), vec![ids(&["p", "r2", "r3"])])
         .expect("valid");
     assert!(
-        matches!(closed(&a, 1), Some(CloseReason::Refused(RefuseReason::NotAMember { .. }))),
+        matches!(
+            closed(&a, 1),
+            Some(CloseReason::Refused(RefuseReason::NotAMember { .. }))
+        ),
         "{a:?}"
     );
     let a = connect(&mut c, &mut log, 4, "r1", Position::ZERO);
     assert!(
-        matches!(closed(&a, 4), Some(CloseReason::Refused(RefuseReason::NotAMember { .. }))),
+        matches!(
+            closed(&a, 4),
+            Some(CloseReason::Refused(RefuseReason::NotAMember { .. }))
+        ),
         "{a:?}"
     );
     assert_eq!(

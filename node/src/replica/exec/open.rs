@@ -120,8 +120,12 @@ impl<S: Storage> ReplicaExec<S> {
         // The configurations of the log (spec/membership.md), read once here.
         let configs = match (&config.base_config, &rec.local) {
             (Some(base), Some(l)) => Some(
-                crate::membership::ConfigLog::from_log(base.clone(), l.wal.reader(0)?, rec.commit_lsn)
-                    .map_err(|e| ReplicaError::Runtime(format!("configuration records: {e}")))?,
+                crate::membership::ConfigLog::from_log(
+                    base.clone(),
+                    l.wal.reader(0)?,
+                    rec.commit_lsn,
+                )
+                .map_err(|e| ReplicaError::Runtime(format!("configuration records: {e}")))?,
             ),
             (Some(base), None) => Some(crate::membership::ConfigLog::new(base.clone())),
             (None, _) => None,
