@@ -62,6 +62,7 @@ impl Cluster {
             persist_interval_ms: 20,
             new_epoch: Some(epoch),
             base_config: None,
+            forced_config: None,
         };
         let storage = self.nodes[n].storage.clone();
         match PrimaryExec::open(

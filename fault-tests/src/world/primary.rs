@@ -368,6 +368,7 @@ impl World {
             persist_interval_ms: self.cfg.persist_interval_ms,
             new_epoch: None,
             base_config: None,
+            forced_config: None,
         };
         let now = self.now();
         let exec = match PrimaryExec::<SimStorage, u64>::open(

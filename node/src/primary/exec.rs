@@ -80,6 +80,13 @@ pub struct ExecConfig {
     /// until the log holds a configuration record. `None`: every id of
     /// `members` votes, with no addresses (library users and the simulator).
     pub base_config: Option<Configuration>,
+    /// With [`ExecConfig::new_epoch`]: a forced configuration (`walship ctl force-quorum`,
+    /// spec/membership.md §3) written and synced right after the epoch's control record,
+    /// before the core exists, so it is the configuration this primary commits under from
+    /// its first record on. Must be `forced` and follow the newest configuration in the
+    /// log by one generation ([`PrimaryError::Membership`] otherwise, nothing written
+    /// after the epoch's record).
+    pub forced_config: Option<Configuration>,
     /// `Some(E)`: start epoch `E` (this node won its election). `E` must be above the
     /// epoch history's last epoch ([`PrimaryError::EpochNotNew`]). `open` records
     /// `{E, log end + 1}` in the epoch history (persisted), sets the WAL's epoch to `E`
@@ -328,6 +335,9 @@ impl<S: Storage + Clone, W> PrimaryExec<S, W> {
         debug!(?recovered, "snapshot store opened");
         if let Some(new_epoch) = config.new_epoch {
             start_epoch(&node_dir, &mut wal, &mut epochs, new_epoch, &config.node_id)?;
+            if let Some(forced) = &config.forced_config {
+                write_forced(&mut wal, config.base_config.clone(), forced, new_epoch)?;
+            }
         }
         let epoch = epochs.last_epoch();
         let newest_snapshot = snapshots.newest()?.map(|s| s.boundary);
@@ -1007,6 +1017,32 @@ impl<S: Storage, W> PrimaryExec<S, W> {
             }
         }
     }
+}
+
+/// Appends and syncs a forced configuration at the start of epoch `epoch` (after its
+/// control record): checked first against the newest configuration in the log.
+fn write_forced<S: Storage>(
+    wal: &mut Wal<S>,
+    base: Option<Configuration>,
+    forced: &Configuration,
+    epoch: u64,
+) -> Result<(), PrimaryError> {
+    let refused = |r: String| PrimaryError::Membership(format!("forced configuration: {r}"));
+    if !forced.forced {
+        return Err(refused("not marked forced".into()));
+    }
+    let base = base.unwrap_or_else(|| crate::membership::base_configuration([]));
+    let log = ConfigLog::from_log(base, wal.reader(0)?, 0).map_err(|e| refused(e.to_string()))?;
+    classify_change(log.newest(), forced).map_err(|e| refused(e.to_string()))?;
+    let control = ControlRecord::Configuration {
+        epoch,
+        config: forced.clone(),
+    };
+    let at = wal.append_control(&control)?;
+    wal.sync()?;
+    warn!(epoch, lsn = at.lsn, generation = forced.generation, voters = ?forced.voters().collect::<Vec<_>>(),
+        "forced configuration written (walship ctl force-quorum): the voters it removed no longer count");
+    Ok(())
 }
 
 /// Starts epoch `epoch` on an open WAL whose log (after recovery) ends at `wal.last()`:

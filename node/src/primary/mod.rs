@@ -106,6 +106,9 @@ pub struct PrimaryConfig {
     /// The static base configuration (spec/membership.md), in effect until the log holds a
     /// configuration record. `None` (default): every id of `members` votes.
     pub base_config: Option<walship_wal::control::Configuration>,
+    /// With `new_epoch`: a forced configuration written right after the epoch's control
+    /// record (`walship ctl force-quorum`; see `ExecConfig::forced_config`).
+    pub forced_config: Option<walship_wal::control::Configuration>,
     /// Where the commit and fsync latency histograms and the snapshot counter go (a
     /// node's [`crate::metrics::NodeMetrics`]); `None`: nowhere.
     pub metrics: Option<crate::metrics::RoleMetrics>,
@@ -172,6 +175,7 @@ impl PrimaryConfig {
             maintenance_interval_ms: 1_000,
             new_epoch: None,
             base_config: None,
+            forced_config: None,
             metrics: None,
         }
     }
@@ -414,6 +418,7 @@ impl PrimaryConfig {
             persist_interval_ms: exec::DEFAULT_PERSIST_INTERVAL_MS,
             new_epoch: self.new_epoch,
             base_config: self.base_config.clone(),
+            forced_config: self.forced_config.clone(),
         }
     }
 }

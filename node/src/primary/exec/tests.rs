@@ -23,6 +23,7 @@ fn config(members: &[&str], quorum: Quorum) -> ExecConfig {
         persist_interval_ms: DEFAULT_PERSIST_INTERVAL_MS,
         new_epoch: None,
         base_config: None,
+        forced_config: None,
     }
 }
 
