@@ -743,6 +743,143 @@ fn member_op(targets: &[Target], op: &str, id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `walship ctl force-quorum [--accept-data-loss]` (seed 003, spec/membership.md §3): when
+/// the voters that survive cannot elect, lists each reachable member's position, picks
+/// the most up to date, says what may be lost, and makes it campaign among the survivors
+/// with a forced configuration that removes the lost voters.
+pub fn force_quorum(
+    targets: &[Target],
+    accept_data_loss: bool,
+    timeout: Duration,
+) -> Result<(), String> {
+    let ask = Duration::from_secs(3);
+    let answers = statuses(targets, ask);
+    let all = with_configured_members(targets, &answers);
+    let mut answers = answers;
+    answers.extend(statuses(&all[targets.len()..], ask));
+    if let Some(p) = primary_status(&answers) {
+        return Err(format!(
+            "{} is the primary: nothing to force (`walship ctl remove` drops a lost member)",
+            cell(str_of(p, "node_id"))
+        ));
+    }
+    let config = configuration_of(&answers)
+        .cloned()
+        .ok_or("no reachable member reports a configuration")?;
+    let members: Vec<String> = config
+        .get("members")
+        .and_then(Value::as_array)
+        .map(|ms| ms.iter().filter_map(|m| str_of(m, "id")).collect())
+        .unwrap_or_default();
+    // (id, log head epoch, log head lsn, commit, incarnation, http)
+    let mut survivors: Vec<(String, u64, u64, u64, u64, SocketAddr)> = Vec::new();
+    println!(
+        "{:<10} {:<10} {:>6} {:>10} {:>10} {:>16}",
+        "member", "role", "epoch", "log head", "commit", "incarnation"
+    );
+    for (t, a) in all.iter().zip(&answers) {
+        let Ok(s) = a else {
+            println!("{:<10} unreachable", cell(t.id.as_ref()));
+            continue;
+        };
+        let id = str_of(s, "node_id").unwrap_or_default();
+        let role = str_of(s, "role").unwrap_or_default();
+        let head = s.get("log_head");
+        let (he, hl) = (
+            head.and_then(|h| u64_of(h, "epoch")).unwrap_or(0),
+            head.and_then(|h| u64_of(h, "lsn")).unwrap_or(0),
+        );
+        let commit = u64_of(s, "commit_lsn").unwrap_or(0);
+        let inc = u64_of(s, "incarnation").unwrap_or(0);
+        println!(
+            "{id:<10} {role:<10} {:>6} {:>10} {commit:>10} {inc:>16x}",
+            cell(u64_of(s, "epoch")),
+            format!("{he}/{hl}")
+        );
+        let usable = !matches!(role.as_str(), "halted" | "stopped") && members.contains(&id);
+        if let (true, Some(http)) = (usable, t.http_addr) {
+            survivors.push((id, he, hl, commit, inc, http));
+        }
+    }
+    let chosen = survivors
+        .iter()
+        .max_by(|a, b| (a.1, a.2).cmp(&(b.1, b.2)).then(b.0.cmp(&a.0)))
+        .cloned()
+        .ok_or("no running member of the configuration is reachable: nothing to force (walship-recover promote works on a directory)")?;
+    let names: Vec<String> = survivors.iter().map(|s| s.0.clone()).collect();
+    let lost: Vec<&String> = members.iter().filter(|m| !names.contains(m)).collect();
+    let max_commit = survivors.iter().map(|s| s.3).max().unwrap_or(0);
+    println!(
+        "most up to date: {} (log head epoch {}, lsn {}); survivors {}; removed: {}",
+        chosen.0,
+        chosen.1,
+        chosen.2,
+        names.join(","),
+        lost.iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    println!(
+        "may be lost: any record the removed members acknowledged above lsn {}; records {}..={} on {} that no survivor knew committed become committed",
+        chosen.2,
+        max_commit + 1,
+        chosen.2,
+        chosen.0
+    );
+    let path = format!(
+        "/force-quorum?survivors={}{}",
+        names.join(","),
+        if accept_data_loss {
+            "&accept_data_loss=true"
+        } else {
+            ""
+        }
+    );
+    let reply = operator_post(chosen.5, &path, Duration::from_secs(10))?;
+    println!(
+        "{} campaigns with a forced configuration (loss possible: {}); waiting for it to lead",
+        chosen.0,
+        reply
+            .get("may_lose")
+            .and_then(Value::as_bool)
+            .unwrap_or(true)
+    );
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let t = Target {
+            id: Some(chosen.0.clone()),
+            peer_addr: None,
+            http_addr: Some(chosen.5),
+        };
+        if let Ok(s) = status_of(&t, ask) {
+            let gen = s
+                .get("configuration")
+                .and_then(|c| u64_of(c, "generation"))
+                .unwrap_or(0);
+            let forced_gen = reply
+                .get("configuration")
+                .and_then(|c| u64_of(c, "generation"))
+                .unwrap_or(u64::MAX);
+            if str_of(&s, "role").as_deref() == Some("primary") && gen >= forced_gen {
+                println!(
+                    "{} leads epoch {} with configuration generation {gen} (forced)",
+                    chosen.0,
+                    cell(u64_of(&s, "epoch"))
+                );
+                return Ok(());
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "{} did not lead within {timeout:?}: see `walship ctl list`; run force-quorum again",
+                chosen.0
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// `walship ctl pause` (`paused` true) or `resume`: every member, each reported; an error
 /// if any member was not reached (a partly paused cluster may still fail over).
 pub fn set_paused(targets: &[Target], paused: bool) -> Result<(), String> {

@@ -100,7 +100,8 @@ enum Command {
         election_timeout_ms: u64,
     },
     /// The operator's control plane over the members' HTTP endpoints (patronictl's verbs):
-    /// list, switchover, promote, pause, resume, add, remove, promote-voter, demote.
+    /// list, switchover, promote, pause, resume, add, remove, promote-voter, demote,
+    /// force-quorum.
     Ctl {
         /// A member's node.toml: its [[member]] tables name every member.
         #[arg(long, global = true)]
@@ -198,6 +199,17 @@ enum CtlCommand {
         /// The member.
         node: String,
     },
+    /// When the surviving voters cannot elect (seed 003): lists each reachable member's
+    /// position, picks the most up to date, prints what may be lost, and makes it lead a
+    /// forced configuration of the survivors (the others are removed).
+    ForceQuorum {
+        /// Required when acknowledged records may exist only on the lost members.
+        #[arg(long)]
+        accept_data_loss: bool,
+        /// How long to wait for the chosen member to lead.
+        #[arg(long, default_value_t = 15_000)]
+        timeout_ms: u64,
+    },
 }
 
 fn run_ctl(
@@ -242,6 +254,14 @@ fn run_ctl(
         CtlCommand::Remove { node } => ctl::remove(&targets, &node),
         CtlCommand::PromoteVoter { node } => ctl::promote_voter(&targets, &node),
         CtlCommand::Demote { node } => ctl::demote(&targets, &node),
+        CtlCommand::ForceQuorum {
+            accept_data_loss,
+            timeout_ms,
+        } => ctl::force_quorum(
+            &targets,
+            accept_data_loss,
+            std::time::Duration::from_millis(timeout_ms),
+        ),
     }
 }
 

@@ -231,6 +231,9 @@ pub struct NodeStatus {
     /// A cluster member: the newest configuration in its log (spec/membership.md), the
     /// one its elections count votes in; `null` on a fixed primary or replica.
     pub configuration: Option<ConfigurationStatus>,
+    /// A cluster member: the last record of its log as its election compares it (epoch
+    /// of that record, lsn): the most up to date survivor is the one `force-quorum` picks.
+    pub log_head: Option<crate::election::LogPosition>,
 }
 
 /// `configuration` of `GET /status`.
@@ -307,6 +310,7 @@ impl NodeStatus {
             acked_lsn: None,
             required_lsn: None,
             configuration: None,
+            log_head: None,
         }
     }
 
@@ -335,6 +339,7 @@ impl NodeStatus {
             acked_lsn: None,
             required_lsn: None,
             configuration: None,
+            log_head: None,
         }
     }
 
@@ -377,6 +382,7 @@ impl NodeStatus {
             paused: false,
             blocked_on: None,
             configuration: None,
+            log_head: None,
         }
     }
 
@@ -495,6 +501,11 @@ pub trait NodeView: Send + Sync + 'static {
         let _ = change;
         Box::pin(async { Err(OperatorError::NotAMember) })
     }
+    /// `POST /force-quorum?survivors=A,B[&accept_data_loss=true]` (`spec/http.md` §6).
+    fn force_quorum(&self, survivors: Vec<String>, accept_data_loss: bool) -> OperatorFuture {
+        let _ = (survivors, accept_data_loss);
+        Box::pin(async { Err(OperatorError::NotAMember) })
+    }
     /// The node's metrics (`GET /metrics`); `None`: the state gauges of `status()` only.
     fn metrics(&self) -> Option<&crate::metrics::NodeMetrics> {
         None
@@ -528,6 +539,7 @@ pub fn router(view: Arc<dyn NodeView>) -> Router {
         .route("/switchover", post(switchover))
         .route("/log/ids", get(log_ids_handler))
         .route("/members", post(members_handler))
+        .route("/force-quorum", post(force_quorum_handler))
         .route("/pause", post(pause))
         .route("/resume", post(resume))
         .with_state(view)
@@ -753,6 +765,37 @@ async fn log_ids_handler(State(view): State<Arc<dyn NodeView>>, uri: axum::http:
             &serde_json::json!({"error": "failed", "detail": format!("the read task failed: {e}")}),
         ),
     }
+}
+
+/// `POST /force-quorum?survivors=A,B[&accept_data_loss=true]`.
+async fn force_quorum_handler(
+    State(view): State<Arc<dyn NodeView>>,
+    uri: axum::http::Uri,
+) -> Response {
+    let pairs = match query_pairs(&uri) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let survivors: Vec<String> = pairs
+        .iter()
+        .find(|(k, _)| k == "survivors")
+        .map(|(_, v)| {
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    if survivors.is_empty() {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "bad-request", "detail": "force-quorum needs ?survivors=ID,..."}),
+        );
+    }
+    let accept = pairs
+        .iter()
+        .any(|(k, v)| k == "accept_data_loss" && v == "true");
+    operator_response(view.force_quorum(survivors, accept).await)
 }
 
 /// `POST /members?op=add|remove|promote|demote&id=ID[&addr=HOST:PORT&http=HOST:PORT&incarnation=N&voter=true]`.
@@ -1011,6 +1054,7 @@ mod tests {
             paused: false,
             blocked_on: None,
             configuration: None,
+            log_head: None,
         }
     }
 

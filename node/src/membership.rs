@@ -551,6 +551,92 @@ pub fn apply_change(
     Ok(next)
 }
 
+/// What `walship ctl force-quorum` does to the newest configuration (spec/membership.md
+/// §3, "Forced configurations"): the survivors become the voters of a forced
+/// configuration at generation + 1; the other voters are removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForcePlan {
+    /// The forced configuration.
+    pub config: Configuration,
+    /// The voters it removes (unreachable, presumed lost).
+    pub lost: Vec<String>,
+    /// Whether a committed (acknowledged) record may exist only on the lost voters:
+    /// they are at least as many as the copies a commit needs, so some commit set may
+    /// lie entirely among them. Then the operator must accept the loss.
+    pub may_lose: bool,
+}
+
+/// Why a forced configuration is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ForceError {
+    /// No survivor named.
+    #[error("force-quorum needs at least one surviving member")]
+    NoSurvivor,
+    /// A survivor that is not a member of the newest configuration.
+    #[error("{0} is not a member of the newest configuration")]
+    NotAMember(String),
+    /// The surviving voters can still elect: nothing needs forcing.
+    #[error("{have} of the {voters} voters survive and {need} elect: no force needed (wait for the election, or `walship ctl promote`)")]
+    NotNeeded {
+        /// Surviving voters.
+        have: usize,
+        /// Votes an election needs.
+        need: usize,
+        /// Voters of the newest configuration.
+        voters: usize,
+    },
+}
+
+/// The forced configuration for `survivors` (member ids of `current`), under the quorum
+/// `setting`. Refused when the survivors include an election quorum of `current`'s voters
+/// (automatic elections can proceed) or name a non-member.
+pub fn plan_force_quorum(
+    current: &Configuration,
+    survivors: &[String],
+    setting: i64,
+) -> Result<ForcePlan, ForceError> {
+    if survivors.is_empty() {
+        return Err(ForceError::NoSurvivor);
+    }
+    for s in survivors {
+        if current.member(s).is_none() {
+            return Err(ForceError::NotAMember(s.clone()));
+        }
+    }
+    let voters: Vec<&str> = current.voters().collect();
+    let have = voters
+        .iter()
+        .filter(|v| survivors.iter().any(|s| s == *v))
+        .count();
+    if let Some(need) = election_quorum(voters.len(), setting) {
+        if have >= need {
+            return Err(ForceError::NotNeeded {
+                have,
+                need,
+                voters: voters.len(),
+            });
+        }
+    }
+    let lost: Vec<String> = voters
+        .iter()
+        .filter(|v| !survivors.iter().any(|s| s == *v))
+        .map(|v| (*v).to_owned())
+        .collect();
+    let copies = commit_copies(voters.len(), setting).unwrap_or(1);
+    let mut config = current.clone();
+    config.generation = current.generation.wrapping_add(1);
+    config.forced = true;
+    config.members.retain(|m| survivors.contains(&m.id));
+    for m in &mut config.members {
+        m.voter = true;
+    }
+    Ok(ForcePlan {
+        config,
+        may_lose: lost.len() >= copies,
+        lost,
+    })
+}
+
 /// What a primary knows of one replica, for [`automatic_change`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaFacts {
@@ -671,6 +757,49 @@ mod tests {
             forced: false,
             members: members.iter().map(|(id, v)| m(id, *v)).collect(),
         }
+    }
+
+    #[test]
+    fn force_quorum_removes_the_lost_voters_and_says_when_a_commit_may_be_lost() {
+        let abc = cfg(3, &[("a", true), ("b", true), ("c", true)]);
+        let plan = plan_force_quorum(&abc, &["a".into()], -1).expect("two of three lost");
+        assert_eq!(plan.config.generation, 4);
+        assert!(plan.config.forced);
+        assert_eq!(plan.config.voters().collect::<Vec<_>>(), vec!["a"]);
+        assert_eq!(plan.lost, vec!["b".to_string(), "c".to_string()]);
+        assert!(plan.may_lose, "b and c are a commit quorum of their own");
+        assert!(matches!(
+            classify_change(&abc, &plan.config),
+            Ok(Change::Forced { .. })
+        ));
+        assert_eq!(
+            plan_force_quorum(&abc, &["a".into(), "b".into()], -1),
+            Err(ForceError::NotNeeded {
+                have: 2,
+                need: 2,
+                voters: 3
+            })
+        );
+        // Five voters, static k = 3 (four copies): three lost cannot hold a commit alone.
+        let five = cfg(
+            1,
+            &[
+                ("a", true),
+                ("b", true),
+                ("c", true),
+                ("d", true),
+                ("e", true),
+            ],
+        );
+        let plan = plan_force_quorum(&five, &["a".into(), "b".into()], 3).expect("forced");
+        assert!(
+            !plan.may_lose,
+            "every commit set of four copies meets a or b"
+        );
+        assert_eq!(
+            plan_force_quorum(&abc, &["z".into()], -1),
+            Err(ForceError::NotAMember("z".into()))
+        );
     }
 
     #[test]

@@ -431,3 +431,74 @@ async fn fm_x_15_a_wiped_member_comes_back_as_a_learner_until_promoted() {
         shutdown(&nodes, i).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn force_quorum_makes_the_lone_survivor_lead_a_forced_configuration_with_its_loss_stated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = World::new(dir.path());
+    let nodes: Arc<std::sync::Mutex<Vec<Option<Arc<Node>>>>> =
+        Arc::new(std::sync::Mutex::new(vec![None, None, None, None, None]));
+    for i in 0..3 {
+        let n = w.open(i).await;
+        nodes.lock().expect("nodes")[i] = Some(n);
+    }
+    let leader = primary(&snapshot(&nodes)).await;
+    wait_until("bootstrap configuration", || {
+        leader.membership().committed && leader.membership().config.generation >= 1
+    })
+    .await;
+    let mut last = 0;
+    for i in 0..10u32 {
+        last = leader
+            .append(format!("r{i}").into_bytes())
+            .await
+            .expect("append");
+    }
+    let leader_id = leader.node_id().to_owned();
+    drop(leader);
+    // The primary and one follower are lost: the survivor cannot elect alone.
+    let survivor = (0..3)
+        .find(|&i| {
+            snapshot(&nodes)[i]
+                .as_ref()
+                .is_some_and(|n| n.node_id() != leader_id)
+        })
+        .expect("a follower");
+    let s = snapshot(&nodes)[survivor].clone().expect("open");
+    wait_until("the survivor holds every acknowledged record", || {
+        s.status()
+            .replica
+            .and_then(|r| r.durable_lsn)
+            .is_some_and(|d| d >= last)
+    })
+    .await;
+    for i in 0..3 {
+        if i != survivor {
+            shutdown(&nodes, i).await;
+        }
+    }
+    let me = s.node_id().to_owned();
+    let e = s
+        .force_quorum(vec![me.clone()], false)
+        .await
+        .expect_err("two of three voters lost: a commit quorum may be among them");
+    assert!(e.to_string().contains("accept_data_loss"), "{e}");
+    let plan = s
+        .force_quorum(vec![me.clone()], true)
+        .await
+        .expect("forced");
+    assert!(plan.may_lose);
+    assert_eq!(plan.lost.len(), 2);
+    wait_until("the survivor leads the forced configuration", || {
+        s.status().state.role == Role::Primary
+            && s.membership().config.forced
+            && s.membership().config.voters().collect::<Vec<_>>() == vec![me.as_str()]
+    })
+    .await;
+    let lsn = s.append(b"after".to_vec()).await.expect("commits alone");
+    assert!(lsn > last, "nothing it held was cut: {lsn} > {last}");
+    drop(s);
+    for i in 0..5 {
+        shutdown(&nodes, i).await;
+    }
+}

@@ -65,6 +65,7 @@ impl NodeView for FollowerView {
             paused: false,
             blocked_on: None,
             configuration: None,
+            log_head: None,
         }
     }
     fn max_record_bytes(&self) -> u32 {

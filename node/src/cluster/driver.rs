@@ -54,6 +54,13 @@ pub(crate) enum Input {
         paused: bool,
         reply: oneshot::Sender<Result<bool, NodeError>>,
     },
+    /// `walship ctl force-quorum`: the survivors become the voters of a forced
+    /// configuration and this node campaigns among them now.
+    ForceQuorum {
+        survivors: Vec<NodeId>,
+        accept_data_loss: bool,
+        reply: oneshot::Sender<Result<crate::membership::ForcePlan, NodeError>>,
+    },
     /// The role task could not open or close a role (its own storage failed).
     RoleFailed { reason: String },
     /// Stop the node.
@@ -247,6 +254,7 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
             acked_lsn: rule.acked_lsn,
             required_lsn: rule.required_lsn(),
             membership: membership.clone(),
+            log_head: start.log_head,
         }),
         state: watch::channel(state).0,
         role: Mutex::new(RoleSlot::Idle),
@@ -256,6 +264,7 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         metrics: Arc::new(crate::metrics::NodeMetrics::new()),
         addresses: Mutex::new(addresses),
         membership_change_running: std::sync::atomic::AtomicBool::new(false),
+        forced: Mutex::new(None),
         membership: Mutex::new(membership.clone()),
         config,
     });
@@ -283,6 +292,7 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         acked: plan::AckedMark::new(rule.acked_lsn, core_heartbeat_ms),
         stopped: halted,
         membership,
+        forced_until: None,
     };
     let driver = tokio::spawn(driver.run(rx).instrument(span));
     Ok(Node {
@@ -310,6 +320,8 @@ struct Driver {
     stopped: Option<String>,
     /// The newest configuration the core counts votes in.
     membership: crate::membership::MembershipView,
+    /// A force-quorum campaign gives up at this time.
+    forced_until: Option<u64>,
 }
 
 impl Driver {
@@ -368,6 +380,22 @@ impl Driver {
                     // `/status` says so once the command answered.
                     self.publish();
                     let _ = reply.send(r);
+                }
+                Some(Input::ForceQuorum {
+                    survivors,
+                    accept_data_loss,
+                    reply,
+                }) => {
+                    self.refresh_log_head();
+                    match self.force_quorum(now, &survivors, accept_data_loss) {
+                        Ok((plan, a)) => {
+                            let _ = reply.send(Ok(plan));
+                            actions = a;
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
                 }
                 Some(Input::RoleFailed { reason }) => {
                     error!(%reason, "the role failed: the node stops");
@@ -599,11 +627,89 @@ impl Driver {
         }
     }
 
+    /// `walship ctl force-quorum` on this node (spec/membership.md §3): refused on a
+    /// primary, for survivors that still hold an election quorum, without this node among
+    /// them, or when acknowledged records may be lost and the loss is not accepted. Else
+    /// the forced configuration is kept for the primary role to write right after its
+    /// epoch's control record, the core counts votes among the survivors, and this node
+    /// campaigns now (the survivors still apply the vote rules: it must be the most up
+    /// to date of them).
+    fn force_quorum(
+        &mut self,
+        now: u64,
+        survivors: &[NodeId],
+        accept_data_loss: bool,
+    ) -> Result<(crate::membership::ForcePlan, Vec<Action>), NodeError> {
+        let refused = |r: String| NodeError::Primary(crate::primary::PrimaryError::Membership(r));
+        if self.core.role() == Role::Primary {
+            return Err(refused(
+                "this node is the primary: nothing to force (walship ctl remove drops a lost member)"
+                    .into(),
+            ));
+        }
+        let me = &self.inner.config.node_id;
+        if !survivors.contains(me) {
+            return Err(refused(format!("{me} is not among the survivors named")));
+        }
+        let mut plan = crate::membership::plan_force_quorum(
+            &self.membership.config,
+            survivors,
+            self.inner.config.quorum,
+        )
+        .map_err(|e| refused(e.to_string()))?;
+        // A log without a configuration record (every member's incarnation unknown): this
+        // node's own is known; another survivor's is not, and a record needs it.
+        let incarnation = self
+            .inner
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .incarnation;
+        for m in &mut plan.config.members {
+            if m.incarnation == 0 && m.id == *me {
+                m.incarnation = incarnation;
+            }
+            if m.incarnation == 0 {
+                return Err(refused(format!(
+                    "{}'s incarnation is unknown (the log holds no configuration record yet): force-quorum with this node alone, then `walship ctl add` the others",
+                    m.id
+                )));
+            }
+        }
+        if plan.may_lose && !accept_data_loss {
+            return Err(refused(format!(
+                "the lost voters {:?} may hold acknowledged records this node lacks (records above its log end, lsn {}): repeat with accept_data_loss",
+                plan.lost,
+                self.core.log_head().lsn
+            )));
+        }
+        let (voters, learners) = crate::membership::MembershipView {
+            lsn: 0,
+            config: plan.config.clone(),
+            committed: false,
+        }
+        .election_members();
+        warn!(generation = plan.config.generation, survivors = ?survivors, lost = ?plan.lost, may_lose = plan.may_lose,
+            "force-quorum: campaigning among the survivors; the primary role writes the forced configuration");
+        *self.inner.forced.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan.config.clone());
+        self.forced_until = Some(now.saturating_add(20 * self.inner.config.election_timeout_ms));
+        let mut actions = self.core.set_membership(now, &voters, &learners);
+        actions.extend(self.core.promote(now, true)?);
+        Ok((plan, actions))
+    }
+
     /// A role reported the newest configuration of its log: the core counts votes in it,
     /// the transport reaches its members.
     fn set_membership(&mut self, m: crate::membership::MembershipView) {
         if m == self.membership {
             return;
+        }
+        // A force-quorum campaign counts among the survivors until its primary role wrote
+        // the forced configuration (or the campaign gave up).
+        if let Some(f) = &*self.inner.forced.lock().unwrap_or_else(|p| p.into_inner()) {
+            if m.config.generation < f.generation {
+                return;
+            }
         }
         if m.config != self.membership.config {
             let (voters, learners) = m.election_members();
@@ -694,6 +800,19 @@ impl Driver {
         }
         self.apply_as_primary().await;
         self.automatic_membership_change();
+        if self.forced_until.is_some_and(|t| now >= t) {
+            self.forced_until = None;
+            if self
+                .inner
+                .forced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .is_some()
+            {
+                warn!("force-quorum: the campaign did not lead in time; the forced configuration is dropped (run it again)");
+            }
+        }
     }
 
     /// The primary's own membership changes (a reincarnated voter demoted, caught-up
@@ -866,6 +985,7 @@ impl Driver {
         s.paused = election.paused;
         s.acked_lsn = self.acked.persisted();
         s.required_lsn = self.required_lsn;
+        s.log_head = self.core.log_head();
     }
 }
 
@@ -1163,6 +1283,7 @@ pub(crate) fn http_status(config: &NodeConfig, s: &NodeStatus) -> http::NodeStat
             paused: false,
             blocked_on: None,
             configuration: None,
+            log_head: None,
         }
     };
     out.paused = s.paused;
@@ -1181,6 +1302,7 @@ pub(crate) fn http_status(config: &NodeConfig, s: &NodeStatus) -> http::NodeStat
     }
     out.incarnation = Some(s.incarnation);
     out.configuration = Some(http::ConfigurationStatus::from_view(&s.membership));
+    out.log_head = Some(s.log_head);
     out.acked_lsn = Some(s.acked_lsn);
     out.required_lsn = Some(s.required_lsn);
     out

@@ -144,6 +144,8 @@ pub struct NodeStatus {
     pub required_lsn: Lsn,
     /// The newest configuration in the log, the one elections count votes in.
     pub membership: crate::membership::MembershipView,
+    /// The log's last record as the election compares it.
+    pub log_head: crate::election::LogPosition,
 }
 
 /// A cluster member: leads or follows as elected. See the module documentation.
@@ -190,6 +192,8 @@ pub(crate) struct Inner {
     pub(crate) membership: Mutex<crate::membership::MembershipView>,
     /// An automatic membership change is waiting for its commit.
     pub(crate) membership_change_running: std::sync::atomic::AtomicBool,
+    /// A forced configuration the next primary role writes (force-quorum).
+    pub(crate) forced: Mutex<Option<walship_wal::control::Configuration>>,
 }
 
 impl Inner {
@@ -343,6 +347,27 @@ impl Node {
         change: crate::membership::MemberChange,
     ) -> Result<members::MembershipChanged, NodeError> {
         members::change(&self.inner, change).await
+    }
+
+    /// `walship ctl force-quorum` (spec/membership.md §3): `survivors` (this node among
+    /// them) become the voters of a forced configuration and this node campaigns among
+    /// them now; its primary role writes the configuration right after its epoch's control
+    /// record. Refused on the primary, while the survivors hold an election quorum, and
+    /// when acknowledged records may be lost unless `accept_data_loss`. Returns the plan
+    /// (the configuration, the voters removed, whether a loss is possible) once the
+    /// campaign started; `status()` shows whether it won.
+    pub async fn force_quorum(
+        &self,
+        survivors: Vec<NodeId>,
+        accept_data_loss: bool,
+    ) -> Result<crate::membership::ForcePlan, NodeError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.command(driver::Input::ForceQuorum {
+            survivors,
+            accept_data_loss,
+            reply: tx,
+        })?;
+        rx.await.map_err(|_| self.inner.not_primary())?
     }
 
     /// The newest configuration in this node's log, as its election core counts votes.
@@ -548,6 +573,28 @@ impl NodeView for NodeHttpView {
             Ok(serde_json::json!({
                 "lsn": done.lsn,
                 "bootstrapped": done.bootstrapped,
+                "configuration": http::ConfigurationStatus::from_view(&view),
+            }))
+        })
+    }
+
+    fn force_quorum(&self, survivors: Vec<String>, accept_data_loss: bool) -> http::OperatorFuture {
+        let node = self.node.clone();
+        Box::pin(async move {
+            let plan = node
+                .force_quorum(survivors, accept_data_loss)
+                .await
+                .map_err(Self::operator_error)?;
+            let view = crate::membership::MembershipView {
+                lsn: 0,
+                config: plan.config,
+                committed: false,
+            };
+            Ok(serde_json::json!({
+                "campaigning": node.node_id(),
+                "lost": plan.lost,
+                "may_lose": plan.may_lose,
+                "accept_data_loss": accept_data_loss,
                 "configuration": http::ConfigurationStatus::from_view(&view),
             }))
         })

@@ -68,6 +68,13 @@ fn open_primary(inner: &Inner, endpoint: &quinn::Endpoint, epoch: u64) {
     let config = match inner.config.primary_config(epoch) {
         Ok(mut c) => {
             c.metrics = Some(inner.metrics.role().clone());
+            // A force-quorum campaign won: its forced configuration follows the epoch's
+            // control record.
+            c.forced_config = inner
+                .forced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
             c
         }
         Err(e) => return failed(inner, e.to_string()),
