@@ -57,9 +57,22 @@ impl Drop for Members {
 }
 
 fn members(dir: &Path) -> Members {
-    let ids: Vec<String> = (1..=3).map(|i| format!("m{i}")).collect();
+    members_with_joiners(dir, 3, 0).0
+}
+
+/// `n` members m1..mn that form the cluster, plus `joiners` more (m(n+1)..) whose
+/// node.toml lists the `n` and itself as a learner (`learner = true`): a member added to a
+/// running cluster. Returns the members and each one's (peer, HTTP) address.
+fn members_with_joiners(
+    dir: &Path,
+    n: usize,
+    joiners: usize,
+) -> (Members, Vec<(SocketAddr, SocketAddr)>) {
+    let ids: Vec<String> = (1..=n + joiners).map(|i| format!("m{i}")).collect();
     walship_wire::certs::generate(&dir.join("certs"), &ids).expect("certs");
     let mut table = String::new();
+    let mut addrs = Vec::new();
+    let mut entries = Vec::new();
     for id in &ids {
         let quic: SocketAddr = UdpSocket::bind("127.0.0.1:0")
             .and_then(|s| s.local_addr())
@@ -67,13 +80,23 @@ fn members(dir: &Path) -> Members {
         let http: SocketAddr = TcpListener::bind("127.0.0.1:0")
             .and_then(|s| s.local_addr())
             .expect("tcp port");
-        table.push_str(&format!(
+        addrs.push((quic, http));
+        entries.push(format!(
             "[[member]]\nid = \"{id}\"\naddr = \"{quic}\"\nhttp_addr = \"{http}\"\n"
         ));
     }
-    Members(
+    for e in &entries[..n] {
+        table.push_str(e);
+    }
+    let members = Members(
         ids.iter()
-            .map(|id| {
+            .enumerate()
+            .map(|(i, id)| {
+                let table = if i < n {
+                    table.clone()
+                } else {
+                    format!("{table}{}learner = true\n", entries[i])
+                };
                 let config = dir.join(format!("{id}.toml"));
                 let text = format!(
                     "node_id = \"{id}\"\ncluster_id = \"ctl\"\nrole = \"member\"\ndata_dir = \"data/{id}\"\n\
@@ -90,7 +113,8 @@ fn members(dir: &Path) -> Members {
                 }
             })
             .collect(),
-    )
+    );
+    (members, addrs)
 }
 
 fn ctl(config: &Path, args: &[&str]) -> Output {
@@ -333,4 +357,111 @@ fn ctl_lists_members_pause_holds_off_failover_and_resume_and_switchover_act() {
     }
     let _ = watch.kill();
     let _ = watch.wait();
+}
+
+/// Reads the newest configuration the members report: (generation, voters, learners).
+fn configuration(rows: &[serde_json::Value]) -> (u64, Vec<String>, Vec<String>) {
+    let generation = rows
+        .iter()
+        .filter_map(|r| r["generation"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let of = |kind: &str| {
+        rows.iter()
+            .filter(|r| r["membership"] == kind)
+            .filter_map(|r| r["member"].as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    (generation, of("voter"), of("learner"))
+}
+
+#[test]
+fn ctl_adds_a_fourth_member_as_learner_then_voter_removes_it_and_forces_a_quorum() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut ms, addrs) = members_with_joiners(dir.path(), 3, 1);
+    let logs = dir.path().to_path_buf();
+    for m in &mut ms.0[..3] {
+        m.spawn(&logs);
+    }
+    let config = ms.0[0].config.clone();
+    // The primary writes the bootstrap configuration (every member's incarnation) itself.
+    wait_rows(
+        &config,
+        "a primary and the bootstrap configuration",
+        |rows| primary_of(rows).is_some() && configuration(rows).0 >= 1,
+    );
+    ms.0[3].spawn(&logs);
+    let (quic, http) = addrs[3];
+    // m4 must be up (its /status names its incarnation) before it is added.
+    let deadline = Instant::now() + WAIT;
+    let add = loop {
+        let o = ctl(
+            &config,
+            &[
+                "add",
+                "m4",
+                "--addr",
+                &quic.to_string(),
+                "--http",
+                &http.to_string(),
+            ],
+        );
+        if o.status.success() || Instant::now() >= deadline {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let out = text(&add);
+    assert!(add.status.success(), "{out}");
+    assert!(out.contains("as a learner"), "{out}");
+    assert!(out.contains("caught up"), "{out}");
+    let rows = wait_rows(&config, "m4 a voter in ctl list", |rows| {
+        configuration(rows).1.contains(&"m4".to_string())
+    });
+    let (generation, voters, _) = configuration(&rows);
+    assert_eq!(voters.len(), 4, "{rows:#?}");
+    assert!(generation >= 3, "bootstrap, add, promote: {rows:#?}");
+    // ctl list asked m4 although m1's node.toml does not name it.
+    assert!(
+        rows.iter()
+            .any(|r| r["member"] == "m4" && r["state"] == "running"),
+        "{rows:#?}"
+    );
+    let o = ctl(&config, &["remove", "m4"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let rows = wait_rows(&config, "m4 removed", |rows| {
+        let (_, voters, learners) = configuration(rows);
+        voters.len() == 3 && !learners.contains(&"m4".to_string())
+    });
+    assert!(!configuration(&rows).1.contains(&"m4".to_string()));
+    ms.0[3].kill9();
+
+    // The primary and one follower are lost for good: the survivor cannot elect alone.
+    let primary = primary_of(&rows).expect("primary");
+    let lost_follower = ["m1", "m2", "m3"]
+        .into_iter()
+        .find(|m| *m != primary)
+        .expect("a follower");
+    let survivor = ["m1", "m2", "m3"]
+        .into_iter()
+        .find(|m| *m != primary && *m != lost_follower)
+        .expect("the survivor");
+    ms.0[index(&primary)].kill9();
+    ms.0[index(lost_follower)].kill9();
+    let o = ctl(&config, &["force-quorum"]);
+    let out = text(&o);
+    assert!(!o.status.success(), "a loss is possible: {out}");
+    assert!(out.contains("may be lost"), "{out}");
+    assert!(
+        out.contains(&format!("most up to date: {survivor}")),
+        "{out}"
+    );
+    let o = ctl(&config, &["force-quorum", "--accept-data-loss"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains(&format!("{survivor} leads epoch")), "{out}");
+    let rows = wait_rows(&config, "the survivor leads alone", |rows| {
+        primary_of(rows).as_deref() == Some(survivor) && configuration(rows).1 == vec![survivor]
+    });
+    assert_eq!(configuration(&rows).1, vec![survivor.to_string()]);
 }
