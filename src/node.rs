@@ -121,6 +121,8 @@ pub fn member_config(cfg: &NodeConfig) -> Result<walship_node::NodeConfig, Strin
         commit_timeout_ms,
         election_timeout_ms,
         lease_ms,
+        deregistration_timeout_ms,
+        auto_promote_learners,
     } = &cfg.role
     else {
         return Err(format!(
@@ -149,6 +151,8 @@ pub fn member_config(cfg: &NodeConfig) -> Result<walship_node::NodeConfig, Strin
         tls(cfg),
     );
     n.learners = learners;
+    n.deregistration_timeout_ms = *deregistration_timeout_ms;
+    n.auto_promote_learners = *auto_promote_learners;
     n.quorum = *quorum;
     n.commit_timeout_ms = *commit_timeout_ms;
     n.election_timeout_ms = *election_timeout_ms;

@@ -161,6 +161,8 @@ struct RawConfig {
     member: Vec<RawMember>,
     election_timeout_ms: Option<u64>,
     lease_ms: Option<u64>,
+    deregistration_timeout_ms: Option<u64>,
+    auto_promote_learners: Option<bool>,
     #[serde(default = "default_quorum")]
     quorum: i64,
     #[serde(default = "default_commit_timeout_ms")]
@@ -206,6 +208,11 @@ pub enum RoleConfig {
         election_timeout_ms: u64,
         /// A primary that heard from fewer than an election quorum for this long steps down.
         lease_ms: u64,
+        /// The primary removes a member silent this long (0: never; seed 000's
+        /// `elector.deregistration_timeout`).
+        deregistration_timeout_ms: u64,
+        /// The primary makes a caught-up learner a voter by itself.
+        auto_promote_learners: bool,
     },
     /// A replica: which primary it follows.
     Replica {
@@ -312,11 +319,13 @@ impl NodeConfig {
         if raw.role != Role::Member
             && (!raw.member.is_empty()
                 || raw.election_timeout_ms.is_some()
-                || raw.lease_ms.is_some())
+                || raw.lease_ms.is_some()
+                || raw.deregistration_timeout_ms.is_some()
+                || raw.auto_promote_learners.is_some())
         {
             return Err(invalid(
                 "member",
-                "[[member]], election_timeout_ms and lease_ms belong to role = \"member\"".into(),
+                "[[member]], election_timeout_ms, lease_ms, deregistration_timeout_ms and auto_promote_learners belong to role = \"member\"".into(),
             ));
         }
         let role = match raw.role {
@@ -399,6 +408,8 @@ impl NodeConfig {
                     commit_timeout_ms: raw.commit_timeout_ms,
                     election_timeout_ms,
                     lease_ms,
+                    deregistration_timeout_ms: raw.deregistration_timeout_ms.unwrap_or(0),
+                    auto_promote_learners: raw.auto_promote_learners.unwrap_or(false),
                 }
             }
             Role::Primary => {

@@ -647,10 +647,14 @@ pub struct ReplicaFacts {
     pub incarnation: u64,
     /// Its durable lsn as the primary knows it (receipts).
     pub durable_lsn: Lsn,
+    /// How long it has been silent (no receipt) as this primary saw it: since its last
+    /// receipt, or since the primary started if it never sent one.
+    pub silent_ms: u64,
 }
 
-/// The change a primary makes by itself, if any (spec/membership.md §3,
-/// "Incarnations"): a voter that connected with another incarnation than
+/// The change a primary makes by itself, if any (spec/membership.md §5): a
+/// member silent for `deregistration_timeout_ms` (> 0) is removed; a voter
+/// that connected with another incarnation than
 /// the configuration names lost its disk (or had it replaced), so it is
 /// demoted to a learner under its new incarnation — its votes and receipts
 /// no longer count for the old one. With `auto_promote`, a learner that
@@ -662,6 +666,7 @@ pub fn automatic_change(
     replicas: &[ReplicaFacts],
     commit: Lsn,
     auto_promote: bool,
+    deregistration_timeout_ms: u64,
 ) -> Option<MemberChange> {
     if !view.committed {
         return None;
@@ -681,6 +686,16 @@ pub fn automatic_change(
                     incarnation: Some(r.incarnation),
                 });
             }
+        }
+    }
+    // Seed 000 scenario 6 (`elector.deregistration_timeout`): a member silent for the
+    // timeout is removed, so that the voters left can elect and commit without it. The
+    // removal is a configuration record: audited in the log like any change.
+    if deregistration_timeout_ms > 0 {
+        if let Some(r) = replicas.iter().find(|r| {
+            r.silent_ms >= deregistration_timeout_ms && view.config.member(&r.id).is_some()
+        }) {
+            return Some(MemberChange::Remove(r.id.clone()));
         }
     }
     if auto_promote {
@@ -757,6 +772,52 @@ mod tests {
             forced: false,
             members: members.iter().map(|(id, v)| m(id, *v)).collect(),
         }
+    }
+
+    #[test]
+    fn the_primary_demotes_a_reincarnated_voter_and_deregisters_a_silent_member() {
+        let mut abc = cfg(2, &[("a", true), ("b", true), ("c", true)]);
+        abc.members[1].incarnation = 7;
+        let view = MembershipView {
+            lsn: 3,
+            config: abc,
+            committed: true,
+        };
+        let fact = |id: &str, incarnation: u64, silent_ms: u64| ReplicaFacts {
+            id: id.into(),
+            incarnation,
+            durable_lsn: 10,
+            silent_ms,
+        };
+        let healthy = [fact("b", 7, 0), fact("c", 1, 0)];
+        assert_eq!(automatic_change(&view, &healthy, 10, false, 5_000), None);
+        let wiped = [fact("b", 99, 0), fact("c", 1, 0)];
+        assert_eq!(
+            automatic_change(&view, &wiped, 10, false, 0),
+            Some(MemberChange::Demote {
+                id: "b".into(),
+                incarnation: Some(99)
+            })
+        );
+        let silent = [fact("b", 7, 0), fact("c", 1, 6_000)];
+        assert_eq!(
+            automatic_change(&view, &silent, 10, false, 5_000),
+            Some(MemberChange::Remove("c".into()))
+        );
+        assert_eq!(
+            automatic_change(&view, &silent, 10, false, 0),
+            None,
+            "0: never deregistered"
+        );
+        let pending = MembershipView {
+            committed: false,
+            ..view
+        };
+        assert_eq!(
+            automatic_change(&pending, &silent, 10, false, 5_000),
+            None,
+            "one change at a time"
+        );
     }
 
     #[test]

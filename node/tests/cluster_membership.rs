@@ -52,6 +52,7 @@ fn free_addr() -> SocketAddr {
 struct World {
     root: PathBuf,
     addrs: Vec<MemberAddr>,
+    deregistration_timeout_ms: u64,
 }
 
 impl World {
@@ -69,6 +70,7 @@ impl World {
         World {
             root: root.to_path_buf(),
             addrs,
+            deregistration_timeout_ms: 0,
         }
     }
 
@@ -88,6 +90,7 @@ impl World {
             TlsFiles::for_node(&self.root.join("certs"), &id),
         );
         c.learners = learners;
+        c.deregistration_timeout_ms = self.deregistration_timeout_ms;
         c.election_timeout_ms = ELECTION_TIMEOUT_MS;
         c.lease_ms = ELECTION_TIMEOUT_MS;
         c.commit_timeout_ms = 10_000;
@@ -498,6 +501,49 @@ async fn force_quorum_makes_the_lone_survivor_lead_a_forced_configuration_with_i
     let lsn = s.append(b"after".to_vec()).await.expect("commits alone");
     assert!(lsn > last, "nothing it held was cut: {lsn} > {last}");
     drop(s);
+    for i in 0..5 {
+        shutdown(&nodes, i).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_000_scenario_6_a_silent_member_is_deregistered_and_two_voters_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut w = World::new(dir.path());
+    w.deregistration_timeout_ms = 1_500;
+    let nodes: Arc<std::sync::Mutex<Vec<Option<Arc<Node>>>>> =
+        Arc::new(std::sync::Mutex::new(vec![None, None, None, None, None]));
+    for i in 0..3 {
+        let n = w.open(i).await;
+        nodes.lock().expect("nodes")[i] = Some(n);
+    }
+    let leader = primary(&snapshot(&nodes)).await;
+    wait_until("bootstrap configuration", || {
+        leader.membership().committed && leader.membership().config.generation >= 1
+    })
+    .await;
+    // A follower is terminated without a graceful leave.
+    let gone = (0..3)
+        .find(|&i| {
+            snapshot(&nodes)[i]
+                .as_ref()
+                .is_some_and(|n| n.node_id() != leader.node_id())
+        })
+        .expect("a follower");
+    let gone_id = format!("n{}", gone + 1);
+    shutdown(&nodes, gone).await;
+    wait_until("the silent member removed by the primary", || {
+        let m = leader.membership();
+        m.committed && m.config.member(&gone_id).is_none()
+    })
+    .await;
+    assert_eq!(leader.membership().config.voters().count(), 2);
+    let lsn = leader
+        .append(b"after".to_vec())
+        .await
+        .expect("two voters commit");
+    assert!(lsn > 0);
+    drop(leader);
     for i in 0..5 {
         shutdown(&nodes, i).await;
     }

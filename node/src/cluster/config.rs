@@ -61,6 +61,10 @@ pub struct NodeConfig {
     /// the commit watermark (default `false`: `walship ctl promote` does it; `ctl add`
     /// does it after the learner caught up).
     pub auto_promote_learners: bool,
+    /// Seed 000's `elector.deregistration_timeout`: the primary removes a member it has
+    /// not heard from (no receipt) for this long (0, the default: never; `walship ctl
+    /// remove` does it). The removal is a configuration change like any other.
+    pub deregistration_timeout_ms: u64,
 }
 
 impl NodeConfig {
@@ -88,6 +92,7 @@ impl NodeConfig {
             election_seed: None,
             learners: Vec::new(),
             auto_promote_learners: false,
+            deregistration_timeout_ms: 0,
         }
     }
 

@@ -825,9 +825,7 @@ impl Driver {
         {
             return;
         }
-        let Some(change) =
-            super::members::automatic(&self.inner, self.inner.config.auto_promote_learners)
-        else {
+        let Some(change) = super::members::automatic(&self.inner) else {
             return;
         };
         self.inner

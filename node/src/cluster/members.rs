@@ -29,10 +29,12 @@ pub struct MembershipChanged {
 /// What the primary role knows of its replicas (incarnation each `Hello` announced,
 /// durable lsn).
 pub(crate) fn replica_facts(p: &Primary) -> Vec<ReplicaFacts> {
+    let up = p.uptime_ms();
     p.status()
         .replicas
         .iter()
         .map(|r| ReplicaFacts {
+            silent_ms: r.last_receipt_age_ms.unwrap_or(up),
             id: r.node_id.clone(),
             incarnation: if r.connected {
                 r.incarnation.unwrap_or(0)
@@ -154,13 +156,19 @@ pub(crate) async fn change(
 
 /// The change the primary makes by itself now, if any (a reincarnated voter demoted;
 /// caught-up learners promoted when `auto_promote`).
-pub(crate) fn automatic(inner: &Inner, auto_promote: bool) -> Option<MemberChange> {
+pub(crate) fn automatic(inner: &Inner) -> Option<MemberChange> {
     let slot = inner.lock_role();
     let RoleSlot::Primary(p) = &*slot else {
         return None;
     };
     let view = p.membership();
-    crate::membership::automatic_change(&view, &replica_facts(p), p.commit_lsn(), auto_promote)
+    crate::membership::automatic_change(
+        &view,
+        &replica_facts(p),
+        p.commit_lsn(),
+        inner.config.auto_promote_learners,
+        inner.config.deregistration_timeout_ms,
+    )
 }
 
 #[cfg(test)]
@@ -187,11 +195,13 @@ mod tests {
                     id: "b".into(),
                     incarnation: b,
                     durable_lsn: 3,
+                    silent_ms: 0,
                 },
                 ReplicaFacts {
                     id: "c".into(),
                     incarnation: 9,
                     durable_lsn: 3,
+                    silent_ms: 0,
                 },
             ]
         };

@@ -625,6 +625,11 @@ impl Primary {
         }
     }
 
+    /// Milliseconds since this primary started.
+    pub fn uptime_ms(&self) -> u64 {
+        self.shared.now_ms()
+    }
+
     /// The newest configuration of the log and whether it is committed.
     pub fn membership(&self) -> crate::membership::MembershipView {
         self.shared.lock_exec().membership()
