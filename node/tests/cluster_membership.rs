@@ -205,6 +205,28 @@ fn writer(
     })
 }
 
+/// The shared member handles of a test (n1..n5; `None` while not running).
+type Nodes = Arc<std::sync::Mutex<Vec<Option<Arc<Node>>>>>;
+
+/// Starts n1..n3 and waits until their primary committed the bootstrap configuration
+/// (generation 1, every member's incarnation); returns the handles and the primary.
+async fn form(w: &World) -> (Nodes, Arc<Node>) {
+    let nodes: Nodes = Arc::new(std::sync::Mutex::new(vec![None, None, None, None, None]));
+    for i in 0..3 {
+        let n = w.open(i).await;
+        nodes.lock().expect("nodes")[i] = Some(n);
+    }
+    let p = primary(&snapshot(&nodes)).await;
+    wait_until("bootstrap configuration", || {
+        let m = p.membership();
+        m.committed
+            && m.config.generation >= 1
+            && m.config.members.iter().all(|x| x.incarnation != 0)
+    })
+    .await;
+    (nodes, p)
+}
+
 fn snapshot(nodes: &Arc<std::sync::Mutex<Vec<Option<Arc<Node>>>>>) -> Vec<Option<Arc<Node>>> {
     nodes.lock().expect("nodes").clone()
 }
@@ -366,17 +388,7 @@ async fn three_members_grow_to_five_and_shrink_to_three_while_a_writer_appends()
 async fn fm_x_15_a_wiped_member_comes_back_as_a_learner_until_promoted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let w = World::new(dir.path());
-    let nodes: Arc<std::sync::Mutex<Vec<Option<Arc<Node>>>>> =
-        Arc::new(std::sync::Mutex::new(vec![None, None, None, None, None]));
-    for i in 0..3 {
-        let n = w.open(i).await;
-        nodes.lock().expect("nodes")[i] = Some(n);
-    }
-    let p = primary(&snapshot(&nodes)).await;
-    wait_until("bootstrap configuration", || {
-        p.membership().committed && p.membership().config.generation >= 1
-    })
-    .await;
+    let (nodes, p) = form(&w).await;
     for i in 0..20u32 {
         p.append(format!("r{i}").into_bytes())
             .await
@@ -439,17 +451,7 @@ async fn fm_x_15_a_wiped_member_comes_back_as_a_learner_until_promoted() {
 async fn force_quorum_makes_the_lone_survivor_lead_a_forced_configuration_with_its_loss_stated() {
     let dir = tempfile::tempdir().expect("tempdir");
     let w = World::new(dir.path());
-    let nodes: Arc<std::sync::Mutex<Vec<Option<Arc<Node>>>>> =
-        Arc::new(std::sync::Mutex::new(vec![None, None, None, None, None]));
-    for i in 0..3 {
-        let n = w.open(i).await;
-        nodes.lock().expect("nodes")[i] = Some(n);
-    }
-    let leader = primary(&snapshot(&nodes)).await;
-    wait_until("bootstrap configuration", || {
-        leader.membership().committed && leader.membership().config.generation >= 1
-    })
-    .await;
+    let (nodes, leader) = form(&w).await;
     let mut last = 0;
     for i in 0..10u32 {
         last = leader
@@ -511,17 +513,7 @@ async fn seed_000_scenario_6_a_silent_member_is_deregistered_and_two_voters_comm
     let dir = tempfile::tempdir().expect("tempdir");
     let mut w = World::new(dir.path());
     w.deregistration_timeout_ms = 1_500;
-    let nodes: Arc<std::sync::Mutex<Vec<Option<Arc<Node>>>>> =
-        Arc::new(std::sync::Mutex::new(vec![None, None, None, None, None]));
-    for i in 0..3 {
-        let n = w.open(i).await;
-        nodes.lock().expect("nodes")[i] = Some(n);
-    }
-    let leader = primary(&snapshot(&nodes)).await;
-    wait_until("bootstrap configuration", || {
-        leader.membership().committed && leader.membership().config.generation >= 1
-    })
-    .await;
+    let (nodes, leader) = form(&w).await;
     // A follower is terminated without a graceful leave.
     let gone = (0..3)
         .find(|&i| {

@@ -299,6 +299,22 @@ async fn status_names_the_votes_missing_when_the_majority_is_gone() {
     let other = (p + 2) % 3;
     let mut taken: Vec<Option<Arc<Node>>> = nodes.into_iter().map(Some).collect();
     let survivor = taken[keep].take().expect("survivor");
+    // The survivor holds the primary's first record (a member whose log is still empty
+    // would campaign only with every voter: spec/election.md §2.10).
+    let deadline = Instant::now() + WAIT;
+    while survivor
+        .status()
+        .replica
+        .and_then(|r| r.durable_lsn)
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the survivor never received a record"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let other = taken[other].take().expect("other follower");
     let primary = taken[p].take().expect("primary");
     shutdown(vec![other, primary]).await;

@@ -70,16 +70,7 @@ pub fn inspect<S: Storage>(
         debug_assert_eq!(&last.path, path);
         last.len_bytes = *offset;
     }
-    let base = rec
-        .segments
-        .first()
-        .map(|s| s.header.prev)
-        .unwrap_or(Position::ZERO);
-    let last = rec
-        .segments
-        .last()
-        .map(|s| s.last)
-        .unwrap_or(Position::ZERO);
+    let (base, last) = rec.bounds();
     Ok(Inspection {
         segments,
         base,
@@ -110,16 +101,7 @@ pub fn read_only_reader<S: Storage + Clone>(
         ));
     }
     let rec = recover(storage, dir, max_record_bytes, true, 0)?;
-    let base = rec
-        .segments
-        .first()
-        .map(|s| s.header.prev)
-        .unwrap_or(Position::ZERO);
-    let last = rec
-        .segments
-        .last()
-        .map(|s| s.last)
-        .unwrap_or(Position::ZERO);
+    let (base, last) = rec.bounds();
     let segs = rec
         .segments
         .iter()
@@ -141,6 +123,23 @@ pub(crate) struct Recovered {
     pub(crate) segments: Vec<SegmentMeta>,
     pub(crate) cut: Option<(PathBuf, u64, u64)>,
     pub(crate) notes: Vec<String>,
+}
+
+impl Recovered {
+    /// The record before the first retained one, and the last record that verified.
+    fn bounds(&self) -> (Position, Position) {
+        let base = self
+            .segments
+            .first()
+            .map(|s| s.header.prev)
+            .unwrap_or(Position::ZERO);
+        let last = self
+            .segments
+            .last()
+            .map(|s| s.last)
+            .unwrap_or(Position::ZERO);
+        (base, last)
+    }
 }
 
 /// How a damaged tail of the last segment is judged.
