@@ -77,8 +77,8 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         width: usize,
     },
-    /// Seed 000's failure scenarios 1, 2, 3, 5, 8 at 3/5/7 nodes under quorum
-    /// 0/-1/2 over the production election core and executors (the table), or
+    /// Seed 000's failure scenarios 1 to 8 (6 twice: a replica, 6p the primary)
+    /// at 3/5/7 nodes under quorum 0/-1/2 over the production election core and executors (the table), or
     /// random failover runs (`--seeds A..B`).
     Failover {
         /// The table's seed.
@@ -147,7 +147,7 @@ fn run_failover(
         };
     }
     let mut cells = Vec::new();
-    for s in failover::scenarios::SCENARIOS {
+    for (s, primary) in failover::scenarios::ROWS {
         for n in failover::scenarios::SIZES {
             for q in failover::scenarios::QUORUMS {
                 if scenario.is_some_and(|x| x != s)
@@ -156,7 +156,7 @@ fn run_failover(
                 {
                     continue;
                 }
-                cells.push(failover::scenarios::run_cell(s, n, q, seed));
+                cells.push(failover::scenarios::run_row(s, primary, n, q, seed));
             }
         }
     }

@@ -12,7 +12,7 @@ fn seed_000_failover_table_passes_every_cell() {
     let cells = scenarios::run_table(0);
     let table = scenarios::render(&cells);
     eprintln!("{table}");
-    assert_eq!(cells.len(), 45);
+    assert_eq!(cells.len(), 81);
     let failed: Vec<String> = cells
         .iter()
         .filter(|c| !c.pass)

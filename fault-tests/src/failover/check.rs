@@ -218,6 +218,17 @@ fn read_held(c: &mut Cluster, n: usize) -> Arc<BTreeMap<Lsn, Position>> {
     held
 }
 
+/// How many acknowledged records node `n`'s disk lacks (what a forced recovery
+/// on it would lose).
+pub fn missing_acked(c: &mut Cluster, n: usize) -> usize {
+    let held = read_held(c, n);
+    c.ghost
+        .acked
+        .values()
+        .filter(|(pos, _)| held.get(&pos.lsn) != Some(pos))
+        .count()
+}
+
 /// Whether member `m`, as incarnation `inc` (0: any), durably holds `pos`.
 fn holds(c: &mut Cluster, m: usize, inc: u64, pos: Position) -> bool {
     let in_destroyed = |c: &Cluster| {
@@ -271,9 +282,7 @@ fn scan_configs(c: &mut Cluster, n: usize) {
     let found = p.up.exec.wal().with(|w| {
         w.reader(from.max(w.first_lsn()))
             .map_err(|e| e.to_string())
-            .and_then(|r| {
-                walship_node::membership::configurations_in(r).map_err(|e| e.to_string())
-            })
+            .and_then(|r| walship_node::membership::configurations_in(r).map_err(|e| e.to_string()))
     });
     let found = match found {
         Ok(f) => f,
@@ -304,12 +313,18 @@ fn scan_configs(c: &mut Cluster, n: usize) {
         c.ghost.config_changes += 1;
         match change {
             Ok(ch) if !forced => {
-                c.log(format!("n{} epoch {epoch}: configuration at lsn {lsn}: {ch:?}", n + 1));
+                c.log(format!(
+                    "n{} epoch {epoch}: configuration at lsn {lsn}: {ch:?}",
+                    n + 1
+                ));
             }
             other => violate(
                 c,
                 "within an epoch the configuration changes one member at a time, generation + 1",
-                format!("n{} epoch {epoch}: configuration at lsn {lsn}: {other:?} (forced {forced})", n + 1),
+                format!(
+                    "n{} epoch {epoch}: configuration at lsn {lsn}: {other:?} (forced {forced})",
+                    n + 1
+                ),
             ),
         }
     }
@@ -345,8 +360,7 @@ fn check_commit_quorum(c: &mut Cluster, n: usize, commit: Lsn) {
     // other) commits jointly with the one before it, unless it is forced (it
     // replaces voters that are gone).
     let a_committed = a_lsn == 0
-        || c
-            .ghost
+        || c.ghost
             .committed
             .get(&a_lsn)
             .is_some_and(|(p, _)| Some(*p) == a_pos);
@@ -576,7 +590,11 @@ pub(super) fn check_step(c: &mut Cluster) {
             RoleState::Primary(p) => p.up.exec.membership().lsn,
             _ => 0,
         };
-        if c.ghost.configs.get(&n).is_none_or(|t| t.epoch != epoch || t.scanned < cfg_lsn) {
+        if c.ghost
+            .configs
+            .get(&n)
+            .is_none_or(|t| t.epoch != epoch || t.scanned < cfg_lsn)
+        {
             scan_configs(c, n);
         }
         let newer = c.ghost.acked.range(verified + 1..).next().is_some()

@@ -26,10 +26,8 @@ impl Cluster {
         self.elect_seq += 1;
         // The envelope carries the sender's data-directory incarnation (spec/election.md §4).
         let incarnation = self.nodes[from].incarnation;
-        self.elect_q.insert(
-            (now + delay, self.elect_seq),
-            (from, incarnation, to, msg),
-        );
+        self.elect_q
+            .insert((now + delay, self.elect_seq), (from, incarnation, to, msg));
     }
 
     /// Delivers one election message as the production driver does: the newest

@@ -24,6 +24,7 @@ pub mod check;
 mod elect;
 mod faults;
 pub mod figure8;
+pub mod member_scenarios;
 pub mod members;
 pub mod random;
 mod roles;
@@ -36,9 +37,9 @@ use walship_node::election::{
     ElectionConfig, ElectionCore, ElectionMessage, LogPosition, Role, StartState, VoteFile,
 };
 use walship_node::membership::{ConfigLog, MembershipView};
-use walship_wal::control::Configuration;
 use walship_primary::core::Window;
 use walship_replica::halt::HaltRecord;
+use walship_wal::control::Configuration;
 use walship_wal::sim::{SimConfig, SimStorage};
 
 use crate::clock::SimClock;
@@ -391,7 +392,10 @@ impl Cluster {
         let membership = match membership {
             Ok(m) => m,
             Err(e) => {
-                let msg = format!("{} refuses to start: configurations: {e}", self.nodes[n].name);
+                let msg = format!(
+                    "{} refuses to start: configurations: {e}",
+                    self.nodes[n].name
+                );
                 self.nodes[n].stopped = Some(msg.clone());
                 self.log(msg);
                 return;
