@@ -113,3 +113,48 @@ fn fm_f_4_member_that_lost_acknowledged_records_neither_votes_nor_leads_until_it
         walship_fault::failover::scenarios::fm_f_4(seed).unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+/// FM-F.6: a membership change under crashes (a destroyed disk demoted by the
+/// primary, caught up, promoted while another voter lags, the primary crashing with
+/// the promotion pending) commits only under the old and the new voters and loses
+/// nothing. Planting `ConfigLog::commit_configs` = the newest configuration alone
+/// makes the checker's recomputed commit quorums fail.
+#[test]
+fn fm_f_6_membership_change_under_crashes_over_several_seeds() {
+    for seed in 0..3u64 {
+        let r = walship_fault::failover::member_scenarios::fm_f_6(seed)
+            .unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("{r}");
+    }
+}
+
+/// FM-X.15 extended to votes (seed 000 scenario 7): the primary crashes and two
+/// replicas' disks are destroyed; they come back empty with new incarnations. Their
+/// votes do not count: with 3 members nobody is elected even once the old primary is
+/// back (forced recovery needed); with 5 members under `k = 2` only the old
+/// primary's restart unblocks. Delivering election messages without the sender's
+/// incarnation (`on_message` for `on_message_from`) elects with their votes.
+#[test]
+fn fm_x_15_votes_of_destroyed_disks_do_not_count_seed_000_scenario_7() {
+    for (n, q) in [(3, -1), (3, 2), (5, 2), (5, -1)] {
+        let c = scenarios::run_row(7, false, n, q, 0);
+        assert!(
+            c.pass,
+            "nodes {n} quorum {q}: {}\n{}",
+            c.failure.as_deref().unwrap_or("?"),
+            c.trace_tail
+        );
+        assert!(
+            c.outcome.contains("their votes do not count"),
+            "nodes {n} quorum {q}: {}",
+            c.outcome
+        );
+        if n == 3 {
+            assert!(
+                c.outcome.contains("forced recovery needed"),
+                "nodes {n} quorum {q}: {}",
+                c.outcome
+            );
+        }
+    }
+}

@@ -624,7 +624,7 @@ fn primary_and_two_disks(
             let voters = c
                 .primary_membership()
                 .map_or(0, |m| m.config.voters().count());
-            if k_fits(q, voters - 1) {
+            if k_fits(q, voters.saturating_sub(1)) {
                 failures.push(format!("{name} was not demoted"));
             }
             out.push_str(&format!(
@@ -667,4 +667,117 @@ fn primary_and_two_disks(
 fn cell_note(out: &mut String, note: String) {
     out.push_str("; ");
     out.push_str(&note);
+}
+
+/// FM-F.6 (spec/failure-matrix.md): a membership change under crashes. Three
+/// members under majority; a replica's disk is destroyed, it comes back empty
+/// and the primary demotes it to a learner (its new incarnation); it catches
+/// up. The other replica then lags (the primary's records stop reaching it)
+/// and the operator promotes the learner: the configuration record commits
+/// only on the commit copies of the old voters *and* of the new (rule 2), so
+/// neither it nor any record after it commits while the old voter lags,
+/// although the primary and the promoted learner hold them. The primary then
+/// crashes with the change pending: the promoted learner, counting votes in
+/// its newest configuration (rule 1), is elected with the lagging voter's
+/// vote; the lagging voter, whose newest configuration is the old one, cannot
+/// be elected without the crashed primary; nothing acknowledged is lost.
+/// Planting `ConfigLog::commit_configs` = the newest configuration alone makes
+/// the primary commit the promotion on itself and the learner, which the
+/// checker's recomputed quorums flag. Returns what happened, or what broke.
+pub fn fm_f_6(seed: u64) -> Result<String, String> {
+    let fail = |c: &Cluster, what: String| {
+        format!(
+            "seed {seed}: {what}{}\n{}",
+            c.ghost
+                .violations
+                .first()
+                .map_or(String::new(), |v| format!(" ({v})")),
+            c.trace.render_tail()
+        )
+    };
+    let (mut c, p0, _) = setup(3, -1, seed).map_err(|e| format!("seed {seed}: {e}"))?;
+    let others: Vec<usize> = (0..3).filter(|&x| x != p0).collect();
+    let (lagger, learner) = (others[0], others[1]);
+    let lname = c.nodes[learner].name.clone();
+    c.destroy_disk(learner);
+    c.restart(learner);
+    let inc = c.nodes[learner].incarnation;
+    let t = c.now() + WAIT_MS;
+    let demoted = c.run_until_cond(t, |c| {
+        c.primary_membership().is_some_and(|v| {
+            v.committed
+                && v.config
+                    .member(&lname)
+                    .is_some_and(|m| !m.voter && m.incarnation == inc)
+        })
+    });
+    if !demoted || !c.ghost.violations.is_empty() {
+        return Err(fail(&c, format!("{lname} demoted to a learner")));
+    }
+    let t = c.now() + WAIT_MS;
+    let caught_up = c.run_until_cond(t, |c| {
+        let commit = c.nodes[p0]
+            .primary()
+            .map_or(u64::MAX, |p| p.up.exec.commit_lsn());
+        c.nodes[learner]
+            .replica()
+            .and_then(|r| r.up.exec.wal().map(|w| w.durable_lsn()))
+            .is_some_and(|d| d >= commit)
+    });
+    if !caught_up {
+        return Err(fail(&c, format!("{lname} caught up")));
+    }
+    // The other voter lags; the operator promotes the learner.
+    c.block_data(p0, lagger);
+    let commit_before = c.nodes[p0].primary().map_or(0, |p| p.up.exec.commit_lsn());
+    let acked_before = c.ghost.acked.len();
+    let lsn = c
+        .change_membership(MemberChange::Promote(lname.clone()))
+        .map_err(|e| fail(&c, format!("promote {lname}: {e}")))?;
+    let t = c.now() + 600;
+    c.run_until(t);
+    let commit = c.nodes[p0].primary().map_or(0, |p| p.up.exec.commit_lsn());
+    if commit >= lsn || !c.ghost.violations.is_empty() {
+        return Err(fail(
+            &c,
+            format!(
+                "the promotion at lsn {lsn} committed (commit {commit}) without the lagging old voter n{}",
+                lagger + 1
+            ),
+        ));
+    }
+    let stalled = c.ghost.acked.len() - acked_before;
+    // The primary crashes with the change pending.
+    c.crash(p0);
+    c.heal_all();
+    let t = c.now() + WAIT_MS;
+    if !c.run_until_cond(t, |c| c.primary().is_some()) {
+        return Err(fail(&c, "no primary after the crash".into()));
+    }
+    let winner = c.primary().ok_or("no primary")?;
+    if winner != learner {
+        return Err(fail(
+            &c,
+            format!(
+                "n{} elected; the promoted learner {lname} was expected (the lagging voter counts in the old configuration)",
+                winner + 1
+            ),
+        ));
+    }
+    c.restart(p0);
+    if !c.run_until_converged(10_000) {
+        return Err(fail(&c, "converged after the old primary's restart".into()));
+    }
+    let view = c.primary_membership().ok_or("no primary")?;
+    if !view.committed || !view.config.is_voter(&lname) || !c.ghost.violations.is_empty() {
+        return Err(fail(&c, format!("{lname} a voter, committed: {view:?}")));
+    }
+    Ok(format!(
+        "seed {seed}: promotion of {lname} at lsn {lsn} pending while n{} lagged (commit stayed at {commit} from {commit_before}, {stalled} acked meanwhile); primary n{} crashed; {lname} elected with the lagging voter's vote; {} acked, none lost; {} commit advances recomputed ({} joint)",
+        lagger + 1,
+        p0 + 1,
+        c.ghost.acked.len(),
+        c.ghost.commit_checks.0,
+        c.ghost.commit_checks.1
+    ))
 }
