@@ -120,10 +120,13 @@ fn run_failover(
             let run = failover::random::run(s);
             runs += 1;
             let line = format!(
-                "seed {s}: {} nodes quorum {} faults {} elections {} acked {} fenced {} halted {} converged {} {}\n",
+                "seed {s}: {} nodes quorum {} faults {} member-changes {}/{} voters {} elections {} acked {} fenced {} halted {} converged {} {}\n",
                 run.nodes,
                 run.quorum,
                 run.faults,
+                run.member_changes.0,
+                run.member_changes.1,
+                run.voters,
                 run.elections,
                 run.acked,
                 run.fenced,
