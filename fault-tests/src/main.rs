@@ -120,10 +120,11 @@ fn run_failover(
             let run = failover::random::run(s);
             runs += 1;
             let line = format!(
-                "seed {s}: {} nodes quorum {} faults {} member-changes {}/{} voters {} elections {} acked {} fenced {} halted {} converged {} {}\n",
+                "seed {s}: {} nodes quorum {} faults {} destroyed {} member-changes {}/{} voters {} elections {} acked {} fenced {} halted {} converged {} {}\n",
                 run.nodes,
                 run.quorum,
                 run.faults,
+                run.destroyed,
                 run.member_changes.0,
                 run.member_changes.1,
                 run.voters,

@@ -41,6 +41,8 @@ pub struct RandomRun {
     pub member_changes: (usize, u64),
     /// Voters of the newest configuration at the end.
     pub voters: usize,
+    /// Disks destroyed (a replica back empty with a new incarnation).
+    pub destroyed: usize,
     /// Converged after healing.
     pub converged: bool,
     /// Broken invariants.
@@ -70,6 +72,7 @@ pub fn run(seed: u64) -> RandomRun {
         halted: 0,
         member_changes: (0, 0),
         voters: nodes,
+        destroyed: 0,
         converged: false,
         violations: Vec::new(),
         failure: None,
@@ -82,11 +85,9 @@ pub fn run(seed: u64) -> RandomRun {
             return out;
         }
     };
-    if std::env::var("FO_DEBUG").is_ok() {
-        c.trace.keep_all();
-    }
     c.set_client(true);
     let rounds = rng.range(6, 14);
+    let mut destroyed = false;
     for _ in 0..rounds {
         let t = c.now() + rng.range(200, 900);
         c.run_until(t);
@@ -100,7 +101,26 @@ pub fn run(seed: u64) -> RandomRun {
             victim
         };
         out.faults += 1;
-        match rng.index(9) {
+        match rng.index(10) {
+            9 => {
+                // A replica's disk destroyed (at most once a run, never where static k
+                // could not demote it): it comes back empty, a new incarnation, and the
+                // primary demotes it to a learner; a later change may promote it.
+                let voters = c
+                    .primary_membership()
+                    .map_or(nodes, |v| v.config.voters().count());
+                let fits = walship_node::election::commit_copies(voters - 1, quorum)
+                    .is_some_and(|k| k < voters);
+                match c.primary() {
+                    Some(p) if target != p && !destroyed && fits => {
+                        destroyed = true;
+                        c.destroy_disk(target);
+                        c.restart(target);
+                        out.destroyed += 1;
+                    }
+                    _ => out.faults -= 1,
+                }
+            }
             7 | 8 => {
                 if membership_change(&mut c, &mut rng) {
                     out.member_changes.0 += 1;
@@ -134,39 +154,6 @@ pub fn run(seed: u64) -> RandomRun {
     c.heal_all();
     c.restart_all();
     out.converged = c.run_until_converged(10_000);
-    if std::env::var("FO_DEBUG").is_ok() {
-        if let Some(all) = c.trace.all() {
-            for e in all {
-                if !e.what.contains("Receipt")
-                    && !e.what.contains("Records")
-                    && !e.what.contains("Commit(")
-                    && !e.what.contains("durable")
-                {
-                    eprintln!("TRACE {} {}", e.at_ms, e.what);
-                }
-            }
-        }
-        let now = c.now();
-        for n in &c.nodes {
-            eprintln!(
-                "DEBUG {} up {} role {:?} epoch {:?} mem gen {} lsn {} committed {} voters {:?} halted {:?} stopped {:?} replica-of {:?} durable {:?} primary-commit {:?} eligible {:?}",
-                n.name,
-                n.is_up(),
-                n.election_role(),
-                n.core.as_ref().map(|k| k.epoch()),
-                n.membership.config.generation,
-                n.membership.lsn,
-                n.membership.committed,
-                n.membership.config.voters().collect::<Vec<_>>(),
-                n.halted.as_ref().map(|h| h.reason.as_str()),
-                n.stopped,
-                n.replica().map(|r| r.primary + 1),
-                n.replica().and_then(|r| r.up.exec.wal().map(|w| w.durable_lsn())),
-                n.primary().map(|p| (p.up.exec.commit_lsn(), p.up.exec.durable_lsn())),
-                n.core.as_ref().map(|k| k.status(now).eligible),
-            );
-        }
-    }
     out.elections = c.ghost.primaries.len();
     out.acked = c.ghost.acked.len();
     out.fenced = c.ghost.fenced;
@@ -220,7 +207,35 @@ pub fn run(seed: u64) -> RandomRun {
     }
     if !failures.is_empty() {
         out.failure = Some(failures.join("; "));
-        out.trace_tail = c.trace.render_tail();
+        out.trace_tail = format!("{}{}", node_states(&c), c.trace.render_tail());
+    }
+    out
+}
+
+/// One line per node: what it runs, its epoch, its newest configuration.
+fn node_states(c: &Cluster) -> String {
+    let now = c.now();
+    let mut out = String::new();
+    for n in &c.nodes {
+        out.push_str(&format!(
+            "  {}: up {} role {:?} epoch {:?} incarnation {:#x} configuration generation {} at lsn {} (committed {}) voters {:?} halted {:?} stopped {:?} follows {:?} durable {:?} leads (commit, durable) {:?} eligible {:?}{}\n",
+            n.name,
+            n.is_up(),
+            n.election_role(),
+            n.core.as_ref().map(|k| k.epoch()),
+            n.incarnation,
+            n.membership.config.generation,
+            n.membership.lsn,
+            n.membership.committed,
+            n.membership.config.voters().collect::<Vec<_>>(),
+            n.halted.as_ref().map(|h| h.reason.as_str()),
+            n.stopped,
+            n.replica().map(|r| c.nodes[r.primary].name.clone()),
+            n.replica().and_then(|r| r.up.exec.wal().map(|w| w.durable_lsn())),
+            n.primary().map(|p| (p.up.exec.commit_lsn(), p.up.exec.durable_lsn())),
+            n.core.as_ref().map(|k| k.status(now).eligible),
+            if n.gone { " (terminated)" } else { "" },
+        ));
     }
     out
 }
