@@ -95,6 +95,7 @@ impl Cluster {
             return;
         }
         let now = self.now();
+        // As the production driver: the core hears of it when the configuration changed.
         let changed = view.config != self.nodes[n].membership.config;
         let name = self.nodes[n].name.clone();
         self.nodes[n].membership = view.clone();

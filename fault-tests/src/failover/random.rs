@@ -175,31 +175,49 @@ pub fn run(seed: u64) -> RandomRun {
     if let Some(n) = c.nodes.iter().find(|n| n.stopped.is_some()) {
         failures.push(format!("n{} stopped: {:?}", n.id + 1, n.stopped));
     }
-    // Halted nodes can leave too few voters for the commit quorum: then
-    // not converging waits for the operator, it is not a liveness bug. The
-    // voters are those of the newest configuration any node knows.
-    let newest = c
-        .primary_membership()
-        .map(|v| v.config)
-        .or_else(|| {
-            c.nodes
+    // Halted nodes, and voters whose disk was destroyed (counted as the incarnation
+    // the configuration names until the primary demotes them), can leave too few
+    // voters for the commit or election quorum of a configuration records commit
+    // under: then not converging waits for the operator (rejoin), it is not a
+    // liveness bug.
+    let configs = c
+        .primary()
+        .and_then(|p| {
+            c.nodes[p]
+                .primary()
+                .map(|r| r.up.exec.commit_configurations())
+        })
+        .unwrap_or_else(|| {
+            vec![c
+                .nodes
                 .iter()
                 .filter(|n| n.halted.is_none())
                 .max_by_key(|n| (n.membership.config.generation, n.membership.lsn))
-                .map(|n| n.membership.config.clone())
-        })
-        .unwrap_or_else(|| c.base.clone());
-    let voters: Vec<&super::FoNode> = c
-        .nodes
-        .iter()
-        .filter(|n| newest.is_voter(&n.name))
-        .collect();
-    out.voters = voters.len();
-    let live = voters.iter().filter(|n| n.halted.is_none()).count();
-    let copies =
-        walship_node::election::commit_copies(voters.len(), quorum).unwrap_or(voters.len());
-    let eq = walship_node::election::election_quorum(voters.len(), quorum).unwrap_or(voters.len());
-    if !out.converged && live >= copies.max(eq) {
+                .map_or_else(|| c.base.clone(), |n| n.membership.config.clone())]
+        });
+    out.voters = configs.last().map_or(nodes, |cfg| cfg.voters().count());
+    let mut live_everywhere = true;
+    let mut live = nodes;
+    for cfg in &configs {
+        let voters = cfg.voters().count();
+        let valid = c
+            .nodes
+            .iter()
+            .filter(|n| n.halted.is_none() && !n.gone)
+            .filter(|n| {
+                cfg.member(&n.name).is_some_and(|m| {
+                    m.voter && (m.incarnation == 0 || m.incarnation == n.incarnation)
+                })
+            })
+            .count();
+        let copies = walship_node::election::commit_copies(voters, quorum).unwrap_or(voters);
+        let eq = walship_node::election::election_quorum(voters, quorum).unwrap_or(voters);
+        live = live.min(valid);
+        if valid < copies.max(eq) {
+            live_everywhere = false;
+        }
+    }
+    if !out.converged && live_everywhere {
         failures.push(format!(
             "no convergence within 10 s after healing ({live} live, {} halted)",
             out.halted
