@@ -77,8 +77,8 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         width: usize,
     },
-    /// Seed 000's failure scenarios 1, 2, 3, 5, 8 at 3/5/7 nodes under quorum
-    /// 0/-1/2 over the production election core and executors (the table), or
+    /// Seed 000's failure scenarios 1 to 8 (6 twice: a replica, 6p the primary)
+    /// at 3/5/7 nodes under quorum 0/-1/2 over the production election core and executors (the table), or
     /// random failover runs (`--seeds A..B`).
     Failover {
         /// The table's seed.
@@ -120,10 +120,14 @@ fn run_failover(
             let run = failover::random::run(s);
             runs += 1;
             let line = format!(
-                "seed {s}: {} nodes quorum {} faults {} elections {} acked {} fenced {} halted {} converged {} {}\n",
+                "seed {s}: {} nodes quorum {} faults {} destroyed {} member-changes {}/{} voters {} elections {} acked {} fenced {} halted {} converged {} {}\n",
                 run.nodes,
                 run.quorum,
                 run.faults,
+                run.destroyed,
+                run.member_changes.0,
+                run.member_changes.1,
+                run.voters,
                 run.elections,
                 run.acked,
                 run.fenced,
@@ -147,7 +151,7 @@ fn run_failover(
         };
     }
     let mut cells = Vec::new();
-    for s in failover::scenarios::SCENARIOS {
+    for (s, primary) in failover::scenarios::ROWS {
         for n in failover::scenarios::SIZES {
             for q in failover::scenarios::QUORUMS {
                 if scenario.is_some_and(|x| x != s)
@@ -156,7 +160,7 @@ fn run_failover(
                 {
                     continue;
                 }
-                cells.push(failover::scenarios::run_cell(s, n, q, seed));
+                cells.push(failover::scenarios::run_row(s, primary, n, q, seed));
             }
         }
     }

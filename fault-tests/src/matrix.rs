@@ -305,6 +305,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "fm_f_5_a_new_cluster_forms_only_with_every_member_up_and_empty",
             || verdict(fm_f_5())
         ),
+        sc!(
+            "FM-F.6",
+            "fm_f_6_a_membership_change_under_crashes_commits_under_old_and_new_voters",
+            || verdict(crate::failover::member_scenarios::fm_f_6(0))
+        ),
     ]
 }
 

@@ -12,7 +12,7 @@ fn seed_000_failover_table_passes_every_cell() {
     let cells = scenarios::run_table(0);
     let table = scenarios::render(&cells);
     eprintln!("{table}");
-    assert_eq!(cells.len(), 45);
+    assert_eq!(cells.len(), 81);
     let failed: Vec<String> = cells
         .iter()
         .filter(|c| !c.pass)
@@ -47,11 +47,12 @@ fn figure_8_schedule_commits_no_older_epoch_record_and_loses_nothing() {
             "seed {seed}: primaries {epochs:?}"
         );
         let (lsn1, lsn2, has3) = f.n2_after_step4;
-        assert!(lsn1.is_some(), "seed {seed}: n2 holds lsn 1");
+        assert!(lsn1.is_some(), "seed {seed}: n2 holds the record before a");
         assert_eq!(
             lsn2.map(|p| p.epoch),
             Some(1),
-            "seed {seed}: n2 holds record a (epoch 1) at lsn 2"
+            "seed {seed}: n2 holds record a (epoch 1) at lsn {}",
+            f.a_lsn
         );
         assert!(
             !has3,
@@ -59,7 +60,7 @@ fn figure_8_schedule_commits_no_older_epoch_record_and_loses_nothing() {
         );
         // `a` sits on a majority (n1, n2) under epoch 3: it must not commit.
         assert!(
-            f.n1_commit_after_receipt < 2,
+            f.n1_commit_after_receipt < f.a_lsn,
             "seed {seed}: n1 committed lsn {} with an epoch-1 record on a majority",
             f.n1_commit_after_receipt
         );
@@ -111,5 +112,50 @@ fn random_failover_runs_keep_every_invariant_and_converge() {
 fn fm_f_4_member_that_lost_acknowledged_records_neither_votes_nor_leads_until_it_refetched_them() {
     for seed in 0..3u64 {
         walship_fault::failover::scenarios::fm_f_4(seed).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// FM-F.6: a membership change under crashes (a destroyed disk demoted by the
+/// primary, caught up, promoted while another voter lags, the primary crashing with
+/// the promotion pending) commits only under the old and the new voters and loses
+/// nothing. Planting `ConfigLog::commit_configs` = the newest configuration alone
+/// makes the checker's recomputed commit quorums fail.
+#[test]
+fn fm_f_6_membership_change_under_crashes_over_several_seeds() {
+    for seed in 0..3u64 {
+        let r = walship_fault::failover::member_scenarios::fm_f_6(seed)
+            .unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("{r}");
+    }
+}
+
+/// FM-X.15 extended to votes (seed 000 scenario 7): the primary crashes and two
+/// replicas' disks are destroyed; they come back empty with new incarnations. Their
+/// votes do not count: with 3 members nobody is elected even once the old primary is
+/// back (forced recovery needed); with 5 members under `k = 2` only the old
+/// primary's restart unblocks. Delivering election messages without the sender's
+/// incarnation (`on_message` for `on_message_from`) elects with their votes.
+#[test]
+fn fm_x_15_votes_of_destroyed_disks_do_not_count_seed_000_scenario_7() {
+    for (n, q) in [(3, -1), (3, 2), (5, 2), (5, -1)] {
+        let c = scenarios::run_row(7, false, n, q, 0);
+        assert!(
+            c.pass,
+            "nodes {n} quorum {q}: {}\n{}",
+            c.failure.as_deref().unwrap_or("?"),
+            c.trace_tail
+        );
+        assert!(
+            c.outcome.contains("their votes do not count"),
+            "nodes {n} quorum {q}: {}",
+            c.outcome
+        );
+        if n == 3 {
+            assert!(
+                c.outcome.contains("forced recovery needed"),
+                "nodes {n} quorum {q}: {}",
+                c.outcome
+            );
+        }
     }
 }

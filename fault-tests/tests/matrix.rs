@@ -227,3 +227,8 @@ fn fm_f_3_a_node_holding_unacknowledged_records_the_winner_lacks_halts_divergenc
 fn fm_f_5_a_new_cluster_forms_only_with_every_member_up_and_empty() {
     require("FM-F.5");
 }
+
+#[test]
+fn fm_f_6_a_membership_change_under_crashes_commits_under_old_and_new_voters() {
+    require("FM-F.6");
+}

@@ -24,21 +24,49 @@ impl Cluster {
             .rng
             .range(self.cfg.elect_delay_ms.0, self.cfg.elect_delay_ms.1);
         self.elect_seq += 1;
+        // The envelope carries the sender's data-directory incarnation (spec/election.md §4).
+        let incarnation = self.nodes[from].incarnation;
         self.elect_q
-            .insert((now + delay, self.elect_seq), (from, to, msg));
+            .insert((now + delay, self.elect_seq), (from, incarnation, to, msg));
     }
 
-    pub(super) fn deliver(&mut self, from: usize, to: usize, msg: ElectionMessage) {
+    /// Delivers one election message as the production driver does: the newest
+    /// configuration of the receiver's log goes to its core first, then the message
+    /// with the sender's incarnation (`ElectionCore::on_message_from`).
+    pub(super) fn deliver(
+        &mut self,
+        from: usize,
+        incarnation: u64,
+        to: usize,
+        msg: ElectionMessage,
+    ) {
         if self.elect_blocked.contains(&(from, to)) || self.net.is_down(to) {
             return;
         }
+        self.sync_membership(to);
         let now = self.now();
         let from_name = self.nodes[from].name.clone();
         let Some(core) = self.nodes[to].core.as_mut() else {
             return;
         };
-        match core.on_message(now, &from_name, msg) {
-            Ok(actions) => self.perform(to, actions),
+        let grant = match &msg {
+            ElectionMessage::VoteResponse {
+                epoch,
+                granted: true,
+            } if core.role() == walship_node::election::Role::Candidate
+                && core.epoch() == *epoch =>
+            {
+                Some(*epoch)
+            }
+            _ => None,
+        };
+        match core.on_message_from(now, &from_name, incarnation, msg) {
+            Ok(actions) => {
+                if let Some(epoch) = grant {
+                    check::note_grant(self, to, epoch, from, incarnation);
+                }
+                self.perform(to, actions)
+            }
             Err(e) => self.log(format!("{}: {e}", self.nodes[to].name.clone())),
         }
     }
@@ -70,6 +98,7 @@ impl Cluster {
                         Action::BecomePrimary { epoch } => {
                             self.log(format!("{name} BECOMES PRIMARY of epoch {epoch}"));
                             check::note_primary(self, n, *epoch);
+                            check::check_election(self, n, *epoch);
                         }
                         Action::BecomeFollower {
                             epoch,

@@ -13,6 +13,7 @@ impl Cluster {
         let node = &mut self.nodes[n];
         node.core = None;
         node.role = RoleState::Idle;
+        node.held = None;
         let report = node.storage.crash();
         self.log(format!("CRASH {} ({report:?})", self.nodes[n].name.clone()));
     }
@@ -38,6 +39,7 @@ impl Cluster {
         let (mut wal, _) = walship_wal::Wal::open(storage, &crate::world::wal_dir(), opts)
             .map_err(|e| format!("n{}: open: {e}", n + 1))?;
         let last = wal.last().lsn;
+        self.nodes[n].held = None;
         wal.truncate_tail(keep_lsn)
             .map_err(|e| format!("n{}: truncate after {keep_lsn}: {e}", n + 1))?;
         drop(wal);
@@ -117,6 +119,7 @@ impl Cluster {
 
     /// Operator: promote node `n` (`ElectionCore::promote`).
     pub fn promote(&mut self, n: usize, accept_data_loss: bool) -> Result<(), String> {
+        self.sync_membership(n);
         let now = self.now();
         let core = self.nodes[n]
             .core

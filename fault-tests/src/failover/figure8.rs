@@ -1,7 +1,9 @@
 //! Raft's figure 8, step by step, over the production election core,
 //! primary and replica executors (3 nodes, majority quorum):
 //!
-//! 1. n1 leads epoch 1; every node holds its `EpochStart` (lsn 1, committed);
+//! 1. n1 leads epoch 1; every node holds its `EpochStart` (lsn 1, committed)
+//!    and the bootstrap configuration record after it (lsn 2, committed; the
+//!    lsns below are the figure's, each one more in the run);
 //! 2. n1, cut off, appends record `a` (lsn 2, epoch 1): on n1 only;
 //! 3. n3 wins epoch 2 with n2's vote and is cut off at once: its
 //!    `EpochStart` (lsn 2, epoch 2) is on n3 only;
@@ -28,7 +30,12 @@ pub struct Figure8 {
     pub primaries: Vec<(u64, usize)>,
     /// n1's commit watermark once n2's receipt for `a` arrived (step 4).
     pub n1_commit_after_receipt: Lsn,
-    /// n2's log at step 4: positions of lsn 1 and 2, and whether lsn 3 is there.
+    /// Where record `a` is: 2 in the figure; one more per record of epoch 1
+    /// before it (the bootstrap configuration record the primary writes once
+    /// every member connected, spec/membership.md).
+    pub a_lsn: Lsn,
+    /// n2's log at step 4: positions of `a_lsn - 1` and `a_lsn`, and whether
+    /// `a_lsn + 1` is there.
     pub n2_after_step4: (Option<Position>, Option<Position>, bool),
     /// n2's halt at the end, if any (`reason: detail`).
     pub n2_halt: Option<String>,
@@ -94,9 +101,14 @@ fn schedule(c: &mut Cluster) -> Result<Figure8, String> {
     }
     // 1.
     promote_until_primary(c, n1, 2_000)?;
-    if !c.run_until_converged(3_000) {
+    if !c.run_until_config_committed(1, 3_000) || !c.run_until_converged(3_000) {
         return Err("step 1: the cluster did not converge under n1".into());
     }
+    // Epoch 1 holds its EpochStart and the bootstrap configuration record.
+    let a_lsn = c.nodes[n1]
+        .primary()
+        .map_or(0, |p| p.up.exec.wal().last().lsn)
+        + 1;
     // 2.
     c.isolate(n1);
     c.primary_append(n1, b"figure-8 record a".to_vec());
@@ -122,7 +134,7 @@ fn schedule(c: &mut Cluster) -> Result<Figure8, String> {
         c.nodes[n2]
             .replica()
             .and_then(|r| r.up.exec.wal())
-            .is_some_and(|w| w.durable_lsn() >= 2)
+            .is_some_and(|w| w.durable_lsn() >= a_lsn)
     };
     if !c.run_until_cond(c.now() + 2_000, got_a) {
         return Err("step 4: n2 never stored record a".into());
@@ -141,9 +153,9 @@ fn schedule(c: &mut Cluster) -> Result<Figure8, String> {
             .and_then(|r| r.up.exec.wal())
             .map_or((None, None, false), |w| {
                 (
-                    w.position_at(1).ok().flatten(),
-                    w.position_at(2).ok().flatten(),
-                    w.last().lsn >= 3,
+                    w.position_at(a_lsn - 1).ok().flatten(),
+                    w.position_at(a_lsn).ok().flatten(),
+                    w.last().lsn > a_lsn,
                 )
             });
     // 5.
@@ -158,6 +170,7 @@ fn schedule(c: &mut Cluster) -> Result<Figure8, String> {
     Ok(Figure8 {
         primaries: c.ghost.primaries.iter().map(|(&e, &n)| (e, n)).collect(),
         n1_commit_after_receipt,
+        a_lsn,
         n2_after_step4,
         n2_halt,
         violations: c.ghost.violations.clone(),

@@ -13,8 +13,8 @@
 //! after a simulated fsync latency, crashes and restarts nodes, and records
 //! the facts the invariants of [`check`] judge after every step.
 //!
-//! - [`scenarios`]: seed 000's failure scenarios 1, 2, 3, 5 and 8 as a table
-//!   (`walship-fault failover`);
+//! - [`scenarios`]: seed 000's failure scenarios 1 to 8 as a table
+//!   (`walship-fault failover`; 4, 6 and 7 change the membership: [`members`]);
 //! - [`random`]: random failover runs with crashes and partitions
 //!   (`walship-fault failover --seeds A..B`);
 //! - [`figure8`]: Raft's figure 8 schedule over the production code.
@@ -24,6 +24,8 @@ pub mod check;
 mod elect;
 mod faults;
 pub mod figure8;
+pub mod member_scenarios;
+pub mod members;
 pub mod random;
 mod roles;
 pub mod scenarios;
@@ -34,8 +36,10 @@ use walship_node::cluster::plan::{AckedMark, RestartRule, RolePlan};
 use walship_node::election::{
     ElectionConfig, ElectionCore, ElectionMessage, LogPosition, Role, StartState, VoteFile,
 };
+use walship_node::membership::{ConfigLog, MembershipView};
 use walship_primary::core::Window;
 use walship_replica::halt::HaltRecord;
+use walship_wal::control::Configuration;
 use walship_wal::sim::{SimConfig, SimStorage};
 
 use crate::clock::SimClock;
@@ -142,6 +146,16 @@ pub struct FoNode {
     /// The lsn the log had to reach at the last start before the node votes or leads
     /// (the production `plan::RestartRule`).
     pub required_lsn: walship_wal::Lsn,
+    /// The incarnation id of its data directory (`state/identity`; a new one
+    /// whenever the disk is destroyed).
+    pub incarnation: u64,
+    /// The newest configuration of its log as last fed to its election core
+    /// (from the running role, or the last one known while idle).
+    pub membership: MembershipView,
+    /// Terminated for good (scale-down): never restarted.
+    pub gone: bool,
+    /// What its log holds (lsn -> position) while no role runs, read once.
+    pub(crate) held: Option<std::sync::Arc<BTreeMap<walship_wal::Lsn, walship_wal::Position>>>,
     /// Number of starts (seeds the core's timeouts).
     starts: u64,
 }
@@ -189,8 +203,9 @@ pub struct Cluster {
     pub step: u64,
     /// The members.
     pub nodes: Vec<FoNode>,
-    /// Election messages in flight: (deliver at, seq) -> (from, to, msg).
-    elect_q: BTreeMap<(u64, u64), (usize, usize, ElectionMessage)>,
+    /// Election messages in flight: (deliver at, seq) -> (from, sender's
+    /// incarnation, to, msg).
+    elect_q: BTreeMap<(u64, u64), (usize, u64, usize, ElectionMessage)>,
     elect_seq: u64,
     /// Directed links on which election messages are lost.
     elect_blocked: BTreeSet<(usize, usize)>,
@@ -200,12 +215,21 @@ pub struct Cluster {
     client_at: Option<u64>,
     next_payload: u64,
     seed: u64,
+    /// The static base configuration (generation 0): every member votes, any
+    /// incarnation (the `node.toml` member list).
+    pub base: Configuration,
+    /// Per node: the automatic change its primary refused last (configuration
+    /// lsn, change), not proposed again until the configuration moves.
+    auto_refused: BTreeMap<usize, (walship_wal::Lsn, String)>,
+    /// Token sequence of membership proposals.
+    member_tokens: u64,
 }
 
 impl Cluster {
     /// A cluster of fresh disks; every node started as a follower of epoch 0.
     pub fn new(cfg: FoConfig, seed: u64) -> Result<Cluster, String> {
         let mut rng = SimRng::new(seed);
+        let cfg_nodes = cfg.nodes;
         let net = SimNet::new(cfg.net.clone(), rng.fork("net"));
         let mut nodes = Vec::new();
         for id in 0..cfg.nodes {
@@ -227,6 +251,14 @@ impl Cluster {
                 applied: Applied::default(),
                 halted: None,
                 stopped: None,
+                incarnation: 0,
+                membership: MembershipView {
+                    lsn: 0,
+                    config: members::base_config(cfg.nodes),
+                    committed: true,
+                },
+                gone: false,
+                held: None,
                 starts: 0,
             });
         }
@@ -245,6 +277,9 @@ impl Cluster {
             client_at: None,
             next_payload: 0,
             seed,
+            base: members::base_config(cfg_nodes),
+            auto_refused: BTreeMap::new(),
+            member_tokens: 0,
         };
         for n in 0..c.cfg.nodes {
             c.start_node(n);
@@ -284,6 +319,18 @@ impl Cluster {
     /// Starts node `n` from its disk: vote file, log head, a follower core.
     fn start_node(&mut self, n: usize) {
         let now = self.now();
+        if self.nodes[n].gone {
+            return;
+        }
+        // The production identity check (`state/identity`): created with a new
+        // incarnation on an empty directory, checked at every later start.
+        if let Err(e) = self.load_identity(n) {
+            let msg = format!("{} refuses to start: identity: {e}", self.nodes[n].name);
+            self.nodes[n].stopped = Some(msg.clone());
+            self.log(msg);
+            return;
+        }
+        self.nodes[n].held = None;
         let node = &mut self.nodes[n];
         let vote = match VoteFile::new(node.storage.clone(), &state_dir()).load() {
             Ok(v) => v,
@@ -330,8 +377,35 @@ impl Cluster {
             eligible: rule.eligible_at_start(),
         };
         let config = self.election_config(n);
+        // The newest configuration of the log, read without changing anything (the
+        // production driver's start: rule 1 of spec/membership.md from the first input).
+        let membership = walship_wal::read_only_reader(
+            &self.nodes[n].storage,
+            &wal_dir(),
+            self.cfg.max_record_bytes,
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|r| {
+            ConfigLog::from_log(self.base.clone(), r, commit_lsn).map_err(|e| e.to_string())
+        })
+        .map(|log| log.view(commit_lsn));
+        let membership = match membership {
+            Ok(m) => m,
+            Err(e) => {
+                let msg = format!(
+                    "{} refuses to start: configurations: {e}",
+                    self.nodes[n].name
+                );
+                self.nodes[n].stopped = Some(msg.clone());
+                self.log(msg);
+                return;
+            }
+        };
         match ElectionCore::new(config, start, now, seed) {
             Ok(mut core) => {
+                let (voters, learners) = membership.election_members();
+                let _ = core.set_membership(now, &voters, &learners);
+                self.nodes[n].membership = membership;
                 self.nodes[n].acked = AckedMark::new(acked_lsn, core.heartbeat_ms());
                 self.nodes[n].required_lsn = rule.required_lsn();
                 if !rule.eligible_at_start() {
@@ -459,13 +533,17 @@ impl Cluster {
             if at > now {
                 break;
             }
-            if let Some((from, to, msg)) = self.elect_q.remove(&(at, seq)) {
-                self.deliver(from, to, msg);
+            if let Some((from, inc, to, msg)) = self.elect_q.remove(&(at, seq)) {
+                self.deliver(from, inc, to, msg);
             }
         }
         for n in 0..self.nodes.len() {
             self.role_fire_due(n);
             self.watch_acked(n);
+            // As the production driver's poll: the newest configuration of the running
+            // role's log goes to the core, and a primary makes its own changes.
+            self.sync_membership(n);
+            self.automatic_membership_change(n);
             let due = self.nodes[n]
                 .core
                 .as_ref()
@@ -523,16 +601,22 @@ impl Cluster {
             return false;
         };
         let mut commit = pr.up.exec.commit_lsn();
+        // Only the members of the primary's newest configuration follow it (a removed or
+        // terminated node does not).
+        let view = pr.up.exec.membership();
+        let member = |n: &FoNode| !n.gone && view.config.member(&n.name).is_some();
         // Halted members (waiting for the operator's rejoin) can leave fewer
         // than the commit quorum: then the members converge on the
         // primary's durable log, which cannot commit yet.
         let healthy = self
             .nodes
             .iter()
+            .filter(|n| member(n) && view.config.is_voter(&n.name))
             .filter(|n| n.is_up() && n.halted.is_none() && n.stopped.is_none())
             .count();
         let copies =
-            walship_node::election::commit_copies(self.cfg.nodes, self.cfg.quorum).unwrap_or(1);
+            walship_node::election::commit_copies(view.config.voters().count(), self.cfg.quorum)
+                .unwrap_or(1);
         if healthy < copies {
             commit = pr.up.exec.durable_lsn();
         } else if commit < pr.up.exec.durable_lsn() || commit < pr.epoch_start {
@@ -541,19 +625,22 @@ impl Cluster {
         let Ok(Some(at_commit)) = pr.up.exec.wal().with(|w| w.position_at(commit)) else {
             return false;
         };
-        self.nodes.iter().filter(|n| n.id != p).all(|n| {
-            if n.halted.is_some() || n.stopped.is_some() {
-                return true;
-            }
-            let Some(r) = n.replica() else {
-                return false;
-            };
-            r.primary == p
-                && r.up.exec.wal().is_some_and(|w| {
-                    w.durable_lsn() >= commit
-                        && w.position_at(commit).ok().flatten() == Some(at_commit)
-                })
-                && (healthy < copies || r.up.exec.core().commit_lsn() >= commit)
-        })
+        self.nodes
+            .iter()
+            .filter(|n| n.id != p && member(n))
+            .all(|n| {
+                if n.halted.is_some() || n.stopped.is_some() {
+                    return true;
+                }
+                let Some(r) = n.replica() else {
+                    return false;
+                };
+                r.primary == p
+                    && r.up.exec.wal().is_some_and(|w| {
+                        w.durable_lsn() >= commit
+                            && w.position_at(commit).ok().flatten() == Some(at_commit)
+                    })
+                    && (healthy < copies || r.up.exec.core().commit_lsn() >= commit)
+            })
     }
 }

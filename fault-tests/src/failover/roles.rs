@@ -61,7 +61,8 @@ impl Cluster {
             tick_ms: 50,
             persist_interval_ms: 20,
             new_epoch: Some(epoch),
-            base_config: None,
+            // node.toml's member list (generation 0) until the log holds a configuration.
+            base_config: Some(self.base.clone()),
             forced_config: None,
         };
         let storage = self.nodes[n].storage.clone();
@@ -121,8 +122,10 @@ impl Cluster {
             report_applied: true,
             // Fenced by its election epoch: nothing from a primary below it.
             min_primary_epoch: epoch,
-            base_config: None,
-            incarnation: 0,
+            // Tracks the configuration records it receives; `Hello` announces the
+            // data directory's incarnation.
+            base_config: Some(self.base.clone()),
+            incarnation: self.nodes[n].incarnation,
         };
         let storage = self.nodes[n].storage.clone();
         let applier = Box::new(self.nodes[n].applier.clone());
@@ -149,6 +152,7 @@ impl Cluster {
     /// the disk for the next role to reopen.
     pub(super) fn close_role(&mut self, n: usize) {
         let now = self.now();
+        self.nodes[n].held = None;
         let role = std::mem::replace(&mut self.nodes[n].role, RoleState::Idle);
         match role {
             RoleState::Idle => {}
@@ -317,7 +321,7 @@ impl Cluster {
         self.primary_outputs(n);
     }
 
-    fn primary_outputs(&mut self, n: usize) {
+    pub(super) fn primary_outputs(&mut self, n: usize) {
         let name = self.nodes[n].name.clone();
         loop {
             let now = self.now();

@@ -1,6 +1,8 @@
-//! Seed 000's failure scenarios 1, 2, 3, 5 and 8 at 3, 5 and 7 nodes under
-//! quorum 0, -1 and 2, run over the production code ([`Cluster`]), as the
-//! table `walship-fault failover` prints.
+//! Seed 000's failure scenarios 1 to 8 at 3, 5 and 7 nodes under quorum 0, -1
+//! and 2, run over the production code ([`Cluster`]), as the table
+//! `walship-fault failover` prints. Scenarios 4, 6 (a replica, row `6`, or the
+//! primary, row `6p`, terminated) and 7 change the membership and are driven
+//! by [`super::member_scenarios`]; the rest as below.
 //!
 //! Each cell: a fresh cluster elects its first primary (quorum 0: the
 //! operator promotes n1), a client appends every 10 ms, the scenario's fault
@@ -21,7 +23,20 @@ use super::{Cluster, FoConfig, Violation};
 pub const WINDOW_MS: u64 = 3_000;
 
 /// The scenarios of seed 000 this table runs.
-pub const SCENARIOS: [u8; 5] = [1, 2, 3, 5, 8];
+pub const SCENARIOS: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
+/// The table's rows: (scenario, the terminated node is the primary). Scenario 6
+/// has two: a replica terminated (`6`) and the primary (`6p`).
+pub const ROWS: [(u8, bool); 9] = [
+    (1, false),
+    (2, false),
+    (3, false),
+    (4, false),
+    (5, false),
+    (6, false),
+    (6, true),
+    (7, false),
+    (8, false),
+];
 /// Cluster sizes.
 pub const SIZES: [usize; 3] = [3, 5, 7];
 /// Quorum settings.
@@ -32,6 +47,8 @@ pub const QUORUMS: [i64; 3] = [0, -1, 2];
 pub struct Cell {
     /// Scenario number (seed 000).
     pub scenario: u8,
+    /// The row's label (`6p`: scenario 6 with the primary terminated).
+    pub row: String,
     /// Members.
     pub nodes: usize,
     /// Quorum setting.
@@ -62,7 +79,20 @@ pub fn scenario_name(s: u8) -> &'static str {
         3 => "primary + one replica crash (it had receipted the latest records; others lag)",
         5 => "primary partitioned from everyone",
         8 => "primary crashes after an unmet quorum (tentative record on one replica)",
+        4 => "a node's disk destroyed (back empty, new incarnation)",
+        6 => "scale-down without graceful shutdown (a replica, or the primary in row 6p)",
+        7 => "primary crashes + two replicas' disks destroyed",
         _ => "?",
+    }
+}
+
+/// Seed 000's outcome for a row's cell (row `6p`: the terminated node is the primary).
+pub fn seed_outcome_row(s: u8, primary: bool, n: usize, q: i64) -> &'static str {
+    match (s, primary, q, n) {
+        (6, true, 0, _) => "as scenario 1: elected (object storage); no loss",
+        (6, true, -1, _) => "as scenario 1: elected (majority); no loss",
+        (6, true, _, _) => "blocks until the terminated node is deregistered; no loss",
+        _ => seed_outcome(s, n, q),
     }
 }
 
@@ -85,6 +115,18 @@ pub fn seed_outcome(s: u8, n: usize, q: i64) -> &'static str {
         (5, 0, _) | (5, -1, _) => "old primary drains; new one elected; no loss",
         (5, _, _) => "blocks until the old primary recovers or is deregistered",
         (8, 0, _) => "N/A",
+        (4, 0, _) => "deregistered (auto or manual); no loss",
+        (4, -1, _) => "primary still has the data; no loss",
+        (4, _, 3) => "no loss (both replicas receipted)",
+        (4, _, _) => "other receipter has it; election blocks until deregistered; no loss",
+        (6, 0, _) => "auto-deregistered; no loss",
+        (6, -1, _) => "auto-deregistered: N-1, quorum writes continue; no loss",
+        (6, _, _) => "election blocks until deregistered; no loss",
+        (7, _, 3) => "(no 3-node row in seed)",
+        (7, 0, _) => "deregister destroyed; elected from remaining; no loss",
+        (7, -1, 5) => "data loss possible",
+        (7, -1, _) => "1 receipted replica survives; deregister: N=5; no loss",
+        (7, _, _) => "data loss possible",
         (8, -1, 3) | (8, 2, _) => "B elected; adopts its tentative record",
         (8, _, _) => "B elected if in the majority, else its tentative record is overwritten",
         _ => "?",
@@ -94,10 +136,10 @@ pub fn seed_outcome(s: u8, n: usize, q: i64) -> &'static str {
 /// Runs the whole table with `seed` (every cell its own world).
 pub fn run_table(seed: u64) -> Vec<Cell> {
     let mut cells = Vec::new();
-    for s in SCENARIOS {
+    for (s, primary) in ROWS {
         for n in SIZES {
             for q in QUORUMS {
-                cells.push(run_cell(s, n, q, seed));
+                cells.push(run_row(s, primary, n, q, seed));
             }
         }
     }
@@ -113,7 +155,7 @@ pub fn render(cells: &[Cell]) -> String {
     for c in cells {
         out.push_str(&format!(
             "{} | {} | {} | {} | {} | {} | {} | {}\n",
-            c.scenario,
+            c.row,
             c.nodes,
             c.quorum,
             c.seed_outcome,
@@ -169,11 +211,21 @@ fn operator_promotes(
     Ok(c.run_until_cond(t, |c| new_primary(c, old_epoch).is_some()))
 }
 
-/// Runs one cell.
+/// Runs one cell (row `s`; scenario 6's replica row).
 pub fn run_cell(s: u8, n: usize, q: i64, seed: u64) -> Cell {
-    let seed_text = seed_outcome(s, n, q);
+    run_row(s, false, n, q, seed)
+}
+
+/// Runs one cell of row `(s, primary)`.
+pub fn run_row(s: u8, primary: bool, n: usize, q: i64, seed: u64) -> Cell {
+    let seed_text = seed_outcome_row(s, primary, n, q);
     let mut cell = Cell {
         scenario: s,
+        row: if primary {
+            format!("{s}p")
+        } else {
+            s.to_string()
+        },
         nodes: n,
         quorum: q,
         seed_outcome: seed_text,
@@ -192,7 +244,29 @@ pub fn run_cell(s: u8, n: usize, q: i64, seed: u64) -> Cell {
         cell.pass = true;
         return cell;
     }
-    let cell_seed = seed ^ (u64::from(s) << 48) ^ ((n as u64) << 40) ^ ((q + 8) as u64) << 32;
+    let cell_seed = seed
+        ^ (u64::from(s) << 48)
+        ^ ((n as u64) << 40)
+        ^ ((q + 8) as u64) << 32
+        ^ (u64::from(primary) << 56);
+    if matches!(s, 4 | 6 | 7) {
+        match super::member_scenarios::drive(&mut cell, primary, cell_seed) {
+            Ok(failures) => {
+                cell.pass = failures.is_empty();
+                if !cell.pass {
+                    cell.failure = Some(failures.join("; "));
+                }
+            }
+            Err(e) => {
+                cell.pass = false;
+                cell.failure = Some(e.clone());
+                if cell.outcome.is_empty() {
+                    cell.outcome = format!("error: {e}");
+                }
+            }
+        }
+        return cell;
+    }
     match drive(&mut cell, cell_seed) {
         Ok(()) => {}
         Err(e) => {

@@ -369,7 +369,17 @@ impl ElectionCore {
         from: &str,
         msg: ElectionMessage,
     ) -> Result<Vec<Action>, InputError> {
-        self.check_peer(from)?;
+        // A heartbeat is contact from a primary, which a node follows whatever its
+        // newest configuration lists (Raft processes a leader's RPCs without
+        // consulting its configuration): a node holding an uncommitted
+        // configuration record that removed the member now leading would otherwise
+        // never follow it, so never learn that the record was discarded, and never
+        // converge. Following grants no vote; the replication handshake decides
+        // what happens to its log (a diverging suffix halts it, FM-F.3).
+        let heartbeat = matches!(msg, ElectionMessage::Heartbeat { .. });
+        if !heartbeat || from == self.config.node_id {
+            self.check_peer(from)?;
+        }
         let mut out = Out::default();
         if matches!(self.role, Role::Halted | Role::Stopped) {
             return Ok(Vec::new());
@@ -424,7 +434,7 @@ impl ElectionCore {
                 }
             }
             ElectionMessage::Heartbeat { epoch, commit_lsn } => {
-                match self.primary_contact(now_ms, epoch, from, &mut out) {
+                match self.follow_contact(now_ms, epoch, from, &mut out) {
                     // Followed, or stale (the ack's higher epoch fences the
                     // sender): answer with our epoch after handling it.
                     Ok(()) | Err(ContactRefusal::StalePrimary { .. }) => {
@@ -642,6 +652,18 @@ impl ElectionCore {
                 peer: primary.to_owned(),
             });
         }
+        self.follow_contact(now_ms, epoch, primary, out)
+    }
+
+    /// [`Self::primary_contact`] without the membership check: a heartbeat is
+    /// followed from whichever member sends it (see [`ElectionCore::on_message`]).
+    fn follow_contact(
+        &mut self,
+        now_ms: u64,
+        epoch: u64,
+        primary: &str,
+        out: &mut Out,
+    ) -> Result<(), ContactRefusal> {
         if matches!(self.role, Role::Halted | Role::Stopped) {
             return Err(ContactRefusal::NotRunning { role: self.role });
         }

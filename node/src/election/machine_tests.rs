@@ -1265,6 +1265,41 @@ fn a_learner_never_campaigns_and_a_candidate_demoted_to_learner_gives_up() {
 }
 
 #[test]
+fn a_heartbeat_is_followed_from_a_primary_the_newest_configuration_does_not_list() {
+    // n3 holds an uncommitted configuration record that removed n1; the record was
+    // discarded and n1 leads epoch 2: n3 follows it (and learns from the replication
+    // handshake that its record diverges) instead of refusing it forever.
+    let mut c = core("n3", 3, -1);
+    c.set_membership(0, &[("n2".into(), 0), ("n3".into(), 0)], &[]);
+    let a = c
+        .on_message(
+            5,
+            "n1",
+            M::Heartbeat {
+                epoch: 2,
+                commit_lsn: 9,
+            },
+        )
+        .expect("a heartbeat from a non-member is contact from a primary");
+    assert!(
+        a.contains(&A::BecomeFollower {
+            epoch: 2,
+            primary_hint: Some("n1".into())
+        }),
+        "{a:?}"
+    );
+    assert!(
+        a.contains(&send("n1", M::HeartbeatAck { epoch: 2 })),
+        "{a:?}"
+    );
+    // Every other message from a non-member is still refused.
+    assert_eq!(
+        c.on_message(6, "n1", vote_req(3, FORMED)),
+        Err(InputError::UnknownPeer { peer: "n1".into() })
+    );
+}
+
+#[test]
 fn elections_count_votes_among_the_newest_configurations_voters() {
     // Five voters: n1 needs three votes; with n2's alone it is not primary.
     let mut c = core("n1", 3, -1);
