@@ -106,10 +106,14 @@ fn open_replica(inner: &Inner, epoch: u64, primary: NodeId) {
         .unwrap_or_else(|p| p.into_inner())
         .get(&primary)
         .map(|m| m.addr);
-    let config = match addr.map_or_else(
-        || inner.config.replica_config(&primary, epoch),
-        |addr| inner.config.replica_config_at(&primary, addr, epoch),
-    ) {
+    let Some(addr) = addr.or_else(|| inner.config.member(&primary).map(|m| m.addr)) else {
+        // A primary neither the newest configuration in this node's log nor its node.toml
+        // has an address for (it follows heartbeats from any member): it stays without a
+        // role until a configuration record or an election tells it more.
+        tracing::warn!(epoch, %primary, "no address known for the primary: not following it yet");
+        return;
+    };
+    let config = match inner.config.replica_config_at(&primary, addr, epoch) {
         Ok(mut c) => {
             c.metrics = Some(inner.metrics.role().clone());
             c.base_config = Some(inner.config.base_configuration());
