@@ -164,7 +164,12 @@ pub(super) fn check_election(c: &mut Cluster, n: usize, epoch: u64) {
     };
     let grants = c.ghost.grants.get(&(n, epoch)).cloned().unwrap_or_default();
     let mut counted: BTreeSet<usize> = BTreeSet::new();
-    if config.is_voter(&c.nodes[n].name) {
+    // Its own vote counts as the incarnation the configuration names, like any other.
+    let own = c.nodes[n].incarnation;
+    if config
+        .member(&c.nodes[n].name)
+        .is_some_and(|m| m.voter && (m.incarnation == 0 || m.incarnation == own))
+    {
         counted.insert(n);
     }
     for (v, inc) in grants {
