@@ -352,20 +352,35 @@ pub struct MembershipView {
 
 impl MembershipView {
     /// `(voter, incarnation)` pairs and the learners, for
-    /// [`crate::election::ElectionCore::set_membership`].
-    pub fn election_members(&self) -> (Vec<(String, u64)>, Vec<String>) {
+    /// [`crate::election::ElectionCore::set_membership`] of node `me`, whose data
+    /// directory is incarnation `my_incarnation` (0: unknown). If the configuration
+    /// names another incarnation for `me` as a voter, `me` counts as a learner: its
+    /// disk was destroyed or replaced and the configuration recording that (the
+    /// primary's demotion) has not reached it, so it must neither campaign nor count
+    /// its own vote for what the old incarnation held.
+    pub fn election_members(
+        &self,
+        me: &str,
+        my_incarnation: u64,
+    ) -> (Vec<(String, u64)>, Vec<String>) {
+        let other_me = |m: &ConfigMember| {
+            m.id == me
+                && m.incarnation != 0
+                && my_incarnation != 0
+                && m.incarnation != my_incarnation
+        };
         let voters = self
             .config
             .members
             .iter()
-            .filter(|m| m.voter)
+            .filter(|m| m.voter && !other_me(m))
             .map(|m| (m.id.clone(), m.incarnation))
             .collect();
         let learners = self
             .config
             .members
             .iter()
-            .filter(|m| !m.voter)
+            .filter(|m| !m.voter || other_me(m))
             .map(|m| m.id.clone())
             .collect();
         (voters, learners)
@@ -818,6 +833,29 @@ mod tests {
             None,
             "one change at a time"
         );
+    }
+
+    #[test]
+    fn a_node_named_as_a_voter_under_another_incarnation_counts_itself_a_learner() {
+        let mut abc = cfg(2, &[("a", true), ("b", true), ("c", true)]);
+        abc.members[1].incarnation = 7;
+        let view = MembershipView {
+            lsn: 3,
+            config: abc,
+            committed: true,
+        };
+        let (voters, learners) = view.election_members("b", 7);
+        assert_eq!(voters.len(), 3);
+        assert!(learners.is_empty());
+        // b's disk was destroyed: its new incarnation 99 is not the voter the log names.
+        let (voters, learners) = view.election_members("b", 99);
+        assert_eq!(
+            voters.iter().map(|(v, _)| v.as_str()).collect::<Vec<_>>(),
+            vec!["a", "c"]
+        );
+        assert_eq!(learners, vec!["b".to_string()]);
+        // The others see b as the voter the log names.
+        assert_eq!(view.election_members("a", 5).0.len(), 3);
     }
 
     #[test]

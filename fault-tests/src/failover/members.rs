@@ -102,7 +102,8 @@ impl Cluster {
         if !changed {
             return;
         }
-        let (voters, learners) = view.election_members();
+        let (voters, learners) =
+            view.election_members(&self.nodes[n].name, self.nodes[n].incarnation);
         self.log(format!(
             "{name} membership: generation {} at lsn {} voters {:?} learners {learners:?}",
             view.config.generation,

@@ -403,7 +403,8 @@ impl Cluster {
         };
         match ElectionCore::new(config, start, now, seed) {
             Ok(mut core) => {
-                let (voters, learners) = membership.election_members();
+                let (voters, learners) =
+                    membership.election_members(&self.nodes[n].name, self.nodes[n].incarnation);
                 let _ = core.set_membership(now, &voters, &learners);
                 self.nodes[n].membership = membership;
                 self.nodes[n].acked = AckedMark::new(acked_lsn, core.heartbeat_ms());

@@ -208,7 +208,7 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         t ^ u64::from(crc32c::crc32c(config.node_id.as_bytes())) << 32
     });
     let mut core = ElectionCore::new(config.election_config(), start.clone(), now_ms(), seed)?;
-    let (voters, learners) = membership.election_members();
+    let (voters, learners) = membership.election_members(&config.node_id, identity.incarnation);
     // A follower that never campaigned: nothing to abandon, nothing sent.
     let _ = core.set_membership(now_ms(), &voters, &learners);
     // The acknowledged mark is persisted at most once per heartbeat interval.
@@ -688,7 +688,7 @@ impl Driver {
             config: plan.config.clone(),
             committed: false,
         }
-        .election_members();
+        .election_members(me, incarnation);
         warn!(generation = plan.config.generation, survivors = ?survivors, lost = ?plan.lost, may_lose = plan.may_lose,
             "force-quorum: campaigning among the survivors; the primary role writes the forced configuration");
         *self.inner.forced.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan.config.clone());
@@ -712,7 +712,13 @@ impl Driver {
             }
         }
         if m.config != self.membership.config {
-            let (voters, learners) = m.election_members();
+            let incarnation = self
+                .inner
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .incarnation;
+            let (voters, learners) = m.election_members(&self.inner.config.node_id, incarnation);
             let actions = self.core.set_membership(now_ms(), &voters, &learners);
             // Only a campaign abandoned by a node that stopped voting: its role command.
             for a in actions {
