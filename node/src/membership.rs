@@ -855,7 +855,7 @@ mod tests {
         );
         assert_eq!(learners, vec!["b".to_string()]);
         // The others see b as the voter the log names.
-        assert_eq!(view.election_members("a", 5).0.len(), 3);
+        assert_eq!(view.election_members("a", 1).0.len(), 3);
     }
 
     #[test]
