@@ -27,6 +27,7 @@
 //! and it commits under itself alone. It gives up the guarantee that every
 //! committed record survives; spec/membership.md §3 says what can be lost.
 
+use walship_snapshot::BoundaryMembership;
 use walship_wal::control::ControlRecord;
 use walship_wal::record::RecordHeader;
 use walship_wal::{Lsn, Storage, WalError, WalReader};
@@ -186,7 +187,15 @@ pub struct ConfigLog {
     /// `(lsn, configuration)`, lsn ascending; the first entry is the newest
     /// committed configuration (lsn 0 for the static base).
     entries: Vec<(Lsn, Configuration)>,
+    /// Committed configurations a newer committed one superseded, lsn
+    /// ascending, at most [`CONFIG_HISTORY`]: what a snapshot whose boundary
+    /// lies before the newest committed configuration records
+    /// ([`ConfigLog::at_or_below`]).
+    history: Vec<(Lsn, Configuration)>,
 }
+
+/// How many superseded configurations a [`ConfigLog`] keeps for snapshots.
+pub const CONFIG_HISTORY: usize = 32;
 
 /// Why a configuration found in a log cannot follow the ones before it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -215,7 +224,45 @@ impl ConfigLog {
     pub fn new(base: Configuration) -> ConfigLog {
         ConfigLog {
             entries: vec![(0, base)],
+            history: Vec::new(),
         }
+    }
+
+    /// The configurations of a log whose records up to a snapshot boundary
+    /// were replaced by the snapshot: `at_snapshot` is what the snapshot
+    /// recorded (`spec/snapshot-format.md` §1.5); `base` the static list of
+    /// `node.toml`, in force when no configuration record precedes the
+    /// boundary. A snapshot that records nothing (`Unrecorded`: written by a
+    /// build or an embedder that does not track membership) leaves the static
+    /// list in force.
+    pub fn at_snapshot(base: Configuration, at_snapshot: &BoundaryMembership) -> ConfigLog {
+        match at_snapshot {
+            BoundaryMembership::Record { lsn, config } => ConfigLog {
+                entries: vec![(*lsn, config.clone())],
+                history: Vec::new(),
+            },
+            BoundaryMembership::Static | BoundaryMembership::Unrecorded => ConfigLog::new(base),
+        }
+    }
+
+    /// What a snapshot whose boundary is `boundary` records: the newest
+    /// configuration at or below it, or `None` when this log no longer knows
+    /// it (the boundary lies before the configurations it kept).
+    pub fn at_or_below(&self, boundary: Lsn) -> Option<BoundaryMembership> {
+        let (lsn, config) = self
+            .entries
+            .iter()
+            .rev()
+            .chain(self.history.iter().rev())
+            .find(|(l, _)| *l <= boundary)?;
+        Some(if *lsn == 0 {
+            BoundaryMembership::Static
+        } else {
+            BoundaryMembership::Record {
+                lsn: *lsn,
+                config: config.clone(),
+            }
+        })
     }
 
     /// A configuration record at `lsn` was appended (or found on open).
@@ -256,12 +303,25 @@ impl ConfigLog {
         reader: WalReader<S>,
         commit: Lsn,
     ) -> Result<ConfigLog, MembershipError> {
-        let mut log = ConfigLog::new(base);
+        ConfigLog::new(base).extended_by(reader, commit)
+    }
+
+    /// This log extended by every configuration record `reader` yields after
+    /// its newest one (a WAL may still hold records before the snapshot a log
+    /// starts from), with what is committed at `commit` forgotten.
+    pub fn extended_by<S: Storage>(
+        mut self,
+        reader: WalReader<S>,
+        commit: Lsn,
+    ) -> Result<ConfigLog, MembershipError> {
+        let after = self.newest_lsn();
         for (lsn, config) in configurations_in(reader)? {
-            log.observe(lsn, config)?;
+            if lsn > after {
+                self.observe(lsn, config)?;
+            }
         }
-        log.committed(commit);
-        Ok(log)
+        self.committed(commit);
+        Ok(self)
     }
 
     /// The newest configuration record and whether it is committed at
@@ -290,7 +350,9 @@ impl ConfigLog {
             .iter()
             .rposition(|(l, _)| *l <= commit)
             .unwrap_or(0);
-        self.entries.drain(..keep_from);
+        self.history.extend(self.entries.drain(..keep_from));
+        let excess = self.history.len().saturating_sub(CONFIG_HISTORY);
+        self.history.drain(..excess);
     }
 
     fn newest_entry(&self) -> (Lsn, &Configuration) {
@@ -961,6 +1023,63 @@ mod tests {
 
     fn remove_c_gen1() -> Configuration {
         cfg(1, &[("a", true), ("b", true)])
+    }
+
+    #[test]
+    fn a_snapshot_records_the_newest_configuration_at_or_below_its_boundary() {
+        let base = cfg(0, &[("a", true), ("b", true), ("c", true)]);
+        let mut log = ConfigLog::new(base.clone());
+        assert_eq!(log.at_or_below(0), Some(BoundaryMembership::Static));
+        let gens: Vec<Configuration> = (1..=3)
+            .map(|g| cfg(g, &[("a", true), ("b", true), ("c", g < 3)]))
+            .collect();
+        for (i, c) in gens.iter().enumerate() {
+            let lsn = 10 * (i as u64 + 1);
+            log.observe(lsn, c.clone()).expect("follows");
+            log.committed(lsn);
+        }
+        // Committed and superseded configurations are still answered.
+        assert_eq!(log.at_or_below(9), Some(BoundaryMembership::Static));
+        for (b, g) in [(10, 0), (19, 0), (20, 1), (29, 1), (30, 2), (1000, 2)] {
+            assert_eq!(
+                log.at_or_below(b),
+                Some(BoundaryMembership::Record {
+                    lsn: 10 * (g as u64 + 1),
+                    config: gens[g].clone()
+                }),
+                "boundary {b}"
+            );
+        }
+        // A log that starts from a snapshot's record goes on from it: records at or
+        // below it in the WAL are not seen twice.
+        let resumed = ConfigLog::at_snapshot(
+            base.clone(),
+            &BoundaryMembership::Record {
+                lsn: 20,
+                config: gens[1].clone(),
+            },
+        );
+        assert_eq!((resumed.newest_lsn(), resumed.newest()), (20, &gens[1]));
+        assert_eq!(resumed.at_or_below(19), None, "older than it knows");
+        // Static and unrecorded snapshots leave the static list in force.
+        for m in [BoundaryMembership::Static, BoundaryMembership::Unrecorded] {
+            let l = ConfigLog::at_snapshot(base.clone(), &m);
+            assert_eq!((l.newest_lsn(), l.newest()), (0, &base));
+        }
+    }
+
+    #[test]
+    fn the_history_kept_for_snapshots_is_bounded() {
+        let mut log = ConfigLog::new(cfg(0, &[("a", true)]));
+        let n = CONFIG_HISTORY as u64 + 10;
+        for g in 1..=n {
+            let c = cfg(g, &[("a", true), ("b", g % 2 == 0)]);
+            log.observe(g, c).expect("follows");
+            log.committed(g);
+        }
+        assert_eq!(log.history.len(), CONFIG_HISTORY);
+        assert_eq!(log.at_or_below(1), None, "forgotten beyond the history");
+        assert!(log.at_or_below(n - CONFIG_HISTORY as u64).is_some());
     }
 
     #[test]

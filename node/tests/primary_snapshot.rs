@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use support::*;
 use walship_node::primary::{Primary, PrimaryConfig, Quorum};
 use walship_node::replica::{Applier, ApplyError, HaltReason, Replica, ReplicaConfig};
-use walship_snapshot::{SnapshotSink, SnapshotSource};
+use walship_snapshot::{BoundaryMembership, SnapshotSink, SnapshotSource};
+use walship_wal::control::{ConfigMember, Configuration};
 use walship_wal::segment::segment_file_name;
 use walship_wal::state::{EpochHistory, NodeDir};
 use walship_wal::{FsStorage, Lsn, Position, Wal, WalOptions};
@@ -55,8 +56,25 @@ impl Applier for Kv {
     fn apply(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), ApplyError> {
         self.apply_op(lsn, payload)
     }
+    fn apply_control(
+        &mut self,
+        lsn: Lsn,
+        _: &walship_wal::control::ControlRecord,
+    ) -> Result<(), ApplyError> {
+        self.control_applied(lsn);
+        Ok(())
+    }
     fn snapshot_sink(&mut self) -> Option<&mut dyn SnapshotSink> {
         Some(self)
+    }
+}
+
+impl Kv {
+    /// A control record (the node's own) at `lsn` was applied: the next record is `lsn + 1`.
+    fn control_applied(&self, lsn: Lsn) {
+        let mut s = self.0.lock().expect("lock");
+        assert_eq!(lsn, s.applied + 1, "records applied in order, each once");
+        s.applied = lsn;
     }
 }
 
@@ -466,5 +484,108 @@ async fn snapshot_policy_creates_a_snapshot_and_truncates_so_an_empty_replica_ca
         "the replica caught up through the policy's snapshot (the WAL behind it was truncated)"
     );
     replica.shutdown().await.expect("shutdown");
+    primary.shutdown().await;
+}
+
+/// The members of this file's cluster with incarnations, at `generation`; `r2` joins as a
+/// learner from generation 2 on.
+fn configuration(generation: u64) -> Configuration {
+    let mut members: Vec<ConfigMember> = ["p", "r1"]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| ConfigMember {
+            id: (*id).to_string(),
+            incarnation: 11 + i as u64,
+            voter: true,
+            addr: format!("{id}.example:7000"),
+            http_addr: None,
+        })
+        .collect();
+    if generation >= 2 {
+        members.push(ConfigMember {
+            id: "r2".into(),
+            incarnation: 13,
+            voter: false,
+            addr: "r2.example:7000".into(),
+            http_addr: None,
+        });
+    }
+    Configuration {
+        generation,
+        forced: false,
+        members,
+    }
+}
+
+/// Configuration records before a snapshot's boundary are gone from a WAL truncated behind
+/// it and from a replica's WAL reset to it; the snapshot's configuration file carries the
+/// configuration in force there (spec/snapshot-format.md §1.5). Without it, the primary
+/// reopened on its truncated WAL and the replica that installed the snapshot would both
+/// count votes in the static member list (generation 0) again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_before_the_snapshot_boundary_survives_truncation_install_and_restart() {
+    let cluster = Cluster::new(MEMBERS);
+    let primary = open_primary(primary_config(&cluster));
+    let kv = Kv::default();
+    append_kv(&primary, &kv, 0, 100).await;
+    for generation in [1, 2] {
+        let lsn = primary
+            .propose_configuration(configuration(generation))
+            .await
+            .expect("configuration committed");
+        kv.control_applied(lsn);
+    }
+    let config_lsn = primary.membership().lsn;
+    assert_eq!(primary.membership().config, configuration(2));
+    append_kv(&primary, &kv, 102, BEFORE).await;
+    let snap = primary.create_snapshot(&mut kv.clone()).expect("snapshot");
+    assert_eq!(snap.boundary.lsn, BEFORE);
+    assert_eq!(
+        snap.membership,
+        BoundaryMembership::Record {
+            lsn: config_lsn,
+            config: configuration(2)
+        }
+    );
+    let first = primary.enforce_retention().expect("retention").first_lsn;
+    assert!(
+        first > config_lsn + 1,
+        "the WAL no longer holds the configuration records (first lsn {first})"
+    );
+    append_kv(&primary, &kv, BEFORE, BEFORE + AFTER).await;
+
+    // A replica that starts empty installs the snapshot and knows generation 2.
+    let mut rc = replica_config(&cluster, "r1", &primary);
+    rc.base_config = Some(walship_node::membership::base_configuration(
+        configuration(1).members.into_iter().map(|mut m| {
+            m.incarnation = 0;
+            m
+        }),
+    ));
+    let applier = Kv::default();
+    let replica = Replica::open(rc.clone(), applier.clone()).expect("open");
+    eventually("the replica catches up through the snapshot", || {
+        applier.state().applied == BEFORE + AFTER || replica.status().halt().is_some()
+    })
+    .await;
+    assert!(replica.status().halt().is_none());
+    assert_eq!(
+        snapshot_dirs(&cluster.data_dir("r1")),
+        vec![format!("{BEFORE:020}")]
+    );
+    let m = replica.status().membership.expect("tracked");
+    assert_eq!((m.lsn, &m.config), (config_lsn, &configuration(2)));
+    replica.shutdown().await.expect("shutdown");
+    // Restarted on its WAL that starts after the boundary: still generation 2.
+    let replica = Replica::open(rc, Kv::default()).expect("reopen");
+    let m = replica.status().membership.expect("tracked");
+    assert_eq!((m.lsn, &m.config), (config_lsn, &configuration(2)));
+    replica.shutdown().await.expect("shutdown");
+
+    // The primary reopened on its truncated WAL: still generation 2.
+    primary.shutdown().await;
+    let primary = open_primary(primary_config(&cluster));
+    assert_eq!(primary.membership().lsn, config_lsn);
+    assert_eq!(primary.membership().config, configuration(2));
     primary.shutdown().await;
 }

@@ -737,3 +737,46 @@ fn promote_refuses_a_front_truncated_log_without_a_configuration_record() {
     assert!(err.contains("newest generation is unknown"), "{err}");
     assert_eq!(n.snapshot_files(), before, "nothing changed");
 }
+
+/// A log truncated behind a snapshot no longer holds its configuration record; the
+/// snapshot `snapshot create` made records it (spec/snapshot-format.md §1.5), and promote
+/// takes it: the forced configuration follows generation 1, not node.toml's generation 0.
+#[test]
+fn promote_takes_the_configuration_a_snapshot_records_when_the_log_no_longer_holds_it() {
+    let (n, _) = survivor(true, true);
+    n.append_n(2, 30, "more");
+    n.set_commit(30);
+    let state = n.tmp.path().join("state.bin");
+    std::fs::write(&state, b"embedder state at lsn 20").expect("state file");
+    let (code, v, err) = recover_json(&[
+        "snapshot",
+        "create",
+        s(&n.root),
+        "--state",
+        s(&state),
+        "--lsn",
+        "20",
+    ]);
+    assert_eq!(code, 0, "{v} {err}");
+    let (boundary, recorded) = walship_snapshot::read_newest_membership(
+        &FsStorage,
+        &n.root.join("snapshots"),
+        &walship_snapshot::Limits::default(),
+    )
+    .expect("read")
+    .expect("a snapshot");
+    assert_eq!(boundary.lsn, 20);
+    match &recorded {
+        walship_snapshot::BoundaryMembership::Record { lsn, config } => {
+            assert_eq!((*lsn, config.generation), (2, 1));
+        }
+        other => panic!("the configuration record at lsn 2 is recorded: {other:?}"),
+    }
+    let first = n.truncate_front(20);
+    assert!(first > 2, "the configuration record is truncated (first {first})");
+    let (code, v, err) = recover_json(&["promote", s(&n.root), "--accept-data-loss"]);
+    assert_eq!(code, 0, "{v} {err}");
+    assert_eq!(v["old_configuration"]["lsn"], 2, "{v}");
+    assert_eq!(v["old_configuration"]["generation"], 1, "{v}");
+    assert_eq!(v["new_configuration"]["generation"], 2, "{v}");
+}

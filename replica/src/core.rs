@@ -914,7 +914,7 @@ impl ReplicaCore {
             self.end_session(SessionEnd::Protocol { detail }, out);
             return;
         }
-        t.offer = Some(offer);
+        t.offer = Some(offer.clone());
         out.push(Action::SnapshotBegin(offer));
     }
 
@@ -950,7 +950,10 @@ impl ReplicaCore {
         // transfer is still here).
         let t = self.transfer.take();
         debug_assert!(
-            t.as_ref().and_then(|t| t.offer).map(|o| o.boundary) == Some(boundary),
+            t.as_ref()
+                .and_then(|t| t.offer.as_ref())
+                .map(|o| o.boundary)
+                == Some(boundary),
             "SnapshotInstalled for another boundary than the one offered"
         );
         self.last = boundary;

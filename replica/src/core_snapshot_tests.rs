@@ -84,6 +84,7 @@ fn offer() -> SnapshotOffer {
         chunk_size_bytes: 8,
         chunk_count: 2,
         header_crc: 1,
+        configuration: Vec::new(),
     }
 }
 

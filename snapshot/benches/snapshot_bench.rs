@@ -165,7 +165,7 @@ async fn ship_and_install(
         SnapshotStore::open(FsStorage, &replica.join("snapshots"), Limits::default())?;
     let (mut wal, _) = Wal::open(FsStorage, &replica.join("wal"), WalOptions::default())?;
     let (sconn, cconn) = connect_pair(q).await?;
-    let sender = SnapshotSender::new(pstore.reader(snap)?);
+    let sender = pstore.sender(snap)?;
     let t = Instant::now();
     // As a driver would: the file work (chunk verify + copy on the primary,
     // chunk verify + write + fsync on the replica) runs on its own thread,

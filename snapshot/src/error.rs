@@ -160,6 +160,13 @@ pub enum InvalidSnapshot {
         /// What happened.
         detail: String,
     },
+    /// The snapshot's configuration file (`spec/snapshot-format.md` §1.5) fails
+    /// a check.
+    #[error("snapshot configuration file: {detail}")]
+    Configuration {
+        /// What is wrong.
+        detail: String,
+    },
 }
 
 /// Why a verified snapshot cannot be installed over this node's WAL (FM-7.2).

@@ -23,6 +23,7 @@ use walship_wal::{Lsn, Position, RecordHeader, Storage, StorageFile, Wal, WalErr
 
 use crate::error::{io_err, BoundaryConflict, InvalidSnapshot, SnapshotError};
 use crate::format::{ChunkHeader, SnapshotHeader, SnapshotTrailer, CHUNK_HEADER_LEN};
+use crate::membership::BoundaryMembership;
 use crate::reader::SnapshotReader;
 use crate::store::{InstalledSnapshot, SnapshotStore, SNAPSHOT_FILE};
 use crate::transfer::{SnapshotChunk, SnapshotEnd};
@@ -180,6 +181,7 @@ pub struct Install<S: Storage> {
     path: PathBuf,
     file: S::File,
     header: SnapshotHeader,
+    membership: BoundaryMembership,
     next_index: u64,
     payload_crc: u32,
     failed: bool,
@@ -201,6 +203,7 @@ impl<S: Storage> Install<S> {
     pub(crate) fn begin(
         store: &SnapshotStore<S>,
         header: SnapshotHeader,
+        membership: BoundaryMembership,
     ) -> Result<Install<S>, SnapshotError> {
         let tmp_dir = store.new_tmp_dir(header.boundary.lsn)?;
         let path = tmp_dir.join(SNAPSHOT_FILE);
@@ -223,6 +226,7 @@ impl<S: Storage> Install<S> {
             path,
             file,
             header,
+            membership,
             next_index: 0,
             payload_crc: 0,
             failed: false,
@@ -349,7 +353,14 @@ impl<S: Storage> Install<S> {
         self.file
             .sync_data()
             .map_err(|e| self.store.sync_failed("sync_data", &self.path, e))?;
-        // The file's entry in the tmp dir must be durable before the rename.
+        // The configuration in force at the boundary, published with the snapshot.
+        self.store.write_membership(
+            &self.tmp_dir,
+            &self.membership,
+            self.header.boundary.lsn,
+            self.header.crc(),
+        )?;
+        // The files' entries in the tmp dir must be durable before the rename.
         self.store
             .storage
             .sync_dir(&self.tmp_dir)

@@ -41,6 +41,7 @@ mod embedder;
 pub mod error;
 pub mod format;
 pub mod install;
+pub mod membership;
 mod reader;
 pub mod retention;
 mod store;
@@ -54,10 +55,12 @@ pub use install::{
     check_boundary, check_first_after, BoundaryVerdict, EpochCheck, Install, InstallOutcome,
     ReceiveProgress, SnapshotReceiver, VerifiedSnapshot, WalTarget,
 };
+pub use membership::{BoundaryMembership, CONFIG_FILE};
 pub use reader::{PayloadReader, SnapshotReader};
 pub use store::{
-    parse_snapshot_dir_name, snapshot_dir_name, InstalledSnapshot, RecoveryReport, SnapshotStore,
-    StoreOpenReport, DEFAULT_INSTALL_SYNC_EVERY_BYTES, SNAPSHOT_FILE, TMP_PREFIX,
+    parse_snapshot_dir_name, read_newest_membership, snapshot_dir_name, InstalledSnapshot,
+    RecoveryReport, SnapshotStore, StoreOpenReport, DEFAULT_INSTALL_SYNC_EVERY_BYTES,
+    SNAPSHOT_FILE, TMP_PREFIX,
 };
 pub use transfer::{SnapshotChunk, SnapshotEnd, SnapshotOffer, SnapshotSender, TransferItem};
 pub use writer::{SnapshotMeta, SnapshotWriter};

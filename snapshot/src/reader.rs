@@ -131,6 +131,8 @@ impl SnapshotReader {
     }
 
     /// The transfer offer announcing this snapshot.
+    /// The offer of this snapshot without its configuration file (see
+    /// [`crate::SnapshotStore::sender`], which adds it).
     pub fn offer(&self) -> SnapshotOffer {
         SnapshotOffer {
             boundary: self.header.boundary,
@@ -138,6 +140,7 @@ impl SnapshotReader {
             chunk_size_bytes: self.header.chunk_size_bytes,
             chunk_count: self.header.chunk_count(),
             header_crc: self.header.crc(),
+            configuration: Vec::new(),
         }
     }
 

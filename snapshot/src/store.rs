@@ -26,14 +26,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use walship_wal::{Lsn, Position, Storage, WalError};
+use walship_wal::{Lsn, Position, Storage, StorageFile, WalError};
 
 use crate::embedder::{SnapshotSink, SnapshotSource};
 use crate::error::{io_err, BoundaryConflict, InvalidSnapshot, SnapshotError};
 use crate::format::Limits;
 use crate::install::{Install, WalTarget};
+use crate::membership::{BoundaryMembership, CONFIG_FILE};
 use crate::reader::SnapshotReader;
-use crate::transfer::SnapshotOffer;
+use crate::transfer::{SnapshotOffer, SnapshotSender};
 use crate::writer::SnapshotWriter;
 
 /// Name of the snapshot file inside a snapshot directory.
@@ -59,6 +60,48 @@ pub fn parse_snapshot_dir_name(name: &str) -> Option<Lsn> {
     }
 }
 
+/// The boundary and the configuration (`spec/snapshot-format.md` §1.5) of the
+/// newest installed snapshot under `dir`, read without changing anything: no
+/// temporary directory is removed and the WAL is not looked at (a node reads
+/// it before any role opens the store). `None`: no snapshot. The snapshot's
+/// header is verified (the configuration file is bound to its crc); its
+/// payload is not read.
+pub fn read_newest_membership<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    limits: &Limits,
+) -> Result<Option<(Position, BoundaryMembership)>, SnapshotError> {
+    if !storage.exists(dir).map_err(io_err("exists", dir))? {
+        return Ok(None);
+    }
+    let newest = storage
+        .list(dir)
+        .map_err(io_err("list", dir))?
+        .iter()
+        .filter_map(|n| parse_snapshot_dir_name(n))
+        .max();
+    let Some(lsn) = newest else {
+        return Ok(None);
+    };
+    let snap_dir = dir.join(snapshot_dir_name(lsn));
+    let file = snap_dir.join(SNAPSHOT_FILE);
+    let damaged = |path: &Path| {
+        let path = path.to_path_buf();
+        move |error| SnapshotError::InstalledDamaged { path, error }
+    };
+    let map = storage.map(&file).map_err(io_err("map", &file))?;
+    let reader = SnapshotReader::open(map, limits, None).map_err(damaged(&file))?;
+    let header = reader.header();
+    let config = snap_dir.join(CONFIG_FILE);
+    if !storage.exists(&config).map_err(io_err("exists", &config))? {
+        return Ok(Some((header.boundary, BoundaryMembership::Unrecorded)));
+    }
+    let bytes = storage.map(&config).map_err(io_err("map", &config))?;
+    let membership = BoundaryMembership::decode(&bytes, header.boundary.lsn, header.crc())
+        .map_err(damaged(&config))?;
+    Ok(Some((header.boundary, membership)))
+}
+
 /// An installed snapshot whose header, length and trailer were verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstalledSnapshot {
@@ -72,6 +115,9 @@ pub struct InstalledSnapshot {
     pub file_len: u64,
     /// Total payload length.
     pub total_len: u64,
+    /// The configuration in force at the boundary (its configuration file,
+    /// `spec/snapshot-format.md` §1.5).
+    pub membership: BoundaryMembership,
 }
 
 /// What [`SnapshotStore::open`] found and cleaned up.
@@ -323,12 +369,72 @@ impl<S: Storage> SnapshotStore<S> {
                 },
             });
         }
+        let membership = self.read_membership(&dir, r.header().boundary.lsn, r.header().crc())?;
         Ok(InstalledSnapshot {
             boundary: r.boundary(),
             file_len: r.header().file_len(),
             total_len: r.header().total_len,
+            membership,
             dir,
             file,
+        })
+    }
+
+    /// The configuration file of the snapshot directory `dir` (absent:
+    /// [`BoundaryMembership::Unrecorded`]); damaged: `InstalledDamaged`.
+    fn read_membership(
+        &self,
+        dir: &Path,
+        boundary_lsn: Lsn,
+        header_crc: u32,
+    ) -> Result<BoundaryMembership, SnapshotError> {
+        let path = dir.join(CONFIG_FILE);
+        if !self
+            .storage
+            .exists(&path)
+            .map_err(io_err("exists", &path))?
+        {
+            return Ok(BoundaryMembership::Unrecorded);
+        }
+        let map = self.storage.map(&path).map_err(io_err("map", &path))?;
+        BoundaryMembership::decode(&map, boundary_lsn, header_crc)
+            .map_err(|error| SnapshotError::InstalledDamaged { path, error })
+    }
+
+    /// Writes `membership` as the configuration file of the temporary
+    /// directory `tmp` (nothing for `Unrecorded`) and fsyncs it; the caller
+    /// fsyncs `tmp` before publishing. A failed fsync poisons the store.
+    pub(crate) fn write_membership(
+        &self,
+        tmp: &Path,
+        membership: &BoundaryMembership,
+        boundary_lsn: Lsn,
+        header_crc: u32,
+    ) -> Result<(), SnapshotError> {
+        let Some(bytes) = membership.encode(boundary_lsn, header_crc)? else {
+            return Ok(());
+        };
+        let path = tmp.join(CONFIG_FILE);
+        let file = self
+            .storage
+            .open(&path, true)
+            .map_err(io_err("open", &path))?;
+        file.set_len(0).map_err(io_err("set_len", &path))?;
+        file.write_at(0, &bytes)
+            .map_err(io_err("write_at", &path))?;
+        file.sync_data()
+            .map_err(|e| self.sync_failed("sync_data", &path, e))
+    }
+
+    /// A sender of the installed snapshot `snap`: its reader and its
+    /// configuration file, both verified.
+    pub fn sender(&self, snap: &InstalledSnapshot) -> Result<SnapshotSender, SnapshotError> {
+        let reader = self.reader(snap)?;
+        SnapshotSender::new(reader, &snap.membership).map_err(|error| {
+            SnapshotError::InstalledDamaged {
+                path: snap.dir.join(CONFIG_FILE),
+                error,
+            }
         })
     }
 
@@ -444,7 +550,8 @@ impl<S: Storage> SnapshotStore<S> {
     /// is created.
     pub fn begin_install(&self, offer: &SnapshotOffer) -> Result<Install<S>, SnapshotError> {
         let header = offer.validate(&self.limits)?;
-        Install::begin(self, header)
+        let membership = offer.membership()?;
+        Install::begin(self, header, membership)
     }
 
     /// Creates a snapshot of the embedder's state (primary side, on demand or
@@ -453,17 +560,36 @@ impl<S: Storage> SnapshotStore<S> {
     /// durable), the file is fsynced, renamed into place and the directory
     /// fsynced; older snapshots are removed afterwards. A crash at any point
     /// leaves the previous snapshots as they were.
+    ///
+    /// The snapshot records no configuration ([`BoundaryMembership::Unrecorded`]);
+    /// [`SnapshotStore::create_with_membership`] records one.
     pub fn create(
         &self,
         chunk_size_bytes: u32,
         source: &mut dyn SnapshotSource,
         resolve: &mut dyn FnMut(Lsn) -> Result<Position, SnapshotError>,
     ) -> Result<InstalledSnapshot, SnapshotError> {
+        self.create_with_membership(chunk_size_bytes, source, resolve, &mut |_| {
+            Ok(BoundaryMembership::Unrecorded)
+        })
+    }
+
+    /// [`SnapshotStore::create`], and `membership` names the configuration in
+    /// force at the resolved boundary: written as the snapshot's configuration
+    /// file inside the temporary directory, so it is published with the
+    /// snapshot (`spec/snapshot-format.md` §1.5).
+    pub fn create_with_membership(
+        &self,
+        chunk_size_bytes: u32,
+        source: &mut dyn SnapshotSource,
+        resolve: &mut dyn FnMut(Lsn) -> Result<Position, SnapshotError>,
+        membership: &mut dyn FnMut(Position) -> Result<BoundaryMembership, SnapshotError>,
+    ) -> Result<InstalledSnapshot, SnapshotError> {
         let span = tracing::info_span!("snapshot_create", dir = %self.dir.display());
         let _g = span.enter();
         self.limits.check(chunk_size_bytes, 0)?;
         let tmp = self.new_tmp_dir(0)?;
-        let result = self.create_in(&tmp, chunk_size_bytes, source, resolve);
+        let result = self.create_in(&tmp, chunk_size_bytes, source, resolve, membership);
         if result.is_err() {
             // Best effort: a leftover tmp directory is discarded on the next open anyway.
             if let Err(e) = self.storage.remove_dir_all(&tmp) {
@@ -479,6 +605,7 @@ impl<S: Storage> SnapshotStore<S> {
         chunk_size_bytes: u32,
         source: &mut dyn SnapshotSource,
         resolve: &mut dyn FnMut(Lsn) -> Result<Position, SnapshotError>,
+        membership: &mut dyn FnMut(Position) -> Result<BoundaryMembership, SnapshotError>,
     ) -> Result<InstalledSnapshot, SnapshotError> {
         let path = tmp.join(SNAPSHOT_FILE);
         let file = self
@@ -507,8 +634,10 @@ impl<S: Storage> SnapshotStore<S> {
                 detail: format!("resolved to a position at lsn {}", boundary.lsn),
             });
         }
+        let at_boundary = membership(boundary)?;
         let meta = w.finish(boundary).map_err(|e| self.poison_if_sync(e))?;
-        // The file's entry in tmp must be durable before tmp is published.
+        self.write_membership(tmp, &at_boundary, boundary.lsn, meta.header.crc())?;
+        // The files' entries in tmp must be durable before tmp is published.
         self.storage
             .sync_dir(tmp)
             .map_err(|e| self.sync_failed("sync_dir", tmp, e))?;

@@ -13,9 +13,10 @@ use walship_wal::Position;
 
 use crate::error::InvalidSnapshot;
 use crate::format::{chunk_count_for, Limits, SnapshotHeader, SnapshotTrailer};
+use crate::membership::BoundaryMembership;
 
 /// Announces a snapshot: what it is and how it is cut.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotOffer {
     /// The snapshot's boundary (epoch, lsn, crc).
     pub boundary: Position,
@@ -28,6 +29,10 @@ pub struct SnapshotOffer {
     /// crc of the header stored on the primary; the replica's rebuilt
     /// header must have the same crc.
     pub header_crc: u32,
+    /// The snapshot's configuration file, byte for byte
+    /// (`spec/snapshot-format.md` §1.5; empty: the snapshot has none).
+    #[serde(with = "serde_bytes_vec")]
+    pub configuration: Vec<u8>,
 }
 
 impl SnapshotOffer {
@@ -56,6 +61,16 @@ impl SnapshotOffer {
             });
         }
         Ok(header)
+    }
+
+    /// The configuration in force at the boundary, from the offer's
+    /// configuration file (checked against the offer's boundary and header
+    /// crc; bounded before anything is allocated).
+    pub fn membership(&self) -> Result<BoundaryMembership, InvalidSnapshot> {
+        if self.configuration.is_empty() {
+            return Ok(BoundaryMembership::Unrecorded);
+        }
+        BoundaryMembership::decode(&self.configuration, self.boundary.lsn, self.header_crc)
     }
 }
 
@@ -122,20 +137,29 @@ pub enum TransferItem {
 #[derive(Debug)]
 pub struct SnapshotSender {
     reader: crate::reader::SnapshotReader,
+    configuration: Vec<u8>,
     offered: bool,
     next_index: u64,
     ended: bool,
 }
 
 impl SnapshotSender {
-    /// A sender of the snapshot `reader` reads.
-    pub fn new(reader: crate::reader::SnapshotReader) -> SnapshotSender {
-        SnapshotSender {
+    /// A sender of the snapshot `reader` reads, whose configuration file holds
+    /// `membership` ([`crate::SnapshotStore::sender`] reads both).
+    pub fn new(
+        reader: crate::reader::SnapshotReader,
+        membership: &BoundaryMembership,
+    ) -> Result<SnapshotSender, InvalidSnapshot> {
+        let configuration = membership
+            .encode(reader.boundary().lsn, reader.header().crc())?
+            .unwrap_or_default();
+        Ok(SnapshotSender {
             reader,
+            configuration,
             offered: false,
             next_index: 0,
             ended: false,
-        }
+        })
     }
 
     /// The snapshot's boundary.
@@ -157,7 +181,9 @@ impl Iterator for SnapshotSender {
     fn next(&mut self) -> Option<Self::Item> {
         if !self.offered {
             self.offered = true;
-            return Some(Ok(TransferItem::Offer(self.reader.offer())));
+            let mut offer = self.reader.offer();
+            offer.configuration = self.configuration.clone();
+            return Some(Ok(TransferItem::Offer(offer)));
         }
         if self.next_index < self.reader.header().chunk_count() {
             let r = self.reader.chunk_message(self.next_index);

@@ -64,6 +64,7 @@ fn fm_7_1_oversized_length_fields_are_rejected_before_allocation() {
         chunk_size_bytes: u32::MAX,
         chunk_count: 1,
         header_crc: 0,
+        configuration: Vec::new(),
     };
     let (r, largest) = largest_during(|| store.begin_install(&offer));
     assert!(

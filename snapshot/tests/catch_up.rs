@@ -12,8 +12,8 @@ use std::path::Path;
 
 use common::*;
 use walship_snapshot::{
-    check_first_after, Limits, ReceiveProgress, RecoveryReport, SnapshotReceiver, SnapshotSender,
-    SnapshotSink, SnapshotSource, SnapshotStore,
+    check_first_after, Limits, ReceiveProgress, RecoveryReport, SnapshotReceiver, SnapshotSink,
+    SnapshotSource, SnapshotStore,
 };
 use walship_wal::sim::SimStorage;
 use walship_wal::{Lsn, Position, Storage, Wal};
@@ -133,7 +133,7 @@ fn fm_x_13_empty_replica_catches_up_through_a_snapshot_and_matches_the_primary()
     // record, so the primary must test retention by lsn, not by that answer.)
     assert!(rwal.last().lsn + 1 < pwal.first_lsn(), "not retained");
 
-    let sender = SnapshotSender::new(pstore.reader(&snap).expect("reader"));
+    let sender = pstore.sender(&snap).expect("sender");
     let mut receiver = SnapshotReceiver::new(rstore.clone());
     let mut verified = None;
     for item in sender {
@@ -218,7 +218,7 @@ fn fm_x_8_receiver_discards_partial_snapshot_when_the_session_ends_and_retries()
     let (store, _) =
         SnapshotStore::open(rs.clone(), &snap_dir(), Limits::default()).expect("store");
     let mut receiver = SnapshotReceiver::new(store.clone());
-    let items: Vec<_> = std::iter::once(walship_snapshot::TransferItem::Offer(s.offer))
+    let items: Vec<_> = std::iter::once(walship_snapshot::TransferItem::Offer(s.offer.clone()))
         .chain(
             s.chunks
                 .iter()

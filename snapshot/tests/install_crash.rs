@@ -7,7 +7,9 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use walship_snapshot::{Limits, RecoveryReport, SnapshotError, SnapshotStore, VerifiedSnapshot};
+use walship_snapshot::{
+    BoundaryMembership, Limits, RecoveryReport, SnapshotError, SnapshotStore, VerifiedSnapshot,
+};
 use walship_wal::sim::SimStorage;
 use walship_wal::{encode_record, Position, Storage, Wal};
 
@@ -126,6 +128,8 @@ fn run(seed: u64, k: u64, torn: bool) -> (Seen, bool) {
         );
         assert_eq!(state.bytes, before.snapshot_state);
         assert!(matches!(recovery, RecoveryReport::Consistent { .. }));
+        // The old snapshot keeps what it recorded (nothing: created without one).
+        assert_eq!(newest.membership, BoundaryMembership::Unrecorded, "k={k}");
         Seen::Old
     } else {
         let b = shipped.offer.boundary;
@@ -135,6 +139,8 @@ fn run(seed: u64, k: u64, torn: bool) -> (Seen, bool) {
         assert_eq!(wal.last(), b);
         assert!(wal_records(&wal).is_empty());
         assert_eq!(state.bytes, shipped.state);
+        // The configuration file is published with the snapshot, never without it.
+        assert_eq!(newest.membership, shipped.membership, "k={k}");
         Seen::New
     };
     if seen == Seen::New {
@@ -316,7 +322,9 @@ fn crash_at_every_step_of_snapshot_creation_leaves_previous_or_new_snapshot() {
             restored_boundary: None,
         };
         store
-            .create(600, &mut src, &mut |_| Ok(old_b))
+            .create_with_membership(600, &mut src, &mut |_| Ok(old_b), &mut |_| {
+                Ok(BoundaryMembership::Static)
+            })
             .expect("old");
         lim.arm(k);
         let mut src = BytesState {
@@ -324,7 +332,13 @@ fn crash_at_every_step_of_snapshot_creation_leaves_previous_or_new_snapshot() {
             bytes: new_state.clone(),
             restored_boundary: None,
         };
-        let r = store.create(600, &mut src, &mut |_| Ok(new_b));
+        let new_membership = BoundaryMembership::Record {
+            lsn: 8,
+            config: configuration(2),
+        };
+        let r = store.create_with_membership(600, &mut src, &mut |_| Ok(new_b), &mut |_| {
+            Ok(new_membership.clone())
+        });
         let completed = !lim.hit_limit();
         assert_eq!(r.is_ok(), completed, "k={k}: {r:?}");
         drop(store);
@@ -341,10 +355,12 @@ fn crash_at_every_step_of_snapshot_creation_leaves_previous_or_new_snapshot() {
         let state = restore(&store, &newest);
         if newest.boundary == old_b {
             assert_eq!(state.bytes, old_state);
+            assert_eq!(newest.membership, BoundaryMembership::Static, "k={k}");
             seen.push(false);
         } else {
             assert_eq!(newest.boundary, new_b, "k={k}");
             assert_eq!(state.bytes, new_state);
+            assert_eq!(newest.membership, new_membership, "k={k}");
             seen.push(true);
         }
         if completed {

@@ -13,6 +13,7 @@ use walship_snapshot::{
     check_boundary, check_first_after, BoundaryConflict, BoundaryVerdict, EpochCheck, FailureClass,
     InvalidSnapshot, Limits, SnapshotError, SnapshotReader, SnapshotStore, MAX_CHUNK_SIZE_BYTES,
 };
+use walship_snapshot::{read_newest_membership, BoundaryMembership, CONFIG_FILE};
 use walship_wal::sim::SimStorage;
 use walship_wal::state::{EpochEntry, EpochHistory};
 use walship_wal::{Mapping, Position, RecordHeader, Storage, Wal};
@@ -318,6 +319,90 @@ fn fm_7_1_bit_flip_in_installed_snapshot_is_local_corruption() {
         ),
         "{e}"
     );
+}
+
+/// A replica installs a snapshot with the configuration it records: the configuration file
+/// arrives with the offer, is published with the snapshot, and reads back the same, also
+/// through the read-only reader a node uses before any role opens the store.
+#[test]
+fn the_configuration_at_the_boundary_travels_with_the_snapshot() {
+    let (sim, store, mut wal) = replica(21);
+    let s = shipped_at(20);
+    transfer(&store, &mut wal, &s).expect("install");
+    let snap = store.newest().expect("list").expect("one");
+    assert_eq!(snap.membership, s.membership);
+    assert!(matches!(
+        snap.membership,
+        BoundaryMembership::Record { lsn: 18, .. }
+    ));
+    let read = read_newest_membership(&sim, &snap_dir(), &Limits::default()).expect("read");
+    assert_eq!(read, Some((snap.boundary, s.membership.clone())));
+    // The installed file is the primary's, byte for byte.
+    let file = sim
+        .contents(&snap.dir.join(CONFIG_FILE))
+        .expect("configuration file");
+    assert_eq!(file, s.offer.configuration);
+}
+
+#[test]
+fn fm_7_1_an_offer_whose_configuration_fails_a_check_is_rejected_before_anything_is_created() {
+    let base = shipped_at(20);
+    // A flipped bit anywhere, a truncated file, and a file of another snapshot.
+    let mut altered = Vec::new();
+    for bit in [
+        0,
+        9 * 8,
+        20 * 8 + 1,
+        (base.offer.configuration.len() - 1) * 8,
+    ] {
+        let mut s = base.clone();
+        s.offer.configuration[bit / 8] ^= 1 << (bit % 8);
+        altered.push(s);
+    }
+    let mut s = base.clone();
+    s.offer.configuration.truncate(30);
+    altered.push(s);
+    let mut s = base.clone();
+    s.offer.configuration = shipped_at(19).offer.configuration;
+    altered.push(s);
+    for (i, s) in altered.iter().enumerate() {
+        let (sim, store, mut wal) = replica(30 + i as u64);
+        let e = transfer(&store, &mut wal, s).expect_err("refused");
+        let i = invalid(e);
+        assert!(
+            matches!(
+                i,
+                InvalidSnapshot::Configuration { .. }
+                    | InvalidSnapshot::BadMagic { .. }
+                    | InvalidSnapshot::UnsupportedVersion { .. }
+                    | InvalidSnapshot::Truncated { .. }
+            ),
+            "{i}"
+        );
+        assert_unchanged(&sim, &store, &wal);
+    }
+}
+
+#[test]
+fn a_damaged_configuration_file_of_an_installed_snapshot_is_local_corruption() {
+    let (sim, store, mut wal) = replica(40);
+    transfer(&store, &mut wal, &shipped_at(20)).expect("install");
+    let snap = store.newest().expect("list").expect("one");
+    sim.flip_bit(&snap.dir.join(CONFIG_FILE), 40, 2)
+        .expect("flip");
+    let e = store.newest().expect_err("damaged");
+    assert_eq!(e.class(), FailureClass::LocalCorruption);
+    assert!(
+        matches!(
+            e,
+            SnapshotError::InstalledDamaged {
+                error: InvalidSnapshot::Configuration { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(read_newest_membership(&sim, &snap_dir(), &Limits::default()).is_err());
 }
 
 // ----------------------------------------------------------------- FM-7.2

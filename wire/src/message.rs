@@ -24,11 +24,11 @@ pub use walship_wal::state::EpochEntry;
 ///
 /// Version 3 (membership) added [`Hello::incarnation`] after `node_id`: the primary counts a
 /// replica's receipts only for the incarnation of its data directory it expects.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// TLS ALPN protocol id (carries [`PROTOCOL_VERSION`]); a peer that does not offer it fails
 /// the TLS handshake.
-pub const ALPN: &[u8] = b"walship/3";
+pub const ALPN: &[u8] = b"walship/4";
 
 /// Wire tag (bincode variant index) of [`Message::Hello`]; fixed forever.
 pub const HELLO_TAG: u32 = 0;
@@ -547,6 +547,7 @@ mod tests {
             chunk_size_bytes: 1000,
             chunk_count: 1,
             header_crc: 5,
+            configuration: vec![0x57, 0x53, 0x43, 0x46],
         };
         let chunk = Message::SnapshotChunk(walship_snapshot::SnapshotChunk {
             index: 0,
@@ -589,12 +590,12 @@ mod tests {
     #[test]
     fn version_check_refuses_other_versions() {
         assert!(RefuseReason::check_version(PROTOCOL_VERSION).is_ok());
-        // Version 1 (before failover), version 2 (before incarnations) and a future
-        // version 4 are all refused.
-        for theirs in [1, 2, 4] {
+        // Version 1 (before failover), version 2 (before incarnations), version 3
+        // (before snapshot configurations) and a future version 5 are all refused.
+        for theirs in [1, 2, 3, 5] {
             assert_eq!(
                 RefuseReason::check_version(theirs),
-                Err(RefuseReason::UnsupportedVersion { ours: 3, theirs })
+                Err(RefuseReason::UnsupportedVersion { ours: 4, theirs })
             );
         }
     }

@@ -372,7 +372,7 @@ impl ClientCertVerifier for MemberClientVerifier {
 }
 
 /// Server (primary) TLS configuration: presents `material`'s certificate, requires a client
-/// certificate signed by the cluster CA and valid for one of `members`, TLS 1.3, ALPN `walship/3`.
+/// certificate signed by the cluster CA and valid for one of `members`, TLS 1.3, ALPN `walship/4`.
 pub fn server_config(
     material: &TlsMaterial,
     members: &[String],
@@ -394,7 +394,7 @@ pub fn server_config(
 }
 
 /// Client (replica) TLS configuration: presents `material`'s certificate, verifies the server
-/// against the cluster CA and the server name given at connect time, TLS 1.3, ALPN `walship/3`.
+/// against the cluster CA and the server name given at connect time, TLS 1.3, ALPN `walship/4`.
 pub fn client_config(material: &TlsMaterial) -> Result<rustls::ClientConfig, TlsError> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?

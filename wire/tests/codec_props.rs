@@ -317,9 +317,10 @@ fn decoder_refuses_further_use_after_a_malformed_body() {
 
 #[test]
 fn hello_of_another_version_with_undecodable_fields_is_unsupported_version() {
-    // Tag 0 (Hello), version 1 (before failover), 2 (before incarnations) or 4 (a future
-    // one), then bytes that are not a Hello of this build's version.
-    for version in [1u8, 2, 4] {
+    // Tag 0 (Hello), version 1 (before failover), 2 (before incarnations), 3 (before
+    // snapshot configurations) or 5 (a future one), then bytes that are not a Hello of this
+    // build's version.
+    for version in [1u8, 2, 3, 5] {
         let body = [0u8, version, 0xff, 0xff, 0xff];
         match decode_frame_body(&body) {
             Err(FrameError::UnsupportedVersion { theirs }) => {

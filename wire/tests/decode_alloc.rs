@@ -74,18 +74,18 @@ fn bodies_claiming_more_than_they_hold() -> Vec<(&'static str, Vec<u8>)> {
     let mut records = vec![5u8, 1, 1];
     records.extend(varint_u64(CLAIMED));
     records.push(0);
-    // Hello: tag 0, version 3 (this build's: another version's undecodable Hello is
+    // Hello: tag 0, version 4 (this build's: another version's undecodable Hello is
     // `UnsupportedVersion`), cluster_id of 30 MB.
-    let mut hello_cluster = vec![0u8, 3];
+    let mut hello_cluster = vec![0u8, 4];
     hello_cluster.extend(varint_u64(CLAIMED));
     hello_cluster.extend_from_slice(b"c");
     // Hello: cluster "c", node "n", incarnation 0, last 0/0/0, commit 0, epoch history of
     // 2^40 entries.
-    let mut hello_history = vec![0u8, 3, 1, b'c', 1, b'n', 0, 0, 0, 0, 0];
+    let mut hello_history = vec![0u8, 4, 1, b'c', 1, b'n', 0, 0, 0, 0, 0];
     hello_history.extend(varint_u64(1 << 40));
     hello_history.extend_from_slice(&[1, 1]);
-    // Welcome: tag 1, version 3, primary_id of 30 MB.
-    let mut welcome = vec![1u8, 3];
+    // Welcome: tag 1, version 4, primary_id of 30 MB.
+    let mut welcome = vec![1u8, 4];
     welcome.extend(varint_u64(CLAIMED));
     // Refuse: tag 2, reason Halted (tag 7), reason text of 30 MB.
     let mut refuse = vec![2u8, 7];

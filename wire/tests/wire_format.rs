@@ -25,8 +25,8 @@ fn limits_have_the_values_in_the_spec() {
     assert_eq!(MAX_FRAME_BYTES, 8_454_144);
     assert_eq!(MAX_BATCH_BYTES, 8_388_608);
     assert_eq!(MAX_DECODED_BYTES, 33_816_576);
-    assert_eq!(walship_wire::ALPN, b"walship/3");
-    assert_eq!(walship_wire::PROTOCOL_VERSION, 3);
+    assert_eq!(walship_wire::ALPN, b"walship/4");
+    assert_eq!(walship_wire::PROTOCOL_VERSION, 4);
 }
 
 #[test]

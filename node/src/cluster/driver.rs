@@ -156,8 +156,18 @@ fn start_state(config: &NodeConfig) -> Result<Start, NodeError> {
     // Read without changing anything: the role that opens the WAL next recovers it.
     let reader = walship_wal::read_only_reader(&FsStorage, wal_dir, config.wal.max_record_bytes)
         .map_err(|e| NodeError::Open(e.to_string()))?;
+    // Records the newest snapshot replaced: what it records (spec/snapshot-format.md §1.5).
+    let at_snapshot = walship_snapshot::read_newest_membership(
+        &FsStorage,
+        &node_dir.snapshot_dir(),
+        &walship_snapshot::Limits::default(),
+    )
+    .map_err(|e| NodeError::Open(e.to_string()))?
+    .map(|(_, m)| m)
+    .unwrap_or(walship_snapshot::BoundaryMembership::Static);
     let configs =
-        crate::membership::ConfigLog::from_log(config.base_configuration(), reader, commit)
+        crate::membership::ConfigLog::at_snapshot(config.base_configuration(), &at_snapshot)
+            .extended_by(reader, commit)
             .map_err(|e| NodeError::Open(e.to_string()))?;
     let membership = configs.view(commit);
     Ok(Start {

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc as tmpsc, oneshot, watch};
 use tracing::{debug, error, info, warn, Instrument};
 use walship_primary::core::{CloseReason, ConnId, CoreStatus, Event};
-use walship_snapshot::{SnapshotSender, SnapshotStore, TransferItem};
+use walship_snapshot::{SnapshotStore, TransferItem};
 use walship_wal::{FsStorage, Lsn, Position, SharedWal};
 use walship_wire::{
     encode_frame, read_frame, CloseCode, FrameError, FrameWriter, Message, MAX_FRAME_BYTES,
@@ -637,8 +637,8 @@ async fn send_snapshot(
             Ok(_) => return Err(format!("snapshot at lsn {} is gone", boundary.lsn)),
             Err(e) => return Err(e.to_string()),
         };
-        let reader = snapshots.reader(&snap).map_err(|e| e.to_string())?;
-        Ok((snap, SnapshotSender::new(reader)))
+        let sender = snapshots.sender(&snap).map_err(|e| e.to_string())?;
+        Ok((snap, sender))
     })
     .await?;
     let (snap, mut sender) = opened.map_err(fail)?;

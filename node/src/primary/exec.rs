@@ -36,7 +36,7 @@ use walship_primary::core::{
     Action, CloseReason, ConnId, CoreConfig, CoreStatus, Event, PrimaryCore, Quorum, Window,
 };
 use walship_primary::log::WalLog;
-use walship_snapshot::{Limits, SnapshotStore};
+use walship_snapshot::{BoundaryMembership, Limits, SnapshotStore};
 use walship_wal::control::{ConfigMember, Configuration, ControlRecord};
 
 use crate::membership::{classify_change, ConfigLog, MembershipView};
@@ -333,14 +333,35 @@ impl<S: Storage + Clone, W> PrimaryExec<S, W> {
         // corruption: refuse to start.
         let recovered = snapshots.recover(&mut wal)?;
         debug!(?recovered, "snapshot store opened");
+        let newest = snapshots.newest()?;
+        // The configuration records the newest snapshot replaced (spec/membership.md,
+        // spec/snapshot-format.md §1.5): what its configuration file records.
+        let static_base = config.base_config.clone().unwrap_or_else(|| {
+            crate::membership::base_configuration(config.members.iter().map(|id| ConfigMember {
+                id: id.clone(),
+                incarnation: 0,
+                voter: true,
+                addr: id.clone(),
+                http_addr: None,
+            }))
+        });
+        let start_configs = match &newest {
+            Some(snap) => {
+                if snap.membership == BoundaryMembership::Unrecorded && wal.base().lsn > 0 {
+                    warn!(lsn = snap.boundary.lsn, "the newest snapshot records no configuration and the WAL starts after it: the static member list is assumed for the records it replaced");
+                }
+                ConfigLog::at_snapshot(static_base, &snap.membership)
+            }
+            None => ConfigLog::new(static_base),
+        };
         if let Some(new_epoch) = config.new_epoch {
             start_epoch(&node_dir, &mut wal, &mut epochs, new_epoch, &config.node_id)?;
             if let Some(forced) = &config.forced_config {
-                write_forced(&mut wal, config.base_config.clone(), forced, new_epoch)?;
+                write_forced(&mut wal, start_configs.clone(), forced, new_epoch)?;
             }
         }
         let epoch = epochs.last_epoch();
-        let newest_snapshot = snapshots.newest()?.map(|s| s.boundary);
+        let newest_snapshot = newest.map(|s| s.boundary);
         // FM-X.6: the persisted watermark only ever lags what was committed, so a log (its
         // last record, or the snapshot boundary it was reset to) ending below it lost records
         // that were acknowledged. Refuse to start rather than hand out their lsns again.
@@ -364,16 +385,8 @@ impl<S: Storage + Clone, W> PrimaryExec<S, W> {
                 "WAL open cut a torn tail above the persisted commit watermark {commit_lsn}"),
             other => info!(report = ?other, "WAL opened"),
         }
-        let base = config.base_config.clone().unwrap_or_else(|| {
-            crate::membership::base_configuration(config.members.iter().map(|id| ConfigMember {
-                id: id.clone(),
-                incarnation: 0,
-                voter: true,
-                addr: id.clone(),
-                http_addr: None,
-            }))
-        });
-        let configs = ConfigLog::from_log(base, wal.reader(0)?, commit_lsn)
+        let configs = start_configs
+            .extended_by(wal.reader(0)?, commit_lsn)
             .map_err(|e| PrimaryError::Task(format!("configuration records: {e}")))?;
         let core = PrimaryCore::new(CoreConfig {
             node_id: config.node_id.clone(),
@@ -742,6 +755,12 @@ impl<S: Storage, W> PrimaryExec<S, W> {
         self.core.inject_fault(replica_id, fault)
     }
 
+    /// The configuration in force at `boundary` (a snapshot's configuration file,
+    /// spec/snapshot-format.md §1.5); `None` when the log no longer knows it.
+    pub fn membership_at(&self, boundary: Lsn) -> Option<BoundaryMembership> {
+        self.configs.at_or_below(boundary)
+    }
+
     /// The newest configuration of the log and whether it is committed.
     pub fn membership(&self) -> MembershipView {
         self.configs.view(self.commit)
@@ -1023,7 +1042,7 @@ impl<S: Storage, W> PrimaryExec<S, W> {
 /// control record): checked first against the newest configuration in the log.
 fn write_forced<S: Storage>(
     wal: &mut Wal<S>,
-    base: Option<Configuration>,
+    start: ConfigLog,
     forced: &Configuration,
     epoch: u64,
 ) -> Result<(), PrimaryError> {
@@ -1031,8 +1050,9 @@ fn write_forced<S: Storage>(
     if !forced.forced {
         return Err(refused("not marked forced".into()));
     }
-    let base = base.unwrap_or_else(|| crate::membership::base_configuration([]));
-    let log = ConfigLog::from_log(base, wal.reader(0)?, 0).map_err(|e| refused(e.to_string()))?;
+    let log = start
+        .extended_by(wal.reader(0)?, 0)
+        .map_err(|e| refused(e.to_string()))?;
     classify_change(log.newest(), forced).map_err(|e| refused(e.to_string()))?;
     let control = ControlRecord::Configuration {
         epoch,

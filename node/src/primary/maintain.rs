@@ -110,10 +110,23 @@ impl Maintenance {
                 wal.with(|w| w.position_at(lsn))?
                     .ok_or_else(|| unresolved("not retained in the WAL".into()))
             };
-            let snap = self
-                .shared
-                .snapshots
-                .create(self.chunk_size_bytes, source, &mut resolve)?;
+            // The configuration in force at the boundary goes into the snapshot's
+            // directory with it (spec/snapshot-format.md §1.5).
+            let shared = self.shared.clone();
+            let mut membership = |boundary: Position| {
+                shared.lock_exec().membership_at(boundary.lsn).ok_or_else(|| {
+                    SnapshotError::UnresolvedBoundary {
+                        lsn: boundary.lsn,
+                        detail: "the configuration in force there is older than the configurations this primary keeps".into(),
+                    }
+                })
+            };
+            let snap = self.shared.snapshots.create_with_membership(
+                self.chunk_size_bytes,
+                source,
+                &mut resolve,
+                &mut membership,
+            )?;
             self.shared
                 .lock_exec()
                 .set_newest_snapshot(Some(snap.boundary));

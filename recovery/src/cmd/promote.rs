@@ -36,6 +36,7 @@ use crate::report::{ConfigView, DumpMember, PromoteLoss, PromoteReport, VoteView
 use crate::scan::ScanOptions;
 use crate::snapshots::{boundaries, check_snapshots, Depth};
 use crate::{Env, Outcome, TextReport};
+use walship_snapshot::BoundaryMembership;
 
 /// What the operator asked for.
 #[derive(Clone, Debug)]
@@ -155,14 +156,35 @@ pub fn promote(
 
     if newest.is_none() && scan.start.lsn > 0 {
         // The records before the first retained one (front truncation, a snapshot's
-        // boundary) may hold a configuration: the base of node.toml could then be a
-        // generation that the cluster left long ago.
-        return Err(RecoverError::Refused {
-            reason: format!(
-                "no configuration record in the retained log, which starts after lsn {}: a configuration record may have been before it, so the newest generation is unknown",
-                scan.start.lsn
-            ),
-        });
+        // boundary) may hold a configuration: the newest snapshot records which
+        // (spec/snapshot-format.md §1.5). Without that record, the base of node.toml could
+        // be a generation that the cluster left long ago.
+        let at_snapshot = walship_snapshot::read_newest_membership(
+            d.storage(),
+            &d.snapshot_dir(),
+            &walship_snapshot::Limits::default(),
+        )
+        .map_err(|e| RecoverError::Refused {
+            reason: format!("the newest snapshot's configuration cannot be read: {e}"),
+        })?;
+        match at_snapshot {
+            Some((b, BoundaryMembership::Record { lsn, config })) if b.lsn >= scan.start.lsn => {
+                newest = Some(Newest {
+                    lsn,
+                    epoch: history.epoch_at(lsn).unwrap_or(0),
+                    config,
+                });
+            }
+            Some((b, BoundaryMembership::Static)) if b.lsn >= scan.start.lsn => {}
+            _ => {
+                return Err(RecoverError::Refused {
+                    reason: format!(
+                        "no configuration record in the retained log, which starts after lsn {}, and no snapshot records the configuration before it: the newest generation is unknown",
+                        scan.start.lsn
+                    ),
+                });
+            }
+        }
     }
 
     // The configuration it replaces and the forced one.

@@ -4,7 +4,8 @@ use std::io::{self, Write};
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use walship_snapshot::{Limits, SnapshotError, SnapshotSource, SnapshotStore};
+use walship_snapshot::{BoundaryMembership, Limits, SnapshotError, SnapshotSource, SnapshotStore};
+use walship_wal::control::{Configuration, ControlRecord};
 use walship_wal::{FsStorage, Lsn, Position};
 
 use crate::audit::{append_audit, AuditEntry};
@@ -100,11 +101,21 @@ pub fn create(
         lsn: Some(lsn),
         found: None,
     };
+    let mut in_log: Option<(Lsn, Configuration)> = None;
     let scan = d.scan(
         scan_options(common),
         progress_label(env.progress, "snapshot create: WAL"),
         &mut |_, _, v| {
             probe.see(v.position());
+            // The newest configuration record at or below the boundary goes into the
+            // snapshot's configuration file (spec/snapshot-format.md §1.5).
+            if v.is_control() && v.lsn() <= lsn {
+                if let Ok(ControlRecord::Configuration { config, .. }) =
+                    ControlRecord::decode(v.payload())
+                {
+                    in_log = Some((v.lsn(), config));
+                }
+            }
             ControlFlow::Continue(())
         },
     )?;
@@ -139,6 +150,19 @@ pub fn create(
             });
         }
     }
+    // Records before the WAL's first retained one are what the newest snapshot replaced:
+    // it records the configuration among them.
+    let membership = match in_log {
+        Some((lsn, config)) => BoundaryMembership::Record { lsn, config },
+        None if scan.start.lsn == 0 => BoundaryMembership::Static,
+        None => walship_snapshot::read_newest_membership(
+            d.storage(),
+            &d.snapshot_dir(),
+            &Limits::default(),
+        )
+        .map_err(snapshot_error)?
+        .map_or(BoundaryMembership::Unrecorded, |(_, m)| m),
+    };
     let io_state = |op: &'static str| {
         let path = req.state_file.clone();
         move |source| RecoverError::Io { op, path, source }
@@ -182,16 +206,21 @@ pub fn create(
             SnapshotStore::open(FsStorage, &d.snapshot_dir(), limits).map_err(snapshot_error)?;
         let mut source = FileSource { file, lsn };
         let installed = store
-            .create(req.chunk_size_bytes, &mut source, &mut |l| {
-                if l == lsn {
-                    Ok(boundary)
-                } else {
-                    Err(SnapshotError::UnresolvedBoundary {
-                        lsn: l,
-                        detail: format!("expected lsn {lsn}"),
-                    })
-                }
-            })
+            .create_with_membership(
+                req.chunk_size_bytes,
+                &mut source,
+                &mut |l| {
+                    if l == lsn {
+                        Ok(boundary)
+                    } else {
+                        Err(SnapshotError::UnresolvedBoundary {
+                            lsn: l,
+                            detail: format!("expected lsn {lsn}"),
+                        })
+                    }
+                },
+                &mut |_| Ok(membership.clone()),
+            )
             .map_err(|e| match e {
                 SnapshotError::Embedder { source, .. } => io_state("read")(source),
                 other => snapshot_error(other),

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use walship_snapshot::{
-    InstalledSnapshot, Limits, SnapshotChunk, SnapshotEnd, SnapshotOffer, SnapshotSink,
-    SnapshotSource, SnapshotStore,
+    BoundaryMembership, InstalledSnapshot, Limits, SnapshotChunk, SnapshotEnd, SnapshotOffer,
+    SnapshotSink, SnapshotSource, SnapshotStore,
 };
+use walship_wal::control::{ConfigMember, Configuration};
 use walship_wal::sim::SimStorage;
 use walship_wal::{Lsn, Mapping, Position, Storage, StorageFile, Wal, WalOptions};
 
@@ -107,6 +108,27 @@ pub struct Shipped {
     pub end: SnapshotEnd,
     pub state: Vec<u8>,
     pub file: Vec<u8>,
+    /// What its configuration file records.
+    pub membership: BoundaryMembership,
+}
+
+/// A configuration of generation `generation` (three voters).
+pub fn configuration(generation: u64) -> Configuration {
+    Configuration {
+        generation,
+        forced: false,
+        members: ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, id)| ConfigMember {
+                id: (*id).to_string(),
+                incarnation: 100 + i as u64,
+                voter: true,
+                addr: format!("127.0.0.1:{}", 9000 + i),
+                http_addr: None,
+            })
+            .collect(),
+    }
 }
 
 /// Creates a snapshot of `state` at `boundary` in a separate simulated
@@ -121,12 +143,24 @@ pub fn primary_snapshot(boundary: Position, state: Vec<u8>, chunk_size: u32) -> 
         bytes: state.clone(),
         restored_boundary: None,
     };
+    // The newest configuration record at or below the boundary, as a node records it.
+    let membership = BoundaryMembership::Record {
+        lsn: boundary.lsn.saturating_sub(2).max(1),
+        config: configuration(4),
+    };
     let snap = store
-        .create(chunk_size, &mut src, &mut |_| Ok(boundary))
+        .create_with_membership(chunk_size, &mut src, &mut |_| Ok(boundary), &mut |_| {
+            Ok(membership.clone())
+        })
         .expect("create");
+    assert_eq!(snap.membership, membership);
     let r = store.reader(&snap).expect("reader");
     r.verify().expect("verify");
-    let offer = r.offer();
+    let offer = match store.sender(&snap).expect("sender").next() {
+        Some(Ok(walship_snapshot::TransferItem::Offer(o))) => o,
+        other => panic!("the first item is the offer: {other:?}"),
+    };
+    assert!(!offer.configuration.is_empty());
     let chunks = (0..offer.chunk_count)
         .map(|i| r.chunk_message(i).expect("chunk"))
         .collect();
@@ -136,6 +170,7 @@ pub fn primary_snapshot(boundary: Position, state: Vec<u8>, chunk_size: u32) -> 
         end: r.end_message(),
         state,
         file: ps.contents(&snap.file).expect("contents"),
+        membership,
     }
 }
 

@@ -233,6 +233,8 @@ pub struct ReplicaExec<S: Storage> {
     last_session_end: Option<String>,
     /// The configurations of the log (spec/membership.md), when tracked.
     configs: Option<crate::membership::ConfigLog>,
+    /// The static member list (`ExecConfig::base_config`) configurations start from.
+    base_config: Option<walship_wal::control::Configuration>,
 }
 
 impl<S: Storage> std::fmt::Debug for ReplicaExec<S> {
@@ -975,6 +977,14 @@ impl<S: Storage> ReplicaExec<S> {
             Err(e) => return self.snapshot_failed(e, now_ms),
         };
         let boundary = outcome.installed.boundary;
+        // The WAL starts after the boundary now: the configurations it held up to there are
+        // replaced by what the snapshot records (spec/snapshot-format.md §1.5).
+        if let Some(base) = self.base_config.clone() {
+            let log =
+                crate::membership::ConfigLog::at_snapshot(base, &outcome.installed.membership);
+            tracing::info!(lsn = boundary.lsn, configuration = ?log.view(boundary.lsn), "configuration at the snapshot's boundary");
+            self.configs = Some(log);
+        }
         // Published and the WAL reset: persist the watermark before the restore, so a
         // crash here never leaves the commit below the snapshot (FM-10.5).
         let commit = self.persisted_commit.max(boundary.lsn);

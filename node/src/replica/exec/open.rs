@@ -119,14 +119,28 @@ impl<S: Storage> ReplicaExec<S> {
         core.set_installed_boundary(rec.installed_boundary);
         // The configurations of the log (spec/membership.md), read once here.
         let configs = match (&config.base_config, &rec.local) {
-            (Some(base), Some(l)) => Some(
-                crate::membership::ConfigLog::from_log(
-                    base.clone(),
-                    l.wal.reader(0)?,
-                    rec.commit_lsn,
+            (Some(base), Some(l)) => {
+                // The configuration records an installed snapshot replaced: what its
+                // configuration file records (spec/snapshot-format.md §1.5).
+                let at_snapshot = match l.snapshots.newest()? {
+                    Some(snap) => {
+                        if snap.membership == walship_snapshot::BoundaryMembership::Unrecorded
+                            && l.wal.base().lsn > 0
+                        {
+                            tracing::warn!(lsn = snap.boundary.lsn, "the newest snapshot records no configuration and the WAL starts after it: the static member list is assumed for the records it replaced");
+                        }
+                        snap.membership
+                    }
+                    None => walship_snapshot::BoundaryMembership::Static,
+                };
+                Some(
+                    crate::membership::ConfigLog::at_snapshot(base.clone(), &at_snapshot)
+                        .extended_by(l.wal.reader(0)?, rec.commit_lsn)
+                        .map_err(|e| {
+                            ReplicaError::Runtime(format!("configuration records: {e}"))
+                        })?,
                 )
-                .map_err(|e| ReplicaError::Runtime(format!("configuration records: {e}")))?,
-            ),
+            }
             (Some(base), None) => Some(crate::membership::ConfigLog::new(base.clone())),
             (None, _) => None,
         };
@@ -155,6 +169,7 @@ impl<S: Storage> ReplicaExec<S> {
             sessions: 0,
             last_session_end: None,
             configs,
+            base_config: config.base_config.clone(),
             config,
         };
         if let Some(b) = rec.restored {
