@@ -327,10 +327,27 @@ impl ConfigLog {
     /// The newest configuration record and whether it is committed at
     /// `commit` (for status and for the election core).
     pub fn view(&self, commit: Lsn) -> MembershipView {
+        let committed = self.newest_lsn() <= commit;
+        let n = self.entries.len();
+        // While a removal is not committed, the old voters' copies still count (rule 2):
+        // the member leaving keeps getting heartbeats, so that it follows whoever leads.
+        let departing = if committed || n < 2 {
+            Vec::new()
+        } else {
+            let newest = self.newest();
+            self.entries[n - 2]
+                .1
+                .members
+                .iter()
+                .filter(|m| newest.member(&m.id).is_none())
+                .cloned()
+                .collect()
+        };
         MembershipView {
             lsn: self.newest_lsn(),
             config: self.newest().clone(),
-            committed: self.newest_lsn() <= commit,
+            committed,
+            departing,
         }
     }
 
@@ -410,6 +427,10 @@ pub struct MembershipView {
     pub config: Configuration,
     /// Whether the commit watermark covers it.
     pub committed: bool,
+    /// Members of the configuration before it that it removes, while it is not
+    /// committed (empty once it is): their copies still count for the old voters,
+    /// so they are reached (heartbeats, addresses) though they are not members of it.
+    pub departing: Vec<ConfigMember>,
 }
 
 impl MembershipView {
@@ -443,6 +464,7 @@ impl MembershipView {
             .members
             .iter()
             .filter(|m| !m.voter || other_me(m))
+            .chain(&self.departing)
             .map(|m| m.id.clone())
             .collect();
         (voters, learners)
@@ -859,6 +881,7 @@ mod tests {
             lsn: 3,
             config: abc,
             committed: true,
+            departing: Vec::new(),
         };
         let fact = |id: &str, incarnation: u64, silent_ms: u64| ReplicaFacts {
             id: id.into(),
@@ -898,6 +921,34 @@ mod tests {
     }
 
     #[test]
+    fn a_member_whose_removal_is_not_committed_still_gets_heartbeats() {
+        let mut log = ConfigLog::new(cfg(0, &[("a", true), ("b", true), ("c", true)]));
+        log.observe(1, cfg(1, &[("a", true), ("b", true), ("c", true)]))
+            .expect("bootstrap");
+        log.observe(5, cfg(2, &[("a", true), ("b", true)]))
+            .expect("remove c");
+        let pending = log.view(4);
+        assert_eq!(
+            pending
+                .departing
+                .iter()
+                .map(|m| m.id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["c"]
+        );
+        let (voters, learners) = pending.election_members("a", 1);
+        assert_eq!(
+            voters.len(),
+            2,
+            "c does not vote in the newest configuration"
+        );
+        assert_eq!(learners, vec!["c".to_string()], "but is reached");
+        let done = log.view(5);
+        assert!(done.departing.is_empty());
+        assert!(done.election_members("a", 1).1.is_empty());
+    }
+
+    #[test]
     fn a_node_named_as_a_voter_under_another_incarnation_counts_itself_a_learner() {
         let mut abc = cfg(2, &[("a", true), ("b", true), ("c", true)]);
         abc.members[1].incarnation = 7;
@@ -905,6 +956,7 @@ mod tests {
             lsn: 3,
             config: abc,
             committed: true,
+            departing: Vec::new(),
         };
         let (voters, learners) = view.election_members("b", 7);
         assert_eq!(voters.len(), 3);

@@ -773,7 +773,10 @@ fn promote_takes_the_configuration_a_snapshot_records_when_the_log_no_longer_hol
         other => panic!("the configuration record at lsn 2 is recorded: {other:?}"),
     }
     let first = n.truncate_front(20);
-    assert!(first > 2, "the configuration record is truncated (first {first})");
+    assert!(
+        first > 2,
+        "the configuration record is truncated (first {first})"
+    );
     let (code, v, err) = recover_json(&["promote", s(&n.root), "--accept-data-loss"]);
     assert_eq!(code, 0, "{v} {err}");
     assert_eq!(v["old_configuration"]["lsn"], 2, "{v}");

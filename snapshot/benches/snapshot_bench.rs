@@ -26,8 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use walship_snapshot::{
-    Limits, ReceiveProgress, SnapshotReceiver, SnapshotSender, SnapshotSource, SnapshotStore,
-    TransferItem,
+    Limits, ReceiveProgress, SnapshotReceiver, SnapshotSource, SnapshotStore, TransferItem,
 };
 use walship_wal::{FsStorage, Lsn, Position, Wal, WalOptions};
 use walship_wire::endpoint::{client_endpoint_with, server_endpoint_with};

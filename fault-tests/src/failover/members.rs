@@ -96,7 +96,8 @@ impl Cluster {
         }
         let now = self.now();
         // As the production driver: the core hears of it when the configuration changed.
-        let changed = view.config != self.nodes[n].membership.config;
+        let changed = view.config != self.nodes[n].membership.config
+            || view.departing != self.nodes[n].membership.departing;
         let name = self.nodes[n].name.clone();
         self.nodes[n].membership = view.clone();
         if !changed {
@@ -305,6 +306,7 @@ impl Cluster {
             lsn: 0,
             config: self.base.clone(),
             committed: true,
+            departing: Vec::new(),
         };
         self.ghost.applied_last.remove(&n);
         self.log(format!(

@@ -256,6 +256,7 @@ impl Cluster {
                     lsn: 0,
                     config: members::base_config(cfg.nodes),
                     committed: true,
+                    departing: Vec::new(),
                 },
                 gone: false,
                 held: None,

@@ -14,7 +14,7 @@ use walship_node::primary::{PrimaryError, PrimaryStop};
 use walship_primary::core::{
     apply_ship_fault, LogSource, PrimaryCore, Quorum, ReplicaProgress, ShipFault,
 };
-use walship_snapshot::{SnapshotSource, SnapshotStore};
+use walship_snapshot::{SnapshotSource, SnapshotStore, TransferItem};
 use walship_wal::record::{decode_record, encode_record};
 use walship_wal::sim::SimStorage;
 use walship_wal::state::{EpochEntry, EpochHistory, NodeDir};
@@ -905,14 +905,13 @@ fn snapshot_messages(
         .into_iter()
         .find(|s| s.boundary == boundary)
         .ok_or_else(|| format!("no snapshot at {boundary}"))?;
-    let reader = store.reader(&snap).map_err(|e| e.to_string())?;
-    let offer = reader.offer();
-    let mut out = vec![Message::SnapshotOffer(offer)];
-    for i in 0..offer.chunk_count {
-        out.push(Message::SnapshotChunk(
-            reader.chunk_message(i).map_err(|e| e.to_string())?,
-        ));
-    }
-    out.push(Message::SnapshotEnd(reader.end_message()));
-    Ok(out)
+    // As the production driver: offer (with the configuration file), chunks, end.
+    let sender = store.sender(&snap).map_err(|e| e.to_string())?;
+    sender
+        .map(|item| match item.map_err(|e| e.to_string())? {
+            TransferItem::Offer(o) => Ok(Message::SnapshotOffer(o)),
+            TransferItem::Chunk(c) => Ok(Message::SnapshotChunk(c)),
+            TransferItem::End(e) => Ok(Message::SnapshotEnd(e)),
+        })
+        .collect()
 }

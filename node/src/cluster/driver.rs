@@ -159,7 +159,7 @@ fn start_state(config: &NodeConfig) -> Result<Start, NodeError> {
     // Records the newest snapshot replaced: what it records (spec/snapshot-format.md §1.5).
     let at_snapshot = walship_snapshot::read_newest_membership(
         &FsStorage,
-        &node_dir.snapshot_dir(),
+        node_dir.snapshot_dir(),
         &walship_snapshot::Limits::default(),
     )
     .map_err(|e| NodeError::Open(e.to_string()))?
@@ -233,7 +233,7 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         // A follower that never campaigned: pausing abandons nothing and sends nothing.
         let _ = core.pause(now_ms());
     }
-    let addresses = address_book(&config, &membership.config);
+    let addresses = address_book(&config, &membership);
     let sender = Sender::start(
         &endpoint,
         &peer_list(&config.node_id, &addresses),
@@ -697,6 +697,7 @@ impl Driver {
             lsn: 0,
             config: plan.config.clone(),
             committed: false,
+            departing: Vec::new(),
         }
         .election_members(me, incarnation);
         warn!(generation = plan.config.generation, survivors = ?survivors, lost = ?plan.lost, may_lose = plan.may_lose,
@@ -721,7 +722,7 @@ impl Driver {
                 return;
             }
         }
-        if m.config != self.membership.config {
+        if m.config != self.membership.config || m.departing != self.membership.departing {
             let incarnation = self
                 .inner
                 .status
@@ -736,7 +737,7 @@ impl Driver {
                     let _ = self.roles.send(RoleRequest::Set(cmd));
                 }
             }
-            let addresses = address_book(&self.inner.config, &m.config);
+            let addresses = address_book(&self.inner.config, &m);
             self.sender
                 .set_peers(&peer_list(&self.inner.config.node_id, &addresses));
             *self
@@ -1116,15 +1117,15 @@ pub(crate) async fn switchover(
     result.map(|()| pause)
 }
 
-/// Every member's addresses: the newest configuration's (parsed), then the members of
+/// Every member's addresses: the newest configuration's and its departing members' (parsed), then the members of
 /// `node.toml` it does not list (a node added later may not be in an old member's file,
 /// and this node's own file may list members the log does not know yet).
 pub(crate) fn address_book(
     config: &NodeConfig,
-    newest: &walship_wal::control::Configuration,
+    view: &crate::membership::MembershipView,
 ) -> std::collections::BTreeMap<NodeId, super::MemberAddr> {
     let mut book = std::collections::BTreeMap::new();
-    for m in &newest.members {
+    for m in view.config.members.iter().chain(&view.departing) {
         match m.addr.parse::<std::net::SocketAddr>() {
             Ok(addr) => {
                 let http_addr = m.http_addr.as_deref().and_then(|h| h.parse().ok());

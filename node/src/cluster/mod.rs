@@ -569,6 +569,7 @@ impl NodeView for NodeHttpView {
                 lsn: done.lsn,
                 config: done.config,
                 committed: true,
+                departing: Vec::new(),
             };
             Ok(serde_json::json!({
                 "lsn": done.lsn,
@@ -589,6 +590,7 @@ impl NodeView for NodeHttpView {
                 lsn: 0,
                 config: plan.config,
                 committed: false,
+                departing: Vec::new(),
             };
             Ok(serde_json::json!({
                 "campaigning": node.node_id(),
