@@ -82,6 +82,15 @@ pub fn check_snapshots<S: Storage>(
                                     file.display(),
                                     r.boundary().lsn
                                 ));
+                            } else if let Err(e) = check_configuration_file(
+                                storage,
+                                &snapshot_dir.join(&name),
+                                r.boundary().lsn,
+                                r.header().crc(),
+                            ) {
+                                // The node refuses a damaged one at open (spec/snapshot-format.md §1.5).
+                                info.ok = false;
+                                info.error = Some(e);
                             } else if depth == Depth::Full {
                                 info.verified = "full".to_string();
                                 if let Err(e) = r.verify() {
@@ -97,6 +106,28 @@ pub fn check_snapshots<S: Storage>(
         out.push(info);
     }
     Ok(out)
+}
+
+/// Checks the configuration file of the snapshot directory `dir`, if it has one
+/// (spec/snapshot-format.md §1.5): the error names the file.
+fn check_configuration_file<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    boundary_lsn: Lsn,
+    header_crc: u32,
+) -> Result<(), String> {
+    let path = dir.join(walship_snapshot::CONFIG_FILE);
+    match storage.exists(&path) {
+        Ok(false) => return Ok(()),
+        Ok(true) => {}
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
+    let map = storage
+        .map(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    walship_snapshot::BoundaryMembership::decode(&map, boundary_lsn, header_crc)
+        .map(|_| ())
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The boundary lsns of the installed snapshots that verified, ascending.

@@ -782,4 +782,17 @@ fn promote_takes_the_configuration_a_snapshot_records_when_the_log_no_longer_hol
     assert_eq!(v["old_configuration"]["lsn"], 2, "{v}");
     assert_eq!(v["old_configuration"]["generation"], 1, "{v}");
     assert_eq!(v["new_configuration"]["generation"], 2, "{v}");
+    // A damaged configuration file is what the node refuses at open: `snapshot verify`
+    // reports it.
+    let file = n
+        .root
+        .join("snapshots")
+        .join(walship_snapshot::snapshot_dir_name(20))
+        .join(walship_snapshot::CONFIG_FILE);
+    let mut bytes = std::fs::read(&file).expect("configuration file");
+    bytes[40] ^= 0x10;
+    std::fs::write(&file, bytes).expect("damage it");
+    let (code, v, _) = recover_json(&["snapshot", "verify", s(&n.root)]);
+    assert_eq!(code, 3, "{v}");
+    assert!(v.to_string().contains("configuration"), "{v}");
 }
