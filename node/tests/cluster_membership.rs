@@ -540,3 +540,76 @@ async fn seed_000_scenario_6_a_silent_member_is_deregistered_and_two_voters_comm
         shutdown(&nodes, i).await;
     }
 }
+
+/// A member that was down while n4 was added and promoted, and n4 then took over as
+/// primary: its node.toml and its log name no n4. n4's heartbeats carry n4's address
+/// (election envelope v3), so it follows n4 and catches up, instead of staying without a
+/// role until an operator edits its node.toml.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_that_missed_the_addition_of_its_new_primary_follows_it_from_its_heartbeats() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = World::new(dir.path());
+    let (nodes, p) = form(&w).await;
+    let pi: usize = p.node_id()[1..].parse::<usize>().expect("n<i>") - 1;
+    let f = (0..3).find(|&i| i != pi).expect("a follower");
+    drop(p);
+    shutdown(&nodes, f).await;
+
+    let n4 = w.open(3).await;
+    let incarnation = n4.status().incarnation;
+    nodes.lock().expect("nodes")[3] = Some(n4.clone());
+    let cfg = change(
+        &snapshot(&nodes),
+        MemberChange::Add(ConfigMember {
+            id: "n4".into(),
+            incarnation,
+            voter: false,
+            addr: w.addrs[3].addr.to_string(),
+            http_addr: None,
+        }),
+    )
+    .await;
+    wait_until("n4 holds the configuration that adds it", || {
+        n4.membership().config.generation >= cfg.generation
+    })
+    .await;
+    change(&snapshot(&nodes), MemberChange::Promote("n4".into())).await;
+    let p = primary(&snapshot(&nodes)).await;
+    p.switchover("n4", Duration::from_secs(10))
+        .await
+        .expect("switchover to n4");
+    drop(p);
+    wait_until("n4 leads", || n4.status().state.role == Role::Primary).await;
+    // Its primary role opens right after it won.
+    let deadline = Instant::now() + WAIT;
+    let lsn = loop {
+        match n4.append(b"after the switchover".to_vec()).await {
+            Ok(lsn) => break lsn,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "n4 takes no append: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    // The member comes back with the node.toml and the log of before.
+    let back = w.open(f).await;
+    assert!(back.membership().config.member("n4").is_none());
+    nodes.lock().expect("nodes")[f] = Some(back.clone());
+    wait_until("it follows n4 and holds what n4 committed", || {
+        let st = back.status();
+        st.state.role == Role::Follower
+            && st.state.primary.as_deref() == Some("n4")
+            && st.replica.is_some()
+            && st.log_head.lsn >= lsn
+    })
+    .await;
+    wait_until("it counts votes in the configuration with n4", || {
+        back.membership().config.is_voter("n4")
+    })
+    .await;
+    drop((back, n4));
+    for i in 0..4 {
+        shutdown(&nodes, i).await;
+    }
+}

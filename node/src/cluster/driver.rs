@@ -240,6 +240,7 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         &config.cluster_id,
         config.digest(),
         identity.incarnation,
+        config.me()?.addr,
     );
     let (tx, rx) = mpsc::unbounded_channel();
     let state = RoleState {
@@ -376,15 +377,20 @@ impl Driver {
                         }
                     }
                 }
-                Some(Input::Transfer { target, reply }) => match self.core.transfer_to(&target) {
-                    Ok(a) => {
-                        let _ = reply.send(Ok(()));
-                        actions = a;
+                Some(Input::Transfer { target, reply }) => {
+                    // The core counts in the newest configuration (a target promoted a
+                    // moment ago is a voter already).
+                    self.refresh_log_head();
+                    match self.core.transfer_to(&target) {
+                        Ok(a) => {
+                            let _ = reply.send(Ok(()));
+                            actions = a;
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e.into()));
+                        }
                     }
-                    Err(e) => {
-                        let _ = reply.send(Err(e.into()));
-                    }
-                },
+                }
                 Some(Input::SetPaused { paused, reply }) => {
                     let r = self.set_paused(now, paused).await;
                     // `/status` says so once the command answered.
@@ -1027,8 +1033,16 @@ pub(crate) async fn switchover(
         target: target.to_owned(),
         reason,
     };
-    if target == inner.config.node_id || inner.config.member(target).is_none() {
-        return Err(fail("the target must be another member".into()));
+    // A voter of the newest configuration in the primary role's log (a member added
+    // since node.toml was written is one too; a learner cannot win an election).
+    let voter = match &*inner.lock_role() {
+        RoleSlot::Primary(p) => p.membership().config.is_voter(target),
+        _ => return Err(inner.not_primary()),
+    };
+    if target == inner.config.node_id || !voter {
+        return Err(fail(
+            "the target must be another voter of the newest configuration".into(),
+        ));
     }
     let epoch = {
         let s = inner.state.borrow();
@@ -1206,7 +1220,8 @@ async fn accept_loop(endpoint: quinn::Endpoint, inner: Arc<Inner>) {
                                 }
                             };
                             match Envelope::decode_checked(&bytes, &inner.config.cluster_id, digest) {
-                                Ok((msg, incarnation)) => {
+                                Ok((msg, incarnation, addr)) => {
+                                    learn_address(&inner, &peer, &addr);
                                     let _ = inner.commands.send(Input::Election { from: peer, incarnation, msg });
                                 }
                                 Err(e) => error!(%peer, error = %e, "election message refused"),
@@ -1221,6 +1236,30 @@ async fn accept_loop(endpoint: quinn::Endpoint, inner: Arc<Inner>) {
             }
         });
     }
+}
+
+/// A member this node has no address for (not in the newest configuration of its log nor
+/// in its `node.toml`: it was added while this node was down) told its address in an
+/// election message: keep it, so that this node can follow it if it leads. Known addresses
+/// are never replaced by what a peer claims (the next configuration the node reads rebuilds
+/// the book anyway).
+fn learn_address(inner: &Inner, peer: &str, addr: &str) {
+    let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
+        return;
+    };
+    let mut book = inner.addresses.lock().unwrap_or_else(|p| p.into_inner());
+    if book.contains_key(peer) {
+        return;
+    }
+    info!(%peer, %addr, "learned a member's address from its election message");
+    book.insert(
+        peer.to_owned(),
+        super::MemberAddr {
+            node_id: peer.to_owned(),
+            addr,
+            http_addr: None,
+        },
+    );
 }
 
 /// A replica's session: served by the primary role, or refused with the primary this

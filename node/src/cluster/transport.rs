@@ -25,7 +25,10 @@ use crate::election::{ElectionMessage, NodeId};
 pub const MAX_ENVELOPE_BYTES: usize = 4096;
 
 /// Version of the envelope layout.
-pub const ENVELOPE_VERSION: u32 = 2;
+pub const ENVELOPE_VERSION: u32 = 3;
+
+/// Upper bound of [`Envelope::addr`] (a configuration's address bound).
+pub const MAX_ENVELOPE_ADDR_BYTES: usize = 255;
 
 /// How long a connection attempt to a peer may take before the message is dropped.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -42,6 +45,11 @@ pub struct Envelope {
     /// The incarnation of the sender's data directory (`state/identity`; 0: none): a
     /// vote counts only from the incarnation the configuration names (spec/membership.md).
     pub incarnation: u64,
+    /// The sender's peer (QUIC) address as it advertises it (`node.toml`): a member
+    /// that follows a primary no configuration in its log names yet (it was down while
+    /// the primary was added) learns where to connect from its heartbeats. Only a hint:
+    /// the connection still verifies the primary's certificate name.
+    pub addr: String,
     /// Digest of the sender's member list, quorum setting and timeouts
     /// ([`super::NodeConfig::digest`]): members that disagree about who votes or how many
     /// votes win must not elect each other.
@@ -94,12 +102,13 @@ impl Envelope {
             .unwrap_or_else(|e| panic!("encoding an election envelope failed: {e}"))
     }
 
-    /// Decodes and checks an envelope received from a peer.
+    /// Decodes and checks an envelope received from a peer: the message, the
+    /// sender's incarnation and its advertised address.
     pub fn decode_checked(
         bytes: &[u8],
         cluster_id: &str,
         digest: u32,
-    ) -> Result<(ElectionMessage, u64), EnvelopeError> {
+    ) -> Result<(ElectionMessage, u64, String), EnvelopeError> {
         if bytes.len() > MAX_ENVELOPE_BYTES {
             return Err(EnvelopeError::TooLarge { len: bytes.len() });
         }
@@ -129,7 +138,13 @@ impl Envelope {
                 theirs: env.config_digest,
             });
         }
-        Ok((env.msg, env.incarnation))
+        if env.addr.len() > MAX_ENVELOPE_ADDR_BYTES {
+            return Err(EnvelopeError::Malformed(format!(
+                "sender address of {} bytes (at most {MAX_ENVELOPE_ADDR_BYTES})",
+                env.addr.len()
+            )));
+        }
+        Ok((env.msg, env.incarnation, env.addr))
     }
 }
 
@@ -141,16 +156,19 @@ pub struct Sender {
     cluster_id: String,
     digest: u32,
     incarnation: u64,
+    addr: String,
 }
 
 impl Sender {
-    /// Starts one sending task per peer (`(id, addr)`, this node excluded) on `endpoint`.
+    /// Starts one sending task per peer (`(id, addr)`, this node excluded) on `endpoint`;
+    /// `addr` is this node's advertised peer address, sent in every envelope.
     pub fn start(
         endpoint: &quinn::Endpoint,
         peers: &[(NodeId, SocketAddr)],
         cluster_id: &str,
         digest: u32,
         incarnation: u64,
+        addr: SocketAddr,
     ) -> Sender {
         let mut sender = Sender {
             queues: HashMap::new(),
@@ -158,6 +176,7 @@ impl Sender {
             cluster_id: cluster_id.to_owned(),
             digest,
             incarnation,
+            addr: addr.to_string(),
         };
         sender.set_peers(peers);
         sender
@@ -192,6 +211,7 @@ impl Sender {
             cluster_id: self.cluster_id.clone(),
             config_digest: self.digest,
             incarnation: self.incarnation,
+            addr: self.addr.clone(),
             msg,
         };
         let _ = q.send(env.encode());
@@ -274,6 +294,7 @@ mod tests {
             cluster_id: "c".into(),
             config_digest: 7,
             incarnation: 0xfeed,
+            addr: "10.0.0.4:7000".into(),
             msg: ElectionMessage::VoteRequest {
                 epoch: 3,
                 last: LogPosition::new(2, 10),
@@ -286,9 +307,15 @@ mod tests {
         let bytes = env().encode();
         assert_eq!(
             Envelope::decode_checked(&bytes, "c", 7),
-            Ok((env().msg, 0xfeed)),
+            Ok((env().msg, 0xfeed, "10.0.0.4:7000".to_string())),
             "round trip"
         );
+        let mut long = env();
+        long.addr = "x".repeat(MAX_ENVELOPE_ADDR_BYTES + 1);
+        assert!(matches!(
+            Envelope::decode_checked(&long.encode(), "c", 7),
+            Err(EnvelopeError::Malformed(_))
+        ));
         assert!(matches!(
             Envelope::decode_checked(&bytes, "other", 7),
             Err(EnvelopeError::ClusterMismatch { .. })

@@ -211,8 +211,12 @@ impl ElectionCore {
             .collect();
         self.election_quorum = election_quorum(n, self.config.quorum_setting);
         self.lease_quorum = lease_quorum(n, self.config.quorum_setting);
-        let voters = &self.config.voters;
-        self.member_contact_ms.retain(|id, _| voters.contains(id));
+        // Learners' contacts are kept too: a learner promoted to voter heard this primary
+        // when it acked, and it grants no pre-vote while it hears from one (the same rule
+        // as a voter), so its last ack renews the lease from the moment it votes.
+        let (voters, learners) = (&self.config.voters, &self.learners);
+        self.member_contact_ms
+            .retain(|id, _| voters.contains(id) || learners.contains(id));
         if !self.is_voter() && matches!(self.role, Role::PreCandidate | Role::Candidate) {
             tracing::info!(node = %self.config.node_id, epoch = self.epoch, "no longer a voter: campaign abandoned");
             self.role = Role::Follower;
@@ -709,9 +713,11 @@ impl ElectionCore {
             self.adopt_epoch(now_ms, epoch, from, None, out);
         } else if epoch == self.epoch
             && self.role == Role::Primary
-            && self.config.voters.iter().any(|v| v == from)
+            && (self.config.voters.iter().any(|v| v == from)
+                || self.learners.iter().any(|l| l == from))
         {
-            // Only voters renew the lease.
+            // Only voters renew the lease (`lease_contacts`); a learner's contact is kept for
+            // when it is promoted.
             self.member_contact_ms.insert(from.to_owned(), now_ms);
         }
     }
@@ -760,12 +766,19 @@ impl ElectionCore {
         self.election_deadline_ms = now_ms.saturating_add(t).saturating_add(jitter);
     }
 
+    /// When each voter other than this node was last heard in this epoch.
+    fn lease_contacts(&self) -> impl Iterator<Item = u64> + '_ {
+        self.member_contact_ms
+            .iter()
+            .filter(|(id, _)| self.config.voters.contains(id))
+            .map(|(_, t)| *t)
+    }
+
     /// Members heard within the lease (this node included).
     fn members_heard(&self, now_ms: u64) -> usize {
         1 + self
-            .member_contact_ms
-            .values()
-            .filter(|&&t| now_ms.saturating_sub(t) < self.config.lease_ms)
+            .lease_contacts()
+            .filter(|&t| now_ms.saturating_sub(t) < self.config.lease_ms)
             .count()
     }
 
@@ -775,7 +788,7 @@ impl ElectionCore {
         if others == 0 {
             return None;
         }
-        let mut times: Vec<u64> = self.member_contact_ms.values().copied().collect();
+        let mut times: Vec<u64> = self.lease_contacts().collect();
         times.sort_unstable_by(|a, b| b.cmp(a));
         // The lease holds while the `others`-th most recent contact is fresh.
         Some(

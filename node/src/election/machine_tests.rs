@@ -1381,3 +1381,40 @@ fn fm_x_15_a_vote_from_another_incarnation_of_a_voter_does_not_count() {
     let a = c.on_message_from(now, "n3", 33, granted).expect("peer");
     assert_eq!(a, vec![A::BecomePrimary { epoch: e }]);
 }
+
+#[test]
+fn a_learner_promoted_to_voter_brings_its_recent_ack_to_the_lease() {
+    // n1 leads {n1, n2, n3} with learner n4; n3 is down. n4's acks as a learner do not
+    // renew the lease, but once n4 votes (4 voters: 3 needed) its last ack counts at
+    // once: the primary does not step down for want of an ack n4 already sent.
+    let mut c = core("n1", 3, -1);
+    let three: Vec<(String, u64)> = (1..=3).map(|i| (format!("n{i}"), 0)).collect();
+    c.set_membership(0, &three, &["n4".to_string()]);
+    let won = elect_n1(&mut c);
+    let mut now = won;
+    while now < won + 2 * LEASE {
+        for peer in ["n2", "n4"] {
+            c.on_message(now, peer, M::HeartbeatAck { epoch: 1 })
+                .expect("peer");
+        }
+        c.tick(now);
+        now += c.heartbeat_ms();
+    }
+    assert_eq!(c.role(), Role::Primary);
+    assert_eq!(
+        c.status(now).lease.map(|l| l.heard),
+        Some(2),
+        "the learner's acks are not lease contact"
+    );
+    let four: Vec<(String, u64)> = (1..=4).map(|i| (format!("n{i}"), 0)).collect();
+    c.set_membership(now, &four, &[]);
+    assert_eq!(
+        c.status(now).lease.map(|l| l.heard),
+        Some(3),
+        "n4's last ack counts once it votes"
+    );
+    for a in c.tick(now) {
+        assert!(matches!(a, A::Send { .. }), "still primary: {a:?}");
+    }
+    assert_eq!(c.role(), Role::Primary);
+}
