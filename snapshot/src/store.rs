@@ -92,14 +92,25 @@ pub fn read_newest_membership<S: Storage>(
     let map = storage.map(&file).map_err(io_err("map", &file))?;
     let reader = SnapshotReader::open(map, limits, None).map_err(damaged(&file))?;
     let header = reader.header();
-    let config = snap_dir.join(CONFIG_FILE);
-    if !storage.exists(&config).map_err(io_err("exists", &config))? {
-        return Ok(Some((header.boundary, BoundaryMembership::Unrecorded)));
-    }
-    let bytes = storage.map(&config).map_err(io_err("map", &config))?;
-    let membership = BoundaryMembership::decode(&bytes, header.boundary.lsn, header.crc())
-        .map_err(damaged(&config))?;
+    let membership = read_config_file(storage, &snap_dir, header.boundary.lsn, header.crc())?;
     Ok(Some((header.boundary, membership)))
+}
+
+/// The configuration file of the snapshot directory `dir` (absent:
+/// [`BoundaryMembership::Unrecorded`]); damaged: `InstalledDamaged`.
+fn read_config_file<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    boundary_lsn: Lsn,
+    header_crc: u32,
+) -> Result<BoundaryMembership, SnapshotError> {
+    let path = dir.join(CONFIG_FILE);
+    if !storage.exists(&path).map_err(io_err("exists", &path))? {
+        return Ok(BoundaryMembership::Unrecorded);
+    }
+    let map = storage.map(&path).map_err(io_err("map", &path))?;
+    BoundaryMembership::decode(&map, boundary_lsn, header_crc)
+        .map_err(|error| SnapshotError::InstalledDamaged { path, error })
 }
 
 /// An installed snapshot whose header, length and trailer were verified.
@@ -369,7 +380,12 @@ impl<S: Storage> SnapshotStore<S> {
                 },
             });
         }
-        let membership = self.read_membership(&dir, r.header().boundary.lsn, r.header().crc())?;
+        let membership = read_config_file(
+            &self.storage,
+            &dir,
+            r.header().boundary.lsn,
+            r.header().crc(),
+        )?;
         Ok(InstalledSnapshot {
             boundary: r.boundary(),
             file_len: r.header().file_len(),
@@ -378,27 +394,6 @@ impl<S: Storage> SnapshotStore<S> {
             dir,
             file,
         })
-    }
-
-    /// The configuration file of the snapshot directory `dir` (absent:
-    /// [`BoundaryMembership::Unrecorded`]); damaged: `InstalledDamaged`.
-    fn read_membership(
-        &self,
-        dir: &Path,
-        boundary_lsn: Lsn,
-        header_crc: u32,
-    ) -> Result<BoundaryMembership, SnapshotError> {
-        let path = dir.join(CONFIG_FILE);
-        if !self
-            .storage
-            .exists(&path)
-            .map_err(io_err("exists", &path))?
-        {
-            return Ok(BoundaryMembership::Unrecorded);
-        }
-        let map = self.storage.map(&path).map_err(io_err("map", &path))?;
-        BoundaryMembership::decode(&map, boundary_lsn, header_crc)
-            .map_err(|error| SnapshotError::InstalledDamaged { path, error })
     }
 
     /// Writes `membership` as the configuration file of the temporary
