@@ -740,8 +740,13 @@ fn forced_recovery(
     // Nothing is acknowledged from here until the forced primary leads (no primary).
     let acked_before: BTreeMap<Lsn, Position> =
         c.ghost.acked.iter().map(|(&l, &(p, _))| (l, p)).collect();
-    let refused_without = match c.force_quorum(false)? {
-        Err(ForceError::LossNotAccepted { lost, log_end }) => Some((lost, log_end)),
+    let (refused_without, run) = match c.force_quorum(false)? {
+        Err(ForceError::LossNotAccepted { lost, log_end }) => {
+            let run = c
+                .force_quorum(true)?
+                .map_err(|e| format!("force-quorum --accept-data-loss refused: {e}"))?;
+            (Some((lost, log_end)), run)
+        }
         Err(e) => {
             cell_note(out, format!("force-quorum refused: {e}"));
             ops.push("walship ctl force-quorum (refused)".into());
@@ -752,18 +757,8 @@ fn forced_recovery(
                 "force-quorum ran without accept_data_loss (plan: may lose {})",
                 run.plan.may_lose
             ));
-            None
+            (None, run)
         }
-    };
-    let run = match refused_without {
-        Some(_) => c
-            .force_quorum(true)?
-            .map_err(|e| format!("force-quorum --accept-data-loss refused: {e}"))?,
-        None => c
-            .force_quorum(true)
-            .ok()
-            .and_then(|r| r.ok())
-            .ok_or("a second force-quorum")?,
     };
     let chosen = run.node;
     let name = c.nodes[chosen].name.clone();
