@@ -15,6 +15,9 @@ use serde::Serialize;
 use serde_json::Value;
 use walship::config::{NodeConfig, RoleConfig};
 use walship::http_client;
+use walship_node::election::LogPosition;
+use walship_node::membership::{choose_force_survivors, ForceCandidate};
+use walship_wal::control::{ConfigMember, Configuration};
 
 /// Where `ctl` finds the members.
 #[derive(Clone, Debug)]
@@ -743,6 +746,32 @@ fn member_op(targets: &[Target], op: &str, id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The configuration a `/status` reports (`configuration`), as the membership code
+/// reads it: generation, members with incarnation and voter flag.
+fn configuration_from_status(config: &Value) -> Configuration {
+    Configuration {
+        generation: u64_of(config, "generation").unwrap_or(0),
+        forced: false,
+        members: config
+            .get("members")
+            .and_then(Value::as_array)
+            .map(|ms| {
+                ms.iter()
+                    .filter_map(|m| {
+                        Some(ConfigMember {
+                            id: str_of(m, "id")?,
+                            incarnation: u64_of(m, "incarnation").unwrap_or(0),
+                            voter: m.get("voter").and_then(Value::as_bool).unwrap_or(true),
+                            addr: str_of(m, "addr").unwrap_or_default(),
+                            http_addr: str_of(m, "http_addr"),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
 /// `walship ctl force-quorum [--accept-data-loss]` (seed 003, spec/membership.md §3): when
 /// the voters that survive cannot elect, lists each reachable member's position, picks
 /// the most up to date, says what may be lost, and makes it campaign among the survivors
@@ -766,13 +795,10 @@ pub fn force_quorum(
     let config = configuration_of(&answers)
         .cloned()
         .ok_or("no reachable member reports a configuration")?;
-    let members: Vec<String> = config
-        .get("members")
-        .and_then(Value::as_array)
-        .map(|ms| ms.iter().filter_map(|m| str_of(m, "id")).collect())
-        .unwrap_or_default();
+    let configuration = configuration_from_status(&config);
+    let members: Vec<String> = configuration.members.iter().map(|m| m.id.clone()).collect();
     // (id, log head epoch, log head lsn, commit, incarnation, http)
-    let mut survivors: Vec<(String, u64, u64, u64, u64, SocketAddr)> = Vec::new();
+    let mut reachable: Vec<(String, u64, u64, u64, u64, SocketAddr)> = Vec::new();
     println!(
         "{:<10} {:<10} {:>6} {:>10} {:>10} {:>16}",
         "member", "role", "epoch", "log head", "commit", "incarnation"
@@ -796,17 +822,34 @@ pub fn force_quorum(
             cell(u64_of(s, "epoch")),
             format!("{he}/{hl}")
         );
-        let usable = !matches!(role.as_str(), "halted" | "stopped") && members.contains(&id);
+        let usable = !matches!(role.as_str(), "halted" | "stopped");
         if let (true, Some(http)) = (usable, t.http_addr) {
-            survivors.push((id, he, hl, commit, inc, http));
+            reachable.push((id, he, hl, commit, inc, http));
         }
     }
+    // The production choice (walship_node::membership::choose_force_survivors): the
+    // members of the configuration that run the incarnation it names; the most up to
+    // date of them campaigns.
+    let candidates: Vec<ForceCandidate> = reachable
+        .iter()
+        .map(|r| ForceCandidate {
+            id: r.0.clone(),
+            incarnation: r.4,
+            log_head: LogPosition::new(r.1, r.2),
+        })
+        .collect();
+    let none = "no running member of the configuration is reachable: nothing to force (walship-recover promote works on a directory)";
+    let (names, chosen) = choose_force_survivors(&configuration, &candidates).ok_or(none)?;
+    let survivors: Vec<_> = reachable
+        .iter()
+        .filter(|r| names.contains(&r.0))
+        .cloned()
+        .collect();
     let chosen = survivors
         .iter()
-        .max_by(|a, b| (a.1, a.2).cmp(&(b.1, b.2)).then(b.0.cmp(&a.0)))
+        .find(|r| r.0 == chosen)
         .cloned()
-        .ok_or("no running member of the configuration is reachable: nothing to force (walship-recover promote works on a directory)")?;
-    let names: Vec<String> = survivors.iter().map(|s| s.0.clone()).collect();
+        .ok_or(none)?;
     let lost: Vec<&String> = members.iter().filter(|m| !names.contains(m)).collect();
     let max_commit = survivors.iter().map(|s| s.3).max().unwrap_or(0);
     println!(

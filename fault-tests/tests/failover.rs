@@ -132,9 +132,10 @@ fn fm_f_6_membership_change_under_crashes_over_several_seeds() {
 /// FM-X.15 extended to votes (seed 000 scenario 7): the primary crashes and two
 /// replicas' disks are destroyed; they come back empty with new incarnations. Their
 /// votes do not count: with 3 members nobody is elected even once the old primary is
-/// back (forced recovery needed); with 5 members under `k = 2` only the old
-/// primary's restart unblocks. Delivering election messages without the sender's
-/// incarnation (`on_message` for `on_message_from`) elects with their votes.
+/// back (a forced recovery follows); with 5 members under `k = 2` only the old
+/// primary's restart unblocks (force-quorum is refused: two voters cannot hold
+/// `k + 1` copies). Delivering election messages without the sender's incarnation
+/// (`on_message` for `on_message_from`) elects with their votes.
 #[test]
 fn fm_x_15_votes_of_destroyed_disks_do_not_count_seed_000_scenario_7() {
     for (n, q) in [(3, -1), (3, 2), (5, 2), (5, -1)] {
@@ -152,10 +153,59 @@ fn fm_x_15_votes_of_destroyed_disks_do_not_count_seed_000_scenario_7() {
         );
         if n == 3 {
             assert!(
-                c.outcome.contains("forced recovery needed"),
+                c.outcome.contains("back (1 of 3 voters count)"),
                 "nodes {n} quorum {q}: {}",
                 c.outcome
             );
         }
+    }
+}
+
+/// Seed 000 scenario 7 with the operator's `walship ctl force-quorum` run in the world
+/// where the cluster stays blocked: refused without `--accept-data-loss` (the plan says a
+/// loss is possible); with it, the most up to date survivor is elected among the
+/// survivors, its primary role writes the forced configuration (the survivors are its
+/// voters), the cluster commits again, and the acknowledged records it lost, measured on
+/// its log, all lie above its log end. With 5 members the survivors lack the latest
+/// records (only the old primary and the destroyed replicas held them): the loss is
+/// real. Under static `k = 2` with fewer than `k + 1` survivors the force is refused.
+#[test]
+fn seed_000_scenario_7_forced_recovery_loses_only_what_its_plan_allowed() {
+    for (n, q) in [(3, 0), (3, -1), (5, 0), (5, -1), (7, 2)] {
+        let c = scenarios::run_row(7, false, n, q, 0);
+        let cell = format!("nodes {n} quorum {q}: {} | {}", c.outcome, c.lost);
+        assert!(
+            c.pass,
+            "{cell}: {}\n{}",
+            c.failure.as_deref().unwrap_or("?"),
+            c.trace_tail
+        );
+        assert!(
+            c.outcome
+                .contains("force-quorum without --accept-data-loss refused"),
+            "{cell}"
+        );
+        assert!(
+            c.outcome.contains("with forced configuration generation"),
+            "{cell}"
+        );
+        assert!(
+            c.lost.contains("as the plan said (may lose: true"),
+            "{cell}"
+        );
+        if n > 3 && q != 0 {
+            assert!(c.lost.starts_with("yes: "), "{cell}");
+            assert!(!c.lost.contains("measured 0 of"), "{cell}");
+        }
+    }
+    for (n, q) in [(3, 2), (5, 2)] {
+        let c = scenarios::run_row(7, false, n, q, 0);
+        assert!(c.pass, "nodes {n} quorum {q}: {:?}", c.failure);
+        assert!(
+            c.outcome
+                .contains("the forced configuration would never commit"),
+            "nodes {n} quorum {q}: {}",
+            c.outcome
+        );
     }
 }

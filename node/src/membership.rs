@@ -34,7 +34,7 @@ use walship_wal::{Lsn, Storage, WalError, WalReader};
 
 pub use walship_wal::control::{ConfigMember, Configuration};
 
-use crate::election::{commit_copies, committable_lsn, election_quorum};
+use crate::election::{commit_copies, committable_lsn, election_quorum, LogPosition};
 
 /// What a proposed configuration changes relative to the one before it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -684,6 +684,163 @@ pub enum ForceError {
         /// Voters of the newest configuration.
         voters: usize,
     },
+    /// The survivors are fewer than the copies a commit needs under the quorum setting
+    /// (static `k`: `k + 1`): the forced configuration could never commit, not even
+    /// itself (`PrimaryExec::propose_configuration` refuses such a configuration too).
+    #[error("{voters} surviving voters cannot hold the {copies} copies a commit needs under quorum {setting}: the forced configuration would never commit")]
+    CommitUnreachable {
+        /// Voters of the forced configuration.
+        voters: usize,
+        /// Copies a commit needs.
+        copies: usize,
+        /// The quorum setting.
+        setting: i64,
+    },
+    /// Asked of the primary.
+    #[error("this node is the primary: nothing to force (walship ctl remove drops a lost member)")]
+    IsPrimary,
+    /// Asked of a node the survivors do not name.
+    #[error("{0} is not among the survivors named")]
+    NotASurvivor(String),
+    /// A surviving member whose incarnation no configuration record names yet.
+    #[error("{0}'s incarnation is unknown (the log holds no configuration record yet): force-quorum with this node alone, then `walship ctl add` the others")]
+    UnknownIncarnation(String),
+    /// A loss is possible and was not accepted.
+    #[error("the lost voters {lost:?} may hold acknowledged records this node lacks (records above its log end, lsn {log_end}): repeat with accept_data_loss")]
+    LossNotAccepted {
+        /// The voters removed.
+        lost: Vec<String>,
+        /// The forcing node's log end: what may be lost lies above it.
+        log_end: Lsn,
+    },
+}
+
+/// A running member of the cluster as `walship ctl force-quorum` sees it (its
+/// `/status`), for [`choose_force_survivors`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForceCandidate {
+    /// Its node id.
+    pub id: String,
+    /// The incarnation of its data directory (0: not reported).
+    pub incarnation: u64,
+    /// The last record of its log (epoch of that record, lsn), as elections compare it.
+    pub log_head: LogPosition,
+}
+
+/// Who survives and who campaigns for `walship ctl force-quorum`, from the members that
+/// answered (running, neither halted nor stopped): the survivors are those `config`
+/// lists that run the incarnation it names (one that came back with another lost its
+/// data: it holds nothing of the old one, and a forced configuration naming its old
+/// incarnation would keep a voter that never votes); the one that campaigns is the most
+/// up to date of them by log head (epoch, then lsn), the smaller id on a tie. `None`
+/// when no member survives.
+pub fn choose_force_survivors(
+    config: &Configuration,
+    reachable: &[ForceCandidate],
+) -> Option<(Vec<String>, String)> {
+    let survivors: Vec<&ForceCandidate> = reachable
+        .iter()
+        .filter(|c| {
+            config.member(&c.id).is_some_and(|m| {
+                m.incarnation == 0 || c.incarnation == 0 || m.incarnation == c.incarnation
+            })
+        })
+        .collect();
+    let chosen = survivors
+        .iter()
+        .max_by(|a, b| a.log_head.cmp(&b.log_head).then(b.id.cmp(&a.id)))?;
+    Some((
+        survivors.iter().map(|c| c.id.clone()).collect(),
+        chosen.id.clone(),
+    ))
+}
+
+/// The node `walship ctl force-quorum` asks to campaign, for [`start_force_quorum`].
+#[derive(Clone, Copy, Debug)]
+pub struct ForceNode<'a> {
+    /// Its node id.
+    pub id: &'a str,
+    /// The incarnation of its data directory.
+    pub incarnation: u64,
+    /// Its election core leads.
+    pub primary: bool,
+    /// The newest configuration in its log.
+    pub config: &'a Configuration,
+    /// The lsn its log ends at.
+    pub log_end: Lsn,
+}
+
+/// A force-quorum campaign as [`start_force_quorum`] decided it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForceStart {
+    /// The plan; `plan.config` is what the node's primary role writes right after its
+    /// epoch's control record if it wins (`ExecConfig::forced_config`).
+    pub plan: ForcePlan,
+    /// The voters its election core counts votes among until then (with the incarnation
+    /// each must vote from).
+    pub voters: Vec<(String, u64)>,
+    /// The learners its election core knows until then.
+    pub learners: Vec<String>,
+}
+
+/// Elections a force-quorum campaign may take: after this many election timeouts
+/// without leading, the forced configuration is dropped (the operator runs it again).
+pub const FORCE_CAMPAIGN_TIMEOUTS: u64 = 20;
+
+/// What node `me` does on `walship ctl force-quorum` (spec/membership.md §3): refused on
+/// a primary, when `me` is not among `survivors`, when [`plan_force_quorum`] refuses,
+/// when a survivor's incarnation is unknown (the log holds no configuration record;
+/// `me`'s own is filled in), and when the plan may lose acknowledged records without
+/// `accept_data_loss`. Else the plan, and the members its election core counts votes
+/// among (`MembershipView::election_members` of the forced configuration); the caller
+/// sets them, campaigns now, and gives `plan.config` to the primary role it opens.
+pub fn start_force_quorum(
+    me: ForceNode<'_>,
+    survivors: &[String],
+    setting: i64,
+    accept_data_loss: bool,
+) -> Result<ForceStart, ForceError> {
+    if me.primary {
+        return Err(ForceError::IsPrimary);
+    }
+    if !survivors.iter().any(|s| s == me.id) {
+        return Err(ForceError::NotASurvivor(me.id.to_owned()));
+    }
+    let mut plan = plan_force_quorum(me.config, survivors, setting)?;
+    for m in &mut plan.config.members {
+        if m.incarnation == 0 && m.id == me.id {
+            m.incarnation = me.incarnation;
+        }
+        if m.incarnation == 0 {
+            return Err(ForceError::UnknownIncarnation(m.id.clone()));
+        }
+    }
+    if plan.may_lose && !accept_data_loss {
+        return Err(ForceError::LossNotAccepted {
+            lost: plan.lost.clone(),
+            log_end: me.log_end,
+        });
+    }
+    let (voters, learners) = MembershipView {
+        lsn: 0,
+        config: plan.config.clone(),
+        committed: false,
+        departing: Vec::new(),
+    }
+    .election_members(me.id, me.incarnation);
+    Ok(ForceStart {
+        plan,
+        voters,
+        learners,
+    })
+}
+
+/// While a force-quorum campaign's configuration `forced` waits to be written, a
+/// configuration its running role reports is ignored unless it is at least as new (the
+/// role's log still holds the configuration the force replaces; the core keeps counting
+/// among the survivors).
+pub fn forced_campaign_keeps(forced: &Configuration, reported: &Configuration) -> bool {
+    reported.generation < forced.generation
 }
 
 /// The forced configuration for `survivors` (member ids of `current`), under the quorum
@@ -722,6 +879,14 @@ pub fn plan_force_quorum(
         .map(|v| (*v).to_owned())
         .collect();
     let copies = commit_copies(voters.len(), setting).unwrap_or(1);
+    let forced_copies = commit_copies(survivors.len(), setting).unwrap_or(1);
+    if forced_copies > survivors.len() {
+        return Err(ForceError::CommitUnreachable {
+            voters: survivors.len(),
+            copies: forced_copies,
+            setting,
+        });
+    }
     let mut config = current.clone();
     config.generation = current.generation.wrapping_add(1);
     config.forced = true;
@@ -1004,15 +1169,146 @@ mod tests {
                 ("e", true),
             ],
         );
-        let plan = plan_force_quorum(&five, &["a".into(), "b".into()], 3).expect("forced");
-        assert!(
-            !plan.may_lose,
-            "every commit set of four copies meets a or b"
+        // Every commit set of four copies meets a or b, but two voters could never hold
+        // four copies again: refused, as a proposal of such a configuration is.
+        assert_eq!(
+            plan_force_quorum(&five, &["a".into(), "b".into()], 3),
+            Err(ForceError::CommitUnreachable {
+                voters: 2,
+                copies: 4,
+                setting: 3
+            })
         );
         assert_eq!(
             plan_force_quorum(&abc, &["z".into()], -1),
             Err(ForceError::NotAMember("z".into()))
         );
+        // Static k = 2 needs three copies: one survivor could never commit.
+        assert_eq!(
+            plan_force_quorum(&abc, &["a".into()], 2),
+            Err(ForceError::CommitUnreachable {
+                voters: 1,
+                copies: 3,
+                setting: 2
+            })
+        );
+    }
+
+    #[test]
+    fn force_survivors_are_the_members_of_their_named_incarnation_and_the_most_up_to_date_campaigns(
+    ) {
+        // m() names incarnation 1 for every member.
+        let abcd = cfg(2, &[("a", true), ("b", true), ("c", true), ("d", false)]);
+        let at = |id: &str, incarnation: u64, epoch: u64, lsn: u64| ForceCandidate {
+            id: id.into(),
+            incarnation,
+            log_head: LogPosition::new(epoch, lsn),
+        };
+        // b came back with another incarnation (its disk was destroyed): not a survivor,
+        // however long its new log; z is no member.
+        let reachable = [
+            at("a", 1, 2, 10),
+            at("b", 9, 3, 50),
+            at("c", 1, 3, 4),
+            at("d", 1, 3, 4),
+            at("z", 1, 4, 99),
+        ];
+        let (survivors, chosen) = choose_force_survivors(&abcd, &reachable).expect("survivors");
+        assert_eq!(survivors, vec!["a", "c", "d"]);
+        assert_eq!(
+            chosen, "c",
+            "epoch 3 beats epoch 2; c and d tie, the smaller id wins"
+        );
+        // Incarnation 0 (unknown: the base configuration, or not reported) matches.
+        let (survivors, chosen) =
+            choose_force_survivors(&abcd, &[at("b", 0, 1, 1)]).expect("b survives");
+        assert_eq!(
+            (survivors, chosen),
+            (vec!["b".to_string()], "b".to_string())
+        );
+        assert_eq!(choose_force_survivors(&abcd, &[at("b", 9, 9, 9)]), None);
+    }
+
+    #[test]
+    fn force_quorum_starts_a_campaign_among_the_survivors_only_with_the_loss_accepted() {
+        let abc = cfg(3, &[("a", true), ("b", true), ("c", true)]);
+        let a = ForceNode {
+            id: "a",
+            incarnation: 1,
+            primary: false,
+            config: &abc,
+            log_end: 42,
+        };
+        let only_a = ["a".to_string()];
+        assert_eq!(
+            start_force_quorum(ForceNode { primary: true, ..a }, &only_a, -1, true),
+            Err(ForceError::IsPrimary)
+        );
+        assert_eq!(
+            start_force_quorum(a, &["b".to_string()], -1, true),
+            Err(ForceError::NotASurvivor("a".into()))
+        );
+        assert_eq!(
+            start_force_quorum(a, &only_a, -1, false),
+            Err(ForceError::LossNotAccepted {
+                lost: vec!["b".into(), "c".into()],
+                log_end: 42
+            })
+        );
+        let start = start_force_quorum(a, &only_a, -1, true).expect("accepted");
+        assert!(start.plan.may_lose && start.plan.config.forced);
+        assert_eq!(start.plan.config.generation, 4);
+        assert_eq!(start.voters, vec![("a".to_string(), 1)]);
+        assert!(start.learners.is_empty());
+        // Five voters under static k = 3: two survivors cannot hold its four copies.
+        let five = cfg(
+            1,
+            &[
+                ("a", true),
+                ("b", true),
+                ("c", true),
+                ("d", true),
+                ("e", true),
+            ],
+        );
+        let two = ["a".to_string(), "b".to_string()];
+        assert!(matches!(
+            start_force_quorum(ForceNode { config: &five, ..a }, &two, 3, true),
+            Err(ForceError::CommitUnreachable { .. })
+        ));
+        // The base configuration: this node's incarnation is filled in, another
+        // survivor's is unknown.
+        let mut base = abc.clone();
+        base.generation = 0;
+        for m in &mut base.members {
+            m.incarnation = 0;
+        }
+        let start =
+            start_force_quorum(ForceNode { config: &base, ..a }, &only_a, -1, true).expect("alone");
+        assert_eq!(start.plan.config.members[0].incarnation, 1);
+        let mut base5 = five.clone();
+        base5.generation = 0;
+        for m in &mut base5.members {
+            m.incarnation = 0;
+        }
+        assert_eq!(
+            start_force_quorum(
+                ForceNode {
+                    config: &base5,
+                    ..a
+                },
+                &two,
+                -1,
+                true
+            ),
+            Err(ForceError::UnknownIncarnation("b".into()))
+        );
+        // Until the forced configuration is in the log, the role's older one is ignored.
+        assert!(forced_campaign_keeps(&start.plan.config, &base));
+        assert!(!forced_campaign_keeps(
+            &start.plan.config,
+            &start.plan.config
+        ));
     }
 
     #[test]

@@ -71,8 +71,13 @@ pub struct Ghost {
     pub committed: BTreeMap<Lsn, (Position, u64)>,
     /// Acknowledged records lost after an operator accepted data loss.
     pub lost_acked: BTreeMap<Lsn, Position>,
-    /// An operator promotion accepted data loss (quorum 0).
+    /// An operator promotion accepted data loss (quorum 0), or a forced recovery whose
+    /// plan said a loss is possible.
     pub data_loss_accepted: bool,
+    /// The forced recovery the operator ran (`walship ctl force-quorum`), if any: after
+    /// it, a record may be lost only if its plan said a loss is possible and only above
+    /// the forcing node's log end.
+    pub forced: Option<ForcedRun>,
     /// Primary executors fenced by a member that knew a higher epoch.
     pub fenced: usize,
     /// Per node: the last lsn its embedder was fed.
@@ -94,6 +99,41 @@ pub struct Ghost {
     pub config_changes: u64,
     /// Broken invariants, first first.
     pub violations: Vec<Violation>,
+}
+
+/// What a forced recovery's plan (`walship_node::membership::ForcePlan`) said, as the
+/// checker holds later primaries to it.
+#[derive(Debug, Clone)]
+pub struct ForcedRun {
+    /// The node that campaigned.
+    pub node: usize,
+    /// Its log end when it was asked.
+    pub log_end: Lsn,
+    /// The plan said acknowledged records may be lost.
+    pub may_lose: bool,
+    /// The forced configuration.
+    pub config: Configuration,
+}
+
+/// Whether losing the record at `lsn` is what the operator accepted: with a forced
+/// recovery, only a loss its plan allowed (above the forcing node's log end, and only
+/// when a loss is possible); else any loss once data loss was accepted (quorum 0's
+/// operator promotion).
+fn loss_accepted(c: &Cluster, lsn: Lsn) -> Result<(), String> {
+    match &c.ghost.forced {
+        Some(f) if !f.may_lose => Err(format!(
+            "the forced recovery on n{} said no acknowledged record can be lost",
+            f.node + 1
+        )),
+        Some(f) if lsn <= f.log_end => Err(format!(
+            "lsn {lsn} is at or below the log end {} of n{}, the forced recovery's survivor",
+            f.log_end,
+            f.node + 1
+        )),
+        Some(_) => Ok(()),
+        None if c.ghost.data_loss_accepted => Ok(()),
+        None => Err("no loss was accepted".into()),
+    }
 }
 
 /// The configurations of a primary role's log, read from its WAL.
@@ -151,7 +191,11 @@ pub(super) fn note_grant(c: &mut Cluster, n: usize, epoch: u64, voter: usize, in
 /// election quorum of its newest configuration's voters, each from the
 /// incarnation the configuration names (itself included when it votes).
 pub(super) fn check_election(c: &mut Cluster, n: usize, epoch: u64) {
-    let config = c.nodes[n].membership.config.clone();
+    // A force-quorum campaign counts in the forced configuration it will write.
+    let config = match &c.nodes[n].forced {
+        Some((forced, _)) => forced.clone(),
+        None => c.nodes[n].membership.config.clone(),
+    };
     let empty = c.nodes[n]
         .core
         .as_ref()
@@ -316,7 +360,20 @@ fn scan_configs(c: &mut Cluster, n: usize) {
     }
     for (lsn, change, forced) in changes {
         c.ghost.config_changes += 1;
+        // A forced configuration: only the one the operator's plan made, right after the
+        // epoch's control record of the node that campaigned (spec/membership.md §3).
+        let planned = forced
+            && lsn == epoch_start + 1
+            && c.ghost.forced.as_ref().is_some_and(|f| {
+                f.node == n && found_config(c, n, lsn).is_some_and(|cfg| cfg == f.config)
+            });
         match change {
+            Ok(ch @ walship_node::membership::Change::Forced { .. }) if planned => {
+                c.log(format!(
+                    "n{} epoch {epoch}: forced configuration at lsn {lsn}: {ch:?}",
+                    n + 1
+                ));
+            }
             Ok(ch) if !forced => {
                 c.log(format!(
                     "n{} epoch {epoch}: configuration at lsn {lsn}: {ch:?}",
@@ -333,6 +390,15 @@ fn scan_configs(c: &mut Cluster, n: usize) {
             ),
         }
     }
+}
+
+/// The configuration record at `lsn` of node `n`'s primary log, as scanned.
+fn found_config(c: &Cluster, n: usize, lsn: Lsn) -> Option<Configuration> {
+    c.ghost
+        .configs
+        .get(&n)
+        .and_then(|t| t.list.iter().find(|(l, _)| *l == lsn))
+        .map(|(_, cfg)| cfg.clone())
 }
 
 /// Node `n`'s primary advanced its commit watermark from `from` to `commit`:
@@ -433,14 +499,15 @@ pub(super) fn note_ack(c: &mut Cluster, n: usize, epoch: u64, lsn: Lsn, pos: Opt
     };
     if let Some((old, _)) = c.ghost.acked.insert(lsn, (pos, epoch)) {
         if old != pos {
-            if c.ghost.data_loss_accepted {
-                c.ghost.lost_acked.insert(lsn, old);
-            } else {
-                violate(
+            match loss_accepted(c, lsn) {
+                Ok(()) => {
+                    c.ghost.lost_acked.insert(lsn, old);
+                }
+                Err(why) => violate(
                     c,
                     "no acknowledged record is ever lost",
-                    format!("lsn {lsn} was acknowledged as {old:?}, now as {pos:?}"),
-                );
+                    format!("lsn {lsn} was acknowledged as {old:?}, now as {pos:?} ({why})"),
+                ),
             }
         }
     }
@@ -454,12 +521,12 @@ fn note_committed_record(c: &mut Cluster, who: usize, pos: Position, epoch: u64)
             c.ghost.committed.insert(pos.lsn, (pos, e));
             return;
         }
-        if old != pos && !c.ghost.data_loss_accepted {
+        if let Err(why) = loss_accepted(c, pos.lsn) {
             violate(
                 c,
                 "a committed record is never replaced",
                 format!(
-                    "n{} commits {pos:?} at lsn {}, where {old:?} was committed",
+                    "n{} commits {pos:?} at lsn {}, where {old:?} was committed ({why})",
                     who + 1,
                     pos.lsn
                 ),
@@ -550,18 +617,21 @@ fn verify_primary_log(c: &mut Cluster, n: usize, above: Lsn) {
         if got == Some(pos) {
             continue;
         }
-        if c.ghost.data_loss_accepted {
-            if acked {
-                c.ghost.lost_acked.insert(pos.lsn, pos);
+        let why = match loss_accepted(c, pos.lsn) {
+            Ok(()) => {
+                if acked {
+                    c.ghost.lost_acked.insert(pos.lsn, pos);
+                }
+                continue;
             }
-            continue;
-        }
+            Err(why) => why,
+        };
         let what = if acked { "acknowledged" } else { "committed" };
         violate(
             c,
             "every acknowledged or committed record is in every later primary's log",
             format!(
-                "n{} leads epoch {epoch} without the {what} record {pos:?} (its log has {got:?})",
+                "n{} leads epoch {epoch} without the {what} record {pos:?} (its log has {got:?}; {why})",
                 n + 1
             ),
         );

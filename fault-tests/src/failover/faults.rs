@@ -14,6 +14,8 @@ impl Cluster {
         node.core = None;
         node.role = RoleState::Idle;
         node.held = None;
+        // The production `Inner::forced` lives in the process.
+        node.forced = None;
         let report = node.storage.crash();
         self.log(format!("CRASH {} ({report:?})", self.nodes[n].name.clone()));
     }

@@ -13,19 +13,26 @@
 //!   were the only replicas holding the latest records (with the primary).
 //!   Elections are blocked where the survivors are fewer than the election
 //!   quorum; the destroyed replicas come back empty and their votes do not
-//!   count (new incarnations); the cell states what a forced recovery
-//!   (`walship-recover promote --accept-data-loss`, offline, not run in the
-//!   world: `recovery/tests/promote.rs`) would lose, then restarts the old
-//!   primary (its disk survived), which unblocks the cluster where `N - 2`
-//!   members reach the election quorum.
+//!   count (new incarnations). Where it stays blocked (with no survivor but
+//!   the old primary: once its disk is back) the operator runs `walship ctl
+//!   force-quorum` as production does ([`Cluster::force_quorum`]): refused
+//!   without `--accept-data-loss`; with it the most up to date survivor is
+//!   elected among the survivors, writes the forced configuration and the
+//!   cluster commits again; the loss is measured on its log against the
+//!   plan. Where the survivors cannot hold a commit's copies (static `k`) the
+//!   force is refused and the old primary's restart is what unblocks.
 
 use std::cell::Cell as Flag;
+use std::collections::BTreeMap;
+
+use walship_node::membership::ForceError;
+use walship_wal::{Lsn, Position};
 
 use walship_node::election::{commit_copies, election_quorum, majority, Role};
 use walship_node::membership::MemberChange;
 
 use super::scenarios::Cell;
-use super::{check, Cluster, FoConfig};
+use super::{Cluster, FoConfig};
 
 /// How long a cell waits for an election or a change (simulated ms).
 const WAIT_MS: u64 = 3_000;
@@ -156,7 +163,9 @@ pub(super) fn drive(cell: &mut Cell, primary: bool, seed: u64) -> Result<Vec<Str
         (4, _) => destroyed_disk(&mut c, p0, &mut ops, &mut failures)?,
         (6, false) => scale_down_replica(&mut c, p0, &mut ops, &mut failures)?,
         (6, true) => scale_down_primary(&mut c, p0, epoch0, &mut ops, &mut failures)?,
-        (7, _) => primary_and_two_disks(&mut c, p0, epoch0, &mut ops, &mut failures)?,
+        (7, _) => {
+            primary_and_two_disks(&mut c, p0, epoch0, &mut ops, &mut failures, &mut cell.lost)?
+        }
         _ => return Err(format!("no membership scenario {s}")),
     };
     for node in &c.nodes {
@@ -181,7 +190,10 @@ pub(super) fn drive(cell: &mut Cell, primary: bool, seed: u64) -> Result<Vec<Str
     if acked(&c) == 0 {
         failures.push("nothing was acknowledged".into());
     }
-    if q != 0 && !c.ghost.lost_acked.is_empty() {
+    // A forced recovery whose plan said a loss is possible may lose what the checker
+    // allowed (above its survivor's log end); anything else is a failure.
+    let forced_may_lose = c.ghost.forced.as_ref().is_some_and(|f| f.may_lose);
+    if q != 0 && !forced_may_lose && !c.ghost.lost_acked.is_empty() {
         failures.push("acknowledged records lost".into());
     }
     for node in &c.nodes {
@@ -480,13 +492,14 @@ fn scale_down_primary(
     Ok(out)
 }
 
-/// Scenario 7.
+/// Scenario 7; `lost_note` gets what a forced recovery measured against its plan.
 fn primary_and_two_disks(
     c: &mut Cluster,
     p0: usize,
     epoch0: u64,
     ops: &mut Vec<String>,
     failures: &mut Vec<String>,
+    lost_note: &mut String,
 ) -> Result<String, String> {
     let (n, q) = (c.cfg.nodes, c.cfg.quorum);
     let others: Vec<usize> = (0..n).filter(|&x| x != p0).collect();
@@ -495,7 +508,6 @@ fn primary_and_two_disks(
     let receivers: Vec<usize> = others[..copies.saturating_sub(1).max(2)].to_vec();
     only_receive(c, p0, &receivers, 300);
     c.set_client(false);
-    let acked_before = acked(c);
     c.crash(p0);
     for v in victims {
         c.destroy_disk(v);
@@ -548,62 +560,92 @@ fn primary_and_two_disks(
         out.push_str(&format!(
             "; still blocked with {vnames} back empty (their votes do not count: new incarnations)"
         ));
-        // What a forced recovery on the best survivor (or the old primary's disk) loses.
-        let best = (0..n)
-            .filter(|&x| x != p0 && !victims.contains(&x))
-            .max_by_key(|&x| c.nodes[x].core.as_ref().map(|k| k.log_head()));
-        let lose_best = best.map(|b| (b, check::missing_acked(c, b)));
-        let lose_p0 = check::missing_acked(c, p0);
-        if let Some((b, lose)) = lose_best {
-            cell_note(
-                &mut out,
-                format!(
-                    "forced recovery on survivor n{} (walship-recover promote --accept-data-loss) would lose {lose} of {} acknowledged",
-                    b + 1,
-                    acked(c)
-                ),
-            );
-            if lose == 0 && receivers.iter().all(|r| victims.contains(r)) && copies > 1 {
-                failures.push("the survivors were expected to lack the latest records".into());
+        // With no survivor but the old primary, whose disk survived, it restarts first.
+        let survivor = (0..n).any(|x| x != p0 && !victims.contains(&x));
+        let mut p0_back = false;
+        if !survivor {
+            c.restart(p0);
+            p0_back = true;
+            ops.push(format!("restart n{} (old primary)", p0 + 1));
+            let up = n - 2;
+            let t = c.now() + WAIT_MS;
+            elected = c.run_until_cond(t, |c| new_primary(c, epoch0).is_some());
+            let expect2 = eq.is_some_and(|e| up >= e);
+            if elected != expect2 {
+                failures.push(format!(
+                    "expected {} once n{} is back ({up} up)",
+                    if expect2 { "an election" } else { "a block" },
+                    p0 + 1
+                ));
+            }
+            if elected {
+                out.push_str(&format!(
+                    "; n{} elected once n{} restarted",
+                    new_primary(c, epoch0).map_or(0, |p| p + 1),
+                    p0 + 1
+                ));
+            } else {
+                out.push_str(&format!(
+                    "; still blocked with n{} back ({up} of {n} voters count)",
+                    p0 + 1
+                ));
             }
         }
-        // The old primary's disk survived: it restarts.
-        c.restart(p0);
-        ops.push(format!("restart n{} (old primary)", p0 + 1));
-        let up = n - 2;
-        let expect2 = eq.is_some_and(|e| up >= e);
-        let t = c.now() + WAIT_MS;
-        elected = c.run_until_cond(t, |c| new_primary(c, epoch0).is_some());
-        if !elected && q == 0 {
-            elected = operator_promotes(c, epoch0, ops);
-        }
-        let expect2 = expect2 || (q == 0 && up >= majority(n));
-        if elected != expect2 {
-            failures.push(format!(
-                "expected {} once n{} is back ({up} up)",
-                if expect2 { "an election" } else { "a block" },
-                p0 + 1
-            ));
-        }
         if !elected {
+            let forced = forced_recovery(
+                c,
+                Fault {
+                    p0,
+                    epoch0,
+                    receivers: &receivers,
+                },
+                ops,
+                failures,
+                &mut out,
+                lost_note,
+            )?;
+            if forced {
+                if !p0_back {
+                    ops.push(format!(
+                        "keep n{} (old primary, removed) from running on its old data",
+                        p0 + 1
+                    ));
+                }
+                return Ok(out);
+            }
+            if p0_back {
+                return Ok(out);
+            }
+            // Refused: the old primary's disk survived; it restarts.
+            c.restart(p0);
+            ops.push(format!("restart n{} (old primary)", p0 + 1));
+            let up = n - 2;
+            let t = c.now() + WAIT_MS;
+            elected = c.run_until_cond(t, |c| new_primary(c, epoch0).is_some());
+            if !elected && q == 0 {
+                elected = operator_promotes(c, epoch0, ops);
+            }
+            let expect2 = eq.is_some_and(|e| up >= e) || (q == 0 && up >= majority(n));
+            if elected != expect2 {
+                failures.push(format!(
+                    "expected {} once n{} is back ({up} up)",
+                    if expect2 { "an election" } else { "a block" },
+                    p0 + 1
+                ));
+            }
+            if !elected {
+                out.push_str(&format!(
+                    "; still blocked with n{} back ({up} of {n} voters count)",
+                    p0 + 1
+                ));
+                return Ok(out);
+            }
             out.push_str(&format!(
-                "; still blocked with n{} back ({up} of {n} voters count): forced recovery needed: walship-recover promote n{} --accept-data-loss would lose {lose_p0} of {} acknowledged (recovery/tests/promote.rs; not run in the world)",
-                p0 + 1,
-                p0 + 1,
-                acked(c)
-            ));
-            ops.push(format!(
-                "walship-recover promote n{} --accept-data-loss (offline)",
+                "; n{} elected once n{} restarted",
+                new_primary(c, epoch0).map_or(0, |p| p + 1),
                 p0 + 1
             ));
-            let _ = acked_before;
-            return Ok(out);
         }
-        out.push_str(&format!(
-            "; n{} elected once n{} restarted",
-            new_primary(c, epoch0).map_or(0, |p| p + 1),
-            p0 + 1
-        ));
     }
     // The destroyed replicas are back: the primary demotes them (new incarnations);
     // the operator deregisters them.
@@ -662,6 +704,174 @@ fn primary_and_two_disks(
         out.push_str(&format!("; halted: {}", halted.join(", ")));
     }
     Ok(out)
+}
+
+/// Scenario 7's fault, for [`forced_recovery`].
+#[derive(Clone, Copy)]
+struct Fault<'a> {
+    /// The old primary.
+    p0: usize,
+    /// Its epoch.
+    epoch0: u64,
+    /// The replicas that received the latest records.
+    receivers: &'a [usize],
+}
+
+/// The operator's `walship ctl force-quorum` on a blocked cluster ([`Cluster::force_quorum`]):
+/// first without `--accept-data-loss` (refused exactly when the plan says a loss is
+/// possible), then with it; the most up to date survivor campaigns among the survivors,
+/// leads, writes the forced configuration, and the cluster commits again. The loss is
+/// measured (acknowledged records absent from the new primary's log) and must be what the
+/// plan allowed: nothing at or below the survivor's log end, nothing at all unless the plan
+/// said a loss is possible. False when the force is refused for another reason (stated).
+fn forced_recovery(
+    c: &mut Cluster,
+    fault: Fault<'_>,
+    ops: &mut Vec<String>,
+    failures: &mut Vec<String>,
+    out: &mut String,
+    lost_note: &mut String,
+) -> Result<bool, String> {
+    let Fault {
+        p0,
+        epoch0,
+        receivers,
+    } = fault;
+    // Nothing is acknowledged from here until the forced primary leads (no primary).
+    let acked_before: BTreeMap<Lsn, Position> =
+        c.ghost.acked.iter().map(|(&l, &(p, _))| (l, p)).collect();
+    let (refused_without, run) = match c.force_quorum(false)? {
+        Err(ForceError::LossNotAccepted { lost, log_end }) => {
+            let run = c
+                .force_quorum(true)?
+                .map_err(|e| format!("force-quorum --accept-data-loss refused: {e}"))?;
+            (Some((lost, log_end)), run)
+        }
+        Err(e) => {
+            cell_note(out, format!("force-quorum refused: {e}"));
+            ops.push("walship ctl force-quorum (refused)".into());
+            return Ok(false);
+        }
+        Ok(run) => {
+            failures.push(format!(
+                "force-quorum ran without accept_data_loss (plan: may lose {})",
+                run.plan.may_lose
+            ));
+            (None, run)
+        }
+    };
+    let chosen = run.node;
+    let name = c.nodes[chosen].name.clone();
+    if let Some((lost, log_end)) = &refused_without {
+        if !run.plan.may_lose || *lost != run.plan.lost || *log_end != run.log_end {
+            failures.push(format!(
+                "refused without accept_data_loss ({lost:?} above {log_end}) but the plan is {:?}",
+                run.plan
+            ));
+        }
+        cell_note(
+            out,
+            format!(
+                "force-quorum without --accept-data-loss refused (lost voters may hold records above lsn {log_end})"
+            ),
+        );
+    }
+    ops.push(format!(
+        "walship ctl force-quorum --accept-data-loss (campaigns on {name}, survivors {})",
+        run.survivors.join(",")
+    ));
+    let generation = run.plan.config.generation;
+    let t = c.now() + WAIT_MS;
+    let led = c.run_until_cond(t, |c| {
+        new_primary(c, epoch0) == Some(chosen)
+            && c.primary_membership()
+                .is_some_and(|v| v.config.forced && v.config.generation == generation)
+    });
+    if !led {
+        failures.push(format!(
+            "{name} did not lead with the forced configuration generation {generation}"
+        ));
+        return Ok(true);
+    }
+    let epoch = c.nodes[chosen].core.as_ref().map_or(0, |k| k.epoch());
+    let view = c.primary_membership().ok_or("no primary")?;
+    let mut voters: Vec<&str> = view.config.voters().collect();
+    voters.sort_unstable();
+    let mut named: Vec<&str> = run.survivors.iter().map(String::as_str).collect();
+    named.sort_unstable();
+    if voters != named || view.config != run.plan.config {
+        failures.push(format!(
+            "the forced configuration's voters {voters:?} are not the survivors {named:?}"
+        ));
+    }
+    // The loss, measured on the new primary's log.
+    let measured: Vec<Lsn> = match c.nodes[chosen].primary() {
+        Some(p) => p.up.exec.wal().with(|w| {
+            acked_before
+                .iter()
+                .filter(|(&l, &pos)| w.position_at(l).ok().flatten() != Some(pos))
+                .map(|(&l, _)| l)
+                .collect()
+        }),
+        None => return Err("no primary role".into()),
+    };
+    let checker: Vec<Lsn> = c.ghost.lost_acked.keys().copied().collect();
+    if measured != checker {
+        failures.push(format!(
+            "measured loss {measured:?} differs from the checker's {checker:?}"
+        ));
+    }
+    if let Some(l) = measured.iter().find(|&&l| l <= run.log_end) {
+        failures.push(format!(
+            "acknowledged lsn {l} lost, at or below {name}'s log end {}",
+            run.log_end
+        ));
+    }
+    if !measured.is_empty() && !run.plan.may_lose {
+        failures.push("records lost although the plan said none may be".into());
+    }
+    // The latest records were on the old primary and the replicas that received them
+    // only: forced on another survivor with those lost, they are gone.
+    let copies = commit_copies(c.cfg.nodes, c.cfg.quorum).unwrap_or(1);
+    let holders_lost = receivers
+        .iter()
+        .all(|r| !run.survivors.contains(&c.nodes[*r].name));
+    if measured.is_empty() && chosen != p0 && holders_lost && copies > 1 {
+        failures.push("the survivors were expected to lack the latest records".into());
+    }
+    let range = match (measured.first(), measured.last()) {
+        (Some(a), Some(b)) => format!(" (lsn {a}..={b})"),
+        _ => String::new(),
+    };
+    cell_note(
+        out,
+        format!(
+            "force-quorum --accept-data-loss: {name} (most up to date survivor, log end {}) led epoch {epoch} with forced configuration generation {generation} at lsn {} (voters {}; removed {})",
+            run.log_end,
+            view.lsn,
+            run.survivors.join(","),
+            run.plan.lost.join(",")
+        ),
+    );
+    lost_note.push_str(&format!(
+        "forced: measured {} of {} lost{range}, all above {name}'s log end {} as the plan said (may lose: {}, {} lost voters >= {copies} copies)",
+        measured.len(),
+        acked_before.len(),
+        run.log_end,
+        run.plan.may_lose,
+        run.plan.lost.len()
+    ));
+    // The cluster commits again under the forced configuration.
+    c.set_client(true);
+    let during = acked_during(c, 600);
+    cell_note(out, format!("{during} acked in 600 ms after"));
+    if during == 0 {
+        failures.push("no commits under the forced configuration".into());
+    }
+    if !c.run_until_converged(6_000) {
+        failures.push("did not converge".into());
+    }
+    Ok(true)
 }
 
 fn cell_note(out: &mut String, note: String) {

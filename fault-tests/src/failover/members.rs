@@ -11,8 +11,11 @@
 //! as `walship ctl add|remove|promote` do).
 
 use walship_node::cluster::identity::{load_or_create, Identity, IDENTITY_FILE};
+use walship_node::election::Role;
 use walship_node::membership::{
-    apply_change, automatic_change, MemberChange, MembershipView, ReplicaFacts,
+    apply_change, automatic_change, choose_force_survivors, forced_campaign_keeps,
+    start_force_quorum, ForceCandidate, ForceError, ForceNode, ForcePlan, MemberChange,
+    MembershipView, ReplicaFacts, FORCE_CAMPAIGN_TIMEOUTS,
 };
 use walship_wal::control::{ConfigMember, Configuration};
 use walship_wal::sim::{SimConfig, SimStorage};
@@ -23,6 +26,19 @@ use crate::world::{make_dirs, root, state_dir, Applied, SimApplier};
 
 /// Token bit of a membership proposal (client appends use small tokens).
 const MEMBER_TOKEN: u64 = 1 << 63;
+
+/// A force-quorum campaign the operator started ([`Cluster::force_quorum`]).
+#[derive(Debug, Clone)]
+pub struct ForceRun {
+    /// The node that campaigns (the most up to date survivor).
+    pub node: usize,
+    /// The survivors named.
+    pub survivors: Vec<String>,
+    /// Its log end when it was asked: what may be lost lies above it.
+    pub log_end: Lsn,
+    /// The production plan.
+    pub plan: ForcePlan,
+}
 
 /// The static base configuration of an `nodes`-member failover cluster
 /// (generation 0, `node.toml`'s list): `n1..nN`, every one a voter, any
@@ -93,6 +109,13 @@ impl Cluster {
         };
         if view == self.nodes[n].membership {
             return;
+        }
+        // As the production driver: a force-quorum campaign counts among the survivors
+        // until its primary role wrote the forced configuration.
+        if let Some((forced, _)) = &self.nodes[n].forced {
+            if forced_campaign_keeps(forced, &view.config) {
+                return;
+            }
         }
         let now = self.now();
         // As the production driver: the core hears of it when the configuration changed.
@@ -281,6 +304,119 @@ impl Cluster {
         })
     }
 
+    /// Operator: `walship ctl force-quorum [--accept-data-loss]` as the production `ctl`
+    /// runs it, with no primary: the running members (neither halted nor stopped) answer
+    /// with their incarnation and log head; the newest configuration they report names
+    /// the members; `choose_force_survivors` picks the survivors and the most up to date
+    /// of them, on which the production driver's `start_force_quorum` decides (the outer
+    /// `Err`: the world's own refusals; the inner one: the node's). On success that node's
+    /// core counts among the survivors and campaigns now; if it wins, its primary role
+    /// writes the forced configuration (`ExecConfig::forced_config`).
+    pub fn force_quorum(
+        &mut self,
+        accept_data_loss: bool,
+    ) -> Result<Result<ForceRun, ForceError>, String> {
+        if let Some(p) = self.primary() {
+            return Err(format!("n{} is the primary: nothing to force", p + 1));
+        }
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&n| {
+                let x = &self.nodes[n];
+                x.is_up() && x.halted.is_none() && x.stopped.is_none() && !x.gone
+            })
+            .collect();
+        for &n in &running {
+            self.sync_membership(n);
+        }
+        let config = running
+            .iter()
+            .map(|&n| &self.nodes[n].membership.config)
+            .max_by_key(|c| c.generation)
+            .cloned()
+            .ok_or("no running member answers")?;
+        let candidates: Vec<ForceCandidate> = running
+            .iter()
+            .filter_map(|&n| {
+                let x = &self.nodes[n];
+                x.core.as_ref().map(|k| ForceCandidate {
+                    id: x.name.clone(),
+                    incarnation: x.incarnation,
+                    log_head: k.log_head(),
+                })
+            })
+            .collect();
+        let (survivors, chosen) = choose_force_survivors(&config, &candidates)
+            .ok_or("no running member of the configuration: nothing to force")?;
+        let n = self
+            .index_of(&chosen)
+            .ok_or("the chosen member is unknown")?;
+        let now = self.now();
+        let node = &self.nodes[n];
+        let core = node.core.as_ref().ok_or("the chosen member is down")?;
+        let log_end = core.log_head().lsn;
+        let me = ForceNode {
+            id: &node.name,
+            incarnation: node.incarnation,
+            primary: core.role() == Role::Primary,
+            config: &node.membership.config,
+            log_end,
+        };
+        let start = match start_force_quorum(me, &survivors, self.cfg.quorum, accept_data_loss) {
+            Ok(s) => s,
+            Err(e) => {
+                self.log(format!(
+                    "OPERATOR force-quorum on {chosen} (survivors {survivors:?}, accept_data_loss {accept_data_loss}) refused: {e}"
+                ));
+                return Ok(Err(e));
+            }
+        };
+        self.log(format!(
+            "OPERATOR force-quorum on {chosen} (log end {log_end}): survivors {survivors:?}, lost {:?}, may lose {}, forced generation {}",
+            start.plan.lost, start.plan.may_lose, start.plan.config.generation
+        ));
+        if start.plan.may_lose {
+            self.ghost.data_loss_accepted = true;
+        }
+        self.ghost.forced = Some(crate::failover::check::ForcedRun {
+            node: n,
+            log_end,
+            may_lose: start.plan.may_lose,
+            config: start.plan.config.clone(),
+        });
+        let until = now + FORCE_CAMPAIGN_TIMEOUTS * self.cfg.election_timeout_ms;
+        self.nodes[n].forced = Some((start.plan.config.clone(), until));
+        let Some(core) = self.nodes[n].core.as_mut() else {
+            return Err("the chosen member is down".into());
+        };
+        let mut actions = core.set_membership(now, &start.voters, &start.learners);
+        actions.extend(core.promote(now, true).map_err(|e| e.to_string())?);
+        self.perform(n, actions);
+        self.after_step();
+        Ok(Ok(ForceRun {
+            node: n,
+            survivors,
+            log_end,
+            plan: start.plan,
+        }))
+    }
+
+    /// A force-quorum campaign that did not lead in time drops its forced configuration
+    /// (the production driver's `forced_until`).
+    pub(super) fn force_campaign_deadline(&mut self, n: usize) {
+        let now = self.now();
+        if self.nodes[n]
+            .forced
+            .as_ref()
+            .is_some_and(|(_, t)| now >= *t)
+        {
+            self.nodes[n].forced = None;
+            let name = self.nodes[n].name.clone();
+            self.log(format!(
+                "{name} force-quorum: the campaign did not lead in time; the forced configuration is dropped"
+            ));
+        }
+    }
+
     /// The VM of node `n` is terminated with its ephemeral storage: the node
     /// crashes, its disk is replaced by an empty one (a new incarnation at its
     /// next start), its embedder starts over. What the old incarnation durably
@@ -302,6 +438,7 @@ impl Cluster {
         node.halted = None;
         node.stopped = None;
         node.held = None;
+        node.forced = None;
         node.membership = MembershipView {
             lsn: 0,
             config: self.base.clone(),

@@ -154,6 +154,9 @@ pub struct FoNode {
     pub membership: MembershipView,
     /// Terminated for good (scale-down): never restarted.
     pub gone: bool,
+    /// A force-quorum campaign's configuration, for the primary role it opens if it
+    /// wins (the production `Inner::forced`), and when the campaign gives up.
+    pub forced: Option<(Configuration, u64)>,
     /// What its log holds (lsn -> position) while no role runs, read once.
     pub(crate) held: Option<std::sync::Arc<BTreeMap<walship_wal::Lsn, walship_wal::Position>>>,
     /// Number of starts (seeds the core's timeouts).
@@ -259,6 +262,7 @@ impl Cluster {
                     departing: Vec::new(),
                 },
                 gone: false,
+                forced: None,
                 held: None,
                 starts: 0,
             });
@@ -546,6 +550,7 @@ impl Cluster {
             // role's log goes to the core, and a primary makes its own changes.
             self.sync_membership(n);
             self.automatic_membership_change(n);
+            self.force_campaign_deadline(n);
             let due = self.nodes[n]
                 .core
                 .as_ref()

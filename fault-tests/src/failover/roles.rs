@@ -63,7 +63,9 @@ impl Cluster {
             new_epoch: Some(epoch),
             // node.toml's member list (generation 0) until the log holds a configuration.
             base_config: Some(self.base.clone()),
-            forced_config: None,
+            // A force-quorum campaign won: its forced configuration follows the epoch's
+            // control record (the production `roles::open_primary`).
+            forced_config: self.nodes[n].forced.take().map(|(config, _)| config),
         };
         let storage = self.nodes[n].storage.clone();
         match PrimaryExec::open(
@@ -74,15 +76,24 @@ impl Cluster {
         ) {
             Ok(exec) => {
                 let last = exec.wal().last();
+                // A forced configuration written at open follows the epoch's control record.
+                let view = exec.membership();
+                let epoch_start = if view.config.forced && view.lsn == last.lsn {
+                    last.lsn - 1
+                } else {
+                    last.lsn
+                };
                 self.log(format!(
-                    "{} primary exec open: epoch {epoch} starts at lsn {} (commit {})",
+                    "{} primary exec open: epoch {epoch} starts at lsn {epoch_start} (commit {}, newest configuration generation {} at lsn {}{})",
                     self.nodes[n].name,
-                    last.lsn,
-                    exec.commit_lsn()
+                    exec.commit_lsn(),
+                    view.config.generation,
+                    view.lsn,
+                    if view.config.forced { ", forced" } else { "" }
                 ));
                 self.nodes[n].role = RoleState::Primary(Box::new(PrimaryRole {
                     epoch,
-                    epoch_start: last.lsn,
+                    epoch_start,
                     up: PrimaryUp::new(exec, &storage),
                     verified_upto: 0,
                 }));

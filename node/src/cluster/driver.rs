@@ -657,60 +657,36 @@ impl Driver {
         accept_data_loss: bool,
     ) -> Result<(crate::membership::ForcePlan, Vec<Action>), NodeError> {
         let refused = |r: String| NodeError::Primary(crate::primary::PrimaryError::Membership(r));
-        if self.core.role() == Role::Primary {
-            return Err(refused(
-                "this node is the primary: nothing to force (walship ctl remove drops a lost member)"
-                    .into(),
-            ));
-        }
-        let me = &self.inner.config.node_id;
-        if !survivors.contains(me) {
-            return Err(refused(format!("{me} is not among the survivors named")));
-        }
-        let mut plan = crate::membership::plan_force_quorum(
-            &self.membership.config,
-            survivors,
-            self.inner.config.quorum,
-        )
-        .map_err(|e| refused(e.to_string()))?;
-        // A log without a configuration record (every member's incarnation unknown): this
-        // node's own is known; another survivor's is not, and a record needs it.
         let incarnation = self
             .inner
             .status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .incarnation;
-        for m in &mut plan.config.members {
-            if m.incarnation == 0 && m.id == *me {
-                m.incarnation = incarnation;
-            }
-            if m.incarnation == 0 {
-                return Err(refused(format!(
-                    "{}'s incarnation is unknown (the log holds no configuration record yet): force-quorum with this node alone, then `walship ctl add` the others",
-                    m.id
-                )));
-            }
-        }
-        if plan.may_lose && !accept_data_loss {
-            return Err(refused(format!(
-                "the lost voters {:?} may hold acknowledged records this node lacks (records above its log end, lsn {}): repeat with accept_data_loss",
-                plan.lost,
-                self.core.log_head().lsn
-            )));
-        }
-        let (voters, learners) = crate::membership::MembershipView {
-            lsn: 0,
-            config: plan.config.clone(),
-            committed: false,
-            departing: Vec::new(),
-        }
-        .election_members(me, incarnation);
+        let me = crate::membership::ForceNode {
+            id: &self.inner.config.node_id,
+            incarnation,
+            primary: self.core.role() == Role::Primary,
+            config: &self.membership.config,
+            log_end: self.core.log_head().lsn,
+        };
+        let start = crate::membership::start_force_quorum(
+            me,
+            survivors,
+            self.inner.config.quorum,
+            accept_data_loss,
+        )
+        .map_err(|e| refused(e.to_string()))?;
+        let plan = start.plan;
         warn!(generation = plan.config.generation, survivors = ?survivors, lost = ?plan.lost, may_lose = plan.may_lose,
             "force-quorum: campaigning among the survivors; the primary role writes the forced configuration");
         *self.inner.forced.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan.config.clone());
-        self.forced_until = Some(now.saturating_add(20 * self.inner.config.election_timeout_ms));
-        let mut actions = self.core.set_membership(now, &voters, &learners);
+        self.forced_until = Some(now.saturating_add(
+            crate::membership::FORCE_CAMPAIGN_TIMEOUTS * self.inner.config.election_timeout_ms,
+        ));
+        let mut actions = self
+            .core
+            .set_membership(now, &start.voters, &start.learners);
         actions.extend(self.core.promote(now, true)?);
         Ok((plan, actions))
     }
@@ -724,7 +700,7 @@ impl Driver {
         // A force-quorum campaign counts among the survivors until its primary role wrote
         // the forced configuration (or the campaign gave up).
         if let Some(f) = &*self.inner.forced.lock().unwrap_or_else(|p| p.into_inner()) {
-            if m.config.generation < f.generation {
+            if crate::membership::forced_campaign_keeps(f, &m.config) {
                 return;
             }
         }
