@@ -534,6 +534,14 @@ impl<S: Storage> SharedWal<S> {
                         return Err(WalError::Poisoned);
                     }
                     if st.durable >= lsn {
+                        // Durability may have gone past what the last round's
+                        // sleepers were sorted by (a segment roll during its sync
+                        // made more durable): a waiter woken to lead the next round
+                        // may find itself covered. It hands the lead on, or the
+                        // others would sleep with no leader.
+                        if !st.leader_active {
+                            self.wake_a_leader(&st);
+                        }
                         return Ok(());
                     }
                     if !st.leader_active {
@@ -589,7 +597,7 @@ impl<S: Storage> SharedWal<S> {
             let advanced = {
                 let mut st = self.lock_sync();
                 st.leader_active = false;
-                st.inflight = 0;
+                let inflight = std::mem::take(&mut st.inflight);
                 let advanced = match &outcome {
                     Ok(d) => self.publish(&mut st, *d),
                     Err(WalError::OutOfRange { .. }) => None,
@@ -598,7 +606,10 @@ impl<S: Storage> SharedWal<S> {
                         None
                     }
                 };
-                if st.poisoned {
+                if st.poisoned || st.durable > inflight {
+                    // Poisoned, or more became durable than this round synced (a
+                    // segment roll sealed later records meanwhile): waiters of the
+                    // next round may be covered too, so all of them look.
                     self.notify_everyone(&st);
                 } else {
                     // Everyone this round covered; one waiter to lead the next.
@@ -616,6 +627,16 @@ impl<S: Storage> SharedWal<S> {
                 self.notify_listener(t);
             }
             outcome?;
+        }
+    }
+
+    /// Wakes one waiter of each round, to lead the next sync (there is no leader,
+    /// and the thread that was woken to lead turned out to be covered).
+    fn wake_a_leader(&self, st: &SyncState) {
+        for (cv, &n) in self.rounds.iter().zip(&st.asleep) {
+            if n > 0 {
+                cv.notify_one();
+            }
         }
     }
 

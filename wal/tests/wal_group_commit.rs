@@ -414,6 +414,65 @@ fn append_lock_is_not_held_during_fdatasync_and_each_appender_learns_its_own_dur
     assert_eq!(shared.durable_lsn(), 2);
 }
 
+/// The stranding race, step by step: the leader's fdatasync of lsn 1 is held; two
+/// appenders of lsn 2 and 3 go to sleep waiting for the next round; then a segment roll
+/// seals (syncs) them. When the leader's round ends, more is durable than it synced: the
+/// old code woke one of the two to lead the next round, which found itself covered and
+/// returned, and the other slept for good (nobody left to lead).
+#[test]
+fn a_roll_during_a_held_sync_wakes_every_waiter_it_made_durable() {
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    let gate = Arc::new(Gate {
+        armed: std::sync::atomic::AtomicBool::new(false),
+        entered: Mutex::new(Some(entered_tx)),
+        release: Mutex::new(Some(release_rx)),
+    });
+    let s = GateStorage {
+        inner: SimStorage::new(22),
+        gate: Arc::clone(&gate),
+    };
+    let opts = WalOptions {
+        segment_size_bytes: 4096,
+        ..WalOptions::default()
+    };
+    let (w, _) = Wal::open(s, &wal_dir(), opts).expect("open");
+    let shared = SharedWal::new(w);
+    gate.armed.store(true, Ordering::SeqCst);
+    let leader = {
+        let w = Arc::clone(&shared);
+        thread::spawn(move || w.append_durable(b"first"))
+    };
+    entered_rx.recv().expect("leader is inside fdatasync");
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    for i in 0..2u8 {
+        let w = Arc::clone(&shared);
+        let done = done_tx.clone();
+        thread::spawn(move || {
+            let _ = done.send(w.append_durable(&[b'w', i]));
+        });
+    }
+    // Both are asleep on the next round by now (they need more than the held sync).
+    thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(shared.durable_lsn(), 0);
+    // Records that no longer fit the segment: the roll seals lsn 1..=4 (its own sync).
+    // (No `with` here: it would publish and wake everyone, hiding the race.)
+    for _ in 0..4 {
+        shared.append(&[0x5a; 1500]).expect("append");
+    }
+    release_tx.send(()).expect("release");
+    assert_eq!(leader.join().expect("leader").expect("durable"), 1);
+    for _ in 0..2 {
+        match done_rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(r) => assert!(r.expect("durable") <= 3),
+            Err(_) => panic!("a waiter the roll made durable was never woken"),
+        }
+    }
+    // The roll did seal them: the first segment's records were durable before any later
+    // sync (the leader's round ended with lsn 5 durable, beyond the 1 it synced).
+    assert!(shared.durable_lsn() >= 3);
+}
+
 /// realfault F1: `with` used to publish the durable lsn it read under the append
 /// lock after releasing it, overwriting a higher value a group-commit leader had
 /// published in between (the published durable lsn went backwards). Only a real
