@@ -34,9 +34,11 @@ pub mod segment;
 pub mod sim;
 pub mod state;
 pub mod storage;
+mod tail;
 mod wal;
 
 pub use append::SharedWal;
+pub use tail::TailBatch;
 pub use error::{CorruptionKind, CorruptionReport, RefusedCut, WalError};
 pub use reader::{OwnedRecord, RecordBatchView, WalReader};
 pub use record::{
