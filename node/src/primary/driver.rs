@@ -253,7 +253,12 @@ pub(crate) fn run_exec(shared: Arc<Shared>, rx: mpsc::Receiver<Input>) {
                     conns.insert(conn, (node_id.clone(), tx));
                     ex.on_connected(conn, node_id, now);
                 }
-                Input::Event(Event::Received { conn, msg }) => ex.on_frame(conn, msg, now),
+                Input::Event(Event::Received { conn, msg }) => {
+                    if let Message::Receipt { durable_lsn } = &msg {
+                        tracing::trace!(target: STAGE_TARGET, stage = "receipt_exec", lsn = *durable_lsn);
+                    }
+                    ex.on_frame(conn, msg, now)
+                }
                 Input::Event(Event::HelloOfOtherVersion {
                     conn,
                     protocol_version,
@@ -513,6 +518,8 @@ async fn write_frames(
         while let Some(item) = next.take() {
             match item {
                 Outgoing::Frame(Message::Records(b)) => {
+                    let last_lsn = (b.first_lsn + u64::from(b.count)).saturating_sub(1);
+                    tracing::trace!(target: STAGE_TARGET, stage = "frame_dequeued", lsn = last_lsn);
                     if !buf.is_empty() {
                         if let Err(e) = send.write_all(&buf).await {
                             debug!(error = %e, "stream write failed: the session ended");
@@ -520,7 +527,6 @@ async fn write_frames(
                         }
                         buf.clear();
                     }
-                    let last_lsn = (b.first_lsn + u64::from(b.count)).saturating_sub(1);
                     // The batch's bytes go to quinn without another copy.
                     let written = writer
                         .write_records_owned(
