@@ -260,7 +260,11 @@ mod tests {
         let cached = shared.read(|w| w.tail_batch(1, 3, 1 << 20).map(|b| b.count));
         assert_eq!(cached, Some(3), "the three records are in the tail cache");
         let (first, count, last, bytes) = log.read_batch(1, 1 << 20).expect("read").expect("batch");
-        assert_eq!((first, count, last.lsn), (1, 2, 2), "cut at the durable lsn");
+        assert_eq!(
+            (first, count, last.lsn),
+            (1, 2, 2),
+            "cut at the durable lsn"
+        );
         assert_eq!(decode_record(&bytes, 1024).expect("valid").payload(), b"a");
         assert_eq!(log.read_batch(3, 1 << 20).expect("read"), None);
     }

@@ -38,7 +38,6 @@ mod tail;
 mod wal;
 
 pub use append::SharedWal;
-pub use tail::TailBatch;
 pub use error::{CorruptionKind, CorruptionReport, RefusedCut, WalError};
 pub use reader::{OwnedRecord, RecordBatchView, WalReader};
 pub use record::{
@@ -48,4 +47,5 @@ pub use record::{
 pub use scan::{inspect, read_only_reader, Inspection, OpenReport};
 pub use segment::SegmentInfo;
 pub use storage::{FsStorage, Mapping, Storage, StorageFile};
+pub use tail::TailBatch;
 pub use wal::{OpenOptions, Wal, WalOptions, DEFAULT_SEGMENT_SIZE_BYTES};

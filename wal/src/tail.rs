@@ -199,7 +199,11 @@ mod tests {
         let b = c.batch(6, 9, 25).expect("cached");
         assert_eq!((b.count, b.last), (2, pos(7)));
         let b = c.batch(6, 9, 3).expect("cached");
-        assert_eq!((b.count, b.bytes.len()), (1, 10), "one record even if larger");
+        assert_eq!(
+            (b.count, b.bytes.len()),
+            (1, 10),
+            "one record even if larger"
+        );
         assert_eq!(c.batch(4, 9, 1 << 20), None, "before the cache");
         assert_eq!(c.batch(10, 10, 1 << 20), None, "after the cache");
         assert_eq!(c.batch(9, 8, 1 << 20), None, "above up_to_lsn");

@@ -421,7 +421,8 @@ impl<S: Storage> Wal<S> {
         if self.poisoned {
             return None;
         }
-        self.tail.batch(from_lsn, up_to_lsn.min(self.last().lsn), max_bytes)
+        self.tail
+            .batch(from_lsn, up_to_lsn.min(self.last().lsn), max_bytes)
     }
 
     /// A reader of the records from `from_lsn` (0 means the first retained) up

@@ -305,7 +305,11 @@ fn a_frame_with_records_leaves_the_commit_watermark_write_and_the_applies_to_its
             .any(|o| matches!(o, Output::CommitPersisted(_))),
         "no watermark write before the sync: {on_frame:?}"
     );
-    assert_eq!(applier.lsns(), Vec::<Lsn>::new(), "nothing applied before the sync");
+    assert_eq!(
+        applier.lsns(),
+        Vec::<Lsn>::new(),
+        "nothing applied before the sync"
+    );
     assert!(exec.sync_needed());
     exec.sync(1_100);
     let after = drain(&mut exec);
