@@ -354,15 +354,19 @@ mod stages {
 
     pub const TARGET: &str = "walship::stage";
     /// The stages between `Primary::append` being called and returning, in commit order.
-    pub const STAGES: [&str; 9] = [
+    pub const STAGES: [&str; 13] = [
         "primary_written",
         "primary_fsync",
+        "frame_dequeued",
         "frame_sent",
         "replica_receive",
+        "replica_exec_frame",
         "replica_written",
         "replica_fsync",
         "receipt_sent",
+        "receipt_dequeued",
         "receipt_received",
+        "receipt_exec",
         "commit_advanced",
     ];
 
@@ -510,12 +514,16 @@ async fn stage_breakdown(
     let label = [
         "primary WAL write done (executor)",
         "primary fdatasync done (executor group sync)",
+        "writer task took the frame (thread hop)",
         "frame handed to quinn (writer task)",
         "replica read the frame",
+        "replica executor got the frame (thread hop)",
         "replica WAL write done (replica executor)",
         "replica fdatasync done",
-        "receipt handed to quinn (replica)",
+        "receipt queued for the writer (replica)",
+        "replica writer task took it (thread hop)",
         "receipt read by the primary",
+        "primary executor got it (thread hop)",
         "commit advanced (executor)",
     ];
     let mut prev: Vec<f64> = vec![0.0; rows.len()];

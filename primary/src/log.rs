@@ -10,6 +10,10 @@ use crate::core::{LogBatch, LogSource};
 
 /// Readers kept open for sequential shipping (one per replica stream, plus slack).
 const MAX_CACHED_READERS: usize = 8;
+/// The newest records kept in memory by the WAL for shipping (`Wal::set_tail_cache_bytes`):
+/// a replica keeping up reads each synced batch from there instead of mapping the segment
+/// again; one further behind is read through a reader.
+pub const TAIL_CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 /// The primary's log seen through a [`SharedWal`]: readers are cached per stream position so
 /// a replica catching up reads sequentially from the mmap, and batches are cut at the durable
@@ -36,8 +40,10 @@ impl<S: Storage> std::fmt::Debug for WalLog<S> {
 }
 
 impl<S: Storage> WalLog<S> {
-    /// Wraps the shared WAL and reads its durable position.
+    /// Wraps the shared WAL, enables its tail cache ([`TAIL_CACHE_BYTES`]) and reads its
+    /// durable position.
     pub fn new(wal: Arc<SharedWal<S>>) -> Result<WalLog<S>, WalError> {
+        wal.with(|w| w.set_tail_cache_bytes(TAIL_CACHE_BYTES));
         let durable_lsn = wal.durable_lsn();
         let log = WalLog {
             wal,
@@ -145,6 +151,14 @@ impl<S: Storage> LogSource for WalLog<S> {
         if from_lsn == 0 || from_lsn > self.durable_lsn {
             return Ok(None);
         }
+        // What was just synced is still in memory: no mapping of the segment per batch.
+        let cached = self.wal.read(|w| {
+            w.tail_batch(from_lsn, self.durable_lsn, max_bytes)
+                .map(|b| (b.first_lsn, b.count, b.last, b.bytes.to_vec()))
+        });
+        if cached.is_some() {
+            return Ok(cached);
+        }
         let mut reader = self.take_reader(from_lsn)?;
         let batch = match reader.next_batch(max_bytes) {
             Some(b) => b?,
@@ -232,5 +246,26 @@ mod tests {
         assert_eq!((first, count), (11, 1));
         assert_eq!(log.position_at(0).expect("pos"), Some(Position::ZERO));
         assert_eq!(log.position_at(12).expect("pos"), None);
+    }
+
+    #[test]
+    fn records_written_after_the_log_opened_ship_from_the_tail_cache_only_up_to_durable() {
+        let wal = sim_wal(0);
+        let shared = SharedWal::new(wal);
+        let mut log = WalLog::new(shared.clone()).expect("log");
+        shared.append_batch(&[b"a", b"b"]).expect("append");
+        shared.wait_durable(2).expect("sync");
+        shared.append(b"c, not durable").expect("append");
+        log.refresh();
+        let cached = shared.read(|w| w.tail_batch(1, 3, 1 << 20).map(|b| b.count));
+        assert_eq!(cached, Some(3), "the three records are in the tail cache");
+        let (first, count, last, bytes) = log.read_batch(1, 1 << 20).expect("read").expect("batch");
+        assert_eq!(
+            (first, count, last.lsn),
+            (1, 2, 2),
+            "cut at the durable lsn"
+        );
+        assert_eq!(decode_record(&bytes, 1024).expect("valid").payload(), b"a");
+        assert_eq!(log.read_batch(3, 1 << 20).expect("read"), None);
     }
 }

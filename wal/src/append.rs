@@ -225,6 +225,7 @@ impl<S: Storage> Wal<S> {
             }
             let slice = &bytes[buf_off..buf_off + chunk as usize];
             if let Err(e) = self.active.write_at(start, slice) {
+                self.tail.clear();
                 let path = self.active_meta().path.clone();
                 // A partial write may have left bytes past the last record: cut them
                 // (version 1) or zero them (version 2: the preallocated tail must
@@ -250,6 +251,7 @@ impl<S: Storage> Wal<S> {
                 seg.note_record(pos, off, len);
                 off += len;
             }
+            self.tail.push(slice, &staged[i..j]);
             buf_off += chunk as usize;
             i = j;
         }
@@ -267,6 +269,7 @@ impl<S: Storage> Wal<S> {
             "only an empty pre-version-3 active segment is replaced"
         );
         let header = meta.header;
+        self.tail.clear();
         match create_segment(
             &self.storage,
             &self.dir,
@@ -294,6 +297,8 @@ impl<S: Storage> Wal<S> {
 
     /// Seals the active segment (sync_data) and starts the next one.
     fn roll(&mut self) -> Result<(), WalError> {
+        // Batches never span segments: the cache starts again with the next one.
+        self.tail.clear();
         let last = self.last();
         let seg_size = self.opts.segment_size_bytes;
         let path = self.active_meta().path.clone();
@@ -675,6 +680,12 @@ impl<S: Storage> SharedWal<S> {
     /// A reader from `from_lsn` up to `last()` at this call.
     pub fn reader(&self, from_lsn: Lsn) -> Result<WalReader<S>, WalError> {
         self.lock_wal().reader(from_lsn)
+    }
+
+    /// Read-only access under the append lock (nothing it can do changes durability, so
+    /// nothing is published afterwards, unlike [`SharedWal::with`]).
+    pub fn read<R>(&self, f: impl FnOnce(&Wal<S>) -> R) -> R {
+        f(&self.lock_wal())
     }
 
     /// Exclusive access for rare operations (truncation, reset, epoch change,

@@ -34,6 +34,7 @@ pub mod segment;
 pub mod sim;
 pub mod state;
 pub mod storage;
+mod tail;
 mod wal;
 
 pub use append::SharedWal;
@@ -46,4 +47,5 @@ pub use record::{
 pub use scan::{inspect, read_only_reader, Inspection, OpenReport};
 pub use segment::SegmentInfo;
 pub use storage::{FsStorage, Mapping, Storage, StorageFile};
+pub use tail::TailBatch;
 pub use wal::{OpenOptions, Wal, WalOptions, DEFAULT_SEGMENT_SIZE_BYTES};

@@ -14,6 +14,7 @@ use crate::segment::{
     SEGMENT_FORMAT_VERSION, SEGMENT_HEADER_LEN, TMP_SUFFIX,
 };
 use crate::storage::{Storage, StorageFile};
+use crate::tail::{TailBatch, TailCache};
 
 /// Default segment size (64 MiB).
 pub const DEFAULT_SEGMENT_SIZE_BYTES: u64 = 64 * 1024 * 1024;
@@ -89,6 +90,9 @@ pub struct Wal<S: Storage> {
     /// Bumped whenever the log's files are rewritten (truncate_tail, reset_to),
     /// so a group-commit sync begun before cannot claim records it never saw.
     pub(crate) rewrite_era: u64,
+    /// The newest records of the active segment, in memory (disabled unless
+    /// [`Wal::set_tail_cache_bytes`] enables it).
+    pub(crate) tail: TailCache,
     notes: Vec<String>,
 }
 
@@ -246,6 +250,7 @@ impl<S: Storage> Wal<S> {
             buf: Vec::new(),
             staged: Vec::new(),
             rewrite_era: 0,
+            tail: TailCache::default(),
             notes: rec.notes,
         };
         tracing::info!(
@@ -396,6 +401,30 @@ impl<S: Storage> Wal<S> {
         Ok(Some(pos))
     }
 
+    /// Keeps up to `bytes` of the newest records of the active segment in memory
+    /// (0, the default, disables it), so [`Wal::tail_batch`] can hand out what was
+    /// just written without mapping the segment (see [`crate::tail`]).
+    pub fn set_tail_cache_bytes(&mut self, bytes: usize) {
+        self.tail.set_capacity(bytes);
+    }
+
+    /// The records from `from_lsn` on, none above `up_to_lsn`, at most `max_bytes` of
+    /// them (at least one), if the tail cache holds `from_lsn`: the same bytes a
+    /// [`Wal::reader`] would return, from memory. `None` otherwise (read them with a
+    /// reader). Knows nothing of durability: the caller bounds `up_to_lsn`.
+    pub fn tail_batch(
+        &self,
+        from_lsn: Lsn,
+        up_to_lsn: Lsn,
+        max_bytes: usize,
+    ) -> Option<TailBatch<'_>> {
+        if self.poisoned {
+            return None;
+        }
+        self.tail
+            .batch(from_lsn, up_to_lsn.min(self.last().lsn), max_bytes)
+    }
+
     /// A reader of the records from `from_lsn` (0 means the first retained) up
     /// to `last()` at this call, verified as they are read.
     pub fn reader(&self, from_lsn: Lsn) -> Result<WalReader<S>, WalError> {
@@ -497,6 +526,7 @@ impl<S: Storage> Wal<S> {
         let span = tracing::info_span!("wal_truncate_tail", after_lsn, last_lsn = last.lsn);
         let _g = span.enter();
         self.rewrite_era += 1;
+        self.tail.clear();
         while self.segments.len() > 1 && self.active_meta().header.first_lsn > after_lsn {
             let path = self.active_meta().path.clone();
             self.storage
@@ -619,6 +649,7 @@ impl<S: Storage> Wal<S> {
         let span = tracing::info_span!("wal_reset_to", lsn = boundary.lsn, epoch = boundary.epoch);
         let _g = span.enter();
         self.rewrite_era += 1;
+        self.tail.clear();
         let header = SegmentHeader {
             first_lsn,
             generation,

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use walship_wal::sim::SimStorage;
-use walship_wal::{OpenReport, Position, Wal, WalOptions};
+use walship_wal::{OpenReport, Position, Wal, WalOptions, RECORD_HEADER_LEN};
 
 fn cases() -> u32 {
     std::env::var("WALSHIP_WAL_PROP_CASES")
@@ -160,6 +160,82 @@ proptest! {
                 prop_assert!(r.segment.starts_with(wal_dir()), "{r}");
             }
             Err(e) => return Err(TestCaseError::fail(format!("unexpected error {e}"))),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum TailStep {
+    Append(Step),
+    /// Truncate the tail after `last - n % (last + 1)`.
+    TruncateTail(u64),
+    Sync,
+}
+
+fn tail_step() -> impl Strategy<Value = TailStep> {
+    prop_oneof![
+        6 => step().prop_map(TailStep::Append),
+        1 => any::<u64>().prop_map(TailStep::TruncateTail),
+        2 => Just(TailStep::Sync),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    /// The tail cache hands out exactly what a reader of the segment returns (same first
+    /// lsn, count, last position and bytes) through appends, batches, segment rolls and
+    /// tail truncations, for any capacity and batch bound, and nothing above `up_to_lsn`.
+    #[test]
+    fn tail_cache_batches_equal_reader_batches(
+        steps in proptest::collection::vec(tail_step(), 1..60),
+        segment_size in 200u64..5000,
+        capacity in 0usize..6000,
+        batch_max in 1usize..3000,
+        cut in 0u64..8,
+    ) {
+        let s = SimStorage::new(2);
+        let opts = WalOptions { segment_size_bytes: segment_size, max_record_bytes: 1024, epoch: 1 };
+        let (mut w, _) = Wal::open(s.clone(), &wal_dir(), opts).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        w.set_tail_cache_bytes(capacity);
+        let fail = |e: walship_wal::WalError| TestCaseError::fail(e.to_string());
+        for st in &steps {
+            match st {
+                TailStep::Append(Step::One(p)) => { w.append(p).map_err(fail)?; }
+                TailStep::Append(Step::Many(ps)) => {
+                    let refs: Vec<&[u8]> = ps.iter().map(|p| &p[..]).collect();
+                    w.append_batch(&refs).map_err(fail)?;
+                }
+                TailStep::TruncateTail(n) => {
+                    let last = w.last().lsn;
+                    let after = (last - n % (last + 1)).max(w.base().lsn);
+                    w.truncate_tail(after).map_err(fail)?;
+                }
+                TailStep::Sync => { w.sync().map_err(fail)?; }
+            }
+            let last = w.last().lsn;
+            let up_to = last.saturating_sub(cut);
+            for from in w.first_lsn().max(1)..=last {
+                let Some(t) = w.tail_batch(from, up_to, batch_max) else { continue };
+                prop_assert!(from <= up_to);
+                prop_assert!(t.last.lsn <= up_to, "nothing above up_to_lsn");
+                let mut r = w.reader(from).map_err(fail)?;
+                let b = r.next_batch(batch_max).expect("a record at from").map_err(fail)?;
+                prop_assert_eq!(t.first_lsn, b.first_lsn);
+                // The reader is bounded by the log end only: compare its prefix up to t.last.
+                let view: Vec<Position> = b.records().map(|v| v.position()).collect();
+                let n = t.count as usize;
+                prop_assert_eq!(view.get(n - 1).copied(), Some(t.last));
+                prop_assert_eq!(t.bytes, &b.bytes()[..t.bytes.len()]);
+                if t.last.lsn < up_to {
+                    // Not cut by up_to_lsn: cut where the reader cuts (max_bytes, segment end).
+                    prop_assert_eq!(n, view.len());
+                }
+            }
+            if matches!(st, TailStep::Append(_)) && capacity >= 1024 + RECORD_HEADER_LEN {
+                // What was just written is served from memory.
+                prop_assert!(w.tail_batch(last, last, batch_max).is_some());
+            }
         }
     }
 }

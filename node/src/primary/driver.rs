@@ -187,7 +187,7 @@ pub(crate) const STAGE_TARGET: &str = "walship::stage";
 /// The executor thread: blocks for the first input (or the executor's next deadline),
 /// drains every input already queued (appends are written in one batch, not synced), syncs
 /// once if anything was written — that is the group commit: one fdatasync per round, no
-/// thread hop per record — delivers what the sync released (frames to the connections'
+/// thread hop per record — delivers what the round released (frames to the connections'
 /// writer tasks, results to the appenders), fires due timers, then delivers the rest.
 /// Ends on shutdown, when every sender is gone, or once the node stopped.
 pub(crate) fn run_exec(shared: Arc<Shared>, rx: mpsc::Receiver<Input>) {
@@ -253,7 +253,12 @@ pub(crate) fn run_exec(shared: Arc<Shared>, rx: mpsc::Receiver<Input>) {
                     conns.insert(conn, (node_id.clone(), tx));
                     ex.on_connected(conn, node_id, now);
                 }
-                Input::Event(Event::Received { conn, msg }) => ex.on_frame(conn, msg, now),
+                Input::Event(Event::Received { conn, msg }) => {
+                    if let Message::Receipt { durable_lsn } = &msg {
+                        tracing::trace!(target: STAGE_TARGET, stage = "receipt_exec", lsn = *durable_lsn);
+                    }
+                    ex.on_frame(conn, msg, now)
+                }
                 Input::Event(Event::HelloOfOtherVersion {
                     conn,
                     protocol_version,
@@ -280,12 +285,14 @@ pub(crate) fn run_exec(shared: Arc<Shared>, rx: mpsc::Receiver<Input>) {
             if let Some(m) = &shared.metrics {
                 m.fsync_seconds.observe(syncing.elapsed().as_secs_f64());
             }
-            // What the sync released (the frames of the records it made durable, the acks
-            // of a quorum-0 commit) goes out now, before the timers: a due write of
-            // `state/commit` (two fsyncs and a rename) must not hold back the commit path.
-            // Safe: the executor announced the watermark with these outputs; the persisted
-            // watermark only ever lags it.
-            outputs.extend(std::iter::from_fn(|| ex.poll_output()));
+        }
+        // What this round released (the frames of the records the sync made durable, the
+        // acks of the commits that sync or a receipt advanced) goes out now, before the
+        // timers: a due write of `state/commit` (two fsyncs and a rename) must not hold back
+        // the commit path. Safe: the executor announced the watermark with these outputs;
+        // the persisted watermark only ever lags it.
+        outputs.extend(std::iter::from_fn(|| ex.poll_output()));
+        if !outputs.is_empty() {
             if let Some(reason) = ex.stopped() {
                 shared.publish_stop(reason.clone());
             }
@@ -511,6 +518,8 @@ async fn write_frames(
         while let Some(item) = next.take() {
             match item {
                 Outgoing::Frame(Message::Records(b)) => {
+                    let last_lsn = (b.first_lsn + u64::from(b.count)).saturating_sub(1);
+                    tracing::trace!(target: STAGE_TARGET, stage = "frame_dequeued", lsn = last_lsn);
                     if !buf.is_empty() {
                         if let Err(e) = send.write_all(&buf).await {
                             debug!(error = %e, "stream write failed: the session ended");
@@ -518,7 +527,6 @@ async fn write_frames(
                         }
                         buf.clear();
                     }
-                    let last_lsn = (b.first_lsn + u64::from(b.count)).saturating_sub(1);
                     // The batch's bytes go to quinn without another copy.
                     let written = writer
                         .write_records_owned(

@@ -270,7 +270,12 @@ impl Glue {
                 exec.on_connected(conn, now);
             }
             Input::ConnectFailed(detail) => exec.on_connect_failed(detail, now),
-            Input::Frame(conn, msg) => exec.on_frame(conn, msg, now),
+            Input::Frame(conn, msg) => {
+                if let Message::Records(b) = &msg {
+                    tracing::trace!(target: STAGE_TARGET, stage = "replica_exec_frame", lsn = (b.first_lsn + u64::from(b.count)).saturating_sub(1));
+                }
+                exec.on_frame(conn, msg, now)
+            }
             Input::Ended(conn, end) => exec.on_closed(conn, end, now),
         }
     }
@@ -531,6 +536,9 @@ async fn write_loop(
                 return;
             }
         };
+        if let Message::Receipt { durable_lsn } = &msg {
+            tracing::trace!(target: STAGE_TARGET, stage = "receipt_dequeued", lsn = *durable_lsn);
+        }
         if let Err(e) = writer.write(&mut send, &msg).await {
             let end = SessionEnd::ConnectionLost {
                 detail: e.to_string(),

@@ -321,6 +321,13 @@ impl<S: Storage> ReplicaExec<S> {
             return;
         }
         self.feed(Event::Received(msg), now_ms);
+        if self.sync_needed() {
+            // Records were appended and the world syncs next (it syncs whenever
+            // `sync_needed`): the sync settles after its receipt. Settling here would put a
+            // due `state/commit` write (two fsyncs and a rename) and the applies between
+            // the records' arrival and their fdatasync, i.e. in front of the receipt.
+            return;
+        }
         self.settle(now_ms);
     }
 

@@ -287,6 +287,53 @@ fn sync_with_hands_over_the_receipt_before_the_commit_watermark_write_and_the_ap
 }
 
 #[test]
+fn a_frame_with_records_leaves_the_commit_watermark_write_and_the_applies_to_its_sync() {
+    let sim = SimStorage::new(5);
+    let applier = Recorder::default();
+    let log = log(4);
+    let mut exec = streaming(&sim, applier.clone(), log[3].1);
+    exec.on_frame(1, batch(&log, 1, 2, 0), 1_001);
+    exec.sync(1_001);
+    assert_eq!(receipts(&drain(&mut exec)), vec![2]);
+    // Records 3..=4 arrive with commit 2: the `state/commit` write of 2 is due and records
+    // 1..=2 could be applied, but the records' fdatasync (and so the receipt) comes first.
+    exec.on_frame(1, batch(&log, 3, 4, 2), 1_100);
+    let on_frame = drain(&mut exec);
+    assert!(
+        !on_frame
+            .iter()
+            .any(|o| matches!(o, Output::CommitPersisted(_))),
+        "no watermark write before the sync: {on_frame:?}"
+    );
+    assert_eq!(
+        applier.lsns(),
+        Vec::<Lsn>::new(),
+        "nothing applied before the sync"
+    );
+    assert!(exec.sync_needed());
+    exec.sync(1_100);
+    let after = drain(&mut exec);
+    let receipt_at = after.iter().position(|o| {
+        matches!(
+            o,
+            Output::Send {
+                msg: Message::Receipt { durable_lsn: 4 },
+                ..
+            }
+        )
+    });
+    let persisted_at = after
+        .iter()
+        .position(|o| matches!(o, Output::CommitPersisted(2)));
+    assert!(
+        matches!((receipt_at, persisted_at), (Some(r), Some(p)) if r < p),
+        "the receipt, then the watermark write: {after:?}"
+    );
+    assert_eq!(applier.lsns(), vec![1, 2]);
+    assert_eq!(exec.persisted_commit(), 2);
+}
+
+#[test]
 fn commit_watermark_is_persisted_only_up_to_the_durable_lsn() {
     let sim = SimStorage::new(4);
     let log = log(5);
