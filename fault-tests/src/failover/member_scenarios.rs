@@ -276,7 +276,7 @@ fn destroyed_disk(
             failures.push(format!("{vname} was not demoted to a learner"));
         }
         out.push_str(&format!(
-            "; not demoted: {} voters left would not meet k+1 = {} copies; its new incarnation's receipts do not count: writes blocked ({during} acked in 600 ms) until an operator forces a configuration (walship-recover promote --voters, offline)",
+            "; not demoted: {} voters left would not meet k+1 = {} copies; its new incarnation's receipts do not count: writes blocked ({during} acked in 600 ms): no configuration of the intact voters can commit under this quorum, and neither force-quorum nor walship-recover promote can make the new incarnation a voter (spec/membership.md §5, not built)",
             n - 1,
             commit_copies(n - 1, q).unwrap_or(0)
         ));
