@@ -657,12 +657,7 @@ impl Driver {
         accept_data_loss: bool,
     ) -> Result<(crate::membership::ForcePlan, Vec<Action>), NodeError> {
         let refused = |r: String| NodeError::Primary(crate::primary::PrimaryError::Membership(r));
-        let incarnation = self
-            .inner
-            .status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .incarnation;
+        let incarnation = self.incarnation();
         let me = crate::membership::ForceNode {
             id: &self.inner.config.node_id,
             incarnation,
@@ -691,6 +686,15 @@ impl Driver {
         Ok((plan, actions))
     }
 
+    /// The incarnation of this node's data directory (`state/identity`).
+    fn incarnation(&self) -> u64 {
+        self.inner
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .incarnation
+    }
+
     /// A role reported the newest configuration of its log: the core counts votes in it,
     /// the transport reaches its members.
     fn set_membership(&mut self, m: crate::membership::MembershipView) {
@@ -705,12 +709,7 @@ impl Driver {
             }
         }
         if m.config != self.membership.config || m.departing != self.membership.departing {
-            let incarnation = self
-                .inner
-                .status
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .incarnation;
+            let incarnation = self.incarnation();
             let (voters, learners) = m.election_members(&self.inner.config.node_id, incarnation);
             let actions = self.core.set_membership(now_ms(), &voters, &learners);
             // Only a campaign abandoned by a node that stopped voting: its role command.
