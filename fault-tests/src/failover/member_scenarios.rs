@@ -96,6 +96,21 @@ fn only_receive(c: &mut Cluster, p: usize, receivers: &[usize], ms: u64) {
 
 /// The operator's deregistration of `victim` on the current primary, waited until
 /// committed; returns what the operator column says.
+/// After a member was deregistered (N - 1 voters): the cluster must commit and converge.
+fn after_deregistration(c: &mut Cluster, n: usize, out: &mut String, failures: &mut Vec<String>) {
+    let during = acked_during(c, 600);
+    out.push_str(&format!(
+        "; deregistered: N = {}, {during} acked in 600 ms",
+        n - 1
+    ));
+    if during == 0 {
+        failures.push("no commits with N - 1 voters".into());
+    }
+    if !c.run_until_converged(6_000) {
+        failures.push("did not converge".into());
+    }
+}
+
 fn deregister(c: &mut Cluster, victim: usize) -> Result<String, String> {
     let name = c.nodes[victim].name.clone();
     // One change at a time: wait until the newest configuration (maybe one the
@@ -396,17 +411,7 @@ fn scale_down_replica(
             if !k_fits(q, n - 1) {
                 failures.push("deregistered below k + 1 voters".into());
             }
-            let during = acked_during(c, 600);
-            out.push_str(&format!(
-                "; deregistered: N = {}, {during} acked in 600 ms",
-                n - 1
-            ));
-            if during == 0 {
-                failures.push("no commits with N - 1 voters".into());
-            }
-            if !c.run_until_converged(6_000) {
-                failures.push("did not converge".into());
-            }
+            after_deregistration(c, n, &mut out, failures);
         }
         Err(e) => {
             if k_fits(q, n - 1) {
@@ -458,17 +463,7 @@ fn scale_down_primary(
     match deregister(c, p0) {
         Ok(op) => {
             ops.push(op);
-            let during = acked_during(c, 600);
-            out.push_str(&format!(
-                "; deregistered: N = {}, {during} acked in 600 ms",
-                n - 1
-            ));
-            if during == 0 {
-                failures.push("no commits with N - 1 voters".into());
-            }
-            if !c.run_until_converged(6_000) {
-                failures.push("did not converge".into());
-            }
+            after_deregistration(c, n, &mut out, failures);
         }
         Err(e) => {
             if k_fits(q, n - 1) {
