@@ -390,6 +390,9 @@ pub fn run(opts: &DrillOptions, say: &mut dyn FnMut(String)) -> Result<DrillRepo
             if let Some(k) = kills.last_mut() {
                 k.restart = restart;
             }
+            // A follower that was not killed may hold a tentative tail too.
+            let statuses: Vec<_> = members.0.iter().map(Member::status).collect();
+            rejoin_diverged(&mut members.0, &statuses, &opts.dir, say)?;
             (p, epoch) = (q, e);
             wait_acked(&acked, before + per)?;
         }
@@ -401,7 +404,7 @@ pub fn run(opts: &DrillOptions, say: &mut dyn FnMut(String)) -> Result<DrillRepo
     }
     result?;
     let acked = std::mem::take(&mut *acked.lock().unwrap_or_else(|p| p.into_inner()));
-    let last = converge(&members.0, &acked)?;
+    let last = converge(&mut members.0, &acked, &opts.dir, say)?;
     say(format!(
         "all members hold lsn {last}; stopping them to read their logs"
     ));
@@ -418,7 +421,18 @@ pub fn run(opts: &DrillOptions, say: &mut dyn FnMut(String)) -> Result<DrillRepo
 
 /// Waits until every member reports the same durable lsn, at least the highest
 /// acknowledged one, twice in a row; returns it.
-pub(crate) fn converge(members: &[Member], acked: &[Ack]) -> Result<u64, String> {
+///
+/// Any member may halt `divergence` on the way, not only a restarted primary: in a cluster
+/// of five, a follower that was not killed can hold records of the old primary that the
+/// winner of the election lacks (they were never committed: the winner's voters lacked
+/// them too). The drill then does what the operator does for it (`settle`: `walship-recover
+/// rejoin` against the current primary, restart). Any other halt fails the drill.
+pub(crate) fn converge(
+    members: &mut [Member],
+    acked: &[Ack],
+    log_dir: &Path,
+    say: &mut dyn FnMut(String),
+) -> Result<u64, String> {
     let last = acked.iter().map(|a| a.lsn).max().unwrap_or(0);
     // Every live member converges: all report the same durable lsn, at least the last
     // acknowledged one, twice in a row (appends still in flight when the writers stopped
@@ -426,10 +440,15 @@ pub(crate) fn converge(members: &[Member], acked: &[Ack]) -> Result<u64, String>
     let deadline = Instant::now() + WAIT;
     let mut previous = None;
     loop {
-        let durable: Vec<u64> = members
+        let statuses: Vec<Option<serde_json::Value>> = members.iter().map(Member::status).collect();
+        if rejoin_diverged(members, &statuses, log_dir, say)? {
+            previous = None;
+            continue;
+        }
+        let durable: Vec<u64> = statuses
             .iter()
-            .map(|m| {
-                m.status()
+            .map(|s| {
+                s.as_ref()
                     .and_then(|s| s["durable_lsn"].as_u64())
                     .unwrap_or(0)
             })
@@ -439,13 +458,51 @@ pub(crate) fn converge(members: &[Member], acked: &[Ack]) -> Result<u64, String>
             return Ok(durable[0]);
         }
         if Instant::now() > deadline {
+            let roles: Vec<String> = members
+                .iter()
+                .zip(&statuses)
+                .map(|(m, s)| {
+                    let role = s
+                        .as_ref()
+                        .and_then(|s| s["role"].as_str())
+                        .unwrap_or("down");
+                    format!("{} {role}", m.id)
+                })
+                .collect();
             return Err(format!(
-                "members did not converge to one log end at or above lsn {last}: {durable:?}"
+                "members did not converge to one log end at or above lsn {last}: {durable:?} ({})",
+                roles.join(", ")
             ));
         }
         previous = Some(durable);
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Rejoins every member whose `statuses` entry says it halted `divergence` (stop,
+/// `walship-recover rejoin` against the current primary, restart: `settle`); fails on any
+/// other halt. Returns whether it rejoined one.
+pub(crate) fn rejoin_diverged(
+    members: &mut [Member],
+    statuses: &[Option<serde_json::Value>],
+    log_dir: &Path,
+    say: &mut dyn FnMut(String),
+) -> Result<bool, String> {
+    let mut any = false;
+    for (i, s) in statuses.iter().enumerate() {
+        let Some(s) = s.as_ref().filter(|s| s["role"] == "halted") else {
+            continue;
+        };
+        let reason = s["halt"]["reason"].as_str().unwrap_or("").to_owned();
+        if reason != "divergence" {
+            return Err(format!("{} halted `{reason}`", members[i].id));
+        }
+        let (q, _) = find_primary(members)
+            .ok_or_else(|| format!("{} halted `divergence` with no primary", members[i].id))?;
+        settle(members, i, q, log_dir, say)?;
+        any = true;
+    }
+    Ok(any)
 }
 
 /// Runs one `walship-recover` command (`args` after the program name) through the

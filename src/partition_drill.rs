@@ -317,7 +317,7 @@ pub fn run(
         ));
     }
 
-    let last = drill::converge(&members.0, &acked)?;
+    let last = drill::converge(&mut members.0, &acked, &opts.dir, say)?;
     // No member halted (a `divergence` halt of the old primary was cleared by rejoin) and
     // one of them leads.
     let mut primaries = Vec::new();
