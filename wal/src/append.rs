@@ -9,8 +9,9 @@
 //! dropped the pages and a retry could falsely succeed.
 
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::control::{ControlError, ControlRecord};
 use crate::error::WalError;
@@ -405,6 +406,16 @@ struct Durable {
     rewrite_era: u64,
 }
 
+/// An appender asleep until a sync covers its lsn (or it is asked to lead one).
+#[derive(Debug)]
+struct Sleeper {
+    lsn: Lsn,
+    thread: std::thread::Thread,
+    /// Set (under the sync lock) by whoever removes the sleeper from the list and wakes
+    /// it; the sleeper parks until it sees it (`park` may return spuriously).
+    woken: Arc<AtomicBool>,
+}
+
 /// Group-commit bookkeeping of a [`SharedWal`].
 #[derive(Debug, Default)]
 struct SyncState {
@@ -412,15 +423,21 @@ struct SyncState {
     /// The rewrite era `durable` belongs to.
     rewrite_era: u64,
     leader_active: bool,
-    /// Sync rounds begun so far; round `r` wakes its waiters through
-    /// `SharedWal::rounds[r % 2]`.
-    round: u64,
-    /// lsn the running round makes durable (meaningful while `leader_active`).
-    inflight: Lsn,
-    /// Threads asleep on `SharedWal::rounds[i]`: a notify with nobody asleep
-    /// is skipped (it would still cost a futex syscall per sync).
-    asleep: [usize; 2],
+    /// Appenders asleep while a leader syncs, in the order they went to sleep.
+    sleepers: Vec<Sleeper>,
+    /// How many appenders the last round woke as covered, and the append count then:
+    /// in a busy log they append again right away, and the next leader gives them a
+    /// moment to do so (at most [`SharedWal::gather_cap`]) so one sync covers them all.
+    woken_last: u64,
+    appends_at_wake: u64,
+    /// Duration of the last sync, which bounds that moment.
+    last_sync: Duration,
     poisoned: bool,
+}
+
+thread_local! {
+    /// This thread's wake-up flag (a thread waits on one [`SharedWal`] at a time).
+    static WOKEN: Arc<AtomicBool> = Arc::new(AtomicBool::new(false));
 }
 
 type Listener = Arc<dyn Fn(Lsn) + Send + Sync>;
@@ -435,19 +452,27 @@ type Listener = Arc<dyn Fn(Lsn) + Send + Sync>;
 /// written meanwhile. A failed sync poisons the WAL for good.
 ///
 /// No thread hop per record: appenders write and sync on their own threads.
-/// Waiters sleep on one of two condition variables by sync round: those
-/// covered by the running round on its variable (all woken when it ends),
-/// those that need the next round on the other (ONE of them is woken to lead
-/// it; the rest sleep until that round ends). So the end of a sync wakes the
-/// appenders it made durable plus one leader, not every waiter.
+/// Waiters park on their own thread and are woken one by one by the leader that
+/// covered them (no condition variable, so no herd re-taking a mutex on each wake);
+/// a woken waiter that was covered returns without taking any lock. When a round
+/// ends with waiters it did not cover, ONE of them is woken to lead the next sync,
+/// unless a thread already took the lead.
+///
+/// Gathering: the appenders a round wakes usually append again at once. The leader
+/// of the next round waits for as many appends as that round woke, or at most a
+/// quarter of the last sync's duration (capped at [`GATHER_CAP_MAX`]), yielding the
+/// CPU meanwhile. With one appender it never waits (a round that woke nobody else).
 pub struct SharedWal<S: Storage> {
     wal: Mutex<Wal<S>>,
     sync: Mutex<SyncState>,
-    /// Waiters of sync round `r` sleep on `rounds[r % 2]`.
-    rounds: [Condvar; 2],
     durable: AtomicU64,
+    /// Records appended through [`SharedWal::append`] / [`SharedWal::append_batch`].
+    appends: AtomicU64,
     listener: RwLock<Option<Listener>>,
 }
+
+/// The longest a leader waits for woken appenders to append again.
+pub const GATHER_CAP_MAX: Duration = Duration::from_micros(200);
 
 impl<S: Storage> std::fmt::Debug for SharedWal<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -470,14 +495,11 @@ impl<S: Storage> SharedWal<S> {
             sync: Mutex::new(SyncState {
                 durable,
                 rewrite_era,
-                leader_active: false,
-                round: 0,
-                inflight: 0,
-                asleep: [0, 0],
                 poisoned,
+                ..SyncState::default()
             }),
-            rounds: [Condvar::new(), Condvar::new()],
             durable: AtomicU64::new(durable),
+            appends: AtomicU64::new(0),
             listener: RwLock::new(None),
         })
     }
@@ -511,12 +533,16 @@ impl<S: Storage> SharedWal<S> {
 
     /// Appends one record; not durable yet (see [`SharedWal::wait_durable`]).
     pub fn append(&self, payload: &[u8]) -> Result<Lsn, WalError> {
-        self.lock_wal().append(payload)
+        let r = self.lock_wal().append(payload);
+        self.appends.fetch_add(1, Ordering::Relaxed);
+        r
     }
 
     /// Appends several records with one write; not durable yet.
     pub fn append_batch(&self, payloads: &[&[u8]]) -> Result<RangeInclusive<Lsn>, WalError> {
-        self.lock_wal().append_batch(payloads)
+        let r = self.lock_wal().append_batch(payloads);
+        self.appends.fetch_add(1, Ordering::Relaxed);
+        r
     }
 
     /// Appends one record and blocks until it is durable.
@@ -526,53 +552,54 @@ impl<S: Storage> SharedWal<S> {
         Ok(lsn)
     }
 
+    /// How long the leader of the next round may wait for the appenders the last
+    /// round woke: a quarter of the last sync, at most [`GATHER_CAP_MAX`].
+    fn gather_cap(last_sync: Duration) -> Duration {
+        (last_sync / 4).min(GATHER_CAP_MAX)
+    }
+
     /// Blocks until `lsn` (already written) is durable, leading a group sync
     /// if no other thread is. Errors: the sync's I/O error for the leader that
     /// hit it, [`WalError::Poisoned`] for everyone after; `OutOfRange` if
     /// `lsn` was never written.
     pub fn wait_durable(&self, lsn: Lsn) -> Result<(), WalError> {
         loop {
-            let (round, begun) = {
+            let gather = {
                 let mut st = self.lock_sync();
-                loop {
-                    if st.poisoned {
-                        return Err(WalError::Poisoned);
+                if st.poisoned {
+                    return Err(WalError::Poisoned);
+                }
+                if st.durable >= lsn {
+                    return Ok(());
+                }
+                if st.leader_active {
+                    let woken = WOKEN.with(Arc::clone);
+                    woken.store(false, Ordering::Relaxed);
+                    st.sleepers.push(Sleeper {
+                        lsn,
+                        thread: std::thread::current(),
+                        woken: Arc::clone(&woken),
+                    });
+                    drop(st);
+                    while !woken.load(Ordering::Acquire) {
+                        std::thread::park();
                     }
-                    if st.durable >= lsn {
-                        // Durability may have gone past what the last round's
-                        // sleepers were sorted by (a segment roll during its sync
-                        // made more durable): a waiter woken to lead the next round
-                        // may find itself covered. It hands the lead on, or the
-                        // others would sleep with no leader.
-                        if !st.leader_active {
-                            self.wake_a_leader(&st);
-                        }
+                    // Covered: no lock needed. Otherwise (asked to lead, poisoned, or
+                    // a rewrite moved the durable lsn) the locked path decides.
+                    if self.durable.load(Ordering::Acquire) >= lsn {
                         return Ok(());
                     }
-                    if !st.leader_active {
-                        break;
-                    }
-                    // Covered by the running round, or needing the next one
-                    // (exact: `inflight` was read under both locks, and this
-                    // record was written before this thread took the sync lock).
-                    let r = if lsn <= st.inflight {
-                        st.round
-                    } else {
-                        st.round + 1
-                    };
-                    let i = (r % 2) as usize;
-                    st.asleep[i] += 1;
-                    st = self.rounds[i].wait(st).unwrap_or_else(|p| p.into_inner());
-                    st.asleep[i] -= 1;
+                    continue;
                 }
-                // Leader of a new round. The append lock is taken while the
-                // sync lock is still held (the only nesting of the two: sync,
-                // then append), held only to pick the file and target.
                 st.leader_active = true;
-                st.round += 1;
+                let expect = st.appends_at_wake + std::mem::take(&mut st.woken_last);
+                (expect, Self::gather_cap(st.last_sync))
+            };
+            self.gather(gather);
+            let begun = {
                 let w = self.lock_wal();
                 let last = w.last().lsn;
-                let begun = match w.begin_sync() {
+                match w.begin_sync() {
                     Ok(_) if lsn > last => Err(WalError::OutOfRange {
                         lsn,
                         min: 0,
@@ -581,13 +608,9 @@ impl<S: Storage> SharedWal<S> {
                     Ok(Some(ticket)) => Ok(Ok(ticket)),
                     Ok(None) => Ok(Err(w.durable())),
                     Err(e) => Err(e),
-                };
-                st.inflight = match &begun {
-                    Ok(Ok(ticket)) => ticket.target,
-                    _ => st.durable,
-                };
-                (st.round, begun)
+                }
             };
+            let started = Instant::now();
             let outcome: Result<Durable, WalError> = match begun {
                 Err(e) => Err(e),
                 Ok(Err(already)) => Ok(already),
@@ -599,10 +622,13 @@ impl<S: Storage> SharedWal<S> {
                     }
                 },
             };
-            let advanced = {
+            let synced = started.elapsed();
+            let (advanced, wake) = {
                 let mut st = self.lock_sync();
                 st.leader_active = false;
-                let inflight = std::mem::take(&mut st.inflight);
+                if outcome.is_ok() {
+                    st.last_sync = synced;
+                }
                 let advanced = match &outcome {
                     Ok(d) => self.publish(&mut st, *d),
                     Err(WalError::OutOfRange { .. }) => None,
@@ -611,23 +637,12 @@ impl<S: Storage> SharedWal<S> {
                         None
                     }
                 };
-                if st.poisoned || st.durable > inflight {
-                    // Poisoned, or more became durable than this round synced (a
-                    // segment roll sealed later records meanwhile): waiters of the
-                    // next round may be covered too, so all of them look.
-                    self.notify_everyone(&st);
-                } else {
-                    // Everyone this round covered; one waiter to lead the next.
-                    let (this, next) = ((round % 2) as usize, ((round + 1) % 2) as usize);
-                    if st.asleep[this] > 0 {
-                        self.rounds[this].notify_all();
-                    }
-                    if st.asleep[next] > 0 {
-                        self.rounds[next].notify_one();
-                    }
-                }
-                advanced
+                let wake = self.take_covered(&mut st);
+                (advanced, wake)
             };
+            for t in wake {
+                t.unpark();
+            }
             if let Some(t) = advanced {
                 self.notify_listener(t);
             }
@@ -635,24 +650,45 @@ impl<S: Storage> SharedWal<S> {
         }
     }
 
-    /// Wakes one waiter of each round, to lead the next sync (there is no leader,
-    /// and the thread that was woken to lead turned out to be covered).
-    fn wake_a_leader(&self, st: &SyncState) {
-        for (cv, &n) in self.rounds.iter().zip(&st.asleep) {
-            if n > 0 {
-                cv.notify_one();
-            }
+    /// The leader's moment for the appenders the last round woke: until `expect`
+    /// appends were counted or `cap` passed, yielding the CPU to them.
+    fn gather(&self, (expect, cap): (u64, Duration)) {
+        if self.appends.load(Ordering::Relaxed) >= expect || cap.is_zero() {
+            return;
+        }
+        let until = Instant::now() + cap;
+        while self.appends.load(Ordering::Relaxed) < expect && Instant::now() < until {
+            std::thread::yield_now();
         }
     }
 
-    /// Wakes every waiter of both rounds (durability changed other than by a
-    /// leader's sync, or the WAL is poisoned).
-    fn notify_everyone(&self, st: &SyncState) {
-        for (cv, &n) in self.rounds.iter().zip(&st.asleep) {
-            if n > 0 {
-                cv.notify_all();
+    /// Under the sync lock, after durability changed: removes from the sleepers every
+    /// one the durable lsn covers (all of them if the WAL is poisoned) and, when
+    /// sleepers remain and no thread leads, one more to lead the next round; marks them
+    /// woken. Returns their threads, to unpark once the lock is released.
+    fn take_covered(&self, st: &mut SyncState) -> Vec<std::thread::Thread> {
+        let durable = st.durable;
+        let everyone = st.poisoned;
+        let mut wake = Vec::new();
+        let mut covered = 0u64;
+        st.sleepers.retain(|s| {
+            if everyone || s.lsn <= durable {
+                s.woken.store(true, Ordering::Release);
+                wake.push(s.thread.clone());
+                covered += 1;
+                false
+            } else {
+                true
             }
+        });
+        if !st.leader_active && !st.sleepers.is_empty() {
+            let s = st.sleepers.remove(0);
+            s.woken.store(true, Ordering::Release);
+            wake.push(s.thread);
         }
+        st.woken_last = covered;
+        st.appends_at_wake = self.appends.load(Ordering::Relaxed);
+        wake
     }
 
     fn notify_listener(&self, lsn: Lsn) {
@@ -706,9 +742,21 @@ impl<S: Storage> SharedWal<S> {
             // in either direction; otherwise it only grows (a leader may have
             // published a higher one since `durable` was read).
             let advanced = self.publish(&mut st, durable);
-            self.notify_everyone(&st);
-            advanced
+            // Every sleeper looks again: durability may have moved either way.
+            let wake: Vec<_> = st
+                .sleepers
+                .drain(..)
+                .map(|s| {
+                    s.woken.store(true, Ordering::Release);
+                    s.thread
+                })
+                .collect();
+            (advanced, wake)
         };
+        let (advanced, wake) = advanced;
+        for t in wake {
+            t.unpark();
+        }
         if let Some(t) = advanced {
             self.notify_listener(t);
         }
