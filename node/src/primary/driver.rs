@@ -198,6 +198,10 @@ pub(crate) fn run_exec(shared: Arc<Shared>, rx: mpsc::Receiver<Input>) {
     let mut appends: Vec<(Vec<u8>, Token)> = Vec::new();
     let mut outputs: Vec<Output<Token>> = Vec::new();
     let mut disconnected: Vec<ConnId> = Vec::new();
+    // Appenders woken (acked) since the last round that wrote, and the last sync's length:
+    // the next round gathers their appends (see `gather`).
+    let mut woken: usize = 0;
+    let mut last_sync = Duration::ZERO;
     let mut done = false;
     // Set once a delivered output said the node stopped (ends the loop like a shutdown).
     let mut stopped = false;
@@ -211,6 +215,7 @@ pub(crate) fn run_exec(shared: Arc<Shared>, rx: mpsc::Receiver<Input>) {
             }
             ex.next_deadline()
         };
+        woken += count_acks(&outputs);
         for o in outputs.drain(..) {
             stopped |= deliver(&shared, &mut conns, o);
         }
@@ -236,6 +241,7 @@ pub(crate) fn run_exec(shared: Arc<Shared>, rx: mpsc::Receiver<Input>) {
         };
         inputs.extend(first);
         inputs.extend(std::iter::from_fn(|| rx.try_recv().ok()));
+        gather(&rx, &mut inputs, &mut woken, last_sync);
         let mut ex = shared.lock_exec();
         let now = shared.now_ms();
         for input in inputs.drain(..) {
@@ -282,8 +288,9 @@ pub(crate) fn run_exec(shared: Arc<Shared>, rx: mpsc::Receiver<Input>) {
             // One histogram observe per group sync (an atomic add), never per record.
             let syncing = Instant::now();
             ex.sync(now);
+            last_sync = syncing.elapsed();
             if let Some(m) = &shared.metrics {
-                m.fsync_seconds.observe(syncing.elapsed().as_secs_f64());
+                m.fsync_seconds.observe(last_sync.as_secs_f64());
             }
         }
         // What this round released (the frames of the records the sync made durable, the
@@ -297,6 +304,7 @@ pub(crate) fn run_exec(shared: Arc<Shared>, rx: mpsc::Receiver<Input>) {
                 shared.publish_stop(reason.clone());
             }
             drop(ex);
+            woken += count_acks(&outputs);
             for o in outputs.drain(..) {
                 stopped |= deliver(&shared, &mut conns, o);
             }
@@ -309,6 +317,64 @@ pub(crate) fn run_exec(shared: Arc<Shared>, rx: mpsc::Receiver<Input>) {
     }
     // Dropping the writers' senders ends their tasks; the endpoint close ends the connections.
     debug!("executor thread stopped");
+}
+
+/// The longest the executor thread waits, before a group sync, for appends of writers it
+/// just woke.
+const GATHER_CAP_MAX: Duration = Duration::from_micros(200);
+
+/// How many appenders these outputs wake.
+fn count_acks(outputs: &[Output<Token>]) -> usize {
+    outputs
+        .iter()
+        .filter(|o| matches!(o, Output::Ack { .. }))
+        .count()
+}
+
+/// Group-commit gathering (the same rule as `SharedWal`'s): the acks delivered since the
+/// last round that wrote woke `woken` appenders, which in a busy primary append again at
+/// once, one channel message each. When this round's inputs hold some of those appends
+/// but not all, the thread waits for the rest (or any other input) for at most a quarter
+/// of the last sync, capped at [`GATHER_CAP_MAX`], so one fdatasync covers them all
+/// instead of two. Rounds without appends, and a lone writer (its one append is here),
+/// never wait. Only the batching changes: what is synced, shipped and acknowledged is
+/// decided by the executor as before.
+fn gather(
+    rx: &mpsc::Receiver<Input>,
+    inputs: &mut Vec<Input>,
+    woken: &mut usize,
+    last_sync: Duration,
+) {
+    let appends = |inputs: &[Input]| {
+        inputs
+            .iter()
+            .filter(|i| matches!(i, Input::Append { .. }))
+            .count()
+    };
+    let mut got = appends(inputs);
+    if got == 0 {
+        return;
+    }
+    let expected = std::mem::take(woken);
+    let until = Instant::now() + (last_sync / 4).min(GATHER_CAP_MAX);
+    while got < expected {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match rx.recv_timeout(left) {
+            Ok(input) => {
+                inputs.push(input);
+                inputs.extend(std::iter::from_fn(|| rx.try_recv().ok()));
+                got = appends(inputs);
+            }
+            Err(RecvTimeoutError::Timeout) => return,
+            Err(RecvTimeoutError::Disconnected) => {
+                inputs.push(Input::Shutdown);
+                return;
+            }
+        }
+    }
 }
 
 /// Performs one output of the executor. Returns true once the node stopped.
