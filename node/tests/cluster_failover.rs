@@ -508,3 +508,114 @@ async fn fm_f_4_a_member_restarted_below_its_acknowledged_mark_is_ineligible_unt
         n.shutdown().await;
     }
 }
+
+/// A switchover drains the primary and waits until the target holds its whole log; a
+/// configuration record written in that window would leave the target behind the voters
+/// it then asks for votes, and it would lose (seen in CI: the primary's own bootstrap
+/// record, proposed as the target reconnected). While the drain lasts the primary refuses
+/// membership changes, pointing at the target, and the hand-over then completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_switchover_refuses_membership_changes_while_it_drains_and_the_target_still_leads() {
+    use walship_node::membership::MemberChange;
+    use walship_wal::control::ConfigMember;
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cluster = Cluster::new(tmp.path(), 3);
+    let appliers: Vec<Recorder> = (0..3).map(|_| Recorder::default()).collect();
+    let mut nodes = Vec::new();
+    for (i, a) in appliers.iter().enumerate() {
+        nodes.push(Some(
+            cluster.open(&format!("n{}", i + 1), -1, a.clone()).await,
+        ));
+    }
+    let p = wait_primary(&nodes, 0).await;
+    let epoch = nodes[p].as_ref().expect("node").status().state.epoch;
+    // The primary writes the first configuration record by itself once all connected.
+    let deadline = Instant::now() + WAIT;
+    while nodes[p]
+        .as_ref()
+        .expect("primary")
+        .membership()
+        .config
+        .generation
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no bootstrap configuration record"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 0..10u32 {
+        append(
+            nodes[p].as_ref().expect("primary"),
+            format!("a-{i}").into_bytes(),
+        )
+        .await;
+    }
+    // The target goes down, so the drain lasts until it is back and caught up.
+    let t = (p + 1) % 3;
+    let target = format!("n{}", t + 1);
+    nodes[t].take().expect("target").shutdown().await;
+    for i in 0..10u32 {
+        append(
+            nodes[p].as_ref().expect("primary"),
+            format!("b-{i}").into_bytes(),
+        )
+        .await;
+    }
+    let generation = nodes[p]
+        .as_ref()
+        .expect("primary")
+        .membership()
+        .config
+        .generation;
+    let primary = nodes[p].as_ref().expect("primary");
+    let probe = async {
+        // The drain shows: appends are refused and pointed at the target.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match primary.append(b"probe".to_vec()).await {
+                Err(NodeError::NotPrimary { primary_hint, .. })
+                    if primary_hint.as_deref() == Some(target.as_str()) =>
+                {
+                    break
+                }
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "the drain never showed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A learner would be added at once outside a switchover (n1 and n2 commit it).
+        let change = primary
+            .change_membership(MemberChange::Add(ConfigMember {
+                id: "n9".into(),
+                incarnation: 9,
+                voter: false,
+                addr: "127.0.0.1:9".into(),
+                http_addr: None,
+            }))
+            .await;
+        match change {
+            Err(NodeError::NotPrimary { primary_hint, .. }) => {
+                assert_eq!(primary_hint.as_deref(), Some(target.as_str()))
+            }
+            other => panic!("a membership change during the drain must be refused: {other:?}"),
+        }
+        // The target comes back, catches up, and the hand-over goes on.
+        cluster.open(&target, -1, appliers[t].clone()).await
+    };
+    let (switched, revived) = tokio::join!(primary.switchover(&target, WAIT), probe);
+    nodes[t] = Some(revived);
+    switched.expect("switchover completes");
+    assert_eq!(wait_primary(&nodes, epoch).await, t, "the target leads");
+    let new = nodes[t].as_ref().expect("new primary");
+    assert!(
+        new.membership().config.member("n9").is_none(),
+        "the refused change was not written"
+    );
+    assert_eq!(new.membership().config.generation, generation);
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await;
+    }
+}

@@ -275,6 +275,7 @@ pub(crate) async fn open(config: NodeConfig, applier: Box<dyn Applier>) -> Resul
         metrics: Arc::new(crate::metrics::NodeMetrics::new()),
         addresses: Mutex::new(addresses),
         membership_change_running: std::sync::atomic::AtomicBool::new(false),
+        proposing: std::sync::atomic::AtomicUsize::new(0),
         forced: Mutex::new(None),
         membership: Mutex::new(membership.clone()),
         config,
@@ -1038,6 +1039,10 @@ pub(crate) async fn switchover(
         // (appends handed to the primary before the drain are durable by then).
         let mut previous = None;
         loop {
+            // A configuration record proposed before the drain began is still on its way
+            // (refused from now on: `members::propose`): wait for it, or the target would
+            // campaign without it and lose to voters holding it.
+            let proposing = inner.proposing.load(std::sync::atomic::Ordering::SeqCst);
             let (durable, at_target) = match &*inner.lock_role() {
                 RoleSlot::Primary(p) => {
                     let s = p.status();
@@ -1054,14 +1059,16 @@ pub(crate) async fn switchover(
                     ))
                 }
             };
-            if at_target >= durable && previous == Some(durable) {
+            if proposing == 0 && at_target >= durable && previous == Some(durable) {
                 break;
             }
-            previous = Some(durable);
+            previous = (proposing == 0).then_some(durable);
             if started.elapsed() > timeout {
-                return Err(fail(format!(
-                    "the target holds lsn {at_target}, this primary {durable}, after {timeout:?}"
-                )));
+                return Err(fail(if proposing > 0 {
+                    format!("a configuration record proposed before the switchover is still not committed after {timeout:?}")
+                } else {
+                    format!("the target holds lsn {at_target}, this primary {durable}, after {timeout:?}")
+                }));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -1080,8 +1087,17 @@ pub(crate) async fn switchover(
             loop {
                 {
                     let s = rx.borrow_and_update();
-                    if s.epoch > epoch && s.primary.as_deref() == Some(target) {
-                        return;
+                    match s.primary.as_deref() {
+                        Some(p) if s.epoch > epoch && p == target => return Ok(()),
+                        // Another member won the epoch the hand-over started: say so now
+                        // rather than at the timeout.
+                        Some(p) if s.epoch > epoch => {
+                            return Err(format!(
+                                "{p} won epoch {} instead of the target",
+                                s.epoch
+                            ))
+                        }
+                        _ => {}
                     }
                 }
                 if rx.changed().await.is_err() {
@@ -1090,7 +1106,11 @@ pub(crate) async fn switchover(
             }
         })
         .await;
-        led.map_err(|_| fail(format!("the target did not lead within {timeout:?}")))
+        match led {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(fail(reason)),
+            Err(_) => Err(fail(format!("the target did not lead within {timeout:?}"))),
+        }
     }
     .await;
     *inner.draining.lock().unwrap_or_else(|p| p.into_inner()) = None;

@@ -56,6 +56,31 @@ fn primary_of(inner: &Inner) -> Result<(MembershipView, Vec<ReplicaFacts>), Node
 
 /// Proposes `config` through the primary role and waits for its commit.
 async fn propose(inner: &Inner, config: Configuration) -> Result<Lsn, NodeError> {
+    use std::sync::atomic::Ordering;
+    // Counted before the drain is read, uncounted once answered: a switchover sets the
+    // drain, then waits for the count to reach 0, so either this sees the drain or the
+    // switchover sees this proposal (and waits for its commit).
+    struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
+    impl Drop for Counted<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    inner.proposing.fetch_add(1, Ordering::SeqCst);
+    let _counted = Counted(&inner.proposing);
+    let draining = inner
+        .draining
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(target) = draining {
+        // A switchover is handing the primary role to `target`: a record written now could
+        // leave it behind the voters it asks for votes.
+        return Err(NodeError::NotPrimary {
+            epoch: inner.state.borrow().epoch,
+            primary_hint: Some(target),
+        });
+    }
     let fut = match &*inner.lock_role() {
         RoleSlot::Primary(p) => p.propose_configuration(config),
         _ => return Err(inner.not_primary()),

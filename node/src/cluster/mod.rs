@@ -192,6 +192,11 @@ pub(crate) struct Inner {
     pub(crate) membership: Mutex<crate::membership::MembershipView>,
     /// An automatic membership change is waiting for its commit.
     pub(crate) membership_change_running: std::sync::atomic::AtomicBool,
+    /// Configuration records handed to the primary role and not yet answered (written and
+    /// committed, or failed). A switchover sets `draining` first, then waits for this to
+    /// reach 0 before it checks the target caught up: no record is written behind the
+    /// target's back (see `members::propose`).
+    pub(crate) proposing: std::sync::atomic::AtomicUsize,
     /// A forced configuration the next primary role writes (force-quorum).
     pub(crate) forced: Mutex<Option<walship_wal::control::Configuration>>,
 }
