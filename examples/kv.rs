@@ -454,6 +454,32 @@ impl Cluster {
         self.acked.iter().map(|a| a.lsn).max().unwrap_or(0)
     }
 
+    /// Waits until every member applied the cluster's first configuration record, which
+    /// the primary writes by itself once every member connected. A crash before it reached
+    /// the others would leave it on the crashed primary alone: a tentative record the next
+    /// primary lacks, for which the restarted member halts `divergence` until an operator
+    /// runs `walship-recover rejoin` (the failover drill, `walship failover-drill`, takes
+    /// that path). This example shows the plain one.
+    async fn wait_configured(&self) -> Result<(), Error> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let all = self.members.iter().all(|m| {
+                m.store
+                    .lock()
+                    .history
+                    .iter()
+                    .any(|(_, a)| matches!(a, Applied::Configuration { .. }))
+            });
+            if all {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err("the first configuration record did not reach every member".into());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// Member `i`'s store, checked against every acknowledged write: see [`check`].
     async fn read_checked(&self, i: usize) -> Result<Store, Error> {
         let store = self.read(i, self.last_acked()).await?;
@@ -560,7 +586,9 @@ pub async fn run() -> Result<Outcome, Error> {
         );
     }
 
-    // Crash: the primary's node goes away without a shutdown, and its store with it.
+    // Crash: the primary's node goes away without a shutdown, and its store with it
+    // (once nothing but acknowledged writes is in its log: see `wait_configured`).
+    c.wait_configured().await?;
     let crashed = c.leader_guess;
     let crashed_id = c.members[crashed].id.clone();
     drop(c.members[crashed].node.take());
