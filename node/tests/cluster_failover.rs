@@ -105,6 +105,15 @@ impl Cluster {
         c
     }
 
+    /// Opens members n1..=nN (majority quorum), member i with `appliers[i]`.
+    async fn open_all(&self, appliers: &[Recorder]) -> Vec<Option<Node>> {
+        let mut nodes = Vec::new();
+        for (i, a) in appliers.iter().enumerate() {
+            nodes.push(Some(self.open(&format!("n{}", i + 1), -1, a.clone()).await));
+        }
+        nodes
+    }
+
     async fn open(&self, id: &str, quorum: i64, applier: Recorder) -> Node {
         // A node just shut down may hold its UDP port for a moment longer (tasks holding
         // endpoint clones end after `shutdown` returns): retry the bind, bounded.
@@ -178,12 +187,7 @@ async fn three_members_elect_fail_over_and_take_the_old_primary_back() {
     let tmp = tempfile::tempdir().expect("tmp");
     let cluster = Cluster::new(tmp.path(), 3);
     let appliers: Vec<Recorder> = (0..3).map(|_| Recorder::default()).collect();
-    let mut nodes = Vec::new();
-    for (i, a) in appliers.iter().enumerate() {
-        nodes.push(Some(
-            cluster.open(&format!("n{}", i + 1), -1, a.clone()).await,
-        ));
-    }
+    let mut nodes = cluster.open_all(&appliers).await;
     let p = wait_primary(&nodes, 0).await;
     let first_epoch = nodes[p].as_ref().expect("node").status().state.epoch;
     let mut acked = Vec::new();
@@ -241,12 +245,7 @@ async fn switchover_hands_over_to_the_named_member_without_losing_an_append() {
     let tmp = tempfile::tempdir().expect("tmp");
     let cluster = Cluster::new(tmp.path(), 3);
     let appliers: Vec<Recorder> = (0..3).map(|_| Recorder::default()).collect();
-    let mut nodes = Vec::new();
-    for (i, a) in appliers.iter().enumerate() {
-        nodes.push(Some(
-            cluster.open(&format!("n{}", i + 1), -1, a.clone()).await,
-        ));
-    }
+    let nodes = cluster.open_all(&appliers).await;
     let p = wait_primary(&nodes, 0).await;
     let epoch = nodes[p].as_ref().expect("node").status().state.epoch;
     let mut acked = Vec::new();
@@ -522,12 +521,7 @@ async fn a_switchover_refuses_membership_changes_while_it_drains_and_the_target_
     let tmp = tempfile::tempdir().expect("tmp");
     let cluster = Cluster::new(tmp.path(), 3);
     let appliers: Vec<Recorder> = (0..3).map(|_| Recorder::default()).collect();
-    let mut nodes = Vec::new();
-    for (i, a) in appliers.iter().enumerate() {
-        nodes.push(Some(
-            cluster.open(&format!("n{}", i + 1), -1, a.clone()).await,
-        ));
-    }
+    let mut nodes = cluster.open_all(&appliers).await;
     let p = wait_primary(&nodes, 0).await;
     let epoch = nodes[p].as_ref().expect("node").status().state.epoch;
     // The primary writes the first configuration record by itself once all connected.
