@@ -374,8 +374,20 @@ impl Storage for GateStorage {
     }
 }
 
-#[test]
-fn append_lock_is_not_held_during_fdatasync_and_each_appender_learns_its_own_durability() {
+/// The thread of an appender held inside its fdatasync.
+type HeldLeader = thread::JoinHandle<Result<u64, WalError>>;
+
+/// A `SharedWal` on gated storage whose first appender (lsn 1, `append_durable`) is held
+/// inside its fdatasync: returns the WAL, that leader's thread, and the sender that
+/// releases the sync.
+fn held_leader(
+    seed: u64,
+    opts: WalOptions,
+) -> (
+    Arc<SharedWal<GateStorage>>,
+    HeldLeader,
+    std::sync::mpsc::Sender<()>,
+) {
     let (entered_tx, entered_rx) = std::sync::mpsc::channel();
     let (release_tx, release_rx) = std::sync::mpsc::channel();
     let gate = Arc::new(Gate {
@@ -384,10 +396,10 @@ fn append_lock_is_not_held_during_fdatasync_and_each_appender_learns_its_own_dur
         release: Mutex::new(Some(release_rx)),
     });
     let s = GateStorage {
-        inner: SimStorage::new(21),
+        inner: SimStorage::new(seed),
         gate: Arc::clone(&gate),
     };
-    let (w, _) = Wal::open(s, &wal_dir(), WalOptions::default()).expect("open");
+    let (w, _) = Wal::open(s, &wal_dir(), opts).expect("open");
     let shared = SharedWal::new(w);
     gate.armed.store(true, Ordering::SeqCst);
     let leader = {
@@ -395,6 +407,12 @@ fn append_lock_is_not_held_during_fdatasync_and_each_appender_learns_its_own_dur
         thread::spawn(move || w.append_durable(b"first"))
     };
     entered_rx.recv().expect("leader is inside fdatasync");
+    (shared, leader, release_tx)
+}
+
+#[test]
+fn append_lock_is_not_held_during_fdatasync_and_each_appender_learns_its_own_durability() {
+    let (shared, leader, release_tx) = held_leader(21, WalOptions::default());
     // The leader is blocked inside sync_data: appending must still work.
     let second = shared
         .append(b"second")
@@ -421,29 +439,11 @@ fn append_lock_is_not_held_during_fdatasync_and_each_appender_learns_its_own_dur
 /// returned, and the other slept for good (nobody left to lead).
 #[test]
 fn a_roll_during_a_held_sync_wakes_every_waiter_it_made_durable() {
-    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel();
-    let gate = Arc::new(Gate {
-        armed: std::sync::atomic::AtomicBool::new(false),
-        entered: Mutex::new(Some(entered_tx)),
-        release: Mutex::new(Some(release_rx)),
-    });
-    let s = GateStorage {
-        inner: SimStorage::new(22),
-        gate: Arc::clone(&gate),
-    };
     let opts = WalOptions {
         segment_size_bytes: 4096,
         ..WalOptions::default()
     };
-    let (w, _) = Wal::open(s, &wal_dir(), opts).expect("open");
-    let shared = SharedWal::new(w);
-    gate.armed.store(true, Ordering::SeqCst);
-    let leader = {
-        let w = Arc::clone(&shared);
-        thread::spawn(move || w.append_durable(b"first"))
-    };
-    entered_rx.recv().expect("leader is inside fdatasync");
+    let (shared, leader, release_tx) = held_leader(22, opts);
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     for i in 0..2u8 {
         let w = Arc::clone(&shared);
